@@ -1,0 +1,31 @@
+package dev.loramerge;
+
+import java.util.Optional;
+
+/** The part of a diffusion pipeline a LoRA module belongs to, named as diffusers names it. */
+public enum Component {
+  UNET("unet"),
+  TEXT_ENCODER("text_encoder"),
+  TEXT_ENCODER_2("text_encoder_2");
+
+  private final String prefix;
+
+  Component(String prefix) {
+    this.prefix = prefix;
+  }
+
+  /** The diffusers prefix, e.g. {@code "text_encoder_2"}. */
+  public String prefix() {
+    return prefix;
+  }
+
+  /** The component whose prefix is {@code prefix}. */
+  public static Optional<Component> fromPrefix(String prefix) {
+    for (Component component : values()) {
+      if (component.prefix.equals(prefix)) {
+        return Optional.of(component);
+      }
+    }
+    return Optional.empty();
+  }
+}

@@ -1,0 +1,224 @@
+package dev.loramerge.io;
+
+import dev.loramerge.Component;
+import dev.loramerge.LoraAdapter;
+import dev.loramerge.LoraMergeException;
+import dev.loramerge.LoraModule;
+import dev.loramerge.ModuleKey;
+import dev.loramerge.ScaleRule;
+import dev.loramerge.TensorData;
+import java.io.IOException;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.EnumMap;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.Optional;
+import java.util.OptionalDouble;
+import java.util.regex.Pattern;
+import java.util.stream.Collectors;
+
+/** Reads and writes diffusers pipeline LoRA files (see {@link LoraFormat#DIFFUSERS}). */
+final class DiffusersFormat {
+  /** The header entry where diffusers keeps each component's LoraConfig as JSON. */
+  static final String METADATA_KEY = "lora_adapter_metadata";
+
+  /** Factor suffixes, current and legacy, each with whether it is the down factor. */
+  private static final String[][] FACTOR_SUFFIXES = {
+    {".lora_A.weight", "down"},
+    {".lora_B.weight", "up"},
+    {".lora.down.weight", "down"},
+    {".lora.up.weight", "up"},
+    {".lora_linear_layer.down.weight", "down"},
+    {".lora_linear_layer.up.weight", "up"},
+  };
+
+  /** The pre-PEFT attention processors: {@code attn1.processor.to_q_lora.down.weight}. */
+  private static final Pattern PROCESSOR =
+      Pattern.compile("(.+)\\.processor\\.(to_q|to_k|to_v|to_out)_lora\\.(down|up)\\.weight");
+
+  private DiffusersFormat() {}
+
+  /** Whether the tensor names look like a diffusers pipeline file. */
+  static boolean matches(Iterable<String> tensorNames) {
+    for (String name : tensorNames) {
+      if (component(name).isPresent()
+          && (factor(name).isPresent() || PROCESSOR.matcher(name).matches())) {
+        return true;
+      }
+    }
+    return false;
+  }
+
+  private static Optional<Component> component(String name) {
+    // Longest prefix first: text_encoder_2 also starts with text_encoder.
+    for (Component component : new Component[] {Component.TEXT_ENCODER_2, Component.TEXT_ENCODER, Component.UNET}) {
+      if (name.startsWith(component.prefix() + ".")) {
+        return Optional.of(component);
+      }
+    }
+    return Optional.empty();
+  }
+
+  /** The module name and factor ("down" or "up") a tensor name holds, if it is a factor. */
+  private static Optional<String[]> factor(String name) {
+    for (String[] suffix : FACTOR_SUFFIXES) {
+      if (name.endsWith(suffix[0])) {
+        return Optional.of(new String[] {name.substring(0, name.length() - suffix[0].length()), suffix[1]});
+      }
+    }
+    var processor = PROCESSOR.matcher(name);
+    if (processor.matches()) {
+      String projection = processor.group(2).equals("to_out") ? "to_out.0" : processor.group(2);
+      return Optional.of(new String[] {processor.group(1) + "." + projection, processor.group(3)});
+    }
+    return Optional.empty();
+  }
+
+  /** One component's alpha settings from {@code lora_adapter_metadata}. */
+  private static final class ComponentConfig {
+    OptionalDouble alpha = OptionalDouble.empty();
+    final Map<String, Double> alphaPattern = new LinkedHashMap<>();
+    boolean rsLora;
+
+    OptionalDouble alphaOf(String path) {
+      for (Map.Entry<String, Double> entry : alphaPattern.entrySet()) {
+        if (Pattern.compile("(.*\\.)?(" + entry.getKey() + ")").matcher(path).matches()) {
+          return OptionalDouble.of(entry.getValue());
+        }
+      }
+      return alpha;
+    }
+  }
+
+  private static Map<Component, ComponentConfig> readConfigs(String fileName, Map<String, String> metadata)
+      throws IOException {
+    Map<Component, ComponentConfig> configs = new EnumMap<>(Component.class);
+    String json = metadata.get(METADATA_KEY);
+    if (json == null) {
+      return configs;
+    }
+    Map<String, Object> entries;
+    try {
+      entries = FormatJson.parseObject(json);
+    } catch (IOException e) {
+      throw new IOException(fileName + ": " + METADATA_KEY + " is not a JSON object: " + e.getMessage(), e);
+    }
+    for (Component component : Component.values()) {
+      String prefix = component.prefix() + ".";
+      ComponentConfig config = new ComponentConfig();
+      Object alpha = entries.get(prefix + "lora_alpha");
+      if (alpha != null) {
+        config.alpha = OptionalDouble.of(FormatJson.number(alpha, fileName + " " + prefix + "lora_alpha"));
+      }
+      Object pattern = entries.get(prefix + "alpha_pattern");
+      if (pattern instanceof Map) {
+        for (Map.Entry<?, ?> entry : ((Map<?, ?>) pattern).entrySet()) {
+          config.alphaPattern.put(
+              entry.getKey().toString(),
+              FormatJson.number(entry.getValue(), fileName + " " + prefix + "alpha_pattern"));
+        }
+      }
+      config.rsLora = Boolean.TRUE.equals(entries.get(prefix + "use_rslora"));
+      configs.put(component, config);
+    }
+    return configs;
+  }
+
+  static LoraAdapter read(SafetensorsFile file, String adapterName, LoraReadOptions options) throws IOException {
+    FormatParts parts = new FormatParts(file.path().getFileName().toString());
+    for (TensorInfo info : file.tensors()) {
+      String name = info.name();
+      Optional<String[]> factor = factor(name);
+      if (component(name).isPresent() && factor.isPresent()) {
+        FormatParts.Module module = parts.module(factor.get()[0]);
+        if (factor.get()[1].equals("down")) {
+          module.down = file.tensor(name);
+        } else {
+          module.up = file.tensor(name);
+        }
+      } else if (component(name).isPresent() && name.endsWith(".alpha")) {
+        parts.module(name.substring(0, name.length() - ".alpha".length())).alpha =
+            OptionalDouble.of(FormatParts.alphaValue(parts.fileName(), name, file.tensor(name)));
+      } else {
+        parts.unsupported(name);
+      }
+    }
+    Map<Component, ComponentConfig> configs = readConfigs(parts.fileName(), file.metadata());
+    LoraAdapter.Builder adapter = LoraAdapter.builder().name(adapterName);
+    for (FormatParts.Module module : parts.complete(options.skipUnsupported())) {
+      Component component = component(module.name).orElseThrow();
+      String path = module.name.substring(component.prefix().length() + 1);
+      ComponentConfig config = configs.getOrDefault(component, new ComponentConfig());
+      double alpha =
+          module.alpha.isPresent()
+              ? module.alpha.getAsDouble()
+              : config.alphaOf(path).orElse(module.down.dim(0));
+      ScaleRule rule = config.rsLora ? ScaleRule.RSLORA : ScaleRule.STANDARD;
+      adapter.add(LoraModule.of(ModuleKey.of(component, path), module.down, module.up, alpha, rule));
+    }
+    file.metadata().forEach((key, value) -> {
+      if (!key.equals(METADATA_KEY)) {
+        adapter.putMetadata(key, value);
+      }
+    });
+    return adapter.build();
+  }
+
+  /**
+   * Writes {@code adapter} as one diffusers file with {@code lora_A}/{@code lora_B} keys, and per
+   * component r, lora_alpha, rank_pattern, alpha_pattern and use_rslora in {@code
+   * lora_adapter_metadata}, which diffusers reads back into each component's LoraConfig.
+   */
+  static void write(LoraAdapter adapter, Path target) throws IOException {
+    if (adapter.modules().isEmpty()) {
+      throw new LoraMergeException("cannot write adapter '" + adapter.name() + "': it has no modules");
+    }
+    Map<String, TensorData> tensors = new LinkedHashMap<>();
+    Map<String, Object> config = new LinkedHashMap<>();
+    Map<Component, List<LoraModule>> byComponent =
+        adapter.modules().values().stream()
+            .collect(Collectors.groupingBy(m -> m.key().component(), () -> new EnumMap<>(Component.class), Collectors.toList()));
+    for (Map.Entry<Component, List<LoraModule>> entry : byComponent.entrySet()) {
+      String prefix = entry.getKey().prefix();
+      List<LoraModule> modules = entry.getValue();
+      ScaleRule rule =
+          modules.stream().allMatch(m -> m.scaleRule() == ScaleRule.RSLORA) ? ScaleRule.RSLORA : ScaleRule.STANDARD;
+      int rank = PeftFormat.mostCommon(modules.stream().map(LoraModule::rank).collect(Collectors.toList()));
+      List<Double> alphas = new ArrayList<>();
+      for (LoraModule module : modules) {
+        alphas.add(rule.alphaFor(module.scale(), module.rank()));
+      }
+      double alpha = PeftFormat.mostCommon(alphas);
+      Map<String, Object> rankPattern = new LinkedHashMap<>();
+      Map<String, Object> alphaPattern = new LinkedHashMap<>();
+      List<Object> targets = new ArrayList<>();
+      for (int i = 0; i < modules.size(); i++) {
+        LoraModule module = modules.get(i);
+        String path = module.key().path();
+        targets.add(path);
+        if (module.rank() != rank) {
+          rankPattern.put(path, (double) module.rank());
+        }
+        if (alphas.get(i) != alpha) {
+          alphaPattern.put(path, alphas.get(i));
+        }
+        tensors.put(prefix + "." + path + ".lora_A.weight", module.down());
+        tensors.put(prefix + "." + path + ".lora_B.weight", module.up());
+      }
+      config.put(prefix + ".alpha_pattern", alphaPattern);
+      config.put(prefix + ".lora_alpha", alpha);
+      config.put(prefix + ".peft_type", "LORA");
+      config.put(prefix + ".r", (double) rank);
+      config.put(prefix + ".rank_pattern", rankPattern);
+      config.put(prefix + ".target_modules", targets);
+      config.put(prefix + ".use_rslora", rule == ScaleRule.RSLORA);
+    }
+    Map<String, String> metadata = new LinkedHashMap<>(adapter.metadata());
+    metadata.remove(METADATA_KEY);
+    metadata.putIfAbsent("format", "pt");
+    metadata.put(METADATA_KEY, FormatJson.write(config, false));
+    Safetensors.write(target, tensors, metadata);
+  }
+}

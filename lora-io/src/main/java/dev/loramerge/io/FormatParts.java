@@ -1,0 +1,123 @@
+package dev.loramerge.io;
+
+import com.google.common.collect.ImmutableList;
+import dev.loramerge.LoraMergeException;
+import dev.loramerge.TensorData;
+import java.util.ArrayList;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Locale;
+import java.util.Map;
+import java.util.OptionalDouble;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
+
+/**
+ * What a reader gathers from one file before it knows every module's key: the factors and alpha
+ * of each module under the file's own name for it, and the tensors it could not read.
+ */
+final class FormatParts {
+  private static final Logger log = LoggerFactory.getLogger(FormatParts.class);
+  private static final int NAMES_IN_MESSAGE = 5;
+
+  /** One module's tensors under the file's name for the module. */
+  static final class Module {
+    final String name;
+    TensorData down;
+    TensorData up;
+    OptionalDouble alpha = OptionalDouble.empty();
+
+    Module(String name) {
+      this.name = name;
+    }
+
+    /** The shape of the base weight the factors update. */
+    long[] weightShape() {
+      long[] downShape = down.shape();
+      return downShape.length == 4
+          ? new long[] {up.dim(0), downShape[1], downShape[2], downShape[3]}
+          : new long[] {up.dim(0), downShape[1]};
+    }
+  }
+
+  private final String fileName;
+  private final Map<String, Module> modules = new LinkedHashMap<>();
+  private final List<String> unsupported = new ArrayList<>();
+
+  FormatParts(String fileName) {
+    this.fileName = fileName;
+  }
+
+  String fileName() {
+    return fileName;
+  }
+
+  Module module(String name) {
+    return modules.computeIfAbsent(name, Module::new);
+  }
+
+  void unsupported(String tensorName) {
+    unsupported.add(tensorName);
+  }
+
+  /**
+   * The complete modules, after checking that each has both factors and that nothing unreadable
+   * is left unless the caller allowed it.
+   */
+  ImmutableList<Module> complete(boolean skipUnsupported) {
+    for (Module module : modules.values()) {
+      if (module.down == null || module.up == null) {
+        throw new LoraMergeException(
+            String.format(
+                Locale.ROOT,
+                "%s: module '%s' has %s but no %s factor",
+                fileName,
+                module.name,
+                module.down == null ? "an up" : "a down",
+                module.down == null ? "down" : "up"));
+      }
+    }
+    if (!unsupported.isEmpty()) {
+      String message =
+          String.format(
+              Locale.ROOT,
+              "%s: %d tensor%s cannot be read as LoRA factors (LoHa, LoKr, DoRA, Tucker or unknown"
+                  + " keys): %s",
+              fileName,
+              unsupported.size(),
+              unsupported.size() == 1 ? "" : "s",
+              quoteFirst(unsupported));
+      if (!skipUnsupported) {
+        throw new LoraMergeException(message + "; pass --skip-unsupported to drop them");
+      }
+      log.warn("{}; dropped", message);
+    }
+    return ImmutableList.copyOf(modules.values());
+  }
+
+  /** The first few names, quoted, and how many more there are. */
+  static String quoteFirst(List<String> names) {
+    StringBuilder text = new StringBuilder();
+    for (int i = 0; i < Math.min(NAMES_IN_MESSAGE, names.size()); i++) {
+      text.append(i == 0 ? "'" : ", '").append(names.get(i)).append('\'');
+    }
+    if (names.size() > NAMES_IN_MESSAGE) {
+      text.append(String.format(Locale.ROOT, " and %d more", names.size() - NAMES_IN_MESSAGE));
+    }
+    return text.toString();
+  }
+
+  /** Reads a 0-d or 1-element alpha tensor. */
+  static double alphaValue(String fileName, String tensorName, TensorData tensor) {
+    if (tensor.numel() != 1) {
+      throw new LoraMergeException(
+          String.format(
+              Locale.ROOT,
+              "%s: alpha tensor '%s' is %s, expected a single number",
+              fileName,
+              tensorName,
+              tensor));
+    }
+    return tensor.getDouble(0);
+  }
+}

@@ -1,0 +1,115 @@
+package dev.loramerge.io;
+
+import dev.loramerge.DType;
+import dev.loramerge.LoraAdapter;
+import dev.loramerge.LoraModule;
+import dev.loramerge.ModuleKey;
+import dev.loramerge.ScaleRule;
+import dev.loramerge.TensorData;
+import java.io.IOException;
+import java.nio.file.Path;
+import java.util.LinkedHashMap;
+import java.util.Locale;
+import java.util.Map;
+import java.util.stream.Collectors;
+
+/** Reads and writes kohya sd-scripts / A1111 LoRA files (see {@link LoraFormat#KOHYA}). */
+final class KohyaFormat {
+  private static final String DOWN = ".lora_down.weight";
+  private static final String UP = ".lora_up.weight";
+  private static final String ALPHA = ".alpha";
+
+  private KohyaFormat() {}
+
+  /** Whether the tensor names look like kohya's. */
+  static boolean matches(Iterable<String> tensorNames) {
+    for (String name : tensorNames) {
+      if (KohyaNames.component(name).isPresent() && (name.endsWith(DOWN) || name.endsWith(UP))) {
+        return true;
+      }
+    }
+    return false;
+  }
+
+  static LoraAdapter read(SafetensorsFile file, String adapterName, LoraReadOptions options) {
+    FormatParts parts = new FormatParts(file.path().getFileName().toString());
+    for (TensorInfo info : file.tensors()) {
+      String name = info.name();
+      int dot = name.indexOf('.');
+      String module = dot < 0 ? name : name.substring(0, dot);
+      String suffix = dot < 0 ? "" : name.substring(dot);
+      if (KohyaNames.component(module).isEmpty()) {
+        parts.unsupported(name);
+        continue;
+      }
+      switch (suffix) {
+        case DOWN:
+          parts.module(module).down = file.tensor(name);
+          break;
+        case UP:
+          parts.module(module).up = file.tensor(name);
+          break;
+        case ALPHA:
+          parts.module(module).alpha =
+              java.util.OptionalDouble.of(FormatParts.alphaValue(parts.fileName(), name, file.tensor(name)));
+          break;
+        default:
+          parts.unsupported(name);
+      }
+    }
+    var modules = parts.complete(options.skipUnsupported());
+    Map<String, long[]> shapes = new LinkedHashMap<>();
+    modules.forEach(module -> shapes.put(module.name, module.weightShape()));
+    Map<String, ModuleKey> keys = KohyaNames.resolve(parts.fileName(), shapes, options);
+    LoraAdapter.Builder adapter = LoraAdapter.builder().name(adapterName);
+    for (FormatParts.Module module : modules) {
+      double alpha = module.alpha.orElse(module.down.dim(0));
+      adapter.add(LoraModule.of(keys.get(module.name), module.down, module.up, alpha, ScaleRule.STANDARD));
+    }
+    adapter.putAllMetadata(file.metadata());
+    return adapter.build();
+  }
+
+  /**
+   * Writes {@code adapter} as one kohya file. kohya has no rsLoRA, so every alpha is written as
+   * the standard-rule alpha with the same scale (α = s·r), which keeps each update exact.
+   */
+  static void write(LoraAdapter adapter, Path target) throws IOException {
+    Map<ModuleKey, long[]> shapes = new LinkedHashMap<>();
+    adapter.modules().values().forEach(module -> shapes.put(module.key(), module.weightShape()));
+    Map<ModuleKey, String> names = KohyaNames.names(shapes);
+    Map<String, TensorData> tensors = new LinkedHashMap<>();
+    for (LoraModule module : adapter.modules().values()) {
+      String name = names.get(module.key());
+      double alpha = ScaleRule.STANDARD.alphaFor(module.scale(), module.rank());
+      tensors.put(name + ALPHA, scalar(alpha));
+      tensors.put(name + DOWN, module.down());
+      tensors.put(name + UP, module.up());
+    }
+    Map<String, String> metadata = new LinkedHashMap<>(adapter.metadata());
+    metadata.remove(DiffusersFormat.METADATA_KEY);
+    metadata.put("ss_network_module", metadata.getOrDefault("ss_network_module", "networks.lora"));
+    metadata.put("ss_network_dim", uniform(adapter, module -> number(module.rank())));
+    metadata.put(
+        "ss_network_alpha",
+        uniform(adapter, module -> number(ScaleRule.STANDARD.alphaFor(module.scale(), module.rank()))));
+    Safetensors.write(target, tensors, metadata);
+  }
+
+  /** F32 when the value is exactly a float (kohya's own choice), F64 otherwise. */
+  private static TensorData scalar(double value) {
+    DType dtype = (double) (float) value == value ? DType.F32 : DType.F64;
+    return TensorData.ofDoubles(new double[] {value}, dtype);
+  }
+
+  private static String uniform(LoraAdapter adapter, java.util.function.Function<LoraModule, String> value) {
+    var values = adapter.modules().values().stream().map(value).collect(Collectors.toSet());
+    return values.size() == 1 ? values.iterator().next() : "Dynamic";
+  }
+
+  private static String number(double value) {
+    return value == Math.rint(value) && Math.abs(value) < 1e15
+        ? Long.toString((long) value)
+        : String.format(Locale.ROOT, "%s", value);
+  }
+}

@@ -1,0 +1,236 @@
+package dev.loramerge.io;
+
+import com.google.common.collect.ImmutableMap;
+import dev.loramerge.Architecture;
+import dev.loramerge.Component;
+import dev.loramerge.LoraMergeException;
+import dev.loramerge.ModuleKey;
+import dev.loramerge.ModuleSpec;
+import java.util.Arrays;
+import java.util.HashMap;
+import java.util.HashSet;
+import java.util.LinkedHashMap;
+import java.util.Locale;
+import java.util.Map;
+import java.util.Optional;
+import java.util.Set;
+
+/**
+ * Resolves kohya's underscored module names ({@code lora_unet_down_blocks_0_attentions_0_proj_in})
+ * to module keys and back.
+ *
+ * <p>Reading tries, in order: the architecture the caller named; the base weights' own keys;
+ * every known architecture that holds each module with the file's shapes; the grammar of
+ * diffusers names ({@link DiffusersNames}). Writing uses the names kohya's scripts write for the
+ * detected architecture (SDXL: original sgm paths), and underscored diffusers paths otherwise.
+ */
+final class KohyaNames {
+  private static final ImmutableMap<String, Component> PREFIXES =
+      ImmutableMap.of(
+          "lora_unet_", Component.UNET,
+          "lora_te1_", Component.TEXT_ENCODER,
+          "lora_te2_", Component.TEXT_ENCODER_2,
+          "lora_te_", Component.TEXT_ENCODER);
+
+  private KohyaNames() {}
+
+  /** The component a kohya module name belongs to, if its prefix is known. */
+  static Optional<Component> component(String name) {
+    return PREFIXES.entrySet().stream()
+        .filter(entry -> name.startsWith(entry.getKey()))
+        .map(Map.Entry::getValue)
+        .findFirst();
+  }
+
+  /**
+   * Resolves every name of {@code weightShapes} (kohya module name → the shape of the base
+   * weight its factors update).
+   *
+   * @throws LoraMergeException naming the first name nothing resolves
+   */
+  static Map<String, ModuleKey> resolve(
+      String fileName, Map<String, long[]> weightShapes, LoraReadOptions options) {
+    if (options.architecture().isPresent()) {
+      return resolveAll(fileName, weightShapes, name -> byArchitecture(options.architecture().get(), name));
+    }
+    if (!options.baseKeys().isEmpty()) {
+      Map<String, ModuleKey> byBase = baseKeyIndex(options.baseKeys());
+      return resolveAll(fileName, weightShapes, name -> Optional.ofNullable(byBase.get(name)));
+    }
+    for (Architecture architecture : Architecture.all()) {
+      if (fits(architecture, weightShapes)) {
+        return resolveAll(fileName, weightShapes, name -> byArchitecture(architecture, name));
+      }
+    }
+    return resolveAll(fileName, weightShapes, KohyaNames::byGrammar);
+  }
+
+  private interface Resolver {
+    Optional<ModuleKey> resolve(String name);
+  }
+
+  private static Map<String, ModuleKey> resolveAll(
+      String fileName, Map<String, long[]> weightShapes, Resolver resolver) {
+    Map<String, ModuleKey> keys = new LinkedHashMap<>();
+    Map<ModuleKey, String> seen = new HashMap<>();
+    for (String name : weightShapes.keySet()) {
+      ModuleKey key =
+          resolver
+              .resolve(name)
+              .orElseThrow(
+                  () ->
+                      new LoraMergeException(
+                          String.format(
+                              Locale.ROOT,
+                              "%s: cannot resolve kohya module name '%s': it is not a module of"
+                                  + " %s, not in the base weights given, and not a diffusers"
+                                  + " module name; pass --base with the model's weights",
+                              fileName,
+                              name,
+                              architectureNames())));
+      String previous = seen.put(key, name);
+      if (previous != null) {
+        throw new LoraMergeException(
+            String.format(
+                Locale.ROOT,
+                "%s: kohya names '%s' and '%s' both name module '%s'",
+                fileName,
+                previous,
+                name,
+                key));
+      }
+      keys.put(name, key);
+    }
+    return keys;
+  }
+
+  private static String architectureNames() {
+    return String.join(
+        " or ", Architecture.all().stream().map(Architecture::displayName).toArray(String[]::new));
+  }
+
+  private static boolean fits(Architecture architecture, Map<String, long[]> weightShapes) {
+    for (Map.Entry<String, long[]> entry : weightShapes.entrySet()) {
+      Optional<ModuleSpec> spec =
+          architecture.resolveKohyaName(entry.getKey()).flatMap(architecture::module);
+      if (spec.isEmpty() || !Arrays.equals(spec.get().weightShape(), entry.getValue())) {
+        return false;
+      }
+    }
+    return !weightShapes.isEmpty();
+  }
+
+  private static Optional<ModuleKey> byArchitecture(Architecture architecture, String name) {
+    return architecture.resolveKohyaName(name);
+  }
+
+  private static Optional<ModuleKey> byGrammar(String name) {
+    for (Map.Entry<String, Component> prefix : PREFIXES.entrySet()) {
+      if (name.startsWith(prefix.getKey())) {
+        return DiffusersNames.toPath(name.substring(prefix.getKey().length()))
+            .map(path -> ModuleKey.of(prefix.getValue(), path));
+      }
+    }
+    return Optional.empty();
+  }
+
+  /**
+   * Kohya names of the modules in a base weights file: {@code unet.}/{@code text_encoder.}
+   * prefixes or bare UNet paths, {@code text_model.} for a bare text encoder. Names two keys
+   * would share are left out rather than guessed.
+   */
+  private static Map<String, ModuleKey> baseKeyIndex(Set<String> baseKeys) {
+    Map<String, ModuleKey> index = new HashMap<>();
+    Set<String> ambiguous = new HashSet<>();
+    for (String tensor : baseKeys) {
+      if (!tensor.endsWith(".weight")) {
+        continue;
+      }
+      ModuleKey key = baseModuleKey(tensor.substring(0, tensor.length() - ".weight".length()));
+      for (String name : kohyaSpellings(key)) {
+        ModuleKey previous = index.put(name, key);
+        if (previous != null && !previous.equals(key)) {
+          ambiguous.add(name);
+        }
+      }
+    }
+    ambiguous.forEach(index::remove);
+    return index;
+  }
+
+  private static ModuleKey baseModuleKey(String path) {
+    for (Component component : Component.values()) {
+      String prefix = component.prefix() + ".";
+      if (path.startsWith(prefix)) {
+        return ModuleKey.of(component, path.substring(prefix.length()));
+      }
+    }
+    return ModuleKey.of(path.startsWith("text_model.") ? Component.TEXT_ENCODER : Component.UNET, path);
+  }
+
+  private static String[] kohyaSpellings(ModuleKey key) {
+    String underscored = key.path().replace('.', '_');
+    switch (key.component()) {
+      case UNET:
+        return new String[] {"lora_unet_" + underscored};
+      case TEXT_ENCODER:
+        return new String[] {"lora_te_" + underscored, "lora_te1_" + underscored};
+      case TEXT_ENCODER_2:
+        return new String[] {"lora_te2_" + underscored};
+      default:
+        throw new AssertionError(key.component());
+    }
+  }
+
+  /** The architecture every module of {@code modules} belongs to with its shape, if any. */
+  static Optional<Architecture> detect(Map<ModuleKey, long[]> weightShapes) {
+    if (weightShapes.isEmpty()) {
+      return Optional.empty();
+    }
+    for (Architecture architecture : Architecture.all()) {
+      boolean all =
+          weightShapes.entrySet().stream()
+              .allMatch(
+                  entry ->
+                      architecture
+                          .module(entry.getKey())
+                          .map(spec -> Arrays.equals(spec.weightShape(), entry.getValue()))
+                          .orElse(false));
+      if (all) {
+        return Optional.of(architecture);
+      }
+    }
+    return Optional.empty();
+  }
+
+  /**
+   * The names to write for {@code keys}: the detected architecture's kohya names, or underscored
+   * diffusers paths ({@code lora_te1_}/{@code lora_te2_} when there is a second text encoder).
+   */
+  static Map<ModuleKey, String> names(Map<ModuleKey, long[]> weightShapes) {
+    Optional<Architecture> architecture = detect(weightShapes);
+    boolean twoEncoders = weightShapes.keySet().stream().anyMatch(k -> k.component() == Component.TEXT_ENCODER_2);
+    Map<ModuleKey, String> names = new LinkedHashMap<>();
+    for (ModuleKey key : weightShapes.keySet()) {
+      if (architecture.isPresent()) {
+        names.put(key, architecture.get().kohyaName(key));
+        continue;
+      }
+      String underscored = key.path().replace('.', '_');
+      switch (key.component()) {
+        case UNET:
+          names.put(key, "lora_unet_" + underscored);
+          break;
+        case TEXT_ENCODER:
+          names.put(key, (twoEncoders ? "lora_te1_" : "lora_te_") + underscored);
+          break;
+        case TEXT_ENCODER_2:
+          names.put(key, "lora_te2_" + underscored);
+          break;
+        default:
+          throw new AssertionError(key.component());
+      }
+    }
+    return names;
+  }
+}

@@ -1,0 +1,139 @@
+package dev.loramerge.io;
+
+import static com.google.common.base.Preconditions.checkNotNull;
+
+import dev.loramerge.LoraAdapter;
+import java.io.IOException;
+import java.nio.file.Files;
+import java.nio.file.NoSuchFileException;
+import java.nio.file.Path;
+import java.util.List;
+import java.util.stream.Collectors;
+
+/**
+ * Reads and writes LoRA adapters in PEFT, kohya and diffusers form, detecting the format of what
+ * it reads.
+ *
+ * <pre>{@code
+ * LoraAdapter style = LoraFiles.read(Path.of("style.safetensors"));       // kohya file
+ * LoraAdapter subject = LoraFiles.read(Path.of("subject"));               // PEFT folder
+ * LoraFiles.write(style, Path.of("style-peft"), LoraFormat.PEFT);
+ * }</pre>
+ *
+ * <p>Factors of an adapter read here are read-only memory mappings of its file: the file must
+ * not be changed while the adapter is in use. Writes go through a temporary file in the target
+ * folder renamed into place, so a failed write leaves nothing behind; inputs are never modified.
+ */
+public final class LoraFiles {
+  /** The file diffusers' {@code save_lora_weights} writes inside a folder. */
+  static final String DIFFUSERS_WEIGHTS = "pytorch_lora_weights.safetensors";
+
+  private LoraFiles() {}
+
+  /** Reads an adapter with the default options. */
+  public static LoraAdapter read(Path path) throws IOException {
+    return read(path, LoraReadOptions.defaults());
+  }
+
+  /**
+   * Reads the adapter at {@code path}: a PEFT folder (or its {@code adapter_model.safetensors}),
+   * a kohya file, or a diffusers file (or a folder holding {@code
+   * pytorch_lora_weights.safetensors}).
+   *
+   * @throws SafetensorsFormatException when the bytes are not a valid safetensors file
+   * @throws IOException when the file cannot be read or is no LoRA adapter this library knows
+   * @throws dev.loramerge.LoraMergeException when names cannot be resolved or tensors are not
+   *     LoRA factors
+   */
+  public static LoraAdapter read(Path path, LoraReadOptions options) throws IOException {
+    checkNotNull(path, "path");
+    checkNotNull(options, "options");
+    LoraFormat format = detect(path);
+    String name = adapterName(path);
+    if (format == LoraFormat.PEFT) {
+      return PeftFormat.read(path, name, options);
+    }
+    try (SafetensorsFile file = SafetensorsFile.open(weightsFile(path))) {
+      return format == LoraFormat.KOHYA
+          ? KohyaFormat.read(file, name, options)
+          : DiffusersFormat.read(file, name, options);
+    }
+  }
+
+  /**
+   * The format of the adapter at {@code path}.
+   *
+   * @throws IOException when it is none of them
+   */
+  public static LoraFormat detect(Path path) throws IOException {
+    if (!Files.exists(path)) {
+      throw new NoSuchFileException(path.toString(), null, "no such file or folder");
+    }
+    if (PeftFormat.configFor(path).isPresent()
+        && (Files.isDirectory(path) || path.getFileName().toString().equals(PeftFormat.WEIGHTS))) {
+      return LoraFormat.PEFT;
+    }
+    Path weights = weightsFile(path);
+    try (SafetensorsFile file = SafetensorsFile.open(weights)) {
+      List<String> names = file.tensors().stream().map(TensorInfo::name).collect(Collectors.toList());
+      if (KohyaFormat.matches(names)) {
+        return LoraFormat.KOHYA;
+      }
+      if (DiffusersFormat.matches(names)) {
+        return LoraFormat.DIFFUSERS;
+      }
+      throw new IOException(
+          weights.getFileName()
+              + ": no LoRA factors found (expected kohya 'lora_unet_<name>.lora_down.weight', diffusers"
+              + " 'unet.<path>.lora_A.weight' or a PEFT folder with adapter_config.json); first tensors: "
+              + FormatParts.quoteFirst(names));
+    }
+  }
+
+  /**
+   * Writes {@code adapter} to {@code target} in {@code format}: a folder for {@link
+   * LoraFormat#PEFT}, a {@code .safetensors} file otherwise. The adapter's metadata is kept.
+   */
+  public static void write(LoraAdapter adapter, Path target, LoraFormat format) throws IOException {
+    checkNotNull(adapter, "adapter");
+    checkNotNull(target, "target");
+    checkNotNull(format, "format");
+    switch (format) {
+      case PEFT:
+        PeftFormat.write(adapter, target);
+        break;
+      case KOHYA:
+        KohyaFormat.write(adapter, target);
+        break;
+      case DIFFUSERS:
+        DiffusersFormat.write(adapter, target);
+        break;
+      default:
+        throw new AssertionError(format);
+    }
+  }
+
+  private static Path weightsFile(Path path) throws IOException {
+    if (!Files.isDirectory(path)) {
+      return path;
+    }
+    Path diffusers = path.resolve(DIFFUSERS_WEIGHTS);
+    if (Files.isRegularFile(diffusers)) {
+      return diffusers;
+    }
+    throw new IOException(
+        path + ": a folder with neither " + PeftFormat.CONFIG + " nor " + DIFFUSERS_WEIGHTS);
+  }
+
+  /** The file or folder name without {@code .safetensors}; a PEFT weights file names its folder. */
+  static String adapterName(Path path) {
+    Path named = path.toAbsolutePath().normalize();
+    String file = named.getFileName().toString();
+    if (!Files.isDirectory(named)
+        && (file.equals(PeftFormat.WEIGHTS) || file.equals(DIFFUSERS_WEIGHTS))
+        && named.getParent() != null) {
+      file = named.getParent().getFileName().toString();
+    }
+    return file.endsWith(".safetensors") ? file.substring(0, file.length() - ".safetensors".length()) : file;
+  }
+}
