@@ -1,0 +1,169 @@
+package dev.loramerge.cli;
+
+import dev.loramerge.Architecture;
+import dev.loramerge.DType;
+import dev.loramerge.LoraAdapter;
+import dev.loramerge.LoraModule;
+import dev.loramerge.ModuleSpec;
+import dev.loramerge.SyntheticLora;
+import dev.loramerge.io.LoraFiles;
+import dev.loramerge.io.LoraFormat;
+import java.io.IOException;
+import java.io.PrintWriter;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.Comparator;
+import java.util.Locale;
+import java.util.Set;
+import java.util.concurrent.Callable;
+import java.util.stream.Stream;
+import picocli.CommandLine.Command;
+import picocli.CommandLine.Mixin;
+import picocli.CommandLine.Model.CommandSpec;
+import picocli.CommandLine.Option;
+import picocli.CommandLine.Spec;
+
+/**
+ * {@code lora demo}: writes small SDXL-shaped adapters into a temporary folder and runs the
+ * library's main jobs on them, printing what it did and how long each step took.
+ */
+@Command(
+    name = "demo",
+    mixinStandardHelpOptions = true,
+    description =
+        "Write small SDXL-shaped adapters into a temporary folder, convert them between formats"
+            + " and check that every update survives exactly.")
+final class DemoCommand implements Callable<Integer> {
+  /** The 640-wide SDXL blocks: real shapes, small enough to run in a second. */
+  private static final Set<String> BLOCKS = Set.of("IN04", "IN05", "OUT03", "OUT04", "OUT05");
+
+  @Spec CommandSpec spec;
+
+  @Option(names = "--keep", description = "Keep the temporary folder and print its path.")
+  boolean keep;
+
+  @Mixin VerboseOption verbose;
+
+  @Override
+  public Integer call() throws IOException {
+    PrintWriter out = spec.commandLine().getOut();
+    Path folder = Files.createTempDirectory("lora-demo-");
+    try {
+      run(out, folder);
+    } finally {
+      if (keep) {
+        out.println("kept " + folder);
+      } else {
+        deleteRecursively(folder);
+      }
+    }
+    out.flush();
+    return LoraCommand.OK;
+  }
+
+  private void run(PrintWriter out, Path folder) throws IOException {
+    Architecture sdxl = Architecture.sdxl();
+    long start = System.nanoTime();
+    LoraAdapter style = adapter(sdxl, "style", 8, 16, 1);
+    LoraAdapter subject = adapter(sdxl, "subject", 4, 4, 2);
+    step(out, start, "generated", describe(style) + " and " + describe(subject));
+
+    start = System.nanoTime();
+    Path styleFile = folder.resolve("style.safetensors");
+    Path subjectFolder = folder.resolve("subject");
+    LoraFiles.write(style, styleFile, LoraFormat.KOHYA);
+    LoraFiles.write(subject, subjectFolder, LoraFormat.PEFT);
+    step(out, start, "wrote", styleFile.getFileName() + " (kohya) and " + subjectFolder.getFileName() + "/ (peft)");
+
+    start = System.nanoTime();
+    LoraAdapter styleRead = LoraFiles.read(styleFile);
+    LoraAdapter subjectRead = LoraFiles.read(subjectFolder);
+    step(
+        out,
+        start,
+        "read",
+        String.format(
+            Locale.ROOT,
+            "%s as %s, %s as %s",
+            styleFile.getFileName(),
+            Architecture.detect(styleRead).map(Architecture::displayName).orElse("unknown"),
+            subjectFolder.getFileName(),
+            Architecture.detect(subjectRead).map(Architecture::displayName).orElse("unknown")));
+
+    start = System.nanoTime();
+    Path peft = folder.resolve("style-peft");
+    Path diffusers = folder.resolve("style-diffusers.safetensors");
+    Path kohya = folder.resolve("style-kohya.safetensors");
+    LoraFiles.write(styleRead, peft, LoraFormat.PEFT);
+    LoraFiles.write(LoraFiles.read(peft), diffusers, LoraFormat.DIFFUSERS);
+    LoraFiles.write(LoraFiles.read(diffusers), kohya, LoraFormat.KOHYA);
+    LoraAdapter roundTrip = LoraFiles.read(kohya);
+    double worst = largestDifference(style, roundTrip);
+    step(
+        out,
+        start,
+        "converted",
+        String.format(
+            Locale.ROOT,
+            "kohya → peft → diffusers → kohya; largest change of any update element: %s",
+            worst == 0 ? "0 (exact)" : Double.toString(worst)));
+    if (worst != 0) {
+      throw new IllegalStateException("conversion changed an update by " + worst);
+    }
+  }
+
+  private static LoraAdapter adapter(Architecture architecture, String name, int rank, double alpha, long seed) {
+    return SyntheticLora.builder(architecture)
+        .name(name)
+        .modules(DemoCommand::isInDemoBlocks)
+        .rank(rank)
+        .alpha(alpha)
+        .dtype(DType.F16)
+        .seed(seed)
+        .build();
+  }
+
+  private static String describe(LoraAdapter adapter) {
+    LoraModule first = adapter.modules().values().iterator().next();
+    return String.format(
+        Locale.ROOT,
+        "'%s' (%d modules, rank %d, alpha %s, %s)",
+        adapter.name(),
+        adapter.size(),
+        first.rank(),
+        first.alpha(),
+        first.dtype().safetensorsName());
+  }
+
+  private static double largestDifference(LoraAdapter expected, LoraAdapter actual) {
+    if (!expected.modules().keySet().equals(actual.modules().keySet())) {
+      throw new IllegalStateException("conversion changed the set of modules");
+    }
+    double worst = 0;
+    for (LoraModule module : expected.modules().values()) {
+      double[] want = module.deltaF64();
+      double[] got = actual.modules().get(module.key()).deltaF64();
+      for (int i = 0; i < want.length; i++) {
+        worst = Math.max(worst, Math.abs(want[i] - got[i]));
+      }
+    }
+    return worst;
+  }
+
+  private static void step(PrintWriter out, long startNanos, String what, String detail) {
+    out.println(String.format(Locale.ROOT, "%-10s %8s  %s", what, Sizes.seconds(System.nanoTime() - startNanos), detail));
+    out.flush();
+  }
+
+  private static void deleteRecursively(Path folder) throws IOException {
+    try (Stream<Path> paths = Files.walk(folder)) {
+      for (Path path : (Iterable<Path>) paths.sorted(Comparator.reverseOrder())::iterator) {
+        Files.delete(path);
+      }
+    }
+  }
+
+  private static boolean isInDemoBlocks(ModuleSpec spec) {
+    return spec.blockId().map(BLOCKS::contains).orElse(false);
+  }
+}

@@ -1,0 +1,51 @@
+package dev.loramerge.cli;
+
+import dev.loramerge.Architecture;
+import dev.loramerge.io.LoraReadOptions;
+import dev.loramerge.io.SafetensorsFile;
+import dev.loramerge.io.TensorInfo;
+import java.io.IOException;
+import java.nio.file.Path;
+import java.util.stream.Collectors;
+import picocli.CommandLine.Option;
+
+/** How input adapters are read: name resolution and what to do with unreadable tensors. */
+final class InputOptions {
+  @Option(
+      names = "--base",
+      paramLabel = "BASE.safetensors",
+      description = "Base weights whose keys resolve kohya module names.")
+  Path base;
+
+  @Option(
+      names = "--architecture",
+      paramLabel = "sd15|sdxl",
+      description = "Resolve kohya module names against this architecture.")
+  String architecture;
+
+  @Option(
+      names = "--skip-unsupported",
+      description = "Drop tensors that are not LoRA factors (LoHa, LoKr, DoRA, unknown) with a warning.")
+  boolean skipUnsupported;
+
+  LoraReadOptions readOptions() throws IOException {
+    LoraReadOptions.Builder options = LoraReadOptions.builder().skipUnsupported(skipUnsupported);
+    if (architecture != null) {
+      options.architecture(
+          Architecture.byId(architecture)
+              .orElseThrow(
+                  () ->
+                      new IllegalArgumentException(
+                          "unknown architecture '"
+                              + architecture
+                              + "', expected one of "
+                              + Architecture.all().stream().map(Architecture::id).collect(Collectors.joining(", ")))));
+    }
+    if (base != null) {
+      try (SafetensorsFile file = SafetensorsFile.open(base)) {
+        options.baseKeys(file.tensors().stream().map(TensorInfo::name).collect(Collectors.toList()));
+      }
+    }
+    return options.build();
+  }
+}

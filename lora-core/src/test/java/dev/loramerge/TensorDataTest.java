@@ -1,0 +1,81 @@
+package dev.loramerge;
+
+import static org.assertj.core.api.Assertions.assertThat;
+import static org.assertj.core.api.Assertions.assertThatThrownBy;
+
+import ai.djl.ndarray.NDArray;
+import ai.djl.ndarray.NDManager;
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import org.junit.jupiter.api.Test;
+
+class TensorDataTest {
+  @Test
+  void decodesEveryFloatTypeExactly() {
+    double[] values = {0, 1, -2.5, 0.1, 65504, -1e-7};
+    for (DType dtype : new DType[] {DType.F64, DType.F32, DType.F16, DType.BF16}) {
+      TensorData tensor = TensorData.ofDoubles(values, dtype, 2, 3);
+      double[] decoded = tensor.toDoubleArray();
+      for (int i = 0; i < values.length; i++) {
+        double expected = roundTo(dtype, values[i]);
+        assertThat(decoded[i]).as("%s element %d", dtype, i).isEqualTo(expected);
+      }
+      assertThat(tensor.byteSize()).isEqualTo(6L * dtype.byteSize());
+    }
+  }
+
+  private static double roundTo(DType dtype, double value) {
+    switch (dtype) {
+      case F64:
+        return value;
+      case F32:
+        return (float) value;
+      case F16:
+        return dev.loramerge.internal.FloatFormats.fromFloat16(dev.loramerge.internal.FloatFormats.toFloat16(value));
+      case BF16:
+        return dev.loramerge.internal.FloatFormats.fromBFloat16(dev.loramerge.internal.FloatFormats.toBFloat16(value));
+      default:
+        throw new AssertionError(dtype);
+    }
+  }
+
+  @Test
+  void rejectsBytesThatDoNotFillTheShape() {
+    ByteBuffer bytes = ByteBuffer.allocate(10);
+    assertThatThrownBy(() -> TensorData.of(DType.F32, new long[] {2, 2}, bytes))
+        .isInstanceOf(IllegalArgumentException.class)
+        .hasMessage("F32 [2, 2] needs 16 bytes, got 10");
+  }
+
+  @Test
+  void isImmutable() {
+    long[] shape = {2};
+    ByteBuffer bytes = ByteBuffer.allocate(8).order(ByteOrder.LITTLE_ENDIAN).putFloat(1).putFloat(2).flip();
+    TensorData tensor = TensorData.of(DType.F32, shape, bytes);
+    shape[0] = 99;
+    tensor.shape()[0] = 42;
+    assertThat(tensor.shape()).containsExactly(2);
+    assertThat(tensor.bytes().isReadOnly()).isTrue();
+  }
+
+  @Test
+  void equalityIsByContent() {
+    TensorData a = TensorData.ofFloats(new float[] {1, 2, 3, 4}, 2, 2);
+    assertThat(a).isEqualTo(TensorData.ofFloats(new float[] {1, 2, 3, 4}, 2, 2));
+    assertThat(a).isNotEqualTo(TensorData.ofFloats(new float[] {1, 2, 3, 4}, 4));
+    assertThat(a).isNotEqualTo(a.to(DType.F16));
+    assertThat(a.to(DType.F16).to(DType.F32)).isEqualTo(a);
+  }
+
+  @Test
+  void toNDArrayCopiesIntoTheCallersManager() {
+    TensorData tensor = TensorData.ofDoubles(new double[] {1, -2, 3.5, 4}, DType.F16, 2, 2);
+    try (NDManager manager = NDManager.newBaseManager()) {
+      NDArray array = tensor.toNDArray(manager);
+      array.addi(1);
+      assertThat(array.toFloatArray()).containsExactly(2, -1, 4.5f, 5);
+      assertThat(array.getShape().getShape()).containsExactly(2, 2);
+    }
+    assertThat(tensor.toFloatArray()).as("the source is untouched").containsExactly(1, -2, 3.5f, 4);
+  }
+}

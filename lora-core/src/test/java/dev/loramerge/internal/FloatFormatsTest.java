@@ -1,0 +1,75 @@
+package dev.loramerge.internal;
+
+import static org.assertj.core.api.Assertions.assertThat;
+
+import org.junit.jupiter.api.Test;
+
+class FloatFormatsTest {
+  @Test
+  void everyFiniteFloat16RoundTrips() {
+    for (int bits = 0; bits < 0x10000; bits++) {
+      double value = FloatFormats.fromFloat16(bits);
+      if (Double.isNaN(value)) {
+        continue;
+      }
+      assertThat(FloatFormats.toFloat16(value) & 0xffff)
+          .as("fp16 bits 0x%04x (%s)", bits, value)
+          .isEqualTo(bits);
+    }
+  }
+
+  @Test
+  void float16MidpointsRoundToEvenAndNeighboursRoundToNearest() {
+    for (int bits = 0; bits < 0x7bff; bits++) {
+      double low = FloatFormats.fromFloat16(bits);
+      double high = FloatFormats.fromFloat16(bits + 1);
+      double middle = (low + high) / 2;
+      int even = (bits & 1) == 0 ? bits : bits + 1;
+      assertThat(FloatFormats.toFloat16(middle) & 0xffff).as("midpoint above 0x%04x", bits).isEqualTo(even);
+      assertThat(FloatFormats.toFloat16(Math.nextUp(middle)) & 0xffff).as("just above midpoint 0x%04x", bits).isEqualTo(bits + 1);
+      assertThat(FloatFormats.toFloat16(Math.nextDown(middle)) & 0xffff).as("just below midpoint 0x%04x", bits).isEqualTo(bits);
+      assertThat(FloatFormats.toFloat16(-middle) & 0xffff).as("negative midpoint 0x%04x", bits).isEqualTo(even | 0x8000);
+    }
+  }
+
+  @Test
+  void float16OverflowsToInfinityAtTheRoundingBoundary() {
+    assertThat(FloatFormats.toFloat16(65504.0) & 0xffff).isEqualTo(0x7bff);
+    assertThat(FloatFormats.toFloat16(Math.nextDown(65520.0)) & 0xffff).isEqualTo(0x7bff);
+    assertThat(FloatFormats.toFloat16(65520.0) & 0xffff).as("the tie goes to even: infinity").isEqualTo(0x7c00);
+    assertThat(FloatFormats.toFloat16(-1e9) & 0xffff).isEqualTo(0xfc00);
+    assertThat(FloatFormats.fromFloat16(0x7e00)).isNaN();
+    assertThat(FloatFormats.toFloat16(Double.NaN) & 0x7c00).isEqualTo(0x7c00);
+  }
+
+  @Test
+  void bfloat16RoundsOnceFromDouble() {
+    for (int bits = 0; bits < 0x7f7f; bits += 7) {
+      double low = FloatFormats.fromBFloat16(bits);
+      double high = FloatFormats.fromBFloat16(bits + 1);
+      double middle = (low + high) / 2;
+      int even = (bits & 1) == 0 ? bits : bits + 1;
+      assertThat(FloatFormats.toBFloat16(low) & 0xffff).as("bf16 0x%04x", bits).isEqualTo(bits);
+      assertThat(FloatFormats.toBFloat16(middle) & 0xffff).as("midpoint above 0x%04x", bits).isEqualTo(even);
+      assertThat(FloatFormats.toBFloat16(Math.nextUp(middle)) & 0xffff).isEqualTo(bits + 1);
+    }
+  }
+
+  @Test
+  void bfloat16AvoidsTheDoubleRoundingOfGoingThroughFloat() {
+    // 1 + 2^-8 + 2^-30 lies just above the bf16 midpoint between 1 and 1 + 2^-7; as a float it
+    // becomes exactly the midpoint, which would then round down to 1.
+    double value = 1 + Math.scalb(1.0, -8) + Math.scalb(1.0, -30);
+    assertThat(FloatFormats.fromBFloat16(FloatFormats.toBFloat16(value))).isEqualTo(1 + Math.scalb(1.0, -7));
+  }
+
+  @Test
+  void float8DecodesKnownValues() {
+    assertThat(FloatFormats.fromFloat8E4M3(0x7e)).as("e4m3 max").isEqualTo(448.0);
+    assertThat(FloatFormats.fromFloat8E4M3(0x7f)).isNaN();
+    assertThat(FloatFormats.fromFloat8E4M3(0x01)).as("smallest subnormal").isEqualTo(Math.scalb(1.0, -9));
+    assertThat(FloatFormats.fromFloat8E4M3(0xb8)).isEqualTo(-1.0);
+    assertThat(FloatFormats.fromFloat8E5M2(0x7b)).as("e5m2 max").isEqualTo(57344.0);
+    assertThat(FloatFormats.fromFloat8E5M2(0x7c)).isInfinite();
+  }
+}
