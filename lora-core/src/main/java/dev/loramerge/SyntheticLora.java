@@ -138,14 +138,14 @@ public final class SyntheticLora {
     private TensorData gaussian(SplittableRandom random, double deviation, long[] shape) {
       double[] values = new double[Math.toIntExact(TensorData.numel(shape))];
       for (int i = 0; i < values.length; i++) {
-        values[i] = gaussian(random) * deviation;
+        values[i] = standardNormal(random) * deviation;
       }
       return TensorData.ofDoubles(values, dtype, shape);
     }
   }
 
   /** A standard normal draw (Box–Muller; SplittableRandom has no nextGaussian on Java 17). */
-  private static double gaussian(SplittableRandom random) {
+  private static double standardNormal(SplittableRandom random) {
     double u = 1 - random.nextDouble();
     double v = random.nextDouble();
     return Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * v);

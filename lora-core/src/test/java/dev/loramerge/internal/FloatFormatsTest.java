@@ -60,7 +60,7 @@ class FloatFormatsTest {
     // 1 + 2^-8 + 2^-30 lies just above the bf16 midpoint between 1 and 1 + 2^-7; as a float it
     // becomes exactly the midpoint, which would then round down to 1.
     double value = 1 + Math.scalb(1.0, -8) + Math.scalb(1.0, -30);
-    assertThat(FloatFormats.fromBFloat16(FloatFormats.toBFloat16(value))).isEqualTo(1 + Math.scalb(1.0, -7));
+    assertThat((double) FloatFormats.fromBFloat16(FloatFormats.toBFloat16(value))).isEqualTo(1 + Math.scalb(1.0, -7));
   }
 
   @Test

@@ -1,0 +1,102 @@
+package dev.loramerge.cli;
+
+import static org.assertj.core.api.Assertions.assertThat;
+
+import dev.loramerge.LoraAdapter;
+import dev.loramerge.LoraModule;
+import dev.loramerge.ModuleKey;
+import dev.loramerge.io.LoraFiles;
+import dev.loramerge.testing.GoldenFiles;
+import java.io.IOException;
+import java.io.PrintWriter;
+import java.io.StringWriter;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+
+class LoraCommandTest {
+  @TempDir Path temp;
+
+  /** What one run printed and returned. */
+  private record Run(int exitCode, String out, String err) {}
+
+  private static Run run(String... args) {
+    StringWriter out = new StringWriter();
+    StringWriter err = new StringWriter();
+    int code = LoraCommand.execute(args, new PrintWriter(out, true), new PrintWriter(err, true));
+    return new Run(code, out.toString(), err.toString());
+  }
+
+  @Test
+  void convertKohyaToPeftMatchesPeftsOwnAdapter() throws IOException {
+    for (String name : new String[] {"style", "subject", "detail"}) {
+      Path output = temp.resolve(name);
+      Run run = run("convert", "--to", "peft", "-o", output.toString(), GoldenFiles.peft021("kohya/" + name + ".safetensors").toString());
+      assertThat(run.exitCode()).as("exit code; stderr: %s", run.err()).isZero();
+      LoraAdapter converted = LoraFiles.read(output);
+      LoraAdapter golden = LoraFiles.read(GoldenFiles.peft021("adapters/" + name));
+      assertThat(converted.modules().keySet()).isEqualTo(golden.modules().keySet());
+      for (ModuleKey key : golden.modules().keySet()) {
+        LoraModule want = golden.modules().get(key);
+        assertThat(converted.modules().get(key).deltaF64()).as("%s %s", name, key).containsExactly(want.deltaF64());
+      }
+    }
+  }
+
+  @Test
+  void inspectDescribesAnAdapter() {
+    Run run = run("inspect", GoldenFiles.peft021("kohya/style.safetensors").toString());
+    assertThat(run.exitCode()).as("stderr: %s", run.err()).isZero();
+    assertThat(run.out())
+        .contains("format       kohya")
+        .contains("modules      70 (unet linear ×65, unet conv ×5)")
+        .contains("ranks        8 ×70")
+        .contains("alphas       16 ×70")
+        .contains("scales       2 ×70")
+        .contains("ss_network_dim = 8");
+  }
+
+  @Test
+  void missingInputIsBadInputWithOneLine() {
+    Run run = run("inspect", temp.resolve("nothing.safetensors").toString());
+    assertThat(run.exitCode()).isEqualTo(3);
+    assertThat(run.err().strip()).isEqualTo("lora: " + temp.resolve("nothing.safetensors") + ": no such file or folder");
+  }
+
+  @Test
+  void malformedFileIsBadInputWithoutStackTrace() throws IOException {
+    Path broken = temp.resolve("broken.safetensors");
+    Files.write(broken, new byte[] {1, 2, 3});
+    Run run = run("inspect", broken.toString());
+    assertThat(run.exitCode()).isEqualTo(3);
+    assertThat(run.err().lines()).hasSize(1);
+    assertThat(run.err()).startsWith("lora: broken.safetensors: ");
+  }
+
+  @Test
+  void verboseAddsTheStackTrace() throws IOException {
+    Path broken = temp.resolve("broken.safetensors");
+    Files.write(broken, new byte[] {1, 2, 3});
+    Run run = run("inspect", "--verbose", broken.toString());
+    assertThat(run.exitCode()).isEqualTo(3);
+    assertThat(run.err().lines().count()).isGreaterThan(3);
+    assertThat(run.err()).contains("\tat dev.loramerge.");
+  }
+
+  @Test
+  void usageErrorsExitWithTwo() {
+    assertThat(run("convert", "--to", "onnx", "-o", "x", "y").exitCode()).isEqualTo(2);
+    assertThat(run("convert", "--to", "onnx", "-o", "x", "y").err())
+        .startsWith("lora: Invalid value for option '--to': 'onnx' is not a format; expected peft, kohya or diffusers");
+    assertThat(run("frobnicate").exitCode()).isEqualTo(2);
+    assertThat(run().exitCode()).isEqualTo(2);
+  }
+
+  @Test
+  void demoRunsAndChecksItsConversions() {
+    Run run = run("demo");
+    assertThat(run.exitCode()).as("stderr: %s", run.err()).isZero();
+    assertThat(run.out()).contains("as SDXL").contains("0 (exact)");
+  }
+}
