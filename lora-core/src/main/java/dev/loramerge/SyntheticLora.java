@@ -4,7 +4,7 @@ import static com.google.common.base.Preconditions.checkArgument;
 import static com.google.common.base.Preconditions.checkNotNull;
 
 import com.google.errorprone.annotations.CanIgnoreReturnValue;
-import java.nio.charset.StandardCharsets;
+import dev.loramerge.internal.Recipes;
 import java.util.Locale;
 import java.util.SplittableRandom;
 import java.util.function.Predicate;
@@ -107,7 +107,7 @@ public final class SyntheticLora {
         if (!modules.test(spec)) {
           continue;
         }
-        SplittableRandom random = new SplittableRandom(mix(seed, spec.key().toString()));
+        SplittableRandom random = new SplittableRandom(Recipes.streamSeed(seed, spec.key().toString(), 0, "synthetic"));
         long inner = spec.inFeatures() * spec.kernelSize() * spec.kernelSize();
         long[] downShape =
             spec.kind() == ModuleSpec.Kind.CONV
@@ -149,14 +149,5 @@ public final class SyntheticLora {
     double u = 1 - random.nextDouble();
     double v = random.nextDouble();
     return Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * v);
-  }
-
-  /** A per-module seed: FNV-1a of the key folded into the caller's seed. */
-  private static long mix(long seed, String key) {
-    long hash = 0xcbf29ce484222325L;
-    for (byte b : key.getBytes(StandardCharsets.UTF_8)) {
-      hash = (hash ^ (b & 0xff)) * 0x100000001b3L;
-    }
-    return seed * 0x9e3779b97f4a7c15L ^ hash;
   }
 }

@@ -5,9 +5,8 @@ import static com.google.common.base.Preconditions.checkNotNull;
 
 import ai.djl.ndarray.NDArray;
 import ai.djl.ndarray.NDManager;
-import ai.djl.ndarray.types.DataType;
-import ai.djl.ndarray.types.Shape;
 import dev.loramerge.internal.FloatFormats;
+import dev.loramerge.internal.NdArrays;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.util.Arrays;
@@ -192,10 +191,7 @@ public final class TensorData {
    * it (or its manager).
    */
   public NDArray toNDArray(NDManager manager) {
-    ByteBuffer direct =
-        ByteBuffer.allocateDirect(Math.toIntExact(numel() * 4)).order(ByteOrder.nativeOrder());
-    direct.asFloatBuffer().put(toFloatArray());
-    return manager.create(direct, new Shape(shape), DataType.FLOAT32);
+    return NdArrays.float32(manager, this, shape);
   }
 
   private double readAsDouble(ByteBuffer in, int index) {

@@ -7,6 +7,7 @@ import dev.loramerge.LoraModule;
 import dev.loramerge.ModuleKey;
 import dev.loramerge.ScaleRule;
 import dev.loramerge.TensorData;
+import dev.loramerge.internal.Json;
 import java.io.IOException;
 import java.nio.file.Path;
 import java.util.ArrayList;
@@ -101,7 +102,7 @@ final class DiffusersFormat {
     }
     Map<String, Object> entries;
     try {
-      entries = FormatJson.parseObject(json);
+      entries = Json.parseObject(json);
     } catch (IOException e) {
       throw new IOException(fileName + ": " + METADATA_KEY + " is not a JSON object: " + e.getMessage(), e);
     }
@@ -110,14 +111,14 @@ final class DiffusersFormat {
       ComponentConfig config = new ComponentConfig();
       Object alpha = entries.get(prefix + "lora_alpha");
       if (alpha != null) {
-        config.alpha = OptionalDouble.of(FormatJson.number(alpha, fileName + " " + prefix + "lora_alpha"));
+        config.alpha = OptionalDouble.of(Json.number(alpha, fileName + " " + prefix + "lora_alpha"));
       }
       Object pattern = entries.get(prefix + "alpha_pattern");
       if (pattern instanceof Map) {
         for (Map.Entry<?, ?> entry : ((Map<?, ?>) pattern).entrySet()) {
           config.alphaPattern.put(
               entry.getKey().toString(),
-              FormatJson.number(entry.getValue(), fileName + " " + prefix + "alpha_pattern"));
+              Json.number(entry.getValue(), fileName + " " + prefix + "alpha_pattern"));
         }
       }
       config.rsLora = Boolean.TRUE.equals(entries.get(prefix + "use_rslora"));
@@ -218,7 +219,7 @@ final class DiffusersFormat {
     Map<String, String> metadata = new LinkedHashMap<>(adapter.metadata());
     metadata.remove(METADATA_KEY);
     metadata.putIfAbsent("format", "pt");
-    metadata.put(METADATA_KEY, FormatJson.write(config, false));
+    metadata.put(METADATA_KEY, Json.write(config, false));
     Safetensors.write(target, tensors, metadata);
   }
 }

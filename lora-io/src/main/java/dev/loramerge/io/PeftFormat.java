@@ -8,6 +8,7 @@ import dev.loramerge.LoraModule;
 import dev.loramerge.ModuleKey;
 import dev.loramerge.ScaleRule;
 import dev.loramerge.TensorData;
+import dev.loramerge.internal.Json;
 import java.io.IOException;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
@@ -60,7 +61,7 @@ final class PeftFormat {
     String fileName = configPath.getParent().getFileName() + "/" + CONFIG;
     Map<String, Object> json;
     try {
-      json = FormatJson.parseObject(Files.readString(configPath, StandardCharsets.UTF_8));
+      json = Json.parseObject(Files.readString(configPath, StandardCharsets.UTF_8));
     } catch (IOException e) {
       throw new IOException(fileName + ": not a valid JSON object: " + e.getMessage(), e);
     }
@@ -71,21 +72,21 @@ final class PeftFormat {
               Locale.ROOT,
               "%s: peft_type is %s, expected 'LORA'",
               fileName,
-              FormatJson.describe(peftType)));
+              Json.describe(peftType)));
     }
     Config config = new Config();
     if (!json.containsKey("lora_alpha") && !json.containsKey("r")) {
       throw new IOException(fileName + ": has neither 'r' nor 'lora_alpha'");
     }
     config.alpha =
-        FormatJson.number(json.containsKey("lora_alpha") ? json.get("lora_alpha") : json.get("r"),
+        Json.number(json.containsKey("lora_alpha") ? json.get("lora_alpha") : json.get("r"),
             fileName + " lora_alpha");
     Object pattern = json.get("alpha_pattern");
     if (pattern instanceof Map) {
       for (Map.Entry<?, ?> entry : ((Map<?, ?>) pattern).entrySet()) {
         config.alphaPattern.put(
             entry.getKey().toString(),
-            FormatJson.number(entry.getValue(), fileName + " alpha_pattern '" + entry.getKey() + "'"));
+            Json.number(entry.getValue(), fileName + " alpha_pattern '" + entry.getKey() + "'"));
       }
     }
     config.rsLora = Boolean.TRUE.equals(json.get("use_rslora"));
@@ -196,7 +197,7 @@ final class PeftFormat {
         folder,
         staging -> {
           Safetensors.write(staging.resolve(WEIGHTS), tensors, metadata);
-          Files.writeString(staging.resolve(CONFIG), FormatJson.write(config, true) + "\n", StandardCharsets.UTF_8);
+          Files.writeString(staging.resolve(CONFIG), Json.write(config, true) + "\n", StandardCharsets.UTF_8);
         },
         ImmutableList.of(WEIGHTS, CONFIG));
   }

@@ -1,4 +1,4 @@
-package dev.loramerge.io;
+package dev.loramerge.internal;
 
 import com.fasterxml.jackson.core.JsonFactory;
 import com.fasterxml.jackson.core.JsonGenerator;
@@ -20,14 +20,14 @@ import java.util.Map;
  * {@code lora_adapter_metadata}), read into plain maps, lists, strings, numbers, booleans and
  * nulls, and written back with stable key order.
  */
-final class FormatJson {
+public final class Json {
   private static final JsonFactory FACTORY =
       JsonFactory.builder().enable(StreamReadFeature.STRICT_DUPLICATE_DETECTION).build();
 
-  private FormatJson() {}
+  private Json() {}
 
   /** Parses a JSON object. */
-  static Map<String, Object> parseObject(String json) throws IOException {
+  public static Map<String, Object> parseObject(String json) throws IOException {
     try (JsonParser parser = FACTORY.createParser(json)) {
       if (parser.nextToken() != JsonToken.START_OBJECT) {
         throw new IOException("expected a JSON object");
@@ -75,7 +75,7 @@ final class FormatJson {
   }
 
   /** Writes {@code value} (maps, lists, strings, numbers, booleans, nulls) as indented JSON. */
-  static String write(Object value, boolean pretty) throws IOException {
+  public static String write(Object value, boolean pretty) throws IOException {
     StringWriter out = new StringWriter();
     try (JsonGenerator generator = FACTORY.createGenerator(out)) {
       if (pretty) {
@@ -127,7 +127,7 @@ final class FormatJson {
   }
 
   /** A number in a parsed document, as a double. */
-  static double number(Object value, String what) throws IOException {
+  public static double number(Object value, String what) throws IOException {
     if (!(value instanceof BigDecimal)) {
       throw new IOException(what + " is " + describe(value) + ", expected a number");
     }
@@ -135,7 +135,7 @@ final class FormatJson {
   }
 
   /** Describes a parsed value for an error message. */
-  static String describe(Object value) {
+  public static String describe(Object value) {
     if (value == null) {
       return "null";
     }

@@ -1,0 +1,515 @@
+package dev.loramerge;
+
+import static com.google.common.base.Preconditions.checkArgument;
+import static com.google.common.base.Preconditions.checkNotNull;
+
+import ai.djl.ndarray.NDArray;
+import ai.djl.ndarray.NDManager;
+import ai.djl.ndarray.types.DataType;
+import com.google.common.collect.ImmutableList;
+import com.google.errorprone.annotations.CanIgnoreReturnValue;
+import dev.loramerge.internal.FactoredSvd;
+import dev.loramerge.internal.NdArrays;
+import dev.loramerge.internal.Recipes;
+import dev.loramerge.spi.ModuleInput;
+import dev.loramerge.spi.ModuleMerge;
+import dev.loramerge.spi.ModuleUpdate;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Locale;
+import java.util.Map;
+import java.util.Optional;
+import java.util.SortedSet;
+import java.util.SplittableRandom;
+import java.util.TreeMap;
+import java.util.TreeSet;
+import java.util.concurrent.ExecutionException;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.Executors;
+import java.util.concurrent.Future;
+import java.util.concurrent.atomic.AtomicInteger;
+import java.util.stream.Collectors;
+
+/**
+ * Merges weighted LoRA adapters into one, module by module.
+ *
+ * <pre>{@code
+ * LoraAdapter merged = LoraMerger.builder()
+ *     .add(style, 0.7).add(subject, 0.5)
+ *     .algorithm(Ties.of(0.5))
+ *     .rank(32)
+ *     .merge();
+ * }</pre>
+ *
+ * <p>Without an algorithm the merge is the exact weighted sum ({@link MergeAlgorithm#cat()}).
+ * A module that only some adapters have is merged from those; an adapter with weight 0 takes no
+ * part. Re-ranking methods, and any result whose rank exceeds an explicit {@link
+ * Builder#rank(int)}, are truncated by the exact factored SVD (the m×n update is never built).
+ * The result's modules have α = rank (scale 1), as PEFT's merged adapters do.
+ *
+ * <p>Instances are immutable and thread-safe; {@link #merge()} may run concurrently. Each module
+ * is merged in its own NDManager, closed before the next, so memory stays at about one module
+ * per worker thread; results are identical whatever the thread count.
+ */
+public final class LoraMerger {
+  /** Metadata key under which the recipe JSON is stored. */
+  public static final String RECIPE_KEY = "loramerge_recipe";
+
+  private final ImmutableList<Input> inputs;
+  private final MergeAlgorithm algorithm;
+  private final Optional<Integer> rank;
+  private final Optional<Integer> convRank;
+  private final long seed;
+  private final int threads;
+  private final Optional<DType> dtype;
+  private final MergeListener listener;
+  private final String name;
+
+  /** An adapter and its weight. */
+  private record Input(LoraAdapter adapter, double weight) {}
+
+  private LoraMerger(Builder builder) {
+    this.inputs = ImmutableList.copyOf(builder.inputs);
+    this.algorithm = builder.algorithm;
+    this.rank = builder.rank;
+    this.convRank = builder.convRank;
+    this.seed = builder.seed;
+    this.threads = builder.threads;
+    this.dtype = builder.dtype;
+    this.listener = builder.listener;
+    this.name = builder.name;
+  }
+
+  /** A builder with no adapters, the exact weighted sum, seed 0 and one thread per core. */
+  public static Builder builder() {
+    return new Builder();
+  }
+
+  /** A builder holding this merger's settings. */
+  public Builder toBuilder() {
+    Builder builder = new Builder();
+    builder.inputs.addAll(inputs);
+    builder.algorithm = algorithm;
+    builder.rank = rank;
+    builder.convRank = convRank;
+    builder.seed = seed;
+    builder.threads = threads;
+    builder.dtype = dtype;
+    builder.listener = listener;
+    builder.name = name;
+    return builder;
+  }
+
+  /**
+   * Merges the adapters.
+   *
+   * @throws LoraMergeException when modules do not fit (shapes differ between adapters, ranks
+   *     differ for a method that needs them equal, the result is not finite)
+   */
+  public LoraAdapter merge() {
+    SortedSet<ModuleKey> keys = new TreeSet<>();
+    for (Input input : inputs) {
+      keys.addAll(input.adapter().modules().keySet());
+    }
+    DType outputType = dtype.orElseGet(this::commonInputType);
+    TreeMap<ModuleKey, LoraModule> merged = new TreeMap<>();
+    AtomicInteger done = new AtomicInteger();
+    ExecutorService pool = Executors.newFixedThreadPool(threads, runnable -> {
+      Thread thread = new Thread(runnable, "lora-merge");
+      thread.setDaemon(true);
+      return thread;
+    });
+    try (NDManager root = NDManager.newBaseManager()) {
+      List<Future<Optional<LoraModule>>> futures = new ArrayList<>();
+      for (ModuleKey key : keys) {
+        futures.add(
+            pool.submit(
+                () -> {
+                  Optional<LoraModule> module = mergeModule(root, key, outputType);
+                  listener.moduleMerged(done.incrementAndGet(), keys.size(), key);
+                  return module;
+                }));
+      }
+      for (Future<Optional<LoraModule>> future : futures) {
+        future.get().ifPresent(module -> merged.put(module.key(), module));
+      }
+    } catch (ExecutionException e) {
+      Throwable cause = e.getCause();
+      if (cause instanceof RuntimeException) {
+        throw (RuntimeException) cause;
+      }
+      throw new LoraMergeException("merge failed: " + cause, cause);
+    } catch (InterruptedException e) {
+      Thread.currentThread().interrupt();
+      throw new LoraMergeException("merge interrupted", e);
+    } finally {
+      pool.shutdownNow();
+    }
+    LoraAdapter.Builder result = LoraAdapter.builder().name(name);
+    merged.values().forEach(result::add);
+    result.putMetadata(RECIPE_KEY, Recipes.toJson(this::recipe));
+    return result.build();
+  }
+
+  private Map<String, Object> recipe() {
+    Map<String, Object> recipe = new java.util.LinkedHashMap<>();
+    recipe.put("algorithm", algorithm.name());
+    recipe.put("parameters", algorithm.parameters());
+    recipe.put("seed", seed);
+    List<Object> adapters = new ArrayList<>();
+    for (Input input : inputs) {
+      Map<String, Object> entry = new java.util.LinkedHashMap<>();
+      entry.put("name", input.adapter().name());
+      entry.put("weight", input.weight());
+      adapters.add(entry);
+    }
+    recipe.put("inputs", adapters);
+    rank.ifPresent(value -> recipe.put("rank", value));
+    convRank.ifPresent(value -> recipe.put("conv_rank", value));
+    recipe.put("library", Recipes.libraryVersion());
+    return recipe;
+  }
+
+  private DType commonInputType() {
+    List<DType> types =
+        inputs.stream()
+            .flatMap(input -> input.adapter().modules().values().stream())
+            .map(LoraModule::dtype)
+            .distinct()
+            .collect(Collectors.toList());
+    return types.size() == 1 ? types.get(0) : DType.F32;
+  }
+
+  private Optional<LoraModule> mergeModule(NDManager root, ModuleKey key, DType outputType) {
+    List<Input> present = new ArrayList<>();
+    List<Integer> indices = new ArrayList<>();
+    for (int i = 0; i < inputs.size(); i++) {
+      Input input = inputs.get(i);
+      if (input.weight() != 0 && input.adapter().modules().containsKey(key)) {
+        present.add(input);
+        indices.add(i);
+      }
+    }
+    if (present.isEmpty()) {
+      return Optional.empty();
+    }
+    LoraModule first = present.get(0).adapter().modules().get(key);
+    checkShapes(key, present);
+    if (algorithm.requiresEqualRanks()) {
+      checkEqualRanks(key, present);
+    }
+    try (NDManager manager = root.newSubManager()) {
+      ImmutableList.Builder<ModuleInput> moduleInputs = ImmutableList.builder();
+      for (int i = 0; i < present.size(); i++) {
+        moduleInputs.add(new Factors(indices.get(i), present.get(i).adapter().modules().get(key), present.get(i).weight(), manager));
+      }
+      ImmutableList<ModuleInput> built = moduleInputs.build();
+      int largestRank = built.stream().mapToInt(input -> input.module().rank()).max().orElseThrow();
+      Optional<Integer> explicit = first.kind() == LoraModule.Kind.CONV && convRank.isPresent() ? convRank : rank;
+      int target = explicit.orElse(largestRank);
+      ModuleMerge merge = new Merge(key, built, manager, target);
+      ModuleUpdate update = algorithm.merge(merge);
+      if (update.isDense()) {
+        throw new LoraMergeException("module '" + key + "': dense updates need the randomized SVD, which is not implemented yet");
+      }
+      NDArray up = update.up().orElseThrow();
+      NDArray down = update.down().orElseThrow();
+      long currentRank = up.getShape().get(1);
+      if (algorithm.reRanks() || (explicit.isPresent() && currentRank > target)) {
+        NDArray[] truncated = truncate(manager, up, down, target);
+        up = truncated[0];
+        down = truncated[1];
+      }
+      return Optional.of(toModule(key, first, up, down, outputType));
+    }
+  }
+
+  /** The exact best rank-{@code target} factors of up·down (see {@link FactoredSvd}). */
+  private static NDArray[] truncate(NDManager manager, NDArray up, NDArray down, int target) {
+    NDArray up64 = up.toType(DataType.FLOAT64, false);
+    NDArray down64 = down.toType(DataType.FLOAT64, false);
+    FactoredSvd svd =
+        FactoredSvd.of(
+            NdArrays.toMatrix(up64.transpose().matMul(up64)),
+            NdArrays.toMatrix(down64.matMul(down64.transpose())),
+            sigma -> target);
+    NDArray newUp = up64.matMul(NdArrays.fromMatrix(manager, svd.left()));
+    NDArray newDown = NdArrays.fromMatrix(manager, svd.right()).matMul(down64);
+    return new NDArray[] {newUp, newDown};
+  }
+
+  private static LoraModule toModule(ModuleKey key, LoraModule like, NDArray up, NDArray down, DType outputType) {
+    long rank = up.getShape().get(1);
+    long[] downShape = like.down().shape();
+    downShape[0] = rank;
+    long[] upShape = like.up().shape();
+    upShape[1] = rank;
+    TensorData newDown = NdArrays.toTensor(down, outputType, downShape);
+    TensorData newUp = NdArrays.toTensor(up, outputType, upShape);
+    checkFinite(key, newDown, "down");
+    checkFinite(key, newUp, "up");
+    return LoraModule.of(key, newDown, newUp, rank);
+  }
+
+  private static void checkFinite(ModuleKey key, TensorData tensor, String factor) {
+    double[] values = tensor.toDoubleArray();
+    for (int i = 0; i < values.length; i++) {
+      if (!Double.isFinite(values[i])) {
+        throw new LoraMergeException(
+            String.format(
+                Locale.ROOT,
+                "module '%s': merged %s factor has %s at element %d (of %s %s)",
+                key, factor, values[i], i, tensor.dtype().safetensorsName(),
+                java.util.Arrays.toString(tensor.shape())));
+      }
+    }
+  }
+
+  private void checkShapes(ModuleKey key, List<Input> present) {
+    LoraModule first = present.get(0).adapter().modules().get(key);
+    for (Input input : present) {
+      LoraModule module = input.adapter().modules().get(key);
+      if (!java.util.Arrays.equals(module.weightShape(), first.weightShape())) {
+        throw new LoraMergeException(
+            String.format(
+                Locale.ROOT,
+                "module '%s' updates %s in adapter '%s' but %s in adapter '%s'; the adapters are"
+                    + " for different models",
+                key,
+                java.util.Arrays.toString(first.weightShape()),
+                present.get(0).adapter().name(),
+                java.util.Arrays.toString(module.weightShape()),
+                input.adapter().name()));
+      }
+    }
+  }
+
+  private void checkEqualRanks(ModuleKey key, List<Input> present) {
+    List<Integer> ranks =
+        present.stream().map(input -> input.adapter().modules().get(key).rank()).collect(Collectors.toList());
+    if (ranks.stream().distinct().count() > 1) {
+      throw new LoraMergeException(
+          String.format(
+              Locale.ROOT,
+              "%s needs equal ranks, but module '%s' has ranks %s in adapters %s; use cat or an"
+                  + " *_svd method",
+              algorithm.name(),
+              key,
+              ranks,
+              present.stream().map(input -> "'" + input.adapter().name() + "'").collect(Collectors.joining(", "))));
+    }
+  }
+
+  @Override
+  public String toString() {
+    return String.format(
+        Locale.ROOT,
+        "LoraMerger{inputs=%s, algorithm=%s, rank=%s, convRank=%s, seed=%d, threads=%d, dtype=%s}",
+        inputs.stream().map(input -> input.adapter().name() + "=" + input.weight()).collect(Collectors.toList()),
+        algorithm,
+        rank.map(String::valueOf).orElse("largest input"),
+        convRank.map(String::valueOf).orElse("rank"),
+        seed,
+        threads,
+        dtype.map(DType::safetensorsName).orElse("inputs'"));
+  }
+
+  /** One input's factors for one module, converted on first use in the module's manager. */
+  private static final class Factors implements ModuleInput {
+    private final int index;
+    private final LoraModule module;
+    private final double weight;
+    private final NDManager manager;
+    private NDArray down;
+    private NDArray up;
+    private NDArray delta;
+
+    Factors(int index, LoraModule module, double weight, NDManager manager) {
+      this.index = index;
+      this.module = module;
+      this.weight = weight;
+      this.manager = manager;
+    }
+
+    @Override
+    public int index() {
+      return index;
+    }
+
+    @Override
+    public LoraModule module() {
+      return module;
+    }
+
+    @Override
+    public double weight() {
+      return weight;
+    }
+
+    @Override
+    public double scale() {
+      return module.scale();
+    }
+
+    @Override
+    public NDArray down() {
+      if (down == null) {
+        down = NdArrays.float32(manager, module.down(), module.rank(), module.down().numel() / module.rank());
+      }
+      return down;
+    }
+
+    @Override
+    public NDArray up() {
+      if (up == null) {
+        up = NdArrays.float32(manager, module.up(), module.outFeatures(), module.rank());
+      }
+      return up;
+    }
+
+    @Override
+    public NDArray delta() {
+      if (delta == null) {
+        delta = up().matMul(down()).muli(scale());
+      }
+      return delta;
+    }
+  }
+
+  /** {@link ModuleMerge} for one module. */
+  private final class Merge implements ModuleMerge {
+    private final ModuleKey key;
+    private final ImmutableList<ModuleInput> moduleInputs;
+    private final NDManager manager;
+    private final int targetRank;
+
+    Merge(ModuleKey key, ImmutableList<ModuleInput> moduleInputs, NDManager manager, int targetRank) {
+      this.key = key;
+      this.moduleInputs = moduleInputs;
+      this.manager = manager;
+      this.targetRank = targetRank;
+    }
+
+    @Override
+    public ModuleKey key() {
+      return key;
+    }
+
+    @Override
+    public ImmutableList<ModuleInput> inputs() {
+      return moduleInputs;
+    }
+
+    @Override
+    public NDManager manager() {
+      return manager;
+    }
+
+    @Override
+    public int targetRank() {
+      return targetRank;
+    }
+
+    @Override
+    public SplittableRandom random(int adapterIndex, String stream) {
+      return new SplittableRandom(Recipes.streamSeed(seed, key.toString(), adapterIndex, stream));
+    }
+  }
+
+  /** Collects adapters, weights and options; not thread-safe. */
+  public static final class Builder {
+    private final List<Input> inputs = new ArrayList<>();
+    private MergeAlgorithm algorithm = MergeAlgorithm.cat();
+    private Optional<Integer> rank = Optional.empty();
+    private Optional<Integer> convRank = Optional.empty();
+    private long seed;
+    private int threads = Runtime.getRuntime().availableProcessors();
+    private Optional<DType> dtype = Optional.empty();
+    private MergeListener listener = MergeListener.NONE;
+    private String name = "merged";
+
+    private Builder() {}
+
+    /** Adds {@code adapter} with {@code weight} (any finite number; negative subtracts). */
+    @CanIgnoreReturnValue
+    public Builder add(LoraAdapter adapter, double weight) {
+      checkNotNull(adapter, "adapter");
+      checkArgument(Double.isFinite(weight), "weight must be finite, got %s for adapter '%s'", weight, adapter.name());
+      inputs.add(new Input(adapter, weight));
+      return this;
+    }
+
+    /** The merge method (default: the exact weighted sum). */
+    @CanIgnoreReturnValue
+    public Builder algorithm(MergeAlgorithm algorithm) {
+      this.algorithm = checkNotNull(algorithm, "algorithm");
+      return this;
+    }
+
+    /** The target rank of re-ranked results (default: the largest input rank). */
+    @CanIgnoreReturnValue
+    public Builder rank(int rank) {
+      checkArgument(rank > 0, "rank must be positive, got %s", rank);
+      this.rank = Optional.of(rank);
+      return this;
+    }
+
+    /** A separate target rank for k×k convolutions (default: {@link #rank(int)}). */
+    @CanIgnoreReturnValue
+    public Builder convRank(int convRank) {
+      checkArgument(convRank > 0, "convRank must be positive, got %s", convRank);
+      this.convRank = Optional.of(convRank);
+      return this;
+    }
+
+    /** The seed of every random draw (default 0). */
+    @CanIgnoreReturnValue
+    public Builder seed(long seed) {
+      this.seed = seed;
+      return this;
+    }
+
+    /** Worker threads (default: one per core); results do not depend on it. */
+    @CanIgnoreReturnValue
+    public Builder threads(int threads) {
+      checkArgument(threads > 0, "threads must be positive, got %s", threads);
+      this.threads = threads;
+      return this;
+    }
+
+    /** The factors' element type (default: the inputs' common type, else F32). */
+    @CanIgnoreReturnValue
+    public Builder dtype(DType dtype) {
+      checkArgument(
+          dtype == DType.F32 || dtype == DType.F16 || dtype == DType.BF16 || dtype == DType.F64,
+          "merged factors can be F64, F32, F16 or BF16, got %s", dtype);
+      this.dtype = Optional.of(dtype);
+      return this;
+    }
+
+    /** Hears each merged module. */
+    @CanIgnoreReturnValue
+    public Builder listener(MergeListener listener) {
+      this.listener = checkNotNull(listener, "listener");
+      return this;
+    }
+
+    /** The merged adapter's name (default "merged"). */
+    @CanIgnoreReturnValue
+    public Builder name(String name) {
+      this.name = checkNotNull(name, "name");
+      return this;
+    }
+
+    /** The merger. */
+    public LoraMerger build() {
+      checkArgument(!inputs.isEmpty(), "a merge needs at least one adapter");
+      return new LoraMerger(this);
+    }
+
+    /** Shortcut for {@code build().merge()}. */
+    public LoraAdapter merge() {
+      return build().merge();
+    }
+  }
+}

@@ -1,0 +1,49 @@
+package dev.loramerge.internal;
+
+import ai.djl.ndarray.NDArray;
+import ai.djl.ndarray.NDManager;
+import ai.djl.ndarray.types.DataType;
+import ai.djl.ndarray.types.Shape;
+import dev.loramerge.DType;
+import dev.loramerge.TensorData;
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import org.ejml.data.DMatrixRMaj;
+
+/** Conversions between NDArrays, {@link TensorData} and EJML matrices. */
+public final class NdArrays {
+  private NdArrays() {}
+
+  /** A float64 R×C NDArray owned by {@code manager} with {@code matrix}'s values. */
+  public static NDArray fromMatrix(NDManager manager, DMatrixRMaj matrix) {
+    return manager.create(matrix.data.clone(), new Shape(matrix.numRows, matrix.numCols));
+  }
+
+  /** A 2-D NDArray's values as an EJML matrix (copied, float64). */
+  public static DMatrixRMaj toMatrix(NDArray array) {
+    long[] shape = array.getShape().getShape();
+    double[] values = array.getDataType() == DataType.FLOAT64 ? array.toDoubleArray() : array.toType(DataType.FLOAT64, false).toDoubleArray();
+    return DMatrixRMaj.wrap(Math.toIntExact(shape[0]), Math.toIntExact(shape[1]), values);
+  }
+
+  /**
+   * The values of {@code array} as a tensor of {@code dtype} and {@code shape}, rounded once from
+   * the array's own precision.
+   */
+  public static TensorData toTensor(NDArray array, DType dtype, long... shape) {
+    if (dtype == DType.F32) {
+      float[] values = array.getDataType() == DataType.FLOAT32 ? array.toFloatArray() : array.toType(DataType.FLOAT32, false).toFloatArray();
+      return TensorData.ofFloats(values, shape);
+    }
+    double[] values = array.getDataType() == DataType.FLOAT64 ? array.toDoubleArray() : array.toType(DataType.FLOAT64, false).toDoubleArray();
+    return TensorData.ofDoubles(values, dtype, shape);
+  }
+
+  /** A float32 array of {@code tensor}'s values in the given shape, owned by {@code manager}. */
+  public static NDArray float32(NDManager manager, TensorData tensor, long... shape) {
+    ByteBuffer direct =
+        ByteBuffer.allocateDirect(Math.toIntExact(tensor.numel() * 4)).order(ByteOrder.nativeOrder());
+    direct.asFloatBuffer().put(tensor.toFloatArray());
+    return manager.create(direct, new Shape(shape), DataType.FLOAT32);
+  }
+}

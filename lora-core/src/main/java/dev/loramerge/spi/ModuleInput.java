@@ -1,0 +1,35 @@
+package dev.loramerge.spi;
+
+import ai.djl.ndarray.NDArray;
+import dev.loramerge.LoraModule;
+
+/**
+ * One adapter's factors for the module being merged, with its effective weight.
+ *
+ * <p>{@link #weight()} is the user's weight for the adapter times its block weight for this
+ * module; {@link #scale()} is the module's own α/r (or α/√r). {@link #down()} (r×in·k·k) and
+ * {@link #up()} (out×r) are float32 arrays owned by the module's manager; an algorithm must not
+ * modify them in place.
+ */
+public interface ModuleInput {
+  /** The adapter's position among the merge's inputs (0-based), for seeding. */
+  int index();
+
+  /** The module as read. */
+  LoraModule module();
+
+  /** User weight × block weight. */
+  double weight();
+
+  /** The module's scale s. */
+  double scale();
+
+  /** A, flattened to 2-D, float32. */
+  NDArray down();
+
+  /** B, 2-D, float32. */
+  NDArray up();
+
+  /** The full update s·B·A (out×in·k·k), float32, computed on first use. */
+  NDArray delta();
+}

@@ -1,0 +1,31 @@
+package dev.loramerge.spi;
+
+import ai.djl.ndarray.NDManager;
+import com.google.common.collect.ImmutableList;
+import dev.loramerge.ModuleKey;
+import java.util.SplittableRandom;
+
+/**
+ * One module's merge as an algorithm sees it: the inputs that have this module (with non-zero
+ * weight), the manager that owns every array, the target rank, and seeded random streams.
+ */
+public interface ModuleMerge {
+  /** The module being merged. */
+  ModuleKey key();
+
+  /** The inputs, in the order the adapters were added. */
+  ImmutableList<ModuleInput> inputs();
+
+  /** Owns every array of this module's merge; closed by the merger once the result is copied out. */
+  NDManager manager();
+
+  /** The rank a re-ranked result is truncated to. */
+  int targetRank();
+
+  /**
+   * A random stream keyed by the merge's seed, this module, {@code adapterIndex} and {@code
+   * stream} (e.g. "down", "up", "delta"): the same draws whatever the order or thread in which
+   * modules are merged.
+   */
+  SplittableRandom random(int adapterIndex, String stream);
+}

@@ -1,0 +1,108 @@
+package dev.loramerge;
+
+import static org.assertj.core.api.Assertions.assertThat;
+import static org.assertj.core.api.Assertions.assertThatThrownBy;
+
+import ai.djl.ndarray.NDManager;
+import dev.loramerge.testing.TinyLora;
+import org.junit.jupiter.api.Test;
+
+class LoraMergerTest {
+  private static final LoraAdapter STYLE = TinyLora.adapter("style", 4, 8, 1);
+  private static final LoraAdapter SUBJECT = TinyLora.adapter("subject", 2, 1, 2);
+  private static final LoraAdapter DETAIL = TinyLora.adapter("detail", 3, 3, 3);
+
+  @Test
+  void catIsTheExactWeightedSum() {
+    LoraAdapter merged = LoraMerger.builder().add(STYLE, 0.7).add(SUBJECT, -0.5).add(DETAIL, 1.25).merge();
+    for (ModuleKey key : TinyLora.KEYS) {
+      LoraModule module = merged.modules().get(key);
+      assertThat(module.rank()).as("rank of %s", key).isEqualTo(9);
+      assertThat(module.scale()).isEqualTo(1.0);
+      double[] expected = TinyLora.weightedSum(key, new LoraAdapter[] {STYLE, SUBJECT, DETAIL}, new double[] {0.7, -0.5, 1.25});
+      assertThat(TinyLora.relativeError(module.deltaF64(), expected)).as("relative error of %s", key).isLessThan(1e-6);
+    }
+    assertThat(merged.module(TinyLora.KEYS[2]).orElseThrow().down().shape()).containsExactly(9, 4, 3, 3);
+    assertThat(merged.module(TinyLora.KEYS[2]).orElseThrow().up().shape()).containsExactly(6, 9, 1, 1);
+  }
+
+  @Test
+  void catIsOrderInvariant() {
+    LoraAdapter forward = LoraMerger.builder().add(STYLE, 0.7).add(SUBJECT, 0.5).merge();
+    LoraAdapter backward = LoraMerger.builder().add(SUBJECT, 0.5).add(STYLE, 0.7).merge();
+    for (ModuleKey key : TinyLora.KEYS) {
+      assertThat(TinyLora.relativeError(backward.modules().get(key).deltaF64(), forward.modules().get(key).deltaF64()))
+          .isLessThan(1e-6);
+    }
+  }
+
+  @Test
+  void aZeroWeightRemovesTheAdapter() {
+    LoraAdapter merged = LoraMerger.builder().add(STYLE, 0.7).add(SUBJECT, 0).merge();
+    LoraAdapter alone = LoraMerger.builder().add(STYLE, 0.7).merge();
+    for (ModuleKey key : TinyLora.KEYS) {
+      assertThat(merged.modules().get(key).rank()).isEqualTo(4);
+      assertThat(merged.modules().get(key).deltaF64()).containsExactly(alone.modules().get(key).deltaF64());
+    }
+  }
+
+  @Test
+  void anExplicitRankTruncatesByTheExactSvd() {
+    LoraAdapter full = LoraMerger.builder().add(STYLE, 1).add(SUBJECT, 1).merge();
+    LoraAdapter sameRank = LoraMerger.builder().add(STYLE, 1).add(SUBJECT, 1).rank(6).merge();
+    LoraAdapter truncated = LoraMerger.builder().add(STYLE, 1).add(SUBJECT, 1).rank(2).merge();
+    for (ModuleKey key : TinyLora.KEYS) {
+      double[] exact = full.modules().get(key).deltaF64();
+      assertThat(sameRank.modules().get(key).rank()).isEqualTo(6);
+      assertThat(TinyLora.relativeError(sameRank.modules().get(key).deltaF64(), exact))
+          .as("rank ≥ the sum of ranks is exact for %s", key)
+          .isLessThan(1e-5);
+      assertThat(truncated.modules().get(key).rank()).isEqualTo(2);
+      assertThat(TinyLora.relativeError(truncated.modules().get(key).deltaF64(), exact))
+          .as("rank 2 of 6 loses something for %s", key)
+          .isGreaterThan(1e-3);
+    }
+  }
+
+  @Test
+  void recordsTheRecipe() {
+    LoraAdapter merged = LoraMerger.builder().add(STYLE, 0.7).add(SUBJECT, 0.5).seed(42).merge();
+    assertThat(merged.metadata().get(LoraMerger.RECIPE_KEY))
+        .isEqualTo(
+            "{\"algorithm\":\"cat\",\"parameters\":{},\"seed\":42,\"inputs\":[{\"name\":\"style\",\"weight\":0.7},"
+                + "{\"name\":\"subject\",\"weight\":0.5}],\"library\":\"development\"}");
+  }
+
+  @Test
+  void sameResultOnOneAndTwoThreads() {
+    LoraAdapter one = LoraMerger.builder().add(STYLE, 0.7).add(DETAIL, 0.5).rank(3).threads(1).merge();
+    LoraAdapter two = LoraMerger.builder().add(STYLE, 0.7).add(DETAIL, 0.5).rank(3).threads(2).merge();
+    assertThat(two).isEqualTo(one);
+  }
+
+  @Test
+  void leaksNoArrays() {
+    try (NDManager probe = NDManager.newBaseManager()) {
+      NDManager system = probe.getParentManager();
+      int before = system.getManagedArrays().size();
+      LoraMerger.builder().add(STYLE, 0.7).add(SUBJECT, 0.5).rank(3).merge();
+      assertThat(system.getManagedArrays().size()).as("arrays alive in the system manager").isEqualTo(before);
+    }
+  }
+
+  @Test
+  void rejectsAdaptersForDifferentModels() {
+    LoraAdapter other =
+        LoraAdapter.builder()
+            .name("other")
+            .add(
+                LoraModule.of(
+                    TinyLora.KEYS[0], TensorData.ofFloats(new float[8], 2, 4), TensorData.ofFloats(new float[20], 10, 2), 2))
+            .build();
+    assertThatThrownBy(() -> LoraMerger.builder().add(STYLE, 1).add(other, 1).merge())
+        .isInstanceOf(LoraMergeException.class)
+        .hasMessage(
+            "module 'unet.down_blocks.0.attentions.0.proj_in' updates [10, 12] in adapter 'style' but [10, 4]"
+                + " in adapter 'other'; the adapters are for different models");
+  }
+}
