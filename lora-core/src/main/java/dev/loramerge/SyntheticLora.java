@@ -4,7 +4,7 @@ import static com.google.common.base.Preconditions.checkArgument;
 import static com.google.common.base.Preconditions.checkNotNull;
 
 import com.google.errorprone.annotations.CanIgnoreReturnValue;
-import dev.loramerge.internal.Recipes;
+import dev.loramerge.internal.Randoms;
 import java.util.Locale;
 import java.util.SplittableRandom;
 import java.util.function.Predicate;
@@ -107,7 +107,7 @@ public final class SyntheticLora {
         if (!modules.test(spec)) {
           continue;
         }
-        SplittableRandom random = new SplittableRandom(Recipes.streamSeed(seed, spec.key().toString(), 0, "synthetic"));
+        SplittableRandom random = new SplittableRandom(Randoms.streamSeed(seed, spec.key().toString(), 0, "synthetic"));
         long inner = spec.inFeatures() * spec.kernelSize() * spec.kernelSize();
         long[] downShape =
             spec.kind() == ModuleSpec.Kind.CONV
@@ -138,16 +138,9 @@ public final class SyntheticLora {
     private TensorData gaussian(SplittableRandom random, double deviation, long[] shape) {
       double[] values = new double[Math.toIntExact(TensorData.numel(shape))];
       for (int i = 0; i < values.length; i++) {
-        values[i] = standardNormal(random) * deviation;
+        values[i] = Randoms.standardNormal(random) * deviation;
       }
       return TensorData.ofDoubles(values, dtype, shape);
     }
-  }
-
-  /** A standard normal draw (Box–Muller; SplittableRandom has no nextGaussian on Java 17). */
-  private static double standardNormal(SplittableRandom random) {
-    double u = 1 - random.nextDouble();
-    double v = random.nextDouble();
-    return Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * v);
   }
 }

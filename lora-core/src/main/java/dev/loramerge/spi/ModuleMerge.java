@@ -23,9 +23,9 @@ public interface ModuleMerge {
   int targetRank();
 
   /**
-   * A random stream keyed by the merge's seed, this module, {@code adapterIndex} and {@code
-   * stream} (e.g. "down", "up", "delta"): the same draws whatever the order or thread in which
-   * modules are merged.
+   * A random stream keyed by {@code seed} (the algorithm's), this module, {@code adapterIndex}
+   * and {@code stream} (e.g. "down", "up", "delta"): a counter-based derivation, so the draws
+   * are the same whatever the order or thread in which modules are merged.
    */
-  SplittableRandom random(int adapterIndex, String stream);
+  SplittableRandom random(long seed, int adapterIndex, String stream);
 }

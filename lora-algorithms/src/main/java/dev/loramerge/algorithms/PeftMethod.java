@@ -1,0 +1,227 @@
+package dev.loramerge.algorithms;
+
+import static com.google.common.base.Preconditions.checkArgument;
+
+import ai.djl.ndarray.NDArray;
+import ai.djl.ndarray.NDManager;
+import ai.djl.ndarray.types.Shape;
+import com.google.common.collect.ImmutableMap;
+import dev.loramerge.LoraMergeException;
+import dev.loramerge.MergeAlgorithm;
+import dev.loramerge.spi.ModuleInput;
+import dev.loramerge.spi.ModuleMerge;
+import dev.loramerge.spi.ModuleUpdate;
+import java.util.List;
+import java.util.Locale;
+import java.util.Objects;
+
+/**
+ * The shared body of PEFT's element-wise combination types: optionally prune each task tensor
+ * (by magnitude or at random), then sum them weighted or elect signs and take the disjoint mean.
+ *
+ * <p>In factor space (PEFT's {@code ties}, {@code dare_*}, {@code magnitude_prune}) the task
+ * tensors are the adapters' A's, then their B's, each weighted by vᵢ = √(wᵢ·sᵢ); the result has
+ * cross terms BᵢAⱼ by construction, as PEFT's has. In delta space (the {@code *_svd} types) they
+ * are the full updates sᵢ·BᵢAᵢ weighted by wᵢ, and the merger re-ranks the dense result.
+ */
+abstract class PeftMethod implements MergeAlgorithm {
+  /** Where the method works. */
+  enum Space {
+    FACTORS,
+    DELTAS
+  }
+
+  /** How each task tensor is pruned first. */
+  enum Pruning {
+    NONE,
+    MAGNITUDE,
+    RANDOM
+  }
+
+  /** How the pruned tensors are combined. */
+  enum Combination {
+    SUM,
+    TIES
+  }
+
+  private final String name;
+  private final Space space;
+  private final Pruning pruning;
+  private final Combination combination;
+  private final double density;
+  private final MajoritySign majoritySign;
+  private final long seed;
+
+  PeftMethod(
+      String name,
+      Space space,
+      Pruning pruning,
+      Combination combination,
+      double density,
+      MajoritySign majoritySign,
+      long seed) {
+    checkArgument(density > 0 && density <= 1, "density must be in (0, 1], got %s", density);
+    this.name = name;
+    this.space = space;
+    this.pruning = pruning;
+    this.combination = combination;
+    this.density = density;
+    this.majoritySign = majoritySign;
+    this.seed = seed;
+  }
+
+  /** The fraction of each task tensor's entries kept (1 when nothing is pruned). */
+  public double density() {
+    return density;
+  }
+
+  /** How TIES elects signs (meaningful for the TIES methods). */
+  public MajoritySign majoritySign() {
+    return majoritySign;
+  }
+
+  /** The seed of the random masks (meaningful for the DARE methods). */
+  public long seed() {
+    return seed;
+  }
+
+  @Override
+  public final String name() {
+    return name;
+  }
+
+  @Override
+  public ImmutableMap<String, Object> parameters() {
+    ImmutableMap.Builder<String, Object> parameters = ImmutableMap.builder();
+    if (pruning != Pruning.NONE) {
+      parameters.put("density", density);
+    }
+    if (combination == Combination.TIES) {
+      parameters.put("majority_sign_method", majoritySign.peftName());
+    }
+    if (pruning == Pruning.RANDOM) {
+      parameters.put("seed", seed);
+    }
+    return parameters.build();
+  }
+
+  @Override
+  public final boolean requiresEqualRanks() {
+    return space == Space.FACTORS;
+  }
+
+  @Override
+  public final boolean reRanks() {
+    return space == Space.DELTAS;
+  }
+
+  @Override
+  public final ModuleUpdate merge(ModuleMerge module) {
+    return space == Space.FACTORS ? mergeFactors(module) : mergeDeltas(module);
+  }
+
+  private ModuleUpdate mergeFactors(ModuleMerge module) {
+    List<ModuleInput> inputs = module.inputs();
+    double[] weights = new double[inputs.size()];
+    for (int i = 0; i < weights.length; i++) {
+      double product = inputs.get(i).weight() * inputs.get(i).scale();
+      if (product < 0) {
+        throw new LoraMergeException(
+            String.format(
+                Locale.ROOT,
+                "%s weighs each factor by √(w·s), but module '%s' has w·s = %s in input %d; use a"
+                    + " positive weight, cat, or an *_svd method",
+                name,
+                module.key(),
+                product,
+                inputs.get(i).index()));
+      }
+      weights[i] = Math.sqrt(product);
+    }
+    NDArray down = combine(module, inputs.stream().map(ModuleInput::down).toArray(NDArray[]::new), weights, "down");
+    NDArray up = combine(module, inputs.stream().map(ModuleInput::up).toArray(NDArray[]::new), weights, "up");
+    return ModuleUpdate.factored(up, down);
+  }
+
+  private ModuleUpdate mergeDeltas(ModuleMerge module) {
+    List<ModuleInput> inputs = module.inputs();
+    double[] weights = inputs.stream().mapToDouble(ModuleInput::weight).toArray();
+    NDArray[] deltas = inputs.stream().map(ModuleInput::delta).toArray(NDArray[]::new);
+    return ModuleUpdate.dense(combine(module, deltas, weights, "delta"));
+  }
+
+  /** Prunes copies of {@code arrays} and combines them into a new array of the same shape. */
+  private NDArray combine(ModuleMerge module, NDArray[] arrays, double[] weights, String stream) {
+    List<ModuleInput> inputs = module.inputs();
+    float[][] tensors = new float[arrays.length][];
+    for (int i = 0; i < arrays.length; i++) {
+      tensors[i] = arrays[i].toFloatArray();
+      switch (pruning) {
+        case MAGNITUDE:
+          TaskTensors.pruneByMagnitude(tensors[i], density);
+          break;
+        case RANDOM:
+          TaskTensors.pruneRandomly(tensors[i], density, module.random(seed, inputs.get(i).index(), stream));
+          break;
+        case NONE:
+          break;
+        default:
+          throw new AssertionError(pruning);
+      }
+    }
+    float[] combined =
+        combination == Combination.TIES
+            ? TaskTensors.electAndMerge(tensors, weights, majoritySign)
+            : TaskTensors.weightedSum(tensors, weights);
+    NDManager manager = module.manager();
+    Shape shape = arrays[0].getShape();
+    return manager.create(combined, shape);
+  }
+
+  /** 1 − density in decimal, so that a density of 0.7 shows a drop rate of 0.3. */
+  static String dropRate(double density) {
+    return java.math.BigDecimal.ONE.subtract(java.math.BigDecimal.valueOf(density)).stripTrailingZeros().toPlainString();
+  }
+
+  /** The density that keeps 1 − {@code dropRate}, computed in decimal. */
+  static double densityFor(double dropRate) {
+    checkArgument(dropRate >= 0 && dropRate < 1, "drop rate must be in [0, 1), got %s", dropRate);
+    return java.math.BigDecimal.ONE.subtract(java.math.BigDecimal.valueOf(dropRate)).doubleValue();
+  }
+
+  @Override
+  public boolean equals(Object other) {
+    if (other == null || other.getClass() != getClass()) {
+      return false;
+    }
+    PeftMethod that = (PeftMethod) other;
+    return Double.compare(density, that.density) == 0 && majoritySign == that.majoritySign && seed == that.seed;
+  }
+
+  @Override
+  public int hashCode() {
+    return Objects.hash(getClass(), density, majoritySign, seed);
+  }
+
+  @Override
+  public String toString() {
+    StringBuilder text = new StringBuilder(getClass().getSimpleName()).append('{');
+    String separator = "";
+    if (pruning != Pruning.NONE) {
+      text.append("density=").append(density);
+      separator = ", ";
+    }
+    if (pruning == Pruning.RANDOM) {
+      text.append(separator).append("dropRate=").append(dropRate(density));
+      separator = ", ";
+    }
+    if (combination == Combination.TIES) {
+      text.append(separator).append("majoritySign=").append(majoritySign.peftName());
+      separator = ", ";
+    }
+    if (pruning == Pruning.RANDOM) {
+      text.append(separator).append("seed=").append(seed);
+    }
+    return text.append('}').toString();
+  }
+}

@@ -1,0 +1,50 @@
+package dev.loramerge.algorithms;
+
+import com.google.common.collect.ImmutableMap;
+import dev.loramerge.MergeAlgorithm;
+import dev.loramerge.spi.ModuleMerge;
+import dev.loramerge.spi.ModuleUpdate;
+
+/**
+ * PEFT's {@code svd}: the weighted sum Σ wᵢ·sᵢ·BᵢAᵢ truncated to the target rank by SVD. Unlike
+ * PEFT, which builds every m×n update and runs a full SVD, the truncation is the exact factored
+ * SVD of the stacked factors (O((m+n)·R²) for R = Σ rᵢ), so it matches the optimal truncation to
+ * float rounding at a fraction of the cost. Ranks may differ.
+ *
+ * <p>Instances are immutable and thread-safe.
+ */
+public final class Svd implements MergeAlgorithm {
+  private static final Svd INSTANCE = new Svd();
+
+  private Svd() {}
+
+  /** The method; the target rank is the merger's ({@code LoraMerger.Builder.rank}). */
+  public static Svd of() {
+    return INSTANCE;
+  }
+
+  @Override
+  public String name() {
+    return "svd";
+  }
+
+  @Override
+  public ImmutableMap<String, Object> parameters() {
+    return ImmutableMap.of();
+  }
+
+  @Override
+  public boolean reRanks() {
+    return true;
+  }
+
+  @Override
+  public ModuleUpdate merge(ModuleMerge module) {
+    return MergeAlgorithm.cat().merge(module);
+  }
+
+  @Override
+  public String toString() {
+    return "Svd{}";
+  }
+}

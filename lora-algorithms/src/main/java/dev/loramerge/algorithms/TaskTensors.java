@@ -1,0 +1,138 @@
+package dev.loramerge.algorithms;
+
+import java.util.Arrays;
+import java.util.SplittableRandom;
+
+/**
+ * The element-wise building blocks of PEFT's merge_utils on flat float arrays ("task tensors",
+ * one per adapter): magnitude and random pruning, sign election and the disjoint mean.
+ * Deterministic: ties in magnitude go to the lower index, random masks come from the caller's
+ * seeded stream.
+ */
+final class TaskTensors {
+  private TaskTensors() {}
+
+  /**
+   * Keeps the ⌊density·n⌋ entries of largest magnitude and zeroes the rest, in place (PEFT's
+   * {@code magnitude_based_pruning}).
+   */
+  static void pruneByMagnitude(float[] tensor, double density) {
+    int keep = (int) (density * tensor.length);
+    if (keep >= tensor.length) {
+      return;
+    }
+    if (keep <= 0) {
+      Arrays.fill(tensor, 0);
+      return;
+    }
+    float threshold = kthLargestMagnitude(tensor, keep);
+    int strictlyAbove = 0;
+    for (float value : tensor) {
+      if (Math.abs(value) > threshold) {
+        strictlyAbove++;
+      }
+    }
+    int tiesToKeep = keep - strictlyAbove;
+    for (int i = 0; i < tensor.length; i++) {
+      float magnitude = Math.abs(tensor[i]);
+      if (magnitude > threshold) {
+        continue;
+      }
+      if (magnitude == threshold && tiesToKeep > 0) {
+        tiesToKeep--;
+        continue;
+      }
+      tensor[i] = 0;
+    }
+  }
+
+  /** The k-th largest |x| (1-based), by quickselect on a copy. */
+  private static float kthLargestMagnitude(float[] tensor, int k) {
+    float[] magnitudes = new float[tensor.length];
+    for (int i = 0; i < tensor.length; i++) {
+      magnitudes[i] = Math.abs(tensor[i]);
+    }
+    int target = tensor.length - k;
+    int low = 0;
+    int high = magnitudes.length - 1;
+    SplittableRandom pivots = new SplittableRandom(magnitudes.length);
+    while (low < high) {
+      float pivot = magnitudes[low + pivots.nextInt(high - low + 1)];
+      int lt = low;
+      int gt = high;
+      int i = low;
+      while (i <= gt) {
+        if (magnitudes[i] < pivot) {
+          swap(magnitudes, lt++, i++);
+        } else if (magnitudes[i] > pivot) {
+          swap(magnitudes, i, gt--);
+        } else {
+          i++;
+        }
+      }
+      if (target < lt) {
+        high = lt - 1;
+      } else if (target > gt) {
+        low = gt + 1;
+      } else {
+        return pivot;
+      }
+    }
+    return magnitudes[target];
+  }
+
+  private static void swap(float[] values, int a, int b) {
+    float temporary = values[a];
+    values[a] = values[b];
+    values[b] = temporary;
+  }
+
+  /**
+   * Keeps each entry with probability {@code density} and divides the kept ones by it, in place
+   * (DARE, Yu et al. 2023, eq. 2; PEFT's {@code random_pruning} with rescale).
+   */
+  static void pruneRandomly(float[] tensor, double density, SplittableRandom random) {
+    for (int i = 0; i < tensor.length; i++) {
+      tensor[i] = random.nextDouble() < density ? (float) (tensor[i] / density) : 0f;
+    }
+  }
+
+  /** Σ λᵢ·Tᵢ. */
+  static float[] weightedSum(float[][] tensors, double[] weights) {
+    float[] sum = new float[tensors[0].length];
+    for (int i = 0; i < sum.length; i++) {
+      double total = 0;
+      for (int t = 0; t < tensors.length; t++) {
+        total += weights[t] * tensors[t][i];
+      }
+      sum[i] = (float) total;
+    }
+    return sum;
+  }
+
+  /**
+   * TIES' elect and disjoint merge (Yadav et al. 2023, §3; PEFT's {@code disjoint_merge}): the
+   * elected sign per entry comes from the unweighted tensors, and the weighted entries that agree
+   * with it are summed and divided by their count (at least 1).
+   */
+  static float[] electAndMerge(float[][] tensors, double[] weights, MajoritySign method) {
+    float[] merged = new float[tensors[0].length];
+    for (int i = 0; i < merged.length; i++) {
+      double votes = 0;
+      for (float[] tensor : tensors) {
+        votes += method == MajoritySign.TOTAL ? tensor[i] : Math.signum(tensor[i]);
+      }
+      float elected = votes >= 0 ? 1f : -1f;
+      double total = 0;
+      int agreeing = 0;
+      for (int t = 0; t < tensors.length; t++) {
+        if (Math.signum(tensors[t][i]) == elected) {
+          total += weights[t] * tensors[t][i];
+          agreeing++;
+        }
+      }
+      merged[i] = (float) (total / Math.max(1, agreeing));
+    }
+    return merged;
+  }
+}

@@ -1,0 +1,98 @@
+package dev.loramerge.internal;
+
+import ai.djl.ndarray.NDArray;
+import ai.djl.ndarray.NDManager;
+import ai.djl.ndarray.types.DataType;
+import ai.djl.ndarray.types.Shape;
+import java.util.SplittableRandom;
+import org.ejml.data.DMatrixRMaj;
+import org.ejml.dense.row.CommonOps_DDRM;
+import org.ejml.dense.row.SingularOps_DDRM;
+import org.ejml.dense.row.factory.DecompositionFactory_DDRM;
+import org.ejml.interfaces.decomposition.SingularValueDecomposition_F64;
+
+/**
+ * Rank-k factors of a dense m×n update D, by a randomized range finder (Halko, Martinsson and
+ * Tropp 2011, algorithms 4.4 and 5.1) or, when asked, by an exact dense SVD.
+ *
+ * <p>Randomized: Y = D·Ω with a Gaussian Ω of k + {@link #OVERSAMPLING} columns, {@link
+ * #POWER_ITERATIONS} power iterations (re-orthonormalized each time), Q = orth(Y), then the exact
+ * truncation of Q·(QᵀD) by {@link FactoredSvd}. The result's error ‖D − B'A'‖ exceeds the
+ * optimal ‖D − D_k‖ by a factor that shrinks with the spectrum's decay; with these settings it
+ * is within 1 % on the merged LoRA deltas the tests measure. The matrix products run in DJL
+ * (float32 for D, float64 for the thin factors); the small decompositions in EJML.
+ */
+public final class RandomizedSvd {
+  /** Extra sketch columns beyond the target rank. */
+  public static final int OVERSAMPLING = 10;
+  /** Power iterations; each sharpens the decay of the sketched spectrum. */
+  public static final int POWER_ITERATIONS = 2;
+
+  private RandomizedSvd() {}
+
+  /**
+   * Returns {B' (m×k), A' (k×n)} in float64, owned by {@code manager}, with B'·A' ≈ D.
+   *
+   * @param random the Gaussian sketch's source
+   */
+  public static NDArray[] truncate(NDManager manager, NDArray dense, int rank, SplittableRandom random) {
+    long rows = dense.getShape().get(0);
+    long cols = dense.getShape().get(1);
+    int width = (int) Math.min(rank + OVERSAMPLING, Math.min(rows, cols));
+    NDArray d32 = dense.getDataType() == DataType.FLOAT32 ? dense : dense.toType(DataType.FLOAT32, false);
+    float[] omega = new float[Math.toIntExact(cols * width)];
+    for (int i = 0; i < omega.length; i++) {
+      omega[i] = (float) Randoms.standardNormal(random);
+    }
+    NDArray sketch = d32.matMul(manager.create(omega, new Shape(cols, width)));
+    NDArray basis = orthonormal(manager, sketch);
+    for (int i = 0; i < POWER_ITERATIONS; i++) {
+      NDArray back = orthonormal(manager, d32.transpose().matMul(basis.toType(DataType.FLOAT32, false)));
+      basis = orthonormal(manager, d32.matMul(back.toType(DataType.FLOAT32, false)));
+    }
+    NDArray projected = basis.transpose().toType(DataType.FLOAT32, false).matMul(d32).toType(DataType.FLOAT64, false);
+    FactoredSvd svd =
+        FactoredSvd.of(
+            NdArrays.toMatrix(basis.transpose().matMul(basis)),
+            NdArrays.toMatrix(projected.matMul(projected.transpose())),
+            sigma -> rank);
+    return new NDArray[] {
+      basis.matMul(NdArrays.fromMatrix(manager, svd.left())),
+      NdArrays.fromMatrix(manager, svd.right()).matMul(projected)
+    };
+  }
+
+  /**
+   * Returns {B' (m×k), A' (k×n)} from an exact float64 SVD of D (O(m·n·min(m, n)); for checks
+   * and small modules).
+   */
+  public static NDArray[] exact(NDManager manager, NDArray dense, int rank) {
+    DMatrixRMaj matrix = NdArrays.toMatrix(dense);
+    SingularValueDecomposition_F64<DMatrixRMaj> svd =
+        DecompositionFactory_DDRM.svd(matrix.numRows, matrix.numCols, true, true, true);
+    if (!svd.decompose(matrix)) {
+      throw new ArithmeticException("dense SVD did not converge");
+    }
+    DMatrixRMaj u = svd.getU(null, false);
+    DMatrixRMaj w = svd.getW(null);
+    DMatrixRMaj v = svd.getV(null, true);
+    SingularOps_DDRM.descendingOrder(u, false, w, v, true);
+    int k = Math.min(rank, Math.min(matrix.numRows, matrix.numCols));
+    DMatrixRMaj up = CommonOps_DDRM.extract(u, 0, u.numRows, 0, k);
+    for (int col = 0; col < k; col++) {
+      double sigma = w.get(col, col);
+      for (int row = 0; row < up.numRows; row++) {
+        up.set(row, col, up.get(row, col) * sigma);
+      }
+    }
+    DMatrixRMaj down = CommonOps_DDRM.extract(v, 0, k, 0, v.numCols);
+    return new NDArray[] {NdArrays.fromMatrix(manager, up), NdArrays.fromMatrix(manager, down)};
+  }
+
+  /** Q with orthonormal columns spanning Y's (float64), by Y·V·Λ^-½ from YᵀY = VΛVᵀ. */
+  private static NDArray orthonormal(NDManager manager, NDArray y) {
+    NDArray y64 = y.toType(DataType.FLOAT64, false);
+    DMatrixRMaj gram = NdArrays.toMatrix(y64.transpose().matMul(y64));
+    return y64.matMul(NdArrays.fromMatrix(manager, FactoredSvd.whitening(gram)));
+  }
+}
