@@ -66,6 +66,8 @@ public final class LoraMerger {
   private final Optional<DType> dtype;
   private final MergeListener listener;
   private final String name;
+  private final com.google.common.collect.ImmutableMap<String, Object> recipeExtras;
+  private final Optional<Double> svdClamp;
 
   /** An adapter and its weight. */
   private record Input(LoraAdapter adapter, double weight) {}
@@ -80,6 +82,8 @@ public final class LoraMerger {
     this.dtype = builder.dtype;
     this.listener = builder.listener;
     this.name = builder.name;
+    this.recipeExtras = com.google.common.collect.ImmutableMap.copyOf(builder.recipeExtras);
+    this.svdClamp = builder.svdClamp;
   }
 
   /** A builder with no adapters, the exact weighted sum and one thread per core. */
@@ -99,6 +103,8 @@ public final class LoraMerger {
     builder.dtype = dtype;
     builder.listener = listener;
     builder.name = name;
+    builder.recipeExtras.putAll(recipeExtras);
+    builder.svdClamp = svdClamp;
     return builder;
   }
 
@@ -167,6 +173,8 @@ public final class LoraMerger {
     recipe.put("inputs", adapters);
     rank.ifPresent(value -> recipe.put("rank", value));
     convRank.ifPresent(value -> recipe.put("conv_rank", value));
+    svdClamp.ifPresent(value -> recipe.put("svd_clamp", value));
+    recipe.putAll(recipeExtras);
     recipe.put("library", Recipes.libraryVersion());
     return recipe;
   }
@@ -213,21 +221,40 @@ public final class LoraMerger {
       if (update.isDense()) {
         NDArray dense = update.dense().orElseThrow();
         NDArray[] factors =
-            exactSvd
+            exactSvd || RandomizedSvd.exactIsCheap(dense.getShape().get(0), dense.getShape().get(1))
                 ? RandomizedSvd.exact(manager, dense, target)
                 : RandomizedSvd.truncate(manager, dense, target, merge.random(0, -1, "sketch"));
-        return Optional.of(toModule(key, first, factors[0], factors[1], outputType));
+        return Optional.of(toModule(key, first, clamp(factors), outputType));
       }
       NDArray up = update.up().orElseThrow();
       NDArray down = update.down().orElseThrow();
       long currentRank = up.getShape().get(1);
       if (algorithm.reRanks() || (explicit.isPresent() && currentRank > target)) {
-        NDArray[] truncated = truncate(manager, up, down, target);
-        up = truncated[0];
-        down = truncated[1];
+        return Optional.of(toModule(key, first, clamp(truncate(manager, up, down, target)), outputType));
       }
-      return Optional.of(toModule(key, first, up, down, outputType));
+      return Optional.of(toModule(key, first, new NDArray[] {up, down}, outputType));
     }
+  }
+
+  /**
+   * PEFT's {@code svd_clamp}: both re-ranked factors clipped to [−h, h], h the {@code svdClamp}
+   * quantile (linear interpolation, as torch.quantile) of all their signed entries together.
+   */
+  private NDArray[] clamp(NDArray[] factors) {
+    if (svdClamp.isEmpty()) {
+      return factors;
+    }
+    double[] up = factors[0].toType(DataType.FLOAT64, false).toDoubleArray();
+    double[] down = factors[1].toType(DataType.FLOAT64, false).toDoubleArray();
+    double[] all = new double[up.length + down.length];
+    System.arraycopy(up, 0, all, 0, up.length);
+    System.arraycopy(down, 0, all, up.length, down.length);
+    java.util.Arrays.sort(all);
+    double position = svdClamp.get() * (all.length - 1);
+    int below = (int) Math.floor(position);
+    int above = Math.min(below + 1, all.length - 1);
+    double limit = all[below] + (position - below) * (all[above] - all[below]);
+    return new NDArray[] {factors[0].clip(-limit, limit), factors[1].clip(-limit, limit)};
   }
 
   /** The exact best rank-{@code target} factors of up·down (see {@link FactoredSvd}). */
@@ -244,7 +271,9 @@ public final class LoraMerger {
     return new NDArray[] {newUp, newDown};
   }
 
-  private static LoraModule toModule(ModuleKey key, LoraModule like, NDArray up, NDArray down, DType outputType) {
+  private static LoraModule toModule(ModuleKey key, LoraModule like, NDArray[] factors, DType outputType) {
+    NDArray up = factors[0];
+    NDArray down = factors[1];
     long rank = up.getShape().get(1);
     long[] downShape = like.down().shape();
     downShape[0] = rank;
@@ -433,6 +462,8 @@ public final class LoraMerger {
     private Optional<DType> dtype = Optional.empty();
     private MergeListener listener = MergeListener.NONE;
     private String name = "merged";
+    private final java.util.Map<String, Object> recipeExtras = new java.util.LinkedHashMap<>();
+    private Optional<Double> svdClamp = Optional.empty();
 
     private Builder() {}
 
@@ -508,6 +539,25 @@ public final class LoraMerger {
     @CanIgnoreReturnValue
     public Builder name(String name) {
       this.name = checkNotNull(name, "name");
+      return this;
+    }
+
+    /**
+     * Clips re-ranked factors at the {@code quantile} of their entries, as PEFT's {@code
+     * svd_clamp} (kohya always uses 0.99).
+     */
+    @CanIgnoreReturnValue
+    public Builder svdClamp(double quantile) {
+      checkArgument(quantile > 0 && quantile <= 1, "svd clamp quantile must be in (0, 1], got %s", quantile);
+      this.svdClamp = Optional.of(quantile);
+      return this;
+    }
+
+    /** Adds an entry to the recipe recorded in the output's metadata (e.g. input file digests). */
+    @CanIgnoreReturnValue
+    public Builder recipe(String key, Object value) {
+      checkNotNull(key, "key");
+      recipeExtras.put(key, checkNotNull(value, "value"));
       return this;
     }
 

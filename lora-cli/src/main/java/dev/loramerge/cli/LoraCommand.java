@@ -26,6 +26,7 @@ import picocli.CommandLine.Spec;
     subcommands = {
       InspectCommand.class,
       ConvertCommand.class,
+      MergeCommand.class,
       DemoCommand.class,
       CommandLine.HelpCommand.class
     })

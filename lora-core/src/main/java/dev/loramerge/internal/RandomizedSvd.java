@@ -28,7 +28,15 @@ public final class RandomizedSvd {
   /** Power iterations; each sharpens the decay of the sketched spectrum. */
   public static final int POWER_ITERATIONS = 2;
 
+  /** Below this many multiply-adds (m·n·min(m, n)) an exact SVD costs less than a few milliseconds. */
+  static final long EXACT_WORK_LIMIT = 50_000_000L;
+
   private RandomizedSvd() {}
+
+  /** Whether an exact SVD of an m×n matrix is cheap enough to use instead of the randomized one. */
+  public static boolean exactIsCheap(long rows, long cols) {
+    return rows * cols * Math.min(rows, cols) <= EXACT_WORK_LIMIT;
+  }
 
   /**
    * Returns {B' (m×k), A' (k×n)} in float64, owned by {@code manager}, with B'·A' ≈ D.

@@ -125,8 +125,11 @@ public final class LoraFiles {
         path + ": a folder with neither " + PeftFormat.CONFIG + " nor " + DIFFUSERS_WEIGHTS);
   }
 
-  /** The file or folder name without {@code .safetensors}; a PEFT weights file names its folder. */
-  static String adapterName(Path path) {
+  /**
+   * The name an adapter read from {@code path} gets: the file or folder name without {@code
+   * .safetensors}; a PEFT or diffusers weights file is named after its folder.
+   */
+  public static String adapterName(Path path) {
     Path named = path.toAbsolutePath().normalize();
     String file = named.getFileName().toString();
     if (!Files.isDirectory(named)

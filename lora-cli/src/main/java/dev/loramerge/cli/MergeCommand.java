@@ -1,0 +1,184 @@
+package dev.loramerge.cli;
+
+import dev.loramerge.DType;
+import dev.loramerge.LoraAdapter;
+import dev.loramerge.LoraMerger;
+import dev.loramerge.MergeAlgorithm;
+import dev.loramerge.algorithms.MajoritySign;
+import dev.loramerge.algorithms.MergeMethods;
+import dev.loramerge.io.LoraFiles;
+import dev.loramerge.io.LoraFormat;
+import dev.loramerge.io.LoraReadOptions;
+import java.io.IOException;
+import java.io.InputStream;
+import java.io.PrintWriter;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.security.DigestInputStream;
+import java.security.MessageDigest;
+import java.security.NoSuchAlgorithmException;
+import java.util.ArrayList;
+import java.util.HexFormat;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Locale;
+import java.util.Map;
+import java.util.OptionalDouble;
+import java.util.concurrent.Callable;
+import java.util.stream.Collectors;
+import picocli.CommandLine.Command;
+import picocli.CommandLine.Mixin;
+import picocli.CommandLine.Model.CommandSpec;
+import picocli.CommandLine.Option;
+import picocli.CommandLine.Parameters;
+import picocli.CommandLine.Spec;
+
+/**
+ * {@code lora merge -o OUT [--format …] [--algorithm NAME] [--density D] [--majority-sign …]
+ * [--svd-rank R] [--svd-clamp Q] [--seed S] [--dtype …] INPUT=WEIGHT...}.
+ */
+@Command(
+    name = "merge",
+    mixinStandardHelpOptions = true,
+    description = {
+      "Merge adapters into one. Without --algorithm the result is the exact weighted sum (cat).",
+      "NAME is one of PEFT's combination types: cat, linear, svd, ties, ties_svd, dare_linear,"
+          + " dare_ties, dare_linear_svd, dare_ties_svd, magnitude_prune, magnitude_prune_svd."
+    })
+final class MergeCommand implements Callable<Integer> {
+  @Spec CommandSpec spec;
+
+  @Option(names = {"-o", "--output"}, required = true, paramLabel = "OUT",
+      description = "Output file (a folder for peft). An existing folder gets a file named {inputs}_{method}_{weights}.safetensors.")
+  Path output;
+
+  @Option(names = "--format", paramLabel = "peft|kohya|diffusers", converter = FormatConverter.class,
+      description = "Output format (default: the first input's).")
+  LoraFormat format;
+
+  @Option(names = "--algorithm", paramLabel = "NAME", defaultValue = "cat", description = "Merge method (default: ${DEFAULT-VALUE}).")
+  String algorithm;
+
+  @Option(names = "--density", paramLabel = "D", description = "Fraction of entries kept, for ties, dare_* and magnitude_prune*.")
+  Double density;
+
+  @Option(names = "--majority-sign", paramLabel = "total|frequency", defaultValue = "total",
+      description = "TIES sign election (default: ${DEFAULT-VALUE}).")
+  String majoritySign;
+
+  @Option(names = "--svd-rank", paramLabel = "R", description = "Target rank of re-ranked results (default: the largest input rank).")
+  Integer svdRank;
+
+  @Option(names = "--svd-clamp", paramLabel = "Q", description = "Clip re-ranked factors at this quantile of their entries (PEFT's svd_clamp).")
+  Double svdClamp;
+
+  @Option(names = "--seed", paramLabel = "S", defaultValue = "0", description = "Seed of the DARE masks (default: ${DEFAULT-VALUE}).")
+  long seed;
+
+  @Option(names = "--dtype", paramLabel = "fp32|fp16|bf16", description = "Element type of the merged factors (default: the inputs').")
+  String dtype;
+
+  @Option(names = "--exact-svd", description = "Re-rank dense updates by an exact SVD instead of the randomized one.")
+  boolean exactSvd;
+
+  @Parameters(paramLabel = "INPUT=WEIGHT", arity = "1..*", converter = WeightedInput.Converter.class,
+      description = "A PEFT folder or a kohya or diffusers .safetensors file, and its weight (default 1).")
+  List<WeightedInput> inputs;
+
+  @Mixin InputOptions inputOptions;
+  @Mixin VerboseOption verbose;
+
+  @Override
+  public Integer call() throws IOException {
+    PrintWriter out = spec.commandLine().getOut();
+    MajoritySign sign =
+        MajoritySign.fromPeftName(majoritySign)
+            .orElseThrow(() -> new IllegalArgumentException("--majority-sign must be total or frequency, got '" + majoritySign + "'"));
+    MergeAlgorithm method =
+        MergeMethods.named(algorithm, density == null ? OptionalDouble.empty() : OptionalDouble.of(density), sign, seed);
+    LoraReadOptions readOptions = inputOptions.readOptions();
+    long start = System.nanoTime();
+    LoraMerger.Builder merger = LoraMerger.builder().algorithm(method).exactSvd(exactSvd);
+    List<Object> files = new ArrayList<>();
+    for (WeightedInput input : inputs) {
+      merger.add(LoraFiles.read(input.path(), readOptions), input.weight());
+      Map<String, Object> file = new LinkedHashMap<>();
+      file.put("path", input.path().getFileName().toString());
+      file.put("sha256", sha256(input.path()));
+      file.put("weight", input.weight());
+      files.add(file);
+    }
+    merger.recipe("input_files", files);
+    if (svdRank != null) {
+      merger.rank(svdRank);
+    }
+    if (svdClamp != null) {
+      merger.svdClamp(svdClamp);
+    }
+    if (dtype != null) {
+      merger.dtype(
+          DType.fromUserName(dtype)
+              .orElseThrow(() -> new IllegalArgumentException("--dtype must be fp32, fp16 or bf16, got '" + dtype + "'")));
+    }
+    LoraFormat outputFormat = format != null ? format : LoraFiles.detect(inputs.get(0).path());
+    Path target = target(outputFormat, method);
+    merger.name(LoraFiles.adapterName(target));
+    LoraAdapter merged = merger.merge();
+    LoraFiles.write(merged, target, outputFormat);
+    out.println(
+        String.format(
+            Locale.ROOT,
+            "merged %d adapters with %s into %s (%s, %d modules) in %s",
+            inputs.size(),
+            method,
+            target,
+            outputFormat.cliName(),
+            merged.size(),
+            Sizes.seconds(System.nanoTime() - start)));
+    out.flush();
+    return LoraCommand.OK;
+  }
+
+  /**
+   * {@code -o} itself, or inside an existing folder a file (or, for peft, a folder) with the
+   * guides' {inputs}_{method}_{weights} name. For peft an empty folder or an adapter folder is
+   * the target itself.
+   */
+  private Path target(LoraFormat outputFormat, MergeAlgorithm method) throws IOException {
+    if (!Files.isDirectory(output)) {
+      return output;
+    }
+    if (outputFormat == LoraFormat.PEFT) {
+      boolean empty;
+      try (java.util.stream.Stream<Path> children = Files.list(output)) {
+        empty = children.findAny().isEmpty();
+      }
+      if (empty || Files.exists(output.resolve("adapter_config.json"))) {
+        return output;
+      }
+    }
+    String names = inputs.stream().map(input -> LoraFiles.adapterName(input.path())).collect(Collectors.joining("+"));
+    String weights = inputs.stream().map(WeightedInput::weightText).collect(Collectors.joining("+"));
+    String name = names + "_" + method.name() + "_" + weights;
+    return output.resolve(outputFormat == LoraFormat.PEFT ? name : name + ".safetensors");
+  }
+
+  private static String sha256(Path input) throws IOException {
+    Path file = Files.isDirectory(input) ? weightsIn(input) : input;
+    MessageDigest digest;
+    try {
+      digest = MessageDigest.getInstance("SHA-256");
+    } catch (NoSuchAlgorithmException e) {
+      throw new IllegalStateException("every Java platform has SHA-256", e);
+    }
+    try (InputStream in = new DigestInputStream(Files.newInputStream(file), digest)) {
+      in.transferTo(java.io.OutputStream.nullOutputStream());
+    }
+    return HexFormat.of().formatHex(digest.digest());
+  }
+
+  private static Path weightsIn(Path folder) {
+    Path peft = folder.resolve("adapter_model.safetensors");
+    return Files.exists(peft) ? peft : folder.resolve("pytorch_lora_weights.safetensors");
+  }
+}
