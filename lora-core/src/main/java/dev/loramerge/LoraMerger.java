@@ -69,8 +69,12 @@ public final class LoraMerger {
   private final com.google.common.collect.ImmutableMap<String, Object> recipeExtras;
   private final Optional<Double> svdClamp;
 
-  /** An adapter and its weight. */
-  private record Input(LoraAdapter adapter, double weight) {}
+  /** An adapter, its weight and its block weights. */
+  private record Input(LoraAdapter adapter, double weight, BlockWeights blocks) {
+    double weight(ModuleKey key) {
+      return weight * blocks.weight(key);
+    }
+  }
 
   private LoraMerger(Builder builder) {
     this.inputs = ImmutableList.copyOf(builder.inputs);
@@ -168,6 +172,9 @@ public final class LoraMerger {
       Map<String, Object> entry = new java.util.LinkedHashMap<>();
       entry.put("name", input.adapter().name());
       entry.put("weight", input.weight());
+      if (input.blocks() != BlockWeights.uniform()) {
+        entry.put("blocks", input.blocks().toString());
+      }
       adapters.add(entry);
     }
     recipe.put("inputs", adapters);
@@ -194,7 +201,7 @@ public final class LoraMerger {
     List<Integer> indices = new ArrayList<>();
     for (int i = 0; i < inputs.size(); i++) {
       Input input = inputs.get(i);
-      if (input.weight() != 0 && input.adapter().modules().containsKey(key)) {
+      if (input.weight(key) != 0 && input.adapter().modules().containsKey(key)) {
         present.add(input);
         indices.add(i);
       }
@@ -210,7 +217,8 @@ public final class LoraMerger {
     try (NDManager manager = root.newSubManager()) {
       ImmutableList.Builder<ModuleInput> moduleInputs = ImmutableList.builder();
       for (int i = 0; i < present.size(); i++) {
-        moduleInputs.add(new Factors(indices.get(i), present.get(i).adapter().modules().get(key), present.get(i).weight(), manager));
+        moduleInputs.add(
+            new Factors(indices.get(i), present.get(i).adapter().modules().get(key), present.get(i).weight(key), manager));
       }
       ImmutableList<ModuleInput> built = moduleInputs.build();
       int largestRank = built.stream().mapToInt(input -> input.module().rank()).max().orElseThrow();
@@ -470,9 +478,16 @@ public final class LoraMerger {
     /** Adds {@code adapter} with {@code weight} (any finite number; negative subtracts). */
     @CanIgnoreReturnValue
     public Builder add(LoraAdapter adapter, double weight) {
+      return add(adapter, weight, BlockWeights.uniform());
+    }
+
+    /** Adds {@code adapter} with {@code weight}, each module further scaled by its block's weight. */
+    @CanIgnoreReturnValue
+    public Builder add(LoraAdapter adapter, double weight, BlockWeights blocks) {
       checkNotNull(adapter, "adapter");
+      checkNotNull(blocks, "blocks");
       checkArgument(Double.isFinite(weight), "weight must be finite, got %s for adapter '%s'", weight, adapter.name());
-      inputs.add(new Input(adapter, weight));
+      inputs.add(new Input(adapter, weight, blocks));
       return this;
     }
 

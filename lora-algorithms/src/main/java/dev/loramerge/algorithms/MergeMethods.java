@@ -12,7 +12,8 @@ import java.util.OptionalDouble;
  * The methods by the names users type: PEFT's combination types ({@code cat}, {@code linear},
  * {@code svd}, {@code ties}, {@code ties_svd}, {@code dare_linear}, {@code dare_ties}, {@code
  * dare_linear_svd}, {@code dare_ties_svd}, {@code magnitude_prune}, {@code
- * magnitude_prune_svd}).
+ * magnitude_prune_svd}) and {@code add_difference} (A + (B − C) with the weights given: use
+ * weights 1, f, f for A + f·(B − C)), {@code breadcrumbs}, {@code della}.
  */
 public final class MergeMethods {
   /** Every name {@link #named} accepts, in PEFT's order. */
@@ -28,7 +29,10 @@ public final class MergeMethods {
           "dare_linear_svd",
           "dare_ties_svd",
           "magnitude_prune",
-          "magnitude_prune_svd");
+          "magnitude_prune_svd",
+          "add_difference",
+          "breadcrumbs",
+          "della");
 
   private MergeMethods() {}
 
@@ -49,6 +53,8 @@ public final class MergeMethods {
         return Linear.of();
       case "svd":
         return Svd.of();
+      case "add_difference":
+        return AddDifference.of(1);
       default:
         break;
     }
@@ -72,6 +78,10 @@ public final class MergeMethods {
         return MagnitudePrune.of(d);
       case "magnitude_prune_svd":
         return MagnitudePruneSvd.of(d);
+      case "breadcrumbs":
+        return Breadcrumbs.of(d);
+      case "della":
+        return Della.of(d).withMajoritySign(majoritySign).withSeed(seed);
       default:
         throw new AssertionError(key);
     }

@@ -35,7 +35,9 @@ abstract class PeftMethod implements MergeAlgorithm {
   enum Pruning {
     NONE,
     MAGNITUDE,
-    RANDOM
+    RANDOM,
+    BREADCRUMBS,
+    DELLA
   }
 
   /** How the pruned tensors are combined. */
@@ -51,6 +53,8 @@ abstract class PeftMethod implements MergeAlgorithm {
   private final double density;
   private final MajoritySign majoritySign;
   private final long seed;
+  private final double gamma;
+  private final double epsilon;
 
   PeftMethod(
       String name,
@@ -60,7 +64,23 @@ abstract class PeftMethod implements MergeAlgorithm {
       double density,
       MajoritySign majoritySign,
       long seed) {
+    this(name, space, pruning, combination, density, majoritySign, seed, 0, 0);
+  }
+
+  PeftMethod(
+      String name,
+      Space space,
+      Pruning pruning,
+      Combination combination,
+      double density,
+      MajoritySign majoritySign,
+      long seed,
+      double gamma,
+      double epsilon) {
     checkArgument(density > 0 && density <= 1, "density must be in (0, 1], got %s", density);
+    checkArgument(gamma >= 0 && gamma < 1, "gamma must be in [0, 1), got %s", gamma);
+    checkArgument(epsilon >= 0 && epsilon <= density && density + epsilon <= 1 || pruning != Pruning.DELLA,
+        "epsilon must keep density ± epsilon within [0, 1], got density %s and epsilon %s", density, epsilon);
     this.name = name;
     this.space = space;
     this.pruning = pruning;
@@ -68,6 +88,18 @@ abstract class PeftMethod implements MergeAlgorithm {
     this.density = density;
     this.majoritySign = majoritySign;
     this.seed = seed;
+    this.gamma = gamma;
+    this.epsilon = epsilon;
+  }
+
+  /** Breadcrumbs' fraction of largest-magnitude outliers dropped. */
+  double gamma() {
+    return gamma;
+  }
+
+  /** DELLA's spread of keep probabilities around the density. */
+  double epsilon() {
+    return epsilon;
   }
 
   /** The fraction of each task tensor's entries kept (1 when nothing is pruned). */
@@ -99,7 +131,13 @@ abstract class PeftMethod implements MergeAlgorithm {
     if (combination == Combination.TIES) {
       parameters.put("majority_sign_method", majoritySign.peftName());
     }
-    if (pruning == Pruning.RANDOM) {
+    if (pruning == Pruning.BREADCRUMBS) {
+      parameters.put("gamma", gamma);
+    }
+    if (pruning == Pruning.DELLA) {
+      parameters.put("epsilon", epsilon);
+    }
+    if (isRandom()) {
       parameters.put("seed", seed);
     }
     return parameters.build();
@@ -163,6 +201,14 @@ abstract class PeftMethod implements MergeAlgorithm {
         case RANDOM:
           TaskTensors.pruneRandomly(tensors[i], density, module.random(seed, inputs.get(i).index(), stream));
           break;
+        case BREADCRUMBS:
+          TaskTensors.pruneBreadcrumbs(tensors[i], density, gamma);
+          break;
+        case DELLA:
+          TaskTensors.pruneDella(
+              tensors[i], Math.toIntExact(arrays[i].getShape().get(1)), density, epsilon,
+              module.random(seed, inputs.get(i).index(), stream));
+          break;
         case NONE:
           break;
         default:
@@ -195,12 +241,20 @@ abstract class PeftMethod implements MergeAlgorithm {
       return false;
     }
     PeftMethod that = (PeftMethod) other;
-    return Double.compare(density, that.density) == 0 && majoritySign == that.majoritySign && seed == that.seed;
+    return Double.compare(density, that.density) == 0
+        && majoritySign == that.majoritySign
+        && seed == that.seed
+        && Double.compare(gamma, that.gamma) == 0
+        && Double.compare(epsilon, that.epsilon) == 0;
   }
 
   @Override
   public int hashCode() {
-    return Objects.hash(getClass(), density, majoritySign, seed);
+    return Objects.hash(getClass(), density, majoritySign, seed, gamma, epsilon);
+  }
+
+  private boolean isRandom() {
+    return pruning == Pruning.RANDOM || pruning == Pruning.DELLA;
   }
 
   @Override
@@ -215,11 +269,19 @@ abstract class PeftMethod implements MergeAlgorithm {
       text.append(separator).append("dropRate=").append(dropRate(density));
       separator = ", ";
     }
+    if (pruning == Pruning.BREADCRUMBS) {
+      text.append(separator).append("gamma=").append(gamma);
+      separator = ", ";
+    }
+    if (pruning == Pruning.DELLA) {
+      text.append(separator).append("epsilon=").append(epsilon);
+      separator = ", ";
+    }
     if (combination == Combination.TIES) {
       text.append(separator).append("majoritySign=").append(majoritySign.peftName());
       separator = ", ";
     }
-    if (pruning == Pruning.RANDOM) {
+    if (isRandom()) {
       text.append(separator).append("seed=").append(seed);
     }
     return text.append('}').toString();

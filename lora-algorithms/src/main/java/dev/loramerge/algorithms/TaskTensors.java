@@ -135,4 +135,54 @@ final class TaskTensors {
     }
     return merged;
   }
+
+  /**
+   * Model Breadcrumbs (Davari and Belilovsky 2023; mergekit's {@code magnitude_outliers}): drops
+   * the ⌊gamma·n⌋ entries of largest magnitude as outliers and keeps the next ⌊density·n⌋; when
+   * gamma + density exceeds 1, fewer outliers are dropped so that density·n remain. In place.
+   */
+  static void pruneBreadcrumbs(float[] tensor, double density, double gamma) {
+    int n = tensor.length;
+    int keep = (int) (density * n);
+    int top = Math.min((int) (gamma * n), n - keep);
+    Integer[] order = new Integer[n];
+    for (int i = 0; i < n; i++) {
+      order[i] = i;
+    }
+    java.util.Arrays.sort(order, (a, b) -> {
+      int byMagnitude = Float.compare(Math.abs(tensor[b]), Math.abs(tensor[a]));
+      return byMagnitude != 0 ? byMagnitude : Integer.compare(a, b);
+    });
+    for (int rank = 0; rank < n; rank++) {
+      if (rank < top || rank >= top + keep) {
+        tensor[order[rank]] = 0;
+      }
+    }
+  }
+
+  /**
+   * DELLA's MagPrune (Deep et al. 2024, §3; mergekit's {@code della}): in each row, entries ranked
+   * by magnitude are kept with probability rising linearly from density − ε (smallest) to
+   * density + ε (largest), and kept entries are divided by their probability. In place.
+   */
+  static void pruneDella(float[] tensor, int rowLength, double density, double epsilon, SplittableRandom random) {
+    for (int start = 0; start < tensor.length; start += rowLength) {
+      int length = Math.min(rowLength, tensor.length - start);
+      Integer[] order = new Integer[length];
+      for (int i = 0; i < length; i++) {
+        order[i] = start + i;
+      }
+      java.util.Arrays.sort(order, (a, b) -> {
+        int byMagnitude = Float.compare(Math.abs(tensor[a]), Math.abs(tensor[b]));
+        return byMagnitude != 0 ? byMagnitude : Integer.compare(a, b);
+      });
+      for (int rank = 0; rank < length; rank++) {
+        double probability =
+            length == 1 ? density : density - epsilon + 2 * epsilon * rank / (double) (length - 1);
+        probability = Math.min(1, Math.max(0, probability));
+        int index = order[rank];
+        tensor[index] = probability > 0 && random.nextDouble() < probability ? (float) (tensor[index] / probability) : 0f;
+      }
+    }
+  }
 }

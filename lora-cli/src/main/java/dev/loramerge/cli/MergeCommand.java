@@ -1,5 +1,7 @@
 package dev.loramerge.cli;
 
+import dev.loramerge.Architecture;
+import dev.loramerge.BlockWeights;
 import dev.loramerge.DType;
 import dev.loramerge.LoraAdapter;
 import dev.loramerge.LoraMerger;
@@ -42,8 +44,9 @@ import picocli.CommandLine.Spec;
     mixinStandardHelpOptions = true,
     description = {
       "Merge adapters into one. Without --algorithm the result is the exact weighted sum (cat).",
-      "NAME is one of PEFT's combination types: cat, linear, svd, ties, ties_svd, dare_linear,"
-          + " dare_ties, dare_linear_svd, dare_ties_svd, magnitude_prune, magnitude_prune_svd."
+      "NAME is one of PEFT's combination types (cat, linear, svd, ties, ties_svd, dare_linear,"
+          + " dare_ties, dare_linear_svd, dare_ties_svd, magnitude_prune, magnitude_prune_svd),"
+          + " add_difference (A + (B − C), scaled by the weights), breadcrumbs or della."
     })
 final class MergeCommand implements Callable<Integer> {
   @Spec CommandSpec spec;
@@ -78,6 +81,11 @@ final class MergeCommand implements Callable<Integer> {
   @Option(names = "--dtype", paramLabel = "fp32|fp16|bf16", description = "Element type of the merged factors (default: the inputs').")
   String dtype;
 
+  @Option(names = "--blocks", paramLabel = "ADAPTER_INDEX:W,W,...|PRESET",
+      description = "Block weights for one input (0 is the first INPUT): 17/26 values for SD1.5, 12/20 for SDXL,"
+          + " or a preset (NONE, ALL, INS, IND, INALL, MIDD, OUTD, OUTS, OUTALL, ALL0.5). Repeatable.")
+  List<String> blocks = new ArrayList<>();
+
   @Option(names = "--exact-svd", description = "Re-rank dense updates by an exact SVD instead of the randomized one.")
   boolean exactSvd;
 
@@ -100,8 +108,15 @@ final class MergeCommand implements Callable<Integer> {
     long start = System.nanoTime();
     LoraMerger.Builder merger = LoraMerger.builder().algorithm(method).exactSvd(exactSvd);
     List<Object> files = new ArrayList<>();
-    for (WeightedInput input : inputs) {
-      merger.add(LoraFiles.read(input.path(), readOptions), input.weight());
+    Map<Integer, String> blocksByInput = blocksByInput();
+    for (int i = 0; i < inputs.size(); i++) {
+      WeightedInput input = inputs.get(i);
+      LoraAdapter adapter = LoraFiles.read(input.path(), readOptions);
+      if (blocksByInput.containsKey(i)) {
+        merger.add(adapter, input.weight(), blockWeights(adapter, blocksByInput.get(i), readOptions));
+      } else {
+        merger.add(adapter, input.weight());
+      }
       Map<String, Object> file = new LinkedHashMap<>();
       file.put("path", input.path().getFileName().toString());
       file.put("sha256", sha256(input.path()));
@@ -161,6 +176,41 @@ final class MergeCommand implements Callable<Integer> {
     String weights = inputs.stream().map(WeightedInput::weightText).collect(Collectors.joining("+"));
     String name = names + "_" + method.name() + "_" + weights;
     return output.resolve(outputFormat == LoraFormat.PEFT ? name : name + ".safetensors");
+  }
+
+  private Map<Integer, String> blocksByInput() {
+    Map<Integer, String> byInput = new LinkedHashMap<>();
+    for (String spec : blocks) {
+      int colon = spec.indexOf(':');
+      String index = colon < 0 ? "" : spec.substring(0, colon);
+      int parsed;
+      try {
+        parsed = Integer.parseInt(index);
+      } catch (NumberFormatException e) {
+        throw new IllegalArgumentException("--blocks '" + spec + "' must start with an input index and ':', e.g. 0:OUTALL");
+      }
+      if (parsed < 0 || parsed >= inputs.size()) {
+        throw new IllegalArgumentException(
+            String.format(Locale.ROOT, "--blocks '%s' names input %d, but there are %d inputs (0 to %d)", spec, parsed, inputs.size(), inputs.size() - 1));
+      }
+      if (byInput.put(parsed, spec.substring(colon + 1)) != null) {
+        throw new IllegalArgumentException("--blocks given twice for input " + parsed);
+      }
+    }
+    return byInput;
+  }
+
+  private static BlockWeights blockWeights(LoraAdapter adapter, String spec, LoraReadOptions readOptions) {
+    Architecture architecture =
+        readOptions
+            .architecture()
+            .or(() -> Architecture.detect(adapter))
+            .orElseThrow(
+                () ->
+                    new IllegalArgumentException(
+                        "block weights need an SD1.5 or SDXL adapter, and '" + adapter.name()
+                            + "' fits neither; pass --architecture"));
+    return BlockWeights.parse(architecture, spec);
   }
 
   private static String sha256(Path input) throws IOException {
