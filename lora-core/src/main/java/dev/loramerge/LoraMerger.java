@@ -62,6 +62,7 @@ public final class LoraMerger {
   private final Optional<Integer> rank;
   private final Optional<Integer> convRank;
   private final boolean exactSvd;
+  private final RankRule rankRule;
   private final int threads;
   private final Optional<DType> dtype;
   private final MergeListener listener;
@@ -82,6 +83,7 @@ public final class LoraMerger {
     this.rank = builder.rank;
     this.convRank = builder.convRank;
     this.exactSvd = builder.exactSvd;
+    this.rankRule = builder.rankRule;
     this.threads = builder.threads;
     this.dtype = builder.dtype;
     this.listener = builder.listener;
@@ -103,6 +105,7 @@ public final class LoraMerger {
     builder.rank = rank;
     builder.convRank = convRank;
     builder.exactSvd = exactSvd;
+    builder.rankRule = rankRule;
     builder.threads = threads;
     builder.dtype = dtype;
     builder.listener = listener;
@@ -180,6 +183,9 @@ public final class LoraMerger {
     recipe.put("inputs", adapters);
     rank.ifPresent(value -> recipe.put("rank", value));
     convRank.ifPresent(value -> recipe.put("conv_rank", value));
+    if (rankRule.method() != RankRule.Method.FIXED) {
+      recipe.put("rank_rule", rankRule.toString());
+    }
     svdClamp.ifPresent(value -> recipe.put("svd_clamp", value));
     recipe.putAll(recipeExtras);
     recipe.put("library", Recipes.libraryVersion());
@@ -230,15 +236,16 @@ public final class LoraMerger {
         NDArray dense = update.dense().orElseThrow();
         NDArray[] factors =
             exactSvd || RandomizedSvd.exactIsCheap(dense.getShape().get(0), dense.getShape().get(1))
-                ? RandomizedSvd.exact(manager, dense, target)
-                : RandomizedSvd.truncate(manager, dense, target, merge.random(0, -1, "sketch"));
+                ? RandomizedSvd.exact(manager, dense, sigma -> rankRule.rank(sigma, target))
+                : RandomizedSvd.truncate(
+                    manager, dense, target, sigma -> rankRule.rank(sigma, target), merge.random(0, -1, "sketch"));
         return Optional.of(toModule(key, first, clamp(factors), outputType));
       }
       NDArray up = update.up().orElseThrow();
       NDArray down = update.down().orElseThrow();
       long currentRank = up.getShape().get(1);
       if (algorithm.reRanks() || (explicit.isPresent() && currentRank > target)) {
-        return Optional.of(toModule(key, first, clamp(truncate(manager, up, down, target)), outputType));
+        return Optional.of(toModule(key, first, clamp(truncate(manager, up, down, sigma -> rankRule.rank(sigma, target))), outputType));
       }
       return Optional.of(toModule(key, first, new NDArray[] {up, down}, outputType));
     }
@@ -266,14 +273,15 @@ public final class LoraMerger {
   }
 
   /** The exact best rank-{@code target} factors of up·down (see {@link FactoredSvd}). */
-  private static NDArray[] truncate(NDManager manager, NDArray up, NDArray down, int target) {
+  private static NDArray[] truncate(
+      NDManager manager, NDArray up, NDArray down, java.util.function.ToIntFunction<double[]> rankOf) {
     NDArray up64 = up.toType(DataType.FLOAT64, false);
     NDArray down64 = down.toType(DataType.FLOAT64, false);
     FactoredSvd svd =
         FactoredSvd.of(
             NdArrays.toMatrix(up64.transpose().matMul(up64)),
             NdArrays.toMatrix(down64.matMul(down64.transpose())),
-            sigma -> target);
+            rankOf);
     NDArray newUp = up64.matMul(NdArrays.fromMatrix(manager, svd.left()));
     NDArray newDown = NdArrays.fromMatrix(manager, svd.right()).matMul(down64);
     return new NDArray[] {newUp, newDown};
@@ -466,6 +474,7 @@ public final class LoraMerger {
     private Optional<Integer> rank = Optional.empty();
     private Optional<Integer> convRank = Optional.empty();
     private boolean exactSvd;
+    private RankRule rankRule = RankRule.fixed();
     private int threads = Runtime.getRuntime().availableProcessors();
     private Optional<DType> dtype = Optional.empty();
     private MergeListener listener = MergeListener.NONE;
@@ -554,6 +563,16 @@ public final class LoraMerger {
     @CanIgnoreReturnValue
     public Builder name(String name) {
       this.name = checkNotNull(name, "name");
+      return this;
+    }
+
+    /**
+     * How re-ranked modules choose their rank, capped at the target rank (default: the target
+     * rank itself).
+     */
+    @CanIgnoreReturnValue
+    public Builder rankRule(RankRule rankRule) {
+      this.rankRule = checkNotNull(rankRule, "rankRule");
       return this;
     }
 

@@ -6,6 +6,7 @@ import dev.loramerge.DType;
 import dev.loramerge.LoraAdapter;
 import dev.loramerge.LoraMerger;
 import dev.loramerge.MergeAlgorithm;
+import dev.loramerge.RankRule;
 import dev.loramerge.algorithms.MajoritySign;
 import dev.loramerge.algorithms.MergeMethods;
 import dev.loramerge.io.LoraFiles;
@@ -86,6 +87,13 @@ final class MergeCommand implements Callable<Integer> {
           + " or a preset (NONE, ALL, INS, IND, INALL, MIDD, OUTD, OUTS, OUTALL, ALL0.5). Repeatable.")
   List<String> blocks = new ArrayList<>();
 
+  @Option(names = "--dynamic-method", paramLabel = "sv_ratio|sv_fro|sv_cumulative",
+      description = "Choose each re-ranked module's rank from its singular values, as kohya's resize_lora (capped at --svd-rank).")
+  String dynamicMethod;
+
+  @Option(names = "--dynamic-param", paramLabel = "P", description = "The ratio or fraction of --dynamic-method.")
+  Double dynamicParam;
+
   @Option(names = "--exact-svd", description = "Re-rank dense updates by an exact SVD instead of the randomized one.")
   boolean exactSvd;
 
@@ -126,6 +134,12 @@ final class MergeCommand implements Callable<Integer> {
     merger.recipe("input_files", files);
     if (svdRank != null) {
       merger.rank(svdRank);
+    }
+    if (dynamicMethod != null) {
+      if (dynamicParam == null) {
+        throw new IllegalArgumentException("--dynamic-method " + dynamicMethod + " needs --dynamic-param");
+      }
+      merger.rankRule(RankRule.named(dynamicMethod, dynamicParam));
     }
     if (svdClamp != null) {
       merger.svdClamp(svdClamp);

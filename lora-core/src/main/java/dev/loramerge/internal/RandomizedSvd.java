@@ -5,6 +5,7 @@ import ai.djl.ndarray.NDManager;
 import ai.djl.ndarray.types.DataType;
 import ai.djl.ndarray.types.Shape;
 import java.util.SplittableRandom;
+import java.util.function.ToIntFunction;
 import org.ejml.data.DMatrixRMaj;
 import org.ejml.dense.row.CommonOps_DDRM;
 import org.ejml.dense.row.SingularOps_DDRM;
@@ -41,9 +42,12 @@ public final class RandomizedSvd {
   /**
    * Returns {B' (m×k), A' (k×n)} in float64, owned by {@code manager}, with B'·A' ≈ D.
    *
+   * @param rank the rank the sketch is sized for
+   * @param rankOf the kept rank k from the sketch's singular values (at most {@code rank})
    * @param random the Gaussian sketch's source
    */
-  public static NDArray[] truncate(NDManager manager, NDArray dense, int rank, SplittableRandom random) {
+  public static NDArray[] truncate(
+      NDManager manager, NDArray dense, int rank, ToIntFunction<double[]> rankOf, SplittableRandom random) {
     long rows = dense.getShape().get(0);
     long cols = dense.getShape().get(1);
     int width = (int) Math.min(rank + OVERSAMPLING, Math.min(rows, cols));
@@ -63,7 +67,7 @@ public final class RandomizedSvd {
         FactoredSvd.of(
             NdArrays.toMatrix(basis.transpose().matMul(basis)),
             NdArrays.toMatrix(projected.matMul(projected.transpose())),
-            sigma -> rank);
+            rankOf);
     return new NDArray[] {
       basis.matMul(NdArrays.fromMatrix(manager, svd.left())),
       NdArrays.fromMatrix(manager, svd.right()).matMul(projected)
@@ -74,7 +78,7 @@ public final class RandomizedSvd {
    * Returns {B' (m×k), A' (k×n)} from an exact float64 SVD of D (O(m·n·min(m, n)); for checks
    * and small modules).
    */
-  public static NDArray[] exact(NDManager manager, NDArray dense, int rank) {
+  public static NDArray[] exact(NDManager manager, NDArray dense, ToIntFunction<double[]> rankOf) {
     DMatrixRMaj matrix = NdArrays.toMatrix(dense);
     SingularValueDecomposition_F64<DMatrixRMaj> svd =
         DecompositionFactory_DDRM.svd(matrix.numRows, matrix.numCols, true, true, true);
@@ -85,12 +89,16 @@ public final class RandomizedSvd {
     DMatrixRMaj w = svd.getW(null);
     DMatrixRMaj v = svd.getV(null, true);
     SingularOps_DDRM.descendingOrder(u, false, w, v, true);
-    int k = Math.min(rank, Math.min(matrix.numRows, matrix.numCols));
+    int size = Math.min(matrix.numRows, matrix.numCols);
+    double[] sigma = new double[size];
+    for (int i = 0; i < size; i++) {
+      sigma[i] = w.get(i, i);
+    }
+    int k = Math.max(1, Math.min(rankOf.applyAsInt(sigma), size));
     DMatrixRMaj up = CommonOps_DDRM.extract(u, 0, u.numRows, 0, k);
     for (int col = 0; col < k; col++) {
-      double sigma = w.get(col, col);
       for (int row = 0; row < up.numRows; row++) {
-        up.set(row, col, up.get(row, col) * sigma);
+        up.set(row, col, up.get(row, col) * sigma[col]);
       }
     }
     DMatrixRMaj down = CommonOps_DDRM.extract(v, 0, k, 0, v.numCols);
