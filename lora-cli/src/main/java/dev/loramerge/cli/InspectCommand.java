@@ -76,7 +76,7 @@ final class InspectCommand implements Callable<Integer> {
   }
 
   private static void row(PrintWriter out, String label, String value) {
-    out.println(String.format(Locale.ROOT, "  %-13s%s", label, value));
+    out.println(String.format(Locale.ROOT, "  %-14s%s", label, value));
   }
 
   /** "value ×count" for each distinct value, most common first. */
