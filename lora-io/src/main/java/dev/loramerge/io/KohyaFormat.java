@@ -75,9 +75,7 @@ final class KohyaFormat {
    * the standard-rule alpha with the same scale (α = s·r), which keeps each update exact.
    */
   static void write(LoraAdapter adapter, Path target) throws IOException {
-    Map<ModuleKey, long[]> shapes = new LinkedHashMap<>();
-    adapter.modules().values().forEach(module -> shapes.put(module.key(), module.weightShape()));
-    Map<ModuleKey, String> names = KohyaNames.names(shapes);
+    Map<ModuleKey, String> names = KohyaNames.names(adapter);
     Map<String, TensorData> tensors = new LinkedHashMap<>();
     for (LoraModule module : adapter.modules().values()) {
       String name = names.get(module.key());

@@ -3,6 +3,7 @@ package dev.loramerge.io;
 import com.google.common.collect.ImmutableMap;
 import dev.loramerge.Architecture;
 import dev.loramerge.Component;
+import dev.loramerge.LoraAdapter;
 import dev.loramerge.LoraMergeException;
 import dev.loramerge.ModuleKey;
 import dev.loramerge.ModuleSpec;
@@ -182,36 +183,15 @@ final class KohyaNames {
     }
   }
 
-  /** The architecture every module of {@code modules} belongs to with its shape, if any. */
-  static Optional<Architecture> detect(Map<ModuleKey, long[]> weightShapes) {
-    if (weightShapes.isEmpty()) {
-      return Optional.empty();
-    }
-    for (Architecture architecture : Architecture.all()) {
-      boolean all =
-          weightShapes.entrySet().stream()
-              .allMatch(
-                  entry ->
-                      architecture
-                          .module(entry.getKey())
-                          .map(spec -> Arrays.equals(spec.weightShape(), entry.getValue()))
-                          .orElse(false));
-      if (all) {
-        return Optional.of(architecture);
-      }
-    }
-    return Optional.empty();
-  }
-
   /**
    * The names to write for {@code keys}: the detected architecture's kohya names, or underscored
    * diffusers paths ({@code lora_te1_}/{@code lora_te2_} when there is a second text encoder).
    */
-  static Map<ModuleKey, String> names(Map<ModuleKey, long[]> weightShapes) {
-    Optional<Architecture> architecture = detect(weightShapes);
-    boolean twoEncoders = weightShapes.keySet().stream().anyMatch(k -> k.component() == Component.TEXT_ENCODER_2);
+  static Map<ModuleKey, String> names(LoraAdapter adapter) {
+    Optional<Architecture> architecture = Architecture.detect(adapter);
+    boolean twoEncoders = adapter.modules().keySet().stream().anyMatch(k -> k.component() == Component.TEXT_ENCODER_2);
     Map<ModuleKey, String> names = new LinkedHashMap<>();
-    for (ModuleKey key : weightShapes.keySet()) {
+    for (ModuleKey key : adapter.modules().keySet()) {
       if (architecture.isPresent()) {
         names.put(key, architecture.get().kohyaName(key));
         continue;
