@@ -46,6 +46,22 @@ public final class UpdateNorms {
     }
   }
 
+  /**
+   * ⟨wₐ·sₐ·BₐAₐ, w_b·s_b·B_bA_b⟩, the Frobenius inner product of two modules' weighted updates, as
+   * Σ (BₐᵀB_b) ∘ (AₐA_bᵀ).
+   */
+  public static double inner(LoraModule a, double weightA, LoraModule b, double weightB) {
+    try (NDManager manager = NDManager.newBaseManager()) {
+      NDList ups = new NDList();
+      NDList downs = new NDList();
+      add(manager, ups, downs, a, weightA);
+      add(manager, ups, downs, b, weightB);
+      NDArray upProduct = ups.get(0).transpose().matMul(ups.get(1));
+      NDArray downProduct = downs.get(0).matMul(downs.get(1).transpose());
+      return upProduct.mul(downProduct).sum().getDouble();
+    }
+  }
+
   /** ‖s·B·A‖ of one module. */
   public static double norm(LoraModule module) {
     try (NDManager manager = NDManager.newBaseManager()) {

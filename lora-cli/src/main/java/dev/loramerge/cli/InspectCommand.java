@@ -3,7 +3,9 @@ package dev.loramerge.cli;
 import dev.loramerge.Architecture;
 import dev.loramerge.LoraAdapter;
 import dev.loramerge.LoraModule;
+import dev.loramerge.ModuleKey;
 import dev.loramerge.ModuleSpec;
+import dev.loramerge.UpdateNorms;
 import dev.loramerge.io.LoraFiles;
 import dev.loramerge.io.LoraFormat;
 import java.io.IOException;
@@ -21,6 +23,7 @@ import java.util.stream.Stream;
 import picocli.CommandLine.Command;
 import picocli.CommandLine.Mixin;
 import picocli.CommandLine.Model.CommandSpec;
+import picocli.CommandLine.Option;
 import picocli.CommandLine.Parameters;
 import picocli.CommandLine.Spec;
 
@@ -38,6 +41,13 @@ final class InspectCommand implements Callable<Integer> {
 
   @Parameters(paramLabel = "PATH", description = "A PEFT folder or a kohya or diffusers .safetensors file.")
   Path path;
+
+  @Option(
+      names = "--stats",
+      description =
+          "Per module: mean, std, min and max of A and B, and the Frobenius norm of the update s·B·A;"
+              + " modules whose update is below 1e-3 of the median are flagged as cancelled.")
+  boolean stats;
 
   @Mixin InputOptions inputOptions;
   @Mixin VerboseOption verbose;
@@ -71,8 +81,69 @@ final class InspectCommand implements Callable<Integer> {
       row(out, "metadata", adapter.metadata().size() + " entries");
       adapter.metadata().forEach((key, value) -> out.println("    " + key + " = " + abbreviate(value)));
     }
+    if (stats) {
+      printStats(out, adapter);
+    }
     out.flush();
     return LoraCommand.OK;
+  }
+
+  /** Relative to the median, below this an update counts as cancelled. */
+  private static final double CANCELLED = 1e-3;
+
+  private static void printStats(PrintWriter out, LoraAdapter adapter) {
+    out.println();
+    out.println(
+        String.format(
+            Locale.ROOT,
+            "%-70s %11s %11s %11s %11s  %11s %11s %11s %11s  %11s",
+            "module", "A mean", "A std", "A min", "A max", "B mean", "B std", "B min", "B max", "‖s·B·A‖"));
+    Map<ModuleKey, Double> norms = new TreeMap<>();
+    for (LoraModule module : adapter.modules().values()) {
+      norms.put(module.key(), UpdateNorms.norm(module));
+    }
+    double[] sorted = norms.values().stream().mapToDouble(Double::doubleValue).sorted().toArray();
+    double median = sorted.length == 0 ? 0 : sorted[sorted.length / 2];
+    int cancelled = 0;
+    for (LoraModule module : adapter.modules().values()) {
+      double norm = norms.get(module.key());
+      boolean isCancelled = norm <= CANCELLED * median;
+      cancelled += isCancelled ? 1 : 0;
+      out.println(
+          String.format(
+              Locale.ROOT,
+              "%-70s %s  %s  %11.4e%s",
+              module.key(),
+              moments(module.down().toDoubleArray()),
+              moments(module.up().toDoubleArray()),
+              norm,
+              isCancelled ? "  cancelled" : ""));
+    }
+    out.println(
+        String.format(
+            Locale.ROOT,
+            "%d modules, median ‖s·B·A‖ %.4e, %d cancelled (below %.0e of the median)",
+            norms.size(),
+            median,
+            cancelled,
+            CANCELLED));
+  }
+
+  private static String moments(double[] values) {
+    double sum = 0;
+    double min = Double.POSITIVE_INFINITY;
+    double max = Double.NEGATIVE_INFINITY;
+    for (double value : values) {
+      sum += value;
+      min = Math.min(min, value);
+      max = Math.max(max, value);
+    }
+    double mean = sum / values.length;
+    double squares = 0;
+    for (double value : values) {
+      squares += (value - mean) * (value - mean);
+    }
+    return String.format(Locale.ROOT, "%11.4e %11.4e %11.4e %11.4e", mean, Math.sqrt(squares / values.length), min, max);
   }
 
   private static void row(PrintWriter out, String label, String value) {

@@ -27,6 +27,7 @@ import picocli.CommandLine.Spec;
       InspectCommand.class,
       ConvertCommand.class,
       MergeCommand.class,
+      CompareCommand.class,
       DemoCommand.class,
       CommandLine.HelpCommand.class
     })

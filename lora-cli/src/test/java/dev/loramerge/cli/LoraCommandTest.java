@@ -96,6 +96,46 @@ class LoraCommandTest {
   }
 
   @Test
+  void compareReportsTheExactSumAsExactAndAReRankAsLossy() {
+    String style = GoldenFiles.peft021("kohya/style.safetensors") + "=1";
+    String subject = GoldenFiles.peft021("kohya/subject.safetensors") + "=0.6";
+    Path cat = temp.resolve("cat.safetensors");
+    Path svd = temp.resolve("svd.safetensors");
+    assertThat(run("merge", "-o", cat.toString(), style, subject).exitCode()).isZero();
+    assertThat(run("merge", "-o", svd.toString(), "--algorithm", "svd", "--svd-rank", "4", style, subject).exitCode()).isZero();
+
+    Run exact = run("compare", cat.toString(), style, subject);
+    assertThat(exact.exitCode()).as("stderr: %s", exact.err()).isZero();
+    String exactSummary = exact.out().lines().filter(line -> line.startsWith("summary:")).findFirst().orElseThrow();
+    double exactError = Double.parseDouble(exactSummary.replaceAll(".*relative error ([^,]+),.*", "$1"));
+    assertThat(exactError).as("cat is the exact weighted sum: %s", exactSummary).isLessThan(1e-6);
+    assertThat(exactSummary).contains("cosine 1.0000").contains("kept style 100.0%");
+
+    Run lossy = run("compare", svd.toString(), style, subject);
+    String lossySummary = lossy.out().lines().filter(line -> line.startsWith("summary:")).findFirst().orElseThrow();
+    double lossyError = Double.parseDouble(lossySummary.replaceAll(".*relative error ([^,]+),.*", "$1"));
+    assertThat(lossyError).as("rank 4 of 16 loses energy: %s", lossySummary).isBetween(0.1, 1.0);
+  }
+
+  @Test
+  void inspectStatsFlagsCancelledModules() throws IOException {
+    LoraAdapter style = LoraFiles.read(GoldenFiles.peft021("kohya/style.safetensors"));
+    ModuleKey first = style.modules().firstKey();
+    LoraModule original = style.modules().get(first);
+    LoraAdapter withZero =
+        style.toBuilder()
+            .put(LoraModule.of(first, original.down(), dev.loramerge.TensorData.ofFloats(new float[Math.toIntExact(original.up().numel())], original.up().shape()), original.alpha()))
+            .build();
+    Path file = temp.resolve("cancelled.safetensors");
+    LoraFiles.write(withZero, file, dev.loramerge.io.LoraFormat.KOHYA);
+    Run run = run("inspect", "--stats", file.toString());
+    assertThat(run.exitCode()).as("stderr: %s", run.err()).isZero();
+    assertThat(run.out().lines().filter(line -> line.startsWith(first.toString())).findFirst().orElseThrow())
+        .endsWith("cancelled");
+    assertThat(run.out()).contains("70 modules, median ‖s·B·A‖").contains(", 1 cancelled");
+  }
+
+  @Test
   void demoRunsAndChecksItsConversions() {
     Run run = run("demo");
     assertThat(run.exitCode()).as("stderr: %s", run.err()).isZero();
