@@ -63,6 +63,7 @@ public final class LoraMerger {
   private final Optional<Integer> convRank;
   private final boolean exactSvd;
   private final RankRule rankRule;
+  private final Optional<PostPrune> prune;
   private final int threads;
   private final Optional<DType> dtype;
   private final MergeListener listener;
@@ -84,6 +85,7 @@ public final class LoraMerger {
     this.convRank = builder.convRank;
     this.exactSvd = builder.exactSvd;
     this.rankRule = builder.rankRule;
+    this.prune = builder.prune;
     this.threads = builder.threads;
     this.dtype = builder.dtype;
     this.listener = builder.listener;
@@ -106,6 +108,7 @@ public final class LoraMerger {
     builder.convRank = convRank;
     builder.exactSvd = exactSvd;
     builder.rankRule = rankRule;
+    builder.prune = prune;
     builder.threads = threads;
     builder.dtype = dtype;
     builder.listener = listener;
@@ -187,6 +190,7 @@ public final class LoraMerger {
       recipe.put("rank_rule", rankRule.toString());
     }
     svdClamp.ifPresent(value -> recipe.put("svd_clamp", value));
+    prune.ifPresent(value -> recipe.put("prune", value.toString()));
     recipe.putAll(recipeExtras);
     recipe.put("library", Recipes.libraryVersion());
     return recipe;
@@ -287,7 +291,7 @@ public final class LoraMerger {
     return new NDArray[] {newUp, newDown};
   }
 
-  private static LoraModule toModule(ModuleKey key, LoraModule like, NDArray[] factors, DType outputType) {
+  private LoraModule toModule(ModuleKey key, LoraModule like, NDArray[] factors, DType outputType) {
     NDArray up = factors[0];
     NDArray down = factors[1];
     long rank = up.getShape().get(1);
@@ -295,11 +299,21 @@ public final class LoraMerger {
     downShape[0] = rank;
     long[] upShape = like.up().shape();
     upShape[1] = rank;
-    TensorData newDown = NdArrays.toTensor(down, outputType, downShape);
-    TensorData newUp = NdArrays.toTensor(up, outputType, upShape);
+    TensorData newDown = pruned(NdArrays.toTensor(down, outputType, downShape));
+    TensorData newUp = pruned(NdArrays.toTensor(up, outputType, upShape));
     checkFinite(key, newDown, "down");
     checkFinite(key, newUp, "up");
     return LoraModule.of(key, newDown, newUp, rank);
+  }
+
+  private TensorData pruned(TensorData factor) {
+    if (prune.isEmpty()) {
+      return factor;
+    }
+    float[] values = factor.toFloatArray();
+    prune.get().apply(values);
+    TensorData pruned = TensorData.ofFloats(values, factor.shape());
+    return factor.dtype() == DType.F32 ? pruned : pruned.to(factor.dtype());
   }
 
   private static void checkFinite(ModuleKey key, TensorData tensor, String factor) {
@@ -475,6 +489,7 @@ public final class LoraMerger {
     private Optional<Integer> convRank = Optional.empty();
     private boolean exactSvd;
     private RankRule rankRule = RankRule.fixed();
+    private Optional<PostPrune> prune = Optional.empty();
     private int threads = Runtime.getRuntime().availableProcessors();
     private Optional<DType> dtype = Optional.empty();
     private MergeListener listener = MergeListener.NONE;
@@ -563,6 +578,13 @@ public final class LoraMerger {
     @CanIgnoreReturnValue
     public Builder name(String name) {
       this.name = checkNotNull(name, "name");
+      return this;
+    }
+
+    /** Prunes every merged factor after the method and any re-ranking. */
+    @CanIgnoreReturnValue
+    public Builder prune(PostPrune prune) {
+      this.prune = Optional.of(checkNotNull(prune, "prune"));
       return this;
     }
 

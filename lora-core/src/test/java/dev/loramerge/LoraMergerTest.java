@@ -81,6 +81,31 @@ class LoraMergerTest {
   }
 
   @Test
+  void postPruningKeepsTheLargestEntriesOfEachFactor() {
+    LoraAdapter pruned = LoraMerger.builder().add(STYLE, 1).prune(PostPrune.density(0.25)).merge();
+    LoraAdapter full = LoraMerger.builder().add(STYLE, 1).merge();
+    for (ModuleKey key : TinyLora.KEYS) {
+      float[] before = full.modules().get(key).down().toFloatArray();
+      float[] after = pruned.modules().get(key).down().toFloatArray();
+      int kept = 0;
+      float smallestKept = Float.POSITIVE_INFINITY;
+      float largestDropped = 0;
+      for (int i = 0; i < before.length; i++) {
+        if (after[i] != 0) {
+          kept++;
+          assertThat(after[i]).isEqualTo(before[i]);
+          smallestKept = Math.min(smallestKept, Math.abs(before[i]));
+        } else {
+          largestDropped = Math.max(largestDropped, Math.abs(before[i]));
+        }
+      }
+      assertThat(kept).as("entries kept in A of %s", key).isEqualTo(before.length / 4);
+      assertThat(smallestKept).isGreaterThanOrEqualTo(largestDropped);
+    }
+    assertThat(pruned.metadata().get(LoraMerger.RECIPE_KEY)).contains("\"prune\":\"density=0.25\"");
+  }
+
+  @Test
   void leaksNoArrays() {
     try (NDManager probe = NDManager.newBaseManager()) {
       NDManager system = probe.getParentManager();

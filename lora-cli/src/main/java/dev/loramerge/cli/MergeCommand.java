@@ -6,6 +6,7 @@ import dev.loramerge.DType;
 import dev.loramerge.LoraAdapter;
 import dev.loramerge.LoraMerger;
 import dev.loramerge.MergeAlgorithm;
+import dev.loramerge.PostPrune;
 import dev.loramerge.RankRule;
 import dev.loramerge.algorithms.MajoritySign;
 import dev.loramerge.algorithms.MergeMethods;
@@ -94,6 +95,12 @@ final class MergeCommand implements Callable<Integer> {
   @Option(names = "--dynamic-param", paramLabel = "P", description = "The ratio or fraction of --dynamic-method.")
   Double dynamicParam;
 
+  @Option(names = "--prune-threshold", paramLabel = "T", description = "After merging, zero factor entries with |x| < T.")
+  Double pruneThreshold;
+
+  @Option(names = "--prune-density", paramLabel = "D", description = "After merging, keep the D fraction of largest factor entries.")
+  Double pruneDensity;
+
   @Option(names = "--exact-svd", description = "Re-rank dense updates by an exact SVD instead of the randomized one.")
   boolean exactSvd;
 
@@ -114,7 +121,8 @@ final class MergeCommand implements Callable<Integer> {
         MergeMethods.named(algorithm, density == null ? OptionalDouble.empty() : OptionalDouble.of(density), sign, seed);
     LoraReadOptions readOptions = inputOptions.readOptions();
     long start = System.nanoTime();
-    LoraMerger.Builder merger = LoraMerger.builder().algorithm(method).exactSvd(exactSvd);
+    LoraMerger.Builder merger =
+        LoraMerger.builder().algorithm(method).exactSvd(exactSvd).listener(ProgressBar.forTerminal("merging"));
     List<Object> files = new ArrayList<>();
     Map<Integer, String> blocksByInput = blocksByInput();
     for (int i = 0; i < inputs.size(); i++) {
@@ -140,6 +148,15 @@ final class MergeCommand implements Callable<Integer> {
         throw new IllegalArgumentException("--dynamic-method " + dynamicMethod + " needs --dynamic-param");
       }
       merger.rankRule(RankRule.named(dynamicMethod, dynamicParam));
+    }
+    if (pruneThreshold != null && pruneDensity != null) {
+      throw new IllegalArgumentException("give --prune-threshold or --prune-density, not both");
+    }
+    if (pruneThreshold != null) {
+      merger.prune(PostPrune.threshold(pruneThreshold));
+    }
+    if (pruneDensity != null) {
+      merger.prune(PostPrune.density(pruneDensity));
     }
     if (svdClamp != null) {
       merger.svdClamp(svdClamp);
