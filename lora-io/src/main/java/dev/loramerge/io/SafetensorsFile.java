@@ -1,0 +1,177 @@
+package dev.loramerge.io;
+
+import static com.google.common.base.Preconditions.checkArgument;
+import static com.google.common.base.Preconditions.checkNotNull;
+import static com.google.common.base.Preconditions.checkState;
+
+import com.google.common.collect.ImmutableList;
+import com.google.common.collect.ImmutableMap;
+import dev.loramerge.LoraMergeException;
+import dev.loramerge.TensorData;
+import java.io.IOException;
+import java.io.UncheckedIOException;
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.nio.channels.FileChannel;
+import java.nio.file.Path;
+import java.nio.file.StandardOpenOption;
+import java.util.Locale;
+import java.util.Optional;
+import java.util.concurrent.atomic.AtomicBoolean;
+import java.util.function.Function;
+
+/**
+ * An open safetensors file: its validated header, and its tensors as memory mappings.
+ *
+ * <p>{@link #open} reads only the header and checks every rule of the reference implementation
+ * ({@code huggingface/safetensors}); a file that breaks one is reported as a {@link
+ * SafetensorsFormatException} naming the rule. {@link #tensor} maps exactly one tensor's bytes,
+ * read-only and little-endian, so files of any size work and nothing is read until it is used.
+ *
+ * <p>Guarantees: the header accessors return immutable values. Instances are thread-safe; {@link
+ * #tensor} may be called from several threads at once. The caller owns the file and closes it;
+ * {@link #close} is idempotent. Tensors already returned stay readable after {@code close}: each
+ * mapping is released when its buffer is garbage-collected (on Windows the file stays locked until
+ * then).
+ *
+ * <pre>{@code
+ * try (SafetensorsFile file = SafetensorsFile.open(Path.of("style.safetensors"))) {
+ *   for (TensorInfo info : file.tensors()) {
+ *     TensorData data = file.tensor(info.name());
+ *   }
+ * }
+ * }</pre>
+ */
+public final class SafetensorsFile implements AutoCloseable {
+  private final Path path;
+  private final String fileName;
+  private final FileChannel channel;
+  private final long size;
+  private final SafetensorsHeader header;
+  private final ImmutableMap<String, TensorInfo> byName;
+  private final AtomicBoolean closed = new AtomicBoolean();
+
+  private SafetensorsFile(Path path, FileChannel channel, long size, SafetensorsHeader header) {
+    this.path = path;
+    this.fileName = nameOf(path);
+    this.channel = channel;
+    this.size = size;
+    this.header = header;
+    this.byName =
+        header.tensors().stream()
+            .collect(ImmutableMap.toImmutableMap(TensorInfo::name, Function.identity()));
+  }
+
+  /**
+   * Opens {@code path} and reads and validates its header.
+   *
+   * @throws SafetensorsFormatException if the file is not a valid safetensors file
+   * @throws IOException if the file cannot be read
+   */
+  public static SafetensorsFile open(Path path) throws IOException {
+    checkNotNull(path, "path");
+    FileChannel channel = FileChannel.open(path, StandardOpenOption.READ);
+    try {
+      long size = channel.size();
+      SafetensorsHeader header = SafetensorsHeader.read(nameOf(path), channel);
+      return new SafetensorsFile(path, channel, size, header);
+    } catch (Throwable t) {
+      try {
+        channel.close();
+      } catch (IOException suppressed) {
+        t.addSuppressed(suppressed);
+      }
+      throw t;
+    }
+  }
+
+  /** The path the file was opened from. */
+  public Path path() {
+    return path;
+  }
+
+  /** The {@code __metadata__} map, in header order; empty when the header has none. */
+  public ImmutableMap<String, String> metadata() {
+    return header.metadata();
+  }
+
+  /** Every tensor entry, in data-offset order. */
+  public ImmutableList<TensorInfo> tensors() {
+    return header.tensors();
+  }
+
+  /** The entry of the tensor called {@code name}, if there is one. */
+  public Optional<TensorInfo> info(String name) {
+    return Optional.ofNullable(byName.get(checkNotNull(name, "name")));
+  }
+
+  /** Whether the file holds a tensor called {@code name}. */
+  public boolean contains(String name) {
+    return byName.containsKey(checkNotNull(name, "name"));
+  }
+
+  /**
+   * The tensor called {@code name}, backed by a read-only, little-endian memory mapping of exactly
+   * its bytes. The mapping belongs to the returned value and outlives {@link #close}.
+   *
+   * @throws IllegalArgumentException if the file holds no tensor called {@code name}
+   * @throws IllegalStateException if the file is closed
+   * @throws LoraMergeException if the tensor is larger than 2 GiB − 1 byte: a Java 17 buffer cannot
+   *     address it
+   * @throws UncheckedIOException if mapping fails
+   */
+  public TensorData tensor(String name) {
+    checkNotNull(name, "name");
+    checkState(!closed.get(), "%s: file is closed", fileName);
+    TensorInfo info = byName.get(name);
+    checkArgument(info != null, "%s: no tensor '%s'", fileName, name);
+    if (info.byteSize() > Integer.MAX_VALUE) {
+      throw new LoraMergeException(
+          String.format(
+              Locale.ROOT,
+              "%s: tensor '%s' holds %d bytes, more than the %d a Java buffer can map",
+              fileName,
+              name,
+              info.byteSize(),
+              Integer.MAX_VALUE));
+    }
+    ByteBuffer bytes;
+    try {
+      bytes =
+          channel
+              .map(
+                  FileChannel.MapMode.READ_ONLY,
+                  header.dataOffset() + info.begin(),
+                  info.byteSize())
+              .order(ByteOrder.LITTLE_ENDIAN);
+    } catch (IOException e) {
+      throw new UncheckedIOException(
+          String.format(Locale.ROOT, "%s: cannot map tensor '%s'", fileName, name), e);
+    }
+    return TensorData.of(info.dtype(), info.shape(), bytes);
+  }
+
+  /** Where the data section starts: 8 bytes of header length plus the header. */
+  public long dataOffset() {
+    return header.dataOffset();
+  }
+
+  /** The file's size in bytes when it was opened. */
+  public long size() {
+    return size;
+  }
+
+  /** Closes the file; calling it again does nothing. Tensors already returned stay readable. */
+  @Override
+  public void close() throws IOException {
+    if (!closed.getAndSet(true)) {
+      channel.close();
+    }
+  }
+
+  /** The file name that starts every message; a root path has none, so it names itself. */
+  private static String nameOf(Path path) {
+    Path name = path.getFileName();
+    return name == null ? path.toString() : name.toString();
+  }
+}

@@ -1,0 +1,518 @@
+package dev.loramerge.io;
+
+import static com.fasterxml.jackson.core.JsonToken.END_ARRAY;
+import static com.fasterxml.jackson.core.JsonToken.FIELD_NAME;
+import static com.fasterxml.jackson.core.JsonToken.START_ARRAY;
+import static com.fasterxml.jackson.core.JsonToken.START_OBJECT;
+import static com.fasterxml.jackson.core.JsonToken.VALUE_NULL;
+import static com.fasterxml.jackson.core.JsonToken.VALUE_NUMBER_INT;
+import static com.fasterxml.jackson.core.JsonToken.VALUE_STRING;
+import static java.nio.charset.StandardCharsets.UTF_8;
+
+import com.fasterxml.jackson.core.JsonFactory;
+import com.fasterxml.jackson.core.JsonGenerator;
+import com.fasterxml.jackson.core.JsonLocation;
+import com.fasterxml.jackson.core.JsonParser;
+import com.fasterxml.jackson.core.JsonProcessingException;
+import com.fasterxml.jackson.core.JsonToken;
+import com.fasterxml.jackson.core.StreamReadConstraints;
+import com.fasterxml.jackson.core.StreamReadFeature;
+import com.fasterxml.jackson.core.json.JsonWriteFeature;
+import com.google.common.collect.ImmutableList;
+import com.google.common.collect.ImmutableMap;
+import com.google.common.primitives.Longs;
+import dev.loramerge.DType;
+import java.io.ByteArrayOutputStream;
+import java.io.EOFException;
+import java.io.IOException;
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.nio.CharBuffer;
+import java.nio.channels.FileChannel;
+import java.nio.charset.CharsetDecoder;
+import java.nio.charset.CodingErrorAction;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.Comparator;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.regex.Pattern;
+import java.util.stream.Collectors;
+
+/**
+ * The header of a safetensors file: an 8-byte little-endian length n, then n bytes of UTF-8 JSON
+ * mapping each tensor name to {@code {"dtype", "shape", "data_offsets"}} and the optional key
+ * {@code __metadata__} to a string→string map; the tensors' bytes follow.
+ *
+ * <p>{@link #read} accepts exactly what the reference reader accepts ({@code
+ * huggingface/safetensors}, {@code tensor.rs}: {@code read_metadata} and {@code
+ * Metadata::validate}) and reports each broken rule with its own message. It is stricter in three
+ * places, where the reference silently picks one reading of an ambiguous header: duplicate names
+ * and duplicate metadata keys (the reference keeps the last), and unknown fields in a tensor entry
+ * (the reference ignores them). It also rejects integers above {@link Long#MAX_VALUE}, which the
+ * reference reads as {@code usize} but no offset of a real file reaches. {@link #encode} writes
+ * what the reference writer writes, byte for byte.
+ */
+record SafetensorsHeader(
+    long length, ImmutableMap<String, String> metadata, ImmutableList<TensorInfo> tensors) {
+  /** The longest header the reference reads ({@code MAX_HEADER_SIZE}). */
+  static final int MAX_LENGTH = 100_000_000;
+
+  private static final String METADATA = "__metadata__";
+  private static final String KNOWN_DTYPES =
+      Arrays.stream(DType.values()).map(DType::safetensorsName).collect(Collectors.joining(", "));
+
+  private static final JsonFactory JSON =
+      JsonFactory.builder()
+          // Tensor names are unique per file, so a symbol table only costs memory, and crafted
+          // names could overflow its hash buckets, which Jackson reports as IllegalStateException.
+          .disable(JsonFactory.Feature.CANONICALIZE_FIELD_NAMES)
+          // Messages must never quote the header itself.
+          .disable(StreamReadFeature.INCLUDE_SOURCE_IN_LOCATION)
+          .streamReadConstraints(
+              StreamReadConstraints.builder()
+                  .maxDocumentLength(MAX_LENGTH)
+                  // Metadata values (kohya's ss_tag_frequency, say) and names can be long, but
+                  // never longer than the header.
+                  .maxStringLength(MAX_LENGTH)
+                  .maxNameLength(MAX_LENGTH)
+                  // Valid integers have at most 19 digits.
+                  .maxNumberLength(100)
+                  // A valid header nests 3 deep (header, entry, shape); one level more lets a
+                  // misplaced array or object reach the checks that name it.
+                  .maxNestingDepth(4)
+                  .build())
+          // serde_json escapes control characters as \u001f, in lower case, and writes characters
+          // outside the BMP as raw UTF-8, not as escaped surrogate pairs.
+          .disable(JsonWriteFeature.WRITE_HEX_UPPER_CASE)
+          .enable(JsonWriteFeature.COMBINE_UNICODE_SURROGATES_IN_UTF8)
+          .build();
+
+  // Jackson embeds start markers as "[Source: REDACTED (...); line: 1, column: 6]"; the source
+  // part says nothing here, so messages keep only the position.
+  private static final Pattern JACKSON_LOCATION =
+      Pattern.compile("\\[Source: [^\\]]*; line: (\\d+), column: (\\d+)\\]");
+
+  /** Offset of the data section in the file: the 8-byte length plus the header. */
+  long dataOffset() {
+    return 8 + length;
+  }
+
+  /**
+   * Reads and validates the header of the file open in {@code channel}, with positional reads of
+   * exactly 8 + n bytes.
+   *
+   * @param fileName the name that starts every message
+   * @throws SafetensorsFormatException if the file is not a valid safetensors file
+   * @throws IOException if reading fails
+   */
+  static SafetensorsHeader read(String fileName, FileChannel channel) throws IOException {
+    long fileSize = channel.size();
+    if (fileSize < 8) {
+      throw SafetensorsFormatException.of(
+          fileName, "file holds %d bytes, fewer than the 8 of the header length", fileSize);
+    }
+    ByteBuffer prefix = ByteBuffer.allocate(8).order(ByteOrder.LITTLE_ENDIAN);
+    long length = readFully(fileName, channel, prefix, 0).getLong();
+    // The length is an unsigned 64-bit integer: a negative long stands for one above 2^63.
+    if (length < 0 || length > MAX_LENGTH) {
+      throw SafetensorsFormatException.of(
+          fileName,
+          "header length %s exceeds the maximum of %d bytes",
+          Long.toUnsignedString(length),
+          MAX_LENGTH);
+    }
+    if (8 + length > fileSize) {
+      throw SafetensorsFormatException.of(
+          fileName,
+          "header length %d needs %d bytes but the file holds %d",
+          length,
+          8 + length,
+          fileSize);
+    }
+    ByteBuffer bytes = readFully(fileName, channel, ByteBuffer.allocate((int) length), 8);
+    CharBuffer text = decode(fileName, bytes);
+    Parser parser;
+    try (JsonParser json = JSON.createParser(text.array(), 0, text.limit())) {
+      parser = new Parser(fileName, json);
+      parser.parse();
+    } catch (JsonProcessingException e) {
+      JsonLocation at = e.getLocation();
+      String where =
+          at == null ? "" : " at line " + at.getLineNr() + ", column " + at.getColumnNr();
+      String detail =
+          JACKSON_LOCATION.matcher(e.getOriginalMessage()).replaceAll("line $1, column $2");
+      throw new SafetensorsFormatException(
+          fileName + ": header is not valid JSON" + where + ": " + detail, e);
+    }
+    return new SafetensorsHeader(
+        length,
+        ImmutableMap.copyOf(parser.metadata),
+        validate(fileName, parser.entries.values(), fileSize - 8 - length));
+  }
+
+  /**
+   * The header bytes the reference writer produces for {@code layout} (in that order) and {@code
+   * metadata} (in its iteration order, omitted when empty): compact JSON, {@code __metadata__}
+   * first, padded with spaces to a multiple of 8 so that the data section is 8-byte aligned.
+   */
+  static byte[] encode(List<TensorInfo> layout, Map<String, String> metadata) {
+    ByteArrayOutputStream out = new ByteArrayOutputStream();
+    try (JsonGenerator json = JSON.createGenerator(out)) {
+      json.writeStartObject();
+      if (!metadata.isEmpty()) {
+        json.writeObjectFieldStart(METADATA);
+        for (Map.Entry<String, String> entry : metadata.entrySet()) {
+          json.writeStringField(entry.getKey(), entry.getValue());
+        }
+        json.writeEndObject();
+      }
+      for (TensorInfo info : layout) {
+        long[] shape = info.shape();
+        json.writeObjectFieldStart(info.name());
+        json.writeStringField("dtype", info.dtype().safetensorsName());
+        json.writeFieldName("shape");
+        json.writeArray(shape, 0, shape.length);
+        json.writeFieldName("data_offsets");
+        json.writeArray(new long[] {info.begin(), info.end()}, 0, 2);
+        json.writeEndObject();
+      }
+      json.writeEndObject();
+    } catch (IOException e) {
+      throw new AssertionError("writing to memory cannot fail", e);
+    }
+    while (out.size() % 8 != 0) {
+      out.write(' ');
+    }
+    return out.toByteArray();
+  }
+
+  /**
+   * Whether {@code text} holds a surrogate that is not half of a pair; such a string has no UTF-8
+   * form, so the reference neither reads nor writes it.
+   */
+  static boolean hasUnpairedSurrogate(String text) {
+    for (int i = 0; i < text.length(); i++) {
+      char c = text.charAt(i);
+      if (Character.isHighSurrogate(c)
+          && i + 1 < text.length()
+          && Character.isLowSurrogate(text.charAt(i + 1))) {
+        i++;
+      } else if (Character.isSurrogate(c)) {
+        return true;
+      }
+    }
+    return false;
+  }
+
+  private static ByteBuffer readFully(
+      String fileName, FileChannel channel, ByteBuffer buffer, long position) throws IOException {
+    while (buffer.hasRemaining()) {
+      if (channel.read(buffer, position + buffer.position()) < 0) {
+        throw new EOFException(fileName + ": file ended inside its header; was it truncated?");
+      }
+    }
+    return buffer.flip();
+  }
+
+  private static CharBuffer decode(String fileName, ByteBuffer bytes)
+      throws SafetensorsFormatException {
+    CharsetDecoder decoder =
+        UTF_8
+            .newDecoder()
+            .onMalformedInput(CodingErrorAction.REPORT)
+            .onUnmappableCharacter(CodingErrorAction.REPORT);
+    // UTF-8 never decodes to more chars than it has bytes.
+    CharBuffer text = CharBuffer.allocate(bytes.remaining());
+    if (decoder.decode(bytes, text, true).isError()) {
+      throw SafetensorsFormatException.of(
+          fileName,
+          "header is not valid UTF-8: malformed sequence at byte %d of the header",
+          bytes.position());
+    }
+    decoder.flush(text);
+    return text.flip();
+  }
+
+  /** Checks the layout rules of {@code Metadata::validate} and builds the tensor list. */
+  private static ImmutableList<TensorInfo> validate(
+      String fileName, Iterable<Entry> entries, long dataSize) throws SafetensorsFormatException {
+    List<Entry> sorted = new ArrayList<>();
+    entries.forEach(sorted::add);
+    // Offsets may come in any order in the header; sorted, they must tile the data section.
+    sorted.sort(Comparator.comparingLong(Entry::begin).thenComparingLong(Entry::end));
+    ImmutableList.Builder<TensorInfo> tensors =
+        ImmutableList.builderWithExpectedSize(sorted.size());
+    long covered = 0;
+    String previous = null;
+    for (Entry entry : sorted) {
+      String name = entry.name();
+      long begin = entry.begin();
+      long end = entry.end();
+      if (begin != covered) {
+        throw previous == null
+            ? SafetensorsFormatException.of(
+                fileName,
+                "tensor '%s' data_offsets [%d, %d) begin at %d but the first tensor must begin at"
+                    + " 0",
+                name,
+                begin,
+                end,
+                begin)
+            : SafetensorsFormatException.of(
+                fileName,
+                "tensor '%s' data_offsets [%d, %d) begin at %d but the previous tensor '%s' ends at"
+                    + " %d",
+                name,
+                begin,
+                end,
+                begin,
+                previous,
+                covered);
+      }
+      if (end < begin) {
+        throw SafetensorsFormatException.of(
+            fileName, "tensor '%s' data_offsets [%d, %d) end before they begin", name, begin, end);
+      }
+      String type = entry.dtype().safetensorsName() + " " + Arrays.toString(entry.shape());
+      long needed;
+      try {
+        needed = TensorInfo.byteSize(entry.dtype(), entry.shape());
+      } catch (ArithmeticException e) {
+        throw SafetensorsFormatException.of(
+            fileName, "tensor '%s' size of %s overflows 64 bits", name, type);
+      }
+      if (end - begin != needed) {
+        throw SafetensorsFormatException.of(
+            fileName,
+            "tensor '%s' data_offsets [%d, %d) hold %d bytes but %s needs %d bytes",
+            name,
+            begin,
+            end,
+            end - begin,
+            type,
+            needed);
+      }
+      tensors.add(new TensorInfo(name, entry.dtype(), entry.shape(), begin, end));
+      covered = end;
+      previous = name;
+    }
+    if (covered != dataSize) {
+      throw SafetensorsFormatException.of(
+          fileName,
+          "tensors cover %d bytes but the file holds %d bytes after the header",
+          covered,
+          dataSize);
+    }
+    return tensors.build();
+  }
+
+  /** A tensor entry as the JSON gave it, before the layout is checked. */
+  private record Entry(String name, DType dtype, long[] shape, long begin, long end) {}
+
+  /** Walks the JSON tokens of one header, checking each value's type as it goes. */
+  private static final class Parser {
+    private final String fileName;
+    private final Map<String, String> metadata = new LinkedHashMap<>();
+    private final Map<String, Entry> entries = new LinkedHashMap<>();
+    private final JsonParser json;
+    private boolean sawMetadata;
+
+    Parser(String fileName, JsonParser json) {
+      this.fileName = fileName;
+      this.json = json;
+    }
+
+    void parse() throws IOException {
+      JsonToken root = json.nextToken();
+      if (root == null) {
+        throw error("header holds no JSON value, expected an object");
+      }
+      if (root != START_OBJECT) {
+        throw error("header is %s, expected a JSON object", describe(root));
+      }
+      while (json.nextToken() == FIELD_NAME) {
+        String name = name();
+        JsonToken value = json.nextToken();
+        if (name.equals(METADATA)) {
+          if (sawMetadata) {
+            throw error("header holds '%s' twice", METADATA);
+          }
+          sawMetadata = true;
+          readMetadata(value);
+        } else {
+          if (entries.containsKey(name)) {
+            throw error("header holds tensor '%s' twice", name);
+          }
+          entries.put(name, readEntry(name, value));
+        }
+      }
+      // serde_json allows trailing whitespace only; Jackson would go on to read another value.
+      if (json.nextToken() != null) {
+        throw error("header continues after its JSON object at %s", position());
+      }
+    }
+
+    private void readMetadata(JsonToken token) throws IOException {
+      // serde reads null as an absent Option: the reference takes it for "no metadata".
+      if (token == VALUE_NULL) {
+        return;
+      }
+      if (token != START_OBJECT) {
+        throw error("'%s' is %s, expected an object of strings", METADATA, describe(token));
+      }
+      while (json.nextToken() == FIELD_NAME) {
+        String key = name();
+        JsonToken value = json.nextToken();
+        if (value != VALUE_STRING) {
+          throw error(
+              "'%s' value for key '%s' is %s, expected a string", METADATA, key, describe(value));
+        }
+        if (metadata.put(key, string()) != null) {
+          throw error("'%s' holds key '%s' twice", METADATA, key);
+        }
+      }
+    }
+
+    private Entry readEntry(String name, JsonToken token) throws IOException {
+      if (token != START_OBJECT) {
+        throw error(
+            "tensor '%s' is %s, expected an object with dtype, shape and data_offsets",
+            name, describe(token));
+      }
+      DType dtype = null;
+      long[] shape = null;
+      long[] offsets = null;
+      while (json.nextToken() == FIELD_NAME) {
+        String field = json.currentName();
+        JsonToken value = json.nextToken();
+        switch (field) {
+          case "dtype" -> {
+            rejectRepeat(name, field, dtype);
+            dtype = readDtype(name, value);
+          }
+          case "shape" -> {
+            rejectRepeat(name, field, shape);
+            shape = readIntegers(name, field, value, "an array of non-negative integers");
+          }
+          case "data_offsets" -> {
+            rejectRepeat(name, field, offsets);
+            offsets = readIntegers(name, field, value, "an array [begin, end]");
+            if (offsets.length != 2) {
+              throw error(
+                  "tensor '%s' field 'data_offsets' holds %d values, expected 2 ([begin, end])",
+                  name, offsets.length);
+            }
+          }
+          default ->
+              throw error(
+                  "tensor '%s' has unknown field '%s', expected only dtype, shape and data_offsets",
+                  name, field);
+        }
+      }
+      if (dtype == null) {
+        throw missing(name, "dtype");
+      }
+      if (shape == null) {
+        throw missing(name, "shape");
+      }
+      if (offsets == null) {
+        throw missing(name, "data_offsets");
+      }
+      return new Entry(name, dtype, shape, offsets[0], offsets[1]);
+    }
+
+    private DType readDtype(String name, JsonToken token) throws IOException {
+      if (token != VALUE_STRING) {
+        throw wrongType(name, "dtype", token, "a string");
+      }
+      String text = json.getText();
+      return DType.fromSafetensorsName(text)
+          .orElseThrow(
+              () ->
+                  error(
+                      "tensor '%s' has dtype '%s', expected one of %s", name, text, KNOWN_DTYPES));
+    }
+
+    private long[] readIntegers(String name, String field, JsonToken token, String expected)
+        throws IOException {
+      if (token != START_ARRAY) {
+        throw wrongType(name, field, token, expected);
+      }
+      List<Long> values = new ArrayList<>();
+      for (JsonToken element = json.nextToken(); element != END_ARRAY; element = json.nextToken()) {
+        // serde_json reads "-0" as a float, which no usize accepts: the sign alone disqualifies.
+        if (element != VALUE_NUMBER_INT
+            || json.getText().startsWith("-")
+            || json.getNumberType() == JsonParser.NumberType.BIG_INTEGER) {
+          throw error(
+              "tensor '%s' field '%s' holds %s, expected integers from 0 to %d",
+              name,
+              field,
+              element.isNumeric() ? json.getText() : describe(element),
+              Long.MAX_VALUE);
+        }
+        values.add(json.getLongValue());
+      }
+      return Longs.toArray(values);
+    }
+
+    private void rejectRepeat(String name, String field, Object earlier)
+        throws SafetensorsFormatException {
+      if (earlier != null) {
+        throw error("tensor '%s' holds field '%s' twice", name, field);
+      }
+    }
+
+    private SafetensorsFormatException missing(String name, String field) {
+      return error("tensor '%s' lacks field '%s'", name, field);
+    }
+
+    private SafetensorsFormatException wrongType(
+        String name, String field, JsonToken token, String expected) {
+      return error(
+          "tensor '%s' field '%s' is %s, expected %s", name, field, describe(token), expected);
+    }
+
+    /** The current field name, which must be valid Unicode. */
+    private String name() throws IOException {
+      return checkUnicode(json.currentName());
+    }
+
+    /** The current string value, which must be valid Unicode. */
+    private String string() throws IOException {
+      return checkUnicode(json.getText());
+    }
+
+    /** Rejects what only a {@code \}{@code uD800}-style escape can produce: a lone surrogate. */
+    private String checkUnicode(String text) throws SafetensorsFormatException {
+      if (hasUnpairedSurrogate(text)) {
+        throw error("header string at %s holds an unpaired surrogate escape", position());
+      }
+      return text;
+    }
+
+    private String position() {
+      JsonLocation at = json.currentTokenLocation();
+      return "line " + at.getLineNr() + ", column " + at.getColumnNr();
+    }
+
+    private SafetensorsFormatException error(String format, Object... args) {
+      return SafetensorsFormatException.of(fileName, format, args);
+    }
+
+    /** How a message names the value that starts with {@code token}. */
+    private static String describe(JsonToken token) {
+      return switch (token) {
+        case START_OBJECT -> "an object";
+        case START_ARRAY -> "an array";
+        case VALUE_STRING -> "a string";
+        case VALUE_NUMBER_INT, VALUE_NUMBER_FLOAT -> "a number";
+        case VALUE_TRUE, VALUE_FALSE -> "a boolean";
+        case VALUE_NULL -> "null";
+        default -> throw new AssertionError("not the start of a value: " + token);
+      };
+    }
+  }
+}

@@ -1,0 +1,373 @@
+package dev.loramerge.io;
+
+import static com.google.common.base.Preconditions.checkArgument;
+import static com.google.common.base.Preconditions.checkNotNull;
+import static com.google.common.base.Preconditions.checkState;
+
+import com.google.common.collect.ImmutableList;
+import com.google.common.collect.ImmutableMap;
+import com.google.common.io.Closer;
+import dev.loramerge.DType;
+import dev.loramerge.TensorData;
+import java.io.IOException;
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.nio.channels.FileChannel;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.nio.file.StandardCopyOption;
+import java.nio.file.StandardOpenOption;
+import java.nio.file.attribute.PosixFilePermissions;
+import java.util.Arrays;
+import java.util.HashSet;
+import java.util.List;
+import java.util.Locale;
+import java.util.Map;
+import java.util.Set;
+import java.util.concurrent.atomic.AtomicBoolean;
+
+/**
+ * Writes one safetensors file, tensor by tensor, so that no reader ever sees it half-written.
+ *
+ * <p>{@link #create} takes the whole layout up front (each tensor's name, dtype and shape, in file
+ * order, and the metadata), computes the offsets and writes the header to a temporary file in the
+ * target's folder. {@link #write} is then called once per tensor, in layout order, with exactly its
+ * bytes, so that only one tensor need be in memory at a time. {@link #commit} forces the file to
+ * disk and renames it over the target in one atomic step. {@link #close} without a commit deletes
+ * the temporary file and leaves the target as it was; so does any failed write.
+ *
+ * <p>Guarantees: the header is the one the reference writer ({@code huggingface/safetensors})
+ * produces for the same order and metadata: compact JSON, {@code __metadata__} first (omitted when
+ * empty, entries in the map's iteration order), padded with spaces to a multiple of 8. Reading a
+ * file back and writing its {@link SafetensorsFile#tensors} and {@link SafetensorsFile#metadata} in
+ * order gives the same bytes. Instances are not thread-safe: one thread writes. The writer owns its
+ * temporary file; buffers passed to {@code write} are read, never kept or changed.
+ *
+ * <pre>{@code
+ * try (SafetensorsWriter writer = SafetensorsWriter.create(target, layout, metadata)) {
+ *   for (SafetensorsWriter.Entry entry : layout) {
+ *     writer.write(entry.name(), compute(entry));
+ *   }
+ *   writer.commit();
+ * }
+ * }</pre>
+ */
+public final class SafetensorsWriter implements AutoCloseable {
+  private final Path target;
+  private final String fileName;
+  private final Path temporary;
+  private final FileChannel channel;
+  private final ImmutableList<TensorInfo> layout;
+  private final AtomicBoolean closed = new AtomicBoolean();
+  private int written;
+
+  /**
+   * One tensor of a layout: its name, element type and shape.
+   *
+   * @param name the tensor's name in the header
+   * @param dtype the element type
+   * @param shape the dimensions; {@code []} is a scalar
+   */
+  public record Entry(String name, DType dtype, long[] shape) {
+    /** Checks and copies the components. */
+    public Entry {
+      checkNotNull(name, "name");
+      checkNotNull(dtype, "dtype");
+      shape = checkNotNull(shape, "shape").clone();
+    }
+
+    /** The entry for a tensor {@code name} with the dtype and shape of {@code tensor}. */
+    public static Entry of(String name, TensorData tensor) {
+      checkNotNull(tensor, "tensor");
+      return new Entry(name, tensor.dtype(), tensor.shape());
+    }
+
+    /** A copy of the shape. */
+    @Override
+    public long[] shape() {
+      return shape.clone();
+    }
+
+    /** Equal when every component is equal, the shape compared element by element. */
+    @Override
+    public boolean equals(Object other) {
+      return other instanceof Entry that
+          && name.equals(that.name)
+          && dtype == that.dtype
+          && Arrays.equals(shape, that.shape);
+    }
+
+    @Override
+    public int hashCode() {
+      return 31 * (31 * name.hashCode() + dtype.hashCode()) + Arrays.hashCode(shape);
+    }
+
+    @Override
+    public String toString() {
+      return String.format(
+          Locale.ROOT,
+          "Entry[name=%s, dtype=%s, shape=%s]",
+          name,
+          dtype.safetensorsName(),
+          Arrays.toString(shape));
+    }
+  }
+
+  private SafetensorsWriter(
+      Path target, Path temporary, FileChannel channel, ImmutableList<TensorInfo> layout) {
+    this.target = target;
+    this.fileName = target.getFileName().toString();
+    this.temporary = temporary;
+    this.channel = channel;
+    this.layout = layout;
+  }
+
+  /**
+   * Starts writing {@code target}: lays out {@code entries} in the given order, writes the header
+   * with {@code metadata} to a temporary file beside {@code target}, and returns a writer that
+   * expects each tensor's bytes in that order. The target is not touched until {@link #commit}.
+   *
+   * @throws IllegalArgumentException if two entries share a name, an entry is called {@code
+   *     __metadata__}, a dimension is negative, a size overflows, a string has no UTF-8 form (an
+   *     unpaired surrogate), or the header would exceed the 100 MB that readers accept
+   * @throws IOException if the temporary file cannot be created or written
+   */
+  public static SafetensorsWriter create(
+      Path target, List<Entry> entries, Map<String, String> metadata) throws IOException {
+    checkNotNull(target, "target");
+    checkNotNull(entries, "entries");
+    checkNotNull(metadata, "metadata");
+    Path absolute = target.toAbsolutePath();
+    checkArgument(absolute.getFileName() != null, "target %s names no file", target);
+    String fileName = absolute.getFileName().toString();
+    ImmutableMap<String, String> metadataCopy = ImmutableMap.copyOf(metadata);
+    metadataCopy.forEach(
+        (key, value) ->
+            checkArgument(
+                !SafetensorsHeader.hasUnpairedSurrogate(key)
+                    && !SafetensorsHeader.hasUnpairedSurrogate(value),
+                "%s: metadata entry '%s' holds an unpaired surrogate, which has no UTF-8 form",
+                fileName,
+                key));
+    ImmutableList<TensorInfo> layout = layout(fileName, entries);
+    byte[] header = SafetensorsHeader.encode(layout, metadataCopy);
+    checkArgument(
+        header.length <= SafetensorsHeader.MAX_LENGTH,
+        "%s: header would be %s bytes, more than the %s that readers accept",
+        fileName,
+        header.length,
+        SafetensorsHeader.MAX_LENGTH);
+
+    Path temporary = createTemporary(absolute);
+    FileChannel channel = null;
+    try {
+      channel = FileChannel.open(temporary, StandardOpenOption.WRITE);
+      writeFully(
+          channel, ByteBuffer.allocate(8).order(ByteOrder.LITTLE_ENDIAN).putLong(0, header.length));
+      writeFully(channel, ByteBuffer.wrap(header));
+    } catch (Throwable t) {
+      discard(channel, temporary, t);
+      throw t;
+    }
+    return new SafetensorsWriter(absolute, temporary, channel, layout);
+  }
+
+  /**
+   * Writes the bytes of the next tensor, which must be called {@code name}: {@code bytes} from its
+   * position to its limit, leaving the buffer's position unchanged.
+   *
+   * @throws IllegalStateException if the writer is closed or every tensor is already written
+   * @throws IllegalArgumentException if the next tensor in layout order is not {@code name}, or
+   *     {@code bytes} does not hold exactly its byte count
+   * @throws IOException if writing fails; the writer is then closed and the temporary file gone
+   */
+  public void write(String name, ByteBuffer bytes) throws IOException {
+    checkNotNull(bytes, "bytes");
+    TensorInfo next = next(name);
+    checkArgument(
+        bytes.remaining() == next.byteSize(),
+        "%s: tensor '%s' (%s %s) needs %s bytes, got %s",
+        fileName,
+        name,
+        next.dtype().safetensorsName(),
+        Arrays.toString(next.shape()),
+        next.byteSize(),
+        bytes.remaining());
+    try {
+      writeFully(channel, bytes.duplicate());
+    } catch (Throwable t) {
+      abandon(t);
+      throw t;
+    }
+    written++;
+  }
+
+  /**
+   * Writes the next tensor, which must be called {@code name} and have the dtype and shape the
+   * layout gave it.
+   *
+   * @throws IllegalStateException if the writer is closed or every tensor is already written
+   * @throws IllegalArgumentException if the next tensor in layout order is not {@code name}, or has
+   *     another dtype or shape
+   * @throws IOException if writing fails; the writer is then closed and the temporary file gone
+   */
+  public void write(String name, TensorData tensor) throws IOException {
+    checkNotNull(tensor, "tensor");
+    TensorInfo next = next(name);
+    checkArgument(
+        tensor.dtype() == next.dtype() && Arrays.equals(tensor.shape(), next.shape()),
+        "%s: tensor '%s' is %s %s but the layout says %s %s",
+        fileName,
+        name,
+        tensor.dtype().safetensorsName(),
+        Arrays.toString(tensor.shape()),
+        next.dtype().safetensorsName(),
+        Arrays.toString(next.shape()));
+    write(name, tensor.bytes());
+  }
+
+  /**
+   * Forces the file to disk and renames it over the target atomically, replacing any file there.
+   * The writer is closed afterwards.
+   *
+   * @throws IllegalStateException if the writer is closed or a tensor is not written yet
+   * @throws IOException if forcing or renaming fails; the writer is then closed, the temporary file
+   *     gone and the target unchanged
+   */
+  public void commit() throws IOException {
+    checkState(!closed.get(), "%s: writer is closed", fileName);
+    if (written < layout.size()) {
+      throw new IllegalStateException(
+          String.format(
+              Locale.ROOT,
+              "%s: tensor '%s' is not written yet (%d of %d written)",
+              fileName,
+              layout.get(written).name(),
+              written,
+              layout.size()));
+    }
+    try {
+      // The bytes and the size must be durable before the rename makes the file visible.
+      channel.force(true);
+      channel.close();
+      Files.move(
+          temporary, target, StandardCopyOption.ATOMIC_MOVE, StandardCopyOption.REPLACE_EXISTING);
+    } catch (Throwable t) {
+      abandon(t);
+      throw t;
+    }
+    closed.set(true);
+  }
+
+  /**
+   * Closes the writer. Without a {@link #commit}, deletes the temporary file and leaves the target
+   * as it was. Calling it again does nothing.
+   */
+  @Override
+  public void close() throws IOException {
+    if (!closed.getAndSet(true)) {
+      discard(channel, temporary);
+    }
+  }
+
+  private TensorInfo next(String name) {
+    checkNotNull(name, "name");
+    checkState(!closed.get(), "%s: writer is closed", fileName);
+    checkState(
+        written < layout.size(),
+        "%s: cannot write tensor '%s': all %s tensors are written",
+        fileName,
+        name,
+        layout.size());
+    TensorInfo next = layout.get(written);
+    checkArgument(
+        next.name().equals(name),
+        "%s: expected tensor '%s' next in layout order, got '%s'",
+        fileName,
+        next.name(),
+        name);
+    return next;
+  }
+
+  /** Closes after {@code failure}, recording any further failure as suppressed. */
+  private void abandon(Throwable failure) {
+    try {
+      close();
+    } catch (IOException e) {
+      failure.addSuppressed(e);
+    }
+  }
+
+  private static ImmutableList<TensorInfo> layout(String fileName, List<Entry> entries) {
+    ImmutableList.Builder<TensorInfo> layout =
+        ImmutableList.builderWithExpectedSize(entries.size());
+    Set<String> names = new HashSet<>();
+    long offset = 0;
+    for (Entry entry : entries) {
+      String name = entry.name();
+      checkArgument(
+          !name.equals("__metadata__"),
+          "%s: a tensor cannot be called '__metadata__', the header's metadata key",
+          fileName);
+      checkArgument(names.add(name), "%s: tensor '%s' appears twice in the layout", fileName, name);
+      checkArgument(
+          !SafetensorsHeader.hasUnpairedSurrogate(name),
+          "%s: tensor name '%s' holds an unpaired surrogate, which has no UTF-8 form",
+          fileName,
+          name);
+      long size;
+      try {
+        size = TensorInfo.checkedByteSize(name, entry.dtype(), entry.shape());
+      } catch (IllegalArgumentException e) {
+        throw new IllegalArgumentException(fileName + ": " + e.getMessage(), e);
+      }
+      long end = Math.addExact(offset, size);
+      layout.add(new TensorInfo(name, entry.dtype(), entry.shape(), offset, end));
+      offset = end;
+    }
+    return layout.build();
+  }
+
+  /**
+   * An empty file beside {@code target}, named after it so that a leftover is recognisable.
+   * createTempFile makes owner-only files (0600); asking for 0666 leaves the permissions to the
+   * umask, as for any new file, so the renamed result looks like a plainly written one.
+   */
+  private static Path createTemporary(Path target) throws IOException {
+    Path folder = target.getParent();
+    String prefix = "." + target.getFileName();
+    if (folder.getFileSystem().supportedFileAttributeViews().contains("posix")) {
+      return Files.createTempFile(
+          folder,
+          prefix,
+          ".tmp",
+          PosixFilePermissions.asFileAttribute(PosixFilePermissions.fromString("rw-rw-rw-")));
+    }
+    return Files.createTempFile(folder, prefix, ".tmp");
+  }
+
+  private static void writeFully(FileChannel channel, ByteBuffer bytes) throws IOException {
+    while (bytes.hasRemaining()) {
+      channel.write(bytes);
+    }
+  }
+
+  /** Closes {@code channel}, if open, and deletes {@code temporary}, attempting both. */
+  private static void discard(FileChannel channel, Path temporary) throws IOException {
+    Closer closer = Closer.create();
+    closer.register(() -> Files.deleteIfExists(temporary));
+    if (channel != null) {
+      closer.register(channel);
+    }
+    closer.close();
+  }
+
+  /** {@link #discard} after {@code failure}, recording any further failure as suppressed. */
+  private static void discard(FileChannel channel, Path temporary, Throwable failure) {
+    try {
+      discard(channel, temporary);
+    } catch (IOException e) {
+      failure.addSuppressed(e);
+    }
+  }
+}

@@ -1,0 +1,199 @@
+package dev.loramerge.io;
+
+import static org.assertj.core.api.Assertions.assertThat;
+import static org.assertj.core.api.Assertions.assertThatThrownBy;
+import static org.junit.jupiter.api.Assumptions.assumeTrue;
+
+import dev.loramerge.DType;
+import dev.loramerge.TensorData;
+import java.io.IOException;
+import java.nio.ByteBuffer;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.List;
+import java.util.Map;
+import java.util.stream.Stream;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+
+/** The writer's protocol and its promise that nothing is ever half-written. */
+class SafetensorsWriterTest {
+  private static final TensorData DOWN = TensorData.ofFloats(new float[] {1, 2}, 1, 2);
+  private static final TensorData UP = TensorData.ofFloats(new float[] {3, 4}, 2, 1);
+  private static final List<SafetensorsWriter.Entry> LAYOUT =
+      List.of(SafetensorsWriter.Entry.of("down", DOWN), SafetensorsWriter.Entry.of("up", UP));
+
+  @TempDir Path folder;
+
+  private Path target() {
+    return folder.resolve("style.safetensors");
+  }
+
+  private List<Path> folderContents() throws IOException {
+    try (Stream<Path> files = Files.list(folder)) {
+      return files.toList();
+    }
+  }
+
+  @Test
+  void writesThroughATemporaryFileBesideTheTarget() throws IOException {
+    try (SafetensorsWriter writer = SafetensorsWriter.create(target(), LAYOUT, Map.of())) {
+      writer.write("down", DOWN);
+      assertThat(folderContents())
+          .singleElement()
+          .satisfies(
+              temporary -> {
+                assertThat(temporary.getFileName().toString()).startsWith(".style.safetensors");
+                assertThat(temporary.getFileName().toString()).endsWith(".tmp");
+              });
+      writer.write("up", UP);
+      writer.commit();
+    }
+    assertThat(folderContents()).containsExactly(target());
+  }
+
+  @Test
+  void closeWithoutCommitLeavesNothing() throws IOException {
+    try (SafetensorsWriter writer = SafetensorsWriter.create(target(), LAYOUT, Map.of())) {
+      writer.write("down", DOWN);
+    }
+    assertThat(folderContents()).isEmpty();
+  }
+
+  @Test
+  void interruptedWriteKeepsTheOldFile() throws IOException {
+    Safetensors.write(target(), Map.of("old", DOWN), Map.of());
+    byte[] old = Files.readAllBytes(target());
+    try (SafetensorsWriter writer = SafetensorsWriter.create(target(), LAYOUT, Map.of())) {
+      writer.write("down", DOWN);
+    }
+    assertThat(folderContents()).containsExactly(target());
+    assertThat(Files.readAllBytes(target())).isEqualTo(old);
+  }
+
+  @Test
+  void commitReplacesTheOldFile() throws IOException {
+    Safetensors.write(target(), Map.of("old", DOWN), Map.of());
+    Safetensors.write(target(), Map.of("down", DOWN, "up", UP), Map.of());
+    try (SafetensorsFile file = SafetensorsFile.open(target())) {
+      assertThat(file.tensors()).extracting(TensorInfo::name).containsExactly("down", "up");
+    }
+  }
+
+  @Test
+  void wrongByteCount() throws IOException {
+    try (SafetensorsWriter writer = SafetensorsWriter.create(target(), LAYOUT, Map.of())) {
+      assertThatThrownBy(() -> writer.write("down", ByteBuffer.allocate(12)))
+          .isInstanceOf(IllegalArgumentException.class)
+          .hasMessage("style.safetensors: tensor 'down' (F32 [1, 2]) needs 8 bytes, got 12");
+    }
+    assertThat(folderContents()).isEmpty();
+  }
+
+  @Test
+  void wrongDtypeOrShape() throws IOException {
+    try (SafetensorsWriter writer = SafetensorsWriter.create(target(), LAYOUT, Map.of())) {
+      assertThatThrownBy(() -> writer.write("down", UP))
+          .isInstanceOf(IllegalArgumentException.class)
+          .hasMessage(
+              "style.safetensors: tensor 'down' is F32 [2, 1] but the layout says F32 [1, 2]");
+      assertThatThrownBy(() -> writer.write("down", DOWN.to(DType.F16)))
+          .isInstanceOf(IllegalArgumentException.class)
+          .hasMessage(
+              "style.safetensors: tensor 'down' is F16 [1, 2] but the layout says F32 [1, 2]");
+    }
+  }
+
+  @Test
+  void outOfOrder() throws IOException {
+    try (SafetensorsWriter writer = SafetensorsWriter.create(target(), LAYOUT, Map.of())) {
+      assertThatThrownBy(() -> writer.write("up", UP))
+          .isInstanceOf(IllegalArgumentException.class)
+          .hasMessage("style.safetensors: expected tensor 'down' next in layout order, got 'up'");
+    }
+  }
+
+  @Test
+  void commitBeforeEveryTensorIsWritten() throws IOException {
+    try (SafetensorsWriter writer = SafetensorsWriter.create(target(), LAYOUT, Map.of())) {
+      writer.write("down", DOWN);
+      assertThatThrownBy(writer::commit)
+          .isInstanceOf(IllegalStateException.class)
+          .hasMessage("style.safetensors: tensor 'up' is not written yet (1 of 2 written)");
+    }
+    assertThat(folderContents()).isEmpty();
+  }
+
+  @Test
+  void writeAfterTheLastTensor() throws IOException {
+    try (SafetensorsWriter writer = SafetensorsWriter.create(target(), LAYOUT, Map.of())) {
+      writer.write("down", DOWN);
+      writer.write("up", UP);
+      assertThatThrownBy(() -> writer.write("extra", UP))
+          .isInstanceOf(IllegalStateException.class)
+          .hasMessage("style.safetensors: cannot write tensor 'extra': all 2 tensors are written");
+    }
+  }
+
+  @Test
+  void closedWriter() throws IOException {
+    SafetensorsWriter writer = SafetensorsWriter.create(target(), LAYOUT, Map.of());
+    writer.close();
+    writer.close();
+    assertThatThrownBy(() -> writer.write("down", DOWN))
+        .isInstanceOf(IllegalStateException.class)
+        .hasMessage("style.safetensors: writer is closed");
+    assertThatThrownBy(writer::commit)
+        .isInstanceOf(IllegalStateException.class)
+        .hasMessage("style.safetensors: writer is closed");
+  }
+
+  @Test
+  void invalidLayouts() {
+    assertThatThrownBy(
+            () ->
+                SafetensorsWriter.create(
+                    target(),
+                    List.of(
+                        SafetensorsWriter.Entry.of("down", DOWN),
+                        SafetensorsWriter.Entry.of("down", UP)),
+                    Map.of()))
+        .isInstanceOf(IllegalArgumentException.class)
+        .hasMessage("style.safetensors: tensor 'down' appears twice in the layout");
+    assertThatThrownBy(
+            () ->
+                SafetensorsWriter.create(
+                    target(), List.of(SafetensorsWriter.Entry.of("__metadata__", DOWN)), Map.of()))
+        .isInstanceOf(IllegalArgumentException.class)
+        .hasMessage(
+            "style.safetensors: a tensor cannot be called '__metadata__', the header's metadata"
+                + " key");
+    assertThatThrownBy(
+            () ->
+                SafetensorsWriter.create(
+                    target(),
+                    List.of(
+                        new SafetensorsWriter.Entry("huge", DType.F32, new long[] {1L << 62, 2})),
+                    Map.of()))
+        .isInstanceOf(IllegalArgumentException.class)
+        .hasMessage(
+            "style.safetensors: tensor 'huge' size of F32 [4611686018427387904, 2] overflows 64"
+                + " bits");
+    assertThatThrownBy(
+            () -> SafetensorsWriter.create(target(), List.of(), Map.of("key", "lone \uD800")))
+        .isInstanceOf(IllegalArgumentException.class)
+        .hasMessage(
+            "style.safetensors: metadata entry 'key' holds an unpaired surrogate, which has no"
+                + " UTF-8 form");
+    assertThat(folder).isEmptyDirectory();
+  }
+
+  @Test
+  void permissionsAreThoseOfAPlainNewFile() throws IOException {
+    assumeTrue(folder.getFileSystem().supportedFileAttributeViews().contains("posix"));
+    Path plain = Files.createFile(folder.resolve("plain"));
+    Safetensors.write(target(), Map.of(), Map.of());
+    assertThat(Files.getPosixFilePermissions(target()))
+        .isEqualTo(Files.getPosixFilePermissions(plain));
+  }
+}
