@@ -6,6 +6,7 @@ import java.nio.file.DirectoryStream;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.StandardCopyOption;
+import java.security.SecureRandom;
 import java.util.List;
 
 /**
@@ -31,7 +32,10 @@ final class AtomicFolder {
     if (Files.exists(absolute) && !Files.isDirectory(absolute)) {
       throw new IOException(folder + ": exists and is not a folder");
     }
-    Path staging = Files.createTempDirectory(parent, "." + absolute.getFileName() + ".");
+    // Not createTempDirectory: its owner-only permissions would become the output folder's.
+    Path staging =
+        Files.createDirectory(
+            parent.resolve("." + absolute.getFileName() + "." + Long.toHexString(new SecureRandom().nextLong()) + ".tmp"));
     try {
       contents.writeInto(staging);
       if (!Files.exists(absolute)) {
