@@ -3,6 +3,7 @@ package dev.loramerge;
 import static com.google.common.base.Preconditions.checkArgument;
 import static com.google.common.base.Preconditions.checkNotNull;
 
+import ai.djl.Device;
 import ai.djl.ndarray.NDArray;
 import ai.djl.ndarray.NDManager;
 import ai.djl.ndarray.types.DataType;
@@ -64,6 +65,7 @@ public final class LoraMerger {
   private final boolean exactSvd;
   private final RankRule rankRule;
   private final Optional<PostPrune> prune;
+  private final Optional<Device> device;
   private final int threads;
   private final Optional<DType> dtype;
   private final MergeListener listener;
@@ -86,6 +88,7 @@ public final class LoraMerger {
     this.exactSvd = builder.exactSvd;
     this.rankRule = builder.rankRule;
     this.prune = builder.prune;
+    this.device = builder.device;
     this.threads = builder.threads;
     this.dtype = builder.dtype;
     this.listener = builder.listener;
@@ -109,6 +112,7 @@ public final class LoraMerger {
     builder.exactSvd = exactSvd;
     builder.rankRule = rankRule;
     builder.prune = prune;
+    builder.device = device;
     builder.threads = threads;
     builder.dtype = dtype;
     builder.listener = listener;
@@ -137,7 +141,7 @@ public final class LoraMerger {
       thread.setDaemon(true);
       return thread;
     });
-    try (NDManager root = NDManager.newBaseManager()) {
+    try (NDManager root = device.map(NDManager::newBaseManager).orElseGet(NDManager::newBaseManager)) {
       List<Future<Optional<LoraModule>>> futures = new ArrayList<>();
       for (ModuleKey key : keys) {
         futures.add(
@@ -369,14 +373,19 @@ public final class LoraMerger {
   public String toString() {
     return String.format(
         Locale.ROOT,
-        "LoraMerger{inputs=%s, algorithm=%s, rank=%s, convRank=%s, exactSvd=%s, threads=%d, dtype=%s}",
+        "LoraMerger{inputs=%s, algorithm=%s, rank=%s, convRank=%s, rankRule=%s, exactSvd=%s, svdClamp=%s, prune=%s,"
+            + " threads=%d, dtype=%s, device=%s}",
         inputs.stream().map(input -> input.adapter().name() + "=" + input.weight()).collect(Collectors.toList()),
         algorithm,
         rank.map(String::valueOf).orElse("largest input"),
         convRank.map(String::valueOf).orElse("rank"),
+        rankRule,
         exactSvd,
+        svdClamp.map(String::valueOf).orElse("none"),
+        prune.map(String::valueOf).orElse("none"),
         threads,
-        dtype.map(DType::safetensorsName).orElse("inputs'"));
+        dtype.map(DType::safetensorsName).orElse("inputs'"),
+        device.map(String::valueOf).orElse("default"));
   }
 
   /** One input's factors for one module, converted on first use in the module's manager. */
@@ -490,6 +499,7 @@ public final class LoraMerger {
     private boolean exactSvd;
     private RankRule rankRule = RankRule.fixed();
     private Optional<PostPrune> prune = Optional.empty();
+    private Optional<Device> device = Optional.empty();
     private int threads = Runtime.getRuntime().availableProcessors();
     private Optional<DType> dtype = Optional.empty();
     private MergeListener listener = MergeListener.NONE;
@@ -578,6 +588,16 @@ public final class LoraMerger {
     @CanIgnoreReturnValue
     public Builder name(String name) {
       this.name = checkNotNull(name, "name");
+      return this;
+    }
+
+    /**
+     * The device the arithmetic runs on (default: DJL's default device, a GPU when it sees one).
+     * Results are copied back to host memory either way.
+     */
+    @CanIgnoreReturnValue
+    public Builder device(Device device) {
+      this.device = Optional.of(checkNotNull(device, "device"));
       return this;
     }
 
