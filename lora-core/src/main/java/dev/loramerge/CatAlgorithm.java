@@ -38,6 +38,11 @@ final class CatAlgorithm implements MergeAlgorithm {
   }
 
   @Override
+  public boolean exactInFloat64() {
+    return true;
+  }
+
+  @Override
   public String toString() {
     return "Cat{}";
   }

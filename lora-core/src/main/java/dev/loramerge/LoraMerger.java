@@ -8,8 +8,12 @@ import ai.djl.ndarray.NDArray;
 import ai.djl.ndarray.NDManager;
 import ai.djl.ndarray.types.DataType;
 import com.google.common.collect.ImmutableList;
+import com.google.common.collect.ImmutableMap;
+import com.google.common.collect.ImmutableSet;
+import com.google.common.collect.ImmutableSortedMap;
 import com.google.errorprone.annotations.CanIgnoreReturnValue;
 import dev.loramerge.internal.FactoredSvd;
+import dev.loramerge.internal.Fusion;
 import dev.loramerge.internal.NdArrays;
 import dev.loramerge.internal.RandomizedSvd;
 import dev.loramerge.internal.Randoms;
@@ -70,8 +74,11 @@ public final class LoraMerger {
   private final Optional<DType> dtype;
   private final MergeListener listener;
   private final String name;
-  private final com.google.common.collect.ImmutableMap<String, Object> recipeExtras;
+  private final ImmutableMap<String, Object> recipeExtras;
   private final Optional<Double> svdClamp;
+  private final double scale;
+  private final boolean allowUnmatched;
+  private final Optional<Architecture> architecture;
 
   /** An adapter, its weight and its block weights. */
   private record Input(LoraAdapter adapter, double weight, BlockWeights blocks) {
@@ -93,8 +100,11 @@ public final class LoraMerger {
     this.dtype = builder.dtype;
     this.listener = builder.listener;
     this.name = builder.name;
-    this.recipeExtras = com.google.common.collect.ImmutableMap.copyOf(builder.recipeExtras);
+    this.recipeExtras = ImmutableMap.copyOf(builder.recipeExtras);
     this.svdClamp = builder.svdClamp;
+    this.scale = builder.scale;
+    this.allowUnmatched = builder.allowUnmatched;
+    this.architecture = builder.architecture;
   }
 
   /** A builder with no adapters, the exact weighted sum and one thread per core. */
@@ -119,6 +129,9 @@ public final class LoraMerger {
     builder.name = name;
     builder.recipeExtras.putAll(recipeExtras);
     builder.svdClamp = svdClamp;
+    builder.scale = scale;
+    builder.allowUnmatched = allowUnmatched;
+    builder.architecture = architecture;
     return builder;
   }
 
@@ -173,6 +186,177 @@ public final class LoraMerger {
     return result.build();
   }
 
+  /**
+   * Fuses the merged update into {@code target}: {@code W' = W + scale·ΔW} for every module, with
+   * ΔW the exact weighted sum {@code Σ wᵢ·sᵢ·BᵢAᵢ} (with block weights) or the update of the
+   * chosen algorithm. Each weight is computed in float64 and rounded once to its own dtype, so it
+   * is the exact value correctly rounded (for an fp16 base, PEFT and diffusers round the factors
+   * and the delta first and land up to ~1e-3 away).
+   *
+   * <p>A module's weight is looked up as {@code <path>.weight} (a diffusers UNet or text-encoder
+   * file, or a DJL TorchScript block), {@code <component>.<path>.weight} (a whole pipeline), and in
+   * the original single-file checkpoint's names ({@code model.diffusion_model.input_blocks…},
+   * {@code cond_stage_model.transformer…}, {@code conditioner.embedders.0.transformer…}) for the
+   * adapters' architecture. Nothing is changed when a module
+   * does not fit its weight, when a module has no weight (unless {@link
+   * Builder#allowUnmatched(boolean)}), or when a fused value is not finite or beyond its dtype's
+   * range.
+   *
+   * @return the fuse's report, and for in-memory targets the handle that undoes it bit for bit
+   * @throws LoraMergeException when modules do not fit the target or a result is out of range
+   * @throws java.io.IOException when the target's file cannot be read or written
+   */
+  public FusedLora fuseInto(WeightTarget target) throws java.io.IOException {
+    return fuse(target, scale, "fuse");
+  }
+
+  /**
+   * Subtracts the merged update from {@code target}, {@code W' = W − scale·ΔW} rounded once,
+   * which is how PEFT unmerges: in fp16 it need not give back the original bits. To restore them
+   * exactly, use {@link FusedLora#unfuse()} in memory, or the original file for files.
+   */
+  public FusedLora unfuseFrom(WeightTarget target) throws java.io.IOException {
+    return fuse(target, -scale, "unfuse");
+  }
+
+  private FusedLora fuse(WeightTarget target, double factor, String operation) throws java.io.IOException {
+    checkNotNull(target, "target");
+    ImmutableMap<String, WeightInfo> weights = target.weights();
+    Optional<Architecture> arch = architecture.or(() -> Architecture.detect(inputs.get(0).adapter()));
+    SortedSet<ModuleKey> keys = new TreeSet<>();
+    for (Input input : inputs) {
+      for (ModuleKey key : input.adapter().modules().keySet()) {
+        if (input.weight(key) != 0) {
+          keys.add(key);
+        }
+      }
+    }
+    ImmutableSortedMap.Builder<ModuleKey, String> matched = ImmutableSortedMap.naturalOrder();
+    ImmutableList.Builder<ModuleKey> unmatched = ImmutableList.builder();
+    Map<String, ModuleKey> byWeight = new java.util.LinkedHashMap<>();
+    for (ModuleKey key : keys) {
+      Optional<String> name = BaseWeightNames.resolve(key, arch, weights.keySet());
+      if (name.isEmpty()) {
+        unmatched.add(key);
+        continue;
+      }
+      checkFits(key, name.get(), weights.get(name.get()));
+      ModuleKey previous = byWeight.put(name.get(), key);
+      if (previous != null) {
+        throw new LoraMergeException(
+            String.format(Locale.ROOT, "modules '%s' and '%s' both resolve to weight '%s'", previous, key, name.get()));
+      }
+      matched.put(key, name.get());
+    }
+    FuseReport report = new FuseReport(matched.build(), unmatched.build());
+    if (report.matched().isEmpty()) {
+      ModuleKey example = keys.first();
+      throw new LoraMergeException(
+          String.format(
+              Locale.ROOT,
+              "none of the adapters' %d modules has a weight in the target (module '%s' was looked for as %s);"
+                  + " is the base for another architecture?",
+              keys.size(),
+              example,
+              BaseWeightNames.candidates(example, arch)));
+    }
+    if (!report.unmatched().isEmpty() && !allowUnmatched) {
+      throw new LoraMergeException(
+          String.format(
+              Locale.ROOT,
+              "%d of %d modules have no weight in the target, e.g. '%s' (looked for %s); allow unmatched"
+                  + " modules (--allow-missing) to fuse the other %d",
+              report.unmatched().size(),
+              keys.size(),
+              report.unmatched().get(0),
+              BaseWeightNames.candidates(report.unmatched().get(0), arch),
+              report.matched().size()));
+    }
+    Optional<WeightTarget.Restorer> restorer =
+        target.apply(new Update(ImmutableMap.copyOf(byWeight), factor, operation));
+    return new FusedLora(report, restorer);
+  }
+
+  private void checkFits(ModuleKey key, String name, WeightInfo weight) {
+    LoraModule module = firstPresent(key);
+    long[] expected = module.weightShape();
+    long[] found = weight.shape();
+    if (found.length == 0 || found[0] != expected[0] || weight.numel() != TensorData.numel(expected)) {
+      throw new LoraMergeException(
+          String.format(
+              Locale.ROOT,
+              "module '%s' updates a %s weight but base weight '%s' is %s; is the adapter for another"
+                  + " architecture?",
+              key,
+              java.util.Arrays.toString(expected),
+              name,
+              weight));
+    }
+    if (!weight.dtype().isFloatingPoint() || weight.dtype().byteSize() < 2) {
+      throw new LoraMergeException(
+          String.format(
+              Locale.ROOT, "base weight '%s' is %s; can fuse only into F64, F32, F16 or BF16", name, weight));
+    }
+  }
+
+  /** The merged update of the matched modules, computed per weight on demand. */
+  private final class Update implements WeightUpdate {
+    private final ImmutableMap<String, ModuleKey> modules;
+    private final double factor;
+    private final String operation;
+
+    Update(ImmutableMap<String, ModuleKey> modules, double factor, String operation) {
+      this.modules = modules;
+      this.factor = factor;
+      this.operation = operation;
+    }
+
+    @Override
+    public ImmutableSet<String> names() {
+      return modules.keySet();
+    }
+
+    @Override
+    public java.nio.ByteBuffer apply(String name, NDArray weight, DType dtype) {
+      ModuleKey key = modules.get(name);
+      checkArgument(key != null, "this update does not change weight '%s'", name);
+      String label = String.format(Locale.ROOT, "module '%s' (weight '%s')", key, name);
+      DataType computeType = algorithm.exactInFloat64() ? DataType.FLOAT64 : DataType.FLOAT32;
+      try (NDManager manager = NDManager.newBaseManager(weight.getDevice())) {
+        NDArray[] factors = mergedFactors(manager, key, computeType).orElseThrow();
+        NDArray up = prunedFactor(factors[0].toType(computeType, false)).toType(DataType.FLOAT64, false).mul(factor);
+        NDArray down = prunedFactor(factors[1].toType(computeType, false)).toType(DataType.FLOAT64, false);
+        return Fusion.fuse(manager, weight, up, down, dtype, label);
+      }
+    }
+
+    @Override
+    public String recipe() {
+      return Recipes.toJson(
+          () -> {
+            Map<String, Object> recipe = new java.util.LinkedHashMap<>();
+            recipe.put("operation", operation);
+            recipe.put("scale", Math.abs(factor));
+            recipe.putAll(LoraMerger.this.recipe());
+            return recipe;
+          });
+    }
+
+    @Override
+    public void progress(long done, long total) {
+      listener.weightsWritten(done, total);
+    }
+  }
+
+  private NDArray prunedFactor(NDArray factor) {
+    if (prune.isEmpty()) {
+      return factor;
+    }
+    float[] values = factor.toType(DataType.FLOAT32, false).toFloatArray();
+    prune.get().apply(values);
+    return factor.getManager().create(values, factor.getShape());
+  }
+
   private Map<String, Object> recipe() {
     Map<String, Object> recipe = new java.util.LinkedHashMap<>();
     recipe.put("algorithm", algorithm.name());
@@ -211,6 +395,26 @@ public final class LoraMerger {
   }
 
   private Optional<LoraModule> mergeModule(NDManager root, ModuleKey key, DType outputType) {
+    try (NDManager manager = root.newSubManager()) {
+      return mergedFactors(manager, key, DataType.FLOAT32)
+          .map(factors -> toModule(key, firstPresent(key), factors, outputType));
+    }
+  }
+
+  private LoraModule firstPresent(ModuleKey key) {
+    return inputs.stream()
+        .filter(input -> input.weight(key) != 0)
+        .flatMap(input -> input.adapter().module(key).stream())
+        .findFirst()
+        .orElseThrow();
+  }
+
+  /**
+   * The merged update of {@code key} as factors {up (m×r), down (r×in·k·k)} with scale 1, owned
+   * by {@code manager}, before rounding to an output type; empty when no input has the module.
+   * {@code computeType} is the type the inputs' factors are handed to the algorithm in.
+   */
+  private Optional<NDArray[]> mergedFactors(NDManager manager, ModuleKey key, DataType computeType) {
     List<Input> present = new ArrayList<>();
     List<Integer> indices = new ArrayList<>();
     for (int i = 0; i < inputs.size(); i++) {
@@ -228,35 +432,34 @@ public final class LoraMerger {
     if (algorithm.requiresEqualRanks()) {
       checkEqualRanks(key, present);
     }
-    try (NDManager manager = root.newSubManager()) {
-      ImmutableList.Builder<ModuleInput> moduleInputs = ImmutableList.builder();
-      for (int i = 0; i < present.size(); i++) {
-        moduleInputs.add(
-            new Factors(indices.get(i), present.get(i).adapter().modules().get(key), present.get(i).weight(key), manager));
-      }
-      ImmutableList<ModuleInput> built = moduleInputs.build();
-      int largestRank = built.stream().mapToInt(input -> input.module().rank()).max().orElseThrow();
-      Optional<Integer> explicit = first.kind() == LoraModule.Kind.CONV && convRank.isPresent() ? convRank : rank;
-      int target = explicit.orElse(largestRank);
-      ModuleMerge merge = new Merge(key, built, manager, target);
-      ModuleUpdate update = algorithm.merge(merge);
-      if (update.isDense()) {
-        NDArray dense = update.dense().orElseThrow();
-        NDArray[] factors =
-            exactSvd || RandomizedSvd.exactIsCheap(dense.getShape().get(0), dense.getShape().get(1))
-                ? RandomizedSvd.exact(manager, dense, sigma -> rankRule.rank(sigma, target))
-                : RandomizedSvd.truncate(
-                    manager, dense, target, sigma -> rankRule.rank(sigma, target), merge.random(0, -1, "sketch"));
-        return Optional.of(toModule(key, first, clamp(factors), outputType));
-      }
-      NDArray up = update.up().orElseThrow();
-      NDArray down = update.down().orElseThrow();
-      long currentRank = up.getShape().get(1);
-      if (algorithm.reRanks() || (explicit.isPresent() && currentRank > target)) {
-        return Optional.of(toModule(key, first, clamp(truncate(manager, up, down, sigma -> rankRule.rank(sigma, target))), outputType));
-      }
-      return Optional.of(toModule(key, first, new NDArray[] {up, down}, outputType));
+    ImmutableList.Builder<ModuleInput> moduleInputs = ImmutableList.builder();
+    for (int i = 0; i < present.size(); i++) {
+      moduleInputs.add(
+          new Factors(
+              indices.get(i), present.get(i).adapter().modules().get(key), present.get(i).weight(key), manager, computeType));
     }
+    ImmutableList<ModuleInput> built = moduleInputs.build();
+    int largestRank = built.stream().mapToInt(input -> input.module().rank()).max().orElseThrow();
+    Optional<Integer> explicit = first.kind() == LoraModule.Kind.CONV && convRank.isPresent() ? convRank : rank;
+    int target = explicit.orElse(largestRank);
+    ModuleMerge merge = new Merge(key, built, manager, target);
+    ModuleUpdate update = algorithm.merge(merge);
+    if (update.isDense()) {
+      NDArray dense = update.dense().orElseThrow();
+      NDArray[] factors =
+          exactSvd || RandomizedSvd.exactIsCheap(dense.getShape().get(0), dense.getShape().get(1))
+              ? RandomizedSvd.exact(manager, dense, sigma -> rankRule.rank(sigma, target))
+              : RandomizedSvd.truncate(
+                  manager, dense, target, sigma -> rankRule.rank(sigma, target), merge.random(0, -1, "sketch"));
+      return Optional.of(clamp(factors));
+    }
+    NDArray up = update.up().orElseThrow();
+    NDArray down = update.down().orElseThrow();
+    long currentRank = up.getShape().get(1);
+    if (algorithm.reRanks() || (explicit.isPresent() && currentRank > target)) {
+      return Optional.of(clamp(truncate(manager, up, down, sigma -> rankRule.rank(sigma, target))));
+    }
+    return Optional.of(new NDArray[] {up, down});
   }
 
   /**
@@ -394,15 +597,17 @@ public final class LoraMerger {
     private final LoraModule module;
     private final double weight;
     private final NDManager manager;
+    private final DataType computeType;
     private NDArray down;
     private NDArray up;
     private NDArray delta;
 
-    Factors(int index, LoraModule module, double weight, NDManager manager) {
+    Factors(int index, LoraModule module, double weight, NDManager manager, DataType computeType) {
       this.index = index;
       this.module = module;
       this.weight = weight;
       this.manager = manager;
+      this.computeType = computeType;
     }
 
     @Override
@@ -428,7 +633,7 @@ public final class LoraMerger {
     @Override
     public NDArray down() {
       if (down == null) {
-        down = NdArrays.float32(manager, module.down(), module.rank(), module.down().numel() / module.rank());
+        down = load(module.down(), module.rank(), module.down().numel() / module.rank());
       }
       return down;
     }
@@ -436,9 +641,15 @@ public final class LoraMerger {
     @Override
     public NDArray up() {
       if (up == null) {
-        up = NdArrays.float32(manager, module.up(), module.outFeatures(), module.rank());
+        up = load(module.up(), module.outFeatures(), module.rank());
       }
       return up;
+    }
+
+    private NDArray load(TensorData tensor, long... shape) {
+      return computeType == DataType.FLOAT64
+          ? manager.create(tensor.toDoubleArray(), new ai.djl.ndarray.types.Shape(shape))
+          : NdArrays.float32(manager, tensor, shape);
     }
 
     @Override
@@ -506,6 +717,9 @@ public final class LoraMerger {
     private String name = "merged";
     private final java.util.Map<String, Object> recipeExtras = new java.util.LinkedHashMap<>();
     private Optional<Double> svdClamp = Optional.empty();
+    private double scale = 1;
+    private boolean allowUnmatched;
+    private Optional<Architecture> architecture = Optional.empty();
 
     private Builder() {}
 
@@ -635,6 +849,42 @@ public final class LoraMerger {
       checkNotNull(key, "key");
       recipeExtras.put(key, checkNotNull(value, "value"));
       return this;
+    }
+
+    /**
+     * The factor a fuse multiplies the merged update by: diffusers' {@code lora_scale}; default 1.
+     * Merges ignore it.
+     */
+    @CanIgnoreReturnValue
+    public Builder scale(double scale) {
+      checkArgument(Double.isFinite(scale), "scale must be finite, got %s", scale);
+      this.scale = scale;
+      return this;
+    }
+
+    /**
+     * Whether a fuse may skip modules that have no weight in the target (default false: it fails
+     * naming them). {@link FuseReport#unmatched()} lists what was skipped.
+     */
+    @CanIgnoreReturnValue
+    public Builder allowUnmatched(boolean allowUnmatched) {
+      this.allowUnmatched = allowUnmatched;
+      return this;
+    }
+
+    /**
+     * The architecture whose original checkpoint names a fuse may look weights up by (default:
+     * detected from the first adapter).
+     */
+    @CanIgnoreReturnValue
+    public Builder architecture(Architecture architecture) {
+      this.architecture = Optional.of(checkNotNull(architecture, "architecture"));
+      return this;
+    }
+
+    /** Shortcut for {@code build().fuseInto(target)}. */
+    public FusedLora fuseInto(WeightTarget target) throws java.io.IOException {
+      return build().fuseInto(target);
     }
 
     /** The merger. */

@@ -38,6 +38,16 @@ public interface MergeAlgorithm {
   }
 
   /**
+   * Whether the method is exact and takes its inputs' factors in float64 ({@link #cat()} does):
+   * a fuse then adds the update without rounding it to float32 first. Other methods get float32
+   * factors, and a fuse adds their update as they return it, rounded to float32, so that fusing
+   * the merged adapter and fusing directly give the same weights.
+   */
+  default boolean exactInFloat64() {
+    return false;
+  }
+
+  /**
    * Merges one module.
    *
    * @param module the inputs, their weights, a manager that owns every array created here, and

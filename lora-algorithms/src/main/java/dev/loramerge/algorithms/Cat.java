@@ -39,6 +39,11 @@ public final class Cat implements MergeAlgorithm {
   }
 
   @Override
+  public boolean exactInFloat64() {
+    return true;
+  }
+
+  @Override
   public String toString() {
     return "Cat{}";
   }

@@ -39,6 +39,11 @@ public final class Svd implements MergeAlgorithm {
   }
 
   @Override
+  public boolean exactInFloat64() {
+    return true;
+  }
+
+  @Override
   public ModuleUpdate merge(ModuleMerge module) {
     return MergeAlgorithm.cat().merge(module);
   }

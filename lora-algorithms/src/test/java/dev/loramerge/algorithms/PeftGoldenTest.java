@@ -57,8 +57,13 @@ class PeftGoldenTest {
     }
   }
 
-  @SuppressWarnings("unchecked")
   static LoraAdapter merge(Map<String, Object> goldenCase, MergeAlgorithm algorithm) throws IOException {
+    return merger(goldenCase, algorithm).merge();
+  }
+
+  /** A merger with the case's adapters, weights, algorithm and rank. */
+  @SuppressWarnings("unchecked")
+  static LoraMerger.Builder merger(Map<String, Object> goldenCase, MergeAlgorithm algorithm) throws IOException {
     List<String> adapters = (List<String>) goldenCase.get("adapters");
     List<BigDecimal> weights = (List<BigDecimal>) goldenCase.get("weights");
     LoraMerger.Builder merger = LoraMerger.builder().algorithm(algorithm);
@@ -68,7 +73,7 @@ class PeftGoldenTest {
     if (goldenCase.containsKey("svd_rank")) {
       merger.rank(((BigDecimal) goldenCase.get("svd_rank")).intValue());
     }
-    return merger.merge();
+    return merger;
   }
 
   @ParameterizedTest(name = "{0}")

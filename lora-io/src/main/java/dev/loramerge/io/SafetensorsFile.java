@@ -151,6 +151,63 @@ public final class SafetensorsFile implements AutoCloseable {
     return TensorData.of(info.dtype(), info.shape(), bytes);
   }
 
+  /**
+   * Reads the bytes of tensor {@code name} into {@code target} from its position, without mapping
+   * them: memory stays at the caller's buffer, however large the file.
+   *
+   * @throws IllegalArgumentException if the file holds no tensor called {@code name} or {@code
+   *     target} has too little room
+   * @throws IOException if reading fails or the file ends early
+   */
+  public void read(String name, ByteBuffer target) throws IOException {
+    TensorInfo info = infoOrThrow(name);
+    checkArgument(
+        target.remaining() >= info.byteSize(),
+        "%s: tensor '%s' needs %s bytes, the buffer has room for %s",
+        fileName,
+        name,
+        info.byteSize(),
+        target.remaining());
+    long position = header.dataOffset() + info.begin();
+    long end = position + info.byteSize();
+    ByteBuffer window = target.duplicate();
+    window.limit(Math.toIntExact(window.position() + info.byteSize()));
+    while (position < end) {
+      int read = channel.read(window, position);
+      if (read < 0) {
+        throw new SafetensorsFormatException(
+            String.format(
+                Locale.ROOT, "%s: file ended at byte %d inside tensor '%s'", fileName, position, name));
+      }
+      position += read;
+    }
+  }
+
+  /** Copies tensor {@code name}'s bytes to {@code target} at its current position. */
+  void transferTo(String name, FileChannel target) throws IOException {
+    TensorInfo info = infoOrThrow(name);
+    long position = header.dataOffset() + info.begin();
+    long remaining = info.byteSize();
+    while (remaining > 0) {
+      long moved = channel.transferTo(position, remaining, target);
+      if (moved <= 0) {
+        throw new SafetensorsFormatException(
+            String.format(
+                Locale.ROOT, "%s: file ended at byte %d inside tensor '%s'", fileName, position, name));
+      }
+      position += moved;
+      remaining -= moved;
+    }
+  }
+
+  private TensorInfo infoOrThrow(String name) {
+    checkNotNull(name, "name");
+    checkState(!closed.get(), "%s: file is closed", fileName);
+    TensorInfo info = byName.get(name);
+    checkArgument(info != null, "%s: no tensor '%s'", fileName, name);
+    return info;
+  }
+
   /** Where the data section starts: 8 bytes of header length plus the header. */
   public long dataOffset() {
     return header.dataOffset();

@@ -227,6 +227,38 @@ public final class SafetensorsWriter implements AutoCloseable {
   }
 
   /**
+   * Writes the next tensor, which must be called {@code name}, by copying the bytes of {@code
+   * source}'s tensor of the same name, which must have the dtype and shape the layout gave it.
+   *
+   * @throws IllegalStateException if the writer is closed or every tensor is already written
+   * @throws IllegalArgumentException if the next tensor is not {@code name} or does not match
+   * @throws IOException if reading or writing fails; the writer is then closed and the temporary
+   *     file gone
+   */
+  public void copy(String name, SafetensorsFile source) throws IOException {
+    checkNotNull(source, "source");
+    TensorInfo next = next(name);
+    TensorInfo from =
+        source.info(name).orElseThrow(() -> new IllegalArgumentException(source.path() + ": no tensor '" + name + "'"));
+    checkArgument(
+        from.dtype() == next.dtype() && Arrays.equals(from.shape(), next.shape()),
+        "%s: tensor '%s' is %s %s but the layout says %s %s",
+        fileName,
+        name,
+        from.dtype().safetensorsName(),
+        Arrays.toString(from.shape()),
+        next.dtype().safetensorsName(),
+        Arrays.toString(next.shape()));
+    try {
+      source.transferTo(name, channel);
+    } catch (Throwable t) {
+      abandon(t);
+      throw t;
+    }
+    written++;
+  }
+
+  /**
    * Forces the file to disk and renames it over the target atomically, replacing any file there.
    * The writer is closed afterwards.
    *

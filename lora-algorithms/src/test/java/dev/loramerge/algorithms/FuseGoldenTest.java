@@ -1,0 +1,175 @@
+package dev.loramerge.algorithms;
+
+import static org.assertj.core.api.Assertions.assertThat;
+
+import dev.loramerge.DType;
+import dev.loramerge.FusedLora;
+import dev.loramerge.LoraAdapter;
+import dev.loramerge.LoraMerger;
+import dev.loramerge.LoraModule;
+import dev.loramerge.ModuleKey;
+import dev.loramerge.TensorData;
+import dev.loramerge.internal.FloatFormats;
+import dev.loramerge.io.SafetensorsFile;
+import dev.loramerge.io.SafetensorsWeights;
+import dev.loramerge.io.TensorInfo;
+import dev.loramerge.testing.GoldenFiles;
+import java.io.IOException;
+import java.nio.file.Path;
+import java.util.Map;
+import java.util.stream.Stream;
+import org.junit.jupiter.api.io.TempDir;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.MethodSource;
+
+/**
+ * Fusing into PEFT's golden base files. In fp32 the fused weights must match PEFT's fused file
+ * within 1e-6 relative per tensor, except for svd: PEFT truncates the float32 delta with a float32
+ * SVD, a few 1e-6 off the exact truncation, so there the fuse must be within 1e-6 of the exact
+ * float64 truncation (an EJML SVD of the full delta) and within 2e-5 of PEFT. In fp16 every element must be the float64 sum W + ΔW rounded
+ * once to fp16 (PEFT's own fp16 file is not: it rounds the factors first). Tensors no module
+ * touches must be byte-identical to the base.
+ */
+class FuseGoldenTest {
+  @TempDir Path folder;
+
+  static Stream<Map<String, Object>> fusedCases() throws IOException {
+    return PeftGoldenTest.deterministicCases()
+        .filter(c -> c.get("id").equals("cat_abc") || c.get("id").equals("ties_ab_total") || c.get("id").equals("svd_abc"));
+  }
+
+  @ParameterizedTest(name = "{0}")
+  @MethodSource("fusedCases")
+  void fp32MatchesPeftAndKeepsUntouchedBytes(Map<String, Object> goldenCase) throws IOException {
+    String id = (String) goldenCase.get("id");
+    Path output = folder.resolve(id + ".fp32.safetensors");
+    FusedLora fused =
+        PeftGoldenTest.merger(goldenCase, PeftGoldenTest.algorithm(goldenCase))
+            .build()
+            .fuseInto(SafetensorsWeights.of(GoldenFiles.peft021("base.fp32.safetensors"), output));
+    assertThat(fused.report().unmatched()).as("%s unmatched modules", id).isEmpty();
+    try (SafetensorsFile base = SafetensorsFile.open(GoldenFiles.peft021("base.fp32.safetensors"));
+        SafetensorsFile golden = SafetensorsFile.open(GoldenFiles.peft021("fused/" + id + ".fp32.safetensors"));
+        SafetensorsFile result = SafetensorsFile.open(output)) {
+      assertThat(result.tensors()).as("%s layout", id).isEqualTo(base.tensors());
+      for (TensorInfo info : base.tensors()) {
+        String name = info.name();
+        if (!fused.report().matched().containsValue(name)) {
+          assertThat(result.tensor(name)).as("%s: untouched tensor %s", id, name).isEqualTo(base.tensor(name));
+          continue;
+        }
+        double[] got = result.tensor(name).toDoubleArray();
+        double[] peft = golden.tensor(name).toDoubleArray();
+        if (id.equals("svd_abc")) {
+          double[] exact = base.tensor(name).toDoubleArray();
+          ModuleKey key = fused.report().matched().entrySet().stream().filter(e -> e.getValue().equals(name)).findFirst().orElseThrow().getKey();
+          add(exactTruncation(goldenCase, key, 8), 1, exact);
+          assertThat(relativeError(got, exact)).as("%s: error of %s against the exact truncation", id, name).isLessThan(1e-6);
+          assertThat(relativeError(got, peft)).as("%s: error of %s against PEFT", id, name).isLessThan(2e-5);
+        } else {
+          assertThat(relativeError(got, peft)).as("%s: error of %s against PEFT", id, name).isLessThan(1e-6);
+        }
+      }
+    }
+  }
+
+  @ParameterizedTest(name = "{0}")
+  @MethodSource("fusedCases")
+  void fp16IsTheExactSumRoundedOnce(Map<String, Object> goldenCase) throws IOException {
+    String id = (String) goldenCase.get("id");
+    LoraMerger merger = PeftGoldenTest.merger(goldenCase, PeftGoldenTest.algorithm(goldenCase)).build();
+    Path output = folder.resolve(id + ".fp16.safetensors");
+    FusedLora fused = merger.fuseInto(SafetensorsWeights.of(GoldenFiles.peft021("base.fp16.safetensors"), output));
+    // The independent reference, summed in float64 and rounded once: for cat each input's own
+    // update, for svd the exact truncation, for ties the merged adapter's (float32) factors.
+    LoraAdapter merged = merger.merge();
+    int mismatches = 0;
+    long elements = 0;
+    try (SafetensorsFile base = SafetensorsFile.open(GoldenFiles.peft021("base.fp16.safetensors"));
+        SafetensorsFile result = SafetensorsFile.open(output)) {
+      for (Map.Entry<ModuleKey, String> match : fused.report().matched().entrySet()) {
+        double[] expected = base.tensor(match.getValue()).toDoubleArray();
+        if (id.equals("cat_abc")) {
+          addWeightedInputs(goldenCase, match.getKey(), expected);
+        } else if (id.equals("svd_abc")) {
+          add(exactTruncation(goldenCase, match.getKey(), 8), 1, expected);
+        } else {
+          add(merged.modules().get(match.getKey()).deltaF64(), 1, expected);
+        }
+        TensorData actual = result.tensor(match.getValue());
+        assertThat(actual.dtype()).isEqualTo(DType.F16);
+        for (int i = 0; i < expected.length; i++) {
+          short want = FloatFormats.toFloat16(expected[i]);
+          short got = actual.bytes().getShort(i * 2);
+          if (want != got) {
+            mismatches++;
+          }
+        }
+        elements += expected.length;
+      }
+    }
+    assertThat(elements).as("%s fused elements", id).isGreaterThan(100_000);
+    assertThat(mismatches).as("%s: elements not equal to the exact sum rounded once, of %d", id, elements).isZero();
+  }
+
+  private static double relativeError(double[] actual, double[] expected) {
+    double difference = 0;
+    double norm = 0;
+    for (int i = 0; i < expected.length; i++) {
+      difference += (actual[i] - expected[i]) * (actual[i] - expected[i]);
+      norm += expected[i] * expected[i];
+    }
+    return Math.sqrt(difference / norm);
+  }
+
+  /** The best rank-{@code rank} approximation of the exact weighted sum, from a dense float64 SVD. */
+  private static double[] exactTruncation(Map<String, Object> goldenCase, ModuleKey key, int rank) throws IOException {
+    LoraModule any = dev.loramerge.io.LoraFiles.read(GoldenFiles.peft021("adapters/style")).modules().get(key);
+    int rows = Math.toIntExact(any.outFeatures());
+    int columns = Math.toIntExact(TensorData.numel(any.weightShape()) / rows);
+    double[] sum = new double[rows * columns];
+    addWeightedInputs(goldenCase, key, sum);
+    org.ejml.data.DMatrixRMaj delta = org.ejml.data.DMatrixRMaj.wrap(rows, columns, sum);
+    org.ejml.interfaces.decomposition.SingularValueDecomposition_F64<org.ejml.data.DMatrixRMaj> svd =
+        org.ejml.dense.row.factory.DecompositionFactory_DDRM.svd(rows, columns, true, true, false);
+    assertThat(svd.decompose(delta.copy())).isTrue();
+    org.ejml.data.DMatrixRMaj u = svd.getU(null, false);
+    org.ejml.data.DMatrixRMaj v = svd.getV(null, false);
+    double[] sigma = svd.getSingularValues();
+    Integer[] order = new Integer[sigma.length];
+    for (int i = 0; i < order.length; i++) {
+      order[i] = i;
+    }
+    java.util.Arrays.sort(order, (a, b) -> Double.compare(sigma[b], sigma[a]));
+    double[] result = new double[rows * columns];
+    for (int k = 0; k < rank; k++) {
+      int index = order[k];
+      for (int r = 0; r < rows; r++) {
+        double left = u.get(r, index) * sigma[index];
+        for (int c = 0; c < columns; c++) {
+          result[r * columns + c] += left * v.get(c, index);
+        }
+      }
+    }
+    return result;
+  }
+
+  @SuppressWarnings("unchecked")
+  private static void addWeightedInputs(Map<String, Object> goldenCase, ModuleKey key, double[] into) throws IOException {
+    java.util.List<String> adapters = (java.util.List<String>) goldenCase.get("adapters");
+    java.util.List<java.math.BigDecimal> weights = (java.util.List<java.math.BigDecimal>) goldenCase.get("weights");
+    for (int i = 0; i < adapters.size(); i++) {
+      LoraModule module =
+          dev.loramerge.io.LoraFiles.read(GoldenFiles.peft021("adapters/" + adapters.get(i))).modules().get(key);
+      if (module != null) {
+        add(module.deltaF64(), weights.get(i).doubleValue(), into);
+      }
+    }
+  }
+
+  private static void add(double[] delta, double weight, double[] into) {
+    for (int i = 0; i < into.length; i++) {
+      into[i] += weight * delta[i];
+    }
+  }
+}

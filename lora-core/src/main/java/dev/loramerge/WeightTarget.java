@@ -1,0 +1,85 @@
+package dev.loramerge;
+
+import static com.google.common.base.Preconditions.checkNotNull;
+
+import ai.djl.Model;
+import ai.djl.ndarray.NDArray;
+import ai.djl.nn.Block;
+import ai.djl.nn.Parameter;
+import ai.djl.util.Pair;
+import com.google.common.collect.ImmutableMap;
+import java.io.IOException;
+import java.util.LinkedHashMap;
+import java.util.Map;
+import java.util.Optional;
+
+/**
+ * Base weights that LoRA updates are fused into: NDArrays in memory ({@link #of(Map)}), a DJL
+ * block's parameters ({@link #of(Block)}), or a safetensors file rewritten tensor by tensor
+ * ({@code dev.loramerge.io.SafetensorsWeights}).
+ *
+ * <pre>{@code
+ * WeightTarget unet = WeightTarget.of(weights);            // Map<String, NDArray>
+ * FusedLora fused = LoraMerger.builder().add(style, 0.7).fuseInto(unet);
+ * ...                                                       // render
+ * fused.unfuse();                                           // every weight back, bit for bit
+ * }</pre>
+ */
+public interface WeightTarget {
+  /** Every weight's dtype and shape, by name, in the target's own order. */
+  ImmutableMap<String, WeightInfo> weights();
+
+  /**
+   * Rewrites the weights {@code update} names, all or nothing: when it throws, the target is as
+   * it was.
+   *
+   * @return what undoes exactly this rewrite, where the target can restore weights in place;
+   *     empty for targets that write a new file
+   * @throws IOException if reading or writing the target fails
+   * @throws LoraMergeException if a fused value is not finite or beyond its dtype's range
+   */
+  Optional<Restorer> apply(WeightUpdate update) throws IOException;
+
+  /** Undoes one {@link #apply}. */
+  @FunctionalInterface
+  interface Restorer {
+    /**
+     * Restores the weights the apply changed to what they would be had it never happened: bit for
+     * bit the originals when no other update touches them, else the originals with the other
+     * updates re-applied in their order.
+     */
+    void restore();
+  }
+
+  /**
+   * The NDArrays of {@code weights}, updated in place (on their own devices). Fuses into the
+   * returned target can be undone in any order, bit for bit.
+   */
+  static WeightTarget of(Map<String, NDArray> weights) {
+    return new ArrayTarget(ImmutableMap.copyOf(checkNotNull(weights, "weights")));
+  }
+
+  /**
+   * The parameters of {@code block}, named as {@link Block#getParameters()} names them (for a
+   * TorchScript UNet, {@code down_blocks.0.attentions.0.proj_in.weight} and so on), updated in
+   * place on the block's device.
+   *
+   * @throws IllegalArgumentException if a parameter is not initialized
+   */
+  static WeightTarget of(Block block) {
+    checkNotNull(block, "block");
+    Map<String, NDArray> arrays = new LinkedHashMap<>();
+    for (Pair<String, Parameter> parameter : block.getParameters()) {
+      if (!parameter.getValue().isInitialized()) {
+        throw new IllegalArgumentException("parameter '" + parameter.getKey() + "' is not initialized");
+      }
+      arrays.put(parameter.getKey(), parameter.getValue().getArray());
+    }
+    return new ArrayTarget(ImmutableMap.copyOf(arrays));
+  }
+
+  /** The parameters of {@code model}'s block; see {@link #of(Block)}. */
+  static WeightTarget of(Model model) {
+    return of(checkNotNull(model, "model").getBlock());
+  }
+}

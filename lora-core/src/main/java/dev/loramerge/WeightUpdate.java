@@ -1,0 +1,37 @@
+package dev.loramerge;
+
+import ai.djl.ndarray.NDArray;
+import com.google.common.collect.ImmutableSet;
+import java.nio.ByteBuffer;
+
+/**
+ * What a fuse changes in a {@link WeightTarget}: the names of the weights it rewrites and, for
+ * each, the rewritten values. {@link LoraMerger} creates updates; targets apply them.
+ *
+ * <p>{@link #apply} is deterministic: the same weight gives the same bytes every time, which is
+ * what lets in-memory targets replay fuses to restore weights bit for bit.
+ */
+public interface WeightUpdate {
+  /** The names of the weights this update rewrites. */
+  ImmutableSet<String> names();
+
+  /**
+   * The new value of weight {@code name}, given its current value: the bytes (native byte order,
+   * {@code weight}'s shape) of {@code weight} plus the update, computed in float64 and rounded once
+   * to {@code dtype} (F64, F32, F16 or BF16). Computed on {@code weight}'s device; {@code weight}
+   * itself is not modified.
+   *
+   * @throws IllegalArgumentException if this update does not rewrite {@code name}
+   * @throws LoraMergeException if a result is not finite or beyond the dtype's range
+   */
+  ByteBuffer apply(String name, NDArray weight, DType dtype);
+
+  /**
+   * How the update was made, as the recipe JSON that {@link LoraMerger#RECIPE_KEY} holds in a
+   * merged adapter, with {@code operation} ({@code fuse} or {@code unfuse}) and {@code scale}.
+   */
+  String recipe();
+
+  /** Tells the update's listener that {@code done} of {@code total} bytes of weights are written. */
+  void progress(long done, long total);
+}

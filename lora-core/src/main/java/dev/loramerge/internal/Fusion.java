@@ -1,0 +1,172 @@
+package dev.loramerge.internal;
+
+import ai.djl.ndarray.NDArray;
+import ai.djl.ndarray.NDManager;
+import ai.djl.ndarray.types.DataType;
+import dev.loramerge.DType;
+import dev.loramerge.LoraMergeException;
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.util.Arrays;
+import java.util.Locale;
+
+/**
+ * The arithmetic of fusing: {@code W' = W + up·down}, computed in float64 and rounded once to
+ * {@code W}'s dtype.
+ *
+ * <p>libtorch converts float64 to fp16 and bf16 through float32, which rounds twice. The second
+ * rounding can only go wrong where the float32 value lies exactly halfway between two neighbours
+ * of the narrow format (float32 keeps 13 more bits than fp16, so the first rounding can land on
+ * such a tie but never cross one); those elements, and fp16's subnormal range, are found by their
+ * bit patterns and rounded again from float64 in Java. The result is the float64 sum rounded once.
+ */
+public final class Fusion {
+  private static final int FLOAT16_TIE_BITS = 0x1000;
+  private static final int FLOAT16_DROPPED_MASK = 0x1FFF;
+  private static final int BFLOAT16_TIE_BITS = 0x8000;
+  private static final int BFLOAT16_DROPPED_MASK = 0xFFFF;
+  /** Float32 bits of 2⁻¹⁴, fp16's smallest normal. */
+  private static final int FLOAT16_MIN_NORMAL_BITS = 0x38800000;
+
+  private Fusion() {}
+
+  /**
+   * The bytes (native order) of {@code weight + up·down} in {@code dtype}, correctly rounded from
+   * float64. {@code up} is m×r and {@code down} is r×(numel/m), both float64; {@code
+   * weight} is not modified.
+   *
+   * @throws LoraMergeException naming {@code label} when a result is NaN, infinite or beyond the
+   *     dtype's range
+   */
+  public static ByteBuffer fuse(
+      NDManager manager, NDArray weight, NDArray up, NDArray down, DType dtype, String label) {
+    dataTypeOf(dtype);
+    // Results belong to their first operand's manager: the weight's belongs to the caller.
+    NDArray sum = weight.toType(DataType.FLOAT64, true);
+    sum.attach(manager);
+    sum.addi(up.matMul(down).reshape(weight.getShape()));
+    ByteBuffer bytes;
+    switch (dtype) {
+      case F64:
+        bytes = sum.toByteBuffer();
+        break;
+      case F32:
+        bytes = sum.toType(DataType.FLOAT32, false).toByteBuffer();
+        break;
+      case F16:
+      case BF16:
+        bytes = roundNarrow(manager, sum, dtype);
+        break;
+      default:
+        throw new AssertionError(dtype);
+    }
+    bytes.order(ByteOrder.nativeOrder());
+    checkFinite(bytes, dtype, sum, label);
+    return bytes;
+  }
+
+  /** The DType of a DJL data type that can be fused into. */
+  public static DType dtypeOf(DataType type, String label) {
+    switch (type) {
+      case FLOAT64:
+        return DType.F64;
+      case FLOAT32:
+        return DType.F32;
+      case FLOAT16:
+        return DType.F16;
+      case BFLOAT16:
+        return DType.BF16;
+      default:
+        throw new LoraMergeException(
+            String.format(
+                Locale.ROOT, "%s: cannot fuse into a weight of type %s; expected F64, F32, F16 or BF16", label, type));
+    }
+  }
+
+  /** The DJL data type of a floating-point DType that can be fused into. */
+  public static DataType dataTypeOf(DType dtype) {
+    switch (dtype) {
+      case F64:
+        return DataType.FLOAT64;
+      case F32:
+        return DataType.FLOAT32;
+      case F16:
+        return DataType.FLOAT16;
+      case BF16:
+        return DataType.BFLOAT16;
+      default:
+        throw new IllegalArgumentException("cannot fuse into " + dtype.safetensorsName());
+    }
+  }
+
+  private static ByteBuffer roundNarrow(NDManager manager, NDArray sum, DType dtype) {
+    NDArray single = sum.toType(DataType.FLOAT32, false);
+    ByteBuffer narrow = single.toType(dataTypeOf(dtype), false).toByteBuffer().order(ByteOrder.nativeOrder());
+    ByteBuffer singleBytes = single.toByteBuffer().order(ByteOrder.nativeOrder());
+    long[] suspects = suspects(singleBytes, dtype);
+    if (suspects.length == 0) {
+      return narrow;
+    }
+    double[] exact = sum.flatten().take(manager.create(suspects)).toDoubleArray();
+    for (int i = 0; i < suspects.length; i++) {
+      short bits = dtype == DType.F16 ? FloatFormats.toFloat16(exact[i]) : FloatFormats.toBFloat16(exact[i]);
+      narrow.putShort(Math.toIntExact(suspects[i] * 2), bits);
+    }
+    return narrow;
+  }
+
+  /** Indices whose float32 value may round differently from its float64 source. */
+  private static long[] suspects(ByteBuffer singleBytes, DType dtype) {
+    int count = singleBytes.remaining() / 4;
+    long[] found = new long[16];
+    int size = 0;
+    boolean half = dtype == DType.F16;
+    int mask = half ? FLOAT16_DROPPED_MASK : BFLOAT16_DROPPED_MASK;
+    int tie = half ? FLOAT16_TIE_BITS : BFLOAT16_TIE_BITS;
+    for (int i = 0; i < count; i++) {
+      int magnitude = singleBytes.getInt(i * 4) & 0x7FFFFFFF;
+      boolean suspect = (magnitude & mask) == tie || (half && magnitude != 0 && magnitude < FLOAT16_MIN_NORMAL_BITS);
+      if (suspect) {
+        if (size == found.length) {
+          found = Arrays.copyOf(found, size * 2);
+        }
+        found[size++] = i;
+      }
+    }
+    return Arrays.copyOf(found, size);
+  }
+
+  private static void checkFinite(ByteBuffer bytes, DType dtype, NDArray sum, String label) {
+    int count = bytes.remaining() / dtype.byteSize();
+    for (int i = 0; i < count; i++) {
+      if (!isFinite(bytes, dtype, i)) {
+        double value = sum.flatten().getDouble(i);
+        throw new LoraMergeException(
+            String.format(
+                Locale.ROOT,
+                "%s: fused value %s at element %d %s",
+                label,
+                value,
+                i,
+                Double.isFinite(value)
+                    ? "is beyond the range of " + dtype.safetensorsName() + "; lower the weights or the scale"
+                    : "is not a number; the base weight or the update holds NaN or infinity"));
+      }
+    }
+  }
+
+  private static boolean isFinite(ByteBuffer bytes, DType dtype, int index) {
+    switch (dtype) {
+      case F64:
+        return Double.isFinite(bytes.getDouble(index * 8));
+      case F32:
+        return Float.isFinite(bytes.getFloat(index * 4));
+      case F16:
+        return (bytes.getShort(index * 2) & 0x7C00) != 0x7C00;
+      case BF16:
+        return (bytes.getShort(index * 2) & 0x7F80) != 0x7F80;
+      default:
+        throw new AssertionError(dtype);
+    }
+  }
+}

@@ -1,0 +1,269 @@
+package dev.loramerge.io;
+
+import static com.google.common.base.Preconditions.checkArgument;
+import static com.google.common.base.Preconditions.checkNotNull;
+
+import ai.djl.ndarray.NDArray;
+import ai.djl.ndarray.NDManager;
+import ai.djl.ndarray.types.Shape;
+import com.google.common.collect.ImmutableMap;
+import dev.loramerge.DType;
+import dev.loramerge.LoraMergeException;
+import dev.loramerge.LoraMerger;
+import dev.loramerge.TensorData;
+import dev.loramerge.WeightInfo;
+import dev.loramerge.WeightTarget;
+import dev.loramerge.WeightUpdate;
+import dev.loramerge.internal.Fusion;
+import java.io.IOException;
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Locale;
+import java.util.Map;
+import java.util.Optional;
+
+/**
+ * A safetensors base model as a {@link WeightTarget}: a fuse writes a new file, tensor by tensor,
+ * in the base's order and with its metadata (plus the recipe), copying every tensor it does not
+ * change byte for byte. Memory stays at about one tensor whatever the file's size; the output
+ * appears only once complete (a temporary file renamed into place), and the base is never
+ * modified.
+ *
+ * <pre>{@code
+ * LoraMerger.builder().add(style, 0.8).build()
+ *     .fuseInto(SafetensorsWeights.of(Path.of("unet.safetensors"), Path.of("unet-style.safetensors")));
+ * }</pre>
+ *
+ * <p>{@link #restoring} is the way back: given the fused file, the original base and the same
+ * update, it checks that the fused file is the original with that update fused and writes the
+ * original's bytes for the tensors the update changed.
+ */
+public final class SafetensorsWeights implements WeightTarget {
+  private final Path base;
+  private final Path output;
+  private final Optional<DType> dtype;
+  private final Optional<Path> original;
+  private final ImmutableMap<String, WeightInfo> weights;
+
+  private SafetensorsWeights(
+      Path base, Path output, Optional<DType> dtype, Optional<Path> original, ImmutableMap<String, WeightInfo> weights) {
+    this.base = base;
+    this.output = output;
+    this.dtype = dtype;
+    this.original = original;
+    this.weights = weights;
+  }
+
+  /**
+   * Fuses into {@code base}, writing {@code output}.
+   *
+   * @throws IllegalArgumentException if {@code output} is {@code base}
+   * @throws SafetensorsFormatException if {@code base} is not a valid safetensors file
+   * @throws IOException if {@code base} cannot be read
+   */
+  public static SafetensorsWeights of(Path base, Path output) throws IOException {
+    checkDistinct(base, output);
+    return new SafetensorsWeights(base, output, Optional.empty(), Optional.empty(), readWeights(base));
+  }
+
+  /**
+   * Undoes a fuse exactly: {@code fused} was written by fusing an update into {@code original};
+   * applying the same update to this target writes {@code output} with {@code original}'s bytes
+   * for every tensor the update changes (after checking that fusing them again gives {@code
+   * fused}'s bytes), {@code fused}'s bytes for the others, and {@code original}'s metadata. When
+   * nothing else changed the fused file, {@code output} is byte for byte {@code original}.
+   *
+   * @throws IllegalArgumentException if {@code output} is one of the inputs
+   * @throws SafetensorsFormatException if either file is not a valid safetensors file
+   * @throws IOException if a file cannot be read
+   */
+  public static SafetensorsWeights restoring(Path fused, Path original, Path output) throws IOException {
+    checkDistinct(fused, output);
+    checkDistinct(original, output);
+    return new SafetensorsWeights(fused, output, Optional.empty(), Optional.of(original), readWeights(fused));
+  }
+
+  /**
+   * This target writing every floating-point tensor as {@code dtype} (fused weights rounded once
+   * from float64, the others converted with one rounding).
+   */
+  public SafetensorsWeights withDType(DType dtype) {
+    checkNotNull(dtype, "dtype");
+    checkArgument(original.isEmpty(), "a restore writes the original's dtypes");
+    Fusion.dataTypeOf(dtype);
+    return new SafetensorsWeights(base, output, Optional.of(dtype), original, weights);
+  }
+
+  @Override
+  public ImmutableMap<String, WeightInfo> weights() {
+    return weights;
+  }
+
+  @Override
+  public Optional<Restorer> apply(WeightUpdate update) throws IOException {
+    checkNotNull(update, "update");
+    try (SafetensorsFile from = SafetensorsFile.open(base);
+        SafetensorsFile originalFile = original.isPresent() ? SafetensorsFile.open(original.get()) : null) {
+      if (originalFile != null) {
+        checkSameLayout(from, originalFile);
+      }
+      List<SafetensorsWriter.Entry> entries = new ArrayList<>();
+      long total = 0;
+      long largest = 0;
+      for (TensorInfo info : from.tensors()) {
+        entries.add(new SafetensorsWriter.Entry(info.name(), outputType(info.dtype()), info.shape()));
+        total += info.byteSize();
+        if (update.names().contains(info.name())) {
+          largest = Math.max(largest, info.byteSize());
+        }
+      }
+      Map<String, String> metadata =
+          originalFile != null ? originalFile.metadata() : withRecipe(from.metadata(), update.recipe());
+      ByteBuffer staging = ByteBuffer.allocateDirect(Math.toIntExact(largest)).order(ByteOrder.LITTLE_ENDIAN);
+      ByteBuffer check =
+          originalFile != null
+              ? ByteBuffer.allocateDirect(Math.toIntExact(largest)).order(ByteOrder.LITTLE_ENDIAN)
+              : null;
+      long done = 0;
+      try (SafetensorsWriter writer = SafetensorsWriter.create(output, entries, metadata);
+          NDManager manager = NDManager.newBaseManager()) {
+        for (TensorInfo info : from.tensors()) {
+          String name = info.name();
+          if (update.names().contains(name)) {
+            SafetensorsFile source = originalFile != null ? originalFile : from;
+            ByteBuffer bytes = read(source, info, staging);
+            ByteBuffer fused;
+            try (NDManager tensorManager = manager.newSubManager()) {
+              NDArray weight = tensorManager.create(bytes, new Shape(info.shape()), Fusion.dataTypeOf(info.dtype()));
+              fused = update.apply(name, weight, outputType(info.dtype()));
+            }
+            if (originalFile != null) {
+              checkFused(from, info, fused, check);
+              writer.write(name, bytes);
+            } else {
+              writer.write(name, fused);
+            }
+          } else if (outputType(info.dtype()) != info.dtype()) {
+            writer.write(name, from.tensor(name).to(outputType(info.dtype())));
+          } else {
+            writer.copy(name, from);
+          }
+          done += info.byteSize();
+          update.progress(done, total);
+        }
+        writer.commit();
+      }
+    } catch (LoraMergeException e) {
+      throw new LoraMergeException(base.getFileName() + ": " + e.getMessage(), e);
+    }
+    return Optional.empty();
+  }
+
+  private DType outputType(DType input) {
+    return dtype.isPresent() && input.isFloatingPoint() && input.byteSize() >= 2 ? dtype.get() : input;
+  }
+
+  /** {@code info}'s bytes read into the start of {@code staging}, as a buffer of exactly them. */
+  private static ByteBuffer read(SafetensorsFile file, TensorInfo info, ByteBuffer staging) throws IOException {
+    ByteBuffer window = staging.clear().limit(Math.toIntExact(info.byteSize())).slice().order(ByteOrder.LITTLE_ENDIAN);
+    file.read(info.name(), window);
+    return window;
+  }
+
+  private void checkFused(SafetensorsFile fused, TensorInfo info, ByteBuffer recomputed, ByteBuffer check)
+      throws IOException {
+    ByteBuffer actual = read(fused, info, check);
+    if (!actual.equals(recomputed.duplicate().order(ByteOrder.LITTLE_ENDIAN))) {
+      int size = info.dtype().byteSize();
+      long differing = 0;
+      for (int i = 0; i < actual.remaining(); i += size) {
+        if (actual.get(i) != recomputed.get(i) || (size > 1 && actual.get(i + 1) != recomputed.get(i + 1))) {
+          differing++;
+        }
+      }
+      throw new LoraMergeException(
+          String.format(
+              Locale.ROOT,
+              "tensor '%s' is not %s with these inputs fused (%d of %d elements differ); is it the"
+                  + " original base, and are the inputs and weights the fuse's?",
+              info.name(),
+              original.orElseThrow().getFileName(),
+              differing,
+              info.byteSize() / size));
+    }
+  }
+
+  private void checkSameLayout(SafetensorsFile fused, SafetensorsFile originalFile) {
+    for (TensorInfo info : fused.tensors()) {
+      Optional<TensorInfo> other = originalFile.info(info.name());
+      if (other.isEmpty()
+          || other.get().dtype() != info.dtype()
+          || !Arrays.equals(other.get().shape(), info.shape())) {
+        throw new LoraMergeException(
+            String.format(
+                Locale.ROOT,
+                "tensor '%s' is %s %s but %s has %s; the original must be the base the fuse started from",
+                info.name(),
+                info.dtype().safetensorsName(),
+                Arrays.toString(info.shape()),
+                originalFile.path().getFileName(),
+                other.map(o -> o.dtype().safetensorsName() + " " + Arrays.toString(o.shape())).orElse("no such tensor")));
+      }
+    }
+  }
+
+  /**
+   * The base's metadata with the recipe under {@link LoraMerger#RECIPE_KEY}; a recipe the base
+   * already had (it was fused before) moves to {@code loramerge_recipe.N}, N counting up from 1.
+   */
+  private static Map<String, String> withRecipe(Map<String, String> metadata, String recipe) {
+    Map<String, String> result = new LinkedHashMap<>(metadata);
+    String previous = result.remove(LoraMerger.RECIPE_KEY);
+    if (previous != null) {
+      int index = 1;
+      while (result.containsKey(LoraMerger.RECIPE_KEY + "." + index)) {
+        index++;
+      }
+      result.put(LoraMerger.RECIPE_KEY + "." + index, previous);
+    }
+    result.put(LoraMerger.RECIPE_KEY, recipe);
+    return result;
+  }
+
+  private static ImmutableMap<String, WeightInfo> readWeights(Path path) throws IOException {
+    checkNotNull(path, "path");
+    try (SafetensorsFile file = SafetensorsFile.open(path)) {
+      ImmutableMap.Builder<String, WeightInfo> weights = ImmutableMap.builder();
+      for (TensorInfo info : file.tensors()) {
+        weights.put(info.name(), new WeightInfo(info.dtype(), info.shape()));
+      }
+      return weights.build();
+    }
+  }
+
+  private static void checkDistinct(Path input, Path output) throws IOException {
+    checkNotNull(input, "input");
+    checkNotNull(output, "output");
+    boolean same =
+        Files.exists(output) ? Files.isSameFile(input, output) : input.toAbsolutePath().normalize().equals(output.toAbsolutePath().normalize());
+    checkArgument(!same, "output %s is the input file; inputs are never modified", output);
+  }
+
+  @Override
+  public String toString() {
+    return "SafetensorsWeights{base="
+        + base
+        + ", output="
+        + output
+        + ", dtype="
+        + dtype.map(DType::safetensorsName).orElse("keep")
+        + original.map(path -> ", original=" + path).orElse("")
+        + "}";
+  }
+}
