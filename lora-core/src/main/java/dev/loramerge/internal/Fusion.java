@@ -83,6 +83,14 @@ public final class Fusion {
     }
   }
 
+  /**
+   * The DJL data type a weight of {@code dtype} is computed in: its own, except bf16, which DJL
+   * 0.35.1 cannot hold (see {@link #toBFloat16}) and which widens to float32 exactly.
+   */
+  public static DataType computeTypeOf(DType dtype) {
+    return dtype == DType.BF16 ? DataType.FLOAT32 : dataTypeOf(dtype);
+  }
+
   /** The DJL data type of a floating-point DType that can be fused into. */
   public static DataType dataTypeOf(DType dtype) {
     switch (dtype) {
@@ -101,8 +109,11 @@ public final class Fusion {
 
   private static ByteBuffer roundNarrow(NDManager manager, NDArray sum, DType dtype) {
     NDArray single = sum.toType(DataType.FLOAT32, false);
-    ByteBuffer narrow = single.toType(dataTypeOf(dtype), false).toByteBuffer().order(ByteOrder.nativeOrder());
     ByteBuffer singleBytes = single.toByteBuffer().order(ByteOrder.nativeOrder());
+    ByteBuffer narrow =
+        dtype == DType.F16
+            ? single.toType(DataType.FLOAT16, false).toByteBuffer().order(ByteOrder.nativeOrder())
+            : toBFloat16(singleBytes);
     long[] suspects = suspects(singleBytes, dtype);
     if (suspects.length == 0) {
       return narrow;
@@ -111,6 +122,24 @@ public final class Fusion {
     for (int i = 0; i < suspects.length; i++) {
       short bits = dtype == DType.F16 ? FloatFormats.toFloat16(exact[i]) : FloatFormats.toBFloat16(exact[i]);
       narrow.putShort(Math.toIntExact(suspects[i] * 2), bits);
+    }
+    return narrow;
+  }
+
+  /**
+   * Float32 bits rounded to bf16, to nearest even, in Java: DJL 0.35.1's PyTorch engine aborts the
+   * JVM on any bf16 tensor, so bf16 weights are read and written as bytes and computed in float32.
+   */
+  private static ByteBuffer toBFloat16(ByteBuffer singleBytes) {
+    int count = singleBytes.remaining() / 4;
+    ByteBuffer narrow = ByteBuffer.allocateDirect(count * 2).order(ByteOrder.nativeOrder());
+    for (int i = 0; i < count; i++) {
+      int bits = singleBytes.getInt(i * 4);
+      int rounded =
+          Float.isNaN(Float.intBitsToFloat(bits))
+              ? (bits >>> 16) | 0x40
+              : (bits + 0x7FFF + ((bits >>> 16) & 1)) >>> 16;
+      narrow.putShort(i * 2, (short) rounded);
     }
     return narrow;
   }

@@ -1,6 +1,7 @@
 package dev.loramerge.testing;
 
 import dev.loramerge.Component;
+import dev.loramerge.DType;
 import dev.loramerge.LoraAdapter;
 import dev.loramerge.LoraModule;
 import dev.loramerge.ModuleKey;
@@ -26,6 +27,29 @@ public final class TinyLora {
     adapter.add(LoraModule.of(KEYS[1], gaussian(random, rank, 12), gaussian(random, 12, rank), alpha));
     adapter.add(LoraModule.of(KEYS[2], gaussian(random, rank, 4, 3, 3), gaussian(random, 6, rank, 1, 1), alpha));
     return adapter.build();
+  }
+
+  /**
+   * Base weights for the {@link #KEYS} modules ({@code <path>.weight}, Gaussian with standard
+   * deviation 0.1) plus an untouched {@code conv_in.weight}, in {@code dtype}.
+   */
+  public static java.util.Map<String, TensorData> base(DType dtype, long seed) {
+    Random random = new Random(seed);
+    java.util.Map<String, TensorData> weights = new java.util.LinkedHashMap<>();
+    LoraAdapter shapes = adapter("shapes", 1, 1, seed);
+    weights.put("conv_in.weight", scaled(random, dtype, 4, 4, 3, 3));
+    for (ModuleKey key : KEYS) {
+      weights.put(key.path() + ".weight", scaled(random, dtype, shapes.modules().get(key).weightShape()));
+    }
+    return weights;
+  }
+
+  private static TensorData scaled(Random random, DType dtype, long... shape) {
+    double[] values = new double[Math.toIntExact(TensorData.numel(shape))];
+    for (int i = 0; i < values.length; i++) {
+      values[i] = 0.1 * random.nextGaussian();
+    }
+    return TensorData.ofDoubles(values, dtype, shape);
   }
 
   private static TensorData gaussian(Random random, long... shape) {

@@ -96,7 +96,7 @@ public final class SafetensorsWeights implements WeightTarget {
   public SafetensorsWeights withDType(DType dtype) {
     checkNotNull(dtype, "dtype");
     checkArgument(original.isEmpty(), "a restore writes the original's dtypes");
-    Fusion.dataTypeOf(dtype);
+    Fusion.computeTypeOf(dtype);
     return new SafetensorsWeights(base, output, Optional.of(dtype), original, weights);
   }
 
@@ -140,7 +140,9 @@ public final class SafetensorsWeights implements WeightTarget {
             ByteBuffer bytes = read(source, info, staging);
             ByteBuffer fused;
             try (NDManager tensorManager = manager.newSubManager()) {
-              NDArray weight = tensorManager.create(bytes, new Shape(info.shape()), Fusion.dataTypeOf(info.dtype()));
+              NDArray weight =
+                  tensorManager.create(
+                      computable(bytes, info.dtype()), new Shape(info.shape()), Fusion.computeTypeOf(info.dtype()));
               fused = update.apply(name, weight, outputType(info.dtype()));
             }
             if (originalFile != null) {
@@ -167,6 +169,19 @@ public final class SafetensorsWeights implements WeightTarget {
 
   private DType outputType(DType input) {
     return dtype.isPresent() && input.isFloatingPoint() && input.byteSize() >= 2 ? dtype.get() : input;
+  }
+
+  /** {@code bytes} as a buffer of {@link Fusion#computeTypeOf}: bf16 widened to float32 exactly. */
+  private static ByteBuffer computable(ByteBuffer bytes, DType dtype) {
+    if (dtype != DType.BF16) {
+      return bytes;
+    }
+    int count = bytes.remaining() / 2;
+    ByteBuffer widened = ByteBuffer.allocateDirect(count * 4).order(ByteOrder.nativeOrder());
+    for (int i = 0; i < count; i++) {
+      widened.putInt(i * 4, (bytes.getShort(i * 2) & 0xFFFF) << 16);
+    }
+    return widened;
   }
 
   /** {@code info}'s bytes read into the start of {@code staging}, as a buffer of exactly them. */

@@ -1,0 +1,274 @@
+package dev.loramerge;
+
+import static org.assertj.core.api.Assertions.assertThat;
+import static org.assertj.core.api.Assertions.assertThatThrownBy;
+
+import ai.djl.ndarray.NDArray;
+import ai.djl.ndarray.NDList;
+import ai.djl.ndarray.NDManager;
+import ai.djl.ndarray.types.DataType;
+import ai.djl.ndarray.types.Shape;
+import ai.djl.nn.AbstractBlock;
+import ai.djl.nn.Parameter;
+import ai.djl.training.ParameterStore;
+import ai.djl.training.initializer.NormalInitializer;
+import ai.djl.util.PairList;
+import com.google.common.collect.Collections2;
+import dev.loramerge.internal.FloatFormats;
+import dev.loramerge.internal.Fusion;
+import dev.loramerge.testing.TinyLora;
+import java.io.IOException;
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.util.ArrayList;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.EnumSource;
+
+/** Fusing into in-memory weights and DJL blocks, and undoing it bit for bit. */
+class FusedLoraTest {
+  private static final LoraAdapter STYLE = TinyLora.adapter("style", 4, 8, 1);
+  private static final LoraAdapter SUBJECT = TinyLora.adapter("subject", 2, 1, 2);
+  private static final LoraAdapter DETAIL = TinyLora.adapter("detail", 3, 3, 3);
+
+  @ParameterizedTest
+  @EnumSource(value = DType.class, names = {"F32", "F16"})
+  void fuseIsTheExactSumRoundedOnce(DType dtype) throws IOException {
+    Map<String, TensorData> base = TinyLora.base(dtype, 7);
+    try (NDManager manager = NDManager.newBaseManager()) {
+      Map<String, NDArray> arrays = arrays(manager, base);
+      FusedLora fused =
+          LoraMerger.builder().add(STYLE, 0.7).add(SUBJECT, -0.5).scale(0.8).fuseInto(WeightTarget.of(arrays));
+      assertThat(fused.report().matched()).hasSize(TinyLora.KEYS.length);
+      for (ModuleKey key : TinyLora.KEYS) {
+        String name = key.path() + ".weight";
+        double[] expected = base.get(name).toDoubleArray();
+        double[] delta = TinyLora.weightedSum(key, new LoraAdapter[] {STYLE, SUBJECT}, new double[] {0.7, -0.5});
+        for (int i = 0; i < expected.length; i++) {
+          expected[i] += 0.8 * delta[i];
+        }
+        assertThat(bytesOf(arrays.get(name)))
+            .as("%s fused into %s", name, dtype)
+            .isEqualTo(TensorData.ofDoubles(expected, dtype, base.get(name).shape()).bytes());
+      }
+      assertThat(bytesOf(arrays.get("conv_in.weight"))).as("untouched weight").isEqualTo(base.get("conv_in.weight").bytes());
+    }
+  }
+
+  @Test
+  void unfusingInAnyOrderRestoresEveryBit() throws IOException {
+    Map<String, TensorData> base = TinyLora.base(DType.F16, 11);
+    List<LoraAdapter> adapters = List.of(STYLE, SUBJECT, DETAIL);
+    double[] weights = {0.9, 0.6, -1.3};
+    for (List<Integer> order : Collections2.permutations(List.of(0, 1, 2))) {
+      try (NDManager manager = NDManager.newBaseManager()) {
+        Map<String, NDArray> arrays = arrays(manager, base);
+        WeightTarget target = WeightTarget.of(arrays);
+        List<FusedLora> fuses = new ArrayList<>();
+        for (int i = 0; i < adapters.size(); i++) {
+          fuses.add(LoraMerger.builder().add(adapters.get(i), weights[i]).fuseInto(target));
+        }
+        List<Integer> remaining = new ArrayList<>(List.of(0, 1, 2));
+        for (int index : order) {
+          fuses.get(index).unfuse();
+          remaining.remove(Integer.valueOf(index));
+          Map<String, ByteBuffer> expected = freshFuse(base, adapters, weights, remaining);
+          for (String name : base.keySet()) {
+            assertThat(bytesOf(arrays.get(name)))
+                .as("%s after unfusing %s in order %s (still fused: %s)", name, index, order, remaining)
+                .isEqualTo(expected.get(name));
+          }
+        }
+        for (String name : base.keySet()) {
+          assertThat(bytesOf(arrays.get(name))).as("%s restored, order %s", name, order).isEqualTo(base.get(name).bytes());
+        }
+      }
+    }
+  }
+
+  @Test
+  void subtractingIsPeftsUnfuse() throws IOException {
+    Map<String, TensorData> base = TinyLora.base(DType.F32, 5);
+    try (NDManager manager = NDManager.newBaseManager()) {
+      Map<String, NDArray> arrays = arrays(manager, base);
+      WeightTarget target = WeightTarget.of(arrays);
+      LoraMerger merger = LoraMerger.builder().add(STYLE, 1.0).build();
+      merger.fuseInto(target);
+      merger.unfuseFrom(target);
+      for (String name : base.keySet()) {
+        double[] restored = TensorData.of(DType.F32, base.get(name).shape(), bytesOf(arrays.get(name))).toDoubleArray();
+        double[] original = base.get(name).toDoubleArray();
+        for (int i = 0; i < original.length; i++) {
+          assertThat(restored[i]).as("%s[%d] after subtracting", name, i).isCloseTo(original[i], org.assertj.core.data.Offset.offset(1e-5));
+        }
+      }
+    }
+  }
+
+  @Test
+  void overflowFailsNamingTheModuleAndLeavesTheTargetUntouched() {
+    Map<String, TensorData> base = TinyLora.base(DType.F16, 3);
+    try (NDManager manager = NDManager.newBaseManager()) {
+      Map<String, NDArray> arrays = arrays(manager, base);
+      WeightTarget target = WeightTarget.of(arrays);
+      assertThatThrownBy(() -> LoraMerger.builder().add(STYLE, 1e5).fuseInto(target))
+          .isInstanceOf(LoraMergeException.class)
+          .hasMessageContaining("module 'unet.down_blocks.0")
+          .hasMessageContaining("beyond the range of F16");
+      for (String name : base.keySet()) {
+        assertThat(bytesOf(arrays.get(name))).as("%s after a failed fuse", name).isEqualTo(base.get(name).bytes());
+      }
+    }
+  }
+
+  @Test
+  void unmatchedModulesFailUnlessAllowed() throws IOException {
+    Map<String, TensorData> base = new LinkedHashMap<>(TinyLora.base(DType.F32, 3));
+    base.remove(TinyLora.KEYS[1].path() + ".weight");
+    try (NDManager manager = NDManager.newBaseManager()) {
+      Map<String, NDArray> arrays = arrays(manager, base);
+      assertThatThrownBy(() -> LoraMerger.builder().add(STYLE, 1).fuseInto(WeightTarget.of(arrays)))
+          .isInstanceOf(LoraMergeException.class)
+          .hasMessageContaining("1 of 3 modules have no weight in the target")
+          .hasMessageContaining(TinyLora.KEYS[1].toString());
+      FusedLora fused = LoraMerger.builder().add(STYLE, 1).allowUnmatched(true).fuseInto(WeightTarget.of(arrays));
+      assertThat(fused.report().unmatched()).containsExactly(TinyLora.KEYS[1]);
+      assertThat(fused.report().matched()).hasSize(2);
+    }
+  }
+
+  @Test
+  void aWeightOfAnotherShapeIsAnArchitectureMismatch() {
+    try (NDManager manager = NDManager.newBaseManager()) {
+      Map<String, NDArray> arrays = new LinkedHashMap<>();
+      for (ModuleKey key : TinyLora.KEYS) {
+        arrays.put(key.path() + ".weight", manager.zeros(new Shape(7, 7)));
+      }
+      assertThatThrownBy(() -> LoraMerger.builder().add(STYLE, 1).fuseInto(WeightTarget.of(arrays)))
+          .isInstanceOf(LoraMergeException.class)
+          .hasMessageContaining("base weight 'down_blocks.0.attentions.0.proj_in.weight' is F32[7, 7]")
+          .hasMessageContaining("another architecture");
+    }
+  }
+
+  @Test
+  void fusesIntoABlockInPlace() throws IOException {
+    try (NDManager manager = NDManager.newBaseManager()) {
+      NamedBlock block = new NamedBlock();
+      block.setInitializer(new NormalInitializer(0.1f), Parameter.Type.WEIGHT);
+      block.initialize(manager, DataType.FLOAT32, new Shape(1));
+      Map<String, double[]> before = new LinkedHashMap<>();
+      List<NDArray> parameterArrays = new ArrayList<>();
+      for (var parameter : block.getParameters()) {
+        before.put(parameter.getKey(), parameter.getValue().getArray().toType(DataType.FLOAT64, false).toDoubleArray());
+        parameterArrays.add(parameter.getValue().getArray());
+      }
+      LoraMerger.builder().add(STYLE, 0.5).fuseInto(WeightTarget.of(block));
+      int index = 0;
+      for (var parameter : block.getParameters()) {
+        NDArray array = parameter.getValue().getArray();
+        assertThat(array).as("parameter %s is the same array", parameter.getKey()).isSameAs(parameterArrays.get(index++));
+        ModuleKey key = ModuleKey.of(Component.UNET, parameter.getKey().replace(".weight", ""));
+        double[] delta = TinyLora.weightedSum(key, new LoraAdapter[] {STYLE}, new double[] {0.5});
+        double[] expected = before.get(parameter.getKey()).clone();
+        for (int i = 0; i < expected.length; i++) {
+          expected[i] += delta[i];
+        }
+        assertThat(bytesOf(array)).as("parameter %s", parameter.getKey())
+            .isEqualTo(TensorData.ofDoubles(expected, DType.F32, array.getShape().getShape()).bytes());
+      }
+    }
+  }
+
+  @Test
+  void fusingLeaksNoArrays() throws IOException {
+    Map<String, TensorData> base = TinyLora.base(DType.F16, 3);
+    try (NDManager manager = NDManager.newBaseManager()) {
+      NDManager system = manager.getParentManager();
+      Map<String, NDArray> arrays = arrays(manager, base);
+      int before = system.getManagedArrays().size();
+      int ownBefore = manager.getManagedArrays().size();
+      FusedLora fused = LoraMerger.builder().add(STYLE, 0.5).add(DETAIL, 0.5).fuseInto(WeightTarget.of(arrays));
+      fused.unfuse();
+      assertThat(system.getManagedArrays().size()).as("arrays alive in the system manager").isEqualTo(before);
+      assertThat(manager.getManagedArrays().size()).as("arrays alive in the weights' manager").isEqualTo(ownBefore);
+    }
+  }
+
+  @Test
+  void roundingFixesTiesThatFloat32Creates() {
+    // 1 + 2⁻¹¹ + 2⁻³⁰ is just above the fp16 tie between 1 and 1 + 2⁻¹⁰; float32 rounds it onto
+    // the tie, and fp16's ties-to-even would then give 1. Rounded once it is 1 + 2⁻¹⁰.
+    try (NDManager manager = NDManager.newBaseManager()) {
+      NDArray weight = manager.create(new float[] {1f, -1f}, new Shape(2, 1)).toType(DataType.FLOAT16, false);
+      double bump = Math.scalb(1.0, -11) + Math.scalb(1.0, -30);
+      NDArray up = manager.create(new double[] {bump, -bump}, new Shape(2, 1));
+      NDArray down = manager.create(new double[] {1}, new Shape(1, 1));
+      ByteBuffer fused = Fusion.fuse(manager, weight, up, down, DType.F16, "test");
+      assertThat(fused.getShort(0)).isEqualTo(FloatFormats.toFloat16(1 + bump));
+      assertThat(fused.getShort(2)).isEqualTo(FloatFormats.toFloat16(-1 - bump));
+      assertThat(FloatFormats.toFloat16(1 + bump)).isNotEqualTo(FloatFormats.toFloat16(1.0));
+    }
+  }
+
+  private static Map<String, ByteBuffer> freshFuse(
+      Map<String, TensorData> base, List<LoraAdapter> adapters, double[] weights, List<Integer> which) throws IOException {
+    try (NDManager manager = NDManager.newBaseManager()) {
+      Map<String, NDArray> arrays = arrays(manager, base);
+      WeightTarget target = WeightTarget.of(arrays);
+      for (int index : which) {
+        LoraMerger.builder().add(adapters.get(index), weights[index]).fuseInto(target);
+      }
+      Map<String, ByteBuffer> result = new LinkedHashMap<>();
+      arrays.forEach((name, array) -> result.put(name, bytesOf(array)));
+      return result;
+    }
+  }
+
+  private static Map<String, NDArray> arrays(NDManager manager, Map<String, TensorData> base) {
+    Map<String, NDArray> arrays = new LinkedHashMap<>();
+    base.forEach(
+        (name, tensor) -> {
+          ByteBuffer copy = ByteBuffer.allocateDirect(Math.toIntExact(tensor.byteSize())).order(ByteOrder.nativeOrder());
+          copy.put(tensor.bytes().duplicate()).flip();
+          arrays.put(name, manager.create(copy, new Shape(tensor.shape()), Fusion.dataTypeOf(tensor.dtype())));
+        });
+    return arrays;
+  }
+
+  private static ByteBuffer bytesOf(NDArray array) {
+    ByteBuffer bytes = array.toByteBuffer();
+    ByteBuffer copy = ByteBuffer.allocate(bytes.remaining()).order(ByteOrder.LITTLE_ENDIAN);
+    copy.put(bytes).flip();
+    return copy;
+  }
+
+  /** A block whose parameters are named as a TorchScript UNet names them. */
+  private static final class NamedBlock extends AbstractBlock {
+    NamedBlock() {
+      LoraAdapter shapes = TinyLora.adapter("shapes", 1, 1, 1);
+      for (ModuleKey key : TinyLora.KEYS) {
+        addParameter(
+            Parameter.builder()
+                .setName(key.path() + ".weight")
+                .setType(Parameter.Type.WEIGHT)
+                .optShape(new Shape(shapes.modules().get(key).weightShape()))
+                .build());
+      }
+    }
+
+    @Override
+    protected NDList forwardInternal(
+        ParameterStore parameterStore, NDList inputs, boolean training, PairList<String, Object> params) {
+      return inputs;
+    }
+
+    @Override
+    public Shape[] getOutputShapes(Shape[] inputShapes) {
+      return inputShapes;
+    }
+  }
+}
