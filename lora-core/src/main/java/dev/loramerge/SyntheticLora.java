@@ -26,6 +26,22 @@ import java.util.function.Predicate;
 public final class SyntheticLora {
   private SyntheticLora() {}
 
+  /**
+   * A seeded base weight for {@code spec} in {@code dtype}, with the shape the real model has and
+   * entries of standard deviation 1/√fan-in, as PyTorch initializes layers; stored under {@code
+   * <path>.weight} it makes a base model that fuses exactly like the real one.
+   */
+  public static TensorData baseWeight(ModuleSpec spec, DType dtype, long seed) {
+    SplittableRandom random = new SplittableRandom(Randoms.streamSeed(seed, spec.key().toString(), 0, "base"));
+    long[] shape = spec.weightShape();
+    double deviation = 1 / Math.sqrt(spec.inFeatures() * spec.kernelSize() * spec.kernelSize());
+    double[] values = new double[Math.toIntExact(TensorData.numel(shape))];
+    for (int i = 0; i < values.length; i++) {
+      values[i] = Randoms.standardNormal(random) * deviation;
+    }
+    return TensorData.ofDoubles(values, dtype, shape);
+  }
+
   /** A builder for an adapter over {@code architecture}'s modules. */
   public static Builder builder(Architecture architecture) {
     return new Builder(checkNotNull(architecture, "architecture"));

@@ -2,24 +2,30 @@ package dev.loramerge.cli;
 
 import dev.loramerge.Architecture;
 import dev.loramerge.DType;
+import dev.loramerge.FusedLora;
 import dev.loramerge.LoraAdapter;
 import dev.loramerge.LoraMerger;
 import dev.loramerge.LoraModule;
 import dev.loramerge.MergeAlgorithm;
+import dev.loramerge.ModuleSpec;
+import dev.loramerge.SyntheticLora;
+import dev.loramerge.TensorData;
 import dev.loramerge.UpdateNorms;
 import dev.loramerge.algorithms.Svd;
 import dev.loramerge.algorithms.TiesSvd;
-import dev.loramerge.ModuleSpec;
-import dev.loramerge.SyntheticLora;
 import dev.loramerge.io.LoraFiles;
 import dev.loramerge.io.LoraFormat;
+import dev.loramerge.io.Safetensors;
+import dev.loramerge.io.SafetensorsWeights;
 import java.io.IOException;
 import java.io.PrintWriter;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.Comparator;
+import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Locale;
+import java.util.Map;
 import java.util.Set;
 import java.util.concurrent.Callable;
 import java.util.stream.Stream;
@@ -38,7 +44,8 @@ import picocli.CommandLine.Spec;
     mixinStandardHelpOptions = true,
     description =
         "Write small SDXL-shaped adapters into a temporary folder, convert them between formats"
-            + " (checking that every update survives exactly), and merge them with three methods.")
+            + " (checking that every update survives exactly), merge them with three methods, and"
+            + " fuse them into an fp16 base file and restore it.")
 final class DemoCommand implements Callable<Integer> {
   /** The 640-wide SDXL blocks: real shapes, small enough to run in a second. */
   private static final Set<String> BLOCKS = Set.of("IN04", "IN05", "OUT05");
@@ -120,6 +127,48 @@ final class DemoCommand implements Callable<Integer> {
     merge(out, folder, styleRead, subjectRead, MergeAlgorithm.cat(), "cat (exact weighted sum)");
     merge(out, folder, styleRead, subjectRead, Svd.of(), "svd (factored, exact truncation to rank 8)");
     merge(out, folder, styleRead, subjectRead, TiesSvd.of(0.5), "ties_svd (density 0.5, re-ranked to 8)");
+    fuse(out, folder, sdxl, styleRead, subjectRead);
+  }
+
+  /**
+   * Writes an fp16 base for the demo blocks, fuses 0.7·style + 0.5·subject into it file to file,
+   * and restores it from the original, checking that the restore is byte for byte the base.
+   */
+  private static void fuse(PrintWriter out, Path folder, Architecture sdxl, LoraAdapter style, LoraAdapter subject)
+      throws IOException {
+    long start = System.nanoTime();
+    Map<String, TensorData> weights = new LinkedHashMap<>();
+    for (ModuleSpec spec : sdxl.modules().values()) {
+      if (isInDemoBlocks(spec)) {
+        weights.put(spec.key().path() + ".weight", SyntheticLora.baseWeight(spec, DType.F16, 3));
+      }
+    }
+    Path base = folder.resolve("unet-base.safetensors");
+    Safetensors.write(base, weights, Map.of());
+    step(out, start, "wrote", String.format(Locale.ROOT, "%s (%d fp16 weights, %s)", base.getFileName(), weights.size(), Sizes.bytes(Files.size(base))));
+
+    start = System.nanoTime();
+    Path fused = folder.resolve("unet-fused.safetensors");
+    LoraMerger merger = LoraMerger.builder().add(style, 0.7).add(subject, 0.5).build();
+    FusedLora result = merger.fuseInto(SafetensorsWeights.of(base, fused));
+    step(
+        out,
+        start,
+        "fused",
+        String.format(
+            Locale.ROOT,
+            "0.7·style + 0.5·subject into %s: %d weights, each the exact sum rounded once to fp16",
+            fused.getFileName(),
+            result.report().matched().size()));
+
+    start = System.nanoTime();
+    Path restored = folder.resolve("unet-restored.safetensors");
+    merger.fuseInto(SafetensorsWeights.restoring(fused, base, restored));
+    boolean identical = java.util.Arrays.equals(Files.readAllBytes(restored), Files.readAllBytes(base));
+    step(out, start, "unfused", restored.getFileName() + (identical ? ": byte for byte the base" : ": DIFFERS from the base"));
+    if (!identical) {
+      throw new IllegalStateException("unfusing did not restore the base");
+    }
   }
 
   /** Merges style 0.7 + subject 0.5 with {@code method}, writes it, and reports how close it is to the exact sum. */

@@ -27,6 +27,8 @@ import picocli.CommandLine.Spec;
       InspectCommand.class,
       ConvertCommand.class,
       MergeCommand.class,
+      FuseCommand.class,
+      UnfuseCommand.class,
       CompareCommand.class,
       DemoCommand.class,
       CommandLine.HelpCommand.class

@@ -29,23 +29,24 @@ final class ProgressBar implements MergeListener {
 
   @Override
   public synchronized void moduleMerged(int done, int total, ModuleKey key) {
+    draw(done, total, String.format(Locale.ROOT, "%d/%d modules", done, total));
+  }
+
+  @Override
+  public synchronized void weightsWritten(long done, long total) {
+    draw(done, total, String.format(Locale.ROOT, "%s / %s", Sizes.bytes(done), Sizes.bytes(total)));
+  }
+
+  private void draw(long done, long total, String count) {
     long now = System.nanoTime();
     if (done < total && now - lastDraw < REDRAW_NANOS) {
       return;
     }
     lastDraw = now;
-    int filled = total == 0 ? WIDTH : (int) ((long) done * WIDTH / total);
-    err.print(
-        String.format(
-            Locale.ROOT,
-            "\r%s [%s%s] %d/%d modules",
-            label,
-            "#".repeat(filled),
-            " ".repeat(WIDTH - filled),
-            done,
-            total));
+    int filled = total == 0 ? WIDTH : (int) (done * WIDTH / total);
+    err.print(String.format(Locale.ROOT, "\r%s [%s%s] %s", label, "#".repeat(filled), " ".repeat(WIDTH - filled), count));
     if (done == total) {
-      err.print("\r" + " ".repeat(label.length() + WIDTH + 30) + "\r");
+      err.print("\r" + " ".repeat(label.length() + WIDTH + 40) + "\r");
     }
     err.flush();
   }

@@ -1,0 +1,113 @@
+package dev.loramerge.cli;
+
+import dev.loramerge.DType;
+import dev.loramerge.FusedLora;
+import dev.loramerge.LoraMerger;
+import dev.loramerge.io.SafetensorsWeights;
+import java.io.IOException;
+import java.io.PrintWriter;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.LinkedHashMap;
+import java.util.Locale;
+import java.util.Map;
+import java.util.concurrent.Callable;
+import picocli.CommandLine;
+import picocli.CommandLine.Command;
+import picocli.CommandLine.Mixin;
+import picocli.CommandLine.Model.CommandSpec;
+import picocli.CommandLine.Option;
+import picocli.CommandLine.Spec;
+
+/**
+ * {@code lora fuse --base BASE.safetensors -o OUT.safetensors [--scale S] [--algorithm NAME …merge
+ * options] [--dtype keep|fp32|fp16|bf16] [--allow-missing] INPUT=WEIGHT...}.
+ */
+@Command(
+    name = "fuse",
+    mixinStandardHelpOptions = true,
+    description = {
+      "Fuse adapters into a base model file: W' = W + scale·ΔW, computed in float64 and rounded once"
+          + " to each weight's dtype. ΔW is the exact weighted sum of the inputs, or the update of"
+          + " --algorithm (the options are those of `lora merge`).",
+      "The output keeps the base's tensor order and metadata (plus the recipe) and copies untouched"
+          + " tensors byte for byte; it appears only when complete."
+    })
+final class FuseCommand implements Callable<Integer> {
+  @Spec CommandSpec spec;
+
+  @Option(names = {"-o", "--output"}, required = true, paramLabel = "OUT.safetensors", description = "The fused model file.")
+  Path output;
+
+  @Option(names = "--scale", paramLabel = "S", defaultValue = "1", description = "Multiplies the update (diffusers' lora_scale; default: ${DEFAULT-VALUE}).")
+  double scale;
+
+  @Option(names = "--dtype", paramLabel = "keep|fp32|fp16|bf16", defaultValue = "keep",
+      description = "Element type of the output's floating-point tensors (default: ${DEFAULT-VALUE}, the base's).")
+  String dtype;
+
+  @Option(names = "--allow-missing", description = "Skip modules that have no weight in the base instead of failing.")
+  boolean allowMissing;
+
+  @Mixin MergeOptions mergeOptions;
+  @Mixin InputOptions inputOptions;
+  @Mixin VerboseOption verbose;
+
+  @Override
+  public Integer call() throws IOException {
+    Path base = requireBase(spec, inputOptions);
+    long start = System.nanoTime();
+    LoraMerger merger =
+        mergeOptions
+            .merger(inputOptions.readOptions(), ProgressBar.forTerminal("fusing"))
+            .scale(scale)
+            .allowUnmatched(allowMissing)
+            .recipe("base_file", baseFile(base))
+            .build();
+    SafetensorsWeights target = SafetensorsWeights.of(base, output);
+    if (!dtype.equals("keep")) {
+      target =
+          target.withDType(
+              DType.fromUserName(dtype)
+                  .orElseThrow(() -> new IllegalArgumentException("--dtype must be keep, fp32, fp16 or bf16, got '" + dtype + "'")));
+    }
+    FusedLora fused = merger.fuseInto(target);
+    report(spec.commandLine().getOut(), fused, "fused", output, start);
+    return LoraCommand.OK;
+  }
+
+  /** {@code --base}, which fuse and unfuse need. */
+  static Path requireBase(CommandSpec spec, InputOptions inputOptions) {
+    if (inputOptions.base == null) {
+      throw new CommandLine.ParameterException(spec.commandLine(), "Missing required option: '--base=BASE.safetensors'");
+    }
+    return inputOptions.base;
+  }
+
+  static Map<String, Object> baseFile(Path base) throws IOException {
+    Map<String, Object> file = new LinkedHashMap<>();
+    file.put("path", base.getFileName().toString());
+    file.put("bytes", Files.size(base));
+    return file;
+  }
+
+  static void report(PrintWriter out, FusedLora fused, String verb, Path output, long start) {
+    out.println(
+        String.format(
+            Locale.ROOT,
+            "%s %d modules into %s in %s",
+            verb,
+            fused.report().matched().size(),
+            output,
+            Sizes.seconds(System.nanoTime() - start)));
+    if (!fused.report().unmatched().isEmpty()) {
+      out.println(
+          String.format(
+              Locale.ROOT,
+              "skipped %d modules with no weight in the base, e.g. %s",
+              fused.report().unmatched().size(),
+              fused.report().unmatched().get(0)));
+    }
+    out.flush();
+  }
+}

@@ -1,0 +1,188 @@
+package dev.loramerge.cli;
+
+import dev.loramerge.Architecture;
+import dev.loramerge.BlockWeights;
+import dev.loramerge.LoraAdapter;
+import dev.loramerge.LoraMerger;
+import dev.loramerge.MergeAlgorithm;
+import dev.loramerge.MergeListener;
+import dev.loramerge.PostPrune;
+import dev.loramerge.RankRule;
+import dev.loramerge.algorithms.MajoritySign;
+import dev.loramerge.algorithms.MergeMethods;
+import dev.loramerge.io.LoraFiles;
+import dev.loramerge.io.LoraReadOptions;
+import java.io.IOException;
+import java.io.InputStream;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.security.DigestInputStream;
+import java.security.MessageDigest;
+import java.security.NoSuchAlgorithmException;
+import java.util.ArrayList;
+import java.util.HexFormat;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Locale;
+import java.util.Map;
+import java.util.OptionalDouble;
+import picocli.CommandLine.Option;
+import picocli.CommandLine.Parameters;
+
+/** The options of {@code lora merge} that {@code fuse} and {@code unfuse} share: inputs and method. */
+final class MergeOptions {
+  @Option(names = "--algorithm", paramLabel = "NAME", defaultValue = "cat", description = "Merge method (default: ${DEFAULT-VALUE}).")
+  String algorithm;
+
+  @Option(names = "--density", paramLabel = "D", description = "Fraction of entries kept, for ties, dare_* and magnitude_prune*.")
+  Double density;
+
+  @Option(names = "--majority-sign", paramLabel = "total|frequency", defaultValue = "total",
+      description = "TIES sign election (default: ${DEFAULT-VALUE}).")
+  String majoritySign;
+
+  @Option(names = "--svd-rank", paramLabel = "R", description = "Target rank of re-ranked results (default: the largest input rank).")
+  Integer svdRank;
+
+  @Option(names = "--svd-clamp", paramLabel = "Q", description = "Clip re-ranked factors at this quantile of their entries (PEFT's svd_clamp).")
+  Double svdClamp;
+
+  @Option(names = "--seed", paramLabel = "S", defaultValue = "0", description = "Seed of the DARE masks (default: ${DEFAULT-VALUE}).")
+  long seed;
+
+  @Option(names = "--blocks", paramLabel = "ADAPTER_INDEX:W,W,...|PRESET",
+      description = "Block weights for one input (0 is the first INPUT): 17/26 values for SD1.5, 12/20 for SDXL,"
+          + " or a preset (NONE, ALL, INS, IND, INALL, MIDD, OUTD, OUTS, OUTALL, ALL0.5). Repeatable.")
+  List<String> blocks = new ArrayList<>();
+
+  @Option(names = "--dynamic-method", paramLabel = "sv_ratio|sv_fro|sv_cumulative",
+      description = "Choose each re-ranked module's rank from its singular values, as kohya's resize_lora (capped at --svd-rank).")
+  String dynamicMethod;
+
+  @Option(names = "--dynamic-param", paramLabel = "P", description = "The ratio or fraction of --dynamic-method.")
+  Double dynamicParam;
+
+  @Option(names = "--prune-threshold", paramLabel = "T", description = "After merging, zero factor entries with |x| < T.")
+  Double pruneThreshold;
+
+  @Option(names = "--prune-density", paramLabel = "D", description = "After merging, keep the D fraction of largest factor entries.")
+  Double pruneDensity;
+
+  @Option(names = "--exact-svd", description = "Re-rank dense updates by an exact SVD instead of the randomized one.")
+  boolean exactSvd;
+
+  @Parameters(paramLabel = "INPUT=WEIGHT", arity = "1..*", converter = WeightedInput.Converter.class,
+      description = "A PEFT folder or a kohya or diffusers .safetensors file, and its weight (default 1).")
+  List<WeightedInput> inputs;
+
+  /** The merge method the options name. */
+  MergeAlgorithm method() {
+    MajoritySign sign =
+        MajoritySign.fromPeftName(majoritySign)
+            .orElseThrow(() -> new IllegalArgumentException("--majority-sign must be total or frequency, got '" + majoritySign + "'"));
+    return MergeMethods.named(algorithm, density == null ? OptionalDouble.empty() : OptionalDouble.of(density), sign, seed);
+  }
+
+  /**
+   * A merger with every input read and added with its weight and block weights, the method and
+   * its options, and the input files' names, digests and weights in the recipe.
+   */
+  LoraMerger.Builder merger(LoraReadOptions readOptions, MergeListener listener) throws IOException {
+    LoraMerger.Builder merger = LoraMerger.builder().algorithm(method()).exactSvd(exactSvd).listener(listener);
+    List<Object> files = new ArrayList<>();
+    Map<Integer, String> blocksByInput = blocksByInput();
+    for (int i = 0; i < inputs.size(); i++) {
+      WeightedInput input = inputs.get(i);
+      LoraAdapter adapter = LoraFiles.read(input.path(), readOptions);
+      if (blocksByInput.containsKey(i)) {
+        merger.add(adapter, input.weight(), blockWeights(adapter, blocksByInput.get(i), readOptions));
+      } else {
+        merger.add(adapter, input.weight());
+      }
+      Map<String, Object> file = new LinkedHashMap<>();
+      file.put("path", input.path().getFileName().toString());
+      file.put("sha256", sha256(input.path()));
+      file.put("weight", input.weight());
+      files.add(file);
+    }
+    merger.recipe("input_files", files);
+    if (svdRank != null) {
+      merger.rank(svdRank);
+    }
+    if (dynamicMethod != null) {
+      if (dynamicParam == null) {
+        throw new IllegalArgumentException("--dynamic-method " + dynamicMethod + " needs --dynamic-param");
+      }
+      merger.rankRule(RankRule.named(dynamicMethod, dynamicParam));
+    }
+    if (pruneThreshold != null && pruneDensity != null) {
+      throw new IllegalArgumentException("give --prune-threshold or --prune-density, not both");
+    }
+    if (pruneThreshold != null) {
+      merger.prune(PostPrune.threshold(pruneThreshold));
+    }
+    if (pruneDensity != null) {
+      merger.prune(PostPrune.density(pruneDensity));
+    }
+    if (svdClamp != null) {
+      merger.svdClamp(svdClamp);
+    }
+    readOptions.architecture().ifPresent(merger::architecture);
+    return merger;
+  }
+
+  private Map<Integer, String> blocksByInput() {
+    Map<Integer, String> byInput = new LinkedHashMap<>();
+    for (String spec : blocks) {
+      int colon = spec.indexOf(':');
+      String index = colon < 0 ? "" : spec.substring(0, colon);
+      int parsed;
+      try {
+        parsed = Integer.parseInt(index);
+      } catch (NumberFormatException e) {
+        throw new IllegalArgumentException("--blocks '" + spec + "' must start with an input index and ':', e.g. 0:OUTALL");
+      }
+      if (parsed < 0 || parsed >= inputs.size()) {
+        throw new IllegalArgumentException(
+            String.format(Locale.ROOT, "--blocks '%s' names input %d, but there are %d inputs (0 to %d)", spec, parsed, inputs.size(), inputs.size() - 1));
+      }
+      if (byInput.put(parsed, spec.substring(colon + 1)) != null) {
+        throw new IllegalArgumentException("--blocks given twice for input " + parsed);
+      }
+    }
+    return byInput;
+  }
+
+  private static BlockWeights blockWeights(LoraAdapter adapter, String spec, LoraReadOptions readOptions) {
+    Architecture architecture =
+        readOptions
+            .architecture()
+            .or(() -> Architecture.detect(adapter))
+            .orElseThrow(
+                () ->
+                    new IllegalArgumentException(
+                        "block weights need an SD1.5 or SDXL adapter, and '" + adapter.name()
+                            + "' fits neither; pass --architecture"));
+    return BlockWeights.parse(architecture, spec);
+  }
+
+  /** The SHA-256 of an input file (of the weights file, for a folder), in hex. */
+  static String sha256(Path input) throws IOException {
+    Path file = Files.isDirectory(input) ? weightsIn(input) : input;
+    MessageDigest digest;
+    try {
+      digest = MessageDigest.getInstance("SHA-256");
+    } catch (NoSuchAlgorithmException e) {
+      throw new IllegalStateException("every Java platform has SHA-256", e);
+    }
+    try (InputStream in = new DigestInputStream(Files.newInputStream(file), digest)) {
+      in.transferTo(java.io.OutputStream.nullOutputStream());
+    }
+    return HexFormat.of().formatHex(digest.digest());
+  }
+
+  private static Path weightsIn(Path folder) {
+    Path peft = folder.resolve("adapter_model.safetensors");
+    return Files.exists(peft) ? peft : folder.resolve("pytorch_lora_weights.safetensors");
+  }
+}

@@ -1,0 +1,72 @@
+package dev.loramerge.cli;
+
+import dev.loramerge.FusedLora;
+import dev.loramerge.LoraMerger;
+import dev.loramerge.io.SafetensorsWeights;
+import java.io.IOException;
+import java.nio.file.Path;
+import java.util.concurrent.Callable;
+import picocli.CommandLine.Command;
+import picocli.CommandLine.Mixin;
+import picocli.CommandLine.Model.CommandSpec;
+import picocli.CommandLine.Option;
+import picocli.CommandLine.Spec;
+
+/**
+ * {@code lora unfuse --base FUSED.safetensors -o OUT.safetensors [--original BASE.safetensors]
+ * INPUT=WEIGHT...}.
+ */
+@Command(
+    name = "unfuse",
+    mixinStandardHelpOptions = true,
+    description = {
+      "Take fused adapters back out of a model file. With --original, the tensors the inputs"
+          + " change are checked against the original fused with the inputs and restored from it"
+          + " byte for byte (the output is the original file when nothing else changed);"
+          + " without it the update is subtracted, W = W' − scale·ΔW, as PEFT unmerges, which in"
+          + " fp16 need not give back the original bits.",
+      "Give the inputs, weights, --scale and merge options the fuse used."
+    })
+final class UnfuseCommand implements Callable<Integer> {
+  @Spec CommandSpec spec;
+
+  @Option(names = {"-o", "--output"}, required = true, paramLabel = "OUT.safetensors", description = "The restored model file.")
+  Path output;
+
+  @Option(names = "--original", paramLabel = "BASE.safetensors", description = "The base the fuse started from, for an exact restore.")
+  Path original;
+
+  @Option(names = "--scale", paramLabel = "S", defaultValue = "1", description = "The scale the fuse used (default: ${DEFAULT-VALUE}).")
+  double scale;
+
+  @Option(names = "--allow-missing", description = "Skip modules that have no weight in the model instead of failing.")
+  boolean allowMissing;
+
+  @Mixin MergeOptions mergeOptions;
+  @Mixin InputOptions inputOptions;
+  @Mixin VerboseOption verbose;
+
+  @Override
+  public Integer call() throws IOException {
+    Path fused = FuseCommand.requireBase(spec, inputOptions);
+    long start = System.nanoTime();
+    LoraMerger merger =
+        mergeOptions
+            .merger(inputOptions.readOptions(), ProgressBar.forTerminal("unfusing"))
+            .scale(scale)
+            .allowUnmatched(allowMissing)
+            .recipe("base_file", FuseCommand.baseFile(fused))
+            .build();
+    FusedLora result =
+        original != null
+            ? merger.fuseInto(SafetensorsWeights.restoring(fused, original, output))
+            : merger.unfuseFrom(SafetensorsWeights.of(fused, output));
+    FuseCommand.report(
+        spec.commandLine().getOut(),
+        result,
+        original != null ? "restored from " + original.getFileName() : "subtracted",
+        output,
+        start);
+    return LoraCommand.OK;
+  }
+}

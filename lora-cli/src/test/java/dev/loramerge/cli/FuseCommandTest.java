@@ -1,0 +1,91 @@
+package dev.loramerge.cli;
+
+import static org.assertj.core.api.Assertions.assertThat;
+
+import dev.loramerge.LoraMerger;
+import dev.loramerge.io.SafetensorsFile;
+import dev.loramerge.testing.GoldenFiles;
+import java.io.IOException;
+import java.io.PrintWriter;
+import java.io.StringWriter;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.stream.Stream;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+
+/** {@code lora fuse} and {@code lora unfuse} on PEFT 0.21's golden base, as a user would run them. */
+class FuseCommandTest {
+  @TempDir Path temp;
+
+  private final StringWriter out = new StringWriter();
+  private final StringWriter err = new StringWriter();
+
+  private int run(String... args) {
+    return LoraCommand.execute(args, new PrintWriter(out, true), new PrintWriter(err, true));
+  }
+
+  private static String[] withInputs(List<String> args) throws IOException {
+    List<String> all = new ArrayList<>(args);
+    all.add(GoldenFiles.peft021("kohya/style.safetensors") + "=0.5");
+    all.add(GoldenFiles.peft021("adapters/subject") + "=0.8");
+    return all.toArray(String[]::new);
+  }
+
+  @Test
+  void fuseThenUnfuseWithTheOriginalGivesTheBaseBack() throws IOException {
+    Path base = GoldenFiles.peft021("base.fp16.safetensors");
+    Path fused = temp.resolve("fused.safetensors");
+    assertThat(run(withInputs(List.of("fuse", "--base", base.toString(), "-o", fused.toString(), "--scale", "0.9"))))
+        .as("fuse exit code; stderr: %s", err)
+        .isZero();
+    assertThat(out.toString()).contains("fused 70 modules into");
+    try (SafetensorsFile file = SafetensorsFile.open(fused)) {
+      assertThat(file.metadata().get(LoraMerger.RECIPE_KEY))
+          .contains("\"operation\":\"fuse\"")
+          .contains("\"sha256\"")
+          .contains("base.fp16.safetensors");
+    }
+    Path restored = temp.resolve("restored.safetensors");
+    assertThat(
+            run(withInputs(List.of("unfuse", "--base", fused.toString(), "-o", restored.toString(), "--original", base.toString(), "--scale", "0.9"))))
+        .as("unfuse exit code; stderr: %s", err)
+        .isZero();
+    assertThat(Files.readAllBytes(restored)).as("restored file").isEqualTo(Files.readAllBytes(base));
+  }
+
+  @Test
+  void overflowFailsWithOneLineAndNoOutput() throws IOException {
+    Path fused = temp.resolve("fused.safetensors");
+    int code =
+        run("fuse", "--base", GoldenFiles.peft021("base.fp16.safetensors").toString(), "-o", fused.toString(),
+            GoldenFiles.peft021("adapters/style") + "=100000");
+    assertThat(code).isEqualTo(3);
+    assertThat(err.toString().lines()).as("stderr: %s", err).hasSize(1);
+    assertThat(err.toString()).startsWith("lora: base.fp16.safetensors: module 'unet.").contains("beyond the range of F16");
+    try (Stream<Path> files = Files.list(temp)) {
+      assertThat(files).as("files left behind").isEmpty();
+    }
+  }
+
+  @Test
+  void aTruncatedBaseFailsWithOneLine() throws IOException {
+    byte[] bytes = Files.readAllBytes(GoldenFiles.peft021("base.fp16.safetensors"));
+    Path truncated = temp.resolve("truncated.safetensors");
+    Files.write(truncated, java.util.Arrays.copyOf(bytes, bytes.length / 2));
+    int code = run("fuse", "--base", truncated.toString(), "-o", temp.resolve("out.safetensors").toString(),
+        GoldenFiles.peft021("adapters/style") + "=1");
+    assertThat(code).isEqualTo(3);
+    assertThat(err.toString().lines()).as("stderr: %s", err).hasSize(1);
+    assertThat(err.toString()).startsWith("lora: truncated.safetensors: ");
+    assertThat(temp.resolve("out.safetensors")).doesNotExist();
+  }
+
+  @Test
+  void fuseNeedsABase() {
+    assertThat(run("fuse", "-o", temp.resolve("out.safetensors").toString(), "x=1")).isEqualTo(2);
+    assertThat(err.toString()).contains("--base");
+  }
+}
