@@ -524,16 +524,14 @@ public final class LoraMerger {
   }
 
   private static void checkFinite(ModuleKey key, TensorData tensor, String factor) {
-    double[] values = tensor.toDoubleArray();
-    for (int i = 0; i < values.length; i++) {
-      if (!Double.isFinite(values[i])) {
-        throw new LoraMergeException(
-            String.format(
-                Locale.ROOT,
-                "module '%s': merged %s factor has %s at element %d (of %s %s)",
-                key, factor, values[i], i, tensor.dtype().safetensorsName(),
-                java.util.Arrays.toString(tensor.shape())));
-      }
+    long index = Fusion.firstNonFinite(tensor.bytes(), tensor.dtype());
+    if (index >= 0) {
+      throw new LoraMergeException(
+          String.format(
+              Locale.ROOT,
+              "module '%s': merged %s factor has %s at element %d (of %s %s)",
+              key, factor, tensor.getDouble(index), index, tensor.dtype().safetensorsName(),
+              java.util.Arrays.toString(tensor.shape())));
     }
   }
 

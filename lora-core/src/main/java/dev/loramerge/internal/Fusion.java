@@ -45,24 +45,45 @@ public final class Fusion {
     NDArray sum = weight.toType(DataType.FLOAT64, true);
     sum.attach(manager);
     sum.addi(up.matMul(down).reshape(weight.getShape()));
-    ByteBuffer bytes;
-    switch (dtype) {
-      case F64:
-        bytes = sum.toByteBuffer();
-        break;
-      case F32:
-        bytes = sum.toType(DataType.FLOAT32, false).toByteBuffer();
-        break;
-      case F16:
-      case BF16:
-        bytes = roundNarrow(manager, sum, dtype);
-        break;
-      default:
-        throw new AssertionError(dtype);
-    }
+    ByteBuffer bytes = rounded(manager, sum, dtype);
     bytes.order(ByteOrder.nativeOrder());
     checkFinite(bytes, dtype, sum, label);
     return bytes;
+  }
+
+  /**
+   * The bytes (native order) of a float32 or float64 {@code array} rounded once to {@code dtype}
+   * (F64, F32, F16 or BF16). Arrays it creates belong to {@code manager}.
+   */
+  public static ByteBuffer rounded(NDManager manager, NDArray array, DType dtype) {
+    boolean wide = array.getDataType() == DataType.FLOAT64;
+    switch (dtype) {
+      case F64:
+        return array.toType(DataType.FLOAT64, false).toByteBuffer().order(ByteOrder.nativeOrder());
+      case F32:
+        return array.toType(DataType.FLOAT32, false).toByteBuffer().order(ByteOrder.nativeOrder());
+      case F16:
+        return wide
+            ? roundNarrow(manager, array, dtype)
+            : array.toType(DataType.FLOAT16, false).toByteBuffer().order(ByteOrder.nativeOrder());
+      case BF16:
+        return wide
+            ? roundNarrow(manager, array, dtype)
+            : toBFloat16(array.toByteBuffer().order(ByteOrder.nativeOrder()));
+      default:
+        throw new IllegalArgumentException("cannot round to " + dtype.safetensorsName());
+    }
+  }
+
+  /** The index of the first NaN or infinite element of {@code bytes} (of {@code dtype}), or −1. */
+  public static long firstNonFinite(ByteBuffer bytes, DType dtype) {
+    int count = bytes.remaining() / dtype.byteSize();
+    for (int i = 0; i < count; i++) {
+      if (!isFinite(bytes, dtype, i)) {
+        return i;
+      }
+    }
+    return -1;
   }
 
   /** The DType of a DJL data type that can be fused into. */
@@ -166,21 +187,19 @@ public final class Fusion {
   }
 
   private static void checkFinite(ByteBuffer bytes, DType dtype, NDArray sum, String label) {
-    int count = bytes.remaining() / dtype.byteSize();
-    for (int i = 0; i < count; i++) {
-      if (!isFinite(bytes, dtype, i)) {
-        double value = sum.flatten().getDouble(i);
-        throw new LoraMergeException(
-            String.format(
-                Locale.ROOT,
-                "%s: fused value %s at element %d %s",
-                label,
-                value,
-                i,
-                Double.isFinite(value)
-                    ? "is beyond the range of " + dtype.safetensorsName() + "; lower the weights or the scale"
-                    : "is not a number; the base weight or the update holds NaN or infinity"));
-      }
+    long index = firstNonFinite(bytes, dtype);
+    if (index >= 0) {
+      double value = sum.flatten().getDouble(index);
+      throw new LoraMergeException(
+          String.format(
+              Locale.ROOT,
+              "%s: fused value %s at element %d %s",
+              label,
+              value,
+              index,
+              Double.isFinite(value)
+                  ? "is beyond the range of " + dtype.safetensorsName() + "; lower the weights or the scale"
+                  : "is not a number; the base weight or the update holds NaN or infinity"));
     }
   }
 

@@ -31,16 +31,27 @@ public final class NdArrays {
    * the array's own precision.
    */
   public static TensorData toTensor(NDArray array, DType dtype, long... shape) {
-    if (dtype == DType.F32) {
-      float[] values = array.getDataType() == DataType.FLOAT32 ? array.toFloatArray() : array.toType(DataType.FLOAT32, false).toFloatArray();
-      return TensorData.ofFloats(values, shape);
+    boolean computable =
+        array.getDataType() == DataType.FLOAT32 || array.getDataType() == DataType.FLOAT64;
+    if (computable && ByteOrder.nativeOrder() == ByteOrder.LITTLE_ENDIAN && dtype.isFloatingPoint() && dtype.byteSize() >= 2) {
+      return TensorData.of(dtype, shape, Fusion.rounded(array.getManager(), array, dtype));
     }
     double[] values = array.getDataType() == DataType.FLOAT64 ? array.toDoubleArray() : array.toType(DataType.FLOAT64, false).toDoubleArray();
     return TensorData.ofDoubles(values, dtype, shape);
   }
 
-  /** A float32 array of {@code tensor}'s values in the given shape, owned by {@code manager}. */
+  /**
+   * A float32 array of {@code tensor}'s values in the given shape, owned by {@code manager}. F32,
+   * F16 and F64 bytes are copied once and widened by libtorch; other types go through Java.
+   */
   public static NDArray float32(NDManager manager, TensorData tensor, long... shape) {
+    DType dtype = tensor.dtype();
+    if (ByteOrder.nativeOrder() == ByteOrder.LITTLE_ENDIAN && (dtype == DType.F32 || dtype == DType.F16 || dtype == DType.F64)) {
+      ByteBuffer direct = ByteBuffer.allocateDirect(Math.toIntExact(tensor.byteSize())).order(ByteOrder.nativeOrder());
+      direct.put(tensor.bytes().duplicate()).flip();
+      NDArray raw = manager.create(direct, new Shape(shape), Fusion.dataTypeOf(dtype));
+      return dtype == DType.F32 ? raw : raw.toType(DataType.FLOAT32, false);
+    }
     ByteBuffer direct =
         ByteBuffer.allocateDirect(Math.toIntExact(tensor.numel() * 4)).order(ByteOrder.nativeOrder());
     direct.asFloatBuffer().put(tensor.toFloatArray());

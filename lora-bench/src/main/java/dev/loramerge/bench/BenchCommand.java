@@ -1,0 +1,164 @@
+package dev.loramerge.bench;
+
+import ai.djl.ndarray.NDArray;
+import ai.djl.ndarray.NDManager;
+import ai.djl.ndarray.types.DataType;
+import ai.djl.ndarray.types.Shape;
+import dev.loramerge.FusedLora;
+import dev.loramerge.LoraAdapter;
+import dev.loramerge.LoraMerger;
+import dev.loramerge.LoraModule;
+import dev.loramerge.MergeAlgorithm;
+import dev.loramerge.ModuleKey;
+import dev.loramerge.TensorData;
+import dev.loramerge.UpdateNorms;
+import dev.loramerge.WeightTarget;
+import dev.loramerge.algorithms.MajoritySign;
+import dev.loramerge.algorithms.MergeMethods;
+import dev.loramerge.io.LoraFiles;
+import dev.loramerge.io.LoraFormat;
+import dev.loramerge.io.SafetensorsFile;
+import dev.loramerge.io.SafetensorsWeights;
+import java.io.IOException;
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Locale;
+import java.util.Map;
+import java.util.OptionalDouble;
+
+/**
+ * {@code bin/lora-bench e2e [--rank R] [--runs N] [--methods a,b] [--skip-fuse] [--cache DIR]
+ * [--json FILE]}: the end-to-end workload of the benchmarks issue, in one JVM after a warm-up.
+ *
+ * <p>Two SDXL-shaped rank-R attention LoRAs (722 modules; alphas 32 and 16), weights 0.7 / 0.5,
+ * density 0.5, target rank R: every merge method in memory ({@code merge/<method>}), the cat merge
+ * file to file ({@code merge/file}: two kohya files in, one out), the first adapter fused into the
+ * fp16 base UNet file to file ({@code fuse/file}) and into its weights held as NDArrays ({@code
+ * fuse/memory}). Prints median and min–max seconds, peak heap and peak process RSS per operation,
+ * and for the randomized re-rankers the relative difference from the exact truncation (on 24
+ * modules).
+ */
+public final class BenchCommand {
+  private static final int ERROR_SAMPLE_MODULES = 24;
+
+  private BenchCommand() {}
+
+  public static void main(String[] args) throws IOException {
+    if (args.length == 0 || !args[0].equals("e2e")) {
+      System.err.println("usage: bin/lora-bench e2e [--rank R] [--runs N] [--methods a,b] [--skip-fuse] [--cache DIR] [--json FILE]");
+      System.err.println("JMH kernels: java -jar lora-bench/target/benchmarks.jar");
+      System.exit(2);
+    }
+    int rank = 32;
+    int runs = 3;
+    List<String> methods = new ArrayList<>(MergeMethods.NAMES.subList(0, 11));
+    Path json = null;
+    boolean fuse = true;
+    Path cache = Path.of(System.getProperty("user.home"), ".cache", "loramerge-bench");
+    for (int i = 1; i < args.length; i++) {
+      switch (args[i]) {
+        case "--rank" -> rank = Integer.parseInt(args[++i]);
+        case "--runs" -> runs = Integer.parseInt(args[++i]);
+        case "--methods" -> methods = Arrays.asList(args[++i].split(","));
+        case "--json" -> json = Path.of(args[++i]);
+        case "--cache" -> cache = Path.of(args[++i]);
+        case "--skip-fuse" -> fuse = false;
+        default -> throw new IllegalArgumentException("unknown option " + args[i]);
+      }
+    }
+    Files.createDirectories(cache);
+    long start = System.nanoTime();
+    LoraAdapter style = SdxlData.adapter("style", rank, 32, 1);
+    LoraAdapter subject = SdxlData.adapter("subject", rank, 16, 2);
+    System.out.printf(Locale.ROOT, "generated 2 × %d modules, rank %d, fp16, in %.1f s%n", style.size(), rank, (System.nanoTime() - start) / 1e9);
+    Table table = new Table(runs);
+    for (String method : methods) {
+      MergeAlgorithm algorithm = MergeMethods.named(method, OptionalDouble.of(0.5), MajoritySign.TOTAL, 0);
+      LoraMerger.Builder builder = LoraMerger.builder().add(style, 0.7).add(subject, 0.5).algorithm(algorithm);
+      if (algorithm.reRanks()) {
+        builder.rank(rank);
+      }
+      LoraMerger merger = builder.build();
+      OptionalDouble error =
+          algorithm.reRanks() && !method.equals("svd") ? OptionalDouble.of(randomizedError(style, subject, algorithm, rank)) : OptionalDouble.empty();
+      table.time("merge/" + method, merger::merge, error);
+    }
+    Path styleFile = SdxlData.kohyaFile(cache, style, rank);
+    Path subjectFile = SdxlData.kohyaFile(cache, subject, rank);
+    Path merged = cache.resolve("merged-cat.safetensors");
+    table.time(
+        "merge/file",
+        () -> {
+          LoraAdapter result =
+              LoraMerger.builder().add(LoraFiles.read(styleFile), 0.7).add(LoraFiles.read(subjectFile), 0.5).merge();
+          LoraFiles.write(result, merged, LoraFormat.KOHYA);
+          return result;
+        },
+        OptionalDouble.empty());
+    if (fuse) {
+      Path base = SdxlData.baseUnet(cache);
+      Path fused = cache.resolve("fused.fp16.safetensors");
+      LoraMerger one = LoraMerger.builder().add(LoraFiles.read(styleFile), 1.0).build();
+      table.time("fuse/file", () -> one.fuseInto(SafetensorsWeights.of(base, fused)), OptionalDouble.empty());
+      Files.deleteIfExists(fused);
+      try (NDManager manager = NDManager.newBaseManager()) {
+        WeightTarget unet = WeightTarget.of(touchedWeights(manager, base, style));
+        table.time(
+            "fuse/memory",
+            () -> one.fuseInto(unet),
+            OptionalDouble.empty(),
+            result -> ((FusedLora) result).unfuse());
+      }
+    }
+    table.print();
+    if (json != null) {
+      Files.writeString(json, table.json(), StandardCharsets.UTF_8);
+      System.out.println("wrote " + json);
+    }
+  }
+
+  /** The base weights {@code adapter} touches, as fp16 NDArrays (the rest of the UNet plays no part). */
+  private static Map<String, NDArray> touchedWeights(NDManager manager, Path base, LoraAdapter adapter) throws IOException {
+    Map<String, NDArray> weights = new LinkedHashMap<>();
+    try (SafetensorsFile file = SafetensorsFile.open(base)) {
+      for (ModuleKey key : adapter.modules().keySet()) {
+        String name = key.path() + ".weight";
+        TensorData tensor = file.tensor(name);
+        ByteBuffer copy = ByteBuffer.allocateDirect(Math.toIntExact(tensor.byteSize())).order(ByteOrder.nativeOrder());
+        copy.put(tensor.bytes().duplicate()).flip();
+        weights.put(name, manager.create(copy, new Shape(tensor.shape()), DataType.FLOAT16));
+      }
+    }
+    return weights;
+  }
+
+  /**
+   * How far the randomized re-rank lands from the exact one: ‖Δ_randomized − Δ_exact‖ / ‖Δ_exact‖
+   * over the first {@value #ERROR_SAMPLE_MODULES} modules.
+   */
+  private static double randomizedError(LoraAdapter style, LoraAdapter subject, MergeAlgorithm algorithm, int rank) {
+    LoraAdapter.Builder smallStyle = LoraAdapter.builder().name("style");
+    LoraAdapter.Builder smallSubject = LoraAdapter.builder().name("subject");
+    style.modules().values().stream().limit(ERROR_SAMPLE_MODULES).forEach(smallStyle::add);
+    style.modules().keySet().stream().limit(ERROR_SAMPLE_MODULES).forEach(key -> smallSubject.add(subject.modules().get(key)));
+    LoraMerger.Builder builder =
+        LoraMerger.builder().add(smallStyle.build(), 0.7).add(smallSubject.build(), 0.5).algorithm(algorithm).rank(rank);
+    LoraAdapter randomized = builder.merge();
+    LoraAdapter exact = builder.exactSvd(true).merge();
+    double difference = 0;
+    double norm = 0;
+    for (LoraModule module : exact.modules().values()) {
+      UpdateNorms.Distance distance = UpdateNorms.distance(randomized.modules().get(module.key()), List.of(module), List.of(1.0));
+      difference += distance.difference() * distance.difference();
+      norm += distance.reference() * distance.reference();
+    }
+    return Math.sqrt(difference / norm);
+  }
+}

@@ -1,0 +1,127 @@
+package dev.loramerge.bench;
+
+import java.io.IOException;
+import java.io.UncheckedIOException;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.List;
+import java.util.Locale;
+import java.util.OptionalDouble;
+import java.util.function.Consumer;
+
+/** Times operations (a warm-up, then N runs) and prints and serializes the results. */
+final class Table {
+  /** An operation that may throw. */
+  @FunctionalInterface
+  interface Operation {
+    Object run() throws IOException;
+  }
+
+  private record Row(String name, double[] seconds, long peakRssMb, long peakHeapMb, OptionalDouble relError) {
+    double median() {
+      return seconds[seconds.length / 2];
+    }
+  }
+
+  private final int runs;
+  private final List<Row> rows = new ArrayList<>();
+
+  Table(int runs) {
+    this.runs = runs;
+  }
+
+  void time(String name, Operation operation, OptionalDouble relError) throws IOException {
+    time(name, operation, relError, result -> {});
+  }
+
+  /** Runs {@code operation} once to warm up and {@code runs} times timed; {@code after} runs untimed after each. */
+  void time(String name, Operation operation, OptionalDouble relError, Consumer<Object> after) throws IOException {
+    System.gc();
+    resetPeakRss();
+    after.accept(operation.run());
+    double[] seconds = new double[runs];
+    long peakHeap = 0;
+    for (int run = 0; run < runs; run++) {
+      long start = System.nanoTime();
+      Object result = operation.run();
+      seconds[run] = (System.nanoTime() - start) / 1e9;
+      Runtime runtime = Runtime.getRuntime();
+      peakHeap = Math.max(peakHeap, (runtime.totalMemory() - runtime.freeMemory()) >> 20);
+      after.accept(result);
+    }
+    Arrays.sort(seconds);
+    Row row = new Row(name, seconds, peakRssMb(), peakHeap, relError);
+    rows.add(row);
+    System.out.println(format(row));
+  }
+
+  void print() {
+    System.out.println();
+    System.out.println(header());
+    rows.forEach(row -> System.out.println(format(row)));
+  }
+
+  private static String header() {
+    return String.format(Locale.ROOT, "%-24s %9s %9s %9s %5s %8s %8s %10s", "operation", "median_s", "min_s", "max_s", "runs", "heap_mb", "rss_mb", "rel_error");
+  }
+
+  private static String format(Row row) {
+    return String.format(
+        Locale.ROOT,
+        "%-24s %9.3f %9.3f %9.3f %5d %8d %8d %10s",
+        row.name(),
+        row.median(),
+        row.seconds()[0],
+        row.seconds()[row.seconds().length - 1],
+        row.seconds().length,
+        row.peakHeapMb(),
+        row.peakRssMb(),
+        row.relError().isPresent() ? String.format(Locale.ROOT, "%.2e", row.relError().getAsDouble()) : "");
+  }
+
+  String json() {
+    StringBuilder json = new StringBuilder("[\n");
+    for (int i = 0; i < rows.size(); i++) {
+      Row row = rows.get(i);
+      json.append(
+          String.format(
+              Locale.ROOT,
+              "  {\"name\":\"%s\",\"median_s\":%.4f,\"min_s\":%.4f,\"max_s\":%.4f,\"runs\":%d,\"peak_rss_mb\":%d,\"peak_heap_mb\":%d%s}%s%n",
+              row.name(),
+              row.median(),
+              row.seconds()[0],
+              row.seconds()[row.seconds().length - 1],
+              row.seconds().length,
+              row.peakRssMb(),
+              row.peakHeapMb(),
+              row.relError().isPresent() ? String.format(Locale.ROOT, ",\"rel_error\":%.3e", row.relError().getAsDouble()) : "",
+              i + 1 < rows.size() ? "," : ""));
+    }
+    return json.append("]\n").toString();
+  }
+
+  /** Resets the kernel's peak-RSS counter (VmHWM), so each operation reports its own peak. */
+  private static void resetPeakRss() {
+    try {
+      Files.writeString(Path.of("/proc/self/clear_refs"), "5");
+    } catch (IOException | UnsupportedOperationException e) {
+      // Without /proc the peaks are cumulative; the table still reports them.
+    }
+  }
+
+  /** The process's peak resident set since the last reset (VmHWM), in MiB; 0 without /proc. */
+  private static long peakRssMb() {
+    try {
+      for (String line : Files.readAllLines(Path.of("/proc/self/status"))) {
+        if (line.startsWith("VmHWM:")) {
+          return Long.parseLong(line.replaceAll("[^0-9]", "")) / 1024;
+        }
+      }
+    } catch (IOException e) {
+      throw new UncheckedIOException(e);
+    }
+    return 0;
+  }
+}
