@@ -46,45 +46,37 @@ final class TaskTensors {
     }
   }
 
-  /** The k-th largest |x| (1-based), by quickselect on a copy. */
-  private static float kthLargestMagnitude(float[] tensor, int k) {
-    float[] magnitudes = new float[tensor.length];
-    for (int i = 0; i < tensor.length; i++) {
-      magnitudes[i] = Math.abs(tensor[i]);
+  /**
+   * The k-th largest |x| (1-based), by a two-pass radix select on the magnitudes' bit patterns
+   * (for non-negative floats, integer order is float order): a histogram of the upper 16 bits finds
+   * the bucket that holds it, a histogram of the lower 16 bits within that bucket finds it exactly.
+   * Two sequential passes, no copy: quickselect's random access was the bottleneck of magnitude
+   * pruning on SDXL-sized deltas.
+   */
+  static float kthLargestMagnitude(float[] tensor, int k) {
+    int[] upper = new int[1 << 16];
+    for (float value : tensor) {
+      upper[(Float.floatToRawIntBits(value) & 0x7FFFFFFF) >>> 16]++;
     }
-    int target = tensor.length - k;
-    int low = 0;
-    int high = magnitudes.length - 1;
-    SplittableRandom pivots = new SplittableRandom(magnitudes.length);
-    while (low < high) {
-      float pivot = magnitudes[low + pivots.nextInt(high - low + 1)];
-      int lt = low;
-      int gt = high;
-      int i = low;
-      while (i <= gt) {
-        if (magnitudes[i] < pivot) {
-          swap(magnitudes, lt++, i++);
-        } else if (magnitudes[i] > pivot) {
-          swap(magnitudes, i, gt--);
-        } else {
-          i++;
-        }
-      }
-      if (target < lt) {
-        high = lt - 1;
-      } else if (target > gt) {
-        low = gt + 1;
-      } else {
-        return pivot;
+    int remaining = k;
+    int upperBucket = upper.length - 1;
+    while (upper[upperBucket] < remaining) {
+      remaining -= upper[upperBucket];
+      upperBucket--;
+    }
+    int[] lower = new int[1 << 16];
+    for (float value : tensor) {
+      int bits = Float.floatToRawIntBits(value) & 0x7FFFFFFF;
+      if (bits >>> 16 == upperBucket) {
+        lower[bits & 0xFFFF]++;
       }
     }
-    return magnitudes[target];
-  }
-
-  private static void swap(float[] values, int a, int b) {
-    float temporary = values[a];
-    values[a] = values[b];
-    values[b] = temporary;
+    int lowerBucket = lower.length - 1;
+    while (lower[lowerBucket] < remaining) {
+      remaining -= lower[lowerBucket];
+      lowerBucket--;
+    }
+    return Float.intBitsToFloat(upperBucket << 16 | lowerBucket);
   }
 
   /**
