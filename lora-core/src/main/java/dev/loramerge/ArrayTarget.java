@@ -108,8 +108,9 @@ final class ArrayTarget implements WeightTarget {
     }
   }
 
+  /** A heap copy: originals can add up to gigabytes, which direct memory's limit would refuse. */
   private static ByteBuffer copyOf(ByteBuffer bytes) {
-    ByteBuffer copy = ByteBuffer.allocateDirect(bytes.remaining()).order(ByteOrder.nativeOrder());
+    ByteBuffer copy = ByteBuffer.allocate(bytes.remaining()).order(ByteOrder.nativeOrder());
     copy.put(bytes.duplicate()).flip();
     return copy;
   }

@@ -645,9 +645,12 @@ public final class LoraMerger {
     }
 
     private NDArray load(TensorData tensor, long... shape) {
-      return computeType == DataType.FLOAT64
-          ? manager.create(tensor.toDoubleArray(), new ai.djl.ndarray.types.Shape(shape))
-          : NdArrays.float32(manager, tensor, shape);
+      if (computeType == DataType.FLOAT64 && tensor.dtype() == DType.F64) {
+        return manager.create(tensor.toDoubleArray(), new ai.djl.ndarray.types.Shape(shape));
+      }
+      // Factors narrower than F64 widen to float32, and on to float64, exactly.
+      NDArray single = NdArrays.float32(manager, tensor, shape);
+      return computeType == DataType.FLOAT64 ? single.toType(DataType.FLOAT64, false) : single;
     }
 
     @Override
