@@ -41,10 +41,12 @@ public final class Fusion {
   public static ByteBuffer fuse(
       NDManager manager, NDArray weight, NDArray up, NDArray down, DType dtype, String label) {
     dataTypeOf(dtype);
-    // Results belong to their first operand's manager: the weight's belongs to the caller.
-    NDArray sum = weight.toType(DataType.FLOAT64, true);
+    // Adding the weight into the float64 product in place widens it on the fly (exactly: every
+    // fusable type fits in float64) and saves a float64 copy of the weight. The product belongs
+    // to the factors' manager, never to the caller's.
+    NDArray sum = up.matMul(down).reshape(weight.getShape());
     sum.attach(manager);
-    sum.addi(up.matMul(down).reshape(weight.getShape()));
+    sum.addi(weight);
     ByteBuffer bytes = rounded(manager, sum, dtype);
     bytes.order(ByteOrder.nativeOrder());
     checkFinite(bytes, dtype, sum, label);

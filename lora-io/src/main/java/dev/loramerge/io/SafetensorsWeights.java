@@ -20,13 +20,20 @@ import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.util.ArrayDeque;
 import java.util.ArrayList;
 import java.util.Arrays;
+import java.util.Deque;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Locale;
 import java.util.Map;
 import java.util.Optional;
+import java.util.concurrent.ExecutionException;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.Executors;
+import java.util.concurrent.Future;
+import java.util.stream.Collectors;
 
 /**
  * A safetensors base model as a {@link WeightTarget}: a fuse writes a new file, tensor by tensor,
@@ -45,6 +52,8 @@ import java.util.Optional;
  * original's bytes for the tensors the update changed.
  */
 public final class SafetensorsWeights implements WeightTarget {
+  private static final int LOOKAHEAD = 2;
+
   private final Path base;
   private final Path output;
   private final Optional<DType> dtype;
@@ -130,41 +139,118 @@ public final class SafetensorsWeights implements WeightTarget {
           originalFile != null
               ? ByteBuffer.allocateDirect(Math.toIntExact(largest)).order(ByteOrder.LITTLE_ENDIAN)
               : null;
+      List<TensorInfo> touched =
+          from.tensors().stream().filter(info -> update.names().contains(info.name())).collect(Collectors.toList());
+      // One worker reads and computes the changed tensors, in order and at most LOOKAHEAD ahead,
+      // while this thread writes: the arithmetic overlaps the file I/O, and memory stays at a
+      // few tensors.
+      ExecutorService worker =
+          Executors.newSingleThreadExecutor(
+              runnable -> {
+                Thread thread = new Thread(runnable, "lora-fuse");
+                thread.setDaemon(true);
+                return thread;
+              });
+      Deque<Future<Computed>> pending = new ArrayDeque<>();
+      int submitted = 0;
       long done = 0;
       try (SafetensorsWriter writer = SafetensorsWriter.create(output, entries, metadata);
           NDManager manager = NDManager.newBaseManager()) {
-        for (TensorInfo info : from.tensors()) {
-          String name = info.name();
-          if (update.names().contains(name)) {
-            SafetensorsFile source = originalFile != null ? originalFile : from;
-            ByteBuffer bytes = read(source, info, staging);
-            ByteBuffer fused;
-            try (NDManager tensorManager = manager.newSubManager()) {
-              NDArray weight =
-                  tensorManager.create(
-                      computable(bytes, info.dtype()), new Shape(info.shape()), Fusion.computeTypeOf(info.dtype()));
-              fused = update.apply(name, weight, outputType(info.dtype()));
-            }
-            if (originalFile != null) {
-              checkFused(from, info, fused, check);
-              writer.write(name, bytes);
+        SafetensorsFile source = originalFile != null ? originalFile : from;
+        try {
+          for (TensorInfo info : from.tensors()) {
+            String name = info.name();
+            if (update.names().contains(name)) {
+              while (pending.size() < LOOKAHEAD && submitted < touched.size()) {
+                TensorInfo next = touched.get(submitted++);
+                pending.add(worker.submit(() -> compute(update, manager, source, next, staging, originalFile != null)));
+              }
+              Computed computed = await(pending.remove());
+              if (originalFile != null) {
+                checkFused(from, info, computed.fused(), check);
+              }
+              writer.write(name, computed.output());
+            } else if (outputType(info.dtype()) != info.dtype()) {
+              writer.write(name, from.tensor(name).to(outputType(info.dtype())));
             } else {
-              writer.write(name, fused);
+              writer.copy(name, from);
             }
-          } else if (outputType(info.dtype()) != info.dtype()) {
-            writer.write(name, from.tensor(name).to(outputType(info.dtype())));
-          } else {
-            writer.copy(name, from);
+            done += info.byteSize();
+            update.progress(done, total);
           }
-          done += info.byteSize();
-          update.progress(done, total);
+          writer.commit();
+        } finally {
+          // The worker uses the manager: it must be idle before the manager closes.
+          stop(worker);
         }
-        writer.commit();
       }
     } catch (LoraMergeException e) {
       throw new LoraMergeException(base.getFileName() + ": " + e.getMessage(), e);
     }
     return Optional.empty();
+  }
+
+  /** What the worker hands the writer: the bytes to write, and the fused bytes to check. */
+  private record Computed(ByteBuffer output, ByteBuffer fused) {}
+
+  /**
+   * Reads {@code info} from {@code source} and applies the update; for a restore the output is a
+   * copy of the original's bytes (the staging buffer is reused for the next tensor).
+   */
+  private Computed compute(
+      WeightUpdate update, NDManager manager, SafetensorsFile source, TensorInfo info, ByteBuffer staging, boolean restore)
+      throws IOException {
+    ByteBuffer bytes = read(source, info, staging);
+    ByteBuffer fused;
+    try (NDManager tensorManager = manager.newSubManager()) {
+      NDArray weight =
+          tensorManager.create(computable(bytes, info.dtype()), new Shape(info.shape()), Fusion.computeTypeOf(info.dtype()));
+      fused = update.apply(info.name(), weight, outputType(info.dtype()));
+    }
+    if (!restore) {
+      return new Computed(fused, fused);
+    }
+    ByteBuffer original = ByteBuffer.allocate(bytes.remaining()).order(ByteOrder.LITTLE_ENDIAN);
+    original.put(bytes.duplicate()).flip();
+    return new Computed(original, fused);
+  }
+
+  private static void stop(ExecutorService worker) {
+    worker.shutdownNow();
+    boolean interrupted = false;
+    while (true) {
+      try {
+        if (worker.awaitTermination(1, java.util.concurrent.TimeUnit.MINUTES)) {
+          break;
+        }
+      } catch (InterruptedException e) {
+        interrupted = true;
+      }
+    }
+    if (interrupted) {
+      Thread.currentThread().interrupt();
+    }
+  }
+
+  private static Computed await(Future<Computed> future) throws IOException {
+    try {
+      return future.get();
+    } catch (InterruptedException e) {
+      Thread.currentThread().interrupt();
+      throw new java.io.InterruptedIOException("interrupted while fusing");
+    } catch (ExecutionException e) {
+      Throwable cause = e.getCause();
+      if (cause instanceof IOException) {
+        throw (IOException) cause;
+      }
+      if (cause instanceof RuntimeException) {
+        throw (RuntimeException) cause;
+      }
+      if (cause instanceof Error) {
+        throw (Error) cause;
+      }
+      throw new IOException(cause);
+    }
   }
 
   private DType outputType(DType input) {
