@@ -1,0 +1,83 @@
+package dev.loramerge.bench;
+
+import ai.djl.Device;
+import ai.djl.engine.Engine;
+import ai.djl.ndarray.NDArray;
+import ai.djl.ndarray.NDManager;
+import ai.djl.ndarray.types.DataType;
+import ai.djl.ndarray.types.Shape;
+import dev.loramerge.DType;
+import dev.loramerge.internal.Fusion;
+import java.nio.ByteBuffer;
+import java.util.concurrent.TimeUnit;
+import org.openjdk.jmh.annotations.Benchmark;
+import org.openjdk.jmh.annotations.BenchmarkMode;
+import org.openjdk.jmh.annotations.Fork;
+import org.openjdk.jmh.annotations.Level;
+import org.openjdk.jmh.annotations.Measurement;
+import org.openjdk.jmh.annotations.Mode;
+import org.openjdk.jmh.annotations.OutputTimeUnit;
+import org.openjdk.jmh.annotations.Param;
+import org.openjdk.jmh.annotations.Scope;
+import org.openjdk.jmh.annotations.Setup;
+import org.openjdk.jmh.annotations.State;
+import org.openjdk.jmh.annotations.TearDown;
+import org.openjdk.jmh.annotations.Warmup;
+
+/**
+ * One fused layer, W' = W + up·down rounded once, for the SDXL layer shapes: the kernel that
+ * bounds {@code fuse/file} and {@code fuse/memory}. {@code device=gpu} runs only where DJL sees
+ * a GPU.
+ */
+@State(Scope.Thread)
+@BenchmarkMode(Mode.AverageTime)
+@OutputTimeUnit(TimeUnit.MILLISECONDS)
+@Warmup(iterations = 3, time = 2)
+@Measurement(iterations = 5, time = 2)
+@Fork(value = 1, jvmArgsAppend = "-Dai.djl.offline=true")
+public class FuseKernel {
+  @Param({"320x320", "640x2048", "1280x10240", "5120x1280"})
+  String shape;
+
+  @Param({"F16", "F32"})
+  String dtype;
+
+  @Param({"cpu"})
+  String device;
+
+  @Param({"32"})
+  int rank;
+
+  private NDManager manager;
+  private NDArray weight;
+  private NDArray up;
+  private NDArray down;
+
+  @Setup(Level.Trial)
+  public void setUp() {
+    Device target = device.equals("gpu") ? Device.gpu() : Device.cpu();
+    if (device.equals("gpu") && Engine.getInstance().getGpuCount() == 0) {
+      throw new IllegalStateException("no GPU visible to DJL; run with -p device=cpu");
+    }
+    String[] sides = shape.split("x");
+    long rows = Long.parseLong(sides[0]);
+    long columns = Long.parseLong(sides[1]);
+    manager = NDManager.newBaseManager(target);
+    weight = manager.randomNormal(0, 0.02f, new Shape(rows, columns), DataType.FLOAT32)
+        .toType(Fusion.dataTypeOf(DType.valueOf(dtype)), false);
+    up = manager.randomNormal(0, 0.01f, new Shape(rows, rank), DataType.FLOAT64);
+    down = manager.randomNormal(0, 0.1f, new Shape(rank, columns), DataType.FLOAT64);
+  }
+
+  @TearDown(Level.Trial)
+  public void tearDown() {
+    manager.close();
+  }
+
+  @Benchmark
+  public ByteBuffer fuseLayer() {
+    try (NDManager layer = manager.newSubManager()) {
+      return Fusion.fuse(layer, weight, up, down, DType.valueOf(dtype), "benchmark");
+    }
+  }
+}
