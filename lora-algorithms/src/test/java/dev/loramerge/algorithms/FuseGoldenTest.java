@@ -14,6 +14,7 @@ import dev.loramerge.io.SafetensorsFile;
 import dev.loramerge.io.SafetensorsWeights;
 import dev.loramerge.io.TensorInfo;
 import dev.loramerge.testing.GoldenFiles;
+import dev.loramerge.testing.TinyLora;
 import java.io.IOException;
 import java.nio.file.Path;
 import java.util.Map;
@@ -64,10 +65,10 @@ class FuseGoldenTest {
           double[] exact = base.tensor(name).toDoubleArray();
           ModuleKey key = fused.report().matched().entrySet().stream().filter(e -> e.getValue().equals(name)).findFirst().orElseThrow().getKey();
           add(exactTruncation(goldenCase, key, 8), 1, exact);
-          assertThat(relativeError(got, exact)).as("%s: error of %s against the exact truncation", id, name).isLessThan(1e-6);
-          assertThat(relativeError(got, peft)).as("%s: error of %s against PEFT", id, name).isLessThan(2e-5);
+          assertThat(TinyLora.relativeError(got, exact)).as("%s: error of %s against the exact truncation", id, name).isLessThan(1e-6);
+          assertThat(TinyLora.relativeError(got, peft)).as("%s: error of %s against PEFT", id, name).isLessThan(2e-5);
         } else {
-          assertThat(relativeError(got, peft)).as("%s: error of %s against PEFT", id, name).isLessThan(1e-6);
+          assertThat(TinyLora.relativeError(got, peft)).as("%s: error of %s against PEFT", id, name).isLessThan(1e-6);
         }
       }
     }
@@ -110,16 +111,6 @@ class FuseGoldenTest {
     }
     assertThat(elements).as("%s fused elements", id).isGreaterThan(100_000);
     assertThat(mismatches).as("%s: elements not equal to the exact sum rounded once, of %d", id, elements).isZero();
-  }
-
-  private static double relativeError(double[] actual, double[] expected) {
-    double difference = 0;
-    double norm = 0;
-    for (int i = 0; i < expected.length; i++) {
-      difference += (actual[i] - expected[i]) * (actual[i] - expected[i]);
-      norm += expected[i] * expected[i];
-    }
-    return Math.sqrt(difference / norm);
   }
 
   /** The best rank-{@code rank} approximation of the exact weighted sum, from a dense float64 SVD. */
