@@ -33,8 +33,11 @@ public final class SyntheticLora {
    */
   public static TensorData baseWeight(ModuleSpec spec, DType dtype, long seed) {
     SplittableRandom random = new SplittableRandom(Randoms.streamSeed(seed, spec.key().toString(), 0, "base"));
-    long[] shape = spec.weightShape();
     double deviation = 1 / Math.sqrt(spec.inFeatures() * spec.kernelSize() * spec.kernelSize());
+    return gaussian(random, deviation, dtype, spec.weightShape());
+  }
+
+  private static TensorData gaussian(SplittableRandom random, double deviation, DType dtype, long[] shape) {
     double[] values = new double[Math.toIntExact(TensorData.numel(shape))];
     for (int i = 0; i < values.length; i++) {
       values[i] = Randoms.standardNormal(random) * deviation;
@@ -133,8 +136,8 @@ public final class SyntheticLora {
             spec.kind() == ModuleSpec.Kind.CONV
                 ? new long[] {spec.outFeatures(), rank, 1, 1}
                 : new long[] {spec.outFeatures(), rank};
-        TensorData down = gaussian(random, 1 / Math.sqrt(inner), downShape);
-        TensorData up = gaussian(random, upScale, upShape);
+        TensorData down = gaussian(random, 1 / Math.sqrt(inner), dtype, downShape);
+        TensorData up = gaussian(random, upScale, dtype, upShape);
         adapter.add(LoraModule.of(spec.key(), down, up, alpha));
       }
       adapter.putMetadata(
@@ -149,14 +152,6 @@ public final class SyntheticLora {
               seed,
               upScale));
       return adapter.build();
-    }
-
-    private TensorData gaussian(SplittableRandom random, double deviation, long[] shape) {
-      double[] values = new double[Math.toIntExact(TensorData.numel(shape))];
-      for (int i = 0; i < values.length; i++) {
-        values[i] = Randoms.standardNormal(random) * deviation;
-      }
-      return TensorData.ofDoubles(values, dtype, shape);
     }
   }
 }

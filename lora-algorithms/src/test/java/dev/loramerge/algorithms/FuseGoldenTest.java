@@ -32,6 +32,8 @@ import org.junit.jupiter.params.provider.MethodSource;
  * touches must be byte-identical to the base.
  */
 class FuseGoldenTest {
+  private static final Map<String, LoraAdapter> ADAPTERS = new java.util.HashMap<>();
+
   @TempDir Path folder;
 
   static Stream<Map<String, Object>> fusedCases() throws IOException {
@@ -115,7 +117,7 @@ class FuseGoldenTest {
 
   /** The best rank-{@code rank} approximation of the exact weighted sum, from a dense float64 SVD. */
   private static double[] exactTruncation(Map<String, Object> goldenCase, ModuleKey key, int rank) throws IOException {
-    LoraModule any = dev.loramerge.io.LoraFiles.read(GoldenFiles.peft021("adapters/style")).modules().get(key);
+    LoraModule any = adapter("style").modules().get(key);
     int rows = Math.toIntExact(any.outFeatures());
     int columns = Math.toIntExact(TensorData.numel(any.weightShape()) / rows);
     double[] sum = new double[rows * columns];
@@ -145,13 +147,23 @@ class FuseGoldenTest {
     return result;
   }
 
+  /** The golden adapter called {@code name}, read once per test class rather than once per module. */
+  private static LoraAdapter adapter(String name) throws IOException {
+    LoraAdapter adapter = ADAPTERS.get(name);
+    if (adapter == null) {
+      adapter = dev.loramerge.io.LoraFiles.read(GoldenFiles.peft021("adapters/" + name));
+      ADAPTERS.put(name, adapter);
+    }
+    return adapter;
+  }
+
   @SuppressWarnings("unchecked")
   private static void addWeightedInputs(Map<String, Object> goldenCase, ModuleKey key, double[] into) throws IOException {
     java.util.List<String> adapters = (java.util.List<String>) goldenCase.get("adapters");
     java.util.List<java.math.BigDecimal> weights = (java.util.List<java.math.BigDecimal>) goldenCase.get("weights");
     for (int i = 0; i < adapters.size(); i++) {
       LoraModule module =
-          dev.loramerge.io.LoraFiles.read(GoldenFiles.peft021("adapters/" + adapters.get(i))).modules().get(key);
+          adapter(adapters.get(i)).modules().get(key);
       if (module != null) {
         add(module.deltaF64(), weights.get(i).doubleValue(), into);
       }

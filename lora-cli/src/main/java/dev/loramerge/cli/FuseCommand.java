@@ -57,13 +57,7 @@ final class FuseCommand implements Callable<Integer> {
   public Integer call() throws IOException {
     Path base = requireBase(spec, inputOptions);
     long start = System.nanoTime();
-    LoraMerger merger =
-        mergeOptions
-            .merger(inputOptions.readOptions(), ProgressBar.forTerminal("fusing"))
-            .scale(scale)
-            .allowUnmatched(allowMissing)
-            .recipe("base_file", baseFile(base))
-            .build();
+    LoraMerger merger = merger(mergeOptions, inputOptions, "fusing", scale, allowMissing, base);
     SafetensorsWeights target = SafetensorsWeights.of(base, output);
     if (!dtype.equals("keep")) {
       target =
@@ -84,7 +78,19 @@ final class FuseCommand implements Callable<Integer> {
     return inputOptions.base;
   }
 
-  static Map<String, Object> baseFile(Path base) throws IOException {
+  /** The merger of fuse and unfuse: the inputs and method, the scale, and the base in the recipe. */
+  static LoraMerger merger(
+      MergeOptions mergeOptions, InputOptions inputOptions, String label, double scale, boolean allowMissing, Path base)
+      throws IOException {
+    return mergeOptions
+        .merger(inputOptions.readOptions(), ProgressBar.forTerminal(label))
+        .scale(scale)
+        .allowUnmatched(allowMissing)
+        .recipe("base_file", baseFile(base))
+        .build();
+  }
+
+  private static Map<String, Object> baseFile(Path base) throws IOException {
     Map<String, Object> file = new LinkedHashMap<>();
     file.put("path", base.getFileName().toString());
     file.put("bytes", Files.size(base));

@@ -50,13 +50,7 @@ final class UnfuseCommand implements Callable<Integer> {
   public Integer call() throws IOException {
     Path fused = FuseCommand.requireBase(spec, inputOptions);
     long start = System.nanoTime();
-    LoraMerger merger =
-        mergeOptions
-            .merger(inputOptions.readOptions(), ProgressBar.forTerminal("unfusing"))
-            .scale(scale)
-            .allowUnmatched(allowMissing)
-            .recipe("base_file", FuseCommand.baseFile(fused))
-            .build();
+    LoraMerger merger = FuseCommand.merger(mergeOptions, inputOptions, "unfusing", scale, allowMissing, fused);
     FusedLora result =
         original != null
             ? merger.fuseInto(SafetensorsWeights.restoring(fused, original, output))
