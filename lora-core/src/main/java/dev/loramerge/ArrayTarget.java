@@ -25,6 +25,7 @@ final class ArrayTarget implements WeightTarget {
   private final ImmutableMap<String, WeightInfo> weights;
   private final Map<String, ByteBuffer> originals = new HashMap<>();
   private final List<WeightUpdate> active = new ArrayList<>();
+  private final Map<String, Boolean> writesThrough = new HashMap<>();
 
   ArrayTarget(ImmutableMap<String, NDArray> arrays) {
     this.arrays = arrays;
@@ -54,25 +55,31 @@ final class ArrayTarget implements WeightTarget {
     List<String> names = new ArrayList<>(update.names());
     names.removeIf(name -> !weights.containsKey(name));
     Map<String, ByteBuffer> capturedNow = new LinkedHashMap<>();
-    List<String> written = new ArrayList<>();
+    List<String> touched = new ArrayList<>();
     long total = names.stream().mapToLong(name -> weights.get(name).byteSize()).sum();
     long done = 0;
     try {
       for (String name : names) {
         NDArray array = arrays.get(name);
+        WeightInfo info = weights.get(name);
+        ByteBuffer memory = array.toByteBuffer(true);
         if (!originals.containsKey(name)) {
-          ByteBuffer copy = copyOf(array.toByteBuffer());
+          ByteBuffer copy = copyOf(memory);
           originals.put(name, copy);
           capturedNow.put(name, copy);
         }
-        ByteBuffer fused = update.apply(name, array, weights.get(name).dtype());
-        array.set(fused);
-        written.add(name);
-        done += weights.get(name).byteSize();
+        touched.add(name);
+        ByteBuffer fused = update.apply(name, memory, info, info.dtype());
+        if (fused != memory || !writesThrough(name, array, memory)) {
+          // set() makes the array use the buffer's memory as it is (DJL keeps the buffer alive),
+          // so it must never get a view of some other array's storage.
+          array.set(fused.isDirect() ? copyOf(fused) : fused);
+        }
+        done += info.byteSize();
         update.progress(done, total);
       }
     } catch (RuntimeException e) {
-      for (String name : written) {
+      for (String name : touched) {
         rebuild(name);
       }
       capturedNow.keySet().forEach(originals::remove);
@@ -94,23 +101,46 @@ final class ArrayTarget implements WeightTarget {
   /** Sets {@code name} to its original with the active updates that touch it re-applied. */
   private void rebuild(String name) {
     NDArray array = arrays.get(name);
-    ByteBuffer original = originals.get(name);
-    array.set(original.duplicate());
+    WeightInfo info = weights.get(name);
+    ByteBuffer value = copyOf(originals.get(name));
     boolean touched = false;
     for (WeightUpdate update : active) {
       if (update.names().contains(name)) {
-        array.set(update.apply(name, array, weights.get(name).dtype()));
+        value = update.apply(name, value, info, info.dtype());
         touched = true;
       }
     }
+    array.set(value);
     if (!touched) {
       originals.remove(name);
     }
   }
 
+  /**
+   * Whether writing into {@code memory}, a buffer from {@code array.toByteBuffer(true)}, changes
+   * the array itself. DJL gives a view of the array's own storage for CPU arrays laid out
+   * contiguously and a copy otherwise, and says not which; one byte written and read back through
+   * a second view tells, and saves copying every fused weight back into its array.
+   */
+  private boolean writesThrough(String name, NDArray array, ByteBuffer memory) {
+    return writesThrough.computeIfAbsent(
+        name,
+        unused -> {
+          if (!memory.isDirect() || memory.capacity() == 0) {
+            return false;
+          }
+          ByteBuffer second = array.toByteBuffer(true);
+          byte saved = memory.get(0);
+          memory.put(0, (byte) ~saved);
+          boolean shared = second.get(0) != saved;
+          memory.put(0, saved);
+          return shared;
+        });
+  }
+
   /** A heap copy: originals can add up to gigabytes, which direct memory's limit would refuse. */
   private static ByteBuffer copyOf(ByteBuffer bytes) {
-    ByteBuffer copy = ByteBuffer.allocate(bytes.remaining()).order(ByteOrder.nativeOrder());
+    ByteBuffer copy = ByteBuffer.allocate(bytes.remaining()).order(ByteOrder.LITTLE_ENDIAN);
     copy.put(bytes.duplicate()).flip();
     return copy;
   }

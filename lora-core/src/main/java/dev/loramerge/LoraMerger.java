@@ -21,6 +21,7 @@ import dev.loramerge.internal.Recipes;
 import dev.loramerge.spi.ModuleInput;
 import dev.loramerge.spi.ModuleMerge;
 import dev.loramerge.spi.ModuleUpdate;
+import java.nio.ByteBuffer;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Locale;
@@ -317,16 +318,16 @@ public final class LoraMerger {
     }
 
     @Override
-    public java.nio.ByteBuffer apply(String name, NDArray weight, DType dtype) {
+    public ByteBuffer apply(String name, ByteBuffer weight, WeightInfo info, DType dtype) {
       ModuleKey key = modules.get(name);
       checkArgument(key != null, "this update does not change weight '%s'", name);
       String label = String.format(Locale.ROOT, "module '%s' (weight '%s')", key, name);
       DataType computeType = algorithm.exactInFloat64() ? DataType.FLOAT64 : DataType.FLOAT32;
-      try (NDManager manager = NDManager.newBaseManager(weight.getDevice())) {
+      try (NDManager manager = NDManager.newBaseManager()) {
         NDArray[] factors = mergedFactors(manager, key, computeType).orElseThrow();
         NDArray up = prunedFactor(factors[0].toType(computeType, false)).toType(DataType.FLOAT64, false).mul(factor);
         NDArray down = prunedFactor(factors[1].toType(computeType, false)).toType(DataType.FLOAT64, false);
-        return Fusion.fuse(manager, weight, up, down, dtype, label);
+        return Fusion.fuse(manager, weight, info.dtype(), info.shape(), up, down, dtype, label);
       }
     }
 

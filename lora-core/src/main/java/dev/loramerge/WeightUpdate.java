@@ -1,6 +1,5 @@
 package dev.loramerge;
 
-import ai.djl.ndarray.NDArray;
 import com.google.common.collect.ImmutableSet;
 import java.nio.ByteBuffer;
 
@@ -16,15 +15,16 @@ public interface WeightUpdate {
   ImmutableSet<String> names();
 
   /**
-   * The new value of weight {@code name}, given its current value: the bytes (native byte order,
-   * {@code weight}'s shape) of {@code weight} plus the update, computed in float64 and rounded once
-   * to {@code dtype} (F64, F32, F16 or BF16). Computed on {@code weight}'s device; {@code weight}
-   * itself is not modified.
+   * The new value of weight {@code name}: {@code weight} holds its current bytes (little-endian,
+   * of {@code info}'s dtype and shape); the result is the weight plus the update, rounded once
+   * from the exact sum to {@code dtype} (F64, F32, F16 or BF16), as little-endian bytes. When
+   * {@code dtype} is as wide as the weight's own type the result may be written over {@code
+   * weight} and returned in its place; if this throws, {@code weight}'s contents are unspecified.
    *
    * @throws IllegalArgumentException if this update does not rewrite {@code name}
    * @throws LoraMergeException if a result is not finite or beyond the dtype's range
    */
-  ByteBuffer apply(String name, NDArray weight, DType dtype);
+  ByteBuffer apply(String name, ByteBuffer weight, WeightInfo info, DType dtype);
 
   /**
    * How the update was made, as the recipe JSON that {@link LoraMerger#RECIPE_KEY} holds in a

@@ -3,6 +3,7 @@ package dev.loramerge.internal;
 import ai.djl.ndarray.NDArray;
 import ai.djl.ndarray.NDManager;
 import ai.djl.ndarray.types.DataType;
+import ai.djl.ndarray.types.Shape;
 import dev.loramerge.DType;
 import dev.loramerge.LoraMergeException;
 import java.nio.ByteBuffer;
@@ -13,6 +14,9 @@ import java.util.Locale;
 /**
  * The arithmetic of fusing: {@code W' = W + up·down}, computed in float64 and rounded once to
  * {@code W}'s dtype.
+ *
+ * <p>fp16 and bf16 weights go through {@link NarrowFusion}, which needs float64 only for the few
+ * elements near a rounding boundary. The rest are computed here in float64.
  *
  * <p>libtorch converts float64 to fp16 and bf16 through float32, which rounds twice. The second
  * rounding can only go wrong where the float32 value lies exactly halfway between two neighbours
@@ -31,26 +35,63 @@ public final class Fusion {
   private Fusion() {}
 
   /**
-   * The bytes (native order) of {@code weight + up·down} in {@code dtype}, correctly rounded from
-   * float64. {@code up} is m×r and {@code down} is r×(numel/m), both float64; {@code
-   * weight} is not modified.
+   * The bytes (little-endian) of {@code weight + up·down} in {@code dtype}, correctly rounded from
+   * the exact sum. {@code weight} holds little-endian bytes of {@code weightType} in the given
+   * shape; {@code up} is m×r and {@code down} is r×(numel/m), both float64. When {@code dtype} is
+   * as wide as {@code weightType} the result may be written over {@code weight} and returned in
+   * its place; after a failure {@code weight}'s contents are unspecified.
    *
    * @throws LoraMergeException naming {@code label} when a result is NaN, infinite or beyond the
    *     dtype's range
    */
   public static ByteBuffer fuse(
-      NDManager manager, NDArray weight, NDArray up, NDArray down, DType dtype, String label) {
+      NDManager manager,
+      ByteBuffer weight,
+      DType weightType,
+      long[] shape,
+      NDArray up,
+      NDArray down,
+      DType dtype,
+      String label) {
     dataTypeOf(dtype);
-    // Adding the weight into the float64 product in place widens it on the fly (exactly: every
-    // fusable type fits in float64) and saves a float64 copy of the weight. The product belongs
-    // to the factors' manager, never to the caller's.
-    NDArray sum = up.matMul(down).reshape(weight.getShape());
-    sum.attach(manager);
-    sum.addi(weight);
-    ByteBuffer bytes = rounded(manager, sum, dtype);
-    bytes.order(ByteOrder.nativeOrder());
-    checkFinite(bytes, dtype, sum, label);
-    return bytes;
+    long rows = shape.length == 0 ? 1 : shape[0];
+    if (NarrowFusion.handles(weightType, dtype, rows, weight.remaining() / weightType.byteSize())) {
+      return NarrowFusion.fuse(manager, weight, weightType, dtype, rows, up, down, label);
+    }
+    try (NDManager scratch = manager.newSubManager()) {
+      NDArray base = scratch.create(computable(weight, weightType), new Shape(shape), computeTypeOf(weightType));
+      // Adding the weight into the float64 product in place widens it on the fly (exactly: every
+      // fusable type fits in float64) and saves a float64 copy of the weight. The product belongs
+      // to this scratch manager, never to the caller's.
+      NDArray sum = up.matMul(down).reshape(base.getShape());
+      sum.attach(scratch);
+      sum.addi(base);
+      ByteBuffer bytes = rounded(scratch, sum, dtype);
+      bytes.order(ByteOrder.LITTLE_ENDIAN);
+      checkFinite(bytes, dtype, sum, label);
+      return bytes;
+    }
+  }
+
+  /**
+   * Little-endian {@code bytes} of {@code dtype} as a direct buffer of {@link #computeTypeOf}:
+   * bf16 widened to float32 exactly.
+   */
+  private static ByteBuffer computable(ByteBuffer bytes, DType dtype) {
+    if (dtype != DType.BF16) {
+      ByteBuffer direct = ByteBuffer.allocateDirect(bytes.remaining()).order(ByteOrder.nativeOrder());
+      direct.put(bytes.duplicate()).flip();
+      return direct;
+    }
+    short[] narrow = new short[bytes.remaining() / 2];
+    bytes.duplicate().order(ByteOrder.LITTLE_ENDIAN).asShortBuffer().get(narrow);
+    int[] widened = new int[narrow.length];
+    for (int i = 0; i < narrow.length; i++) {
+      widened[i] = narrow[i] << 16;
+    }
+    ByteBuffer direct = ByteBuffer.allocateDirect(narrow.length * 4).order(ByteOrder.nativeOrder());
+    direct.asIntBuffer().put(widened);
+    return direct;
   }
 
   /**

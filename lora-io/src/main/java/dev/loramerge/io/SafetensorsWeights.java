@@ -3,9 +3,6 @@ package dev.loramerge.io;
 import static com.google.common.base.Preconditions.checkArgument;
 import static com.google.common.base.Preconditions.checkNotNull;
 
-import ai.djl.ndarray.NDArray;
-import ai.djl.ndarray.NDManager;
-import ai.djl.ndarray.types.Shape;
 import com.google.common.collect.ImmutableMap;
 import dev.loramerge.DType;
 import dev.loramerge.LoraMergeException;
@@ -134,7 +131,12 @@ public final class SafetensorsWeights implements WeightTarget {
       }
       Map<String, String> metadata =
           originalFile != null ? originalFile.metadata() : withRecipe(from.metadata(), update.recipe());
-      ByteBuffer staging = ByteBuffer.allocateDirect(Math.toIntExact(largest)).order(ByteOrder.LITTLE_ENDIAN);
+      // A tensor is computed in its staging buffer while up to LOOKAHEAD others wait to be
+      // written: LOOKAHEAD + 1 buffers in turn.
+      ByteBuffer[] staging = new ByteBuffer[LOOKAHEAD + 1];
+      for (int i = 0; i < staging.length; i++) {
+        staging[i] = ByteBuffer.allocateDirect(Math.toIntExact(largest)).order(ByteOrder.LITTLE_ENDIAN);
+      }
       ByteBuffer check =
           originalFile != null
               ? ByteBuffer.allocateDirect(Math.toIntExact(largest)).order(ByteOrder.LITTLE_ENDIAN)
@@ -154,16 +156,17 @@ public final class SafetensorsWeights implements WeightTarget {
       Deque<Future<Computed>> pending = new ArrayDeque<>();
       int submitted = 0;
       long done = 0;
-      try (SafetensorsWriter writer = SafetensorsWriter.create(output, entries, metadata);
-          NDManager manager = NDManager.newBaseManager()) {
+      try (SafetensorsWriter writer = SafetensorsWriter.create(output, entries, metadata)) {
         SafetensorsFile source = originalFile != null ? originalFile : from;
         try {
           for (TensorInfo info : from.tensors()) {
             String name = info.name();
             if (update.names().contains(name)) {
               while (pending.size() < LOOKAHEAD && submitted < touched.size()) {
-                TensorInfo next = touched.get(submitted++);
-                pending.add(worker.submit(() -> compute(update, manager, source, next, staging, originalFile != null)));
+                TensorInfo next = touched.get(submitted);
+                ByteBuffer buffer = staging[submitted % staging.length];
+                submitted++;
+                pending.add(worker.submit(() -> compute(update, source, next, buffer, originalFile != null)));
               }
               Computed computed = await(pending.remove());
               if (originalFile != null) {
@@ -180,7 +183,7 @@ public final class SafetensorsWeights implements WeightTarget {
           }
           writer.commit();
         } finally {
-          // The worker uses the manager: it must be idle before the manager closes.
+          // The worker uses the staging buffers and the source file: it must be idle before they go.
           stop(worker);
         }
       }
@@ -194,25 +197,21 @@ public final class SafetensorsWeights implements WeightTarget {
   private record Computed(ByteBuffer output, ByteBuffer fused) {}
 
   /**
-   * Reads {@code info} from {@code source} and applies the update; for a restore the output is a
-   * copy of the original's bytes (the staging buffer is reused for the next tensor).
+   * Reads {@code info} from {@code source} into {@code staging} and applies the update there; for
+   * a restore the output is a copy of the original's bytes.
    */
   private Computed compute(
-      WeightUpdate update, NDManager manager, SafetensorsFile source, TensorInfo info, ByteBuffer staging, boolean restore)
+      WeightUpdate update, SafetensorsFile source, TensorInfo info, ByteBuffer staging, boolean restore)
       throws IOException {
     ByteBuffer bytes = read(source, info, staging);
-    ByteBuffer fused;
-    try (NDManager tensorManager = manager.newSubManager()) {
-      NDArray weight =
-          tensorManager.create(computable(bytes, info.dtype()), new Shape(info.shape()), Fusion.computeTypeOf(info.dtype()));
-      fused = update.apply(info.name(), weight, outputType(info.dtype()));
+    ByteBuffer original = null;
+    if (restore) {
+      original = ByteBuffer.allocate(bytes.remaining()).order(ByteOrder.LITTLE_ENDIAN);
+      original.put(bytes.duplicate()).flip();
     }
-    if (!restore) {
-      return new Computed(fused, fused);
-    }
-    ByteBuffer original = ByteBuffer.allocate(bytes.remaining()).order(ByteOrder.LITTLE_ENDIAN);
-    original.put(bytes.duplicate()).flip();
-    return new Computed(original, fused);
+    ByteBuffer fused =
+        update.apply(info.name(), bytes, new WeightInfo(info.dtype(), info.shape()), outputType(info.dtype()));
+    return new Computed(restore ? original : fused, fused);
   }
 
   private static void stop(ExecutorService worker) {
@@ -255,19 +254,6 @@ public final class SafetensorsWeights implements WeightTarget {
 
   private DType outputType(DType input) {
     return dtype.isPresent() && input.isFloatingPoint() && input.byteSize() >= 2 ? dtype.get() : input;
-  }
-
-  /** {@code bytes} as a buffer of {@link Fusion#computeTypeOf}: bf16 widened to float32 exactly. */
-  private static ByteBuffer computable(ByteBuffer bytes, DType dtype) {
-    if (dtype != DType.BF16) {
-      return bytes;
-    }
-    int count = bytes.remaining() / 2;
-    ByteBuffer widened = ByteBuffer.allocateDirect(count * 4).order(ByteOrder.nativeOrder());
-    for (int i = 0; i < count; i++) {
-      widened.putInt(i * 4, (bytes.getShort(i * 2) & 0xFFFF) << 16);
-    }
-    return widened;
   }
 
   /** {@code info}'s bytes read into the start of {@code staging}, as a buffer of exactly them. */

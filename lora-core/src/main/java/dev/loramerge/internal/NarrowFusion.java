@@ -1,0 +1,306 @@
+package dev.loramerge.internal;
+
+import ai.djl.ndarray.NDArray;
+import ai.djl.ndarray.NDManager;
+import ai.djl.ndarray.types.DataType;
+import ai.djl.ndarray.types.Shape;
+import dev.loramerge.DType;
+import dev.loramerge.LoraMergeException;
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.util.Locale;
+import java.util.concurrent.ForkJoinPool;
+import java.util.stream.IntStream;
+
+/**
+ * Fuses into fp16 and bf16 weights with float32 arithmetic, and still rounds every element of
+ * {@code W + up·down} exactly once from its exact value.
+ *
+ * <p>The update is multiplied in float32 and added to the weight in float32. Each element's
+ * float32 sum {@code s} is within a proven bound of the exact sum {@code x}:
+ *
+ * <pre>
+ *   |s − x| ≤ 2(k+3)·2⁻²⁴·‖up_i‖·‖down_j‖ + 2⁻²³·|s|
+ * </pre>
+ *
+ * (k products each rounded once and summed in any order, the factors rounded once to float32,
+ * Cauchy–Schwarz for {@code Σ|up_il·down_lj|}, then the float32 addition; the factor 2 covers the
+ * bound's own rounding). When {@code s} is farther than that from every rounding boundary of the
+ * narrow format, {@code s} and {@code x} round to the same value, and rounding {@code s} is exact
+ * rounding. The few elements closer to a boundary (about one in a few hundred for typical LoRA
+ * updates), fp16 subnormals, and anything out of range are recomputed in float64 from the float64
+ * factors and rounded once, as {@link Fusion} does for every element of wider types.
+ *
+ * <p>Rows are processed in blocks small enough for the float32 product to stay in cache and for
+ * the allocator to reuse its memory; blocks run in parallel. The result does not depend on the
+ * number of threads: every element is the correctly rounded exact sum.
+ */
+final class NarrowFusion {
+  /** Elements per block: the float32 product of one block is 1 MiB. */
+  private static final int BLOCK_ELEMENTS = 1 << 18;
+  private static final float[] FLOAT16_VALUES = float16Values();
+  private static final float UNIT_ROUNDOFF = 0x1p-24f;
+  /** Float32 bits of 2⁻¹⁴, fp16's smallest normal. */
+  private static final int FLOAT16_MIN_NORMAL_BITS = 0x38800000;
+  /** Float32 bits of 65520, where fp16 rounding overflows to infinity. */
+  private static final int FLOAT16_OVERFLOW_BITS = 0x477FF000;
+  /** Float32 bits of 2⁻¹⁰³: below it the float32 ulp used in the margin test would underflow. */
+  private static final int BFLOAT16_MIN_FAST_BITS = 0x0C000000;
+  /** Float32 bits of the midpoint above bf16's largest finite value. */
+  private static final int BFLOAT16_OVERFLOW_BITS = 0x7F7F8000;
+
+  private final DType input;
+  private final DType output;
+  private final int rows;
+  private final int cols;
+  private final int rank;
+  private final double[] up;
+  private final double[] down;
+  private final float[] up32;
+  private final NDArray down32;
+  private final float[] rowBounds;
+  private final float[] colNorms;
+  private final String label;
+
+  private NarrowFusion(
+      DType input, DType output, int rows, int cols, NDArray up, NDArray down, String label) {
+    this.input = input;
+    this.output = output;
+    this.rows = rows;
+    this.cols = cols;
+    this.rank = Math.toIntExact(up.getShape().get(1));
+    this.up = up.toDoubleArray();
+    this.down = down.toDoubleArray();
+    this.up32 = up.toType(DataType.FLOAT32, false).toFloatArray();
+    this.down32 = down.toType(DataType.FLOAT32, false);
+    this.label = label;
+    float slack = 2f * (rank + 3) * UNIT_ROUNDOFF;
+    this.rowBounds = new float[rows];
+    for (int r = 0; r < rows; r++) {
+      double squares = 0;
+      for (int l = 0; l < rank; l++) {
+        squares += this.up[r * rank + l] * this.up[r * rank + l];
+      }
+      rowBounds[r] = slack * (float) Math.sqrt(squares);
+    }
+    double[] columnSquares = new double[cols];
+    for (int l = 0; l < rank; l++) {
+      for (int c = 0; c < cols; c++) {
+        double value = this.down[l * cols + c];
+        columnSquares[c] += value * value;
+      }
+    }
+    this.colNorms = new float[cols];
+    for (int c = 0; c < cols; c++) {
+      colNorms[c] = (float) Math.sqrt(columnSquares[c]);
+    }
+  }
+
+  /** Whether weights of {@code input} fuse here when written as {@code output}. */
+  static boolean handles(DType input, DType output, long rows, long numel) {
+    boolean narrowOut = output == DType.F16 || output == DType.BF16;
+    boolean exactInFloat = input == DType.F16 || input == DType.BF16 || input == DType.F32;
+    return narrowOut && exactInFloat && rows > 0 && numel % rows == 0 && numel / rows <= BLOCK_ELEMENTS
+        && numel < Integer.MAX_VALUE / 4;
+  }
+
+  /**
+   * {@code weight} (bytes of {@code input}, little-endian) plus {@code up·down} (float64, m×k and
+   * k×n), as {@code output} bytes: written over {@code weight} when both types are two bytes wide.
+   */
+  static ByteBuffer fuse(
+      NDManager manager, ByteBuffer weight, DType input, DType output, long rows, NDArray up, NDArray down,
+      String label) {
+    int numel = weight.remaining() / input.byteSize();
+    int m = Math.toIntExact(rows);
+    NarrowFusion fusion = new NarrowFusion(input, output, m, numel / m, up, down, label);
+    try {
+      ByteBuffer target =
+          input.byteSize() == 2
+              ? weight
+              : ByteBuffer.allocateDirect(numel * 2).order(ByteOrder.LITTLE_ENDIAN);
+      fusion.run(manager, weight.duplicate().order(ByteOrder.LITTLE_ENDIAN), target.duplicate().order(ByteOrder.LITTLE_ENDIAN));
+      return target;
+    } finally {
+      if (fusion.down32 != down) {
+        fusion.down32.close();
+      }
+    }
+  }
+
+  private void run(NDManager manager, ByteBuffer weight, ByteBuffer target) {
+    int rowsPerBlock = Math.max(1, BLOCK_ELEMENTS / cols);
+    int blocks = (rows + rowsPerBlock - 1) / rowsPerBlock;
+    int tasks = Math.min(blocks, ForkJoinPool.getCommonPoolParallelism() + 1);
+    Failure[] failures = new Failure[tasks];
+    IntStream.range(0, tasks)
+        .parallel()
+        .forEach(
+            task -> {
+              Scratch scratch = new Scratch(rowsPerBlock * cols);
+              for (int block = task; block < blocks; block += tasks) {
+                int first = block * rowsPerBlock;
+                int last = Math.min(rows, first + rowsPerBlock);
+                Failure failure = fuseRows(manager, weight, target, first, last, scratch);
+                if (failure != null) {
+                  failures[task] = failure;
+                  return;
+                }
+              }
+            });
+    Failure first = null;
+    for (Failure failure : failures) {
+      if (failure != null && (first == null || failure.index < first.index)) {
+        first = failure;
+      }
+    }
+    if (first != null) {
+      throw new LoraMergeException(
+          String.format(
+              Locale.ROOT,
+              "%s: fused value %s at element %d %s",
+              label,
+              first.value,
+              first.index,
+              Double.isFinite(first.value)
+                  ? "is beyond the range of " + output.safetensorsName() + "; lower the weights or the scale"
+                  : "is not a number; the base weight or the update holds NaN or infinity"));
+    }
+  }
+
+  private record Failure(long index, double value) {}
+
+  private static final class Scratch {
+    final float[] up;
+    final float[] delta;
+    final float[] weight;
+    final short[] bits;
+
+    Scratch(int elements) {
+      this.up = new float[elements];
+      this.delta = new float[elements];
+      this.weight = new float[elements];
+      this.bits = new short[elements];
+    }
+  }
+
+  private Failure fuseRows(NDManager manager, ByteBuffer weight, ByteBuffer target, int first, int last, Scratch scratch) {
+    int count = (last - first) * cols;
+    int offset = first * cols;
+    try (NDManager blockManager = manager.newSubManager()) {
+      System.arraycopy(up32, first * rank, scratch.up, 0, (last - first) * rank);
+      NDArray upRows =
+          blockManager.create(java.nio.FloatBuffer.wrap(scratch.up, 0, (last - first) * rank), new Shape(last - first, rank));
+      NDArray delta = upRows.matMul(down32);
+      delta.toByteBuffer(true).order(ByteOrder.nativeOrder()).asFloatBuffer().get(scratch.delta, 0, count);
+    }
+    readWeights(weight, offset, count, scratch.weight, scratch.bits);
+    Failure failure =
+        output == DType.F16 ? roundFloat16(first, last, scratch) : roundBFloat16(first, last, scratch);
+    target.asShortBuffer().put(offset, scratch.bits, 0, count);
+    return failure;
+  }
+
+  /** Widens {@code count} weights from {@code offset} into {@code values}; {@code bits} is scratch. */
+  private void readWeights(ByteBuffer weight, int offset, int count, float[] values, short[] bits) {
+    switch (input) {
+      case F32:
+        weight.asFloatBuffer().get(offset, values, 0, count);
+        break;
+      case F16:
+        weight.asShortBuffer().get(offset, bits, 0, count);
+        for (int i = 0; i < count; i++) {
+          values[i] = FLOAT16_VALUES[bits[i] & 0xFFFF];
+        }
+        break;
+      case BF16:
+        weight.asShortBuffer().get(offset, bits, 0, count);
+        for (int i = 0; i < count; i++) {
+          values[i] = Float.intBitsToFloat(bits[i] << 16);
+        }
+        break;
+      default:
+        throw new AssertionError(input);
+    }
+  }
+
+  private Failure roundFloat16(int first, int last, Scratch scratch) {
+    float[] delta = scratch.delta;
+    float[] weights = scratch.weight;
+    short[] bits = scratch.bits;
+    for (int r = first; r < last; r++) {
+      float rowBound = rowBounds[r];
+      int base = (r - first) * cols;
+      for (int c = 0; c < cols; c++) {
+        int i = base + c;
+        float sum = weights[i] + delta[i];
+        int raw = Float.floatToRawIntBits(sum);
+        int magnitude = raw & 0x7FFFFFFF;
+        int dropped = magnitude & 0x1FFF;
+        // Distance to the nearest rounding boundary in float32 ulps; below a power of two the
+        // boundary is closer (the binade below is finer), hence the second term.
+        int margin = Math.min(Math.abs(dropped - 0x1000), dropped + 0x800);
+        float ulp = Float.intBitsToFloat((magnitude & 0x7F800000) - (23 << 23));
+        float error = rowBound * colNorms[c] + 2 * UNIT_ROUNDOFF * Float.intBitsToFloat(magnitude);
+        if (magnitude >= FLOAT16_MIN_NORMAL_BITS && magnitude < FLOAT16_OVERFLOW_BITS && error < margin * ulp) {
+          bits[i] = (short) (((raw >>> 16) & 0x8000) | ((magnitude - 0x38000000 + 0xFFF + ((magnitude >>> 13) & 1)) >>> 13));
+        } else {
+          double exact = weights[i] + exactUpdate(r, c);
+          short rounded = FloatFormats.toFloat16(exact);
+          if ((rounded & 0x7C00) == 0x7C00) {
+            return new Failure((long) r * cols + c, exact);
+          }
+          bits[i] = rounded;
+        }
+      }
+    }
+    return null;
+  }
+
+  private Failure roundBFloat16(int first, int last, Scratch scratch) {
+    float[] delta = scratch.delta;
+    float[] weights = scratch.weight;
+    short[] bits = scratch.bits;
+    for (int r = first; r < last; r++) {
+      float rowBound = rowBounds[r];
+      int base = (r - first) * cols;
+      for (int c = 0; c < cols; c++) {
+        int i = base + c;
+        float sum = weights[i] + delta[i];
+        int raw = Float.floatToRawIntBits(sum);
+        int magnitude = raw & 0x7FFFFFFF;
+        int dropped = magnitude & 0xFFFF;
+        int margin = Math.min(Math.abs(dropped - 0x8000), dropped + 0x4000);
+        float ulp = Float.intBitsToFloat((magnitude & 0x7F800000) - (23 << 23));
+        float error = rowBound * colNorms[c] + 2 * UNIT_ROUNDOFF * Float.intBitsToFloat(magnitude);
+        if (magnitude >= BFLOAT16_MIN_FAST_BITS && magnitude < BFLOAT16_OVERFLOW_BITS && error < margin * ulp) {
+          bits[i] = (short) ((raw + 0x7FFF + ((raw >>> 16) & 1)) >>> 16);
+        } else {
+          double exact = weights[i] + exactUpdate(r, c);
+          short rounded = FloatFormats.toBFloat16(exact);
+          if ((rounded & 0x7F80) == 0x7F80) {
+            return new Failure((long) r * cols + c, exact);
+          }
+          bits[i] = rounded;
+        }
+      }
+    }
+    return null;
+  }
+
+  private double exactUpdate(int row, int col) {
+    double sum = 0;
+    for (int l = 0; l < rank; l++) {
+      sum += up[row * rank + l] * down[l * cols + col];
+    }
+    return sum;
+  }
+
+  private static float[] float16Values() {
+    float[] values = new float[1 << 16];
+    for (int bits = 0; bits < values.length; bits++) {
+      values[bits] = (float) FloatFormats.fromFloat16(bits);
+    }
+    return values;
+  }
+}

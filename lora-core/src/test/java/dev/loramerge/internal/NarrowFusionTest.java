@@ -1,0 +1,156 @@
+package dev.loramerge.internal;
+
+import static org.assertj.core.api.Assertions.assertThat;
+import static org.assertj.core.api.Assertions.assertThatThrownBy;
+
+import ai.djl.ndarray.NDArray;
+import ai.djl.ndarray.NDManager;
+import ai.djl.ndarray.types.Shape;
+import dev.loramerge.DType;
+import dev.loramerge.LoraMergeException;
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.util.SplittableRandom;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.CsvSource;
+
+/**
+ * The float32 fast path of fusing into fp16 and bf16 against a float64 reference rounded once:
+ * every element must be identical, including the ones the fast path has to hand back to float64.
+ */
+class NarrowFusionTest {
+  @ParameterizedTest(name = "{0} into {1}, {2}x{3}")
+  @CsvSource({
+    "F16, F16, 67, 300",
+    "F16, F16, 200, 4096",
+    "BF16, BF16, 200, 4096",
+    "F32, F16, 90, 1000",
+    "F32, BF16, 90, 1000",
+    "F16, BF16, 31, 777"
+  })
+  void everyElementIsTheExactSumRoundedOnce(DType input, DType output, int rows, int cols) {
+    SplittableRandom random = new SplittableRandom(rows * 31L + cols);
+    int rank = 32;
+    double[] weight = new double[rows * cols];
+    for (int i = 0; i < weight.length; i++) {
+      // Mostly weight-like values, with fp16 subnormals, zeros and larger values mixed in.
+      int kind = random.nextInt(20);
+      double value = kind == 0 ? 0 : kind == 1 ? random.nextDouble(-1e-4, 1e-4) : kind == 2 ? random.nextDouble(-300, 300) : gaussian(random) * 0.05;
+      weight[i] = roundTo(value, input);
+    }
+    double[] up = gaussians(random, rows * rank, 0.02);
+    double[] down = gaussians(random, rank * cols, 0.1);
+
+    short[] actual = fuse(input, output, weight, up, down, rows, cols);
+
+    int mismatches = 0;
+    int firstMismatch = -1;
+    for (int r = 0; r < rows; r++) {
+      for (int c = 0; c < cols; c++) {
+        double exact = weight[r * cols + c];
+        double update = 0;
+        for (int l = 0; l < rank; l++) {
+          update += up[r * rank + l] * down[l * cols + c];
+        }
+        short expected = round(exact + update, output);
+        if (expected != actual[r * cols + c]) {
+          mismatches++;
+          firstMismatch = firstMismatch < 0 ? r * cols + c : firstMismatch;
+        }
+      }
+    }
+    assertThat(mismatches)
+        .as("elements of %d not equal to the float64 sum rounded once (first at %d)", weight.length, firstMismatch)
+        .isZero();
+  }
+
+  @Test
+  void sumsOnAndNearRoundingBoundariesRoundFromTheExactValue() {
+    // Rank-1 updates of 2⁻¹¹ (half an fp16 ulp of 1) nudged by amounts float32 cannot see; on 1
+    // and on 1 + 2⁻¹⁰ (whose ties go opposite ways), and just below 2 where the ulp changes.
+    double[] nudges = {0, Math.scalb(1.0, -30), -Math.scalb(1.0, -30), Math.scalb(1.0, -40), -Math.scalb(1.0, -45)};
+    double[] bases = {1, 1 + Math.scalb(1.0, -10), -1, 2 - Math.scalb(1.0, -10), 2};
+    int count = nudges.length * bases.length;
+    double[] weight = new double[count];
+    double[] up = new double[count];
+    for (int b = 0; b < bases.length; b++) {
+      for (int n = 0; n < nudges.length; n++) {
+        weight[b * nudges.length + n] = bases[b];
+        up[b * nudges.length + n] = Math.copySign(Math.scalb(1.0, bases[b] >= 2 ? -10 : -11), bases[b]) + nudges[n];
+      }
+    }
+    short[] actual = fuse(DType.F16, DType.F16, weight, up, new double[] {1}, count, 1);
+    for (int i = 0; i < count; i++) {
+      assertThat(actual[i])
+          .as("element %d: %s + %s", i, weight[i], up[i])
+          .isEqualTo(FloatFormats.toFloat16(weight[i] + up[i]));
+    }
+  }
+
+  @Test
+  void overflowNamesTheElement() {
+    double[] weight = {1, 65504, 2};
+    assertThatThrownBy(() -> fuse(DType.F16, DType.F16, weight, new double[] {1, 1, 1}, new double[] {100}, 3, 1))
+        .isInstanceOf(LoraMergeException.class)
+        .hasMessage("layer: fused value 65604.0 at element 1 is beyond the range of F16; lower the weights or the scale");
+  }
+
+  @Test
+  void notANumberNamesTheElement() {
+    double[] weight = {1, 2, Double.NaN, 3};
+    assertThatThrownBy(() -> fuse(DType.BF16, DType.BF16, weight, new double[] {1, 1}, new double[] {1, 1}, 2, 2))
+        .isInstanceOf(LoraMergeException.class)
+        .hasMessageContaining("at element 2 is not a number");
+  }
+
+  private static short[] fuse(DType input, DType output, double[] weight, double[] up, double[] down, int rows, int cols) {
+    ByteBuffer bytes = ByteBuffer.allocateDirect(weight.length * input.byteSize()).order(ByteOrder.LITTLE_ENDIAN);
+    for (int i = 0; i < weight.length; i++) {
+      if (input == DType.F32) {
+        bytes.putFloat(i * 4, (float) weight[i]);
+      } else {
+        bytes.putShort(i * 2, round(weight[i], input));
+      }
+    }
+    try (NDManager manager = NDManager.newBaseManager()) {
+      int rank = up.length / rows;
+      NDArray upArray = manager.create(up, new Shape(rows, rank));
+      NDArray downArray = manager.create(down, new Shape(rank, cols));
+      ByteBuffer fused =
+          Fusion.fuse(manager, bytes, input, new long[] {rows, cols}, upArray, downArray, output, "layer");
+      short[] result = new short[weight.length];
+      fused.duplicate().order(ByteOrder.LITTLE_ENDIAN).asShortBuffer().get(result);
+      return result;
+    }
+  }
+
+  private static short round(double value, DType dtype) {
+    return dtype == DType.F16 ? FloatFormats.toFloat16(value) : FloatFormats.toBFloat16(value);
+  }
+
+  private static double roundTo(double value, DType dtype) {
+    switch (dtype) {
+      case F32:
+        return (float) value;
+      case F16:
+        return FloatFormats.fromFloat16(FloatFormats.toFloat16(value));
+      default:
+        return FloatFormats.fromBFloat16(FloatFormats.toBFloat16(value));
+    }
+  }
+
+  private static double[] gaussians(SplittableRandom random, int count, double scale) {
+    double[] values = new double[count];
+    for (int i = 0; i < count; i++) {
+      values[i] = gaussian(random) * scale;
+    }
+    return values;
+  }
+
+  private static double gaussian(SplittableRandom random) {
+    double u = random.nextDouble();
+    double v = random.nextDouble();
+    return Math.sqrt(-2 * Math.log1p(-u)) * Math.cos(2 * Math.PI * v);
+  }
+}
