@@ -20,12 +20,12 @@ import java.util.stream.IntStream;
  * float32 sum {@code s} is within a proven bound of the exact sum {@code x}:
  *
  * <pre>
- *   |s − x| ≤ 2(k+3)·2⁻²⁴·‖up_i‖·‖down_j‖ + 2⁻²³·|s|
+ *   |s − x| ≤ (1 + 2⁻¹⁰)·((k+3)·2⁻²⁴·‖up_i‖·‖down_j‖ + 2⁻²⁴·|s|)
  * </pre>
  *
  * (k products each rounded once and summed in any order, the factors rounded once to float32,
- * Cauchy–Schwarz for {@code Σ|up_il·down_lj|}, then the float32 addition; the factor 2 covers the
- * bound's own rounding). When {@code s} is farther than that from every rounding boundary of the
+ * Cauchy–Schwarz for {@code Σ|up_il·down_lj|}, then the float32 addition; the factor 1 + 2⁻¹⁰
+ * covers second-order terms and the rounding of the bound's own float32 arithmetic). When {@code s} is farther than that from every rounding boundary of the
  * narrow format, {@code s} and {@code x} round to the same value, and rounding {@code s} is exact
  * rounding. The few elements closer to a boundary (about one in a few hundred for typical LoRA
  * updates), fp16 subnormals, and anything out of range are recomputed in float64 from the float64
@@ -40,6 +40,8 @@ final class NarrowFusion {
   private static final int BLOCK_ELEMENTS = 1 << 18;
   private static final float[] FLOAT16_VALUES = float16Values();
   private static final float UNIT_ROUNDOFF = 0x1p-24f;
+  private static final float SAFETY = 1 + 0x1p-10f;
+  private static final float SUM_BOUND = SAFETY * UNIT_ROUNDOFF;
   /** Float32 bits of 2⁻¹⁴, fp16's smallest normal. */
   private static final int FLOAT16_MIN_NORMAL_BITS = 0x38800000;
   /** Float32 bits of 65520, where fp16 rounding overflows to infinity. */
@@ -49,13 +51,21 @@ final class NarrowFusion {
   /** Float32 bits of the midpoint above bf16's largest finite value. */
   private static final int BFLOAT16_OVERFLOW_BITS = 0x7F7F8000;
 
+  /** Float64 bits of 2⁻¹⁴ and of 65520 (the fp16 overflow midpoint). */
+  private static final long DOUBLE_FLOAT16_MIN_NORMAL_BITS = Double.doubleToRawLongBits(0x1p-14);
+  private static final long DOUBLE_FLOAT16_OVERFLOW_BITS = Double.doubleToRawLongBits(65520.0);
+  /** Float64 bits of 2⁻¹²⁶ and of bf16's overflow midpoint. */
+  private static final long DOUBLE_BFLOAT16_MIN_NORMAL_BITS = Double.doubleToRawLongBits(0x1p-126);
+  private static final long DOUBLE_BFLOAT16_OVERFLOW_BITS = Double.doubleToRawLongBits(Math.scalb(511.0, 119));
+
   private final DType input;
   private final DType output;
   private final int rows;
   private final int cols;
   private final int rank;
   private final double[] up;
-  private final double[] down;
+  /** {@code down} transposed, so that each recomputed element reads two contiguous rows. */
+  private final double[] downByColumn;
   private final float[] up32;
   private final NDArray down32;
   private final float[] rowBounds;
@@ -70,11 +80,11 @@ final class NarrowFusion {
     this.cols = cols;
     this.rank = Math.toIntExact(up.getShape().get(1));
     this.up = up.toDoubleArray();
-    this.down = down.toDoubleArray();
+    double[] downValues = down.toDoubleArray();
     this.up32 = up.toType(DataType.FLOAT32, false).toFloatArray();
     this.down32 = down.toType(DataType.FLOAT32, false);
     this.label = label;
-    float slack = 2f * (rank + 3) * UNIT_ROUNDOFF;
+    float slack = SAFETY * (rank + 3) * UNIT_ROUNDOFF;
     this.rowBounds = new float[rows];
     for (int r = 0; r < rows; r++) {
       double squares = 0;
@@ -83,16 +93,16 @@ final class NarrowFusion {
       }
       rowBounds[r] = slack * (float) Math.sqrt(squares);
     }
-    double[] columnSquares = new double[cols];
-    for (int l = 0; l < rank; l++) {
-      for (int c = 0; c < cols; c++) {
-        double value = this.down[l * cols + c];
-        columnSquares[c] += value * value;
-      }
-    }
+    this.downByColumn = new double[cols * rank];
     this.colNorms = new float[cols];
     for (int c = 0; c < cols; c++) {
-      colNorms[c] = (float) Math.sqrt(columnSquares[c]);
+      double squares = 0;
+      for (int l = 0; l < rank; l++) {
+        double value = downValues[l * cols + c];
+        downByColumn[c * rank + l] = value;
+        squares += value * value;
+      }
+      colNorms[c] = (float) Math.sqrt(squares);
     }
   }
 
@@ -137,7 +147,7 @@ final class NarrowFusion {
         .parallel()
         .forEach(
             task -> {
-              Scratch scratch = new Scratch(rowsPerBlock * cols);
+              Scratch scratch = SCRATCH.get();
               for (int block = task; block < blocks; block += tasks) {
                 int first = block * rowsPerBlock;
                 int last = Math.min(rows, first + rowsPerBlock);
@@ -169,6 +179,12 @@ final class NarrowFusion {
   }
 
   private record Failure(long index, double value) {}
+
+  /**
+   * Per-thread block buffers (2.5 MiB a thread, kept for the thread's life): fusing a model
+   * would otherwise allocate gigabytes of short-lived arrays.
+   */
+  private static final ThreadLocal<Scratch> SCRATCH = ThreadLocal.withInitial(() -> new Scratch(BLOCK_ELEMENTS));
 
   private static final class Scratch {
     final float[] up;
@@ -241,12 +257,12 @@ final class NarrowFusion {
         // boundary is closer (the binade below is finer), hence the second term.
         int margin = Math.min(Math.abs(dropped - 0x1000), dropped + 0x800);
         float ulp = Float.intBitsToFloat((magnitude & 0x7F800000) - (23 << 23));
-        float error = rowBound * colNorms[c] + 2 * UNIT_ROUNDOFF * Float.intBitsToFloat(magnitude);
+        float error = rowBound * colNorms[c] + SUM_BOUND * Float.intBitsToFloat(magnitude);
         if (magnitude >= FLOAT16_MIN_NORMAL_BITS && magnitude < FLOAT16_OVERFLOW_BITS && error < margin * ulp) {
           bits[i] = (short) (((raw >>> 16) & 0x8000) | ((magnitude - 0x38000000 + 0xFFF + ((magnitude >>> 13) & 1)) >>> 13));
         } else {
           double exact = weights[i] + exactUpdate(r, c);
-          short rounded = FloatFormats.toFloat16(exact);
+          short rounded = toFloat16(exact);
           if ((rounded & 0x7C00) == 0x7C00) {
             return new Failure((long) r * cols + c, exact);
           }
@@ -272,12 +288,12 @@ final class NarrowFusion {
         int dropped = magnitude & 0xFFFF;
         int margin = Math.min(Math.abs(dropped - 0x8000), dropped + 0x4000);
         float ulp = Float.intBitsToFloat((magnitude & 0x7F800000) - (23 << 23));
-        float error = rowBound * colNorms[c] + 2 * UNIT_ROUNDOFF * Float.intBitsToFloat(magnitude);
+        float error = rowBound * colNorms[c] + SUM_BOUND * Float.intBitsToFloat(magnitude);
         if (magnitude >= BFLOAT16_MIN_FAST_BITS && magnitude < BFLOAT16_OVERFLOW_BITS && error < margin * ulp) {
           bits[i] = (short) ((raw + 0x7FFF + ((raw >>> 16) & 1)) >>> 16);
         } else {
           double exact = weights[i] + exactUpdate(r, c);
-          short rounded = FloatFormats.toBFloat16(exact);
+          short rounded = toBFloat16(exact);
           if ((rounded & 0x7F80) == 0x7F80) {
             return new Failure((long) r * cols + c, exact);
           }
@@ -288,12 +304,54 @@ final class NarrowFusion {
     return null;
   }
 
+  /**
+   * Element (row, col) of {@code up·down} in float64. Four partial sums keep the additions from
+   * waiting on each other; any order gives the float64 sum to within a few float64 ulps, far
+   * inside every margin this class tests against.
+   */
   private double exactUpdate(int row, int col) {
-    double sum = 0;
-    for (int l = 0; l < rank; l++) {
-      sum += up[row * rank + l] * down[l * cols + col];
+    int u = row * rank;
+    int d = col * rank;
+    double s0 = 0;
+    double s1 = 0;
+    double s2 = 0;
+    double s3 = 0;
+    int l = 0;
+    for (; l + 3 < rank; l += 4) {
+      s0 += up[u + l] * downByColumn[d + l];
+      s1 += up[u + l + 1] * downByColumn[d + l + 1];
+      s2 += up[u + l + 2] * downByColumn[d + l + 2];
+      s3 += up[u + l + 3] * downByColumn[d + l + 3];
     }
-    return sum;
+    for (; l < rank; l++) {
+      s0 += up[u + l] * downByColumn[d + l];
+    }
+    return (s0 + s1) + (s2 + s3);
+  }
+
+  /**
+   * {@link FloatFormats#toFloat16} with the normal range done in a few integer operations on the
+   * float64 bits (round half to even on the 42 dropped bits).
+   */
+  private static short toFloat16(double value) {
+    long raw = Double.doubleToRawLongBits(value);
+    long magnitude = raw & Long.MAX_VALUE;
+    if (magnitude < DOUBLE_FLOAT16_MIN_NORMAL_BITS || magnitude >= DOUBLE_FLOAT16_OVERFLOW_BITS) {
+      return FloatFormats.toFloat16(value);
+    }
+    long rounded = (magnitude - (1008L << 52) + ((1L << 41) - 1) + ((magnitude >>> 42) & 1)) >>> 42;
+    return (short) ((int) (raw >>> 48) & 0x8000 | (int) rounded);
+  }
+
+  /** {@link FloatFormats#toBFloat16}, likewise, on the 45 dropped bits. */
+  private static short toBFloat16(double value) {
+    long raw = Double.doubleToRawLongBits(value);
+    long magnitude = raw & Long.MAX_VALUE;
+    if (magnitude < DOUBLE_BFLOAT16_MIN_NORMAL_BITS || magnitude >= DOUBLE_BFLOAT16_OVERFLOW_BITS) {
+      return FloatFormats.toBFloat16(value);
+    }
+    long rounded = (magnitude - (896L << 52) + ((1L << 44) - 1) + ((magnitude >>> 45) & 1)) >>> 45;
+    return (short) ((int) (raw >>> 48) & 0x8000 | (int) rounded);
   }
 
   private static float[] float16Values() {
