@@ -1,5 +1,6 @@
 package dev.loramerge;
 
+import ai.djl.Device;
 import ai.djl.ndarray.NDArray;
 import com.google.common.collect.ImmutableMap;
 import dev.loramerge.internal.Fusion;
@@ -7,7 +8,6 @@ import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.util.ArrayList;
 import java.util.HashMap;
-import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.Optional;
@@ -15,15 +15,19 @@ import java.util.Optional;
 /**
  * NDArrays updated in place, with a ledger that makes every fuse undoable bit for bit.
  *
- * <p>The first fuse that touches a weight keeps a copy of its original bytes. Undoing a fuse
- * recomputes each weight it touched from that original, re-applying the fuses still active in
- * the order they were made; fuses are deterministic, so the result is exactly what fusing only
- * the remaining updates would have given, and the original itself once none is left.
+ * <p>The first fuse that touches a weight keeps a copy of its original values in a native array
+ * beside it (a libtorch clone: no Java heap, no garbage collection). Undoing a fuse recomputes
+ * each weight it touched from that original, re-applying the fuses still active in the order
+ * they were made; fuses are deterministic, so the result is exactly what fusing only the
+ * remaining updates would have given, and the original itself once none is left.
+ *
+ * <p>Weights on the CPU and laid out contiguously are computed straight into their own memory;
+ * others (on a GPU, or views) are computed in a heap buffer and set.
  */
 final class ArrayTarget implements WeightTarget {
   private final ImmutableMap<String, NDArray> arrays;
   private final ImmutableMap<String, WeightInfo> weights;
-  private final Map<String, ByteBuffer> originals = new HashMap<>();
+  private final Map<String, NDArray> originals = new HashMap<>();
   private final List<WeightUpdate> active = new ArrayList<>();
   private final Map<String, Boolean> writesThrough = new HashMap<>();
 
@@ -54,35 +58,32 @@ final class ArrayTarget implements WeightTarget {
   public synchronized Optional<Restorer> apply(WeightUpdate update) {
     List<String> names = new ArrayList<>(update.names());
     names.removeIf(name -> !weights.containsKey(name));
-    Map<String, ByteBuffer> capturedNow = new LinkedHashMap<>();
+    List<String> capturedNow = new ArrayList<>();
     List<String> touched = new ArrayList<>();
     long total = names.stream().mapToLong(name -> weights.get(name).byteSize()).sum();
     long done = 0;
     try {
       for (String name : names) {
         NDArray array = arrays.get(name);
-        WeightInfo info = weights.get(name);
-        ByteBuffer memory = array.toByteBuffer(true);
         if (!originals.containsKey(name)) {
-          ByteBuffer copy = copyOf(memory);
-          originals.put(name, copy);
-          capturedNow.put(name, copy);
+          originals.put(name, array.duplicate());
+          capturedNow.add(name);
         }
         touched.add(name);
-        ByteBuffer fused = update.apply(name, memory, info, info.dtype());
-        if (fused != memory || !writesThrough(name, array, memory)) {
-          // set() makes the array use the buffer's memory as it is (DJL keeps the buffer alive),
-          // so it must never get a view of some other array's storage.
-          array.set(fused.isDirect() ? copyOf(fused) : fused);
-        }
-        done += info.byteSize();
+        write(name, List.of(update), Optional.empty());
+        done += weights.get(name).byteSize();
         update.progress(done, total);
       }
     } catch (RuntimeException e) {
       for (String name : touched) {
         rebuild(name);
       }
-      capturedNow.keySet().forEach(originals::remove);
+      for (String name : capturedNow) {
+        NDArray original = originals.remove(name);
+        if (original != null) {
+          original.close();
+        }
+      }
       throw e;
     }
     active.add(update);
@@ -98,38 +99,68 @@ final class ArrayTarget implements WeightTarget {
     }
   }
 
-  /** Sets {@code name} to its original with the active updates that touch it re-applied. */
+  /**
+   * Sets {@code name} to its original with the active updates that touch it re-applied, and lets
+   * the original go once none does.
+   */
   private void rebuild(String name) {
-    NDArray array = arrays.get(name);
-    WeightInfo info = weights.get(name);
-    ByteBuffer value = copyOf(originals.get(name));
-    boolean touched = false;
+    NDArray original = originals.get(name);
+    List<WeightUpdate> updates = new ArrayList<>();
     for (WeightUpdate update : active) {
       if (update.names().contains(name)) {
-        value = update.apply(name, value, info, info.dtype());
-        touched = true;
+        updates.add(update);
       }
     }
-    array.set(value);
-    if (!touched) {
-      originals.remove(name);
+    if (updates.isEmpty()) {
+      NDArray array = arrays.get(name);
+      if (writesThrough(name, array)) {
+        array.toByteBuffer(true).put(original.toByteBuffer(true));
+      } else {
+        array.set(copyOf(original.toByteBuffer()));
+      }
+      originals.remove(name).close();
+    } else {
+      write(name, updates, Optional.of(original));
     }
   }
 
   /**
-   * Whether writing into {@code memory}, a buffer from {@code array.toByteBuffer(true)}, changes
-   * the array itself. DJL gives a view of the array's own storage for CPU arrays laid out
-   * contiguously and a copy otherwise, and says not which; one byte written and read back through
-   * a second view tells, and saves copying every fused weight back into its array.
+   * Applies {@code updates} in order to weight {@code name}, starting from {@code from} (the
+   * weight's current values when empty).
    */
-  private boolean writesThrough(String name, NDArray array, ByteBuffer memory) {
+  private void write(String name, List<WeightUpdate> updates, Optional<NDArray> from) {
+    NDArray array = arrays.get(name);
+    WeightInfo info = weights.get(name);
+    boolean inPlace = writesThrough(name, array);
+    ByteBuffer into = inPlace ? array.toByteBuffer(true) : copyOf(array.toByteBuffer());
+    ByteBuffer source = from.isPresent() ? from.get().toByteBuffer(inPlace) : into;
+    for (WeightUpdate update : updates) {
+      update.apply(name, source, info, into, info.dtype());
+      source = into;
+    }
+    if (!inPlace) {
+      array.set(into);
+    }
+  }
+
+  /**
+   * Whether writing into {@code array.toByteBuffer(true)} changes the array itself. DJL gives a
+   * view of the array's own storage for CPU arrays laid out contiguously and a copy otherwise (a
+   * new array, once per weight here), and says not which; one byte written and read back through
+   * a second view tells.
+   */
+  private boolean writesThrough(String name, NDArray array) {
     return writesThrough.computeIfAbsent(
         name,
         unused -> {
-          if (!memory.isDirect() || memory.capacity() == 0) {
+          if (!array.getDevice().equals(Device.cpu()) || array.size() == 0) {
             return false;
           }
+          ByteBuffer memory = array.toByteBuffer(true);
           ByteBuffer second = array.toByteBuffer(true);
+          if (!memory.isDirect()) {
+            return false;
+          }
           byte saved = memory.get(0);
           memory.put(0, (byte) ~saved);
           boolean shared = second.get(0) != saved;
@@ -138,7 +169,10 @@ final class ArrayTarget implements WeightTarget {
         });
   }
 
-  /** A heap copy: originals can add up to gigabytes, which direct memory's limit would refuse. */
+  /**
+   * A heap copy. {@code NDArray.set} with a direct buffer would make the array use that buffer's
+   * memory as it is, which for a view of another array's storage would dangle once it is freed.
+   */
   private static ByteBuffer copyOf(ByteBuffer bytes) {
     ByteBuffer copy = ByteBuffer.allocate(bytes.remaining()).order(ByteOrder.LITTLE_ENDIAN);
     copy.put(bytes.duplicate()).flip();

@@ -318,7 +318,7 @@ public final class LoraMerger {
     }
 
     @Override
-    public ByteBuffer apply(String name, ByteBuffer weight, WeightInfo info, DType dtype) {
+    public void apply(String name, ByteBuffer weight, WeightInfo info, ByteBuffer into, DType dtype) {
       ModuleKey key = modules.get(name);
       checkArgument(key != null, "this update does not change weight '%s'", name);
       String label = String.format(Locale.ROOT, "module '%s' (weight '%s')", key, name);
@@ -327,7 +327,7 @@ public final class LoraMerger {
         NDArray[] factors = mergedFactors(manager, key, computeType).orElseThrow();
         NDArray up = prunedFactor(factors[0].toType(computeType, false)).toType(DataType.FLOAT64, false).mul(factor);
         NDArray down = prunedFactor(factors[1].toType(computeType, false)).toType(DataType.FLOAT64, false);
-        return Fusion.fuse(manager, weight, info.dtype(), info.shape(), up, down, dtype, label);
+        Fusion.fuse(manager, weight, info.dtype(), info.shape(), up, down, into, dtype, label);
       }
     }
 

@@ -15,16 +15,16 @@ public interface WeightUpdate {
   ImmutableSet<String> names();
 
   /**
-   * The new value of weight {@code name}: {@code weight} holds its current bytes (little-endian,
-   * of {@code info}'s dtype and shape); the result is the weight plus the update, rounded once
-   * from the exact sum to {@code dtype} (F64, F32, F16 or BF16), as little-endian bytes. When
-   * {@code dtype} is as wide as the weight's own type the result may be written over {@code
-   * weight} and returned in its place; if this throws, {@code weight}'s contents are unspecified.
+   * Writes weight {@code name} plus the update into {@code into}. {@code weight} holds the
+   * weight's current bytes (little-endian, of {@code info}'s dtype and shape); {@code into}
+   * receives, from its position, the sum rounded once from its exact value to {@code dtype} (F64,
+   * F32, F16 or BF16) as little-endian bytes. {@code into} may be {@code weight} itself when both
+   * types are equally wide. If this throws, {@code into}'s contents are unspecified.
    *
    * @throws IllegalArgumentException if this update does not rewrite {@code name}
    * @throws LoraMergeException if a result is not finite or beyond the dtype's range
    */
-  ByteBuffer apply(String name, ByteBuffer weight, WeightInfo info, DType dtype);
+  void apply(String name, ByteBuffer weight, WeightInfo info, ByteBuffer into, DType dtype);
 
   /**
    * How the update was made, as the recipe JSON that {@link LoraMerger#RECIPE_KEY} holds in a

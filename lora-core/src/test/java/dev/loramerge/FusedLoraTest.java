@@ -208,7 +208,8 @@ class FusedLoraTest {
       double bump = Math.scalb(1.0, -11) + Math.scalb(1.0, -30);
       NDArray up = manager.create(new double[] {bump, -bump}, new Shape(2, 1));
       NDArray down = manager.create(new double[] {1}, new Shape(1, 1));
-      ByteBuffer fused = Fusion.fuse(manager, weight, DType.F16, new long[] {2, 1}, up, down, DType.F16, "test");
+      ByteBuffer fused = ByteBuffer.allocate(4).order(ByteOrder.LITTLE_ENDIAN);
+      Fusion.fuse(manager, weight, DType.F16, new long[] {2, 1}, up, down, fused, DType.F16, "test");
       assertThat(fused.getShort(0)).isEqualTo(FloatFormats.toFloat16(1 + bump));
       assertThat(fused.getShort(2)).isEqualTo(FloatFormats.toFloat16(-1 - bump));
       assertThat(FloatFormats.toFloat16(1 + bump)).isNotEqualTo(FloatFormats.toFloat16(1.0));

@@ -35,28 +35,30 @@ public final class Fusion {
   private Fusion() {}
 
   /**
-   * The bytes (little-endian) of {@code weight + up·down} in {@code dtype}, correctly rounded from
-   * the exact sum. {@code weight} holds little-endian bytes of {@code weightType} in the given
-   * shape; {@code up} is m×r and {@code down} is r×(numel/m), both float64. When {@code dtype} is
-   * as wide as {@code weightType} the result may be written over {@code weight} and returned in
-   * its place; after a failure {@code weight}'s contents are unspecified.
+   * Writes {@code weight + up·down}, rounded once from the float64 sum to {@code dtype}, into
+   * {@code into} (little-endian, from its position). {@code weight} holds little-endian bytes of
+   * {@code weightType} in the given shape; {@code up} is m×r and {@code down} is r×(numel/m), both
+   * float64. {@code into} may be {@code weight} when the types are equally wide; after a failure
+   * its contents are unspecified.
    *
    * @throws LoraMergeException naming {@code label} when a result is NaN, infinite or beyond the
    *     dtype's range
    */
-  public static ByteBuffer fuse(
+  public static void fuse(
       NDManager manager,
       ByteBuffer weight,
       DType weightType,
       long[] shape,
       NDArray up,
       NDArray down,
+      ByteBuffer into,
       DType dtype,
       String label) {
     dataTypeOf(dtype);
     long rows = shape.length == 0 ? 1 : shape[0];
     if (NarrowFusion.handles(weightType, dtype, rows, weight.remaining() / weightType.byteSize())) {
-      return NarrowFusion.fuse(manager, weight, weightType, dtype, rows, up, down, label);
+      NarrowFusion.fuse(manager, weight, weightType, rows, up, down, into, dtype, label);
+      return;
     }
     try (NDManager scratch = manager.newSubManager()) {
       NDArray base = scratch.create(computable(weight, weightType), new Shape(shape), computeTypeOf(weightType));
@@ -69,7 +71,7 @@ public final class Fusion {
       ByteBuffer bytes = rounded(scratch, sum, dtype);
       bytes.order(ByteOrder.LITTLE_ENDIAN);
       checkFinite(bytes, dtype, sum, label);
-      return bytes;
+      into.duplicate().put(bytes);
     }
   }
 

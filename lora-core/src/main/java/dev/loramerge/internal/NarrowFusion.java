@@ -115,22 +115,17 @@ final class NarrowFusion {
   }
 
   /**
-   * {@code weight} (bytes of {@code input}, little-endian) plus {@code up·down} (float64, m×k and
-   * k×n), as {@code output} bytes: written over {@code weight} when both types are two bytes wide.
+   * Writes {@code weight} (bytes of {@code input}, little-endian) plus {@code up·down} (float64,
+   * m×k and k×n) into {@code into} as {@code output} bytes; {@code into} may be {@code weight}.
    */
-  static ByteBuffer fuse(
-      NDManager manager, ByteBuffer weight, DType input, DType output, long rows, NDArray up, NDArray down,
-      String label) {
+  static void fuse(
+      NDManager manager, ByteBuffer weight, DType input, long rows, NDArray up, NDArray down, ByteBuffer into,
+      DType output, String label) {
     int numel = weight.remaining() / input.byteSize();
     int m = Math.toIntExact(rows);
     NarrowFusion fusion = new NarrowFusion(input, output, m, numel / m, up, down, label);
     try {
-      ByteBuffer target =
-          input.byteSize() == 2
-              ? weight
-              : ByteBuffer.allocateDirect(numel * 2).order(ByteOrder.LITTLE_ENDIAN);
-      fusion.run(manager, weight.duplicate().order(ByteOrder.LITTLE_ENDIAN), target.duplicate().order(ByteOrder.LITTLE_ENDIAN));
-      return target;
+      fusion.run(manager, weight.duplicate().order(ByteOrder.LITTLE_ENDIAN), into.duplicate().order(ByteOrder.LITTLE_ENDIAN));
     } finally {
       if (fusion.down32 != down) {
         fusion.down32.close();

@@ -117,8 +117,8 @@ class NarrowFusionTest {
       int rank = up.length / rows;
       NDArray upArray = manager.create(up, new Shape(rows, rank));
       NDArray downArray = manager.create(down, new Shape(rank, cols));
-      ByteBuffer fused =
-          Fusion.fuse(manager, bytes, input, new long[] {rows, cols}, upArray, downArray, output, "layer");
+      ByteBuffer fused = input.byteSize() == 2 ? bytes : ByteBuffer.allocateDirect(weight.length * 2);
+      Fusion.fuse(manager, bytes, input, new long[] {rows, cols}, upArray, downArray, fused, output, "layer");
       short[] result = new short[weight.length];
       fused.duplicate().order(ByteOrder.LITTLE_ENDIAN).asShortBuffer().get(result);
       return result;

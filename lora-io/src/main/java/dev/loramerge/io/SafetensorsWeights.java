@@ -209,8 +209,12 @@ public final class SafetensorsWeights implements WeightTarget {
       original = ByteBuffer.allocate(bytes.remaining()).order(ByteOrder.LITTLE_ENDIAN);
       original.put(bytes.duplicate()).flip();
     }
+    DType outputType = outputType(info.dtype());
     ByteBuffer fused =
-        update.apply(info.name(), bytes, new WeightInfo(info.dtype(), info.shape()), outputType(info.dtype()));
+        outputType.byteSize() == info.dtype().byteSize()
+            ? bytes
+            : ByteBuffer.allocateDirect(Math.toIntExact(TensorData.numel(info.shape()) * outputType.byteSize())).order(ByteOrder.LITTLE_ENDIAN);
+    update.apply(info.name(), bytes, new WeightInfo(info.dtype(), info.shape()), fused, outputType);
     return new Computed(restore ? original : fused, fused);
   }
 
