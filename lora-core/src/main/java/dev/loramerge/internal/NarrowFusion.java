@@ -3,7 +3,6 @@ package dev.loramerge.internal;
 import ai.djl.ndarray.NDArray;
 import ai.djl.ndarray.NDManager;
 import ai.djl.ndarray.types.DataType;
-import ai.djl.ndarray.types.Shape;
 import dev.loramerge.DType;
 import dev.loramerge.LoraMergeException;
 import java.nio.ByteBuffer;
@@ -66,7 +65,7 @@ final class NarrowFusion {
   private final double[] up;
   /** {@code down} transposed, so that each recomputed element reads two contiguous rows. */
   private final double[] downByColumn;
-  private final float[] up32;
+  private final NDArray up32;
   private final NDArray down32;
   private final float[] rowBounds;
   private final float[] colNorms;
@@ -81,7 +80,7 @@ final class NarrowFusion {
     this.rank = Math.toIntExact(up.getShape().get(1));
     this.up = up.toDoubleArray();
     double[] downValues = down.toDoubleArray();
-    this.up32 = up.toType(DataType.FLOAT32, false).toFloatArray();
+    this.up32 = up.toType(DataType.FLOAT32, false);
     this.down32 = down.toType(DataType.FLOAT32, false);
     this.label = label;
     float slack = SAFETY * (rank + 3) * UNIT_ROUNDOFF;
@@ -129,6 +128,9 @@ final class NarrowFusion {
     } finally {
       if (fusion.down32 != down) {
         fusion.down32.close();
+      }
+      if (fusion.up32 != up) {
+        fusion.up32.close();
       }
     }
   }
@@ -182,13 +184,11 @@ final class NarrowFusion {
   private static final ThreadLocal<Scratch> SCRATCH = ThreadLocal.withInitial(() -> new Scratch(BLOCK_ELEMENTS));
 
   private static final class Scratch {
-    final float[] up;
     final float[] delta;
     final float[] weight;
     final short[] bits;
 
     Scratch(int elements) {
-      this.up = new float[elements];
       this.delta = new float[elements];
       this.weight = new float[elements];
       this.bits = new short[elements];
@@ -199,9 +199,10 @@ final class NarrowFusion {
     int count = (last - first) * cols;
     int offset = first * cols;
     try (NDManager blockManager = manager.newSubManager()) {
-      System.arraycopy(up32, first * rank, scratch.up, 0, (last - first) * rank);
-      NDArray upRows =
-          blockManager.create(java.nio.FloatBuffer.wrap(scratch.up, 0, (last - first) * rank), new Shape(last - first, rank));
+      // A slice of the float32 factor, not a new array from Java: DJL copies Java arrays into
+      // fresh direct buffers, which only the garbage collector frees.
+      NDArray upRows = up32.get(first + ":" + last);
+      upRows.attach(blockManager);
       NDArray delta = upRows.matMul(down32);
       delta.toByteBuffer(true).order(ByteOrder.nativeOrder()).asFloatBuffer().get(scratch.delta, 0, count);
     }
