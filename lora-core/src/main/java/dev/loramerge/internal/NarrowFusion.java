@@ -7,6 +7,7 @@ import dev.loramerge.DType;
 import dev.loramerge.LoraMergeException;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
+import java.util.Arrays;
 import java.util.Locale;
 import java.util.concurrent.ForkJoinPool;
 import java.util.stream.IntStream;
@@ -40,15 +41,13 @@ final class NarrowFusion {
   private static final float[] FLOAT16_VALUES = float16Values();
   private static final float UNIT_ROUNDOFF = 0x1p-24f;
   private static final float SAFETY = 1 + 0x1p-10f;
-  private static final float SUM_BOUND = SAFETY * UNIT_ROUNDOFF;
-  /** Float32 bits of 2⁻¹⁴, fp16's smallest normal. */
-  private static final int FLOAT16_MIN_NORMAL_BITS = 0x38800000;
-  /** Float32 bits of 65520, where fp16 rounding overflows to infinity. */
-  private static final int FLOAT16_OVERFLOW_BITS = 0x477FF000;
-  /** Float32 bits of 2⁻¹⁰³: below it the float32 ulp used in the margin test would underflow. */
-  private static final int BFLOAT16_MIN_FAST_BITS = 0x0C000000;
-  /** Float32 bits of the midpoint above bf16's largest finite value. */
-  private static final int BFLOAT16_OVERFLOW_BITS = 0x7F7F8000;
+  /**
+   * Float32 exponent fields whose sums round in the fast path: fp16 normals below 2¹⁵ (from 2⁻¹⁴;
+   * the binade of 32768 holds fp16's overflow boundary).
+   */
+  private static final int[] FLOAT16_FAST_EXPONENTS = {113, 141};
+  /** Likewise for bf16: from 2⁻¹⁰³ (the float32 ulps stay normal) to below 2¹²⁷. */
+  private static final int[] BFLOAT16_FAST_EXPONENTS = {24, 253};
 
   /** Float64 bits of 2⁻¹⁴ and of 65520 (the fp16 overflow midpoint). */
   private static final long DOUBLE_FLOAT16_MIN_NORMAL_BITS = Double.doubleToRawLongBits(0x1p-14);
@@ -68,7 +67,7 @@ final class NarrowFusion {
   private final NDArray up32;
   private final NDArray down32;
   private final float[] rowBounds;
-  private final float[] colNorms;
+  private final double maxColNorm;
   private final String label;
 
   private NarrowFusion(
@@ -93,7 +92,7 @@ final class NarrowFusion {
       rowBounds[r] = slack * (float) Math.sqrt(squares);
     }
     this.downByColumn = new double[cols * rank];
-    this.colNorms = new float[cols];
+    double largest = 0;
     for (int c = 0; c < cols; c++) {
       double squares = 0;
       for (int l = 0; l < rank; l++) {
@@ -101,8 +100,9 @@ final class NarrowFusion {
         downByColumn[c * rank + l] = value;
         squares += value * value;
       }
-      colNorms[c] = (float) Math.sqrt(squares);
+      largest = Math.max(largest, Math.sqrt(squares));
     }
+    this.maxColNorm = largest;
   }
 
   /** Whether weights of {@code input} fuse here when written as {@code output}. */
@@ -187,6 +187,7 @@ final class NarrowFusion {
     final float[] delta;
     final float[] weight;
     final short[] bits;
+    final int[] thresholds = new int[256];
 
     Scratch(int elements) {
       this.delta = new float[elements];
@@ -240,21 +241,19 @@ final class NarrowFusion {
     float[] delta = scratch.delta;
     float[] weights = scratch.weight;
     short[] bits = scratch.bits;
+    int[] thresholds = scratch.thresholds;
     for (int r = first; r < last; r++) {
-      float rowBound = rowBounds[r];
+      fillThresholds(thresholds, r, FLOAT16_FAST_EXPONENTS, 0x1000);
       int base = (r - first) * cols;
       for (int c = 0; c < cols; c++) {
         int i = base + c;
-        float sum = weights[i] + delta[i];
-        int raw = Float.floatToRawIntBits(sum);
+        int raw = Float.floatToRawIntBits(weights[i] + delta[i]);
         int magnitude = raw & 0x7FFFFFFF;
         int dropped = magnitude & 0x1FFF;
         // Distance to the nearest rounding boundary in float32 ulps; below a power of two the
         // boundary is closer (the binade below is finer), hence the second term.
         int margin = Math.min(Math.abs(dropped - 0x1000), dropped + 0x800);
-        float ulp = Float.intBitsToFloat((magnitude & 0x7F800000) - (23 << 23));
-        float error = rowBound * colNorms[c] + SUM_BOUND * Float.intBitsToFloat(magnitude);
-        if (magnitude >= FLOAT16_MIN_NORMAL_BITS && magnitude < FLOAT16_OVERFLOW_BITS && error < margin * ulp) {
+        if (margin > thresholds[magnitude >>> 23]) {
           bits[i] = (short) (((raw >>> 16) & 0x8000) | ((magnitude - 0x38000000 + 0xFFF + ((magnitude >>> 13) & 1)) >>> 13));
         } else {
           double exact = weights[i] + exactUpdate(r, c);
@@ -273,19 +272,17 @@ final class NarrowFusion {
     float[] delta = scratch.delta;
     float[] weights = scratch.weight;
     short[] bits = scratch.bits;
+    int[] thresholds = scratch.thresholds;
     for (int r = first; r < last; r++) {
-      float rowBound = rowBounds[r];
+      fillThresholds(thresholds, r, BFLOAT16_FAST_EXPONENTS, 0x8000);
       int base = (r - first) * cols;
       for (int c = 0; c < cols; c++) {
         int i = base + c;
-        float sum = weights[i] + delta[i];
-        int raw = Float.floatToRawIntBits(sum);
+        int raw = Float.floatToRawIntBits(weights[i] + delta[i]);
         int magnitude = raw & 0x7FFFFFFF;
         int dropped = magnitude & 0xFFFF;
         int margin = Math.min(Math.abs(dropped - 0x8000), dropped + 0x4000);
-        float ulp = Float.intBitsToFloat((magnitude & 0x7F800000) - (23 << 23));
-        float error = rowBound * colNorms[c] + SUM_BOUND * Float.intBitsToFloat(magnitude);
-        if (magnitude >= BFLOAT16_MIN_FAST_BITS && magnitude < BFLOAT16_OVERFLOW_BITS && error < margin * ulp) {
+        if (margin > thresholds[magnitude >>> 23]) {
           bits[i] = (short) ((raw + 0x7FFF + ((raw >>> 16) & 1)) >>> 16);
         } else {
           double exact = weights[i] + exactUpdate(r, c);
@@ -298,6 +295,25 @@ final class NarrowFusion {
       }
     }
     return null;
+  }
+
+  /**
+   * For each float32 exponent field E of row {@code row}'s sums, the error bound in float32
+   * ulps (2^(E−150)), rounded down: a sum whose distance to the nearest rounding boundary is
+   * more ulps than that rounds like the exact value. With {@code |s| < 2^(E−126)} the bound
+   * becomes {@code rowBound·max‖down_j‖·2^(150−E) + 1 + 2⁻¹⁰}. Exponents outside {@code fast}
+   * (zero and subnormal results, the top binade where rounding may overflow, infinities and NaN)
+   * get {@code never}, which no margin exceeds.
+   */
+  private void fillThresholds(int[] thresholds, int row, int[] fast, int never) {
+    Arrays.fill(thresholds, never);
+    // Halving per exponent is exact; once the product term is gone every threshold is 1.
+    double term = Math.scalb((double) rowBounds[row] * maxColNorm, 150 - fast[0]);
+    int exponent = fast[0];
+    for (; exponent <= fast[1] && term >= 0x1p-20; exponent++, term *= 0.5) {
+      thresholds[exponent] = (int) Math.min(never, Math.floor(term + SAFETY));
+    }
+    Arrays.fill(thresholds, exponent, fast[1] + 1, 1);
   }
 
   /**
