@@ -31,6 +31,7 @@ import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Locale;
 import java.util.Map;
+import java.util.Optional;
 import java.util.OptionalDouble;
 
 /**
@@ -43,7 +44,9 @@ import java.util.OptionalDouble;
  * fp16 base UNet file to file ({@code fuse/file}) and into its weights held as NDArrays ({@code
  * fuse/memory}). Prints median and min–max seconds, peak heap and peak process RSS per operation,
  * and for the randomized re-rankers the relative difference from the exact truncation (on 24
- * modules).
+ * modules). Run from {@code bin/lora-bench}, it also times the whole {@code bin/lora merge} and
+ * {@code bin/lora fuse} commands on the same files as child processes ({@code command/merge},
+ * {@code command/fuse}: wall seconds including JVM start, and the child's peak RSS).
  */
 public final class BenchCommand {
   private static final int ERROR_SAMPLE_MODULES = 24;
@@ -102,11 +105,22 @@ public final class BenchCommand {
           return result;
         },
         OptionalDouble.empty());
+    Optional<Path> lora = Optional.ofNullable(System.getProperty("loramerge.home")).map(home -> Path.of(home, "bin", "lora"));
+    if (lora.isPresent()) {
+      table.command(
+          "command/merge",
+          List.of(lora.get().toString(), "merge", "-o", merged.toString(), "--format", "kohya", styleFile + "=0.7", subjectFile + "=0.5"));
+    }
     if (fuse) {
       Path base = SdxlData.baseUnet(cache);
       Path fused = cache.resolve("fused.fp16.safetensors");
       LoraMerger one = LoraMerger.builder().add(LoraFiles.read(styleFile), 1.0).build();
       table.time("fuse/file", () -> one.fuseInto(SafetensorsWeights.of(base, fused)), OptionalDouble.empty());
+      if (lora.isPresent()) {
+        table.command(
+            "command/fuse",
+            List.of(lora.get().toString(), "fuse", "--base", base.toString(), "-o", fused.toString(), styleFile + "=1"));
+      }
       Files.deleteIfExists(fused);
       try (NDManager manager = NDManager.newBaseManager()) {
         WeightTarget unet = WeightTarget.of(touchedWeights(manager, base, style));

@@ -1,7 +1,7 @@
 package dev.loramerge.bench;
 
 import java.io.IOException;
-import java.io.UncheckedIOException;
+import java.io.InterruptedIOException;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
@@ -9,6 +9,7 @@ import java.util.Arrays;
 import java.util.List;
 import java.util.Locale;
 import java.util.OptionalDouble;
+import java.util.concurrent.TimeUnit;
 import java.util.function.Consumer;
 
 /** Times operations (a warm-up, then N runs) and prints and serializes the results. */
@@ -55,6 +56,59 @@ final class Table {
     Row row = new Row(name, seconds, peakRssMb(), peakHeap, relError);
     rows.add(row);
     System.out.println(format(row));
+  }
+
+  /**
+   * Runs {@code command} as a child process once to warm the page cache and {@code runs} times
+   * timed: wall seconds including JVM start, and the child's peak RSS (its VmHWM, read every few
+   * milliseconds until it exits; the last reading is at most that much before the end).
+   */
+  void command(String name, List<String> command) throws IOException {
+    runCommand(command);
+    double[] seconds = new double[runs];
+    long peakRss = 0;
+    for (int run = 0; run < runs; run++) {
+      long start = System.nanoTime();
+      peakRss = Math.max(peakRss, runCommand(command));
+      seconds[run] = (System.nanoTime() - start) / 1e9;
+    }
+    Arrays.sort(seconds);
+    Row row = new Row(name, seconds, peakRss, 0, OptionalDouble.empty());
+    rows.add(row);
+    System.out.println(format(row));
+  }
+
+  /** Runs {@code command} to completion; its peak RSS in MiB. */
+  private static long runCommand(List<String> command) throws IOException {
+    Process process = new ProcessBuilder(command).redirectErrorStream(true).redirectOutput(ProcessBuilder.Redirect.DISCARD).start();
+    Path status = Path.of("/proc", Long.toString(process.pid()), "status");
+    long peak = 0;
+    try {
+      while (!process.waitFor(5, TimeUnit.MILLISECONDS)) {
+        peak = Math.max(peak, highWaterMb(status));
+      }
+    } catch (InterruptedException e) {
+      process.destroyForcibly();
+      Thread.currentThread().interrupt();
+      throw new InterruptedIOException("interrupted while running " + command);
+    }
+    if (process.exitValue() != 0) {
+      throw new IOException(String.join(" ", command) + " exited with " + process.exitValue());
+    }
+    return peak;
+  }
+
+  private static long highWaterMb(Path status) {
+    try {
+      for (String line : Files.readAllLines(status)) {
+        if (line.startsWith("VmHWM:")) {
+          return Long.parseLong(line.replaceAll("[^0-9]", "")) / 1024;
+        }
+      }
+    } catch (IOException e) {
+      // The process ended between the wait and the read, or there is no /proc.
+    }
+    return 0;
   }
 
   void print() {
@@ -113,15 +167,6 @@ final class Table {
 
   /** The process's peak resident set since the last reset (VmHWM), in MiB; 0 without /proc. */
   private static long peakRssMb() {
-    try {
-      for (String line : Files.readAllLines(Path.of("/proc/self/status"))) {
-        if (line.startsWith("VmHWM:")) {
-          return Long.parseLong(line.replaceAll("[^0-9]", "")) / 1024;
-        }
-      }
-    } catch (IOException e) {
-      throw new UncheckedIOException(e);
-    }
-    return 0;
+    return highWaterMb(Path.of("/proc/self/status"));
   }
 }
