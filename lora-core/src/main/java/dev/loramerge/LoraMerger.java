@@ -458,7 +458,7 @@ public final class LoraMerger {
     NDArray down = update.down().orElseThrow();
     long currentRank = up.getShape().get(1);
     if (algorithm.reRanks() || (explicit.isPresent() && currentRank > target)) {
-      return Optional.of(clamp(truncate(manager, up, down, sigma -> rankRule.rank(sigma, target))));
+      return Optional.of(clamp(FactoredSvd.truncate(manager, up, down, sigma -> rankRule.rank(sigma, target))));
     }
     return Optional.of(new NDArray[] {up, down});
   }
@@ -482,21 +482,6 @@ public final class LoraMerger {
     int above = Math.min(below + 1, all.length - 1);
     double limit = all[below] + (position - below) * (all[above] - all[below]);
     return new NDArray[] {factors[0].clip(-limit, limit), factors[1].clip(-limit, limit)};
-  }
-
-  /** The exact best rank-{@code target} factors of up·down (see {@link FactoredSvd}). */
-  private static NDArray[] truncate(
-      NDManager manager, NDArray up, NDArray down, java.util.function.ToIntFunction<double[]> rankOf) {
-    NDArray up64 = up.toType(DataType.FLOAT64, false);
-    NDArray down64 = down.toType(DataType.FLOAT64, false);
-    FactoredSvd svd =
-        FactoredSvd.of(
-            NdArrays.toMatrix(up64.transpose().matMul(up64)),
-            NdArrays.toMatrix(down64.matMul(down64.transpose())),
-            rankOf);
-    NDArray newUp = up64.matMul(NdArrays.fromMatrix(manager, svd.left()));
-    NDArray newDown = NdArrays.fromMatrix(manager, svd.right()).matMul(down64);
-    return new NDArray[] {newUp, newDown};
   }
 
   private LoraModule toModule(ModuleKey key, LoraModule like, NDArray[] factors, DType outputType) {

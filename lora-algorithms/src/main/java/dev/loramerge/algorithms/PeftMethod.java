@@ -8,6 +8,7 @@ import ai.djl.ndarray.types.Shape;
 import com.google.common.collect.ImmutableMap;
 import dev.loramerge.LoraMergeException;
 import dev.loramerge.MergeAlgorithm;
+import dev.loramerge.algorithms.internal.TaskTensors;
 import dev.loramerge.spi.ModuleInput;
 import dev.loramerge.spi.ModuleMerge;
 import dev.loramerge.spi.ModuleUpdate;

@@ -1,7 +1,5 @@
 package dev.loramerge.bench;
 
-import ai.djl.Device;
-import ai.djl.engine.Engine;
 import ai.djl.ndarray.NDArray;
 import ai.djl.ndarray.NDManager;
 import ai.djl.ndarray.types.DataType;
@@ -57,15 +55,10 @@ public class FuseKernel {
 
   @Setup(Level.Trial)
   public void setUp() {
-    Device target = device.equals("gpu") ? Device.gpu() : Device.cpu();
-    if (device.equals("gpu") && Engine.getInstance().getGpuCount() == 0) {
-      throw new IllegalStateException("no GPU visible to DJL; run with -p device=cpu");
-    }
-    String[] sides = shape.split("x");
-    long rows = Long.parseLong(sides[0]);
-    long columns = Long.parseLong(sides[1]);
-    manager = NDManager.newBaseManager(target);
-    dims = new long[] {rows, columns};
+    manager = NDManager.newBaseManager(KernelParams.device(device));
+    dims = KernelParams.shape(shape);
+    long rows = dims[0];
+    long columns = dims[1];
     ByteBuffer values =
         manager.randomNormal(0, 0.02f, new Shape(rows, columns), DataType.FLOAT32)
             .toType(Fusion.dataTypeOf(DType.valueOf(dtype)), false)

@@ -2,6 +2,9 @@ package dev.loramerge.internal;
 
 import static com.google.common.base.Preconditions.checkArgument;
 
+import ai.djl.ndarray.NDArray;
+import ai.djl.ndarray.NDManager;
+import ai.djl.ndarray.types.DataType;
 import java.util.Arrays;
 import java.util.function.ToIntFunction;
 import org.ejml.data.DMatrixRMaj;
@@ -93,6 +96,27 @@ public final class FactoredSvd {
     DMatrixRMaj right = new DMatrixRMaj(rank, inner);
     CommonOps_DDRM.multTransAB(wk, down.vectors, right);
     return new FactoredSvd(left, right, sigma);
+  }
+
+  /**
+   * Returns the best rank-k factors {B' (m×k), A' (k×n)} of {@code up}·{@code down} (m×R times
+   * R×n) in float64, without forming the product: the Gram matrices and the final products in
+   * DJL, the R×R decompositions by {@link #of}. The results belong to the managers of {@code up}
+   * and {@code down}; the two small factors converted from EJML belong to {@code manager}.
+   *
+   * @param rankOf chooses the kept rank k from all R singular values, as in {@link #of}
+   */
+  public static NDArray[] truncate(NDManager manager, NDArray up, NDArray down, ToIntFunction<double[]> rankOf) {
+    NDArray up64 = up.toType(DataType.FLOAT64, false);
+    NDArray down64 = down.toType(DataType.FLOAT64, false);
+    FactoredSvd svd =
+        of(
+            NdArrays.toMatrix(up64.transpose().matMul(up64)),
+            NdArrays.toMatrix(down64.matMul(down64.transpose())),
+            rankOf);
+    NDArray newUp = up64.matMul(NdArrays.fromMatrix(manager, svd.left()));
+    NDArray newDown = NdArrays.fromMatrix(manager, svd.right()).matMul(down64);
+    return new NDArray[] {newUp, newDown};
   }
 
   /**

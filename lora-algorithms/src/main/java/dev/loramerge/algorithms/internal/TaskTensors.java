@@ -1,5 +1,6 @@
-package dev.loramerge.algorithms;
+package dev.loramerge.algorithms.internal;
 
+import dev.loramerge.algorithms.MajoritySign;
 import java.util.Arrays;
 import java.util.SplittableRandom;
 
@@ -8,15 +9,18 @@ import java.util.SplittableRandom;
  * one per adapter): magnitude and random pruning, sign election and the disjoint mean.
  * Deterministic: ties in magnitude go to the lower index, random masks come from the caller's
  * seeded stream.
+ *
+ * <p>Public only so that the JMH kernels of lora-bench can measure these loops on their own; the
+ * merge methods are the API.
  */
-final class TaskTensors {
+public final class TaskTensors {
   private TaskTensors() {}
 
   /**
    * Keeps the ⌊density·n⌋ entries of largest magnitude and zeroes the rest, in place (PEFT's
    * {@code magnitude_based_pruning}).
    */
-  static void pruneByMagnitude(float[] tensor, double density) {
+  public static void pruneByMagnitude(float[] tensor, double density) {
     int keep = (int) (density * tensor.length);
     if (keep >= tensor.length) {
       return;
@@ -53,7 +57,7 @@ final class TaskTensors {
    * Two sequential passes, no copy: quickselect's random access was the bottleneck of magnitude
    * pruning on SDXL-sized deltas.
    */
-  static float kthLargestMagnitude(float[] tensor, int k) {
+  public static float kthLargestMagnitude(float[] tensor, int k) {
     int[] upper = new int[1 << 16];
     for (float value : tensor) {
       upper[(Float.floatToRawIntBits(value) & 0x7FFFFFFF) >>> 16]++;
@@ -83,14 +87,14 @@ final class TaskTensors {
    * Keeps each entry with probability {@code density} and divides the kept ones by it, in place
    * (DARE, Yu et al. 2023, eq. 2; PEFT's {@code random_pruning} with rescale).
    */
-  static void pruneRandomly(float[] tensor, double density, SplittableRandom random) {
+  public static void pruneRandomly(float[] tensor, double density, SplittableRandom random) {
     for (int i = 0; i < tensor.length; i++) {
       tensor[i] = random.nextDouble() < density ? (float) (tensor[i] / density) : 0f;
     }
   }
 
   /** Σ λᵢ·Tᵢ. */
-  static float[] weightedSum(float[][] tensors, double[] weights) {
+  public static float[] weightedSum(float[][] tensors, double[] weights) {
     float[] sum = new float[tensors[0].length];
     for (int i = 0; i < sum.length; i++) {
       double total = 0;
@@ -107,7 +111,7 @@ final class TaskTensors {
    * elected sign per entry comes from the unweighted tensors, and the weighted entries that agree
    * with it are summed and divided by their count (at least 1).
    */
-  static float[] electAndMerge(float[][] tensors, double[] weights, MajoritySign method) {
+  public static float[] electAndMerge(float[][] tensors, double[] weights, MajoritySign method) {
     float[] merged = new float[tensors[0].length];
     for (int i = 0; i < merged.length; i++) {
       double votes = 0;
@@ -133,7 +137,7 @@ final class TaskTensors {
    * the ⌊gamma·n⌋ entries of largest magnitude as outliers and keeps the next ⌊density·n⌋; when
    * gamma + density exceeds 1, fewer outliers are dropped so that density·n remain. In place.
    */
-  static void pruneBreadcrumbs(float[] tensor, double density, double gamma) {
+  public static void pruneBreadcrumbs(float[] tensor, double density, double gamma) {
     int n = tensor.length;
     int keep = (int) (density * n);
     int top = Math.min((int) (gamma * n), n - keep);
@@ -157,7 +161,7 @@ final class TaskTensors {
    * by magnitude are kept with probability rising linearly from density − ε (smallest) to
    * density + ε (largest), and kept entries are divided by their probability. In place.
    */
-  static void pruneDella(float[] tensor, int rowLength, double density, double epsilon, SplittableRandom random) {
+  public static void pruneDella(float[] tensor, int rowLength, double density, double epsilon, SplittableRandom random) {
     for (int start = 0; start < tensor.length; start += rowLength) {
       int length = Math.min(rowLength, tensor.length - start);
       Integer[] order = new Integer[length];

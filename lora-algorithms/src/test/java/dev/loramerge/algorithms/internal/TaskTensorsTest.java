@@ -1,4 +1,4 @@
-package dev.loramerge.algorithms;
+package dev.loramerge.algorithms.internal;
 
 import static org.assertj.core.api.Assertions.assertThat;
 

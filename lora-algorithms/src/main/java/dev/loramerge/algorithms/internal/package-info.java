@@ -1,0 +1,5 @@
+/**
+ * The element-wise loops the merge methods of {@link dev.loramerge.algorithms} share, public so
+ * that lora-bench can measure them. Not an API: the merge methods are.
+ */
+package dev.loramerge.algorithms.internal;
