@@ -43,6 +43,11 @@ final class CatAlgorithm implements MergeAlgorithm {
   }
 
   @Override
+  public boolean scalesOnly() {
+    return true;
+  }
+
+  @Override
   public String toString() {
     return "Cat{}";
   }

@@ -396,8 +396,14 @@ public final class LoraMerger {
   }
 
   private Optional<LoraModule> mergeModule(NDManager root, ModuleKey key, DType outputType) {
+    boolean halfThroughout =
+        algorithm.scalesOnly()
+            && outputType == DType.F16
+            && inputs.stream()
+                .map(input -> input.adapter().modules().get(key))
+                .allMatch(module -> module == null || (module.up().dtype() == DType.F16 && module.down().dtype() == DType.F16));
     try (NDManager manager = root.newSubManager()) {
-      return mergedFactors(manager, key, DataType.FLOAT32)
+      return mergedFactors(manager, key, halfThroughout ? DataType.FLOAT16 : DataType.FLOAT32)
           .map(factors -> toModule(key, firstPresent(key), factors, outputType));
     }
   }
@@ -633,6 +639,9 @@ public final class LoraMerger {
     private NDArray load(TensorData tensor, long... shape) {
       if (computeType == DataType.FLOAT64 && tensor.dtype() == DType.F64) {
         return manager.create(tensor.toDoubleArray(), new ai.djl.ndarray.types.Shape(shape));
+      }
+      if (computeType == DataType.FLOAT16) {
+        return NdArrays.ofOwnType(manager, tensor, shape);
       }
       // Factors narrower than F64 widen to float32, and on to float64, exactly.
       NDArray single = NdArrays.float32(manager, tensor, shape);

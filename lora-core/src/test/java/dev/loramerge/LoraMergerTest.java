@@ -4,6 +4,8 @@ import static org.assertj.core.api.Assertions.assertThat;
 import static org.assertj.core.api.Assertions.assertThatThrownBy;
 
 import ai.djl.ndarray.NDManager;
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
 import dev.loramerge.testing.TinyLora;
 import org.junit.jupiter.api.Test;
 
@@ -129,5 +131,51 @@ class LoraMergerTest {
         .hasMessage(
             "module 'unet.down_blocks.0.attentions.0.proj_in' updates [10, 12] in adapter 'style' but [10, 4]"
                 + " in adapter 'other'; the adapters are for different models");
+  }
+
+  @Test
+  void catOfFp16AdaptersRoundsEachScaledElementOnceFromFloat32() {
+    LoraAdapter style = toFloat16(STYLE);
+    LoraAdapter subject = toFloat16(SUBJECT);
+    double[] weights = {0.7, -0.3};
+    LoraAdapter merged = LoraMerger.builder().add(style, weights[0]).add(subject, weights[1]).merge();
+    for (ModuleKey key : TinyLora.KEYS) {
+      LoraModule[] inputs = {style.modules().get(key), subject.modules().get(key)};
+      LoraModule module = merged.modules().get(key);
+      int rows = Math.toIntExact(inputs[0].up().shape()[0]);
+      int rank = inputs[0].rank() + inputs[1].rank();
+      short[] expectedUp = new short[rows * rank];
+      java.io.ByteArrayOutputStream expectedDown = new java.io.ByteArrayOutputStream();
+      int column = 0;
+      for (int n = 0; n < inputs.length; n++) {
+        float[] up = inputs[n].up().toFloatArray();
+        float factor = (float) (weights[n] * inputs[n].scale());
+        int inputRank = inputs[n].rank();
+        for (int row = 0; row < rows; row++) {
+          for (int j = 0; j < inputRank; j++) {
+            expectedUp[row * rank + column + j] = dev.loramerge.internal.FloatFormats.toFloat16(up[row * inputRank + j] * factor);
+          }
+        }
+        column += inputRank;
+        ByteBuffer down = inputs[n].down().bytes();
+        byte[] downBytes = new byte[down.remaining()];
+        down.duplicate().get(downBytes);
+        expectedDown.writeBytes(downBytes);
+      }
+      short[] actualUp = new short[rows * rank];
+      module.up().bytes().duplicate().order(ByteOrder.LITTLE_ENDIAN).asShortBuffer().get(actualUp);
+      assertThat(module.up().dtype()).as("%s up dtype", key).isEqualTo(DType.F16);
+      assertThat(actualUp).as("%s up: each element scaled in float32 and rounded once", key).isEqualTo(expectedUp);
+      byte[] actualDown = new byte[module.down().bytes().remaining()];
+      module.down().bytes().duplicate().get(actualDown);
+      assertThat(actualDown).as("%s down: the inputs' bytes, stacked", key).isEqualTo(expectedDown.toByteArray());
+    }
+  }
+
+  private static LoraAdapter toFloat16(LoraAdapter adapter) {
+    LoraAdapter.Builder builder = LoraAdapter.builder().name(adapter.name());
+    adapter.modules().values().forEach(
+        module -> builder.add(LoraModule.of(module.key(), module.down().to(DType.F16), module.up().to(DType.F16), module.alpha())));
+    return builder.build();
   }
 }

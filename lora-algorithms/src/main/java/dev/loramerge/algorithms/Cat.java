@@ -44,6 +44,11 @@ public final class Cat implements MergeAlgorithm {
   }
 
   @Override
+  public boolean scalesOnly() {
+    return true;
+  }
+
+  @Override
   public String toString() {
     return "Cat{}";
   }

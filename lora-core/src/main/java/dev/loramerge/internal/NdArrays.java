@@ -31,6 +31,9 @@ public final class NdArrays {
    * the array's own precision.
    */
   public static TensorData toTensor(NDArray array, DType dtype, long... shape) {
+    if (array.getDataType() == DataType.FLOAT16 && dtype == DType.F16) {
+      return TensorData.of(dtype, shape, array.toByteBuffer());
+    }
     boolean computable =
         array.getDataType() == DataType.FLOAT32 || array.getDataType() == DataType.FLOAT64;
     if (computable && ByteOrder.nativeOrder() == ByteOrder.LITTLE_ENDIAN && dtype.isFloatingPoint() && dtype.byteSize() >= 2) {
@@ -38,6 +41,13 @@ public final class NdArrays {
     }
     double[] values = array.getDataType() == DataType.FLOAT64 ? array.toDoubleArray() : array.toType(DataType.FLOAT64, false).toDoubleArray();
     return TensorData.ofDoubles(values, dtype, shape);
+  }
+
+  /** An array of {@code tensor}'s values in its own type (F64, F32 or F16), owned by {@code manager}. */
+  public static NDArray ofOwnType(NDManager manager, TensorData tensor, long... shape) {
+    ByteBuffer direct = ByteBuffer.allocateDirect(Math.toIntExact(tensor.byteSize())).order(ByteOrder.nativeOrder());
+    direct.put(tensor.bytes().duplicate()).flip();
+    return manager.create(direct, new Shape(shape), Fusion.dataTypeOf(tensor.dtype()));
   }
 
   /**
