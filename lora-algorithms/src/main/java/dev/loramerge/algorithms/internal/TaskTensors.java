@@ -112,6 +112,9 @@ public final class TaskTensors {
    * with it are summed and divided by their count (at least 1).
    */
   public static float[] electAndMerge(float[][] tensors, double[] weights, MajoritySign method) {
+    if (tensors.length == 2 && method == MajoritySign.TOTAL) {
+      return electAndMergeTwo(tensors[0], tensors[1], weights[0], weights[1]);
+    }
     float[] merged = new float[tensors[0].length];
     for (int i = 0; i < merged.length; i++) {
       double votes = 0;
@@ -131,6 +134,31 @@ public final class TaskTensors {
     }
     return merged;
   }
+  /**
+   * {@link #electAndMerge} for the common case of two tensors and a total-mass vote, without the
+   * inner loops, {@code signum} calls and divisions: the same additions in the same order, and
+   * halving (exact) where the general loop divides by two, so the result is identical.
+   */
+  private static float[] electAndMergeTwo(float[] first, float[] second, double firstWeight, double secondWeight) {
+    float[] merged = new float[first.length];
+    for (int i = 0; i < merged.length; i++) {
+      float x = first[i];
+      float y = second[i];
+      boolean positive = (double) x + y >= 0;
+      boolean takeX = positive ? x > 0 : x < 0;
+      boolean takeY = positive ? y > 0 : y < 0;
+      double total = 0;
+      if (takeX) {
+        total += firstWeight * x;
+      }
+      if (takeY) {
+        total += secondWeight * y;
+      }
+      merged[i] = (float) (takeX && takeY ? total * 0.5 : total);
+    }
+    return merged;
+  }
+
 
   /**
    * Model Breadcrumbs (Davari and Belilovsky 2023; mergekit's {@code magnitude_outliers}): drops
