@@ -56,7 +56,16 @@ final class KohyaNames {
     }
     if (!options.baseKeys().isEmpty()) {
       Map<String, ModuleKey> byBase = baseKeyIndex(options.baseKeys());
-      return resolveAll(fileName, weightShapes, name -> Optional.ofNullable(byBase.get(name)));
+      // A base in diffusers names cannot resolve kohya's original-checkpoint names
+      // (input_blocks_4_1…) for SDXL; the architecture the shapes fit can.
+      Optional<Architecture> fitting = Architecture.all().stream().filter(architecture -> fits(architecture, weightShapes)).findFirst();
+      return resolveAll(
+          fileName,
+          weightShapes,
+          name -> {
+            ModuleKey key = byBase.get(name);
+            return key != null ? Optional.of(key) : fitting.flatMap(architecture -> byArchitecture(architecture, name));
+          });
     }
     for (Architecture architecture : Architecture.all()) {
       if (fits(architecture, weightShapes)) {

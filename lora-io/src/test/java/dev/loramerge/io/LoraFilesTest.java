@@ -53,6 +53,11 @@ class LoraFilesTest {
     LoraAdapter read = LoraFiles.read(file);
     assertThat(read.modules().keySet()).isEqualTo(adapter.modules().keySet());
     assertThat(Architecture.detect(read)).contains(Architecture.sdxl());
+    LoraAdapter withDiffusersBase =
+        LoraFiles.read(file, LoraReadOptions.builder().baseKeys(java.util.List.of("conv_in.weight", "down_blocks.0.resnets.0.conv1.weight")).build());
+    assertThat(withDiffusersBase.modules().keySet())
+        .as("original names resolve through SDXL's descriptor when the base's diffusers keys cannot")
+        .isEqualTo(read.modules().keySet());
     assertThat(read.module(ModuleKey.parse("unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"))).isPresent();
   }
 
