@@ -36,7 +36,8 @@ import java.util.OptionalDouble;
 
 /**
  * {@code bin/lora-bench e2e [--rank R] [--runs N] [--methods a,b] [--skip-fuse] [--cache DIR]
- * [--json FILE]}: the end-to-end workload of the benchmarks issue, in one JVM after a warm-up.
+ * [--json FILE] [--vs-pytorch [--python PATH] [--pytorch-svd-every N]]}: the end-to-end workload
+ * of the benchmarks issue, in one JVM after a warm-up.
  *
  * <p>Two SDXL-shaped rank-R attention LoRAs (722 modules; alphas 32 and 16), weights 0.7 / 0.5,
  * density 0.5, target rank R: every merge method in memory ({@code merge/<method>}), the cat merge
@@ -47,23 +48,39 @@ import java.util.OptionalDouble;
  * modules). Run from {@code bin/lora-bench}, it also times the whole {@code bin/lora merge} and
  * {@code bin/lora fuse} commands on the same files as child processes ({@code command/merge},
  * {@code command/fuse}: wall seconds including JVM start, and the child's peak RSS).
+ *
+ * <p>{@code --vs-pytorch} then runs the same in-memory operations (the PEFT methods among {@code
+ * --methods}, and {@code fuse/memory}) through PEFT's arithmetic in PyTorch on the CPU ({@link
+ * PytorchBaseline}) and prints both medians and their ratio; ratios from one run are what compare,
+ * absolute seconds drift between machines. PyTorch's {@code *_svd} methods take about a second a
+ * module, so they are timed on every Nth module (default 10) and scaled.
  */
 public final class BenchCommand {
   private static final int ERROR_SAMPLE_MODULES = 24;
+  private static final double STYLE_WEIGHT = 0.7;
+  private static final double SUBJECT_WEIGHT = 0.5;
+  private static final double DENSITY = 0.5;
+  /** PEFT's eleven combination types, the methods both sides have. */
+  private static final List<String> PEFT_METHODS = MergeMethods.NAMES.subList(0, 11);
 
   private BenchCommand() {}
 
   public static void main(String[] args) throws IOException {
     if (args.length == 0 || !args[0].equals("e2e")) {
-      System.err.println("usage: bin/lora-bench e2e [--rank R] [--runs N] [--methods a,b] [--skip-fuse] [--cache DIR] [--json FILE]");
+      System.err.println(
+          "usage: bin/lora-bench e2e [--rank R] [--runs N] [--methods a,b] [--skip-fuse] [--cache DIR] [--json FILE]"
+              + " [--vs-pytorch [--python PATH] [--pytorch-svd-every N]]");
       System.err.println("JMH kernels: java -jar lora-bench/target/benchmarks.jar");
       System.exit(2);
     }
     int rank = 32;
     int runs = 3;
-    List<String> methods = new ArrayList<>(MergeMethods.NAMES.subList(0, 11));
+    List<String> methods = new ArrayList<>(PEFT_METHODS);
     Path json = null;
     boolean fuse = true;
+    boolean vsPytorch = false;
+    String python = PytorchBaseline.DEBIAN_PYTHON;
+    int svdEvery = 10;
     Path cache = Path.of(System.getProperty("user.home"), ".cache", "loramerge-bench");
     for (int i = 1; i < args.length; i++) {
       switch (args[i]) {
@@ -73,18 +90,24 @@ public final class BenchCommand {
         case "--json" -> json = Path.of(args[++i]);
         case "--cache" -> cache = Path.of(args[++i]);
         case "--skip-fuse" -> fuse = false;
+        case "--vs-pytorch" -> vsPytorch = true;
+        case "--python" -> python = args[++i];
+        case "--pytorch-svd-every" -> svdEvery = Integer.parseInt(args[++i]);
         default -> throw new IllegalArgumentException("unknown option " + args[i]);
       }
     }
     Files.createDirectories(cache);
+    // Asked before the long Java part, so that an install prompt does not wait behind it.
+    vsPytorch = vsPytorch && PytorchBaseline.ensureReady(python);
     long start = System.nanoTime();
     LoraAdapter style = SdxlData.adapter("style", rank, 32, 1);
     LoraAdapter subject = SdxlData.adapter("subject", rank, 16, 2);
     System.out.printf(Locale.ROOT, "generated 2 × %d modules, rank %d, fp16, in %.1f s%n", style.size(), rank, (System.nanoTime() - start) / 1e9);
     Table table = new Table(runs);
     for (String method : methods) {
-      MergeAlgorithm algorithm = MergeMethods.named(method, OptionalDouble.of(0.5), MajoritySign.TOTAL, 0);
-      LoraMerger.Builder builder = LoraMerger.builder().add(style, 0.7).add(subject, 0.5).algorithm(algorithm);
+      MergeAlgorithm algorithm = MergeMethods.named(method, OptionalDouble.of(DENSITY), MajoritySign.TOTAL, 0);
+      LoraMerger.Builder builder =
+          LoraMerger.builder().add(style, STYLE_WEIGHT).add(subject, SUBJECT_WEIGHT).algorithm(algorithm);
       if (algorithm.reRanks()) {
         builder.rank(rank);
       }
@@ -100,7 +123,10 @@ public final class BenchCommand {
         "merge/file",
         () -> {
           LoraAdapter result =
-              LoraMerger.builder().add(LoraFiles.read(styleFile), 0.7).add(LoraFiles.read(subjectFile), 0.5).merge();
+              LoraMerger.builder()
+                  .add(LoraFiles.read(styleFile), STYLE_WEIGHT)
+                  .add(LoraFiles.read(subjectFile), SUBJECT_WEIGHT)
+                  .merge();
           LoraFiles.write(result, merged, LoraFormat.KOHYA);
           return result;
         },
@@ -132,9 +158,38 @@ public final class BenchCommand {
       }
     }
     table.print();
+    int status = 0;
+    if (vsPytorch) {
+      List<String> arguments =
+          new ArrayList<>(
+              List.of(
+                  "--cache", cache.toString(),
+                  "--rank", Integer.toString(rank),
+                  "--runs", Integer.toString(runs),
+                  "--weights", STYLE_WEIGHT + "," + SUBJECT_WEIGHT,
+                  "--density", Double.toString(DENSITY),
+                  "--svd-every", Integer.toString(svdEvery),
+                  "--methods", String.join(",", methods.stream().filter(PEFT_METHODS::contains).toList())));
+      if (!fuse) {
+        arguments.add("--skip-fuse");
+      }
+      System.out.println();
+      try {
+        table.compareWith(PytorchBaseline.run(python, arguments));
+        System.out.println();
+        System.out.print(table.sideBySide());
+      } catch (IOException e) {
+        // The Java part's results still count: report, write them, and fail at the end.
+        System.err.println("--vs-pytorch failed: " + e.getMessage());
+        status = 1;
+      }
+    }
     if (json != null) {
       Files.writeString(json, table.json(), StandardCharsets.UTF_8);
       System.out.println("wrote " + json);
+    }
+    if (status != 0) {
+      System.exit(status);
     }
   }
 

@@ -12,7 +12,10 @@ import java.util.OptionalDouble;
 import java.util.concurrent.TimeUnit;
 import java.util.function.Consumer;
 
-/** Times operations (a warm-up, then N runs) and prints and serializes the results. */
+/**
+ * Times operations (a warm-up, then N runs) and prints and serializes the results, side by side
+ * with PyTorch's when {@code --vs-pytorch} brought them.
+ */
 final class Table {
   /** An operation that may throw. */
   @FunctionalInterface
@@ -20,7 +23,8 @@ final class Table {
     Object run() throws IOException;
   }
 
-  private record Row(String name, double[] seconds, long peakRssMb, long peakHeapMb, OptionalDouble relError) {
+  /** One operation's sorted run times and peaks. */
+  record Row(String name, double[] seconds, long peakRssMb, long peakHeapMb, OptionalDouble relError) {
     double median() {
       return seconds[seconds.length / 2];
     }
@@ -28,6 +32,8 @@ final class Table {
 
   private final int runs;
   private final List<Row> rows = new ArrayList<>();
+  /** Set by {@link #compareWith}; null without {@code --vs-pytorch}. */
+  private PytorchBaseline.Report pytorch;
 
   Table(int runs) {
     this.runs = runs;
@@ -54,7 +60,7 @@ final class Table {
     }
     Arrays.sort(seconds);
     Row row = new Row(name, seconds, peakRssMb(), peakHeap, relError);
-    rows.add(row);
+    add(row);
     System.out.println(format(row));
   }
 
@@ -74,7 +80,7 @@ final class Table {
     }
     Arrays.sort(seconds);
     Row row = new Row(name, seconds, peakRss, 0, OptionalDouble.empty());
-    rows.add(row);
+    add(row);
     System.out.println(format(row));
   }
 
@@ -111,10 +117,52 @@ final class Table {
     return 0;
   }
 
+  void add(Row row) {
+    rows.add(row);
+  }
+
+  /** PyTorch's timings of the same operations, for {@link #sideBySide} and {@link #json}. */
+  void compareWith(PytorchBaseline.Report report) {
+    pytorch = report;
+  }
+
   void print() {
     System.out.println();
     System.out.println(header());
     rows.forEach(row -> System.out.println(format(row)));
+  }
+
+  /** The operations both sides ran: medians and ratio, PyTorch's over the JVM's. */
+  String sideBySide() {
+    StringBuilder text =
+        new StringBuilder(
+            String.format(
+                Locale.ROOT,
+                "PEFT's arithmetic in PyTorch %s on the CPU, %d threads, BLAS %s%n%-24s %9s %10s %8s%n",
+                pytorch.torch(),
+                pytorch.threads(),
+                pytorch.blas(),
+                "operation",
+                "java_s",
+                "pytorch_s",
+                "ratio"));
+    for (Row row : rows) {
+      PytorchBaseline.Operation other = pytorchRun(row);
+      if (other != null) {
+        text.append(
+            String.format(
+                Locale.ROOT,
+                "%-24s %9.3f %10.3f %8.2f%s%n",
+                row.name(),
+                row.median(),
+                other.medianSeconds(),
+                other.medianSeconds() / row.median(),
+                other.sampledModules().isPresent()
+                    ? String.format(Locale.ROOT, "  (PyTorch scaled from %d of %d modules)", other.sampledModules().getAsInt(), other.modules())
+                    : ""));
+      }
+    }
+    return text.toString();
   }
 
   private static String header() {
@@ -142,7 +190,7 @@ final class Table {
       json.append(
           String.format(
               Locale.ROOT,
-              "  {\"name\":\"%s\",\"median_s\":%.4f,\"min_s\":%.4f,\"max_s\":%.4f,\"runs\":%d,\"peak_rss_mb\":%d,\"peak_heap_mb\":%d%s}%s%n",
+              "  {\"name\":\"%s\",\"median_s\":%.4f,\"min_s\":%.4f,\"max_s\":%.4f,\"runs\":%d,\"peak_rss_mb\":%d,\"peak_heap_mb\":%d%s%s}%s%n",
               row.name(),
               row.median(),
               row.seconds()[0],
@@ -151,9 +199,23 @@ final class Table {
               row.peakRssMb(),
               row.peakHeapMb(),
               row.relError().isPresent() ? String.format(Locale.ROOT, ",\"rel_error\":%.3e", row.relError().getAsDouble()) : "",
+              pytorchJson(row),
               i + 1 < rows.size() ? "," : ""));
     }
     return json.append("]\n").toString();
+  }
+
+  private PytorchBaseline.Operation pytorchRun(Row row) {
+    return pytorch == null ? null : pytorch.operations().get(row.name());
+  }
+
+  private String pytorchJson(Row row) {
+    PytorchBaseline.Operation other = pytorchRun(row);
+    if (other == null) {
+      return "";
+    }
+    return String.format(Locale.ROOT, ",\"pytorch_median_s\":%.4f,\"ratio\":%.3f", other.medianSeconds(), other.medianSeconds() / row.median())
+        + (other.sampledModules().isPresent() ? String.format(Locale.ROOT, ",\"pytorch_sampled_modules\":%d", other.sampledModules().getAsInt()) : "");
   }
 
   /** Resets the kernel's peak-RSS counter (VmHWM), so each operation reports its own peak. */

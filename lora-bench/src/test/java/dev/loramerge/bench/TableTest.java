@@ -1,0 +1,56 @@
+package dev.loramerge.bench;
+
+import static org.assertj.core.api.Assertions.assertThat;
+
+import java.util.Map;
+import java.util.OptionalDouble;
+import java.util.OptionalInt;
+import org.junit.jupiter.api.Test;
+
+class TableTest {
+  private static Table javaRuns() {
+    Table table = new Table(3);
+    table.add(new Table.Row("merge/cat", new double[] {0.45, 0.5, 0.6}, 900, 400, OptionalDouble.empty()));
+    table.add(new Table.Row("merge/svd", new double[] {1.5, 2.0, 2.5}, 900, 400, OptionalDouble.empty()));
+    table.add(new Table.Row("merge/file", new double[] {0.7, 0.73, 0.8}, 900, 400, OptionalDouble.empty()));
+    return table;
+  }
+
+  private static PytorchBaseline.Report pytorchRuns() {
+    return new PytorchBaseline.Report(
+        "1.13.0a0",
+        "/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblasp-r0.3.21.so",
+        2,
+        Map.of(
+            "merge/cat", new PytorchBaseline.Operation("merge/cat", 1.0, 0.9, 1.1, 3, OptionalInt.empty(), 722),
+            "merge/svd", new PytorchBaseline.Operation("merge/svd", 650.0, 640.0, 660.0, 3, OptionalInt.of(73), 722),
+            "fuse/memory", new PytorchBaseline.Operation("fuse/memory", 9.3, 9.0, 9.5, 3, OptionalInt.empty(), 722)));
+  }
+
+  @Test
+  void sideBySideListsTheOperationsBothRanWithPytorchOverJava() {
+    Table table = javaRuns();
+    table.compareWith(pytorchRuns());
+    assertThat(table.sideBySide())
+        .as("merge/file ran only in Java, fuse/memory only in PyTorch")
+        .isEqualTo(
+            String.join(
+                System.lineSeparator(),
+                "PEFT's arithmetic in PyTorch 1.13.0a0 on the CPU, 2 threads, BLAS /usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblasp-r0.3.21.so",
+                "operation                   java_s  pytorch_s    ratio",
+                "merge/cat                    0.500      1.000     2.00",
+                "merge/svd                    2.000    650.000   325.00  (PyTorch scaled from 73 of 722 modules)",
+                ""));
+  }
+
+  @Test
+  void jsonCarriesPytorchsMedianAndTheRatioWhereBothRan() {
+    Table table = javaRuns();
+    assertThat(table.json()).as("without --vs-pytorch").doesNotContain("pytorch");
+    table.compareWith(pytorchRuns());
+    String[] lines = table.json().split("\n");
+    assertThat(lines[1]).endsWith("\"pytorch_median_s\":1.0000,\"ratio\":2.000},");
+    assertThat(lines[2]).endsWith("\"pytorch_median_s\":650.0000,\"ratio\":325.000,\"pytorch_sampled_modules\":73},");
+    assertThat(lines[3]).startsWith("  {\"name\":\"merge/file\"").doesNotContain("pytorch");
+  }
+}
