@@ -5,7 +5,6 @@ import ai.djl.ndarray.NDArray;
 import com.google.common.collect.ImmutableMap;
 import dev.loramerge.internal.Fusion;
 import java.nio.ByteBuffer;
-import java.nio.ByteOrder;
 import java.util.ArrayList;
 import java.util.HashMap;
 import java.util.List;
@@ -116,7 +115,7 @@ final class ArrayTarget implements WeightTarget {
       if (writesThrough(name, array)) {
         array.toByteBuffer(true).put(original.toByteBuffer(true));
       } else {
-        array.set(copyOf(original.toByteBuffer()));
+        array.set(original.toByteBuffer());
       }
       originals.remove(name).close();
     } else {
@@ -132,7 +131,10 @@ final class ArrayTarget implements WeightTarget {
     NDArray array = arrays.get(name);
     WeightInfo info = weights.get(name);
     boolean inPlace = writesThrough(name, array);
-    ByteBuffer into = inPlace ? array.toByteBuffer(true) : copyOf(array.toByteBuffer());
+    // Not in place, the values go through a heap copy (toByteBuffer() without a direct view):
+    // NDArray.set with a direct buffer makes the array use that buffer's memory as it is, which
+    // for a view of another array's storage would dangle once that array is freed.
+    ByteBuffer into = inPlace ? array.toByteBuffer(true) : array.toByteBuffer();
     ByteBuffer source = from.isPresent() ? from.get().toByteBuffer(inPlace) : into;
     for (WeightUpdate update : updates) {
       update.apply(name, source, info, into, info.dtype());
@@ -167,16 +169,6 @@ final class ArrayTarget implements WeightTarget {
           memory.put(0, saved);
           return shared;
         });
-  }
-
-  /**
-   * A heap copy. {@code NDArray.set} with a direct buffer would make the array use that buffer's
-   * memory as it is, which for a view of another array's storage would dangle once it is freed.
-   */
-  private static ByteBuffer copyOf(ByteBuffer bytes) {
-    ByteBuffer copy = ByteBuffer.allocate(bytes.remaining()).order(ByteOrder.LITTLE_ENDIAN);
-    copy.put(bytes.duplicate()).flip();
-    return copy;
   }
 
   @Override

@@ -81,9 +81,7 @@ public final class Fusion {
    */
   private static ByteBuffer computable(ByteBuffer bytes, DType dtype) {
     if (dtype != DType.BF16) {
-      ByteBuffer direct = ByteBuffer.allocateDirect(bytes.remaining()).order(ByteOrder.nativeOrder());
-      direct.put(bytes.duplicate()).flip();
-      return direct;
+      return NdArrays.directCopy(bytes);
     }
     short[] narrow = new short[bytes.remaining() / 2];
     bytes.duplicate().order(ByteOrder.LITTLE_ENDIAN).asShortBuffer().get(narrow);
@@ -266,32 +264,21 @@ public final class Fusion {
   private static void checkFinite(ByteBuffer bytes, DType dtype, NDArray sum, String label) {
     long index = firstNonFinite(bytes, dtype);
     if (index >= 0) {
-      double value = sum.flatten().getDouble(index);
-      throw new LoraMergeException(
-          String.format(
-              Locale.ROOT,
-              "%s: fused value %s at element %d %s",
-              label,
-              value,
-              index,
-              Double.isFinite(value)
-                  ? "is beyond the range of " + dtype.safetensorsName() + "; lower the weights or the scale"
-                  : "is not a number; the base weight or the update holds NaN or infinity"));
+      throw notRepresentable(label, sum.flatten().getDouble(index), index, dtype);
     }
   }
 
-  private static boolean isFinite(ByteBuffer bytes, DType dtype, int index) {
-    switch (dtype) {
-      case F64:
-        return Double.isFinite(bytes.getDouble(index * 8));
-      case F32:
-        return Float.isFinite(bytes.getFloat(index * 4));
-      case F16:
-        return (bytes.getShort(index * 2) & 0x7C00) != 0x7C00;
-      case BF16:
-        return (bytes.getShort(index * 2) & 0x7F80) != 0x7F80;
-      default:
-        throw new AssertionError(dtype);
-    }
+  /** The error for a fused {@code value} at {@code index} that {@code dtype} cannot hold. */
+  static LoraMergeException notRepresentable(String label, double value, long index, DType dtype) {
+    return new LoraMergeException(
+        String.format(
+            Locale.ROOT,
+            "%s: fused value %s at element %d %s",
+            label,
+            value,
+            index,
+            Double.isFinite(value)
+                ? "is beyond the range of " + dtype.safetensorsName() + "; lower the weights or the scale"
+                : "is not a number; the base weight or the update holds NaN or infinity"));
   }
 }

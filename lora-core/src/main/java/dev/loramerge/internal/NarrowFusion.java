@@ -4,17 +4,15 @@ import ai.djl.ndarray.NDArray;
 import ai.djl.ndarray.NDManager;
 import ai.djl.ndarray.types.DataType;
 import dev.loramerge.DType;
-import dev.loramerge.LoraMergeException;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.util.Arrays;
-import java.util.Locale;
 import java.util.concurrent.ForkJoinPool;
 import java.util.stream.IntStream;
 
 /**
- * Fuses into fp16 and bf16 weights with float32 arithmetic, and still rounds every element of
- * {@code W + up·down} exactly once from its exact value.
+ * Fuses into fp16 and bf16 weights with float32 arithmetic, and still gives every element of
+ * {@code W + up·down} as its float64 sum rounded once.
  *
  * <p>The update is multiplied in float32 and added to the weight in float32. Each element's
  * float32 sum {@code s} is within a proven bound of the exact sum {@code x}:
@@ -25,15 +23,17 @@ import java.util.stream.IntStream;
  *
  * (k products each rounded once and summed in any order, the factors rounded once to float32,
  * Cauchy–Schwarz for {@code Σ|up_il·down_lj|}, then the float32 addition; the factor 1 + 2⁻¹⁰
- * covers second-order terms and the rounding of the bound's own float32 arithmetic). When {@code s} is farther than that from every rounding boundary of the
- * narrow format, {@code s} and {@code x} round to the same value, and rounding {@code s} is exact
- * rounding. The few elements closer to a boundary (about one in a few hundred for typical LoRA
- * updates), fp16 subnormals, and anything out of range are recomputed in float64 from the float64
- * factors and rounded once, as {@link Fusion} does for every element of wider types.
+ * covers second-order terms and the rounding of the bound's own arithmetic). Per row the bound is
+ * turned into a threshold in float32 ulps for each exponent, with the largest ‖down_j‖ of the
+ * weight. When {@code s} is farther than that from every rounding boundary of the narrow format,
+ * {@code s} and {@code x} round to the same value. The elements closer to a boundary (1–2 % for
+ * typical LoRA updates), fp16 subnormals, and anything out of range are recomputed in float64
+ * from the float64 factors and rounded once, as {@link Fusion} does for every element of wider
+ * types.
  *
  * <p>Rows are processed in blocks small enough for the float32 product to stay in cache and for
  * the allocator to reuse its memory; blocks run in parallel. The result does not depend on the
- * number of threads: every element is the correctly rounded exact sum.
+ * number of threads: every element is determined by its own values alone.
  */
 final class NarrowFusion {
   /** Elements per block: the float32 product of one block is 1 MiB. */
@@ -162,16 +162,7 @@ final class NarrowFusion {
       }
     }
     if (first != null) {
-      throw new LoraMergeException(
-          String.format(
-              Locale.ROOT,
-              "%s: fused value %s at element %d %s",
-              label,
-              first.value,
-              first.index,
-              Double.isFinite(first.value)
-                  ? "is beyond the range of " + output.safetensorsName() + "; lower the weights or the scale"
-                  : "is not a number; the base weight or the update holds NaN or infinity"));
+      throw Fusion.notRepresentable(label, first.value, first.index, output);
     }
   }
 

@@ -45,9 +45,17 @@ public final class NdArrays {
 
   /** An array of {@code tensor}'s values in its own type (F64, F32 or F16), owned by {@code manager}. */
   public static NDArray ofOwnType(NDManager manager, TensorData tensor, long... shape) {
-    ByteBuffer direct = ByteBuffer.allocateDirect(Math.toIntExact(tensor.byteSize())).order(ByteOrder.nativeOrder());
-    direct.put(tensor.bytes().duplicate()).flip();
-    return manager.create(direct, new Shape(shape), Fusion.dataTypeOf(tensor.dtype()));
+    return manager.create(directCopy(tensor.bytes()), new Shape(shape), Fusion.dataTypeOf(tensor.dtype()));
+  }
+
+  /**
+   * A native-order direct copy of {@code bytes}' remaining bytes: DJL takes a direct buffer's
+   * memory as the array's storage, where it would copy a heap buffer into one of its own.
+   */
+  public static ByteBuffer directCopy(ByteBuffer bytes) {
+    ByteBuffer direct = ByteBuffer.allocateDirect(bytes.remaining()).order(ByteOrder.nativeOrder());
+    direct.put(bytes.duplicate()).flip();
+    return direct;
   }
 
   /**
@@ -57,9 +65,7 @@ public final class NdArrays {
   public static NDArray float32(NDManager manager, TensorData tensor, long... shape) {
     DType dtype = tensor.dtype();
     if (ByteOrder.nativeOrder() == ByteOrder.LITTLE_ENDIAN && (dtype == DType.F32 || dtype == DType.F16 || dtype == DType.F64)) {
-      ByteBuffer direct = ByteBuffer.allocateDirect(Math.toIntExact(tensor.byteSize())).order(ByteOrder.nativeOrder());
-      direct.put(tensor.bytes().duplicate()).flip();
-      NDArray raw = manager.create(direct, new Shape(shape), Fusion.dataTypeOf(dtype));
+      NDArray raw = ofOwnType(manager, tensor, shape);
       return dtype == DType.F32 ? raw : raw.toType(DataType.FLOAT32, false);
     }
     ByteBuffer direct =
