@@ -11,6 +11,7 @@ import java.util.Locale;
 import java.util.OptionalDouble;
 import java.util.concurrent.TimeUnit;
 import java.util.function.Consumer;
+import java.util.stream.Collectors;
 
 /**
  * Times operations (a warm-up, then N runs) and prints and serializes the results, side by side
@@ -43,7 +44,10 @@ final class Table {
     time(name, operation, relError, result -> {});
   }
 
-  /** Runs {@code operation} once to warm up and {@code runs} times timed; {@code after} runs untimed after each. */
+  /**
+   * Runs {@code operation} once to warm up and {@code runs} times timed, each after a full
+   * collection; {@code after} runs untimed after each.
+   */
   void time(String name, Operation operation, OptionalDouble relError, Consumer<Object> after) throws IOException {
     System.gc();
     resetPeakRss();
@@ -51,6 +55,9 @@ final class Table {
     double[] seconds = new double[runs];
     long peakHeap = 0;
     for (int run = 0; run < runs; run++) {
+      // Each run starts from the same state: a command runs one operation, and pays neither for
+      // the garbage nor for the unreleased direct buffers of the run before.
+      System.gc();
       long start = System.nanoTime();
       Object result = operation.run();
       seconds[run] = (System.nanoTime() - start) / 1e9;
@@ -84,24 +91,43 @@ final class Table {
     System.out.println(format(row));
   }
 
-  /** Runs {@code command} to completion; its peak RSS in MiB. */
+  /**
+   * Runs {@code command} to completion; its peak RSS in MiB. Its output goes to a temporary file,
+   * not a pipe nobody drains, so that a failure can quote its last lines.
+   */
   private static long runCommand(List<String> command) throws IOException {
-    Process process = new ProcessBuilder(command).redirectErrorStream(true).redirectOutput(ProcessBuilder.Redirect.DISCARD).start();
-    Path status = Path.of("/proc", Long.toString(process.pid()), "status");
-    long peak = 0;
+    Path log = Files.createTempFile("lora-bench-command", ".log");
     try {
-      while (!process.waitFor(5, TimeUnit.MILLISECONDS)) {
-        peak = Math.max(peak, highWaterMb(status));
+      Process process = new ProcessBuilder(command).redirectErrorStream(true).redirectOutput(log.toFile()).start();
+      Path status = Path.of("/proc", Long.toString(process.pid()), "status");
+      long peak = 0;
+      try {
+        while (!process.waitFor(5, TimeUnit.MILLISECONDS)) {
+          peak = Math.max(peak, highWaterMb(status));
+        }
+      } catch (InterruptedException e) {
+        process.destroyForcibly();
+        Thread.currentThread().interrupt();
+        throw new InterruptedIOException("interrupted while running " + command);
       }
-    } catch (InterruptedException e) {
-      process.destroyForcibly();
-      Thread.currentThread().interrupt();
-      throw new InterruptedIOException("interrupted while running " + command);
+      if (process.exitValue() != 0) {
+        throw new IOException(
+            String.join(" ", command) + " exited with " + process.exitValue() + lastLines(log, FAILURE_LINES));
+      }
+      return peak;
+    } finally {
+      Files.deleteIfExists(log);
     }
-    if (process.exitValue() != 0) {
-      throw new IOException(String.join(" ", command) + " exited with " + process.exitValue());
-    }
-    return peak;
+  }
+
+  private static final int FAILURE_LINES = 3;
+
+  /** The last {@code count} non-blank lines of {@code log}, each after a line break, or "". */
+  private static String lastLines(Path log, int count) throws IOException {
+    List<String> lines = Files.readAllLines(log).stream().filter(line -> !line.isBlank()).toList();
+    return lines.subList(Math.max(0, lines.size() - count), lines.size()).stream()
+        .map(line -> System.lineSeparator() + "  " + line)
+        .collect(Collectors.joining());
   }
 
   private static long highWaterMb(Path status) {

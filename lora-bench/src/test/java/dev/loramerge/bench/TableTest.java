@@ -1,7 +1,10 @@
 package dev.loramerge.bench;
 
 import static org.assertj.core.api.Assertions.assertThat;
+import static org.assertj.core.api.Assertions.assertThatThrownBy;
 
+import java.io.IOException;
+import java.util.List;
 import java.util.Map;
 import java.util.OptionalDouble;
 import java.util.OptionalInt;
@@ -52,5 +55,22 @@ class TableTest {
     assertThat(lines[1]).endsWith("\"pytorch_median_s\":1.0000,\"ratio\":2.000},");
     assertThat(lines[2]).endsWith("\"pytorch_median_s\":650.0000,\"ratio\":325.000,\"pytorch_sampled_modules\":73},");
     assertThat(lines[3]).startsWith("  {\"name\":\"merge/file\"").doesNotContain("pytorch");
+  }
+
+  @Test
+  void aFailingCommandIsReportedWithItsExitCodeAndLastLines() {
+    List<String> command =
+        List.of("sh", "-c", "echo progress; echo one; echo two; echo 'lora: base.safetensors: tensor w is F64, expected F16' >&2; exit 3");
+    assertThatThrownBy(() -> new Table(1).command("command/fuse", command))
+        .isInstanceOf(IOException.class)
+        .satisfies(
+            e ->
+                assertThat(e.getMessage().lines().toList())
+                    .as("the exit code, then the child's last three lines: its own error says why the benchmark stopped")
+                    .containsExactly(
+                        String.join(" ", command) + " exited with 3",
+                        "  one",
+                        "  two",
+                        "  lora: base.safetensors: tensor w is F64, expected F16"));
   }
 }
