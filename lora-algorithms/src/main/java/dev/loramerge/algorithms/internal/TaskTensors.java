@@ -30,13 +30,29 @@ public final class TaskTensors {
       return;
     }
     float threshold = kthLargestMagnitude(tensor, keep);
+    // Integer order is float order for magnitudes; NaN (above infinity) is never kept, as with
+    // float comparisons. Half the entries go either way at random, so the passes are branch-free:
+    // a mispredicted branch per entry made the zeroing pass most of magnitude_prune_svd's time.
+    int thresholdBits = Float.floatToRawIntBits(threshold);
     int strictlyAbove = 0;
+    int ties = 0;
     for (float value : tensor) {
-      if (Math.abs(value) > threshold) {
-        strictlyAbove++;
-      }
+      int magnitude = Float.floatToRawIntBits(value) & 0x7FFFFFFF;
+      int finite = (magnitude - INFINITY_BITS - 1) >>> 31;
+      strictlyAbove += ((thresholdBits - magnitude) >>> 31) & finite;
+      ties += ((magnitude ^ thresholdBits) - 1) >>> 31;
     }
     int tiesToKeep = keep - strictlyAbove;
+    if (ties <= tiesToKeep) {
+      for (int i = 0; i < tensor.length; i++) {
+        int bits = Float.floatToRawIntBits(tensor[i]);
+        int magnitude = bits & 0x7FFFFFFF;
+        int kept = ((thresholdBits - 1 - magnitude) & (magnitude - INFINITY_BITS - 1)) >> 31;
+        tensor[i] = Float.intBitsToFloat(bits & kept);
+      }
+      return;
+    }
+    // More entries equal the threshold than may be kept: the first ones in order are.
     for (int i = 0; i < tensor.length; i++) {
       float magnitude = Math.abs(tensor[i]);
       if (magnitude > threshold) {
@@ -49,6 +65,8 @@ public final class TaskTensors {
       tensor[i] = 0;
     }
   }
+
+  private static final int INFINITY_BITS = 0x7F800000;
 
   /**
    * The k-th largest |x| (1-based), by a two-pass radix select on the magnitudes' bit patterns

@@ -37,6 +37,72 @@ class TaskTensorsTest {
   }
 
   @Test
+  void magnitudePruningMatchesTheDefinitionBitForBit() {
+    SplittableRandom random = new SplittableRandom(21);
+    for (int trial = 0; trial < 300; trial++) {
+      int n = 1 + random.nextInt(3000);
+      float[] values = new float[n];
+      for (int i = 0; i < n; i++) {
+        // Every third trial has few distinct values, so more entries tie with the threshold than
+        // may be kept; NaN, infinities and signed zeros throughout.
+        int kind = random.nextInt(40);
+        values[i] =
+            kind == 0 ? Float.NaN
+                : kind == 1 ? Float.NEGATIVE_INFINITY
+                : kind == 2 ? -0f
+                : kind == 3 ? 0f
+                : trial % 3 == 0 ? random.nextInt(-3, 4) * 0.5f
+                : (float) random.nextGaussian();
+      }
+      double density = random.nextDouble();
+      float[] expected = prunedByDefinition(values, density);
+      float[] pruned = values.clone();
+      TaskTensors.pruneByMagnitude(pruned, density);
+      for (int i = 0; i < n; i++) {
+        assertThat(Float.floatToRawIntBits(pruned[i]))
+            .as("trial %d, density %s, entry %d of %d (%s)", trial, density, i, n, values[i])
+            .isEqualTo(Float.floatToRawIntBits(expected[i]));
+      }
+    }
+  }
+
+  /**
+   * Keep the ⌊density·n⌋ largest |x| (the threshold is the k-th largest by sorting, NaN above
+   * infinity as in the radix select); entries equal to it are kept first come first served; NaN
+   * compares false, so it is never kept; everything else becomes +0.
+   */
+  private static float[] prunedByDefinition(float[] values, double density) {
+    int keep = (int) (density * values.length);
+    float[] result = values.clone();
+    if (keep >= values.length) {
+      return result;
+    }
+    if (keep == 0) {
+      Arrays.fill(result, 0f);
+      return result;
+    }
+    int[] magnitudes = new int[values.length];
+    for (int i = 0; i < values.length; i++) {
+      magnitudes[i] = Float.floatToRawIntBits(values[i]) & 0x7FFFFFFF;
+    }
+    Arrays.sort(magnitudes);
+    float threshold = Float.intBitsToFloat(magnitudes[values.length - keep]);
+    int above = 0;
+    for (float value : values) {
+      above += Math.abs(value) > threshold ? 1 : 0;
+    }
+    int tiesLeft = keep - above;
+    for (int i = 0; i < values.length; i++) {
+      float magnitude = Math.abs(values[i]);
+      boolean kept = magnitude > threshold || (magnitude == threshold && tiesLeft-- > 0);
+      if (!kept) {
+        result[i] = 0f;
+      }
+    }
+    return result;
+  }
+
+  @Test
   void twoTensorTotalVoteMatchesTheDefinitionBitForBit() {
     SplittableRandom random = new SplittableRandom(9);
     int n = 20_000;
