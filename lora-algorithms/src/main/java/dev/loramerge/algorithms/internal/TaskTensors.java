@@ -14,6 +14,9 @@ import java.util.SplittableRandom;
  * merge methods are the API.
  */
 public final class TaskTensors {
+  /** Magnitude bits above these are NaN. */
+  private static final int INFINITY_BITS = Float.floatToRawIntBits(Float.POSITIVE_INFINITY);
+
   private TaskTensors() {}
 
   /**
@@ -65,8 +68,6 @@ public final class TaskTensors {
       tensor[i] = 0;
     }
   }
-
-  private static final int INFINITY_BITS = 0x7F800000;
 
   /**
    * The k-th largest |x| (1-based), by a two-pass radix select on the magnitudes' bit patterns
