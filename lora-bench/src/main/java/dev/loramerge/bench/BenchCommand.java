@@ -35,9 +35,10 @@ import java.util.Optional;
 import java.util.OptionalDouble;
 
 /**
- * {@code bin/lora-bench e2e [--rank R] [--runs N] [--methods a,b] [--skip-fuse] [--cache DIR]
- * [--json FILE] [--vs-pytorch [--python PATH] [--pytorch-svd-every N]]}: the end-to-end workload
- * of the benchmarks issue, in one JVM after a warm-up.
+ * {@code bin/lora-bench e2e [--rank R] [--runs N] [--methods a,b] [--skip-merge] [--skip-fuse]
+ * [--cache DIR] [--json FILE] [--vs-pytorch [--python PATH] [--pytorch-svd-every N]]}: the
+ * end-to-end workload of the benchmarks issue, in one JVM after a warm-up. {@code --skip-merge}
+ * leaves out every merge, {@code --skip-fuse} every fuse.
  *
  * <p>Two SDXL-shaped rank-R attention LoRAs (722 modules; alphas 32 and 16), weights 0.7 / 0.5,
  * density 0.5, target rank R: every merge method in memory ({@code merge/<method>}), the cat merge
@@ -68,7 +69,7 @@ public final class BenchCommand {
   public static void main(String[] args) throws IOException {
     if (args.length == 0 || !args[0].equals("e2e")) {
       System.err.println(
-          "usage: bin/lora-bench e2e [--rank R] [--runs N] [--methods a,b] [--skip-fuse] [--cache DIR] [--json FILE]"
+          "usage: bin/lora-bench e2e [--rank R] [--runs N] [--methods a,b] [--skip-merge] [--skip-fuse] [--cache DIR] [--json FILE]"
               + " [--vs-pytorch [--python PATH] [--pytorch-svd-every N]]");
       System.err.println("JMH kernels: java -jar lora-bench/target/benchmarks.jar");
       System.exit(2);
@@ -77,6 +78,7 @@ public final class BenchCommand {
     int runs = 3;
     List<String> methods = new ArrayList<>(PEFT_METHODS);
     Path json = null;
+    boolean merge = true;
     boolean fuse = true;
     boolean vsPytorch = false;
     String python = PytorchBaseline.DEBIAN_PYTHON;
@@ -89,6 +91,7 @@ public final class BenchCommand {
         case "--methods" -> methods = Arrays.asList(args[++i].split(","));
         case "--json" -> json = Path.of(args[++i]);
         case "--cache" -> cache = Path.of(args[++i]);
+        case "--skip-merge" -> merge = false;
         case "--skip-fuse" -> fuse = false;
         case "--vs-pytorch" -> vsPytorch = true;
         case "--python" -> python = args[++i];
@@ -104,6 +107,9 @@ public final class BenchCommand {
     LoraAdapter subject = SdxlData.adapter("subject", rank, 16, 2);
     System.out.printf(Locale.ROOT, "generated 2 × %d modules, rank %d, fp16, in %.1f s%n", style.size(), rank, (System.nanoTime() - start) / 1e9);
     Table table = new Table(runs);
+    if (!merge) {
+      methods = List.of();
+    }
     for (String method : methods) {
       MergeAlgorithm algorithm = MergeMethods.named(method, OptionalDouble.of(DENSITY), MajoritySign.TOTAL, 0);
       LoraMerger.Builder builder =
@@ -118,24 +124,9 @@ public final class BenchCommand {
     }
     Path styleFile = SdxlData.kohyaFile(cache, style, rank);
     Path subjectFile = SdxlData.kohyaFile(cache, subject, rank);
-    Path merged = cache.resolve("merged-cat.safetensors");
-    table.time(
-        "merge/file",
-        () -> {
-          LoraAdapter result =
-              LoraMerger.builder()
-                  .add(LoraFiles.read(styleFile), STYLE_WEIGHT)
-                  .add(LoraFiles.read(subjectFile), SUBJECT_WEIGHT)
-                  .merge();
-          LoraFiles.write(result, merged, LoraFormat.KOHYA);
-          return result;
-        },
-        OptionalDouble.empty());
     Optional<Path> lora = Optional.ofNullable(System.getProperty("loramerge.home")).map(home -> Path.of(home, "bin", "lora"));
-    if (lora.isPresent()) {
-      table.command(
-          "command/merge",
-          List.of(lora.get().toString(), "merge", "-o", merged.toString(), "--format", "kohya", styleFile + "=0.7", subjectFile + "=0.5"));
+    if (merge) {
+      timeFileMerges(table, styleFile, subjectFile, cache.resolve("merged-cat.safetensors"), lora);
     }
     if (fuse) {
       Path base = SdxlData.baseUnet(cache);
@@ -190,6 +181,28 @@ public final class BenchCommand {
     }
     if (status != 0) {
       System.exit(status);
+    }
+  }
+
+  /** {@code merge/file} in this JVM and, with {@code bin/lora} at hand, {@code command/merge}. */
+  private static void timeFileMerges(Table table, Path styleFile, Path subjectFile, Path merged, Optional<Path> lora)
+      throws IOException {
+    table.time(
+        "merge/file",
+        () -> {
+          LoraAdapter result =
+              LoraMerger.builder()
+                  .add(LoraFiles.read(styleFile), STYLE_WEIGHT)
+                  .add(LoraFiles.read(subjectFile), SUBJECT_WEIGHT)
+                  .merge();
+          LoraFiles.write(result, merged, LoraFormat.KOHYA);
+          return result;
+        },
+        OptionalDouble.empty());
+    if (lora.isPresent()) {
+      table.command(
+          "command/merge",
+          List.of(lora.get().toString(), "merge", "-o", merged.toString(), "--format", "kohya", styleFile + "=0.7", subjectFile + "=0.5"));
     }
   }
 

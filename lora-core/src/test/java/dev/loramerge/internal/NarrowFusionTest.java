@@ -10,6 +10,7 @@ import dev.loramerge.DType;
 import dev.loramerge.LoraMergeException;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
+import java.util.Arrays;
 import java.util.SplittableRandom;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.params.ParameterizedTest;
@@ -18,18 +19,31 @@ import org.junit.jupiter.params.provider.CsvSource;
 /**
  * The float32 fast path of fusing into fp16 and bf16 against a float64 reference rounded once:
  * every element must be identical, including the ones the fast path has to hand back to float64.
+ * fp16 into fp16 and bf16 into bf16 are tested on both paths, scalar and Vector API.
  */
 class NarrowFusionTest {
-  @ParameterizedTest(name = "{0} into {1}, {2}x{3}")
+  @Test
+  void theVectorApiIsThereForTheseTests() {
+    assertThat(NarrowFusion.VECTOR_API)
+        .as("lora-core's tests run with --add-modules jdk.incubator.vector on a CPU with 8-float vectors;"
+            + " without it the Vector API path goes untested")
+        .isTrue();
+  }
+
+  @ParameterizedTest(name = "{0} into {1}, {2}x{3}, vectorized {4}")
   @CsvSource({
-    "F16, F16, 67, 300",
-    "F16, F16, 200, 4096",
-    "BF16, BF16, 200, 4096",
-    "F32, F16, 90, 1000",
-    "F32, BF16, 90, 1000",
-    "F16, BF16, 31, 777"
+    "F16, F16, 67, 300, false",
+    "F16, F16, 67, 300, true",
+    "F16, F16, 200, 4096, false",
+    "F16, F16, 200, 4096, true",
+    "BF16, BF16, 200, 4096, false",
+    "BF16, BF16, 200, 4096, true",
+    "BF16, BF16, 13, 1001, true",
+    "F32, F16, 90, 1000, false",
+    "F32, BF16, 90, 1000, false",
+    "F16, BF16, 31, 777, false"
   })
-  void everyElementIsTheExactSumRoundedOnce(DType input, DType output, int rows, int cols) {
+  void everyElementIsTheExactSumRoundedOnce(DType input, DType output, int rows, int cols, boolean vectorized) {
     SplittableRandom random = new SplittableRandom(rows * 31L + cols);
     int rank = 32;
     double[] weight = new double[rows * cols];
@@ -42,7 +56,7 @@ class NarrowFusionTest {
     double[] up = gaussians(random, rows * rank, 0.02);
     double[] down = gaussians(random, rank * cols, 0.1);
 
-    short[] actual = fuse(input, output, weight, up, down, rows, cols);
+    short[] actual = fuse(input, output, weight, up, down, rows, cols, vectorized);
 
     int mismatches = 0;
     int firstMismatch = -1;
@@ -65,12 +79,14 @@ class NarrowFusionTest {
         .isZero();
   }
 
-  @Test
-  void sumsOnAndNearRoundingBoundariesRoundFromTheExactValue() {
+  @ParameterizedTest(name = "vectorized {0}")
+  @CsvSource({"false", "true"})
+  void sumsOnAndNearRoundingBoundariesRoundFromTheExactValue(boolean vectorized) {
     // Rank-1 updates of 2⁻¹¹ (half an fp16 ulp of 1) nudged by amounts float32 cannot see; on 1
     // and on 1 + 2⁻¹⁰ (whose ties go opposite ways), and just below 2 where the ulp changes.
     double[] nudges = {0, Math.scalb(1.0, -30), -Math.scalb(1.0, -30), Math.scalb(1.0, -40), -Math.scalb(1.0, -45)};
     double[] bases = {1, 1 + Math.scalb(1.0, -10), -1, 2 - Math.scalb(1.0, -10), 2};
+    // One column: on the vector path every element is a row's tail, so the 25 go out as 25 columns too.
     int count = nudges.length * bases.length;
     double[] weight = new double[count];
     double[] up = new double[count];
@@ -80,12 +96,42 @@ class NarrowFusionTest {
         up[b * nudges.length + n] = Math.copySign(Math.scalb(1.0, bases[b] >= 2 ? -10 : -11), bases[b]) + nudges[n];
       }
     }
-    short[] actual = fuse(DType.F16, DType.F16, weight, up, new double[] {1}, count, 1);
+    short[] byRows = fuse(DType.F16, DType.F16, weight, up, new double[] {1}, count, 1, vectorized);
+    short[] asColumns = fuse(DType.F16, DType.F16, weight, new double[] {1}, up, 1, count, vectorized);
     for (int i = 0; i < count; i++) {
-      assertThat(actual[i])
-          .as("element %d: %s + %s", i, weight[i], up[i])
-          .isEqualTo(FloatFormats.toFloat16(weight[i] + up[i]));
+      short expected = FloatFormats.toFloat16(weight[i] + up[i]);
+      assertThat(byRows[i]).as("element %d: %s + %s, one per row", i, weight[i], up[i]).isEqualTo(expected);
+      assertThat(asColumns[i]).as("element %d: %s + %s, one row", i, weight[i], up[i]).isEqualTo(expected);
     }
+  }
+
+  @ParameterizedTest(name = "vectorized {0}")
+  @CsvSource({"false", "true"})
+  void anInfiniteFloat16WeightIsNamedEvenWhenTheUpdateWouldBringItBackInRange(boolean vectorized) {
+    // Read as a finite number, fp16 infinity's bits are 65536; an update of -65000 would then make
+    // a sum that rounds without complaint.
+    double[] weight = new double[64];
+    Arrays.fill(weight, 0.5);
+    weight[37] = Double.POSITIVE_INFINITY;
+    double[] down = new double[64];
+    down[37] = -65000;
+    assertThatThrownBy(() -> fuse(DType.F16, DType.F16, weight, new double[] {1}, down, 1, 64, vectorized))
+        .isInstanceOf(LoraMergeException.class)
+        .hasMessage("layer: fused value Infinity at element 37 is not a number; the base weight or the update holds NaN or infinity");
+  }
+
+  @ParameterizedTest(name = "{0}, vectorized {1}")
+  @CsvSource({"F16, false", "F16, true", "BF16, false", "BF16, true"})
+  void theFirstOverflowInAWideRowIsNamed(DType dtype, boolean vectorized) {
+    double[] weight = new double[96];
+    Arrays.fill(weight, 1);
+    double[] down = new double[96];
+    double huge = dtype == DType.F16 ? 1e5 : 1e39;
+    down[50] = huge;
+    down[70] = huge;
+    assertThatThrownBy(() -> fuse(dtype, dtype, weight, new double[] {1}, down, 1, 96, vectorized))
+        .isInstanceOf(LoraMergeException.class)
+        .hasMessageStartingWith("layer: fused value " + (1 + huge) + " at element 50 is beyond the range of " + dtype.safetensorsName());
   }
 
   @Test
@@ -105,6 +151,11 @@ class NarrowFusionTest {
   }
 
   private static short[] fuse(DType input, DType output, double[] weight, double[] up, double[] down, int rows, int cols) {
+    return fuse(input, output, weight, up, down, rows, cols, false);
+  }
+
+  private static short[] fuse(
+      DType input, DType output, double[] weight, double[] up, double[] down, int rows, int cols, boolean vectorized) {
     ByteBuffer bytes = ByteBuffer.allocateDirect(weight.length * input.byteSize()).order(ByteOrder.LITTLE_ENDIAN);
     for (int i = 0; i < weight.length; i++) {
       if (input == DType.F32) {
@@ -118,7 +169,7 @@ class NarrowFusionTest {
       NDArray upArray = manager.create(up, new Shape(rows, rank));
       NDArray downArray = manager.create(down, new Shape(rank, cols));
       ByteBuffer fused = input.byteSize() == 2 ? bytes : ByteBuffer.allocateDirect(weight.length * 2);
-      Fusion.fuse(manager, bytes, input, new long[] {rows, cols}, upArray, downArray, fused, output, "layer");
+      NarrowFusion.fuse(manager, bytes, input, rows, upArray, downArray, fused, output, "layer", vectorized);
       short[] result = new short[weight.length];
       fused.duplicate().order(ByteOrder.LITTLE_ENDIAN).asShortBuffer().get(result);
       return result;
