@@ -168,11 +168,28 @@ public final class SafetensorsFile implements AutoCloseable {
         name,
         info.byteSize(),
         target.remaining());
-    long position = header.dataOffset() + info.begin();
-    long end = position + info.byteSize();
     ByteBuffer window = target.duplicate();
     window.limit(Math.toIntExact(window.position() + info.byteSize()));
-    while (position < end) {
+    read(name, 0, window);
+  }
+
+  /**
+   * Reads bytes {@code offset} to {@code offset + target.remaining()} of tensor {@code name} into
+   * {@code target}, leaving its position unchanged.
+   */
+  void read(String name, long offset, ByteBuffer target) throws IOException {
+    TensorInfo info = infoOrThrow(name);
+    checkArgument(
+        offset >= 0 && offset + target.remaining() <= info.byteSize(),
+        "%s: bytes %s to %s are outside tensor '%s' (%s bytes)",
+        fileName,
+        offset,
+        offset + target.remaining(),
+        name,
+        info.byteSize());
+    long position = header.dataOffset() + info.begin() + offset;
+    ByteBuffer window = target.duplicate();
+    while (window.hasRemaining()) {
       int read = channel.read(window, position);
       if (read < 0) {
         throw new SafetensorsFormatException(

@@ -10,8 +10,11 @@ import java.io.IOException;
 import java.nio.ByteBuffer;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
+import java.util.SplittableRandom;
 import java.util.stream.Stream;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
@@ -186,6 +189,49 @@ class SafetensorsWriterTest {
             "style.safetensors: metadata entry 'key' holds an unpaired surrogate, which has no"
                 + " UTF-8 form");
     assertThat(folder).isEmptyDirectory();
+  }
+
+  @Test
+  void directWritesGiveTheBytesOfPageCacheWrites() throws IOException {
+    // Sizes that straddle the 4096-byte alignment and the 8192-byte blocks in every way, some
+    // tensors handed over as bytes and some copied from a file, and a file size that is not a
+    // multiple of the alignment.
+    SplittableRandom random = new SplittableRandom(7);
+    int[] sizes = {1, 4095, 4096, 4097, 8191, 8192, 20000, 3, 12289, 0, 70001};
+    List<SafetensorsWriter.Entry> layout = new ArrayList<>();
+    Map<String, TensorData> tensors = new LinkedHashMap<>();
+    for (int i = 0; i < sizes.length; i++) {
+      byte[] bytes = new byte[sizes[i]];
+      random.nextBytes(bytes);
+      TensorData tensor = TensorData.of(DType.U8, new long[] {sizes[i]}, ByteBuffer.wrap(bytes));
+      tensors.put("t" + i, tensor);
+      layout.add(SafetensorsWriter.Entry.of("t" + i, tensor));
+    }
+    Map<String, String> metadata = Map.of("note", "x".repeat(333));
+    Path cached = folder.resolve("cached.safetensors");
+    try (SafetensorsWriter writer = SafetensorsWriter.create(cached, layout, metadata, 0)) {
+      assertThat(writer.direct()).as("a block size of 0 writes through the page cache").isFalse();
+      for (Map.Entry<String, TensorData> tensor : tensors.entrySet()) {
+        writer.write(tensor.getKey(), tensor.getValue());
+      }
+      writer.commit();
+    }
+    Path direct = folder.resolve("direct.safetensors");
+    try (SafetensorsFile source = SafetensorsFile.open(cached);
+        SafetensorsWriter writer = SafetensorsWriter.create(direct, layout, metadata, 8192)) {
+      assumeTrue(writer.direct(), "the file system of " + folder + " refuses direct I/O");
+      int i = 0;
+      for (Map.Entry<String, TensorData> tensor : tensors.entrySet()) {
+        if (i++ % 3 == 1) {
+          writer.copy(tensor.getKey(), source);
+        } else {
+          writer.write(tensor.getKey(), tensor.getValue());
+        }
+      }
+      writer.commit();
+    }
+    assertThat(Files.size(cached) % 4096).as("the test's file size is not a multiple of the alignment").isNotZero();
+    assertThat(Files.readAllBytes(direct)).isEqualTo(Files.readAllBytes(cached));
   }
 
   @Test
