@@ -46,11 +46,11 @@ import org.slf4j.LoggerFactory;
 final class NarrowFusion {
   private static final Logger log = LoggerFactory.getLogger(NarrowFusion.class);
   /**
-   * Whether {@link VectorRounding} may be used: its module is in the boot layer (checked first, so
-   * that the class is never loaded without it) and vectors hold at least 8 floats.
+   * Whether {@link VectorRounding} is used: its module is in the boot layer (checked first, so
+   * that the class is never loaded without it) and it pays on this hardware.
    */
   static final boolean VECTOR_API =
-      ModuleLayer.boot().findModule("jdk.incubator.vector").isPresent() && VectorRounding.lanes() >= 8;
+      ModuleLayer.boot().findModule("jdk.incubator.vector").isPresent() && VectorRounding.pays();
 
   private static final AtomicBoolean HINTED = new AtomicBoolean();
   /** Elements per block: the float32 product of one block is 1 MiB. */
@@ -229,8 +229,6 @@ final class NarrowFusion {
     /** Indices, in the block, of the elements recomputed in float64. */
     final int[] slow;
     final int[] thresholds = new int[256];
-    /** One vector's lanes, for {@link VectorRounding}; 64 is more than any vector holds floats. */
-    final int[] lanes = new int[64];
 
     Scratch(int elements) {
       this.delta = new float[elements];
@@ -244,23 +242,24 @@ final class NarrowFusion {
   private Failure fuseRows(NDManager manager, ByteBuffer weight, ByteBuffer target, int first, int last, Scratch scratch) {
     int count = (last - first) * cols;
     int offset = first * cols;
+    int slowCount;
     try (NDManager blockManager = manager.newSubManager()) {
       // A slice of the float32 factor, not a new array from Java: DJL copies Java arrays into
       // fresh direct buffers, which only the garbage collector frees.
       NDArray upRows = up32.get(first + ":" + last);
       upRows.attach(blockManager);
-      NDArray delta = upRows.matMul(down32);
-      delta.toByteBuffer(true).order(ByteOrder.nativeOrder()).asFloatBuffer().get(scratch.delta, 0, count);
-    }
-    int slowCount;
-    if (vectorBounds != null) {
-      weight.asShortBuffer().get(offset, scratch.input, 0, count);
-      slowCount = output == DType.F16
-          ? VectorRounding.float16(scratch.input, scratch.delta, scratch.bits, last - first, cols, vectorBounds, first, scratch.slow, scratch.lanes)
-          : VectorRounding.bfloat16(scratch.input, scratch.delta, scratch.bits, last - first, cols, vectorBounds, first, scratch.slow, scratch.lanes);
-    } else {
-      readWeights(weight, offset, count, scratch);
-      slowCount = output == DType.F16 ? roundFloat16(first, last, scratch) : roundBFloat16(first, last, scratch);
+      ByteBuffer delta = upRows.matMul(down32).toByteBuffer(true).order(ByteOrder.nativeOrder());
+      if (vectorBounds != null) {
+        // The vector kernels read the product where libtorch left it.
+        weight.asShortBuffer().get(offset, scratch.input, 0, count);
+        slowCount = output == DType.F16
+            ? VectorRounding.float16(scratch.input, delta, scratch.bits, last - first, cols, vectorBounds, first, scratch.slow)
+            : VectorRounding.bfloat16(scratch.input, delta, scratch.bits, last - first, cols, vectorBounds, first, scratch.slow);
+      } else {
+        delta.asFloatBuffer().get(scratch.delta, 0, count);
+        readWeights(weight, offset, count, scratch);
+        slowCount = output == DType.F16 ? roundFloat16(first, last, scratch) : roundBFloat16(first, last, scratch);
+      }
     }
     Failure failure = roundSlow(first, scratch, slowCount);
     target.asShortBuffer().put(offset, scratch.bits, 0, count);

@@ -1,5 +1,7 @@
 package dev.loramerge.internal;
 
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
 import jdk.incubator.vector.FloatVector;
 import jdk.incubator.vector.IntVector;
 import jdk.incubator.vector.ShortVector;
@@ -23,8 +25,8 @@ import jdk.incubator.vector.VectorSpecies;
  * nothing in the result.
  *
  * <p>Referencing this class needs the module {@code jdk.incubator.vector} in the boot layer
- * ({@code --add-modules jdk.incubator.vector}); {@link NarrowFusion} loads it only then, and only
- * on hardware with vectors of at least 8 floats, below which the intrinsics are no gain.
+ * ({@code --add-modules jdk.incubator.vector}); {@link NarrowFusion} loads it only then, and uses
+ * it only where {@link #pays}.
  */
 final class VectorRounding {
   private static final VectorSpecies<Float> FLOATS = FloatVector.SPECIES_PREFERRED;
@@ -36,8 +38,12 @@ final class VectorRounding {
 
   private VectorRounding() {}
 
-  static int lanes() {
-    return FLOATS.length();
+  /**
+   * Whether the kernels pay here: vectors of at least 8 floats, and at most 32 lanes, which the
+   * int of lane bits the kernels make for the slow lanes can hold.
+   */
+  static boolean pays() {
+    return FLOATS.length() >= 8 && FLOATS.length() <= Integer.SIZE;
   }
 
   /**
@@ -45,26 +51,27 @@ final class VectorRounding {
    * bits in {@code out}. Every element gets its fast-path result; the indices of the elements
    * whose result must come from float64 instead are written, in order, to {@code slow}, and their
    * count is returned. {@code bounds[firstRow + r]} is row r's absolute error bound of the float32
-   * update; {@code slowLanes} is scratch of at least {@link #lanes()} ints.
+   * update.
    */
-  static int float16(short[] weights, float[] delta, short[] out, int rows, int cols, float[] bounds, int firstRow, int[] slow, int[] slowLanes) {
+  static int float16(short[] weights, ByteBuffer delta, short[] out, int rows, int cols, float[] bounds, int firstRow, int[] slow) {
     int slowCount = 0;
     for (int r = 0; r < rows; r++) {
-      slowCount = float16Row(weights, delta, out, r * cols, cols, bounds[firstRow + r], slow, slowCount, slowLanes);
+      slowCount = float16Row(weights, delta, out, r * cols, cols, bounds[firstRow + r], slow, slowCount);
     }
     return slowCount;
   }
 
   /**
    * One row. The row's bound is made a vector here, before the loop: broadcast in a loop around
-   * the vector loop, it is boxed on JDK 17 and every vector with it. For the same reason the
-   * slow lanes go through an int array ({@code VectorMask.toLong} allocates) and not through a
-   * call, which would box the vectors live across it.
+   * the vector loop, it is boxed on JDK 17 and every vector with it. The slow lanes are found by
+   * OR-ing lane bits ({@code VectorMask.toLong} allocates on JDK 17) and listed without a call,
+   * which would box the vectors live across it.
    */
-  private static int float16Row(short[] weights, float[] delta, short[] out, int base, int cols, float rowBound, int[] slow, int slowCount, int[] slowLanes) {
+  private static int float16Row(short[] weights, ByteBuffer delta, short[] out, int base, int cols, float rowBound, int[] slow, int slowCount) {
     int lanes = FLOATS.length();
     int vectorCols = cols - cols % lanes;
     FloatVector bound = FloatVector.broadcast(FLOATS, rowBound);
+    IntVector laneBits = IntVector.broadcast(INTS, 1).lanewise(VectorOperators.LSHL, IntVector.zero(INTS).addIndex(1));
     for (int c = 0; c < vectorCols; c += lanes) {
       int i = base + c;
       IntVector half = (IntVector) ShortVector.fromArray(SHORTS, weights, i).convertShape(VectorOperators.S2I, INTS, 0);
@@ -73,7 +80,7 @@ final class VectorRounding {
       // subnormals included; fp16 infinities and NaN do not, and go to float64.
       IntVector weightBits = halfMagnitude.lanewise(VectorOperators.LSHL, 13).reinterpretAsFloats().mul(0x1p112f)
           .reinterpretAsInts().or(half.and(0x8000).lanewise(VectorOperators.LSHL, 16));
-      IntVector raw = weightBits.reinterpretAsFloats().add(FloatVector.fromArray(FLOATS, delta, i)).reinterpretAsInts();
+      IntVector raw = weightBits.reinterpretAsFloats().add(FloatVector.fromByteBuffer(FLOATS, delta, i * Float.BYTES, ByteOrder.nativeOrder())).reinterpretAsInts();
       IntVector magnitude = raw.and(0x7FFFFFFF);
       IntVector dropped = magnitude.and(0x1FFF);
       IntVector margin = dropped.sub(0x1000).abs().min(dropped.add(0x800));
@@ -86,10 +93,10 @@ final class VectorRounding {
           .and(magnitude.compare(VectorOperators.LT, 142 << 23))
           .and(halfMagnitude.compare(VectorOperators.LT, 0x7C00));
       if (!fast.allTrue()) {
-        IntVector.broadcast(INTS, 1).blend(0, fast).intoArray(slowLanes, 0);
-        for (int l = 0; l < lanes; l++) {
-          slow[slowCount] = i + l;
-          slowCount += slowLanes[l];
+        int bits = laneBits.blend(0, fast).reduceLanes(VectorOperators.OR);
+        while (bits != 0) {
+          slow[slowCount++] = i + Integer.numberOfTrailingZeros(bits);
+          bits &= bits - 1;
         }
       }
     }
@@ -100,23 +107,24 @@ final class VectorRounding {
   }
 
   /** {@link #float16} for bf16 weights and results. */
-  static int bfloat16(short[] weights, float[] delta, short[] out, int rows, int cols, float[] bounds, int firstRow, int[] slow, int[] slowLanes) {
+  static int bfloat16(short[] weights, ByteBuffer delta, short[] out, int rows, int cols, float[] bounds, int firstRow, int[] slow) {
     int slowCount = 0;
     for (int r = 0; r < rows; r++) {
-      slowCount = bfloat16Row(weights, delta, out, r * cols, cols, bounds[firstRow + r], slow, slowCount, slowLanes);
+      slowCount = bfloat16Row(weights, delta, out, r * cols, cols, bounds[firstRow + r], slow, slowCount);
     }
     return slowCount;
   }
 
-  private static int bfloat16Row(short[] weights, float[] delta, short[] out, int base, int cols, float rowBound, int[] slow, int slowCount, int[] slowLanes) {
+  private static int bfloat16Row(short[] weights, ByteBuffer delta, short[] out, int base, int cols, float rowBound, int[] slow, int slowCount) {
     int lanes = FLOATS.length();
     int vectorCols = cols - cols % lanes;
     FloatVector bound = FloatVector.broadcast(FLOATS, rowBound);
+    IntVector laneBits = IntVector.broadcast(INTS, 1).lanewise(VectorOperators.LSHL, IntVector.zero(INTS).addIndex(1));
     for (int c = 0; c < vectorCols; c += lanes) {
       int i = base + c;
       IntVector weightBits = ((IntVector) ShortVector.fromArray(SHORTS, weights, i).convertShape(VectorOperators.S2I, INTS, 0))
           .lanewise(VectorOperators.LSHL, 16);
-      IntVector raw = weightBits.reinterpretAsFloats().add(FloatVector.fromArray(FLOATS, delta, i)).reinterpretAsInts();
+      IntVector raw = weightBits.reinterpretAsFloats().add(FloatVector.fromByteBuffer(FLOATS, delta, i * Float.BYTES, ByteOrder.nativeOrder())).reinterpretAsInts();
       IntVector magnitude = raw.and(0x7FFFFFFF);
       IntVector dropped = magnitude.and(0xFFFF);
       IntVector margin = dropped.sub(0x8000).abs().min(dropped.add(0x4000));
@@ -127,10 +135,10 @@ final class VectorRounding {
           .and(magnitude.compare(VectorOperators.GE, 24 << 23))
           .and(magnitude.compare(VectorOperators.LT, 254 << 23));
       if (!fast.allTrue()) {
-        IntVector.broadcast(INTS, 1).blend(0, fast).intoArray(slowLanes, 0);
-        for (int l = 0; l < lanes; l++) {
-          slow[slowCount] = i + l;
-          slowCount += slowLanes[l];
+        int bits = laneBits.blend(0, fast).reduceLanes(VectorOperators.OR);
+        while (bits != 0) {
+          slow[slowCount++] = i + Integer.numberOfTrailingZeros(bits);
+          bits &= bits - 1;
         }
       }
     }
