@@ -26,14 +26,17 @@ import org.openjdk.jmh.annotations.Warmup;
 /**
  * One fused layer, W' = W + up·down rounded once, for the SDXL layer shapes: the kernel that
  * bounds {@code fuse/file} and {@code fuse/memory}. {@code device=gpu} runs only where DJL sees
- * a GPU.
+ * a GPU. The fork has the Vector API module, as {@code bin/lora fuse} does; to time the scalar
+ * path, give {@code -jvmArgsAppend} without it (the command line replaces the annotation's list).
  */
 @State(Scope.Thread)
 @BenchmarkMode(Mode.AverageTime)
 @OutputTimeUnit(TimeUnit.MILLISECONDS)
 @Warmup(iterations = 3, time = 2)
 @Measurement(iterations = 5, time = 2)
-@Fork(value = 1, jvmArgsAppend = {"-Dai.djl.offline=true", "-Xmx4g", "-XX:MaxDirectMemorySize=8g"})
+@Fork(
+    value = 1,
+    jvmArgsAppend = {"-Dai.djl.offline=true", "-Xmx4g", "-XX:MaxDirectMemorySize=8g", "--add-modules", "jdk.incubator.vector"})
 public class FuseKernel {
   @Param({"320x320", "640x2048", "1280x10240", "5120x1280"})
   String shape;
