@@ -68,11 +68,7 @@ public final class BenchCommand {
 
   public static void main(String[] args) throws IOException {
     if (args.length == 0 || !args[0].equals("e2e")) {
-      System.err.println(
-          "usage: bin/lora-bench e2e [--rank R] [--runs N] [--methods a,b] [--skip-merge] [--skip-fuse] [--cache DIR] [--json FILE]"
-              + " [--vs-pytorch [--python PATH] [--pytorch-svd-every N]]");
-      System.err.println("JMH kernels: java -jar lora-bench/target/benchmarks.jar");
-      System.exit(2);
+      usage(null);
     }
     int rank = 32;
     int runs = 3;
@@ -85,9 +81,13 @@ public final class BenchCommand {
     int svdEvery = 10;
     Path cache = Path.of(System.getProperty("user.home"), ".cache", "loramerge-bench");
     for (int i = 1; i < args.length; i++) {
+      boolean valued = List.of("--rank", "--runs", "--methods", "--json", "--cache", "--python", "--pytorch-svd-every").contains(args[i]);
+      if (valued && i + 1 == args.length) {
+        usage(args[i] + " needs a value");
+      }
       switch (args[i]) {
-        case "--rank" -> rank = Integer.parseInt(args[++i]);
-        case "--runs" -> runs = Integer.parseInt(args[++i]);
+        case "--rank" -> rank = number(args[i], args[++i]);
+        case "--runs" -> runs = number(args[i], args[++i]);
         case "--methods" -> methods = Arrays.asList(args[++i].split(","));
         case "--json" -> json = Path.of(args[++i]);
         case "--cache" -> cache = Path.of(args[++i]);
@@ -95,8 +95,8 @@ public final class BenchCommand {
         case "--skip-fuse" -> fuse = false;
         case "--vs-pytorch" -> vsPytorch = true;
         case "--python" -> python = args[++i];
-        case "--pytorch-svd-every" -> svdEvery = Integer.parseInt(args[++i]);
-        default -> throw new IllegalArgumentException("unknown option " + args[i]);
+        case "--pytorch-svd-every" -> svdEvery = number(args[i], args[++i]);
+        default -> usage("unknown option " + args[i]);
       }
     }
     Files.createDirectories(cache);
@@ -204,6 +204,32 @@ public final class BenchCommand {
           "command/merge",
           List.of(lora.get().toString(), "merge", "-o", merged.toString(), "--format", "kohya", styleFile + "=0.7", subjectFile + "=0.5"));
     }
+  }
+
+  /** {@code value} as a positive integer, or the usage and exit status 2. */
+  private static int number(String option, String value) {
+    try {
+      int number = Integer.parseInt(value);
+      if (number > 0) {
+        return number;
+      }
+    } catch (NumberFormatException e) {
+      // Reported below, as any other value that is not a positive integer.
+    }
+    usage(option + " takes a positive integer, got '" + value + "'");
+    return 0;
+  }
+
+  /** Prints {@code problem}, if any, and the usage on stderr, and exits with status 2. */
+  private static void usage(String problem) {
+    if (problem != null) {
+      System.err.println("lora-bench: " + problem);
+    }
+    System.err.println(
+        "usage: bin/lora-bench e2e [--rank R] [--runs N] [--methods a,b] [--skip-merge] [--skip-fuse] [--cache DIR] [--json FILE]"
+            + " [--vs-pytorch [--python PATH] [--pytorch-svd-every N]]");
+    System.err.println("JMH kernels: java -jar lora-bench/target/benchmarks.jar");
+    System.exit(2);
   }
 
   /** The base weights {@code adapter} touches, as fp16 NDArrays (the rest of the UNet plays no part). */
