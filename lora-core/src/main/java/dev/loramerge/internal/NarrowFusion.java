@@ -252,9 +252,8 @@ final class NarrowFusion {
       if (vectorBounds != null) {
         // The vector kernels read the product where libtorch left it.
         weight.asShortBuffer().get(offset, scratch.input, 0, count);
-        slowCount = output == DType.F16
-            ? VectorRounding.float16(scratch.input, delta, scratch.bits, last - first, cols, vectorBounds, first, scratch.slow)
-            : VectorRounding.bfloat16(scratch.input, delta, scratch.bits, last - first, cols, vectorBounds, first, scratch.slow);
+        slowCount = VectorRounding.round(
+            output == DType.F16, scratch.input, delta, scratch.bits, last - first, cols, vectorBounds, first, scratch.slow);
       } else {
         delta.asFloatBuffer().get(scratch.delta, 0, count);
         readWeights(weight, offset, count, scratch);

@@ -47,16 +47,21 @@ final class VectorRounding {
   }
 
   /**
-   * Rounds {@code weights + delta} (fp16 bits and float32, {@code rows × cols} row-major) to fp16
-   * bits in {@code out}. Every element gets its fast-path result; the indices of the elements
-   * whose result must come from float64 instead are written, in order, to {@code slow}, and their
-   * count is returned. {@code bounds[firstRow + r]} is row r's absolute error bound of the float32
-   * update.
+   * Rounds {@code weights + delta} ({@code rows × cols} row-major: fp16 bits, or bf16 bits when
+   * not {@code float16}, and float32 in native order) to bits of the same type in {@code out}.
+   * Every element gets its fast-path result; the indices of the elements whose result must come
+   * from float64 instead are written, in order, to {@code slow}, and their count is returned.
+   * {@code bounds[firstRow + r]} is row r's absolute error bound of the float32 update.
    */
-  static int float16(short[] weights, ByteBuffer delta, short[] out, int rows, int cols, float[] bounds, int firstRow, int[] slow) {
+  static int round(
+      boolean float16, short[] weights, ByteBuffer delta, short[] out, int rows, int cols, float[] bounds, int firstRow,
+      int[] slow) {
     int slowCount = 0;
     for (int r = 0; r < rows; r++) {
-      slowCount = float16Row(weights, delta, out, r * cols, cols, bounds[firstRow + r], slow, slowCount);
+      float bound = bounds[firstRow + r];
+      slowCount = float16
+          ? float16Row(weights, delta, out, r * cols, cols, bound, slow, slowCount)
+          : bfloat16Row(weights, delta, out, r * cols, cols, bound, slow, slowCount);
     }
     return slowCount;
   }
@@ -106,15 +111,7 @@ final class VectorRounding {
     return slowCount;
   }
 
-  /** {@link #float16} for bf16 weights and results. */
-  static int bfloat16(short[] weights, ByteBuffer delta, short[] out, int rows, int cols, float[] bounds, int firstRow, int[] slow) {
-    int slowCount = 0;
-    for (int r = 0; r < rows; r++) {
-      slowCount = bfloat16Row(weights, delta, out, r * cols, cols, bounds[firstRow + r], slow, slowCount);
-    }
-    return slowCount;
-  }
-
+  /** {@link #float16Row} for bf16. */
   private static int bfloat16Row(short[] weights, ByteBuffer delta, short[] out, int base, int cols, float rowBound, int[] slow, int slowCount) {
     int lanes = FLOATS.length();
     int vectorCols = cols - cols % lanes;
