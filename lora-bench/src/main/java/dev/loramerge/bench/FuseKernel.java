@@ -8,36 +8,19 @@ import dev.loramerge.DType;
 import dev.loramerge.internal.Fusion;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
-import java.util.concurrent.TimeUnit;
 import org.openjdk.jmh.annotations.Benchmark;
-import org.openjdk.jmh.annotations.BenchmarkMode;
-import org.openjdk.jmh.annotations.Fork;
 import org.openjdk.jmh.annotations.Level;
-import org.openjdk.jmh.annotations.Measurement;
-import org.openjdk.jmh.annotations.Mode;
-import org.openjdk.jmh.annotations.OutputTimeUnit;
 import org.openjdk.jmh.annotations.Param;
-import org.openjdk.jmh.annotations.Scope;
 import org.openjdk.jmh.annotations.Setup;
-import org.openjdk.jmh.annotations.State;
 import org.openjdk.jmh.annotations.TearDown;
-import org.openjdk.jmh.annotations.Warmup;
 
 /**
  * One fused layer, W' = W + up·down rounded once, for the SDXL layer shapes: the kernel that
  * bounds {@code fuse/file} and {@code fuse/memory}. {@code device=gpu} runs only where DJL sees
- * a GPU. The fork has the Vector API module, as {@code bin/lora fuse} does; to time the scalar
- * path, give {@code -jvmArgsAppend} without it (the command line replaces the annotation's list).
+ * a GPU. The fork has the Vector API module, as {@code bin/lora fuse} does ({@link Kernel} says
+ * how to time the scalar path).
  */
-@State(Scope.Thread)
-@BenchmarkMode(Mode.AverageTime)
-@OutputTimeUnit(TimeUnit.MILLISECONDS)
-@Warmup(iterations = 3, time = 2)
-@Measurement(iterations = 5, time = 2)
-@Fork(
-    value = 1,
-    jvmArgsAppend = {"-Dai.djl.offline=true", "-Xmx4g", "-XX:MaxDirectMemorySize=8g", "--add-modules", "jdk.incubator.vector"})
-public class FuseKernel {
+public class FuseKernel extends Kernel {
   @Param({"320x320", "640x2048", "1280x10240", "5120x1280"})
   String shape;
 

@@ -6,19 +6,10 @@ import dev.loramerge.ModuleKey;
 import dev.loramerge.algorithms.MajoritySign;
 import dev.loramerge.algorithms.MergeMethods;
 import java.util.OptionalDouble;
-import java.util.concurrent.TimeUnit;
 import org.openjdk.jmh.annotations.Benchmark;
-import org.openjdk.jmh.annotations.BenchmarkMode;
-import org.openjdk.jmh.annotations.Fork;
 import org.openjdk.jmh.annotations.Level;
-import org.openjdk.jmh.annotations.Measurement;
-import org.openjdk.jmh.annotations.Mode;
-import org.openjdk.jmh.annotations.OutputTimeUnit;
 import org.openjdk.jmh.annotations.Param;
-import org.openjdk.jmh.annotations.Scope;
 import org.openjdk.jmh.annotations.Setup;
-import org.openjdk.jmh.annotations.State;
-import org.openjdk.jmh.annotations.Warmup;
 
 /**
  * One SDXL module (a 1280×1280 attention projection or the 1280→10240 GEGLU projection) merged
@@ -28,13 +19,7 @@ import org.openjdk.jmh.annotations.Warmup;
  * update: for the other methods the two are the same merge; {@code svd} re-ranks the factors).
  * {@link SvdKernel} and {@link TaskTensorKernel} measure the kernels inside on their own.
  */
-@State(Scope.Thread)
-@BenchmarkMode(Mode.AverageTime)
-@OutputTimeUnit(TimeUnit.MILLISECONDS)
-@Warmup(iterations = 3, time = 2)
-@Measurement(iterations = 5, time = 2)
-@Fork(value = 1, jvmArgsAppend = {"-Dai.djl.offline=true", "-Xmx4g", "-XX:MaxDirectMemorySize=8g"})
-public class MergeKernel {
+public class MergeKernel extends Kernel {
   @Param({"down_blocks.2.attentions.0.transformer_blocks.0.attn1.to_q",
       "down_blocks.2.attentions.0.transformer_blocks.0.ff.net.0.proj"})
   String module;

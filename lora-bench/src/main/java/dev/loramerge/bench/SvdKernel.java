@@ -9,20 +9,11 @@ import dev.loramerge.internal.FactoredSvd;
 import dev.loramerge.internal.RandomizedSvd;
 import dev.loramerge.internal.Randoms;
 import java.util.SplittableRandom;
-import java.util.concurrent.TimeUnit;
 import org.openjdk.jmh.annotations.Benchmark;
-import org.openjdk.jmh.annotations.BenchmarkMode;
-import org.openjdk.jmh.annotations.Fork;
 import org.openjdk.jmh.annotations.Level;
-import org.openjdk.jmh.annotations.Measurement;
-import org.openjdk.jmh.annotations.Mode;
-import org.openjdk.jmh.annotations.OutputTimeUnit;
 import org.openjdk.jmh.annotations.Param;
-import org.openjdk.jmh.annotations.Scope;
 import org.openjdk.jmh.annotations.Setup;
-import org.openjdk.jmh.annotations.State;
 import org.openjdk.jmh.annotations.TearDown;
-import org.openjdk.jmh.annotations.Warmup;
 
 /**
  * Re-ranking one module's merged update to the target rank, for the SDXL layer shapes (rows ×
@@ -59,13 +50,7 @@ import org.openjdk.jmh.annotations.Warmup;
  * 5120x1280       7.7       77.9
  * </pre>
  */
-@State(Scope.Thread)
-@BenchmarkMode(Mode.AverageTime)
-@OutputTimeUnit(TimeUnit.MILLISECONDS)
-@Warmup(iterations = 3, time = 2)
-@Measurement(iterations = 5, time = 2)
-@Fork(value = 1, jvmArgsAppend = {"-Dai.djl.offline=true", "-Xmx4g", "-XX:MaxDirectMemorySize=8g"})
-public class SvdKernel {
+public class SvdKernel extends Kernel {
   @Param({"640x640", "1280x1280", "640x2048", "1280x10240", "5120x1280"})
   String shape;
 

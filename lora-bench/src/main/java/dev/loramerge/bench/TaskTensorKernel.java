@@ -4,19 +4,12 @@ import dev.loramerge.algorithms.MajoritySign;
 import dev.loramerge.algorithms.internal.TaskTensors;
 import dev.loramerge.internal.Randoms;
 import java.util.SplittableRandom;
-import java.util.concurrent.TimeUnit;
 import org.openjdk.jmh.annotations.Benchmark;
-import org.openjdk.jmh.annotations.BenchmarkMode;
-import org.openjdk.jmh.annotations.Fork;
 import org.openjdk.jmh.annotations.Level;
-import org.openjdk.jmh.annotations.Measurement;
-import org.openjdk.jmh.annotations.Mode;
-import org.openjdk.jmh.annotations.OutputTimeUnit;
 import org.openjdk.jmh.annotations.Param;
 import org.openjdk.jmh.annotations.Scope;
 import org.openjdk.jmh.annotations.Setup;
 import org.openjdk.jmh.annotations.State;
-import org.openjdk.jmh.annotations.Warmup;
 
 /**
  * The element-wise passes of the PEFT methods over one dense task tensor of an SDXL layer shape
@@ -48,13 +41,7 @@ import org.openjdk.jmh.annotations.Warmup;
  * 5120x1280          5.9             41.9            119.5           49.6
  * </pre>
  */
-@State(Scope.Thread)
-@BenchmarkMode(Mode.AverageTime)
-@OutputTimeUnit(TimeUnit.MILLISECONDS)
-@Warmup(iterations = 3, time = 2)
-@Measurement(iterations = 5, time = 2)
-@Fork(value = 1, jvmArgsAppend = {"-Dai.djl.offline=true", "-Xmx4g", "-XX:MaxDirectMemorySize=8g"})
-public class TaskTensorKernel {
+public class TaskTensorKernel extends Kernel {
   private static final double DENSITY = 0.5;
   private static final double[] WEIGHTS = {0.7, 0.5};
   private static final long DARE_SEED = 7;
