@@ -85,12 +85,8 @@ final class NarrowFusion {
   private final NDArray down32;
   private final float[] rowBounds;
   private final double maxColNorm;
-  /**
-   * For the vector path, each column's ‖down_j‖ scaled by 1 + 2⁻²⁰ and rounded up to float, so
-   * that {@code rowBounds[r]·colNorms[j]} rounded to float is at least the element's bound with
-   * its own ‖down_j‖ (tighter than the scalar path's largest one); null for the scalar path.
-   */
-  private final float[] colNorms;
+  /** Per row, {@code rowBounds[r]·maxColNorm} rounded up to float; null for the scalar path. */
+  private final float[] vectorBounds;
   private final String label;
 
   private NarrowFusion(
@@ -115,7 +111,6 @@ final class NarrowFusion {
       rowBounds[r] = slack * (float) Math.sqrt(squares);
     }
     this.downByColumn = new double[cols * rank];
-    this.colNorms = vectorized ? new float[cols] : null;
     double largest = 0;
     for (int c = 0; c < cols; c++) {
       double squares = 0;
@@ -124,15 +119,17 @@ final class NarrowFusion {
         downByColumn[c * rank + l] = value;
         squares += value * value;
       }
-      double norm = Math.sqrt(squares);
-      largest = Math.max(largest, norm);
-      if (vectorized) {
-        double scaled = norm * (1 + 0x1p-20);
-        float rounded = (float) scaled;
-        colNorms[c] = rounded < scaled ? Math.nextUp(rounded) : rounded;
-      }
+      largest = Math.max(largest, Math.sqrt(squares));
     }
     this.maxColNorm = largest;
+    this.vectorBounds = vectorized ? new float[rows] : null;
+    if (vectorized) {
+      for (int r = 0; r < rows; r++) {
+        double bound = (double) rowBounds[r] * maxColNorm;
+        float rounded = (float) bound;
+        vectorBounds[r] = rounded < bound ? Math.nextUp(rounded) : rounded;
+      }
+    }
   }
 
   /** Whether weights of {@code input} fuse here when written as {@code output}. */
@@ -252,11 +249,11 @@ final class NarrowFusion {
       NDArray upRows = up32.get(first + ":" + last);
       upRows.attach(blockManager);
       ByteBuffer delta = upRows.matMul(down32).toByteBuffer(true).order(ByteOrder.nativeOrder());
-      if (colNorms != null) {
+      if (vectorBounds != null) {
         // The vector kernels read the product where libtorch left it.
         weight.asShortBuffer().get(offset, scratch.input, 0, count);
         slowCount = VectorRounding.round(
-            output == DType.F16, scratch.input, delta, scratch.bits, last - first, cols, rowBounds, first, colNorms, scratch.slow);
+            output == DType.F16, scratch.input, delta, scratch.bits, last - first, cols, vectorBounds, first, scratch.slow);
       } else {
         delta.asFloatBuffer().get(scratch.delta, 0, count);
         readWeights(weight, offset, count, scratch);
@@ -374,7 +371,7 @@ final class NarrowFusion {
 
   /** Element {@code i}'s weight: widened already on the scalar path, as input bits on the vector path. */
   private double weightValue(Scratch scratch, int i) {
-    if (colNorms == null) {
+    if (vectorBounds == null) {
       return scratch.weight[i];
     }
     short bits = scratch.input[i];

@@ -20,10 +20,9 @@ import jdk.incubator.vector.VectorSpecies;
  * the fast path when {@code (margin − (1 + 2⁻⁸))·ulp(s) > bound}, with {@code margin} the distance
  * to the nearest boundary in ulps of the float32 sum {@code s} (an integer below 2¹⁵, so the
  * subtraction is exact in float32) and {@code ulp(s)} a power of two. With {@code bound} at least
- * the element's float32 product error, that is {@code margin > bound/ulp + 1 + 2⁻⁸}, stricter than
- * the scalar test's {@code 1 + 2⁻¹⁰}; but {@code bound} uses the element's own column norm
- * ‖down_j‖ where the scalar test takes the largest. An element may go to float64 on one path and
- * not the other, which changes nothing in the result.
+ * the row's float32 product error, that is {@code margin > bound/ulp + 1 + 2⁻⁸}, stricter than the
+ * scalar test's {@code 1 + 2⁻¹⁰}: an element may go to float64 here and not there, which changes
+ * nothing in the result.
  *
  * <p>Referencing this class needs the module {@code jdk.incubator.vector} in the boot layer
  * ({@code --add-modules jdk.incubator.vector}); {@link NarrowFusion} loads it only then, and uses
@@ -52,37 +51,34 @@ final class VectorRounding {
    * not {@code float16}, and float32 in native order) to bits of the same type in {@code out}.
    * Every element gets its fast-path result; the indices of the elements whose result must come
    * from float64 instead are written, in order, to {@code slow}, and their count is returned.
-   * Element (r, j)'s absolute error bound of the float32 update is {@code rowBounds[firstRow +
-   * r]·colNorms[j]} rounded to float, which the caller's factors make at least the true bound.
+   * {@code bounds[firstRow + r]} is row r's absolute error bound of the float32 update.
    */
   static int round(
-      boolean float16, short[] weights, ByteBuffer delta, short[] out, int rows, int cols, float[] rowBounds, int firstRow,
-      float[] colNorms, int[] slow) {
+      boolean float16, short[] weights, ByteBuffer delta, short[] out, int rows, int cols, float[] bounds, int firstRow,
+      int[] slow) {
     int slowCount = 0;
     for (int r = 0; r < rows; r++) {
-      float bound = rowBounds[firstRow + r];
+      float bound = bounds[firstRow + r];
       slowCount = float16
-          ? float16Row(weights, delta, out, r * cols, cols, bound, colNorms, slow, slowCount)
-          : bfloat16Row(weights, delta, out, r * cols, cols, bound, colNorms, slow, slowCount);
+          ? float16Row(weights, delta, out, r * cols, cols, bound, slow, slowCount)
+          : bfloat16Row(weights, delta, out, r * cols, cols, bound, slow, slowCount);
     }
     return slowCount;
   }
 
   /**
-   * One row. The row's factor of the bound is made a vector here, before the loop: broadcast in a
-   * loop around the vector loop, it is boxed on JDK 17 and every vector with it. The slow lanes are found by
+   * One row. The row's bound is made a vector here, before the loop: broadcast in a loop around
+   * the vector loop, it is boxed on JDK 17 and every vector with it. The slow lanes are found by
    * OR-ing lane bits ({@code VectorMask.toLong} allocates on JDK 17) and listed without a call,
    * which would box the vectors live across it.
    */
-  private static int float16Row(short[] weights, ByteBuffer delta, short[] out, int base, int cols, float rowBound, float[] colNorms, int[] slow,
-      int slowCount) {
+  private static int float16Row(short[] weights, ByteBuffer delta, short[] out, int base, int cols, float rowBound, int[] slow, int slowCount) {
     int lanes = FLOATS.length();
     int vectorCols = cols - cols % lanes;
-    FloatVector rowFactor = FloatVector.broadcast(FLOATS, rowBound);
+    FloatVector bound = FloatVector.broadcast(FLOATS, rowBound);
     IntVector laneBits = IntVector.broadcast(INTS, 1).lanewise(VectorOperators.LSHL, IntVector.zero(INTS).addIndex(1));
     for (int c = 0; c < vectorCols; c += lanes) {
       int i = base + c;
-      FloatVector bound = rowFactor.mul(FloatVector.fromArray(FLOATS, colNorms, c));
       IntVector half = (IntVector) ShortVector.fromArray(SHORTS, weights, i).convertShape(VectorOperators.S2I, INTS, 0);
       IntVector halfMagnitude = half.and(0x7FFF);
       // The fp16 magnitude's bits shifted into float32 position read as 2¹¹² times its value,
@@ -116,15 +112,13 @@ final class VectorRounding {
   }
 
   /** {@link #float16Row} for bf16. */
-  private static int bfloat16Row(short[] weights, ByteBuffer delta, short[] out, int base, int cols, float rowBound, float[] colNorms, int[] slow,
-      int slowCount) {
+  private static int bfloat16Row(short[] weights, ByteBuffer delta, short[] out, int base, int cols, float rowBound, int[] slow, int slowCount) {
     int lanes = FLOATS.length();
     int vectorCols = cols - cols % lanes;
-    FloatVector rowFactor = FloatVector.broadcast(FLOATS, rowBound);
+    FloatVector bound = FloatVector.broadcast(FLOATS, rowBound);
     IntVector laneBits = IntVector.broadcast(INTS, 1).lanewise(VectorOperators.LSHL, IntVector.zero(INTS).addIndex(1));
     for (int c = 0; c < vectorCols; c += lanes) {
       int i = base + c;
-      FloatVector bound = rowFactor.mul(FloatVector.fromArray(FLOATS, colNorms, c));
       IntVector weightBits = ((IntVector) ShortVector.fromArray(SHORTS, weights, i).convertShape(VectorOperators.S2I, INTS, 0))
           .lanewise(VectorOperators.LSHL, 16);
       IntVector raw = weightBits.reinterpretAsFloats().add(FloatVector.fromByteBuffer(FLOATS, delta, i * Float.BYTES, ByteOrder.nativeOrder())).reinterpretAsInts();
