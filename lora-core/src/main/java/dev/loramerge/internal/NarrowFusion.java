@@ -424,16 +424,22 @@ final class NarrowFusion {
 
   /**
    * {@link FloatFormats#toFloat16} with the normal range done in a few integer operations on the
-   * float64 bits (round half to even on the 42 dropped bits).
+   * float64 bits (round half to even on the 42 dropped bits), and the subnormal range, where
+   * weights near zero land, as the integer multiple of 2⁻²⁴ nearest to the value (the scaling is
+   * exact and {@code rint} rounds half to even; 1024 is the smallest normal's bits).
    */
   private static short toFloat16(double value) {
     long raw = Double.doubleToRawLongBits(value);
     long magnitude = raw & Long.MAX_VALUE;
-    if (magnitude < DOUBLE_FLOAT16_MIN_NORMAL_BITS || magnitude >= DOUBLE_FLOAT16_OVERFLOW_BITS) {
+    int sign = (int) (raw >>> 48) & 0x8000;
+    if (magnitude < DOUBLE_FLOAT16_MIN_NORMAL_BITS) {
+      return (short) (sign | (int) Math.rint(Double.longBitsToDouble(magnitude) * 0x1p24));
+    }
+    if (magnitude >= DOUBLE_FLOAT16_OVERFLOW_BITS) {
       return FloatFormats.toFloat16(value);
     }
     long rounded = (magnitude - (1008L << 52) + ((1L << 41) - 1) + ((magnitude >>> 42) & 1)) >>> 42;
-    return (short) ((int) (raw >>> 48) & 0x8000 | (int) rounded);
+    return (short) (sign | (int) rounded);
   }
 
   /** {@link FloatFormats#toBFloat16}, likewise, on the 45 dropped bits. */
