@@ -162,6 +162,7 @@ public final class SafetensorsWriter implements AutoCloseable {
    */
   static SafetensorsWriter create(
       Path target, List<Entry> entries, Map<String, String> metadata, int directBlock) throws IOException {
+    checkArgument(directBlock % DIRECT_ALIGNMENT == 0, "direct blocks are whole multiples of %s bytes", DIRECT_ALIGNMENT);
     checkNotNull(target, "target");
     checkNotNull(entries, "entries");
     checkNotNull(metadata, "metadata");
@@ -191,7 +192,10 @@ public final class SafetensorsWriter implements AutoCloseable {
     SafetensorsWriter writer;
     try {
       if (channel != null) {
-        writer = new SafetensorsWriter(absolute, temporary, channel, alignedBuffer(directBlock), layout);
+        // A small file needs no more buffer than its own size.
+        long size = 8 + header.length + (layout.isEmpty() ? 0 : layout.get(layout.size() - 1).end());
+        long block = Math.min(directBlock, (size + DIRECT_ALIGNMENT - 1) / DIRECT_ALIGNMENT * DIRECT_ALIGNMENT);
+        writer = new SafetensorsWriter(absolute, temporary, channel, alignedBuffer((int) block), layout);
       } else {
         channel = FileChannel.open(temporary, StandardOpenOption.WRITE);
         writer = new SafetensorsWriter(absolute, temporary, channel, null, layout);
