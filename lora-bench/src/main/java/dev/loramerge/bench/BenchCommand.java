@@ -81,21 +81,17 @@ public final class BenchCommand {
     int svdEvery = 10;
     Path cache = Path.of(System.getProperty("user.home"), ".cache", "loramerge-bench");
     for (int i = 1; i < args.length; i++) {
-      boolean valued = List.of("--rank", "--runs", "--methods", "--json", "--cache", "--python", "--pytorch-svd-every").contains(args[i]);
-      if (valued && i + 1 == args.length) {
-        usage(args[i] + " needs a value");
-      }
       switch (args[i]) {
-        case "--rank" -> rank = number(args[i], args[++i]);
-        case "--runs" -> runs = number(args[i], args[++i]);
-        case "--methods" -> methods = Arrays.asList(args[++i].split(","));
-        case "--json" -> json = Path.of(args[++i]);
-        case "--cache" -> cache = Path.of(args[++i]);
+        case "--rank" -> rank = number(args[i], value(args, ++i));
+        case "--runs" -> runs = number(args[i], value(args, ++i));
+        case "--methods" -> methods = Arrays.asList(value(args, ++i).split(","));
+        case "--json" -> json = Path.of(value(args, ++i));
+        case "--cache" -> cache = Path.of(value(args, ++i));
         case "--skip-merge" -> merge = false;
         case "--skip-fuse" -> fuse = false;
         case "--vs-pytorch" -> vsPytorch = true;
-        case "--python" -> python = args[++i];
-        case "--pytorch-svd-every" -> svdEvery = number(args[i], args[++i]);
+        case "--python" -> python = value(args, ++i);
+        case "--pytorch-svd-every" -> svdEvery = number(args[i], value(args, ++i));
         default -> usage("unknown option " + args[i]);
       }
     }
@@ -204,6 +200,14 @@ public final class BenchCommand {
           "command/merge",
           List.of(lora.get().toString(), "merge", "-o", merged.toString(), "--format", "kohya", styleFile + "=0.7", subjectFile + "=0.5"));
     }
+  }
+
+  /** The value of the option before {@code args[i]}, or the usage and exit status 2 when it has none. */
+  private static String value(String[] args, int i) {
+    if (i == args.length) {
+      usage(args[i - 1] + " needs a value");
+    }
+    return args[i];
   }
 
   /** {@code value} as a positive integer, or the usage and exit status 2. */
