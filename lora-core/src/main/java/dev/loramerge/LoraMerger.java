@@ -7,6 +7,7 @@ import ai.djl.Device;
 import ai.djl.ndarray.NDArray;
 import ai.djl.ndarray.NDManager;
 import ai.djl.ndarray.types.DataType;
+import ai.djl.ndarray.types.Shape;
 import com.google.common.collect.ImmutableList;
 import com.google.common.collect.ImmutableMap;
 import com.google.common.collect.ImmutableSet;
@@ -324,7 +325,7 @@ public final class LoraMerger {
       String label = String.format(Locale.ROOT, "module '%s' (weight '%s')", key, name);
       DataType computeType = algorithm.exactInFloat64() ? DataType.FLOAT64 : DataType.FLOAT32;
       try (NDManager manager = NDManager.newBaseManager()) {
-        NDArray[] factors = mergedFactors(manager, key, computeType).orElseThrow();
+        NDArray[] factors = mergedFactors(manager, key, computeType).orElseThrow().arrays(manager);
         NDArray up = prunedFactor(factors[0].toType(computeType, false)).toType(DataType.FLOAT64, false).mul(factor);
         NDArray down = prunedFactor(factors[1].toType(computeType, false)).toType(DataType.FLOAT64, false);
         Fusion.fuse(manager, weight, info.dtype(), info.shape(), up, down, into, dtype, label);
@@ -404,7 +405,7 @@ public final class LoraMerger {
                 .allMatch(module -> module == null || (module.up().dtype() == DType.F16 && module.down().dtype() == DType.F16));
     try (NDManager manager = root.newSubManager()) {
       return mergedFactors(manager, key, halfThroughout ? DataType.FLOAT16 : DataType.FLOAT32)
-          .map(factors -> toModule(key, firstPresent(key), factors, outputType));
+          .map(merged -> toModule(key, firstPresent(key), merged, outputType));
     }
   }
 
@@ -421,7 +422,7 @@ public final class LoraMerger {
    * by {@code manager}, before rounding to an output type; empty when no input has the module.
    * {@code computeType} is the type the inputs' factors are handed to the algorithm in.
    */
-  private Optional<NDArray[]> mergedFactors(NDManager manager, ModuleKey key, DataType computeType) {
+  private Optional<Merged> mergedFactors(NDManager manager, ModuleKey key, DataType computeType) {
     List<Input> present = new ArrayList<>();
     List<Integer> indices = new ArrayList<>();
     for (int i = 0; i < inputs.size(); i++) {
@@ -458,15 +459,50 @@ public final class LoraMerger {
               ? RandomizedSvd.exact(manager, dense, sigma -> rankRule.rank(sigma, target))
               : RandomizedSvd.truncate(
                   manager, dense, target, sigma -> rankRule.rank(sigma, target), merge.random(0, -1, "sketch"));
-      return Optional.of(clamp(factors));
+      return Optional.of(Merged.of(clamp(factors)));
     }
-    NDArray up = update.up().orElseThrow();
-    NDArray down = update.down().orElseThrow();
+    boolean reRank;
+    NDArray up;
+    NDArray down;
+    if (update.isValues()) {
+      int currentRank = update.rank();
+      float[] upValues = update.upValues().orElseThrow();
+      float[] downValues = update.downValues().orElseThrow();
+      if (!algorithm.reRanks() && !(explicit.isPresent() && currentRank > target)) {
+        return Optional.of(new Merged(null, null, upValues, downValues, currentRank));
+      }
+      up = manager.create(upValues, new Shape(upValues.length / currentRank, currentRank));
+      down = manager.create(downValues, new Shape(currentRank, downValues.length / currentRank));
+    } else {
+      up = update.up().orElseThrow();
+      down = update.down().orElseThrow();
+    }
     long currentRank = up.getShape().get(1);
     if (algorithm.reRanks() || (explicit.isPresent() && currentRank > target)) {
-      return Optional.of(clamp(FactoredSvd.truncate(manager, up, down, sigma -> rankRule.rank(sigma, target))));
+      return Optional.of(Merged.of(clamp(FactoredSvd.truncate(manager, up, down, sigma -> rankRule.rank(sigma, target)))));
     }
-    return Optional.of(new NDArray[] {up, down});
+    return Optional.of(new Merged(up, down, null, null, 0));
+  }
+
+  /**
+   * Merged factors with scale 1: NDArrays, or float32 values when the algorithm gave values and
+   * nothing re-ranked them (rounded to the output type in Java, with no native call).
+   */
+  private record Merged(NDArray up, NDArray down, float[] upValues, float[] downValues, int rank) {
+    static Merged of(NDArray[] factors) {
+      return new Merged(factors[0], factors[1], null, null, 0);
+    }
+
+    /** The factors as arrays, made in {@code manager} from values where needed. */
+    NDArray[] arrays(NDManager manager) {
+      if (up != null) {
+        return new NDArray[] {up, down};
+      }
+      return new NDArray[] {
+        manager.create(upValues, new Shape(upValues.length / rank, rank)),
+        manager.create(downValues, new Shape(rank, downValues.length / rank))
+      };
+    }
   }
 
   /**
@@ -490,16 +526,21 @@ public final class LoraMerger {
     return new NDArray[] {factors[0].clip(-limit, limit), factors[1].clip(-limit, limit)};
   }
 
-  private LoraModule toModule(ModuleKey key, LoraModule like, NDArray[] factors, DType outputType) {
-    NDArray up = factors[0];
-    NDArray down = factors[1];
-    long rank = up.getShape().get(1);
+  private LoraModule toModule(ModuleKey key, LoraModule like, Merged merged, DType outputType) {
+    long rank = merged.up() != null ? merged.up().getShape().get(1) : merged.rank();
     long[] downShape = like.down().shape();
     downShape[0] = rank;
     long[] upShape = like.up().shape();
     upShape[1] = rank;
-    TensorData newDown = pruned(NdArrays.toTensor(down, outputType, downShape));
-    TensorData newUp = pruned(NdArrays.toTensor(up, outputType, upShape));
+    TensorData newDown;
+    TensorData newUp;
+    if (merged.up() != null) {
+      newDown = pruned(NdArrays.toTensor(merged.down(), outputType, downShape));
+      newUp = pruned(NdArrays.toTensor(merged.up(), outputType, upShape));
+    } else {
+      newDown = pruned(TensorData.ofFloats(merged.downValues(), outputType, downShape));
+      newUp = pruned(TensorData.ofFloats(merged.upValues(), outputType, upShape));
+    }
     checkFinite(key, newDown, "down");
     checkFinite(key, newUp, "up");
     return LoraModule.of(key, newDown, newUp, rank);
@@ -646,6 +687,16 @@ public final class LoraMerger {
       // Factors narrower than F64 widen to float32, and on to float64, exactly.
       NDArray single = NdArrays.float32(manager, tensor, shape);
       return computeType == DataType.FLOAT64 ? single.toType(DataType.FLOAT64, false) : single;
+    }
+
+    @Override
+    public float[] downValues() {
+      return module.down().toFloatArray();
+    }
+
+    @Override
+    public float[] upValues() {
+      return module.up().toFloatArray();
     }
 
     @Override

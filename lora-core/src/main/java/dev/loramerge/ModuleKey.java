@@ -61,37 +61,67 @@ public record ModuleKey(Component component, String path) implements Comparable<
     return component.prefix() + "." + path;
   }
 
+  /**
+   * Compares dotted paths segment by segment, in place: sorted maps of modules compare keys on
+   * every lookup, and splitting each path there was a tenth of a fast merge's time.
+   */
   private static int comparePaths(String left, String right) {
-    String[] a = left.split("\\.", -1);
-    String[] b = right.split("\\.", -1);
-    for (int i = 0; i < Math.min(a.length, b.length); i++) {
-      int order = compareSegments(a[i], b[i]);
+    if (left.equals(right)) {
+      return 0;
+    }
+    int a = 0;
+    int b = 0;
+    while (true) {
+      int endA = segmentEnd(left, a);
+      int endB = segmentEnd(right, b);
+      int order = compareSegments(left, a, endA, right, b, endB);
+      if (order != 0) {
+        return order;
+      }
+      boolean lastA = endA == left.length();
+      boolean lastB = endB == right.length();
+      if (lastA || lastB) {
+        return Boolean.compare(!lastA, !lastB);
+      }
+      a = endA + 1;
+      b = endB + 1;
+    }
+  }
+
+  private static int segmentEnd(String path, int start) {
+    int dot = path.indexOf('.', start);
+    return dot < 0 ? path.length() : dot;
+  }
+
+  /** Numbers before words; numbers by value (no leading zeros, so by length first); words by text. */
+  private static int compareSegments(String left, int a, int endA, String right, int b, int endB) {
+    boolean numericA = isNumber(left, a, endA);
+    boolean numericB = isNumber(right, b, endB);
+    if (numericA != numericB) {
+      return numericA ? -1 : 1;
+    }
+    if (numericA) {
+      int byLength = Integer.compare(endA - a, endB - b);
+      if (byLength != 0) {
+        return byLength;
+      }
+    }
+    int length = Math.min(endA - a, endB - b);
+    for (int i = 0; i < length; i++) {
+      int order = Character.compare(left.charAt(a + i), right.charAt(b + i));
       if (order != 0) {
         return order;
       }
     }
-    return Integer.compare(a.length, b.length);
+    return Integer.compare(endA - a, endB - b);
   }
 
-  private static int compareSegments(String a, String b) {
-    boolean numericA = isNumber(a);
-    boolean numericB = isNumber(b);
-    if (numericA && numericB) {
-      int byLength = Integer.compare(a.length(), b.length());
-      return byLength != 0 ? byLength : a.compareTo(b);
-    }
-    if (numericA != numericB) {
-      return numericA ? -1 : 1;
-    }
-    return a.compareTo(b);
-  }
-
-  private static boolean isNumber(String segment) {
-    if (segment.isEmpty() || (segment.length() > 1 && segment.charAt(0) == '0')) {
+  private static boolean isNumber(String path, int start, int end) {
+    if (start == end || (end - start > 1 && path.charAt(start) == '0')) {
       return false;
     }
-    for (int i = 0; i < segment.length(); i++) {
-      if (segment.charAt(i) < '0' || segment.charAt(i) > '9') {
+    for (int i = start; i < end; i++) {
+      if (path.charAt(i) < '0' || path.charAt(i) > '9') {
         return false;
       }
     }

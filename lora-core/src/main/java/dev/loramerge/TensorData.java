@@ -9,6 +9,7 @@ import dev.loramerge.internal.FloatFormats;
 import dev.loramerge.internal.NdArrays;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
+import java.nio.DoubleBuffer;
 import java.util.Arrays;
 import java.util.Locale;
 
@@ -63,6 +64,33 @@ public final class TensorData {
     ByteBuffer buffer = ByteBuffer.allocate(values.length * 4).order(ByteOrder.LITTLE_ENDIAN);
     buffer.asFloatBuffer().put(values);
     return new TensorData(DType.F32, shape.clone(), buffer.asReadOnlyBuffer().order(ByteOrder.LITTLE_ENDIAN));
+  }
+
+  /**
+   * A tensor of type {@code dtype} (F64, F32, F16 or BF16) holding {@code values}, each rounded
+   * once to nearest even (values too large for {@code dtype} become infinite).
+   */
+  public static TensorData ofFloats(float[] values, DType dtype, long... shape) {
+    checkArgument(dtype.isFloatingPoint() && dtype.byteSize() >= 2, "cannot encode %s from real values", dtype);
+    checkArgument(
+        values.length == numel(shape),
+        "%s values do not fill shape %s",
+        values.length,
+        Arrays.toString(shape));
+    if (dtype == DType.F32) {
+      return ofFloats(values, shape);
+    }
+    ByteBuffer buffer =
+        ByteBuffer.allocate(Math.multiplyExact(values.length, dtype.byteSize())).order(ByteOrder.LITTLE_ENDIAN);
+    if (dtype == DType.F64) {
+      DoubleBuffer doubles = buffer.asDoubleBuffer();
+      for (float value : values) {
+        doubles.put(value);
+      }
+    } else {
+      FloatFormats.narrow(dtype == DType.F16, values, buffer);
+    }
+    return new TensorData(dtype, shape.clone(), buffer.asReadOnlyBuffer().order(ByteOrder.LITTLE_ENDIAN));
   }
 
   /**
@@ -165,6 +193,10 @@ public final class TensorData {
     ByteBuffer in = bytes();
     if (dtype == DType.F32) {
       in.asFloatBuffer().get(values);
+      return values;
+    }
+    if (dtype == DType.F16 || dtype == DType.BF16) {
+      FloatFormats.widen(dtype == DType.F16, in, values);
       return values;
     }
     for (int i = 0; i < count; i++) {

@@ -3,7 +3,9 @@ package dev.loramerge;
 import static org.assertj.core.api.Assertions.assertThat;
 import static org.assertj.core.api.Assertions.assertThatThrownBy;
 
+import java.util.ArrayList;
 import java.util.List;
+import java.util.SplittableRandom;
 import java.util.stream.Collectors;
 import java.util.stream.Stream;
 import org.junit.jupiter.api.Test;
@@ -26,6 +28,51 @@ class ModuleKeyTest {
             .map(ModuleKey::toString)
             .collect(Collectors.toList());
     assertThat(sorted).containsExactly("unet.layers.1.x", "unet.layers.2.x", "unet.layers.10.x", "text_encoder.a");
+  }
+
+  @Test
+  void ordersLikeComparingSplitSegments() {
+    SplittableRandom random = new SplittableRandom(11);
+    String[] segments = {"0", "1", "2", "9", "10", "11", "100", "01", "a", "ab", "b", "a1", "proj", "proj_in", ""};
+    List<ModuleKey> keys = new ArrayList<>();
+    for (int i = 0; i < 400; i++) {
+      int count = 1 + random.nextInt(4);
+      StringBuilder path = new StringBuilder();
+      for (int s = 0; s < count; s++) {
+        String segment = segments[random.nextInt(segments.length - 1)];
+        path.append(s == 0 ? "" : ".").append(segment.isEmpty() ? "x" : segment);
+      }
+      keys.add(ModuleKey.of(Component.UNET, path.toString()));
+    }
+    for (ModuleKey left : keys) {
+      for (ModuleKey right : keys.subList(0, 60)) {
+        assertThat(Integer.signum(left.compareTo(right)))
+            .as("%s vs %s", left, right)
+            .isEqualTo(Integer.signum(splitOrder(left.path(), right.path())));
+      }
+    }
+  }
+
+  /** The order as documented, by splitting: the independent reference. */
+  private static int splitOrder(String left, String right) {
+    String[] a = left.split("\\.");
+    String[] b = right.split("\\.");
+    for (int i = 0; i < Math.min(a.length, b.length); i++) {
+      boolean numberA = a[i].matches("[1-9][0-9]*|0");
+      boolean numberB = b[i].matches("[1-9][0-9]*|0");
+      int order;
+      if (numberA && numberB) {
+        order = new java.math.BigInteger(a[i]).compareTo(new java.math.BigInteger(b[i]));
+      } else if (numberA != numberB) {
+        order = numberA ? -1 : 1;
+      } else {
+        order = a[i].compareTo(b[i]);
+      }
+      if (order != 0) {
+        return order;
+      }
+    }
+    return Integer.compare(a.length, b.length);
   }
 
   @Test

@@ -40,6 +40,31 @@ class TensorDataTest {
   }
 
   @Test
+  void floatsRoundOnceToEachTypeAndNarrowTypesWidenExactly() {
+    java.util.SplittableRandom random = new java.util.SplittableRandom(3);
+    float[] values = new float[4096];
+    for (int i = 0; i < values.length; i++) {
+      // Mostly ordinary magnitudes, some far outside fp16's range, some any bits at all.
+      values[i] = i % 8 == 7
+          ? Float.intBitsToFloat(random.nextInt())
+          : (float) (random.nextGaussian() * Math.scalb(1.0, random.nextInt(-30, 20)));
+    }
+    double[] exact = new double[values.length];
+    for (int i = 0; i < values.length; i++) {
+      exact[i] = values[i];
+    }
+    for (DType dtype : new DType[] {DType.F64, DType.F32, DType.F16, DType.BF16}) {
+      TensorData fromFloats = TensorData.ofFloats(values, dtype, 64, 64);
+      assertThat(fromFloats).as("%s from floats", dtype).isEqualTo(TensorData.ofDoubles(exact, dtype, 64, 64));
+      float[] widened = fromFloats.toFloatArray();
+      double[] reference = fromFloats.toDoubleArray();
+      for (int i = 0; i < widened.length; i++) {
+        assertThat(Float.valueOf(widened[i])).as("%s element %d (NaN equal to NaN)", dtype, i).isEqualTo(Float.valueOf((float) reference[i]));
+      }
+    }
+  }
+
+  @Test
   void rejectsBytesThatDoNotFillTheShape() {
     ByteBuffer bytes = ByteBuffer.allocate(10);
     assertThatThrownBy(() -> TensorData.of(DType.F32, new long[] {2, 2}, bytes))

@@ -1,6 +1,5 @@
 package dev.loramerge.algorithms;
 
-import ai.djl.ndarray.NDArray;
 import com.google.common.collect.ImmutableMap;
 import dev.loramerge.MergeAlgorithm;
 import dev.loramerge.spi.ModuleInput;
@@ -41,17 +40,33 @@ public final class Linear implements MergeAlgorithm {
 
   @Override
   public ModuleUpdate merge(ModuleMerge module) {
-    NDArray down = null;
-    NDArray up = null;
+    float[] down = null;
+    float[] up = null;
     for (ModuleInput input : module.inputs()) {
       double c = input.weight() * input.scale();
       double root = Math.sqrt(Math.abs(c));
-      NDArray weightedDown = input.down().mul(Math.signum(c) * root);
-      NDArray weightedUp = input.up().mul(root);
-      down = down == null ? weightedDown : down.addi(weightedDown);
-      up = up == null ? weightedUp : up.addi(weightedUp);
+      // Each factor times its coefficient rounded to float32, summed in order in float32: what
+      // PEFT's tensor arithmetic does, without a native call per step.
+      float downCoefficient = (float) (Math.signum(c) * root);
+      float upCoefficient = (float) root;
+      down = accumulate(down, input.downValues(), downCoefficient);
+      up = accumulate(up, input.upValues(), upCoefficient);
     }
-    return ModuleUpdate.factored(up, down);
+    return ModuleUpdate.factored(up, down, module.inputs().get(0).module().rank());
+  }
+
+  /** {@code sum + coefficient·values}, or the scaled values when there is no sum yet. */
+  private static float[] accumulate(float[] sum, float[] values, float coefficient) {
+    if (sum == null) {
+      for (int i = 0; i < values.length; i++) {
+        values[i] *= coefficient;
+      }
+      return values;
+    }
+    for (int i = 0; i < values.length; i++) {
+      sum[i] += values[i] * coefficient;
+    }
+    return sum;
   }
 
   @Override

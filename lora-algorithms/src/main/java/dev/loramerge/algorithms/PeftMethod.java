@@ -3,7 +3,6 @@ package dev.loramerge.algorithms;
 import static com.google.common.base.Preconditions.checkArgument;
 
 import ai.djl.ndarray.NDArray;
-import ai.djl.ndarray.NDManager;
 import ai.djl.ndarray.types.Shape;
 import com.google.common.collect.ImmutableMap;
 import dev.loramerge.LoraMergeException;
@@ -12,6 +11,7 @@ import dev.loramerge.algorithms.internal.TaskTensors;
 import dev.loramerge.spi.ModuleInput;
 import dev.loramerge.spi.ModuleMerge;
 import dev.loramerge.spi.ModuleUpdate;
+import java.util.Arrays;
 import java.util.List;
 import java.util.Locale;
 import java.util.Objects;
@@ -177,24 +177,30 @@ abstract class PeftMethod implements MergeAlgorithm {
       }
       weights[i] = Math.sqrt(product);
     }
-    NDArray down = combine(module, inputs.stream().map(ModuleInput::down).toArray(NDArray[]::new), weights, "down");
-    NDArray up = combine(module, inputs.stream().map(ModuleInput::up).toArray(NDArray[]::new), weights, "up");
-    return ModuleUpdate.factored(up, down);
+    int rank = inputs.get(0).module().rank();
+    float[][] downs = inputs.stream().map(ModuleInput::downValues).toArray(float[][]::new);
+    float[] down = combine(module, downs, downs[0].length / rank, weights, "down");
+    float[] up = combine(module, inputs.stream().map(ModuleInput::upValues).toArray(float[][]::new), rank, weights, "up");
+    return ModuleUpdate.factored(up, down, rank);
   }
 
   private ModuleUpdate mergeDeltas(ModuleMerge module) {
     List<ModuleInput> inputs = module.inputs();
     double[] weights = inputs.stream().mapToDouble(ModuleInput::weight).toArray();
     NDArray[] deltas = inputs.stream().map(ModuleInput::delta).toArray(NDArray[]::new);
-    return ModuleUpdate.dense(combine(module, deltas, weights, "delta"));
+    Shape shape = deltas[0].getShape();
+    float[][] tensors = Arrays.stream(deltas).map(NDArray::toFloatArray).toArray(float[][]::new);
+    float[] combined = combine(module, tensors, Math.toIntExact(shape.get(1)), weights, "delta");
+    return ModuleUpdate.dense(module.manager().create(combined, shape));
   }
 
-  /** Prunes copies of {@code arrays} and combines them into a new array of the same shape. */
-  private NDArray combine(ModuleMerge module, NDArray[] arrays, double[] weights, String stream) {
+  /**
+   * Prunes {@code tensors} (row-major, rows of {@code columns}; changed in place) and combines
+   * them into a new array.
+   */
+  private float[] combine(ModuleMerge module, float[][] tensors, int columns, double[] weights, String stream) {
     List<ModuleInput> inputs = module.inputs();
-    float[][] tensors = new float[arrays.length][];
-    for (int i = 0; i < arrays.length; i++) {
-      tensors[i] = arrays[i].toFloatArray();
+    for (int i = 0; i < tensors.length; i++) {
       switch (pruning) {
         case MAGNITUDE:
           TaskTensors.pruneByMagnitude(tensors[i], density);
@@ -207,7 +213,7 @@ abstract class PeftMethod implements MergeAlgorithm {
           break;
         case DELLA:
           TaskTensors.pruneDella(
-              tensors[i], Math.toIntExact(arrays[i].getShape().get(1)), density, epsilon,
+              tensors[i], columns, density, epsilon,
               module.random(seed, inputs.get(i).index(), stream));
           break;
         case NONE:
@@ -216,13 +222,9 @@ abstract class PeftMethod implements MergeAlgorithm {
           throw new AssertionError(pruning);
       }
     }
-    float[] combined =
-        combination == Combination.TIES
-            ? TaskTensors.electAndMerge(tensors, weights, majoritySign)
-            : TaskTensors.weightedSum(tensors, weights);
-    NDManager manager = module.manager();
-    Shape shape = arrays[0].getShape();
-    return manager.create(combined, shape);
+    return combination == Combination.TIES
+        ? TaskTensors.electAndMerge(tensors, weights, majoritySign)
+        : TaskTensors.weightedSum(tensors, weights);
   }
 
   /** 1 − density in decimal, so that a density of 0.7 shows a drop rate of 0.3. */

@@ -1,5 +1,8 @@
 package dev.loramerge.internal;
 
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+
 /**
  * Bit-level conversions between {@code double} and the narrow floating-point formats, each with
  * a single round-to-nearest-even step.
@@ -8,6 +11,33 @@ package dev.loramerge.internal;
  * round twice, which is exactly the error this library promises not to make.
  */
 public final class FloatFormats {
+  /** Float bits of fp16's smallest normal, 2⁻¹⁴. */
+  private static final int MIN_NORMAL_FLOAT16_BITS = 0x38800000;
+  /** Float bits of 65520, the least magnitude that rounds to fp16 infinity. */
+  private static final int FLOAT16_OVERFLOW_BITS = 0x477ff000;
+  /** Float bits of ½. */
+  private static final int HALF_BITS = 0x3f000000;
+  /** The difference of the exponent biases, 127 − 15, in float exponent position. */
+  private static final int FLOAT16_REBIAS = 112 << 23;
+  /** Every fp16 bit pattern's value: a table read is several times faster than decoding. */
+  private static final float[] FLOAT16_VALUES = new float[1 << 16];
+
+  static {
+    for (int bits = 0; bits < FLOAT16_VALUES.length; bits++) {
+      // Infinities and NaN keep sign and mantissa, as hardware conversions (and the vector path) do.
+      FLOAT16_VALUES[bits] = (bits & 0x7c00) == 0x7c00
+          ? Float.intBitsToFloat((bits & 0x8000) << 16 | 0x7f800000 | (bits & 0x3ff) << 13)
+          : (float) fromFloat16(bits);
+    }
+  }
+
+  /**
+   * Whether the bulk conversions run on the Vector API: the module {@code jdk.incubator.vector}
+   * is in the boot layer ({@code --add-modules jdk.incubator.vector}) and vectors are wide enough.
+   */
+  static final boolean VECTOR_API =
+      ModuleLayer.boot().findModule("jdk.incubator.vector").isPresent() && VectorHalves.pays();
+
   private FloatFormats() {}
 
   /** The fp16 value with bits {@code bits} (low 16 bits used). */
@@ -24,6 +54,88 @@ public final class FloatFormats {
       magnitude = Math.scalb((double) (mantissa | 0x400), exponent - 25);
     }
     return sign == 0 ? magnitude : -magnitude;
+  }
+
+  /** The fp16 value with bits {@code bits} (low 16 bits used), as a float (exact). */
+  public static float float16Value(int bits) {
+    return FLOAT16_VALUES[bits & 0xffff];
+  }
+
+  /**
+   * {@code value} rounded once, to nearest even, to fp16 bits; overflow gives infinity. Results
+   * in fp16's normal range take a few integer operations on the float's bits, the rest the
+   * general path.
+   */
+  public static short toFloat16(float value) {
+    int bits = Float.floatToRawIntBits(value);
+    int magnitude = bits & 0x7fffffff;
+    if (magnitude >= MIN_NORMAL_FLOAT16_BITS && magnitude < FLOAT16_OVERFLOW_BITS) {
+      // Rebias the exponent, then add half an fp16 ulp less one, plus the kept lowest bit for
+      // ties to even; a carry out of the mantissa lands in the exponent, as it should.
+      int rounded = (magnitude - FLOAT16_REBIAS + 0xfff + ((magnitude >>> 13) & 1)) >>> 13;
+      return (short) (((bits >>> 16) & 0x8000) | rounded);
+    }
+    if (magnitude < MIN_NORMAL_FLOAT16_BITS) {
+      // In [½, 1) float's ulp is fp16's subnormal step 2⁻²⁴: adding ½ rounds once, to nearest
+      // even, and leaves the subnormal's bits (or the smallest normal's, 0x400) in the mantissa.
+      int subnormal = Float.floatToRawIntBits(Float.intBitsToFloat(magnitude) + 0.5f) - HALF_BITS;
+      return (short) (((bits >>> 16) & 0x8000) | subnormal);
+    }
+    return toFloat16((double) value);
+  }
+
+  /** {@code value} rounded once, to nearest even, to bf16 bits; overflow gives infinity. */
+  public static short toBFloat16(float value) {
+    int bits = Float.floatToRawIntBits(value);
+    if ((bits & 0x7f800000) == 0x7f800000) {
+      return toBFloat16((double) value);
+    }
+    // bf16 is float32's upper half: the same rounding on the bits, subnormals and overflow included.
+    return (short) ((bits + 0x7fff + ((bits >>> 16) & 1)) >>> 16);
+  }
+
+  /**
+   * Widens {@code out.length} fp16 values (bf16 when not {@code float16}), little-endian from
+   * index 0 of {@code in}, into {@code out}, exactly.
+   */
+  public static void widen(boolean float16, ByteBuffer in, float[] out) {
+    widen(float16, in, out, VECTOR_API);
+  }
+
+  /** {@link #widen(boolean, ByteBuffer, float[])} with or without the Vector API. */
+  static void widen(boolean float16, ByteBuffer in, float[] out, boolean vectorized) {
+    int count = out.length;
+    int done = vectorized
+        ? float16 ? VectorHalves.widenFloat16(in, out, count) : VectorHalves.widenBFloat16(in, out, count)
+        : 0;
+    if (done == count) {
+      return;
+    }
+    // A bulk copy into a primitive array: indexed reads of a read-only buffer cost ~4 ns each.
+    short[] bits = new short[count - done];
+    in.duplicate().order(ByteOrder.LITTLE_ENDIAN).position(done * 2).asShortBuffer().get(bits);
+    for (int i = done; i < count; i++) {
+      out[i] = float16 ? float16Value(bits[i - done]) : Float.intBitsToFloat(bits[i - done] << 16);
+    }
+  }
+
+  /**
+   * Rounds {@code in}'s values once to fp16 (bf16 when not {@code float16}) into {@code out},
+   * little-endian from index 0.
+   */
+  public static void narrow(boolean float16, float[] in, ByteBuffer out) {
+    narrow(float16, in, out, VECTOR_API);
+  }
+
+  /** {@link #narrow(boolean, float[], ByteBuffer)} with or without the Vector API. */
+  static void narrow(boolean float16, float[] in, ByteBuffer out, boolean vectorized) {
+    int count = in.length;
+    int done = vectorized
+        ? float16 ? VectorHalves.narrowFloat16(in, out, count) : VectorHalves.narrowBFloat16(in, out, count)
+        : 0;
+    for (int i = done; i < count; i++) {
+      out.putShort(i * 2, float16 ? toFloat16(in[i]) : toBFloat16(in[i]));
+    }
   }
 
   /** The bf16 value with bits {@code bits} (low 16 bits used). */

@@ -7,18 +7,34 @@ import ai.djl.ndarray.NDArray;
 import java.util.Optional;
 
 /**
- * A merged module's update, scale 1: either factored (B' out×r, A' r×in·k·k, update B'·A') or
- * dense (the out×in·k·k update itself, which the merger re-ranks by SVD).
+ * A merged module's update, scale 1: either factored (B' out×r, A' r×in·k·k, update B'·A', as
+ * arrays or as float32 values) or dense (the out×in·k·k update itself, which the merger re-ranks
+ * by SVD).
  */
 public final class ModuleUpdate {
   private final NDArray up;
   private final NDArray down;
   private final NDArray dense;
+  private final float[] upValues;
+  private final float[] downValues;
+  private final int rank;
 
   private ModuleUpdate(NDArray up, NDArray down, NDArray dense) {
     this.up = up;
     this.down = down;
     this.dense = dense;
+    this.upValues = null;
+    this.downValues = null;
+    this.rank = 0;
+  }
+
+  private ModuleUpdate(float[] upValues, float[] downValues, int rank) {
+    this.up = null;
+    this.down = null;
+    this.dense = null;
+    this.upValues = upValues;
+    this.downValues = downValues;
+    this.rank = rank;
   }
 
   /** The update B'·A'. */
@@ -31,6 +47,21 @@ public final class ModuleUpdate {
     return new ModuleUpdate(up, down, null);
   }
 
+  /**
+   * The update B'·A' from float32 values: {@code up} out×{@code rank} and {@code down}
+   * {@code rank}×in·k·k, row-major. The update takes the arrays over; the caller must not change
+   * them afterwards. The merger rounds them to the output type in Java, without a native call.
+   */
+  public static ModuleUpdate factored(float[] up, float[] down, int rank) {
+    checkNotNull(up, "up");
+    checkNotNull(down, "down");
+    checkArgument(rank > 0, "rank must be positive, got %s", rank);
+    checkArgument(
+        up.length % rank == 0 && down.length % rank == 0,
+        "%s up values and %s down values do not make factors of rank %s", up.length, down.length, rank);
+    return new ModuleUpdate(up, down, rank);
+  }
+
   /** A full out×in·k·k update. */
   public static ModuleUpdate dense(NDArray delta) {
     checkNotNull(delta, "delta");
@@ -41,6 +72,26 @@ public final class ModuleUpdate {
   /** Whether this is a full update rather than factors. */
   public boolean isDense() {
     return dense != null;
+  }
+
+  /** Whether this is factors given as float32 values rather than arrays. */
+  public boolean isValues() {
+    return upValues != null;
+  }
+
+  /** B' (out×rank, row-major), when given as values; the update's own array, not a copy. */
+  public Optional<float[]> upValues() {
+    return Optional.ofNullable(upValues);
+  }
+
+  /** A' (rank×in·k·k, row-major), when given as values; the update's own array, not a copy. */
+  public Optional<float[]> downValues() {
+    return Optional.ofNullable(downValues);
+  }
+
+  /** The rank of factors given as values (0 otherwise). */
+  public int rank() {
+    return rank;
   }
 
   /** B', when factored. */

@@ -2,6 +2,9 @@ package dev.loramerge.internal;
 
 import static org.assertj.core.api.Assertions.assertThat;
 
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.util.SplittableRandom;
 import org.junit.jupiter.api.Test;
 
 class FloatFormatsTest {
@@ -40,6 +43,69 @@ class FloatFormatsTest {
     assertThat(FloatFormats.toFloat16(-1e9) & 0xffff).isEqualTo(0xfc00);
     assertThat(FloatFormats.fromFloat16(0x7e00)).isNaN();
     assertThat(FloatFormats.toFloat16(Double.NaN) & 0x7c00).isEqualTo(0x7c00);
+  }
+
+  @Test
+  void roundingAFloatGivesTheBitsOfRoundingItAsADouble() {
+    // Random bit patterns cover NaNs, infinities, subnormals and overflow; the double path is
+    // the reference, checked at every midpoint above.
+    SplittableRandom random = new SplittableRandom(5);
+    for (int i = 0; i < 1_000_000; i++) {
+      float value = Float.intBitsToFloat(random.nextInt());
+      assertThat(FloatFormats.toFloat16(value)).as("fp16 of %s", value).isEqualTo(FloatFormats.toFloat16((double) value));
+      assertThat(FloatFormats.toBFloat16(value)).as("bf16 of %s", value).isEqualTo(FloatFormats.toBFloat16((double) value));
+    }
+    for (int bits = 0; bits < 0x7c00; bits++) {
+      float low = (float) FloatFormats.fromFloat16(bits);
+      float middle = (low + (float) FloatFormats.fromFloat16(bits + 1)) / 2;
+      for (float value : new float[] {low, middle, Math.nextUp(middle), Math.nextDown(middle), -middle}) {
+        assertThat(FloatFormats.toFloat16(value)).as("fp16 of %s", value).isEqualTo(FloatFormats.toFloat16((double) value));
+      }
+    }
+  }
+
+  @Test
+  void bulkConversionsGiveTheScalarBitsWithAndWithoutTheVectorApi() {
+    assertThat(FloatFormats.VECTOR_API).as("surefire's argLine adds jdk.incubator.vector; without it this tests one path").isTrue();
+    SplittableRandom random = new SplittableRandom(8);
+    // Every fp16/bf16 bit pattern, and random float bits with an odd count for a scalar tail.
+    int count = 0x10000 + 37;
+    ByteBuffer halves = ByteBuffer.allocate(count * 2).order(ByteOrder.LITTLE_ENDIAN);
+    float[] floats = new float[count];
+    for (int i = 0; i < count; i++) {
+      halves.putShort(i * 2, (short) i);
+      floats[i] = i % 3 == 0 ? Float.intBitsToFloat(random.nextInt()) : (float) (random.nextGaussian() * Math.scalb(1.0, random.nextInt(-28, 18)));
+    }
+    ByteBuffer readOnly = halves.asReadOnlyBuffer().order(ByteOrder.LITTLE_ENDIAN);
+    for (boolean float16 : new boolean[] {true, false}) {
+      String format = float16 ? "fp16" : "bf16";
+      for (boolean vectorized : new boolean[] {true, false}) {
+        float[] widened = new float[count];
+        FloatFormats.widen(float16, readOnly, widened, vectorized);
+        ByteBuffer narrowed = ByteBuffer.allocate(count * 2).order(ByteOrder.LITTLE_ENDIAN);
+        FloatFormats.narrow(float16, floats, narrowed, vectorized);
+        for (int i = 0; i < count; i++) {
+          int bits = i & 0xffff;
+          float expected = float16 ? FloatFormats.float16Value(bits) : FloatFormats.fromBFloat16(bits);
+          assertThat(Float.floatToRawIntBits(widened[i]))
+              .as("%s bits 0x%04x widened, vectorized %s", format, bits, vectorized)
+              .isEqualTo(Float.floatToRawIntBits(expected));
+          short rounded = float16 ? FloatFormats.toFloat16(floats[i]) : FloatFormats.toBFloat16(floats[i]);
+          assertThat(narrowed.getShort(i * 2))
+              .as("%s of %s (bits 0x%08x), vectorized %s", format, floats[i], Float.floatToRawIntBits(floats[i]), vectorized)
+              .isEqualTo(rounded);
+        }
+      }
+    }
+  }
+
+  @Test
+  void theFloat16TableHoldsEveryValue() {
+    for (int bits = 0; bits < 0x10000; bits++) {
+      assertThat(Double.valueOf(FloatFormats.float16Value(bits)))
+          .as("fp16 bits 0x%04x (NaN equal to NaN)", bits)
+          .isEqualTo(Double.valueOf(FloatFormats.fromFloat16(bits)));
+    }
   }
 
   @Test
