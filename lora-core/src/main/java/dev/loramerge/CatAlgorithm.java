@@ -3,10 +3,12 @@ package dev.loramerge;
 import ai.djl.ndarray.NDArray;
 import ai.djl.ndarray.NDArrays;
 import ai.djl.ndarray.NDList;
+import com.google.common.collect.ImmutableList;
 import com.google.common.collect.ImmutableMap;
 import dev.loramerge.spi.ModuleInput;
 import dev.loramerge.spi.ModuleMerge;
 import dev.loramerge.spi.ModuleUpdate;
+import java.util.Arrays;
 
 /** {@link MergeAlgorithm#cat()}: concatenation along the rank, exact. */
 final class CatAlgorithm implements MergeAlgorithm {
@@ -26,6 +28,9 @@ final class CatAlgorithm implements MergeAlgorithm {
 
   @Override
   public ModuleUpdate merge(ModuleMerge module) {
+    if (!module.float64()) {
+      return mergeValues(module);
+    }
     NDList ups = new NDList();
     NDList downs = new NDList();
     for (ModuleInput input : module.inputs()) {
@@ -37,13 +42,43 @@ final class CatAlgorithm implements MergeAlgorithm {
     return ModuleUpdate.factored(up, down);
   }
 
-  @Override
-  public boolean exactInFloat64() {
-    return true;
+  /**
+   * The same in float32 values: each B times its coefficient rounded to float32, as libtorch
+   * multiplies a float32 or fp16 tensor by a scalar, placed side by side; the A's stacked.
+   */
+  private static ModuleUpdate mergeValues(ModuleMerge module) {
+    ImmutableList<ModuleInput> inputs = module.inputs();
+    int rank = inputs.stream().mapToInt(input -> input.module().rank()).sum();
+    int rows = Math.toIntExact(inputs.get(0).module().outFeatures());
+    float[] up = new float[Math.multiplyExact(rows, rank)];
+    float[][] downs = new float[inputs.size()][];
+    int column = 0;
+    for (int i = 0; i < inputs.size(); i++) {
+      ModuleInput input = inputs.get(i);
+      float coefficient = (float) (input.weight() * input.scale());
+      float[] values = input.upValues();
+      int inputRank = input.module().rank();
+      for (int row = 0; row < rows; row++) {
+        for (int l = 0; l < inputRank; l++) {
+          up[row * rank + column + l] = values[row * inputRank + l] * coefficient;
+        }
+      }
+      column += inputRank;
+      downs[i] = input.downValues();
+    }
+    float[] down = downs.length == 1 ? downs[0] : new float[Math.toIntExact(Arrays.stream(downs).mapToLong(d -> d.length).sum())];
+    if (downs.length > 1) {
+      int offset = 0;
+      for (float[] values : downs) {
+        System.arraycopy(values, 0, down, offset, values.length);
+        offset += values.length;
+      }
+    }
+    return ModuleUpdate.factored(up, down, rank);
   }
 
   @Override
-  public boolean scalesOnly() {
+  public boolean exactInFloat64() {
     return true;
   }
 

@@ -397,14 +397,8 @@ public final class LoraMerger {
   }
 
   private Optional<LoraModule> mergeModule(NDManager root, ModuleKey key, DType outputType) {
-    boolean halfThroughout =
-        algorithm.scalesOnly()
-            && outputType == DType.F16
-            && inputs.stream()
-                .map(input -> input.adapter().modules().get(key))
-                .allMatch(module -> module == null || (module.up().dtype() == DType.F16 && module.down().dtype() == DType.F16));
     try (NDManager manager = root.newSubManager()) {
-      return mergedFactors(manager, key, halfThroughout ? DataType.FLOAT16 : DataType.FLOAT32)
+      return mergedFactors(manager, key, DataType.FLOAT32)
           .map(merged -> toModule(key, firstPresent(key), merged, outputType));
     }
   }
@@ -450,7 +444,7 @@ public final class LoraMerger {
     int largestRank = built.stream().mapToInt(input -> input.module().rank()).max().orElseThrow();
     Optional<Integer> explicit = first.kind() == LoraModule.Kind.CONV && convRank.isPresent() ? convRank : rank;
     int target = explicit.orElse(largestRank);
-    ModuleMerge merge = new Merge(key, built, manager, target);
+    ModuleMerge merge = new Merge(key, built, manager, target, computeType == DataType.FLOAT64);
     ModuleUpdate update = algorithm.merge(merge);
     if (update.isDense()) {
       NDArray dense = update.dense().orElseThrow();
@@ -681,9 +675,6 @@ public final class LoraMerger {
       if (computeType == DataType.FLOAT64 && tensor.dtype() == DType.F64) {
         return manager.create(tensor.toDoubleArray(), new ai.djl.ndarray.types.Shape(shape));
       }
-      if (computeType == DataType.FLOAT16) {
-        return NdArrays.ofOwnType(manager, tensor, shape);
-      }
       // Factors narrower than F64 widen to float32, and on to float64, exactly.
       NDArray single = NdArrays.float32(manager, tensor, shape);
       return computeType == DataType.FLOAT64 ? single.toType(DataType.FLOAT64, false) : single;
@@ -714,12 +705,19 @@ public final class LoraMerger {
     private final ImmutableList<ModuleInput> moduleInputs;
     private final NDManager manager;
     private final int targetRank;
+    private final boolean float64;
 
-    Merge(ModuleKey key, ImmutableList<ModuleInput> moduleInputs, NDManager manager, int targetRank) {
+    Merge(ModuleKey key, ImmutableList<ModuleInput> moduleInputs, NDManager manager, int targetRank, boolean float64) {
       this.key = key;
       this.moduleInputs = moduleInputs;
       this.manager = manager;
       this.targetRank = targetRank;
+      this.float64 = float64;
+    }
+
+    @Override
+    public boolean float64() {
+      return float64;
     }
 
     @Override

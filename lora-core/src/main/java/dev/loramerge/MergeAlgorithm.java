@@ -48,16 +48,6 @@ public interface MergeAlgorithm {
   }
 
   /**
-   * Whether every element of the merged factors is one input element times a scalar ({@link
-   * #cat()}). Such a merge of fp16 adapters into fp16 runs in fp16: libtorch multiplies an fp16
-   * tensor by a scalar in float32 and rounds once, exactly what widening, multiplying and
-   * rounding the result would give, without the two conversions.
-   */
-  default boolean scalesOnly() {
-    return false;
-  }
-
-  /**
    * Merges one module.
    *
    * @param module the inputs, their weights, a manager that owns every array created here, and

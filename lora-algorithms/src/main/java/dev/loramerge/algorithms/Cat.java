@@ -44,11 +44,6 @@ public final class Cat implements MergeAlgorithm {
   }
 
   @Override
-  public boolean scalesOnly() {
-    return true;
-  }
-
-  @Override
   public String toString() {
     return "Cat{}";
   }

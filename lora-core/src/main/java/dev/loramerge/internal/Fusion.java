@@ -147,12 +147,15 @@ public final class Fusion {
       }
       case F16:
       case BF16: {
-        short[] values = new short[ordered.remaining() / 2];
+        int count = ordered.remaining() / 2;
+        short exponent = (short) (dtype == DType.F16 ? 0x7C00 : 0x7F80);
+        int start = FloatFormats.VECTOR_API ? VectorHalves.nonFiniteSearchStart(ordered, ordered.position(), count, exponent) : 0;
+        short[] values = new short[count - start];
+        ordered.position(ordered.position() + start * 2);
         ordered.asShortBuffer().get(values);
-        int exponent = dtype == DType.F16 ? 0x7C00 : 0x7F80;
         for (int i = 0; i < values.length; i++) {
           if ((values[i] & exponent) == exponent) {
-            return i;
+            return start + i;
           }
         }
         return -1;

@@ -29,11 +29,31 @@ final class VectorHalves {
   private static final VectorSpecies<Short> SHORTS =
       VectorSpecies.of(short.class, VectorShape.forBitSize(FLOATS.vectorBitSize() / 2));
 
+  private static final VectorSpecies<Short> ALL_SHORTS = ShortVector.SPECIES_PREFERRED;
+
   private VectorHalves() {}
 
   /** Whether vectors hold at least 8 floats here (AVX2 or wider). */
   static boolean pays() {
     return FLOATS.length() >= 8;
+  }
+
+  /**
+   * Where the scalar search for a non-finite fp16 or bf16 element (all ones in {@code exponent})
+   * among the {@code count} from byte {@code base} of {@code in} must start: the first whole
+   * vector that has one, else the end of the whole vectors.
+   */
+  static int nonFiniteSearchStart(ByteBuffer in, int base, int count, short exponent) {
+    int lanes = ALL_SHORTS.length();
+    int whole = count - count % lanes;
+    ShortVector mask = ShortVector.broadcast(ALL_SHORTS, exponent);
+    for (int i = 0; i < whole; i += lanes) {
+      ShortVector bits = ShortVector.fromByteBuffer(ALL_SHORTS, in, base + i * 2, ByteOrder.LITTLE_ENDIAN);
+      if (bits.and(mask).compare(VectorOperators.EQ, mask).anyTrue()) {
+        return i;
+      }
+    }
+    return whole;
   }
 
   /** fp16 to float32, exactly; infinities and NaN (quieted as the scalar path does) included. */

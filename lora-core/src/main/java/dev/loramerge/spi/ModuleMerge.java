@@ -19,6 +19,13 @@ public interface ModuleMerge {
   /** Owns every array of this module's merge; closed by the merger once the result is copied out. */
   NDManager manager();
 
+  /**
+   * Whether the merger takes this update in float64: a fuse with a method that is {@link
+   * dev.loramerge.MergeAlgorithm#exactInFloat64}. The inputs' arrays are then float64, and an
+   * update given as float32 values would lose what such a method keeps.
+   */
+  boolean float64();
+
   /** The rank a re-ranked result is truncated to. */
   int targetRank();
 
