@@ -107,8 +107,13 @@ public final class TaskTensors {
    * (DARE, Yu et al. 2023, eq. 2; PEFT's {@code random_pruning} with rescale).
    */
   public static void pruneRandomly(float[] tensor, double density, SplittableRandom random) {
+    // nextDouble() is (nextLong() >>> 11)·2⁻⁵³, so "nextDouble() < density" is "that integer <
+    // ⌈density·2⁵³⌉": the same draws, compared without a branch. At density ½ a branch is
+    // mispredicted every other element, which made this loop four times slower.
+    long threshold = (long) Math.ceil(density * 0x1p53);
     for (int i = 0; i < tensor.length; i++) {
-      tensor[i] = random.nextDouble() < density ? (float) (tensor[i] / density) : 0f;
+      int keep = (int) (((random.nextLong() >>> 11) - threshold) >> 63);
+      tensor[i] = Float.intBitsToFloat(Float.floatToRawIntBits((float) (tensor[i] / density)) & keep);
     }
   }
 
