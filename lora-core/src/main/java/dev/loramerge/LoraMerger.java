@@ -37,6 +37,7 @@ import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
 import java.util.concurrent.Future;
 import java.util.concurrent.atomic.AtomicInteger;
+import java.util.function.Supplier;
 import java.util.stream.Collectors;
 
 /**
@@ -156,7 +157,7 @@ public final class LoraMerger {
       thread.setDaemon(true);
       return thread;
     });
-    try (NDManager root = device.map(NDManager::newBaseManager).orElseGet(NDManager::newBaseManager)) {
+    try (LazyManager root = new LazyManager(() -> device.map(NDManager::newBaseManager).orElseGet(NDManager::newBaseManager))) {
       List<Future<Optional<LoraModule>>> futures = new ArrayList<>();
       for (ModuleKey key : keys) {
         futures.add(
@@ -325,7 +326,7 @@ public final class LoraMerger {
       String label = String.format(Locale.ROOT, "module '%s' (weight '%s')", key, name);
       DataType computeType = algorithm.exactInFloat64() ? DataType.FLOAT64 : DataType.FLOAT32;
       try (NDManager manager = NDManager.newBaseManager()) {
-        NDArray[] factors = mergedFactors(manager, key, computeType).orElseThrow().arrays(manager);
+        NDArray[] factors = mergedFactors(() -> manager, key, computeType).orElseThrow().arrays(manager);
         NDArray up = prunedFactor(factors[0].toType(computeType, false)).toType(DataType.FLOAT64, false).mul(factor);
         NDArray down = prunedFactor(factors[1].toType(computeType, false)).toType(DataType.FLOAT64, false);
         Fusion.fuse(manager, weight, info.dtype(), info.shape(), up, down, into, dtype, label);
@@ -396,8 +397,8 @@ public final class LoraMerger {
     return types.size() == 1 ? types.get(0) : DType.F32;
   }
 
-  private Optional<LoraModule> mergeModule(NDManager root, ModuleKey key, DType outputType) {
-    try (NDManager manager = root.newSubManager()) {
+  private Optional<LoraModule> mergeModule(LazyManager root, ModuleKey key, DType outputType) {
+    try (LazyManager manager = new LazyManager(() -> root.get().newSubManager())) {
       return mergedFactors(manager, key, DataType.FLOAT32)
           .map(merged -> toModule(key, firstPresent(key), merged, outputType));
     }
@@ -414,9 +415,11 @@ public final class LoraMerger {
   /**
    * The merged update of {@code key} as factors {up (m×r), down (r×in·k·k)} with scale 1, owned
    * by {@code manager}, before rounding to an output type; empty when no input has the module.
+   * The manager is asked for only when arrays are made, so that merges the algorithm does on
+   * values never start the engine (about half a second).
    * {@code computeType} is the type the inputs' factors are handed to the algorithm in.
    */
-  private Optional<Merged> mergedFactors(NDManager manager, ModuleKey key, DataType computeType) {
+  private Optional<Merged> mergedFactors(Supplier<NDManager> manager, ModuleKey key, DataType computeType) {
     List<Input> present = new ArrayList<>();
     List<Integer> indices = new ArrayList<>();
     for (int i = 0; i < inputs.size(); i++) {
@@ -450,9 +453,9 @@ public final class LoraMerger {
       NDArray dense = update.dense().orElseThrow();
       NDArray[] factors =
           exactSvd || RandomizedSvd.exactIsCheap(dense.getShape().get(0), dense.getShape().get(1))
-              ? RandomizedSvd.exact(manager, dense, sigma -> rankRule.rank(sigma, target))
+              ? RandomizedSvd.exact(manager.get(), dense, sigma -> rankRule.rank(sigma, target))
               : RandomizedSvd.truncate(
-                  manager, dense, target, sigma -> rankRule.rank(sigma, target), merge.random(0, -1, "sketch"));
+                  manager.get(), dense, target, sigma -> rankRule.rank(sigma, target), merge.random(0, -1, "sketch"));
       return Optional.of(Merged.of(clamp(factors)));
     }
     boolean reRank;
@@ -465,15 +468,15 @@ public final class LoraMerger {
       if (!algorithm.reRanks() && !(explicit.isPresent() && currentRank > target)) {
         return Optional.of(new Merged(null, null, upValues, downValues, currentRank));
       }
-      up = manager.create(upValues, new Shape(upValues.length / currentRank, currentRank));
-      down = manager.create(downValues, new Shape(currentRank, downValues.length / currentRank));
+      up = manager.get().create(upValues, new Shape(upValues.length / currentRank, currentRank));
+      down = manager.get().create(downValues, new Shape(currentRank, downValues.length / currentRank));
     } else {
       up = update.up().orElseThrow();
       down = update.down().orElseThrow();
     }
     long currentRank = up.getShape().get(1);
     if (algorithm.reRanks() || (explicit.isPresent() && currentRank > target)) {
-      return Optional.of(Merged.of(clamp(FactoredSvd.truncate(manager, up, down, sigma -> rankRule.rank(sigma, target)))));
+      return Optional.of(Merged.of(clamp(FactoredSvd.truncate(manager.get(), up, down, sigma -> rankRule.rank(sigma, target)))));
     }
     return Optional.of(new Merged(up, down, null, null, 0));
   }
@@ -616,18 +619,43 @@ public final class LoraMerger {
         device.map(String::valueOf).orElse("default"));
   }
 
+  /** A manager made on first use (by one thread at a time) and closed with this, if made. */
+  private static final class LazyManager implements Supplier<NDManager>, AutoCloseable {
+    private final Supplier<NDManager> factory;
+    private NDManager manager;
+
+    LazyManager(Supplier<NDManager> factory) {
+      this.factory = factory;
+    }
+
+    @Override
+    public synchronized NDManager get() {
+      if (manager == null) {
+        manager = factory.get();
+      }
+      return manager;
+    }
+
+    @Override
+    public synchronized void close() {
+      if (manager != null) {
+        manager.close();
+      }
+    }
+  }
+
   /** One input's factors for one module, converted on first use in the module's manager. */
   private static final class Factors implements ModuleInput {
     private final int index;
     private final LoraModule module;
     private final double weight;
-    private final NDManager manager;
+    private final Supplier<NDManager> manager;
     private final DataType computeType;
     private NDArray down;
     private NDArray up;
     private NDArray delta;
 
-    Factors(int index, LoraModule module, double weight, NDManager manager, DataType computeType) {
+    Factors(int index, LoraModule module, double weight, Supplier<NDManager> manager, DataType computeType) {
       this.index = index;
       this.module = module;
       this.weight = weight;
@@ -673,10 +701,10 @@ public final class LoraMerger {
 
     private NDArray load(TensorData tensor, long... shape) {
       if (computeType == DataType.FLOAT64 && tensor.dtype() == DType.F64) {
-        return manager.create(tensor.toDoubleArray(), new ai.djl.ndarray.types.Shape(shape));
+        return manager.get().create(tensor.toDoubleArray(), new Shape(shape));
       }
       // Factors narrower than F64 widen to float32, and on to float64, exactly.
-      NDArray single = NdArrays.float32(manager, tensor, shape);
+      NDArray single = NdArrays.float32(manager.get(), tensor, shape);
       return computeType == DataType.FLOAT64 ? single.toType(DataType.FLOAT64, false) : single;
     }
 
@@ -703,11 +731,11 @@ public final class LoraMerger {
   private final class Merge implements ModuleMerge {
     private final ModuleKey key;
     private final ImmutableList<ModuleInput> moduleInputs;
-    private final NDManager manager;
+    private final Supplier<NDManager> manager;
     private final int targetRank;
     private final boolean float64;
 
-    Merge(ModuleKey key, ImmutableList<ModuleInput> moduleInputs, NDManager manager, int targetRank, boolean float64) {
+    Merge(ModuleKey key, ImmutableList<ModuleInput> moduleInputs, Supplier<NDManager> manager, int targetRank, boolean float64) {
       this.key = key;
       this.moduleInputs = moduleInputs;
       this.manager = manager;
@@ -732,7 +760,7 @@ public final class LoraMerger {
 
     @Override
     public NDManager manager() {
-      return manager;
+      return manager.get();
     }
 
     @Override

@@ -8,6 +8,7 @@ import dev.loramerge.DType;
 import dev.loramerge.LoraMergeException;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
+import java.nio.ShortBuffer;
 import java.util.Arrays;
 import java.util.Locale;
 
@@ -123,6 +124,11 @@ public final class Fusion {
    * Scans a bulk copy in a primitive array: indexed ByteBuffer reads ran at ~4 ns an element.
    */
   public static long firstNonFinite(ByteBuffer bytes, DType dtype) {
+    return firstNonFinite(bytes, dtype, FloatFormats.VECTOR_API);
+  }
+
+  /** {@link #firstNonFinite(ByteBuffer, DType)}, fp16 and bf16 with the Vector API or without. */
+  static long firstNonFinite(ByteBuffer bytes, DType dtype, boolean vectorized) {
     ByteBuffer ordered = bytes.duplicate().order(ByteOrder.LITTLE_ENDIAN);
     switch (dtype) {
       case F64: {
@@ -149,13 +155,17 @@ public final class Fusion {
       case BF16: {
         int count = ordered.remaining() / 2;
         short exponent = (short) (dtype == DType.F16 ? 0x7C00 : 0x7F80);
-        int start = FloatFormats.VECTOR_API ? VectorHalves.nonFiniteSearchStart(ordered, ordered.position(), count, exponent) : 0;
-        short[] values = new short[count - start];
-        ordered.position(ordered.position() + start * 2);
-        ordered.asShortBuffer().get(values);
-        for (int i = 0; i < values.length; i++) {
-          if ((values[i] & exponent) == exponent) {
-            return start + i;
+        int start = vectorized ? VectorHalves.nonFiniteSearchStart(ordered, ordered.position(), count, exponent) : 0;
+        ShortBuffer halves = ordered.position(ordered.position() + start * 2).asShortBuffer();
+        // In chunks, not one copy of the whole: a merge checks every factor it makes.
+        short[] chunk = new short[Math.min(halves.remaining(), 1 << 13)];
+        for (int first = start; halves.hasRemaining(); first += chunk.length) {
+          int length = Math.min(chunk.length, halves.remaining());
+          halves.get(chunk, 0, length);
+          for (int i = 0; i < length; i++) {
+            if ((chunk[i] & exponent) == exponent) {
+              return first + i;
+            }
           }
         }
         return -1;

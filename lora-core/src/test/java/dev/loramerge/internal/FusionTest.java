@@ -15,9 +15,9 @@ class FusionTest {
     for (DType dtype : new DType[] {DType.F16, DType.BF16}) {
       short infinity = (short) (dtype == DType.F16 ? 0x7c00 : 0x7f80);
       short nan = (short) (dtype == DType.F16 ? 0xfe01 : 0xffc1);
-      for (int count : new int[] {1, 31, 64, 1000, 4099}) {
+      for (int count : new int[] {1, 31, 64, 1000, 4099, 20000}) {
         // Before, inside and after the vector blocks, and a second one later that must not win.
-        int[] positions = {0, count / 3, count - 1, -1};
+        int[] positions = {0, count / 3, count - 1, count * 9 / 10, -1};
         for (int position : positions) {
           // A leading element the check must skip: the buffer's position is 2 bytes in.
           ByteBuffer bytes = ByteBuffer.allocate(2 + count * 2).order(ByteOrder.LITTLE_ENDIAN);
@@ -33,8 +33,14 @@ class FusionTest {
           }
           ByteBuffer view = bytes.position(2).slice().asReadOnlyBuffer();
           ByteBuffer offset = bytes.duplicate().position(2);
-          assertThat(Fusion.firstNonFinite(view, dtype)).as("%s, %d elements, at %d", dtype, count, position).isEqualTo(position);
-          assertThat(Fusion.firstNonFinite(offset, dtype)).as("%s, %d elements from byte 2, at %d", dtype, count, position).isEqualTo(position);
+          for (boolean vectorized : new boolean[] {true, false}) {
+            assertThat(Fusion.firstNonFinite(view, dtype, vectorized))
+                .as("%s, %d elements, at %d, vectorized %s", dtype, count, position, vectorized)
+                .isEqualTo(position);
+            assertThat(Fusion.firstNonFinite(offset, dtype, vectorized))
+                .as("%s, %d elements from byte 2, at %d, vectorized %s", dtype, count, position, vectorized)
+                .isEqualTo(position);
+          }
         }
       }
     }
