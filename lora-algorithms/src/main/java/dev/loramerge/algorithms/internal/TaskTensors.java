@@ -16,6 +16,8 @@ import java.util.SplittableRandom;
 public final class TaskTensors {
   /** Magnitude bits above these are NaN. */
   private static final int INFINITY_BITS = Float.floatToRawIntBits(Float.POSITIVE_INFINITY);
+  private static final long ONE_BITS = Double.doubleToRawLongBits(1.0);
+  private static final long DOUBLE_INFINITY_BITS = Double.doubleToRawLongBits(Double.POSITIVE_INFINITY);
 
   private TaskTensors() {}
 
@@ -161,28 +163,40 @@ public final class TaskTensors {
   /**
    * {@link #electAndMerge} for the common case of two tensors and a total-mass vote, without the
    * inner loops, {@code signum} calls and divisions: the same additions in the same order, and
-   * halving (exact) where the general loop divides by two, so the result is identical.
+   * halving (exact) where the general loop divides by two, so the result is identical. After
+   * pruning half the entries are zero, so which ones agree is random: the terms are masked in or
+   * out on their bits, as branches were mispredicted every other entry (most of ties_svd's time).
    */
   private static float[] electAndMergeTwo(float[] first, float[] second, double firstWeight, double secondWeight) {
     float[] merged = new float[first.length];
     for (int i = 0; i < merged.length; i++) {
       float x = first[i];
       float y = second[i];
-      boolean positive = (double) x + y >= 0;
-      boolean takeX = positive ? x > 0 : x < 0;
-      boolean takeY = positive ? y > 0 : y < 0;
-      double total = 0;
-      if (takeX) {
-        total += firstWeight * x;
-      }
-      if (takeY) {
-        total += secondWeight * y;
-      }
-      merged[i] = (float) (takeX && takeY ? total * 0.5 : total);
+      // The vote, x + y ≥ 0 (false for NaN), and each term's agreement, on bits: written with
+      // comparisons, C2 compiles them to branches all the same. A sum of −0 needs two zeros,
+      // which no vote takes, so its sign bit may count as negative.
+      long sum = Double.doubleToRawLongBits((double) x + y);
+      long notNaN = 1 - ((DOUBLE_INFINITY_BITS - (sum & 0x7fffffffffffffffL)) >>> 63);
+      long positive = notNaN & (1 - (sum >>> 63));
+      int xBits = Float.floatToRawIntBits(x);
+      int yBits = Float.floatToRawIntBits(y);
+      long takeX = -(nonZeroNumber(xBits) & ((xBits >>> 31) ^ positive));
+      long takeY = -(nonZeroNumber(yBits) & ((yBits >>> 31) ^ positive));
+      double termX = Double.longBitsToDouble(Double.doubleToRawLongBits(firstWeight * x) & takeX);
+      double termY = Double.longBitsToDouble(Double.doubleToRawLongBits(secondWeight * y) & takeY);
+      // 0 + x + y as the general loop adds; a term left out is +0, which adds nothing. Halving
+      // is multiplying by 2⁰ or 2⁻¹, chosen on the exponent's bits.
+      double total = 0.0 + termX + termY;
+      merged[i] = (float) (total * Double.longBitsToDouble(ONE_BITS - (takeX & takeY & (1L << 52))));
     }
     return merged;
   }
 
+  /** 1 when the float with these bits is neither zero nor NaN, else 0. */
+  private static int nonZeroNumber(int bits) {
+    int magnitude = bits & 0x7fffffff;
+    return ((-magnitude) >>> 31) & ((magnitude - INFINITY_BITS - 1) >>> 31);
+  }
 
   /**
    * Model Breadcrumbs (Davari and Belilovsky 2023; mergekit's {@code magnitude_outliers}): drops

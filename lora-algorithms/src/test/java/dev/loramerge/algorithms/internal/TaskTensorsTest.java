@@ -109,10 +109,10 @@ class TaskTensorsTest {
     float[] first = new float[n];
     float[] second = new float[n];
     for (int i = 0; i < n; i++) {
-      // Zeros (both signs), exact cancellations and NaN among Gaussian values.
-      int kind = random.nextInt(12);
-      first[i] = kind == 0 ? 0f : kind == 1 ? -0f : (float) random.nextGaussian();
-      second[i] = kind == 2 ? -first[i] : kind == 3 ? Float.NaN : kind == 4 ? -0f : (float) random.nextGaussian();
+      // Zeros (both signs), exact cancellations, infinities and NaN (both signs) among Gaussian values.
+      int kind = random.nextInt(14);
+      first[i] = kind == 0 ? 0f : kind == 1 ? -0f : kind == 5 ? Float.NEGATIVE_INFINITY : kind == 6 ? Float.intBitsToFloat(0xffc00000) : (float) random.nextGaussian();
+      second[i] = kind == 2 ? -first[i] : kind == 3 ? Float.NaN : kind == 4 ? -0f : kind == 7 ? Float.POSITIVE_INFINITY : (float) random.nextGaussian();
     }
     double[] weights = {0.7, 0.3};
     float[] merged = TaskTensors.electAndMerge(new float[][] {first, second}, weights, dev.loramerge.algorithms.MajoritySign.TOTAL);
