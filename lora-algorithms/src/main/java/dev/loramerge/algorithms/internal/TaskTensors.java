@@ -34,18 +34,23 @@ public final class TaskTensors {
       Arrays.fill(tensor, 0);
       return;
     }
-    float threshold = kthLargestMagnitude(tensor, keep);
+    Selection selection = select(tensor, keep);
+    float threshold = Float.intBitsToFloat(selection.thresholdBits);
     // Integer order is float order for magnitudes; NaN (above infinity) is never kept, as with
     // float comparisons. Half the entries go either way at random, so the passes are branch-free:
     // a mispredicted branch per entry made the zeroing pass most of magnitude_prune_svd's time.
-    int thresholdBits = Float.floatToRawIntBits(threshold);
-    int strictlyAbove = 0;
-    int ties = 0;
-    for (float value : tensor) {
-      int magnitude = Float.floatToRawIntBits(value) & 0x7FFFFFFF;
-      int finite = (magnitude - INFINITY_BITS - 1) >>> 31;
-      strictlyAbove += ((thresholdBits - magnitude) >>> 31) & finite;
-      ties += ((magnitude ^ thresholdBits) - 1) >>> 31;
+    int thresholdBits = selection.thresholdBits;
+    int strictlyAbove = selection.strictlyAbove;
+    int ties = selection.ties;
+    if (strictlyAbove < 0) {
+      strictlyAbove = 0;
+      ties = 0;
+      for (float value : tensor) {
+        int magnitude = Float.floatToRawIntBits(value) & 0x7FFFFFFF;
+        int finite = (magnitude - INFINITY_BITS - 1) >>> 31;
+        strictlyAbove += ((thresholdBits - magnitude) >>> 31) & finite;
+        ties += ((magnitude ^ thresholdBits) - 1) >>> 31;
+      }
     }
     int tiesToKeep = keep - strictlyAbove;
     if (ties <= tiesToKeep) {
@@ -79,14 +84,27 @@ public final class TaskTensors {
    * pruning on SDXL-sized deltas.
    */
   public static float kthLargestMagnitude(float[] tensor, int k) {
+    return Float.intBitsToFloat(select(tensor, k).thresholdBits);
+  }
+
+  /**
+   * The k-th largest magnitude's bits, with how many magnitudes lie strictly above it and how
+   * many equal it, both read off the histograms (a pass fewer for the pruning); the counts are
+   * −1 when the tensor has an infinity or NaN, whose place among the counts the caller decides.
+   */
+  private record Selection(int thresholdBits, int strictlyAbove, int ties) {}
+
+  private static Selection select(float[] tensor, int k) {
     int[] upper = new int[1 << 16];
     for (float value : tensor) {
       upper[(Float.floatToRawIntBits(value) & 0x7FFFFFFF) >>> 16]++;
     }
     int remaining = k;
     int upperBucket = upper.length - 1;
+    int above = 0;
     while (upper[upperBucket] < remaining) {
       remaining -= upper[upperBucket];
+      above += upper[upperBucket];
       upperBucket--;
     }
     int[] lower = new int[1 << 16];
@@ -99,9 +117,15 @@ public final class TaskTensors {
     int lowerBucket = lower.length - 1;
     while (lower[lowerBucket] < remaining) {
       remaining -= lower[lowerBucket];
+      above += lower[lowerBucket];
       lowerBucket--;
     }
-    return Float.intBitsToFloat(upperBucket << 16 | lowerBucket);
+    boolean finite = true;
+    for (int bucket = INFINITY_BITS >>> 16; bucket < upper.length; bucket++) {
+      finite &= upper[bucket] == 0;
+    }
+    int thresholdBits = upperBucket << 16 | lowerBucket;
+    return finite ? new Selection(thresholdBits, above, lower[lowerBucket]) : new Selection(thresholdBits, -1, -1);
   }
 
   /**
