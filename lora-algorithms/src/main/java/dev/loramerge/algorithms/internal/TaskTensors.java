@@ -17,6 +17,13 @@ public final class TaskTensors {
   /** Magnitude bits above these are NaN. */
   private static final int INFINITY_BITS = Float.floatToRawIntBits(Float.POSITIVE_INFINITY);
   private static final long ONE_BITS = Double.doubleToRawLongBits(1.0);
+
+  /**
+   * Whether the two-tensor TIES merge runs on the Vector API: the module {@code
+   * jdk.incubator.vector} is in the boot layer and vectors are wide enough.
+   */
+  static final boolean VECTOR_API =
+      ModuleLayer.boot().findModule("jdk.incubator.vector").isPresent() && VectorTies.pays();
   private static final long DOUBLE_INFINITY_BITS = Double.doubleToRawLongBits(Double.POSITIVE_INFINITY);
 
   private TaskTensors() {}
@@ -192,8 +199,14 @@ public final class TaskTensors {
    * out on their bits, as branches were mispredicted every other entry (most of ties_svd's time).
    */
   private static float[] electAndMergeTwo(float[] first, float[] second, double firstWeight, double secondWeight) {
+    return electAndMergeTwo(first, second, firstWeight, secondWeight, VECTOR_API);
+  }
+
+  /** {@link #electAndMergeTwo(float[], float[], double, double)} with the Vector API or without. */
+  static float[] electAndMergeTwo(float[] first, float[] second, double firstWeight, double secondWeight, boolean vectorized) {
     float[] merged = new float[first.length];
-    for (int i = 0; i < merged.length; i++) {
+    int done = vectorized ? VectorTies.electAndMergeTwo(first, second, firstWeight, secondWeight, merged) : 0;
+    for (int i = done; i < merged.length; i++) {
       float x = first[i];
       float y = second[i];
       // The vote, x + y ≥ 0 (false for NaN), and each term's agreement, on bits: written with

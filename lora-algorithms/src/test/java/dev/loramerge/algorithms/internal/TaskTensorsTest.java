@@ -106,7 +106,7 @@ class TaskTensorsTest {
   @Test
   void twoTensorTotalVoteMatchesTheDefinitionBitForBit() {
     SplittableRandom random = new SplittableRandom(9);
-    int n = 20_000;
+    int n = 20_003;
     float[] first = new float[n];
     float[] second = new float[n];
     for (int i = 0; i < n; i++) {
@@ -116,7 +116,14 @@ class TaskTensorsTest {
       second[i] = kind == 2 ? -first[i] : kind == 3 ? Float.NaN : kind == 4 ? -0f : kind == 7 ? Float.POSITIVE_INFINITY : (float) random.nextGaussian();
     }
     double[] weights = {0.7, 0.3};
+    assertThat(TaskTensors.VECTOR_API).as("surefire's argLine adds jdk.incubator.vector; without it one path is tested").isTrue();
     float[] merged = TaskTensors.electAndMerge(new float[][] {first, second}, weights, dev.loramerge.algorithms.MajoritySign.TOTAL);
+    float[] scalar = TaskTensors.electAndMergeTwo(first, second, weights[0], weights[1], false);
+    for (int i = 0; i < n; i++) {
+      assertThat(Float.floatToRawIntBits(scalar[i]))
+          .as("element %d of (%s, %s), scalar %s, vectorized %s", i, first[i], second[i], scalar[i], merged[i])
+          .isEqualTo(Float.floatToRawIntBits(merged[i]));
+    }
     for (int i = 0; i < n; i++) {
       // The definition: elect the sign of the summed values, average the weighted agreeing ones.
       double votes = (double) first[i] + second[i];

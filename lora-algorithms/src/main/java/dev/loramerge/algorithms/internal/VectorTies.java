@@ -1,0 +1,58 @@
+package dev.loramerge.algorithms.internal;
+
+import jdk.incubator.vector.DoubleVector;
+import jdk.incubator.vector.FloatVector;
+import jdk.incubator.vector.VectorMask;
+import jdk.incubator.vector.VectorOperators;
+import jdk.incubator.vector.VectorShape;
+import jdk.incubator.vector.VectorSpecies;
+
+/**
+ * {@link TaskTensors}' two-tensor TIES elect-and-merge a vector at a time, with the incubating
+ * Vector API: the scalar loop's float64 arithmetic lane by lane (widen, vote, mask, add in the
+ * same order, halve, round to float32), so the bits are the same, about eight times faster.
+ *
+ * <p>Referencing this class needs the module {@code jdk.incubator.vector} in the boot layer;
+ * {@link TaskTensors} loads it only then, and uses it only where {@link #pays}.
+ */
+final class VectorTies {
+  private static final VectorSpecies<Double> DOUBLES = DoubleVector.SPECIES_PREFERRED;
+  private static final VectorSpecies<Float> FLOATS =
+      VectorSpecies.of(float.class, VectorShape.forBitSize(DOUBLES.vectorBitSize() / 2));
+
+  private VectorTies() {}
+
+  /** Whether vectors hold at least 4 doubles here (AVX2 or wider). */
+  static boolean pays() {
+    return DOUBLES.length() >= 4;
+  }
+
+  /**
+   * Merges the longest prefix of whole vectors into {@code merged} and returns its length; the
+   * caller merges the rest. Constants are made before the loop: on JDK 17 a broadcast inside it
+   * is not compiled to vector code.
+   */
+  static int electAndMergeTwo(float[] first, float[] second, double firstWeight, double secondWeight, float[] merged) {
+    int lanes = FLOATS.length();
+    int done = merged.length - merged.length % lanes;
+    DoubleVector firstWeights = DoubleVector.broadcast(DOUBLES, firstWeight);
+    DoubleVector secondWeights = DoubleVector.broadcast(DOUBLES, secondWeight);
+    DoubleVector zero = DoubleVector.zero(DOUBLES);
+    DoubleVector one = DoubleVector.broadcast(DOUBLES, 1.0);
+    DoubleVector half = DoubleVector.broadcast(DOUBLES, 0.5);
+    for (int i = 0; i < done; i += lanes) {
+      DoubleVector x = (DoubleVector) FloatVector.fromArray(FLOATS, first, i).convertShape(VectorOperators.F2D, DOUBLES, 0);
+      DoubleVector y = (DoubleVector) FloatVector.fromArray(FLOATS, second, i).convertShape(VectorOperators.F2D, DOUBLES, 0);
+      // Comparisons with NaN are false: a NaN sum votes negative, a NaN term never agrees.
+      VectorMask<Double> positive = x.add(y).compare(VectorOperators.GE, 0.0);
+      VectorMask<Double> takeX =
+          x.compare(VectorOperators.GT, 0.0).and(positive).or(x.compare(VectorOperators.LT, 0.0).andNot(positive));
+      VectorMask<Double> takeY =
+          y.compare(VectorOperators.GT, 0.0).and(positive).or(y.compare(VectorOperators.LT, 0.0).andNot(positive));
+      DoubleVector total = zero.add(zero.blend(x.mul(firstWeights), takeX)).add(zero.blend(y.mul(secondWeights), takeY));
+      total = total.mul(one.blend(half, takeX.and(takeY)));
+      ((FloatVector) total.convertShape(VectorOperators.D2F, FLOATS, 0)).intoArray(merged, i);
+    }
+    return done;
+  }
+}
