@@ -28,7 +28,7 @@ final class CatAlgorithm implements MergeAlgorithm {
 
   @Override
   public ModuleUpdate merge(ModuleMerge module) {
-    if (!module.float64()) {
+    if (!module.arraysWanted()) {
       return mergeValues(module);
     }
     NDList ups = new NDList();

@@ -447,7 +447,7 @@ public final class LoraMerger {
     int largestRank = built.stream().mapToInt(input -> input.module().rank()).max().orElseThrow();
     Optional<Integer> explicit = first.kind() == LoraModule.Kind.CONV && convRank.isPresent() ? convRank : rank;
     int target = explicit.orElse(largestRank);
-    ModuleMerge merge = new Merge(key, built, manager, target, computeType == DataType.FLOAT64);
+    ModuleMerge merge = new Merge(key, built, manager, target, computeType == DataType.FLOAT64 || algorithm.reRanks());
     ModuleUpdate update = algorithm.merge(merge);
     if (update.isDense()) {
       NDArray dense = update.dense().orElseThrow();
@@ -733,19 +733,19 @@ public final class LoraMerger {
     private final ImmutableList<ModuleInput> moduleInputs;
     private final Supplier<NDManager> manager;
     private final int targetRank;
-    private final boolean float64;
+    private final boolean arraysWanted;
 
-    Merge(ModuleKey key, ImmutableList<ModuleInput> moduleInputs, Supplier<NDManager> manager, int targetRank, boolean float64) {
+    Merge(ModuleKey key, ImmutableList<ModuleInput> moduleInputs, Supplier<NDManager> manager, int targetRank, boolean arraysWanted) {
       this.key = key;
       this.moduleInputs = moduleInputs;
       this.manager = manager;
       this.targetRank = targetRank;
-      this.float64 = float64;
+      this.arraysWanted = arraysWanted;
     }
 
     @Override
-    public boolean float64() {
-      return float64;
+    public boolean arraysWanted() {
+      return arraysWanted;
     }
 
     @Override

@@ -20,11 +20,12 @@ public interface ModuleMerge {
   NDManager manager();
 
   /**
-   * Whether the merger takes this update in float64: a fuse with a method that is {@link
-   * dev.loramerge.MergeAlgorithm#exactInFloat64}. The inputs' arrays are then float64, and an
-   * update given as float32 values would lose what such a method keeps.
+   * Whether the merger works on this update as arrays: in a fuse with a method that is {@link
+   * dev.loramerge.MergeAlgorithm#exactInFloat64} (the inputs' arrays are then float64, and float32
+   * values would lose what such a method keeps), or to re-rank it. A method that can give either
+   * should then give arrays; values would only be copied into fresh ones.
    */
-  boolean float64();
+  boolean arraysWanted();
 
   /** The rank a re-ranked result is truncated to. */
   int targetRank();

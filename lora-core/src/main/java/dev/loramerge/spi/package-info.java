@@ -2,6 +2,10 @@
  * What a {@link dev.loramerge.MergeAlgorithm} sees of one module ({@link
  * dev.loramerge.spi.ModuleMerge}, {@link dev.loramerge.spi.ModuleInput}) and what it returns
  * ({@link dev.loramerge.spi.ModuleUpdate}). Arrays are float32 DJL NDArrays owned by the
- * module's manager; factors are 2-D (a convolution's A is flattened to r×(in·k·k)).
+ * module's manager; factors are 2-D (a convolution's A is flattened to r×(in·k·k)). Methods that
+ * work element by element can take the factors as float32 values instead ({@link
+ * dev.loramerge.spi.ModuleInput#downValues()}) and return values ({@link
+ * dev.loramerge.spi.ModuleUpdate#factored(float[], float[], int)}): the merger then rounds them in
+ * Java, and a merge that makes no array never starts the engine.
  */
 package dev.loramerge.spi;
