@@ -55,7 +55,6 @@ final class NarrowFusion {
   private static final AtomicBoolean HINTED = new AtomicBoolean();
   /** Elements per block: the float32 product of one block is 1 MiB. */
   private static final int BLOCK_ELEMENTS = 1 << 18;
-  private static final float[] FLOAT16_VALUES = float16Values();
   private static final float UNIT_ROUNDOFF = 0x1p-24f;
   private static final float SAFETY = 1 + 0x1p-10f;
   /**
@@ -276,7 +275,7 @@ final class NarrowFusion {
       case F16:
         weight.asShortBuffer().get(offset, bits, 0, count);
         for (int i = 0; i < count; i++) {
-          values[i] = FLOAT16_VALUES[bits[i] & 0xFFFF];
+          values[i] = FloatFormats.float16Value(bits[i]);
         }
         break;
       case BF16:
@@ -375,7 +374,7 @@ final class NarrowFusion {
       return scratch.weight[i];
     }
     short bits = scratch.input[i];
-    return input == DType.F16 ? FLOAT16_VALUES[bits & 0xFFFF] : Float.intBitsToFloat(bits << 16);
+    return input == DType.F16 ? FloatFormats.float16Value(bits) : Float.intBitsToFloat(bits << 16);
   }
 
   /**
@@ -451,13 +450,5 @@ final class NarrowFusion {
     }
     long rounded = (magnitude - (896L << 52) + ((1L << 44) - 1) + ((magnitude >>> 45) & 1)) >>> 45;
     return (short) ((int) (raw >>> 48) & 0x8000 | (int) rounded);
-  }
-
-  private static float[] float16Values() {
-    float[] values = new float[1 << 16];
-    for (int bits = 0; bits < values.length; bits++) {
-      values[bits] = (float) FloatFormats.fromFloat16(bits);
-    }
-    return values;
   }
 }
