@@ -23,6 +23,7 @@ import dev.loramerge.spi.ModuleInput;
 import dev.loramerge.spi.ModuleMerge;
 import dev.loramerge.spi.ModuleUpdate;
 import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Locale;
@@ -32,6 +33,7 @@ import java.util.SortedSet;
 import java.util.SplittableRandom;
 import java.util.TreeMap;
 import java.util.TreeSet;
+import java.util.concurrent.ConcurrentLinkedDeque;
 import java.util.concurrent.ExecutionException;
 import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
@@ -157,13 +159,14 @@ public final class LoraMerger {
       thread.setDaemon(true);
       return thread;
     });
+    DenseBuffers buffers = new DenseBuffers();
     try (LazyManager root = new LazyManager(() -> device.map(NDManager::newBaseManager).orElseGet(NDManager::newBaseManager))) {
       List<Future<Optional<LoraModule>>> futures = new ArrayList<>();
       for (ModuleKey key : keys) {
         futures.add(
             pool.submit(
                 () -> {
-                  Optional<LoraModule> module = mergeModule(root, key, outputType);
+                  Optional<LoraModule> module = mergeModule(root, buffers, key, outputType);
                   listener.moduleMerged(done.incrementAndGet(), keys.size(), key);
                   return module;
                 }));
@@ -307,6 +310,7 @@ public final class LoraMerger {
     private final ImmutableMap<String, ModuleKey> modules;
     private final double factor;
     private final String operation;
+    private final DenseBuffers buffers = new DenseBuffers();
 
     Update(ImmutableMap<String, ModuleKey> modules, double factor, String operation) {
       this.modules = modules;
@@ -326,7 +330,7 @@ public final class LoraMerger {
       String label = String.format(Locale.ROOT, "module '%s' (weight '%s')", key, name);
       DataType computeType = algorithm.exactInFloat64() ? DataType.FLOAT64 : DataType.FLOAT32;
       try (NDManager manager = NDManager.newBaseManager()) {
-        NDArray[] factors = mergedFactors(() -> manager, key, computeType).orElseThrow().arrays(manager);
+        NDArray[] factors = mergedFactors(() -> manager, buffers, key, computeType).orElseThrow().arrays(manager);
         NDArray up = prunedFactor(factors[0].toType(computeType, false)).toType(DataType.FLOAT64, false).mul(factor);
         NDArray down = prunedFactor(factors[1].toType(computeType, false)).toType(DataType.FLOAT64, false);
         Fusion.fuse(manager, weight, info.dtype(), info.shape(), up, down, into, dtype, label);
@@ -397,9 +401,9 @@ public final class LoraMerger {
     return types.size() == 1 ? types.get(0) : DType.F32;
   }
 
-  private Optional<LoraModule> mergeModule(LazyManager root, ModuleKey key, DType outputType) {
+  private Optional<LoraModule> mergeModule(LazyManager root, DenseBuffers buffers, ModuleKey key, DType outputType) {
     try (LazyManager manager = new LazyManager(() -> root.get().newSubManager())) {
-      return mergedFactors(manager, key, DataType.FLOAT32)
+      return mergedFactors(manager, buffers, key, DataType.FLOAT32)
           .map(merged -> toModule(key, firstPresent(key), merged, outputType));
     }
   }
@@ -419,7 +423,8 @@ public final class LoraMerger {
    * values never start the engine (about half a second).
    * {@code computeType} is the type the inputs' factors are handed to the algorithm in.
    */
-  private Optional<Merged> mergedFactors(Supplier<NDManager> manager, ModuleKey key, DataType computeType) {
+  private Optional<Merged> mergedFactors(
+      Supplier<NDManager> manager, DenseBuffers buffers, ModuleKey key, DataType computeType) {
     List<Input> present = new ArrayList<>();
     List<Integer> indices = new ArrayList<>();
     for (int i = 0; i < inputs.size(); i++) {
@@ -450,15 +455,29 @@ public final class LoraMerger {
     ModuleMerge merge = new Merge(key, built, manager, target, computeType == DataType.FLOAT64 || algorithm.reRanks());
     ModuleUpdate update = algorithm.merge(merge);
     if (update.isDense()) {
-      NDArray dense = update.dense().orElseThrow();
-      NDArray[] factors =
-          exactSvd || RandomizedSvd.exactIsCheap(dense.getShape().get(0), dense.getShape().get(1))
-              ? RandomizedSvd.exact(manager.get(), dense, sigma -> rankRule.rank(sigma, target))
-              : RandomizedSvd.truncate(
-                  manager.get(), dense, target, sigma -> rankRule.rank(sigma, target), merge.random(0, -1, "sketch"));
+      Optional<float[]> values = update.denseValues();
+      ByteBuffer buffer = values.map(array -> buffers.take(Math.multiplyExact(array.length, Float.BYTES))).orElse(null);
+      NDArray dense = values.isPresent()
+          ? manager.get().create(
+              DenseBuffers.holding(buffer, values.get()),
+              new Shape(values.get().length / update.denseColumns(), update.denseColumns()),
+              DataType.FLOAT32)
+          : update.dense().orElseThrow();
+      NDArray[] factors;
+      try {
+        factors =
+            exactSvd || RandomizedSvd.exactIsCheap(dense.getShape().get(0), dense.getShape().get(1))
+                ? RandomizedSvd.exact(manager.get(), dense, sigma -> rankRule.rank(sigma, target))
+                : RandomizedSvd.truncate(
+                    manager.get(), dense, target, sigma -> rankRule.rank(sigma, target), merge.random(0, -1, "sketch"));
+      } finally {
+        if (buffer != null) {
+          dense.close();
+          buffers.give(buffer);
+        }
+      }
       return Optional.of(Merged.of(clamp(factors)));
     }
-    boolean reRank;
     NDArray up;
     NDArray down;
     if (update.isValues()) {
@@ -617,6 +636,33 @@ public final class LoraMerger {
         threads,
         dtype.map(DType::safetensorsName).orElse("inputs'"),
         device.map(String::valueOf).orElse("default"));
+  }
+
+  /**
+   * Native buffers for dense updates given as values, handed from one module to the next for
+   * one merge or fuse: a fresh direct buffer per module is zeroed and faulted in page by page, and
+   * freed only by a collection (gigabytes for the {@code *_svd} methods on SDXL).
+   */
+  private static final class DenseBuffers {
+    private final ConcurrentLinkedDeque<ByteBuffer> free = new ConcurrentLinkedDeque<>();
+
+    /** A buffer of at least {@code bytes}, for {@link #holding}. */
+    ByteBuffer take(int bytes) {
+      ByteBuffer buffer = free.pollFirst();
+      return buffer == null || buffer.capacity() < bytes ? ByteBuffer.allocateDirect(bytes) : buffer;
+    }
+
+    /** A native-order view of the start of {@code buffer} holding {@code values}. */
+    static ByteBuffer holding(ByteBuffer buffer, float[] values) {
+      ByteBuffer view = buffer.duplicate().clear().limit(values.length * Float.BYTES).slice().order(ByteOrder.nativeOrder());
+      view.asFloatBuffer().put(values);
+      return view;
+    }
+
+    /** Returns a buffer from {@link #take}; nothing may use it afterwards. */
+    void give(ByteBuffer buffer) {
+      free.offerFirst(buffer);
+    }
   }
 
   /** A manager made on first use (by one thread at a time) and closed with this, if made. */

@@ -190,8 +190,8 @@ abstract class PeftMethod implements MergeAlgorithm {
     NDArray[] deltas = inputs.stream().map(ModuleInput::delta).toArray(NDArray[]::new);
     Shape shape = deltas[0].getShape();
     float[][] tensors = Arrays.stream(deltas).map(NDArray::toFloatArray).toArray(float[][]::new);
-    float[] combined = combine(module, tensors, Math.toIntExact(shape.get(1)), weights, "delta");
-    return ModuleUpdate.dense(module.manager().create(combined, shape));
+    int columns = Math.toIntExact(shape.get(1));
+    return ModuleUpdate.dense(combine(module, tensors, columns, weights, "delta"), columns);
   }
 
   /**

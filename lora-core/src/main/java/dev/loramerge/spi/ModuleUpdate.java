@@ -18,23 +18,24 @@ public final class ModuleUpdate {
   private final float[] upValues;
   private final float[] downValues;
   private final int rank;
+  private final float[] denseValues;
+  private final int denseColumns;
 
   private ModuleUpdate(NDArray up, NDArray down, NDArray dense) {
+    this(up, down, dense, null, null, 0, null, 0);
+  }
+
+  private ModuleUpdate(
+      NDArray up, NDArray down, NDArray dense, float[] upValues, float[] downValues, int rank, float[] denseValues,
+      int denseColumns) {
     this.up = up;
     this.down = down;
     this.dense = dense;
-    this.upValues = null;
-    this.downValues = null;
-    this.rank = 0;
-  }
-
-  private ModuleUpdate(float[] upValues, float[] downValues, int rank) {
-    this.up = null;
-    this.down = null;
-    this.dense = null;
     this.upValues = upValues;
     this.downValues = downValues;
     this.rank = rank;
+    this.denseValues = denseValues;
+    this.denseColumns = denseColumns;
   }
 
   /** The update B'·A'. */
@@ -59,7 +60,7 @@ public final class ModuleUpdate {
     checkArgument(
         up.length % rank == 0 && down.length % rank == 0,
         "%s up values and %s down values do not make factors of rank %s", up.length, down.length, rank);
-    return new ModuleUpdate(up, down, rank);
+    return new ModuleUpdate(null, null, null, up, down, rank, null, 0);
   }
 
   /** A full out×in·k·k update. */
@@ -69,9 +70,30 @@ public final class ModuleUpdate {
     return new ModuleUpdate(null, null, delta);
   }
 
+  /**
+   * A full update from float32 values, {@code columns} (in·k·k) to a row, row-major. The update
+   * takes the array over; the merger copies it into native memory it reuses from module to module
+   * (an array made from Java values gets fresh memory that only a collection frees).
+   */
+  public static ModuleUpdate dense(float[] values, int columns) {
+    checkNotNull(values, "values");
+    checkArgument(columns > 0 && values.length % columns == 0, "%s values do not make rows of %s", values.length, columns);
+    return new ModuleUpdate(null, null, null, null, null, 0, values, columns);
+  }
+
   /** Whether this is a full update rather than factors. */
   public boolean isDense() {
-    return dense != null;
+    return dense != null || denseValues != null;
+  }
+
+  /** The full update's values (row-major), when given as values; the update's own array. */
+  public Optional<float[]> denseValues() {
+    return Optional.ofNullable(denseValues);
+  }
+
+  /** The full update's row length, when given as values (0 otherwise). */
+  public int denseColumns() {
+    return denseColumns;
   }
 
   /** Whether this is factors given as float32 values rather than arrays. */
@@ -104,7 +126,7 @@ public final class ModuleUpdate {
     return Optional.ofNullable(down);
   }
 
-  /** The full update, when dense. */
+  /** The full update, when dense and given as an array. */
   public Optional<NDArray> dense() {
     return Optional.ofNullable(dense);
   }
