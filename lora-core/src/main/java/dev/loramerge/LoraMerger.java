@@ -478,35 +478,27 @@ public final class LoraMerger {
       }
       return Optional.of(Merged.of(clamp(factors)));
     }
-    NDArray up;
-    NDArray down;
-    if (update.isValues()) {
-      int currentRank = update.rank();
-      float[] upValues = update.upValues().orElseThrow();
-      float[] downValues = update.downValues().orElseThrow();
-      if (!algorithm.reRanks() && !(explicit.isPresent() && currentRank > target)) {
-        return Optional.of(new Merged(null, null, upValues, downValues, currentRank));
-      }
-      up = manager.get().create(upValues, new Shape(upValues.length / currentRank, currentRank));
-      down = manager.get().create(downValues, new Shape(currentRank, downValues.length / currentRank));
-    } else {
-      up = update.up().orElseThrow();
-      down = update.down().orElseThrow();
+    Merged merged = update.isValues()
+        ? new Merged(null, null, update.upValues().orElseThrow(), update.downValues().orElseThrow(), update.rank())
+        : new Merged(update.up().orElseThrow(), update.down().orElseThrow(), null, null, 0);
+    if (algorithm.reRanks() || (explicit.isPresent() && merged.rank() > target)) {
+      NDArray[] factors = merged.arrays(manager.get());
+      return Optional.of(Merged.of(clamp(FactoredSvd.truncate(manager.get(), factors[0], factors[1], sigma -> rankRule.rank(sigma, target)))));
     }
-    long currentRank = up.getShape().get(1);
-    if (algorithm.reRanks() || (explicit.isPresent() && currentRank > target)) {
-      return Optional.of(Merged.of(clamp(FactoredSvd.truncate(manager.get(), up, down, sigma -> rankRule.rank(sigma, target)))));
-    }
-    return Optional.of(new Merged(up, down, null, null, 0));
+    return Optional.of(merged);
   }
 
   /**
    * Merged factors with scale 1: NDArrays, or float32 values when the algorithm gave values and
    * nothing re-ranked them (rounded to the output type in Java, with no native call).
    */
-  private record Merged(NDArray up, NDArray down, float[] upValues, float[] downValues, int rank) {
+  private record Merged(NDArray up, NDArray down, float[] upValues, float[] downValues, int valuesRank) {
     static Merged of(NDArray[] factors) {
       return new Merged(factors[0], factors[1], null, null, 0);
+    }
+
+    int rank() {
+      return up != null ? Math.toIntExact(up.getShape().get(1)) : valuesRank;
     }
 
     /** The factors as arrays, made in {@code manager} from values where needed. */
@@ -515,8 +507,8 @@ public final class LoraMerger {
         return new NDArray[] {up, down};
       }
       return new NDArray[] {
-        manager.create(upValues, new Shape(upValues.length / rank, rank)),
-        manager.create(downValues, new Shape(rank, downValues.length / rank))
+        manager.create(upValues, new Shape(upValues.length / valuesRank, valuesRank)),
+        manager.create(downValues, new Shape(valuesRank, downValues.length / valuesRank))
       };
     }
   }
@@ -543,7 +535,7 @@ public final class LoraMerger {
   }
 
   private LoraModule toModule(ModuleKey key, LoraModule like, Merged merged, DType outputType) {
-    long rank = merged.up() != null ? merged.up().getShape().get(1) : merged.rank();
+    long rank = merged.rank();
     long[] downShape = like.down().shape();
     downShape[0] = rank;
     long[] upShape = like.up().shape();
