@@ -241,15 +241,8 @@ public final class Fusion {
    * JVM on any bf16 tensor, so bf16 weights are read and written as bytes and computed in float32.
    */
   private static ByteBuffer toBFloat16(float[] values) {
-    short[] rounded = new short[values.length];
-    for (int i = 0; i < values.length; i++) {
-      int bits = Float.floatToRawIntBits(values[i]);
-      rounded[i] =
-          (short)
-              (Float.isNaN(values[i]) ? (bits >>> 16) | 0x40 : (bits + 0x7FFF + ((bits >>> 16) & 1)) >>> 16);
-    }
-    ByteBuffer narrow = ByteBuffer.allocate(values.length * 2).order(ByteOrder.nativeOrder());
-    narrow.asShortBuffer().put(rounded);
+    ByteBuffer narrow = ByteBuffer.allocate(values.length * 2).order(ByteOrder.LITTLE_ENDIAN);
+    FloatFormats.narrow(false, values, narrow);
     return narrow;
   }
 
