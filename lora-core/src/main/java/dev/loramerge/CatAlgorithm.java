@@ -5,10 +5,10 @@ import ai.djl.ndarray.NDArrays;
 import ai.djl.ndarray.NDList;
 import com.google.common.collect.ImmutableList;
 import com.google.common.collect.ImmutableMap;
+import com.google.common.primitives.Floats;
 import dev.loramerge.spi.ModuleInput;
 import dev.loramerge.spi.ModuleMerge;
 import dev.loramerge.spi.ModuleUpdate;
-import java.util.Arrays;
 
 /** {@link MergeAlgorithm#cat()}: concatenation along the rank, exact. */
 final class CatAlgorithm implements MergeAlgorithm {
@@ -66,15 +66,7 @@ final class CatAlgorithm implements MergeAlgorithm {
       column += inputRank;
       downs[i] = input.downValues();
     }
-    float[] down = downs.length == 1 ? downs[0] : new float[Math.toIntExact(Arrays.stream(downs).mapToLong(d -> d.length).sum())];
-    if (downs.length > 1) {
-      int offset = 0;
-      for (float[] values : downs) {
-        System.arraycopy(values, 0, down, offset, values.length);
-        offset += values.length;
-      }
-    }
-    return ModuleUpdate.factored(up, down, rank);
+    return ModuleUpdate.factored(up, downs.length == 1 ? downs[0] : Floats.concat(downs), rank);
   }
 
   @Override
