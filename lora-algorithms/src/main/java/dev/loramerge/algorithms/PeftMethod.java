@@ -196,14 +196,16 @@ abstract class PeftMethod implements MergeAlgorithm {
 
   /**
    * Prunes {@code tensors} (row-major, rows of {@code columns}; changed in place) and combines
-   * them into a new array.
+   * them into a new array. Magnitude pruning is applied as the combination reads the tensors,
+   * which saves a pass over each.
    */
   private float[] combine(ModuleMerge module, float[][] tensors, int columns, double[] weights, String stream) {
     List<ModuleInput> inputs = module.inputs();
+    float[] cuts = new float[tensors.length];
     for (int i = 0; i < tensors.length; i++) {
       switch (pruning) {
         case MAGNITUDE:
-          TaskTensors.pruneByMagnitude(tensors[i], density);
+          cuts[i] = TaskTensors.magnitudeCut(tensors[i], density);
           break;
         case RANDOM:
           TaskTensors.pruneRandomly(tensors[i], density, module.random(seed, inputs.get(i).index(), stream));
@@ -223,8 +225,8 @@ abstract class PeftMethod implements MergeAlgorithm {
       }
     }
     return combination == Combination.TIES
-        ? TaskTensors.electAndMerge(tensors, weights, majoritySign)
-        : TaskTensors.weightedSum(tensors, weights);
+        ? TaskTensors.electAndMerge(tensors, weights, majoritySign, cuts)
+        : TaskTensors.weightedSum(tensors, weights, cuts);
   }
 
   /** 1 − density in decimal, so that a density of 0.7 shows a drop rate of 0.3. */

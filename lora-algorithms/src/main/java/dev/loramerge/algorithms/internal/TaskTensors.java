@@ -33,43 +33,58 @@ public final class TaskTensors {
    * {@code magnitude_based_pruning}).
    */
   public static void pruneByMagnitude(float[] tensor, double density) {
+    float cut = magnitudeCut(tensor, density);
+    if (cut > 0) {
+      int cutBits = Float.floatToRawIntBits(cut);
+      for (int i = 0; i < tensor.length; i++) {
+        tensor[i] = cut(tensor[i], cutBits);
+      }
+    }
+  }
+
+  /**
+   * {@link #pruneByMagnitude} for a caller that applies the cut as it reads the tensor, a pass
+   * fewer over memory: returns the magnitude below which entries are to be taken as zero. Where
+   * that rule would not keep exactly the right entries (an infinity or NaN in the tensor, or more
+   * entries equal to the k-th largest than may be kept), the tensor is pruned here and the cut is
+   * 0, which keeps everything.
+   */
+  public static float magnitudeCut(float[] tensor, double density) {
     int keep = (int) (density * tensor.length);
     if (keep >= tensor.length) {
-      return;
+      return 0;
     }
     if (keep <= 0) {
       Arrays.fill(tensor, 0);
-      return;
+      return 0;
     }
     Selection selection = select(tensor, keep);
-    float threshold = Float.intBitsToFloat(selection.thresholdBits);
-    // Integer order is float order for magnitudes; NaN (above infinity) is never kept, as with
-    // float comparisons. Half the entries go either way at random, so the passes are branch-free:
-    // a mispredicted branch per entry made the zeroing pass most of magnitude_prune_svd's time.
     int thresholdBits = selection.thresholdBits;
-    int strictlyAbove = selection.strictlyAbove;
-    int ties = selection.ties;
-    if (strictlyAbove < 0) {
-      strictlyAbove = 0;
-      ties = 0;
-      for (float value : tensor) {
-        int magnitude = Float.floatToRawIntBits(value) & 0x7FFFFFFF;
-        int finite = (magnitude - INFINITY_BITS - 1) >>> 31;
-        strictlyAbove += ((thresholdBits - magnitude) >>> 31) & finite;
-        ties += ((magnitude ^ thresholdBits) - 1) >>> 31;
-      }
+    if (selection.strictlyAbove >= 0 && selection.ties <= keep - selection.strictlyAbove) {
+      return Float.intBitsToFloat(thresholdBits);
+    }
+    int strictlyAbove = 0;
+    int ties = 0;
+    for (float value : tensor) {
+      int magnitude = Float.floatToRawIntBits(value) & 0x7FFFFFFF;
+      int finite = (magnitude - INFINITY_BITS - 1) >>> 31;
+      strictlyAbove += ((thresholdBits - magnitude) >>> 31) & finite;
+      ties += ((magnitude ^ thresholdBits) - 1) >>> 31;
     }
     int tiesToKeep = keep - strictlyAbove;
     if (ties <= tiesToKeep) {
+      // Integer order is float order for magnitudes; NaN (above infinity) is never kept, as with
+      // float comparisons.
       for (int i = 0; i < tensor.length; i++) {
         int bits = Float.floatToRawIntBits(tensor[i]);
         int magnitude = bits & 0x7FFFFFFF;
         int kept = ((thresholdBits - 1 - magnitude) & (magnitude - INFINITY_BITS - 1)) >> 31;
         tensor[i] = Float.intBitsToFloat(bits & kept);
       }
-      return;
+      return 0;
     }
     // More entries equal the threshold than may be kept: the first ones in order are.
+    float threshold = Float.intBitsToFloat(thresholdBits);
     for (int i = 0; i < tensor.length; i++) {
       float magnitude = Math.abs(tensor[i]);
       if (magnitude > threshold) {
@@ -81,6 +96,17 @@ public final class TaskTensors {
       }
       tensor[i] = 0;
     }
+    return 0;
+  }
+
+  /**
+   * {@code value}, or +0 when its magnitude's bits are below {@code cutBits} (a non-negative
+   * float's); NaN stays. On bits because half the entries go either way at random: a branch
+   * mispredicted per entry made the zeroing pass most of magnitude_prune_svd's time.
+   */
+  private static float cut(float value, int cutBits) {
+    int bits = Float.floatToRawIntBits(value);
+    return Float.intBitsToFloat(bits & ~(((bits & 0x7FFFFFFF) - cutBits) >> 31));
   }
 
   /**
@@ -88,7 +114,8 @@ public final class TaskTensors {
    * (for non-negative floats, integer order is float order): a histogram of the upper 16 bits finds
    * the bucket that holds it, a histogram of the lower 16 bits within that bucket finds it exactly.
    * Two sequential passes, no copy: quickselect's random access was the bottleneck of magnitude
-   * pruning on SDXL-sized deltas.
+   * pruning on SDXL-sized deltas. (A sampled bracket with one counting pass was tried: slower, as
+   * the vectors holding a candidate are too many to skip.)
    */
   public static float kthLargestMagnitude(float[] tensor, int k) {
     return Float.intBitsToFloat(select(tensor, k).thresholdBits);
@@ -152,11 +179,17 @@ public final class TaskTensors {
 
   /** Σ λᵢ·Tᵢ. */
   public static float[] weightedSum(float[][] tensors, double[] weights) {
+    return weightedSum(tensors, weights, new float[tensors.length]);
+  }
+
+  /** Σ λᵢ·Tᵢ with each Tᵢ cut at {@code cuts[i]} as it is read (see {@link #magnitudeCut}). */
+  public static float[] weightedSum(float[][] tensors, double[] weights, float[] cuts) {
+    int[] cutBits = bitsOf(cuts);
     float[] sum = new float[tensors[0].length];
     for (int i = 0; i < sum.length; i++) {
       double total = 0;
       for (int t = 0; t < tensors.length; t++) {
-        total += weights[t] * tensors[t][i];
+        total += weights[t] * cut(tensors[t][i], cutBits[t]);
       }
       sum[i] = (float) total;
     }
@@ -169,8 +202,24 @@ public final class TaskTensors {
    * with it are summed and divided by their count (at least 1).
    */
   public static float[] electAndMerge(float[][] tensors, double[] weights, MajoritySign method) {
+    return electAndMerge(tensors, weights, method, new float[tensors.length]);
+  }
+
+  /**
+   * {@link #electAndMerge(float[][], double[], MajoritySign)} with each tensor cut at {@code
+   * cuts[i]} as it is read (see {@link #magnitudeCut}); the tensors may be cut in place.
+   */
+  public static float[] electAndMerge(float[][] tensors, double[] weights, MajoritySign method, float[] cuts) {
     if (tensors.length == 2 && method == MajoritySign.TOTAL) {
-      return electAndMergeTwo(tensors[0], tensors[1], weights[0], weights[1]);
+      return electAndMergeTwo(tensors[0], tensors[1], weights[0], weights[1], cuts[0], cuts[1], VECTOR_API);
+    }
+    int[] cutBits = bitsOf(cuts);
+    for (int t = 0; t < tensors.length; t++) {
+      if (cutBits[t] != 0) {
+        for (int i = 0; i < tensors[t].length; i++) {
+          tensors[t][i] = cut(tensors[t][i], cutBits[t]);
+        }
+      }
     }
     float[] merged = new float[tensors[0].length];
     for (int i = 0; i < merged.length; i++) {
@@ -191,6 +240,7 @@ public final class TaskTensors {
     }
     return merged;
   }
+
   /**
    * {@link #electAndMerge} for the common case of two tensors and a total-mass vote, without the
    * inner loops, {@code signum} calls and divisions: the same additions in the same order, and
@@ -198,17 +248,22 @@ public final class TaskTensors {
    * pruning half the entries are zero, so which ones agree is random: the terms are masked in or
    * out on their bits, as branches were mispredicted every other entry (most of ties_svd's time).
    */
-  private static float[] electAndMergeTwo(float[] first, float[] second, double firstWeight, double secondWeight) {
-    return electAndMergeTwo(first, second, firstWeight, secondWeight, VECTOR_API);
-  }
-
-  /** {@link #electAndMergeTwo(float[], float[], double, double)} with the Vector API or without. */
-  static float[] electAndMergeTwo(float[] first, float[] second, double firstWeight, double secondWeight, boolean vectorized) {
+  static float[] electAndMergeTwo(
+      float[] first,
+      float[] second,
+      double firstWeight,
+      double secondWeight,
+      float firstCut,
+      float secondCut,
+      boolean vectorized) {
     float[] merged = new float[first.length];
-    int done = vectorized ? VectorTies.electAndMergeTwo(first, second, firstWeight, secondWeight, merged) : 0;
+    int done =
+        vectorized ? VectorTies.electAndMergeTwo(first, second, firstWeight, secondWeight, firstCut, secondCut, merged) : 0;
+    int firstCutBits = Float.floatToRawIntBits(firstCut);
+    int secondCutBits = Float.floatToRawIntBits(secondCut);
     for (int i = done; i < merged.length; i++) {
-      float x = first[i];
-      float y = second[i];
+      float x = cut(first[i], firstCutBits);
+      float y = cut(second[i], secondCutBits);
       // The vote, x + y ≥ 0 (false for NaN), and each term's agreement, on bits: written with
       // comparisons, C2 compiles them to branches all the same. A sum of −0 needs two zeros,
       // which no vote takes, so its sign bit may count as negative.
@@ -227,6 +282,14 @@ public final class TaskTensors {
       merged[i] = (float) (total * Double.longBitsToDouble(ONE_BITS - (takeX & takeY & (1L << 52))));
     }
     return merged;
+  }
+
+  private static int[] bitsOf(float[] cuts) {
+    int[] bits = new int[cuts.length];
+    for (int i = 0; i < cuts.length; i++) {
+      bits[i] = Float.floatToRawIntBits(cuts[i]);
+    }
+    return bits;
   }
 
   /** 1 when the float with these bits is neither zero nor NaN, else 0. */

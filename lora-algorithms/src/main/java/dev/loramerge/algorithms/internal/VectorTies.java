@@ -32,7 +32,14 @@ final class VectorTies {
    * caller merges the rest. Constants are made before the loop: on JDK 17 a broadcast inside it
    * is not compiled to vector code.
    */
-  static int electAndMergeTwo(float[] first, float[] second, double firstWeight, double secondWeight, float[] merged) {
+  static int electAndMergeTwo(
+      float[] first,
+      float[] second,
+      double firstWeight,
+      double secondWeight,
+      float firstCut,
+      float secondCut,
+      float[] merged) {
     int lanes = FLOATS.length();
     int done = merged.length - merged.length % lanes;
     DoubleVector firstWeights = DoubleVector.broadcast(DOUBLES, firstWeight);
@@ -40,9 +47,14 @@ final class VectorTies {
     DoubleVector zero = DoubleVector.zero(DOUBLES);
     DoubleVector one = DoubleVector.broadcast(DOUBLES, 1.0);
     DoubleVector half = DoubleVector.broadcast(DOUBLES, 0.5);
+    DoubleVector firstCuts = DoubleVector.broadcast(DOUBLES, firstCut);
+    DoubleVector secondCuts = DoubleVector.broadcast(DOUBLES, secondCut);
     for (int i = 0; i < done; i += lanes) {
       DoubleVector x = (DoubleVector) FloatVector.fromArray(FLOATS, first, i).convertShape(VectorOperators.F2D, DOUBLES, 0);
       DoubleVector y = (DoubleVector) FloatVector.fromArray(FLOATS, second, i).convertShape(VectorOperators.F2D, DOUBLES, 0);
+      // Below the cut is +0; NaN is not below it, as in the scalar loop.
+      x = x.blend(zero, x.abs().compare(VectorOperators.LT, firstCuts));
+      y = y.blend(zero, y.abs().compare(VectorOperators.LT, secondCuts));
       // Comparisons with NaN are false: a NaN sum votes negative, a NaN term never agrees.
       VectorMask<Double> positive = x.add(y).compare(VectorOperators.GE, 0.0);
       VectorMask<Double> takeX =

@@ -67,6 +67,69 @@ class TaskTensorsTest {
     }
   }
 
+  @Test
+  void combiningWithMagnitudeCutsEqualsPruningFirst() {
+    SplittableRandom random = new SplittableRandom(33);
+    for (int trial = 0; trial < 120; trial++) {
+      int n = 1 + random.nextInt(3000);
+      int count = 2 + trial % 2;
+      float[][] tensors = new float[count][n];
+      for (float[] tensor : tensors) {
+        for (int i = 0; i < n; i++) {
+          // As in the pruning test: ties with the threshold every third trial, non-finite values
+          // (pruned in place, cut 0) every fifth.
+          int kind = trial % 5 == 0 ? random.nextInt(40) : 2 + random.nextInt(38);
+          tensor[i] =
+              kind == 0 ? Float.NaN
+                  : kind == 1 ? Float.POSITIVE_INFINITY
+                  : kind == 2 ? -0f
+                  : trial % 3 == 0 ? random.nextInt(-3, 4) * 0.5f
+                  : (float) random.nextGaussian();
+        }
+      }
+      double density = trial % 7 == 0 ? 1 : random.nextDouble();
+      double[] weights = random.doubles(count, -1, 2).toArray();
+      float[][] pruned = new float[count][];
+      float[][] uncut = new float[count][];
+      float[] cuts = new float[count];
+      for (int t = 0; t < count; t++) {
+        pruned[t] = tensors[t].clone();
+        TaskTensors.pruneByMagnitude(pruned[t], density);
+        uncut[t] = tensors[t].clone();
+        cuts[t] = TaskTensors.magnitudeCut(uncut[t], density);
+      }
+      String context = String.format("trial %d: %d tensors of %d, density %s, cuts %s", trial, count, n, density, Arrays.toString(cuts));
+      assertBitsEqual(
+          TaskTensors.electAndMerge(copies(uncut), weights, dev.loramerge.algorithms.MajoritySign.TOTAL, cuts),
+          TaskTensors.electAndMerge(copies(pruned), weights, dev.loramerge.algorithms.MajoritySign.TOTAL),
+          "TIES, " + context);
+      assertBitsEqual(
+          TaskTensors.electAndMerge(copies(uncut), weights, dev.loramerge.algorithms.MajoritySign.FREQUENCY, cuts),
+          TaskTensors.electAndMerge(copies(pruned), weights, dev.loramerge.algorithms.MajoritySign.FREQUENCY),
+          "TIES by frequency, " + context);
+      assertBitsEqual(TaskTensors.weightedSum(uncut, weights, cuts), TaskTensors.weightedSum(pruned, weights), "sum, " + context);
+      if (count == 2) {
+        assertBitsEqual(
+            TaskTensors.electAndMergeTwo(uncut[0], uncut[1], weights[0], weights[1], cuts[0], cuts[1], false),
+            TaskTensors.electAndMerge(copies(pruned), weights, dev.loramerge.algorithms.MajoritySign.TOTAL),
+            "scalar TIES, " + context);
+      }
+    }
+  }
+
+  private static float[][] copies(float[][] tensors) {
+    return Arrays.stream(tensors).map(float[]::clone).toArray(float[][]::new);
+  }
+
+  private static void assertBitsEqual(float[] actual, float[] expected, String context) {
+    assertThat(actual).as(context).hasSameSizeAs(expected);
+    for (int i = 0; i < expected.length; i++) {
+      assertThat(Float.floatToRawIntBits(actual[i]))
+          .as("%s: entry %d is %s, expected %s", context, i, actual[i], expected[i])
+          .isEqualTo(Float.floatToRawIntBits(expected[i]));
+    }
+  }
+
   /**
    * Keep the ⌊density·n⌋ largest |x| (the threshold is the k-th largest by sorting, NaN above
    * infinity as in the radix select); entries equal to it are kept first come first served; NaN
@@ -118,7 +181,7 @@ class TaskTensorsTest {
     double[] weights = {0.7, 0.3};
     assertThat(TaskTensors.VECTOR_API).as("surefire's argLine adds jdk.incubator.vector; without it one path is tested").isTrue();
     float[] merged = TaskTensors.electAndMerge(new float[][] {first, second}, weights, dev.loramerge.algorithms.MajoritySign.TOTAL);
-    float[] scalar = TaskTensors.electAndMergeTwo(first, second, weights[0], weights[1], false);
+    float[] scalar = TaskTensors.electAndMergeTwo(first, second, weights[0], weights[1], 0f, 0f, false);
     for (int i = 0; i < n; i++) {
       assertThat(Float.floatToRawIntBits(scalar[i]))
           .as("element %d of (%s, %s), scalar %s, vectorized %s", i, first[i], second[i], scalar[i], merged[i])
