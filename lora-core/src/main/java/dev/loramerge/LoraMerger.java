@@ -76,6 +76,8 @@ public final class LoraMerger {
   private final Optional<PostPrune> prune;
   private final Optional<Device> device;
   private final int threads;
+  /** The dense re-ranks' test matrices: a pure function of the shape, drawn once per merger. */
+  private final RandomizedSvd.Sketches sketches = new RandomizedSvd.Sketches(0);
   private final Optional<DType> dtype;
   private final MergeListener listener;
   private final String name;
@@ -469,7 +471,7 @@ public final class LoraMerger {
             exactSvd || RandomizedSvd.exactIsCheap(dense.getShape().get(0), dense.getShape().get(1))
                 ? RandomizedSvd.exact(manager.get(), dense, sigma -> rankRule.rank(sigma, target))
                 : RandomizedSvd.truncate(
-                    manager.get(), dense, target, sigma -> rankRule.rank(sigma, target), merge.random(0, -1, "sketch"));
+                    manager.get(), dense, target, sigma -> rankRule.rank(sigma, target), sketches);
       } finally {
         if (buffer != null) {
           dense.close();

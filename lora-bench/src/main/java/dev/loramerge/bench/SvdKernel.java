@@ -122,7 +122,7 @@ public class SvdKernel extends Kernel {
   public long randomized() {
     try (NDManager scope = manager.newSubManager()) {
       scope.tempAttachAll(dense);
-      return RandomizedSvd.truncate(scope, dense, rank, sigma -> rank, new SplittableRandom(1))[0].getShape().get(1);
+      return RandomizedSvd.truncate(scope, dense, rank, sigma -> rank, new RandomizedSvd.Sketches(1))[0].getShape().get(1);
     }
   }
 }

@@ -7,7 +7,6 @@ import ai.djl.ndarray.NDManager;
 import ai.djl.ndarray.types.DataType;
 import ai.djl.ndarray.types.Shape;
 import java.util.Random;
-import java.util.SplittableRandom;
 import org.junit.jupiter.api.Test;
 
 /**
@@ -54,7 +53,7 @@ class RandomizedSvdTest {
       NDArray dense = manager.create(matrix(300, 400, 1), new Shape(300, 400));
       for (int rank : new int[] {8, 16, 32}) {
         double optimal = residual(dense, RandomizedSvd.exact(manager, dense, sigma -> rank));
-        double randomized = residual(dense, RandomizedSvd.truncate(manager, dense, rank, sigma -> rank, new SplittableRandom(7)));
+        double randomized = residual(dense, RandomizedSvd.truncate(manager, dense, rank, sigma -> rank, new RandomizedSvd.Sketches(7)));
         assertThat(randomized / optimal - 1)
             .as("excess error of the randomized truncation at rank %d (optimal residual %s)", rank, optimal)
             .isBetween(-1e-9, 0.01);
@@ -66,10 +65,26 @@ class RandomizedSvdTest {
   void isReproducibleForASeed() {
     try (NDManager manager = NDManager.newBaseManager()) {
       NDArray dense = manager.create(matrix(120, 90, 2), new Shape(120, 90));
-      NDArray[] first = RandomizedSvd.truncate(manager, dense, 6, sigma -> 6, new SplittableRandom(3));
-      NDArray[] second = RandomizedSvd.truncate(manager, dense, 6, sigma -> 6, new SplittableRandom(3));
+      NDArray[] first = RandomizedSvd.truncate(manager, dense, 6, sigma -> 6, new RandomizedSvd.Sketches(3));
+      NDArray[] second = RandomizedSvd.truncate(manager, dense, 6, sigma -> 6, new RandomizedSvd.Sketches(3));
       assertThat(first[0].toDoubleArray()).containsExactly(second[0].toDoubleArray());
       assertThat(first[1].toDoubleArray()).containsExactly(second[1].toDoubleArray());
     }
+  }
+
+  @Test
+  void aSketchDependsOnItsShapeAndSeedAloneNotOnWhatWasDrawnBefore() {
+    RandomizedSvd.Sketches fresh = new RandomizedSvd.Sketches(4);
+    RandomizedSvd.Sketches used = new RandomizedSvd.Sketches(4);
+    used.omega(300, 18);
+    used.omega(400, 42);
+    float[] drawnFirst = fresh.omega(90, 16);
+    assertThat(used.omega(90, 16)).as("Ω of 90×16 after other shapes").containsExactly(drawnFirst);
+    assertThat(new RandomizedSvd.Sketches(5).omega(90, 16)).as("Ω of another seed").isNotEqualTo(drawnFirst);
+    double sumOfSquares = 0;
+    for (float value : drawnFirst) {
+      sumOfSquares += value * value;
+    }
+    assertThat(sumOfSquares / drawnFirst.length).as("variance of Ω's entries (standard normal)").isBetween(0.8, 1.2);
   }
 }
