@@ -33,9 +33,12 @@ public final class TaskTensors {
    * {@code magnitude_based_pruning}).
    */
   public static void pruneByMagnitude(float[] tensor, double density) {
-    float cut = magnitudeCut(tensor, density);
-    if (cut > 0) {
-      int cutBits = Float.floatToRawIntBits(cut);
+    cutInPlace(tensor, Float.floatToRawIntBits(magnitudeCut(tensor, density)));
+  }
+
+  /** Applies a {@link #magnitudeCut} to the tensor itself (nothing to do for a cut of 0). */
+  private static void cutInPlace(float[] tensor, int cutBits) {
+    if (cutBits != 0) {
       for (int i = 0; i < tensor.length; i++) {
         tensor[i] = cut(tensor[i], cutBits);
       }
@@ -213,13 +216,8 @@ public final class TaskTensors {
     if (tensors.length == 2 && method == MajoritySign.TOTAL) {
       return electAndMergeTwo(tensors[0], tensors[1], weights[0], weights[1], cuts[0], cuts[1], VECTOR_API);
     }
-    int[] cutBits = bitsOf(cuts);
     for (int t = 0; t < tensors.length; t++) {
-      if (cutBits[t] != 0) {
-        for (int i = 0; i < tensors[t].length; i++) {
-          tensors[t][i] = cut(tensors[t][i], cutBits[t]);
-        }
-      }
+      cutInPlace(tensors[t], Float.floatToRawIntBits(cuts[t]));
     }
     float[] merged = new float[tensors[0].length];
     for (int i = 0; i < merged.length; i++) {
