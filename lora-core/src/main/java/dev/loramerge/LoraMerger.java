@@ -761,9 +761,42 @@ public final class LoraMerger {
     @Override
     public NDArray delta() {
       if (delta == null) {
-        delta = up().matMul(down()).muli(scale());
+        delta = product();
       }
       return delta;
+    }
+
+    @Override
+    public float[] deltaValues() {
+      if (delta != null) {
+        return NdArrays.floatValues(delta);
+      }
+      try (NDArray product = product()) {
+        return NdArrays.floatValues(product);
+      }
+    }
+
+    /**
+     * s·B·A as PEFT computes it, (B·A)·s. A power-of-two s scales every partial sum exactly, so
+     * it goes into the smaller factor instead, which gives the same bits (short of subnormal or
+     * overflowing entries) and saves a pass over the m×n product.
+     */
+    private NDArray product() {
+      double scale = scale();
+      if (scale == 1) {
+        return up().matMul(down());
+      }
+      if (!NdArrays.isPowerOfTwo(scale)) {
+        return up().matMul(down()).muli(scale);
+      }
+      if (up().size() < down().size()) {
+        try (NDArray scaledUp = up().mul(scale)) {
+          return scaledUp.matMul(down());
+        }
+      }
+      try (NDArray scaledDown = down().mul(scale)) {
+        return up().matMul(scaledDown);
+      }
     }
   }
 

@@ -4,6 +4,12 @@ import static org.assertj.core.api.Assertions.assertThat;
 import static org.assertj.core.api.Assertions.assertThatThrownBy;
 
 import ai.djl.ndarray.NDManager;
+import com.google.common.collect.ImmutableMap;
+import dev.loramerge.spi.ModuleInput;
+import dev.loramerge.spi.ModuleMerge;
+import dev.loramerge.spi.ModuleUpdate;
+import java.util.ArrayList;
+import java.util.List;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import dev.loramerge.testing.TinyLora;
@@ -105,6 +111,49 @@ class LoraMergerTest {
       assertThat(smallestKept).isGreaterThanOrEqualTo(largestDropped);
     }
     assertThat(pruned.metadata().get(LoraMerger.RECIPE_KEY)).contains("\"prune\":\"density=0.25\"");
+  }
+
+  @Test
+  void deltasHavePeftsBitsWhateverTheScale() {
+    // Scales 1, ½ (folded into the smaller factor) and ¾ (applied to the product, as PEFT does).
+    LoraAdapter one = TinyLora.adapter("one", 4, 4, 4);
+    LoraAdapter half = TinyLora.adapter("half", 4, 2, 5);
+    LoraAdapter threeQuarters = TinyLora.adapter("threeQuarters", 4, 3, 6);
+    List<String> checked = new ArrayList<>();
+    MergeAlgorithm probe =
+        new MergeAlgorithm() {
+          @Override
+          public String name() {
+            return "probe";
+          }
+
+          @Override
+          public ImmutableMap<String, Object> parameters() {
+            return ImmutableMap.of();
+          }
+
+          @Override
+          public boolean reRanks() {
+            return true;
+          }
+
+          @Override
+          public ModuleUpdate merge(ModuleMerge module) {
+            for (ModuleInput input : module.inputs()) {
+              float[] peft = input.up().matMul(input.down()).muli(input.scale()).toFloatArray();
+              assertThat(input.deltaValues())
+                  .as("deltaValues of %s, scale %s", module.key(), input.scale())
+                  .containsExactly(peft);
+              assertThat(input.delta().toFloatArray())
+                  .as("delta of %s, scale %s", module.key(), input.scale())
+                  .containsExactly(peft);
+              checked.add(module.key() + "@" + input.scale());
+            }
+            return ModuleUpdate.dense(module.inputs().get(0).delta());
+          }
+        };
+    LoraMerger.builder().add(one, 1).add(half, 1).add(threeQuarters, 1).algorithm(probe).rank(2).threads(1).merge();
+    assertThat(checked).hasSize(3 * TinyLora.KEYS.length).anyMatch(s -> s.endsWith("@0.75")).anyMatch(s -> s.endsWith("@0.5"));
   }
 
   @Test

@@ -2,8 +2,6 @@ package dev.loramerge.algorithms;
 
 import static com.google.common.base.Preconditions.checkArgument;
 
-import ai.djl.ndarray.NDArray;
-import ai.djl.ndarray.types.Shape;
 import com.google.common.collect.ImmutableMap;
 import dev.loramerge.LoraMergeException;
 import dev.loramerge.MergeAlgorithm;
@@ -11,7 +9,6 @@ import dev.loramerge.algorithms.internal.TaskTensors;
 import dev.loramerge.spi.ModuleInput;
 import dev.loramerge.spi.ModuleMerge;
 import dev.loramerge.spi.ModuleUpdate;
-import java.util.Arrays;
 import java.util.List;
 import java.util.Locale;
 import java.util.Objects;
@@ -187,10 +184,8 @@ abstract class PeftMethod implements MergeAlgorithm {
   private ModuleUpdate mergeDeltas(ModuleMerge module) {
     List<ModuleInput> inputs = module.inputs();
     double[] weights = inputs.stream().mapToDouble(ModuleInput::weight).toArray();
-    NDArray[] deltas = inputs.stream().map(ModuleInput::delta).toArray(NDArray[]::new);
-    Shape shape = deltas[0].getShape();
-    float[][] tensors = Arrays.stream(deltas).map(NDArray::toFloatArray).toArray(float[][]::new);
-    int columns = Math.toIntExact(shape.get(1));
+    float[][] tensors = inputs.stream().map(ModuleInput::deltaValues).toArray(float[][]::new);
+    int columns = Math.toIntExact(inputs.get(0).module().down().numel() / inputs.get(0).module().rank());
     return ModuleUpdate.dense(combine(module, tensors, columns, weights, "delta"), columns);
   }
 

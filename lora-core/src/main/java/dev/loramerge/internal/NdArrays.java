@@ -8,6 +8,7 @@ import dev.loramerge.DType;
 import dev.loramerge.TensorData;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
+import java.nio.FloatBuffer;
 import org.ejml.data.DMatrixRMaj;
 
 /** Conversions between NDArrays, {@link TensorData} and EJML matrices. */
@@ -46,6 +47,26 @@ public final class NdArrays {
   /** An array of {@code tensor}'s values in its own type (F64, F32 or F16), owned by {@code manager}. */
   public static NDArray ofOwnType(NDManager manager, TensorData tensor, long... shape) {
     return manager.create(directCopy(tensor.bytes()), new Shape(shape), Fusion.dataTypeOf(tensor.dtype()));
+  }
+
+  /**
+   * A float32 array's values in a new Java array, copied once from its native memory (DJL's
+   * {@code toFloatArray} copies twice, through a byte array).
+   */
+  public static float[] floatValues(NDArray array) {
+    FloatBuffer native32 = array.toByteBuffer(true).asFloatBuffer();
+    float[] values = new float[native32.remaining()];
+    native32.get(values);
+    return values;
+  }
+
+  /** Whether {@code value} is a normal power of two, by which float multiplication is exact. */
+  public static boolean isPowerOfTwo(double value) {
+    float single = (float) value;
+    return single == value
+        && Float.isFinite(single)
+        && Math.abs(single) >= Float.MIN_NORMAL
+        && (Float.floatToRawIntBits(single) & 0x7FFFFF) == 0;
   }
 
   /**

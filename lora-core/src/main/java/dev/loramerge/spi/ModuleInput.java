@@ -41,4 +41,10 @@ public interface ModuleInput {
 
   /** The full update s·B·A (out×in·k·k), float32, computed on first use. */
   NDArray delta();
+
+  /**
+   * The full update's values in float32, out×in·k·k row-major, in a new array the caller owns:
+   * the same values as {@link #delta()}, without keeping the native array.
+   */
+  float[] deltaValues();
 }
