@@ -15,6 +15,7 @@ import com.google.common.collect.ImmutableSortedMap;
 import com.google.errorprone.annotations.CanIgnoreReturnValue;
 import dev.loramerge.internal.FactoredSvd;
 import dev.loramerge.internal.Fusion;
+import dev.loramerge.internal.LowRankProducts;
 import dev.loramerge.internal.NdArrays;
 import dev.loramerge.internal.RandomizedSvd;
 import dev.loramerge.internal.Randoms;
@@ -770,6 +771,9 @@ public final class LoraMerger {
     public float[] deltaValues() {
       if (delta != null) {
         return NdArrays.floatValues(delta);
+      }
+      if (computeType == DataType.FLOAT32 && LowRankProducts.VECTOR_API) {
+        return LowRankProducts.product(upValues(), downValues(), module.rank(), scale());
       }
       try (NDArray product = product()) {
         return NdArrays.floatValues(product);

@@ -50,10 +50,15 @@ public final class NdArrays {
   }
 
   /**
-   * A float32 array's values in a new Java array, copied once from its native memory (DJL's
+   * An array's values as float32 in a new Java array, copied once from native memory (DJL's
    * {@code toFloatArray} copies twice, through a byte array).
    */
   public static float[] floatValues(NDArray array) {
+    if (array.getDataType() != DataType.FLOAT32) {
+      try (NDArray single = array.toType(DataType.FLOAT32, false)) {
+        return floatValues(single);
+      }
+    }
     FloatBuffer native32 = array.toByteBuffer(true).asFloatBuffer();
     float[] values = new float[native32.remaining()];
     native32.get(values);

@@ -4,6 +4,7 @@ import static org.assertj.core.api.Assertions.assertThat;
 
 import ai.djl.ndarray.NDArray;
 import ai.djl.ndarray.NDManager;
+import ai.djl.ndarray.types.DataType;
 import ai.djl.ndarray.types.Shape;
 import java.util.Random;
 import org.junit.jupiter.api.Test;
@@ -37,6 +38,9 @@ class NdArraysTest {
           .as("a transposed view is read in its logical order")
           .containsExactly(transposed.toFloatArray());
       assertThat(NdArrays.floatValues(transposed)).isNotEqualTo(values);
+      assertThat(NdArrays.floatValues(matrix.toType(DataType.FLOAT64, false)))
+          .as("float64 values are rounded to float32")
+          .containsExactly(values);
     }
   }
 }
