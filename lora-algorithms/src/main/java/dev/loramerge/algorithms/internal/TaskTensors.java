@@ -61,7 +61,7 @@ public final class TaskTensors {
       Arrays.fill(tensor, 0);
       return 0;
     }
-    Selection selection = select(tensor, keep);
+    Selection selection = select(tensor, keep, VECTOR_API);
     int thresholdBits = selection.thresholdBits;
     if (selection.strictlyAbove >= 0 && selection.ties <= keep - selection.strictlyAbove) {
       return Float.intBitsToFloat(thresholdBits);
@@ -121,7 +121,12 @@ public final class TaskTensors {
    * the vectors holding a candidate are too many to skip.)
    */
   public static float kthLargestMagnitude(float[] tensor, int k) {
-    return Float.intBitsToFloat(select(tensor, k).thresholdBits);
+    return kthLargestMagnitude(tensor, k, VECTOR_API);
+  }
+
+  /** {@link #kthLargestMagnitude(float[], int)}, its second pass on the Vector API or not. */
+  static float kthLargestMagnitude(float[] tensor, int k, boolean vectorized) {
+    return Float.intBitsToFloat(select(tensor, k, vectorized).thresholdBits);
   }
 
   /**
@@ -131,7 +136,7 @@ public final class TaskTensors {
    */
   private record Selection(int thresholdBits, int strictlyAbove, int ties) {}
 
-  private static Selection select(float[] tensor, int k) {
+  private static Selection select(float[] tensor, int k, boolean vectorized) {
     int[] upper = new int[1 << 16];
     for (float value : tensor) {
       upper[(Float.floatToRawIntBits(value) & 0x7FFFFFFF) >>> 16]++;
@@ -145,8 +150,8 @@ public final class TaskTensors {
       upperBucket--;
     }
     int[] lower = new int[1 << 16];
-    for (float value : tensor) {
-      int bits = Float.floatToRawIntBits(value) & 0x7FFFFFFF;
+    for (int i = vectorized ? VectorTies.countBucket(tensor, upperBucket, lower) : 0; i < tensor.length; i++) {
+      int bits = Float.floatToRawIntBits(tensor[i]) & 0x7FFFFFFF;
       if (bits >>> 16 == upperBucket) {
         lower[bits & 0xFFFF]++;
       }

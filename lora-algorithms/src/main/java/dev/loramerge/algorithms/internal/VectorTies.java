@@ -2,6 +2,7 @@ package dev.loramerge.algorithms.internal;
 
 import jdk.incubator.vector.DoubleVector;
 import jdk.incubator.vector.FloatVector;
+import jdk.incubator.vector.IntVector;
 import jdk.incubator.vector.VectorMask;
 import jdk.incubator.vector.VectorOperators;
 import jdk.incubator.vector.VectorShape;
@@ -19,12 +20,38 @@ final class VectorTies {
   private static final VectorSpecies<Double> DOUBLES = DoubleVector.SPECIES_PREFERRED;
   private static final VectorSpecies<Float> FLOATS =
       VectorSpecies.of(float.class, VectorShape.forBitSize(DOUBLES.vectorBitSize() / 2));
+  private static final VectorSpecies<Integer> INTS =
+      VectorSpecies.of(int.class, VectorShape.forBitSize(DOUBLES.vectorBitSize() / 2));
 
   private VectorTies() {}
 
   /** Whether vectors hold at least 4 doubles here (AVX2 or wider). */
   static boolean pays() {
     return DOUBLES.length() >= 4;
+  }
+
+  /**
+   * The radix selection's second pass over the longest prefix of whole vectors: counts the low
+   * 16 bits of each magnitude whose upper 16 bits are {@code upperBucket} into {@code lower};
+   * returns the prefix's length, for the caller to count the rest. A few hundredths of the
+   * entries fall in the bucket, so most vectors have none and cost one comparison.
+   */
+  static int countBucket(float[] tensor, int upperBucket, int[] lower) {
+    int lanes = FLOATS.length();
+    int whole = tensor.length - tensor.length % lanes;
+    IntVector bucket = IntVector.broadcast(INTS, upperBucket);
+    for (int i = 0; i < whole; i += lanes) {
+      IntVector upper = FloatVector.fromArray(FLOATS, tensor, i).reinterpretAsInts().lanewise(VectorOperators.AND, 0x7FFFFFFF).lanewise(VectorOperators.LSHR, 16);
+      if (upper.compare(VectorOperators.EQ, bucket).anyTrue()) {
+        for (int j = i; j < i + lanes; j++) {
+          int bits = Float.floatToRawIntBits(tensor[j]) & 0x7FFFFFFF;
+          if (bits >>> 16 == upperBucket) {
+            lower[bits & 0xFFFF]++;
+          }
+        }
+      }
+    }
+    return whole;
   }
 
   /**

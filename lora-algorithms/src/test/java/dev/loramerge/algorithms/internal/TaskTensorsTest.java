@@ -23,9 +23,11 @@ class TaskTensorsTest {
       }
       Arrays.sort(magnitudes);
       int k = 1 + random.nextInt(n);
-      assertThat(TaskTensors.kthLargestMagnitude(values, k))
-          .as("trial %d: %d-th largest of %d", trial, k, n)
-          .isEqualTo(magnitudes[n - k]);
+      for (boolean vectorized : new boolean[] {false, true}) {
+        assertThat(TaskTensors.kthLargestMagnitude(values, k, vectorized))
+            .as("trial %d: %d-th largest of %d, vectorized %s", trial, k, n, vectorized)
+            .isEqualTo(magnitudes[n - k]);
+      }
     }
   }
 
