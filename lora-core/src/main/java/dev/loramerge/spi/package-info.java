@@ -6,6 +6,9 @@
  * work element by element can take the factors as float32 values instead ({@link
  * dev.loramerge.spi.ModuleInput#downValues()}) and return values ({@link
  * dev.loramerge.spi.ModuleUpdate#factored(float[], float[], int)}): the merger then rounds them in
- * Java, and a merge that makes no array never starts the engine.
+ * Java, and a merge that makes no array never starts the engine. Methods on full updates take
+ * them as values too ({@link dev.loramerge.spi.ModuleInput#deltaValues()}, computed in Java with
+ * the Vector API when the JVM has it) and return {@link
+ * dev.loramerge.spi.ModuleUpdate#dense(float[], int)}.
  */
 package dev.loramerge.spi;
