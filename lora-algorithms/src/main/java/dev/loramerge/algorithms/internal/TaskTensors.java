@@ -150,12 +150,7 @@ public final class TaskTensors {
       upperBucket--;
     }
     int[] lower = new int[1 << 16];
-    for (int i = vectorized ? VectorTies.countBucket(tensor, upperBucket, lower) : 0; i < tensor.length; i++) {
-      int bits = Float.floatToRawIntBits(tensor[i]) & 0x7FFFFFFF;
-      if (bits >>> 16 == upperBucket) {
-        lower[bits & 0xFFFF]++;
-      }
-    }
+    countBucket(tensor, vectorized ? VectorTies.countBucket(tensor, upperBucket, lower) : 0, tensor.length, upperBucket, lower);
     int lowerBucket = lower.length - 1;
     while (lower[lowerBucket] < remaining) {
       remaining -= lower[lowerBucket];
@@ -168,6 +163,19 @@ public final class TaskTensors {
     }
     int thresholdBits = upperBucket << 16 | lowerBucket;
     return finite ? new Selection(thresholdBits, above, lower[lowerBucket]) : new Selection(thresholdBits, -1, -1);
+  }
+
+  /**
+   * Counts the low 16 bits of each magnitude in [{@code from}, {@code to}) whose upper 16 bits
+   * are {@code upperBucket} into {@code lower}.
+   */
+  static void countBucket(float[] tensor, int from, int to, int upperBucket, int[] lower) {
+    for (int i = from; i < to; i++) {
+      int bits = Float.floatToRawIntBits(tensor[i]) & 0x7FFFFFFF;
+      if (bits >>> 16 == upperBucket) {
+        lower[bits & 0xFFFF]++;
+      }
+    }
   }
 
   /**

@@ -43,12 +43,7 @@ final class VectorTies {
     for (int i = 0; i < whole; i += lanes) {
       IntVector upper = FloatVector.fromArray(FLOATS, tensor, i).reinterpretAsInts().lanewise(VectorOperators.AND, 0x7FFFFFFF).lanewise(VectorOperators.LSHR, 16);
       if (upper.compare(VectorOperators.EQ, bucket).anyTrue()) {
-        for (int j = i; j < i + lanes; j++) {
-          int bits = Float.floatToRawIntBits(tensor[j]) & 0x7FFFFFFF;
-          if (bits >>> 16 == upperBucket) {
-            lower[bits & 0xFFFF]++;
-          }
-        }
+        TaskTensors.countBucket(tensor, i, i + lanes, upperBucket, lower);
       }
     }
     return whole;
