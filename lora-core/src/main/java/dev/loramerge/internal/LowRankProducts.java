@@ -24,7 +24,8 @@ public final class LowRankProducts {
   /**
    * s·B·A in a new row-major m×n array: entry (i, j) is Σₖ bᵢₖ·aₖⱼ accumulated with one fused
    * multiply-add per k in increasing order from 0, then multiplied by s in float32 (PEFT's (B·A)·s;
-   * MKL's single-threaded kernels accumulate in the same order, which the tests do not rely on).
+   * libtorch's MKL product gave the same bits on the SDXL benchmark's shapes, which the tests do
+   * not rely on).
    * Needs {@link #VECTOR_API}.
    *
    * @param up B, m×r row-major
