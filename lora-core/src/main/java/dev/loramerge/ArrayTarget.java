@@ -4,6 +4,7 @@ import ai.djl.Device;
 import ai.djl.ndarray.NDArray;
 import com.google.common.collect.ImmutableMap;
 import dev.loramerge.internal.Fusion;
+import dev.loramerge.internal.NdArrays;
 import java.nio.ByteBuffer;
 import java.util.ArrayList;
 import java.util.HashMap;
@@ -15,7 +16,7 @@ import java.util.Optional;
  * NDArrays updated in place, with a ledger that makes every fuse undoable bit for bit.
  *
  * <p>The first fuse that touches a weight keeps a copy of its original values in a native array
- * beside it (a libtorch clone: no Java heap, no garbage collection). Undoing a fuse recomputes
+ * beside it (a libtorch array: no Java heap, no garbage collection). Undoing a fuse recomputes
  * each weight it touched from that original, re-applying the fuses still active in the order
  * they were made; fuses are deterministic, so the result is exactly what fusing only the
  * remaining updates would have given, and the original itself once none is left.
@@ -65,7 +66,7 @@ final class ArrayTarget implements WeightTarget {
       for (String name : names) {
         NDArray array = arrays.get(name);
         if (!originals.containsKey(name)) {
-          originals.put(name, array.duplicate());
+          originals.put(name, copyOf(name, array));
           capturedNow.add(name);
         }
         touched.add(name);
@@ -146,29 +147,47 @@ final class ArrayTarget implements WeightTarget {
   }
 
   /**
+   * A copy of {@code array} in a new array of its manager. Where both views write through, the
+   * bytes are copied in Java: libtorch's clone runs on its OpenMP threads, whose spinning
+   * afterwards takes a core from the fuse that follows.
+   */
+  private NDArray copyOf(String name, NDArray array) {
+    if (!writesThrough(name, array)) {
+      return array.duplicate();
+    }
+    NDArray copy = array.getManager().create(array.getShape(), array.getDataType());
+    if (!viewWritesThrough(copy)) {
+      copy.close();
+      return array.duplicate();
+    }
+    NdArrays.copyInParallel(array.toByteBuffer(true), copy.toByteBuffer(true));
+    return copy;
+  }
+
+  private boolean writesThrough(String name, NDArray array) {
+    return writesThrough.computeIfAbsent(name, unused -> viewWritesThrough(array));
+  }
+
+  /**
    * Whether writing into {@code array.toByteBuffer(true)} changes the array itself. DJL gives a
    * view of the array's own storage for CPU arrays laid out contiguously and a copy otherwise (a
    * new array, once per weight here), and says not which; one byte written and read back through
    * a second view tells.
    */
-  private boolean writesThrough(String name, NDArray array) {
-    return writesThrough.computeIfAbsent(
-        name,
-        unused -> {
-          if (!array.getDevice().equals(Device.cpu()) || array.size() == 0) {
-            return false;
-          }
-          ByteBuffer memory = array.toByteBuffer(true);
-          ByteBuffer second = array.toByteBuffer(true);
-          if (!memory.isDirect()) {
-            return false;
-          }
-          byte saved = memory.get(0);
-          memory.put(0, (byte) ~saved);
-          boolean shared = second.get(0) != saved;
-          memory.put(0, saved);
-          return shared;
-        });
+  private static boolean viewWritesThrough(NDArray array) {
+    if (!array.getDevice().equals(Device.cpu()) || array.size() == 0) {
+      return false;
+    }
+    ByteBuffer memory = array.toByteBuffer(true);
+    ByteBuffer second = array.toByteBuffer(true);
+    if (!memory.isDirect()) {
+      return false;
+    }
+    byte saved = memory.get(0);
+    memory.put(0, (byte) ~saved);
+    boolean shared = second.get(0) != saved;
+    memory.put(0, saved);
+    return shared;
   }
 
   @Override

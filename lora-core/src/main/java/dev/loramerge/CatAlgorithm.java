@@ -5,10 +5,12 @@ import ai.djl.ndarray.NDArrays;
 import ai.djl.ndarray.NDList;
 import com.google.common.collect.ImmutableList;
 import com.google.common.collect.ImmutableMap;
+import com.google.common.primitives.Doubles;
 import com.google.common.primitives.Floats;
 import dev.loramerge.spi.ModuleInput;
 import dev.loramerge.spi.ModuleMerge;
 import dev.loramerge.spi.ModuleUpdate;
+import java.util.List;
 
 /** {@link MergeAlgorithm#cat()}: concatenation along the rank, exact. */
 final class CatAlgorithm implements MergeAlgorithm {
@@ -67,6 +69,32 @@ final class CatAlgorithm implements MergeAlgorithm {
       downs[i] = input.downValues();
     }
     return ModuleUpdate.factored(up, downs.length == 1 ? downs[0] : Floats.concat(downs), rank);
+  }
+
+  /**
+   * The cat of {@code modules} in float64, up then down, row-major: each B times its coefficient
+   * (one rounding, as libtorch multiplies a float64 tensor by a scalar), side by side; the A's
+   * stacked. The values the arrays path gives in float64, without a native call.
+   */
+  static double[][] doubleFactors(List<LoraModule> modules, double[] coefficients) {
+    int rank = modules.stream().mapToInt(LoraModule::rank).sum();
+    int rows = Math.toIntExact(modules.get(0).outFeatures());
+    double[] up = new double[Math.multiplyExact(rows, rank)];
+    double[][] downs = new double[modules.size()][];
+    int column = 0;
+    for (int i = 0; i < modules.size(); i++) {
+      LoraModule module = modules.get(i);
+      double[] values = module.up().toDoubleArray();
+      int moduleRank = module.rank();
+      for (int row = 0; row < rows; row++) {
+        for (int l = 0; l < moduleRank; l++) {
+          up[row * rank + column + l] = values[row * moduleRank + l] * coefficients[i];
+        }
+      }
+      column += moduleRank;
+      downs[i] = module.down().toDoubleArray();
+    }
+    return new double[][] {up, downs.length == 1 ? downs[0] : Doubles.concat(downs)};
   }
 
   @Override

@@ -331,13 +331,39 @@ public final class LoraMerger {
       ModuleKey key = modules.get(name);
       checkArgument(key != null, "this update does not change weight '%s'", name);
       String label = String.format(Locale.ROOT, "module '%s' (weight '%s')", key, name);
-      DataType computeType = algorithm.exactInFloat64() ? DataType.FLOAT64 : DataType.FLOAT32;
-      try (NDManager manager = NDManager.newBaseManager()) {
-        NDArray[] factors = mergedFactors(() -> manager, buffers, key, computeType).orElseThrow().arrays(manager);
-        NDArray up = prunedFactor(factors[0].toType(computeType, false)).toType(DataType.FLOAT64, false).mul(factor);
-        NDArray down = prunedFactor(factors[1].toType(computeType, false)).toType(DataType.FLOAT64, false);
-        Fusion.fuse(manager, weight, info.dtype(), info.shape(), up, down, into, dtype, label);
+      try (LazyManager manager = new LazyManager(NDManager::newBaseManager)) {
+        double[][] factors = fusedFactors(manager, key);
+        for (int i = 0; i < factors[0].length; i++) {
+          factors[0][i] *= factor;
+        }
+        int rank = factors[0].length / Math.toIntExact(info.shape()[0]);
+        Fusion.fuse(manager, weight, info.dtype(), info.shape(), factors[0], factors[1], rank, into, dtype, label);
       }
+    }
+
+    /**
+     * The merged factors of {@code key}'s module in float64 (up, then down). A cat with no pruning,
+     * the default, is built here in Java, where libtorch would make a handful of small arrays per
+     * weight: each wakes libtorch's OpenMP worker, which then spins for milliseconds on a core the
+     * Java fusion needs.
+     */
+    private double[][] fusedFactors(LazyManager manager, ModuleKey key) {
+      if (algorithm != CatAlgorithm.INSTANCE || prune.isPresent()) {
+        DataType computeType = algorithm.exactInFloat64() ? DataType.FLOAT64 : DataType.FLOAT32;
+        NDArray[] factors = mergedFactors(manager, buffers, key, computeType).orElseThrow().arrays(manager.get());
+        return new double[][] {
+          prunedFactor(factors[0].toType(computeType, false)).toType(DataType.FLOAT64, false).toDoubleArray(),
+          prunedFactor(factors[1].toType(computeType, false)).toType(DataType.FLOAT64, false).toDoubleArray()
+        };
+      }
+      List<Input> present = presentIndices(key).stream().map(inputs::get).toList();
+      checkShapes(key, present);
+      List<LoraModule> modules = present.stream().map(input -> input.adapter().modules().get(key)).toList();
+      double[] coefficients = present.stream().mapToDouble(input -> input.weight(key)).toArray();
+      for (int i = 0; i < coefficients.length; i++) {
+        coefficients[i] *= modules.get(i).scale();
+      }
+      return CatAlgorithm.doubleFactors(modules, coefficients);
     }
 
     @Override
@@ -428,15 +454,8 @@ public final class LoraMerger {
    */
   private Optional<Merged> mergedFactors(
       Supplier<NDManager> manager, DenseBuffers buffers, ModuleKey key, DataType computeType) {
-    List<Input> present = new ArrayList<>();
-    List<Integer> indices = new ArrayList<>();
-    for (int i = 0; i < inputs.size(); i++) {
-      Input input = inputs.get(i);
-      if (input.weight(key) != 0 && input.adapter().modules().containsKey(key)) {
-        present.add(input);
-        indices.add(i);
-      }
-    }
+    List<Integer> indices = presentIndices(key);
+    List<Input> present = indices.stream().map(inputs::get).toList();
     if (present.isEmpty()) {
       return Optional.empty();
     }
@@ -577,6 +596,18 @@ public final class LoraMerger {
               key, factor, tensor.getDouble(index), index, tensor.dtype().safetensorsName(),
               java.util.Arrays.toString(tensor.shape())));
     }
+  }
+
+  /** The indices of the inputs that have a module for {@code key} and a weight other than 0 on it. */
+  private List<Integer> presentIndices(ModuleKey key) {
+    List<Integer> indices = new ArrayList<>();
+    for (int i = 0; i < inputs.size(); i++) {
+      Input input = inputs.get(i);
+      if (input.weight(key) != 0 && input.adapter().modules().containsKey(key)) {
+        indices.add(i);
+      }
+    }
+    return indices;
   }
 
   private void checkShapes(ModuleKey key, List<Input> present) {

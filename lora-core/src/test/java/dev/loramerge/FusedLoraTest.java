@@ -206,10 +206,10 @@ class FusedLoraTest {
       ByteBuffer weight = ByteBuffer.allocate(4).order(ByteOrder.LITTLE_ENDIAN);
       weight.putShort(0, FloatFormats.toFloat16(1)).putShort(2, FloatFormats.toFloat16(-1));
       double bump = Math.scalb(1.0, -11) + Math.scalb(1.0, -30);
-      NDArray up = manager.create(new double[] {bump, -bump}, new Shape(2, 1));
-      NDArray down = manager.create(new double[] {1}, new Shape(1, 1));
       ByteBuffer fused = ByteBuffer.allocate(4).order(ByteOrder.LITTLE_ENDIAN);
-      Fusion.fuse(manager, weight, DType.F16, new long[] {2, 1}, up, down, fused, DType.F16, "test");
+      Fusion.fuse(
+          () -> manager, weight, DType.F16, new long[] {2, 1}, new double[] {bump, -bump}, new double[] {1}, 1, fused,
+          DType.F16, "test");
       assertThat(fused.getShort(0)).isEqualTo(FloatFormats.toFloat16(1 + bump));
       assertThat(fused.getShort(2)).isEqualTo(FloatFormats.toFloat16(-1 - bump));
       assertThat(FloatFormats.toFloat16(1 + bump)).isNotEqualTo(FloatFormats.toFloat16(1.0));

@@ -57,10 +57,28 @@ class TensorDataTest {
       TensorData fromFloats = TensorData.ofFloats(values, dtype, 64, 64);
       assertThat(fromFloats).as("%s from floats", dtype).isEqualTo(TensorData.ofDoubles(exact, dtype, 64, 64));
       float[] widened = fromFloats.toFloatArray();
-      double[] reference = fromFloats.toDoubleArray();
+      double[] wide = fromFloats.toDoubleArray();
       for (int i = 0; i < widened.length; i++) {
-        assertThat(Float.valueOf(widened[i])).as("%s element %d (NaN equal to NaN)", dtype, i).isEqualTo(Float.valueOf((float) reference[i]));
+        double reference = decode(fromFloats.bytes(), dtype, i);
+        assertThat(Double.valueOf(wide[i])).as("%s element %d as double (NaN equal to NaN)", dtype, i).isEqualTo(Double.valueOf(reference));
+        assertThat(Float.valueOf(widened[i])).as("%s element %d as float", dtype, i).isEqualTo(Float.valueOf((float) reference));
       }
+    }
+  }
+
+  /** Element {@code i} of little-endian {@code bytes}, decoded on its own from its bits. */
+  private static double decode(ByteBuffer bytes, DType dtype, int i) {
+    switch (dtype) {
+      case F64:
+        return bytes.getDouble(i * 8);
+      case F32:
+        return bytes.getFloat(i * 4);
+      case F16:
+        return dev.loramerge.internal.FloatFormats.fromFloat16(bytes.getShort(i * 2));
+      case BF16:
+        return dev.loramerge.internal.FloatFormats.fromBFloat16(bytes.getShort(i * 2));
+      default:
+        throw new AssertionError(dtype);
     }
   }
 

@@ -1,5 +1,7 @@
 package dev.loramerge.internal;
 
+import static com.google.common.base.Preconditions.checkArgument;
+
 import ai.djl.ndarray.NDArray;
 import ai.djl.ndarray.NDManager;
 import ai.djl.ndarray.types.DataType;
@@ -11,6 +13,7 @@ import java.nio.ByteOrder;
 import java.nio.ShortBuffer;
 import java.util.Arrays;
 import java.util.Locale;
+import java.util.function.Supplier;
 
 /**
  * The arithmetic of fusing: {@code W' = W + up·down}, computed in float64 and rounded once to
@@ -38,36 +41,46 @@ public final class Fusion {
   /**
    * Writes {@code weight + up·down}, rounded once from the float64 sum to {@code dtype}, into
    * {@code into} (little-endian, from its position). {@code weight} holds little-endian bytes of
-   * {@code weightType} in the given shape; {@code up} is m×r and {@code down} is r×(numel/m), both
-   * float64. {@code into} may be {@code weight} when the types are equally wide; after a failure
-   * its contents are unspecified.
+   * {@code weightType} in the given shape; {@code up} is m×r and {@code down} is r×(numel/m),
+   * row-major float64 values, which are not modified. {@code into} may be {@code weight} when the
+   * types are equally wide; after a failure its contents are unspecified.
+   *
+   * <p>fp16 and bf16 weights are fused in Java without a native call ({@link NarrowFusion}, with
+   * the Vector API); the others in libtorch, in arrays of {@code manager}, which is asked for only
+   * then.
    *
    * @throws LoraMergeException naming {@code label} when a result is NaN, infinite or beyond the
    *     dtype's range
    */
   public static void fuse(
-      NDManager manager,
+      Supplier<NDManager> manager,
       ByteBuffer weight,
       DType weightType,
       long[] shape,
-      NDArray up,
-      NDArray down,
+      double[] up,
+      double[] down,
+      int rank,
       ByteBuffer into,
       DType dtype,
       String label) {
     dataTypeOf(dtype);
     long rows = shape.length == 0 ? 1 : shape[0];
-    if (NarrowFusion.handles(weightType, dtype, rows, weight.remaining() / weightType.byteSize())) {
-      NarrowFusion.fuse(manager, weight, weightType, rows, up, down, into, dtype, label);
+    long numel = weight.remaining() / weightType.byteSize();
+    checkArgument(
+        rank > 0 && up.length == rows * rank && (long) down.length * rows == numel * rank,
+        "%s: factors of %s and %s values do not make a rank-%s update of %s elements in %s rows",
+        label, up.length, down.length, rank, numel, rows);
+    if (NarrowFusion.handles(weightType, dtype, rows, numel)) {
+      NarrowFusion.fuse(manager, weight, weightType, rows, up, down, rank, into, dtype, label);
       return;
     }
-    try (NDManager scratch = manager.newSubManager()) {
+    try (NDManager scratch = manager.get().newSubManager()) {
       NDArray base = scratch.create(computable(weight, weightType), new Shape(shape), computeTypeOf(weightType));
       // Adding the weight into the float64 product in place widens it on the fly (exactly: every
-      // fusable type fits in float64) and saves a float64 copy of the weight. The product belongs
-      // to this scratch manager, never to the caller's.
-      NDArray sum = up.matMul(down).reshape(base.getShape());
-      sum.attach(scratch);
+      // fusable type fits in float64) and saves a float64 copy of the weight.
+      NDArray sum =
+          scratch.create(up, new Shape(rows, rank)).matMul(scratch.create(down, new Shape(rank, down.length / rank)))
+              .reshape(base.getShape());
       sum.addi(base);
       ByteBuffer bytes = rounded(scratch, sum, dtype);
       bytes.order(ByteOrder.LITTLE_ENDIAN);

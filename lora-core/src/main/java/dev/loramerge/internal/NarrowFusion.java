@@ -2,7 +2,7 @@ package dev.loramerge.internal;
 
 import ai.djl.ndarray.NDArray;
 import ai.djl.ndarray.NDManager;
-import ai.djl.ndarray.types.DataType;
+import ai.djl.ndarray.types.Shape;
 import dev.loramerge.DType;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
@@ -10,6 +10,7 @@ import java.util.Arrays;
 import java.util.concurrent.ConcurrentLinkedDeque;
 import java.util.concurrent.ForkJoinPool;
 import java.util.concurrent.atomic.AtomicBoolean;
+import java.util.function.Supplier;
 import java.util.stream.IntStream;
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
@@ -35,13 +36,15 @@ import org.slf4j.LoggerFactory;
  * from the float64 factors and rounded once, as {@link Fusion} does for every element of wider
  * types.
  *
- * <p>Rows are processed in blocks small enough for the float32 product to stay in cache and for
- * the allocator to reuse its memory; blocks run in parallel. The result does not depend on the
- * number of threads: every element is determined by its own values alone.
+ * <p>Rows are processed in blocks of 256 K elements, which run in parallel. The result does not
+ * depend on the number of threads, nor on how the product is computed: every element is
+ * determined by its own values alone.
  *
  * <p>When the JVM runs with {@code --add-modules jdk.incubator.vector}, fp16 into fp16 and bf16
- * into bf16 take the fast path through {@link VectorRounding}, about ten times faster than the
- * scalar loop here; the results are the same bytes.
+ * into bf16 take the fast path: the product is computed in Java ({@link VectorProducts}) a few
+ * rows at a time and rounded by {@link VectorRounding} while it is still in cache, with no native
+ * call. That is about ten times faster than the scalar loop here, which multiplies each block in
+ * libtorch; the results are the same bytes.
  */
 final class NarrowFusion {
   private static final Logger log = LoggerFactory.getLogger(NarrowFusion.class);
@@ -55,6 +58,8 @@ final class NarrowFusion {
   private static final AtomicBoolean HINTED = new AtomicBoolean();
   /** Elements per block: the float32 product of one block is 1 MiB. */
   private static final int BLOCK_ELEMENTS = 1 << 18;
+  /** Elements per group of rows multiplied and rounded together, their product still in cache. */
+  private static final int GROUP_ELEMENTS = 1 << 14;
   private static final float UNIT_ROUNDOFF = 0x1p-24f;
   private static final float SAFETY = 1 + 0x1p-10f;
   /**
@@ -80,6 +85,10 @@ final class NarrowFusion {
   private final double[] up;
   /** {@code down} transposed, so that each recomputed element reads two contiguous rows. */
   private final double[] downByColumn;
+  /** The factors rounded to float32, which the fast path multiplies. */
+  private final float[] upSingle;
+  private final float[] downSingle;
+  /** The same in libtorch for the scalar path's products; null on the vector path. */
   private final NDArray up32;
   private final NDArray down32;
   private final float[] rowBounds;
@@ -89,17 +98,19 @@ final class NarrowFusion {
   private final String label;
 
   private NarrowFusion(
-      DType input, DType output, int rows, int cols, NDArray up, NDArray down, String label, boolean vectorized) {
+      Supplier<NDManager> manager, DType input, DType output, int rows, int cols, double[] up, double[] down, int rank, String label,
+      boolean vectorized) {
     this.input = input;
     this.output = output;
     this.rows = rows;
     this.cols = cols;
-    this.rank = Math.toIntExact(up.getShape().get(1));
-    this.up = up.toDoubleArray();
-    double[] downValues = down.toDoubleArray();
-    this.up32 = up.toType(DataType.FLOAT32, false);
-    this.down32 = down.toType(DataType.FLOAT32, false);
+    this.rank = rank;
+    this.up = up;
     this.label = label;
+    this.upSingle = toFloats(up);
+    this.downSingle = toFloats(down);
+    this.up32 = vectorized ? null : manager.get().create(upSingle, new Shape(rows, rank));
+    this.down32 = vectorized ? null : manager.get().create(downSingle, new Shape(rank, cols));
     float slack = SAFETY * (rank + 3) * UNIT_ROUNDOFF;
     this.rowBounds = new float[rows];
     for (int r = 0; r < rows; r++) {
@@ -114,7 +125,7 @@ final class NarrowFusion {
     for (int c = 0; c < cols; c++) {
       double squares = 0;
       for (int l = 0; l < rank; l++) {
-        double value = downValues[l * cols + c];
+        double value = down[l * cols + c];
         downByColumn[c * rank + l] = value;
         squares += value * value;
       }
@@ -131,6 +142,14 @@ final class NarrowFusion {
     }
   }
 
+  private static float[] toFloats(double[] values) {
+    float[] single = new float[values.length];
+    for (int i = 0; i < values.length; i++) {
+      single[i] = (float) values[i];
+    }
+    return single;
+  }
+
   /** Whether weights of {@code input} fuse here when written as {@code output}. */
   static boolean handles(DType input, DType output, long rows, long numel) {
     boolean narrowOut = output == DType.F16 || output == DType.BF16;
@@ -141,38 +160,37 @@ final class NarrowFusion {
 
   /**
    * Writes {@code weight} (bytes of {@code input}, little-endian) plus {@code up·down} (float64,
-   * m×k and k×n) into {@code into} as {@code output} bytes; {@code into} may be {@code weight}.
+   * m×k and k×n, row-major) into {@code into} as {@code output} bytes; {@code into} may be {@code
+   * weight}.
    */
   static void fuse(
-      NDManager manager, ByteBuffer weight, DType input, long rows, NDArray up, NDArray down, ByteBuffer into,
-      DType output, String label) {
+      Supplier<NDManager> manager, ByteBuffer weight, DType input, long rows, double[] up, double[] down, int rank,
+      ByteBuffer into, DType output, String label) {
     boolean vectorizable = input == output;
     if (vectorizable && !VECTOR_API && HINTED.compareAndSet(false, true)) {
       log.info("Fusing into {} is about ten times faster with the JVM option --add-modules jdk.incubator.vector", output);
     }
-    fuse(manager, weight, input, rows, up, down, into, output, label, vectorizable && VECTOR_API);
+    fuse(manager, weight, input, rows, up, down, rank, into, output, label, vectorizable && VECTOR_API);
   }
 
-  /** {@link #fuse}, with the Vector API kernel or without; {@code vectorized} needs {@link #VECTOR_API}. */
+  /** {@link #fuse}, with the Vector API kernels or without; {@code vectorized} needs {@link #VECTOR_API}. */
   static void fuse(
-      NDManager manager, ByteBuffer weight, DType input, long rows, NDArray up, NDArray down, ByteBuffer into,
-      DType output, String label, boolean vectorized) {
+      Supplier<NDManager> manager, ByteBuffer weight, DType input, long rows, double[] up, double[] down, int rank,
+      ByteBuffer into, DType output, String label, boolean vectorized) {
     int numel = weight.remaining() / input.byteSize();
     int m = Math.toIntExact(rows);
-    NarrowFusion fusion = new NarrowFusion(input, output, m, numel / m, up, down, label, vectorized);
+    NarrowFusion fusion = new NarrowFusion(manager, input, output, m, numel / m, up, down, rank, label, vectorized);
     try {
       fusion.run(manager, weight.duplicate().order(ByteOrder.LITTLE_ENDIAN), into.duplicate().order(ByteOrder.LITTLE_ENDIAN));
     } finally {
-      if (fusion.down32 != down) {
-        fusion.down32.close();
-      }
-      if (fusion.up32 != up) {
+      if (fusion.up32 != null) {
         fusion.up32.close();
+        fusion.down32.close();
       }
     }
   }
 
-  private void run(NDManager manager, ByteBuffer weight, ByteBuffer target) {
+  private void run(Supplier<NDManager> manager, ByteBuffer weight, ByteBuffer target) {
     int rowsPerBlock = Math.max(1, BLOCK_ELEMENTS / cols);
     int blocks = (rows + rowsPerBlock - 1) / rowsPerBlock;
     int tasks = Math.min(blocks, ForkJoinPool.getCommonPoolParallelism() + 1);
@@ -238,26 +256,31 @@ final class NarrowFusion {
     }
   }
 
-  private Failure fuseRows(NDManager manager, ByteBuffer weight, ByteBuffer target, int first, int last, Scratch scratch) {
+  private Failure fuseRows(Supplier<NDManager> manager, ByteBuffer weight, ByteBuffer target, int first, int last, Scratch scratch) {
     int count = (last - first) * cols;
     int offset = first * cols;
     int slowCount;
-    try (NDManager blockManager = manager.newSubManager()) {
-      // A slice of the float32 factor, not a new array from Java: DJL copies Java arrays into
-      // fresh direct buffers, which only the garbage collector frees.
-      NDArray upRows = up32.get(first + ":" + last);
-      upRows.attach(blockManager);
-      ByteBuffer delta = upRows.matMul(down32).toByteBuffer(true).order(ByteOrder.nativeOrder());
-      if (vectorBounds != null) {
-        // The vector kernels read the product where libtorch left it.
-        weight.asShortBuffer().get(offset, scratch.input, 0, count);
+    if (vectorBounds != null) {
+      weight.asShortBuffer().get(offset, scratch.input, 0, count);
+      slowCount = 0;
+      int rowsPerGroup = Math.max(2, GROUP_ELEMENTS / cols & ~1);
+      for (int row = first; row < last; row += rowsPerGroup) {
+        int groupRows = Math.min(rowsPerGroup, last - row);
+        VectorProducts.product(upSingle, row, downSingle, groupRows, rank, cols, 1, scratch.delta);
         slowCount = VectorRounding.round(
-            output == DType.F16, scratch.input, delta, scratch.bits, last - first, cols, vectorBounds, first, scratch.slow);
-      } else {
-        delta.asFloatBuffer().get(scratch.delta, 0, count);
-        readWeights(weight, offset, count, scratch);
-        slowCount = output == DType.F16 ? roundFloat16(first, last, scratch) : roundBFloat16(first, last, scratch);
+            output == DType.F16, scratch.input, (row - first) * cols, scratch.delta, scratch.bits, groupRows, cols,
+            vectorBounds, row, scratch.slow, slowCount);
       }
+    } else {
+      try (NDManager blockManager = manager.get().newSubManager()) {
+        // A slice of the float32 factor, not a new array from Java: DJL copies Java arrays into
+        // fresh direct buffers, which only the garbage collector frees.
+        NDArray upRows = up32.get(first + ":" + last);
+        upRows.attach(blockManager);
+        upRows.matMul(down32).toByteBuffer(true).order(ByteOrder.nativeOrder()).asFloatBuffer().get(scratch.delta, 0, count);
+      }
+      readWeights(weight, offset, count, scratch);
+      slowCount = output == DType.F16 ? roundFloat16(first, last, scratch) : roundBFloat16(first, last, scratch);
     }
     Failure failure = roundSlow(first, scratch, slowCount);
     target.asShortBuffer().put(offset, scratch.bits, 0, count);

@@ -22,12 +22,17 @@ final class VectorProducts {
   }
 
   static void product(float[] up, float[] down, int rows, int rank, int columns, float scale, float[] out) {
+    product(up, 0, down, rows, rank, columns, scale, out);
+  }
+
+  /** Rows {@code firstRow} to {@code firstRow + rows} of the product, written to {@code out} from 0. */
+  static void product(float[] up, int firstRow, float[] down, int rows, int rank, int columns, float scale, float[] out) {
     int row = 0;
     for (; row + 1 < rows; row += 2) {
-      rowPair(up, row * rank, down, rank, columns, scale, out, row * columns);
+      rowPair(up, (firstRow + row) * rank, down, rank, columns, scale, out, row * columns);
     }
     for (; row < rows; row++) {
-      singleRow(up, row * rank, down, rank, columns, scale, out, row * columns, 0);
+      singleRow(up, (firstRow + row) * rank, down, rank, columns, scale, out, row * columns, 0);
     }
   }
 

@@ -3,9 +3,7 @@ package dev.loramerge.internal;
 import static org.assertj.core.api.Assertions.assertThat;
 import static org.assertj.core.api.Assertions.assertThatThrownBy;
 
-import ai.djl.ndarray.NDArray;
 import ai.djl.ndarray.NDManager;
-import ai.djl.ndarray.types.Shape;
 import dev.loramerge.DType;
 import dev.loramerge.LoraMergeException;
 import java.nio.ByteBuffer;
@@ -170,11 +168,8 @@ class NarrowFusionTest {
       }
     }
     try (NDManager manager = NDManager.newBaseManager()) {
-      int rank = up.length / rows;
-      NDArray upArray = manager.create(up, new Shape(rows, rank));
-      NDArray downArray = manager.create(down, new Shape(rank, cols));
       ByteBuffer fused = input.byteSize() == 2 ? bytes : ByteBuffer.allocateDirect(weight.length * 2);
-      NarrowFusion.fuse(manager, bytes, input, rows, upArray, downArray, fused, output, "layer", vectorized);
+      NarrowFusion.fuse(() -> manager, bytes, input, rows, up, down, up.length / rows, fused, output, "layer", vectorized);
       short[] result = new short[weight.length];
       fused.duplicate().order(ByteOrder.LITTLE_ENDIAN).asShortBuffer().get(result);
       return result;

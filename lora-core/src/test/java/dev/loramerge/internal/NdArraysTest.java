@@ -1,11 +1,13 @@
 package dev.loramerge.internal;
 
 import static org.assertj.core.api.Assertions.assertThat;
+import static org.assertj.core.api.Assertions.assertThatThrownBy;
 
 import ai.djl.ndarray.NDArray;
 import ai.djl.ndarray.NDManager;
 import ai.djl.ndarray.types.DataType;
 import ai.djl.ndarray.types.Shape;
+import java.nio.ByteBuffer;
 import java.util.Random;
 import org.junit.jupiter.api.Test;
 
@@ -42,5 +44,36 @@ class NdArraysTest {
           .as("float64 values are rounded to float32")
           .containsExactly(values);
     }
+  }
+
+  @Test
+  void copyInParallelCopiesEveryChunkBetweenThePositions() {
+    // Three 4 MiB chunks and a ragged end, between buffers whose positions are not 0.
+    int length = 3 * (1 << 22) + 12345;
+    ByteBuffer source = ByteBuffer.allocateDirect(length + 7);
+    Random random = new Random(11);
+    for (int i = 0; i < source.capacity(); i++) {
+      source.put(i, (byte) random.nextInt());
+    }
+    source.position(7);
+    ByteBuffer target = ByteBuffer.allocateDirect(length + 20);
+    target.position(13);
+    NdArrays.copyInParallel(source, target);
+    assertThat(source.position()).as("source position").isEqualTo(7);
+    assertThat(target.position()).as("target position").isEqualTo(13);
+    for (int i = 0; i < length; i++) {
+      if (target.get(13 + i) != source.get(7 + i)) {
+        throw new AssertionError("byte " + i + " differs: " + target.get(13 + i) + " for " + source.get(7 + i));
+      }
+    }
+    assertThat(target.get(13 + length)).as("the byte after the copy is untouched").isZero();
+    assertThat(target.get(12)).as("the byte before the copy is untouched").isZero();
+  }
+
+  @Test
+  void copyInParallelRejectsATargetTooSmall() {
+    assertThatThrownBy(() -> NdArrays.copyInParallel(ByteBuffer.allocate(10), ByteBuffer.allocate(9)))
+        .isInstanceOf(IllegalArgumentException.class)
+        .hasMessageContaining("10 bytes");
   }
 }
