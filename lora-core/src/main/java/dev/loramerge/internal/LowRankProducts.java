@@ -38,7 +38,8 @@ public final class LowRankProducts {
     int rows = up.length / rank;
     int columns = down.length / rank;
     float[] product = new float[Math.multiplyExact(rows, columns)];
-    VectorProducts.product(up, down, rows, rank, columns, (float) scale, product);
+    VectorProducts.product(
+        up, 0, rows, down, VectorProducts.panels(down, rank, columns), rank, columns, (float) scale, product);
     return product;
   }
 }

@@ -88,6 +88,8 @@ final class NarrowFusion {
   /** The factors rounded to float32, which the fast path multiplies. */
   private final float[] upSingle;
   private final float[] downSingle;
+  /** {@code downSingle} laid out for {@link VectorProducts}; null on the scalar path. */
+  private final float[] downPanels;
   /** The same in libtorch for the scalar path's products; null on the vector path. */
   private final NDArray up32;
   private final NDArray down32;
@@ -109,6 +111,7 @@ final class NarrowFusion {
     this.label = label;
     this.upSingle = toFloats(up);
     this.downSingle = toFloats(down);
+    this.downPanels = vectorized ? VectorProducts.panels(downSingle, rank, cols) : null;
     this.up32 = vectorized ? null : manager.get().create(upSingle, new Shape(rows, rank));
     this.down32 = vectorized ? null : manager.get().create(downSingle, new Shape(rank, cols));
     float slack = SAFETY * (rank + 3) * UNIT_ROUNDOFF;
@@ -257,31 +260,41 @@ final class NarrowFusion {
   }
 
   private Failure fuseRows(Supplier<NDManager> manager, ByteBuffer weight, ByteBuffer target, int first, int last, Scratch scratch) {
+    if (vectorBounds == null) {
+      return fuseBlock(manager, weight, target, first, last, scratch);
+    }
+    // A few rows at a time, so that the weights, the product and the result stay in cache from
+    // the product to the write.
+    int rowsPerGroup = Math.max(2, GROUP_ELEMENTS / cols & ~1);
+    for (int row = first; row < last; row += rowsPerGroup) {
+      int groupRows = Math.min(rowsPerGroup, last - row);
+      int count = groupRows * cols;
+      weight.asShortBuffer().get(row * cols, scratch.input, 0, count);
+      VectorProducts.product(upSingle, row, groupRows, downSingle, downPanels, rank, cols, 1, scratch.delta);
+      int slowCount = VectorRounding.round(
+          output == DType.F16, scratch.input, scratch.delta, scratch.bits, groupRows, cols, vectorBounds, row, scratch.slow);
+      Failure failure = roundSlow(row, scratch, slowCount);
+      if (failure != null) {
+        return failure;
+      }
+      target.asShortBuffer().put(row * cols, scratch.bits, 0, count);
+    }
+    return null;
+  }
+
+  /** The scalar path: a block multiplied in libtorch, then rounded. */
+  private Failure fuseBlock(Supplier<NDManager> manager, ByteBuffer weight, ByteBuffer target, int first, int last, Scratch scratch) {
     int count = (last - first) * cols;
     int offset = first * cols;
-    int slowCount;
-    if (vectorBounds != null) {
-      weight.asShortBuffer().get(offset, scratch.input, 0, count);
-      slowCount = 0;
-      int rowsPerGroup = Math.max(2, GROUP_ELEMENTS / cols & ~1);
-      for (int row = first; row < last; row += rowsPerGroup) {
-        int groupRows = Math.min(rowsPerGroup, last - row);
-        VectorProducts.product(upSingle, row, downSingle, groupRows, rank, cols, 1, scratch.delta);
-        slowCount = VectorRounding.round(
-            output == DType.F16, scratch.input, (row - first) * cols, scratch.delta, scratch.bits, groupRows, cols,
-            vectorBounds, row, scratch.slow, slowCount);
-      }
-    } else {
-      try (NDManager blockManager = manager.get().newSubManager()) {
-        // A slice of the float32 factor, not a new array from Java: DJL copies Java arrays into
-        // fresh direct buffers, which only the garbage collector frees.
-        NDArray upRows = up32.get(first + ":" + last);
-        upRows.attach(blockManager);
-        upRows.matMul(down32).toByteBuffer(true).order(ByteOrder.nativeOrder()).asFloatBuffer().get(scratch.delta, 0, count);
-      }
-      readWeights(weight, offset, count, scratch);
-      slowCount = output == DType.F16 ? roundFloat16(first, last, scratch) : roundBFloat16(first, last, scratch);
+    try (NDManager blockManager = manager.get().newSubManager()) {
+      // A slice of the float32 factor, not a new array from Java: DJL copies Java arrays into
+      // fresh direct buffers, which only the garbage collector frees.
+      NDArray upRows = up32.get(first + ":" + last);
+      upRows.attach(blockManager);
+      upRows.matMul(down32).toByteBuffer(true).order(ByteOrder.nativeOrder()).asFloatBuffer().get(scratch.delta, 0, count);
     }
+    readWeights(weight, offset, count, scratch);
+    int slowCount = output == DType.F16 ? roundFloat16(first, last, scratch) : roundBFloat16(first, last, scratch);
     Failure failure = roundSlow(first, scratch, slowCount);
     target.asShortBuffer().put(offset, scratch.bits, 0, count);
     return failure;

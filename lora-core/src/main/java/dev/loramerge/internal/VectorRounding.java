@@ -45,22 +45,21 @@ final class VectorRounding {
   }
 
   /**
-   * Rounds {@code weights + delta} ({@code rows × cols} row-major from {@code base} in {@code
-   * weights} and {@code out}, from 0 in {@code delta}: fp16 bits, or bf16 bits when not {@code
-   * float16}, and float32) to bits of the same type in {@code out}.
-   * Every element gets its fast-path result; the indices (in {@code out}) of the elements whose
-   * result must come from float64 instead are written, in order, to {@code slow} from {@code
-   * slowCount}, and the new count is returned.
+   * Rounds {@code weights + delta} ({@code rows × cols} row-major: fp16 bits, or bf16 bits when
+   * not {@code float16}, and float32) to bits of the same type in {@code out}.
+   * Every element gets its fast-path result; the indices of the elements whose result must come
+   * from float64 instead are written, in order, to {@code slow}, and their count is returned.
    * {@code bounds[firstRow + r]} is row r's absolute error bound of the float32 update.
    */
   static int round(
-      boolean float16, short[] weights, int base, float[] delta, short[] out, int rows, int cols, float[] bounds,
-      int firstRow, int[] slow, int slowCount) {
+      boolean float16, short[] weights, float[] delta, short[] out, int rows, int cols, float[] bounds, int firstRow,
+      int[] slow) {
+    int slowCount = 0;
     for (int r = 0; r < rows; r++) {
       float bound = bounds[firstRow + r];
       slowCount = float16
-          ? float16Row(weights, base + r * cols, delta, r * cols, out, cols, bound, slow, slowCount)
-          : bfloat16Row(weights, base + r * cols, delta, r * cols, out, cols, bound, slow, slowCount);
+          ? float16Row(weights, delta, out, r * cols, cols, bound, slow, slowCount)
+          : bfloat16Row(weights, delta, out, r * cols, cols, bound, slow, slowCount);
     }
     return slowCount;
   }
@@ -71,8 +70,7 @@ final class VectorRounding {
    * OR-ing lane bits ({@code VectorMask.toLong} allocates on JDK 17) and listed without a call,
    * which would box the vectors live across it.
    */
-  private static int float16Row(
-      short[] weights, int base, float[] delta, int deltaBase, short[] out, int cols, float rowBound, int[] slow, int slowCount) {
+  private static int float16Row(short[] weights, float[] delta, short[] out, int base, int cols, float rowBound, int[] slow, int slowCount) {
     int lanes = FLOATS.length();
     int vectorCols = cols - cols % lanes;
     FloatVector bound = FloatVector.broadcast(FLOATS, rowBound);
@@ -85,7 +83,7 @@ final class VectorRounding {
       // subnormals included; fp16 infinities and NaN do not, and go to float64.
       IntVector weightBits = halfMagnitude.lanewise(VectorOperators.LSHL, 13).reinterpretAsFloats().mul(0x1p112f)
           .reinterpretAsInts().or(half.and(0x8000).lanewise(VectorOperators.LSHL, 16));
-      IntVector raw = weightBits.reinterpretAsFloats().add(FloatVector.fromArray(FLOATS, delta, deltaBase + c)).reinterpretAsInts();
+      IntVector raw = weightBits.reinterpretAsFloats().add(FloatVector.fromArray(FLOATS, delta, i)).reinterpretAsInts();
       IntVector magnitude = raw.and(0x7FFFFFFF);
       IntVector dropped = magnitude.and(0x1FFF);
       IntVector margin = dropped.sub(0x1000).abs().min(dropped.add(0x800));
@@ -112,8 +110,7 @@ final class VectorRounding {
   }
 
   /** {@link #float16Row} for bf16. */
-  private static int bfloat16Row(
-      short[] weights, int base, float[] delta, int deltaBase, short[] out, int cols, float rowBound, int[] slow, int slowCount) {
+  private static int bfloat16Row(short[] weights, float[] delta, short[] out, int base, int cols, float rowBound, int[] slow, int slowCount) {
     int lanes = FLOATS.length();
     int vectorCols = cols - cols % lanes;
     FloatVector bound = FloatVector.broadcast(FLOATS, rowBound);
@@ -122,7 +119,7 @@ final class VectorRounding {
       int i = base + c;
       IntVector weightBits = ((IntVector) ShortVector.fromArray(SHORTS, weights, i).convertShape(VectorOperators.S2I, INTS, 0))
           .lanewise(VectorOperators.LSHL, 16);
-      IntVector raw = weightBits.reinterpretAsFloats().add(FloatVector.fromArray(FLOATS, delta, deltaBase + c)).reinterpretAsInts();
+      IntVector raw = weightBits.reinterpretAsFloats().add(FloatVector.fromArray(FLOATS, delta, i)).reinterpretAsInts();
       IntVector magnitude = raw.and(0x7FFFFFFF);
       IntVector dropped = magnitude.and(0xFFFF);
       IntVector margin = dropped.sub(0x8000).abs().min(dropped.add(0x4000));

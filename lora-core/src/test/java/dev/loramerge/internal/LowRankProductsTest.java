@@ -15,8 +15,11 @@ class LowRankProductsTest {
   @Test
   void eachEntryIsTheInOrderFusedSumTimesTheScale() {
     SplittableRandom random = new SplittableRandom(11);
-    // Columns cover whole blocks of four vectors, single vectors after them, and scalar tails.
-    int[][] shapes = {{1, 1, 1}, {3, 4, 7}, {5, 32, 64}, {7, 32, 80}, {9, 8, 131}, {17, 16, 1280}, {2, 33, 2880}};
+    // Columns cover whole panels of four vectors, single vectors after them, and scalar tails;
+    // rows cover odd counts and more than one block of rows.
+    int[][] shapes = {
+      {1, 1, 1}, {3, 4, 7}, {5, 32, 64}, {7, 32, 80}, {9, 8, 131}, {17, 16, 1280}, {2, 33, 2880}, {131, 32, 200}
+    };
     for (int[] shape : shapes) {
       int rows = shape[0];
       int rank = shape[1];
