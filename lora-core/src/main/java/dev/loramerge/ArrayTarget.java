@@ -11,6 +11,12 @@ import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.Optional;
+import java.util.Set;
+import java.util.concurrent.ConcurrentHashMap;
+import java.util.concurrent.ForkJoinPool;
+import java.util.concurrent.atomic.AtomicInteger;
+import java.util.stream.Collectors;
+import java.util.stream.IntStream;
 
 /**
  * NDArrays updated in place, with a ledger that makes every fuse undoable bit for bit.
@@ -29,7 +35,7 @@ final class ArrayTarget implements WeightTarget {
   private final ImmutableMap<String, WeightInfo> weights;
   private final Map<String, NDArray> originals = new HashMap<>();
   private final List<WeightUpdate> active = new ArrayList<>();
-  private final Map<String, Boolean> writesThrough = new HashMap<>();
+  private final Map<String, Boolean> writesThrough = new ConcurrentHashMap<>();
 
   ArrayTarget(ImmutableMap<String, NDArray> arrays) {
     this.arrays = arrays;
@@ -54,37 +60,60 @@ final class ArrayTarget implements WeightTarget {
     return weights;
   }
 
+  /**
+   * Applies {@code update} to its weights, as many at a time as the common pool has threads plus
+   * one: each weight's own preparation (its factors, the float64 bounds) is serial, and on a
+   * weight at a time the other threads waited for it. Each weight is computed by itself, so the
+   * bytes do not depend on the order; a failure is reported for the first failing weight in
+   * order, as one at a time would.
+   */
   @Override
   public synchronized Optional<Restorer> apply(WeightUpdate update) {
     List<String> names = new ArrayList<>(update.names());
     names.removeIf(name -> !weights.containsKey(name));
-    List<String> capturedNow = new ArrayList<>();
-    List<String> touched = new ArrayList<>();
+    Set<String> uncaptured = names.stream().filter(name -> !originals.containsKey(name)).collect(Collectors.toSet());
+    Map<String, NDArray> capturedNow = new ConcurrentHashMap<>();
+    Set<String> touched = ConcurrentHashMap.newKeySet();
     long total = names.stream().mapToLong(name -> weights.get(name).byteSize()).sum();
-    long done = 0;
-    try {
-      for (String name : names) {
-        NDArray array = arrays.get(name);
-        if (!originals.containsKey(name)) {
-          originals.put(name, copyOf(name, array));
-          capturedNow.add(name);
-        }
-        touched.add(name);
-        write(name, List.of(update), Optional.empty());
-        done += weights.get(name).byteSize();
-        update.progress(done, total);
-      }
-    } catch (RuntimeException e) {
+    long[] done = {0};
+    AtomicInteger next = new AtomicInteger();
+    RuntimeException[] failures = new RuntimeException[names.size()];
+    AtomicInteger firstFailure = new AtomicInteger(names.size());
+    IntStream.range(0, Math.min(names.size(), ForkJoinPool.getCommonPoolParallelism() + 1))
+        .parallel()
+        .forEach(
+            task -> {
+              // Weights after a failed one are left; those before it are all taken already.
+              for (int index = next.getAndIncrement(); index < firstFailure.get(); index = next.getAndIncrement()) {
+                String name = names.get(index);
+                try {
+                  if (uncaptured.contains(name)) {
+                    capturedNow.put(name, copyOf(name, arrays.get(name)));
+                  }
+                  touched.add(name);
+                  write(name, List.of(update), Optional.empty());
+                  synchronized (done) {
+                    done[0] += weights.get(name).byteSize();
+                    update.progress(done[0], total);
+                  }
+                } catch (RuntimeException e) {
+                  failures[index] = e;
+                  firstFailure.accumulateAndGet(index, Math::min);
+                }
+              }
+            });
+    originals.putAll(capturedNow);
+    if (firstFailure.get() < names.size()) {
       for (String name : touched) {
         rebuild(name);
       }
-      for (String name : capturedNow) {
+      for (String name : capturedNow.keySet()) {
         NDArray original = originals.remove(name);
         if (original != null) {
           original.close();
         }
       }
-      throw e;
+      throw failures[firstFailure.get()];
     }
     active.add(update);
     return Optional.of(() -> restore(update, names));
