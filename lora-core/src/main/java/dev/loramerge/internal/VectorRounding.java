@@ -1,5 +1,7 @@
 package dev.loramerge.internal;
 
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
 import jdk.incubator.vector.FloatVector;
 import jdk.incubator.vector.IntVector;
 import jdk.incubator.vector.ShortVector;
@@ -46,20 +48,21 @@ final class VectorRounding {
 
   /**
    * Rounds {@code weights + delta} ({@code rows × cols} row-major: fp16 bits, or bf16 bits when
-   * not {@code float16}, and float32) to bits of the same type in {@code out}.
+   * not {@code float16}, and float32) to bits of the same type, written little-endian into {@code
+   * out} from element {@code outStart}.
    * Every element gets its fast-path result; the indices of the elements whose result must come
    * from float64 instead are written, in order, to {@code slow}, and their count is returned.
    * {@code bounds[firstRow + r]} is row r's absolute error bound of the float32 update.
    */
   static int round(
-      boolean float16, short[] weights, float[] delta, short[] out, int rows, int cols, float[] bounds, int firstRow,
-      int[] slow) {
+      boolean float16, short[] weights, float[] delta, ByteBuffer out, int outStart, int rows, int cols, float[] bounds,
+      int firstRow, int[] slow) {
     int slowCount = 0;
     for (int r = 0; r < rows; r++) {
       float bound = bounds[firstRow + r];
       slowCount = float16
-          ? float16Row(weights, delta, out, r * cols, cols, bound, slow, slowCount)
-          : bfloat16Row(weights, delta, out, r * cols, cols, bound, slow, slowCount);
+          ? float16Row(weights, delta, out, outStart, r * cols, cols, bound, slow, slowCount)
+          : bfloat16Row(weights, delta, out, outStart, r * cols, cols, bound, slow, slowCount);
     }
     return slowCount;
   }
@@ -70,7 +73,9 @@ final class VectorRounding {
    * OR-ing lane bits ({@code VectorMask.toLong} allocates on JDK 17) and listed without a call,
    * which would box the vectors live across it.
    */
-  private static int float16Row(short[] weights, float[] delta, short[] out, int base, int cols, float rowBound, int[] slow, int slowCount) {
+  private static int float16Row(
+      short[] weights, float[] delta, ByteBuffer out, int outStart, int base, int cols, float rowBound, int[] slow,
+      int slowCount) {
     int lanes = FLOATS.length();
     int vectorCols = cols - cols % lanes;
     FloatVector bound = FloatVector.broadcast(FLOATS, rowBound);
@@ -90,7 +95,8 @@ final class VectorRounding {
       IntVector rounded = raw.lanewise(VectorOperators.LSHR, 16).and(0x8000)
           .or(magnitude.sub(0x38000000 - 0xFFF).add(magnitude.lanewise(VectorOperators.LSHR, 13).and(1))
               .lanewise(VectorOperators.LSHR, 13));
-      ((ShortVector) rounded.convertShape(VectorOperators.I2S, SHORTS, 0)).intoArray(out, i);
+      ((ShortVector) rounded.convertShape(VectorOperators.I2S, SHORTS, 0))
+          .intoByteBuffer(out, (outStart + i) * Short.BYTES, ByteOrder.LITTLE_ENDIAN);
       VectorMask<Integer> fast = clearOfBoundary(margin, magnitude, bound)
           .and(magnitude.compare(VectorOperators.GE, 113 << 23))
           .and(magnitude.compare(VectorOperators.LT, 142 << 23))
@@ -110,7 +116,9 @@ final class VectorRounding {
   }
 
   /** {@link #float16Row} for bf16. */
-  private static int bfloat16Row(short[] weights, float[] delta, short[] out, int base, int cols, float rowBound, int[] slow, int slowCount) {
+  private static int bfloat16Row(
+      short[] weights, float[] delta, ByteBuffer out, int outStart, int base, int cols, float rowBound, int[] slow,
+      int slowCount) {
     int lanes = FLOATS.length();
     int vectorCols = cols - cols % lanes;
     FloatVector bound = FloatVector.broadcast(FLOATS, rowBound);
@@ -124,7 +132,8 @@ final class VectorRounding {
       IntVector dropped = magnitude.and(0xFFFF);
       IntVector margin = dropped.sub(0x8000).abs().min(dropped.add(0x4000));
       IntVector rounded = raw.add(raw.lanewise(VectorOperators.LSHR, 16).and(1).add(0x7FFF)).lanewise(VectorOperators.LSHR, 16);
-      ((ShortVector) rounded.convertShape(VectorOperators.I2S, SHORTS, 0)).intoArray(out, i);
+      ((ShortVector) rounded.convertShape(VectorOperators.I2S, SHORTS, 0))
+          .intoByteBuffer(out, (outStart + i) * Short.BYTES, ByteOrder.LITTLE_ENDIAN);
       // Infinite and NaN weights make infinite or NaN sums, outside the range tested here.
       VectorMask<Integer> fast = clearOfBoundary(margin, magnitude, bound)
           .and(magnitude.compare(VectorOperators.GE, 24 << 23))
