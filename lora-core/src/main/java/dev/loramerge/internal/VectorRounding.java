@@ -2,6 +2,7 @@ package dev.loramerge.internal;
 
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
+import jdk.incubator.vector.DoubleVector;
 import jdk.incubator.vector.FloatVector;
 import jdk.incubator.vector.IntVector;
 import jdk.incubator.vector.ShortVector;
@@ -31,6 +32,7 @@ import jdk.incubator.vector.VectorSpecies;
 final class VectorRounding {
   private static final VectorSpecies<Float> FLOATS = FloatVector.SPECIES_PREFERRED;
   private static final VectorSpecies<Integer> INTS = IntVector.SPECIES_PREFERRED;
+  private static final VectorSpecies<Double> DOUBLES = DoubleVector.SPECIES_256;
   private static final VectorSpecies<Short> SHORTS =
       VectorSpecies.of(short.class, VectorShape.forBitSize(FLOATS.vectorBitSize() / 2));
   /** The scalar test's 1 + 2⁻¹⁰ rounded up to a value that {@code margin − it} keeps exact. */
@@ -150,6 +152,25 @@ final class VectorRounding {
       slow[slowCount++] = base + c;
     }
     return slowCount;
+  }
+
+  /**
+   * Σ {@code a[from + l]·b[bFrom + l]} over l &lt; {@code length} in float64, with the very
+   * operations of {@link NarrowFusion}'s scalar loop: four partial sums, term l into sum l mod 4
+   * (a multiplication and an addition each, not fused), the terms after the last four into sum 0,
+   * then (s₀ + s₁) + (s₂ + s₃). The four sums are the lanes of one 256-bit vector.
+   */
+  static double dot(double[] a, int from, double[] b, int bFrom, int length) {
+    DoubleVector sums = DoubleVector.zero(DOUBLES);
+    int l = 0;
+    for (; l + 3 < length; l += 4) {
+      sums = sums.add(DoubleVector.fromArray(DOUBLES, a, from + l).mul(DoubleVector.fromArray(DOUBLES, b, bFrom + l)));
+    }
+    double s0 = sums.lane(0);
+    for (; l < length; l++) {
+      s0 += a[from + l] * b[bFrom + l];
+    }
+    return (s0 + sums.lane(1)) + (sums.lane(2) + sums.lane(3));
   }
 
   /**

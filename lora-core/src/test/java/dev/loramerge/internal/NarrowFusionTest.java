@@ -138,6 +138,29 @@ class NarrowFusionTest {
   }
 
   @Test
+  void theVectorDotProductAddsInTheScalarLoopsOrder() {
+    SplittableRandom random = new SplittableRandom(21);
+    for (int length : new int[] {1, 3, 4, 5, 8, 31, 32, 33, 64, 67}) {
+      // Magnitudes spread over 2⁻²⁰…2²⁰, so that another order of additions rounds differently.
+      double[] a = new double[length + 2];
+      double[] b = new double[length + 5];
+      for (int i = 0; i < a.length; i++) {
+        a[i] = random.nextGaussian() * Math.scalb(1.0, random.nextInt(-20, 20));
+      }
+      for (int i = 0; i < b.length; i++) {
+        b[i] = random.nextGaussian() * Math.scalb(1.0, random.nextInt(-20, 20));
+      }
+      double[] sums = new double[4];
+      for (int l = 0; l < length; l++) {
+        int lane = l < length - length % 4 ? l % 4 : 0;
+        sums[lane] += a[2 + l] * b[5 + l];
+      }
+      double expected = (sums[0] + sums[1]) + (sums[2] + sums[3]);
+      assertThat(VectorRounding.dot(a, 2, b, 5, length)).as("length %d", length).isEqualTo(expected);
+    }
+  }
+
+  @Test
   void overflowNamesTheElement() {
     double[] weight = {1, 65504, 2};
     assertThatThrownBy(() -> fuse(DType.F16, DType.F16, weight, new double[] {1, 1, 1}, new double[] {100}, 3, 1))
