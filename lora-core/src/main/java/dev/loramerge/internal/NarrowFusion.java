@@ -6,7 +6,6 @@ import ai.djl.ndarray.types.Shape;
 import dev.loramerge.DType;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
-import java.nio.ShortBuffer;
 import java.util.Arrays;
 import java.util.concurrent.ConcurrentLinkedDeque;
 import java.util.concurrent.ForkJoinPool;
@@ -264,7 +263,6 @@ final class NarrowFusion {
     if (vectorBounds == null) {
       return fuseBlock(manager, weight, target, first, last, scratch);
     }
-    ShortBuffer targetHalves = target.asShortBuffer();
     // A few rows at a time, so that the weights, the product and the result stay in cache from
     // the product to the write.
     int rowsPerGroup = Math.max(2, GROUP_ELEMENTS / cols & ~1);
@@ -273,15 +271,13 @@ final class NarrowFusion {
       int count = groupRows * cols;
       weight.asShortBuffer().get(row * cols, scratch.input, 0, count);
       VectorProducts.product(upSingle, row, groupRows, downSingle, downPanels, rank, cols, 1, scratch.delta);
-      // Written straight into the target: the weights the float64 recomputation needs are in
-      // scratch.input.
       int slowCount = VectorRounding.round(
-          output == DType.F16, scratch.input, scratch.delta, target, row * cols, groupRows, cols, vectorBounds, row,
-          scratch.slow);
-      Failure failure = roundSlow(row, scratch, slowCount, targetHalves, row * cols);
+          output == DType.F16, scratch.input, scratch.delta, scratch.bits, groupRows, cols, vectorBounds, row, scratch.slow);
+      Failure failure = roundSlow(row, scratch, slowCount);
       if (failure != null) {
         return failure;
       }
+      target.asShortBuffer().put(row * cols, scratch.bits, 0, count);
     }
     return null;
   }
@@ -299,7 +295,7 @@ final class NarrowFusion {
     }
     readWeights(weight, offset, count, scratch);
     int slowCount = output == DType.F16 ? roundFloat16(first, last, scratch) : roundBFloat16(first, last, scratch);
-    Failure failure = roundSlow(first, scratch, slowCount, ShortBuffer.wrap(scratch.bits), 0);
+    Failure failure = roundSlow(first, scratch, slowCount);
     target.asShortBuffer().put(offset, scratch.bits, 0, count);
     return failure;
   }
@@ -389,11 +385,12 @@ final class NarrowFusion {
   }
 
   /**
-   * Recomputes the listed elements in float64, rounds them once and puts them into {@code into}
-   * at {@code intoStart} plus their index; returns the first that is beyond the output's range.
+   * Recomputes the listed elements in float64 and rounds them once; returns the first that is
+   * beyond the output's range.
    */
-  private Failure roundSlow(int first, Scratch scratch, int slowCount, ShortBuffer into, int intoStart) {
+  private Failure roundSlow(int first, Scratch scratch, int slowCount) {
     int[] slow = scratch.slow;
+    short[] bits = scratch.bits;
     boolean half = output == DType.F16;
     int exponentMask = half ? 0x7C00 : 0x7F80;
     // The indices ascend: the row is found by stepping, not by dividing.
@@ -411,7 +408,7 @@ final class NarrowFusion {
       if ((rounded & exponentMask) == exponentMask) {
         return new Failure((long) row * cols + c, exact);
       }
-      into.put(intoStart + i, rounded);
+      bits[i] = rounded;
     }
     return null;
   }

@@ -1,7 +1,5 @@
 package dev.loramerge.internal;
 
-import java.nio.ByteBuffer;
-import java.nio.ByteOrder;
 import jdk.incubator.vector.DoubleVector;
 import jdk.incubator.vector.FloatVector;
 import jdk.incubator.vector.IntVector;
@@ -50,21 +48,22 @@ final class VectorRounding {
 
   /**
    * Rounds {@code weights + delta} ({@code rows × cols} row-major: fp16 bits, or bf16 bits when
-   * not {@code float16}, and float32) to bits of the same type, written little-endian into {@code
-   * out} from element {@code outStart}.
+   * not {@code float16}, and float32) to bits of the same type in {@code out}. The kernels read and
+   * write Java arrays only: a vector store into a ByteBuffer compiled into boxed vectors once the
+   * process had also stored vectors into heap buffers (a merge before the fuse), four times slower.
    * Every element gets its fast-path result; the indices of the elements whose result must come
    * from float64 instead are written, in order, to {@code slow}, and their count is returned.
    * {@code bounds[firstRow + r]} is row r's absolute error bound of the float32 update.
    */
   static int round(
-      boolean float16, short[] weights, float[] delta, ByteBuffer out, int outStart, int rows, int cols, float[] bounds,
-      int firstRow, int[] slow) {
+      boolean float16, short[] weights, float[] delta, short[] out, int rows, int cols, float[] bounds, int firstRow,
+      int[] slow) {
     int slowCount = 0;
     for (int r = 0; r < rows; r++) {
       float bound = bounds[firstRow + r];
       slowCount = float16
-          ? float16Row(weights, delta, out, outStart, r * cols, cols, bound, slow, slowCount)
-          : bfloat16Row(weights, delta, out, outStart, r * cols, cols, bound, slow, slowCount);
+          ? float16Row(weights, delta, out, r * cols, cols, bound, slow, slowCount)
+          : bfloat16Row(weights, delta, out, r * cols, cols, bound, slow, slowCount);
     }
     return slowCount;
   }
@@ -75,9 +74,7 @@ final class VectorRounding {
    * OR-ing lane bits ({@code VectorMask.toLong} allocates on JDK 17) and listed without a call,
    * which would box the vectors live across it.
    */
-  private static int float16Row(
-      short[] weights, float[] delta, ByteBuffer out, int outStart, int base, int cols, float rowBound, int[] slow,
-      int slowCount) {
+  private static int float16Row(short[] weights, float[] delta, short[] out, int base, int cols, float rowBound, int[] slow, int slowCount) {
     int lanes = FLOATS.length();
     int vectorCols = cols - cols % lanes;
     FloatVector bound = FloatVector.broadcast(FLOATS, rowBound);
@@ -97,9 +94,15 @@ final class VectorRounding {
       IntVector rounded = raw.lanewise(VectorOperators.LSHR, 16).and(0x8000)
           .or(magnitude.sub(0x38000000 - 0xFFF).add(magnitude.lanewise(VectorOperators.LSHR, 13).and(1))
               .lanewise(VectorOperators.LSHR, 13));
-      ((ShortVector) rounded.convertShape(VectorOperators.I2S, SHORTS, 0))
-          .intoByteBuffer(out, (outStart + i) * Short.BYTES, ByteOrder.LITTLE_ENDIAN);
-      VectorMask<Integer> fast = clearOfBoundary(margin, magnitude, bound)
+      ((ShortVector) rounded.convertShape(VectorOperators.I2S, SHORTS, 0)).intoArray(out, i);
+      // Clear of the boundary when margin ulps exceed the bound plus the slack: margin | 2²³ read
+      // as a float is 2²³ + margin (JDK 17 does not compile int-to-float conversion into vector
+      // code), and the ulp of a sum with exponent field E ≥ 24 is the normal float with field
+      // E − 23. Written out here, not in a method: a method taking vectors that C2 compiles on its
+      // own before this loop is too big to inline, and every vector crossing the call is boxed.
+      FloatVector marginUlps = margin.or(0x4B000000).reinterpretAsFloats().sub(0x1p23f).sub(MARGIN_SLACK);
+      FloatVector ulp = magnitude.and(0x7F800000).sub(23 << 23).reinterpretAsFloats();
+      VectorMask<Integer> fast = marginUlps.mul(ulp).compare(VectorOperators.GT, bound).cast(INTS)
           .and(magnitude.compare(VectorOperators.GE, 113 << 23))
           .and(magnitude.compare(VectorOperators.LT, 142 << 23))
           .and(halfMagnitude.compare(VectorOperators.LT, 0x7C00));
@@ -118,9 +121,7 @@ final class VectorRounding {
   }
 
   /** {@link #float16Row} for bf16. */
-  private static int bfloat16Row(
-      short[] weights, float[] delta, ByteBuffer out, int outStart, int base, int cols, float rowBound, int[] slow,
-      int slowCount) {
+  private static int bfloat16Row(short[] weights, float[] delta, short[] out, int base, int cols, float rowBound, int[] slow, int slowCount) {
     int lanes = FLOATS.length();
     int vectorCols = cols - cols % lanes;
     FloatVector bound = FloatVector.broadcast(FLOATS, rowBound);
@@ -134,10 +135,12 @@ final class VectorRounding {
       IntVector dropped = magnitude.and(0xFFFF);
       IntVector margin = dropped.sub(0x8000).abs().min(dropped.add(0x4000));
       IntVector rounded = raw.add(raw.lanewise(VectorOperators.LSHR, 16).and(1).add(0x7FFF)).lanewise(VectorOperators.LSHR, 16);
-      ((ShortVector) rounded.convertShape(VectorOperators.I2S, SHORTS, 0))
-          .intoByteBuffer(out, (outStart + i) * Short.BYTES, ByteOrder.LITTLE_ENDIAN);
+      ((ShortVector) rounded.convertShape(VectorOperators.I2S, SHORTS, 0)).intoArray(out, i);
       // Infinite and NaN weights make infinite or NaN sums, outside the range tested here.
-      VectorMask<Integer> fast = clearOfBoundary(margin, magnitude, bound)
+      // The boundary test of float16Row, written out here for the same reason.
+      FloatVector marginUlps = margin.or(0x4B000000).reinterpretAsFloats().sub(0x1p23f).sub(MARGIN_SLACK);
+      FloatVector ulp = magnitude.and(0x7F800000).sub(23 << 23).reinterpretAsFloats();
+      VectorMask<Integer> fast = marginUlps.mul(ulp).compare(VectorOperators.GT, bound).cast(INTS)
           .and(magnitude.compare(VectorOperators.GE, 24 << 23))
           .and(magnitude.compare(VectorOperators.LT, 254 << 23));
       if (!fast.allTrue()) {
@@ -171,17 +174,5 @@ final class VectorRounding {
       s0 += a[from + l] * b[bFrom + l];
     }
     return (s0 + sums.lane(1)) + (sums.lane(2) + sums.lane(3));
-  }
-
-  /**
-   * Whether {@code margin} ulps of each sum exceed {@code bound} plus the slack. {@code margin | 2²³}
-   * read as a float is {@code 2²³ + margin}, a conversion without the int-to-float conversion that
-   * JDK 17 does not compile into vector code; the ulp of a sum with exponent field E ≥ 24 is the
-   * normal float with exponent field E − 23.
-   */
-  private static VectorMask<Integer> clearOfBoundary(IntVector margin, IntVector magnitude, FloatVector bound) {
-    FloatVector marginUlps = margin.or(0x4B000000).reinterpretAsFloats().sub(0x1p23f).sub(MARGIN_SLACK);
-    FloatVector ulp = magnitude.and(0x7F800000).sub(23 << 23).reinterpretAsFloats();
-    return marginUlps.mul(ulp).compare(VectorOperators.GT, bound).cast(INTS);
   }
 }
