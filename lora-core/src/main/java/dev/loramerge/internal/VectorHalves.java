@@ -66,11 +66,12 @@ final class VectorHalves {
       IntVector magnitude = half.and(0x7fff);
       // The magnitude's bits in float position read as 2⁻¹¹² times the value, subnormals
       // included; fp16's all-ones exponent becomes float's, keeping the mantissa (infinity, NaN).
-      IntVector finite = magnitude.lanewise(VectorOperators.LSHL, 13).reinterpretAsFloats().mul(0x1p112f).reinterpretAsInts();
+      FloatVector scaled = ((FloatVector) magnitude.lanewise(VectorOperators.LSHL, 13).reinterpretShape(FLOATS, 0)).mul(0x1p112f);
+      IntVector finite = (IntVector) scaled.reinterpretShape(INTS, 0);
       IntVector special = magnitude.lanewise(VectorOperators.LSHL, 13).or(0x7f800000);
       IntVector bits = finite.blend(special, magnitude.compare(VectorOperators.GE, 0x7c00))
           .or(half.and(0x8000).lanewise(VectorOperators.LSHL, 16));
-      bits.reinterpretAsFloats().intoArray(out, i);
+      ((FloatVector) bits.reinterpretShape(FLOATS, 0)).intoArray(out, i);
     }
     return done;
   }
@@ -82,7 +83,7 @@ final class VectorHalves {
     for (int i = 0; i < done; i += lanes) {
       IntVector bits = ((IntVector) ShortVector.fromByteBuffer(SHORTS, in, i * 2, ByteOrder.LITTLE_ENDIAN)
           .convertShape(VectorOperators.S2I, INTS, 0)).lanewise(VectorOperators.LSHL, 16);
-      bits.reinterpretAsFloats().intoArray(out, i);
+      ((FloatVector) bits.reinterpretShape(FLOATS, 0)).intoArray(out, i);
     }
     return done;
   }
@@ -97,11 +98,11 @@ final class VectorHalves {
     int done = count - count % lanes;
     FloatVector half = FloatVector.broadcast(FLOATS, 0.5f);
     for (int i = 0; i < done; i += lanes) {
-      IntVector bits = FloatVector.fromArray(FLOATS, in, i).reinterpretAsInts();
+      IntVector bits = (IntVector) FloatVector.fromArray(FLOATS, in, i).reinterpretShape(INTS, 0);
       IntVector magnitude = bits.and(0x7fffffff);
       IntVector normal = magnitude.sub((112 << 23) - 0xfff).add(magnitude.lanewise(VectorOperators.LSHR, 13).and(1))
           .lanewise(VectorOperators.LSHR, 13);
-      IntVector subnormal = magnitude.reinterpretAsFloats().add(half).reinterpretAsInts().sub(0x3f000000);
+      IntVector subnormal = ((IntVector) ((FloatVector) magnitude.reinterpretShape(FLOATS, 0)).add(half).reinterpretShape(INTS, 0)).sub(0x3f000000);
       VectorMask<Integer> isNormal = magnitude.compare(VectorOperators.GE, 0x38800000);
       IntVector rounded = subnormal.blend(normal, isNormal)
           .blend(IntVector.broadcast(INTS, 0x7c00), magnitude.compare(VectorOperators.GE, 0x477ff000))
@@ -120,7 +121,7 @@ final class VectorHalves {
     int lanes = FLOATS.length();
     int done = count - count % lanes;
     for (int i = 0; i < done; i += lanes) {
-      IntVector bits = FloatVector.fromArray(FLOATS, in, i).reinterpretAsInts();
+      IntVector bits = (IntVector) FloatVector.fromArray(FLOATS, in, i).reinterpretShape(INTS, 0);
       IntVector rounded = bits.add(bits.lanewise(VectorOperators.LSHR, 16).and(1).add(0x7fff))
           .lanewise(VectorOperators.LSHR, 16);
       IntVector quietNaN = bits.lanewise(VectorOperators.LSHR, 16).and(0x8000).or(0x7fc0);

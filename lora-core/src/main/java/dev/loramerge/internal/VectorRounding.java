@@ -23,6 +23,13 @@ import jdk.incubator.vector.VectorSpecies;
  * scalar test's {@code 1 + 2⁻¹⁰}: an element may go to float64 here and not there, which changes
  * nothing in the result.
  *
+ * <p>Bits are reinterpreted with {@code reinterpretShape} and this class's species, never with
+ * {@code reinterpretAsInts()} or {@code reinterpretAsFloats()}: those look the target species up
+ * by lane type, a lookup C2 folds to a constant only while the process has used one vector shape.
+ * Once a merge had run vectors of other shapes (TIES' float-to-double kernel), the lookup stayed a
+ * branch, the reinterpretation fell back to Java and every vector after it was boxed: a fuse took
+ * two and a half times as long. {@link VectorHalves} and the TIES kernel follow the same rule.
+ *
  * <p>Referencing this class needs the module {@code jdk.incubator.vector} in the boot layer
  * ({@code --add-modules jdk.incubator.vector}); {@link NarrowFusion} loads it only then, and uses
  * it only where {@link #pays}.
@@ -85,9 +92,10 @@ final class VectorRounding {
       IntVector halfMagnitude = half.and(0x7FFF);
       // The fp16 magnitude's bits shifted into float32 position read as 2¹¹² times its value,
       // subnormals included; fp16 infinities and NaN do not, and go to float64.
-      IntVector weightBits = halfMagnitude.lanewise(VectorOperators.LSHL, 13).reinterpretAsFloats().mul(0x1p112f)
-          .reinterpretAsInts().or(half.and(0x8000).lanewise(VectorOperators.LSHL, 16));
-      IntVector raw = weightBits.reinterpretAsFloats().add(FloatVector.fromArray(FLOATS, delta, i)).reinterpretAsInts();
+      FloatVector scaledWeight = ((FloatVector) halfMagnitude.lanewise(VectorOperators.LSHL, 13).reinterpretShape(FLOATS, 0)).mul(0x1p112f);
+      IntVector weightBits = ((IntVector) scaledWeight.reinterpretShape(INTS, 0)).or(half.and(0x8000).lanewise(VectorOperators.LSHL, 16));
+      IntVector raw = (IntVector) ((FloatVector) weightBits.reinterpretShape(FLOATS, 0)).add(FloatVector.fromArray(FLOATS, delta, i))
+          .reinterpretShape(INTS, 0);
       IntVector magnitude = raw.and(0x7FFFFFFF);
       IntVector dropped = magnitude.and(0x1FFF);
       IntVector margin = dropped.sub(0x1000).abs().min(dropped.add(0x800));
@@ -100,8 +108,8 @@ final class VectorRounding {
       // code), and the ulp of a sum with exponent field E ≥ 24 is the normal float with field
       // E − 23. Written out here, not in a method: a method taking vectors that C2 compiles on its
       // own before this loop is too big to inline, and every vector crossing the call is boxed.
-      FloatVector marginUlps = margin.or(0x4B000000).reinterpretAsFloats().sub(0x1p23f).sub(MARGIN_SLACK);
-      FloatVector ulp = magnitude.and(0x7F800000).sub(23 << 23).reinterpretAsFloats();
+      FloatVector marginUlps = ((FloatVector) margin.or(0x4B000000).reinterpretShape(FLOATS, 0)).sub(0x1p23f).sub(MARGIN_SLACK);
+      FloatVector ulp = (FloatVector) magnitude.and(0x7F800000).sub(23 << 23).reinterpretShape(FLOATS, 0);
       VectorMask<Integer> fast = marginUlps.mul(ulp).compare(VectorOperators.GT, bound).cast(INTS)
           .and(magnitude.compare(VectorOperators.GE, 113 << 23))
           .and(magnitude.compare(VectorOperators.LT, 142 << 23))
@@ -130,7 +138,8 @@ final class VectorRounding {
       int i = base + c;
       IntVector weightBits = ((IntVector) ShortVector.fromArray(SHORTS, weights, i).convertShape(VectorOperators.S2I, INTS, 0))
           .lanewise(VectorOperators.LSHL, 16);
-      IntVector raw = weightBits.reinterpretAsFloats().add(FloatVector.fromArray(FLOATS, delta, i)).reinterpretAsInts();
+      IntVector raw = (IntVector) ((FloatVector) weightBits.reinterpretShape(FLOATS, 0)).add(FloatVector.fromArray(FLOATS, delta, i))
+          .reinterpretShape(INTS, 0);
       IntVector magnitude = raw.and(0x7FFFFFFF);
       IntVector dropped = magnitude.and(0xFFFF);
       IntVector margin = dropped.sub(0x8000).abs().min(dropped.add(0x4000));
@@ -138,8 +147,8 @@ final class VectorRounding {
       ((ShortVector) rounded.convertShape(VectorOperators.I2S, SHORTS, 0)).intoArray(out, i);
       // Infinite and NaN weights make infinite or NaN sums, outside the range tested here.
       // The boundary test of float16Row, written out here for the same reason.
-      FloatVector marginUlps = margin.or(0x4B000000).reinterpretAsFloats().sub(0x1p23f).sub(MARGIN_SLACK);
-      FloatVector ulp = magnitude.and(0x7F800000).sub(23 << 23).reinterpretAsFloats();
+      FloatVector marginUlps = ((FloatVector) margin.or(0x4B000000).reinterpretShape(FLOATS, 0)).sub(0x1p23f).sub(MARGIN_SLACK);
+      FloatVector ulp = (FloatVector) magnitude.and(0x7F800000).sub(23 << 23).reinterpretShape(FLOATS, 0);
       VectorMask<Integer> fast = marginUlps.mul(ulp).compare(VectorOperators.GT, bound).cast(INTS)
           .and(magnitude.compare(VectorOperators.GE, 24 << 23))
           .and(magnitude.compare(VectorOperators.LT, 254 << 23));

@@ -41,7 +41,7 @@ final class VectorTies {
     int whole = tensor.length - tensor.length % lanes;
     IntVector bucket = IntVector.broadcast(INTS, upperBucket);
     for (int i = 0; i < whole; i += lanes) {
-      IntVector upper = FloatVector.fromArray(FLOATS, tensor, i).reinterpretAsInts().lanewise(VectorOperators.AND, 0x7FFFFFFF).lanewise(VectorOperators.LSHR, 16);
+      IntVector upper = ((IntVector) FloatVector.fromArray(FLOATS, tensor, i).reinterpretShape(INTS, 0)).lanewise(VectorOperators.AND, 0x7FFFFFFF).lanewise(VectorOperators.LSHR, 16);
       if (upper.compare(VectorOperators.EQ, bucket).anyTrue()) {
         TaskTensors.countBucket(tensor, i, i + lanes, upperBucket, lower);
       }
