@@ -7,11 +7,9 @@ import ai.djl.ndarray.types.Shape;
 import dev.loramerge.FusedLora;
 import dev.loramerge.LoraAdapter;
 import dev.loramerge.LoraMerger;
-import dev.loramerge.LoraModule;
 import dev.loramerge.MergeAlgorithm;
 import dev.loramerge.ModuleKey;
 import dev.loramerge.TensorData;
-import dev.loramerge.UpdateNorms;
 import dev.loramerge.WeightTarget;
 import dev.loramerge.algorithms.MajoritySign;
 import dev.loramerge.algorithms.MergeMethods;
@@ -45,10 +43,12 @@ import java.util.OptionalDouble;
  * file to file ({@code merge/file}: two kohya files in, one out), the first adapter fused into the
  * fp16 base UNet file to file ({@code fuse/file}) and into its weights held as NDArrays ({@code
  * fuse/memory}). Prints median and min–max seconds, peak heap and peak process RSS per operation,
- * and for the randomized re-rankers the relative difference from the exact truncation (on 24
- * modules). Run from {@code bin/lora-bench}, it also times the whole {@code bin/lora merge} and
- * {@code bin/lora fuse} commands on the same files as child processes ({@code command/merge},
- * {@code command/fuse}: wall seconds including JVM start, and the child's peak RSS).
+ * and for the randomized re-rankers their distance from the exact truncation and how much larger
+ * their truncation error is than the optimum's ({@link ReRankError}, on 24 modules spread over
+ * the adapter, outside the timed runs). Run from {@code bin/lora-bench}, it also times the whole
+ * {@code bin/lora merge} and {@code bin/lora fuse} commands on the same files as child processes
+ * ({@code command/merge}, {@code command/fuse}: wall seconds including JVM start, and the child's
+ * peak RSS).
  *
  * <p>{@code --vs-pytorch} then runs the same in-memory operations (the PEFT methods among {@code
  * --methods}, and {@code fuse/memory}) through PEFT's arithmetic in PyTorch on the CPU ({@link
@@ -114,8 +114,11 @@ public final class BenchCommand {
         builder.rank(rank);
       }
       LoraMerger merger = builder.build();
-      OptionalDouble error =
-          algorithm.reRanks() && !method.equals("svd") ? OptionalDouble.of(randomizedError(style, subject, algorithm, rank)) : OptionalDouble.empty();
+      // svd re-ranks factors, exactly; the others re-rank dense updates by the randomized SVD.
+      Optional<ReRankError> error =
+          algorithm.reRanks() && !method.equals("svd")
+              ? Optional.of(ReRankError.measure(style, STYLE_WEIGHT, subject, SUBJECT_WEIGHT, algorithm, rank, ERROR_SAMPLE_MODULES))
+              : Optional.empty();
       table.time("merge/" + method, merger::merge, error);
     }
     Path styleFile = SdxlData.kohyaFile(cache, style, rank);
@@ -128,7 +131,7 @@ public final class BenchCommand {
       Path base = SdxlData.baseUnet(cache);
       Path fused = cache.resolve("fused.fp16.safetensors");
       LoraMerger one = LoraMerger.builder().add(LoraFiles.read(styleFile), 1.0).build();
-      table.time("fuse/file", () -> one.fuseInto(SafetensorsWeights.of(base, fused)), OptionalDouble.empty());
+      table.time("fuse/file", () -> one.fuseInto(SafetensorsWeights.of(base, fused)), Optional.empty());
       if (lora.isPresent()) {
         table.command(
             "command/fuse",
@@ -140,7 +143,7 @@ public final class BenchCommand {
         table.time(
             "fuse/memory",
             () -> one.fuseInto(unet),
-            OptionalDouble.empty(),
+            Optional.empty(),
             result -> ((FusedLora) result).unfuse());
       }
     }
@@ -194,7 +197,7 @@ public final class BenchCommand {
           LoraFiles.write(result, merged, LoraFormat.KOHYA);
           return result;
         },
-        OptionalDouble.empty());
+        Optional.empty());
     if (lora.isPresent()) {
       table.command(
           "command/merge",
@@ -249,28 +252,5 @@ public final class BenchCommand {
       }
     }
     return weights;
-  }
-
-  /**
-   * How far the randomized re-rank lands from the exact one: ‖Δ_randomized − Δ_exact‖ / ‖Δ_exact‖
-   * over the first {@value #ERROR_SAMPLE_MODULES} modules.
-   */
-  private static double randomizedError(LoraAdapter style, LoraAdapter subject, MergeAlgorithm algorithm, int rank) {
-    LoraAdapter.Builder smallStyle = LoraAdapter.builder().name("style");
-    LoraAdapter.Builder smallSubject = LoraAdapter.builder().name("subject");
-    style.modules().values().stream().limit(ERROR_SAMPLE_MODULES).forEach(smallStyle::add);
-    style.modules().keySet().stream().limit(ERROR_SAMPLE_MODULES).forEach(key -> smallSubject.add(subject.modules().get(key)));
-    LoraMerger.Builder builder =
-        LoraMerger.builder().add(smallStyle.build(), 0.7).add(smallSubject.build(), 0.5).algorithm(algorithm).rank(rank);
-    LoraAdapter randomized = builder.merge();
-    LoraAdapter exact = builder.exactSvd(true).merge();
-    double difference = 0;
-    double norm = 0;
-    for (LoraModule module : exact.modules().values()) {
-      UpdateNorms.Distance distance = UpdateNorms.distance(randomized.modules().get(module.key()), List.of(module), List.of(1.0));
-      difference += distance.difference() * distance.difference();
-      norm += distance.reference() * distance.reference();
-    }
-    return Math.sqrt(difference / norm);
   }
 }

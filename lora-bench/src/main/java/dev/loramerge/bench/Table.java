@@ -8,7 +8,7 @@ import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.List;
 import java.util.Locale;
-import java.util.OptionalDouble;
+import java.util.Optional;
 import java.util.concurrent.TimeUnit;
 import java.util.function.Consumer;
 import java.util.stream.Collectors;
@@ -25,7 +25,7 @@ final class Table {
   }
 
   /** One operation's sorted run times and peaks. */
-  record Row(String name, double[] seconds, long peakRssMb, long peakHeapMb, OptionalDouble relError) {
+  record Row(String name, double[] seconds, long peakRssMb, long peakHeapMb, Optional<ReRankError> reRankError) {
     double median() {
       return seconds[seconds.length / 2];
     }
@@ -40,15 +40,15 @@ final class Table {
     this.runs = runs;
   }
 
-  void time(String name, Operation operation, OptionalDouble relError) throws IOException {
-    time(name, operation, relError, result -> {});
+  void time(String name, Operation operation, Optional<ReRankError> reRankError) throws IOException {
+    time(name, operation, reRankError, result -> {});
   }
 
   /**
    * Runs {@code operation} once to warm up and {@code runs} times timed, each after a full
    * collection; {@code after} runs untimed after each.
    */
-  void time(String name, Operation operation, OptionalDouble relError, Consumer<Object> after) throws IOException {
+  void time(String name, Operation operation, Optional<ReRankError> reRankError, Consumer<Object> after) throws IOException {
     System.gc();
     resetPeakRss();
     after.accept(operation.run());
@@ -66,7 +66,7 @@ final class Table {
       after.accept(result);
     }
     Arrays.sort(seconds);
-    Row row = new Row(name, seconds, peakRssMb(), peakHeap, relError);
+    Row row = new Row(name, seconds, peakRssMb(), peakHeap, reRankError);
     add(row);
     System.out.println(format(row));
   }
@@ -86,7 +86,7 @@ final class Table {
       seconds[run] = (System.nanoTime() - start) / 1e9;
     }
     Arrays.sort(seconds);
-    Row row = new Row(name, seconds, peakRss, 0, OptionalDouble.empty());
+    Row row = new Row(name, seconds, peakRss, 0, Optional.empty());
     add(row);
     System.out.println(format(row));
   }
@@ -192,13 +192,16 @@ final class Table {
   }
 
   private static String header() {
-    return String.format(Locale.ROOT, "%-24s %9s %9s %9s %5s %8s %8s %10s", "operation", "median_s", "min_s", "max_s", "runs", "heap_mb", "rss_mb", "rel_error");
+    return String.format(
+        Locale.ROOT,
+        "%-24s %9s %9s %9s %5s %8s %8s %10s %12s",
+        "operation", "median_s", "min_s", "max_s", "runs", "heap_mb", "rss_mb", "rel_error", "excess_error");
   }
 
   private static String format(Row row) {
     return String.format(
         Locale.ROOT,
-        "%-24s %9.3f %9.3f %9.3f %5d %8d %8d %10s",
+        "%-24s %9.3f %9.3f %9.3f %5d %8d %8d %10s %12s",
         row.name(),
         row.median(),
         row.seconds()[0],
@@ -206,7 +209,8 @@ final class Table {
         row.seconds().length,
         row.peakHeapMb(),
         row.peakRssMb(),
-        row.relError().isPresent() ? String.format(Locale.ROOT, "%.2e", row.relError().getAsDouble()) : "");
+        row.reRankError().map(error -> String.format(Locale.ROOT, "%.2e", error.relative())).orElse(""),
+        row.reRankError().map(error -> String.format(Locale.ROOT, "%.2e", error.excess())).orElse(""));
   }
 
   String json() {
@@ -224,7 +228,9 @@ final class Table {
               row.seconds().length,
               row.peakRssMb(),
               row.peakHeapMb(),
-              row.relError().isPresent() ? String.format(Locale.ROOT, ",\"rel_error\":%.3e", row.relError().getAsDouble()) : "",
+              row.reRankError()
+                  .map(error -> String.format(Locale.ROOT, ",\"rel_error\":%.3e,\"excess_error\":%.3e", error.relative(), error.excess()))
+                  .orElse(""),
               pytorchJson(row),
               i + 1 < rows.size() ? "," : ""));
     }

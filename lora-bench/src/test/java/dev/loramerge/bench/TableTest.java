@@ -6,16 +6,16 @@ import static org.assertj.core.api.Assertions.assertThatThrownBy;
 import java.io.IOException;
 import java.util.List;
 import java.util.Map;
-import java.util.OptionalDouble;
+import java.util.Optional;
 import java.util.OptionalInt;
 import org.junit.jupiter.api.Test;
 
 class TableTest {
   private static Table javaRuns() {
     Table table = new Table(3);
-    table.add(new Table.Row("merge/cat", new double[] {0.45, 0.5, 0.6}, 900, 400, OptionalDouble.empty()));
-    table.add(new Table.Row("merge/svd", new double[] {1.5, 2.0, 2.5}, 900, 400, OptionalDouble.empty()));
-    table.add(new Table.Row("merge/file", new double[] {0.7, 0.73, 0.8}, 900, 400, OptionalDouble.empty()));
+    table.add(new Table.Row("merge/cat", new double[] {0.45, 0.5, 0.6}, 900, 400, Optional.empty()));
+    table.add(new Table.Row("merge/svd", new double[] {1.5, 2.0, 2.5}, 900, 400, Optional.empty()));
+    table.add(new Table.Row("merge/file", new double[] {0.7, 0.73, 0.8}, 900, 400, Optional.empty()));
     return table;
   }
 
