@@ -66,7 +66,15 @@ public final class BenchCommand {
 
   private BenchCommand() {}
 
+  private static final String USAGE =
+      "usage: bin/lora-bench e2e [--rank R] [--runs N] [--methods a,b] [--skip-merge] [--skip-fuse] [--cache DIR] [--json FILE]"
+          + " [--vs-pytorch [--python PATH] [--pytorch-svd-every N]]\n"
+          + "JMH kernels: java -jar lora-bench/target/benchmarks.jar";
+
   public static void main(String[] args) throws IOException {
+    if (args.length > 0 && isHelp(args[0])) {
+      help();
+    }
     if (args.length == 0 || !args[0].equals("e2e")) {
       usage(null);
     }
@@ -92,6 +100,7 @@ public final class BenchCommand {
         case "--vs-pytorch" -> vsPytorch = true;
         case "--python" -> python = value(args, ++i);
         case "--pytorch-svd-every" -> svdEvery = number(args[i], value(args, ++i));
+        case "--help", "-h" -> help();
         default -> usage("unknown option " + args[i]);
       }
     }
@@ -232,11 +241,18 @@ public final class BenchCommand {
     if (problem != null) {
       System.err.println("lora-bench: " + problem);
     }
-    System.err.println(
-        "usage: bin/lora-bench e2e [--rank R] [--runs N] [--methods a,b] [--skip-merge] [--skip-fuse] [--cache DIR] [--json FILE]"
-            + " [--vs-pytorch [--python PATH] [--pytorch-svd-every N]]");
-    System.err.println("JMH kernels: java -jar lora-bench/target/benchmarks.jar");
+    System.err.println(USAGE);
     System.exit(2);
+  }
+
+  private static boolean isHelp(String arg) {
+    return arg.equals("--help") || arg.equals("-h");
+  }
+
+  /** Prints the usage on stdout and exits with status 0: asked for, it is not an error. */
+  private static void help() {
+    System.out.println(USAGE);
+    System.exit(0);
   }
 
   /** The base weights {@code adapter} touches, as fp16 NDArrays (the rest of the UNet plays no part). */

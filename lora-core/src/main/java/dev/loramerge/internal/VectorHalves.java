@@ -2,6 +2,7 @@ package dev.loramerge.internal;
 
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
+import java.nio.ShortBuffer;
 import jdk.incubator.vector.FloatVector;
 import jdk.incubator.vector.IntVector;
 import jdk.incubator.vector.ShortVector;
@@ -20,6 +21,12 @@ import jdk.incubator.vector.VectorSpecies;
  * format and direction, each with its constants made before its loop: on JDK 17 a shared kernel
  * with format branches, or a broadcast inside a loop, is no longer compiled to vector code.
  *
+ * <p>The kernels read and write Java arrays only: buffers are copied in chunks of {@value #CHUNK}
+ * elements, in cache, to and from a short[]. Vector loads and stores on ByteBuffers are gone
+ * after JDK 17 (JDK 20 replaced them with memory segments), so with them the library failed with
+ * {@code NoSuchMethodError} on a newer JDK given the module; and on JDK 17 they compiled into
+ * boxed vectors once the process had also used vectors on heap arrays.
+ *
  * <p>Referencing this class needs the module {@code jdk.incubator.vector} in the boot layer;
  * {@link FloatFormats} loads it only then, and uses it only where {@link #pays}.
  */
@@ -30,6 +37,8 @@ final class VectorHalves {
       VectorSpecies.of(short.class, VectorShape.forBitSize(FLOATS.vectorBitSize() / 2));
 
   private static final VectorSpecies<Short> ALL_SHORTS = ShortVector.SPECIES_PREFERRED;
+  /** Elements per copy: 8 KiB of halves, a multiple of every vector length. */
+  private static final int CHUNK = 4096;
 
   private VectorHalves() {}
 
@@ -44,25 +53,48 @@ final class VectorHalves {
    * vector that has one, else the end of the whole vectors.
    */
   static int nonFiniteSearchStart(ByteBuffer in, int base, int count, short exponent) {
-    int lanes = ALL_SHORTS.length();
-    int whole = count - count % lanes;
-    ShortVector mask = ShortVector.broadcast(ALL_SHORTS, exponent);
-    for (int i = 0; i < whole; i += lanes) {
-      ShortVector bits = ShortVector.fromByteBuffer(ALL_SHORTS, in, base + i * 2, ByteOrder.LITTLE_ENDIAN);
-      if (bits.and(mask).compare(VectorOperators.EQ, mask).anyTrue()) {
-        return i;
+    int whole = count - count % ALL_SHORTS.length();
+    ShortBuffer halves = littleEndian(in, base);
+    short[] chunk = new short[Math.min(whole, CHUNK)];
+    for (int first = 0; first < whole; first += CHUNK) {
+      int length = Math.min(CHUNK, whole - first);
+      halves.get(first, chunk, 0, length);
+      int found = firstNonFiniteVector(chunk, length, exponent);
+      if (found < length) {
+        return first + found;
       }
     }
     return whole;
   }
 
+  private static int firstNonFiniteVector(short[] chunk, int length, short exponent) {
+    int lanes = ALL_SHORTS.length();
+    ShortVector mask = ShortVector.broadcast(ALL_SHORTS, exponent);
+    for (int i = 0; i < length; i += lanes) {
+      if (ShortVector.fromArray(ALL_SHORTS, chunk, i).and(mask).compare(VectorOperators.EQ, mask).anyTrue()) {
+        return i;
+      }
+    }
+    return length;
+  }
+
   /** fp16 to float32, exactly; infinities and NaN (quieted as the scalar path does) included. */
   static int widenFloat16(ByteBuffer in, float[] out, int count) {
+    int done = count - count % FLOATS.length();
+    ShortBuffer halves = littleEndian(in, 0);
+    short[] chunk = new short[Math.min(done, CHUNK)];
+    for (int first = 0; first < done; first += CHUNK) {
+      int length = Math.min(CHUNK, done - first);
+      halves.get(first, chunk, 0, length);
+      widenFloat16(chunk, length, out, first);
+    }
+    return done;
+  }
+
+  private static void widenFloat16(short[] chunk, int length, float[] out, int first) {
     int lanes = FLOATS.length();
-    int done = count - count % lanes;
-    for (int i = 0; i < done; i += lanes) {
-      IntVector half = (IntVector) ShortVector.fromByteBuffer(SHORTS, in, i * 2, ByteOrder.LITTLE_ENDIAN)
-          .convertShape(VectorOperators.S2I, INTS, 0);
+    for (int i = 0; i < length; i += lanes) {
+      IntVector half = (IntVector) ShortVector.fromArray(SHORTS, chunk, i).convertShape(VectorOperators.S2I, INTS, 0);
       IntVector magnitude = half.and(0x7fff);
       // The magnitude's bits in float position read as 2⁻¹¹² times the value, subnormals
       // included; fp16's all-ones exponent becomes float's, keeping the mantissa (infinity, NaN).
@@ -71,21 +103,30 @@ final class VectorHalves {
       IntVector special = magnitude.lanewise(VectorOperators.LSHL, 13).or(0x7f800000);
       IntVector bits = finite.blend(special, magnitude.compare(VectorOperators.GE, 0x7c00))
           .or(half.and(0x8000).lanewise(VectorOperators.LSHL, 16));
-      ((FloatVector) bits.reinterpretShape(FLOATS, 0)).intoArray(out, i);
+      ((FloatVector) bits.reinterpretShape(FLOATS, 0)).intoArray(out, first + i);
     }
-    return done;
   }
 
   /** bf16 to float32, exactly: the bits are float32's upper half. */
   static int widenBFloat16(ByteBuffer in, float[] out, int count) {
-    int lanes = FLOATS.length();
-    int done = count - count % lanes;
-    for (int i = 0; i < done; i += lanes) {
-      IntVector bits = ((IntVector) ShortVector.fromByteBuffer(SHORTS, in, i * 2, ByteOrder.LITTLE_ENDIAN)
-          .convertShape(VectorOperators.S2I, INTS, 0)).lanewise(VectorOperators.LSHL, 16);
-      ((FloatVector) bits.reinterpretShape(FLOATS, 0)).intoArray(out, i);
+    int done = count - count % FLOATS.length();
+    ShortBuffer halves = littleEndian(in, 0);
+    short[] chunk = new short[Math.min(done, CHUNK)];
+    for (int first = 0; first < done; first += CHUNK) {
+      int length = Math.min(CHUNK, done - first);
+      halves.get(first, chunk, 0, length);
+      widenBFloat16(chunk, length, out, first);
     }
     return done;
+  }
+
+  private static void widenBFloat16(short[] chunk, int length, float[] out, int first) {
+    int lanes = FLOATS.length();
+    for (int i = 0; i < length; i += lanes) {
+      IntVector bits = ((IntVector) ShortVector.fromArray(SHORTS, chunk, i).convertShape(VectorOperators.S2I, INTS, 0))
+          .lanewise(VectorOperators.LSHL, 16);
+      ((FloatVector) bits.reinterpretShape(FLOATS, 0)).intoArray(out, first + i);
+    }
   }
 
   /**
@@ -94,11 +135,22 @@ final class VectorHalves {
    * infinity, NaN to the quiet NaN 0x7e00 with the sign.
    */
   static int narrowFloat16(float[] in, ByteBuffer out, int count) {
+    int done = count - count % FLOATS.length();
+    ShortBuffer halves = littleEndian(out, 0);
+    short[] chunk = new short[Math.min(done, CHUNK)];
+    for (int first = 0; first < done; first += CHUNK) {
+      int length = Math.min(CHUNK, done - first);
+      narrowFloat16(in, first, chunk, length);
+      halves.put(first, chunk, 0, length);
+    }
+    return done;
+  }
+
+  private static void narrowFloat16(float[] in, int first, short[] chunk, int length) {
     int lanes = FLOATS.length();
-    int done = count - count % lanes;
     FloatVector half = FloatVector.broadcast(FLOATS, 0.5f);
-    for (int i = 0; i < done; i += lanes) {
-      IntVector bits = (IntVector) FloatVector.fromArray(FLOATS, in, i).reinterpretShape(INTS, 0);
+    for (int i = 0; i < length; i += lanes) {
+      IntVector bits = (IntVector) FloatVector.fromArray(FLOATS, in, first + i).reinterpretShape(INTS, 0);
       IntVector magnitude = bits.and(0x7fffffff);
       IntVector normal = magnitude.sub((112 << 23) - 0xfff).add(magnitude.lanewise(VectorOperators.LSHR, 13).and(1))
           .lanewise(VectorOperators.LSHR, 13);
@@ -108,9 +160,8 @@ final class VectorHalves {
           .blend(IntVector.broadcast(INTS, 0x7c00), magnitude.compare(VectorOperators.GE, 0x477ff000))
           .blend(IntVector.broadcast(INTS, 0x7e00), magnitude.compare(VectorOperators.GT, 0x7f800000))
           .or(bits.lanewise(VectorOperators.LSHR, 16).and(0x8000));
-      ((ShortVector) rounded.convertShape(VectorOperators.I2S, SHORTS, 0)).intoByteBuffer(out, i * 2, ByteOrder.LITTLE_ENDIAN);
+      ((ShortVector) rounded.convertShape(VectorOperators.I2S, SHORTS, 0)).intoArray(chunk, i);
     }
-    return done;
   }
 
   /**
@@ -118,16 +169,31 @@ final class VectorHalves {
    * to the quiet NaN 0x7fc0 with the sign.
    */
   static int narrowBFloat16(float[] in, ByteBuffer out, int count) {
+    int done = count - count % FLOATS.length();
+    ShortBuffer halves = littleEndian(out, 0);
+    short[] chunk = new short[Math.min(done, CHUNK)];
+    for (int first = 0; first < done; first += CHUNK) {
+      int length = Math.min(CHUNK, done - first);
+      narrowBFloat16(in, first, chunk, length);
+      halves.put(first, chunk, 0, length);
+    }
+    return done;
+  }
+
+  private static void narrowBFloat16(float[] in, int first, short[] chunk, int length) {
     int lanes = FLOATS.length();
-    int done = count - count % lanes;
-    for (int i = 0; i < done; i += lanes) {
-      IntVector bits = (IntVector) FloatVector.fromArray(FLOATS, in, i).reinterpretShape(INTS, 0);
+    for (int i = 0; i < length; i += lanes) {
+      IntVector bits = (IntVector) FloatVector.fromArray(FLOATS, in, first + i).reinterpretShape(INTS, 0);
       IntVector rounded = bits.add(bits.lanewise(VectorOperators.LSHR, 16).and(1).add(0x7fff))
           .lanewise(VectorOperators.LSHR, 16);
       IntVector quietNaN = bits.lanewise(VectorOperators.LSHR, 16).and(0x8000).or(0x7fc0);
       rounded = rounded.blend(quietNaN, bits.and(0x7fffffff).compare(VectorOperators.GT, 0x7f800000));
-      ((ShortVector) rounded.convertShape(VectorOperators.I2S, SHORTS, 0)).intoByteBuffer(out, i * 2, ByteOrder.LITTLE_ENDIAN);
+      ((ShortVector) rounded.convertShape(VectorOperators.I2S, SHORTS, 0)).intoArray(chunk, i);
     }
-    return done;
+  }
+
+  /** {@code buffer}'s little-endian halves from byte {@code base}, for absolute bulk copies. */
+  private static ShortBuffer littleEndian(ByteBuffer buffer, int base) {
+    return buffer.duplicate().clear().position(base).slice().order(ByteOrder.LITTLE_ENDIAN).asShortBuffer();
   }
 }
