@@ -35,8 +35,6 @@ final class VectorHalves {
   private static final VectorSpecies<Integer> INTS = IntVector.SPECIES_PREFERRED;
   private static final VectorSpecies<Short> SHORTS =
       VectorSpecies.of(short.class, VectorShape.forBitSize(FLOATS.vectorBitSize() / 2));
-
-  private static final VectorSpecies<Short> ALL_SHORTS = ShortVector.SPECIES_PREFERRED;
   /** Elements per copy: 8 KiB of halves, a multiple of every vector length. */
   private static final int CHUNK = 4096;
 
@@ -53,7 +51,7 @@ final class VectorHalves {
    * vector that has one, else the end of the whole vectors.
    */
   static int nonFiniteSearchStart(ByteBuffer in, int base, int count, short exponent) {
-    int whole = count - count % ALL_SHORTS.length();
+    int whole = count - count % SHORTS.length();
     ShortBuffer halves = littleEndian(in, base);
     short[] chunk = new short[Math.min(whole, CHUNK)];
     for (int first = 0; first < whole; first += CHUNK) {
@@ -68,10 +66,10 @@ final class VectorHalves {
   }
 
   private static int firstNonFiniteVector(short[] chunk, int length, short exponent) {
-    int lanes = ALL_SHORTS.length();
-    ShortVector mask = ShortVector.broadcast(ALL_SHORTS, exponent);
+    int lanes = SHORTS.length();
+    ShortVector mask = ShortVector.broadcast(SHORTS, exponent);
     for (int i = 0; i < length; i += lanes) {
-      if (ShortVector.fromArray(ALL_SHORTS, chunk, i).and(mask).compare(VectorOperators.EQ, mask).anyTrue()) {
+      if (ShortVector.fromArray(SHORTS, chunk, i).and(mask).compare(VectorOperators.EQ, mask).anyTrue()) {
         return i;
       }
     }

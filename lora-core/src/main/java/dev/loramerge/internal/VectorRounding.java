@@ -28,7 +28,10 @@ import jdk.incubator.vector.VectorSpecies;
  * by lane type, a lookup C2 folds to a constant only while the process has used one vector shape.
  * Once a merge had run vectors of other shapes (TIES' float-to-double kernel), the lookup stayed a
  * branch, the reinterpretation fell back to Java and every vector after it was boxed: a fuse took
- * two and a half times as long. {@link VectorHalves} and the TIES kernel follow the same rule.
+ * two and a half times as long. {@link VectorHalves} and the TIES kernel follow the same rule, and
+ * use the same species per lane type as this class where they can, for the same reason: vectors
+ * of another shape in the Vector API's shared methods, from a merge before the fuse, made C2 box
+ * the vectors here too.
  *
  * <p>Referencing this class needs the module {@code jdk.incubator.vector} in the boot layer
  * ({@code --add-modules jdk.incubator.vector}); {@link NarrowFusion} loads it only then, and uses

@@ -13,6 +13,14 @@ import jdk.incubator.vector.VectorSpecies;
  * Vector API: the scalar loop's float64 arithmetic lane by lane (widen, vote, mask, add in the
  * same order, halve, round to float32), so the bits are the same, about eight times faster.
  *
+ * <p>The radix pass uses the preferred float and int species, the ones the fuse kernels use
+ * ({@code VectorRounding} in lora-core); elect-and-merge needs half-width floats to widen into
+ * whole double vectors, and is the only kernel with them. On JDK 17 the Vector API's shared
+ * methods keep one profile for every shape of a lane type: once the radix pass had run 256-bit
+ * ints beside the fuse kernels' 512-bit ones, C2 compiled the fuse's rounding with boxed
+ * vectors, and an in-memory SDXL fuse after a magnitude_prune merge in the same process took
+ * 7.1–7.5 s instead of 3.7 (after ties_svd, 6.4).
+ *
  * <p>Referencing this class needs the module {@code jdk.incubator.vector} in the boot layer;
  * {@link TaskTensors} loads it only then, and uses it only where {@link #pays}.
  */
@@ -20,8 +28,8 @@ final class VectorTies {
   private static final VectorSpecies<Double> DOUBLES = DoubleVector.SPECIES_PREFERRED;
   private static final VectorSpecies<Float> FLOATS =
       VectorSpecies.of(float.class, VectorShape.forBitSize(DOUBLES.vectorBitSize() / 2));
-  private static final VectorSpecies<Integer> INTS =
-      VectorSpecies.of(int.class, VectorShape.forBitSize(DOUBLES.vectorBitSize() / 2));
+  private static final VectorSpecies<Float> ALL_FLOATS = FloatVector.SPECIES_PREFERRED;
+  private static final VectorSpecies<Integer> ALL_INTS = IntVector.SPECIES_PREFERRED;
 
   private VectorTies() {}
 
@@ -37,11 +45,11 @@ final class VectorTies {
    * entries fall in the bucket, so most vectors have none and cost one comparison.
    */
   static int countBucket(float[] tensor, int upperBucket, int[] lower) {
-    int lanes = FLOATS.length();
+    int lanes = ALL_FLOATS.length();
     int whole = tensor.length - tensor.length % lanes;
-    IntVector bucket = IntVector.broadcast(INTS, upperBucket);
+    IntVector bucket = IntVector.broadcast(ALL_INTS, upperBucket);
     for (int i = 0; i < whole; i += lanes) {
-      IntVector upper = ((IntVector) FloatVector.fromArray(FLOATS, tensor, i).reinterpretShape(INTS, 0)).lanewise(VectorOperators.AND, 0x7FFFFFFF).lanewise(VectorOperators.LSHR, 16);
+      IntVector upper = ((IntVector) FloatVector.fromArray(ALL_FLOATS, tensor, i).reinterpretShape(ALL_INTS, 0)).lanewise(VectorOperators.AND, 0x7FFFFFFF).lanewise(VectorOperators.LSHR, 16);
       if (upper.compare(VectorOperators.EQ, bucket).anyTrue()) {
         TaskTensors.countBucket(tensor, i, i + lanes, upperBucket, lower);
       }
