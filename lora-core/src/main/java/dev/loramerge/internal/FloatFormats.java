@@ -2,6 +2,7 @@ package dev.loramerge.internal;
 
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
+import java.nio.ShortBuffer;
 
 /**
  * Bit-level conversions between {@code double} and the narrow floating-point formats, each with
@@ -21,6 +22,8 @@ public final class FloatFormats {
   private static final int FLOAT16_REBIAS = 112 << 23;
   /** Every fp16 bit pattern's value: a table read is several times faster than decoding. */
   private static final float[] FLOAT16_VALUES = new float[1 << 16];
+  /** Elements per bulk copy between a buffer and a short[]: 8 KiB, a multiple of every vector length. */
+  private static final int CHUNK = 4096;
 
   static {
     for (int bits = 0; bits < FLOAT16_VALUES.length; bits++) {
@@ -104,18 +107,18 @@ public final class FloatFormats {
 
   /** {@link #widen(boolean, ByteBuffer, float[])} with or without the Vector API. */
   static void widen(boolean float16, ByteBuffer in, float[] out, boolean vectorized) {
-    int count = out.length;
-    int done = vectorized
-        ? float16 ? VectorHalves.widenFloat16(in, out, count) : VectorHalves.widenBFloat16(in, out, count)
-        : 0;
-    if (done == count) {
-      return;
-    }
-    // A bulk copy into a primitive array: indexed reads of a read-only buffer cost ~4 ns each.
-    short[] bits = new short[count - done];
-    in.duplicate().order(ByteOrder.LITTLE_ENDIAN).position(done * 2).asShortBuffer().get(bits);
-    for (int i = done; i < count; i++) {
-      out[i] = float16 ? float16Value(bits[i - done]) : Float.intBitsToFloat(bits[i - done] << 16);
+    // Bulk copies into a primitive array: indexed reads of a read-only buffer cost ~4 ns each.
+    ShortBuffer halves = in.duplicate().order(ByteOrder.LITTLE_ENDIAN).position(0).asShortBuffer();
+    short[] chunk = new short[Math.min(out.length, CHUNK)];
+    for (int first = 0; first < out.length; first += chunk.length) {
+      int length = Math.min(chunk.length, out.length - first);
+      halves.get(first, chunk, 0, length);
+      int done = vectorized
+          ? float16 ? VectorHalves.widenFloat16(chunk, length, out, first) : VectorHalves.widenBFloat16(chunk, length, out, first)
+          : 0;
+      for (int i = done; i < length; i++) {
+        out[first + i] = float16 ? float16Value(chunk[i]) : Float.intBitsToFloat(chunk[i] << 16);
+      }
     }
   }
 
@@ -129,12 +132,17 @@ public final class FloatFormats {
 
   /** {@link #narrow(boolean, float[], ByteBuffer)} with or without the Vector API. */
   static void narrow(boolean float16, float[] in, ByteBuffer out, boolean vectorized) {
-    int count = in.length;
-    int done = vectorized
-        ? float16 ? VectorHalves.narrowFloat16(in, out, count) : VectorHalves.narrowBFloat16(in, out, count)
-        : 0;
-    for (int i = done; i < count; i++) {
-      out.putShort(i * 2, float16 ? toFloat16(in[i]) : toBFloat16(in[i]));
+    ShortBuffer halves = out.duplicate().order(ByteOrder.LITTLE_ENDIAN).position(0).asShortBuffer();
+    short[] chunk = new short[Math.min(in.length, CHUNK)];
+    for (int first = 0; first < in.length; first += chunk.length) {
+      int length = Math.min(chunk.length, in.length - first);
+      int done = vectorized
+          ? float16 ? VectorHalves.narrowFloat16(in, first, chunk, length) : VectorHalves.narrowBFloat16(in, first, chunk, length)
+          : 0;
+      for (int i = done; i < length; i++) {
+        chunk[i] = float16 ? toFloat16(in[first + i]) : toBFloat16(in[first + i]);
+      }
+      halves.put(first, chunk, 0, length);
     }
   }
 

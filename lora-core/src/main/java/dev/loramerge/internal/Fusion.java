@@ -166,16 +166,14 @@ public final class Fusion {
       }
       case F16:
       case BF16: {
-        int count = ordered.remaining() / 2;
         short exponent = (short) (dtype == DType.F16 ? 0x7C00 : 0x7F80);
-        int start = vectorized ? VectorHalves.nonFiniteSearchStart(ordered, ordered.position(), count, exponent) : 0;
-        ShortBuffer halves = ordered.position(ordered.position() + start * 2).asShortBuffer();
+        ShortBuffer halves = ordered.asShortBuffer();
         // In chunks, not one copy of the whole: a merge checks every factor it makes.
         short[] chunk = new short[Math.min(halves.remaining(), 1 << 13)];
-        for (int first = start; halves.hasRemaining(); first += chunk.length) {
+        for (int first = 0; halves.hasRemaining(); first += chunk.length) {
           int length = Math.min(chunk.length, halves.remaining());
           halves.get(chunk, 0, length);
-          for (int i = 0; i < length; i++) {
+          for (int i = vectorized ? VectorHalves.nonFiniteSearchStart(chunk, length, exponent) : 0; i < length; i++) {
             if ((chunk[i] & exponent) == exponent) {
               return first + i;
             }

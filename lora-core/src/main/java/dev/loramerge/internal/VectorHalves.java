@@ -1,8 +1,5 @@
 package dev.loramerge.internal;
 
-import java.nio.ByteBuffer;
-import java.nio.ByteOrder;
-import java.nio.ShortBuffer;
 import jdk.incubator.vector.FloatVector;
 import jdk.incubator.vector.IntVector;
 import jdk.incubator.vector.ShortVector;
@@ -16,14 +13,14 @@ import jdk.incubator.vector.VectorSpecies;
  * with the incubating Vector API: the same bits as the scalar conversions, about ten times
  * faster (C2 vectorizes neither a table read nor the branches of rounding).
  *
- * <p>Each method converts the longest prefix that fills whole vectors and returns its length;
- * the caller converts the rest. Buffers hold little-endian elements from index 0. One method per
- * format and direction, each with its constants made before its loop: on JDK 17 a shared kernel
- * with format branches, or a broadcast inside a loop, is no longer compiled to vector code.
+ * <p>Each method converts the longest prefix of whole vectors of {@code length} elements and
+ * returns its length; the caller converts the rest. One method per format and direction, each
+ * with its constants made before its loop: on JDK 17 a shared kernel with format branches, or a
+ * broadcast inside a loop, is no longer compiled to vector code.
  *
- * <p>The kernels read and write Java arrays only: buffers are copied in chunks of {@value #CHUNK}
- * elements, in cache, to and from a short[]. Vector loads and stores on ByteBuffers are gone
- * after JDK 17 (JDK 20 replaced them with memory segments), so with them the library failed with
+ * <p>The kernels read and write Java arrays only; {@link FloatFormats} and {@link Fusion} copy
+ * buffers through a short[] chunk for them. Vector loads and stores on ByteBuffers are gone after
+ * JDK 17 (JDK 20 replaced them with memory segments), so with them the library failed with
  * {@code NoSuchMethodError} on a newer JDK given the module; and on JDK 17 they compiled into
  * boxed vectors once the process had also used vectors on heap arrays.
  *
@@ -35,8 +32,6 @@ final class VectorHalves {
   private static final VectorSpecies<Integer> INTS = IntVector.SPECIES_PREFERRED;
   private static final VectorSpecies<Short> SHORTS =
       VectorSpecies.of(short.class, VectorShape.forBitSize(FLOATS.vectorBitSize() / 2));
-  /** Elements per copy: 8 KiB of halves, a multiple of every vector length. */
-  private static final int CHUNK = 4096;
 
   private VectorHalves() {}
 
@@ -47,52 +42,30 @@ final class VectorHalves {
 
   /**
    * Where the scalar search for a non-finite fp16 or bf16 element (all ones in {@code exponent})
-   * among the {@code count} from byte {@code base} of {@code in} must start: the first whole
-   * vector that has one, else the end of the whole vectors.
+   * among the first {@code length} of {@code halves} must start: the first whole vector that has
+   * one, else the end of the whole vectors.
    */
-  static int nonFiniteSearchStart(ByteBuffer in, int base, int count, short exponent) {
-    int whole = count - count % SHORTS.length();
-    ShortBuffer halves = littleEndian(in, base);
-    short[] chunk = new short[Math.min(whole, CHUNK)];
-    for (int first = 0; first < whole; first += CHUNK) {
-      int length = Math.min(CHUNK, whole - first);
-      halves.get(first, chunk, 0, length);
-      int found = firstNonFiniteVector(chunk, length, exponent);
-      if (found < length) {
-        return first + found;
+  static int nonFiniteSearchStart(short[] halves, int length, short exponent) {
+    int lanes = SHORTS.length();
+    int whole = length - length % lanes;
+    ShortVector mask = ShortVector.broadcast(SHORTS, exponent);
+    for (int i = 0; i < whole; i += lanes) {
+      if (ShortVector.fromArray(SHORTS, halves, i).and(mask).compare(VectorOperators.EQ, mask).anyTrue()) {
+        return i;
       }
     }
     return whole;
   }
 
-  private static int firstNonFiniteVector(short[] chunk, int length, short exponent) {
-    int lanes = SHORTS.length();
-    ShortVector mask = ShortVector.broadcast(SHORTS, exponent);
-    for (int i = 0; i < length; i += lanes) {
-      if (ShortVector.fromArray(SHORTS, chunk, i).and(mask).compare(VectorOperators.EQ, mask).anyTrue()) {
-        return i;
-      }
-    }
-    return length;
-  }
-
-  /** fp16 to float32, exactly; infinities and NaN (quieted as the scalar path does) included. */
-  static int widenFloat16(ByteBuffer in, float[] out, int count) {
-    int done = count - count % FLOATS.length();
-    ShortBuffer halves = littleEndian(in, 0);
-    short[] chunk = new short[Math.min(done, CHUNK)];
-    for (int first = 0; first < done; first += CHUNK) {
-      int length = Math.min(CHUNK, done - first);
-      halves.get(first, chunk, 0, length);
-      widenFloat16(chunk, length, out, first);
-    }
-    return done;
-  }
-
-  private static void widenFloat16(short[] chunk, int length, float[] out, int first) {
+  /**
+   * fp16 to float32, exactly, from {@code halves} into {@code out} from index {@code first};
+   * infinities and NaN (quieted as the scalar path does) included.
+   */
+  static int widenFloat16(short[] halves, int length, float[] out, int first) {
     int lanes = FLOATS.length();
-    for (int i = 0; i < length; i += lanes) {
-      IntVector half = (IntVector) ShortVector.fromArray(SHORTS, chunk, i).convertShape(VectorOperators.S2I, INTS, 0);
+    int done = length - length % lanes;
+    for (int i = 0; i < done; i += lanes) {
+      IntVector half = (IntVector) ShortVector.fromArray(SHORTS, halves, i).convertShape(VectorOperators.S2I, INTS, 0);
       IntVector magnitude = half.and(0x7fff);
       // The magnitude's bits in float position read as 2⁻¹¹² times the value, subnormals
       // included; fp16's all-ones exponent becomes float's, keeping the mantissa (infinity, NaN).
@@ -103,51 +76,32 @@ final class VectorHalves {
           .or(half.and(0x8000).lanewise(VectorOperators.LSHL, 16));
       ((FloatVector) bits.reinterpretShape(FLOATS, 0)).intoArray(out, first + i);
     }
-  }
-
-  /** bf16 to float32, exactly: the bits are float32's upper half. */
-  static int widenBFloat16(ByteBuffer in, float[] out, int count) {
-    int done = count - count % FLOATS.length();
-    ShortBuffer halves = littleEndian(in, 0);
-    short[] chunk = new short[Math.min(done, CHUNK)];
-    for (int first = 0; first < done; first += CHUNK) {
-      int length = Math.min(CHUNK, done - first);
-      halves.get(first, chunk, 0, length);
-      widenBFloat16(chunk, length, out, first);
-    }
     return done;
   }
 
-  private static void widenBFloat16(short[] chunk, int length, float[] out, int first) {
+  /** bf16 to float32, exactly, as {@link #widenFloat16}: the bits are float32's upper half. */
+  static int widenBFloat16(short[] halves, int length, float[] out, int first) {
     int lanes = FLOATS.length();
-    for (int i = 0; i < length; i += lanes) {
-      IntVector bits = ((IntVector) ShortVector.fromArray(SHORTS, chunk, i).convertShape(VectorOperators.S2I, INTS, 0))
+    int done = length - length % lanes;
+    for (int i = 0; i < done; i += lanes) {
+      IntVector bits = ((IntVector) ShortVector.fromArray(SHORTS, halves, i).convertShape(VectorOperators.S2I, INTS, 0))
           .lanewise(VectorOperators.LSHL, 16);
       ((FloatVector) bits.reinterpretShape(FLOATS, 0)).intoArray(out, first + i);
     }
-  }
-
-  /**
-   * float32 to fp16, rounded once to nearest even ({@link FloatFormats#toFloat16(float)}): the
-   * normal range by integer rounding on the bits, subnormals by adding ½ in float, overflow to
-   * infinity, NaN to the quiet NaN 0x7e00 with the sign.
-   */
-  static int narrowFloat16(float[] in, ByteBuffer out, int count) {
-    int done = count - count % FLOATS.length();
-    ShortBuffer halves = littleEndian(out, 0);
-    short[] chunk = new short[Math.min(done, CHUNK)];
-    for (int first = 0; first < done; first += CHUNK) {
-      int length = Math.min(CHUNK, done - first);
-      narrowFloat16(in, first, chunk, length);
-      halves.put(first, chunk, 0, length);
-    }
     return done;
   }
 
-  private static void narrowFloat16(float[] in, int first, short[] chunk, int length) {
+  /**
+   * float32 from index {@code first} of {@code in} to fp16 in {@code halves}, rounded once to
+   * nearest even ({@link FloatFormats#toFloat16(float)}): the normal range by integer rounding on
+   * the bits, subnormals by adding ½ in float, overflow to infinity, NaN to the quiet NaN 0x7e00
+   * with the sign.
+   */
+  static int narrowFloat16(float[] in, int first, short[] halves, int length) {
     int lanes = FLOATS.length();
+    int done = length - length % lanes;
     FloatVector half = FloatVector.broadcast(FLOATS, 0.5f);
-    for (int i = 0; i < length; i += lanes) {
+    for (int i = 0; i < done; i += lanes) {
       IntVector bits = (IntVector) FloatVector.fromArray(FLOATS, in, first + i).reinterpretShape(INTS, 0);
       IntVector magnitude = bits.and(0x7fffffff);
       IntVector normal = magnitude.sub((112 << 23) - 0xfff).add(magnitude.lanewise(VectorOperators.LSHR, 13).and(1))
@@ -158,40 +112,26 @@ final class VectorHalves {
           .blend(IntVector.broadcast(INTS, 0x7c00), magnitude.compare(VectorOperators.GE, 0x477ff000))
           .blend(IntVector.broadcast(INTS, 0x7e00), magnitude.compare(VectorOperators.GT, 0x7f800000))
           .or(bits.lanewise(VectorOperators.LSHR, 16).and(0x8000));
-      ((ShortVector) rounded.convertShape(VectorOperators.I2S, SHORTS, 0)).intoArray(chunk, i);
-    }
-  }
-
-  /**
-   * float32 to bf16, rounded once to nearest even ({@link FloatFormats#toBFloat16(float)}); NaN
-   * to the quiet NaN 0x7fc0 with the sign.
-   */
-  static int narrowBFloat16(float[] in, ByteBuffer out, int count) {
-    int done = count - count % FLOATS.length();
-    ShortBuffer halves = littleEndian(out, 0);
-    short[] chunk = new short[Math.min(done, CHUNK)];
-    for (int first = 0; first < done; first += CHUNK) {
-      int length = Math.min(CHUNK, done - first);
-      narrowBFloat16(in, first, chunk, length);
-      halves.put(first, chunk, 0, length);
+      ((ShortVector) rounded.convertShape(VectorOperators.I2S, SHORTS, 0)).intoArray(halves, i);
     }
     return done;
   }
 
-  private static void narrowBFloat16(float[] in, int first, short[] chunk, int length) {
+  /**
+   * float32 to bf16 as {@link #narrowFloat16}, rounded once to nearest even ({@link
+   * FloatFormats#toBFloat16(float)}); NaN to the quiet NaN 0x7fc0 with the sign.
+   */
+  static int narrowBFloat16(float[] in, int first, short[] halves, int length) {
     int lanes = FLOATS.length();
-    for (int i = 0; i < length; i += lanes) {
+    int done = length - length % lanes;
+    for (int i = 0; i < done; i += lanes) {
       IntVector bits = (IntVector) FloatVector.fromArray(FLOATS, in, first + i).reinterpretShape(INTS, 0);
       IntVector rounded = bits.add(bits.lanewise(VectorOperators.LSHR, 16).and(1).add(0x7fff))
           .lanewise(VectorOperators.LSHR, 16);
       IntVector quietNaN = bits.lanewise(VectorOperators.LSHR, 16).and(0x8000).or(0x7fc0);
       rounded = rounded.blend(quietNaN, bits.and(0x7fffffff).compare(VectorOperators.GT, 0x7f800000));
-      ((ShortVector) rounded.convertShape(VectorOperators.I2S, SHORTS, 0)).intoArray(chunk, i);
+      ((ShortVector) rounded.convertShape(VectorOperators.I2S, SHORTS, 0)).intoArray(halves, i);
     }
-  }
-
-  /** {@code buffer}'s little-endian halves from byte {@code base}, for absolute bulk copies. */
-  private static ShortBuffer littleEndian(ByteBuffer buffer, int base) {
-    return buffer.duplicate().clear().position(base).slice().order(ByteOrder.LITTLE_ENDIAN).asShortBuffer();
+    return done;
   }
 }
