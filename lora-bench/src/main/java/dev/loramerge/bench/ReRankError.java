@@ -106,6 +106,11 @@ record ReRankError(double relative, double excess) {
     }
 
     @Override
+    public boolean exactInFloat64() {
+      return method.exactInFloat64();
+    }
+
+    @Override
     public ModuleUpdate merge(ModuleMerge module) {
       ModuleUpdate update = method.merge(module);
       dense.put(module.key(), values(update));
