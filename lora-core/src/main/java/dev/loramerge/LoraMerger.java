@@ -41,6 +41,7 @@ import java.util.concurrent.Executors;
 import java.util.concurrent.Future;
 import java.util.concurrent.atomic.AtomicInteger;
 import java.util.function.Supplier;
+import java.util.function.ToIntFunction;
 import java.util.stream.Collectors;
 
 /**
@@ -474,7 +475,7 @@ public final class LoraMerger {
     int largestRank = built.stream().mapToInt(input -> input.module().rank()).max().orElseThrow();
     Optional<Integer> explicit = first.kind() == LoraModule.Kind.CONV && convRank.isPresent() ? convRank : rank;
     int target = explicit.orElse(largestRank);
-    ModuleMerge merge = new Merge(key, built, manager, target, computeType == DataType.FLOAT64 || algorithm.reRanks());
+    ModuleMerge merge = new Merge(key, built, manager, target, computeType == DataType.FLOAT64);
     ModuleUpdate update = algorithm.merge(merge);
     if (update.isDense()) {
       Optional<float[]> values = update.denseValues();
@@ -501,22 +502,41 @@ public final class LoraMerger {
       return Optional.of(Merged.of(clamp(factors)));
     }
     Merged merged = update.isValues()
-        ? new Merged(null, null, update.upValues().orElseThrow(), update.downValues().orElseThrow(), update.rank())
-        : new Merged(update.up().orElseThrow(), update.down().orElseThrow(), null, null, 0);
+        ? Merged.ofFloats(update.upValues().orElseThrow(), update.downValues().orElseThrow(), update.rank())
+        : Merged.of(new NDArray[] {update.up().orElseThrow(), update.down().orElseThrow()});
     if (algorithm.reRanks() || (explicit.isPresent() && merged.rank() > target)) {
-      NDArray[] factors = merged.arrays(manager.get());
-      return Optional.of(Merged.of(clamp(FactoredSvd.truncate(manager.get(), factors[0], factors[1], sigma -> rankRule.rank(sigma, target)))));
+      ToIntFunction<double[]> rankOf = sigma -> rankRule.rank(sigma, target);
+      int rows = Math.toIntExact(first.outFeatures());
+      double[][] factors = merged.up() != null
+          ? FactoredSvd.truncate(
+              merged.up().toType(DataType.FLOAT64, false).toDoubleArray(),
+              merged.down().toType(DataType.FLOAT64, false).toDoubleArray(),
+              merged.rank(),
+              rankOf)
+          : FactoredSvd.truncate(merged.upValues(), merged.downValues(), merged.rank(), rankOf);
+      return Optional.of(Merged.ofDoubles(clamp(factors), rows));
     }
     return Optional.of(merged);
   }
 
   /**
-   * Merged factors with scale 1: NDArrays, or float32 values when the algorithm gave values and
-   * nothing re-ranked them (rounded to the output type in Java, with no native call).
+   * Merged factors with scale 1: NDArrays, float32 values when the algorithm gave values and
+   * nothing re-ranked them, or the float64 values of the factored SVD. Values are rounded to the
+   * output type in Java, with no native call.
    */
-  private record Merged(NDArray up, NDArray down, float[] upValues, float[] downValues, int valuesRank) {
+  private record Merged(
+      NDArray up, NDArray down, float[] upValues, float[] downValues, double[] upDoubles, double[] downDoubles, int valuesRank) {
     static Merged of(NDArray[] factors) {
-      return new Merged(factors[0], factors[1], null, null, 0);
+      return new Merged(factors[0], factors[1], null, null, null, null, 0);
+    }
+
+    static Merged ofFloats(float[] up, float[] down, int rank) {
+      return new Merged(null, null, up, down, null, null, rank);
+    }
+
+    /** Re-ranked factors {up ({@code rows}×k), down (k×n)}, row-major. */
+    static Merged ofDoubles(double[][] factors, int rows) {
+      return new Merged(null, null, null, null, factors[0], factors[1], factors[0].length / rows);
     }
 
     int rank() {
@@ -527,6 +547,12 @@ public final class LoraMerger {
     NDArray[] arrays(NDManager manager) {
       if (up != null) {
         return new NDArray[] {up, down};
+      }
+      if (upDoubles != null) {
+        return new NDArray[] {
+          manager.create(upDoubles, new Shape(upDoubles.length / valuesRank, valuesRank)),
+          manager.create(downDoubles, new Shape(valuesRank, downDoubles.length / valuesRank))
+        };
       }
       return new NDArray[] {
         manager.create(upValues, new Shape(upValues.length / valuesRank, valuesRank)),
@@ -543,18 +569,37 @@ public final class LoraMerger {
     if (svdClamp.isEmpty()) {
       return factors;
     }
-    double[] up = factors[0].toType(DataType.FLOAT64, false).toDoubleArray();
-    double[] down = factors[1].toType(DataType.FLOAT64, false).toDoubleArray();
+    double limit =
+        clampLimit(
+            factors[0].toType(DataType.FLOAT64, false).toDoubleArray(),
+            factors[1].toType(DataType.FLOAT64, false).toDoubleArray());
+    return new NDArray[] {factors[0].clip(-limit, limit), factors[1].clip(-limit, limit)};
+  }
+
+  /** {@link #clamp(NDArray[])} of float64 factors, in place. */
+  private double[][] clamp(double[][] factors) {
+    if (svdClamp.isPresent()) {
+      double limit = clampLimit(factors[0], factors[1]);
+      for (double[] factor : factors) {
+        for (int i = 0; i < factor.length; i++) {
+          factor[i] = Math.max(-limit, Math.min(limit, factor[i]));
+        }
+      }
+    }
+    return factors;
+  }
+
+  private double clampLimit(double[] up, double[] down) {
     double[] all = new double[up.length + down.length];
     System.arraycopy(up, 0, all, 0, up.length);
     System.arraycopy(down, 0, all, up.length, down.length);
     java.util.Arrays.sort(all);
-    double position = svdClamp.get() * (all.length - 1);
+    double position = svdClamp.orElseThrow() * (all.length - 1);
     int below = (int) Math.floor(position);
     int above = Math.min(below + 1, all.length - 1);
-    double limit = all[below] + (position - below) * (all[above] - all[below]);
-    return new NDArray[] {factors[0].clip(-limit, limit), factors[1].clip(-limit, limit)};
+    return all[below] + (position - below) * (all[above] - all[below]);
   }
+
 
   private LoraModule toModule(ModuleKey key, LoraModule like, Merged merged, DType outputType) {
     long rank = merged.rank();
@@ -567,6 +612,9 @@ public final class LoraMerger {
     if (merged.up() != null) {
       newDown = pruned(NdArrays.toTensor(merged.down(), outputType, downShape));
       newUp = pruned(NdArrays.toTensor(merged.up(), outputType, upShape));
+    } else if (merged.upDoubles() != null) {
+      newDown = pruned(TensorData.ofDoubles(merged.downDoubles(), outputType, downShape));
+      newUp = pruned(TensorData.ofDoubles(merged.upDoubles(), outputType, upShape));
     } else {
       newDown = pruned(TensorData.ofFloats(merged.downValues(), outputType, downShape));
       newUp = pruned(TensorData.ofFloats(merged.upValues(), outputType, upShape));

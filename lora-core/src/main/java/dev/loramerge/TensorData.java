@@ -10,6 +10,7 @@ import dev.loramerge.internal.NdArrays;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.nio.DoubleBuffer;
+import java.nio.FloatBuffer;
 import java.util.Arrays;
 import java.util.Locale;
 
@@ -108,25 +109,17 @@ public final class TensorData {
     ByteBuffer buffer =
         ByteBuffer.allocate(Math.multiplyExact(values.length, dtype.byteSize()))
             .order(ByteOrder.LITTLE_ENDIAN);
-    for (double value : values) {
-      switch (dtype) {
-        case F64:
-          buffer.putDouble(value);
-          break;
-        case F32:
-          buffer.putFloat((float) value);
-          break;
-        case F16:
-          buffer.putShort(FloatFormats.toFloat16(value));
-          break;
-        case BF16:
-          buffer.putShort(FloatFormats.toBFloat16(value));
-          break;
-        default:
-          throw new AssertionError(dtype);
+    switch (dtype) {
+      case F64 -> buffer.asDoubleBuffer().put(values);
+      case F32 -> {
+        FloatBuffer floats = buffer.asFloatBuffer();
+        for (double value : values) {
+          floats.put((float) value);
+        }
       }
+      case F16, BF16 -> FloatFormats.narrow(dtype == DType.F16, values, buffer);
+      default -> throw new AssertionError(dtype);
     }
-    buffer.flip();
     return new TensorData(dtype, shape.clone(), buffer.asReadOnlyBuffer().order(ByteOrder.LITTLE_ENDIAN));
   }
 

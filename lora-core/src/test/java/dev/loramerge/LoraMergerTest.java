@@ -73,6 +73,35 @@ class LoraMergerTest {
   }
 
   @Test
+  void svdClampClipsBothReRankedFactorsAtTheQuantileOfTheirEntries() {
+    LoraMerger.Builder builder = LoraMerger.builder().add(STYLE, 1).add(SUBJECT, 0.5).rank(3).dtype(DType.F64);
+    LoraAdapter plain = builder.build().merge();
+    LoraAdapter clamped = builder.svdClamp(0.8).build().merge();
+    for (ModuleKey key : TinyLora.KEYS) {
+      double[] up = plain.modules().get(key).up().toDoubleArray();
+      double[] down = plain.modules().get(key).down().toDoubleArray();
+      double[] sorted = new double[up.length + down.length];
+      System.arraycopy(up, 0, sorted, 0, up.length);
+      System.arraycopy(down, 0, sorted, up.length, down.length);
+      java.util.Arrays.sort(sorted);
+      // torch.quantile's linear interpolation between the two nearest ranks
+      double position = 0.8 * (sorted.length - 1);
+      int below = (int) Math.floor(position);
+      double limit = sorted[below] + (position - below) * (sorted[below + 1] - sorted[below]);
+      assertThat(limit).as("the 0.8 quantile of %s is positive, so that clipping bites", key).isPositive();
+      double[][] expected = {up.clone(), down.clone()};
+      for (double[] factor : expected) {
+        for (int i = 0; i < factor.length; i++) {
+          factor[i] = Math.max(-limit, Math.min(limit, factor[i]));
+        }
+      }
+      assertThat(clamped.modules().get(key).up().toDoubleArray()).as("clamped up factor of %s", key).containsExactly(expected[0]);
+      assertThat(clamped.modules().get(key).down().toDoubleArray()).as("clamped down factor of %s", key).containsExactly(expected[1]);
+      assertThat(expected[0]).as("some entry of %s was clipped", key).isNotEqualTo(up);
+    }
+  }
+
+  @Test
   void recordsTheRecipe() {
     LoraAdapter merged = LoraMerger.builder().add(STYLE, 0.7).add(SUBJECT, 0.5).merge();
     assertThat(merged.metadata().get(LoraMerger.RECIPE_KEY))

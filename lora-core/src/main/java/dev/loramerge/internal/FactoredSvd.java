@@ -2,9 +2,6 @@ package dev.loramerge.internal;
 
 import static com.google.common.base.Preconditions.checkArgument;
 
-import ai.djl.ndarray.NDArray;
-import ai.djl.ndarray.NDManager;
-import ai.djl.ndarray.types.DataType;
 import java.util.Arrays;
 import java.util.function.ToIntFunction;
 import org.ejml.data.DMatrixRMaj;
@@ -18,11 +15,12 @@ import org.ejml.interfaces.decomposition.SingularValueDecomposition_F64;
  * The truncated SVD of a product B̂·Â (m×R times R×n) from its two R×R Gram matrices, without
  * ever forming the m×n product.
  *
- * <p>With B̂ᵀB̂ = V_b Λ_b V_bᵀ and ÂÂᵀ = V_a Λ_a V_aᵀ, B̂ = Q_b R_b and Âᵀ = Q_a R_a where
- * R = Λ^½ Vᵀ and Q has orthonormal columns. The SVD of the R×R core R_b R_aᵀ = U Σ Wᵀ gives
- * B̂Â = (Q_b U) Σ (Q_a W)ᵀ, so the best rank-k factors are B' = B̂·L and A' = P·Â with
- * L = V_b Λ_b^-½ U_k Σ_k (R×k) and P = W_kᵀ Λ_a^-½ V_aᵀ (k×R). Eigenvalues below {@link
- * #RELATIVE_EIGENVALUE_FLOOR} of the largest are treated as zero (the pseudo-inverse), which
+ * <p>Any R_b, R_a with R_bᵀR_b = B̂ᵀB̂ and R_aᵀR_a = ÂÂᵀ give B̂ = Q_b R_b and Âᵀ = Q_a R_a
+ * with Q orthonormal. The SVD of the R×R core R_b R_aᵀ = U Σ Wᵀ then gives B̂Â = (Q_b U) Σ (Q_a
+ * W)ᵀ, so the best rank-k factors are B' = B̂·L and A' = P·Â with L = R_b⁻¹ U_k Σ_k (R×k) and
+ * P = W_kᵀ R_a⁻ᵀ (k×R). R is the Gram's pivoted Cholesky factor where the Gram is well
+ * conditioned, and otherwise Λ^½ Vᵀ from its eigen-decomposition V Λ Vᵀ with eigenvalues below
+ * {@link #RELATIVE_EIGENVALUE_FLOOR} of the largest treated as zero (the pseudo-inverse), which
  * handles rank-deficient stacks; the directions dropped carry less than 1e-6 of the largest
  * singular value. Everything here runs in float64 on R×R matrices: O(R³).
  *
@@ -57,7 +55,7 @@ public final class FactoredSvd {
     SquareRoot down = SquareRoot.of(gramDown);
 
     DMatrixRMaj core = new DMatrixRMaj(inner, inner);
-    CommonOps_DDRM.multTransB(up.root, down.root, core);
+    CommonOps_DDRM.multTransB(up.root(), down.root(), core);
     SingularValueDecomposition_F64<DMatrixRMaj> svd = DecompositionFactory_DDRM.svd(inner, inner, true, true, false);
     if (!svd.decompose(core)) {
       throw new ArithmeticException("SVD of the " + inner + "x" + inner + " core did not converge");
@@ -76,47 +74,79 @@ public final class FactoredSvd {
     }
     int rank = Math.max(1, Math.min(Math.max(nonZero, 1), rankOf.applyAsInt(sigma.clone())));
 
-    // L = V_b Λ_b^-½ U_k Σ_k
+    // L = R_b⁻¹ U_k Σ_k
     DMatrixRMaj uk = CommonOps_DDRM.extract(u, 0, inner, 0, rank);
     for (int col = 0; col < rank; col++) {
       for (int row = 0; row < inner; row++) {
-        uk.set(row, col, uk.get(row, col) * sigma[col] * up.inverseSqrt[row]);
+        uk.set(row, col, uk.get(row, col) * sigma[col]);
       }
     }
-    DMatrixRMaj left = new DMatrixRMaj(inner, rank);
-    CommonOps_DDRM.mult(up.vectors, uk, left);
+    DMatrixRMaj left = up.solve(uk);
 
-    // P = W_kᵀ Λ_a^-½ V_aᵀ
-    DMatrixRMaj wk = CommonOps_DDRM.extract(v, 0, inner, 0, rank);
-    for (int col = 0; col < rank; col++) {
-      for (int row = 0; row < inner; row++) {
-        wk.set(row, col, wk.get(row, col) * down.inverseSqrt[row]);
-      }
-    }
-    DMatrixRMaj right = new DMatrixRMaj(rank, inner);
-    CommonOps_DDRM.multTransAB(wk, down.vectors, right);
+    // P = W_kᵀ R_a⁻ᵀ = (R_a⁻¹ W_k)ᵀ
+    DMatrixRMaj right = CommonOps_DDRM.transpose(down.solve(CommonOps_DDRM.extract(v, 0, inner, 0, rank)), null);
     return new FactoredSvd(left, right, sigma);
   }
 
   /**
-   * Returns the best rank-k factors {B' (m×k), A' (k×n)} of {@code up}·{@code down} (m×R times
-   * R×n) in float64, without forming the product: the Gram matrices and the final products in
-   * DJL, the R×R decompositions by {@link #of}. The results belong to the managers of {@code up}
-   * and {@code down}; the two small factors converted from EJML belong to {@code manager}.
+   * The best rank-k factors {B' (m×k), A' (k×n)} of {@code up}·{@code down} in float64,
+   * row-major, without forming the product: the Gram matrices and the final products by {@link
+   * DoubleProducts}, the R×R decompositions by {@link #of}.
    *
+   * @param up B̂, m×R row-major
+   * @param down Â, R×n row-major
    * @param rankOf chooses the kept rank k from all R singular values, as in {@link #of}
    */
-  public static NDArray[] truncate(NDManager manager, NDArray up, NDArray down, ToIntFunction<double[]> rankOf) {
-    NDArray up64 = up.toType(DataType.FLOAT64, false);
-    NDArray down64 = down.toType(DataType.FLOAT64, false);
+  public static double[][] truncate(float[] up, float[] down, int inner, ToIntFunction<double[]> rankOf) {
+    return truncate(widened(up), widened(down), inner, rankOf);
+  }
+
+  private static double[] widened(float[] values) {
+    double[] wide = new double[values.length];
+    for (int i = 0; i < values.length; i++) {
+      wide[i] = values[i];
+    }
+    return wide;
+  }
+
+  /** {@link #truncate(float[], float[], int, ToIntFunction)} of float64 factors. */
+  public static double[][] truncate(double[] up, double[] down, int inner, ToIntFunction<double[]> rankOf) {
+    checkFactors(up.length, down.length, inner);
+    int rows = up.length / inner;
+    double[] upRows = new double[up.length];
+    for (int row = 0; row < rows; row++) {
+      for (int k = 0; k < inner; k++) {
+        upRows[k * rows + row] = up[row * inner + k];
+      }
+    }
+    return truncateRows(upRows, down, inner, rankOf);
+  }
+
+  private static void checkFactors(int upLength, int downLength, int inner) {
+    checkArgument(inner > 0 && upLength % inner == 0 && downLength % inner == 0,
+        "factors of %s and %s entries do not share a rank of %s", upLength, downLength, inner);
+  }
+
+  /** The truncation from B̂ᵀ and Â, both R rows, row-major. */
+  private static double[][] truncateRows(double[] upRows, double[] downRows, int inner, ToIntFunction<double[]> rankOf) {
+    int rows = upRows.length / inner;
+    int columns = downRows.length / inner;
     FactoredSvd svd =
         of(
-            NdArrays.toMatrix(up64.transpose().matMul(up64)),
-            NdArrays.toMatrix(down64.matMul(down64.transpose())),
+            DMatrixRMaj.wrap(inner, inner, DoubleProducts.gram(upRows, inner, rows)),
+            DMatrixRMaj.wrap(inner, inner, DoubleProducts.gram(downRows, inner, columns)),
             rankOf);
-    NDArray newUp = up64.matMul(NdArrays.fromMatrix(manager, svd.left()));
-    NDArray newDown = NdArrays.fromMatrix(manager, svd.right()).matMul(down64);
-    return new NDArray[] {newUp, newDown};
+    int rank = svd.rank();
+    // B' = B̂·L, computed as (Lᵀ·B̂ᵀ)ᵀ
+    double[] newUpRows = DoubleProducts.product(CommonOps_DDRM.transpose(svd.left, null).data, rank, upRows, inner, rows);
+    double[] newUp = new double[rows * rank];
+    for (int k = 0; k < rank; k++) {
+      for (int row = 0; row < rows; row++) {
+        newUp[row * rank + k] = newUpRows[k * rows + row];
+      }
+    }
+    double[] newDown = DoubleProducts.product(svd.right.data, rank, downRows, inner, columns);
+    return new double[][] {newUp, newDown};
   }
 
   /**
@@ -124,7 +154,7 @@ public final class FactoredSvd {
    * orthonormal columns spanning Y's.
    */
   public static DMatrixRMaj whitening(DMatrixRMaj gram) {
-    SquareRoot root = SquareRoot.of(gram);
+    EigenRoot root = EigenRoot.of(gram);
     int kept = 0;
     for (double value : root.inverseSqrt) {
       if (value > 0) {
@@ -169,19 +199,174 @@ public final class FactoredSvd {
     return "FactoredSvd{rank=" + rank() + ", singularValues=" + Arrays.toString(singularValues) + "}";
   }
 
-  /** R = Λ^½ Vᵀ of a symmetric positive semi-definite G = V Λ Vᵀ, with Λ^-½ (zero where Λ is). */
-  private static final class SquareRoot {
+  /** A factor R with RᵀR = G of a symmetric positive semi-definite Gram matrix G. */
+  private interface SquareRoot {
+    /**
+     * The Cholesky root when G is well enough conditioned that it is as accurate as the
+     * eigen-decomposition's, which is about twelve times slower at 64×64 (EJML); the eigen root
+     * otherwise, which also drops G's null space.
+     */
+    static SquareRoot of(DMatrixRMaj gram) {
+      SquareRoot cholesky = CholeskyRoot.of(gram);
+      return cholesky != null ? cholesky : EigenRoot.of(gram);
+    }
+
+    /** R (R×R). */
+    DMatrixRMaj root();
+
+    /** R⁻¹·{@code rhs} (R×c), R's pseudo-inverse where it is singular. */
+    DMatrixRMaj solve(DMatrixRMaj rhs);
+  }
+
+  /**
+   * R = Lᵀ·Π from the Cholesky factorization Π·G·Πᵀ = L·Lᵀ with diagonal pivoting (Π a
+   * permutation, L lower triangular).
+   *
+   * <p>Both roots make Q = B̂·R⁻¹ as far from orthonormal as about machine epsilon times G's
+   * condition number, and the truncation's error is of that order. With pivoting the last pivot
+   * is within a small factor of G's smallest eigenvalue, so a last pivot above {@link
+   * #PIVOT_FLOOR} of the first bounds the condition number where the eigen root would keep every
+   * direction too; below it the eigen root is used, which drops directions under {@link
+   * #RELATIVE_EIGENVALUE_FLOOR} (rank-deficient stacks such as one adapter merged twice).
+   */
+  private static final class CholeskyRoot implements SquareRoot {
+    /** The smallest pivot, as a fraction of the largest, that the Cholesky root is used with. */
+    static final double PIVOT_FLOOR = 1e-8;
+
+    /** L in its lower triangle, row-major n×n. */
+    private final double[] lower;
+    /** Row i of L·Lᵀ is row {@code permutation[i]} of G. */
+    private final int[] permutation;
+    private final int n;
+
+    private CholeskyRoot(double[] lower, int[] permutation) {
+      this.lower = lower;
+      this.permutation = permutation;
+      this.n = permutation.length;
+    }
+
+    /** The root, or null when G is not positive definite beyond {@link #PIVOT_FLOOR}. */
+    static CholeskyRoot of(DMatrixRMaj gram) {
+      int n = gram.numRows;
+      double[] a = gram.data.clone();
+      int[] permutation = new int[n];
+      for (int i = 0; i < n; i++) {
+        permutation[i] = i;
+      }
+      double first = 0;
+      for (int j = 0; j < n; j++) {
+        int pivot = j;
+        for (int i = j + 1; i < n; i++) {
+          if (a[i * n + i] > a[pivot * n + pivot]) {
+            pivot = i;
+          }
+        }
+        if (pivot != j) {
+          swap(a, n, j, pivot);
+          int index = permutation[j];
+          permutation[j] = permutation[pivot];
+          permutation[pivot] = index;
+        }
+        double diagonal = a[j * n + j];
+        if (j == 0) {
+          first = diagonal;
+        }
+        if (!(diagonal > PIVOT_FLOOR * first)) {
+          return null;
+        }
+        double root = Math.sqrt(diagonal);
+        a[j * n + j] = root;
+        for (int i = j + 1; i < n; i++) {
+          a[i * n + j] /= root;
+        }
+        // The trailing Schur complement, lower triangle only: what is above the diagonal is stale.
+        for (int i = j + 1; i < n; i++) {
+          double factor = a[i * n + j];
+          for (int k = j + 1; k <= i; k++) {
+            a[i * n + k] -= factor * a[k * n + j];
+          }
+        }
+      }
+      for (int i = 0; i < n; i++) {
+        for (int k = i + 1; k < n; k++) {
+          a[i * n + k] = 0;
+        }
+      }
+      return new CholeskyRoot(a, permutation);
+    }
+
+    /** Swaps rows and columns {@code j} < {@code p} of the lower triangle of a symmetric matrix. */
+    private static void swap(double[] a, int n, int j, int p) {
+      for (int k = 0; k < j; k++) {
+        double t = a[j * n + k];
+        a[j * n + k] = a[p * n + k];
+        a[p * n + k] = t;
+      }
+      double diagonal = a[j * n + j];
+      a[j * n + j] = a[p * n + p];
+      a[p * n + p] = diagonal;
+      for (int i = j + 1; i < p; i++) {
+        double t = a[i * n + j];
+        a[i * n + j] = a[p * n + i];
+        a[p * n + i] = t;
+      }
+      for (int i = p + 1; i < n; i++) {
+        double t = a[i * n + j];
+        a[i * n + j] = a[i * n + p];
+        a[i * n + p] = t;
+      }
+    }
+
+    @Override
+    public DMatrixRMaj root() {
+      // Column permutation[k] of R = Lᵀ·Π is column k of Lᵀ, that is row k of L.
+      DMatrixRMaj root = new DMatrixRMaj(n, n);
+      for (int k = 0; k < n; k++) {
+        for (int i = 0; i <= k; i++) {
+          root.set(i, permutation[k], lower[k * n + i]);
+        }
+      }
+      return root;
+    }
+
+    @Override
+    public DMatrixRMaj solve(DMatrixRMaj rhs) {
+      // R⁻¹ = Πᵀ·L⁻ᵀ: back substitution with Lᵀ, then row i of the result goes to row permutation[i].
+      int columns = rhs.numCols;
+      double[] y = rhs.data.clone();
+      for (int i = n - 1; i >= 0; i--) {
+        for (int k = i + 1; k < n; k++) {
+          double factor = lower[k * n + i];
+          for (int c = 0; c < columns; c++) {
+            y[i * columns + c] -= factor * y[k * columns + c];
+          }
+        }
+        double diagonal = lower[i * n + i];
+        for (int c = 0; c < columns; c++) {
+          y[i * columns + c] /= diagonal;
+        }
+      }
+      DMatrixRMaj result = new DMatrixRMaj(n, columns);
+      for (int i = 0; i < n; i++) {
+        System.arraycopy(y, i * columns, result.data, permutation[i] * columns, columns);
+      }
+      return result;
+    }
+  }
+
+  /** R = Λ^½ Vᵀ of G = V Λ Vᵀ, with Λ^-½ (zero where Λ is). */
+  private static final class EigenRoot implements SquareRoot {
     final DMatrixRMaj vectors;
     final DMatrixRMaj root;
     final double[] inverseSqrt;
 
-    private SquareRoot(DMatrixRMaj vectors, DMatrixRMaj root, double[] inverseSqrt) {
+    private EigenRoot(DMatrixRMaj vectors, DMatrixRMaj root, double[] inverseSqrt) {
       this.vectors = vectors;
       this.root = root;
       this.inverseSqrt = inverseSqrt;
     }
 
-    static SquareRoot of(DMatrixRMaj gram) {
+    static EigenRoot of(DMatrixRMaj gram) {
       int n = gram.numRows;
       EigenDecomposition_F64<DMatrixRMaj> eigen = DecompositionFactory_DDRM.eig(n, true, true);
       if (!eigen.decompose(gram.copy())) {
@@ -206,7 +391,26 @@ public final class FactoredSvd {
           root.set(i, row, sqrt * component);
         }
       }
-      return new SquareRoot(vectors, root, inverseSqrt);
+      return new EigenRoot(vectors, root, inverseSqrt);
+    }
+
+    @Override
+    public DMatrixRMaj root() {
+      return root;
+    }
+
+    @Override
+    public DMatrixRMaj solve(DMatrixRMaj rhs) {
+      // R⁺ = V Λ^-½
+      DMatrixRMaj scaled = rhs.copy();
+      for (int row = 0; row < scaled.numRows; row++) {
+        for (int col = 0; col < scaled.numCols; col++) {
+          scaled.set(row, col, scaled.get(row, col) * inverseSqrt[row]);
+        }
+      }
+      DMatrixRMaj result = new DMatrixRMaj(vectors.numRows, rhs.numCols);
+      CommonOps_DDRM.mult(vectors, scaled, result);
+      return result;
     }
   }
 }

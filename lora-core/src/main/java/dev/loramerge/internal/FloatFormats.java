@@ -12,6 +12,12 @@ import java.nio.ShortBuffer;
  * round twice, which is exactly the error this library promises not to make.
  */
 public final class FloatFormats {
+  /** The float bits fp16 drops, and their pattern at a tie. */
+  private static final int FLOAT16_DROPPED_MASK = 0x1FFF;
+  private static final int FLOAT16_TIE_BITS = 0x1000;
+  /** The float bits bf16 drops, and their pattern at a tie. */
+  private static final int BFLOAT16_DROPPED_MASK = 0xFFFF;
+  private static final int BFLOAT16_TIE_BITS = 0x8000;
   /** Float bits of fp16's smallest normal, 2⁻¹⁴. */
   private static final int MIN_NORMAL_FLOAT16_BITS = 0x38800000;
   /** Float bits of 65520, the least magnitude that rounds to fp16 infinity. */
@@ -144,6 +150,43 @@ public final class FloatFormats {
       }
       halves.put(first, chunk, 0, length);
     }
+  }
+
+  /**
+   * Rounds {@code in}'s float64 values once to fp16 (bf16 when not {@code float16}) into {@code
+   * out}, little-endian from index 0: through float32 in bulk, then again from float64 where the
+   * float32 value {@linkplain #mayRoundTwice may have rounded twice}.
+   */
+  public static void narrow(boolean float16, double[] in, ByteBuffer out) {
+    narrow(float16, in, out, VECTOR_API);
+  }
+
+  /** {@link #narrow(boolean, double[], ByteBuffer)} with or without the Vector API. */
+  static void narrow(boolean float16, double[] in, ByteBuffer out, boolean vectorized) {
+    float[] single = new float[in.length];
+    for (int i = 0; i < in.length; i++) {
+      single[i] = (float) in[i];
+    }
+    narrow(float16, single, out, vectorized);
+    ByteBuffer ordered = out.duplicate().order(ByteOrder.LITTLE_ENDIAN);
+    for (int i = 0; i < in.length; i++) {
+      if (mayRoundTwice(float16, single[i])) {
+        ordered.putShort(2 * i, float16 ? toFloat16(in[i]) : toBFloat16(in[i]));
+      }
+    }
+  }
+
+  /**
+   * Whether rounding {@code single}, itself a float64 rounded to float32, on to fp16 (bf16 when
+   * not {@code float16}) may differ from rounding the float64 once. Float32 keeps 13 more bits
+   * than fp16 (16 more than bf16), so its rounding can land on a tie of the narrow format but
+   * never cross one: only ties, and fp16's subnormal range where fewer bits are kept, may differ.
+   */
+  static boolean mayRoundTwice(boolean float16, float single) {
+    int magnitude = Float.floatToRawIntBits(single) & 0x7FFFFFFF;
+    return float16
+        ? (magnitude & FLOAT16_DROPPED_MASK) == FLOAT16_TIE_BITS || (magnitude != 0 && magnitude < MIN_NORMAL_FLOAT16_BITS)
+        : (magnitude & BFLOAT16_DROPPED_MASK) == BFLOAT16_TIE_BITS;
   }
 
   /** The bf16 value with bits {@code bits} (low 16 bits used). */

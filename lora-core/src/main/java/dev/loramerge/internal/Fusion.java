@@ -29,13 +29,6 @@ import java.util.function.Supplier;
  * bit patterns and rounded again from float64 in Java. The result is the float64 sum rounded once.
  */
 public final class Fusion {
-  private static final int FLOAT16_TIE_BITS = 0x1000;
-  private static final int FLOAT16_DROPPED_MASK = 0x1FFF;
-  private static final int BFLOAT16_TIE_BITS = 0x8000;
-  private static final int BFLOAT16_DROPPED_MASK = 0xFFFF;
-  /** Float32 bits of 2⁻¹⁴, fp16's smallest normal. */
-  private static final int FLOAT16_MIN_NORMAL_BITS = 0x38800000;
-
   private Fusion() {}
 
   /**
@@ -263,12 +256,8 @@ public final class Fusion {
     long[] found = new long[16];
     int size = 0;
     boolean half = dtype == DType.F16;
-    int mask = half ? FLOAT16_DROPPED_MASK : BFLOAT16_DROPPED_MASK;
-    int tie = half ? FLOAT16_TIE_BITS : BFLOAT16_TIE_BITS;
     for (int i = 0; i < count; i++) {
-      int magnitude = Float.floatToRawIntBits(singleValues[i]) & 0x7FFFFFFF;
-      boolean suspect = (magnitude & mask) == tie || (half && magnitude != 0 && magnitude < FLOAT16_MIN_NORMAL_BITS);
-      if (suspect) {
+      if (FloatFormats.mayRoundTwice(half, singleValues[i])) {
         if (size == found.length) {
           found = Arrays.copyOf(found, size * 2);
         }
@@ -277,6 +266,7 @@ public final class Fusion {
     }
     return Arrays.copyOf(found, size);
   }
+
 
   private static void checkFinite(ByteBuffer bytes, DType dtype, NDArray sum, String label) {
     long index = firstNonFinite(bytes, dtype);

@@ -22,8 +22,8 @@ public interface ModuleMerge {
   /**
    * Whether the merger works on this update as arrays: in a fuse with a method that is {@link
    * dev.loramerge.MergeAlgorithm#exactInFloat64} (the inputs' arrays are then float64, and float32
-   * values would lose what such a method keeps), or to re-rank it. A method that can give either
-   * should then give arrays; values would only be copied into fresh ones.
+   * values would lose what such a method keeps). A method that can give either should then give
+   * arrays; values would only be copied into fresh ones.
    */
   boolean arraysWanted();
 

@@ -81,6 +81,83 @@ class FactoredSvdTest {
     }
   }
 
+  /** B̂ (m×R) and Â (R×n) with column and row scales spread over {@code decades} powers of ten. */
+  private static DMatrixRMaj[] graded(Random random, int m, int inner, int n, double decades) {
+    DMatrixRMaj up = random(random, m, inner);
+    DMatrixRMaj down = random(random, inner, n);
+    for (int k = 0; k < inner; k++) {
+      // Shuffled scales, so that the pivoted factorization has to reorder.
+      double scale = Math.pow(10, -decades * ((k * 7) % inner) / (inner - 1));
+      for (int row = 0; row < m; row++) {
+        up.set(row, k, up.get(row, k) * scale);
+      }
+      for (int col = 0; col < n; col++) {
+        down.set(k, col, down.get(k, col) * Math.sqrt(scale));
+      }
+    }
+    return new DMatrixRMaj[] {up, down};
+  }
+
+  private static double relativeErrorAgainstDense(DMatrixRMaj up, DMatrixRMaj down, int rank) {
+    DMatrixRMaj product = new DMatrixRMaj(up.numRows, down.numCols);
+    CommonOps_DDRM.mult(up, down, product);
+    FactoredSvd truncation = truncate(up, down, rank);
+    DMatrixRMaj newUp = new DMatrixRMaj(up.numRows, rank);
+    CommonOps_DDRM.mult(up, truncation.left(), newUp);
+    DMatrixRMaj newDown = new DMatrixRMaj(rank, down.numCols);
+    CommonOps_DDRM.mult(truncation.right(), down, newDown);
+    DMatrixRMaj factored = new DMatrixRMaj(up.numRows, down.numCols);
+    CommonOps_DDRM.mult(newUp, newDown, factored);
+    DMatrixRMaj dense = denseTruncation(product, rank, new double[0]);
+    DMatrixRMaj difference = new DMatrixRMaj(up.numRows, down.numCols);
+    CommonOps_DDRM.subtract(factored, dense, difference);
+    return NormOps_DDRM.normF(difference) / NormOps_DDRM.normF(dense);
+  }
+
+  @Test
+  void staysExactOverTheRangeOfConditioningOfBothRoots() {
+    // Column scales over 0 to 3.5 decades give Grams of condition up to 1e7, which the Cholesky
+    // root takes; over 5 and 6 decades, 1e10 and 1e12, past its pivot floor, the eigen root. The
+    // bounds are what the eigen root alone reaches (about 1e-15, and 7e-10 at 6 decades).
+    double[] decades = {0, 2, 3.5, 5, 6};
+    double[] bounds = {1e-13, 1e-13, 1e-13, 1e-13, 1e-8};
+    for (int i = 0; i < decades.length; i++) {
+      DMatrixRMaj[] factors = graded(new Random(11), 50, 16, 35, decades[i]);
+      for (int rank : new int[] {1, 6, 16}) {
+        assertThat(relativeErrorAgainstDense(factors[0], factors[1], rank))
+            .as("relative Frobenius error at rank %d, column scales over %s decades", rank, decades[i])
+            .isLessThan(bounds[i]);
+      }
+    }
+  }
+
+  @Test
+  void nearlyDependentStacksMatchTheDenseTruncation() {
+    // One adapter stacked with a copy of itself off by ε: Grams of condition about 1/ε², so the
+    // Cholesky root at 1e-3, the eigen root at 1e-5 and 1e-7 (bounds as in the test above).
+    Random random = new Random(5);
+    DMatrixRMaj half = random(random, 30, 4);
+    DMatrixRMaj up = new DMatrixRMaj(30, 8);
+    CommonOps_DDRM.insert(half, up, 0, 0);
+    CommonOps_DDRM.insert(half, up, 0, 4);
+    double[] epsilons = {1e-3, 1e-5, 1e-7};
+    double[] bounds = {1e-13, 1e-13, 1e-7};
+    for (int i = 0; i < epsilons.length; i++) {
+      DMatrixRMaj perturbed = up.copy();
+      for (int row = 0; row < 30; row++) {
+        for (int col = 4; col < 8; col++) {
+          perturbed.set(row, col, perturbed.get(row, col) + epsilons[i] * random.nextGaussian());
+        }
+      }
+      DMatrixRMaj down = random(random, 8, 25);
+      for (int rank : new int[] {2, 4}) {
+        assertThat(relativeErrorAgainstDense(perturbed, down, rank))
+            .as("relative Frobenius error at rank %d, second adapter off the first by %s", rank, epsilons[i])
+            .isLessThan(bounds[i]);
+      }
+    }
+  }
+
   @Test
   void handlesRankDeficientStacks() {
     Random random = new Random(3);

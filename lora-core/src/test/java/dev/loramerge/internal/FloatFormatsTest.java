@@ -100,6 +100,46 @@ class FloatFormatsTest {
   }
 
   @Test
+  void bulkNarrowingOfDoublesRoundsOnceWithAndWithoutTheVectorApi() {
+    SplittableRandom random = new SplittableRandom(9);
+    // Around every 97th midpoint of each format, the midpoint itself and doubles a little either
+    // side, which float32 rounds onto it (the double rounding the bulk path has to undo); fp16's
+    // subnormals and overflow boundary; random magnitudes; and an odd count for a scalar tail.
+    double[] values = new double[3 * 0x10000 / 97 * 2 * 5 + 1001];
+    int count = 0;
+    for (boolean float16 : new boolean[] {true, false}) {
+      for (int bits = 0; bits < 0x7bff; bits += 97) {
+        double low = float16 ? FloatFormats.fromFloat16(bits) : FloatFormats.fromBFloat16(bits);
+        double high = float16 ? FloatFormats.fromFloat16(bits + 1) : FloatFormats.fromBFloat16(bits + 1);
+        double middle = (low + high) / 2;
+        double nudge = Math.ulp(middle) * 64;
+        for (double value : new double[] {middle, middle + nudge, middle - nudge, -(middle + nudge), low}) {
+          values[count++] = value;
+        }
+      }
+    }
+    for (double value : new double[] {65520, Math.nextDown(65520.0), 65520 - 1e-9, 65519.99, 1e-8, -3e-6, 0, -0.0}) {
+      values[count++] = value;
+    }
+    while (count < values.length) {
+      values[count++] = Randoms.standardNormal(random) * Math.scalb(1.0, random.nextInt(-30, 18));
+    }
+    for (boolean float16 : new boolean[] {true, false}) {
+      String format = float16 ? "fp16" : "bf16";
+      for (boolean vectorized : new boolean[] {true, false}) {
+        ByteBuffer narrowed = ByteBuffer.allocate(values.length * 2).order(ByteOrder.LITTLE_ENDIAN);
+        FloatFormats.narrow(float16, values, narrowed, vectorized);
+        for (int i = 0; i < values.length; i++) {
+          short rounded = float16 ? FloatFormats.toFloat16(values[i]) : FloatFormats.toBFloat16(values[i]);
+          assertThat(narrowed.getShort(i * 2))
+              .as("%s of %s, vectorized %s", format, values[i], vectorized)
+              .isEqualTo(rounded);
+        }
+      }
+    }
+  }
+
+  @Test
   void theFloat16TableHoldsEveryValue() {
     for (int bits = 0; bits < 0x10000; bits++) {
       assertThat(Double.valueOf(FloatFormats.float16Value(bits)))
