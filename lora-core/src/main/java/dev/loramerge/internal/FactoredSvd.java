@@ -146,7 +146,36 @@ public final class FactoredSvd {
       }
     }
     double[] newDown = DoubleProducts.product(svd.right.data, rank, downRows, inner, columns);
+    fixSigns(newUp, newDown, rank);
     return new double[][] {newUp, newDown};
+  }
+
+  /**
+   * Flips each component (a column of B' and the row of A' with it) whose up column's entry of
+   * largest magnitude is negative, as scikit-learn's {@code svd_flip} does: a singular pair is
+   * defined up to its sign, which otherwise depends on the root and the SVD routine, so that the
+   * same update would be written with different factors by the Cholesky and the eigen path.
+   */
+  private static void fixSigns(double[] up, double[] down, int rank) {
+    int rows = up.length / rank;
+    int columns = down.length / rank;
+    for (int k = 0; k < rank; k++) {
+      double largest = 0;
+      for (int row = 0; row < rows; row++) {
+        double value = up[row * rank + k];
+        if (Math.abs(value) > Math.abs(largest)) {
+          largest = value;
+        }
+      }
+      if (largest < 0) {
+        for (int row = 0; row < rows; row++) {
+          up[row * rank + k] = -up[row * rank + k];
+        }
+        for (int column = 0; column < columns; column++) {
+          down[k * columns + column] = -down[k * columns + column];
+        }
+      }
+    }
   }
 
   /**
