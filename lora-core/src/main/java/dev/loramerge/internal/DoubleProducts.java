@@ -154,69 +154,79 @@ public final class DoubleProducts {
     gram[at + 3] = s33;
   }
 
-  /** P·X with {@code k} a multiple of {@link #BLOCK}: four rows of P by four columns of X at a time. */
+  /**
+   * P·X with {@code k} a multiple of {@link #BLOCK}: four rows of P by four columns of X at a
+   * time, the columns copied side by side first (see {@link VectorDoubleProducts}).
+   */
   private static void scalarProduct(double[] p, int k, double[] x, int count, int length, double[] out) {
     int whole = length - length % BLOCK;
-    for (int c = 0; c < k; c += BLOCK) {
-      int p0 = c * count;
-      int p1 = p0 + count;
-      int p2 = p1 + count;
-      int p3 = p2 + count;
-      for (int t = 0; t < whole; t += BLOCK) {
-        double s00 = 0, s01 = 0, s02 = 0, s03 = 0, s10 = 0, s11 = 0, s12 = 0, s13 = 0;
-        double s20 = 0, s21 = 0, s22 = 0, s23 = 0, s30 = 0, s31 = 0, s32 = 0, s33 = 0;
-        for (int i = 0; i < count; i++) {
-          int at = i * length + t;
-          double x0 = x[at];
-          double x1 = x[at + 1];
-          double x2 = x[at + 2];
-          double x3 = x[at + 3];
-          double q0 = p[p0 + i];
-          double q1 = p[p1 + i];
-          double q2 = p[p2 + i];
-          double q3 = p[p3 + i];
-          s00 += q0 * x0;
-          s01 += q0 * x1;
-          s02 += q0 * x2;
-          s03 += q0 * x3;
-          s10 += q1 * x0;
-          s11 += q1 * x1;
-          s12 += q1 * x2;
-          s13 += q1 * x3;
-          s20 += q2 * x0;
-          s21 += q2 * x1;
-          s22 += q2 * x2;
-          s23 += q2 * x3;
-          s30 += q3 * x0;
-          s31 += q3 * x1;
-          s32 += q3 * x2;
-          s33 += q3 * x3;
-        }
-        int at = c * length + t;
-        out[at] = s00;
-        out[at + 1] = s01;
-        out[at + 2] = s02;
-        out[at + 3] = s03;
-        at += length;
-        out[at] = s10;
-        out[at + 1] = s11;
-        out[at + 2] = s12;
-        out[at + 3] = s13;
-        at += length;
-        out[at] = s20;
-        out[at + 1] = s21;
-        out[at + 2] = s22;
-        out[at + 3] = s23;
-        at += length;
-        out[at] = s30;
-        out[at + 1] = s31;
-        out[at + 2] = s32;
-        out[at + 3] = s33;
+    double[] panel = new double[count * BLOCK];
+    for (int t = 0; t < whole; t += BLOCK) {
+      for (int i = 0; i < count; i++) {
+        System.arraycopy(x, i * length + t, panel, i * BLOCK, BLOCK);
       }
-      for (int row = c; row < c + BLOCK; row++) {
-        productTail(p, row, x, count, length, whole, out);
+      for (int c = 0; c < k; c += BLOCK) {
+        scalarPanelBlock(p, c, count, panel, out, c * length + t, length);
       }
     }
+    for (int row = 0; row < k; row++) {
+      productTail(p, row, x, count, length, whole, out);
+    }
+  }
+
+  private static void scalarPanelBlock(double[] p, int c, int count, double[] panel, double[] out, int at, int length) {
+    int p0 = c * count;
+    int p1 = p0 + count;
+    int p2 = p1 + count;
+    int p3 = p2 + count;
+    double s00 = 0, s01 = 0, s02 = 0, s03 = 0, s10 = 0, s11 = 0, s12 = 0, s13 = 0;
+    double s20 = 0, s21 = 0, s22 = 0, s23 = 0, s30 = 0, s31 = 0, s32 = 0, s33 = 0;
+    for (int i = 0; i < count; i++) {
+      int from = i * BLOCK;
+      double x0 = panel[from];
+      double x1 = panel[from + 1];
+      double x2 = panel[from + 2];
+      double x3 = panel[from + 3];
+      double q0 = p[p0 + i];
+      double q1 = p[p1 + i];
+      double q2 = p[p2 + i];
+      double q3 = p[p3 + i];
+      s00 += q0 * x0;
+      s01 += q0 * x1;
+      s02 += q0 * x2;
+      s03 += q0 * x3;
+      s10 += q1 * x0;
+      s11 += q1 * x1;
+      s12 += q1 * x2;
+      s13 += q1 * x3;
+      s20 += q2 * x0;
+      s21 += q2 * x1;
+      s22 += q2 * x2;
+      s23 += q2 * x3;
+      s30 += q3 * x0;
+      s31 += q3 * x1;
+      s32 += q3 * x2;
+      s33 += q3 * x3;
+    }
+    out[at] = s00;
+    out[at + 1] = s01;
+    out[at + 2] = s02;
+    out[at + 3] = s03;
+    at += length;
+    out[at] = s10;
+    out[at + 1] = s11;
+    out[at + 2] = s12;
+    out[at + 3] = s13;
+    at += length;
+    out[at] = s20;
+    out[at + 1] = s21;
+    out[at + 2] = s22;
+    out[at + 3] = s23;
+    at += length;
+    out[at] = s30;
+    out[at + 1] = s31;
+    out[at + 2] = s32;
+    out[at + 3] = s33;
   }
 
   /** Columns {@code from} to the end of row {@code row} of P·X, one entry at a time. */
