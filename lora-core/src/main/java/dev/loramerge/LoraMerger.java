@@ -31,7 +31,6 @@ import java.util.Locale;
 import java.util.Map;
 import java.util.Optional;
 import java.util.SortedSet;
-import java.util.SplittableRandom;
 import java.util.TreeMap;
 import java.util.TreeSet;
 import java.util.concurrent.ConcurrentLinkedDeque;
@@ -925,8 +924,8 @@ public final class LoraMerger {
     }
 
     @Override
-    public SplittableRandom random(long seed, int adapterIndex, String stream) {
-      return new SplittableRandom(Randoms.streamSeed(seed, key.toString(), adapterIndex, stream));
+    public long streamSeed(long seed, int adapterIndex, String stream) {
+      return Randoms.streamSeed(seed, key.toString(), adapterIndex, stream);
     }
   }
 

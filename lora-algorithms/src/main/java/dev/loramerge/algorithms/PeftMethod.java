@@ -203,7 +203,7 @@ abstract class PeftMethod implements MergeAlgorithm {
           cuts[i] = TaskTensors.magnitudeCut(tensors[i], density);
           break;
         case RANDOM:
-          TaskTensors.pruneRandomly(tensors[i], density, module.random(seed, inputs.get(i).index(), stream));
+          TaskTensors.pruneRandomly(tensors[i], density, module.streamSeed(seed, inputs.get(i).index(), stream));
           break;
         case BREADCRUMBS:
           TaskTensors.pruneBreadcrumbs(tensors[i], density, gamma);

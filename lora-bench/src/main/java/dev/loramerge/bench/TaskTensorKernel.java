@@ -106,7 +106,7 @@ public class TaskTensorKernel extends Kernel {
 
   @Benchmark
   public float[] dareMask(Scratch scratch) {
-    TaskTensors.pruneRandomly(scratch.values, DENSITY, new SplittableRandom(DARE_SEED));
+    TaskTensors.pruneRandomly(scratch.values, DENSITY, DARE_SEED);
     return scratch.values;
   }
 }

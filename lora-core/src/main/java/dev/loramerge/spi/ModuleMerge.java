@@ -31,9 +31,14 @@ public interface ModuleMerge {
   int targetRank();
 
   /**
-   * A random stream keyed by {@code seed} (the algorithm's), this module, {@code adapterIndex}
-   * and {@code stream} (e.g. "down", "up", "delta"): a counter-based derivation, so the draws
-   * are the same whatever the order or thread in which modules are merged.
+   * The seed of the random stream keyed by {@code seed} (the algorithm's), this module, {@code
+   * adapterIndex} and {@code stream} (e.g. "down", "up", "delta"): a counter-based derivation, so
+   * the draws are the same whatever the order or thread in which modules are merged.
    */
-  SplittableRandom random(long seed, int adapterIndex, String stream);
+  long streamSeed(long seed, int adapterIndex, String stream);
+
+  /** {@code new SplittableRandom(streamSeed(seed, adapterIndex, stream))}. */
+  default SplittableRandom random(long seed, int adapterIndex, String stream) {
+    return new SplittableRandom(streamSeed(seed, adapterIndex, stream));
+  }
 }

@@ -19,12 +19,19 @@ public final class TaskTensors {
   private static final long ONE_BITS = Double.doubleToRawLongBits(1.0);
 
   /**
-   * Whether the two-tensor TIES merge runs on the Vector API: the module {@code
-   * jdk.incubator.vector} is in the boot layer and vectors are wide enough.
+   * Whether the two-tensor TIES merge and weighted sum, the radix pass and the DARE mask run on
+   * the Vector API: the module {@code jdk.incubator.vector} is in the boot layer and vectors are
+   * wide enough.
    */
   static final boolean VECTOR_API =
       ModuleLayer.boot().findModule("jdk.incubator.vector").isPresent() && VectorTies.pays();
   private static final long DOUBLE_INFINITY_BITS = Double.doubleToRawLongBits(Double.POSITIVE_INFINITY);
+  /** SplitMix64's increment and multipliers (Steele, Lea and Flood 2014; Stafford's variant 13). */
+  static final long GOLDEN_GAMMA = 0x9e3779b97f4a7c15L;
+  static final long MIX_1 = 0xbf58476d1ce4e5b9L;
+  static final long MIX_2 = 0x94d049bb133111ebL;
+  /** Whether this JDK's SplittableRandom draws {@link #splitMix}, so that lanes can draw it too. */
+  static final boolean SPLITMIX_STREAMS = splitMixStreams();
 
   private TaskTensors() {}
 
@@ -180,17 +187,49 @@ public final class TaskTensors {
 
   /**
    * Keeps each entry with probability {@code density} and divides the kept ones by it, in place
-   * (DARE, Yu et al. 2023, eq. 2; PEFT's {@code random_pruning} with rescale).
+   * (DARE, Yu et al. 2023, eq. 2; PEFT's {@code random_pruning} with rescale): entry i is kept
+   * where the (i+1)-th {@code nextDouble()} of {@code new SplittableRandom(streamSeed)} is below
+   * {@code density}.
    */
-  public static void pruneRandomly(float[] tensor, double density, SplittableRandom random) {
+  public static void pruneRandomly(float[] tensor, double density, long streamSeed) {
+    pruneRandomly(tensor, density, streamSeed, VECTOR_API && SPLITMIX_STREAMS);
+  }
+
+  /** {@link #pruneRandomly(float[], double, long)} with or without the Vector API. */
+  static void pruneRandomly(float[] tensor, double density, long streamSeed, boolean vectorized) {
     // nextDouble() is (nextLong() >>> 11)·2⁻⁵³, so "nextDouble() < density" is "that integer <
     // ⌈density·2⁵³⌉": the same draws, compared without a branch. At density ½ a branch is
     // mispredicted every other element, which made this loop four times slower.
     long threshold = (long) Math.ceil(density * 0x1p53);
-    for (int i = 0; i < tensor.length; i++) {
+    int done = vectorized ? VectorTies.pruneRandomly(tensor, density, streamSeed, threshold) : 0;
+    SplittableRandom random = new SplittableRandom(streamSeed + done * GOLDEN_GAMMA);
+    for (int i = done; i < tensor.length; i++) {
       int keep = (int) (((random.nextLong() >>> 11) - threshold) >> 63);
       tensor[i] = Float.intBitsToFloat(Float.floatToRawIntBits((float) (tensor[i] / density)) & keep);
     }
+  }
+
+  /**
+   * SplitMix64's output for the n-th draw (from 1) of a stream seeded with {@code seed}: the seed
+   * plus n times the golden gamma, mixed by Stafford's variant 13. OpenJDK's {@code
+   * SplittableRandom(seed).nextLong()} has drawn this since JDK 8, which {@link
+   * #SPLITMIX_STREAMS} checks before the vector kernel, which draws it lane by lane, is used.
+   */
+  static long splitMix(long seed, long n) {
+    long z = seed + n * GOLDEN_GAMMA;
+    z = (z ^ (z >>> 30)) * MIX_1;
+    z = (z ^ (z >>> 27)) * MIX_2;
+    return z ^ (z >>> 31);
+  }
+
+  private static boolean splitMixStreams() {
+    SplittableRandom random = new SplittableRandom(0x5eedL);
+    for (int n = 1; n <= 64; n++) {
+      if (random.nextLong() != splitMix(0x5eedL, n)) {
+        return false;
+      }
+    }
+    return true;
   }
 
   /** Σ λᵢ·Tᵢ. */
@@ -200,9 +239,21 @@ public final class TaskTensors {
 
   /** Σ λᵢ·Tᵢ with each Tᵢ cut at {@code cuts[i]} as it is read (see {@link #magnitudeCut}). */
   public static float[] weightedSum(float[][] tensors, double[] weights, float[] cuts) {
+    return weightedSum(tensors, weights, cuts, VECTOR_API);
+  }
+
+  /**
+   * {@link #weightedSum(float[][], double[], float[])}, two tensors a vector at a time where
+   * {@code vectorized}: the same float64 products and additions lane by lane, so the same bits.
+   */
+  static float[] weightedSum(float[][] tensors, double[] weights, float[] cuts, boolean vectorized) {
     int[] cutBits = bitsOf(cuts);
     float[] sum = new float[tensors[0].length];
-    for (int i = 0; i < sum.length; i++) {
+    int done =
+        vectorized && tensors.length == 2
+            ? VectorTies.weightedSumTwo(tensors[0], tensors[1], weights[0], weights[1], cuts[0], cuts[1], sum)
+            : 0;
+    for (int i = done; i < sum.length; i++) {
       double total = 0;
       for (int t = 0; t < tensors.length; t++) {
         total += weights[t] * cut(tensors[t][i], cutBits[t]);

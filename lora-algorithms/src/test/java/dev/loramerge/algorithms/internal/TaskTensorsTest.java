@@ -169,6 +169,70 @@ class TaskTensorsTest {
   }
 
   @Test
+  void randomPruningDrawsTheSplittableRandomStreamOnBothPaths() {
+    assertThat(TaskTensors.SPLITMIX_STREAMS).as("this JDK's SplittableRandom is SplitMix64, so the vector mask runs").isTrue();
+    SplittableRandom values = new SplittableRandom(12);
+    // Lengths off whole vectors; densities with thresholds that are not powers of two.
+    for (int length : new int[] {1, 7, 8, 9, 4099}) {
+      for (double density : new double[] {0.5, 0.3, 0.9}) {
+        long streamSeed = 0x1234_5678_9abcL * length;
+        float[] tensor = new float[length];
+        for (int i = 0; i < length; i++) {
+          int kind = values.nextInt(10);
+          tensor[i] = kind == 0 ? -0f : kind == 1 ? Float.NaN : kind == 2 ? Float.NEGATIVE_INFINITY : (float) values.nextGaussian();
+        }
+        float[] expected = new float[length];
+        SplittableRandom draws = new SplittableRandom(streamSeed);
+        for (int i = 0; i < length; i++) {
+          expected[i] = draws.nextDouble() < density ? (float) (tensor[i] / density) : 0f;
+        }
+        for (boolean vectorized : new boolean[] {true, false}) {
+          float[] pruned = tensor.clone();
+          TaskTensors.pruneRandomly(pruned, density, streamSeed, vectorized);
+          for (int i = 0; i < length; i++) {
+            assertThat(Float.floatToRawIntBits(pruned[i]))
+                .as("entry %d of %d (%s) at density %s, vectorized %s: %s", i, length, tensor[i], density, vectorized, pruned[i])
+                .isEqualTo(Float.floatToRawIntBits(expected[i]));
+          }
+        }
+      }
+    }
+  }
+
+  @Test
+  void twoTensorWeightedSumMatchesTheDefinitionBitForBitOnBothPaths() {
+    SplittableRandom random = new SplittableRandom(10);
+    int n = 20_003;
+    float[] first = new float[n];
+    float[] second = new float[n];
+    for (int i = 0; i < n; i++) {
+      // Zeros of both signs, exact cancellations, infinities and NaN among Gaussian values, some
+      // at the cut exactly.
+      int kind = random.nextInt(12);
+      first[i] = kind == 0 ? -0f : kind == 1 ? Float.NEGATIVE_INFINITY : kind == 2 ? Float.NaN : kind == 3 ? -0.25f : (float) random.nextGaussian();
+      second[i] = kind == 4 ? -first[i] : kind == 5 ? -0f : kind == 6 ? Float.intBitsToFloat(0xffc00000) : kind == 7 ? 0.5f : (float) random.nextGaussian();
+    }
+    assertThat(TaskTensors.VECTOR_API).as("surefire's argLine adds jdk.incubator.vector; without it one path is tested").isTrue();
+    for (float[] cuts : new float[][] {{0f, 0f}, {0.25f, 0.5f}}) {
+      for (double[] weights : new double[][] {{0.7, 0.3}, {-1.25, 0.5}}) {
+        for (boolean vectorized : new boolean[] {true, false}) {
+          float[] sum = TaskTensors.weightedSum(new float[][] {first.clone(), second.clone()}, weights, cuts, vectorized);
+          for (int i = 0; i < n; i++) {
+            // The definition: entries below their tensor's cut count as +0; 0 + w₁x + w₂y in float64.
+            double x = Math.abs(first[i]) < cuts[0] ? 0.0 : first[i];
+            double y = Math.abs(second[i]) < cuts[1] ? 0.0 : second[i];
+            float expected = (float) (0.0 + weights[0] * x + weights[1] * y);
+            assertThat(Float.floatToRawIntBits(sum[i]))
+                .as("element %d of (%s, %s), cuts %s, weights %s, vectorized %s: %s",
+                    i, first[i], second[i], Arrays.toString(cuts), Arrays.toString(weights), vectorized, sum[i])
+                .isEqualTo(Float.floatToRawIntBits(expected));
+          }
+        }
+      }
+    }
+  }
+
+  @Test
   void twoTensorTotalVoteMatchesTheDefinitionBitForBit() {
     SplittableRandom random = new SplittableRandom(9);
     int n = 20_003;
