@@ -40,18 +40,32 @@ final class Table {
     this.runs = runs;
   }
 
+  /**
+   * Seconds of untimed runs before the timed ones (at least one run, at most {@link
+   * #MAX_WARM_UPS}): C2 compiles a Vector API kernel after thousands of calls and until then runs
+   * it boxed, so a merge of a few tenths of a second needed three or four runs to reach its
+   * steady time (dare_linear: 1.1, 1.2, 1.2, then 0.13–0.16 s), while one run of an *_svd method
+   * is enough.
+   */
+  static final double WARM_UP_SECONDS = 3;
+
+  static final int MAX_WARM_UPS = 8;
+
   void time(String name, Operation operation, Optional<ReRankError> reRankError) throws IOException {
     time(name, operation, reRankError, result -> {});
   }
 
   /**
-   * Runs {@code operation} once to warm up and {@code runs} times timed, each after a full
-   * collection; {@code after} runs untimed after each.
+   * Warms {@code operation} up (see {@link #WARM_UP_SECONDS}), then runs it {@code runs} times
+   * timed, each after a full collection; {@code after} runs untimed after each.
    */
   void time(String name, Operation operation, Optional<ReRankError> reRankError, Consumer<Object> after) throws IOException {
     System.gc();
     resetPeakRss();
-    after.accept(operation.run());
+    long warmUpStart = System.nanoTime();
+    for (int warmUp = 0; warmUp < MAX_WARM_UPS && (warmUp == 0 || System.nanoTime() - warmUpStart < WARM_UP_SECONDS * 1e9); warmUp++) {
+      after.accept(operation.run());
+    }
     double[] seconds = new double[runs];
     long peakHeap = 0;
     for (int run = 0; run < runs; run++) {
