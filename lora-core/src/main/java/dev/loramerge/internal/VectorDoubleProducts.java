@@ -82,29 +82,34 @@ final class VectorDoubleProducts {
       s32 = x3.fma(y2, s32);
       s33 = x3.fma(y3, s33);
     }
-    int row = i * stride + j;
-    store(s00, s01, s02, s03, x, i0, j0, whole, length, gram, row);
-    store(s10, s11, s12, s13, x, i1, j0, whole, length, gram, row + stride);
-    store(s20, s21, s22, s23, x, i2, j0, whole, length, gram, row + 2 * stride);
-    store(s30, s31, s32, s33, x, i3, j0, whole, length, gram, row + 3 * stride);
+    // Reduced here: a vector handed to a method C2 does not inline ("too big" beside this loop)
+    // has to be boxed, and with it the loop's vectors were (20 ms where 1.5 was due, at random).
+    double[] sums = {
+      s00.reduceLanes(VectorOperators.ADD), s01.reduceLanes(VectorOperators.ADD),
+      s02.reduceLanes(VectorOperators.ADD), s03.reduceLanes(VectorOperators.ADD),
+      s10.reduceLanes(VectorOperators.ADD), s11.reduceLanes(VectorOperators.ADD),
+      s12.reduceLanes(VectorOperators.ADD), s13.reduceLanes(VectorOperators.ADD),
+      s20.reduceLanes(VectorOperators.ADD), s21.reduceLanes(VectorOperators.ADD),
+      s22.reduceLanes(VectorOperators.ADD), s23.reduceLanes(VectorOperators.ADD),
+      s30.reduceLanes(VectorOperators.ADD), s31.reduceLanes(VectorOperators.ADD),
+      s32.reduceLanes(VectorOperators.ADD), s33.reduceLanes(VectorOperators.ADD)
+    };
+    storeBlock(sums, x, i, j, whole, length, gram, stride);
   }
 
-  /** One row of a Gram block: the lanes summed, plus the scalar tail of each dot product. */
-  private static void store(
-      DoubleVector s0, DoubleVector s1, DoubleVector s2, DoubleVector s3,
-      double[] x, int iStart, int jStart, int whole, int length, double[] gram, int at) {
-    gram[at] = s0.reduceLanes(VectorOperators.ADD) + tail(x, iStart, jStart, whole, length);
-    gram[at + 1] = s1.reduceLanes(VectorOperators.ADD) + tail(x, iStart, jStart + length, whole, length);
-    gram[at + 2] = s2.reduceLanes(VectorOperators.ADD) + tail(x, iStart, jStart + 2 * length, whole, length);
-    gram[at + 3] = s3.reduceLanes(VectorOperators.ADD) + tail(x, iStart, jStart + 3 * length, whole, length);
-  }
-
-  private static double tail(double[] x, int iStart, int jStart, int from, int length) {
-    double sum = 0;
-    for (int t = from; t < length; t++) {
-      sum += x[iStart + t] * x[jStart + t];
+  /** A Gram block's lane sums plus the scalar tail of each dot product, into {@code gram}. */
+  private static void storeBlock(double[] sums, double[] x, int i, int j, int whole, int length, double[] gram, int stride) {
+    for (int a = 0; a < DoubleProducts.BLOCK; a++) {
+      for (int b = 0; b < DoubleProducts.BLOCK; b++) {
+        double sum = sums[a * DoubleProducts.BLOCK + b];
+        int iStart = (i + a) * length;
+        int jStart = (j + b) * length;
+        for (int t = whole; t < length; t++) {
+          sum += x[iStart + t] * x[jStart + t];
+        }
+        gram[(i + a) * stride + j + b] = sum;
+      }
     }
-    return sum;
   }
 
   /** P·X into {@code out}, {@code k} a multiple of {@link DoubleProducts#BLOCK}. */
