@@ -50,6 +50,10 @@ import org.openjdk.jmh.annotations.TearDown;
  * 1280x10240      9.4      166.1       51 055
  * 5120x1280       7.7       77.9
  * </pre>
+ *
+ * <p>{@code factored} since it runs in Java (Cholesky roots, {@code DoubleProducts}), with the
+ * Vector API, 2026-12-03, {@code -f 1 -wi 3 -i 5 -w 1s -r 1s} on the idle machine: 1.25, 1.56,
+ * 1.60, 4.17 and 2.99 ms/op in the order above (about 1.1 ms of each is EJML's 64×64 SVD).
  */
 public class SvdKernel extends Kernel {
   @Param({"640x640", "1280x1280", "640x2048", "1280x10240", "5120x1280"})
