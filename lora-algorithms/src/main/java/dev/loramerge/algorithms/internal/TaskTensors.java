@@ -55,11 +55,17 @@ public final class TaskTensors {
   /**
    * {@link #pruneByMagnitude} for a caller that applies the cut as it reads the tensor, a pass
    * fewer over memory: returns the magnitude below which entries are to be taken as zero. Where
-   * that rule would not keep exactly the right entries (an infinity or NaN in the tensor, or more
-   * entries equal to the k-th largest than may be kept), the tensor is pruned here and the cut is
+   * more entries equal the k-th largest magnitude than may be kept, the last of them in order are
+   * set to +0 here, so that the cut keeps exactly the right entries. Where the tensor has an
+   * infinity or NaN, whose counts the selection does not give, it is pruned here and the cut is
    * 0, which keeps everything.
    */
   public static float magnitudeCut(float[] tensor, double density) {
+    return magnitudeCut(tensor, density, VECTOR_API);
+  }
+
+  /** {@link #magnitudeCut(float[], double)}, its vector passes on the Vector API or not. */
+  static float magnitudeCut(float[] tensor, double density, boolean vectorized) {
     int keep = (int) (density * tensor.length);
     if (keep >= tensor.length) {
       return 0;
@@ -68,9 +74,17 @@ public final class TaskTensors {
       Arrays.fill(tensor, 0);
       return 0;
     }
-    Selection selection = select(tensor, keep, VECTOR_API);
+    Selection selection = select(tensor, keep, vectorized);
     int thresholdBits = selection.thresholdBits;
-    if (selection.strictlyAbove >= 0 && selection.ties <= keep - selection.strictlyAbove) {
+    if (selection.strictlyAbove >= 0) {
+      // A large SDXL delta has more entries at its threshold than may be kept about one time in
+      // three, usually one or two too many. Finding those from the end takes a fraction of a
+      // vector pass; pruning the whole tensor here took two scalar passes, about a second of
+      // ties_svd's 19.
+      int excess = selection.ties - (keep - selection.strictlyAbove);
+      if (excess > 0) {
+        dropLastTies(tensor, thresholdBits, excess, vectorized);
+      }
       return Float.intBitsToFloat(thresholdBits);
     }
     int strictlyAbove = 0;
@@ -82,21 +96,8 @@ public final class TaskTensors {
       ties += ((magnitude ^ thresholdBits) - 1) >>> 31;
     }
     int tiesToKeep = keep - strictlyAbove;
-    if (ties <= tiesToKeep) {
-      // Integer order is float order for magnitudes; NaN (above infinity) is never kept, as with
-      // float comparisons.
-      for (int i = 0; i < tensor.length; i++) {
-        int bits = Float.floatToRawIntBits(tensor[i]);
-        int magnitude = bits & 0x7FFFFFFF;
-        int kept = ((thresholdBits - 1 - magnitude) & (magnitude - INFINITY_BITS - 1)) >> 31;
-        tensor[i] = Float.intBitsToFloat(bits & kept);
-      }
-      return 0;
-    }
-    // More entries equal the threshold than may be kept: the first ones in order are. On bits, as
-    // above: with branches this loop ran at a mispredicted branch per entry, and a large SDXL
-    // delta has equal magnitudes at its threshold about one time in three (a third of ties_svd's
-    // pruning time went here).
+    // On bits: with branches these loops ran at a mispredicted branch per entry. Integer order is
+    // float order for magnitudes; NaN (above infinity) is never kept, as with float comparisons.
     for (int i = 0; i < tensor.length; i++) {
       int bits = Float.floatToRawIntBits(tensor[i]);
       int magnitude = bits & 0x7FFFFFFF;
@@ -107,6 +108,23 @@ public final class TaskTensors {
       tensor[i] = Float.intBitsToFloat(bits & -(above | tie));
     }
     return 0;
+  }
+
+  /**
+   * Sets the last {@code excess} entries whose magnitude's bits are {@code magnitudeBits} to +0;
+   * the tensor has at least that many.
+   */
+  private static void dropLastTies(float[] tensor, int magnitudeBits, int excess, boolean vectorized) {
+    int end = tensor.length;
+    for (int dropped = 0; dropped < excess; dropped++) {
+      if (vectorized) {
+        end = VectorTies.endOfLastVectorWith(tensor, end, magnitudeBits);
+      }
+      do {
+        end--;
+      } while ((Float.floatToRawIntBits(tensor[end]) & 0x7FFFFFFF) != magnitudeBits);
+      tensor[end] = 0;
+    }
   }
 
   /**

@@ -62,6 +62,24 @@ final class VectorTies {
   }
 
   /**
+   * Where the scalar search for the last entry before {@code end} whose magnitude's bits are
+   * {@code magnitudeBits} is to start: the end of the last whole vector below {@code end} that
+   * holds one, scanning down, or the end of the fewer than a vector's entries left at the front.
+   */
+  static int endOfLastVectorWith(float[] tensor, int end, int magnitudeBits) {
+    int lanes = ALL_FLOATS.length();
+    IntVector wanted = IntVector.broadcast(ALL_INTS, magnitudeBits);
+    int start = end - lanes;
+    for (; start >= 0; start -= lanes) {
+      IntVector magnitude = ((IntVector) FloatVector.fromArray(ALL_FLOATS, tensor, start).reinterpretShape(ALL_INTS, 0)).lanewise(VectorOperators.AND, 0x7FFFFFFF);
+      if (magnitude.compare(VectorOperators.EQ, wanted).anyTrue()) {
+        break;
+      }
+    }
+    return start + lanes;
+  }
+
+  /**
    * {@code TaskTensors.pruneRandomly} over the longest prefix of whole vectors; returns its
    * length. Lane j of the step at i draws {@link TaskTensors#splitMix}{@code (streamSeed, i + j +
    * 1)}, the value the scalar loop's SplittableRandom draws for entry i + j.

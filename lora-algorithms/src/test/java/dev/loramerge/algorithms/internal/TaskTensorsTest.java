@@ -61,10 +61,17 @@ class TaskTensorsTest {
       float[] expected = prunedByDefinition(values, density);
       float[] pruned = values.clone();
       TaskTensors.pruneByMagnitude(pruned, density);
-      for (int i = 0; i < n; i++) {
-        assertThat(Float.floatToRawIntBits(pruned[i]))
-            .as("trial %d, density %s, entry %d of %d (%s)", trial, density, i, n, values[i])
-            .isEqualTo(Float.floatToRawIntBits(expected[i]));
+      assertBitsEqual(pruned, expected, String.format("trial %d, density %s, %d entries", trial, density, n));
+      // The cut applied after magnitudeCut, whose ties and vector searches run on either path.
+      for (boolean vectorized : new boolean[] {false, true}) {
+        float[] cutHere = values.clone();
+        int cutBits = Float.floatToRawIntBits(TaskTensors.magnitudeCut(cutHere, density, vectorized));
+        for (int i = 0; i < n; i++) {
+          int bits = Float.floatToRawIntBits(cutHere[i]);
+          boolean below = (bits & 0x7FFFFFFF) < cutBits;
+          cutHere[i] = below ? 0f : cutHere[i];
+        }
+        assertBitsEqual(cutHere, expected, String.format("cut, vectorized %s, trial %d, density %s, %d entries", vectorized, trial, density, n));
       }
     }
   }
