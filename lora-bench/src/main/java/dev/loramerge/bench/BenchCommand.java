@@ -43,7 +43,8 @@ import java.util.OptionalDouble;
  * file to file ({@code merge/file}: two kohya files in, one out), the first adapter fused into the
  * fp16 base UNet file to file ({@code fuse/file}) and into its weights held as NDArrays ({@code
  * fuse/memory}). Prints median and min–max seconds, peak heap and peak process RSS per operation,
- * and for the randomized re-rankers their distance from the exact truncation and how much larger
+ * the most minor page faults of one timed run in thousands ({@code faults_k}; JSON {@code
+ * max_minor_faults}), and for the randomized re-rankers their distance from the exact truncation and how much larger
  * their truncation error is than the optimum's ({@link ReRankError}, on 24 modules spread over
  * the adapter, outside the timed runs). Run from {@code bin/lora-bench}, it also times the whole
  * {@code bin/lora merge} and {@code bin/lora fuse} commands on the same files as child processes

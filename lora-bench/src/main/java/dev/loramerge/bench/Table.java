@@ -24,8 +24,11 @@ final class Table {
     Object run() throws IOException;
   }
 
-  /** One operation's sorted run times and peaks. */
-  record Row(String name, double[] seconds, long peakRssMb, long peakHeapMb, Optional<ReRankError> reRankError) {
+  /**
+   * One operation's sorted run times and peaks, and the most minor page faults of one timed run
+   * (−1 where not measured: child processes, or no /proc).
+   */
+  record Row(String name, double[] seconds, long peakRssMb, long peakHeapMb, Optional<ReRankError> reRankError, long maxMinorFaults) {
     double median() {
       return seconds[seconds.length / 2];
     }
@@ -68,19 +71,25 @@ final class Table {
     }
     double[] seconds = new double[runs];
     long peakHeap = 0;
+    long maxFaults = -1;
     for (int run = 0; run < runs; run++) {
       // Each run starts from the same state: a command runs one operation, and pays neither for
       // the garbage nor for the unreleased direct buffers of the run before.
       System.gc();
+      long faultsBefore = minorFaults();
       long start = System.nanoTime();
       Object result = operation.run();
       seconds[run] = (System.nanoTime() - start) / 1e9;
+      long faultsAfter = minorFaults();
+      if (faultsBefore >= 0 && faultsAfter >= 0) {
+        maxFaults = Math.max(maxFaults, faultsAfter - faultsBefore);
+      }
       Runtime runtime = Runtime.getRuntime();
       peakHeap = Math.max(peakHeap, (runtime.totalMemory() - runtime.freeMemory()) >> 20);
       after.accept(result);
     }
     Arrays.sort(seconds);
-    Row row = new Row(name, seconds, peakRssMb(), peakHeap, reRankError);
+    Row row = new Row(name, seconds, peakRssMb(), peakHeap, reRankError, maxFaults);
     add(row);
     System.out.println(format(row));
   }
@@ -100,7 +109,7 @@ final class Table {
       seconds[run] = (System.nanoTime() - start) / 1e9;
     }
     Arrays.sort(seconds);
-    Row row = new Row(name, seconds, peakRss, 0, Optional.empty());
+    Row row = new Row(name, seconds, peakRss, 0, Optional.empty(), -1);
     add(row);
     System.out.println(format(row));
   }
@@ -208,14 +217,14 @@ final class Table {
   private static String header() {
     return String.format(
         Locale.ROOT,
-        "%-24s %9s %9s %9s %5s %8s %8s %10s %12s",
-        "operation", "median_s", "min_s", "max_s", "runs", "heap_mb", "rss_mb", "rel_error", "excess_error");
+        "%-24s %9s %9s %9s %5s %8s %8s %9s %10s %12s",
+        "operation", "median_s", "min_s", "max_s", "runs", "heap_mb", "rss_mb", "faults_k", "rel_error", "excess_error");
   }
 
   private static String format(Row row) {
     return String.format(
         Locale.ROOT,
-        "%-24s %9.3f %9.3f %9.3f %5d %8d %8d %10s %12s",
+        "%-24s %9.3f %9.3f %9.3f %5d %8d %8d %9s %10s %12s",
         row.name(),
         row.median(),
         row.seconds()[0],
@@ -223,6 +232,7 @@ final class Table {
         row.seconds().length,
         row.peakHeapMb(),
         row.peakRssMb(),
+        row.maxMinorFaults() < 0 ? "" : Long.toString(row.maxMinorFaults() / 1000),
         row.reRankError().map(error -> String.format(Locale.ROOT, "%.2e", error.relative())).orElse(""),
         row.reRankError().map(error -> String.format(Locale.ROOT, "%.2e", error.excess())).orElse(""));
   }
@@ -234,7 +244,7 @@ final class Table {
       json.append(
           String.format(
               Locale.ROOT,
-              "  {\"name\":\"%s\",\"median_s\":%.4f,\"min_s\":%.4f,\"max_s\":%.4f,\"runs\":%d,\"peak_rss_mb\":%d,\"peak_heap_mb\":%d%s%s}%s%n",
+              "  {\"name\":\"%s\",\"median_s\":%.4f,\"min_s\":%.4f,\"max_s\":%.4f,\"runs\":%d,\"peak_rss_mb\":%d,\"peak_heap_mb\":%d%s%s%s}%s%n",
               row.name(),
               row.median(),
               row.seconds()[0],
@@ -242,6 +252,7 @@ final class Table {
               row.seconds().length,
               row.peakRssMb(),
               row.peakHeapMb(),
+              row.maxMinorFaults() < 0 ? "" : String.format(Locale.ROOT, ",\"max_minor_faults\":%d", row.maxMinorFaults()),
               row.reRankError()
                   .map(error -> String.format(Locale.ROOT, ",\"rel_error\":%.3e,\"excess_error\":%.3e", error.relative(), error.excess()))
                   .orElse(""),
@@ -262,6 +273,23 @@ final class Table {
     }
     return String.format(Locale.ROOT, ",\"pytorch_median_s\":%.4f,\"ratio\":%.3f", other.medianSeconds(), other.medianSeconds() / row.median())
         + (other.sampledModules().isPresent() ? String.format(Locale.ROOT, ",\"pytorch_sampled_modules\":%d", other.sampledModules().getAsInt()) : "");
+  }
+
+  /**
+   * The process's minor page faults so far (field 10 of /proc/self/stat), or −1 without /proc. A
+   * fuse whose native copies land on fresh pages rather than memory glibc recycled takes
+   * hundreds of thousands of them and about 1.5 s more on this machine; this column tells such
+   * a run from a slow kernel.
+   */
+  static long minorFaults() {
+    try {
+      String stat = Files.readString(Path.of("/proc/self/stat"));
+      // The command name (field 2) may hold spaces; the fields after it are numbers.
+      String[] fields = stat.substring(stat.lastIndexOf(')') + 2).split(" ");
+      return Long.parseLong(fields[7]);
+    } catch (IOException | NumberFormatException | IndexOutOfBoundsException e) {
+      return -1;
+    }
   }
 
   /** Resets the kernel's peak-RSS counter (VmHWM), so each operation reports its own peak. */

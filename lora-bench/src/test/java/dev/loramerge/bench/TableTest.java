@@ -4,6 +4,7 @@ import static org.assertj.core.api.Assertions.assertThat;
 import static org.assertj.core.api.Assertions.assertThatThrownBy;
 
 import java.io.IOException;
+import java.nio.ByteBuffer;
 import java.util.List;
 import java.util.Map;
 import java.util.Optional;
@@ -13,9 +14,9 @@ import org.junit.jupiter.api.Test;
 class TableTest {
   private static Table javaRuns() {
     Table table = new Table(3);
-    table.add(new Table.Row("merge/cat", new double[] {0.45, 0.5, 0.6}, 900, 400, Optional.empty()));
-    table.add(new Table.Row("merge/svd", new double[] {1.5, 2.0, 2.5}, 900, 400, Optional.empty()));
-    table.add(new Table.Row("merge/file", new double[] {0.7, 0.73, 0.8}, 900, 400, Optional.empty()));
+    table.add(new Table.Row("merge/cat", new double[] {0.45, 0.5, 0.6}, 900, 400, Optional.empty(), 1200));
+    table.add(new Table.Row("merge/svd", new double[] {1.5, 2.0, 2.5}, 900, 400, Optional.empty(), 466_850));
+    table.add(new Table.Row("merge/file", new double[] {0.7, 0.73, 0.8}, 900, 400, Optional.empty(), -1));
     return table;
   }
 
@@ -55,6 +56,24 @@ class TableTest {
     assertThat(lines[1]).endsWith("\"pytorch_median_s\":1.0000,\"ratio\":2.000},");
     assertThat(lines[2]).endsWith("\"pytorch_median_s\":650.0000,\"ratio\":325.000,\"pytorch_sampled_modules\":73},");
     assertThat(lines[3]).startsWith("  {\"name\":\"merge/file\"").doesNotContain("pytorch");
+  }
+
+  @Test
+  void jsonCarriesTheMostPageFaultsOfARunWhereTheyWereCounted() {
+    String[] lines = javaRuns().json().split("\n");
+    assertThat(lines[2]).as("merge/svd").contains("\"peak_heap_mb\":400,\"max_minor_faults\":466850}");
+    assertThat(lines[3]).as("merge/file, not counted").doesNotContain("faults");
+  }
+
+  @Test
+  void minorFaultsCountTheFirstTouchOfFreshMemory() {
+    long before = Table.minorFaults();
+    // Java zeroes a direct buffer as it allocates it: every 4 KiB page is touched once.
+    ByteBuffer fresh = ByteBuffer.allocateDirect(64 << 20);
+    long after = Table.minorFaults();
+    assertThat(fresh.capacity()).isEqualTo(64 << 20);
+    assertThat(before).as("faults read from /proc/self/stat").isNotNegative();
+    assertThat(after - before).as("faults while touching 64 MiB of fresh pages (16 384 pages)").isGreaterThan(8_000);
   }
 
   @Test
