@@ -40,6 +40,15 @@ public interface WeightTarget {
    */
   Optional<Restorer> apply(WeightUpdate update) throws IOException;
 
+  /**
+   * Frees what the target keeps between fuses only to make the next one faster. An in-memory
+   * target ({@link #of(Map)}) keeps, for each weight it has restored, the memory of the copy it
+   * restored it from, and copies into that memory when a fuse touches the weight again; that
+   * memory is also freed with the weights' manager. Fuses still active keep what they need to be
+   * undone. Targets that write files keep nothing.
+   */
+  default void trim() {}
+
   /** Undoes one {@link #apply}. */
   @FunctionalInterface
   interface Restorer {
@@ -54,6 +63,12 @@ public interface WeightTarget {
   /**
    * The NDArrays of {@code weights}, updated in place (on their own devices). Fuses into the
    * returned target can be undone in any order, bit for bit.
+   *
+   * <p>The target keeps a copy of each weight a fuse touches, in the weight's manager, from the
+   * first fuse that touches it. After the last fuse into the weight is undone, the copy's memory
+   * stays for the next fuse to reuse (fresh memory costs the kernel a page fault per 4 KiB) until
+   * {@link #trim()} or until the weights' manager is closed: hold one target per set of weights
+   * rather than one per fuse.
    */
   static WeightTarget of(Map<String, NDArray> weights) {
     return new ArrayTarget(ImmutableMap.copyOf(checkNotNull(weights, "weights")));
@@ -62,7 +77,7 @@ public interface WeightTarget {
   /**
    * The parameters of {@code block}, named as {@link Block#getParameters()} names them (for a
    * TorchScript UNet, {@code down_blocks.0.attentions.0.proj_in.weight} and so on), updated in
-   * place on the block's device.
+   * place on the block's device, with copies kept as {@link #of(Map)} keeps them.
    *
    * @throws IllegalArgumentException if a parameter is not initialized
    */

@@ -191,10 +191,49 @@ class FusedLoraTest {
       Map<String, NDArray> arrays = arrays(manager, base);
       int before = system.getManagedArrays().size();
       int ownBefore = manager.getManagedArrays().size();
-      FusedLora fused = LoraMerger.builder().add(STYLE, 0.5).add(DETAIL, 0.5).fuseInto(WeightTarget.of(arrays));
+      WeightTarget target = WeightTarget.of(arrays);
+      FusedLora fused = LoraMerger.builder().add(STYLE, 0.5).add(DETAIL, 0.5).fuseInto(target);
       fused.unfuse();
-      assertThat(system.getManagedArrays().size()).as("arrays alive in the system manager").isEqualTo(before);
-      assertThat(manager.getManagedArrays().size()).as("arrays alive in the weights' manager").isEqualTo(ownBefore);
+      // The system manager counts its children's arrays too, the weights' manager's among them.
+      assertThat(system.getManagedArrays().size())
+          .as("arrays alive in the system manager after the unfuse")
+          .isEqualTo(before + TinyLora.KEYS.length);
+      assertThat(manager.getManagedArrays().size())
+          .as("arrays alive in the weights' manager after the unfuse: one spare per fused weight")
+          .isEqualTo(ownBefore + TinyLora.KEYS.length);
+      target.trim();
+      assertThat(manager.getManagedArrays().size()).as("arrays alive in the weights' manager after trim()").isEqualTo(ownBefore);
+      assertThat(system.getManagedArrays().size()).as("arrays alive in the system manager after trim()").isEqualTo(before);
+    }
+  }
+
+  @Test
+  void fusesAfterAnUnfuseReuseTheCopiesAndCopyTheWeightsAgain() throws IOException {
+    Map<String, TensorData> base = TinyLora.base(DType.F16, 13);
+    Map<String, TensorData> changed = TinyLora.base(DType.F16, 14);
+    try (NDManager manager = NDManager.newBaseManager()) {
+      Map<String, NDArray> arrays = arrays(manager, base);
+      WeightTarget target = WeightTarget.of(arrays);
+      LoraMerger.builder().add(STYLE, 0.8).fuseInto(target).unfuse();
+      int withSpares = manager.getManagedArrays().size();
+      // The weights change outside the target between fuses: a spare holds stale values.
+      changed.forEach((name, tensor) -> arrays.get(name).set(tensor.bytes().duplicate()));
+      FusedLora fused = LoraMerger.builder().add(SUBJECT, -0.6).fuseInto(target);
+      assertThat(manager.getManagedArrays().size()).as("arrays alive while the second fuse is active").isEqualTo(withSpares);
+      Map<String, ByteBuffer> expected = freshFuse(changed, List.of(SUBJECT), new double[] {-0.6}, List.of(0));
+      for (String name : base.keySet()) {
+        assertThat(bytesOf(arrays.get(name))).as("%s fused over the changed weights", name).isEqualTo(expected.get(name));
+      }
+      fused.unfuse();
+      for (String name : base.keySet()) {
+        assertThat(bytesOf(arrays.get(name))).as("%s restored to the changed weights", name).isEqualTo(changed.get(name).bytes());
+      }
+      assertThatThrownBy(() -> LoraMerger.builder().add(STYLE, 1e5).fuseInto(target)).isInstanceOf(LoraMergeException.class);
+      assertThat(manager.getManagedArrays().size()).as("arrays alive after a failed fuse").isEqualTo(withSpares);
+      for (String name : base.keySet()) {
+        assertThat(bytesOf(arrays.get(name))).as("%s after a failed fuse", name).isEqualTo(changed.get(name).bytes());
+      }
+      assertThat(target.toString()).contains("spares=" + TinyLora.KEYS.length);
     }
   }
 
