@@ -14,6 +14,7 @@ import java.io.IOException;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.nio.channels.FileChannel;
+import java.nio.file.AccessDeniedException;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.StandardCopyOption;
@@ -446,19 +447,31 @@ public final class SafetensorsWriter implements AutoCloseable {
   /**
    * An empty file beside {@code target}, named after it so that a leftover is recognisable.
    * createTempFile makes owner-only files (0600); asking for 0666 leaves the permissions to the
-   * umask, as for any new file, so the renamed result looks like a plainly written one.
+   * umask, as for any new file, so the renamed result looks like a plainly written one. Failures
+   * name the target, not the temporary file the user never asked for.
    */
   private static Path createTemporary(Path target) throws IOException {
     Path folder = target.getParent();
-    String prefix = "." + target.getFileName();
-    if (folder.getFileSystem().supportedFileAttributeViews().contains("posix")) {
-      return Files.createTempFile(
-          folder,
-          prefix,
-          ".tmp",
-          PosixFilePermissions.asFileAttribute(PosixFilePermissions.fromString("rw-rw-rw-")));
+    if (!Files.isDirectory(folder)) {
+      throw new IOException(target + ": cannot write it: " + folder + (Files.exists(folder) ? " is not a folder" : " does not exist"));
     }
-    return Files.createTempFile(folder, prefix, ".tmp");
+    if (Files.isDirectory(target)) {
+      // Found now rather than by the rename after the whole file is written.
+      throw new IOException(target + ": cannot write it: it is a folder");
+    }
+    String prefix = "." + target.getFileName();
+    try {
+      if (folder.getFileSystem().supportedFileAttributeViews().contains("posix")) {
+        return Files.createTempFile(
+            folder,
+            prefix,
+            ".tmp",
+            PosixFilePermissions.asFileAttribute(PosixFilePermissions.fromString("rw-rw-rw-")));
+      }
+      return Files.createTempFile(folder, prefix, ".tmp");
+    } catch (AccessDeniedException e) {
+      throw new IOException(target + ": cannot write it: no permission to create files in " + folder, e);
+    }
   }
 
   /** Writes {@code bytes} next, directly or through the page cache. */

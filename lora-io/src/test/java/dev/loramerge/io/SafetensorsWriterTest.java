@@ -56,6 +56,38 @@ class SafetensorsWriterTest {
   }
 
   @Test
+  void aMissingFolderAFileInItsPlaceOrAFolderAtTheTargetIsNamedWithTheTarget() throws IOException {
+    Path missing = folder.resolve("missing").resolve("style.safetensors");
+    assertThatThrownBy(() -> SafetensorsWriter.create(missing, LAYOUT, Map.of()))
+        .isInstanceOf(IOException.class)
+        .hasMessage("%s: cannot write it: %s does not exist", missing, missing.getParent());
+    Path file = Files.writeString(folder.resolve("file"), "not a folder");
+    Path inFile = file.resolve("style.safetensors");
+    assertThatThrownBy(() -> SafetensorsWriter.create(inFile, LAYOUT, Map.of()))
+        .isInstanceOf(IOException.class)
+        .hasMessage("%s: cannot write it: %s is not a folder", inFile, file);
+    Path aFolder = Files.createDirectory(folder.resolve("out.safetensors"));
+    assertThatThrownBy(() -> SafetensorsWriter.create(aFolder, LAYOUT, Map.of()))
+        .isInstanceOf(IOException.class)
+        .hasMessage("%s: cannot write it: it is a folder", aFolder);
+  }
+
+  @Test
+  void aFolderWithoutWritePermissionIsNamedWithTheTarget() throws IOException {
+    Path locked = Files.createDirectory(folder.resolve("locked"));
+    assumeTrue(locked.toFile().setWritable(false, false), "the file system takes away write permission");
+    try {
+      assumeTrue(!Files.isWritable(locked), "not running as a user who may write anyway (root)");
+      Path target = locked.resolve("style.safetensors");
+      assertThatThrownBy(() -> SafetensorsWriter.create(target, LAYOUT, Map.of()))
+          .isInstanceOf(IOException.class)
+          .hasMessage("%s: cannot write it: no permission to create files in %s", target, locked);
+    } finally {
+      locked.toFile().setWritable(true, false);
+    }
+  }
+
+  @Test
   void closeWithoutCommitLeavesNothing() throws IOException {
     try (SafetensorsWriter writer = SafetensorsWriter.create(target(), LAYOUT, Map.of())) {
       writer.write("down", DOWN);
