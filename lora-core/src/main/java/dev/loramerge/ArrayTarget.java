@@ -3,6 +3,7 @@ package dev.loramerge;
 import ai.djl.Device;
 import ai.djl.ndarray.NDArray;
 import com.google.common.collect.ImmutableMap;
+import com.google.common.collect.MapMaker;
 import dev.loramerge.internal.Fusion;
 import dev.loramerge.internal.NdArrays;
 import java.nio.ByteBuffer;
@@ -13,6 +14,7 @@ import java.util.Map;
 import java.util.Optional;
 import java.util.Set;
 import java.util.concurrent.ConcurrentHashMap;
+import java.util.concurrent.ConcurrentMap;
 import java.util.concurrent.ForkJoinPool;
 import java.util.concurrent.atomic.AtomicInteger;
 import java.util.stream.Collectors;
@@ -40,8 +42,14 @@ final class ArrayTarget implements WeightTarget {
   private final ImmutableMap<String, NDArray> arrays;
   private final ImmutableMap<String, WeightInfo> weights;
   private final Map<String, NDArray> originals = new HashMap<>();
-  /** Copies of restored weights, written through their views, for the next fuse to copy into. */
-  private final Map<String, NDArray> spares = new HashMap<>();
+  /**
+   * Copies of restored weights, written through their views, for the next fuse to copy into; by
+   * the weight they copy and shared by every target over the same arrays, so that a target made
+   * per fuse finds what the last one left and there is never more than one spare per weight. Weak
+   * keys compare by identity. A spare is freed with its weight's manager, and its entry goes once
+   * the weight is unreachable.
+   */
+  private static final ConcurrentMap<NDArray, NDArray> SPARES = new MapMaker().weakKeys().makeMap();
   private final List<WeightUpdate> active = new ArrayList<>();
   private final Map<String, Boolean> writesThrough = new ConcurrentHashMap<>();
 
@@ -82,8 +90,8 @@ final class ArrayTarget implements WeightTarget {
     Set<String> uncaptured = names.stream().filter(name -> !originals.containsKey(name)).collect(Collectors.toSet());
     Map<String, NDArray> reusable = new HashMap<>();
     for (String name : uncaptured) {
-      NDArray spare = spares.remove(name);
-      if (spare != null) {
+      NDArray spare = SPARES.remove(arrays.get(name));
+      if (spare != null && !spare.isReleased()) {
         reusable.put(name, spare);
       }
     }
@@ -131,7 +139,7 @@ final class ArrayTarget implements WeightTarget {
       }
       reusable.forEach((name, spare) -> {
         if (!capturedNow.containsKey(name)) {
-          spares.put(name, spare);
+          keepAsSpare(name, spare);
         }
       });
       throw failures[firstFailure.get()];
@@ -223,16 +231,28 @@ final class ArrayTarget implements WeightTarget {
   /** Keeps the copy of weight {@code name} as its spare where the next copy can go into it. */
   private void keepOrClose(String name, NDArray copy) {
     if (writesThrough(name, arrays.get(name)) && viewWritesThrough(copy)) {
-      spares.put(name, copy);
+      keepAsSpare(name, copy);
     } else {
       copy.close();
     }
   }
 
+  private void keepAsSpare(String name, NDArray spare) {
+    // Another target over the same weight may have left one meanwhile.
+    NDArray previous = SPARES.put(arrays.get(name), spare);
+    if (previous != null) {
+      previous.close();
+    }
+  }
+
   @Override
   public synchronized void trim() {
-    spares.values().forEach(NDArray::close);
-    spares.clear();
+    for (NDArray array : arrays.values()) {
+      NDArray spare = SPARES.remove(array);
+      if (spare != null) {
+        spare.close();
+      }
+    }
   }
 
   private boolean writesThrough(String name, NDArray array) {
@@ -263,6 +283,7 @@ final class ArrayTarget implements WeightTarget {
 
   @Override
   public String toString() {
-    return "WeightTarget{arrays=" + arrays.size() + ", fused=" + active.size() + ", spares=" + spares.size() + "}";
+    long spares = arrays.values().stream().filter(SPARES::containsKey).count();
+    return "WeightTarget{arrays=" + arrays.size() + ", fused=" + active.size() + ", spares=" + spares + "}";
   }
 }

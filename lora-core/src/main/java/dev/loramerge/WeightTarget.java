@@ -44,8 +44,9 @@ public interface WeightTarget {
    * Frees what the target keeps between fuses only to make the next one faster. An in-memory
    * target ({@link #of(Map)}) keeps, for each weight it has restored, the memory of the copy it
    * restored it from, and copies into that memory when a fuse touches the weight again; that
-   * memory is also freed with the weights' manager. Fuses still active keep what they need to be
-   * undone. Targets that write files keep nothing.
+   * memory, shared with other targets over the same arrays, is also freed with the weights'
+   * manager. Fuses still active keep what they need to be undone. Targets that write files keep
+   * nothing.
    */
   default void trim() {}
 
@@ -67,8 +68,8 @@ public interface WeightTarget {
    * <p>The target keeps a copy of each weight a fuse touches, in the weight's manager, from the
    * first fuse that touches it. After the last fuse into the weight is undone, the copy's memory
    * stays for the next fuse to reuse (fresh memory costs the kernel a page fault per 4 KiB) until
-   * {@link #trim()} or until the weights' manager is closed: hold one target per set of weights
-   * rather than one per fuse.
+   * {@link #trim()} or until the weights' manager is closed. Targets over the same arrays share
+   * that memory: there is never more than one such copy per weight, however many targets are made.
    */
   static WeightTarget of(Map<String, NDArray> weights) {
     return new ArrayTarget(ImmutableMap.copyOf(checkNotNull(weights, "weights")));

@@ -218,8 +218,11 @@ class FusedLoraTest {
       int withSpares = manager.getManagedArrays().size();
       // The weights change outside the target between fuses: a spare holds stale values.
       changed.forEach((name, tensor) -> arrays.get(name).set(tensor.bytes().duplicate()));
-      FusedLora fused = LoraMerger.builder().add(SUBJECT, -0.6).fuseInto(target);
-      assertThat(manager.getManagedArrays().size()).as("arrays alive while the second fuse is active").isEqualTo(withSpares);
+      // A target made per fuse finds the copies the first one left.
+      FusedLora fused = LoraMerger.builder().add(SUBJECT, -0.6).fuseInto(WeightTarget.of(arrays));
+      assertThat(manager.getManagedArrays().size())
+          .as("arrays alive while a second target's fuse is active")
+          .isEqualTo(withSpares);
       Map<String, ByteBuffer> expected = freshFuse(changed, List.of(SUBJECT), new double[] {-0.6}, List.of(0));
       for (String name : base.keySet()) {
         assertThat(bytesOf(arrays.get(name))).as("%s fused over the changed weights", name).isEqualTo(expected.get(name));
@@ -234,6 +237,11 @@ class FusedLoraTest {
         assertThat(bytesOf(arrays.get(name))).as("%s after a failed fuse", name).isEqualTo(changed.get(name).bytes());
       }
       assertThat(target.toString()).contains("spares=" + TinyLora.KEYS.length);
+      WeightTarget.of(arrays).trim();
+      assertThat(manager.getManagedArrays().size())
+          .as("arrays alive after trim() on another target over the same arrays")
+          .isEqualTo(withSpares - TinyLora.KEYS.length);
+      assertThat(target.toString()).contains("spares=0");
     }
   }
 
