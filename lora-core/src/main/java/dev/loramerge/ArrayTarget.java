@@ -39,17 +39,18 @@ import java.util.stream.IntStream;
  * others (on a GPU, or views) are computed in a heap buffer and set.
  */
 final class ArrayTarget implements WeightTarget {
-  private final ImmutableMap<String, NDArray> arrays;
-  private final ImmutableMap<String, WeightInfo> weights;
-  private final Map<String, NDArray> originals = new HashMap<>();
   /**
    * Copies of restored weights, written through their views, for the next fuse to copy into; by
    * the weight they copy and shared by every target over the same arrays, so that a target made
    * per fuse finds what the last one left and there is never more than one spare per weight. Weak
    * keys compare by identity. A spare is freed with its weight's manager, and its entry goes once
-   * the weight is unreachable.
+   * that manager is closed and the weight unreachable (while the manager is open, it holds the
+   * weight through the spare it also owns).
    */
   private static final ConcurrentMap<NDArray, NDArray> SPARES = new MapMaker().weakKeys().makeMap();
+  private final ImmutableMap<String, NDArray> arrays;
+  private final ImmutableMap<String, WeightInfo> weights;
+  private final Map<String, NDArray> originals = new HashMap<>();
   private final List<WeightUpdate> active = new ArrayList<>();
   private final Map<String, Boolean> writesThrough = new ConcurrentHashMap<>();
 
