@@ -42,7 +42,9 @@ import java.util.OptionalDouble;
  * density 0.5, target rank R: every merge method in memory ({@code merge/<method>}), the cat merge
  * file to file ({@code merge/file}: two kohya files in, one out), the first adapter fused into the
  * fp16 base UNet file to file ({@code fuse/file}) and into its weights held as NDArrays ({@code
- * fuse/memory}). Prints median and min–max seconds, peak heap and peak process RSS per operation,
+ * fuse/memory}: one target, unfused after each run, so the timed fuses copy the weights into the
+ * memory the warm-up's copies left, as in a process that swaps LoRAs; the first fuse into a
+ * target also pays for that memory's page faults). Prints median and min–max seconds, peak heap and peak process RSS per operation,
  * the most minor page faults of one timed run in thousands ({@code faults_k}; JSON {@code
  * max_minor_faults}), and for the randomized re-rankers their distance from the exact truncation and how much larger
  * their truncation error is than the optimum's ({@link ReRankError}, on 24 modules spread over
