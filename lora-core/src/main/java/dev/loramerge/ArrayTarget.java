@@ -129,14 +129,11 @@ final class ArrayTarget implements WeightTarget {
             });
     originals.putAll(capturedNow);
     if (firstFailure.get() < names.size()) {
+      // Every weight captured now was touched and no active fuse has it, so its rebuild restores
+      // it from the copy and keeps the copy as a spare; spares taken for weights not reached go
+      // back as they are.
       for (String name : touched) {
         rebuild(name);
-      }
-      for (String name : capturedNow.keySet()) {
-        NDArray original = originals.remove(name);
-        if (original != null) {
-          keepOrClose(name, original);
-        }
       }
       reusable.forEach((name, spare) -> {
         if (!capturedNow.containsKey(name)) {
