@@ -350,7 +350,7 @@ public final class LoraMerger {
     private double[][] fusedFactors(LazyManager manager, ModuleKey key) {
       if (algorithm != CatAlgorithm.INSTANCE || prune.isPresent()) {
         DataType computeType = algorithm.exactInFloat64() ? DataType.FLOAT64 : DataType.FLOAT32;
-        NDArray[] factors = mergedFactors(manager, buffers, key, computeType).orElseThrow().arrays(manager.get());
+        NDArray[] factors = mergedFactors(manager, buffers, key, computeType, Optional.empty()).orElseThrow().arrays(manager.get());
         return new double[][] {
           prunedFactor(factors[0].toType(computeType, false)).toType(DataType.FLOAT64, false).toDoubleArray(),
           prunedFactor(factors[1].toType(computeType, false)).toType(DataType.FLOAT64, false).toDoubleArray()
@@ -432,7 +432,7 @@ public final class LoraMerger {
 
   private Optional<LoraModule> mergeModule(LazyManager root, DenseBuffers buffers, ModuleKey key, DType outputType) {
     try (LazyManager manager = new LazyManager(() -> root.get().newSubManager())) {
-      return mergedFactors(manager, buffers, key, DataType.FLOAT32)
+      return mergedFactors(manager, buffers, key, DataType.FLOAT32, Optional.of(outputType))
           .map(merged -> toModule(key, firstPresent(key), merged, outputType));
     }
   }
@@ -450,10 +450,11 @@ public final class LoraMerger {
    * by {@code manager}, before rounding to an output type; empty when no input has the module.
    * The manager is asked for only when arrays are made, so that merges the algorithm does on
    * values never start the engine (about half a second).
-   * {@code computeType} is the type the inputs' factors are handed to the algorithm in.
+   * {@code computeType} is the type the inputs' factors are handed to the algorithm in; {@code
+   * outputType} is the type a merge writes (empty in a fuse), which cat encodes straight into.
    */
   private Optional<Merged> mergedFactors(
-      Supplier<NDManager> manager, DenseBuffers buffers, ModuleKey key, DataType computeType) {
+      Supplier<NDManager> manager, DenseBuffers buffers, ModuleKey key, DataType computeType, Optional<DType> outputType) {
     List<Integer> indices = presentIndices(key);
     List<Input> present = indices.stream().map(inputs::get).toList();
     if (present.isEmpty()) {
@@ -474,6 +475,10 @@ public final class LoraMerger {
     int largestRank = built.stream().mapToInt(input -> input.module().rank()).max().orElseThrow();
     Optional<Integer> explicit = first.kind() == LoraModule.Kind.CONV && convRank.isPresent() ? convRank : rank;
     int target = explicit.orElse(largestRank);
+    int rankSum = built.stream().mapToInt(input -> input.module().rank()).sum();
+    if (algorithm == CatAlgorithm.INSTANCE && outputType.isPresent() && !(explicit.isPresent() && rankSum > target)) {
+      return Optional.of(Merged.ofTensors(CatAlgorithm.encode(built, outputType.get())));
+    }
     ModuleMerge merge = new Merge(key, built, manager, target, computeType == DataType.FLOAT64);
     ModuleUpdate update = algorithm.merge(merge);
     if (update.isDense()) {
@@ -524,18 +529,24 @@ public final class LoraMerger {
    * output type in Java, with no native call.
    */
   private record Merged(
-      NDArray up, NDArray down, float[] upValues, float[] downValues, double[] upDoubles, double[] downDoubles, int valuesRank) {
+      NDArray up, NDArray down, float[] upValues, float[] downValues, double[] upDoubles, double[] downDoubles, int valuesRank,
+      TensorData[] tensors) {
     static Merged of(NDArray[] factors) {
-      return new Merged(factors[0], factors[1], null, null, null, null, 0);
+      return new Merged(factors[0], factors[1], null, null, null, null, 0, null);
     }
 
     static Merged ofFloats(float[] up, float[] down, int rank) {
-      return new Merged(null, null, up, down, null, null, rank);
+      return new Merged(null, null, up, down, null, null, rank, null);
     }
 
     /** Re-ranked factors {up ({@code rows}×k), down (k×n)}, row-major. */
     static Merged ofDoubles(double[][] factors, int rows) {
-      return new Merged(null, null, null, null, factors[0], factors[1], factors[0].length / rows);
+      return new Merged(null, null, null, null, factors[0], factors[1], factors[0].length / rows, null);
+    }
+
+    /** Factors {up (m×r), down (r×n)} already in the output type. */
+    static Merged ofTensors(TensorData[] factors) {
+      return new Merged(null, null, null, null, null, null, Math.toIntExact(factors[0].dim(1)), factors);
     }
 
     int rank() {
@@ -608,7 +619,10 @@ public final class LoraMerger {
     upShape[1] = rank;
     TensorData newDown;
     TensorData newUp;
-    if (merged.up() != null) {
+    if (merged.tensors() != null) {
+      newDown = pruned(merged.tensors()[1].reshape(downShape));
+      newUp = pruned(merged.tensors()[0].reshape(upShape));
+    } else if (merged.up() != null) {
       newDown = pruned(NdArrays.toTensor(merged.down(), outputType, downShape));
       newUp = pruned(NdArrays.toTensor(merged.up(), outputType, upShape));
     } else if (merged.upDoubles() != null) {

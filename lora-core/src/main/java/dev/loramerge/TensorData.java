@@ -83,15 +83,27 @@ public final class TensorData {
     }
     ByteBuffer buffer =
         ByteBuffer.allocate(Math.multiplyExact(values.length, dtype.byteSize())).order(ByteOrder.LITTLE_ENDIAN);
-    if (dtype == DType.F64) {
-      DoubleBuffer doubles = buffer.asDoubleBuffer();
-      for (float value : values) {
-        doubles.put(value);
-      }
-    } else {
-      FloatFormats.narrow(dtype == DType.F16, values, buffer);
-    }
+    encode(dtype, values, values.length, buffer, 0);
     return new TensorData(dtype, shape.clone(), buffer.asReadOnlyBuffer().order(ByteOrder.LITTLE_ENDIAN));
+  }
+
+  /**
+   * Writes {@code values[0, count)} as {@code dtype} (F64, F32, F16 or BF16), each rounded once,
+   * into {@code out} (little-endian, not read-only) from element {@code first}: what {@link
+   * #ofFloats(float[], DType, long...)} stores, for a tensor filled a block at a time.
+   */
+  static void encode(DType dtype, float[] values, int count, ByteBuffer out, int first) {
+    switch (dtype) {
+      case F64 -> {
+        DoubleBuffer doubles = out.duplicate().order(ByteOrder.LITTLE_ENDIAN).position(0).asDoubleBuffer();
+        for (int i = 0; i < count; i++) {
+          doubles.put(first + i, values[i]);
+        }
+      }
+      case F32 -> out.duplicate().order(ByteOrder.LITTLE_ENDIAN).position(0).asFloatBuffer().put(first, values, 0, count);
+      case F16, BF16 -> FloatFormats.narrow(dtype == DType.F16, values, count, out, first);
+      default -> throw new IllegalArgumentException("cannot encode " + dtype + " from real values");
+    }
   }
 
   /**
@@ -204,6 +216,23 @@ public final class TensorData {
       values[i] = (float) readAsDouble(in, i);
     }
     return values;
+  }
+
+  /**
+   * Elements {@code [first, first + count)} (row-major) as floats into {@code out[0, count)},
+   * rounded as {@link #toFloatArray()} rounds them.
+   */
+  void readFloats(int first, float[] out, int count) {
+    ByteBuffer in = bytes();
+    if (dtype == DType.F32) {
+      in.asFloatBuffer().get(first, out, 0, count);
+    } else if (dtype == DType.F16 || dtype == DType.BF16) {
+      FloatFormats.widen(dtype == DType.F16, in, first, out, count);
+    } else {
+      for (int i = 0; i < count; i++) {
+        out[i] = (float) readAsDouble(in, first + i);
+      }
+    }
   }
 
   /** Element {@code index} (row-major) as a double. */

@@ -266,6 +266,73 @@ class LoraMergerTest {
     }
   }
 
+  @Test
+  void catOfMixedTypesOverManyRowsRoundsEachScaledElementOnceToTheOutputType() {
+    // 3000 rows at rank 8 span several of the blocks cat fills its output in; bf16 and float32
+    // inputs make every A convert instead of being copied.
+    ModuleKey key = TinyLora.KEYS[0];
+    java.util.Random random = new java.util.Random(11);
+    LoraModule[] inputs = {
+      LoraModule.of(key, gaussian(random, DType.BF16, 5, 40), gaussian(random, DType.BF16, 3000, 5), 4),
+      LoraModule.of(key, gaussian(random, DType.F32, 3, 40), gaussian(random, DType.F32, 3000, 3), 1.5)
+    };
+    double[] weights = {0.7, -1.3};
+    for (DType output : new DType[] {DType.F16, DType.BF16, DType.F32, DType.F64}) {
+      LoraModule merged =
+          LoraMerger.builder()
+              .add(LoraAdapter.builder().name("a").add(inputs[0]).build(), weights[0])
+              .add(LoraAdapter.builder().name("b").add(inputs[1]).build(), weights[1])
+              .dtype(output)
+              .merge()
+              .modules()
+              .get(key);
+      float[] expectedUp = new float[3000 * 8];
+      float[] expectedDown = new float[8 * 40];
+      int column = 0;
+      for (int n = 0; n < inputs.length; n++) {
+        float[] up = inputs[n].up().toFloatArray();
+        float factor = (float) (weights[n] * inputs[n].scale());
+        int inputRank = inputs[n].rank();
+        for (int row = 0; row < 3000; row++) {
+          for (int j = 0; j < inputRank; j++) {
+            expectedUp[row * 8 + column + j] = up[row * inputRank + j] * factor;
+          }
+        }
+        System.arraycopy(inputs[n].down().toFloatArray(), 0, expectedDown, column * 40, inputRank * 40);
+        column += inputRank;
+      }
+      assertThat(merged.up().dtype()).as("up type").isEqualTo(output);
+      assertThat(merged.up().shape()).containsExactly(3000, 8);
+      assertThat(merged.down().shape()).containsExactly(8, 40);
+      assertThat(roundedOnce(merged.up(), expectedUp)).as("%s up: first element that is not its float32 product rounded once (-1: none)", output).isEqualTo(-1);
+      assertThat(roundedOnce(merged.down(), expectedDown)).as("%s down: first element that is not the stacked A rounded once (-1: none)", output).isEqualTo(-1);
+    }
+  }
+
+  /** The first index where {@code tensor} is not {@code expected} rounded once to its type, or −1. */
+  private static int roundedOnce(TensorData tensor, float[] expected) {
+    assertThat(tensor.numel()).isEqualTo(expected.length);
+    for (int i = 0; i < expected.length; i++) {
+      double want = switch (tensor.dtype()) {
+        case F16 -> dev.loramerge.internal.FloatFormats.fromFloat16(dev.loramerge.internal.FloatFormats.toFloat16(expected[i]));
+        case BF16 -> dev.loramerge.internal.FloatFormats.fromBFloat16(dev.loramerge.internal.FloatFormats.toBFloat16(expected[i]));
+        default -> expected[i];
+      };
+      if (Double.doubleToLongBits(tensor.getDouble(i)) != Double.doubleToLongBits(want)) {
+        return i;
+      }
+    }
+    return -1;
+  }
+
+  private static TensorData gaussian(java.util.Random random, DType dtype, long... shape) {
+    float[] values = new float[Math.toIntExact(TensorData.numel(shape))];
+    for (int i = 0; i < values.length; i++) {
+      values[i] = (float) random.nextGaussian();
+    }
+    return TensorData.ofFloats(values, dtype, shape);
+  }
+
   private static LoraAdapter toFloat16(LoraAdapter adapter) {
     LoraAdapter.Builder builder = LoraAdapter.builder().name(adapter.name());
     adapter.modules().values().forEach(

@@ -108,22 +108,34 @@ public final class FloatFormats {
    * index 0 of {@code in}, into {@code out}, exactly.
    */
   public static void widen(boolean float16, ByteBuffer in, float[] out) {
-    widen(float16, in, out, VECTOR_API);
+    widen(float16, in, 0, out, out.length, VECTOR_API);
+  }
+
+  /**
+   * Widens the {@code count} fp16 values (bf16 when not {@code float16}) of {@code in} from
+   * element {@code first} into {@code out[0, count)}, exactly.
+   */
+  public static void widen(boolean float16, ByteBuffer in, int first, float[] out, int count) {
+    widen(float16, in, first, out, count, VECTOR_API);
   }
 
   /** {@link #widen(boolean, ByteBuffer, float[])} with or without the Vector API. */
   static void widen(boolean float16, ByteBuffer in, float[] out, boolean vectorized) {
+    widen(float16, in, 0, out, out.length, vectorized);
+  }
+
+  private static void widen(boolean float16, ByteBuffer in, int first, float[] out, int count, boolean vectorized) {
     // Bulk copies into a primitive array: indexed reads of a read-only buffer cost ~4 ns each.
     ShortBuffer halves = in.duplicate().order(ByteOrder.LITTLE_ENDIAN).position(0).asShortBuffer();
-    short[] chunk = new short[Math.min(out.length, CHUNK)];
-    for (int first = 0; first < out.length; first += chunk.length) {
-      int length = Math.min(chunk.length, out.length - first);
-      halves.get(first, chunk, 0, length);
+    short[] chunk = new short[Math.min(count, CHUNK)];
+    for (int start = 0; start < count; start += chunk.length) {
+      int length = Math.min(chunk.length, count - start);
+      halves.get(first + start, chunk, 0, length);
       int done = vectorized
-          ? float16 ? VectorHalves.widenFloat16(chunk, length, out, first) : VectorHalves.widenBFloat16(chunk, length, out, first)
+          ? float16 ? VectorHalves.widenFloat16(chunk, length, out, start) : VectorHalves.widenBFloat16(chunk, length, out, start)
           : 0;
       for (int i = done; i < length; i++) {
-        out[first + i] = float16 ? float16Value(chunk[i]) : Float.intBitsToFloat(chunk[i] << 16);
+        out[start + i] = float16 ? float16Value(chunk[i]) : Float.intBitsToFloat(chunk[i] << 16);
       }
     }
   }
@@ -133,22 +145,34 @@ public final class FloatFormats {
    * little-endian from index 0.
    */
   public static void narrow(boolean float16, float[] in, ByteBuffer out) {
-    narrow(float16, in, out, VECTOR_API);
+    narrow(float16, in, in.length, out, 0, VECTOR_API);
+  }
+
+  /**
+   * Rounds {@code in[0, count)} once to fp16 (bf16 when not {@code float16}) into {@code out},
+   * little-endian from element {@code first}.
+   */
+  public static void narrow(boolean float16, float[] in, int count, ByteBuffer out, int first) {
+    narrow(float16, in, count, out, first, VECTOR_API);
   }
 
   /** {@link #narrow(boolean, float[], ByteBuffer)} with or without the Vector API. */
   static void narrow(boolean float16, float[] in, ByteBuffer out, boolean vectorized) {
+    narrow(float16, in, in.length, out, 0, vectorized);
+  }
+
+  private static void narrow(boolean float16, float[] in, int count, ByteBuffer out, int first, boolean vectorized) {
     ShortBuffer halves = out.duplicate().order(ByteOrder.LITTLE_ENDIAN).position(0).asShortBuffer();
-    short[] chunk = new short[Math.min(in.length, CHUNK)];
-    for (int first = 0; first < in.length; first += chunk.length) {
-      int length = Math.min(chunk.length, in.length - first);
+    short[] chunk = new short[Math.min(count, CHUNK)];
+    for (int start = 0; start < count; start += chunk.length) {
+      int length = Math.min(chunk.length, count - start);
       int done = vectorized
-          ? float16 ? VectorHalves.narrowFloat16(in, first, chunk, length) : VectorHalves.narrowBFloat16(in, first, chunk, length)
+          ? float16 ? VectorHalves.narrowFloat16(in, start, chunk, length) : VectorHalves.narrowBFloat16(in, start, chunk, length)
           : 0;
       for (int i = done; i < length; i++) {
-        chunk[i] = float16 ? toFloat16(in[first + i]) : toBFloat16(in[first + i]);
+        chunk[i] = float16 ? toFloat16(in[start + i]) : toBFloat16(in[start + i]);
       }
-      halves.put(first, chunk, 0, length);
+      halves.put(first + start, chunk, 0, length);
     }
   }
 
