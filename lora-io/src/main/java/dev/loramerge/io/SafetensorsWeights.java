@@ -49,7 +49,15 @@ import java.util.stream.Collectors;
  * original's bytes for the tensors the update changed.
  */
 public final class SafetensorsWeights implements WeightTarget {
-  private static final int LOOKAHEAD = 2;
+  /**
+   * Bytes of tensors the worker may read and fuse ahead of the writer, at most: several of SDXL's
+   * largest (26 MB) or a long run of small ones. With at most two tensors ahead, the worker idled
+   * while the writer copied the tensors an update leaves alone; with this ring it runs on (an
+   * SDXL fuse, 2 cores: 9.70 s median before, 8.69 s with 80 MiB, 9.07 s with 256 MiB). A
+   * quarter of the heap's maximum bounds it too, since direct memory is limited to that maximum
+   * unless set otherwise.
+   */
+  private static final long STAGING_BYTES = 128L << 20;
 
   private final Path base;
   private final Path output;
@@ -121,31 +129,26 @@ public final class SafetensorsWeights implements WeightTarget {
       }
       List<SafetensorsWriter.Entry> entries = new ArrayList<>();
       long total = 0;
-      long largest = 0;
       for (TensorInfo info : from.tensors()) {
         entries.add(new SafetensorsWriter.Entry(info.name(), outputType(info.dtype()), info.shape()));
         total += info.byteSize();
-        if (update.names().contains(info.name())) {
-          largest = Math.max(largest, info.byteSize());
-        }
       }
       Map<String, String> metadata =
           originalFile != null ? originalFile.metadata() : withRecipe(from.metadata(), update.recipe());
-      // A tensor is computed in its staging buffer while up to LOOKAHEAD others wait to be
-      // written: LOOKAHEAD + 1 buffers in turn.
-      ByteBuffer[] staging = new ByteBuffer[LOOKAHEAD + 1];
-      for (int i = 0; i < staging.length; i++) {
-        staging[i] = ByteBuffer.allocateDirect(Math.toIntExact(largest)).order(ByteOrder.LITTLE_ENDIAN);
-      }
+      List<TensorInfo> touched =
+          from.tensors().stream().filter(info -> update.names().contains(info.name())).collect(Collectors.toList());
+      long[] touchedSizes = touched.stream().mapToLong(TensorInfo::byteSize).toArray();
+      StagingRing staging =
+          new StagingRing(
+              StagingRing.capacityFor(touchedSizes, Math.min(STAGING_BYTES, Runtime.getRuntime().maxMemory() / 4)));
+      long largest = Arrays.stream(touchedSizes).max().orElse(1);
       ByteBuffer check =
           originalFile != null
               ? ByteBuffer.allocateDirect(Math.toIntExact(largest)).order(ByteOrder.LITTLE_ENDIAN)
               : null;
-      List<TensorInfo> touched =
-          from.tensors().stream().filter(info -> update.names().contains(info.name())).collect(Collectors.toList());
-      // One worker reads and computes the changed tensors, in order and at most LOOKAHEAD ahead,
-      // while this thread writes: the arithmetic overlaps the file I/O, and memory stays at a
-      // few tensors.
+      // One worker reads and computes the changed tensors, in order and as far ahead as the
+      // staging ring holds, while this thread writes: the arithmetic overlaps the file I/O, and
+      // memory stays at the ring's bytes.
       ExecutorService worker =
           Executors.newSingleThreadExecutor(
               runnable -> {
@@ -160,19 +163,23 @@ public final class SafetensorsWeights implements WeightTarget {
         SafetensorsFile source = originalFile != null ? originalFile : from;
         try {
           for (TensorInfo info : from.tensors()) {
+            while (submitted < touched.size()) {
+              TensorInfo next = touched.get(submitted);
+              Optional<ByteBuffer> buffer = staging.take(Math.toIntExact(next.byteSize()));
+              if (buffer.isEmpty()) {
+                break;
+              }
+              submitted++;
+              pending.add(worker.submit(() -> compute(update, source, next, buffer.get(), originalFile != null)));
+            }
             String name = info.name();
             if (update.names().contains(name)) {
-              while (pending.size() < LOOKAHEAD && submitted < touched.size()) {
-                TensorInfo next = touched.get(submitted);
-                ByteBuffer buffer = staging[submitted % staging.length];
-                submitted++;
-                pending.add(worker.submit(() -> compute(update, source, next, buffer, originalFile != null)));
-              }
               Computed computed = await(pending.remove());
               if (originalFile != null) {
                 checkFused(from, info, computed.fused(), check);
               }
               writer.write(name, computed.output());
+              staging.free();
             } else if (outputType(info.dtype()) != info.dtype()) {
               writer.write(name, from.tensor(name).to(outputType(info.dtype())));
             } else {
