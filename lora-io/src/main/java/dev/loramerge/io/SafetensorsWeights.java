@@ -35,9 +35,10 @@ import java.util.stream.Collectors;
 /**
  * A safetensors base model as a {@link WeightTarget}: a fuse writes a new file, tensor by tensor,
  * in the base's order and with its metadata (plus the recipe), copying every tensor it does not
- * change byte for byte. Memory stays at about one tensor whatever the file's size; the output
- * appears only once complete (a temporary file renamed into place), and the base is never
- * modified.
+ * change byte for byte. Memory stays bounded whatever the file's size: the tensors fused ahead of
+ * the writer hold at most the larger of 128 MiB (a quarter of the maximum heap, if less) and
+ * three of the largest tensors. The output appears only once complete (a temporary file renamed
+ * into place), and the base is never modified.
  *
  * <pre>{@code
  * LoraMerger.builder().add(style, 0.8).build()
