@@ -7,6 +7,7 @@ import com.google.common.collect.ImmutableList;
 import com.google.common.collect.ImmutableMap;
 import com.google.common.primitives.Doubles;
 import com.google.common.primitives.Floats;
+import dev.loramerge.internal.FloatFormats;
 import dev.loramerge.spi.ModuleInput;
 import dev.loramerge.spi.ModuleMerge;
 import dev.loramerge.spi.ModuleUpdate;
@@ -34,6 +35,9 @@ final class CatAlgorithm implements MergeAlgorithm {
 
   @Override
   public ModuleUpdate merge(ModuleMerge module) {
+    if (module.outputType().isPresent()) {
+      return encode(module.inputs(), module.outputType().get());
+    }
     if (!module.arraysWanted()) {
       return mergeValues(module);
     }
@@ -82,7 +86,7 @@ final class CatAlgorithm implements MergeAlgorithm {
    * output's memory traffic and allocation for an fp16 merge). A's already in {@code dtype} are
    * copied byte for byte, which is what widening to float32 and rounding back gives.
    */
-  static TensorData[] encode(List<ModuleInput> inputs, DType dtype) {
+  private static ModuleUpdate encode(List<ModuleInput> inputs, DType dtype) {
     int rank = inputs.stream().mapToInt(input -> input.module().rank()).sum();
     int widest = inputs.stream().mapToInt(input -> input.module().rank()).max().orElseThrow();
     int rows = Math.toIntExact(inputs.get(0).module().outFeatures());
@@ -96,7 +100,7 @@ final class CatAlgorithm implements MergeAlgorithm {
       for (ModuleInput input : inputs) {
         int inputRank = input.module().rank();
         float coefficient = (float) (input.weight() * input.scale());
-        input.module().up().readFloats(firstRow * inputRank, source, count * inputRank);
+        input.readUp(firstRow * inputRank, source, count * inputRank);
         for (int row = 0; row < count; row++) {
           for (int l = 0; l < inputRank; l++) {
             block[row * rank + column + l] = source[row * inputRank + l] * coefficient;
@@ -104,7 +108,7 @@ final class CatAlgorithm implements MergeAlgorithm {
         }
         column += inputRank;
       }
-      TensorData.encode(dtype, block, count * rank, up, firstRow * rank);
+      FloatFormats.encode(dtype, block, count * rank, up, firstRow * rank);
     }
     long downCount = inputs.stream().mapToLong(input -> input.module().down().numel()).sum();
     ByteBuffer down = allocate(downCount, dtype);
@@ -117,15 +121,14 @@ final class CatAlgorithm implements MergeAlgorithm {
       } else {
         for (int first = 0; first < count; first += source.length) {
           int length = Math.min(source.length, count - first);
-          factor.readFloats(first, source, length);
-          TensorData.encode(dtype, source, length, down, offset + first);
+          input.readDown(first, source, length);
+          FloatFormats.encode(dtype, source, length, down, offset + first);
         }
       }
       offset += count;
     }
-    return new TensorData[] {
-      TensorData.of(dtype, new long[] {rows, rank}, up), TensorData.of(dtype, new long[] {rank, downCount / rank}, down)
-    };
+    return ModuleUpdate.encoded(
+        TensorData.of(dtype, new long[] {rows, rank}, up), TensorData.of(dtype, new long[] {rank, downCount / rank}, down));
   }
 
   private static ByteBuffer allocate(long elements, DType dtype) {

@@ -451,7 +451,8 @@ public final class LoraMerger {
    * The manager is asked for only when arrays are made, so that merges the algorithm does on
    * values never start the engine (about half a second).
    * {@code computeType} is the type the inputs' factors are handed to the algorithm in; {@code
-   * outputType} is the type a merge writes (empty in a fuse), which cat encodes straight into.
+   * outputType} is the type a merge writes (empty in a fuse), which an algorithm may encode its
+   * factors straight into when nothing is done to them after it.
    */
   private Optional<Merged> mergedFactors(
       Supplier<NDManager> manager, DenseBuffers buffers, ModuleKey key, DataType computeType, Optional<DType> outputType) {
@@ -475,12 +476,16 @@ public final class LoraMerger {
     int largestRank = built.stream().mapToInt(input -> input.module().rank()).max().orElseThrow();
     Optional<Integer> explicit = first.kind() == LoraModule.Kind.CONV && convRank.isPresent() ? convRank : rank;
     int target = explicit.orElse(largestRank);
+    // An algorithm that does not re-rank gives at most the inputs' ranks together, so with no
+    // explicit rank below that its factors are written as they are, and may come encoded.
     int rankSum = built.stream().mapToInt(input -> input.module().rank()).sum();
-    if (algorithm == CatAlgorithm.INSTANCE && outputType.isPresent() && !(explicit.isPresent() && rankSum > target)) {
-      return Optional.of(Merged.ofTensors(CatAlgorithm.encode(built, outputType.get())));
-    }
-    ModuleMerge merge = new Merge(key, built, manager, target, computeType == DataType.FLOAT64);
+    Optional<DType> finalType =
+        outputType.filter(type -> !algorithm.reRanks() && (explicit.isEmpty() || rankSum <= target));
+    ModuleMerge merge = new Merge(key, built, manager, target, computeType == DataType.FLOAT64, finalType);
     ModuleUpdate update = algorithm.merge(merge);
+    if (update.isEncoded()) {
+      return Optional.of(Merged.ofTensors(checkEncoded(key, update, finalType, rankSum)));
+    }
     if (update.isDense()) {
       Optional<float[]> values = update.denseValues();
       ByteBuffer buffer = values.map(array -> buffers.take(Math.multiplyExact(array.length, Float.BYTES))).orElse(null);
@@ -525,8 +530,9 @@ public final class LoraMerger {
 
   /**
    * Merged factors with scale 1: NDArrays, float32 values when the algorithm gave values and
-   * nothing re-ranked them, or the float64 values of the factored SVD. Values are rounded to the
-   * output type in Java, with no native call.
+   * nothing re-ranked them, the float64 values of the factored SVD, or a cat merge's tensors,
+   * already in the output type. Values are rounded to the output type in Java, with no native
+   * call.
    */
   private record Merged(
       NDArray up, NDArray down, float[] upValues, float[] downValues, double[] upDoubles, double[] downDoubles, int valuesRank,
@@ -610,6 +616,21 @@ public final class LoraMerger {
     return all[below] + (position - below) * (all[above] - all[below]);
   }
 
+
+  /** {up, down} of an encoded update, checked against what the merge offered. */
+  private TensorData[] checkEncoded(ModuleKey key, ModuleUpdate update, Optional<DType> offered, int rankSum) {
+    TensorData up = update.encodedUp().orElseThrow();
+    TensorData down = update.encodedDown().orElseThrow();
+    if (offered.isEmpty() || up.dtype() != offered.get() || up.dim(1) > rankSum) {
+      throw new IllegalStateException(
+          String.format(
+              Locale.ROOT,
+              "module '%s': algorithm %s gave factors of %s at rank %d, but the merge %s",
+              key, algorithm, up.dtype().safetensorsName(), up.dim(1),
+              offered.map(type -> "offered " + type.safetensorsName() + " up to rank " + rankSum).orElse("offered no output type")));
+    }
+    return new TensorData[] {up, down};
+  }
 
   private LoraModule toModule(ModuleKey key, LoraModule like, Merged merged, DType outputType) {
     long rank = merged.rank();
@@ -852,6 +873,16 @@ public final class LoraMerger {
     }
 
     @Override
+    public void readDown(int first, float[] out, int count) {
+      module.down().readFloats(first, out, count);
+    }
+
+    @Override
+    public void readUp(int first, float[] out, int count) {
+      module.up().readFloats(first, out, count);
+    }
+
+    @Override
     public NDArray delta() {
       if (delta == null) {
         delta = product();
@@ -903,13 +934,22 @@ public final class LoraMerger {
     private final Supplier<NDManager> manager;
     private final int targetRank;
     private final boolean arraysWanted;
+    private final Optional<DType> outputType;
 
-    Merge(ModuleKey key, ImmutableList<ModuleInput> moduleInputs, Supplier<NDManager> manager, int targetRank, boolean arraysWanted) {
+    Merge(
+        ModuleKey key, ImmutableList<ModuleInput> moduleInputs, Supplier<NDManager> manager, int targetRank, boolean arraysWanted,
+        Optional<DType> outputType) {
       this.key = key;
       this.moduleInputs = moduleInputs;
       this.manager = manager;
       this.targetRank = targetRank;
       this.arraysWanted = arraysWanted;
+      this.outputType = outputType;
+    }
+
+    @Override
+    public Optional<DType> outputType() {
+      return outputType;
     }
 
     @Override

@@ -9,7 +9,6 @@ import dev.loramerge.internal.FloatFormats;
 import dev.loramerge.internal.NdArrays;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
-import java.nio.DoubleBuffer;
 import java.nio.FloatBuffer;
 import java.util.Arrays;
 import java.util.Locale;
@@ -83,27 +82,8 @@ public final class TensorData {
     }
     ByteBuffer buffer =
         ByteBuffer.allocate(Math.multiplyExact(values.length, dtype.byteSize())).order(ByteOrder.LITTLE_ENDIAN);
-    encode(dtype, values, values.length, buffer, 0);
+    FloatFormats.encode(dtype, values, values.length, buffer, 0);
     return new TensorData(dtype, shape.clone(), buffer.asReadOnlyBuffer().order(ByteOrder.LITTLE_ENDIAN));
-  }
-
-  /**
-   * Writes {@code values[0, count)} as {@code dtype} (F64, F32, F16 or BF16), each rounded once,
-   * into {@code out} (little-endian, not read-only) from element {@code first}: what {@link
-   * #ofFloats(float[], DType, long...)} stores, for a tensor filled a block at a time.
-   */
-  static void encode(DType dtype, float[] values, int count, ByteBuffer out, int first) {
-    switch (dtype) {
-      case F64 -> {
-        DoubleBuffer doubles = out.duplicate().order(ByteOrder.LITTLE_ENDIAN).position(0).asDoubleBuffer();
-        for (int i = 0; i < count; i++) {
-          doubles.put(first + i, values[i]);
-        }
-      }
-      case F32 -> out.duplicate().order(ByteOrder.LITTLE_ENDIAN).position(0).asFloatBuffer().put(first, values, 0, count);
-      case F16, BF16 -> FloatFormats.narrow(dtype == DType.F16, values, count, out, first);
-      default -> throw new IllegalArgumentException("cannot encode " + dtype + " from real values");
-    }
   }
 
   /**

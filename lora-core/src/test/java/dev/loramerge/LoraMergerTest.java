@@ -267,6 +267,50 @@ class LoraMergerTest {
   }
 
   @Test
+  void encodedFactorsMustBeOfTheOfferedTypeAndOnlyWhereOneIsOffered() {
+    List<String> offered = new ArrayList<>();
+    MergeAlgorithm encodesInFloat32 =
+        new MergeAlgorithm() {
+          @Override
+          public String name() {
+            return "encoder";
+          }
+
+          @Override
+          public ImmutableMap<String, Object> parameters() {
+            return ImmutableMap.of();
+          }
+
+          @Override
+          public ModuleUpdate merge(ModuleMerge module) {
+            offered.add(module.outputType().map(DType::safetensorsName).orElse("none"));
+            ModuleInput input = module.inputs().get(0);
+            return ModuleUpdate.encoded(
+                TensorData.ofFloats(input.upValues(), input.module().outFeatures(), input.module().rank()),
+                TensorData.ofFloats(input.downValues(), input.module().rank(), input.module().down().numel() / input.module().rank()));
+          }
+
+          @Override
+          public String toString() {
+            return "Encoder{}";
+          }
+        };
+    LoraAdapter merged = LoraMerger.builder().algorithm(encodesInFloat32).add(STYLE, 1).dtype(DType.F32).merge();
+    assertThat(offered).as("the type each module's merge offered").containsOnly("F32");
+    for (ModuleKey key : TinyLora.KEYS) {
+      assertThat(merged.modules().get(key).down().bytes()).as("%s down, written as given", key).isEqualTo(STYLE.modules().get(key).down().to(DType.F32).bytes());
+    }
+    assertThatThrownBy(() -> LoraMerger.builder().algorithm(encodesInFloat32).add(STYLE, 1).dtype(DType.F16).merge())
+        .isInstanceOf(IllegalStateException.class)
+        .hasMessageStartingWith("module '")
+        .hasMessageContaining("algorithm Encoder{} gave factors of F32 at rank 4, but the merge offered F16 up to rank 4");
+    assertThatThrownBy(() -> LoraMerger.builder().algorithm(encodesInFloat32).add(STYLE, 1).rank(2).merge())
+        .as("an explicit rank below the inputs' offers no type: the factors are truncated")
+        .isInstanceOf(IllegalStateException.class)
+        .hasMessageContaining("gave factors of F32 at rank 4, but the merge offered no output type");
+  }
+
+  @Test
   void catOfMixedTypesOverManyRowsRoundsEachScaledElementOnceToTheOutputType() {
     // 3000 rows at rank 8 span several of the blocks cat fills its output in; bf16 and float32
     // inputs make every A convert instead of being copied.

@@ -24,6 +24,29 @@ class TensorDataTest {
     }
   }
 
+  @Test
+  void aRangeReadsAndEncodesAsTheWholeTensorDoes() {
+    java.util.SplittableRandom random = new java.util.SplittableRandom(7);
+    float[] values = new float[10_000];
+    for (int i = 0; i < values.length; i++) {
+      values[i] = (float) (random.nextGaussian() * Math.scalb(1.0, random.nextInt(-30, 20)));
+    }
+    for (DType dtype : new DType[] {DType.F64, DType.F32, DType.F16, DType.BF16}) {
+      TensorData whole = TensorData.ofFloats(values, dtype, values.length);
+      float[] range = new float[5000];
+      whole.readFloats(1234, range, 4321);
+      assertThat(java.util.Arrays.copyOf(range, 4321))
+          .as("%s elements 1234..5554 read as floats", dtype)
+          .containsExactly(java.util.Arrays.copyOfRange(whole.toFloatArray(), 1234, 1234 + 4321));
+      ByteBuffer encoded = ByteBuffer.allocate(values.length * dtype.byteSize()).order(ByteOrder.LITTLE_ENDIAN);
+      for (int first = 0; first < values.length; first += 3000) {
+        int count = Math.min(3000, values.length - first);
+        dev.loramerge.internal.FloatFormats.encode(dtype, java.util.Arrays.copyOfRange(values, first, first + count), count, encoded, first);
+      }
+      assertThat(encoded.rewind()).as("%s encoded 3000 elements at a time", dtype).isEqualTo(whole.bytes());
+    }
+  }
+
   private static double roundTo(DType dtype, double value) {
     switch (dtype) {
       case F64:

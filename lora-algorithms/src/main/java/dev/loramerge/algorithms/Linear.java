@@ -1,10 +1,17 @@
 package dev.loramerge.algorithms;
 
 import com.google.common.collect.ImmutableMap;
+import dev.loramerge.DType;
+import dev.loramerge.LoraModule;
 import dev.loramerge.MergeAlgorithm;
+import dev.loramerge.TensorData;
+import dev.loramerge.internal.FloatFormats;
 import dev.loramerge.spi.ModuleInput;
 import dev.loramerge.spi.ModuleMerge;
 import dev.loramerge.spi.ModuleUpdate;
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.util.List;
 
 /**
  * PEFT's {@code linear}: with cᵢ = wᵢ·sᵢ, A' = Σ sign(cᵢ)·√|cᵢ|·Aᵢ and B' = Σ √|cᵢ|·Bᵢ (the sign on
@@ -15,6 +22,8 @@ import dev.loramerge.spi.ModuleUpdate;
  */
 public final class Linear implements MergeAlgorithm {
   private static final Linear INSTANCE = new Linear();
+  /** Float32 values per block of an encoded sum: small enough to stay in a core's cache. */
+  private static final int BLOCK = 8192;
 
   private Linear() {}
 
@@ -40,19 +49,76 @@ public final class Linear implements MergeAlgorithm {
 
   @Override
   public ModuleUpdate merge(ModuleMerge module) {
+    List<ModuleInput> inputs = module.inputs();
+    // Each factor times its coefficient rounded to float32, summed in order in float32: what
+    // PEFT's tensor arithmetic does, without a native call per step.
+    float[] downCoefficients = new float[inputs.size()];
+    float[] upCoefficients = new float[inputs.size()];
+    for (int i = 0; i < inputs.size(); i++) {
+      double c = inputs.get(i).weight() * inputs.get(i).scale();
+      double root = Math.sqrt(Math.abs(c));
+      downCoefficients[i] = (float) (Math.signum(c) * root);
+      upCoefficients[i] = (float) root;
+    }
+    LoraModule first = inputs.get(0).module();
+    int rank = first.rank();
+    long columns = first.down().numel() / rank;
+    if (module.outputType().isPresent()) {
+      DType type = module.outputType().get();
+      return ModuleUpdate.encoded(
+          encodedSum(inputs, upCoefficients, ModuleInput::readUp, type, first.outFeatures(), rank),
+          encodedSum(inputs, downCoefficients, ModuleInput::readDown, type, rank, columns));
+    }
     float[] down = null;
     float[] up = null;
-    for (ModuleInput input : module.inputs()) {
-      double c = input.weight() * input.scale();
-      double root = Math.sqrt(Math.abs(c));
-      // Each factor times its coefficient rounded to float32, summed in order in float32: what
-      // PEFT's tensor arithmetic does, without a native call per step.
-      float downCoefficient = (float) (Math.signum(c) * root);
-      float upCoefficient = (float) root;
-      down = accumulate(down, input.downValues(), downCoefficient);
-      up = accumulate(up, input.upValues(), upCoefficient);
+    for (int i = 0; i < inputs.size(); i++) {
+      down = accumulate(down, inputs.get(i).downValues(), downCoefficients[i]);
+      up = accumulate(up, inputs.get(i).upValues(), upCoefficients[i]);
     }
-    return ModuleUpdate.factored(up, down, module.inputs().get(0).module().rank());
+    return ModuleUpdate.factored(up, down, rank);
+  }
+
+  /** Reads a factor's values {@code [first, first + count)} into {@code out[0, count)}. */
+  private interface FactorReader {
+    void read(ModuleInput input, int first, float[] out, int count);
+  }
+
+  /**
+   * {@link #accumulate}'s sum of one factor over {@code inputs}, a block at a time and encoded
+   * in {@code type} as each block is done: the same float32 arithmetic, without a float32 copy
+   * of every input and of the sum.
+   */
+  private static TensorData encodedSum(
+      List<ModuleInput> inputs, float[] coefficients, FactorReader reader, DType type, long rows, long columns) {
+    int count = Math.toIntExact(Math.multiplyExact(rows, columns));
+    ByteBuffer out = ByteBuffer.allocate(Math.multiplyExact(count, type.byteSize())).order(ByteOrder.LITTLE_ENDIAN);
+    float[] sum = new float[Math.min(count, BLOCK)];
+    float[] values = new float[sum.length];
+    for (int first = 0; first < count; first += sum.length) {
+      int length = Math.min(sum.length, count - first);
+      reader.read(inputs.get(0), first, sum, length);
+      scale(sum, length, coefficients[0]);
+      for (int i = 1; i < inputs.size(); i++) {
+        reader.read(inputs.get(i), first, values, length);
+        addScaled(sum, values, length, coefficients[i]);
+      }
+      FloatFormats.encode(type, sum, length, out, first);
+    }
+    return TensorData.of(type, new long[] {rows, columns}, out);
+  }
+
+  // The loops are methods of their own: inlined into encodedSum's block loop, C2 left them scalar
+  // (an SDXL linear merge took 0.13 s instead of 0.10).
+  private static void scale(float[] values, int length, float coefficient) {
+    for (int i = 0; i < length; i++) {
+      values[i] *= coefficient;
+    }
+  }
+
+  private static void addScaled(float[] sum, float[] values, int length, float coefficient) {
+    for (int i = 0; i < length; i++) {
+      sum[i] += values[i] * coefficient;
+    }
   }
 
   /** {@code sum + coefficient·values}, or the scaled values when there is no sum yet. */

@@ -1,7 +1,9 @@
 package dev.loramerge.internal;
 
+import dev.loramerge.DType;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
+import java.nio.DoubleBuffer;
 import java.nio.ShortBuffer;
 
 /**
@@ -173,6 +175,26 @@ public final class FloatFormats {
         chunk[i] = float16 ? toFloat16(in[start + i]) : toBFloat16(in[start + i]);
       }
       halves.put(first + start, chunk, 0, length);
+    }
+  }
+
+  /**
+   * Writes {@code values[0, count)} as {@code dtype} (F64, F32, F16 or BF16), each rounded once,
+   * into {@code out} (little-endian, not read-only) from element {@code first}: what {@link
+   * dev.loramerge.TensorData#ofFloats(float[], DType, long...)} stores, for a tensor filled a
+   * block at a time.
+   */
+  public static void encode(DType dtype, float[] values, int count, ByteBuffer out, int first) {
+    switch (dtype) {
+      case F64 -> {
+        DoubleBuffer doubles = out.duplicate().order(ByteOrder.LITTLE_ENDIAN).position(0).asDoubleBuffer();
+        for (int i = 0; i < count; i++) {
+          doubles.put(first + i, values[i]);
+        }
+      }
+      case F32 -> out.duplicate().order(ByteOrder.LITTLE_ENDIAN).position(0).asFloatBuffer().put(first, values, 0, count);
+      case F16, BF16 -> narrow(dtype == DType.F16, values, count, out, first);
+      default -> throw new IllegalArgumentException("cannot encode " + dtype + " from real values");
     }
   }
 

@@ -39,6 +39,19 @@ public interface ModuleInput {
   /** B's values in float32, out×r row-major, in a new array the caller owns. */
   float[] upValues();
 
+  /**
+   * A's values {@code [first, first + count)} (row-major) in float32 into {@code out[0, count)}:
+   * for methods that work a block at a time and need no copy of the whole factor.
+   */
+  default void readDown(int first, float[] out, int count) {
+    System.arraycopy(downValues(), first, out, 0, count);
+  }
+
+  /** B's values {@code [first, first + count)} (row-major) in float32 into {@code out[0, count)}. */
+  default void readUp(int first, float[] out, int count) {
+    System.arraycopy(upValues(), first, out, 0, count);
+  }
+
   /** The full update s·B·A (out×in·k·k), float32, computed on first use. */
   NDArray delta();
 

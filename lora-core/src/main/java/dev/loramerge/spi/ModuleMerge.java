@@ -2,7 +2,9 @@ package dev.loramerge.spi;
 
 import ai.djl.ndarray.NDManager;
 import com.google.common.collect.ImmutableList;
+import dev.loramerge.DType;
 import dev.loramerge.ModuleKey;
+import java.util.Optional;
 import java.util.SplittableRandom;
 
 /**
@@ -26,6 +28,17 @@ public interface ModuleMerge {
    * arrays; values would only be copied into fresh ones.
    */
   boolean arraysWanted();
+
+  /**
+   * The type the merger writes this module's factors in when it does nothing more to them (a
+   * merge whose result is neither re-ranked nor truncated); empty otherwise, and in a fuse. When
+   * present, an algorithm may give its factors already in this type ({@link
+   * ModuleUpdate#encoded}), each value rounded once, instead of float32 values the merger would
+   * copy and round.
+   */
+  default Optional<DType> outputType() {
+    return Optional.empty();
+  }
 
   /** The rank a re-ranked result is truncated to. */
   int targetRank();

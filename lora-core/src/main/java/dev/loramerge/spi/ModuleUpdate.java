@@ -4,12 +4,14 @@ import static com.google.common.base.Preconditions.checkArgument;
 import static com.google.common.base.Preconditions.checkNotNull;
 
 import ai.djl.ndarray.NDArray;
+import dev.loramerge.TensorData;
+import java.util.Arrays;
 import java.util.Optional;
 
 /**
  * A merged module's update, scale 1: either factored (B' out×r, A' r×in·k·k, update B'·A', as
- * arrays or as float32 values) or dense (the out×in·k·k update itself, which the merger re-ranks
- * by SVD).
+ * arrays, as float32 values, or as tensors already in the output type) or dense (the out×in·k·k
+ * update itself, which the merger re-ranks by SVD).
  */
 public final class ModuleUpdate {
   private final NDArray up;
@@ -20,14 +22,16 @@ public final class ModuleUpdate {
   private final int rank;
   private final float[] denseValues;
   private final int denseColumns;
+  private final TensorData encodedUp;
+  private final TensorData encodedDown;
 
   private ModuleUpdate(NDArray up, NDArray down, NDArray dense) {
-    this(up, down, dense, null, null, 0, null, 0);
+    this(up, down, dense, null, null, 0, null, 0, null, null);
   }
 
   private ModuleUpdate(
       NDArray up, NDArray down, NDArray dense, float[] upValues, float[] downValues, int rank, float[] denseValues,
-      int denseColumns) {
+      int denseColumns, TensorData encodedUp, TensorData encodedDown) {
     this.up = up;
     this.down = down;
     this.dense = dense;
@@ -36,6 +40,8 @@ public final class ModuleUpdate {
     this.rank = rank;
     this.denseValues = denseValues;
     this.denseColumns = denseColumns;
+    this.encodedUp = encodedUp;
+    this.encodedDown = encodedDown;
   }
 
   /** The update B'·A'. */
@@ -60,7 +66,22 @@ public final class ModuleUpdate {
     checkArgument(
         up.length % rank == 0 && down.length % rank == 0,
         "%s up values and %s down values do not make factors of rank %s", up.length, down.length, rank);
-    return new ModuleUpdate(null, null, null, up, down, rank, null, 0);
+    return new ModuleUpdate(null, null, null, up, down, rank, null, 0, null, null);
+  }
+
+  /**
+   * The update B'·A' as tensors already in the merge's {@link ModuleMerge#outputType()}: {@code
+   * up} out×r and {@code down} r×in·k·k, both 2-D and of that type. The merger writes them as they
+   * are (reshaped to the module's layout).
+   */
+  public static ModuleUpdate encoded(TensorData up, TensorData down) {
+    checkNotNull(up, "up");
+    checkNotNull(down, "down");
+    checkArgument(
+        up.rank() == 2 && down.rank() == 2 && up.dim(1) == down.dim(0),
+        "factors %s and %s do not multiply", Arrays.toString(up.shape()), Arrays.toString(down.shape()));
+    checkArgument(up.dtype() == down.dtype(), "factors of %s and %s", up.dtype(), down.dtype());
+    return new ModuleUpdate(null, null, null, null, null, 0, null, 0, up, down);
   }
 
   /** A full out×in·k·k update. */
@@ -78,7 +99,7 @@ public final class ModuleUpdate {
   public static ModuleUpdate dense(float[] values, int columns) {
     checkNotNull(values, "values");
     checkArgument(columns > 0 && values.length % columns == 0, "%s values do not make rows of %s", values.length, columns);
-    return new ModuleUpdate(null, null, null, null, null, 0, values, columns);
+    return new ModuleUpdate(null, null, null, null, null, 0, values, columns, null, null);
   }
 
   /** Whether this is a full update rather than factors. */
@@ -94,6 +115,21 @@ public final class ModuleUpdate {
   /** The full update's row length, when given as values (0 otherwise). */
   public int denseColumns() {
     return denseColumns;
+  }
+
+  /** Whether this is factors already in the output type ({@link #encoded}). */
+  public boolean isEncoded() {
+    return encodedUp != null;
+  }
+
+  /** B' (out×r), when {@linkplain #encoded encoded}. */
+  public Optional<TensorData> encodedUp() {
+    return Optional.ofNullable(encodedUp);
+  }
+
+  /** A' (r×in·k·k), when {@linkplain #encoded encoded}. */
+  public Optional<TensorData> encodedDown() {
+    return Optional.ofNullable(encodedDown);
   }
 
   /** Whether this is factors given as float32 values rather than arrays. */
