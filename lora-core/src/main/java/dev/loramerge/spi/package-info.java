@@ -6,7 +6,11 @@
  * work element by element can take the factors as float32 values instead ({@link
  * dev.loramerge.spi.ModuleInput#downValues()}) and return values ({@link
  * dev.loramerge.spi.ModuleUpdate#factored(float[], float[], int)}): the merger then rounds them in
- * Java, and a merge that makes no array never starts the engine. Methods on full updates take
+ * Java, and a merge that makes no array never starts the engine. Where the merger will write
+ * the factors as they are ({@link dev.loramerge.spi.ModuleMerge#outputType()}), a method can read
+ * its inputs a block at a time ({@link dev.loramerge.spi.ModuleInput#readUp}) and return the
+ * factors already in the output type ({@link dev.loramerge.spi.ModuleUpdate#encoded}), with no
+ * float32 copy of the whole module: cat and linear do. Methods on full updates take
  * them as values too ({@link dev.loramerge.spi.ModuleInput#deltaValues()}, computed in Java with
  * the Vector API when the JVM has it) and return {@link
  * dev.loramerge.spi.ModuleUpdate#dense(float[], int)}.
