@@ -530,7 +530,7 @@ public final class LoraMerger {
 
   /**
    * Merged factors with scale 1: NDArrays, float32 values when the algorithm gave values and
-   * nothing re-ranked them, the float64 values of the factored SVD, or a cat merge's tensors,
+   * nothing re-ranked them, the float64 values of the factored SVD, or an algorithm's tensors,
    * already in the output type. Values are rounded to the output type in Java, with no native
    * call.
    */
