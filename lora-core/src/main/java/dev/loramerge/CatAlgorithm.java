@@ -59,59 +59,27 @@ final class CatAlgorithm implements MergeAlgorithm {
   private static ModuleUpdate mergeValues(ModuleMerge module) {
     ImmutableList<ModuleInput> inputs = module.inputs();
     int rank = inputs.stream().mapToInt(input -> input.module().rank()).sum();
-    int rows = Math.toIntExact(inputs.get(0).module().outFeatures());
-    float[] up = new float[Math.multiplyExact(rows, rank)];
-    float[][] downs = new float[inputs.size()][];
-    int column = 0;
-    for (int i = 0; i < inputs.size(); i++) {
-      ModuleInput input = inputs.get(i);
-      float coefficient = (float) (input.weight() * input.scale());
-      float[] values = input.upValues();
-      int inputRank = input.module().rank();
-      for (int row = 0; row < rows; row++) {
-        for (int l = 0; l < inputRank; l++) {
-          up[row * rank + column + l] = values[row * inputRank + l] * coefficient;
-        }
-      }
-      column += inputRank;
-      downs[i] = input.downValues();
-    }
+    float[] up = new float[Math.multiplyExact(Math.toIntExact(inputs.get(0).module().outFeatures()), rank)];
+    scaledUps(inputs, rank, (values, count, first) -> System.arraycopy(values, 0, up, first, count));
+    float[][] downs = inputs.stream().map(ModuleInput::downValues).toArray(float[][]::new);
     return ModuleUpdate.factored(up, downs.length == 1 ? downs[0] : Floats.concat(downs), rank);
   }
 
   /**
    * {@link #mergeValues}'s factors encoded straight in {@code dtype}, {up (out×r), down
-   * (r×in·k·k)}: the same float32 products, each rounded once, filled a block of rows at a time
-   * instead of from float32 copies of every input and of the result (which were four times the
-   * output's memory traffic and allocation for an fp16 merge). A's already in {@code dtype} are
-   * copied byte for byte, which is what widening to float32 and rounding back gives.
+   * (r×in·k·k)}: the same float32 products, each rounded once as its block is done, instead of
+   * from float32 copies of every input and of the result (which were four times the output's
+   * memory traffic and allocation for an fp16 merge). A's already in {@code dtype} are copied
+   * byte for byte, which is what widening to float32 and rounding back gives.
    */
   private static ModuleUpdate encode(List<ModuleInput> inputs, DType dtype) {
     int rank = inputs.stream().mapToInt(input -> input.module().rank()).sum();
-    int widest = inputs.stream().mapToInt(input -> input.module().rank()).max().orElseThrow();
     int rows = Math.toIntExact(inputs.get(0).module().outFeatures());
-    int blockRows = Math.max(1, BLOCK / rank);
-    float[] source = new float[Math.max(BLOCK, blockRows * widest)];
-    float[] block = new float[blockRows * rank];
     ByteBuffer up = allocate(Math.multiplyExact((long) rows, rank), dtype);
-    for (int firstRow = 0; firstRow < rows; firstRow += blockRows) {
-      int count = Math.min(blockRows, rows - firstRow);
-      int column = 0;
-      for (ModuleInput input : inputs) {
-        int inputRank = input.module().rank();
-        float coefficient = (float) (input.weight() * input.scale());
-        input.readUp(firstRow * inputRank, source, count * inputRank);
-        for (int row = 0; row < count; row++) {
-          for (int l = 0; l < inputRank; l++) {
-            block[row * rank + column + l] = source[row * inputRank + l] * coefficient;
-          }
-        }
-        column += inputRank;
-      }
-      FloatFormats.encode(dtype, block, count * rank, up, firstRow * rank);
-    }
+    scaledUps(inputs, rank, (values, count, first) -> FloatFormats.encode(dtype, values, count, up, first));
     long downCount = inputs.stream().mapToLong(input -> input.module().down().numel()).sum();
     ByteBuffer down = allocate(downCount, dtype);
+    float[] source = new float[BLOCK];
     int offset = 0;
     for (ModuleInput input : inputs) {
       TensorData factor = input.module().down();
@@ -129,6 +97,39 @@ final class CatAlgorithm implements MergeAlgorithm {
     }
     return ModuleUpdate.encoded(
         TensorData.of(dtype, new long[] {rows, rank}, up), TensorData.of(dtype, new long[] {rank, downCount / rank}, down));
+  }
+
+  /** Takes {@code values[0, count)}, the elements of a factor from {@code first} on. */
+  private interface Block {
+    void put(float[] values, int count, int first);
+  }
+
+  /**
+   * Cat's B' (out×{@code rank}, row-major) in float32, a block of rows at a time into {@code
+   * sink}: each input's B times its coefficient rounded to float32, side by side.
+   */
+  private static void scaledUps(List<ModuleInput> inputs, int rank, Block sink) {
+    int widest = inputs.stream().mapToInt(input -> input.module().rank()).max().orElseThrow();
+    int rows = Math.toIntExact(inputs.get(0).module().outFeatures());
+    int blockRows = Math.max(1, BLOCK / rank);
+    float[] source = new float[blockRows * widest];
+    float[] block = new float[blockRows * rank];
+    for (int firstRow = 0; firstRow < rows; firstRow += blockRows) {
+      int count = Math.min(blockRows, rows - firstRow);
+      int column = 0;
+      for (ModuleInput input : inputs) {
+        int inputRank = input.module().rank();
+        float coefficient = (float) (input.weight() * input.scale());
+        input.readUp(firstRow * inputRank, source, count * inputRank);
+        for (int row = 0; row < count; row++) {
+          for (int l = 0; l < inputRank; l++) {
+            block[row * rank + column + l] = source[row * inputRank + l] * coefficient;
+          }
+        }
+        column += inputRank;
+      }
+      sink.put(block, count * rank, firstRow * rank);
+    }
   }
 
   private static ByteBuffer allocate(long elements, DType dtype) {

@@ -183,24 +183,13 @@ public final class TensorData {
   public float[] toFloatArray() {
     int count = Math.toIntExact(numel());
     float[] values = new float[count];
-    ByteBuffer in = bytes();
-    if (dtype == DType.F32) {
-      in.asFloatBuffer().get(values);
-      return values;
-    }
-    if (dtype == DType.F16 || dtype == DType.BF16) {
-      FloatFormats.widen(dtype == DType.F16, in, values);
-      return values;
-    }
-    for (int i = 0; i < count; i++) {
-      values[i] = (float) readAsDouble(in, i);
-    }
+    readFloats(0, values, count);
     return values;
   }
 
   /**
    * Elements {@code [first, first + count)} (row-major) as floats into {@code out[0, count)},
-   * rounded as {@link #toFloatArray()} rounds them.
+   * rounded where the type is wider than float32.
    */
   void readFloats(int first, float[] out, int count) {
     ByteBuffer in = bytes();

@@ -35,9 +35,14 @@ class TensorDataTest {
       TensorData whole = TensorData.ofFloats(values, dtype, values.length);
       float[] range = new float[5000];
       whole.readFloats(1234, range, 4321);
-      assertThat(java.util.Arrays.copyOf(range, 4321))
-          .as("%s elements 1234..5554 read as floats", dtype)
-          .containsExactly(java.util.Arrays.copyOfRange(whole.toFloatArray(), 1234, 1234 + 4321));
+      float[] expected = new float[4321];
+      for (int i = 0; i < expected.length; i++) {
+        expected[i] = (float) whole.getDouble(1234 + i);
+      }
+      assertThat(java.util.Arrays.copyOf(range, 4321)).as("%s elements 1234..5554 read as floats", dtype).containsExactly(expected);
+      assertThat(java.util.Arrays.copyOfRange(whole.toFloatArray(), 1234, 1234 + 4321))
+          .as("%s elements 1234..5554 of the whole tensor's floats", dtype)
+          .containsExactly(expected);
       ByteBuffer encoded = ByteBuffer.allocate(values.length * dtype.byteSize()).order(ByteOrder.LITTLE_ENDIAN);
       for (int first = 0; first < values.length; first += 3000) {
         int count = Math.min(3000, values.length - first);

@@ -106,14 +106,6 @@ public final class FloatFormats {
   }
 
   /**
-   * Widens {@code out.length} fp16 values (bf16 when not {@code float16}), little-endian from
-   * index 0 of {@code in}, into {@code out}, exactly.
-   */
-  public static void widen(boolean float16, ByteBuffer in, float[] out) {
-    widen(float16, in, 0, out, out.length, VECTOR_API);
-  }
-
-  /**
    * Widens the {@code count} fp16 values (bf16 when not {@code float16}) of {@code in} from
    * element {@code first} into {@code out[0, count)}, exactly.
    */
@@ -121,7 +113,10 @@ public final class FloatFormats {
     widen(float16, in, first, out, count, VECTOR_API);
   }
 
-  /** {@link #widen(boolean, ByteBuffer, float[])} with or without the Vector API. */
+  /**
+   * Widens {@code out.length} values from index 0 of {@code in}, with or without the Vector API
+   * (for tests of both paths).
+   */
   static void widen(boolean float16, ByteBuffer in, float[] out, boolean vectorized) {
     widen(float16, in, 0, out, out.length, vectorized);
   }
