@@ -43,7 +43,7 @@ class LoraFilesGoldenTest {
   void kohyaAndPeftCopiesHoldTheSameUpdates(String name) throws IOException {
     LoraAdapter kohya = kohya(name);
     LoraAdapter peft = peft(name);
-    assertThat(kohya.size()).as("module count").isEqualTo(70);
+    assertThat(kohya.size()).as("module count").isEqualTo(28);
     assertSameUpdates(kohya, peft);
   }
 

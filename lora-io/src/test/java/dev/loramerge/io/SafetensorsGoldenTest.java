@@ -15,9 +15,9 @@ import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.MethodSource;
 
 /**
- * Every file of the PEFT 0.21 reference outputs ({@code shared/golden/peft-0.21}, written by the
- * Python {@code safetensors} package) opens, and writing its tensors and metadata back gives the
- * same bytes.
+ * Every file of the PEFT 0.21 reference outputs ({@code testdata/peft-0.21}: the Python {@code
+ * safetensors} package's files with some tensors left out, the header encoded as that package
+ * encodes it) opens, and writing its tensors and metadata back gives the same bytes.
  */
 class SafetensorsGoldenTest {
   @TempDir Path folder;
