@@ -47,8 +47,13 @@ class InterruptionTest {
   }
 
   private Lora start(String... args) throws IOException {
+    return start(List.of(), args);
+  }
+
+  private Lora start(List<String> jvmOptions, String... args) throws IOException {
     List<String> command = new ArrayList<>();
     command.add(Path.of(System.getProperty("java.home"), "bin", "java").toString());
+    command.addAll(jvmOptions);
     command.addAll(List.of("-Xmx1g", "-Dai.djl.offline=true", "-cp", System.getProperty("java.class.path")));
     command.add(LoraCommand.class.getName());
     command.addAll(List.of(args));
@@ -155,5 +160,23 @@ class InterruptionTest {
         .as("says which file it deleted, and why")
         .anyMatch(line -> line.contains(output + ": deleted " + leftover + ", left by process " + ended + ", which has ended"));
     assertThat(contents(temp)).containsExactlyInAnyOrder(inputs[0], inputs[1], output);
+  }
+
+  @Test
+  void aSignalDuringTheDemoLeavesNoTemporaryFolder() throws Exception {
+    Path tmp = Files.createDirectory(temp.resolve("tmp"));
+    Lora lora = start(List.of("-Djava.io.tmpdir=" + tmp), "demo");
+    long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(60);
+    while (contents(tmp).isEmpty()) {
+      assertThat(lora.process().isAlive()).as("the demo is still running; stderr: %s", lora.errorLines()).isTrue();
+      assertThat(System.nanoTime()).as("the demo's folder appears within a minute").isLessThan(deadline);
+      Thread.sleep(10);
+    }
+    lora.process().destroy();
+    assertThat(lora.process().waitFor(60, TimeUnit.SECONDS)).as("the process ends").isTrue();
+
+    assertThat(lora.process().exitValue()).as("exit code; stderr: %s", lora.errorLines()).isEqualTo(143);
+    assertThat(lora.errorLines().stream().filter(line -> line.startsWith("lora:"))).containsExactly("lora: interrupted");
+    assertThat(contents(tmp)).as("the demo's folder is gone").isEmpty();
   }
 }
