@@ -38,7 +38,7 @@ public final class FusedLora {
    *     original again) or this fuse is already undone
    */
   public synchronized void unfuse() {
-    checkState(restorer.isPresent(), "a fuse into a file wrote a new file; unfuse it with `lora unfuse --original`");
+    checkState(restorer.isPresent(), "a fuse into a file wrote a new file; fuse the original again, or restore from it");
     checkState(!unfused, "this fuse is already undone");
     restorer.get().restore();
     unfused = true;

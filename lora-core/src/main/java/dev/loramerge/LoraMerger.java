@@ -273,8 +273,8 @@ public final class LoraMerger {
       throw new LoraMergeException(
           String.format(
               Locale.ROOT,
-              "%d of %d modules have no weight in the target, e.g. '%s' (looked for %s); allow unmatched"
-                  + " modules (--allow-missing) to fuse the other %d",
+              "%d of %d modules have no weight in the target, e.g. '%s' (looked for %s);"
+                  + " allowUnmatched(true) fuses the other %d",
               report.unmatched().size(),
               keys.size(),
               report.unmatched().get(0),

@@ -133,7 +133,9 @@ class FusedLoraTest {
       assertThatThrownBy(() -> LoraMerger.builder().add(STYLE, 1).fuseInto(WeightTarget.of(arrays)))
           .isInstanceOf(LoraMergeException.class)
           .hasMessageContaining("1 of 3 modules have no weight in the target")
-          .hasMessageContaining(TinyLora.KEYS[1].toString());
+          .hasMessageContaining(TinyLora.KEYS[1].toString())
+          .as("names the library's setting, which the command translates to its flag")
+          .hasMessageContaining("allowUnmatched(true) fuses the other 2");
       FusedLora fused = LoraMerger.builder().add(STYLE, 1).allowUnmatched(true).fuseInto(WeightTarget.of(arrays));
       assertThat(fused.report().unmatched()).containsExactly(TinyLora.KEYS[1]);
       assertThat(fused.report().matched()).hasSize(2);

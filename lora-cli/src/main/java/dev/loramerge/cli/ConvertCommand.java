@@ -4,6 +4,7 @@ import dev.loramerge.LoraAdapter;
 import dev.loramerge.io.LoraFiles;
 import dev.loramerge.io.LoraFormat;
 import java.nio.file.Path;
+import java.util.List;
 import java.util.Locale;
 import java.util.concurrent.Callable;
 import picocli.CommandLine.Command;
@@ -44,6 +45,7 @@ final class ConvertCommand implements Callable<Integer> {
 
   @Override
   public Integer call() throws Exception {
+    Outputs.checkNotAnInput(spec, output, List.of(input));
     LoraAdapter adapter = LoraFiles.read(input, inputOptions.readOptions());
     LoraFiles.write(adapter, output, format);
     spec.commandLine()

@@ -18,6 +18,7 @@ import dev.loramerge.io.LoraFormat;
 import dev.loramerge.io.Safetensors;
 import dev.loramerge.io.SafetensorsWeights;
 import java.io.IOException;
+import java.io.UncheckedIOException;
 import java.io.PrintWriter;
 import java.nio.file.Files;
 import java.nio.file.Path;
@@ -61,12 +62,18 @@ final class DemoCommand implements Callable<Integer> {
   public Integer call() throws IOException {
     PrintWriter out = spec.commandLine().getOut();
     Path folder = Files.createTempDirectory("lora-demo-");
+    // SIGINT and SIGTERM skip the finally below; the JVM runs this hook instead.
+    Thread cleanup = new Thread(() -> deleteQuietly(folder), "lora-demo-cleanup");
+    if (!keep) {
+      Runtime.getRuntime().addShutdownHook(cleanup);
+    }
     try {
       run(out, folder);
     } finally {
       if (keep) {
         out.println("kept " + folder);
       } else {
+        removeHook(cleanup);
         deleteRecursively(folder);
       }
     }
@@ -244,6 +251,28 @@ final class DemoCommand implements Callable<Integer> {
   private static void step(PrintWriter out, long startNanos, String what, String detail) {
     out.println(String.format(Locale.ROOT, "%-10s %8s  %s", what, Sizes.seconds(System.nanoTime() - startNanos), detail));
     out.flush();
+  }
+
+  /**
+   * Deletes the folder while the JVM exits; lora-io's own hook deletes the temporary files in it
+   * meanwhile, which can fail a pass, so a few are made.
+   */
+  private static void deleteQuietly(Path folder) {
+    for (int attempt = 0; attempt < 3 && Files.exists(folder); attempt++) {
+      try {
+        deleteRecursively(folder);
+      } catch (IOException | UncheckedIOException e) {
+        // Tried again; after that the system cleans its temporary folder.
+      }
+    }
+  }
+
+  private static void removeHook(Thread cleanup) {
+    try {
+      Runtime.getRuntime().removeShutdownHook(cleanup);
+    } catch (IllegalStateException e) {
+      // The JVM is already exiting, and the hook has the folder to delete.
+    }
   }
 
   private static void deleteRecursively(Path folder) throws IOException {

@@ -8,7 +8,9 @@ import java.io.IOException;
 import java.io.PrintWriter;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.util.ArrayList;
 import java.util.LinkedHashMap;
+import java.util.List;
 import java.util.Locale;
 import java.util.Map;
 import java.util.concurrent.Callable;
@@ -56,14 +58,17 @@ final class FuseCommand implements Callable<Integer> {
   @Override
   public Integer call() throws IOException {
     Path base = requireBase(spec, inputOptions);
+    DType outputType =
+        dtype.equals("keep")
+            ? null
+            : DType.fromUserName(dtype)
+                .orElseThrow(() -> Usage.invalid(spec, "--dtype", "'" + dtype + "' is not keep, fp32, fp16 or bf16"));
+    Outputs.checkNotAnInput(spec, output, inputs(base, mergeOptions));
     long start = System.nanoTime();
-    LoraMerger merger = merger(mergeOptions, inputOptions, "fusing", scale, allowMissing, base);
+    LoraMerger merger = merger(spec, mergeOptions, inputOptions, "fusing", scale, allowMissing, base);
     SafetensorsWeights target = SafetensorsWeights.of(base, output);
-    if (!dtype.equals("keep")) {
-      target =
-          target.withDType(
-              DType.fromUserName(dtype)
-                  .orElseThrow(() -> new IllegalArgumentException("--dtype must be keep, fp32, fp16 or bf16, got '" + dtype + "'")));
+    if (outputType != null) {
+      target = target.withDType(outputType);
     }
     FusedLora fused = merger.fuseInto(target);
     report(spec.commandLine().getOut(), fused, "fused", output, start);
@@ -78,13 +83,26 @@ final class FuseCommand implements Callable<Integer> {
     return inputOptions.base;
   }
 
+  /** Every file a fuse or unfuse reads: the model and the adapters. */
+  static List<Path> inputs(Path model, MergeOptions mergeOptions) {
+    List<Path> inputs = new ArrayList<>(mergeOptions.inputPaths());
+    inputs.add(model);
+    return inputs;
+  }
+
   /** The merger of fuse and unfuse: the inputs and method, the scale, and the base in the recipe. */
   static LoraMerger merger(
-      MergeOptions mergeOptions, InputOptions inputOptions, String label, double scale, boolean allowMissing, Path base)
+      CommandSpec spec,
+      MergeOptions mergeOptions,
+      InputOptions inputOptions,
+      String label,
+      double scale,
+      boolean allowMissing,
+      Path base)
       throws IOException {
-    return mergeOptions
-        .merger(inputOptions.readOptions(), ProgressBar.forTerminal(label))
-        .scale(scale)
+    LoraMerger.Builder merger = mergeOptions.merger(inputOptions.readOptions(), ProgressBar.forTerminal(label));
+    Usage.check(spec, "--scale", () -> merger.scale(scale));
+    return merger
         .allowUnmatched(allowMissing)
         .recipe("base_file", baseFile(base))
         .build();

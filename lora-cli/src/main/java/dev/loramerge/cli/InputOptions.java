@@ -7,10 +7,14 @@ import dev.loramerge.io.TensorInfo;
 import java.io.IOException;
 import java.nio.file.Path;
 import java.util.stream.Collectors;
+import picocli.CommandLine.Model.CommandSpec;
 import picocli.CommandLine.Option;
+import picocli.CommandLine.Spec;
 
 /** How input adapters are read: name resolution and what to do with unreadable tensors. */
 final class InputOptions {
+  @Spec(Spec.Target.MIXEE) CommandSpec command;
+
   @Option(
       names = "--base",
       paramLabel = "BASE.safetensors",
@@ -35,7 +39,9 @@ final class InputOptions {
           Architecture.byId(architecture)
               .orElseThrow(
                   () ->
-                      new IllegalArgumentException(
+                      Usage.invalid(
+                          command,
+                          "--architecture",
                           "unknown architecture '"
                               + architecture
                               + "', expected one of "

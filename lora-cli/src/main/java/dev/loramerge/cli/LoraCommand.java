@@ -6,6 +6,7 @@ import java.io.PrintWriter;
 import java.io.UncheckedIOException;
 import java.nio.file.NoSuchFileException;
 import java.util.Locale;
+import java.util.Map;
 import picocli.CommandLine;
 import picocli.CommandLine.Command;
 import picocli.CommandLine.Model.CommandSpec;
@@ -15,8 +16,10 @@ import picocli.CommandLine.Spec;
  * The {@code lora} command: inspect, convert and (in later versions) merge and fuse LoRA
  * adapters.
  *
- * <p>Exit codes: 0 success, 2 usage error, 3 bad input (a one-line message on stderr; the stack
- * trace only with {@code --verbose}).
+ * <p>Exit codes: 0 success, 2 usage error (picocli's {@link CommandLine.ParameterException}, also
+ * for a value the library rejects), 3 bad input (a one-line message on stderr; the stack trace only
+ * with {@code --verbose}); 130 or 143 when SIGINT or SIGTERM stops it, with one line saying what
+ * was not written.
  */
 @Command(
     name = "lora",
@@ -41,6 +44,16 @@ public final class LoraCommand implements Runnable {
   /** An input could not be used. */
   static final int BAD_INPUT = 3;
 
+  /**
+   * The library's messages name its settings, the command's user knows its flags: each setting a
+   * message can suggest, and the flag that sets it.
+   */
+  private static final Map<String, String> FLAGS =
+      Map.of(
+          "allowUnmatched(true)", "--allow-missing",
+          "skipUnsupported(true)", "--skip-unsupported",
+          "the model's weight names (baseKeys)", "--base with the model's weights");
+
   @Spec CommandSpec spec;
 
   @Override
@@ -50,11 +63,19 @@ public final class LoraCommand implements Runnable {
 
   /** Runs the command line and exits with its code. */
   public static void main(String[] args) {
-    System.exit(execute(args, new PrintWriter(System.out, true), new PrintWriter(System.err, true)));
+    PrintWriter err = new PrintWriter(System.err, true);
+    Interruption interruption = Interruption.install(err);
+    int code = execute(args, new PrintWriter(System.out, true), err, interruption);
+    interruption.finished();
+    System.exit(code);
   }
 
   /** Runs the command line with the given streams and returns its exit code. */
   static int execute(String[] args, PrintWriter out, PrintWriter err) {
+    return execute(args, out, err, Interruption.none());
+  }
+
+  private static int execute(String[] args, PrintWriter out, PrintWriter err, Interruption interruption) {
     CommandLine commandLine = new CommandLine(new LoraCommand());
     commandLine.setOut(out);
     commandLine.setErr(err);
@@ -67,10 +88,19 @@ public final class LoraCommand implements Runnable {
               .println("Try '" + failed.getCommandSpec().qualifiedName() + " --help' for more information.");
           return USAGE;
         });
+    commandLine.setExecutionStrategy(
+        parseResult -> {
+          interruption.parsed(parseResult);
+          return new CommandLine.RunLast().execute(parseResult);
+        });
     commandLine.setExecutionExceptionHandler(
         (exception, failed, parseResult) -> {
+          if (interruption.interrupted()) {
+            // The shutdown deleted what the command was writing; its failure says nothing new.
+            return 1;
+          }
           boolean verbose = VerboseOption.isVerbose(parseResult);
-          failed.getErr().println("lora: " + describe(exception));
+          failed.getErr().println("lora: " + withFlags(describe(exception)));
           if (verbose) {
             exception.printStackTrace(failed.getErr());
           }
@@ -98,6 +128,14 @@ public final class LoraCommand implements Runnable {
       return exception.getClass().getSimpleName();
     }
     return message.lines().findFirst().orElse(message);
+  }
+
+  private static String withFlags(String message) {
+    String translated = message;
+    for (Map.Entry<String, String> setting : FLAGS.entrySet()) {
+      translated = translated.replace(setting.getKey(), setting.getValue());
+    }
+    return translated;
   }
 
   private static String describe(Throwable cause) {

@@ -57,14 +57,17 @@ final class MergeCommand implements Callable<Integer> {
     LoraReadOptions readOptions = inputOptions.readOptions();
     long start = System.nanoTime();
     MergeAlgorithm method = mergeOptions.method();
-    LoraMerger.Builder merger = mergeOptions.merger(readOptions, ProgressBar.forTerminal("merging"));
-    if (dtype != null) {
-      merger.dtype(
-          DType.fromUserName(dtype)
-              .orElseThrow(() -> new IllegalArgumentException("--dtype must be fp32, fp16 or bf16, got '" + dtype + "'")));
-    }
+    DType outputType =
+        dtype == null
+            ? null
+            : DType.fromUserName(dtype).orElseThrow(() -> Usage.invalid(spec, "--dtype", "'" + dtype + "' is not fp32, fp16 or bf16"));
     LoraFormat outputFormat = format != null ? format : LoraFiles.detect(mergeOptions.inputs.get(0).path());
     Path target = target(outputFormat, method);
+    Outputs.checkNotAnInput(spec, target, mergeOptions.inputPaths());
+    LoraMerger.Builder merger = mergeOptions.merger(readOptions, ProgressBar.forTerminal("merging"));
+    if (outputType != null) {
+      merger.dtype(outputType);
+    }
     merger.name(LoraFiles.adapterName(target));
     LoraAdapter merged = merger.merge();
     LoraFiles.write(merged, target, outputFormat);

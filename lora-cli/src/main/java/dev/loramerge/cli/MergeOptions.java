@@ -3,6 +3,7 @@ package dev.loramerge.cli;
 import dev.loramerge.Architecture;
 import dev.loramerge.BlockWeights;
 import dev.loramerge.LoraAdapter;
+import dev.loramerge.LoraMergeException;
 import dev.loramerge.LoraMerger;
 import dev.loramerge.MergeAlgorithm;
 import dev.loramerge.MergeListener;
@@ -26,11 +27,17 @@ import java.util.List;
 import java.util.Locale;
 import java.util.Map;
 import java.util.OptionalDouble;
+import java.util.stream.Collectors;
+import picocli.CommandLine.Model.CommandSpec;
 import picocli.CommandLine.Option;
+import picocli.CommandLine.ParameterException;
 import picocli.CommandLine.Parameters;
+import picocli.CommandLine.Spec;
 
 /** The options of {@code lora merge} that {@code fuse} and {@code unfuse} share: inputs and method. */
 final class MergeOptions {
+  @Spec(Spec.Target.MIXEE) CommandSpec command;
+
   @Option(names = "--algorithm", paramLabel = "NAME", defaultValue = "cat", description = "Merge method (default: ${DEFAULT-VALUE}).")
   String algorithm;
 
@@ -75,27 +82,73 @@ final class MergeOptions {
       description = "A PEFT folder or a kohya or diffusers .safetensors file, and its weight (default 1).")
   List<WeightedInput> inputs;
 
-  /** The merge method the options name. */
+  /**
+   * The merge method the options name.
+   *
+   * @throws ParameterException for an unknown method, a missing or out-of-range density, or an
+   *     unknown sign election
+   */
   MergeAlgorithm method() {
     MajoritySign sign =
         MajoritySign.fromPeftName(majoritySign)
-            .orElseThrow(() -> new IllegalArgumentException("--majority-sign must be total or frequency, got '" + majoritySign + "'"));
-    return MergeMethods.named(algorithm, density == null ? OptionalDouble.empty() : OptionalDouble.of(density), sign, seed);
+            .orElseThrow(() -> Usage.invalid(command, "--majority-sign", "'" + majoritySign + "' is not total or frequency"));
+    if (!MergeMethods.NAMES.contains(algorithm.toLowerCase(Locale.ROOT))) {
+      return Usage.check(command, "--algorithm", () -> MergeMethods.named(algorithm, OptionalDouble.empty(), sign, seed));
+    }
+    if (density == null) {
+      try {
+        return MergeMethods.named(algorithm, OptionalDouble.empty(), sign, seed);
+      } catch (IllegalArgumentException e) {
+        // The only setting a known method can miss.
+        throw Usage.error(command, "--algorithm " + algorithm + " needs --density (the fraction of entries kept, in (0, 1])");
+      }
+    }
+    return Usage.check(command, "--density", () -> MergeMethods.named(algorithm, OptionalDouble.of(density), sign, seed));
   }
 
   /**
-   * A merger with every input read and added with its weight and block weights, the method and
-   * its options, and the input files' names, digests and weights in the recipe.
+   * A merger with the method and every option's setting, then every input read and added with its
+   * weight and block weights, and the input files' names, digests and weights in the recipe. The
+   * options are checked before any input is read.
+   *
+   * @throws ParameterException for an option the library rejects, or options that conflict
    */
   LoraMerger.Builder merger(LoraReadOptions readOptions, MergeListener listener) throws IOException {
     LoraMerger.Builder merger = LoraMerger.builder().algorithm(method()).exactSvd(exactSvd).listener(listener);
-    List<Object> files = new ArrayList<>();
+    if (svdRank != null) {
+      Usage.check(command, "--svd-rank", () -> merger.rank(svdRank));
+    }
+    if (dynamicMethod != null) {
+      if (dynamicParam == null) {
+        throw Usage.error(command, "--dynamic-method " + dynamicMethod + " needs --dynamic-param");
+      }
+      RankRule.Method known =
+          Usage.check(command, "--dynamic-method", () -> RankRule.named(dynamicMethod, 1).method());
+      merger.rankRule(Usage.check(command, "--dynamic-param", () -> RankRule.named(known.name(), dynamicParam)));
+    }
+    if (pruneThreshold != null && pruneDensity != null) {
+      throw Usage.error(command, "give --prune-threshold or --prune-density, not both");
+    }
+    if (pruneThreshold != null) {
+      merger.prune(Usage.check(command, "--prune-threshold", () -> PostPrune.threshold(pruneThreshold)));
+    }
+    if (pruneDensity != null) {
+      merger.prune(Usage.check(command, "--prune-density", () -> PostPrune.density(pruneDensity)));
+    }
+    if (svdClamp != null) {
+      Usage.check(command, "--svd-clamp", () -> merger.svdClamp(svdClamp));
+    }
+    readOptions.architecture().ifPresent(merger::architecture);
     Map<Integer, String> blocksByInput = blocksByInput();
+    List<Object> files = new ArrayList<>();
     for (int i = 0; i < inputs.size(); i++) {
       WeightedInput input = inputs.get(i);
       LoraAdapter adapter = LoraFiles.read(input.path(), readOptions);
       if (blocksByInput.containsKey(i)) {
-        merger.add(adapter, input.weight(), blockWeights(adapter, blocksByInput.get(i), readOptions));
+        String spec = blocksByInput.get(i);
+        BlockWeights weights =
+            Usage.check(command, "--blocks", () -> BlockWeights.parse(architecture(adapter, readOptions), spec));
+        merger.add(adapter, input.weight(), weights);
       } else {
         merger.add(adapter, input.weight());
       }
@@ -106,29 +159,12 @@ final class MergeOptions {
       files.add(file);
     }
     merger.recipe("input_files", files);
-    if (svdRank != null) {
-      merger.rank(svdRank);
-    }
-    if (dynamicMethod != null) {
-      if (dynamicParam == null) {
-        throw new IllegalArgumentException("--dynamic-method " + dynamicMethod + " needs --dynamic-param");
-      }
-      merger.rankRule(RankRule.named(dynamicMethod, dynamicParam));
-    }
-    if (pruneThreshold != null && pruneDensity != null) {
-      throw new IllegalArgumentException("give --prune-threshold or --prune-density, not both");
-    }
-    if (pruneThreshold != null) {
-      merger.prune(PostPrune.threshold(pruneThreshold));
-    }
-    if (pruneDensity != null) {
-      merger.prune(PostPrune.density(pruneDensity));
-    }
-    if (svdClamp != null) {
-      merger.svdClamp(svdClamp);
-    }
-    readOptions.architecture().ifPresent(merger::architecture);
     return merger;
+  }
+
+  /** The paths of the input adapters. */
+  List<Path> inputPaths() {
+    return inputs.stream().map(WeightedInput::path).collect(Collectors.toList());
   }
 
   private Map<Integer, String> blocksByInput() {
@@ -140,30 +176,35 @@ final class MergeOptions {
       try {
         parsed = Integer.parseInt(index);
       } catch (NumberFormatException e) {
-        throw new IllegalArgumentException("--blocks '" + spec + "' must start with an input index and ':', e.g. 0:OUTALL");
+        throw Usage.invalid(command, "--blocks", "'" + spec + "' must start with an input index and ':', e.g. 0:OUTALL");
       }
       if (parsed < 0 || parsed >= inputs.size()) {
-        throw new IllegalArgumentException(
-            String.format(Locale.ROOT, "--blocks '%s' names input %d, but there are %d inputs (0 to %d)", spec, parsed, inputs.size(), inputs.size() - 1));
+        throw Usage.invalid(
+            command,
+            "--blocks",
+            String.format(Locale.ROOT, "'%s' names input %d, but there are %d inputs (0 to %d)", spec, parsed, inputs.size(), inputs.size() - 1));
       }
       if (byInput.put(parsed, spec.substring(colon + 1)) != null) {
-        throw new IllegalArgumentException("--blocks given twice for input " + parsed);
+        throw Usage.error(command, "--blocks given twice for input " + parsed);
       }
     }
     return byInput;
   }
 
-  private static BlockWeights blockWeights(LoraAdapter adapter, String spec, LoraReadOptions readOptions) {
-    Architecture architecture =
-        readOptions
-            .architecture()
-            .or(() -> Architecture.detect(adapter))
-            .orElseThrow(
-                () ->
-                    new IllegalArgumentException(
-                        "block weights need an SD1.5 or SDXL adapter, and '" + adapter.name()
-                            + "' fits neither; pass --architecture"));
-    return BlockWeights.parse(architecture, spec);
+  /**
+   * The architecture whose blocks {@code adapter}'s block weights name.
+   *
+   * @throws LoraMergeException if {@code adapter} fits no known architecture and none was given
+   */
+  private static Architecture architecture(LoraAdapter adapter, LoraReadOptions readOptions) {
+    return readOptions
+        .architecture()
+        .or(() -> Architecture.detect(adapter))
+        .orElseThrow(
+            () ->
+                new LoraMergeException(
+                    "block weights need an SD1.5 or SDXL adapter, and '" + adapter.name()
+                        + "' fits neither; pass --architecture"));
   }
 
   /** The SHA-256 of an input file (of the weights file, for a folder), in hex. */

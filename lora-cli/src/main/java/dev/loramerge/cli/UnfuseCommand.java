@@ -5,6 +5,7 @@ import dev.loramerge.LoraMerger;
 import dev.loramerge.io.SafetensorsWeights;
 import java.io.IOException;
 import java.nio.file.Path;
+import java.util.List;
 import java.util.concurrent.Callable;
 import picocli.CommandLine.Command;
 import picocli.CommandLine.Mixin;
@@ -49,8 +50,13 @@ final class UnfuseCommand implements Callable<Integer> {
   @Override
   public Integer call() throws IOException {
     Path fused = FuseCommand.requireBase(spec, inputOptions);
+    List<Path> inputs = FuseCommand.inputs(fused, mergeOptions);
+    if (original != null) {
+      inputs.add(original);
+    }
+    Outputs.checkNotAnInput(spec, output, inputs);
     long start = System.nanoTime();
-    LoraMerger merger = FuseCommand.merger(mergeOptions, inputOptions, "unfusing", scale, allowMissing, fused);
+    LoraMerger merger = FuseCommand.merger(spec, mergeOptions, inputOptions, "unfusing", scale, allowMissing, fused);
     FusedLora result =
         original != null
             ? merger.fuseInto(SafetensorsWeights.restoring(fused, original, output))

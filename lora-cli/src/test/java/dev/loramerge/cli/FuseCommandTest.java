@@ -4,7 +4,11 @@ import static org.assertj.core.api.Assertions.assertThat;
 
 import dev.loramerge.LoraMerger;
 import dev.loramerge.io.SafetensorsFile;
+import dev.loramerge.io.LoraFiles;
+import dev.loramerge.io.LoraFormat;
+import dev.loramerge.io.Safetensors;
 import dev.loramerge.testing.GoldenFiles;
+import dev.loramerge.testing.TinyLora;
 import java.io.IOException;
 import java.io.PrintWriter;
 import java.io.StringWriter;
@@ -87,5 +91,63 @@ class FuseCommandTest {
   void fuseNeedsABase() {
     assertThat(run("fuse", "-o", temp.resolve("out.safetensors").toString(), "x=1")).isEqualTo(2);
     assertThat(err.toString()).contains("--base");
+  }
+
+  /** A small base and a PEFT adapter over it, built in code; {@code missing} drops a weight. */
+  private Path[] tinyBaseAndAdapter(boolean missing) throws IOException {
+    java.util.Map<String, dev.loramerge.TensorData> weights = new java.util.LinkedHashMap<>(TinyLora.base(dev.loramerge.DType.F16, 3));
+    if (missing) {
+      weights.remove(TinyLora.KEYS[1].path() + ".weight");
+    }
+    Path base = temp.resolve("base.safetensors");
+    Safetensors.write(base, weights, java.util.Map.of());
+    Path adapter = temp.resolve("style");
+    LoraFiles.write(TinyLora.adapter("style", 4, 4, 1), adapter, LoraFormat.PEFT);
+    return new Path[] {base, adapter};
+  }
+
+  @Test
+  void anOutputThatIsAnInputIsAUsageError() throws IOException {
+    Path[] inputs = tinyBaseAndAdapter(false);
+    byte[] before = Files.readAllBytes(inputs[0]);
+    assertThat(run("fuse", "--base", inputs[0].toString(), "-o", inputs[0].toString(), inputs[1] + "=1"))
+        .as("-o the base; stderr: %s", err)
+        .isEqualTo(2);
+    assertThat(err.toString())
+        .startsWith("lora: Invalid value for option '--output': " + inputs[0] + " is the input " + inputs[0] + "; inputs are never modified");
+    assertThat(run("fuse", "--base", inputs[0].toString(), "-o", inputs[1].toString(), inputs[1] + "=1"))
+        .as("-o the adapter; stderr: %s", err)
+        .isEqualTo(2);
+    assertThat(Files.readAllBytes(inputs[0])).as("the base is unchanged").isEqualTo(before);
+  }
+
+  @Test
+  void aWrongDTypeIsAUsageError() throws IOException {
+    Path[] inputs = tinyBaseAndAdapter(false);
+    Path output = temp.resolve("out.safetensors");
+    assertThat(run("fuse", "--base", inputs[0].toString(), "-o", output.toString(), "--dtype", "fp8", inputs[1] + "=1"))
+        .as("stderr: %s", err)
+        .isEqualTo(2);
+    assertThat(err.toString()).startsWith("lora: Invalid value for option '--dtype': 'fp8' is not keep, fp32, fp16 or bf16");
+    assertThat(output).doesNotExist();
+  }
+
+  @Test
+  void aModuleMissingFromTheBaseIsBadInputNamingTheFlagThatAllowsIt() throws IOException {
+    Path[] inputs = tinyBaseAndAdapter(true);
+    Path output = temp.resolve("out.safetensors");
+    assertThat(run("fuse", "--base", inputs[0].toString(), "-o", output.toString(), inputs[1] + "=1"))
+        .as("stderr: %s", err)
+        .isEqualTo(3);
+    assertThat(err.toString().lines()).as("one line").hasSize(1);
+    assertThat(err.toString())
+        .as("the library's setting, in the command's words")
+        .contains("1 of 3 modules have no weight in the target")
+        .contains("; --allow-missing fuses the other 2")
+        .doesNotContain("allowUnmatched");
+    assertThat(output).doesNotExist();
+    assertThat(run("fuse", "--base", inputs[0].toString(), "-o", output.toString(), "--allow-missing", inputs[1] + "=1"))
+        .as("with the flag; stderr: %s", err)
+        .isZero();
   }
 }

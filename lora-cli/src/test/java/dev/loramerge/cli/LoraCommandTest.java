@@ -5,13 +5,19 @@ import static org.assertj.core.api.Assertions.assertThat;
 import dev.loramerge.LoraAdapter;
 import dev.loramerge.LoraModule;
 import dev.loramerge.ModuleKey;
+import dev.loramerge.TensorData;
 import dev.loramerge.io.LoraFiles;
+import dev.loramerge.io.LoraFormat;
+import dev.loramerge.io.Safetensors;
 import dev.loramerge.testing.GoldenFiles;
+import dev.loramerge.testing.TinyLora;
 import java.io.IOException;
 import java.io.PrintWriter;
 import java.io.StringWriter;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.util.LinkedHashMap;
+import java.util.Map;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 
@@ -166,5 +172,42 @@ class LoraCommandTest {
     Run run = run("demo");
     assertThat(run.exitCode()).as("stderr: %s", run.err()).isZero();
     assertThat(run.out()).contains("as SDXL").contains("0 (exact)");
+  }
+
+  @Test
+  void convertRefusesToWriteOverItsInput() throws IOException {
+    Path style = temp.resolve("style.safetensors");
+    LoraFiles.write(TinyLora.adapter("style", 4, 4, 1), style, LoraFormat.KOHYA);
+    byte[] before = Files.readAllBytes(style);
+    Run run = run("convert", "--to", "kohya", "-o", style.toString(), style.toString());
+    assertThat(run.exitCode()).as("stderr: %s", run.err()).isEqualTo(2);
+    assertThat(run.err()).startsWith("lora: Invalid value for option '--output': " + style + " is the input " + style);
+    assertThat(Files.readAllBytes(style)).as("the input is unchanged").isEqualTo(before);
+  }
+
+  @Test
+  void theLibrarysSettingsAreNamedAsTheCommandsFlags() throws IOException {
+    Map<String, TensorData> tensors = new LinkedHashMap<>();
+    tensors.put("lora_unet_mid_block_attentions_0_proj_out.lora_down.weight", TensorData.ofFloats(new float[64], 4, 16));
+    tensors.put("lora_unet_mid_block_attentions_0_proj_out.lora_up.weight", TensorData.ofFloats(new float[64], 16, 4));
+    tensors.put("lora_unet_mid_block_attentions_0_proj_out.dora_scale", TensorData.ofFloats(new float[16], 1, 16));
+    Path dora = temp.resolve("dora.safetensors");
+    Safetensors.write(dora, tensors, Map.of());
+    Run run = run("inspect", dora.toString());
+    assertThat(run.exitCode()).as("stderr: %s", run.err()).isEqualTo(3);
+    assertThat(run.err().strip())
+        .as("skipUnsupported(true) becomes the flag")
+        .endsWith("; --skip-unsupported drops them")
+        .doesNotContain("skipUnsupported");
+    assertThat(run("inspect", "--skip-unsupported", dora.toString()).exitCode()).as("with the flag").isZero();
+
+    Map<String, TensorData> custom = new LinkedHashMap<>();
+    custom.put("lora_unet_my_custom_block_proj.lora_down.weight", TensorData.ofFloats(new float[64], 4, 16));
+    custom.put("lora_unet_my_custom_block_proj.lora_up.weight", TensorData.ofFloats(new float[64], 16, 4));
+    Path unresolved = temp.resolve("custom.safetensors");
+    Safetensors.write(unresolved, custom, Map.of());
+    run = run("inspect", unresolved.toString());
+    assertThat(run.exitCode()).isEqualTo(3);
+    assertThat(run.err().strip()).as("baseKeys becomes the flag").endsWith("; give --base with the model's weights");
   }
 }

@@ -7,7 +7,9 @@ import dev.loramerge.LoraMerger;
 import dev.loramerge.ModuleKey;
 import dev.loramerge.internal.Json;
 import dev.loramerge.io.LoraFiles;
+import dev.loramerge.io.LoraFormat;
 import dev.loramerge.testing.GoldenFiles;
+import dev.loramerge.testing.TinyLora;
 import java.io.IOException;
 import java.io.PrintWriter;
 import java.io.StringWriter;
@@ -21,6 +23,7 @@ import java.util.stream.Stream;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.CsvSource;
 import org.junit.jupiter.params.provider.MethodSource;
 
 /** {@code lora merge} on PEFT 0.21's golden cases, as a user would run it. */
@@ -101,16 +104,105 @@ class MergeCommandTest {
     assertThat(LoraFiles.read(expected).modules().values()).allSatisfy(module -> assertThat(module.rank()).isEqualTo(4));
   }
 
+  /** Two small kohya files built in code: the inputs of the contract tests. */
+  private List<String> tinyInputs() throws IOException {
+    Path style = temp.resolve("style.safetensors");
+    Path subject = temp.resolve("subject.safetensors");
+    LoraFiles.write(TinyLora.adapter("style", 4, 4, 1), style, LoraFormat.KOHYA);
+    LoraFiles.write(TinyLora.adapter("subject", 2, 1, 2), subject, LoraFormat.KOHYA);
+    return List.of(style + "=0.7", subject + "=0.5");
+  }
+
+  @ParameterizedTest(name = "{0}")
+  @CsvSource(
+      delimiter = '|',
+      value = {
+        "--algorithm frobnicate | Invalid value for option '--algorithm': unknown merge method 'frobnicate'; expected one of cat,",
+        "--algorithm ties | --algorithm ties needs --density (the fraction of entries kept, in (0, 1])",
+        "--algorithm ties --density 1.5 | Invalid value for option '--density': density must be in (0, 1], got 1.5",
+        "--algorithm ties --density 0.5 --majority-sign most | Invalid value for option '--majority-sign': 'most' is not total or frequency",
+        "--svd-rank 0 | Invalid value for option '--svd-rank': rank must be positive, got 0",
+        "--svd-clamp 2 | Invalid value for option '--svd-clamp': svd clamp quantile must be in (0, 1], got 2.0",
+        "--prune-threshold 0.1 --prune-density 0.5 | give --prune-threshold or --prune-density, not both",
+        "--prune-density 0 | Invalid value for option '--prune-density': prune density must be in (0, 1], got 0.0",
+        "--dynamic-method sv_ratio | --dynamic-method sv_ratio needs --dynamic-param",
+        "--dynamic-method sv_max --dynamic-param 2 | Invalid value for option '--dynamic-method': unknown dynamic rank method 'sv_max'",
+        "--dynamic-method sv_ratio --dynamic-param 0.5 | Invalid value for option '--dynamic-param': sv_ratio must be at least 1, got 0.5",
+        "--dtype fp8 | Invalid value for option '--dtype': 'fp8' is not fp32, fp16 or bf16",
+        "--blocks 2:ALL | Invalid value for option '--blocks': '2:ALL' names input 2, but there are 2 inputs (0 to 1)",
+        "--blocks 0:ALL --blocks 0:NONE | --blocks given twice for input 0",
+        "--architecture sd3 | Invalid value for option '--architecture': unknown architecture 'sd3', expected one of",
+      })
+  void usageErrorsExitWithTwoNamingTheFlag(String options, String message) throws IOException {
+    List<String> args = new ArrayList<>(List.of("merge", "-o", temp.resolve("x.safetensors").toString()));
+    args.addAll(List.of(options.split(" ")));
+    args.addAll(tinyInputs());
+    StringWriter err = new StringWriter();
+    assertThat(run(args, err)).as("exit code; stderr: %s", err).isEqualTo(2);
+    assertThat(err.toString().lines())
+        .as("the message, then where to find help")
+        .hasSize(2)
+        .first()
+        .asString()
+        .startsWith("lora: " + message);
+    assertThat(err.toString().lines().skip(1)).containsExactly("Try 'lora merge --help' for more information.");
+    assertThat(temp.resolve("x.safetensors")).doesNotExist();
+  }
+
   @Test
-  void aMethodThatNeedsADensitySaysSo() {
+  void blockWeightsThatDoNotFitTheArchitectureAreAUsageError() throws IOException {
+    Path style = temp.resolve("style.safetensors");
+    LoraFiles.write(TinyLora.adapter("style", 4, 4, 1), style, LoraFormat.KOHYA);
     StringWriter err = new StringWriter();
     int code =
-        run(
-            List.of("merge", "-o", temp.resolve("x.safetensors").toString(), "--algorithm", "ties",
-                GoldenFiles.peft021("kohya/style.safetensors").toString()),
-            err);
-    assertThat(code).isEqualTo(3);
-    assertThat(err.toString().strip()).isEqualTo("lora: ties needs a density (the fraction of entries kept, in (0, 1])");
+        run(List.of("merge", "-o", temp.resolve("x.safetensors").toString(), "--architecture", "sd15", "--blocks", "0:1,0", style.toString()), err);
+    assertThat(code).as("stderr: %s", err).isEqualTo(2);
+    assertThat(err.toString()).startsWith("lora: Invalid value for option '--blocks': SD1.5 block weights take ");
+  }
+
+  @Test
+  void anOutputThatIsAnInputIsRefused() throws IOException {
+    List<String> inputs = tinyInputs();
+    Path style = temp.resolve("style.safetensors");
+    byte[] before = Files.readAllBytes(style);
+    Path link = Files.createSymbolicLink(temp.resolve("link.safetensors"), style);
+    for (Path output : List.of(style, link, temp.resolve(".").resolve("style.safetensors"))) {
+      StringWriter err = new StringWriter();
+      List<String> args = new ArrayList<>(List.of("merge", "-o", output.toString()));
+      args.addAll(inputs);
+      assertThat(run(args, err)).as("-o %s; stderr: %s", output, err).isEqualTo(2);
+      assertThat(err.toString())
+          .startsWith("lora: Invalid value for option '--output': " + output + " is the input " + style + "; inputs are never modified");
+    }
+    assertThat(Files.readAllBytes(style)).as("the input is unchanged").isEqualTo(before);
+  }
+
+  @Test
+  void aPeftFolderThatIsAnInputIsRefused() throws IOException {
+    Path folder = temp.resolve("style");
+    LoraFiles.write(TinyLora.adapter("style", 4, 4, 1), folder, LoraFormat.PEFT);
+    Path weights = folder.resolve("adapter_model.safetensors");
+    byte[] before = Files.readAllBytes(weights);
+    for (String input : List.of(folder.toString(), weights.toString())) {
+      StringWriter err = new StringWriter();
+      int code = run(List.of("merge", "-o", folder.toString(), "--format", "peft", input + "=0.5"), err);
+      assertThat(code).as("input %s; stderr: %s", input, err).isEqualTo(2);
+      assertThat(err.toString()).contains("is the input " + input + "; inputs are never modified");
+    }
+    assertThat(Files.readAllBytes(weights)).as("the input is unchanged").isEqualTo(before);
+  }
+
+  @Test
+  void aBrokenInputFileIsBadInput() throws IOException {
+    List<String> inputs = tinyInputs();
+    Path style = temp.resolve("style.safetensors");
+    byte[] bytes = Files.readAllBytes(style);
+    Files.write(style, java.util.Arrays.copyOf(bytes, bytes.length - 10));
+    StringWriter err = new StringWriter();
+    List<String> args = new ArrayList<>(List.of("merge", "-o", temp.resolve("x.safetensors").toString()));
+    args.addAll(inputs);
+    assertThat(run(args, err)).as("stderr: %s", err).isEqualTo(3);
+    assertThat(err.toString().lines()).as("one line").hasSize(1).first().asString().startsWith("lora: style.safetensors: ");
     assertThat(temp.resolve("x.safetensors")).doesNotExist();
   }
 }

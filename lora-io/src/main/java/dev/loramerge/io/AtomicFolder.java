@@ -2,11 +2,10 @@ package dev.loramerge.io;
 
 import java.io.IOException;
 import java.nio.file.AtomicMoveNotSupportedException;
-import java.nio.file.DirectoryStream;
+import java.nio.file.FileAlreadyExistsException;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.StandardCopyOption;
-import java.security.SecureRandom;
 import java.util.List;
 
 /**
@@ -32,43 +31,51 @@ final class AtomicFolder {
     if (Files.exists(absolute) && !Files.isDirectory(absolute)) {
       throw new IOException(folder + ": exists and is not a folder");
     }
-    // Not createTempDirectory: its owner-only permissions would become the output folder's.
-    Path staging =
-        Files.createDirectory(
-            parent.resolve("." + absolute.getFileName() + "." + Long.toHexString(new SecureRandom().nextLong()) + ".tmp"));
+    Path staging = TemporaryFiles.createFolder(absolute);
     try {
       contents.writeInto(staging);
-      if (!Files.exists(absolute)) {
-        try {
-          Files.move(staging, absolute, StandardCopyOption.ATOMIC_MOVE);
-          return;
-        } catch (AtomicMoveNotSupportedException | java.nio.file.FileAlreadyExistsException e) {
-          Files.createDirectories(absolute);
-        }
-      }
-      for (String file : files) {
-        Files.move(
-            staging.resolve(file),
-            absolute.resolve(file),
-            StandardCopyOption.ATOMIC_MOVE,
-            StandardCopyOption.REPLACE_EXISTING);
-      }
-    } finally {
-      deleteRecursively(staging);
+    } catch (IOException e) {
+      discard(staging, e);
+      throw named(e, staging, absolute);
+    } catch (Throwable t) {
+      discard(staging, t);
+      throw t;
+    }
+    TemporaryFiles.publish(staging, absolute, () -> moveIntoPlace(staging, absolute, files));
+  }
+
+  private static void discard(Path staging, Throwable failure) {
+    try {
+      TemporaryFiles.discard(staging);
+    } catch (IOException e) {
+      failure.addSuppressed(e);
     }
   }
 
-  private static void deleteRecursively(Path path) throws IOException {
-    if (!Files.exists(path)) {
-      return;
-    }
-    if (Files.isDirectory(path)) {
-      try (DirectoryStream<Path> children = Files.newDirectoryStream(path)) {
-        for (Path child : children) {
-          deleteRecursively(child);
-        }
+  private static void moveIntoPlace(Path staging, Path folder, List<String> files) throws IOException {
+    if (!Files.exists(folder)) {
+      try {
+        Files.move(staging, folder, StandardCopyOption.ATOMIC_MOVE);
+        return;
+      } catch (AtomicMoveNotSupportedException | FileAlreadyExistsException e) {
+        Files.createDirectories(folder);
       }
     }
-    Files.delete(path);
+    for (String file : files) {
+      Files.move(
+          staging.resolve(file), folder.resolve(file), StandardCopyOption.ATOMIC_MOVE, StandardCopyOption.REPLACE_EXISTING);
+    }
+  }
+
+  /**
+   * {@code failure} with the output folder in place of the staging folder, which the user never
+   * asked for (a full disk, say, is reported by the writer of a file inside it).
+   */
+  private static IOException named(IOException failure, Path staging, Path folder) {
+    String message = failure.getMessage();
+    if (message == null || !message.contains(staging.toString())) {
+      return failure;
+    }
+    return new IOException(message.replace(staging.toString(), folder.toString()), failure);
   }
 }

@@ -88,7 +88,7 @@ final class FormatParts {
               unsupported.size() == 1 ? "" : "s",
               quoteFirst(unsupported));
       if (!skipUnsupported) {
-        throw new LoraMergeException(message + "; pass --skip-unsupported to drop them");
+        throw new LoraMergeException(message + "; skipUnsupported(true) drops them");
       }
       log.warn("{}; dropped", message);
     }

@@ -94,7 +94,7 @@ final class KohyaNames {
                               Locale.ROOT,
                               "%s: cannot resolve kohya module name '%s': it is not a module of"
                                   + " %s, not in the base weights given, and not a diffusers"
-                                  + " module name; pass --base with the model's weights",
+                                  + " module name; give the model's weight names (baseKeys)",
                               fileName,
                               name,
                               architectureNames())));

@@ -4,6 +4,7 @@ import static com.google.common.base.Preconditions.checkArgument;
 import static com.google.common.base.Preconditions.checkNotNull;
 import static com.google.common.base.Preconditions.checkState;
 
+import com.google.common.base.Throwables;
 import com.google.common.collect.ImmutableList;
 import com.google.common.collect.ImmutableMap;
 import com.google.common.io.Closer;
@@ -16,10 +17,10 @@ import java.nio.ByteOrder;
 import java.nio.channels.FileChannel;
 import java.nio.file.AccessDeniedException;
 import java.nio.file.Files;
+import java.nio.file.OpenOption;
 import java.nio.file.Path;
 import java.nio.file.StandardCopyOption;
 import java.nio.file.StandardOpenOption;
-import java.nio.file.attribute.PosixFilePermissions;
 import java.util.Arrays;
 import java.util.HashSet;
 import java.util.List;
@@ -68,6 +69,17 @@ public final class SafetensorsWriter implements AutoCloseable {
    * logical block size of common devices.
    */
   private static final int DIRECT_ALIGNMENT = 4096;
+  /**
+   * The messages with which the platforms report a full disk or an exhausted quota: Java gives no
+   * error code, only the C library's text.
+   */
+  private static final List<String> DISK_FULL =
+      List.of("No space left on device", "Disk quota exceeded", "There is not enough space on the disk");
+
+  /** Opens the temporary file's channel; tests put in one that fails as a full disk does. */
+  interface Opener {
+    FileChannel open(Path path, OpenOption... options) throws IOException;
+  }
 
   private final Path target;
   private final String fileName;
@@ -77,6 +89,8 @@ public final class SafetensorsWriter implements AutoCloseable {
   private final ByteBuffer pending;
   private long flushed;
   private final ImmutableList<TensorInfo> layout;
+  /** The file's size once written. */
+  private final long size;
   private final AtomicBoolean closed = new AtomicBoolean();
   private int written;
 
@@ -133,13 +147,19 @@ public final class SafetensorsWriter implements AutoCloseable {
   }
 
   private SafetensorsWriter(
-      Path target, Path temporary, FileChannel channel, ByteBuffer pending, ImmutableList<TensorInfo> layout) {
+      Path target,
+      Path temporary,
+      FileChannel channel,
+      ByteBuffer pending,
+      ImmutableList<TensorInfo> layout,
+      long size) {
     this.target = target;
     this.fileName = target.getFileName().toString();
     this.temporary = temporary;
     this.channel = channel;
     this.pending = pending;
     this.layout = layout;
+    this.size = size;
   }
 
   /**
@@ -154,15 +174,16 @@ public final class SafetensorsWriter implements AutoCloseable {
    */
   public static SafetensorsWriter create(
       Path target, List<Entry> entries, Map<String, String> metadata) throws IOException {
-    return create(target, entries, metadata, DIRECT_BLOCK);
+    return create(target, entries, metadata, DIRECT_BLOCK, FileChannel::open);
   }
 
   /**
    * {@link #create(Path, List, Map)} gathering {@code directBlock} bytes per direct write, or
-   * through the page cache when {@code directBlock} is 0.
+   * through the page cache when {@code directBlock} is 0, opening the file with {@code opener}.
    */
   static SafetensorsWriter create(
-      Path target, List<Entry> entries, Map<String, String> metadata, int directBlock) throws IOException {
+      Path target, List<Entry> entries, Map<String, String> metadata, int directBlock, Opener opener)
+      throws IOException {
     checkArgument(directBlock % DIRECT_ALIGNMENT == 0, "direct blocks are whole multiples of %s bytes", DIRECT_ALIGNMENT);
     checkNotNull(target, "target");
     checkNotNull(entries, "entries");
@@ -189,23 +210,27 @@ public final class SafetensorsWriter implements AutoCloseable {
         SafetensorsHeader.MAX_LENGTH);
 
     Path temporary = createTemporary(absolute);
-    FileChannel channel = directBlock > 0 ? openDirect(temporary) : null;
+    long size = 8 + header.length + (layout.isEmpty() ? 0 : layout.get(layout.size() - 1).end());
+    FileChannel channel = directBlock > 0 ? openDirect(temporary, opener) : null;
     SafetensorsWriter writer;
     try {
       if (channel != null) {
         // A small file needs no more buffer than its own size.
-        long size = 8 + header.length + (layout.isEmpty() ? 0 : layout.get(layout.size() - 1).end());
         long block = Math.min(directBlock, (size + DIRECT_ALIGNMENT - 1) / DIRECT_ALIGNMENT * DIRECT_ALIGNMENT);
-        writer = new SafetensorsWriter(absolute, temporary, channel, alignedBuffer((int) block), layout);
+        writer = new SafetensorsWriter(absolute, temporary, channel, alignedBuffer((int) block), layout, size);
       } else {
-        channel = FileChannel.open(temporary, StandardOpenOption.WRITE);
-        writer = new SafetensorsWriter(absolute, temporary, channel, null, layout);
+        channel = opener.open(temporary, StandardOpenOption.WRITE);
+        writer = new SafetensorsWriter(absolute, temporary, channel, null, layout, size);
       }
-      writer.append(ByteBuffer.allocate(8).order(ByteOrder.LITTLE_ENDIAN).putLong(0, header.length));
-      writer.append(ByteBuffer.wrap(header));
     } catch (Throwable t) {
       discard(channel, temporary, t);
       throw t;
+    }
+    try {
+      writer.append(ByteBuffer.allocate(8).order(ByteOrder.LITTLE_ENDIAN).putLong(0, header.length));
+      writer.append(ByteBuffer.wrap(header));
+    } catch (Throwable t) {
+      throw writer.abandon(t);
     }
     return writer;
   }
@@ -214,10 +239,10 @@ public final class SafetensorsWriter implements AutoCloseable {
    * {@code temporary} opened for direct writes, or null where the file system refuses them: to
    * open, or (some FUSE file systems) to write an aligned block.
    */
-  private static FileChannel openDirect(Path temporary) {
+  private static FileChannel openDirect(Path temporary, Opener opener) {
     FileChannel channel = null;
     try {
-      channel = FileChannel.open(temporary, StandardOpenOption.WRITE, ExtendedOpenOption.DIRECT);
+      channel = opener.open(temporary, StandardOpenOption.WRITE, ExtendedOpenOption.DIRECT);
       writeFully(channel, alignedBuffer(DIRECT_ALIGNMENT), 0);
       return channel;
     } catch (UnsupportedOperationException | IOException e) {
@@ -261,8 +286,7 @@ public final class SafetensorsWriter implements AutoCloseable {
     try {
       append(bytes.duplicate());
     } catch (Throwable t) {
-      abandon(t);
-      throw t;
+      throw abandon(t);
     }
     written++;
   }
@@ -328,8 +352,7 @@ public final class SafetensorsWriter implements AutoCloseable {
         }
       }
     } catch (Throwable t) {
-      abandon(t);
-      throw t;
+      throw abandon(t);
     }
     written++;
   }
@@ -361,11 +384,12 @@ public final class SafetensorsWriter implements AutoCloseable {
       // The bytes and the size must be durable before the rename makes the file visible.
       channel.force(true);
       channel.close();
-      Files.move(
-          temporary, target, StandardCopyOption.ATOMIC_MOVE, StandardCopyOption.REPLACE_EXISTING);
+      TemporaryFiles.publish(
+          temporary,
+          target,
+          () -> Files.move(temporary, target, StandardCopyOption.ATOMIC_MOVE, StandardCopyOption.REPLACE_EXISTING));
     } catch (Throwable t) {
-      abandon(t);
-      throw t;
+      throw abandon(t);
     }
     closed.set(true);
   }
@@ -405,13 +429,45 @@ public final class SafetensorsWriter implements AutoCloseable {
     return next;
   }
 
-  /** Closes after {@code failure}, recording any further failure as suppressed. */
-  private void abandon(Throwable failure) {
+  /**
+   * Closes after {@code failure}, recording any further failure as suppressed, and returns the
+   * exception to throw: {@code failure}, or for a full disk one that names the target and how many
+   * bytes did not fit, which neither the platform's message nor the temporary file's name tells.
+   */
+  private IOException abandon(Throwable failure) {
+    Throwable thrown = failure;
+    if (failure instanceof IOException && isDiskFull((IOException) failure)) {
+      long missing = size - (pending != null ? flushed : positionOr(0));
+      thrown =
+          new IOException(
+              String.format(
+                  Locale.ROOT,
+                  "%s: not written: the disk is full, %d of its %d bytes did not fit",
+                  target,
+                  missing,
+                  size),
+              failure);
+    }
     try {
       close();
     } catch (IOException e) {
-      failure.addSuppressed(e);
+      thrown.addSuppressed(e);
     }
+    Throwables.throwIfUnchecked(thrown);
+    return (IOException) thrown;
+  }
+
+  private long positionOr(long fallback) {
+    try {
+      return channel.position();
+    } catch (IOException e) {
+      return fallback;
+    }
+  }
+
+  private static boolean isDiskFull(IOException failure) {
+    String message = failure.getMessage();
+    return message != null && DISK_FULL.stream().anyMatch(message::contains);
   }
 
   private static ImmutableList<TensorInfo> layout(String fileName, List<Entry> entries) {
@@ -445,10 +501,8 @@ public final class SafetensorsWriter implements AutoCloseable {
   }
 
   /**
-   * An empty file beside {@code target}, named after it so that a leftover is recognisable.
-   * createTempFile makes owner-only files (0600); asking for 0666 leaves the permissions to the
-   * umask, as for any new file, so the renamed result looks like a plainly written one. Failures
-   * name the target, not the temporary file the user never asked for.
+   * An empty file beside {@code target} that says which output it is for ({@link TemporaryFiles}).
+   * Failures name the target, not the temporary file the user never asked for.
    */
   private static Path createTemporary(Path target) throws IOException {
     Path folder = target.getParent();
@@ -459,16 +513,8 @@ public final class SafetensorsWriter implements AutoCloseable {
       // Found now rather than by the rename after the whole file is written.
       throw new IOException(target + ": cannot write it: it is a folder");
     }
-    String prefix = "." + target.getFileName();
     try {
-      if (folder.getFileSystem().supportedFileAttributeViews().contains("posix")) {
-        return Files.createTempFile(
-            folder,
-            prefix,
-            ".tmp",
-            PosixFilePermissions.asFileAttribute(PosixFilePermissions.fromString("rw-rw-rw-")));
-      }
-      return Files.createTempFile(folder, prefix, ".tmp");
+      return TemporaryFiles.createFile(target);
     } catch (AccessDeniedException e) {
       throw new IOException(target + ": cannot write it: no permission to create files in " + folder, e);
     }
@@ -525,7 +571,7 @@ public final class SafetensorsWriter implements AutoCloseable {
   /** Closes {@code channel}, if open, and deletes {@code temporary}, attempting both. */
   private static void discard(FileChannel channel, Path temporary) throws IOException {
     Closer closer = Closer.create();
-    closer.register(() -> Files.deleteIfExists(temporary));
+    closer.register(() -> TemporaryFiles.discard(temporary));
     if (channel != null) {
       closer.register(channel);
     }

@@ -88,7 +88,7 @@ class LoraFilesTest {
             "input.safetensors: 3 tensors cannot be read as LoRA factors (LoHa, LoKr, DoRA, Tucker or unknown keys):"
                 + " 'lora_unet_mid_block_attentions_0_proj_in.hada_w1_a',"
                 + " 'lora_unet_mid_block_attentions_0_proj_in.hada_w1_b',"
-                + " 'lora_unet_mid_block_attentions_0_proj_out.dora_scale'; pass --skip-unsupported to drop them");
+                + " 'lora_unet_mid_block_attentions_0_proj_out.dora_scale'; skipUnsupported(true) drops them");
     LoraAdapter kept = LoraFiles.read(file, LoraReadOptions.builder().skipUnsupported(true).build());
     assertThat(kept.modules().keySet()).containsExactly(ModuleKey.parse("unet.mid_block.attentions.0.proj_out"));
   }
@@ -111,8 +111,8 @@ class LoraFilesTest {
         .isInstanceOf(LoraMergeException.class)
         .hasMessage(
             "input.safetensors: cannot resolve kohya module name 'lora_unet_my_custom_block_proj': it is not a module of"
-                + " SD1.5 or SDXL, not in the base weights given, and not a diffusers module name; pass --base with"
-                + " the model's weights");
+                + " SD1.5 or SDXL, not in the base weights given, and not a diffusers module name; give the"
+                + " model's weight names (baseKeys)");
     LoraAdapter viaBase =
         LoraFiles.read(
             file, LoraReadOptions.builder().baseKeys(java.util.List.of("my_custom.block_proj.weight", "my_custom.block_proj.bias")).build());

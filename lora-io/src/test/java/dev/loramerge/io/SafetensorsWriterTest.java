@@ -8,6 +8,7 @@ import dev.loramerge.DType;
 import dev.loramerge.TensorData;
 import java.io.IOException;
 import java.nio.ByteBuffer;
+import java.nio.channels.FileChannel;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
@@ -46,8 +47,10 @@ class SafetensorsWriterTest {
           .singleElement()
           .satisfies(
               temporary -> {
-                assertThat(temporary.getFileName().toString()).startsWith(".style.safetensors");
-                assertThat(temporary.getFileName().toString()).endsWith(".tmp");
+                assertThat(temporary.getFileName().toString())
+                    .as("names the output and the process")
+                    .startsWith(".style.safetensors." + ProcessHandle.current().pid() + ".")
+                    .endsWith(".lora-tmp");
               });
       writer.write("up", UP);
       writer.commit();
@@ -241,7 +244,7 @@ class SafetensorsWriterTest {
     }
     Map<String, String> metadata = Map.of("note", "x".repeat(333));
     Path cached = folder.resolve("cached.safetensors");
-    try (SafetensorsWriter writer = SafetensorsWriter.create(cached, layout, metadata, 0)) {
+    try (SafetensorsWriter writer = SafetensorsWriter.create(cached, layout, metadata, 0, FileChannel::open)) {
       assertThat(writer.direct()).as("a block size of 0 writes through the page cache").isFalse();
       for (Map.Entry<String, TensorData> tensor : tensors.entrySet()) {
         writer.write(tensor.getKey(), tensor.getValue());
@@ -250,7 +253,7 @@ class SafetensorsWriterTest {
     }
     Path direct = folder.resolve("direct.safetensors");
     try (SafetensorsFile source = SafetensorsFile.open(cached);
-        SafetensorsWriter writer = SafetensorsWriter.create(direct, layout, metadata, 8192)) {
+        SafetensorsWriter writer = SafetensorsWriter.create(direct, layout, metadata, 8192, FileChannel::open)) {
       assumeTrue(writer.direct(), "the file system of " + folder + " refuses direct I/O");
       int i = 0;
       for (Map.Entry<String, TensorData> tensor : tensors.entrySet()) {
@@ -273,5 +276,137 @@ class SafetensorsWriterTest {
     Safetensors.write(target(), Map.of(), Map.of());
     assertThat(Files.getPosixFilePermissions(target()))
         .isEqualTo(Files.getPosixFilePermissions(plain));
+  }
+
+  @Test
+  void aFullDiskNamesTheTargetAndTheBytesThatDidNotFit() throws IOException {
+    TensorData big = TensorData.ofFloats(new float[1000], 10, 100);
+    List<SafetensorsWriter.Entry> layout =
+        List.of(SafetensorsWriter.Entry.of("a", big), SafetensorsWriter.Entry.of("b", big));
+    long room = 6000;
+    try (SafetensorsWriter writer =
+        SafetensorsWriter.create(target(), layout, Map.of(), 0, (path, options) -> new FullDisk(FileChannel.open(path, options), room))) {
+      writer.write("a", big);
+      long size = 8 + SafetensorsHeader.encode(
+          List.of(new TensorInfo("a", DType.F32, new long[] {10, 100}, 0, 4000), new TensorInfo("b", DType.F32, new long[] {10, 100}, 4000, 8000)),
+          Map.of()).length + 8000;
+      assertThatThrownBy(() -> writer.write("b", big))
+          .as("the platform's ENOSPC becomes a message about the output")
+          .isInstanceOf(IOException.class)
+          .hasMessage("%s: not written: the disk is full, %d of its %d bytes did not fit", target(), size - room, size)
+          .hasRootCauseMessage("No space left on device");
+    }
+    assertThat(folderContents()).as("no temporary file is left").isEmpty();
+  }
+
+  /** A channel on a disk with {@code room} bytes: writes past them fail as Linux's do. */
+  private static final class FullDisk extends FileChannel {
+    private final FileChannel file;
+    private final long room;
+
+    FullDisk(FileChannel file, long room) {
+      this.file = file;
+      this.room = room;
+    }
+
+    private ByteBuffer fitting(ByteBuffer source, long at) throws IOException {
+      if (at >= room && source.hasRemaining()) {
+        throw new IOException("No space left on device");
+      }
+      return source.slice().limit((int) Math.min(source.remaining(), room - at));
+    }
+
+    @Override
+    public int write(ByteBuffer source) throws IOException {
+      ByteBuffer part = fitting(source, file.position());
+      int written = file.write(part);
+      source.position(source.position() + written);
+      return written;
+    }
+
+    @Override
+    public int write(ByteBuffer source, long position) throws IOException {
+      ByteBuffer part = fitting(source, position);
+      int written = file.write(part, position);
+      source.position(source.position() + written);
+      return written;
+    }
+
+    @Override
+    public long write(ByteBuffer[] sources, int offset, int length) throws IOException {
+      throw new UnsupportedOperationException("the writer writes one buffer at a time");
+    }
+
+    @Override
+    public int read(ByteBuffer target) throws IOException {
+      return file.read(target);
+    }
+
+    @Override
+    public long read(ByteBuffer[] targets, int offset, int length) throws IOException {
+      return file.read(targets, offset, length);
+    }
+
+    @Override
+    public int read(ByteBuffer target, long position) throws IOException {
+      return file.read(target, position);
+    }
+
+    @Override
+    public long position() throws IOException {
+      return file.position();
+    }
+
+    @Override
+    public FileChannel position(long position) throws IOException {
+      file.position(position);
+      return this;
+    }
+
+    @Override
+    public long size() throws IOException {
+      return file.size();
+    }
+
+    @Override
+    public FileChannel truncate(long size) throws IOException {
+      file.truncate(size);
+      return this;
+    }
+
+    @Override
+    public void force(boolean metaData) throws IOException {
+      file.force(metaData);
+    }
+
+    @Override
+    public long transferTo(long position, long count, java.nio.channels.WritableByteChannel target) throws IOException {
+      return file.transferTo(position, count, target);
+    }
+
+    @Override
+    public long transferFrom(java.nio.channels.ReadableByteChannel source, long position, long count) {
+      throw new UnsupportedOperationException("the test copies no tensor");
+    }
+
+    @Override
+    public java.nio.MappedByteBuffer map(MapMode mode, long position, long size) {
+      throw new UnsupportedOperationException("the writer maps nothing");
+    }
+
+    @Override
+    public java.nio.channels.FileLock lock(long position, long size, boolean shared) {
+      throw new UnsupportedOperationException("the writer locks nothing");
+    }
+
+    @Override
+    public java.nio.channels.FileLock tryLock(long position, long size, boolean shared) {
+      throw new UnsupportedOperationException("the writer locks nothing");
+    }
+
+    @Override
+    protected void implCloseChannel() throws IOException {
+      file.close();
+    }
   }
 }
