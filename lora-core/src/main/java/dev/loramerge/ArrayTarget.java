@@ -2,6 +2,7 @@ package dev.loramerge;
 
 import ai.djl.Device;
 import ai.djl.ndarray.NDArray;
+import ai.djl.ndarray.index.NDIndex;
 import com.google.common.collect.ImmutableMap;
 import com.google.common.collect.MapMaker;
 import dev.loramerge.internal.Fusion;
@@ -36,7 +37,12 @@ import java.util.stream.IntStream;
  * kept only for copies that are written through their own views; {@link #trim} frees them.
  *
  * <p>Weights on the CPU and laid out contiguously are computed straight into their own memory;
- * others (on a GPU, or views) are computed in a heap buffer and set.
+ * others (on a GPU, or views) are computed in a heap buffer and set. Which is which is learnt from
+ * the first fuse of each weight, by reading back a value it wrote: nothing but fused values and
+ * restored originals is ever written into a weight, since another thread may be reading it.
+ *
+ * <p>{@link #apply}, the restorers and {@link #trim} hold the target's lock throughout, so fuses
+ * and unfuses never interleave and the ledger stays consistent.
  */
 final class ArrayTarget implements WeightTarget {
   /**
@@ -52,6 +58,7 @@ final class ArrayTarget implements WeightTarget {
   private final ImmutableMap<String, WeightInfo> weights;
   private final Map<String, NDArray> originals = new HashMap<>();
   private final List<WeightUpdate> active = new ArrayList<>();
+  /** Whether each weight's direct view is its own memory, once a fuse has found out. */
   private final Map<String, Boolean> writesThrough = new ConcurrentHashMap<>();
 
   ArrayTarget(ImmutableMap<String, NDArray> arrays) {
@@ -116,7 +123,7 @@ final class ArrayTarget implements WeightTarget {
                     capturedNow.put(name, spare != null ? copyInto(arrays.get(name), spare) : copyOf(name, arrays.get(name)));
                   }
                   touched.add(name);
-                  write(name, List.of(update), Optional.empty());
+                  write(name, List.of(update), Optional.empty(), Optional.ofNullable(capturedNow.get(name)));
                   synchronized (done) {
                     done[0] += weights.get(name).byteSize();
                     update.progress(done[0], total);
@@ -168,51 +175,114 @@ final class ArrayTarget implements WeightTarget {
       }
     }
     if (updates.isEmpty()) {
-      NDArray array = arrays.get(name);
-      if (writesThrough(name, array)) {
-        array.toByteBuffer(true).put(original.toByteBuffer(true));
-      } else {
-        array.set(original.toByteBuffer());
-      }
+      store(name, arrays.get(name), original.toByteBuffer(true));
       keepOrClose(name, originals.remove(name));
     } else {
-      write(name, updates, Optional.of(original));
+      write(name, updates, Optional.of(original), Optional.empty());
     }
   }
 
   /**
    * Applies {@code updates} in order to weight {@code name}, starting from {@code from} (the
-   * weight's current values when empty).
+   * weight's current values when empty). {@code before}, a copy of the weight's current values,
+   * lets the first write find out whether the weight's direct view is its memory.
    */
-  private void write(String name, List<WeightUpdate> updates, Optional<NDArray> from) {
+  private void write(String name, List<WeightUpdate> updates, Optional<NDArray> from, Optional<NDArray> before) {
     NDArray array = arrays.get(name);
     WeightInfo info = weights.get(name);
-    boolean inPlace = writesThrough(name, array);
+    Boolean known = writesThrough.get(name);
+    boolean direct = mayWriteThrough(array) && (known != null ? known : before.isPresent());
     // Not in place, the values go through a heap copy (toByteBuffer() without a direct view):
     // NDArray.set with a direct buffer makes the array use that buffer's memory as it is, which
     // for a view of another array's storage would dangle once that array is freed.
-    ByteBuffer into = inPlace ? array.toByteBuffer(true) : array.toByteBuffer();
-    ByteBuffer source = from.isPresent() ? from.get().toByteBuffer(inPlace) : into;
+    ByteBuffer into = direct ? array.toByteBuffer(true) : array.toByteBuffer();
+    ByteBuffer source = from.isPresent() ? from.get().toByteBuffer(direct) : into;
     for (WeightUpdate update : updates) {
       update.apply(name, source, info, into, info.dtype());
       source = into;
     }
-    if (!inPlace) {
-      array.set(into);
+    if (!direct) {
+      store(name, array, into);
+    } else if (known == null) {
+      settle(name, array, into, before.get().toByteBuffer(true), true);
+    }
+  }
+
+  /** Makes weight {@code name} hold {@code values}, in its own memory where that can be written. */
+  private void store(String name, NDArray array, ByteBuffer values) {
+    Boolean known = writesThrough.get(name);
+    if (Boolean.TRUE.equals(known)) {
+      array.toByteBuffer(true).put(values.duplicate().clear());
+    } else if (known == null && mayWriteThrough(array)) {
+      settle(name, array, values, array.toByteBuffer(true), false);
+    } else {
+      array.set(onHeap(values));
     }
   }
 
   /**
-   * A copy of {@code array} in a new array of its manager. Where both views write through, the
-   * bytes are copied in Java: libtorch's clone runs on its OpenMP threads, whose spinning
-   * afterwards takes a core from the fuse that follows.
+   * Makes weight {@code name}, whose direct view may or may not be its memory, hold {@code values},
+   * and learns which from the first element they change. {@code was} holds the weight's values
+   * before; unless {@code written} says the values are in a direct view already, it is the direct
+   * view they are written into. Nothing but {@code values} is ever written into the weight: another
+   * thread may be reading it.
+   */
+  private void settle(String name, NDArray array, ByteBuffer values, ByteBuffer was, boolean written) {
+    int changed = values.duplicate().clear().mismatch(was.duplicate().clear());
+    if (changed < 0) {
+      // The weight holds the values already, whichever its view is.
+      return;
+    }
+    if (!written) {
+      was.duplicate().clear().put(values.duplicate().clear());
+    }
+    boolean landed = holds(array, values, changed / weights.get(name).dtype().byteSize());
+    writesThrough.put(name, landed);
+    if (!landed) {
+      array.set(onHeap(values));
+    }
+  }
+
+  /** {@code values}, all of them, in a heap buffer: see {@link #write} for why not a direct one. */
+  private static ByteBuffer onHeap(ByteBuffer values) {
+    if (!values.isDirect()) {
+      return values.duplicate().clear();
+    }
+    return ByteBuffer.allocate(values.capacity()).order(values.order()).put(values.duplicate().clear()).flip();
+  }
+
+  /**
+   * Whether element {@code element} (in row-major order) of {@code array} has the bytes {@code
+   * values} holds for it, read through the array's own indexing, not through a direct view that
+   * may be a copy.
+   */
+  private static boolean holds(NDArray array, ByteBuffer values, long element) {
+    long[] shape = array.getShape().getShape();
+    long[] index = new long[shape.length];
+    long rest = element;
+    for (int axis = shape.length - 1; axis >= 0; axis--) {
+      index[axis] = rest % shape[axis];
+      rest /= shape[axis];
+    }
+    try (NDArray value = array.get(new NDIndex(index))) {
+      ByteBuffer read = value.toByteBuffer();
+      int offset = Math.toIntExact(element * read.remaining());
+      return read.equals(values.duplicate().clear().position(offset).limit(offset + read.remaining()));
+    }
+  }
+
+  /**
+   * A copy of {@code array} in a new array of its manager. Where the copy's view writes through,
+   * the bytes are copied in Java, from the weight's direct view (a copy of its values where it is
+   * not its memory): libtorch's clone runs on its OpenMP threads, whose spinning afterwards takes
+   * a core from the fuse that follows.
    */
   private NDArray copyOf(String name, NDArray array) {
-    if (!writesThrough(name, array)) {
+    if (!mayWriteThrough(array) || Boolean.FALSE.equals(writesThrough.get(name))) {
       return array.duplicate();
     }
     NDArray copy = array.getManager().create(array.getShape(), array.getDataType());
-    if (!viewWritesThrough(copy)) {
+    if (!ownViewWritesThrough(copy)) {
       copy.close();
       return array.duplicate();
     }
@@ -228,7 +298,7 @@ final class ArrayTarget implements WeightTarget {
 
   /** Keeps the copy of weight {@code name} as its spare where the next copy can go into it. */
   private void keepOrClose(String name, NDArray copy) {
-    if (writesThrough(name, arrays.get(name)) && viewWritesThrough(copy)) {
+    if (writesThrough(name) && ownViewWritesThrough(copy)) {
       keepAsSpare(name, copy);
     } else {
       copy.close();
@@ -253,22 +323,31 @@ final class ArrayTarget implements WeightTarget {
     }
   }
 
-  private boolean writesThrough(String name, NDArray array) {
-    return writesThrough.computeIfAbsent(name, unused -> viewWritesThrough(array));
+  /** Whether a fuse has found weight {@code name}'s direct view to be its own memory. */
+  private boolean writesThrough(String name) {
+    return Boolean.TRUE.equals(writesThrough.get(name));
   }
 
   /**
-   * Whether writing into {@code array.toByteBuffer(true)} changes the array itself. DJL gives a
-   * view of the array's own storage for CPU arrays laid out contiguously and a copy otherwise (a
-   * new array, once per weight here), and says not which; one byte written and read back through
-   * a second view tells.
+   * Whether {@code array.toByteBuffer(true)} can be the array's own memory: DJL gives a view of the
+   * storage for dense CPU arrays laid out contiguously and a copy otherwise (a new array each
+   * time), and its API says neither which nor whether an array is contiguous.
    */
-  private static boolean viewWritesThrough(NDArray array) {
-    if (!array.getDevice().equals(Device.cpu()) || array.size() == 0) {
+  private static boolean mayWriteThrough(NDArray array) {
+    return array.getDevice().equals(Device.cpu()) && !array.isSparse() && array.size() > 0;
+  }
+
+  /**
+   * Whether writing into the direct view of {@code own}, an array this target made and nobody
+   * else has seen, changes it. A byte is written and read back through a second view, which is
+   * why this is never asked of a caller's array: another thread may be reading it.
+   */
+  private static boolean ownViewWritesThrough(NDArray own) {
+    if (!mayWriteThrough(own)) {
       return false;
     }
-    ByteBuffer memory = array.toByteBuffer(true);
-    ByteBuffer second = array.toByteBuffer(true);
+    ByteBuffer memory = own.toByteBuffer(true);
+    ByteBuffer second = own.toByteBuffer(true);
     if (!memory.isDirect()) {
       return false;
     }
@@ -280,7 +359,7 @@ final class ArrayTarget implements WeightTarget {
   }
 
   @Override
-  public String toString() {
+  public synchronized String toString() {
     long spares = arrays.values().stream().filter(SPARES::containsKey).count();
     return "WeightTarget{arrays=" + arrays.size() + ", fused=" + active.size() + ", spares=" + spares + "}";
   }

@@ -7,7 +7,10 @@ import java.util.Optional;
 /**
  * A fuse that has happened: what it matched, and, for in-memory targets, the way back.
  *
- * <p>Thread-safe; {@link #unfuse()} works once.
+ * <p>Thread-safe. {@link #unfuse()} works once: of two threads calling it at once, one restores the
+ * weights and the other gets an {@link IllegalStateException}. An unfuse holds the target's lock as
+ * a fuse does, so it never interleaves with other fuses and unfuses on the same target (see {@link
+ * WeightTarget#of(java.util.Map)}).
  */
 public final class FusedLora {
   private final FuseReport report;
@@ -35,7 +38,7 @@ public final class FusedLora {
    * can be undone in any order.
    *
    * @throws IllegalStateException if the target was a file (use {@code lora unfuse}, or fuse the
-   *     original again) or this fuse is already undone
+   *     original again) or this fuse is already undone, by this thread or another
    */
   public synchronized void unfuse() {
     checkState(restorer.isPresent(), "a fuse into a file wrote a new file; fuse the original again, or restore from it");

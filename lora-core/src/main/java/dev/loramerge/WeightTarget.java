@@ -70,6 +70,19 @@ public interface WeightTarget {
    * stays for the next fuse to reuse (fresh memory costs the kernel a page fault per 4 KiB) until
    * {@link #trim()} or until the weights' manager is closed. Targets over the same arrays share
    * that memory: there is never more than one such copy per weight, however many targets are made.
+   *
+   * <p>The target is thread-safe, and serialises its fuses and unfuses: each holds the target's
+   * lock for its whole write, so they never interleave, and from any number of threads they leave
+   * the weights as some order of them, one at a time, would (bit for bit the originals once all
+   * are undone). A fuse or unfuse writes only the weights its modules touch, and into them only
+   * their new values, but in place and while it runs: a render that reads the weights meanwhile
+   * sees some fused and some not. Keep renders and fuses of the same weights apart, for example
+   * with a {@link java.util.concurrent.locks.ReadWriteLock} whose read lock renders hold and whose
+   * write lock fuses and unfuses hold.
+   *
+   * <p>Targets over the same arrays do not see each other's fuses: fusing through two of them at
+   * once, or undoing a fuse through one while a fuse through the other touches the same weights,
+   * leaves those weights wrong. Keep one target per set of weights while fuses are active.
    */
   static WeightTarget of(Map<String, NDArray> weights) {
     return new ArrayTarget(ImmutableMap.copyOf(checkNotNull(weights, "weights")));
@@ -78,7 +91,7 @@ public interface WeightTarget {
   /**
    * The parameters of {@code block}, named as {@link Block#getParameters()} names them (for a
    * TorchScript UNet, {@code down_blocks.0.attentions.0.proj_in.weight} and so on), updated in
-   * place on the block's device, with copies kept as {@link #of(Map)} keeps them.
+   * place on the block's device, with copies kept and threads served as {@link #of(Map)} does.
    *
    * @throws IllegalArgumentException if a parameter is not initialized
    */

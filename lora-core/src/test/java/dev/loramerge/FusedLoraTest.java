@@ -24,6 +24,9 @@ import java.util.ArrayList;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
+import java.util.concurrent.CopyOnWriteArrayList;
+import java.util.concurrent.atomic.AtomicBoolean;
+import java.util.concurrent.atomic.AtomicLong;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.EnumSource;
@@ -248,6 +251,104 @@ class FusedLoraTest {
   }
 
   @Test
+  void cpuWeightsLaidOutContiguouslyAreFusedInTheirOwnMemory() throws IOException {
+    Map<String, TensorData> base = TinyLora.base(DType.F16, 17);
+    Map<String, ByteBuffer> expected = freshFuse(base, List.of(STYLE), new double[] {0.9}, List.of(0));
+    try (NDManager manager = NDManager.newBaseManager()) {
+      Map<String, NDArray> arrays = arrays(manager, base);
+      // Views of the weights' memory taken before the fuse: NDArray.set would give the weights
+      // new memory, and these would keep the old values.
+      Map<String, ByteBuffer> memory = new LinkedHashMap<>();
+      arrays.forEach((name, array) -> memory.put(name, array.toByteBuffer(true)));
+      WeightTarget target = WeightTarget.of(arrays);
+      for (int round = 0; round < 2; round++) {
+        FusedLora fused = LoraMerger.builder().add(STYLE, 0.9).fuseInto(target);
+        for (ModuleKey key : TinyLora.KEYS) {
+          String name = key.path() + ".weight";
+          assertThat(expected.get(name)).as("%s changes when fused", name).isNotEqualTo(base.get(name).bytes());
+          assertThat(memory.get(name).duplicate().clear())
+              .as("%s's memory as it was before fuse %d, after it", name, round)
+              .isEqualTo(expected.get(name));
+        }
+        fused.unfuse();
+        for (String name : base.keySet()) {
+          assertThat(memory.get(name).duplicate().clear())
+              .as("%s's memory after unfuse %d", name, round)
+              .isEqualTo(base.get(name).bytes());
+        }
+      }
+      target.trim();
+    }
+  }
+
+  @Test
+  void aWeightThatIsATransposedViewIsFusedAndRestored() throws IOException {
+    Map<String, TensorData> base = TinyLora.base(DType.F16, 19);
+    Map<String, ByteBuffer> expected = freshFuse(base, List.of(STYLE, DETAIL), new double[] {0.8, -0.4}, List.of(0, 1));
+    String viewed = TinyLora.KEYS[1].path() + ".weight";
+    try (NDManager manager = NDManager.newBaseManager()) {
+      Map<String, NDArray> arrays = arrays(manager, base);
+      // The same values, held as the transpose of a contiguous array: its direct view is a copy.
+      NDArray transposed = arrays.get(viewed).transpose();
+      NDArray storage = manager.create(transposed.toByteBuffer(), transposed.getShape(), transposed.getDataType());
+      arrays.put(viewed, storage.transpose());
+      assertThat(bytesOf(arrays.get(viewed))).as("the transposed view's values").isEqualTo(base.get(viewed).bytes());
+      WeightTarget target = WeightTarget.of(arrays);
+      FusedLora style = LoraMerger.builder().add(STYLE, 0.8).fuseInto(target);
+      FusedLora detail = LoraMerger.builder().add(DETAIL, -0.4).fuseInto(target);
+      for (String name : base.keySet()) {
+        assertThat(bytesOf(arrays.get(name))).as("%s fused", name).isEqualTo(expected.get(name));
+      }
+      style.unfuse();
+      detail.unfuse();
+      for (String name : base.keySet()) {
+        assertThat(bytesOf(arrays.get(name))).as("%s restored", name).isEqualTo(base.get(name).bytes());
+      }
+    }
+  }
+
+  @Test
+  void aFuseThatChangesNoValueNeverChangesAByteEvenForAnInstant() throws Exception {
+    LoraAdapter.Builder zero = LoraAdapter.builder().name("zero");
+    for (LoraModule module : STYLE.modules().values()) {
+      TensorData up = TensorData.ofFloats(new float[Math.toIntExact(TensorData.numel(module.up().shape()))], module.up().shape());
+      zero.add(LoraModule.of(module.key(), module.down(), up, 8));
+    }
+    LoraMerger merger = LoraMerger.builder().add(zero.build(), 1).build();
+    Map<String, TensorData> base = TinyLora.base(DType.F16, 23);
+    try (NDManager manager = NDManager.newBaseManager()) {
+      Map<String, NDArray> arrays = arrays(manager, base);
+      Map<String, ByteBuffer> memory = new LinkedHashMap<>();
+      arrays.forEach((name, array) -> memory.put(name, array.toByteBuffer(true)));
+      AtomicBoolean fusing = new AtomicBoolean(true);
+      List<String> changes = new CopyOnWriteArrayList<>();
+      AtomicLong reads = new AtomicLong();
+      Thread reader = new Thread(() -> {
+        while (fusing.get()) {
+          memory.forEach((name, bytes) -> {
+            if (!bytes.duplicate().clear().equals(base.get(name).bytes())) {
+              changes.add(name);
+            }
+          });
+          reads.incrementAndGet();
+        }
+      });
+      reader.start();
+      try {
+        // Each new target learns anew how its weights are written.
+        for (int round = 0; round < 300; round++) {
+          merger.fuseInto(WeightTarget.of(arrays)).unfuse();
+        }
+      } finally {
+        fusing.set(false);
+        reader.join();
+      }
+      assertThat(reads.get()).as("passes of the reader over the weights").isPositive();
+      assertThat(changes).as("weights seen with a byte other than their own while fused with a zero update").isEmpty();
+    }
+  }
+
+  @Test
   void roundingFixesTiesThatFloat32Creates() {
     // 1 + 2⁻¹¹ + 2⁻³⁰ is just above the fp16 tie between 1 and 1 + 2⁻¹⁰; float32 rounds it onto
     // the tie, and fp16's ties-to-even would then give 1. Rounded once it is 1 + 2⁻¹⁰.
@@ -279,7 +380,7 @@ class FusedLoraTest {
     }
   }
 
-  private static Map<String, NDArray> arrays(NDManager manager, Map<String, TensorData> base) {
+  static Map<String, NDArray> arrays(NDManager manager, Map<String, TensorData> base) {
     Map<String, NDArray> arrays = new LinkedHashMap<>();
     base.forEach(
         (name, tensor) -> {
@@ -290,7 +391,7 @@ class FusedLoraTest {
     return arrays;
   }
 
-  private static ByteBuffer bytesOf(NDArray array) {
+  static ByteBuffer bytesOf(NDArray array) {
     ByteBuffer bytes = array.toByteBuffer();
     ByteBuffer copy = ByteBuffer.allocate(bytes.remaining()).order(ByteOrder.LITTLE_ENDIAN);
     copy.put(bytes).flip();
