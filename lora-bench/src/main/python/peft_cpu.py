@@ -2,7 +2,7 @@
 """PEFT's LoRA arithmetic in PyTorch on the CPU: the side-by-side baseline of
 `bin/lora-bench e2e --vs-pytorch`, which runs this script after its own table.
 
-Written from the formulas in shared/DESIGN.md and reference/anchors-mission.md (PEFT 0.21's
+Written from the formulas in docs/design.md (Semantics) and PEFT 0.21's sources (its
 add_weighted_adapter combination types, merge_utils' task_arithmetic / ties / dare / magnitude
 prune, LoraLayer.merge), not by importing PEFT: it needs only Debian's python3-torch. It reads
 the files the Java harness wrote into its cache (two kohya LoRAs and the fp16 base UNet), holds
@@ -13,8 +13,8 @@ fuse_lora does: fp16 factors, their product in float32 on the CPU, cast to fp16,
 Progress goes to stderr, the result as JSON to stdout.
 
 The *_svd types run a full SVD of every module's dense delta (PEFT's svd_full_matrices=True),
-about a second per module here, so they are timed on every --svd-every'th module and scaled to
-the whole model by each module's out*in*min(out, in) share of the SVD cost.
+about a second per module on a 2-core CPU, so they are timed on every --svd-every'th module and
+scaled to the whole model by each module's out*in*min(out, in) share of the SVD cost.
 
 Check only: --check prints the BLAS torch loaded and exits 0 with OpenBLAS, 3 without it.
 """

@@ -35,7 +35,7 @@ import java.util.OptionalDouble;
 /**
  * {@code bin/lora-bench e2e [--rank R] [--runs N] [--methods a,b] [--skip-merge] [--skip-fuse]
  * [--cache DIR] [--json FILE] [--vs-pytorch [--python PATH] [--pytorch-svd-every N]]}: the
- * end-to-end workload of the benchmarks issue, in one JVM after a warm-up. {@code --skip-merge}
+ * benchmark's end-to-end workload, in one JVM after a warm-up. {@code --skip-merge}
  * leaves out every merge, {@code --skip-fuse} every fuse.
  *
  * <p>Two SDXL-shaped rank-R attention LoRAs (722 modules; alphas 32 and 16), weights 0.7 / 0.5,

@@ -24,7 +24,7 @@ import java.util.concurrent.ConcurrentHashMap;
  * <ul>
  *   <li>{@code relative} = ‖D̂ − D_r‖ / ‖D_r‖, how far the two results lie apart;
  *   <li>{@code excess} = ‖D − D̂‖ / ‖D − D_r‖ − 1, how much larger the randomized truncation's
- *       error is than the optimum's: the benchmarks issue's "within 1 % of the exact truncation".
+ *       error is than the optimum's: the benchmark's target is "within 1 % of the exact truncation".
  * </ul>
  *
  * For the flat spectra that DARE leaves, {@code relative} can be a few percent although {@code

@@ -36,24 +36,11 @@ import org.openjdk.jmh.annotations.TearDown;
  * in EJML on the host. {@code materialize} takes seconds to minutes an operation on the large
  * shapes: limit it with {@code -p shape=640x640}.
  *
- * <p>Recorded on a 2-core machine shared with another benchmark run, with {@code -f 1 -wi 1 -i 2
- * -w 1s -r 1s -jvmArgsAppend -Dai.djl.pytorch.num_threads=1} ({@code materialize} on the two
- * larger shapes: one cold operation, {@code -wi 0 -i 1}). Libtorch's default two intra-op threads,
- * competing with the other run for the cores, made the small products 10 to 30 times slower.
- * Short runs: read the numbers as orders of magnitude. ms/op, device cpu, rank 32:
- *
- * <pre>
- * shape        factored  randomized  materialize
- * 640x640         5.8       11.5          815
- * 1280x1280       4.3       21.9        5 459
- * 640x2048        3.8       22.7
- * 1280x10240      9.4      166.1       51 055
- * 5120x1280       7.7       77.9
- * </pre>
- *
- * <p>{@code factored} since it runs in Java (Cholesky roots, {@code DoubleProducts}), with the
- * Vector API, 2026-12-03, {@code -f 1 -wi 3 -i 5 -w 1s -r 1s} on the idle machine: 1.25, 1.56,
- * 1.60, 4.17 and 2.99 ms/op in the order above (about 1.1 ms of each is EJML's 64×64 SVD).
+ * <p>{@code factored} takes milliseconds an operation on every shape, {@code materialize} up to a
+ * minute (at 1280×1280: a few milliseconds against 5.5 s). When another process competes for the
+ * cores, pass {@code -jvmArgsAppend -Dai.djl.pytorch.num_threads=1}: libtorch's default intra-op
+ * threads then make the small products 10 to 30 times slower. Recorded results are in
+ * docs/performance-history.md.
  */
 public class SvdKernel extends Kernel {
   @Param({"640x640", "1280x1280", "640x2048", "1280x10240", "5120x1280"})

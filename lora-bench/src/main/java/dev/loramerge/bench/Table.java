@@ -46,9 +46,9 @@ final class Table {
   /**
    * Seconds of untimed runs before the timed ones (at least one run, at most {@link
    * #MAX_WARM_UPS}): C2 compiles a Vector API kernel after thousands of calls and until then runs
-   * it boxed, so a merge of a few tenths of a second needed three or four runs to reach its
-   * steady time (dare_linear: 1.1, 1.2, 1.2, then 0.13–0.16 s), while one run of an *_svd method
-   * is enough.
+   * it boxed, so a merge of a few tenths of a second takes three or four runs to reach its
+   * steady time (dare_linear: about 1.2 s a run, then 0.13–0.16 s), while one run of an *_svd
+   * method is enough.
    */
   static final double WARM_UP_SECONDS = 3;
 
@@ -277,9 +277,8 @@ final class Table {
 
   /**
    * The process's minor page faults so far (field 10 of /proc/self/stat), or −1 without /proc. A
-   * fuse whose native copies land on fresh pages rather than memory glibc recycled takes
-   * hundreds of thousands of them and about 1.5 s more on this machine; this column tells such
-   * a run from a slow kernel.
+   * fuse whose native copies land on fresh pages rather than reused memory takes hundreds of
+   * thousands of them and up to twice the time; this column tells such a run from a slow kernel.
    */
   static long minorFaults() {
     try {

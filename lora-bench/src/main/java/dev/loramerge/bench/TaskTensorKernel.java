@@ -29,17 +29,7 @@ import org.openjdk.jmh.annotations.State;
  * merge has copied each task tensor off it. The two pruning kernels work in place, so each of
  * their invocations gets a fresh copy of the task tensor, made outside the measurement.
  *
- * <p>Recorded with {@code -f 1 -wi 1 -i 2 -w 1s -r 1s} on a 2-core machine shared with another
- * benchmark run; short runs, so read the numbers as orders of magnitude. ms/op:
- *
- * <pre>
- * shape        magnitudeSelect  magnitudePrune  tiesElectAndMerge  dareMask
- * 640x640            0.33             2.7              8.3            5.7
- * 1280x1280          1.2             10.0             49.1           20.5
- * 640x2048           0.97             8.6             52.0           15.6
- * 1280x10240        10.6             85.4            229.4          108.8
- * 5120x1280          5.9             41.9            119.5           49.6
- * </pre>
+ * <p>Recorded results are in docs/performance-history.md.
  */
 public class TaskTensorKernel extends Kernel {
   private static final double DENSITY = 0.5;

@@ -13,8 +13,8 @@ import picocli.CommandLine.Model.CommandSpec;
 import picocli.CommandLine.Spec;
 
 /**
- * The {@code lora} command: inspect, convert and (in later versions) merge and fuse LoRA
- * adapters.
+ * The {@code lora} command: inspect, convert, merge, compare, fuse and unfuse LoRA adapters, and
+ * a demo of them.
  *
  * <p>Exit codes: 0 success, 2 usage error (picocli's {@link CommandLine.ParameterException}, also
  * for a value the library rejects), 3 bad input (a one-line message on stderr; the stack trace only

@@ -41,7 +41,7 @@ final class MergeOptions {
   @Option(names = "--algorithm", paramLabel = "NAME", defaultValue = "cat", description = "Merge method (default: ${DEFAULT-VALUE}).")
   String algorithm;
 
-  @Option(names = "--density", paramLabel = "D", description = "Fraction of entries kept, for ties, dare_* and magnitude_prune*.")
+  @Option(names = "--density", paramLabel = "D", description = "Fraction of entries kept, for ties*, dare_*, magnitude_prune*, breadcrumbs and della.")
   Double density;
 
   @Option(names = "--majority-sign", paramLabel = "total|frequency", defaultValue = "total",
@@ -54,7 +54,7 @@ final class MergeOptions {
   @Option(names = "--svd-clamp", paramLabel = "Q", description = "Clip re-ranked factors at this quantile of their entries (PEFT's svd_clamp).")
   Double svdClamp;
 
-  @Option(names = "--seed", paramLabel = "S", defaultValue = "0", description = "Seed of the DARE masks (default: ${DEFAULT-VALUE}).")
+  @Option(names = "--seed", paramLabel = "S", defaultValue = "0", description = "Seed of the DARE and DELLA masks (default: ${DEFAULT-VALUE}).")
   long seed;
 
   @Option(names = "--blocks", paramLabel = "ADAPTER_INDEX:W,W,...|PRESET",

@@ -52,11 +52,10 @@ import java.util.stream.Collectors;
 public final class SafetensorsWeights implements WeightTarget {
   /**
    * Bytes of tensors the worker may read and fuse ahead of the writer, at most: several of SDXL's
-   * largest (26 MB) or a long run of small ones. With at most two tensors ahead, the worker idled
-   * while the writer copied the tensors an update leaves alone; with this ring it runs on (an
-   * SDXL fuse, 2 cores, medians of 5 interleaved runs: 9.70 s before, 8.69 s with 80 MiB, 9.07 s
-   * with 256 MiB; at a slower hour 10.42 s before, 9.27 s with 128 MiB). A quarter of the heap's
-   * maximum bounds it too, since direct memory is limited to that maximum unless set otherwise.
+   * largest (26 MB) or a long run of small ones, so that the worker keeps fusing while the writer
+   * copies the tensors an update leaves alone; a worker kept two tensors ahead would idle there
+   * (an SDXL file fuse takes about a tenth longer). A quarter of the heap's maximum bounds it
+   * too, since direct memory is limited to that maximum unless set otherwise.
    */
   private static final long STAGING_BYTES = 128L << 20;
 

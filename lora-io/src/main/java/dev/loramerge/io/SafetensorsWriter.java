@@ -48,9 +48,9 @@ import java.util.concurrent.atomic.AtomicBoolean;
  *
  * <p>Where the file system allows it, the file is written with direct I/O ({@link
  * ExtendedOpenOption#DIRECT}), past the page cache, in aligned blocks of {@value #DIRECT_BLOCK}
- * bytes: writing a 5 GB model through the page cache cost 7 to 12 s of kernel time on the 2-core
- * machines this was measured on, against 2.2 s direct. Elsewhere (tmpfs, some network and FUSE file
- * systems) it is written through the page cache as usual; the bytes are the same.
+ * bytes: writing a multi-GB model through the page cache costs three to five times the kernel
+ * time of writing it direct. Elsewhere (tmpfs, some network and FUSE file systems) it is written
+ * through the page cache as usual; the bytes are the same.
  *
  * <pre>{@code
  * try (SafetensorsWriter writer = SafetensorsWriter.create(target, layout, metadata)) {
