@@ -66,7 +66,22 @@ public final class TaskTensors {
 
   /** {@link #magnitudeCut(float[], double)}, its vector passes on the Vector API or not. */
   static float magnitudeCut(float[] tensor, double density, boolean vectorized) {
-    int keep = (int) (density * tensor.length);
+    return magnitudeCut(tensor, (int) (density * tensor.length), vectorized);
+  }
+
+  /**
+   * Keeps the {@code keep} entries of largest magnitude (of equal ones, the first) and sets the
+   * others to +0, all of them, in place.
+   */
+  static void keepLargest(float[] tensor, int keep) {
+    int cutBits = Float.floatToRawIntBits(magnitudeCut(tensor, keep, VECTOR_API));
+    for (int i = 0; i < tensor.length; i++) {
+      tensor[i] = cut(tensor[i], cutBits);
+    }
+  }
+
+  /** {@link #magnitudeCut(float[], double)} keeping {@code keep} entries. */
+  private static float magnitudeCut(float[] tensor, int keep, boolean vectorized) {
     if (keep >= tensor.length) {
       return 0;
     }
@@ -79,8 +94,7 @@ public final class TaskTensors {
     if (selection.strictlyAbove >= 0) {
       // A large SDXL delta has more entries at its threshold than may be kept about one time in
       // three, usually one or two too many. Finding those from the end takes a fraction of a
-      // vector pass; pruning the whole tensor here took two scalar passes, about a second of
-      // ties_svd's 19.
+      // vector pass, where pruning the whole tensor here would take two scalar passes.
       int excess = selection.ties - (keep - selection.strictlyAbove);
       if (excess > 0) {
         dropLastTies(tensor, thresholdBits, excess, vectorized);
@@ -141,9 +155,9 @@ public final class TaskTensors {
    * The k-th largest |x| (1-based), by a two-pass radix select on the magnitudes' bit patterns
    * (for non-negative floats, integer order is float order): a histogram of the upper 16 bits finds
    * the bucket that holds it, a histogram of the lower 16 bits within that bucket finds it exactly.
-   * Two sequential passes, no copy: quickselect's random access was the bottleneck of magnitude
-   * pruning on SDXL-sized deltas. (A sampled bracket with one counting pass was tried: slower, as
-   * the vectors holding a candidate are too many to skip.)
+   * Two sequential passes, no copy: quickselect's random access would dominate magnitude pruning
+   * on SDXL-sized deltas, and a sampled bracket with one counting pass cannot skip enough of the
+   * vectors, too many of which hold a candidate.
    */
   public static float kthLargestMagnitude(float[] tensor, int k) {
     return kthLargestMagnitude(tensor, k, VECTOR_API);
@@ -216,8 +230,8 @@ public final class TaskTensors {
   /** {@link #pruneRandomly(float[], double, long)} with or without the Vector API. */
   static void pruneRandomly(float[] tensor, double density, long streamSeed, boolean vectorized) {
     // nextDouble() is (nextLong() >>> 11)·2⁻⁵³, so "nextDouble() < density" is "that integer <
-    // ⌈density·2⁵³⌉": the same draws, compared without a branch. At density ½ a branch is
-    // mispredicted every other element, which made this loop four times slower.
+    // ⌈density·2⁵³⌉": the same draws, compared without a branch, which at density ½ would be
+    // mispredicted every other element.
     long threshold = (long) Math.ceil(density * 0x1p53);
     int done = vectorized ? VectorTies.pruneRandomly(tensor, density, streamSeed, threshold) : 0;
     SplittableRandom random = new SplittableRandom(streamSeed + done * GOLDEN_GAMMA);
@@ -387,17 +401,16 @@ public final class TaskTensors {
     int n = tensor.length;
     int keep = (int) (density * n);
     int top = Math.min((int) (gamma * n), n - keep);
-    Integer[] order = new Integer[n];
-    for (int i = 0; i < n; i++) {
-      order[i] = i;
-    }
-    java.util.Arrays.sort(order, (a, b) -> {
-      int byMagnitude = Float.compare(Math.abs(tensor[b]), Math.abs(tensor[a]));
-      return byMagnitude != 0 ? byMagnitude : Integer.compare(a, b);
-    });
-    for (int rank = 0; rank < n; rank++) {
-      if (rank < top || rank >= top + keep) {
-        tensor[order[rank]] = 0;
+    // The outliers are the top entries of the kept-or-outlier set; both come from the magnitude
+    // select, with the same order among equal magnitudes (the first ranks higher).
+    float[] outliers = top == 0 ? null : tensor.clone();
+    keepLargest(tensor, top + keep);
+    if (outliers != null) {
+      keepLargest(outliers, top);
+      for (int i = 0; i < n; i++) {
+        if (outliers[i] != 0) {
+          tensor[i] = 0;
+        }
       }
     }
   }
@@ -408,21 +421,20 @@ public final class TaskTensors {
    * density + ε (largest), and kept entries are divided by their probability. In place.
    */
   public static void pruneDella(float[] tensor, int rowLength, double density, double epsilon, SplittableRandom random) {
+    long[] byMagnitude = new long[rowLength];
     for (int start = 0; start < tensor.length; start += rowLength) {
       int length = Math.min(rowLength, tensor.length - start);
-      Integer[] order = new Integer[length];
+      // Magnitude bits above the column: sorting the longs orders the row by magnitude, equal
+      // magnitudes by position, without boxing an index per entry.
       for (int i = 0; i < length; i++) {
-        order[i] = start + i;
+        byMagnitude[i] = (long) (Float.floatToRawIntBits(tensor[start + i]) & 0x7FFFFFFF) << 32 | i;
       }
-      java.util.Arrays.sort(order, (a, b) -> {
-        int byMagnitude = Float.compare(Math.abs(tensor[a]), Math.abs(tensor[b]));
-        return byMagnitude != 0 ? byMagnitude : Integer.compare(a, b);
-      });
+      Arrays.sort(byMagnitude, 0, length);
       for (int rank = 0; rank < length; rank++) {
         double probability =
             length == 1 ? density : density - epsilon + 2 * epsilon * rank / (double) (length - 1);
         probability = Math.min(1, Math.max(0, probability));
-        int index = order[rank];
+        int index = start + (int) byMagnitude[rank];
         tensor[index] = probability > 0 && random.nextDouble() < probability ? (float) (tensor[index] / probability) : 0f;
       }
     }

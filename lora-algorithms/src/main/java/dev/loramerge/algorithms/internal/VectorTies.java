@@ -18,10 +18,9 @@ import jdk.incubator.vector.VectorSpecies;
  * <p>The radix pass uses the preferred float and int species, the ones the fuse kernels use
  * ({@code VectorRounding} in lora-core); elect-and-merge and the weighted sum need half-width floats to widen
  * into whole double vectors, and are the only kernels with them. On JDK 17 the Vector API's shared
- * methods keep one profile for every shape of a lane type: once the radix pass had run 256-bit
- * ints beside the fuse kernels' 512-bit ones, C2 compiled the fuse's rounding with boxed
- * vectors, and an in-memory SDXL fuse after a magnitude_prune merge in the same process took
- * 7.1–7.5 s instead of 3.7 (after ties_svd, 6.4).
+ * methods keep one profile for every shape of a lane type: a radix pass on 256-bit ints beside
+ * the fuse kernels' 512-bit ones makes C2 compile the fuse's rounding with boxed vectors, which
+ * doubles the time of an in-memory fuse that follows a merge in the same process.
  *
  * <p>Referencing this class needs the module {@code jdk.incubator.vector} in the boot layer;
  * {@link TaskTensors} loads it only then, and uses it only where {@link #pays}.

@@ -280,4 +280,72 @@ class TaskTensorsTest {
           .isEqualTo(Float.floatToRawIntBits(expected));
     }
   }
+
+  @Test
+  void breadcrumbsKeepTheRanksBetweenTheOutliersAndTheDensityWithTiesInOrder() {
+    SplittableRandom random = new SplittableRandom(9);
+    for (int trial = 0; trial < 300; trial++) {
+      float[] values = randomWithTies(random, trial);
+      double density = random.nextInt(0, 11) / 10.0;
+      double gamma = random.nextInt(0, 6) / 20.0;
+      float[] expected = values.clone();
+      Integer[] descending = byMagnitude(values, false);
+      int keep = (int) (density * values.length);
+      int top = Math.min((int) (gamma * values.length), values.length - keep);
+      for (int rank = 0; rank < values.length; rank++) {
+        if (rank < top || rank >= top + keep) {
+          expected[descending[rank]] = 0;
+        }
+      }
+      float[] pruned = values.clone();
+      TaskTensors.pruneBreadcrumbs(pruned, density, gamma);
+      assertThat(pruned).as("trial %d: %d entries, density %s, gamma %s", trial, values.length, density, gamma).containsExactly(expected);
+    }
+  }
+
+  @Test
+  void dellaDrawsInRankOrderWithTiesInOrder() {
+    SplittableRandom random = new SplittableRandom(10);
+    for (int trial = 0; trial < 200; trial++) {
+      float[] values = randomWithTies(random, trial);
+      int rowLength = 1 + random.nextInt(values.length);
+      long seed = random.nextLong();
+      float[] expected = values.clone();
+      SplittableRandom draws = new SplittableRandom(seed);
+      for (int start = 0; start < values.length; start += rowLength) {
+        int length = Math.min(rowLength, values.length - start);
+        Integer[] ascending = byMagnitude(Arrays.copyOfRange(values, start, start + length), true);
+        for (int rank = 0; rank < length; rank++) {
+          double p = length == 1 ? 0.5 : 0.5 - 0.2 + 0.4 * rank / (double) (length - 1);
+          int index = start + ascending[rank];
+          expected[index] = draws.nextDouble() < p ? (float) (values[index] / p) : 0f;
+        }
+      }
+      float[] pruned = values.clone();
+      TaskTensors.pruneDella(pruned, rowLength, 0.5, 0.2, new SplittableRandom(seed));
+      assertThat(pruned).as("trial %d: %d entries in rows of %d", trial, values.length, rowLength).containsExactly(expected);
+    }
+  }
+
+  /** Gaussian values, or in every other trial a few repeated ones of both signs and zeros. */
+  private static float[] randomWithTies(SplittableRandom random, int trial) {
+    float[] values = new float[1 + random.nextInt(500)];
+    for (int i = 0; i < values.length; i++) {
+      values[i] = trial % 2 == 0 ? random.nextInt(-3, 4) * 0.5f : (float) random.nextGaussian();
+    }
+    return values;
+  }
+
+  /** Indices by magnitude (ascending or descending), equal magnitudes by index ascending. */
+  private static Integer[] byMagnitude(float[] values, boolean ascending) {
+    Integer[] order = new Integer[values.length];
+    for (int i = 0; i < order.length; i++) {
+      order[i] = i;
+    }
+    Arrays.sort(order, (a, b) -> {
+      int byMagnitude = Float.compare(Math.abs(values[a]), Math.abs(values[b]));
+      return byMagnitude != 0 ? (ascending ? byMagnitude : -byMagnitude) : Integer.compare(a, b);
+    });
+    return order;
+  }
 }
