@@ -3,22 +3,20 @@ package dev.loramerge.fuse;
 import ai.djl.Device;
 import ai.djl.ndarray.NDArray;
 import ai.djl.ndarray.index.NDIndex;
+import ai.djl.ndarray.types.DataType;
 import com.google.common.collect.ImmutableMap;
-import com.google.common.collect.MapMaker;
-import dev.loramerge.DType;
-import dev.loramerge.LoraMergeException;
 import dev.loramerge.internal.fuse.Fusion;
 import dev.loramerge.internal.linalg.NdArrays;
 import java.nio.ByteBuffer;
 import java.util.ArrayList;
 import java.util.HashMap;
+import java.util.LinkedHashMap;
 import java.util.List;
+import java.util.Locale;
 import java.util.Map;
 import java.util.Optional;
 import java.util.Set;
 import java.util.concurrent.ConcurrentHashMap;
-import java.util.concurrent.ConcurrentMap;
-import java.util.concurrent.ForkJoinPool;
 import java.util.concurrent.atomic.AtomicInteger;
 import java.util.stream.Collectors;
 import java.util.stream.IntStream;
@@ -47,15 +45,8 @@ import java.util.stream.IntStream;
  * and unfuses never interleave and the ledger stays consistent.
  */
 final class ArrayTarget implements WeightTarget {
-  /**
-   * Copies of restored weights, written through their views, for the next fuse to copy into; by
-   * the weight they copy and shared by every target over the same arrays, so that a target made
-   * per fuse finds what the last one left and there is never more than one spare per weight. Weak
-   * keys compare by identity. A spare is freed with its weight's manager, and its entry goes once
-   * that manager is closed and the weight unreachable (while the manager is open, it holds the
-   * weight through the spare it also owns).
-   */
-  private static final ConcurrentMap<NDArray, NDArray> SPARES = new MapMaker().weakKeys().makeMap();
+  /** Copies of restored weights, written through their views, for the next fuse to copy into. */
+  private final SpareCopies spares;
   private final ImmutableMap<String, NDArray> arrays;
   private final ImmutableMap<String, WeightInfo> weights;
   private final Map<String, NDArray> originals = new HashMap<>();
@@ -63,21 +54,32 @@ final class ArrayTarget implements WeightTarget {
   /** Whether each weight's direct view is its own memory, once a fuse has found out. */
   private final Map<String, Boolean> writesThrough = new ConcurrentHashMap<>();
 
-  ArrayTarget(ImmutableMap<String, NDArray> arrays) {
+  /**
+   * A target over {@code arrays}, keeping spares in {@code spares}.
+   *
+   * @throws IllegalArgumentException naming the arrays whose element type a fuse cannot write
+   *     (anything but F64, F32, F16 and BF16)
+   */
+  ArrayTarget(ImmutableMap<String, NDArray> arrays, SpareCopies spares) {
     this.arrays = arrays;
+    this.spares = spares;
     ImmutableMap.Builder<String, WeightInfo> infos = ImmutableMap.builder();
+    Map<String, DataType> unfusable = new LinkedHashMap<>();
     arrays.forEach(
         (name, array) -> {
-          DType dtype;
-          try {
-            dtype = Fusion.dtypeOf(array.getDataType(), "weight '" + name + "'");
-          } catch (LoraMergeException e) {
-            dtype = null;
-          }
-          if (dtype != null) {
-            infos.put(name, new WeightInfo(dtype, array.getShape().getShape()));
+          switch (array.getDataType()) {
+            case FLOAT64, FLOAT32, FLOAT16, BFLOAT16 ->
+                infos.put(name, new WeightInfo(Fusion.dtypeOf(array.getDataType(), name), array.getShape().getShape()));
+            default -> unfusable.put(name, array.getDataType());
           }
         });
+    if (!unfusable.isEmpty()) {
+      throw new IllegalArgumentException(
+          String.format(
+              Locale.ROOT,
+              "%d of %d arrays cannot be fused into (only F64, F32, F16 and BF16 can): %s; leave them out of the target",
+              unfusable.size(), arrays.size(), unfusable));
+    }
     this.weights = infos.build();
   }
 
@@ -87,8 +89,8 @@ final class ArrayTarget implements WeightTarget {
   }
 
   /**
-   * Applies {@code update} to its weights, as many at a time as the common pool has threads plus
-   * one: each weight's own preparation (its factors, the float64 bounds) is serial, and on a
+   * Applies {@code update} to its weights, as many at a time as {@linkplain WeightUpdate#workers()
+   * its workers} have threads: each weight's own preparation (its factors, the float64 bounds) is serial, and on a
    * weight at a time the other threads waited for it. Each weight is computed by itself, so the
    * bytes do not depend on the order; a failure is reported for the first failing weight in
    * order, as one at a time would.
@@ -100,7 +102,7 @@ final class ArrayTarget implements WeightTarget {
     Set<String> uncaptured = names.stream().filter(name -> !originals.containsKey(name)).collect(Collectors.toSet());
     Map<String, NDArray> reusable = new HashMap<>();
     for (String name : uncaptured) {
-      NDArray spare = SPARES.remove(arrays.get(name));
+      NDArray spare = spares.take(arrays.get(name));
       if (spare != null && !spare.isReleased()) {
         reusable.put(name, spare);
       }
@@ -112,7 +114,7 @@ final class ArrayTarget implements WeightTarget {
     AtomicInteger next = new AtomicInteger();
     RuntimeException[] failures = new RuntimeException[names.size()];
     AtomicInteger firstFailure = new AtomicInteger(names.size());
-    IntStream.range(0, Math.min(names.size(), ForkJoinPool.getCommonPoolParallelism() + 1))
+    update.workers().submit(() -> IntStream.range(0, Math.min(names.size(), update.workers().getParallelism()))
         .parallel()
         .forEach(
             task -> {
@@ -135,7 +137,7 @@ final class ArrayTarget implements WeightTarget {
                   firstFailure.accumulateAndGet(index, Math::min);
                 }
               }
-            });
+            })).join();
     originals.putAll(capturedNow);
     if (firstFailure.get() < names.size()) {
       // Every weight captured now was touched and no active fuse has it, so its rebuild restores
@@ -308,17 +310,13 @@ final class ArrayTarget implements WeightTarget {
   }
 
   private void keepAsSpare(String name, NDArray spare) {
-    // Another target over the same weight may have left one meanwhile.
-    NDArray previous = SPARES.put(arrays.get(name), spare);
-    if (previous != null) {
-      previous.close();
-    }
+    spares.keep(arrays.get(name), spare);
   }
 
   @Override
   public synchronized void trim() {
     for (NDArray array : arrays.values()) {
-      NDArray spare = SPARES.remove(array);
+      NDArray spare = spares.take(array);
       if (spare != null) {
         spare.close();
       }
@@ -362,7 +360,7 @@ final class ArrayTarget implements WeightTarget {
 
   @Override
   public synchronized String toString() {
-    long spares = arrays.values().stream().filter(SPARES::containsKey).count();
-    return "WeightTarget{arrays=" + arrays.size() + ", fused=" + active.size() + ", spares=" + spares + "}";
+    long kept = arrays.values().stream().filter(spares::has).count();
+    return "WeightTarget{arrays=" + arrays.size() + ", fused=" + active.size() + ", spares=" + kept + "}";
   }
 }

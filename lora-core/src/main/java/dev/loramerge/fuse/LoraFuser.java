@@ -12,6 +12,7 @@ import dev.loramerge.LoraModule;
 import dev.loramerge.ModuleKey;
 import dev.loramerge.TensorData;
 import dev.loramerge.arch.Architecture;
+import dev.loramerge.internal.fuse.FuseScratch;
 import dev.loramerge.internal.json.Recipes;
 import dev.loramerge.merge.LoraMerger;
 import dev.loramerge.merge.MergeInput;
@@ -24,6 +25,7 @@ import java.util.Map;
 import java.util.Optional;
 import java.util.SortedSet;
 import java.util.TreeSet;
+import java.util.concurrent.ForkJoinPool;
 
 /**
  * Fuses a merger's update into base weights: {@code W' = W + scale·ΔW} for every module, with ΔW
@@ -49,16 +51,21 @@ import java.util.TreeSet;
  * has no weight (unless {@link Builder#allowUnmatched(boolean)}), or when a fused value is not
  * finite or beyond its dtype's range.
  *
- * <p>Instances are immutable and thread-safe; the target decides how many weights it rewrites at
- * a time.
+ * <p>Instances are thread-safe, and immutable but for the block buffers they keep between fuses.
+ * Each fuse runs on a pool of {@link Builder#threads(int)} workers of its own, shut down when it
+ * returns; the target decides how many weights it rewrites at a time.
  */
 public final class LoraFuser {
   private final LoraMerger merger;
   private final double scale;
   private final boolean allowUnmatched;
   private final Optional<Architecture> architecture;
+  private final int threads;
+  /** The fp16/bf16 kernel's block buffers, kept from one fuse to the next. */
+  private final FuseScratch scratch = new FuseScratch();
 
   private LoraFuser(Builder builder) {
+    this.threads = builder.threads;
     this.merger = builder.merger;
     this.scale = builder.scale;
     this.allowUnmatched = builder.allowUnmatched;
@@ -82,6 +89,7 @@ public final class LoraFuser {
     builder.scale = scale;
     builder.allowUnmatched = allowUnmatched;
     builder.architecture = architecture;
+    builder.threads = threads;
     return builder;
   }
 
@@ -159,9 +167,15 @@ public final class LoraFuser {
               BaseWeightNames.candidates(report.unmatched().get(0), arch),
               report.matched().size()));
     }
-    Optional<WeightTarget.Restorer> restorer =
-        target.apply(new MergedWeightUpdate(updates, merger.listener(), ImmutableMap.copyOf(byWeight), factor, recipe(operation, factor)));
-    return new FusedLora(report, restorer);
+    ForkJoinPool workers = new ForkJoinPool(threads);
+    try {
+      WeightUpdate update =
+          new MergedWeightUpdate(
+              updates, merger.listener(), ImmutableMap.copyOf(byWeight), factor, recipe(operation, factor), workers, scratch);
+      return new FusedLora(report, target.apply(update));
+    } finally {
+      workers.shutdown();
+    }
   }
 
   private String recipe(String operation, double factor) {
@@ -205,6 +219,7 @@ public final class LoraFuser {
 
   /** Collects the merger and the fuse's options; not thread-safe. */
   public static final class Builder {
+    private int threads = Runtime.getRuntime().availableProcessors();
     private LoraMerger merger;
     private double scale = 1;
     private boolean allowUnmatched;
@@ -244,6 +259,17 @@ public final class LoraFuser {
     @CanIgnoreReturnValue
     public Builder architecture(Architecture architecture) {
       this.architecture = Optional.of(checkNotNull(architecture, "architecture"));
+      return this;
+    }
+
+    /**
+     * Worker threads (default: one per core): each fuse runs on a pool of its own, shut down when
+     * it returns. Results do not depend on it.
+     */
+    @CanIgnoreReturnValue
+    public Builder threads(int threads) {
+      checkArgument(threads > 0, "threads must be positive, got %s", threads);
+      this.threads = threads;
       return this;
     }
 

@@ -45,8 +45,7 @@ public interface WeightTarget {
    * Frees what the target keeps between fuses only to make the next one faster. An in-memory
    * target ({@link #of(Map)}) keeps, for each weight it has restored, the memory of the copy it
    * restored it from, and copies into that memory when a fuse touches the weight again; that
-   * memory, shared with other targets over the same arrays, is also freed with the weights'
-   * manager. Fuses still active keep what they need to be undone. Targets that write files keep
+   * memory, in its {@link SpareCopies}, is also freed with the weights' manager. Fuses still active keep what they need to be undone. Targets that write files keep
    * nothing.
    */
   default void trim() {}
@@ -69,8 +68,9 @@ public interface WeightTarget {
    * <p>The target keeps a copy of each weight a fuse touches, in the weight's manager, from the
    * first fuse that touches it. After the last fuse into the weight is undone, the copy's memory
    * stays for the next fuse to reuse (fresh memory costs the kernel a page fault per 4 KiB) until
-   * {@link #trim()} or until the weights' manager is closed. Targets over the same arrays share
-   * that memory: there is never more than one such copy per weight, however many targets are made.
+   * {@link #trim()} or until the weights' manager is closed. The target keeps that memory in
+   * {@link SpareCopies} of its own; to share it between targets made over the same arrays, use
+   * {@link #of(Map, SpareCopies)}.
    *
    * <p>The target is thread-safe, and serialises its fuses and unfuses: each holds the target's
    * lock for its whole write, so they never interleave, and from any number of threads they leave
@@ -84,9 +84,22 @@ public interface WeightTarget {
    * <p>Targets over the same arrays do not see each other's fuses: fusing through two of them at
    * once, or undoing a fuse through one while a fuse through the other touches the same weights,
    * leaves those weights wrong. Keep one target per set of weights while fuses are active.
+   *
+   * @throws IllegalArgumentException naming the arrays whose type cannot be fused into
    */
   static WeightTarget of(Map<String, NDArray> weights) {
-    return new ArrayTarget(ImmutableMap.copyOf(checkNotNull(weights, "weights")));
+    return of(weights, SpareCopies.create());
+  }
+
+  /**
+   * {@link #of(Map)}, keeping the copies' memory in {@code spares}: targets made over the same
+   * arrays with the same spares find what the others left, and there is never more than one such
+   * copy per weight however many targets are made.
+   *
+   * @throws IllegalArgumentException naming the arrays whose type cannot be fused into
+   */
+  static WeightTarget of(Map<String, NDArray> weights, SpareCopies spares) {
+    return new ArrayTarget(ImmutableMap.copyOf(checkNotNull(weights, "weights")), checkNotNull(spares, "spares"));
   }
 
   /**
@@ -105,7 +118,7 @@ public interface WeightTarget {
       }
       arrays.put(parameter.getKey(), parameter.getValue().getArray());
     }
-    return new ArrayTarget(ImmutableMap.copyOf(arrays));
+    return of(arrays);
   }
 
   /** The parameters of {@code model}'s block; see {@link #of(Block)}. */

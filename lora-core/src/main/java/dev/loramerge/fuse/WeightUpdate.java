@@ -5,10 +5,11 @@ import dev.loramerge.DType;
 import dev.loramerge.LoraMergeException;
 import dev.loramerge.merge.LoraMerger;
 import java.nio.ByteBuffer;
+import java.util.concurrent.ForkJoinPool;
 
 /**
  * What a fuse changes in a {@link WeightTarget}: the names of the weights it rewrites and, for
- * each, the rewritten values. {@link LoraMerger} creates updates; targets apply them.
+ * each, the rewritten values. {@link LoraFuser} creates updates; targets apply them.
  *
  * <p>{@link #apply} is deterministic: the same weight gives the same bytes every time, which is
  * what lets in-memory targets replay fuses to restore weights bit for bit.
@@ -34,6 +35,14 @@ public interface WeightUpdate {
    * merged adapter, with {@code operation} ({@code fuse} or {@code unfuse}) and {@code scale}.
    */
   String recipe();
+
+  /**
+   * The threads this update's work runs on, owned by whoever made the update and shut down when
+   * its fuse returns: a target that rewrites several weights at once runs them here (a parallel
+   * stream inside a task of this pool stays in it), and {@link #apply} runs its own parallel
+   * kernels here whichever thread calls it, until the pool is shut down.
+   */
+  ForkJoinPool workers();
 
   /** Tells the update's listener that {@code done} of {@code total} bytes of weights are written. */
   void progress(long done, long total);

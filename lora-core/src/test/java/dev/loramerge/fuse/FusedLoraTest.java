@@ -21,6 +21,7 @@ import dev.loramerge.LoraMergeException;
 import dev.loramerge.LoraModule;
 import dev.loramerge.ModuleKey;
 import dev.loramerge.TensorData;
+import dev.loramerge.internal.fuse.FuseScratch;
 import dev.loramerge.internal.fuse.Fusion;
 import dev.loramerge.internal.numeric.FloatFormats;
 import dev.loramerge.merge.LoraMerger;
@@ -226,13 +227,14 @@ class FusedLoraTest {
     Map<String, TensorData> changed = TinyLora.base(DType.F16, 14);
     try (NDManager manager = NDManager.newBaseManager()) {
       Map<String, NDArray> arrays = arrays(manager, base);
-      WeightTarget target = WeightTarget.of(arrays);
+      SpareCopies spares = SpareCopies.create();
+      WeightTarget target = WeightTarget.of(arrays, spares);
       LoraFuser.of(LoraMerger.builder().add(STYLE, 0.8).build()).fuseInto(target).unfuse();
       int withSpares = manager.getManagedArrays().size();
       // The weights change outside the target between fuses: a spare holds stale values.
       changed.forEach((name, tensor) -> arrays.get(name).set(tensor.bytes().duplicate()));
-      // A target made per fuse finds the copies the first one left.
-      FusedLora fused = LoraFuser.of(LoraMerger.builder().add(SUBJECT, -0.6).build()).fuseInto(WeightTarget.of(arrays));
+      // A target made per fuse with the same spares finds the copies the first one left.
+      FusedLora fused = LoraFuser.of(LoraMerger.builder().add(SUBJECT, -0.6).build()).fuseInto(WeightTarget.of(arrays, spares));
       assertThat(manager.getManagedArrays().size())
           .as("arrays alive while a second target's fuse is active")
           .isEqualTo(withSpares);
@@ -250,7 +252,7 @@ class FusedLoraTest {
         assertThat(bytesOf(arrays.get(name))).as("%s after a failed fuse", name).isEqualTo(changed.get(name).bytes());
       }
       assertThat(target.toString()).contains("spares=" + TinyLora.KEYS.length);
-      WeightTarget.of(arrays).trim();
+      WeightTarget.of(arrays, spares).trim();
       assertThat(manager.getManagedArrays().size())
           .as("arrays alive after trim() on another target over the same arrays")
           .isEqualTo(withSpares - TinyLora.KEYS.length);
@@ -366,7 +368,7 @@ class FusedLoraTest {
       double bump = Math.scalb(1.0, -11) + Math.scalb(1.0, -30);
       ByteBuffer fused = ByteBuffer.allocate(4).order(ByteOrder.LITTLE_ENDIAN);
       Fusion.fuse(
-          () -> manager, weight, DType.F16, new long[] {2, 1}, new double[] {bump, -bump}, new double[] {1}, 1, fused,
+          new FuseScratch(), () -> manager, weight, DType.F16, new long[] {2, 1}, new double[] {bump, -bump}, new double[] {1}, 1, fused,
           DType.F16, "test");
       assertThat(fused.getShort(0)).isEqualTo(FloatFormats.toFloat16(1 + bump));
       assertThat(fused.getShort(2)).isEqualTo(FloatFormats.toFloat16(-1 - bump));

@@ -42,13 +42,14 @@ public final class Fusion {
    * types are equally wide; after a failure its contents are unspecified.
    *
    * <p>fp16 and bf16 weights are fused in Java without a native call ({@link NarrowFusion}, with
-   * the Vector API); the others in libtorch, in arrays of {@code manager}, which is asked for only
-   * then.
+   * the Vector API, in blocks whose buffers come from {@code scratches}); the others in libtorch, in
+   * arrays of {@code manager}, which is asked for only then.
    *
    * @throws LoraMergeException naming {@code label} when a result is NaN, infinite or beyond the
    *     dtype's range
    */
   public static void fuse(
+      FuseScratch scratches,
       Supplier<NDManager> manager,
       ByteBuffer weight,
       DType weightType,
@@ -67,7 +68,7 @@ public final class Fusion {
         "%s: factors of %s and %s values do not make a rank-%s update of %s elements in %s rows",
         label, up.length, down.length, rank, numel, rows);
     if (NarrowFusion.handles(weightType, dtype, rows, numel)) {
-      NarrowFusion.fuse(manager, weight, weightType, rows, up, down, rank, into, dtype, label);
+      NarrowFusion.fuse(scratches, manager, weight, weightType, rows, up, down, rank, into, dtype, label);
       return;
     }
     try (NDManager scratch = manager.get().newSubManager()) {

@@ -9,8 +9,6 @@ import dev.loramerge.internal.numeric.FloatFormats;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.util.Arrays;
-import java.util.concurrent.ConcurrentLinkedDeque;
-import java.util.concurrent.ForkJoinPool;
 import java.util.concurrent.atomic.AtomicBoolean;
 import java.util.function.Supplier;
 import java.util.stream.IntStream;
@@ -169,24 +167,24 @@ final class NarrowFusion {
    * weight}.
    */
   static void fuse(
-      Supplier<NDManager> manager, ByteBuffer weight, DType input, long rows, double[] up, double[] down, int rank,
-      ByteBuffer into, DType output, String label) {
+      FuseScratch scratches, Supplier<NDManager> manager, ByteBuffer weight, DType input, long rows, double[] up,
+      double[] down, int rank, ByteBuffer into, DType output, String label) {
     boolean vectorizable = input == output;
     if (vectorizable && !VECTOR_API && HINTED.compareAndSet(false, true)) {
       log.info("Fusing into {} is about ten times faster with the JVM option --add-modules jdk.incubator.vector", output);
     }
-    fuse(manager, weight, input, rows, up, down, rank, into, output, label, vectorizable && VECTOR_API);
+    fuse(scratches, manager, weight, input, rows, up, down, rank, into, output, label, vectorizable && VECTOR_API);
   }
 
   /** {@link #fuse}, with the Vector API kernels or without; {@code vectorized} needs {@link #VECTOR_API}. */
   static void fuse(
-      Supplier<NDManager> manager, ByteBuffer weight, DType input, long rows, double[] up, double[] down, int rank,
-      ByteBuffer into, DType output, String label, boolean vectorized) {
+      FuseScratch scratches, Supplier<NDManager> manager, ByteBuffer weight, DType input, long rows, double[] up,
+      double[] down, int rank, ByteBuffer into, DType output, String label, boolean vectorized) {
     int numel = weight.remaining() / input.byteSize();
     int m = Math.toIntExact(rows);
     NarrowFusion fusion = new NarrowFusion(manager, input, output, m, numel / m, up, down, rank, label, vectorized);
     try {
-      fusion.run(manager, weight.duplicate().order(ByteOrder.LITTLE_ENDIAN), into.duplicate().order(ByteOrder.LITTLE_ENDIAN));
+      fusion.run(scratches, manager, weight.duplicate().order(ByteOrder.LITTLE_ENDIAN), into.duplicate().order(ByteOrder.LITTLE_ENDIAN));
     } finally {
       if (fusion.up32 != null) {
         fusion.up32.close();
@@ -195,19 +193,16 @@ final class NarrowFusion {
     }
   }
 
-  private void run(Supplier<NDManager> manager, ByteBuffer weight, ByteBuffer target) {
+  private void run(FuseScratch scratches, Supplier<NDManager> manager, ByteBuffer weight, ByteBuffer target) {
     int rowsPerBlock = Math.max(1, BLOCK_ELEMENTS / cols);
     int blocks = (rows + rowsPerBlock - 1) / rowsPerBlock;
-    int tasks = Math.min(blocks, ForkJoinPool.getCommonPoolParallelism() + 1);
+    int tasks = Math.min(blocks, FuseScratch.parallelism());
     Failure[] failures = new Failure[tasks];
     IntStream.range(0, tasks)
         .parallel()
         .forEach(
             task -> {
-              Scratch scratch = SCRATCH.pollFirst();
-              if (scratch == null) {
-                scratch = new Scratch(BLOCK_ELEMENTS);
-              }
+              Scratch scratch = scratches.take(BLOCK_ELEMENTS);
               try {
                 for (int block = task; block < blocks; block += tasks) {
                   int first = block * rowsPerBlock;
@@ -219,7 +214,7 @@ final class NarrowFusion {
                   }
                 }
               } finally {
-                SCRATCH.offerFirst(scratch);
+                scratches.give(scratch);
               }
             });
     Failure first = null;
@@ -235,15 +230,8 @@ final class NarrowFusion {
 
   private record Failure(long index, double value) {}
 
-  /**
-   * Block buffers (4 MiB each) handed from one block and one weight to the next: fusing a model
-   * would otherwise allocate and zero tens of gigabytes of short-lived arrays. As many are made as
-   * blocks ever ran at once, and kept. Not thread-locals: on JDK 17 the common pool's workers drop
-   * theirs after every task, which made one set of buffers per block.
-   */
-  private static final ConcurrentLinkedDeque<Scratch> SCRATCH = new ConcurrentLinkedDeque<>();
-
-  private static final class Scratch {
+  /** One block's buffers, handed from block to block and weight to weight by {@link FuseScratch}. */
+  static final class Scratch {
     final float[] delta;
     final float[] weight;
     final short[] input;

@@ -193,7 +193,7 @@ class NarrowFusionTest {
     }
     try (NDManager manager = NDManager.newBaseManager()) {
       ByteBuffer fused = input.byteSize() == 2 ? bytes : ByteBuffer.allocateDirect(weight.length * 2);
-      NarrowFusion.fuse(() -> manager, bytes, input, rows, up, down, up.length / rows, fused, output, "layer", vectorized);
+      NarrowFusion.fuse(new FuseScratch(), () -> manager, bytes, input, rows, up, down, up.length / rows, fused, output, "layer", vectorized);
       short[] result = new short[weight.length];
       fused.duplicate().order(ByteOrder.LITTLE_ENDIAN).asShortBuffer().get(result);
       return result;
