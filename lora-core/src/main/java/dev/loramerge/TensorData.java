@@ -5,8 +5,8 @@ import static com.google.common.base.Preconditions.checkNotNull;
 
 import ai.djl.ndarray.NDArray;
 import ai.djl.ndarray.NDManager;
-import dev.loramerge.internal.FloatFormats;
-import dev.loramerge.internal.NdArrays;
+import dev.loramerge.internal.linalg.NdArrays;
+import dev.loramerge.internal.numeric.FloatFormats;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.nio.FloatBuffer;
@@ -191,7 +191,7 @@ public final class TensorData {
    * Elements {@code [first, first + count)} (row-major) as floats into {@code out[0, count)},
    * rounded where the type is wider than float32.
    */
-  void readFloats(int first, float[] out, int count) {
+  public void readFloats(int first, float[] out, int count) {
     ByteBuffer in = bytes();
     if (dtype == DType.F32) {
       in.asFloatBuffer().get(first, out, 0, count);

@@ -46,7 +46,7 @@ class TensorDataTest {
       ByteBuffer encoded = ByteBuffer.allocate(values.length * dtype.byteSize()).order(ByteOrder.LITTLE_ENDIAN);
       for (int first = 0; first < values.length; first += 3000) {
         int count = Math.min(3000, values.length - first);
-        dev.loramerge.internal.FloatFormats.encode(dtype, java.util.Arrays.copyOfRange(values, first, first + count), count, encoded, first);
+        dev.loramerge.internal.numeric.FloatFormats.encode(dtype, java.util.Arrays.copyOfRange(values, first, first + count), count, encoded, first);
       }
       assertThat(encoded.rewind()).as("%s encoded 3000 elements at a time", dtype).isEqualTo(whole.bytes());
     }
@@ -59,9 +59,9 @@ class TensorDataTest {
       case F32:
         return (float) value;
       case F16:
-        return dev.loramerge.internal.FloatFormats.fromFloat16(dev.loramerge.internal.FloatFormats.toFloat16(value));
+        return dev.loramerge.internal.numeric.FloatFormats.fromFloat16(dev.loramerge.internal.numeric.FloatFormats.toFloat16(value));
       case BF16:
-        return dev.loramerge.internal.FloatFormats.fromBFloat16(dev.loramerge.internal.FloatFormats.toBFloat16(value));
+        return dev.loramerge.internal.numeric.FloatFormats.fromBFloat16(dev.loramerge.internal.numeric.FloatFormats.toBFloat16(value));
       default:
         throw new AssertionError(dtype);
     }
@@ -102,9 +102,9 @@ class TensorDataTest {
       case F32:
         return bytes.getFloat(i * 4);
       case F16:
-        return dev.loramerge.internal.FloatFormats.fromFloat16(bytes.getShort(i * 2));
+        return dev.loramerge.internal.numeric.FloatFormats.fromFloat16(bytes.getShort(i * 2));
       case BF16:
-        return dev.loramerge.internal.FloatFormats.fromBFloat16(bytes.getShort(i * 2));
+        return dev.loramerge.internal.numeric.FloatFormats.fromBFloat16(bytes.getShort(i * 2));
       default:
         throw new AssertionError(dtype);
     }

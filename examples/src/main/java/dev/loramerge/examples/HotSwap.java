@@ -7,15 +7,16 @@ import ai.djl.ndarray.NDManager;
 import ai.djl.ndarray.types.DataType;
 import ai.djl.ndarray.types.Shape;
 import dev.loramerge.DType;
-import dev.loramerge.FusedLora;
 import dev.loramerge.LoraAdapter;
-import dev.loramerge.LoraMerger;
 import dev.loramerge.TensorData;
-import dev.loramerge.WeightTarget;
 import dev.loramerge.algorithms.Dare;
+import dev.loramerge.fuse.FusedLora;
+import dev.loramerge.fuse.LoraFuser;
+import dev.loramerge.fuse.WeightTarget;
 import dev.loramerge.io.LoraFiles;
 import dev.loramerge.io.SafetensorsFile;
 import dev.loramerge.io.TensorInfo;
+import dev.loramerge.merge.LoraMerger;
 import java.io.IOException;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
@@ -82,7 +83,7 @@ public final class HotSwap {
       float[] baseRender = render(manager, weights, input);
       boolean changed = false;
       for (int cycle = 0; cycle < cycles; cycle++) {
-        FusedLora fused = LoraMerger.builder().add(style, 0.7).add(subject, 0.5).algorithm(Dare.of(0.3)).fuseInto(unet);
+        FusedLora fused = LoraFuser.of(LoraMerger.builder().add(style, 0.7).add(subject, 0.5).algorithm(Dare.of(0.3)).build()).fuseInto(unet);
         changed |= !Arrays.equals(render(manager, weights, input), baseRender);
         fused.unfuse();
       }

@@ -7,10 +7,10 @@ import ai.djl.ndarray.NDArrays;
 import ai.djl.ndarray.NDList;
 import com.google.common.collect.ImmutableMap;
 import dev.loramerge.LoraMergeException;
-import dev.loramerge.MergeAlgorithm;
-import dev.loramerge.spi.ModuleInput;
-import dev.loramerge.spi.ModuleMerge;
-import dev.loramerge.spi.ModuleUpdate;
+import dev.loramerge.merge.MergeAlgorithm;
+import dev.loramerge.merge.spi.ModuleInput;
+import dev.loramerge.merge.spi.ModuleMerge;
+import dev.loramerge.merge.spi.ModuleUpdate;
 import java.util.Locale;
 
 /**

@@ -1,6 +1,6 @@
 package dev.loramerge.algorithms;
 
-import dev.loramerge.MergeAlgorithm;
+import dev.loramerge.merge.MergeAlgorithm;
 
 /**
  * PEFT's {@code cat}, the exact weighted sum Σ wᵢ·sᵢ·BᵢAᵢ as one adapter of rank Σ rᵢ: {@link

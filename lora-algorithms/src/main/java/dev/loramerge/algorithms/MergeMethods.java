@@ -4,7 +4,7 @@ import static com.google.common.base.Preconditions.checkArgument;
 import static com.google.common.base.Preconditions.checkNotNull;
 
 import com.google.common.collect.ImmutableList;
-import dev.loramerge.MergeAlgorithm;
+import dev.loramerge.merge.MergeAlgorithm;
 import java.util.Locale;
 import java.util.OptionalDouble;
 

@@ -4,11 +4,11 @@ import static com.google.common.base.Preconditions.checkArgument;
 
 import com.google.common.collect.ImmutableMap;
 import dev.loramerge.LoraMergeException;
-import dev.loramerge.MergeAlgorithm;
 import dev.loramerge.algorithms.internal.TaskTensors;
-import dev.loramerge.spi.ModuleInput;
-import dev.loramerge.spi.ModuleMerge;
-import dev.loramerge.spi.ModuleUpdate;
+import dev.loramerge.merge.MergeAlgorithm;
+import dev.loramerge.merge.spi.ModuleInput;
+import dev.loramerge.merge.spi.ModuleMerge;
+import dev.loramerge.merge.spi.ModuleUpdate;
 import java.util.List;
 import java.util.Locale;
 import java.util.Objects;

@@ -1,9 +1,9 @@
 package dev.loramerge.algorithms;
 
 import com.google.common.collect.ImmutableMap;
-import dev.loramerge.MergeAlgorithm;
-import dev.loramerge.spi.ModuleMerge;
-import dev.loramerge.spi.ModuleUpdate;
+import dev.loramerge.merge.MergeAlgorithm;
+import dev.loramerge.merge.spi.ModuleMerge;
+import dev.loramerge.merge.spi.ModuleUpdate;
 
 /**
  * PEFT's {@code svd}: the weighted sum Σ wᵢ·sᵢ·BᵢAᵢ truncated to the target rank by SVD. Unlike

@@ -7,6 +7,6 @@
  * dev.loramerge.algorithms.DareTiesSvd}, {@link dev.loramerge.algorithms.MagnitudePrune}, {@link
  * dev.loramerge.algorithms.MagnitudePruneSvd}) and {@link dev.loramerge.algorithms.Dare}, the
  * drop-rate spelling the guides use. Each is a small immutable {@link
- * dev.loramerge.MergeAlgorithm} whose {@code toString()} names every parameter.
+ * dev.loramerge.merge.MergeAlgorithm} whose {@code toString()} names every parameter.
  */
 package dev.loramerge.algorithms;

@@ -3,8 +3,8 @@ package dev.loramerge.algorithms;
 import static org.assertj.core.api.Assertions.assertThat;
 
 import dev.loramerge.LoraAdapter;
-import dev.loramerge.LoraMerger;
 import dev.loramerge.ModuleKey;
+import dev.loramerge.merge.LoraMerger;
 import dev.loramerge.testing.TinyLora;
 import java.util.Arrays;
 import java.util.Comparator;

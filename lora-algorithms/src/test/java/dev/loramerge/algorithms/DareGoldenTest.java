@@ -3,9 +3,9 @@ package dev.loramerge.algorithms;
 import static org.assertj.core.api.Assertions.assertThat;
 
 import dev.loramerge.LoraAdapter;
-import dev.loramerge.LoraMerger;
 import dev.loramerge.ModuleKey;
 import dev.loramerge.io.LoraFiles;
+import dev.loramerge.merge.LoraMerger;
 import dev.loramerge.testing.GoldenFiles;
 import java.io.IOException;
 import org.junit.jupiter.api.Test;

@@ -3,17 +3,18 @@ package dev.loramerge.algorithms;
 import static org.assertj.core.api.Assertions.assertThat;
 
 import dev.loramerge.DType;
-import dev.loramerge.FusedLora;
 import dev.loramerge.LoraAdapter;
-import dev.loramerge.LoraMerger;
 import dev.loramerge.LoraModule;
 import dev.loramerge.ModuleKey;
 import dev.loramerge.TensorData;
-import dev.loramerge.internal.FloatFormats;
+import dev.loramerge.fuse.FusedLora;
+import dev.loramerge.fuse.LoraFuser;
+import dev.loramerge.internal.numeric.FloatFormats;
 import dev.loramerge.io.LoraFiles;
 import dev.loramerge.io.SafetensorsFile;
 import dev.loramerge.io.SafetensorsWeights;
 import dev.loramerge.io.TensorInfo;
+import dev.loramerge.merge.LoraMerger;
 import dev.loramerge.testing.GoldenFiles;
 import dev.loramerge.testing.TinyLora;
 import java.io.IOException;
@@ -50,8 +51,7 @@ class FuseGoldenTest {
     String id = (String) goldenCase.get("id");
     Path output = folder.resolve(id + ".fp32.safetensors");
     FusedLora fused =
-        PeftGoldenTest.merger(goldenCase, PeftGoldenTest.algorithm(goldenCase))
-            .build()
+        LoraFuser.of(PeftGoldenTest.merger(goldenCase, PeftGoldenTest.algorithm(goldenCase)).build())
             .fuseInto(SafetensorsWeights.of(GoldenFiles.peft021("base.fp32.safetensors"), output));
     assertThat(fused.report().unmatched()).as("%s unmatched modules", id).isEmpty();
     LoraAdapter peftMerged = LoraFiles.read(GoldenFiles.peft021("merged/" + id));
@@ -86,7 +86,7 @@ class FuseGoldenTest {
     String id = (String) goldenCase.get("id");
     LoraMerger merger = PeftGoldenTest.merger(goldenCase, PeftGoldenTest.algorithm(goldenCase)).build();
     Path output = folder.resolve(id + ".fp16.safetensors");
-    FusedLora fused = merger.fuseInto(SafetensorsWeights.of(GoldenFiles.peft021("base.fp16.safetensors"), output));
+    FusedLora fused = LoraFuser.of(merger).fuseInto(SafetensorsWeights.of(GoldenFiles.peft021("base.fp16.safetensors"), output));
     // The independent reference, summed in float64 and rounded once: for cat each input's own
     // update, for svd the exact truncation, for ties the merged adapter's (float32) factors.
     LoraAdapter merged = merger.merge();

@@ -5,11 +5,11 @@ import static org.assertj.core.api.Assertions.assertThat;
 import dev.loramerge.Component;
 import dev.loramerge.DType;
 import dev.loramerge.LoraAdapter;
-import dev.loramerge.LoraMerger;
 import dev.loramerge.LoraModule;
 import dev.loramerge.ModuleKey;
 import dev.loramerge.TensorData;
-import dev.loramerge.internal.FloatFormats;
+import dev.loramerge.internal.numeric.FloatFormats;
+import dev.loramerge.merge.LoraMerger;
 import java.util.SplittableRandom;
 import org.junit.jupiter.api.Test;
 

@@ -5,10 +5,10 @@ import static org.assertj.core.api.Assertions.assertThatThrownBy;
 
 import dev.loramerge.LoraAdapter;
 import dev.loramerge.LoraMergeException;
-import dev.loramerge.LoraMerger;
 import dev.loramerge.LoraModule;
-import dev.loramerge.MergeAlgorithm;
 import dev.loramerge.ModuleKey;
+import dev.loramerge.merge.LoraMerger;
+import dev.loramerge.merge.MergeAlgorithm;
 import dev.loramerge.testing.TinyLora;
 import java.util.List;
 import org.junit.jupiter.api.Test;

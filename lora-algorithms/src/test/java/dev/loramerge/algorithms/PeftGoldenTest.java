@@ -3,12 +3,12 @@ package dev.loramerge.algorithms;
 import static org.assertj.core.api.Assertions.assertThat;
 
 import dev.loramerge.LoraAdapter;
-import dev.loramerge.LoraMerger;
 import dev.loramerge.LoraModule;
-import dev.loramerge.MergeAlgorithm;
 import dev.loramerge.ModuleKey;
-import dev.loramerge.internal.Json;
+import dev.loramerge.internal.json.Json;
 import dev.loramerge.io.LoraFiles;
+import dev.loramerge.merge.LoraMerger;
+import dev.loramerge.merge.MergeAlgorithm;
 import dev.loramerge.testing.GoldenFiles;
 import java.io.IOException;
 import java.math.BigDecimal;

@@ -4,19 +4,20 @@ import ai.djl.ndarray.NDArray;
 import ai.djl.ndarray.NDManager;
 import ai.djl.ndarray.types.DataType;
 import ai.djl.ndarray.types.Shape;
-import dev.loramerge.FusedLora;
 import dev.loramerge.LoraAdapter;
-import dev.loramerge.LoraMerger;
-import dev.loramerge.MergeAlgorithm;
 import dev.loramerge.ModuleKey;
 import dev.loramerge.TensorData;
-import dev.loramerge.WeightTarget;
 import dev.loramerge.algorithms.MajoritySign;
 import dev.loramerge.algorithms.MergeMethods;
+import dev.loramerge.fuse.FusedLora;
+import dev.loramerge.fuse.LoraFuser;
+import dev.loramerge.fuse.WeightTarget;
 import dev.loramerge.io.LoraFiles;
 import dev.loramerge.io.LoraFormat;
 import dev.loramerge.io.SafetensorsFile;
 import dev.loramerge.io.SafetensorsWeights;
+import dev.loramerge.merge.LoraMerger;
+import dev.loramerge.merge.MergeAlgorithm;
 import java.io.IOException;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
@@ -142,7 +143,7 @@ public final class BenchCommand {
     if (fuse) {
       Path base = SdxlData.baseUnet(cache);
       Path fused = cache.resolve("fused.fp16.safetensors");
-      LoraMerger one = LoraMerger.builder().add(LoraFiles.read(styleFile), 1.0).build();
+      LoraFuser one = LoraFuser.of(LoraMerger.builder().add(LoraFiles.read(styleFile), 1.0).build());
       table.time("fuse/file", () -> one.fuseInto(SafetensorsWeights.of(base, fused)), Optional.empty());
       if (lora.isPresent()) {
         table.command(

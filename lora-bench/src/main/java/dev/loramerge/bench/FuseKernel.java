@@ -4,7 +4,8 @@ import ai.djl.ndarray.NDManager;
 import ai.djl.ndarray.types.DataType;
 import ai.djl.ndarray.types.Shape;
 import dev.loramerge.DType;
-import dev.loramerge.internal.Fusion;
+import dev.loramerge.internal.fuse.FuseScratch;
+import dev.loramerge.internal.fuse.Fusion;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import org.openjdk.jmh.annotations.Benchmark;
@@ -37,6 +38,7 @@ public class FuseKernel extends Kernel {
   private long[] dims;
   private double[] up;
   private double[] down;
+  private final FuseScratch scratch = new FuseScratch();
 
   @Setup(Level.Trial)
   public void setUp() {
@@ -65,7 +67,7 @@ public class FuseKernel extends Kernel {
       // Fusing over the same weight again and again only moves it by a few hundredths a time.
       DType type = DType.valueOf(dtype);
       ByteBuffer target = weight.duplicate();
-      Fusion.fuse(() -> layer, target, type, dims, up, down, rank, target, type, "benchmark");
+      Fusion.fuse(scratch, () -> layer, target, type, dims, up, down, rank, target, type, "benchmark");
       return target;
     }
   }

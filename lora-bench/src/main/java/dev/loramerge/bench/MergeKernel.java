@@ -1,10 +1,10 @@
 package dev.loramerge.bench;
 
 import dev.loramerge.LoraAdapter;
-import dev.loramerge.LoraMerger;
 import dev.loramerge.ModuleKey;
 import dev.loramerge.algorithms.MajoritySign;
 import dev.loramerge.algorithms.MergeMethods;
+import dev.loramerge.merge.LoraMerger;
 import java.util.OptionalDouble;
 import org.openjdk.jmh.annotations.Benchmark;
 import org.openjdk.jmh.annotations.Level;

@@ -1,6 +1,6 @@
 package dev.loramerge.bench;
 
-import dev.loramerge.internal.Json;
+import dev.loramerge.internal.json.Json;
 import java.io.Console;
 import java.io.IOException;
 import java.io.InputStream;

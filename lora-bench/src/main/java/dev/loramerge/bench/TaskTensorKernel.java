@@ -2,7 +2,7 @@ package dev.loramerge.bench;
 
 import dev.loramerge.algorithms.MajoritySign;
 import dev.loramerge.algorithms.internal.TaskTensors;
-import dev.loramerge.internal.Randoms;
+import dev.loramerge.internal.linalg.Randoms;
 import java.util.SplittableRandom;
 import org.openjdk.jmh.annotations.Benchmark;
 import org.openjdk.jmh.annotations.Level;

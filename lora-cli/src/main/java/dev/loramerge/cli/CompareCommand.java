@@ -2,12 +2,12 @@ package dev.loramerge.cli;
 
 import ai.djl.ndarray.NDArray;
 import ai.djl.ndarray.NDManager;
-import dev.loramerge.Architecture;
 import dev.loramerge.LoraAdapter;
 import dev.loramerge.LoraModule;
 import dev.loramerge.ModuleKey;
-import dev.loramerge.ModuleSpec;
-import dev.loramerge.UpdateNorms;
+import dev.loramerge.analysis.UpdateNorms;
+import dev.loramerge.arch.Architecture;
+import dev.loramerge.arch.ModuleSpec;
 import dev.loramerge.io.LoraFiles;
 import dev.loramerge.io.LoraReadOptions;
 import java.io.IOException;

@@ -1,25 +1,26 @@
 package dev.loramerge.cli;
 
-import dev.loramerge.Architecture;
 import dev.loramerge.DType;
-import dev.loramerge.FusedLora;
 import dev.loramerge.LoraAdapter;
-import dev.loramerge.LoraMerger;
 import dev.loramerge.LoraModule;
-import dev.loramerge.MergeAlgorithm;
-import dev.loramerge.ModuleSpec;
-import dev.loramerge.SyntheticLora;
 import dev.loramerge.TensorData;
-import dev.loramerge.UpdateNorms;
 import dev.loramerge.algorithms.Svd;
 import dev.loramerge.algorithms.TiesSvd;
+import dev.loramerge.analysis.UpdateNorms;
+import dev.loramerge.arch.Architecture;
+import dev.loramerge.arch.ModuleSpec;
+import dev.loramerge.fuse.FusedLora;
+import dev.loramerge.fuse.LoraFuser;
 import dev.loramerge.io.LoraFiles;
 import dev.loramerge.io.LoraFormat;
 import dev.loramerge.io.Safetensors;
 import dev.loramerge.io.SafetensorsWeights;
+import dev.loramerge.merge.LoraMerger;
+import dev.loramerge.merge.MergeAlgorithm;
+import dev.loramerge.synthetic.SyntheticLora;
 import java.io.IOException;
-import java.io.UncheckedIOException;
 import java.io.PrintWriter;
+import java.io.UncheckedIOException;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.Comparator;
@@ -156,7 +157,7 @@ final class DemoCommand implements Callable<Integer> {
 
     start = System.nanoTime();
     Path fused = folder.resolve("unet-fused.safetensors");
-    LoraMerger merger = LoraMerger.builder().add(style, 0.7).add(subject, 0.5).build();
+    LoraFuser merger = LoraFuser.of(LoraMerger.builder().add(style, 0.7).add(subject, 0.5).build());
     FusedLora result = merger.fuseInto(SafetensorsWeights.of(base, fused));
     step(
         out,

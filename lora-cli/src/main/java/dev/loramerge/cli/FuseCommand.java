@@ -1,9 +1,11 @@
 package dev.loramerge.cli;
 
 import dev.loramerge.DType;
-import dev.loramerge.FusedLora;
-import dev.loramerge.LoraMerger;
+import dev.loramerge.fuse.FusedLora;
+import dev.loramerge.fuse.LoraFuser;
+import dev.loramerge.io.LoraReadOptions;
 import dev.loramerge.io.SafetensorsWeights;
+import dev.loramerge.merge.LoraMerger;
 import java.io.IOException;
 import java.io.PrintWriter;
 import java.nio.file.Files;
@@ -65,7 +67,7 @@ final class FuseCommand implements Callable<Integer> {
                 .orElseThrow(() -> Usage.invalid(spec, "--dtype", "'" + dtype + "' is not keep, fp32, fp16 or bf16"));
     Outputs.checkNotAnInput(spec, output, inputs(base, mergeOptions));
     long start = System.nanoTime();
-    LoraMerger merger = merger(spec, mergeOptions, inputOptions, "fusing", scale, allowMissing, base);
+    LoraFuser merger = fuser(spec, mergeOptions, inputOptions, "fusing", scale, allowMissing, base);
     SafetensorsWeights target = SafetensorsWeights.of(base, output);
     if (outputType != null) {
       target = target.withDType(outputType);
@@ -90,8 +92,8 @@ final class FuseCommand implements Callable<Integer> {
     return inputs;
   }
 
-  /** The merger of fuse and unfuse: the inputs and method, the scale, and the base in the recipe. */
-  static LoraMerger merger(
+  /** The fuser of fuse and unfuse: the inputs and method, the scale, and the base in the recipe. */
+  static LoraFuser fuser(
       CommandSpec spec,
       MergeOptions mergeOptions,
       InputOptions inputOptions,
@@ -100,11 +102,14 @@ final class FuseCommand implements Callable<Integer> {
       boolean allowMissing,
       Path base)
       throws IOException {
-    LoraMerger.Builder merger = mergeOptions.merger(inputOptions.readOptions(), ProgressBar.forTerminal(label));
-    Usage.check(spec, "--scale", () -> merger.scale(scale));
-    return merger
+    LoraReadOptions readOptions = inputOptions.readOptions();
+    LoraMerger.Builder merger = mergeOptions.merger(readOptions, ProgressBar.forTerminal(label));
+    LoraFuser.Builder fuser = LoraFuser.builder();
+    Usage.check(spec, "--scale", () -> fuser.scale(scale));
+    readOptions.architecture().ifPresent(fuser::architecture);
+    return fuser
+        .merger(merger.recipe("base_file", baseFile(base)).build())
         .allowUnmatched(allowMissing)
-        .recipe("base_file", baseFile(base))
         .build();
   }
 

@@ -1,6 +1,6 @@
 package dev.loramerge.cli;
 
-import dev.loramerge.Architecture;
+import dev.loramerge.arch.Architecture;
 import dev.loramerge.io.LoraReadOptions;
 import dev.loramerge.io.SafetensorsFile;
 import dev.loramerge.io.TensorInfo;

@@ -1,11 +1,11 @@
 package dev.loramerge.cli;
 
-import dev.loramerge.Architecture;
 import dev.loramerge.LoraAdapter;
 import dev.loramerge.LoraModule;
 import dev.loramerge.ModuleKey;
-import dev.loramerge.ModuleSpec;
-import dev.loramerge.UpdateNorms;
+import dev.loramerge.analysis.UpdateNorms;
+import dev.loramerge.arch.Architecture;
+import dev.loramerge.arch.ModuleSpec;
 import dev.loramerge.io.LoraFiles;
 import dev.loramerge.io.LoraFormat;
 import java.io.IOException;

@@ -2,11 +2,11 @@ package dev.loramerge.cli;
 
 import dev.loramerge.DType;
 import dev.loramerge.LoraAdapter;
-import dev.loramerge.LoraMerger;
-import dev.loramerge.MergeAlgorithm;
 import dev.loramerge.io.LoraFiles;
 import dev.loramerge.io.LoraFormat;
 import dev.loramerge.io.LoraReadOptions;
+import dev.loramerge.merge.LoraMerger;
+import dev.loramerge.merge.MergeAlgorithm;
 import java.io.IOException;
 import java.io.PrintWriter;
 import java.nio.file.Files;

@@ -1,18 +1,18 @@
 package dev.loramerge.cli;
 
-import dev.loramerge.Architecture;
-import dev.loramerge.BlockWeights;
 import dev.loramerge.LoraAdapter;
 import dev.loramerge.LoraMergeException;
-import dev.loramerge.LoraMerger;
-import dev.loramerge.MergeAlgorithm;
-import dev.loramerge.MergeListener;
-import dev.loramerge.PostPrune;
-import dev.loramerge.RankRule;
 import dev.loramerge.algorithms.MajoritySign;
 import dev.loramerge.algorithms.MergeMethods;
+import dev.loramerge.arch.Architecture;
+import dev.loramerge.arch.BlockWeights;
 import dev.loramerge.io.LoraFiles;
 import dev.loramerge.io.LoraReadOptions;
+import dev.loramerge.merge.LoraMerger;
+import dev.loramerge.merge.MergeAlgorithm;
+import dev.loramerge.merge.MergeListener;
+import dev.loramerge.merge.PostPrune;
+import dev.loramerge.merge.RankRule;
 import java.io.IOException;
 import java.io.InputStream;
 import java.nio.file.Files;
@@ -138,7 +138,6 @@ final class MergeOptions {
     if (svdClamp != null) {
       Usage.check(command, "--svd-clamp", () -> merger.svdClamp(svdClamp));
     }
-    readOptions.architecture().ifPresent(merger::architecture);
     Map<Integer, String> blocksByInput = blocksByInput();
     List<Object> files = new ArrayList<>();
     for (int i = 0; i < inputs.size(); i++) {

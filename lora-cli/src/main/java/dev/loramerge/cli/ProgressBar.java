@@ -1,7 +1,7 @@
 package dev.loramerge.cli;
 
-import dev.loramerge.MergeListener;
 import dev.loramerge.ModuleKey;
+import dev.loramerge.merge.MergeListener;
 import java.io.PrintStream;
 import java.util.Locale;
 

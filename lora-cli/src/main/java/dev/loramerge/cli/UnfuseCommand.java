@@ -1,7 +1,7 @@
 package dev.loramerge.cli;
 
-import dev.loramerge.FusedLora;
-import dev.loramerge.LoraMerger;
+import dev.loramerge.fuse.FusedLora;
+import dev.loramerge.fuse.LoraFuser;
 import dev.loramerge.io.SafetensorsWeights;
 import java.io.IOException;
 import java.nio.file.Path;
@@ -56,7 +56,7 @@ final class UnfuseCommand implements Callable<Integer> {
     }
     Outputs.checkNotAnInput(spec, output, inputs);
     long start = System.nanoTime();
-    LoraMerger merger = FuseCommand.merger(spec, mergeOptions, inputOptions, "unfusing", scale, allowMissing, fused);
+    LoraFuser merger = FuseCommand.fuser(spec, mergeOptions, inputOptions, "unfusing", scale, allowMissing, fused);
     FusedLora result =
         original != null
             ? merger.fuseInto(SafetensorsWeights.restoring(fused, original, output))

@@ -2,11 +2,11 @@ package dev.loramerge.cli;
 
 import static org.assertj.core.api.Assertions.assertThat;
 
-import dev.loramerge.LoraMerger;
-import dev.loramerge.io.SafetensorsFile;
 import dev.loramerge.io.LoraFiles;
 import dev.loramerge.io.LoraFormat;
 import dev.loramerge.io.Safetensors;
+import dev.loramerge.io.SafetensorsFile;
+import dev.loramerge.merge.LoraMerger;
 import dev.loramerge.testing.GoldenFiles;
 import dev.loramerge.testing.TinyLora;
 import java.io.IOException;

@@ -8,7 +8,7 @@ import dev.loramerge.LoraAdapter;
 import dev.loramerge.LoraModule;
 import dev.loramerge.ModuleKey;
 import dev.loramerge.TensorData;
-import dev.loramerge.internal.FloatFormats;
+import dev.loramerge.internal.numeric.FloatFormats;
 import dev.loramerge.io.LoraFiles;
 import dev.loramerge.io.LoraFormat;
 import dev.loramerge.io.SafetensorsWriter;
@@ -23,10 +23,10 @@ import java.util.Map;
 import java.util.SplittableRandom;
 import java.util.concurrent.TimeUnit;
 import java.util.stream.Stream;
+import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.CsvSource;
-import org.junit.jupiter.api.Test;
 
 /**
  * The command as a process: a signal during a write leaves no temporary file, and a temporary file

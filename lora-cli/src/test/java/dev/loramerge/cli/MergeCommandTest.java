@@ -3,11 +3,11 @@ package dev.loramerge.cli;
 import static org.assertj.core.api.Assertions.assertThat;
 
 import dev.loramerge.LoraAdapter;
-import dev.loramerge.LoraMerger;
 import dev.loramerge.ModuleKey;
-import dev.loramerge.internal.Json;
+import dev.loramerge.internal.json.Json;
 import dev.loramerge.io.LoraFiles;
 import dev.loramerge.io.LoraFormat;
+import dev.loramerge.merge.LoraMerger;
 import dev.loramerge.testing.GoldenFiles;
 import dev.loramerge.testing.TinyLora;
 import java.io.IOException;

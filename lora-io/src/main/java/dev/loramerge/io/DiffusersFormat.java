@@ -7,7 +7,7 @@ import dev.loramerge.LoraModule;
 import dev.loramerge.ModuleKey;
 import dev.loramerge.ScaleRule;
 import dev.loramerge.TensorData;
-import dev.loramerge.internal.Json;
+import dev.loramerge.internal.json.Json;
 import java.io.IOException;
 import java.nio.file.Path;
 import java.util.ArrayList;

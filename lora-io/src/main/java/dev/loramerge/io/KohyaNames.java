@@ -1,12 +1,12 @@
 package dev.loramerge.io;
 
 import com.google.common.collect.ImmutableMap;
-import dev.loramerge.Architecture;
 import dev.loramerge.Component;
 import dev.loramerge.LoraAdapter;
 import dev.loramerge.LoraMergeException;
 import dev.loramerge.ModuleKey;
-import dev.loramerge.ModuleSpec;
+import dev.loramerge.arch.Architecture;
+import dev.loramerge.arch.ModuleSpec;
 import java.util.Arrays;
 import java.util.HashMap;
 import java.util.HashSet;

@@ -4,7 +4,7 @@ import static com.google.common.base.Preconditions.checkNotNull;
 
 import com.google.common.collect.ImmutableSet;
 import com.google.errorprone.annotations.CanIgnoreReturnValue;
-import dev.loramerge.Architecture;
+import dev.loramerge.arch.Architecture;
 import java.util.Optional;
 
 /**

@@ -8,7 +8,7 @@ import dev.loramerge.LoraModule;
 import dev.loramerge.ModuleKey;
 import dev.loramerge.ScaleRule;
 import dev.loramerge.TensorData;
-import dev.loramerge.internal.Json;
+import dev.loramerge.internal.json.Json;
 import java.io.IOException;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;

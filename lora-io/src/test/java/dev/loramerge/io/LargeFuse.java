@@ -2,13 +2,14 @@ package dev.loramerge.io;
 
 import dev.loramerge.Component;
 import dev.loramerge.DType;
-import dev.loramerge.FusedLora;
 import dev.loramerge.LoraAdapter;
-import dev.loramerge.LoraMerger;
 import dev.loramerge.LoraModule;
 import dev.loramerge.ModuleKey;
 import dev.loramerge.TensorData;
-import dev.loramerge.internal.FloatFormats;
+import dev.loramerge.fuse.FusedLora;
+import dev.loramerge.fuse.LoraFuser;
+import dev.loramerge.internal.numeric.FloatFormats;
+import dev.loramerge.merge.LoraMerger;
 import java.io.IOException;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
@@ -58,7 +59,7 @@ public final class LargeFuse {
               8));
     }
     FusedLora fused =
-        LoraMerger.builder().add(adapter.build(), 0.7).build().fuseInto(SafetensorsWeights.of(base, output));
+        LoraFuser.of(LoraMerger.builder().add(adapter.build(), 0.7).build()).fuseInto(SafetensorsWeights.of(base, output));
     System.out.println("fused " + fused.report().matched().size() + " modules; max heap "
         + Runtime.getRuntime().maxMemory() / (1 << 20) + " MB");
   }

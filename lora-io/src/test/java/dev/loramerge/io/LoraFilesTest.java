@@ -3,15 +3,15 @@ package dev.loramerge.io;
 import static org.assertj.core.api.Assertions.assertThat;
 import static org.assertj.core.api.Assertions.assertThatThrownBy;
 
-import dev.loramerge.Architecture;
 import dev.loramerge.Component;
 import dev.loramerge.LoraAdapter;
 import dev.loramerge.LoraMergeException;
 import dev.loramerge.ModuleKey;
-import dev.loramerge.ModuleSpec;
 import dev.loramerge.ScaleRule;
-import dev.loramerge.SyntheticLora;
 import dev.loramerge.TensorData;
+import dev.loramerge.arch.Architecture;
+import dev.loramerge.arch.ModuleSpec;
+import dev.loramerge.synthetic.SyntheticLora;
 import java.io.IOException;
 import java.nio.file.Files;
 import java.nio.file.Path;

@@ -3,16 +3,17 @@ package dev.loramerge.io;
 import static org.assertj.core.api.Assertions.assertThat;
 import static org.assertj.core.api.Assertions.assertThatThrownBy;
 
-import dev.loramerge.Architecture;
 import dev.loramerge.DType;
-import dev.loramerge.FusedLora;
 import dev.loramerge.LoraAdapter;
 import dev.loramerge.LoraMergeException;
-import dev.loramerge.LoraMerger;
 import dev.loramerge.ModuleKey;
-import dev.loramerge.SyntheticLora;
 import dev.loramerge.TensorData;
-import dev.loramerge.internal.FloatFormats;
+import dev.loramerge.arch.Architecture;
+import dev.loramerge.fuse.FusedLora;
+import dev.loramerge.fuse.LoraFuser;
+import dev.loramerge.internal.numeric.FloatFormats;
+import dev.loramerge.merge.LoraMerger;
+import dev.loramerge.synthetic.SyntheticLora;
 import dev.loramerge.testing.TinyLora;
 import java.io.IOException;
 import java.nio.file.Files;
@@ -36,7 +37,7 @@ class SafetensorsWeightsTest {
   void fuseThenUnfuseWithTheOriginalRestoresTheFileByteForByte() throws IOException {
     Path base = writeBase(DType.F16, "base.safetensors");
     Path fused = folder.resolve("fused.safetensors");
-    LoraMerger merger = LoraMerger.builder().add(STYLE, 0.8).add(DETAIL, -0.4).scale(0.9).build();
+    LoraFuser merger = LoraFuser.builder().merger(LoraMerger.builder().add(STYLE, 0.8).add(DETAIL, -0.4).build()).scale(0.9).build();
     merger.fuseInto(SafetensorsWeights.of(base, fused));
     assertThat(Files.readAllBytes(fused)).as("fused file").isNotEqualTo(Files.readAllBytes(base));
     try (SafetensorsFile file = SafetensorsFile.open(fused)) {
@@ -52,10 +53,10 @@ class SafetensorsWeightsTest {
   void restoringWithOtherInputsFailsAndWritesNothing() throws IOException {
     Path base = writeBase(DType.F16, "base.safetensors");
     Path fused = folder.resolve("fused.safetensors");
-    LoraMerger.builder().add(STYLE, 0.8).build().fuseInto(SafetensorsWeights.of(base, fused));
+    LoraFuser.of(LoraMerger.builder().add(STYLE, 0.8).build()).fuseInto(SafetensorsWeights.of(base, fused));
     Path restored = folder.resolve("restored.safetensors");
     assertThatThrownBy(
-            () -> LoraMerger.builder().add(STYLE, 0.7).build().fuseInto(SafetensorsWeights.restoring(fused, base, restored)))
+            () -> LoraFuser.of(LoraMerger.builder().add(STYLE, 0.7).build()).fuseInto(SafetensorsWeights.restoring(fused, base, restored)))
         .isInstanceOf(LoraMergeException.class)
         .hasMessageContaining("is not base.safetensors with these inputs fused");
     assertThat(folderContents()).containsExactlyInAnyOrder("base.safetensors", "fused.safetensors");
@@ -65,7 +66,7 @@ class SafetensorsWeightsTest {
   void bf16IsTheExactSumRoundedOnce() throws IOException {
     Path base = writeBase(DType.BF16, "base.safetensors");
     Path fused = folder.resolve("fused.safetensors");
-    FusedLora result = LoraMerger.builder().add(STYLE, 0.8).build().fuseInto(SafetensorsWeights.of(base, fused));
+    FusedLora result = LoraFuser.of(LoraMerger.builder().add(STYLE, 0.8).build()).fuseInto(SafetensorsWeights.of(base, fused));
     try (SafetensorsFile before = SafetensorsFile.open(base);
         SafetensorsFile after = SafetensorsFile.open(fused)) {
       for (Map.Entry<ModuleKey, String> match : result.report().matched().entrySet()) {
@@ -87,7 +88,7 @@ class SafetensorsWeightsTest {
     Path base = writeBase(DType.F32, "base.safetensors");
     Path fused = folder.resolve("fused.safetensors");
     FusedLora result =
-        LoraMerger.builder().add(STYLE, 0.8).build().fuseInto(SafetensorsWeights.of(base, fused).withDType(DType.F16));
+        LoraFuser.of(LoraMerger.builder().add(STYLE, 0.8).build()).fuseInto(SafetensorsWeights.of(base, fused).withDType(DType.F16));
     try (SafetensorsFile before = SafetensorsFile.open(base);
         SafetensorsFile after = SafetensorsFile.open(fused)) {
       assertThat(after.tensor("conv_in.weight")).isEqualTo(before.tensor("conv_in.weight").to(DType.F16));
@@ -106,7 +107,7 @@ class SafetensorsWeightsTest {
   void anOverflowingFuseWritesNothing() throws IOException {
     Path base = writeBase(DType.F16, "base.safetensors");
     Path fused = folder.resolve("fused.safetensors");
-    assertThatThrownBy(() -> LoraMerger.builder().add(STYLE, 1e5).build().fuseInto(SafetensorsWeights.of(base, fused)))
+    assertThatThrownBy(() -> LoraFuser.of(LoraMerger.builder().add(STYLE, 1e5).build()).fuseInto(SafetensorsWeights.of(base, fused)))
         .isInstanceOf(LoraMergeException.class)
         .hasMessageStartingWith("base.safetensors: module 'unet.")
         .hasMessageContaining("beyond the range of F16");
@@ -119,7 +120,7 @@ class SafetensorsWeightsTest {
     LoraAdapter sdxl =
         SyntheticLora.builder(Architecture.sdxl()).modules(spec -> spec.key().path().endsWith("attn2.to_k")).build();
     assertThatThrownBy(
-            () -> LoraMerger.builder().add(sdxl, 1).build().fuseInto(SafetensorsWeights.of(base, folder.resolve("out.safetensors"))))
+            () -> LoraFuser.of(LoraMerger.builder().add(sdxl, 1).build()).fuseInto(SafetensorsWeights.of(base, folder.resolve("out.safetensors"))))
         .isInstanceOf(LoraMergeException.class)
         .hasMessageContaining("has a weight in the target")
         .hasMessageContaining("another architecture");
@@ -142,11 +143,11 @@ class SafetensorsWeightsTest {
   void anInterruptedWriteLeavesNoOutput() throws IOException {
     Path base = writeBase(DType.F16, "base.safetensors");
     Path fused = folder.resolve("fused.safetensors");
-    LoraMerger merger =
-        LoraMerger.builder()
+    LoraFuser merger =
+        LoraFuser.of(LoraMerger.builder()
             .add(STYLE, 0.5)
             .listener(
-                new dev.loramerge.MergeListener() {
+                new dev.loramerge.merge.MergeListener() {
                   @Override
                   public void moduleMerged(int done, int total, ModuleKey key) {}
 
@@ -157,7 +158,7 @@ class SafetensorsWeightsTest {
                     }
                   }
                 })
-            .build();
+            .build());
     assertThatThrownBy(() -> merger.fuseInto(SafetensorsWeights.of(base, fused)))
         .isInstanceOf(IllegalStateException.class)
         .hasMessageStartingWith("interrupted");

@@ -8,7 +8,7 @@ import com.google.common.collect.ImmutableSortedMap;
 import com.google.common.collect.ImmutableSortedSet;
 import dev.loramerge.Component;
 import dev.loramerge.ModuleKey;
-import dev.loramerge.ModuleSpec;
+import dev.loramerge.arch.ModuleSpec;
 import java.io.IOException;
 import java.io.InputStream;
 import java.io.UncheckedIOException;
@@ -21,7 +21,7 @@ import java.util.function.Predicate;
  * The module table of one architecture, generated from the published configs bundled under
  * {@code dev/loramerge/arch/<id>/<component>/config.json}: which components it has, every
  * Linear and Conv2d layer in them, their LBW blocks, and kohya's names for them. This is the
- * implementation behind {@link dev.loramerge.Architecture}; use that instead.
+ * implementation behind {@link dev.loramerge.arch.Architecture}; use that instead.
  *
  * <p>Instances are immutable and thread-safe.
  */

@@ -2,7 +2,7 @@ package dev.loramerge.internal.arch;
 
 import com.google.common.collect.ImmutableMap;
 import dev.loramerge.ModuleKey;
-import dev.loramerge.ModuleSpec;
+import dev.loramerge.arch.ModuleSpec;
 import java.util.HashMap;
 import java.util.Map;
 import java.util.Optional;

@@ -1,7 +1,7 @@
 package dev.loramerge.internal.arch;
 
 import com.google.common.collect.ImmutableList;
-import dev.loramerge.internal.Json;
+import dev.loramerge.internal.json.Json;
 import java.io.IOException;
 import java.math.BigDecimal;
 import java.util.Arrays;

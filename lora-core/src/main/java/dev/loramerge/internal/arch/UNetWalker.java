@@ -3,7 +3,7 @@ package dev.loramerge.internal.arch;
 import com.google.common.collect.ImmutableList;
 import dev.loramerge.Component;
 import dev.loramerge.ModuleKey;
-import dev.loramerge.ModuleSpec;
+import dev.loramerge.arch.ModuleSpec;
 import java.util.Optional;
 
 /**

@@ -1,6 +1,6 @@
 package dev.loramerge.internal.arch;
 
-import dev.loramerge.ModuleSpec;
+import dev.loramerge.arch.ModuleSpec;
 import java.io.IOException;
 import java.util.List;
 

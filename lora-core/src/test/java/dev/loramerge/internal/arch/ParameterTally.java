@@ -1,8 +1,8 @@
 package dev.loramerge.internal.arch;
 
-import dev.loramerge.Architecture;
 import dev.loramerge.Component;
-import dev.loramerge.ModuleSpec;
+import dev.loramerge.arch.Architecture;
+import dev.loramerge.arch.ModuleSpec;
 
 /**
  * Counts every parameter of one component (weights, biases, norms, embeddings) from an

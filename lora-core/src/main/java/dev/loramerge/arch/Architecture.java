@@ -1,0 +1,203 @@
+package dev.loramerge.arch;
+
+import static com.google.common.base.Preconditions.checkArgument;
+import static com.google.common.base.Preconditions.checkNotNull;
+
+import com.google.common.base.Supplier;
+import com.google.common.base.Suppliers;
+import com.google.common.collect.ImmutableList;
+import com.google.common.collect.ImmutableSortedMap;
+import dev.loramerge.LoraAdapter;
+import dev.loramerge.LoraModule;
+import dev.loramerge.ModuleKey;
+import dev.loramerge.internal.arch.Descriptor;
+import dev.loramerge.internal.arch.Descriptor.KohyaDialect;
+import java.util.Arrays;
+import java.util.Optional;
+
+/**
+ * A diffusion model a LoRA can be made for (SD1.5 or SDXL): every module of its UNet and text
+ * encoders that a LoRA can target, with shapes, LoRA Block Weight ids, original checkpoint names
+ * and kohya's names.
+ *
+ * <h2>Where the modules come from</h2>
+ *
+ * <p>Nothing here is typed by hand. The models' published diffusers / transformers configs are
+ * bundled as resources ({@code runwayml/stable-diffusion-v1-5} and {@code
+ * stabilityai/stable-diffusion-xl-base-1.0}: {@code unet/config.json}, {@code
+ * text_encoder/config.json}, and for SDXL {@code text_encoder_2/config.json}), and a walk that
+ * follows how diffusers' {@code UNet2DConditionModel} and transformers' CLIP text models build
+ * their layers lists every Linear and Conv2d weight: attention {@code to_q/to_k/to_v/to_out.0},
+ * {@code ff.net.0.proj}, {@code ff.net.2}, {@code proj_in/proj_out} (1×1 convolutions in SD1.5,
+ * linear in SDXL), resnet {@code conv1/conv2/time_emb_proj/conv_shortcut}, down- and upsampler
+ * convolutions, {@code conv_in}, {@code conv_out}, the time (and SDXL's added-condition)
+ * embedding, and the text encoders' {@code q/k/v/out_proj}, {@code mlp.fc1/fc2} and SDXL's
+ * {@code text_projection}.
+ *
+ * <h2>Block ids</h2>
+ *
+ * <p>{@link ModuleSpec#blockId()} uses the ids of the LBW extension (also SuperMerger's and
+ * kohya's {@code --lbws}). Text-encoder modules are {@code BASE}. A UNet module's id is the
+ * top-level block of the original checkpoint that holds it: {@code input_blocks.i} is {@code
+ * INii}, {@code middle_block} is {@code M00}, {@code output_blocks.i} is {@code OUTii}. In
+ * diffusers names that is, for both SD1.5 and SDXL: {@code conv_in} → IN00; {@code
+ * down_blocks.b.(resnets|attentions).j} → IN(3b+j+1); {@code down_blocks.b.downsamplers} →
+ * IN(3b+3); {@code mid_block} → M00; {@code up_blocks.b.(resnets|attentions).j} → OUT(3b+j);
+ * {@code up_blocks.b.upsamplers} → OUT(3b+2). {@code time_embedding}, {@code add_embedding} and
+ * {@code conv_out} ({@code time_embed}, {@code label_emb}, {@code out}) have no id, because LBW
+ * matches none of its blocks to them and applies them at weight 1; kohya's {@code --lbws} and
+ * sd-mecha place them differently, so a caller that wants their convention maps these three.
+ *
+ * <h2>kohya names</h2>
+ *
+ * <p>{@link #kohyaName} is what kohya's own scripts write: for SD1.5 {@code lora_unet_} plus the
+ * diffusers path and {@code lora_te_} plus the text-encoder path; for SDXL {@code lora_unet_}
+ * plus the original (sgm) path and {@code lora_te1_} / {@code lora_te2_}, always with {@code .}
+ * replaced by {@code _}. {@link #resolveKohyaName} also accepts a UNet module under the other
+ * spelling (diffusers or original), since converters write both. Because underscores cannot be
+ * turned back into dots by rule, resolution is an exact lookup in tables built from the
+ * descriptor, never a guess.
+ *
+ * <h2>Guarantees</h2>
+ *
+ * <p>There is one instance per architecture, generated on first use; instances are immutable and
+ * thread-safe, and compare by identity.
+ *
+ * <pre>{@code
+ * Architecture sdxl = Architecture.sdxl();
+ * ModuleKey key = sdxl.resolveKohyaName("lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k").get();
+ * // unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k
+ * ModuleSpec spec = sdxl.module(key).get();
+ * // weightShape() [640, 2048], blockId() IN04
+ * }</pre>
+ */
+public final class Architecture {
+  private static final Supplier<Architecture> SD15 =
+      Suppliers.memoize(() -> new Architecture("sd15", "SD1.5", KohyaDialect.SD1));
+  private static final Supplier<Architecture> SDXL =
+      Suppliers.memoize(() -> new Architecture("sdxl", "SDXL", KohyaDialect.SDXL));
+
+  private final String id;
+  private final String displayName;
+  private final Descriptor descriptor;
+
+  private Architecture(String id, String displayName, KohyaDialect dialect) {
+    this.id = id;
+    this.displayName = displayName;
+    this.descriptor = Descriptor.generate(id, dialect);
+  }
+
+  /** Stable Diffusion 1.5: one CLIP ViT-L/14 text encoder, a four-level UNet. */
+  public static Architecture sd15() {
+    return SD15.get();
+  }
+
+  /** Stable Diffusion XL 1.0 base: CLIP ViT-L/14 and OpenCLIP bigG text encoders, a three-level UNet. */
+  public static Architecture sdxl() {
+    return SDXL.get();
+  }
+
+  /** Every known architecture: SD1.5, then SDXL. */
+  public static ImmutableList<Architecture> all() {
+    return ImmutableList.of(sd15(), sdxl());
+  }
+
+  /** The architecture whose {@link #id()} is exactly {@code id}. */
+  public static Optional<Architecture> byId(String id) {
+    checkNotNull(id, "id");
+    return all().stream().filter(architecture -> architecture.id.equals(id)).findFirst();
+  }
+
+  /**
+   * The first architecture, in {@link #all()} order, that has every module of {@code adapter}
+   * with the base-weight shape its factors imply; empty for an empty adapter or when none fits.
+   */
+  public static Optional<Architecture> detect(LoraAdapter adapter) {
+    checkNotNull(adapter, "adapter");
+    if (adapter.size() == 0) {
+      return Optional.empty();
+    }
+    return all().stream().filter(architecture -> architecture.fits(adapter)).findFirst();
+  }
+
+  private boolean fits(LoraAdapter adapter) {
+    for (LoraModule module : adapter.modules().values()) {
+      Optional<ModuleSpec> spec = module(module.key());
+      if (spec.isEmpty() || !Arrays.equals(spec.get().weightShape(), module.weightShape())) {
+        return false;
+      }
+    }
+    return true;
+  }
+
+  /** The short id used in files and on the command line: {@code "sd15"} or {@code "sdxl"}. */
+  public String id() {
+    return id;
+  }
+
+  /** The name people use: {@code "SD1.5"} or {@code "SDXL"}. */
+  public String displayName() {
+    return displayName;
+  }
+
+  /** Every module a LoRA can target, in {@link ModuleKey} order. */
+  public ImmutableSortedMap<ModuleKey, ModuleSpec> modules() {
+    return descriptor.modules();
+  }
+
+  /** The module {@code key} names, if it is one of this architecture's. */
+  public Optional<ModuleSpec> module(ModuleKey key) {
+    checkNotNull(key, "key");
+    return Optional.ofNullable(descriptor.modules().get(key));
+  }
+
+  /**
+   * Every LBW block id, in the order of an LBW weight vector: SD1.5 has 26 ({@code BASE, IN00}
+   * … {@code IN11, M00, OUT00} … {@code OUT11}), SDXL 20 ({@code BASE, IN00} … {@code IN08,
+   * M00, OUT00} … {@code OUT08}).
+   */
+  public ImmutableList<String> blockIds() {
+    return descriptor.blockIds();
+  }
+
+  /**
+   * The block ids of LBW's LoRA presets: the blocks that hold attention modules (what a plain
+   * LoRA adapts), in the same order. SD1.5 has 17 ({@code BASE, IN01, IN02, IN04, IN05, IN07,
+   * IN08, M00, OUT03} … {@code OUT11}), SDXL 12 ({@code BASE, IN04, IN05, IN07, IN08, M00,
+   * OUT00} … {@code OUT05}).
+   */
+  public ImmutableList<String> loraBlockIds() {
+    return descriptor.loraBlockIds();
+  }
+
+  /**
+   * The module a kohya module name names, without its {@code .lora_down.weight}-style suffix:
+   * {@code lora_unet_} with the underscored diffusers or original path, or the text-encoder
+   * prefix of this architecture ({@code lora_te_} for SD1.5, {@code lora_te1_} / {@code
+   * lora_te2_} for SDXL) with the underscored path. Empty when the name is not one of this
+   * architecture's modules.
+   */
+  public Optional<ModuleKey> resolveKohyaName(String name) {
+    checkNotNull(name, "name");
+    return descriptor.resolveKohyaName(name);
+  }
+
+  /**
+   * The name kohya's scripts write for {@code key} in this architecture, e.g. {@code
+   * lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q} for SDXL.
+   *
+   * @throws IllegalArgumentException when {@code key} is not a module of this architecture
+   */
+  public String kohyaName(ModuleKey key) {
+    checkNotNull(key, "key");
+    Optional<String> name = descriptor.kohyaName(key);
+    checkArgument(name.isPresent(), "'%s' is not a module of %s", key, displayName);
+    return name.get();
+  }
+
+  /** The {@link #displayName()}. */
+  @Override
+  public String toString() {
+    return displayName;
+  }
+}

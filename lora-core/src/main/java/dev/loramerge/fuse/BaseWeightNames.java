@@ -1,0 +1,55 @@
+package dev.loramerge.fuse;
+
+import com.google.common.collect.ImmutableList;
+import dev.loramerge.ModuleKey;
+import dev.loramerge.arch.Architecture;
+import dev.loramerge.arch.ModuleSpec;
+import java.util.Optional;
+import java.util.Set;
+
+/**
+ * Where a LoRA module's base weight lives in a target: the names a module may have in a diffusers
+ * UNet or text-encoder file, in a whole diffusers pipeline, and in the original (CompVis /
+ * Stability) single-file checkpoints, tried in that order.
+ */
+final class BaseWeightNames {
+  private BaseWeightNames() {}
+
+  /** Every name the weight of {@code key} may have, most specific first. */
+  static ImmutableList<String> candidates(ModuleKey key, Optional<Architecture> architecture) {
+    ImmutableList.Builder<String> names = ImmutableList.builder();
+    String path = key.path();
+    names.add(path + ".weight");
+    names.add(key.component().prefix() + "." + path + ".weight");
+    Optional<ModuleSpec> spec = architecture.flatMap(arch -> arch.module(key));
+    switch (key.component()) {
+      case UNET:
+        spec.flatMap(ModuleSpec::originalPath)
+            .ifPresent(
+                original -> {
+                  names.add("model.diffusion_model." + original + ".weight");
+                  names.add(original + ".weight");
+                });
+        break;
+      case TEXT_ENCODER:
+        if (architecture.isPresent() && architecture.get() == Architecture.sdxl()) {
+          names.add("conditioner.embedders.0.transformer." + path + ".weight");
+        } else {
+          names.add("cond_stage_model.transformer." + path + ".weight");
+        }
+        break;
+      case TEXT_ENCODER_2:
+        // The original SDXL checkpoint stores the second encoder in OpenCLIP's layout (fused
+        // in_proj q/k/v); its modules have no single weight there to fuse into.
+        break;
+      default:
+        throw new AssertionError(key.component());
+    }
+    return names.build();
+  }
+
+  /** The first of {@link #candidates} that {@code names} holds. */
+  static Optional<String> resolve(ModuleKey key, Optional<Architecture> architecture, Set<String> names) {
+    return candidates(key, architecture).stream().filter(names::contains).findFirst();
+  }
+}

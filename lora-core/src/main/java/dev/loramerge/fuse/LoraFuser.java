@@ -1,0 +1,292 @@
+package dev.loramerge.fuse;
+
+import static com.google.common.base.Preconditions.checkArgument;
+import static com.google.common.base.Preconditions.checkNotNull;
+
+import com.google.common.collect.ImmutableList;
+import com.google.common.collect.ImmutableMap;
+import com.google.common.collect.ImmutableSortedMap;
+import com.google.errorprone.annotations.CanIgnoreReturnValue;
+import dev.loramerge.LoraMergeException;
+import dev.loramerge.LoraModule;
+import dev.loramerge.ModuleKey;
+import dev.loramerge.TensorData;
+import dev.loramerge.arch.Architecture;
+import dev.loramerge.internal.fuse.FuseScratch;
+import dev.loramerge.internal.json.Recipes;
+import dev.loramerge.merge.LoraMerger;
+import dev.loramerge.merge.MergeInput;
+import dev.loramerge.merge.ModuleUpdates;
+import java.io.IOException;
+import java.util.Arrays;
+import java.util.LinkedHashMap;
+import java.util.Locale;
+import java.util.Map;
+import java.util.Optional;
+import java.util.SortedSet;
+import java.util.TreeSet;
+import java.util.concurrent.ForkJoinPool;
+
+/**
+ * Fuses a merger's update into base weights: {@code W' = W + scale·ΔW} for every module, with ΔW
+ * the exact weighted sum {@code Σ wᵢ·sᵢ·BᵢAᵢ} (with block weights) or the update of the merger's
+ * algorithm.
+ *
+ * <pre>{@code
+ * LoraMerger merger = LoraMerger.builder().add(style, 0.7).algorithm(Dare.of(0.3)).build();
+ * FusedLora fused = LoraFuser.builder().merger(merger).scale(0.9).build().fuseInto(unet);
+ * ...                                            // render
+ * fused.unfuse();                                // every weight back, bit for bit
+ * }</pre>
+ *
+ * <p>Each weight is computed in float64 and rounded once to its own dtype, so it is the exact
+ * value correctly rounded (for an fp16 base, PEFT and diffusers round the factors and the delta
+ * first and land up to ~1e-3 away).
+ *
+ * <p>A module's weight is looked up as {@code <path>.weight} (a diffusers UNet or text-encoder
+ * file, or a DJL TorchScript block), {@code <component>.<path>.weight} (a whole pipeline), and in
+ * the original single-file checkpoint's names ({@code model.diffusion_model.input_blocks…},
+ * {@code cond_stage_model.transformer…}, {@code conditioner.embedders.0.transformer…}) for the
+ * adapters' architecture. Nothing is changed when a module does not fit its weight, when a module
+ * has no weight (unless {@link Builder#allowUnmatched(boolean)}), or when a fused value is not
+ * finite or beyond its dtype's range.
+ *
+ * <p>Instances are thread-safe, and immutable but for the block buffers they keep between fuses.
+ * Each fuse runs on a pool of {@link Builder#threads(int)} workers of its own, shut down when it
+ * returns; the target decides how many weights it rewrites at a time.
+ */
+public final class LoraFuser {
+  private final LoraMerger merger;
+  private final double scale;
+  private final boolean allowUnmatched;
+  private final Optional<Architecture> architecture;
+  private final int threads;
+  /** The fp16/bf16 kernel's block buffers, kept from one fuse to the next. */
+  private final FuseScratch scratch = new FuseScratch();
+
+  private LoraFuser(Builder builder) {
+    this.threads = builder.threads;
+    this.merger = builder.merger;
+    this.scale = builder.scale;
+    this.allowUnmatched = builder.allowUnmatched;
+    this.architecture = builder.architecture;
+  }
+
+  /** A builder with no merger, scale 1, unmatched modules failing the fuse. */
+  public static Builder builder() {
+    return new Builder();
+  }
+
+  /** A fuser of {@code merger}'s update with scale 1, failing on unmatched modules. */
+  public static LoraFuser of(LoraMerger merger) {
+    return builder().merger(merger).build();
+  }
+
+  /** A builder holding this fuser's settings. */
+  public Builder toBuilder() {
+    Builder builder = new Builder();
+    builder.merger = merger;
+    builder.scale = scale;
+    builder.allowUnmatched = allowUnmatched;
+    builder.architecture = architecture;
+    builder.threads = threads;
+    return builder;
+  }
+
+  /**
+   * Adds {@code scale} times the merged update to the weights of {@code target}.
+   *
+   * @return the fuse's report, and for in-memory targets the handle that undoes it bit for bit
+   * @throws LoraMergeException when modules do not fit the target or a result is out of range
+   * @throws IOException when the target's file cannot be read or written
+   */
+  public FusedLora fuseInto(WeightTarget target) throws IOException {
+    return fuse(target, scale, "fuse");
+  }
+
+  /**
+   * Subtracts the merged update from {@code target}, {@code W' = W − scale·ΔW} rounded once,
+   * which is how PEFT unmerges: in fp16 it need not give back the original bits. To restore them
+   * exactly, use {@link FusedLora#unfuse()} in memory, or the original file for files.
+   */
+  public FusedLora unfuseFrom(WeightTarget target) throws IOException {
+    return fuse(target, -scale, "unfuse");
+  }
+
+  private FusedLora fuse(WeightTarget target, double factor, String operation) throws IOException {
+    checkNotNull(target, "target");
+    ImmutableMap<String, WeightInfo> weights = target.weights();
+    Optional<Architecture> arch = architecture.or(() -> Architecture.detect(merger.inputs().get(0).adapter()));
+    SortedSet<ModuleKey> keys = new TreeSet<>();
+    for (MergeInput input : merger.inputs()) {
+      for (ModuleKey key : input.adapter().modules().keySet()) {
+        if (input.weight(key) != 0) {
+          keys.add(key);
+        }
+      }
+    }
+    ModuleUpdates updates = merger.updates();
+    ImmutableSortedMap.Builder<ModuleKey, String> matched = ImmutableSortedMap.naturalOrder();
+    ImmutableList.Builder<ModuleKey> unmatched = ImmutableList.builder();
+    Map<String, ModuleKey> byWeight = new LinkedHashMap<>();
+    for (ModuleKey key : keys) {
+      Optional<String> name = BaseWeightNames.resolve(key, arch, weights.keySet());
+      if (name.isEmpty()) {
+        unmatched.add(key);
+        continue;
+      }
+      checkFits(key, updates.firstModule(key), name.get(), weights.get(name.get()));
+      ModuleKey previous = byWeight.put(name.get(), key);
+      if (previous != null) {
+        throw new LoraMergeException(
+            String.format(Locale.ROOT, "modules '%s' and '%s' both resolve to weight '%s'", previous, key, name.get()));
+      }
+      matched.put(key, name.get());
+    }
+    FuseReport report = new FuseReport(matched.build(), unmatched.build());
+    if (report.matched().isEmpty()) {
+      ModuleKey example = keys.first();
+      throw new LoraMergeException(
+          String.format(
+              Locale.ROOT,
+              "none of the adapters' %d modules has a weight in the target (module '%s' was looked for as %s);"
+                  + " is the base for another architecture?",
+              keys.size(),
+              example,
+              BaseWeightNames.candidates(example, arch)));
+    }
+    if (!report.unmatched().isEmpty() && !allowUnmatched) {
+      throw new LoraMergeException(
+          String.format(
+              Locale.ROOT,
+              "%d of %d modules have no weight in the target, e.g. '%s' (looked for %s);"
+                  + " allowUnmatched(true) fuses the other %d",
+              report.unmatched().size(),
+              keys.size(),
+              report.unmatched().get(0),
+              BaseWeightNames.candidates(report.unmatched().get(0), arch),
+              report.matched().size()));
+    }
+    ForkJoinPool workers = new ForkJoinPool(threads);
+    try {
+      WeightUpdate update =
+          new MergedWeightUpdate(
+              updates, merger.listener(), ImmutableMap.copyOf(byWeight), factor, recipe(operation, factor), workers, scratch);
+      return new FusedLora(report, target.apply(update));
+    } finally {
+      workers.shutdown();
+    }
+  }
+
+  private String recipe(String operation, double factor) {
+    return Recipes.toJson(
+        () -> {
+          Map<String, Object> recipe = new LinkedHashMap<>();
+          recipe.put("operation", operation);
+          recipe.put("scale", Math.abs(factor));
+          recipe.putAll(merger.recipe());
+          return recipe;
+        });
+  }
+
+  private static void checkFits(ModuleKey key, LoraModule module, String name, WeightInfo weight) {
+    long[] expected = module.weightShape();
+    long[] found = weight.shape();
+    if (found.length == 0 || found[0] != expected[0] || weight.numel() != TensorData.numel(expected)) {
+      throw new LoraMergeException(
+          String.format(
+              Locale.ROOT,
+              "module '%s' updates a %s weight but base weight '%s' is %s; is the adapter for another"
+                  + " architecture?",
+              key,
+              Arrays.toString(expected),
+              name,
+              weight));
+    }
+    if (!weight.dtype().isFloatingPoint() || weight.dtype().byteSize() < 2) {
+      throw new LoraMergeException(
+          String.format(
+              Locale.ROOT, "base weight '%s' is %s; can fuse only into F64, F32, F16 or BF16", name, weight));
+    }
+  }
+
+  @Override
+  public String toString() {
+    return String.format(
+        Locale.ROOT, "LoraFuser{merger=%s, scale=%s, allowUnmatched=%s, architecture=%s}",
+        merger, scale, allowUnmatched, architecture.map(String::valueOf).orElse("detected"));
+  }
+
+  /** Collects the merger and the fuse's options; not thread-safe. */
+  public static final class Builder {
+    private int threads = Runtime.getRuntime().availableProcessors();
+    private LoraMerger merger;
+    private double scale = 1;
+    private boolean allowUnmatched;
+    private Optional<Architecture> architecture = Optional.empty();
+
+    private Builder() {}
+
+    /** The merger whose update is fused (required). */
+    @CanIgnoreReturnValue
+    public Builder merger(LoraMerger merger) {
+      this.merger = checkNotNull(merger, "merger");
+      return this;
+    }
+
+    /** The factor the merged update is multiplied by: diffusers' {@code lora_scale}; default 1. */
+    @CanIgnoreReturnValue
+    public Builder scale(double scale) {
+      checkArgument(Double.isFinite(scale), "scale must be finite, got %s", scale);
+      this.scale = scale;
+      return this;
+    }
+
+    /**
+     * Whether a fuse may skip modules that have no weight in the target (default false: it fails
+     * naming them). {@link FuseReport#unmatched()} lists what was skipped.
+     */
+    @CanIgnoreReturnValue
+    public Builder allowUnmatched(boolean allowUnmatched) {
+      this.allowUnmatched = allowUnmatched;
+      return this;
+    }
+
+    /**
+     * The architecture whose original checkpoint names weights may be looked up by (default:
+     * detected from the first adapter).
+     */
+    @CanIgnoreReturnValue
+    public Builder architecture(Architecture architecture) {
+      this.architecture = Optional.of(checkNotNull(architecture, "architecture"));
+      return this;
+    }
+
+    /**
+     * Worker threads (default: one per core): each fuse runs on a pool of its own, shut down when
+     * it returns. Results do not depend on it.
+     */
+    @CanIgnoreReturnValue
+    public Builder threads(int threads) {
+      checkArgument(threads > 0, "threads must be positive, got %s", threads);
+      this.threads = threads;
+      return this;
+    }
+
+    /** The fuser. */
+    public LoraFuser build() {
+      checkArgument(merger != null, "a fuse needs a merger");
+      return new LoraFuser(this);
+    }
+
+    /** Shortcut for {@code build().fuseInto(target)}. */
+    public FusedLora fuseInto(WeightTarget target) throws IOException {
+      return build().fuseInto(target);
+    }
+
+    /** Shortcut for {@code build().unfuseFrom(target)}. */
+    public FusedLora unfuseFrom(WeightTarget target) throws IOException {
+      return build().unfuseFrom(target);
+    }
+  }
+}

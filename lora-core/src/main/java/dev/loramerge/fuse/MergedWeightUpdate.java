@@ -1,0 +1,91 @@
+package dev.loramerge.fuse;
+
+import static com.google.common.base.Preconditions.checkArgument;
+
+import ai.djl.ndarray.NDManager;
+import com.google.common.collect.ImmutableMap;
+import com.google.common.collect.ImmutableSet;
+import dev.loramerge.DType;
+import dev.loramerge.ModuleKey;
+import dev.loramerge.internal.fuse.FuseScratch;
+import dev.loramerge.internal.fuse.Fusion;
+import dev.loramerge.internal.linalg.LazyManager;
+import dev.loramerge.merge.Float64Factors;
+import dev.loramerge.merge.MergeListener;
+import dev.loramerge.merge.ModuleUpdates;
+import java.nio.ByteBuffer;
+import java.util.Locale;
+import java.util.concurrent.ForkJoinPool;
+import java.util.concurrent.ForkJoinTask;
+
+/**
+ * A merger's update of the matched modules, times a factor, computed per weight on demand on the
+ * fuser's workers.
+ */
+final class MergedWeightUpdate implements WeightUpdate {
+  private final ModuleUpdates updates;
+  private final MergeListener listener;
+  private final ImmutableMap<String, ModuleKey> modules;
+  private final double factor;
+  private final String recipe;
+  private final ForkJoinPool workers;
+  private final FuseScratch scratch;
+
+  MergedWeightUpdate(
+      ModuleUpdates updates, MergeListener listener, ImmutableMap<String, ModuleKey> modules, double factor, String recipe,
+      ForkJoinPool workers, FuseScratch scratch) {
+    this.workers = workers;
+    this.scratch = scratch;
+    this.updates = updates;
+    this.listener = listener;
+    this.modules = modules;
+    this.factor = factor;
+    this.recipe = recipe;
+  }
+
+  @Override
+  public ImmutableSet<String> names() {
+    return modules.keySet();
+  }
+
+  @Override
+  public void apply(String name, ByteBuffer weight, WeightInfo info, ByteBuffer into, DType dtype) {
+    ModuleKey key = modules.get(name);
+    checkArgument(key != null, "this update does not change weight '%s'", name);
+    String label = String.format(Locale.ROOT, "module '%s' (weight '%s')", key, name);
+    Float64Factors factors = updates.factors(key);
+    double[] up = factors.up();
+    for (int i = 0; i < up.length; i++) {
+      up[i] *= factor;
+    }
+    int rank = up.length / Math.toIntExact(info.shape()[0]);
+    Runnable kernel = () -> {
+      try (LazyManager manager = new LazyManager(NDManager::newBaseManager)) {
+        Fusion.fuse(scratch, manager, weight, info.dtype(), info.shape(), up, factors.down(), rank, into, dtype, label);
+      }
+    };
+    // Targets may call from threads of their own (a file target's reader); the kernel's parallel
+    // blocks run on the workers either way. An in-memory target replaying this update to undo
+    // another fuse calls after this fuse's workers are shut down, and runs it on its own thread.
+    if (ForkJoinTask.getPool() == workers || workers.isShutdown()) {
+      kernel.run();
+    } else {
+      workers.submit(kernel).join();
+    }
+  }
+
+  @Override
+  public ForkJoinPool workers() {
+    return workers;
+  }
+
+  @Override
+  public String recipe() {
+    return recipe;
+  }
+
+  @Override
+  public void progress(long done, long total) {
+    listener.weightsWritten(done, total);
+  }
+}

@@ -1,0 +1,128 @@
+package dev.loramerge.fuse;
+
+import static com.google.common.base.Preconditions.checkNotNull;
+
+import ai.djl.Model;
+import ai.djl.ndarray.NDArray;
+import ai.djl.nn.Block;
+import ai.djl.nn.Parameter;
+import ai.djl.util.Pair;
+import com.google.common.collect.ImmutableMap;
+import dev.loramerge.LoraMergeException;
+import java.io.IOException;
+import java.util.LinkedHashMap;
+import java.util.Map;
+import java.util.Optional;
+
+/**
+ * Base weights that LoRA updates are fused into: NDArrays in memory ({@link #of(Map)}), a DJL
+ * block's parameters ({@link #of(Block)}), or a safetensors file rewritten tensor by tensor
+ * ({@code dev.loramerge.io.SafetensorsWeights}).
+ *
+ * <pre>{@code
+ * WeightTarget unet = WeightTarget.of(weights);            // Map<String, NDArray>
+ * FusedLora fused = LoraFuser.of(LoraMerger.builder().add(style, 0.7).build()).fuseInto(unet);
+ * ...                                                       // render
+ * fused.unfuse();                                           // every weight back, bit for bit
+ * }</pre>
+ */
+public interface WeightTarget {
+  /** Every weight's dtype and shape, by name, in the target's own order. */
+  ImmutableMap<String, WeightInfo> weights();
+
+  /**
+   * Rewrites the weights {@code update} names, all or nothing: when it throws, the target is as
+   * it was.
+   *
+   * @return what undoes exactly this rewrite, where the target can restore weights in place;
+   *     empty for targets that write a new file
+   * @throws IOException if reading or writing the target fails
+   * @throws LoraMergeException if a fused value is not finite or beyond its dtype's range
+   */
+  Optional<Restorer> apply(WeightUpdate update) throws IOException;
+
+  /**
+   * Frees what the target keeps between fuses only to make the next one faster. An in-memory
+   * target ({@link #of(Map)}) keeps, for each weight it has restored, the memory of the copy it
+   * restored it from, and copies into that memory when a fuse touches the weight again; that
+   * memory, in its {@link SpareCopies}, is also freed with the weights' manager. Fuses still active keep what they need to be undone. Targets that write files keep
+   * nothing.
+   */
+  default void trim() {}
+
+  /** Undoes one {@link #apply}. */
+  @FunctionalInterface
+  interface Restorer {
+    /**
+     * Restores the weights the apply changed to what they would be had it never happened: bit for
+     * bit the originals when no other update touches them, else the originals with the other
+     * updates re-applied in their order.
+     */
+    void restore();
+  }
+
+  /**
+   * The NDArrays of {@code weights}, updated in place (on their own devices). Fuses into the
+   * returned target can be undone in any order, bit for bit.
+   *
+   * <p>The target keeps a copy of each weight a fuse touches, in the weight's manager, from the
+   * first fuse that touches it. After the last fuse into the weight is undone, the copy's memory
+   * stays for the next fuse to reuse (fresh memory costs the kernel a page fault per 4 KiB) until
+   * {@link #trim()} or until the weights' manager is closed. The target keeps that memory in
+   * {@link SpareCopies} of its own; to share it between targets made over the same arrays, use
+   * {@link #of(Map, SpareCopies)}.
+   *
+   * <p>The target is thread-safe, and serialises its fuses and unfuses: each holds the target's
+   * lock for its whole write, so they never interleave, and from any number of threads they leave
+   * the weights as some order of them, one at a time, would (bit for bit the originals once all
+   * are undone). A fuse or unfuse writes only the weights its modules touch, and into them only
+   * their new values, but in place and while it runs: a render that reads the weights meanwhile
+   * sees some fused and some not. Keep renders and fuses of the same weights apart, for example
+   * with a {@link java.util.concurrent.locks.ReadWriteLock} whose read lock renders hold and whose
+   * write lock fuses and unfuses hold.
+   *
+   * <p>Targets over the same arrays do not see each other's fuses: fusing through two of them at
+   * once, or undoing a fuse through one while a fuse through the other touches the same weights,
+   * leaves those weights wrong. Keep one target per set of weights while fuses are active.
+   *
+   * @throws IllegalArgumentException naming the arrays whose type cannot be fused into
+   */
+  static WeightTarget of(Map<String, NDArray> weights) {
+    return of(weights, SpareCopies.create());
+  }
+
+  /**
+   * {@link #of(Map)}, keeping the copies' memory in {@code spares}: targets made over the same
+   * arrays with the same spares find what the others left, and there is never more than one such
+   * copy per weight however many targets are made.
+   *
+   * @throws IllegalArgumentException naming the arrays whose type cannot be fused into
+   */
+  static WeightTarget of(Map<String, NDArray> weights, SpareCopies spares) {
+    return new ArrayTarget(ImmutableMap.copyOf(checkNotNull(weights, "weights")), checkNotNull(spares, "spares"));
+  }
+
+  /**
+   * The parameters of {@code block}, named as {@link Block#getParameters()} names them (for a
+   * TorchScript UNet, {@code down_blocks.0.attentions.0.proj_in.weight} and so on), updated in
+   * place on the block's device, with copies kept and threads served as {@link #of(Map)} does.
+   *
+   * @throws IllegalArgumentException if a parameter is not initialized
+   */
+  static WeightTarget of(Block block) {
+    checkNotNull(block, "block");
+    Map<String, NDArray> arrays = new LinkedHashMap<>();
+    for (Pair<String, Parameter> parameter : block.getParameters()) {
+      if (!parameter.getValue().isInitialized()) {
+        throw new IllegalArgumentException("parameter '" + parameter.getKey() + "' is not initialized");
+      }
+      arrays.put(parameter.getKey(), parameter.getValue().getArray());
+    }
+    return of(arrays);
+  }
+
+  /** The parameters of {@code model}'s block; see {@link #of(Block)}. */
+  static WeightTarget of(Model model) {
+    return of(checkNotNull(model, "model").getBlock());
+  }
+}

@@ -1,0 +1,462 @@
+package dev.loramerge.internal.linalg;
+
+import static com.google.common.base.Preconditions.checkArgument;
+
+import java.util.Arrays;
+import java.util.function.ToIntFunction;
+import org.ejml.data.DMatrixRMaj;
+import org.ejml.dense.row.CommonOps_DDRM;
+import org.ejml.dense.row.SingularOps_DDRM;
+import org.ejml.dense.row.factory.DecompositionFactory_DDRM;
+import org.ejml.interfaces.decomposition.EigenDecomposition_F64;
+import org.ejml.interfaces.decomposition.SingularValueDecomposition_F64;
+
+/**
+ * The truncated SVD of a product B̂·Â (m×R times R×n) from its two R×R Gram matrices, without
+ * ever forming the m×n product.
+ *
+ * <p>Any R_b, R_a with R_bᵀR_b = B̂ᵀB̂ and R_aᵀR_a = ÂÂᵀ give B̂ = Q_b R_b and Âᵀ = Q_a R_a
+ * with Q orthonormal. The SVD of the R×R core R_b R_aᵀ = U Σ Wᵀ then gives B̂Â = (Q_b U) Σ (Q_a
+ * W)ᵀ, so the best rank-k factors are B' = B̂·L and A' = P·Â with L = R_b⁻¹ U_k Σ_k (R×k) and
+ * P = W_kᵀ R_a⁻ᵀ (k×R). R is the Gram's pivoted Cholesky factor where the Gram is well
+ * conditioned, and otherwise Λ^½ Vᵀ from its eigen-decomposition V Λ Vᵀ with eigenvalues below
+ * {@link #RELATIVE_EIGENVALUE_FLOOR} of the largest treated as zero (the pseudo-inverse), which
+ * handles rank-deficient stacks; the directions dropped carry less than 1e-6 of the largest
+ * singular value. Everything here runs in float64 on R×R matrices: O(R³).
+ *
+ * <p>Instances are immutable results.
+ */
+public final class FactoredSvd {
+  /** Eigenvalues of a Gram matrix (squared singular values) below this fraction of the largest are zero. */
+  public static final double RELATIVE_EIGENVALUE_FLOOR = 1e-12;
+
+  /** Rows a transpose reads before it moves on: 8 doubles, one cache line, per output row. */
+  private static final int TRANSPOSE_BLOCK = 8;
+
+  private final DMatrixRMaj left;
+  private final DMatrixRMaj right;
+  private final double[] singularValues;
+
+  private FactoredSvd(DMatrixRMaj left, DMatrixRMaj right, double[] singularValues) {
+    this.left = left;
+    this.right = right;
+    this.singularValues = singularValues;
+  }
+
+  /**
+   * Truncates B̂·Â given {@code gramUp} = B̂ᵀB̂ and {@code gramDown} = ÂÂᵀ (both R×R, symmetric).
+   *
+   * @param rankOf chooses the kept rank k from all R singular values (descending); clamped to
+   *     [1, number of non-zero singular values]
+   */
+  public static FactoredSvd of(DMatrixRMaj gramUp, DMatrixRMaj gramDown, ToIntFunction<double[]> rankOf) {
+    int inner = gramUp.numRows;
+    checkArgument(
+        gramUp.numCols == inner && gramDown.numRows == inner && gramDown.numCols == inner,
+        "Gram matrices must both be %sx%s", inner, inner);
+    SquareRoot up = SquareRoot.of(gramUp);
+    SquareRoot down = SquareRoot.of(gramDown);
+
+    DMatrixRMaj core = new DMatrixRMaj(inner, inner);
+    CommonOps_DDRM.multTransB(up.root(), down.root(), core);
+    SingularValueDecomposition_F64<DMatrixRMaj> svd = DecompositionFactory_DDRM.svd(inner, inner, true, true, false);
+    if (!svd.decompose(core)) {
+      throw new ArithmeticException("SVD of the " + inner + "x" + inner + " core did not converge");
+    }
+    DMatrixRMaj u = svd.getU(null, false);
+    DMatrixRMaj w = svd.getW(null);
+    DMatrixRMaj v = svd.getV(null, false);
+    SingularOps_DDRM.descendingOrder(u, false, w, v, false);
+    double[] sigma = new double[inner];
+    int nonZero = 0;
+    for (int i = 0; i < inner; i++) {
+      sigma[i] = w.get(i, i);
+      if (sigma[i] > 0) {
+        nonZero++;
+      }
+    }
+    int rank = Math.max(1, Math.min(Math.max(nonZero, 1), rankOf.applyAsInt(sigma.clone())));
+
+    // L = R_b⁻¹ U_k Σ_k
+    DMatrixRMaj uk = CommonOps_DDRM.extract(u, 0, inner, 0, rank);
+    for (int col = 0; col < rank; col++) {
+      for (int row = 0; row < inner; row++) {
+        uk.set(row, col, uk.get(row, col) * sigma[col]);
+      }
+    }
+    DMatrixRMaj left = up.solve(uk);
+
+    // P = W_kᵀ R_a⁻ᵀ = (R_a⁻¹ W_k)ᵀ
+    DMatrixRMaj right = CommonOps_DDRM.transpose(down.solve(CommonOps_DDRM.extract(v, 0, inner, 0, rank)), null);
+    return new FactoredSvd(left, right, sigma);
+  }
+
+  /**
+   * The best rank-k factors {B' (m×k), A' (k×n)} of {@code up}·{@code down} in float64,
+   * row-major, without forming the product: the Gram matrices and the final products by {@link
+   * DoubleProducts}, the R×R decompositions by {@link #of}.
+   *
+   * @param up B̂, m×R row-major
+   * @param down Â, R×n row-major
+   * @param rankOf chooses the kept rank k from all R singular values, as in {@link #of}
+   */
+  public static double[][] truncate(float[] up, float[] down, int inner, ToIntFunction<double[]> rankOf) {
+    checkFactors(up.length, down.length, inner);
+    int rows = up.length / inner;
+    double[] upRows = new double[up.length];
+    for (int first = 0; first < rows; first += TRANSPOSE_BLOCK) {
+      int last = Math.min(rows, first + TRANSPOSE_BLOCK);
+      for (int k = 0; k < inner; k++) {
+        for (int row = first; row < last; row++) {
+          upRows[k * rows + row] = up[row * inner + k];
+        }
+      }
+    }
+    double[] downRows = new double[down.length];
+    for (int i = 0; i < down.length; i++) {
+      downRows[i] = down[i];
+    }
+    return truncateRows(upRows, downRows, inner, rankOf);
+  }
+
+  /** {@link #truncate(float[], float[], int, ToIntFunction)} of float64 factors. */
+  public static double[][] truncate(double[] up, double[] down, int inner, ToIntFunction<double[]> rankOf) {
+    checkFactors(up.length, down.length, inner);
+    return truncateRows(transposed(up, up.length / inner, inner), down, inner, rankOf);
+  }
+
+  /**
+   * The transpose of a row-major rows×columns matrix, {@link #TRANSPOSE_BLOCK} rows at a time: a
+   * column at a time, the writes a row of the output apart (10 or 80 KiB on SDXL shapes) all
+   * fell into the same few sets of the L1 cache.
+   */
+  private static double[] transposed(double[] matrix, int rows, int columns) {
+    double[] result = new double[matrix.length];
+    for (int first = 0; first < rows; first += TRANSPOSE_BLOCK) {
+      int last = Math.min(rows, first + TRANSPOSE_BLOCK);
+      for (int column = 0; column < columns; column++) {
+        for (int row = first; row < last; row++) {
+          result[column * rows + row] = matrix[row * columns + column];
+        }
+      }
+    }
+    return result;
+  }
+
+  private static void checkFactors(int upLength, int downLength, int inner) {
+    checkArgument(inner > 0 && upLength % inner == 0 && downLength % inner == 0,
+        "factors of %s and %s entries do not share a rank of %s", upLength, downLength, inner);
+  }
+
+  /** The truncation from B̂ᵀ and Â, both R rows, row-major. */
+  private static double[][] truncateRows(double[] upRows, double[] downRows, int inner, ToIntFunction<double[]> rankOf) {
+    int rows = upRows.length / inner;
+    int columns = downRows.length / inner;
+    FactoredSvd svd =
+        of(
+            DMatrixRMaj.wrap(inner, inner, DoubleProducts.gram(upRows, inner, rows)),
+            DMatrixRMaj.wrap(inner, inner, DoubleProducts.gram(downRows, inner, columns)),
+            rankOf);
+    int rank = svd.rank();
+    // B' = B̂·L, computed as (Lᵀ·B̂ᵀ)ᵀ
+    double[] newUpRows = DoubleProducts.product(CommonOps_DDRM.transpose(svd.left, null).data, rank, upRows, inner, rows);
+    double[] newDown = DoubleProducts.product(svd.right.data, rank, downRows, inner, columns);
+    fixSigns(newUpRows, newDown, rank);
+    return new double[][] {transposed(newUpRows, rank, rows), newDown};
+  }
+
+  /**
+   * Flips each component (a column of B' and the row of A' with it) whose up column's entry of
+   * largest magnitude is negative, as scikit-learn's {@code svd_flip} does: a singular pair is
+   * defined up to its sign, which otherwise depends on the root and the SVD routine, so that the
+   * same update would be written with different factors by the Cholesky and the eigen path.
+   *
+   * @param upRows B'ᵀ, k×m row-major
+   */
+  private static void fixSigns(double[] upRows, double[] down, int rank) {
+    int rows = upRows.length / rank;
+    int columns = down.length / rank;
+    for (int k = 0; k < rank; k++) {
+      double largest = 0;
+      for (int row = 0; row < rows; row++) {
+        double value = upRows[k * rows + row];
+        if (Math.abs(value) > Math.abs(largest)) {
+          largest = value;
+        }
+      }
+      if (largest < 0) {
+        for (int row = 0; row < rows; row++) {
+          upRows[k * rows + row] = -upRows[k * rows + row];
+        }
+        for (int column = 0; column < columns; column++) {
+          down[k * columns + column] = -down[k * columns + column];
+        }
+      }
+    }
+  }
+
+  /**
+   * W = V Λ^-½ over the kept eigenvalues of {@code gram} = YᵀY (n×n'), so that Y·W has
+   * orthonormal columns spanning Y's.
+   */
+  public static DMatrixRMaj whitening(DMatrixRMaj gram) {
+    EigenRoot root = EigenRoot.of(gram);
+    int kept = 0;
+    for (double value : root.inverseSqrt) {
+      if (value > 0) {
+        kept++;
+      }
+    }
+    DMatrixRMaj result = new DMatrixRMaj(gram.numRows, Math.max(kept, 1));
+    int column = 0;
+    for (int i = 0; i < root.inverseSqrt.length && column < kept; i++) {
+      if (root.inverseSqrt[i] > 0) {
+        for (int row = 0; row < gram.numRows; row++) {
+          result.set(row, column, root.vectors.get(row, i) * root.inverseSqrt[i]);
+        }
+        column++;
+      }
+    }
+    return result;
+  }
+
+  /** The kept rank k. */
+  public int rank() {
+    return left.numCols;
+  }
+
+  /** L (R×k): the new up factor is B̂·L. A copy. */
+  public DMatrixRMaj left() {
+    return left.copy();
+  }
+
+  /** P (k×R): the new down factor is P·Â. A copy. */
+  public DMatrixRMaj right() {
+    return right.copy();
+  }
+
+  /** All R singular values of B̂·Â, descending (zeros for a rank-deficient stack). */
+  public double[] singularValues() {
+    return singularValues.clone();
+  }
+
+  @Override
+  public String toString() {
+    return "FactoredSvd{rank=" + rank() + ", singularValues=" + Arrays.toString(singularValues) + "}";
+  }
+
+  /** A factor R with RᵀR = G of a symmetric positive semi-definite Gram matrix G. */
+  private interface SquareRoot {
+    /**
+     * The Cholesky root when G is well enough conditioned that it is as accurate as the
+     * eigen-decomposition's, which is about twelve times slower at 64×64 (EJML); the eigen root
+     * otherwise, which also drops G's null space.
+     */
+    static SquareRoot of(DMatrixRMaj gram) {
+      SquareRoot cholesky = CholeskyRoot.of(gram);
+      return cholesky != null ? cholesky : EigenRoot.of(gram);
+    }
+
+    /** R (R×R). */
+    DMatrixRMaj root();
+
+    /** R⁻¹·{@code rhs} (R×c), R's pseudo-inverse where it is singular. */
+    DMatrixRMaj solve(DMatrixRMaj rhs);
+  }
+
+  /**
+   * R = Lᵀ·Π from the Cholesky factorization Π·G·Πᵀ = L·Lᵀ with diagonal pivoting (Π a
+   * permutation, L lower triangular).
+   *
+   * <p>Both roots make Q = B̂·R⁻¹ as far from orthonormal as about machine epsilon times G's
+   * condition number, and the truncation's error is of that order. With pivoting the last pivot
+   * is within a small factor of G's smallest eigenvalue, so a last pivot above {@link
+   * #PIVOT_FLOOR} of the first bounds the condition number where the eigen root would keep every
+   * direction too; below it the eigen root is used, which drops directions under {@link
+   * #RELATIVE_EIGENVALUE_FLOOR} (rank-deficient stacks such as one adapter merged twice).
+   */
+  private static final class CholeskyRoot implements SquareRoot {
+    /** The smallest pivot, as a fraction of the largest, that the Cholesky root is used with. */
+    static final double PIVOT_FLOOR = 1e-8;
+
+    /** L in its lower triangle, row-major n×n. */
+    private final double[] lower;
+    /** Row i of L·Lᵀ is row {@code permutation[i]} of G. */
+    private final int[] permutation;
+    private final int n;
+
+    private CholeskyRoot(double[] lower, int[] permutation) {
+      this.lower = lower;
+      this.permutation = permutation;
+      this.n = permutation.length;
+    }
+
+    /** The root, or null when G is not positive definite beyond {@link #PIVOT_FLOOR}. */
+    static CholeskyRoot of(DMatrixRMaj gram) {
+      int n = gram.numRows;
+      double[] a = gram.data.clone();
+      int[] permutation = new int[n];
+      for (int i = 0; i < n; i++) {
+        permutation[i] = i;
+      }
+      double first = 0;
+      for (int j = 0; j < n; j++) {
+        int pivot = j;
+        for (int i = j + 1; i < n; i++) {
+          if (a[i * n + i] > a[pivot * n + pivot]) {
+            pivot = i;
+          }
+        }
+        if (pivot != j) {
+          swap(a, n, j, pivot);
+          int index = permutation[j];
+          permutation[j] = permutation[pivot];
+          permutation[pivot] = index;
+        }
+        double diagonal = a[j * n + j];
+        if (j == 0) {
+          first = diagonal;
+        }
+        if (!(diagonal > PIVOT_FLOOR * first)) {
+          return null;
+        }
+        double root = Math.sqrt(diagonal);
+        a[j * n + j] = root;
+        for (int i = j + 1; i < n; i++) {
+          a[i * n + j] /= root;
+        }
+        // The trailing Schur complement, lower triangle only: what is above the diagonal is stale.
+        for (int i = j + 1; i < n; i++) {
+          double factor = a[i * n + j];
+          for (int k = j + 1; k <= i; k++) {
+            a[i * n + k] -= factor * a[k * n + j];
+          }
+        }
+      }
+      for (int i = 0; i < n; i++) {
+        for (int k = i + 1; k < n; k++) {
+          a[i * n + k] = 0;
+        }
+      }
+      return new CholeskyRoot(a, permutation);
+    }
+
+    /** Swaps rows and columns {@code j} < {@code p} of the lower triangle of a symmetric matrix. */
+    private static void swap(double[] a, int n, int j, int p) {
+      for (int k = 0; k < j; k++) {
+        double t = a[j * n + k];
+        a[j * n + k] = a[p * n + k];
+        a[p * n + k] = t;
+      }
+      double diagonal = a[j * n + j];
+      a[j * n + j] = a[p * n + p];
+      a[p * n + p] = diagonal;
+      for (int i = j + 1; i < p; i++) {
+        double t = a[i * n + j];
+        a[i * n + j] = a[p * n + i];
+        a[p * n + i] = t;
+      }
+      for (int i = p + 1; i < n; i++) {
+        double t = a[i * n + j];
+        a[i * n + j] = a[i * n + p];
+        a[i * n + p] = t;
+      }
+    }
+
+    @Override
+    public DMatrixRMaj root() {
+      // Column permutation[k] of R = Lᵀ·Π is column k of Lᵀ, that is row k of L.
+      DMatrixRMaj root = new DMatrixRMaj(n, n);
+      for (int k = 0; k < n; k++) {
+        for (int i = 0; i <= k; i++) {
+          root.set(i, permutation[k], lower[k * n + i]);
+        }
+      }
+      return root;
+    }
+
+    @Override
+    public DMatrixRMaj solve(DMatrixRMaj rhs) {
+      // R⁻¹ = Πᵀ·L⁻ᵀ: back substitution with Lᵀ, then row i of the result goes to row permutation[i].
+      int columns = rhs.numCols;
+      double[] y = rhs.data.clone();
+      for (int i = n - 1; i >= 0; i--) {
+        for (int k = i + 1; k < n; k++) {
+          double factor = lower[k * n + i];
+          for (int c = 0; c < columns; c++) {
+            y[i * columns + c] -= factor * y[k * columns + c];
+          }
+        }
+        double diagonal = lower[i * n + i];
+        for (int c = 0; c < columns; c++) {
+          y[i * columns + c] /= diagonal;
+        }
+      }
+      DMatrixRMaj result = new DMatrixRMaj(n, columns);
+      for (int i = 0; i < n; i++) {
+        System.arraycopy(y, i * columns, result.data, permutation[i] * columns, columns);
+      }
+      return result;
+    }
+  }
+
+  /** R = Λ^½ Vᵀ of G = V Λ Vᵀ, with Λ^-½ (zero where Λ is). */
+  private static final class EigenRoot implements SquareRoot {
+    final DMatrixRMaj vectors;
+    final DMatrixRMaj root;
+    final double[] inverseSqrt;
+
+    private EigenRoot(DMatrixRMaj vectors, DMatrixRMaj root, double[] inverseSqrt) {
+      this.vectors = vectors;
+      this.root = root;
+      this.inverseSqrt = inverseSqrt;
+    }
+
+    static EigenRoot of(DMatrixRMaj gram) {
+      int n = gram.numRows;
+      EigenDecomposition_F64<DMatrixRMaj> eigen = DecompositionFactory_DDRM.eig(n, true, true);
+      if (!eigen.decompose(gram.copy())) {
+        throw new ArithmeticException("eigen-decomposition of a " + n + "x" + n + " Gram matrix did not converge");
+      }
+      double largest = 0;
+      for (int i = 0; i < n; i++) {
+        largest = Math.max(largest, eigen.getEigenvalue(i).getReal());
+      }
+      DMatrixRMaj vectors = new DMatrixRMaj(n, n);
+      DMatrixRMaj root = new DMatrixRMaj(n, n);
+      double[] inverseSqrt = new double[n];
+      for (int i = 0; i < n; i++) {
+        double lambda = eigen.getEigenvalue(i).getReal();
+        DMatrixRMaj vector = eigen.getEigenVector(i);
+        boolean kept = lambda > RELATIVE_EIGENVALUE_FLOOR * largest && lambda > 0;
+        double sqrt = kept ? Math.sqrt(lambda) : 0;
+        inverseSqrt[i] = kept ? 1 / sqrt : 0;
+        for (int row = 0; row < n; row++) {
+          double component = vector == null ? 0 : vector.get(row);
+          vectors.set(row, i, component);
+          root.set(i, row, sqrt * component);
+        }
+      }
+      return new EigenRoot(vectors, root, inverseSqrt);
+    }
+
+    @Override
+    public DMatrixRMaj root() {
+      return root;
+    }
+
+    @Override
+    public DMatrixRMaj solve(DMatrixRMaj rhs) {
+      // R⁺ = V Λ^-½
+      DMatrixRMaj scaled = rhs.copy();
+      for (int row = 0; row < scaled.numRows; row++) {
+        for (int col = 0; col < scaled.numCols; col++) {
+          scaled.set(row, col, scaled.get(row, col) * inverseSqrt[row]);
+        }
+      }
+      DMatrixRMaj result = new DMatrixRMaj(vectors.numRows, rhs.numCols);
+      CommonOps_DDRM.mult(vectors, scaled, result);
+      return result;
+    }
+  }
+}

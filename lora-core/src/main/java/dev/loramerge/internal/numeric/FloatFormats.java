@@ -1,0 +1,309 @@
+package dev.loramerge.internal.numeric;
+
+import dev.loramerge.DType;
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.nio.DoubleBuffer;
+import java.nio.ShortBuffer;
+
+/**
+ * Bit-level conversions between {@code double} and the narrow floating-point formats, each with
+ * a single round-to-nearest-even step.
+ *
+ * <p>Java 17 has no {@code Float.floatToFloat16}; converting through {@code float} first would
+ * round twice, which is exactly the error this library promises not to make.
+ */
+public final class FloatFormats {
+  /** The float bits fp16 drops, and their pattern at a tie. */
+  private static final int FLOAT16_DROPPED_MASK = 0x1FFF;
+  private static final int FLOAT16_TIE_BITS = 0x1000;
+  /** The float bits bf16 drops, and their pattern at a tie. */
+  private static final int BFLOAT16_DROPPED_MASK = 0xFFFF;
+  private static final int BFLOAT16_TIE_BITS = 0x8000;
+  /** Float bits of fp16's smallest normal, 2⁻¹⁴. */
+  private static final int MIN_NORMAL_FLOAT16_BITS = 0x38800000;
+  /** Float bits of 65520, the least magnitude that rounds to fp16 infinity. */
+  private static final int FLOAT16_OVERFLOW_BITS = 0x477ff000;
+  /** Float bits of ½. */
+  private static final int HALF_BITS = 0x3f000000;
+  /** The difference of the exponent biases, 127 − 15, in float exponent position. */
+  private static final int FLOAT16_REBIAS = 112 << 23;
+  /** Every fp16 bit pattern's value: a table read is several times faster than decoding. */
+  private static final float[] FLOAT16_VALUES = new float[1 << 16];
+  /** Elements per bulk copy between a buffer and a short[]: 8 KiB, a multiple of every vector length. */
+  private static final int CHUNK = 4096;
+
+  static {
+    for (int bits = 0; bits < FLOAT16_VALUES.length; bits++) {
+      // Infinities and NaN keep sign and mantissa, as hardware conversions (and the vector path) do.
+      FLOAT16_VALUES[bits] = (bits & 0x7c00) == 0x7c00
+          ? Float.intBitsToFloat((bits & 0x8000) << 16 | 0x7f800000 | (bits & 0x3ff) << 13)
+          : (float) fromFloat16(bits);
+    }
+  }
+
+  /**
+   * Whether the bulk conversions run on the Vector API: the module {@code jdk.incubator.vector}
+   * is in the boot layer ({@code --add-modules jdk.incubator.vector}) and vectors are wide enough.
+   */
+  public static final boolean VECTOR_API =
+      ModuleLayer.boot().findModule("jdk.incubator.vector").isPresent() && VectorHalves.pays();
+
+  private FloatFormats() {}
+
+  /** The fp16 value with bits {@code bits} (low 16 bits used). */
+  public static double fromFloat16(int bits) {
+    int sign = (bits >>> 15) & 1;
+    int exponent = (bits >>> 10) & 0x1f;
+    int mantissa = bits & 0x3ff;
+    double magnitude;
+    if (exponent == 0) {
+      magnitude = Math.scalb((double) mantissa, -24);
+    } else if (exponent == 0x1f) {
+      magnitude = mantissa == 0 ? Double.POSITIVE_INFINITY : Double.NaN;
+    } else {
+      magnitude = Math.scalb((double) (mantissa | 0x400), exponent - 25);
+    }
+    return sign == 0 ? magnitude : -magnitude;
+  }
+
+  /** The fp16 value with bits {@code bits} (low 16 bits used), as a float (exact). */
+  public static float float16Value(int bits) {
+    return FLOAT16_VALUES[bits & 0xffff];
+  }
+
+  /**
+   * {@code value} rounded once, to nearest even, to fp16 bits; overflow gives infinity. Results
+   * in fp16's normal range take a few integer operations on the float's bits, the rest the
+   * general path.
+   */
+  public static short toFloat16(float value) {
+    int bits = Float.floatToRawIntBits(value);
+    int magnitude = bits & 0x7fffffff;
+    if (magnitude >= MIN_NORMAL_FLOAT16_BITS && magnitude < FLOAT16_OVERFLOW_BITS) {
+      // Rebias the exponent, then add half an fp16 ulp less one, plus the kept lowest bit for
+      // ties to even; a carry out of the mantissa lands in the exponent, as it should.
+      int rounded = (magnitude - FLOAT16_REBIAS + 0xfff + ((magnitude >>> 13) & 1)) >>> 13;
+      return (short) (((bits >>> 16) & 0x8000) | rounded);
+    }
+    if (magnitude < MIN_NORMAL_FLOAT16_BITS) {
+      // In [½, 1) float's ulp is fp16's subnormal step 2⁻²⁴: adding ½ rounds once, to nearest
+      // even, and leaves the subnormal's bits (or the smallest normal's, 0x400) in the mantissa.
+      int subnormal = Float.floatToRawIntBits(Float.intBitsToFloat(magnitude) + 0.5f) - HALF_BITS;
+      return (short) (((bits >>> 16) & 0x8000) | subnormal);
+    }
+    return toFloat16((double) value);
+  }
+
+  /** {@code value} rounded once, to nearest even, to bf16 bits; overflow gives infinity. */
+  public static short toBFloat16(float value) {
+    int bits = Float.floatToRawIntBits(value);
+    if ((bits & 0x7f800000) == 0x7f800000) {
+      return toBFloat16((double) value);
+    }
+    // bf16 is float32's upper half: the same rounding on the bits, subnormals and overflow included.
+    return (short) ((bits + 0x7fff + ((bits >>> 16) & 1)) >>> 16);
+  }
+
+  /**
+   * Widens the {@code count} fp16 values (bf16 when not {@code float16}) of {@code in} from
+   * element {@code first} into {@code out[0, count)}, exactly.
+   */
+  public static void widen(boolean float16, ByteBuffer in, int first, float[] out, int count) {
+    widen(float16, in, first, out, count, VECTOR_API);
+  }
+
+  /**
+   * Widens {@code out.length} values from index 0 of {@code in}, with or without the Vector API
+   * (for tests of both paths).
+   */
+  static void widen(boolean float16, ByteBuffer in, float[] out, boolean vectorized) {
+    widen(float16, in, 0, out, out.length, vectorized);
+  }
+
+  private static void widen(boolean float16, ByteBuffer in, int first, float[] out, int count, boolean vectorized) {
+    // Bulk copies into a primitive array: indexed reads of a read-only buffer cost ~4 ns each.
+    ShortBuffer halves = in.duplicate().order(ByteOrder.LITTLE_ENDIAN).position(0).asShortBuffer();
+    short[] chunk = new short[Math.min(count, CHUNK)];
+    for (int start = 0; start < count; start += chunk.length) {
+      int length = Math.min(chunk.length, count - start);
+      halves.get(first + start, chunk, 0, length);
+      int done = vectorized
+          ? float16 ? VectorHalves.widenFloat16(chunk, length, out, start) : VectorHalves.widenBFloat16(chunk, length, out, start)
+          : 0;
+      for (int i = done; i < length; i++) {
+        out[start + i] = float16 ? float16Value(chunk[i]) : Float.intBitsToFloat(chunk[i] << 16);
+      }
+    }
+  }
+
+  /**
+   * Rounds {@code in}'s values once to fp16 (bf16 when not {@code float16}) into {@code out},
+   * little-endian from index 0.
+   */
+  public static void narrow(boolean float16, float[] in, ByteBuffer out) {
+    narrow(float16, in, in.length, out, 0, VECTOR_API);
+  }
+
+  /**
+   * Rounds {@code in[0, count)} once to fp16 (bf16 when not {@code float16}) into {@code out},
+   * little-endian from element {@code first}.
+   */
+  public static void narrow(boolean float16, float[] in, int count, ByteBuffer out, int first) {
+    narrow(float16, in, count, out, first, VECTOR_API);
+  }
+
+  /** {@link #narrow(boolean, float[], ByteBuffer)} with or without the Vector API. */
+  static void narrow(boolean float16, float[] in, ByteBuffer out, boolean vectorized) {
+    narrow(float16, in, in.length, out, 0, vectorized);
+  }
+
+  private static void narrow(boolean float16, float[] in, int count, ByteBuffer out, int first, boolean vectorized) {
+    ShortBuffer halves = out.duplicate().order(ByteOrder.LITTLE_ENDIAN).position(0).asShortBuffer();
+    short[] chunk = new short[Math.min(count, CHUNK)];
+    for (int start = 0; start < count; start += chunk.length) {
+      int length = Math.min(chunk.length, count - start);
+      int done = vectorized
+          ? float16 ? VectorHalves.narrowFloat16(in, start, chunk, length) : VectorHalves.narrowBFloat16(in, start, chunk, length)
+          : 0;
+      for (int i = done; i < length; i++) {
+        chunk[i] = float16 ? toFloat16(in[start + i]) : toBFloat16(in[start + i]);
+      }
+      halves.put(first + start, chunk, 0, length);
+    }
+  }
+
+  /**
+   * Writes {@code values[0, count)} as {@code dtype} (F64, F32, F16 or BF16), each rounded once,
+   * into {@code out} (little-endian, not read-only) from element {@code first}: what {@link
+   * dev.loramerge.TensorData#ofFloats(float[], DType, long...)} stores, for a tensor filled a
+   * block at a time.
+   */
+  public static void encode(DType dtype, float[] values, int count, ByteBuffer out, int first) {
+    switch (dtype) {
+      case F64 -> {
+        DoubleBuffer doubles = out.duplicate().order(ByteOrder.LITTLE_ENDIAN).position(0).asDoubleBuffer();
+        for (int i = 0; i < count; i++) {
+          doubles.put(first + i, values[i]);
+        }
+      }
+      case F32 -> out.duplicate().order(ByteOrder.LITTLE_ENDIAN).position(0).asFloatBuffer().put(first, values, 0, count);
+      case F16, BF16 -> narrow(dtype == DType.F16, values, count, out, first);
+      default -> throw new IllegalArgumentException("cannot encode " + dtype + " from real values");
+    }
+  }
+
+  /**
+   * Rounds {@code in}'s float64 values once to fp16 (bf16 when not {@code float16}) into {@code
+   * out}, little-endian from index 0: through float32 in bulk, then again from float64 where the
+   * float32 value {@linkplain #mayRoundTwice may have rounded twice}.
+   */
+  public static void narrow(boolean float16, double[] in, ByteBuffer out) {
+    narrow(float16, in, out, VECTOR_API);
+  }
+
+  /** {@link #narrow(boolean, double[], ByteBuffer)} with or without the Vector API. */
+  static void narrow(boolean float16, double[] in, ByteBuffer out, boolean vectorized) {
+    float[] single = new float[in.length];
+    for (int i = 0; i < in.length; i++) {
+      single[i] = (float) in[i];
+    }
+    narrow(float16, single, out, vectorized);
+    ByteBuffer ordered = out.duplicate().order(ByteOrder.LITTLE_ENDIAN);
+    for (int i = 0; i < in.length; i++) {
+      if (mayRoundTwice(float16, single[i])) {
+        ordered.putShort(2 * i, float16 ? toFloat16(in[i]) : toBFloat16(in[i]));
+      }
+    }
+  }
+
+  /**
+   * Whether rounding {@code single}, itself a float64 rounded to float32, on to fp16 (bf16 when
+   * not {@code float16}) may differ from rounding the float64 once. Float32 keeps 13 more bits
+   * than fp16 (16 more than bf16), so its rounding can land on a tie of the narrow format but
+   * never cross one: only ties, and fp16's subnormal range where fewer bits are kept, may differ.
+   */
+  public static boolean mayRoundTwice(boolean float16, float single) {
+    int magnitude = Float.floatToRawIntBits(single) & 0x7FFFFFFF;
+    return float16
+        ? (magnitude & FLOAT16_DROPPED_MASK) == FLOAT16_TIE_BITS || (magnitude != 0 && magnitude < MIN_NORMAL_FLOAT16_BITS)
+        : (magnitude & BFLOAT16_DROPPED_MASK) == BFLOAT16_TIE_BITS;
+  }
+
+  /** The bf16 value with bits {@code bits} (low 16 bits used). */
+  public static float fromBFloat16(int bits) {
+    return Float.intBitsToFloat((bits & 0xffff) << 16);
+  }
+
+  /** The float8 e4m3fn value (no infinities; 0x7f and 0xff are NaN) with bits {@code bits}. */
+  public static double fromFloat8E4M3(int bits) {
+    int sign = (bits >>> 7) & 1;
+    int exponent = (bits >>> 3) & 0xf;
+    int mantissa = bits & 0x7;
+    double magnitude;
+    if (exponent == 0xf && mantissa == 0x7) {
+      magnitude = Double.NaN;
+    } else if (exponent == 0) {
+      magnitude = Math.scalb((double) mantissa, -9);
+    } else {
+      magnitude = Math.scalb((double) (mantissa | 0x8), exponent - 10);
+    }
+    return sign == 0 ? magnitude : -magnitude;
+  }
+
+  /** The float8 e5m2 value (the upper byte of an fp16) with bits {@code bits}. */
+  public static double fromFloat8E5M2(int bits) {
+    return fromFloat16((bits & 0xff) << 8);
+  }
+
+  /** {@code value} rounded once, to nearest even, to fp16 bits; overflow gives infinity. */
+  public static short toFloat16(double value) {
+    return (short) roundToBinary(value, 5, 10);
+  }
+
+  /** {@code value} rounded once, to nearest even, to bf16 bits; overflow gives infinity. */
+  public static short toBFloat16(double value) {
+    return (short) roundToBinary(value, 8, 7);
+  }
+
+  /** The largest finite value of fp16. */
+  public static final double FLOAT16_MAX = 65504.0;
+
+  /** The largest finite value of bf16. */
+  public static final double BFLOAT16_MAX = Math.scalb(255.0, 120);
+
+  /**
+   * Rounds {@code value} to the IEEE-style binary format with {@code exponentBits} and
+   * {@code mantissaBits}, returning its bit pattern.
+   */
+  private static int roundToBinary(double value, int exponentBits, int mantissaBits) {
+    int bias = (1 << (exponentBits - 1)) - 1;
+    int minExponent = 1 - bias;
+    int exponentField = (1 << exponentBits) - 1;
+    int sign = (Double.doubleToRawLongBits(value) < 0 ? 1 : 0) << (exponentBits + mantissaBits);
+    if (Double.isNaN(value)) {
+      return sign | (exponentField << mantissaBits) | (1 << (mantissaBits - 1));
+    }
+    int infinity = sign | (exponentField << mantissaBits);
+    double magnitude = Math.abs(value);
+    if (Double.isInfinite(magnitude)) {
+      return infinity;
+    }
+    int exponent = Math.getExponent(magnitude);
+    if (exponent < minExponent) {
+      // Subnormal (or zero): the scaled value is exact in double, rint rounds half to even, and a
+      // carry into 1 << mantissaBits is exactly the smallest normal's encoding.
+      long mantissa = (long) Math.rint(Math.scalb(magnitude, mantissaBits - minExponent));
+      return sign | (int) mantissa;
+    }
+    long mantissa = (long) Math.rint(Math.scalb(magnitude, mantissaBits - exponent));
+    if (mantissa == 1L << (mantissaBits + 1)) {
+      exponent++;
+      mantissa >>= 1;
+    }
+    if (exponent > bias) {
+      return infinity;
+    }
+    return sign | ((exponent + bias) << mantissaBits) | (int) (mantissa - (1L << mantissaBits));
+  }
+}

@@ -1,0 +1,86 @@
+package dev.loramerge.merge;
+
+import ai.djl.ndarray.NDArray;
+import ai.djl.ndarray.types.DataType;
+import dev.loramerge.DType;
+import dev.loramerge.LoraMergeException;
+import dev.loramerge.LoraModule;
+import dev.loramerge.ModuleKey;
+import dev.loramerge.TensorData;
+import dev.loramerge.internal.fuse.Fusion;
+import dev.loramerge.internal.linalg.NdArrays;
+import java.util.Arrays;
+import java.util.Locale;
+import java.util.Optional;
+
+/**
+ * Turns merged factors into a module of the output type: each representation rounded once,
+ * pruned after any re-ranking, and checked to be finite. Thread-safe.
+ */
+final class Encoding {
+  private final Optional<PostPrune> prune;
+
+  Encoding(Optional<PostPrune> prune) {
+    this.prune = prune;
+  }
+
+  /** Module {@code key} like {@code like} (its layout) with {@code merged} factors in {@code outputType}. */
+  LoraModule toModule(ModuleKey key, LoraModule like, Merged merged, DType outputType) {
+    long rank = merged.rank();
+    long[] downShape = like.down().shape();
+    downShape[0] = rank;
+    long[] upShape = like.up().shape();
+    upShape[1] = rank;
+    TensorData newDown;
+    TensorData newUp;
+    if (merged.tensors() != null) {
+      newDown = pruned(merged.tensors()[1].reshape(downShape));
+      newUp = pruned(merged.tensors()[0].reshape(upShape));
+    } else if (merged.up() != null) {
+      newDown = pruned(NdArrays.toTensor(merged.down(), outputType, downShape));
+      newUp = pruned(NdArrays.toTensor(merged.up(), outputType, upShape));
+    } else if (merged.upDoubles() != null) {
+      newDown = pruned(TensorData.ofDoubles(merged.downDoubles(), outputType, downShape));
+      newUp = pruned(TensorData.ofDoubles(merged.upDoubles(), outputType, upShape));
+    } else {
+      newDown = pruned(TensorData.ofFloats(merged.downValues(), outputType, downShape));
+      newUp = pruned(TensorData.ofFloats(merged.upValues(), outputType, upShape));
+    }
+    checkFinite(key, newDown, "down");
+    checkFinite(key, newUp, "up");
+    return LoraModule.of(key, newDown, newUp, rank);
+  }
+
+  /** A merged factor array in {@code computeType}, pruned there, as float64 values for a fuse. */
+  double[] prunedDoubles(NDArray factor, DataType computeType) {
+    NDArray typed = factor.toType(computeType, false);
+    if (prune.isPresent()) {
+      float[] values = typed.toType(DataType.FLOAT32, false).toFloatArray();
+      prune.get().apply(values);
+      typed = typed.getManager().create(values, typed.getShape());
+    }
+    return typed.toType(DataType.FLOAT64, false).toDoubleArray();
+  }
+
+  private TensorData pruned(TensorData factor) {
+    if (prune.isEmpty()) {
+      return factor;
+    }
+    float[] values = factor.toFloatArray();
+    prune.get().apply(values);
+    TensorData pruned = TensorData.ofFloats(values, factor.shape());
+    return factor.dtype() == DType.F32 ? pruned : pruned.to(factor.dtype());
+  }
+
+  private static void checkFinite(ModuleKey key, TensorData tensor, String factor) {
+    long index = Fusion.firstNonFinite(tensor.bytes(), tensor.dtype());
+    if (index >= 0) {
+      throw new LoraMergeException(
+          String.format(
+              Locale.ROOT,
+              "module '%s': merged %s factor has %s at element %d (of %s %s)",
+              key, factor, tensor.getDouble(index), index, tensor.dtype().safetensorsName(),
+              Arrays.toString(tensor.shape())));
+    }
+  }
+}

@@ -1,0 +1,184 @@
+package dev.loramerge.merge;
+
+import ai.djl.ndarray.NDArray;
+import ai.djl.ndarray.NDManager;
+import ai.djl.ndarray.types.DataType;
+import ai.djl.ndarray.types.Shape;
+import com.google.common.collect.ImmutableList;
+import dev.loramerge.DType;
+import dev.loramerge.LoraMergeException;
+import dev.loramerge.LoraModule;
+import dev.loramerge.ModuleKey;
+import dev.loramerge.TensorData;
+import dev.loramerge.merge.spi.ModuleInput;
+import dev.loramerge.merge.spi.ModuleUpdate;
+import java.nio.ByteBuffer;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.List;
+import java.util.Locale;
+import java.util.Optional;
+import java.util.function.Supplier;
+import java.util.stream.Collectors;
+
+/**
+ * Merges one module of a merger's inputs: checks that they fit, hands them to the algorithm, and
+ * brings its update to the target rank. Immutable and thread-safe.
+ */
+final class ModuleMerger {
+  private final ImmutableList<MergeInput> inputs;
+  private final MergeAlgorithm algorithm;
+  private final RankPolicy policy;
+  private final ReRank reRank;
+
+  ModuleMerger(ImmutableList<MergeInput> inputs, MergeAlgorithm algorithm, RankPolicy policy) {
+    this.inputs = inputs;
+    this.algorithm = algorithm;
+    this.policy = policy;
+    this.reRank = new ReRank(policy);
+  }
+
+  /**
+   * The merged update of {@code key} as factors {up (m×r), down (r×in·k·k)} with scale 1, owned
+   * by {@code manager}, before rounding to an output type; empty when no input has the module.
+   * The manager is asked for only when arrays are made, so that merges the algorithm does on
+   * values never start the engine (about half a second).
+   * {@code computeType} is the type the inputs' factors are handed to the algorithm in; {@code
+   * outputType} is the type a merge writes (empty in a fuse), which an algorithm may encode its
+   * factors straight into when nothing is done to them after it.
+   */
+  Optional<Merged> merge(
+      Supplier<NDManager> manager, DenseBuffers buffers, ModuleKey key, DataType computeType, Optional<DType> outputType) {
+    List<Integer> indices = presentIndices(key);
+    List<MergeInput> present = indices.stream().map(inputs::get).toList();
+    if (present.isEmpty()) {
+      return Optional.empty();
+    }
+    LoraModule first = present.get(0).adapter().modules().get(key);
+    checkShapes(key, present);
+    if (algorithm.requiresEqualRanks()) {
+      checkEqualRanks(key, present);
+    }
+    ImmutableList.Builder<ModuleInput> moduleInputs = ImmutableList.builder();
+    for (int i = 0; i < present.size(); i++) {
+      moduleInputs.add(
+          new ModuleFactors(
+              indices.get(i), present.get(i).adapter().modules().get(key), present.get(i).weight(key), manager, computeType));
+    }
+    ImmutableList<ModuleInput> built = moduleInputs.build();
+    int largestRank = built.stream().mapToInt(input -> input.module().rank()).max().orElseThrow();
+    Optional<Integer> explicit = policy.explicitRank(first.kind());
+    int target = explicit.orElse(largestRank);
+    // An algorithm that does not re-rank gives at most the inputs' ranks together, so with no
+    // explicit rank below that its factors are written as they are, and may come encoded.
+    int rankSum = built.stream().mapToInt(input -> input.module().rank()).sum();
+    Optional<DType> finalType =
+        outputType.filter(type -> !algorithm.reRanks() && (explicit.isEmpty() || rankSum <= target));
+    ModuleUpdate update = algorithm.merge(new MergeContext(key, built, manager, target, computeType == DataType.FLOAT64, finalType));
+    if (update.isEncoded()) {
+      return Optional.of(Merged.ofTensors(checkEncoded(key, update, finalType, rankSum)));
+    }
+    if (update.isDense()) {
+      Optional<float[]> values = update.denseValues();
+      ByteBuffer buffer = values.map(array -> buffers.take(Math.multiplyExact(array.length, Float.BYTES))).orElse(null);
+      NDArray dense = values.isPresent()
+          ? manager.get().create(
+              DenseBuffers.holding(buffer, values.get()),
+              new Shape(values.get().length / update.denseColumns(), update.denseColumns()),
+              DataType.FLOAT32)
+          : update.dense().orElseThrow();
+      try {
+        return Optional.of(Merged.of(reRank.dense(manager.get(), dense, target)));
+      } finally {
+        if (buffer != null) {
+          dense.close();
+          buffers.give(buffer);
+        }
+      }
+    }
+    Merged merged = update.isValues()
+        ? Merged.ofFloats(update.upValues().orElseThrow(), update.downValues().orElseThrow(), update.rank())
+        : Merged.of(new NDArray[] {update.up().orElseThrow(), update.down().orElseThrow()});
+    if (algorithm.reRanks() || (explicit.isPresent() && merged.rank() > target)) {
+      return Optional.of(reRank.factored(merged, target, Math.toIntExact(first.outFeatures())));
+    }
+    return Optional.of(merged);
+  }
+
+  /** The module of {@code key} of the first input that has it with a weight other than 0. */
+  LoraModule firstPresent(ModuleKey key) {
+    return inputs.stream()
+        .filter(input -> input.weight(key) != 0)
+        .flatMap(input -> input.adapter().module(key).stream())
+        .findFirst()
+        .orElseThrow();
+  }
+
+  /** The inputs that have a module for {@code key} and a weight other than 0 on it, in order. */
+  List<MergeInput> present(ModuleKey key) {
+    List<MergeInput> present = presentIndices(key).stream().map(inputs::get).toList();
+    checkShapes(key, present);
+    return present;
+  }
+
+  /** {up, down} of an encoded update, checked against what the merge offered. */
+  private TensorData[] checkEncoded(ModuleKey key, ModuleUpdate update, Optional<DType> offered, int rankSum) {
+    TensorData up = update.encodedUp().orElseThrow();
+    TensorData down = update.encodedDown().orElseThrow();
+    if (offered.isEmpty() || up.dtype() != offered.get() || up.dim(1) > rankSum) {
+      throw new IllegalStateException(
+          String.format(
+              Locale.ROOT,
+              "module '%s': algorithm %s gave factors of %s at rank %d, but the merge %s",
+              key, algorithm, up.dtype().safetensorsName(), up.dim(1),
+              offered.map(type -> "offered " + type.safetensorsName() + " up to rank " + rankSum).orElse("offered no output type")));
+    }
+    return new TensorData[] {up, down};
+  }
+
+  private List<Integer> presentIndices(ModuleKey key) {
+    List<Integer> indices = new ArrayList<>();
+    for (int i = 0; i < inputs.size(); i++) {
+      MergeInput input = inputs.get(i);
+      if (input.weight(key) != 0 && input.adapter().modules().containsKey(key)) {
+        indices.add(i);
+      }
+    }
+    return indices;
+  }
+
+  private static void checkShapes(ModuleKey key, List<MergeInput> present) {
+    LoraModule first = present.get(0).adapter().modules().get(key);
+    for (MergeInput input : present) {
+      LoraModule module = input.adapter().modules().get(key);
+      if (!Arrays.equals(module.weightShape(), first.weightShape())) {
+        throw new LoraMergeException(
+            String.format(
+                Locale.ROOT,
+                "module '%s' updates %s in adapter '%s' but %s in adapter '%s'; the adapters are"
+                    + " for different models",
+                key,
+                Arrays.toString(first.weightShape()),
+                present.get(0).adapter().name(),
+                Arrays.toString(module.weightShape()),
+                input.adapter().name()));
+      }
+    }
+  }
+
+  private void checkEqualRanks(ModuleKey key, List<MergeInput> present) {
+    List<Integer> ranks =
+        present.stream().map(input -> input.adapter().modules().get(key).rank()).collect(Collectors.toList());
+    if (ranks.stream().distinct().count() > 1) {
+      throw new LoraMergeException(
+          String.format(
+              Locale.ROOT,
+              "%s needs equal ranks, but module '%s' has ranks %s in adapters %s; use cat or an"
+                  + " *_svd method",
+              algorithm.name(),
+              key,
+              ranks,
+              present.stream().map(input -> "'" + input.adapter().name() + "'").collect(Collectors.joining(", "))));
+    }
+  }
+}
