@@ -22,6 +22,8 @@ import com.google.common.collect.ImmutableList;
 import com.google.common.collect.ImmutableMap;
 import com.google.common.primitives.Longs;
 import dev.loramerge.DType;
+import dev.loramerge.TensorData;
+import dev.loramerge.TensorSpec;
 import java.io.ByteArrayOutputStream;
 import java.io.EOFException;
 import java.io.IOException;
@@ -55,7 +57,10 @@ import java.util.stream.Collectors;
  * what the reference writer writes, byte for byte.
  */
 record SafetensorsHeader(
-    long length, ImmutableMap<String, String> metadata, ImmutableList<TensorInfo> tensors) {
+    long length,
+    ImmutableMap<String, String> metadata,
+    ImmutableList<TensorSpec> tensors,
+    ImmutableMap<String, DataOffsets> offsets) {
   /** The longest header the reference reads ({@code MAX_HEADER_SIZE}). */
   static final int MAX_LENGTH = 100_000_000;
 
@@ -146,18 +151,27 @@ record SafetensorsHeader(
       throw new SafetensorsFormatException(
           fileName + ": header is not valid JSON" + where + ": " + detail, e);
     }
+    List<Entry> sorted = validate(fileName, parser.entries.values(), fileSize - 8 - length);
+    ImmutableList.Builder<TensorSpec> tensors = ImmutableList.builderWithExpectedSize(sorted.size());
+    ImmutableMap.Builder<String, DataOffsets> offsets =
+        ImmutableMap.builderWithExpectedSize(sorted.size());
+    for (Entry entry : sorted) {
+      tensors.add(new TensorSpec(entry.name(), entry.dtype(), entry.shape()));
+      offsets.put(entry.name(), new DataOffsets(entry.begin(), entry.end()));
+    }
     return new SafetensorsHeader(
-        length,
-        ImmutableMap.copyOf(parser.metadata),
-        validate(fileName, parser.entries.values(), fileSize - 8 - length));
+        length, ImmutableMap.copyOf(parser.metadata), tensors.build(), offsets.build());
   }
 
   /**
-   * The header bytes the reference writer produces for {@code layout} (in that order) and {@code
-   * metadata} (in its iteration order, omitted when empty): compact JSON, {@code __metadata__}
-   * first, padded with spaces to a multiple of 8 so that the data section is 8-byte aligned.
+   * The header bytes the reference writer produces for {@code layout} (in that order, each
+   * tensor's bytes right after the previous one's) and {@code metadata} (in its iteration order,
+   * omitted when empty): compact JSON, {@code __metadata__} first, padded with spaces to a multiple
+   * of 8 so that the data section is 8-byte aligned.
+   *
+   * @throws ArithmeticException if the tensors' bytes together overflow a {@code long}
    */
-  static byte[] encode(List<TensorInfo> layout, Map<String, String> metadata) {
+  static byte[] encode(List<TensorSpec> layout, Map<String, String> metadata) {
     ByteArrayOutputStream out = new ByteArrayOutputStream();
     try (JsonGenerator json = JSON.createGenerator(out)) {
       json.writeStartObject();
@@ -168,15 +182,18 @@ record SafetensorsHeader(
         }
         json.writeEndObject();
       }
-      for (TensorInfo info : layout) {
-        long[] shape = info.shape();
-        json.writeObjectFieldStart(info.name());
-        json.writeStringField("dtype", info.dtype().safetensorsName());
+      long begin = 0;
+      for (TensorSpec spec : layout) {
+        long[] shape = spec.shape();
+        long end = Math.addExact(begin, spec.byteSize());
+        json.writeObjectFieldStart(spec.name());
+        json.writeStringField("dtype", spec.dtype().safetensorsName());
         json.writeFieldName("shape");
         json.writeArray(shape, 0, shape.length);
         json.writeFieldName("data_offsets");
-        json.writeArray(new long[] {info.begin(), info.end()}, 0, 2);
+        json.writeArray(new long[] {begin, end}, 0, 2);
         json.writeEndObject();
+        begin = end;
       }
       json.writeEndObject();
     } catch (IOException e) {
@@ -235,15 +252,16 @@ record SafetensorsHeader(
     return text.flip();
   }
 
-  /** Checks the layout rules of {@code Metadata::validate} and builds the tensor list. */
-  private static ImmutableList<TensorInfo> validate(
+  /**
+   * Checks the layout rules of {@code Metadata::validate} and returns the entries in data-offset
+   * order.
+   */
+  private static List<Entry> validate(
       String fileName, Iterable<Entry> entries, long dataSize) throws SafetensorsFormatException {
     List<Entry> sorted = new ArrayList<>();
     entries.forEach(sorted::add);
     // Offsets may come in any order in the header; sorted, they must tile the data section.
     sorted.sort(Comparator.comparingLong(Entry::begin).thenComparingLong(Entry::end));
-    ImmutableList.Builder<TensorInfo> tensors =
-        ImmutableList.builderWithExpectedSize(sorted.size());
     long covered = 0;
     String previous = null;
     for (Entry entry : sorted) {
@@ -278,7 +296,7 @@ record SafetensorsHeader(
       String type = entry.dtype().safetensorsName() + " " + Arrays.toString(entry.shape());
       long needed;
       try {
-        needed = TensorInfo.byteSize(entry.dtype(), entry.shape());
+        needed = Math.multiplyExact(TensorData.numel(entry.shape()), entry.dtype().byteSize());
       } catch (ArithmeticException e) {
         throw SafetensorsFormatException.of(
             fileName, "tensor '%s' size of %s overflows 64 bits", name, type);
@@ -294,7 +312,6 @@ record SafetensorsHeader(
             type,
             needed);
       }
-      tensors.add(new TensorInfo(name, entry.dtype(), entry.shape(), begin, end));
       covered = end;
       previous = name;
     }
@@ -305,7 +322,7 @@ record SafetensorsHeader(
           covered,
           dataSize);
     }
-    return tensors.build();
+    return sorted;
   }
 
   /** A tensor entry as the JSON gave it, before the layout is checked. */

@@ -9,8 +9,8 @@ import com.google.common.collect.ImmutableList;
 import com.google.common.collect.ImmutableMap;
 import com.google.common.io.Closer;
 import com.sun.nio.file.ExtendedOpenOption;
-import dev.loramerge.DType;
 import dev.loramerge.TensorData;
+import dev.loramerge.TensorSpec;
 import java.io.IOException;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
@@ -32,7 +32,7 @@ import java.util.concurrent.atomic.AtomicBoolean;
 /**
  * Writes one safetensors file, tensor by tensor, so that no reader ever sees it half-written.
  *
- * <p>{@link #create} takes the whole layout up front (each tensor's name, dtype and shape, in file
+ * <p>{@link #create} takes the whole layout up front (each tensor's {@link TensorSpec}, in file
  * order, and the metadata), computes the offsets and writes the header to a temporary file in the
  * target's folder. {@link #write} is then called once per tensor, in layout order, with exactly its
  * bytes, so that only one tensor need be in memory at a time. {@link #commit} forces the file to
@@ -54,8 +54,8 @@ import java.util.concurrent.atomic.AtomicBoolean;
  *
  * <pre>{@code
  * try (SafetensorsWriter writer = SafetensorsWriter.create(target, layout, metadata)) {
- *   for (SafetensorsWriter.Entry entry : layout) {
- *     writer.write(entry.name(), compute(entry));
+ *   for (TensorSpec spec : layout) {
+ *     writer.write(spec.name(), compute(spec));
  *   }
  *   writer.commit();
  * }
@@ -88,70 +88,18 @@ public final class SafetensorsWriter implements AutoCloseable {
   /** Non-null when writing direct: the bytes not yet written, from the last aligned position. */
   private final ByteBuffer pending;
   private long flushed;
-  private final ImmutableList<TensorInfo> layout;
+  private final ImmutableList<TensorSpec> layout;
   /** The file's size once written. */
   private final long size;
   private final AtomicBoolean closed = new AtomicBoolean();
   private int written;
-
-  /**
-   * One tensor of a layout: its name, element type and shape.
-   *
-   * @param name the tensor's name in the header
-   * @param dtype the element type
-   * @param shape the dimensions; {@code []} is a scalar
-   */
-  public record Entry(String name, DType dtype, long[] shape) {
-    /** Checks and copies the components. */
-    public Entry {
-      checkNotNull(name, "name");
-      checkNotNull(dtype, "dtype");
-      shape = checkNotNull(shape, "shape").clone();
-    }
-
-    /** The entry for a tensor {@code name} with the dtype and shape of {@code tensor}. */
-    public static Entry of(String name, TensorData tensor) {
-      checkNotNull(tensor, "tensor");
-      return new Entry(name, tensor.dtype(), tensor.shape());
-    }
-
-    /** A copy of the shape. */
-    @Override
-    public long[] shape() {
-      return shape.clone();
-    }
-
-    /** Equal when every component is equal, the shape compared element by element. */
-    @Override
-    public boolean equals(Object other) {
-      return other instanceof Entry that
-          && name.equals(that.name)
-          && dtype == that.dtype
-          && Arrays.equals(shape, that.shape);
-    }
-
-    @Override
-    public int hashCode() {
-      return 31 * (31 * name.hashCode() + dtype.hashCode()) + Arrays.hashCode(shape);
-    }
-
-    @Override
-    public String toString() {
-      return String.format(
-          Locale.ROOT,
-          "Entry[name=%s, dtype=%s, shape=%s]",
-          name,
-          dtype.safetensorsName(),
-          Arrays.toString(shape));
-    }
-  }
 
   private SafetensorsWriter(
       Path target,
       Path temporary,
       FileChannel channel,
       ByteBuffer pending,
-      ImmutableList<TensorInfo> layout,
+      ImmutableList<TensorSpec> layout,
       long size) {
     this.target = target;
     this.fileName = target.getFileName().toString();
@@ -163,18 +111,18 @@ public final class SafetensorsWriter implements AutoCloseable {
   }
 
   /**
-   * Starts writing {@code target}: lays out {@code entries} in the given order, writes the header
+   * Starts writing {@code target}: lays out {@code tensors} in the given order, writes the header
    * with {@code metadata} to a temporary file beside {@code target}, and returns a writer that
    * expects each tensor's bytes in that order. The target is not touched until {@link #commit}.
    *
-   * @throws IllegalArgumentException if two entries share a name, an entry is called {@code
-   *     __metadata__}, a dimension is negative, a size overflows, a string has no UTF-8 form (an
+   * @throws IllegalArgumentException if two tensors share a name, a tensor is called {@code
+   *     __metadata__}, the tensors' sizes together overflow, a string has no UTF-8 form (an
    *     unpaired surrogate), or the header would exceed the 100 MB that readers accept
    * @throws IOException if the temporary file cannot be created or written
    */
   public static SafetensorsWriter create(
-      Path target, List<Entry> entries, Map<String, String> metadata) throws IOException {
-    return create(target, entries, metadata, DIRECT_BLOCK, FileChannel::open);
+      Path target, List<TensorSpec> tensors, Map<String, String> metadata) throws IOException {
+    return create(target, tensors, metadata, DIRECT_BLOCK, FileChannel::open);
   }
 
   /**
@@ -182,11 +130,11 @@ public final class SafetensorsWriter implements AutoCloseable {
    * through the page cache when {@code directBlock} is 0, opening the file with {@code opener}.
    */
   static SafetensorsWriter create(
-      Path target, List<Entry> entries, Map<String, String> metadata, int directBlock, Opener opener)
+      Path target, List<TensorSpec> tensors, Map<String, String> metadata, int directBlock, Opener opener)
       throws IOException {
     checkArgument(directBlock % DIRECT_ALIGNMENT == 0, "direct blocks are whole multiples of %s bytes", DIRECT_ALIGNMENT);
     checkNotNull(target, "target");
-    checkNotNull(entries, "entries");
+    checkNotNull(tensors, "tensors");
     checkNotNull(metadata, "metadata");
     Path absolute = target.toAbsolutePath();
     checkArgument(absolute.getFileName() != null, "target %s names no file", target);
@@ -200,7 +148,8 @@ public final class SafetensorsWriter implements AutoCloseable {
                 "%s: metadata entry '%s' holds an unpaired surrogate, which has no UTF-8 form",
                 fileName,
                 key));
-    ImmutableList<TensorInfo> layout = layout(fileName, entries);
+    ImmutableList<TensorSpec> layout = ImmutableList.copyOf(tensors);
+    long dataSize = dataSize(fileName, layout);
     byte[] header = SafetensorsHeader.encode(layout, metadataCopy);
     checkArgument(
         header.length <= SafetensorsHeader.MAX_LENGTH,
@@ -210,7 +159,7 @@ public final class SafetensorsWriter implements AutoCloseable {
         SafetensorsHeader.MAX_LENGTH);
 
     Path temporary = createTemporary(absolute);
-    long size = 8 + header.length + (layout.isEmpty() ? 0 : layout.get(layout.size() - 1).end());
+    long size = 8 + header.length + dataSize;
     FileChannel channel = directBlock > 0 ? openDirect(temporary, opener) : null;
     SafetensorsWriter writer;
     try {
@@ -273,7 +222,7 @@ public final class SafetensorsWriter implements AutoCloseable {
    */
   public void write(String name, ByteBuffer bytes) throws IOException {
     checkNotNull(bytes, "bytes");
-    TensorInfo next = next(name);
+    TensorSpec next = next(name);
     checkArgument(
         bytes.remaining() == next.byteSize(),
         "%s: tensor '%s' (%s %s) needs %s bytes, got %s",
@@ -302,7 +251,7 @@ public final class SafetensorsWriter implements AutoCloseable {
    */
   public void write(String name, TensorData tensor) throws IOException {
     checkNotNull(tensor, "tensor");
-    TensorInfo next = next(name);
+    TensorSpec next = next(name);
     checkArgument(
         tensor.dtype() == next.dtype() && Arrays.equals(tensor.shape(), next.shape()),
         "%s: tensor '%s' is %s %s but the layout says %s %s",
@@ -326,9 +275,9 @@ public final class SafetensorsWriter implements AutoCloseable {
    */
   public void copy(String name, SafetensorsFile source) throws IOException {
     checkNotNull(source, "source");
-    TensorInfo next = next(name);
-    TensorInfo from =
-        source.info(name).orElseThrow(() -> new IllegalArgumentException(source.path() + ": no tensor '" + name + "'"));
+    TensorSpec next = next(name);
+    TensorSpec from =
+        source.spec(name).orElseThrow(() -> new IllegalArgumentException(source.path() + ": no tensor '" + name + "'"));
     checkArgument(
         from.dtype() == next.dtype() && Arrays.equals(from.shape(), next.shape()),
         "%s: tensor '%s' is %s %s but the layout says %s %s",
@@ -410,7 +359,7 @@ public final class SafetensorsWriter implements AutoCloseable {
     }
   }
 
-  private TensorInfo next(String name) {
+  private TensorSpec next(String name) {
     checkNotNull(name, "name");
     checkState(!closed.get(), "%s: writer is closed", fileName);
     checkState(
@@ -419,7 +368,7 @@ public final class SafetensorsWriter implements AutoCloseable {
         fileName,
         name,
         layout.size());
-    TensorInfo next = layout.get(written);
+    TensorSpec next = layout.get(written);
     checkArgument(
         next.name().equals(name),
         "%s: expected tensor '%s' next in layout order, got '%s'",
@@ -470,13 +419,17 @@ public final class SafetensorsWriter implements AutoCloseable {
     return message != null && DISK_FULL.stream().anyMatch(message::contains);
   }
 
-  private static ImmutableList<TensorInfo> layout(String fileName, List<Entry> entries) {
-    ImmutableList.Builder<TensorInfo> layout =
-        ImmutableList.builderWithExpectedSize(entries.size());
+  /**
+   * Checks the names of {@code layout} and returns the bytes its tensors hold together.
+   *
+   * @throws IllegalArgumentException if a name is taken twice, is {@code __metadata__} or has no
+   *     UTF-8 form, or the total overflows a {@code long}
+   */
+  private static long dataSize(String fileName, List<TensorSpec> layout) {
     Set<String> names = new HashSet<>();
-    long offset = 0;
-    for (Entry entry : entries) {
-      String name = entry.name();
+    long total = 0;
+    for (TensorSpec spec : layout) {
+      String name = spec.name();
       checkArgument(
           !name.equals("__metadata__"),
           "%s: a tensor cannot be called '__metadata__', the header's metadata key",
@@ -487,17 +440,16 @@ public final class SafetensorsWriter implements AutoCloseable {
           "%s: tensor name '%s' holds an unpaired surrogate, which has no UTF-8 form",
           fileName,
           name);
-      long size;
       try {
-        size = TensorInfo.checkedByteSize(name, entry.dtype(), entry.shape());
-      } catch (IllegalArgumentException e) {
-        throw new IllegalArgumentException(fileName + ": " + e.getMessage(), e);
+        total = Math.addExact(total, spec.byteSize());
+      } catch (ArithmeticException e) {
+        throw new IllegalArgumentException(
+            String.format(
+                Locale.ROOT, "%s: the tensors up to '%s' hold more than %d bytes", fileName, name, Long.MAX_VALUE),
+            e);
       }
-      long end = Math.addExact(offset, size);
-      layout.add(new TensorInfo(name, entry.dtype(), entry.shape(), offset, end));
-      offset = end;
     }
-    return layout.build();
+    return total;
   }
 
   /**
