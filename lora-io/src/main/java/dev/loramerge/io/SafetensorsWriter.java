@@ -50,7 +50,13 @@ import java.util.concurrent.atomic.AtomicBoolean;
  * ExtendedOpenOption#DIRECT}), past the page cache, in aligned blocks of {@value #DIRECT_BLOCK}
  * bytes: writing a multi-GB model through the page cache costs three to five times the kernel
  * time of writing it direct. Elsewhere (tmpfs, some network and FUSE file systems) it is written
- * through the page cache as usual; the bytes are the same.
+ * through the page cache as usual; the bytes are the same. {@link DirectBlocks} does the aligned
+ * block writes.
+ *
+ * <p>The class is longer than 400 lines because it is one state machine (header written, tensors
+ * in layout order, commit or discard) whose every public step documents and checks its part of
+ * the all-or-nothing contract, and whose failure paths must each delete the temporary file and
+ * name the target; split further, each piece would need the whole state.
  *
  * <pre>{@code
  * try (SafetensorsWriter writer = SafetensorsWriter.create(target, layout, metadata)) {
@@ -64,11 +70,6 @@ import java.util.concurrent.atomic.AtomicBoolean;
 public final class SafetensorsWriter implements AutoCloseable {
   /** Bytes gathered before each direct write. */
   static final int DIRECT_BLOCK = 8 << 20;
-  /**
-   * The alignment of direct writes (buffer address, file position and length): the largest
-   * logical block size of common devices.
-   */
-  private static final int DIRECT_ALIGNMENT = 4096;
   /**
    * The messages with which the platforms report a full disk or an exhausted quota: Java gives no
    * error code, only the C library's text.
@@ -85,9 +86,8 @@ public final class SafetensorsWriter implements AutoCloseable {
   private final String fileName;
   private final Path temporary;
   private final FileChannel channel;
-  /** Non-null when writing direct: the bytes not yet written, from the last aligned position. */
-  private final ByteBuffer pending;
-  private long flushed;
+  /** Non-null when writing direct, past the page cache. */
+  private final DirectBlocks direct;
   private final ImmutableList<TensorSpec> layout;
   /** The file's size once written. */
   private final long size;
@@ -98,14 +98,14 @@ public final class SafetensorsWriter implements AutoCloseable {
       Path target,
       Path temporary,
       FileChannel channel,
-      ByteBuffer pending,
+      DirectBlocks direct,
       ImmutableList<TensorSpec> layout,
       long size) {
     this.target = target;
     this.fileName = target.getFileName().toString();
     this.temporary = temporary;
     this.channel = channel;
-    this.pending = pending;
+    this.direct = direct;
     this.layout = layout;
     this.size = size;
   }
@@ -132,7 +132,8 @@ public final class SafetensorsWriter implements AutoCloseable {
   static SafetensorsWriter create(
       Path target, List<TensorSpec> tensors, Map<String, String> metadata, int directBlock, Opener opener)
       throws IOException {
-    checkArgument(directBlock % DIRECT_ALIGNMENT == 0, "direct blocks are whole multiples of %s bytes", DIRECT_ALIGNMENT);
+    checkArgument(
+        directBlock % DirectBlocks.ALIGNMENT == 0, "direct blocks are whole multiples of %s bytes", DirectBlocks.ALIGNMENT);
     checkNotNull(target, "target");
     checkNotNull(tensors, "tensors");
     checkNotNull(metadata, "metadata");
@@ -160,13 +161,12 @@ public final class SafetensorsWriter implements AutoCloseable {
 
     Path temporary = createTemporary(absolute);
     long size = 8 + header.length + dataSize;
-    FileChannel channel = directBlock > 0 ? openDirect(temporary, opener) : null;
+    FileChannel channel = directBlock > 0 ? DirectBlocks.open(temporary, opener) : null;
     SafetensorsWriter writer;
     try {
       if (channel != null) {
-        // A small file needs no more buffer than its own size.
-        long block = Math.min(directBlock, (size + DIRECT_ALIGNMENT - 1) / DIRECT_ALIGNMENT * DIRECT_ALIGNMENT);
-        writer = new SafetensorsWriter(absolute, temporary, channel, alignedBuffer((int) block), layout, size);
+        DirectBlocks blocks = new DirectBlocks(channel, DirectBlocks.blockFor(size, directBlock));
+        writer = new SafetensorsWriter(absolute, temporary, channel, blocks, layout, size);
       } else {
         channel = opener.open(temporary, StandardOpenOption.WRITE);
         writer = new SafetensorsWriter(absolute, temporary, channel, null, layout, size);
@@ -182,33 +182,6 @@ public final class SafetensorsWriter implements AutoCloseable {
       throw writer.abandon(t);
     }
     return writer;
-  }
-
-  /**
-   * {@code temporary} opened for direct writes, or null where the file system refuses them: to
-   * open, or (some FUSE file systems) to write an aligned block.
-   */
-  private static FileChannel openDirect(Path temporary, Opener opener) {
-    FileChannel channel = null;
-    try {
-      channel = opener.open(temporary, StandardOpenOption.WRITE, ExtendedOpenOption.DIRECT);
-      writeFully(channel, alignedBuffer(DIRECT_ALIGNMENT), 0);
-      return channel;
-    } catch (UnsupportedOperationException | IOException e) {
-      if (channel != null) {
-        try {
-          channel.close();
-        } catch (IOException suppressed) {
-          e.addSuppressed(suppressed);
-        }
-      }
-      return null;
-    }
-  }
-
-  /** A direct buffer of {@code size} bytes at an address aligned for direct I/O. */
-  private static ByteBuffer alignedBuffer(int size) {
-    return ByteBuffer.allocateDirect(size + DIRECT_ALIGNMENT).alignedSlice(DIRECT_ALIGNMENT).limit(size).slice();
   }
 
   /**
@@ -288,17 +261,10 @@ public final class SafetensorsWriter implements AutoCloseable {
         next.dtype().safetensorsName(),
         Arrays.toString(next.shape()));
     try {
-      if (pending == null) {
+      if (direct == null) {
         source.transferTo(name, channel);
       } else {
-        for (long done = 0; done < from.byteSize(); ) {
-          ByteBuffer window = pending.slice();
-          window.limit((int) Math.min(window.limit(), from.byteSize() - done));
-          source.read(name, done, window);
-          done += window.limit();
-          pending.position(pending.position() + window.limit());
-          flushIfFull();
-        }
+        direct.copy(source, name, from.byteSize());
       }
     } catch (Throwable t) {
       throw abandon(t);
@@ -327,8 +293,8 @@ public final class SafetensorsWriter implements AutoCloseable {
               layout.size()));
     }
     try {
-      if (pending != null) {
-        finishDirect();
+      if (direct != null) {
+        direct.finish();
       }
       // The bytes and the size must be durable before the rename makes the file visible.
       channel.force(true);
@@ -345,7 +311,7 @@ public final class SafetensorsWriter implements AutoCloseable {
 
   /** Whether this writer writes past the page cache. */
   boolean direct() {
-    return pending != null;
+    return direct != null;
   }
 
   /**
@@ -386,7 +352,7 @@ public final class SafetensorsWriter implements AutoCloseable {
   private IOException abandon(Throwable failure) {
     Throwable thrown = failure;
     if (failure instanceof IOException && isDiskFull((IOException) failure)) {
-      long missing = size - (pending != null ? flushed : positionOr(0));
+      long missing = size - (direct != null ? direct.flushed() : positionOr(0));
       thrown =
           new IOException(
               String.format(
@@ -474,49 +440,10 @@ public final class SafetensorsWriter implements AutoCloseable {
 
   /** Writes {@code bytes} next, directly or through the page cache. */
   private void append(ByteBuffer bytes) throws IOException {
-    if (pending == null) {
-      writeFully(channel, bytes, -1);
-      return;
-    }
-    while (bytes.hasRemaining()) {
-      int count = Math.min(bytes.remaining(), pending.remaining());
-      pending.put(pending.position(), bytes, bytes.position(), count);
-      pending.position(pending.position() + count);
-      bytes.position(bytes.position() + count);
-      flushIfFull();
-    }
-  }
-
-  private void flushIfFull() throws IOException {
-    if (!pending.hasRemaining()) {
-      flushDirect(pending.capacity());
-    }
-  }
-
-  /** Writes the first {@code length} bytes of {@code pending}, a multiple of the alignment, next. */
-  private void flushDirect(int length) throws IOException {
-    writeFully(channel, pending.duplicate().position(0).limit(length), flushed);
-    flushed += length;
-    pending.clear();
-  }
-
-  /** Writes the last, partial block padded to the alignment, and cuts the padding off the file. */
-  private void finishDirect() throws IOException {
-    long size = flushed + pending.position();
-    int padded = (pending.position() + DIRECT_ALIGNMENT - 1) / DIRECT_ALIGNMENT * DIRECT_ALIGNMENT;
-    while (pending.position() < padded) {
-      pending.put((byte) 0);
-    }
-    flushDirect(padded);
-    channel.truncate(size);
-  }
-
-  /** Writes all of {@code bytes} at {@code position}, or at the channel's position when negative. */
-  private static void writeFully(FileChannel channel, ByteBuffer bytes, long position) throws IOException {
-    long at = position;
-    while (bytes.hasRemaining()) {
-      int count = at < 0 ? channel.write(bytes) : channel.write(bytes, at);
-      at = at < 0 ? at : at + count;
+    if (direct == null) {
+      DirectBlocks.writeFully(channel, bytes, -1);
+    } else {
+      direct.append(bytes);
     }
   }
 

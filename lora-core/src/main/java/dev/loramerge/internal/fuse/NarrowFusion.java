@@ -45,6 +45,12 @@ import org.slf4j.LoggerFactory;
  * rows at a time and rounded by {@link VectorRounding} while it is still in cache, with no native
  * call. That is about ten times faster than the scalar loop here, which multiplies each block in
  * libtorch; the results are the same bytes.
+ *
+ * <p>The class is longer than 400 lines because the error bound, the per-row thresholds derived
+ * from it, the rounding that trusts them and the float64 recomputation of the rest are one proof:
+ * each part is correct only for the others as written here, and one file keeps that argument
+ * checkable in one place. The vector kernels, which follow the same arithmetic, live apart in
+ * {@link VectorRounding} and {@link VectorProducts}.
  */
 final class NarrowFusion {
   private static final Logger log = LoggerFactory.getLogger(NarrowFusion.class);
