@@ -32,9 +32,9 @@ import java.util.stream.IntStream;
  * remaining updates would have given, and the original itself once none is left.
  *
  * <p>Once a weight is restored, its copy's memory is kept as a spare, and the next fuse that
- * touches the weight copies into it. Freed and allocated again, the copies of an SDXL UNet's
- * touched weights (4.4 GB) came back as fresh pages about one fuse in two, and the kernel's
- * clearing of a million pages on first touch made those fuses 1.5 to 2 times slower. Spares are
+ * touches the weight copies into it. Memory freed and allocated again may come back as fresh
+ * pages, which the kernel clears on first touch with a page fault per 4 KiB: about a million for
+ * the copies of an SDXL UNet's touched weights (4.4 GB), on every fuse that gets them. Spares are
  * kept only for copies that are written through their own views; {@link #trim} frees them.
  *
  * <p>Weights on the CPU and laid out contiguously are computed straight into their own memory;

@@ -6,7 +6,7 @@ import org.ejml.data.DMatrixRMaj;
 interface GramRoot {
   /**
    * The Cholesky root when G is well enough conditioned that it is as accurate as the
-   * eigen-decomposition's, which is about twelve times slower at 64×64 (EJML); the eigen root
+   * eigen-decomposition's, which costs much more at these sizes (EJML); the eigen root
    * otherwise, which also drops G's null space.
    */
   static GramRoot of(DMatrixRMaj gram) {
