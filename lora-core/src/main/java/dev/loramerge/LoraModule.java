@@ -14,11 +14,17 @@ import java.util.Locale;
  * Instances are immutable and thread-safe.
  */
 public final class LoraModule {
-  /** The layer a module adapts. */
+  /**
+   * The layer type a module adapts, which decides the rank of its factors and of the base weight;
+   * {@link dev.loramerge.arch.ModuleSpec} uses it for the layers an architecture has.
+   */
   public enum Kind {
-    /** A linear layer: A is r×in, B is out×r. */
+    /** A {@code torch.nn.Linear}: A is r×in, B is out×r, the weight {@code [out, in]}. */
     LINEAR,
-    /** A convolution: A is r×in×k×k, B is out×r×1×1. */
+    /**
+     * A {@code torch.nn.Conv2d}: A is r×in×kh×kw, B is out×r×1×1, the weight {@code [out, in, kh,
+     * kw]}.
+     */
     CONV
   }
 

@@ -9,13 +9,13 @@ import ai.djl.ndarray.types.Shape;
 import dev.loramerge.DType;
 import dev.loramerge.LoraAdapter;
 import dev.loramerge.TensorData;
+import dev.loramerge.TensorSpec;
 import dev.loramerge.algorithms.Dare;
 import dev.loramerge.fuse.FusedLora;
 import dev.loramerge.fuse.LoraFuser;
 import dev.loramerge.fuse.WeightTarget;
 import dev.loramerge.io.LoraFiles;
 import dev.loramerge.io.SafetensorsFile;
-import dev.loramerge.io.TensorInfo;
 import dev.loramerge.merge.LoraMerger;
 import java.io.IOException;
 import java.nio.ByteBuffer;
@@ -107,7 +107,7 @@ public final class HotSwap {
   static Map<String, NDArray> load(NDManager manager, Path file) throws IOException {
     Map<String, NDArray> weights = new LinkedHashMap<>();
     try (SafetensorsFile safetensors = SafetensorsFile.open(file)) {
-      for (TensorInfo info : safetensors.tensors()) {
+      for (TensorSpec info : safetensors.tensors()) {
         DataType type = dataType(info.dtype());
         if (type == DataType.UNKNOWN) {
           continue;

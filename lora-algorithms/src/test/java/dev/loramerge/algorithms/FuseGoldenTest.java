@@ -7,13 +7,13 @@ import dev.loramerge.LoraAdapter;
 import dev.loramerge.LoraModule;
 import dev.loramerge.ModuleKey;
 import dev.loramerge.TensorData;
+import dev.loramerge.TensorSpec;
 import dev.loramerge.fuse.FusedLora;
 import dev.loramerge.fuse.LoraFuser;
 import dev.loramerge.internal.numeric.FloatFormats;
 import dev.loramerge.io.LoraFiles;
 import dev.loramerge.io.SafetensorsFile;
 import dev.loramerge.io.SafetensorsWeights;
-import dev.loramerge.io.TensorInfo;
 import dev.loramerge.merge.LoraMerger;
 import dev.loramerge.testing.GoldenFiles;
 import dev.loramerge.testing.TinyLora;
@@ -58,7 +58,7 @@ class FuseGoldenTest {
     try (SafetensorsFile base = SafetensorsFile.open(GoldenFiles.peft021("base.fp32.safetensors"));
         SafetensorsFile result = SafetensorsFile.open(output)) {
       assertThat(result.tensors()).as("%s layout", id).isEqualTo(base.tensors());
-      for (TensorInfo info : base.tensors()) {
+      for (TensorSpec info : base.tensors()) {
         String name = info.name();
         if (!fused.report().matched().containsValue(name)) {
           assertThat(result.tensor(name)).as("%s: untouched tensor %s", id, name).isEqualTo(base.tensor(name));

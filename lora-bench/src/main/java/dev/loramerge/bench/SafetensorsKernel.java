@@ -1,9 +1,9 @@
 package dev.loramerge.bench;
 
 import dev.loramerge.DType;
+import dev.loramerge.TensorSpec;
 import dev.loramerge.io.SafetensorsFile;
 import dev.loramerge.io.SafetensorsWriter;
-import dev.loramerge.io.TensorInfo;
 import java.io.IOException;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
@@ -28,7 +28,7 @@ public class SafetensorsKernel extends Kernel {
   private Path file;
   private ByteBuffer values;
   private ByteBuffer target;
-  private List<SafetensorsWriter.Entry> entries;
+  private List<TensorSpec> entries;
 
   @Setup(Level.Trial)
   public void setUp() throws IOException {
@@ -41,7 +41,7 @@ public class SafetensorsKernel extends Kernel {
     target = ByteBuffer.allocateDirect(values.capacity());
     entries = new ArrayList<>();
     for (int i = 0; i < TENSORS; i++) {
-      entries.add(new SafetensorsWriter.Entry("layers." + i + ".weight", DType.F16, SHAPE));
+      entries.add(new TensorSpec("layers." + i + ".weight", DType.F16, SHAPE));
     }
     write();
   }
@@ -56,7 +56,7 @@ public class SafetensorsKernel extends Kernel {
   public long read() throws IOException {
     long sum = 0;
     try (SafetensorsFile safetensors = SafetensorsFile.open(file)) {
-      for (TensorInfo info : safetensors.tensors()) {
+      for (TensorSpec info : safetensors.tensors()) {
         target.clear();
         safetensors.read(info.name(), target);
         sum += target.get(0);
@@ -68,7 +68,7 @@ public class SafetensorsKernel extends Kernel {
   @Benchmark
   public Path write() throws IOException {
     try (SafetensorsWriter writer = SafetensorsWriter.create(file, entries, Map.of())) {
-      for (SafetensorsWriter.Entry entry : entries) {
+      for (TensorSpec entry : entries) {
         writer.write(entry.name(), values.duplicate());
       }
       writer.commit();

@@ -7,6 +7,7 @@ import ai.djl.ndarray.types.Shape;
 import dev.loramerge.Component;
 import dev.loramerge.DType;
 import dev.loramerge.LoraAdapter;
+import dev.loramerge.TensorSpec;
 import dev.loramerge.arch.Architecture;
 import dev.loramerge.arch.ModuleSpec;
 import dev.loramerge.io.LoraFiles;
@@ -73,11 +74,11 @@ final class SdxlData {
       return file;
     }
     List<ModuleSpec> specs = new ArrayList<>();
-    List<SafetensorsWriter.Entry> entries = new ArrayList<>();
+    List<TensorSpec> entries = new ArrayList<>();
     for (ModuleSpec spec : Architecture.sdxl().modules().values()) {
       if (spec.key().component() == Component.UNET) {
         specs.add(spec);
-        entries.add(new SafetensorsWriter.Entry(spec.key().path() + ".weight", DType.F16, spec.weightShape()));
+        entries.add(new TensorSpec(spec.key().path() + ".weight", DType.F16, spec.weightShape()));
       }
     }
     System.out.printf(Locale.ROOT, "writing the SDXL base UNet (%d fp16 weights) to %s, once%n", specs.size(), file);

@@ -1,9 +1,9 @@
 package dev.loramerge.cli;
 
+import dev.loramerge.TensorSpec;
 import dev.loramerge.arch.Architecture;
 import dev.loramerge.io.LoraReadOptions;
 import dev.loramerge.io.SafetensorsFile;
-import dev.loramerge.io.TensorInfo;
 import java.io.IOException;
 import java.nio.file.Path;
 import java.util.stream.Collectors;
@@ -49,7 +49,7 @@ final class InputOptions {
     }
     if (base != null) {
       try (SafetensorsFile file = SafetensorsFile.open(base)) {
-        options.baseKeys(file.tensors().stream().map(TensorInfo::name).collect(Collectors.toList()));
+        options.baseKeys(file.tensors().stream().map(TensorSpec::name).collect(Collectors.toList()));
       }
     }
     return options.build();

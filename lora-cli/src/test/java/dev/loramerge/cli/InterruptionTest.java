@@ -8,6 +8,7 @@ import dev.loramerge.LoraAdapter;
 import dev.loramerge.LoraModule;
 import dev.loramerge.ModuleKey;
 import dev.loramerge.TensorData;
+import dev.loramerge.TensorSpec;
 import dev.loramerge.internal.numeric.FloatFormats;
 import dev.loramerge.io.LoraFiles;
 import dev.loramerge.io.LoraFormat;
@@ -78,9 +79,9 @@ class InterruptionTest {
    */
   private Path[] baseAndAdapter() throws IOException {
     Path base = temp.resolve("base.safetensors");
-    List<SafetensorsWriter.Entry> entries = new ArrayList<>();
+    List<TensorSpec> entries = new ArrayList<>();
     for (int i = 0; i < LAYERS; i++) {
-      entries.add(new SafetensorsWriter.Entry("layers." + i + ".proj.weight", DType.F16, new long[] {OUT, IN}));
+      entries.add(new TensorSpec("layers." + i + ".proj.weight", DType.F16, new long[] {OUT, IN}));
     }
     ByteBuffer values = ByteBuffer.allocateDirect(OUT * IN * 2).order(ByteOrder.LITTLE_ENDIAN);
     SplittableRandom random = new SplittableRandom(3);
@@ -88,7 +89,7 @@ class InterruptionTest {
       values.putShort(i * 2, FloatFormats.toFloat16(0.05 * (random.nextDouble() - 0.5)));
     }
     try (SafetensorsWriter writer = SafetensorsWriter.create(base, entries, Map.of())) {
-      for (SafetensorsWriter.Entry entry : entries) {
+      for (TensorSpec entry : entries) {
         writer.write(entry.name(), values.duplicate());
       }
       writer.commit();

@@ -3,6 +3,7 @@ package dev.loramerge.arch;
 import static com.google.common.base.Preconditions.checkArgument;
 import static com.google.common.base.Preconditions.checkNotNull;
 
+import dev.loramerge.LoraModule.Kind;
 import dev.loramerge.ModuleKey;
 import java.util.Optional;
 
@@ -22,7 +23,7 @@ import java.util.Optional;
  * <p>Instances are immutable and thread-safe.
  *
  * @param key the module's canonical name
- * @param kind whether the module is a linear layer or a convolution
+ * @param kind whether the module is a linear layer or a convolution (with a square kernel)
  * @param inFeatures input features (linear) or channels (convolution), positive
  * @param outFeatures output features (linear) or channels (convolution), positive
  * @param kernelSize the convolution's kernel side; 1 for a linear layer
@@ -37,14 +38,6 @@ public record ModuleSpec(
     int kernelSize,
     Optional<String> blockId,
     Optional<String> originalPath) {
-
-  /** The layer type of a module, which decides the rank of its weight. */
-  public enum Kind {
-    /** A {@code torch.nn.Linear}: weight {@code [out, in]}. */
-    LINEAR,
-    /** A {@code torch.nn.Conv2d} with a square kernel: weight {@code [out, in, k, k]}. */
-    CONV
-  }
 
   /**
    * Validates the spec.

@@ -5,6 +5,7 @@ import ai.djl.ndarray.NDArray;
 import ai.djl.ndarray.index.NDIndex;
 import ai.djl.ndarray.types.DataType;
 import com.google.common.collect.ImmutableMap;
+import dev.loramerge.TensorSpec;
 import dev.loramerge.internal.fuse.Fusion;
 import dev.loramerge.internal.linalg.NdArrays;
 import java.nio.ByteBuffer;
@@ -31,9 +32,9 @@ import java.util.stream.IntStream;
  * remaining updates would have given, and the original itself once none is left.
  *
  * <p>Once a weight is restored, its copy's memory is kept as a spare, and the next fuse that
- * touches the weight copies into it. Freed and allocated again, the copies of an SDXL UNet's
- * touched weights (4.4 GB) came back as fresh pages about one fuse in two, and the kernel's
- * clearing of a million pages on first touch made those fuses 1.5 to 2 times slower. Spares are
+ * touches the weight copies into it. Memory freed and allocated again may come back as fresh
+ * pages, which the kernel clears on first touch with a page fault per 4 KiB: about a million for
+ * the copies of an SDXL UNet's touched weights (4.4 GB), on every fuse that gets them. Spares are
  * kept only for copies that are written through their own views; {@link #trim} frees them.
  *
  * <p>Weights on the CPU and laid out contiguously are computed straight into their own memory;
@@ -48,7 +49,7 @@ final class ArrayTarget implements WeightTarget {
   /** Copies of restored weights, written through their views, for the next fuse to copy into. */
   private final SpareCopies spares;
   private final ImmutableMap<String, NDArray> arrays;
-  private final ImmutableMap<String, WeightInfo> weights;
+  private final ImmutableMap<String, TensorSpec> weights;
   private final Map<String, NDArray> originals = new HashMap<>();
   private final List<WeightUpdate> active = new ArrayList<>();
   /** Whether each weight's direct view is its own memory, once a fuse has found out. */
@@ -63,13 +64,13 @@ final class ArrayTarget implements WeightTarget {
   ArrayTarget(ImmutableMap<String, NDArray> arrays, SpareCopies spares) {
     this.arrays = arrays;
     this.spares = spares;
-    ImmutableMap.Builder<String, WeightInfo> infos = ImmutableMap.builder();
+    ImmutableMap.Builder<String, TensorSpec> infos = ImmutableMap.builder();
     Map<String, DataType> unfusable = new LinkedHashMap<>();
     arrays.forEach(
         (name, array) -> {
           switch (array.getDataType()) {
             case FLOAT64, FLOAT32, FLOAT16, BFLOAT16 ->
-                infos.put(name, new WeightInfo(Fusion.dtypeOf(array.getDataType(), name), array.getShape().getShape()));
+                infos.put(name, new TensorSpec(name, Fusion.dtypeOf(array.getDataType(), name), array.getShape().getShape()));
             default -> unfusable.put(name, array.getDataType());
           }
         });
@@ -84,7 +85,7 @@ final class ArrayTarget implements WeightTarget {
   }
 
   @Override
-  public ImmutableMap<String, WeightInfo> weights() {
+  public ImmutableMap<String, TensorSpec> weights() {
     return weights;
   }
 
@@ -193,7 +194,7 @@ final class ArrayTarget implements WeightTarget {
    */
   private void write(String name, List<WeightUpdate> updates, Optional<NDArray> from, Optional<NDArray> before) {
     NDArray array = arrays.get(name);
-    WeightInfo info = weights.get(name);
+    TensorSpec spec = weights.get(name);
     Boolean known = writesThrough.get(name);
     boolean direct = mayWriteThrough(array) && (known != null ? known : before.isPresent());
     // Not in place, the values go through a heap copy (toByteBuffer() without a direct view):
@@ -202,7 +203,7 @@ final class ArrayTarget implements WeightTarget {
     ByteBuffer into = direct ? array.toByteBuffer(true) : array.toByteBuffer();
     ByteBuffer source = from.isPresent() ? from.get().toByteBuffer(direct) : into;
     for (WeightUpdate update : updates) {
-      update.apply(name, source, info, into, info.dtype());
+      update.apply(spec, source, into, spec.dtype());
       source = into;
     }
     if (!direct) {

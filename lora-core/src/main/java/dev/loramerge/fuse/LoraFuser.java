@@ -11,6 +11,7 @@ import dev.loramerge.LoraMergeException;
 import dev.loramerge.LoraModule;
 import dev.loramerge.ModuleKey;
 import dev.loramerge.TensorData;
+import dev.loramerge.TensorSpec;
 import dev.loramerge.arch.Architecture;
 import dev.loramerge.internal.fuse.FuseScratch;
 import dev.loramerge.internal.json.Recipes;
@@ -115,7 +116,7 @@ public final class LoraFuser {
 
   private FusedLora fuse(WeightTarget target, double factor, String operation) throws IOException {
     checkNotNull(target, "target");
-    ImmutableMap<String, WeightInfo> weights = target.weights();
+    ImmutableMap<String, TensorSpec> weights = target.weights();
     Optional<Architecture> arch = architecture.or(() -> Architecture.detect(merger.inputs().get(0).adapter()));
     SortedSet<ModuleKey> keys = new TreeSet<>();
     for (MergeInput input : merger.inputs()) {
@@ -135,7 +136,7 @@ public final class LoraFuser {
         unmatched.add(key);
         continue;
       }
-      checkFits(key, updates.firstModule(key), name.get(), weights.get(name.get()));
+      checkFits(key, updates.firstModule(key), weights.get(name.get()));
       ModuleKey previous = byWeight.put(name.get(), key);
       if (previous != null) {
         throw new LoraMergeException(
@@ -189,7 +190,7 @@ public final class LoraFuser {
         });
   }
 
-  private static void checkFits(ModuleKey key, LoraModule module, String name, WeightInfo weight) {
+  private static void checkFits(ModuleKey key, LoraModule module, TensorSpec weight) {
     long[] expected = module.weightShape();
     long[] found = weight.shape();
     if (found.length == 0 || found[0] != expected[0] || weight.numel() != TensorData.numel(expected)) {
@@ -200,13 +201,14 @@ public final class LoraFuser {
                   + " architecture?",
               key,
               Arrays.toString(expected),
-              name,
-              weight));
+              weight.name(),
+              weight.dtype().safetensorsName() + Arrays.toString(found)));
     }
     if (!weight.dtype().isFloatingPoint() || weight.dtype().byteSize() < 2) {
       throw new LoraMergeException(
           String.format(
-              Locale.ROOT, "base weight '%s' is %s; can fuse only into F64, F32, F16 or BF16", name, weight));
+              Locale.ROOT, "base weight '%s' is %s; can fuse only into F64, F32, F16 or BF16", weight.name(),
+              weight.dtype().safetensorsName() + Arrays.toString(found)));
     }
   }
 

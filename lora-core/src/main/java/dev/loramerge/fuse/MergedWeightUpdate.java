@@ -7,6 +7,7 @@ import com.google.common.collect.ImmutableMap;
 import com.google.common.collect.ImmutableSet;
 import dev.loramerge.DType;
 import dev.loramerge.ModuleKey;
+import dev.loramerge.TensorSpec;
 import dev.loramerge.internal.fuse.FuseScratch;
 import dev.loramerge.internal.fuse.Fusion;
 import dev.loramerge.internal.linalg.LazyManager;
@@ -49,7 +50,8 @@ final class MergedWeightUpdate implements WeightUpdate {
   }
 
   @Override
-  public void apply(String name, ByteBuffer weight, WeightInfo info, ByteBuffer into, DType dtype) {
+  public void apply(TensorSpec spec, ByteBuffer weight, ByteBuffer into, DType dtype) {
+    String name = spec.name();
     ModuleKey key = modules.get(name);
     checkArgument(key != null, "this update does not change weight '%s'", name);
     String label = String.format(Locale.ROOT, "module '%s' (weight '%s')", key, name);
@@ -58,10 +60,10 @@ final class MergedWeightUpdate implements WeightUpdate {
     for (int i = 0; i < up.length; i++) {
       up[i] *= factor;
     }
-    int rank = up.length / Math.toIntExact(info.shape()[0]);
+    int rank = up.length / Math.toIntExact(spec.shape()[0]);
     Runnable kernel = () -> {
       try (LazyManager manager = new LazyManager(NDManager::newBaseManager)) {
-        Fusion.fuse(scratch, manager, weight, info.dtype(), info.shape(), up, factors.down(), rank, into, dtype, label);
+        Fusion.fuse(scratch, manager, weight, spec.dtype(), spec.shape(), up, factors.down(), rank, into, dtype, label);
       }
     };
     // Targets may call from threads of their own (a file target's reader); the kernel's parallel

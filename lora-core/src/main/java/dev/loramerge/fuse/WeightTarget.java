@@ -9,6 +9,7 @@ import ai.djl.nn.Parameter;
 import ai.djl.util.Pair;
 import com.google.common.collect.ImmutableMap;
 import dev.loramerge.LoraMergeException;
+import dev.loramerge.TensorSpec;
 import java.io.IOException;
 import java.util.LinkedHashMap;
 import java.util.Map;
@@ -27,8 +28,8 @@ import java.util.Optional;
  * }</pre>
  */
 public interface WeightTarget {
-  /** Every weight's dtype and shape, by name, in the target's own order. */
-  ImmutableMap<String, WeightInfo> weights();
+  /** Every weight's name, dtype and shape, keyed by its name, in the target's own order. */
+  ImmutableMap<String, TensorSpec> weights();
 
   /**
    * Rewrites the weights {@code update} names, all or nothing: when it throws, the target is as

@@ -3,6 +3,7 @@ package dev.loramerge.fuse;
 import com.google.common.collect.ImmutableSet;
 import dev.loramerge.DType;
 import dev.loramerge.LoraMergeException;
+import dev.loramerge.TensorSpec;
 import dev.loramerge.merge.LoraMerger;
 import java.nio.ByteBuffer;
 import java.util.concurrent.ForkJoinPool;
@@ -19,16 +20,16 @@ public interface WeightUpdate {
   ImmutableSet<String> names();
 
   /**
-   * Writes weight {@code name} plus the update into {@code into}. {@code weight} holds the
-   * weight's current bytes (little-endian, of {@code info}'s dtype and shape); {@code into}
+   * Writes the weight {@code spec} names plus the update into {@code into}. {@code weight} holds
+   * the weight's current bytes (little-endian, of {@code spec}'s dtype and shape); {@code into}
    * receives, from its position, the sum rounded once from its exact value to {@code dtype} (F64,
    * F32, F16 or BF16) as little-endian bytes. {@code into} may be {@code weight} itself when both
    * types are equally wide. If this throws, {@code into}'s contents are unspecified.
    *
-   * @throws IllegalArgumentException if this update does not rewrite {@code name}
+   * @throws IllegalArgumentException if this update does not rewrite the weight {@code spec} names
    * @throws LoraMergeException if a result is not finite or beyond the dtype's range
    */
-  void apply(String name, ByteBuffer weight, WeightInfo info, ByteBuffer into, DType dtype);
+  void apply(TensorSpec spec, ByteBuffer weight, ByteBuffer into, DType dtype);
 
   /**
    * How the update was made, as the recipe JSON that {@link LoraMerger#RECIPE_KEY} holds in a

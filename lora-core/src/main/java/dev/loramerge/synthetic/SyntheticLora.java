@@ -25,7 +25,7 @@ import java.util.function.Predicate;
  *
  * <pre>{@code
  * LoraAdapter style = SyntheticLora.builder(Architecture.sdxl())
- *     .modules(spec -> spec.kind() == ModuleSpec.Kind.LINEAR && spec.key().component() == Component.UNET)
+ *     .modules(spec -> spec.kind() == LoraModule.Kind.LINEAR && spec.key().component() == Component.UNET)
  *     .rank(32).alpha(16).seed(1).build();
  * }</pre>
  */
@@ -135,11 +135,11 @@ public final class SyntheticLora {
         SplittableRandom random = new SplittableRandom(Randoms.streamSeed(seed, spec.key().toString(), 0, "synthetic"));
         long inner = spec.inFeatures() * spec.kernelSize() * spec.kernelSize();
         long[] downShape =
-            spec.kind() == ModuleSpec.Kind.CONV
+            spec.kind() == LoraModule.Kind.CONV
                 ? new long[] {rank, spec.inFeatures(), spec.kernelSize(), spec.kernelSize()}
                 : new long[] {rank, spec.inFeatures()};
         long[] upShape =
-            spec.kind() == ModuleSpec.Kind.CONV
+            spec.kind() == LoraModule.Kind.CONV
                 ? new long[] {spec.outFeatures(), rank, 1, 1}
                 : new long[] {spec.outFeatures(), rank};
         TensorData down = gaussian(random, 1 / Math.sqrt(inner), dtype, downShape);

@@ -7,6 +7,7 @@ import static org.assertj.core.api.Assertions.assertThatThrownBy;
 
 import dev.loramerge.Component;
 import dev.loramerge.LoraAdapter;
+import dev.loramerge.LoraModule;
 import dev.loramerge.ModuleKey;
 import dev.loramerge.internal.arch.ConfigWalks;
 import dev.loramerge.internal.arch.ParameterTally;
@@ -223,7 +224,7 @@ class ArchitectureTest {
               spec ->
                   assertThat(spec.kernelSize())
                       .as("kernel size of %s", spec.key())
-                      .isIn(spec.kind() == ModuleSpec.Kind.LINEAR ? List.of(1) : List.of(1, 3)));
+                      .isIn(spec.kind() == LoraModule.Kind.LINEAR ? List.of(1) : List.of(1, 3)));
     }
 
     @Test
@@ -231,11 +232,11 @@ class ArchitectureTest {
       assertThat(Architecture.sd15().modules().values().stream().filter(spec -> spec.key().path().endsWith("proj_in")))
           .as("SD1.5 proj_in (use_linear_projection false)")
           .hasSize(16)
-          .allMatch(spec -> spec.kind() == ModuleSpec.Kind.CONV && spec.kernelSize() == 1);
+          .allMatch(spec -> spec.kind() == LoraModule.Kind.CONV && spec.kernelSize() == 1);
       assertThat(Architecture.sdxl().modules().values().stream().filter(spec -> spec.key().path().endsWith("proj_out")))
           .as("SDXL proj_out (use_linear_projection true)")
           .hasSize(11)
-          .allMatch(spec -> spec.kind() == ModuleSpec.Kind.LINEAR);
+          .allMatch(spec -> spec.kind() == LoraModule.Kind.LINEAR);
     }
   }
 
@@ -564,10 +565,10 @@ class ArchitectureTest {
     @Test
     void rejectsALinearLayerWithAKernelAndNonPositiveSizes() {
       assertThatThrownBy(
-              () -> new ModuleSpec(key, ModuleSpec.Kind.LINEAR, 4, 4, 3, Optional.empty(), Optional.empty()))
+              () -> new ModuleSpec(key, LoraModule.Kind.LINEAR, 4, 4, 3, Optional.empty(), Optional.empty()))
           .isInstanceOf(IllegalArgumentException.class)
           .hasMessage("module 'unet.conv_in': a linear layer has kernel size 1, got 3");
-      assertThatThrownBy(() -> new ModuleSpec(key, ModuleSpec.Kind.CONV, 0, 4, 3, Optional.empty(), Optional.empty()))
+      assertThatThrownBy(() -> new ModuleSpec(key, LoraModule.Kind.CONV, 0, 4, 3, Optional.empty(), Optional.empty()))
           .isInstanceOf(IllegalArgumentException.class)
           .hasMessage("module 'unet.conv_in': features must be positive, got in 0 and out 4");
     }

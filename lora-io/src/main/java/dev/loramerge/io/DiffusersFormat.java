@@ -7,6 +7,7 @@ import dev.loramerge.LoraModule;
 import dev.loramerge.ModuleKey;
 import dev.loramerge.ScaleRule;
 import dev.loramerge.TensorData;
+import dev.loramerge.TensorSpec;
 import dev.loramerge.internal.json.Json;
 import java.io.IOException;
 import java.nio.file.Path;
@@ -129,8 +130,8 @@ final class DiffusersFormat {
 
   static LoraAdapter read(SafetensorsFile file, String adapterName, LoraReadOptions options) throws IOException {
     FormatParts parts = new FormatParts(file.path().getFileName().toString());
-    for (TensorInfo info : file.tensors()) {
-      String name = info.name();
+    for (TensorSpec spec : file.tensors()) {
+      String name = spec.name();
       Optional<String[]> factor = factor(name);
       if (component(name).isPresent() && factor.isPresent()) {
         FormatParts.Module module = parts.module(factor.get()[0]);

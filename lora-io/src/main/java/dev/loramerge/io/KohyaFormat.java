@@ -6,6 +6,7 @@ import dev.loramerge.LoraModule;
 import dev.loramerge.ModuleKey;
 import dev.loramerge.ScaleRule;
 import dev.loramerge.TensorData;
+import dev.loramerge.TensorSpec;
 import java.io.IOException;
 import java.nio.file.Path;
 import java.util.LinkedHashMap;
@@ -33,8 +34,8 @@ final class KohyaFormat {
 
   static LoraAdapter read(SafetensorsFile file, String adapterName, LoraReadOptions options) {
     FormatParts parts = new FormatParts(file.path().getFileName().toString());
-    for (TensorInfo info : file.tensors()) {
-      String name = info.name();
+    for (TensorSpec spec : file.tensors()) {
+      String name = spec.name();
       int dot = name.indexOf('.');
       String module = dot < 0 ? name : name.substring(0, dot);
       String suffix = dot < 0 ? "" : name.substring(dot);

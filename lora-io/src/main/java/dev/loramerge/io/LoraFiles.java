@@ -3,6 +3,7 @@ package dev.loramerge.io;
 import static com.google.common.base.Preconditions.checkNotNull;
 
 import dev.loramerge.LoraAdapter;
+import dev.loramerge.TensorSpec;
 import java.io.IOException;
 import java.nio.file.Files;
 import java.nio.file.NoSuchFileException;
@@ -75,7 +76,7 @@ public final class LoraFiles {
     }
     Path weights = weightsFile(path);
     try (SafetensorsFile file = SafetensorsFile.open(weights)) {
-      List<String> names = file.tensors().stream().map(TensorInfo::name).collect(Collectors.toList());
+      List<String> names = file.tensors().stream().map(TensorSpec::name).collect(Collectors.toList());
       if (KohyaFormat.matches(names)) {
         return LoraFormat.KOHYA;
       }

@@ -8,6 +8,7 @@ import dev.loramerge.LoraModule;
 import dev.loramerge.ModuleKey;
 import dev.loramerge.ScaleRule;
 import dev.loramerge.TensorData;
+import dev.loramerge.TensorSpec;
 import dev.loramerge.internal.json.Json;
 import java.io.IOException;
 import java.nio.charset.StandardCharsets;
@@ -104,8 +105,8 @@ final class PeftFormat {
     }
     try (SafetensorsFile file = SafetensorsFile.open(weights)) {
       FormatParts parts = new FormatParts(weights.getParent().getFileName() + "/" + WEIGHTS);
-      for (TensorInfo info : file.tensors()) {
-        String name = info.name();
+      for (TensorSpec spec : file.tensors()) {
+        String name = spec.name();
         if (name.startsWith(PREFIX) && name.endsWith(DOWN)) {
           parts.module(middle(name, PREFIX, DOWN)).down = file.tensor(name);
         } else if (name.startsWith(PREFIX) && name.endsWith(UP)) {

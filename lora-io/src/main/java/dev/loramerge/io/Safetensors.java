@@ -5,6 +5,7 @@ import static com.google.common.base.Preconditions.checkNotNull;
 import com.google.common.collect.ImmutableList;
 import dev.loramerge.DType;
 import dev.loramerge.TensorData;
+import dev.loramerge.TensorSpec;
 import java.io.IOException;
 import java.nio.file.Path;
 import java.util.Comparator;
@@ -59,9 +60,9 @@ public final class Safetensors {
     checkNotNull(tensors, "tensors");
     List<Map.Entry<String, TensorData>> ordered =
         tensors.entrySet().stream().sorted(REFERENCE_LAYOUT).toList();
-    List<SafetensorsWriter.Entry> layout =
+    List<TensorSpec> layout =
         ordered.stream()
-            .map(entry -> SafetensorsWriter.Entry.of(entry.getKey(), entry.getValue()))
+            .map(entry -> TensorSpec.of(entry.getKey(), entry.getValue()))
             .toList();
     try (SafetensorsWriter writer = SafetensorsWriter.create(target, layout, metadata)) {
       for (Map.Entry<String, TensorData> entry : ordered) {

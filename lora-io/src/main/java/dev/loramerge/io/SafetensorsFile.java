@@ -8,6 +8,7 @@ import com.google.common.collect.ImmutableList;
 import com.google.common.collect.ImmutableMap;
 import dev.loramerge.LoraMergeException;
 import dev.loramerge.TensorData;
+import dev.loramerge.TensorSpec;
 import java.io.IOException;
 import java.io.UncheckedIOException;
 import java.nio.ByteBuffer;
@@ -36,8 +37,8 @@ import java.util.function.Function;
  *
  * <pre>{@code
  * try (SafetensorsFile file = SafetensorsFile.open(Path.of("style.safetensors"))) {
- *   for (TensorInfo info : file.tensors()) {
- *     TensorData data = file.tensor(info.name());
+ *   for (TensorSpec spec : file.tensors()) {
+ *     TensorData data = file.tensor(spec.name());
  *   }
  * }
  * }</pre>
@@ -48,7 +49,7 @@ public final class SafetensorsFile implements AutoCloseable {
   private final FileChannel channel;
   private final long size;
   private final SafetensorsHeader header;
-  private final ImmutableMap<String, TensorInfo> byName;
+  private final ImmutableMap<String, TensorSpec> byName;
   private final AtomicBoolean closed = new AtomicBoolean();
 
   private SafetensorsFile(Path path, FileChannel channel, long size, SafetensorsHeader header) {
@@ -59,7 +60,7 @@ public final class SafetensorsFile implements AutoCloseable {
     this.header = header;
     this.byName =
         header.tensors().stream()
-            .collect(ImmutableMap.toImmutableMap(TensorInfo::name, Function.identity()));
+            .collect(ImmutableMap.toImmutableMap(TensorSpec::name, Function.identity()));
   }
 
   /**
@@ -95,14 +96,19 @@ public final class SafetensorsFile implements AutoCloseable {
     return header.metadata();
   }
 
-  /** Every tensor entry, in data-offset order. */
-  public ImmutableList<TensorInfo> tensors() {
+  /** Every tensor's name, dtype and shape, in data-offset order. */
+  public ImmutableList<TensorSpec> tensors() {
     return header.tensors();
   }
 
-  /** The entry of the tensor called {@code name}, if there is one. */
-  public Optional<TensorInfo> info(String name) {
+  /** The name, dtype and shape of the tensor called {@code name}, if there is one. */
+  public Optional<TensorSpec> spec(String name) {
     return Optional.ofNullable(byName.get(checkNotNull(name, "name")));
+  }
+
+  /** Where each tensor's bytes lie in the data section, by name, in data-offset order. */
+  ImmutableMap<String, DataOffsets> offsets() {
+    return header.offsets();
   }
 
   /** Whether the file holds a tensor called {@code name}. */
@@ -123,16 +129,17 @@ public final class SafetensorsFile implements AutoCloseable {
   public TensorData tensor(String name) {
     checkNotNull(name, "name");
     checkState(!closed.get(), "%s: file is closed", fileName);
-    TensorInfo info = byName.get(name);
-    checkArgument(info != null, "%s: no tensor '%s'", fileName, name);
-    if (info.byteSize() > Integer.MAX_VALUE) {
+    TensorSpec spec = byName.get(name);
+    checkArgument(spec != null, "%s: no tensor '%s'", fileName, name);
+    DataOffsets offsets = header.offsets().get(name);
+    if (offsets.byteSize() > Integer.MAX_VALUE) {
       throw new LoraMergeException(
           String.format(
               Locale.ROOT,
               "%s: tensor '%s' holds %d bytes, more than the %d a Java buffer can map",
               fileName,
               name,
-              info.byteSize(),
+              offsets.byteSize(),
               Integer.MAX_VALUE));
     }
     ByteBuffer bytes;
@@ -141,14 +148,14 @@ public final class SafetensorsFile implements AutoCloseable {
           channel
               .map(
                   FileChannel.MapMode.READ_ONLY,
-                  header.dataOffset() + info.begin(),
-                  info.byteSize())
+                  header.dataOffset() + offsets.begin(),
+                  offsets.byteSize())
               .order(ByteOrder.LITTLE_ENDIAN);
     } catch (IOException e) {
       throw new UncheckedIOException(
           String.format(Locale.ROOT, "%s: cannot map tensor '%s'", fileName, name), e);
     }
-    return TensorData.of(info.dtype(), info.shape(), bytes);
+    return TensorData.of(spec.dtype(), spec.shape(), bytes);
   }
 
   /**
@@ -160,16 +167,16 @@ public final class SafetensorsFile implements AutoCloseable {
    * @throws IOException if reading fails or the file ends early
    */
   public void read(String name, ByteBuffer target) throws IOException {
-    TensorInfo info = infoOrThrow(name);
+    DataOffsets offsets = offsetsOrThrow(name);
     checkArgument(
-        target.remaining() >= info.byteSize(),
+        target.remaining() >= offsets.byteSize(),
         "%s: tensor '%s' needs %s bytes, the buffer has room for %s",
         fileName,
         name,
-        info.byteSize(),
+        offsets.byteSize(),
         target.remaining());
     ByteBuffer window = target.duplicate();
-    window.limit(Math.toIntExact(window.position() + info.byteSize()));
+    window.limit(Math.toIntExact(window.position() + offsets.byteSize()));
     read(name, 0, window);
   }
 
@@ -178,16 +185,16 @@ public final class SafetensorsFile implements AutoCloseable {
    * {@code target}, leaving its position unchanged.
    */
   void read(String name, long offset, ByteBuffer target) throws IOException {
-    TensorInfo info = infoOrThrow(name);
+    DataOffsets offsets = offsetsOrThrow(name);
     checkArgument(
-        offset >= 0 && offset + target.remaining() <= info.byteSize(),
+        offset >= 0 && offset + target.remaining() <= offsets.byteSize(),
         "%s: bytes %s to %s are outside tensor '%s' (%s bytes)",
         fileName,
         offset,
         offset + target.remaining(),
         name,
-        info.byteSize());
-    long position = header.dataOffset() + info.begin() + offset;
+        offsets.byteSize());
+    long position = header.dataOffset() + offsets.begin() + offset;
     ByteBuffer window = target.duplicate();
     while (window.hasRemaining()) {
       int read = channel.read(window, position);
@@ -202,9 +209,9 @@ public final class SafetensorsFile implements AutoCloseable {
 
   /** Copies tensor {@code name}'s bytes to {@code target} at its current position. */
   void transferTo(String name, FileChannel target) throws IOException {
-    TensorInfo info = infoOrThrow(name);
-    long position = header.dataOffset() + info.begin();
-    long remaining = info.byteSize();
+    DataOffsets offsets = offsetsOrThrow(name);
+    long position = header.dataOffset() + offsets.begin();
+    long remaining = offsets.byteSize();
     while (remaining > 0) {
       long moved = channel.transferTo(position, remaining, target);
       if (moved <= 0) {
@@ -217,12 +224,12 @@ public final class SafetensorsFile implements AutoCloseable {
     }
   }
 
-  private TensorInfo infoOrThrow(String name) {
+  private DataOffsets offsetsOrThrow(String name) {
     checkNotNull(name, "name");
     checkState(!closed.get(), "%s: file is closed", fileName);
-    TensorInfo info = byName.get(name);
-    checkArgument(info != null, "%s: no tensor '%s'", fileName, name);
-    return info;
+    DataOffsets offsets = header.offsets().get(name);
+    checkArgument(offsets != null, "%s: no tensor '%s'", fileName, name);
+    return offsets;
   }
 
   /** Where the data section starts: 8 bytes of header length plus the header. */

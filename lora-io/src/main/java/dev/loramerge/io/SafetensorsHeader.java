@@ -1,12 +1,5 @@
 package dev.loramerge.io;
 
-import static com.fasterxml.jackson.core.JsonToken.END_ARRAY;
-import static com.fasterxml.jackson.core.JsonToken.FIELD_NAME;
-import static com.fasterxml.jackson.core.JsonToken.START_ARRAY;
-import static com.fasterxml.jackson.core.JsonToken.START_OBJECT;
-import static com.fasterxml.jackson.core.JsonToken.VALUE_NULL;
-import static com.fasterxml.jackson.core.JsonToken.VALUE_NUMBER_INT;
-import static com.fasterxml.jackson.core.JsonToken.VALUE_STRING;
 import static java.nio.charset.StandardCharsets.UTF_8;
 
 import com.fasterxml.jackson.core.JsonFactory;
@@ -14,14 +7,14 @@ import com.fasterxml.jackson.core.JsonGenerator;
 import com.fasterxml.jackson.core.JsonLocation;
 import com.fasterxml.jackson.core.JsonParser;
 import com.fasterxml.jackson.core.JsonProcessingException;
-import com.fasterxml.jackson.core.JsonToken;
 import com.fasterxml.jackson.core.StreamReadConstraints;
 import com.fasterxml.jackson.core.StreamReadFeature;
 import com.fasterxml.jackson.core.json.JsonWriteFeature;
 import com.google.common.collect.ImmutableList;
 import com.google.common.collect.ImmutableMap;
-import com.google.common.primitives.Longs;
 import dev.loramerge.DType;
+import dev.loramerge.TensorData;
+import dev.loramerge.TensorSpec;
 import java.io.ByteArrayOutputStream;
 import java.io.EOFException;
 import java.io.IOException;
@@ -34,11 +27,9 @@ import java.nio.charset.CodingErrorAction;
 import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.Comparator;
-import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.regex.Pattern;
-import java.util.stream.Collectors;
 
 /**
  * The header of a safetensors file: an 8-byte little-endian length n, then n bytes of UTF-8 JSON
@@ -55,13 +46,15 @@ import java.util.stream.Collectors;
  * what the reference writer writes, byte for byte.
  */
 record SafetensorsHeader(
-    long length, ImmutableMap<String, String> metadata, ImmutableList<TensorInfo> tensors) {
+    long length,
+    ImmutableMap<String, String> metadata,
+    ImmutableList<TensorSpec> tensors,
+    ImmutableMap<String, DataOffsets> offsets) {
   /** The longest header the reference reads ({@code MAX_HEADER_SIZE}). */
   static final int MAX_LENGTH = 100_000_000;
 
-  private static final String METADATA = "__metadata__";
-  private static final String KNOWN_DTYPES =
-      Arrays.stream(DType.values()).map(DType::safetensorsName).collect(Collectors.joining(", "));
+  /** The key of the metadata map, which no tensor may take. */
+  static final String METADATA = "__metadata__";
 
   private static final JsonFactory JSON =
       JsonFactory.builder()
@@ -133,9 +126,9 @@ record SafetensorsHeader(
     }
     ByteBuffer bytes = readFully(fileName, channel, ByteBuffer.allocate((int) length), 8);
     CharBuffer text = decode(fileName, bytes);
-    Parser parser;
+    HeaderParser parser;
     try (JsonParser json = JSON.createParser(text.array(), 0, text.limit())) {
-      parser = new Parser(fileName, json);
+      parser = new HeaderParser(fileName, json);
       parser.parse();
     } catch (JsonProcessingException e) {
       JsonLocation at = e.getLocation();
@@ -146,18 +139,27 @@ record SafetensorsHeader(
       throw new SafetensorsFormatException(
           fileName + ": header is not valid JSON" + where + ": " + detail, e);
     }
+    List<HeaderParser.Entry> sorted = validate(fileName, parser.entries(), fileSize - 8 - length);
+    ImmutableList.Builder<TensorSpec> tensors = ImmutableList.builderWithExpectedSize(sorted.size());
+    ImmutableMap.Builder<String, DataOffsets> offsets =
+        ImmutableMap.builderWithExpectedSize(sorted.size());
+    for (HeaderParser.Entry entry : sorted) {
+      tensors.add(new TensorSpec(entry.name(), entry.dtype(), entry.shape()));
+      offsets.put(entry.name(), new DataOffsets(entry.begin(), entry.end()));
+    }
     return new SafetensorsHeader(
-        length,
-        ImmutableMap.copyOf(parser.metadata),
-        validate(fileName, parser.entries.values(), fileSize - 8 - length));
+        length, ImmutableMap.copyOf(parser.metadata()), tensors.build(), offsets.build());
   }
 
   /**
-   * The header bytes the reference writer produces for {@code layout} (in that order) and {@code
-   * metadata} (in its iteration order, omitted when empty): compact JSON, {@code __metadata__}
-   * first, padded with spaces to a multiple of 8 so that the data section is 8-byte aligned.
+   * The header bytes the reference writer produces for {@code layout} (in that order, each
+   * tensor's bytes right after the previous one's) and {@code metadata} (in its iteration order,
+   * omitted when empty): compact JSON, {@code __metadata__} first, padded with spaces to a multiple
+   * of 8 so that the data section is 8-byte aligned.
+   *
+   * @throws ArithmeticException if the tensors' bytes together overflow a {@code long}
    */
-  static byte[] encode(List<TensorInfo> layout, Map<String, String> metadata) {
+  static byte[] encode(List<TensorSpec> layout, Map<String, String> metadata) {
     ByteArrayOutputStream out = new ByteArrayOutputStream();
     try (JsonGenerator json = JSON.createGenerator(out)) {
       json.writeStartObject();
@@ -168,15 +170,18 @@ record SafetensorsHeader(
         }
         json.writeEndObject();
       }
-      for (TensorInfo info : layout) {
-        long[] shape = info.shape();
-        json.writeObjectFieldStart(info.name());
-        json.writeStringField("dtype", info.dtype().safetensorsName());
+      long begin = 0;
+      for (TensorSpec spec : layout) {
+        long[] shape = spec.shape();
+        long end = Math.addExact(begin, spec.byteSize());
+        json.writeObjectFieldStart(spec.name());
+        json.writeStringField("dtype", spec.dtype().safetensorsName());
         json.writeFieldName("shape");
         json.writeArray(shape, 0, shape.length);
         json.writeFieldName("data_offsets");
-        json.writeArray(new long[] {info.begin(), info.end()}, 0, 2);
+        json.writeArray(new long[] {begin, end}, 0, 2);
         json.writeEndObject();
+        begin = end;
       }
       json.writeEndObject();
     } catch (IOException e) {
@@ -235,18 +240,19 @@ record SafetensorsHeader(
     return text.flip();
   }
 
-  /** Checks the layout rules of {@code Metadata::validate} and builds the tensor list. */
-  private static ImmutableList<TensorInfo> validate(
-      String fileName, Iterable<Entry> entries, long dataSize) throws SafetensorsFormatException {
-    List<Entry> sorted = new ArrayList<>();
+  /**
+   * Checks the layout rules of {@code Metadata::validate} and returns the entries in data-offset
+   * order.
+   */
+  private static List<HeaderParser.Entry> validate(
+      String fileName, Iterable<HeaderParser.Entry> entries, long dataSize) throws SafetensorsFormatException {
+    List<HeaderParser.Entry> sorted = new ArrayList<>();
     entries.forEach(sorted::add);
     // Offsets may come in any order in the header; sorted, they must tile the data section.
-    sorted.sort(Comparator.comparingLong(Entry::begin).thenComparingLong(Entry::end));
-    ImmutableList.Builder<TensorInfo> tensors =
-        ImmutableList.builderWithExpectedSize(sorted.size());
+    sorted.sort(Comparator.comparingLong(HeaderParser.Entry::begin).thenComparingLong(HeaderParser.Entry::end));
     long covered = 0;
     String previous = null;
-    for (Entry entry : sorted) {
+    for (HeaderParser.Entry entry : sorted) {
       String name = entry.name();
       long begin = entry.begin();
       long end = entry.end();
@@ -278,7 +284,7 @@ record SafetensorsHeader(
       String type = entry.dtype().safetensorsName() + " " + Arrays.toString(entry.shape());
       long needed;
       try {
-        needed = TensorInfo.byteSize(entry.dtype(), entry.shape());
+        needed = Math.multiplyExact(TensorData.numel(entry.shape()), entry.dtype().byteSize());
       } catch (ArithmeticException e) {
         throw SafetensorsFormatException.of(
             fileName, "tensor '%s' size of %s overflows 64 bits", name, type);
@@ -294,7 +300,6 @@ record SafetensorsHeader(
             type,
             needed);
       }
-      tensors.add(new TensorInfo(name, entry.dtype(), entry.shape(), begin, end));
       covered = end;
       previous = name;
     }
@@ -305,214 +310,6 @@ record SafetensorsHeader(
           covered,
           dataSize);
     }
-    return tensors.build();
-  }
-
-  /** A tensor entry as the JSON gave it, before the layout is checked. */
-  private record Entry(String name, DType dtype, long[] shape, long begin, long end) {}
-
-  /** Walks the JSON tokens of one header, checking each value's type as it goes. */
-  private static final class Parser {
-    private final String fileName;
-    private final Map<String, String> metadata = new LinkedHashMap<>();
-    private final Map<String, Entry> entries = new LinkedHashMap<>();
-    private final JsonParser json;
-    private boolean sawMetadata;
-
-    Parser(String fileName, JsonParser json) {
-      this.fileName = fileName;
-      this.json = json;
-    }
-
-    void parse() throws IOException {
-      JsonToken root = json.nextToken();
-      if (root == null) {
-        throw error("header holds no JSON value, expected an object");
-      }
-      if (root != START_OBJECT) {
-        throw error("header is %s, expected a JSON object", describe(root));
-      }
-      while (json.nextToken() == FIELD_NAME) {
-        String name = name();
-        JsonToken value = json.nextToken();
-        if (name.equals(METADATA)) {
-          if (sawMetadata) {
-            throw error("header holds '%s' twice", METADATA);
-          }
-          sawMetadata = true;
-          readMetadata(value);
-        } else {
-          if (entries.containsKey(name)) {
-            throw error("header holds tensor '%s' twice", name);
-          }
-          entries.put(name, readEntry(name, value));
-        }
-      }
-      // serde_json allows trailing whitespace only; Jackson would go on to read another value.
-      if (json.nextToken() != null) {
-        throw error("header continues after its JSON object at %s", position());
-      }
-    }
-
-    private void readMetadata(JsonToken token) throws IOException {
-      // serde reads null as an absent Option: the reference takes it for "no metadata".
-      if (token == VALUE_NULL) {
-        return;
-      }
-      if (token != START_OBJECT) {
-        throw error("'%s' is %s, expected an object of strings", METADATA, describe(token));
-      }
-      while (json.nextToken() == FIELD_NAME) {
-        String key = name();
-        JsonToken value = json.nextToken();
-        if (value != VALUE_STRING) {
-          throw error(
-              "'%s' value for key '%s' is %s, expected a string", METADATA, key, describe(value));
-        }
-        if (metadata.put(key, string()) != null) {
-          throw error("'%s' holds key '%s' twice", METADATA, key);
-        }
-      }
-    }
-
-    private Entry readEntry(String name, JsonToken token) throws IOException {
-      if (token != START_OBJECT) {
-        throw error(
-            "tensor '%s' is %s, expected an object with dtype, shape and data_offsets",
-            name, describe(token));
-      }
-      DType dtype = null;
-      long[] shape = null;
-      long[] offsets = null;
-      while (json.nextToken() == FIELD_NAME) {
-        String field = json.currentName();
-        JsonToken value = json.nextToken();
-        switch (field) {
-          case "dtype" -> {
-            rejectRepeat(name, field, dtype);
-            dtype = readDtype(name, value);
-          }
-          case "shape" -> {
-            rejectRepeat(name, field, shape);
-            shape = readIntegers(name, field, value, "an array of non-negative integers");
-          }
-          case "data_offsets" -> {
-            rejectRepeat(name, field, offsets);
-            offsets = readIntegers(name, field, value, "an array [begin, end]");
-            if (offsets.length != 2) {
-              throw error(
-                  "tensor '%s' field 'data_offsets' holds %d values, expected 2 ([begin, end])",
-                  name, offsets.length);
-            }
-          }
-          default ->
-              throw error(
-                  "tensor '%s' has unknown field '%s', expected only dtype, shape and data_offsets",
-                  name, field);
-        }
-      }
-      if (dtype == null) {
-        throw missing(name, "dtype");
-      }
-      if (shape == null) {
-        throw missing(name, "shape");
-      }
-      if (offsets == null) {
-        throw missing(name, "data_offsets");
-      }
-      return new Entry(name, dtype, shape, offsets[0], offsets[1]);
-    }
-
-    private DType readDtype(String name, JsonToken token) throws IOException {
-      if (token != VALUE_STRING) {
-        throw wrongType(name, "dtype", token, "a string");
-      }
-      String text = json.getText();
-      return DType.fromSafetensorsName(text)
-          .orElseThrow(
-              () ->
-                  error(
-                      "tensor '%s' has dtype '%s', expected one of %s", name, text, KNOWN_DTYPES));
-    }
-
-    private long[] readIntegers(String name, String field, JsonToken token, String expected)
-        throws IOException {
-      if (token != START_ARRAY) {
-        throw wrongType(name, field, token, expected);
-      }
-      List<Long> values = new ArrayList<>();
-      for (JsonToken element = json.nextToken(); element != END_ARRAY; element = json.nextToken()) {
-        // serde_json reads "-0" as a float, which no usize accepts: the sign alone disqualifies.
-        if (element != VALUE_NUMBER_INT
-            || json.getText().startsWith("-")
-            || json.getNumberType() == JsonParser.NumberType.BIG_INTEGER) {
-          throw error(
-              "tensor '%s' field '%s' holds %s, expected integers from 0 to %d",
-              name,
-              field,
-              element.isNumeric() ? json.getText() : describe(element),
-              Long.MAX_VALUE);
-        }
-        values.add(json.getLongValue());
-      }
-      return Longs.toArray(values);
-    }
-
-    private void rejectRepeat(String name, String field, Object earlier)
-        throws SafetensorsFormatException {
-      if (earlier != null) {
-        throw error("tensor '%s' holds field '%s' twice", name, field);
-      }
-    }
-
-    private SafetensorsFormatException missing(String name, String field) {
-      return error("tensor '%s' lacks field '%s'", name, field);
-    }
-
-    private SafetensorsFormatException wrongType(
-        String name, String field, JsonToken token, String expected) {
-      return error(
-          "tensor '%s' field '%s' is %s, expected %s", name, field, describe(token), expected);
-    }
-
-    /** The current field name, which must be valid Unicode. */
-    private String name() throws IOException {
-      return checkUnicode(json.currentName());
-    }
-
-    /** The current string value, which must be valid Unicode. */
-    private String string() throws IOException {
-      return checkUnicode(json.getText());
-    }
-
-    /** Rejects what only a {@code \}{@code uD800}-style escape can produce: a lone surrogate. */
-    private String checkUnicode(String text) throws SafetensorsFormatException {
-      if (hasUnpairedSurrogate(text)) {
-        throw error("header string at %s holds an unpaired surrogate escape", position());
-      }
-      return text;
-    }
-
-    private String position() {
-      JsonLocation at = json.currentTokenLocation();
-      return "line " + at.getLineNr() + ", column " + at.getColumnNr();
-    }
-
-    private SafetensorsFormatException error(String format, Object... args) {
-      return SafetensorsFormatException.of(fileName, format, args);
-    }
-
-    /** How a message names the value that starts with {@code token}. */
-    private static String describe(JsonToken token) {
-      return switch (token) {
-        case START_OBJECT -> "an object";
-        case START_ARRAY -> "an array";
-        case VALUE_STRING -> "a string";
-        case VALUE_NUMBER_INT, VALUE_NUMBER_FLOAT -> "a number";
-        case VALUE_TRUE, VALUE_FALSE -> "a boolean";
-        case VALUE_NULL -> "null";
-        default -> throw new AssertionError("not the start of a value: " + token);
-      };
-    }
+    return sorted;
   }
 }

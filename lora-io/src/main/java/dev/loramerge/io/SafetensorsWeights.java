@@ -7,7 +7,7 @@ import com.google.common.collect.ImmutableMap;
 import dev.loramerge.DType;
 import dev.loramerge.LoraMergeException;
 import dev.loramerge.TensorData;
-import dev.loramerge.fuse.WeightInfo;
+import dev.loramerge.TensorSpec;
 import dev.loramerge.fuse.WeightTarget;
 import dev.loramerge.fuse.WeightUpdate;
 import dev.loramerge.internal.fuse.Fusion;
@@ -63,10 +63,10 @@ public final class SafetensorsWeights implements WeightTarget {
   private final Path output;
   private final Optional<DType> dtype;
   private final Optional<Path> original;
-  private final ImmutableMap<String, WeightInfo> weights;
+  private final ImmutableMap<String, TensorSpec> weights;
 
   private SafetensorsWeights(
-      Path base, Path output, Optional<DType> dtype, Optional<Path> original, ImmutableMap<String, WeightInfo> weights) {
+      Path base, Path output, Optional<DType> dtype, Optional<Path> original, ImmutableMap<String, TensorSpec> weights) {
     this.base = base;
     this.output = output;
     this.dtype = dtype;
@@ -115,7 +115,7 @@ public final class SafetensorsWeights implements WeightTarget {
   }
 
   @Override
-  public ImmutableMap<String, WeightInfo> weights() {
+  public ImmutableMap<String, TensorSpec> weights() {
     return weights;
   }
 
@@ -127,17 +127,17 @@ public final class SafetensorsWeights implements WeightTarget {
       if (originalFile != null) {
         checkSameLayout(from, originalFile);
       }
-      List<SafetensorsWriter.Entry> entries = new ArrayList<>();
+      List<TensorSpec> layout = new ArrayList<>();
       long total = 0;
-      for (TensorInfo info : from.tensors()) {
-        entries.add(new SafetensorsWriter.Entry(info.name(), outputType(info.dtype()), info.shape()));
-        total += info.byteSize();
+      for (TensorSpec spec : from.tensors()) {
+        layout.add(new TensorSpec(spec.name(), outputType(spec.dtype()), spec.shape()));
+        total += spec.byteSize();
       }
       Map<String, String> metadata =
           originalFile != null ? originalFile.metadata() : withRecipe(from.metadata(), update.recipe());
-      List<TensorInfo> touched =
-          from.tensors().stream().filter(info -> update.names().contains(info.name())).collect(Collectors.toList());
-      long[] touchedSizes = touched.stream().mapToLong(TensorInfo::byteSize).toArray();
+      List<TensorSpec> touched =
+          from.tensors().stream().filter(spec -> update.names().contains(spec.name())).collect(Collectors.toList());
+      long[] touchedSizes = touched.stream().mapToLong(TensorSpec::byteSize).toArray();
       StagingRing staging =
           new StagingRing(
               StagingRing.capacityFor(touchedSizes, Math.min(STAGING_BYTES, Runtime.getRuntime().maxMemory() / 4)));
@@ -159,12 +159,12 @@ public final class SafetensorsWeights implements WeightTarget {
       Deque<Future<Computed>> pending = new ArrayDeque<>();
       int submitted = 0;
       long done = 0;
-      try (SafetensorsWriter writer = SafetensorsWriter.create(output, entries, metadata)) {
+      try (SafetensorsWriter writer = SafetensorsWriter.create(output, layout, metadata)) {
         SafetensorsFile source = originalFile != null ? originalFile : from;
         try {
-          for (TensorInfo info : from.tensors()) {
+          for (TensorSpec spec : from.tensors()) {
             while (submitted < touched.size()) {
-              TensorInfo next = touched.get(submitted);
+              TensorSpec next = touched.get(submitted);
               Optional<ByteBuffer> buffer = staging.take(Math.toIntExact(next.byteSize()));
               if (buffer.isEmpty()) {
                 break;
@@ -172,20 +172,20 @@ public final class SafetensorsWeights implements WeightTarget {
               submitted++;
               pending.add(worker.submit(() -> compute(update, source, next, buffer.get(), originalFile != null)));
             }
-            String name = info.name();
+            String name = spec.name();
             if (update.names().contains(name)) {
               Computed computed = await(pending.remove());
               if (originalFile != null) {
-                checkFused(from, info, computed.fused(), check);
+                checkFused(from, spec, computed.fused(), check);
               }
               writer.write(name, computed.output());
               staging.free();
-            } else if (outputType(info.dtype()) != info.dtype()) {
-              writer.write(name, from.tensor(name).to(outputType(info.dtype())));
+            } else if (outputType(spec.dtype()) != spec.dtype()) {
+              writer.write(name, from.tensor(name).to(outputType(spec.dtype())));
             } else {
               writer.copy(name, from);
             }
-            done += info.byteSize();
+            done += spec.byteSize();
             update.progress(done, total);
           }
           writer.commit();
@@ -204,24 +204,24 @@ public final class SafetensorsWeights implements WeightTarget {
   private record Computed(ByteBuffer output, ByteBuffer fused) {}
 
   /**
-   * Reads {@code info} from {@code source} into {@code staging} and applies the update there; for
+   * Reads {@code spec} from {@code source} into {@code staging} and applies the update there; for
    * a restore the output is a copy of the original's bytes.
    */
   private Computed compute(
-      WeightUpdate update, SafetensorsFile source, TensorInfo info, ByteBuffer staging, boolean restore)
+      WeightUpdate update, SafetensorsFile source, TensorSpec spec, ByteBuffer staging, boolean restore)
       throws IOException {
-    ByteBuffer bytes = read(source, info, staging);
+    ByteBuffer bytes = read(source, spec, staging);
     ByteBuffer original = null;
     if (restore) {
       original = ByteBuffer.allocate(bytes.remaining()).order(ByteOrder.LITTLE_ENDIAN);
       original.put(bytes.duplicate()).flip();
     }
-    DType outputType = outputType(info.dtype());
+    DType outputType = outputType(spec.dtype());
     ByteBuffer fused =
-        outputType.byteSize() == info.dtype().byteSize()
+        outputType.byteSize() == spec.dtype().byteSize()
             ? bytes
-            : ByteBuffer.allocateDirect(Math.toIntExact(TensorData.numel(info.shape()) * outputType.byteSize())).order(ByteOrder.LITTLE_ENDIAN);
-    update.apply(info.name(), bytes, new WeightInfo(info.dtype(), info.shape()), fused, outputType);
+            : ByteBuffer.allocateDirect(Math.toIntExact(TensorData.numel(spec.shape()) * outputType.byteSize())).order(ByteOrder.LITTLE_ENDIAN);
+    update.apply(spec, bytes, fused, outputType);
     return new Computed(restore ? original : fused, fused);
   }
 
@@ -267,18 +267,18 @@ public final class SafetensorsWeights implements WeightTarget {
     return dtype.isPresent() && input.isFloatingPoint() && input.byteSize() >= 2 ? dtype.get() : input;
   }
 
-  /** {@code info}'s bytes read into the start of {@code staging}, as a buffer of exactly them. */
-  private static ByteBuffer read(SafetensorsFile file, TensorInfo info, ByteBuffer staging) throws IOException {
-    ByteBuffer window = staging.clear().limit(Math.toIntExact(info.byteSize())).slice().order(ByteOrder.LITTLE_ENDIAN);
-    file.read(info.name(), window);
+  /** {@code spec}'s bytes read into the start of {@code staging}, as a buffer of exactly them. */
+  private static ByteBuffer read(SafetensorsFile file, TensorSpec spec, ByteBuffer staging) throws IOException {
+    ByteBuffer window = staging.clear().limit(Math.toIntExact(spec.byteSize())).slice().order(ByteOrder.LITTLE_ENDIAN);
+    file.read(spec.name(), window);
     return window;
   }
 
-  private void checkFused(SafetensorsFile fused, TensorInfo info, ByteBuffer recomputed, ByteBuffer check)
+  private void checkFused(SafetensorsFile fused, TensorSpec spec, ByteBuffer recomputed, ByteBuffer check)
       throws IOException {
-    ByteBuffer actual = read(fused, info, check);
+    ByteBuffer actual = read(fused, spec, check);
     if (!actual.equals(recomputed.duplicate().order(ByteOrder.LITTLE_ENDIAN))) {
-      int size = info.dtype().byteSize();
+      int size = spec.dtype().byteSize();
       long differing = 0;
       for (int i = 0; i < actual.remaining(); i += size) {
         if (actual.get(i) != recomputed.get(i) || (size > 1 && actual.get(i + 1) != recomputed.get(i + 1))) {
@@ -290,26 +290,26 @@ public final class SafetensorsWeights implements WeightTarget {
               Locale.ROOT,
               "tensor '%s' is not %s with these inputs fused (%d of %d elements differ); is it the"
                   + " original base, and are the inputs and weights the fuse's?",
-              info.name(),
+              spec.name(),
               original.orElseThrow().getFileName(),
               differing,
-              info.byteSize() / size));
+              spec.byteSize() / size));
     }
   }
 
   private void checkSameLayout(SafetensorsFile fused, SafetensorsFile originalFile) {
-    for (TensorInfo info : fused.tensors()) {
-      Optional<TensorInfo> other = originalFile.info(info.name());
+    for (TensorSpec spec : fused.tensors()) {
+      Optional<TensorSpec> other = originalFile.spec(spec.name());
       if (other.isEmpty()
-          || other.get().dtype() != info.dtype()
-          || !Arrays.equals(other.get().shape(), info.shape())) {
+          || other.get().dtype() != spec.dtype()
+          || !Arrays.equals(other.get().shape(), spec.shape())) {
         throw new LoraMergeException(
             String.format(
                 Locale.ROOT,
                 "tensor '%s' is %s %s but %s has %s; the original must be the base the fuse started from",
-                info.name(),
-                info.dtype().safetensorsName(),
-                Arrays.toString(info.shape()),
+                spec.name(),
+                spec.dtype().safetensorsName(),
+                Arrays.toString(spec.shape()),
                 originalFile.path().getFileName(),
                 other.map(o -> o.dtype().safetensorsName() + " " + Arrays.toString(o.shape())).orElse("no such tensor")));
       }
@@ -334,12 +334,12 @@ public final class SafetensorsWeights implements WeightTarget {
     return result;
   }
 
-  private static ImmutableMap<String, WeightInfo> readWeights(Path path) throws IOException {
+  private static ImmutableMap<String, TensorSpec> readWeights(Path path) throws IOException {
     checkNotNull(path, "path");
     try (SafetensorsFile file = SafetensorsFile.open(path)) {
-      ImmutableMap.Builder<String, WeightInfo> weights = ImmutableMap.builder();
-      for (TensorInfo info : file.tensors()) {
-        weights.put(info.name(), new WeightInfo(info.dtype(), info.shape()));
+      ImmutableMap.Builder<String, TensorSpec> weights = ImmutableMap.builder();
+      for (TensorSpec spec : file.tensors()) {
+        weights.put(spec.name(), spec);
       }
       return weights.build();
     }

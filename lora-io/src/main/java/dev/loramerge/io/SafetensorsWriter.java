@@ -9,8 +9,8 @@ import com.google.common.collect.ImmutableList;
 import com.google.common.collect.ImmutableMap;
 import com.google.common.io.Closer;
 import com.sun.nio.file.ExtendedOpenOption;
-import dev.loramerge.DType;
 import dev.loramerge.TensorData;
+import dev.loramerge.TensorSpec;
 import java.io.IOException;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
@@ -32,7 +32,7 @@ import java.util.concurrent.atomic.AtomicBoolean;
 /**
  * Writes one safetensors file, tensor by tensor, so that no reader ever sees it half-written.
  *
- * <p>{@link #create} takes the whole layout up front (each tensor's name, dtype and shape, in file
+ * <p>{@link #create} takes the whole layout up front (each tensor's {@link TensorSpec}, in file
  * order, and the metadata), computes the offsets and writes the header to a temporary file in the
  * target's folder. {@link #write} is then called once per tensor, in layout order, with exactly its
  * bytes, so that only one tensor need be in memory at a time. {@link #commit} forces the file to
@@ -50,12 +50,18 @@ import java.util.concurrent.atomic.AtomicBoolean;
  * ExtendedOpenOption#DIRECT}), past the page cache, in aligned blocks of {@value #DIRECT_BLOCK}
  * bytes: writing a multi-GB model through the page cache costs three to five times the kernel
  * time of writing it direct. Elsewhere (tmpfs, some network and FUSE file systems) it is written
- * through the page cache as usual; the bytes are the same.
+ * through the page cache as usual; the bytes are the same. {@link DirectBlocks} does the aligned
+ * block writes.
+ *
+ * <p>The class is longer than 400 lines because it is one state machine (header written, tensors
+ * in layout order, commit or discard) whose every public step documents and checks its part of
+ * the all-or-nothing contract, and whose failure paths must each delete the temporary file and
+ * name the target; split further, each piece would need the whole state.
  *
  * <pre>{@code
  * try (SafetensorsWriter writer = SafetensorsWriter.create(target, layout, metadata)) {
- *   for (SafetensorsWriter.Entry entry : layout) {
- *     writer.write(entry.name(), compute(entry));
+ *   for (TensorSpec spec : layout) {
+ *     writer.write(spec.name(), compute(spec));
  *   }
  *   writer.commit();
  * }
@@ -64,11 +70,6 @@ import java.util.concurrent.atomic.AtomicBoolean;
 public final class SafetensorsWriter implements AutoCloseable {
   /** Bytes gathered before each direct write. */
   static final int DIRECT_BLOCK = 8 << 20;
-  /**
-   * The alignment of direct writes (buffer address, file position and length): the largest
-   * logical block size of common devices.
-   */
-  private static final int DIRECT_ALIGNMENT = 4096;
   /**
    * The messages with which the platforms report a full disk or an exhausted quota: Java gives no
    * error code, only the C library's text.
@@ -85,96 +86,43 @@ public final class SafetensorsWriter implements AutoCloseable {
   private final String fileName;
   private final Path temporary;
   private final FileChannel channel;
-  /** Non-null when writing direct: the bytes not yet written, from the last aligned position. */
-  private final ByteBuffer pending;
-  private long flushed;
-  private final ImmutableList<TensorInfo> layout;
+  /** Non-null when writing direct, past the page cache. */
+  private final DirectBlocks direct;
+  private final ImmutableList<TensorSpec> layout;
   /** The file's size once written. */
   private final long size;
   private final AtomicBoolean closed = new AtomicBoolean();
   private int written;
 
-  /**
-   * One tensor of a layout: its name, element type and shape.
-   *
-   * @param name the tensor's name in the header
-   * @param dtype the element type
-   * @param shape the dimensions; {@code []} is a scalar
-   */
-  public record Entry(String name, DType dtype, long[] shape) {
-    /** Checks and copies the components. */
-    public Entry {
-      checkNotNull(name, "name");
-      checkNotNull(dtype, "dtype");
-      shape = checkNotNull(shape, "shape").clone();
-    }
-
-    /** The entry for a tensor {@code name} with the dtype and shape of {@code tensor}. */
-    public static Entry of(String name, TensorData tensor) {
-      checkNotNull(tensor, "tensor");
-      return new Entry(name, tensor.dtype(), tensor.shape());
-    }
-
-    /** A copy of the shape. */
-    @Override
-    public long[] shape() {
-      return shape.clone();
-    }
-
-    /** Equal when every component is equal, the shape compared element by element. */
-    @Override
-    public boolean equals(Object other) {
-      return other instanceof Entry that
-          && name.equals(that.name)
-          && dtype == that.dtype
-          && Arrays.equals(shape, that.shape);
-    }
-
-    @Override
-    public int hashCode() {
-      return 31 * (31 * name.hashCode() + dtype.hashCode()) + Arrays.hashCode(shape);
-    }
-
-    @Override
-    public String toString() {
-      return String.format(
-          Locale.ROOT,
-          "Entry[name=%s, dtype=%s, shape=%s]",
-          name,
-          dtype.safetensorsName(),
-          Arrays.toString(shape));
-    }
-  }
-
   private SafetensorsWriter(
       Path target,
       Path temporary,
       FileChannel channel,
-      ByteBuffer pending,
-      ImmutableList<TensorInfo> layout,
+      DirectBlocks direct,
+      ImmutableList<TensorSpec> layout,
       long size) {
     this.target = target;
     this.fileName = target.getFileName().toString();
     this.temporary = temporary;
     this.channel = channel;
-    this.pending = pending;
+    this.direct = direct;
     this.layout = layout;
     this.size = size;
   }
 
   /**
-   * Starts writing {@code target}: lays out {@code entries} in the given order, writes the header
+   * Starts writing {@code target}: lays out {@code tensors} in the given order, writes the header
    * with {@code metadata} to a temporary file beside {@code target}, and returns a writer that
    * expects each tensor's bytes in that order. The target is not touched until {@link #commit}.
    *
-   * @throws IllegalArgumentException if two entries share a name, an entry is called {@code
-   *     __metadata__}, a dimension is negative, a size overflows, a string has no UTF-8 form (an
+   * @throws IllegalArgumentException if two tensors share a name, a tensor is called {@code
+   *     __metadata__}, the tensors' sizes together overflow, a string has no UTF-8 form (an
    *     unpaired surrogate), or the header would exceed the 100 MB that readers accept
    * @throws IOException if the temporary file cannot be created or written
    */
   public static SafetensorsWriter create(
-      Path target, List<Entry> entries, Map<String, String> metadata) throws IOException {
-    return create(target, entries, metadata, DIRECT_BLOCK, FileChannel::open);
+      Path target, List<TensorSpec> tensors, Map<String, String> metadata) throws IOException {
+    return create(target, tensors, metadata, DIRECT_BLOCK, FileChannel::open);
   }
 
   /**
@@ -182,11 +130,12 @@ public final class SafetensorsWriter implements AutoCloseable {
    * through the page cache when {@code directBlock} is 0, opening the file with {@code opener}.
    */
   static SafetensorsWriter create(
-      Path target, List<Entry> entries, Map<String, String> metadata, int directBlock, Opener opener)
+      Path target, List<TensorSpec> tensors, Map<String, String> metadata, int directBlock, Opener opener)
       throws IOException {
-    checkArgument(directBlock % DIRECT_ALIGNMENT == 0, "direct blocks are whole multiples of %s bytes", DIRECT_ALIGNMENT);
+    checkArgument(
+        directBlock % DirectBlocks.ALIGNMENT == 0, "direct blocks are whole multiples of %s bytes", DirectBlocks.ALIGNMENT);
     checkNotNull(target, "target");
-    checkNotNull(entries, "entries");
+    checkNotNull(tensors, "tensors");
     checkNotNull(metadata, "metadata");
     Path absolute = target.toAbsolutePath();
     checkArgument(absolute.getFileName() != null, "target %s names no file", target);
@@ -200,7 +149,8 @@ public final class SafetensorsWriter implements AutoCloseable {
                 "%s: metadata entry '%s' holds an unpaired surrogate, which has no UTF-8 form",
                 fileName,
                 key));
-    ImmutableList<TensorInfo> layout = layout(fileName, entries);
+    ImmutableList<TensorSpec> layout = ImmutableList.copyOf(tensors);
+    long dataSize = dataSize(fileName, layout);
     byte[] header = SafetensorsHeader.encode(layout, metadataCopy);
     checkArgument(
         header.length <= SafetensorsHeader.MAX_LENGTH,
@@ -210,14 +160,13 @@ public final class SafetensorsWriter implements AutoCloseable {
         SafetensorsHeader.MAX_LENGTH);
 
     Path temporary = createTemporary(absolute);
-    long size = 8 + header.length + (layout.isEmpty() ? 0 : layout.get(layout.size() - 1).end());
-    FileChannel channel = directBlock > 0 ? openDirect(temporary, opener) : null;
+    long size = 8 + header.length + dataSize;
+    FileChannel channel = directBlock > 0 ? DirectBlocks.open(temporary, opener) : null;
     SafetensorsWriter writer;
     try {
       if (channel != null) {
-        // A small file needs no more buffer than its own size.
-        long block = Math.min(directBlock, (size + DIRECT_ALIGNMENT - 1) / DIRECT_ALIGNMENT * DIRECT_ALIGNMENT);
-        writer = new SafetensorsWriter(absolute, temporary, channel, alignedBuffer((int) block), layout, size);
+        DirectBlocks blocks = new DirectBlocks(channel, DirectBlocks.blockFor(size, directBlock));
+        writer = new SafetensorsWriter(absolute, temporary, channel, blocks, layout, size);
       } else {
         channel = opener.open(temporary, StandardOpenOption.WRITE);
         writer = new SafetensorsWriter(absolute, temporary, channel, null, layout, size);
@@ -236,33 +185,6 @@ public final class SafetensorsWriter implements AutoCloseable {
   }
 
   /**
-   * {@code temporary} opened for direct writes, or null where the file system refuses them: to
-   * open, or (some FUSE file systems) to write an aligned block.
-   */
-  private static FileChannel openDirect(Path temporary, Opener opener) {
-    FileChannel channel = null;
-    try {
-      channel = opener.open(temporary, StandardOpenOption.WRITE, ExtendedOpenOption.DIRECT);
-      writeFully(channel, alignedBuffer(DIRECT_ALIGNMENT), 0);
-      return channel;
-    } catch (UnsupportedOperationException | IOException e) {
-      if (channel != null) {
-        try {
-          channel.close();
-        } catch (IOException suppressed) {
-          e.addSuppressed(suppressed);
-        }
-      }
-      return null;
-    }
-  }
-
-  /** A direct buffer of {@code size} bytes at an address aligned for direct I/O. */
-  private static ByteBuffer alignedBuffer(int size) {
-    return ByteBuffer.allocateDirect(size + DIRECT_ALIGNMENT).alignedSlice(DIRECT_ALIGNMENT).limit(size).slice();
-  }
-
-  /**
    * Writes the bytes of the next tensor, which must be called {@code name}: {@code bytes} from its
    * position to its limit, leaving the buffer's position unchanged.
    *
@@ -273,7 +195,7 @@ public final class SafetensorsWriter implements AutoCloseable {
    */
   public void write(String name, ByteBuffer bytes) throws IOException {
     checkNotNull(bytes, "bytes");
-    TensorInfo next = next(name);
+    TensorSpec next = next(name);
     checkArgument(
         bytes.remaining() == next.byteSize(),
         "%s: tensor '%s' (%s %s) needs %s bytes, got %s",
@@ -302,7 +224,7 @@ public final class SafetensorsWriter implements AutoCloseable {
    */
   public void write(String name, TensorData tensor) throws IOException {
     checkNotNull(tensor, "tensor");
-    TensorInfo next = next(name);
+    TensorSpec next = next(name);
     checkArgument(
         tensor.dtype() == next.dtype() && Arrays.equals(tensor.shape(), next.shape()),
         "%s: tensor '%s' is %s %s but the layout says %s %s",
@@ -326,9 +248,9 @@ public final class SafetensorsWriter implements AutoCloseable {
    */
   public void copy(String name, SafetensorsFile source) throws IOException {
     checkNotNull(source, "source");
-    TensorInfo next = next(name);
-    TensorInfo from =
-        source.info(name).orElseThrow(() -> new IllegalArgumentException(source.path() + ": no tensor '" + name + "'"));
+    TensorSpec next = next(name);
+    TensorSpec from =
+        source.spec(name).orElseThrow(() -> new IllegalArgumentException(source.path() + ": no tensor '" + name + "'"));
     checkArgument(
         from.dtype() == next.dtype() && Arrays.equals(from.shape(), next.shape()),
         "%s: tensor '%s' is %s %s but the layout says %s %s",
@@ -339,17 +261,10 @@ public final class SafetensorsWriter implements AutoCloseable {
         next.dtype().safetensorsName(),
         Arrays.toString(next.shape()));
     try {
-      if (pending == null) {
+      if (direct == null) {
         source.transferTo(name, channel);
       } else {
-        for (long done = 0; done < from.byteSize(); ) {
-          ByteBuffer window = pending.slice();
-          window.limit((int) Math.min(window.limit(), from.byteSize() - done));
-          source.read(name, done, window);
-          done += window.limit();
-          pending.position(pending.position() + window.limit());
-          flushIfFull();
-        }
+        direct.copy(source, name, from.byteSize());
       }
     } catch (Throwable t) {
       throw abandon(t);
@@ -378,8 +293,8 @@ public final class SafetensorsWriter implements AutoCloseable {
               layout.size()));
     }
     try {
-      if (pending != null) {
-        finishDirect();
+      if (direct != null) {
+        direct.finish();
       }
       // The bytes and the size must be durable before the rename makes the file visible.
       channel.force(true);
@@ -396,7 +311,7 @@ public final class SafetensorsWriter implements AutoCloseable {
 
   /** Whether this writer writes past the page cache. */
   boolean direct() {
-    return pending != null;
+    return direct != null;
   }
 
   /**
@@ -410,7 +325,7 @@ public final class SafetensorsWriter implements AutoCloseable {
     }
   }
 
-  private TensorInfo next(String name) {
+  private TensorSpec next(String name) {
     checkNotNull(name, "name");
     checkState(!closed.get(), "%s: writer is closed", fileName);
     checkState(
@@ -419,7 +334,7 @@ public final class SafetensorsWriter implements AutoCloseable {
         fileName,
         name,
         layout.size());
-    TensorInfo next = layout.get(written);
+    TensorSpec next = layout.get(written);
     checkArgument(
         next.name().equals(name),
         "%s: expected tensor '%s' next in layout order, got '%s'",
@@ -437,7 +352,7 @@ public final class SafetensorsWriter implements AutoCloseable {
   private IOException abandon(Throwable failure) {
     Throwable thrown = failure;
     if (failure instanceof IOException && isDiskFull((IOException) failure)) {
-      long missing = size - (pending != null ? flushed : positionOr(0));
+      long missing = size - (direct != null ? direct.flushed() : positionOr(0));
       thrown =
           new IOException(
               String.format(
@@ -470,13 +385,17 @@ public final class SafetensorsWriter implements AutoCloseable {
     return message != null && DISK_FULL.stream().anyMatch(message::contains);
   }
 
-  private static ImmutableList<TensorInfo> layout(String fileName, List<Entry> entries) {
-    ImmutableList.Builder<TensorInfo> layout =
-        ImmutableList.builderWithExpectedSize(entries.size());
+  /**
+   * Checks the names of {@code layout} and returns the bytes its tensors hold together.
+   *
+   * @throws IllegalArgumentException if a name is taken twice, is {@code __metadata__} or has no
+   *     UTF-8 form, or the total overflows a {@code long}
+   */
+  private static long dataSize(String fileName, List<TensorSpec> layout) {
     Set<String> names = new HashSet<>();
-    long offset = 0;
-    for (Entry entry : entries) {
-      String name = entry.name();
+    long total = 0;
+    for (TensorSpec spec : layout) {
+      String name = spec.name();
       checkArgument(
           !name.equals("__metadata__"),
           "%s: a tensor cannot be called '__metadata__', the header's metadata key",
@@ -487,17 +406,16 @@ public final class SafetensorsWriter implements AutoCloseable {
           "%s: tensor name '%s' holds an unpaired surrogate, which has no UTF-8 form",
           fileName,
           name);
-      long size;
       try {
-        size = TensorInfo.checkedByteSize(name, entry.dtype(), entry.shape());
-      } catch (IllegalArgumentException e) {
-        throw new IllegalArgumentException(fileName + ": " + e.getMessage(), e);
+        total = Math.addExact(total, spec.byteSize());
+      } catch (ArithmeticException e) {
+        throw new IllegalArgumentException(
+            String.format(
+                Locale.ROOT, "%s: the tensors up to '%s' hold more than %d bytes", fileName, name, Long.MAX_VALUE),
+            e);
       }
-      long end = Math.addExact(offset, size);
-      layout.add(new TensorInfo(name, entry.dtype(), entry.shape(), offset, end));
-      offset = end;
     }
-    return layout.build();
+    return total;
   }
 
   /**
@@ -522,49 +440,10 @@ public final class SafetensorsWriter implements AutoCloseable {
 
   /** Writes {@code bytes} next, directly or through the page cache. */
   private void append(ByteBuffer bytes) throws IOException {
-    if (pending == null) {
-      writeFully(channel, bytes, -1);
-      return;
-    }
-    while (bytes.hasRemaining()) {
-      int count = Math.min(bytes.remaining(), pending.remaining());
-      pending.put(pending.position(), bytes, bytes.position(), count);
-      pending.position(pending.position() + count);
-      bytes.position(bytes.position() + count);
-      flushIfFull();
-    }
-  }
-
-  private void flushIfFull() throws IOException {
-    if (!pending.hasRemaining()) {
-      flushDirect(pending.capacity());
-    }
-  }
-
-  /** Writes the first {@code length} bytes of {@code pending}, a multiple of the alignment, next. */
-  private void flushDirect(int length) throws IOException {
-    writeFully(channel, pending.duplicate().position(0).limit(length), flushed);
-    flushed += length;
-    pending.clear();
-  }
-
-  /** Writes the last, partial block padded to the alignment, and cuts the padding off the file. */
-  private void finishDirect() throws IOException {
-    long size = flushed + pending.position();
-    int padded = (pending.position() + DIRECT_ALIGNMENT - 1) / DIRECT_ALIGNMENT * DIRECT_ALIGNMENT;
-    while (pending.position() < padded) {
-      pending.put((byte) 0);
-    }
-    flushDirect(padded);
-    channel.truncate(size);
-  }
-
-  /** Writes all of {@code bytes} at {@code position}, or at the channel's position when negative. */
-  private static void writeFully(FileChannel channel, ByteBuffer bytes, long position) throws IOException {
-    long at = position;
-    while (bytes.hasRemaining()) {
-      int count = at < 0 ? channel.write(bytes) : channel.write(bytes, at);
-      at = at < 0 ? at : at + count;
+    if (direct == null) {
+      DirectBlocks.writeFully(channel, bytes, -1);
+    } else {
+      direct.append(bytes);
     }
   }
 

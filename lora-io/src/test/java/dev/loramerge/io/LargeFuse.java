@@ -6,6 +6,7 @@ import dev.loramerge.LoraAdapter;
 import dev.loramerge.LoraModule;
 import dev.loramerge.ModuleKey;
 import dev.loramerge.TensorData;
+import dev.loramerge.TensorSpec;
 import dev.loramerge.fuse.FusedLora;
 import dev.loramerge.fuse.LoraFuser;
 import dev.loramerge.internal.numeric.FloatFormats;
@@ -33,15 +34,15 @@ public final class LargeFuse {
   public static void main(String[] args) throws IOException {
     Path base = Path.of(args[0]);
     Path output = Path.of(args[1]);
-    List<SafetensorsWriter.Entry> entries = new ArrayList<>();
-    entries.add(new SafetensorsWriter.Entry("untouched", DType.F16, new long[] {OUT, IN}));
+    List<TensorSpec> entries = new ArrayList<>();
+    entries.add(new TensorSpec("untouched", DType.F16, new long[] {OUT, IN}));
     for (int i = 0; i < LAYERS; i++) {
-      entries.add(new SafetensorsWriter.Entry("layers." + i + ".proj.weight", DType.F16, new long[] {OUT, IN}));
+      entries.add(new TensorSpec("layers." + i + ".proj.weight", DType.F16, new long[] {OUT, IN}));
     }
     ByteBuffer values = ByteBuffer.allocateDirect(OUT * IN * 2).order(ByteOrder.LITTLE_ENDIAN);
     SplittableRandom random = new SplittableRandom(3);
     try (SafetensorsWriter writer = SafetensorsWriter.create(base, entries, Map.of())) {
-      for (SafetensorsWriter.Entry entry : entries) {
+      for (TensorSpec entry : entries) {
         for (int i = 0; i < OUT * IN; i++) {
           values.putShort(i * 2, FloatFormats.toFloat16(0.05 * (random.nextDouble() - 0.5)));
         }

@@ -5,6 +5,7 @@ import static org.assertj.core.api.Assertions.assertThat;
 import dev.loramerge.LoraAdapter;
 import dev.loramerge.LoraModule;
 import dev.loramerge.ModuleKey;
+import dev.loramerge.TensorSpec;
 import dev.loramerge.testing.GoldenFiles;
 import java.io.IOException;
 import java.nio.file.Files;
@@ -65,9 +66,9 @@ class LoraFilesGoldenTest {
     assertSameUpdates(converted, kohya(name));
     try (SafetensorsFile written = SafetensorsFile.open(out);
         SafetensorsFile golden = SafetensorsFile.open(GoldenFiles.peft021("kohya/" + name + ".safetensors"))) {
-      assertThat(written.tensors().stream().map(TensorInfo::name).sorted())
+      assertThat(written.tensors().stream().map(TensorSpec::name).sorted())
           .as("the same kohya tensor names as PEFT's own conversion")
-          .containsExactlyElementsOf(golden.tensors().stream().map(TensorInfo::name).sorted().toList());
+          .containsExactlyElementsOf(golden.tensors().stream().map(TensorSpec::name).sorted().toList());
     }
   }
 

@@ -7,6 +7,7 @@ import static org.assertj.core.api.Assertions.assertThatThrownBy;
 
 import dev.loramerge.DType;
 import dev.loramerge.TensorData;
+import dev.loramerge.TensorSpec;
 import java.io.IOException;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
@@ -41,10 +42,15 @@ class SafetensorsFileTest {
               org.assertj.core.api.Assertions.entry("format", "pt"));
       assertThat(file.tensors())
           .containsExactly(
-              new TensorInfo("down", DType.F32, new long[] {1, 2}, 0, 8),
-              new TensorInfo("up", DType.F32, new long[] {2, 1}, 8, 16));
-      assertThat(file.info("up")).contains(file.tensors().get(1));
-      assertThat(file.info("mid")).isEmpty();
+              new TensorSpec("down", DType.F32, new long[] {1, 2}),
+              new TensorSpec("up", DType.F32, new long[] {2, 1}));
+      assertThat(file.offsets())
+          .as("each tensor's bytes, in data-offset order")
+          .containsExactly(
+              org.assertj.core.api.Assertions.entry("down", new DataOffsets(0, 8)),
+              org.assertj.core.api.Assertions.entry("up", new DataOffsets(8, 16)));
+      assertThat(file.spec("up")).contains(file.tensors().get(1));
+      assertThat(file.spec("mid")).isEmpty();
       assertThat(file.contains("down")).isTrue();
       assertThat(file.contains("mid")).isFalse();
       assertThat(file.dataOffset()).isEqualTo(8 + HEADER.length());

@@ -5,6 +5,7 @@ import static org.assertj.core.api.Assertions.assertThat;
 import com.code_intelligence.jazzer.junit.DictionaryEntries;
 import com.code_intelligence.jazzer.junit.FuzzTest;
 import dev.loramerge.TensorData;
+import dev.loramerge.TensorSpec;
 import java.io.IOException;
 import java.nio.file.Files;
 import java.nio.file.Path;
@@ -44,24 +45,18 @@ class SafetensorsFuzzTest {
     Path copy = folder.resolve("copy.safetensors");
     try (file;
         SafetensorsWriter writer =
-            SafetensorsWriter.create(
-                copy,
-                file.tensors().stream()
-                    .map(
-                        info ->
-                            new SafetensorsWriter.Entry(info.name(), info.dtype(), info.shape()))
-                    .toList(),
-                file.metadata())) {
-      for (TensorInfo info : file.tensors()) {
-        TensorData tensor = file.tensor(info.name());
-        assertThat(tensor.byteSize()).isEqualTo(info.byteSize());
-        writer.write(info.name(), tensor);
+            SafetensorsWriter.create(copy, file.tensors(), file.metadata())) {
+      for (TensorSpec spec : file.tensors()) {
+        TensorData tensor = file.tensor(spec.name());
+        assertThat(tensor.byteSize()).isEqualTo(spec.byteSize());
+        writer.write(spec.name(), tensor);
       }
       writer.commit();
       try (SafetensorsFile reread = SafetensorsFile.open(copy)) {
         assertThat(reread.metadata()).containsExactlyEntriesOf(file.metadata());
-        List<TensorInfo> tensors = reread.tensors();
+        List<TensorSpec> tensors = reread.tensors();
         assertThat(tensors).isEqualTo(file.tensors());
+        assertThat(reread.offsets()).as("the copy's byte ranges").isEqualTo(file.offsets());
       }
     }
   }

@@ -3,6 +3,7 @@ package dev.loramerge.io;
 import static org.assertj.core.api.Assertions.assertThat;
 
 import dev.loramerge.TensorData;
+import dev.loramerge.TensorSpec;
 import dev.loramerge.testing.GoldenFiles;
 import java.io.IOException;
 import java.nio.file.Files;
@@ -43,7 +44,7 @@ class SafetensorsGoldenTest {
     Map<String, String> metadata;
     try (SafetensorsFile file = SafetensorsFile.open(original)) {
       assertThat(file.tensors()).isNotEmpty();
-      for (TensorInfo info : file.tensors()) {
+      for (TensorSpec info : file.tensors()) {
         tensors.put(info.name(), file.tensor(info.name()));
       }
       metadata = file.metadata();

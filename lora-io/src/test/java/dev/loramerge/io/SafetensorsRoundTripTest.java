@@ -3,10 +3,12 @@ package dev.loramerge.io;
 import static dev.loramerge.io.RawSafetensors.floats;
 import static java.nio.charset.StandardCharsets.UTF_8;
 import static org.assertj.core.api.Assertions.assertThat;
+import static org.assertj.core.api.Assertions.entry;
 
 import com.google.common.collect.ImmutableMap;
 import dev.loramerge.DType;
 import dev.loramerge.TensorData;
+import dev.loramerge.TensorSpec;
 import java.io.IOException;
 import java.nio.ByteBuffer;
 import java.nio.file.Files;
@@ -36,7 +38,7 @@ class SafetensorsRoundTripTest {
 
   private static Map<String, TensorData> readAll(SafetensorsFile file) {
     Map<String, TensorData> tensors = new LinkedHashMap<>();
-    for (TensorInfo info : file.tensors()) {
+    for (TensorSpec info : file.tensors()) {
       tensors.put(info.name(), file.tensor(info.name()));
     }
     return tensors;
@@ -140,7 +142,7 @@ class SafetensorsRoundTripTest {
     Safetensors.write(path, tensors, Map.of());
     try (SafetensorsFile file = SafetensorsFile.open(path)) {
       assertThat(file.tensors())
-          .extracting(TensorInfo::name)
+          .extracting(TensorSpec::name)
           .containsExactly(
               "i64",
               "f64",
@@ -168,7 +170,7 @@ class SafetensorsRoundTripTest {
         SafetensorsWriter.create(
             path,
             Arrays.asList(
-                SafetensorsWriter.Entry.of("z", small), SafetensorsWriter.Entry.of("a", large)),
+                TensorSpec.of("z", small), TensorSpec.of("a", large)),
             Map.of())) {
       writer.write("z", small);
       writer.write("a", large.bytes());
@@ -177,8 +179,11 @@ class SafetensorsRoundTripTest {
     try (SafetensorsFile file = SafetensorsFile.open(path)) {
       assertThat(file.tensors())
           .containsExactly(
-              new TensorInfo("z", DType.U8, new long[] {3}, 0, 3),
-              new TensorInfo("a", DType.F64, new long[] {2}, 3, 19));
+              new TensorSpec("z", DType.U8, new long[] {3}),
+              new TensorSpec("a", DType.F64, new long[] {2}));
+      assertThat(file.offsets())
+          .as("the bytes in the given order")
+          .containsExactly(entry("z", new DataOffsets(0, 3)), entry("a", new DataOffsets(3, 19)));
       assertThat(file.tensor("a")).isEqualTo(large);
     }
   }

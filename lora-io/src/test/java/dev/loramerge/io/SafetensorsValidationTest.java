@@ -5,9 +5,11 @@ import static dev.loramerge.io.RawSafetensors.floats;
 import static dev.loramerge.io.RawSafetensors.withLength;
 import static java.nio.charset.StandardCharsets.UTF_8;
 import static org.assertj.core.api.Assertions.assertThat;
+import static org.assertj.core.api.Assertions.entry;
 import static org.assertj.core.api.Assertions.assertThatThrownBy;
 
 import dev.loramerge.DType;
+import dev.loramerge.TensorSpec;
 import java.io.IOException;
 import java.nio.file.Files;
 import java.nio.file.Path;
@@ -367,8 +369,11 @@ class SafetensorsValidationTest {
       try (SafetensorsFile file = open(file(header, floats(3)))) {
         assertThat(file.tensors())
             .containsExactly(
-                new TensorInfo("a", DType.F32, new long[] {1}, 0, 4),
-                new TensorInfo("b", DType.F32, new long[] {2}, 4, 12));
+                new TensorSpec("a", DType.F32, new long[] {1}),
+                new TensorSpec("b", DType.F32, new long[] {2}));
+        assertThat(file.offsets())
+            .as("entries sorted by offset")
+            .containsExactly(entry("a", new DataOffsets(0, 4)), entry("b", new DataOffsets(4, 12)));
         assertThat(file.tensor("b").toFloatArray()).containsExactly(1f, 2f);
         assertThat(file.dataOffset()).isEqualTo(8 + header.length());
       }
@@ -380,7 +385,7 @@ class SafetensorsValidationTest {
           "{\"empty\":{\"dtype\":\"F32\",\"shape\":[0,3],\"data_offsets\":[0,0]},"
               + "\"scalar\":{\"dtype\":\"F32\",\"shape\":[],\"data_offsets\":[0,4]}}";
       try (SafetensorsFile file = open(file(header, floats(1)))) {
-        assertThat(file.tensors()).extracting(TensorInfo::name).containsExactly("empty", "scalar");
+        assertThat(file.tensors()).extracting(TensorSpec::name).containsExactly("empty", "scalar");
         assertThat(file.tensor("empty").byteSize()).isZero();
         assertThat(file.tensor("scalar").rank()).isZero();
       }

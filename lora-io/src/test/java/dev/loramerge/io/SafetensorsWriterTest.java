@@ -6,6 +6,7 @@ import static org.junit.jupiter.api.Assumptions.assumeTrue;
 
 import dev.loramerge.DType;
 import dev.loramerge.TensorData;
+import dev.loramerge.TensorSpec;
 import java.io.IOException;
 import java.nio.ByteBuffer;
 import java.nio.channels.FileChannel;
@@ -24,8 +25,8 @@ import org.junit.jupiter.api.io.TempDir;
 class SafetensorsWriterTest {
   private static final TensorData DOWN = TensorData.ofFloats(new float[] {1, 2}, 1, 2);
   private static final TensorData UP = TensorData.ofFloats(new float[] {3, 4}, 2, 1);
-  private static final List<SafetensorsWriter.Entry> LAYOUT =
-      List.of(SafetensorsWriter.Entry.of("down", DOWN), SafetensorsWriter.Entry.of("up", UP));
+  private static final List<TensorSpec> LAYOUT =
+      List.of(TensorSpec.of("down", DOWN), TensorSpec.of("up", UP));
 
   @TempDir Path folder;
 
@@ -114,7 +115,7 @@ class SafetensorsWriterTest {
     Safetensors.write(target(), Map.of("old", DOWN), Map.of());
     Safetensors.write(target(), Map.of("down", DOWN, "up", UP), Map.of());
     try (SafetensorsFile file = SafetensorsFile.open(target())) {
-      assertThat(file.tensors()).extracting(TensorInfo::name).containsExactly("down", "up");
+      assertThat(file.tensors()).extracting(TensorSpec::name).containsExactly("down", "up");
     }
   }
 
@@ -193,15 +194,15 @@ class SafetensorsWriterTest {
                 SafetensorsWriter.create(
                     target(),
                     List.of(
-                        SafetensorsWriter.Entry.of("down", DOWN),
-                        SafetensorsWriter.Entry.of("down", UP)),
+                        TensorSpec.of("down", DOWN),
+                        TensorSpec.of("down", UP)),
                     Map.of()))
         .isInstanceOf(IllegalArgumentException.class)
         .hasMessage("style.safetensors: tensor 'down' appears twice in the layout");
     assertThatThrownBy(
             () ->
                 SafetensorsWriter.create(
-                    target(), List.of(SafetensorsWriter.Entry.of("__metadata__", DOWN)), Map.of()))
+                    target(), List.of(TensorSpec.of("__metadata__", DOWN)), Map.of()))
         .isInstanceOf(IllegalArgumentException.class)
         .hasMessage(
             "style.safetensors: a tensor cannot be called '__metadata__', the header's metadata"
@@ -211,12 +212,14 @@ class SafetensorsWriterTest {
                 SafetensorsWriter.create(
                     target(),
                     List.of(
-                        new SafetensorsWriter.Entry("huge", DType.F32, new long[] {1L << 62, 2})),
+                        new TensorSpec("half", DType.F32, new long[] {1L << 60}),
+                        new TensorSpec("more", DType.F32, new long[] {1L << 60})),
                     Map.of()))
+        .as("each tensor's size fits in a long, but not both together")
         .isInstanceOf(IllegalArgumentException.class)
         .hasMessage(
-            "style.safetensors: tensor 'huge' size of F32 [4611686018427387904, 2] overflows 64"
-                + " bits");
+            "style.safetensors: the tensors up to 'more' hold more than 9223372036854775807"
+                + " bytes");
     assertThatThrownBy(
             () -> SafetensorsWriter.create(target(), List.of(), Map.of("key", "lone \uD800")))
         .isInstanceOf(IllegalArgumentException.class)
@@ -233,14 +236,14 @@ class SafetensorsWriterTest {
     // multiple of the alignment.
     SplittableRandom random = new SplittableRandom(7);
     int[] sizes = {1, 4095, 4096, 4097, 8191, 8192, 20000, 3, 12289, 0, 70001};
-    List<SafetensorsWriter.Entry> layout = new ArrayList<>();
+    List<TensorSpec> layout = new ArrayList<>();
     Map<String, TensorData> tensors = new LinkedHashMap<>();
     for (int i = 0; i < sizes.length; i++) {
       byte[] bytes = new byte[sizes[i]];
       random.nextBytes(bytes);
       TensorData tensor = TensorData.of(DType.U8, new long[] {sizes[i]}, ByteBuffer.wrap(bytes));
       tensors.put("t" + i, tensor);
-      layout.add(SafetensorsWriter.Entry.of("t" + i, tensor));
+      layout.add(TensorSpec.of("t" + i, tensor));
     }
     Map<String, String> metadata = Map.of("note", "x".repeat(333));
     Path cached = folder.resolve("cached.safetensors");
@@ -281,14 +284,14 @@ class SafetensorsWriterTest {
   @Test
   void aFullDiskNamesTheTargetAndTheBytesThatDidNotFit() throws IOException {
     TensorData big = TensorData.ofFloats(new float[1000], 10, 100);
-    List<SafetensorsWriter.Entry> layout =
-        List.of(SafetensorsWriter.Entry.of("a", big), SafetensorsWriter.Entry.of("b", big));
+    List<TensorSpec> layout =
+        List.of(TensorSpec.of("a", big), TensorSpec.of("b", big));
     long room = 6000;
     try (SafetensorsWriter writer =
         SafetensorsWriter.create(target(), layout, Map.of(), 0, (path, options) -> new FullDisk(FileChannel.open(path, options), room))) {
       writer.write("a", big);
       long size = 8 + SafetensorsHeader.encode(
-          List.of(new TensorInfo("a", DType.F32, new long[] {10, 100}, 0, 4000), new TensorInfo("b", DType.F32, new long[] {10, 100}, 4000, 8000)),
+          List.of(new TensorSpec("a", DType.F32, new long[] {10, 100}), new TensorSpec("b", DType.F32, new long[] {10, 100})),
           Map.of()).length + 8000;
       assertThatThrownBy(() -> writer.write("b", big))
           .as("the platform's ENOSPC becomes a message about the output")

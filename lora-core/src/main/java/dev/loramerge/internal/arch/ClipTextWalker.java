@@ -2,6 +2,7 @@ package dev.loramerge.internal.arch;
 
 import com.google.common.collect.ImmutableList;
 import dev.loramerge.Component;
+import dev.loramerge.LoraModule;
 import dev.loramerge.ModuleKey;
 import dev.loramerge.arch.ModuleSpec;
 import java.util.Optional;
@@ -68,7 +69,7 @@ final class ClipTextWalker {
   private static ModuleSpec linear(Component component, String path, long in, long out) {
     return new ModuleSpec(
         ModuleKey.of(component, path),
-        ModuleSpec.Kind.LINEAR,
+        LoraModule.Kind.LINEAR,
         in,
         out,
         1,

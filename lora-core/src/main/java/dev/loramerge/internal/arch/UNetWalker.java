@@ -2,6 +2,7 @@ package dev.loramerge.internal.arch;
 
 import com.google.common.collect.ImmutableList;
 import dev.loramerge.Component;
+import dev.loramerge.LoraModule;
 import dev.loramerge.ModuleKey;
 import dev.loramerge.arch.ModuleSpec;
 import java.util.Optional;
@@ -264,14 +265,14 @@ final class UNetWalker {
   }
 
   private void linear(String path, String original, long in, long out) {
-    add(path, original, ModuleSpec.Kind.LINEAR, in, out, 1);
+    add(path, original, LoraModule.Kind.LINEAR, in, out, 1);
   }
 
   private void conv(String path, String original, long in, long out, int kernelSize) {
-    add(path, original, ModuleSpec.Kind.CONV, in, out, kernelSize);
+    add(path, original, LoraModule.Kind.CONV, in, out, kernelSize);
   }
 
-  private void add(String path, String original, ModuleSpec.Kind kind, long in, long out, int kernelSize) {
+  private void add(String path, String original, LoraModule.Kind kind, long in, long out, int kernelSize) {
     specs.add(
         new ModuleSpec(
             ModuleKey.of(Component.UNET, path),

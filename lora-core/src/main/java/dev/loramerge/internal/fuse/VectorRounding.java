@@ -12,8 +12,8 @@ import jdk.incubator.vector.VectorSpecies;
 /**
  * {@link NarrowFusion}'s fast path, a whole vector of elements at a time, with the incubating
  * Vector API: widen the fp16 or bf16 weight, add the float32 update, test the distance to the
- * nearest rounding boundary and round. Scalar Java does this at about 3 ns an element, as C2 does
- * not vectorize it; here it takes a tenth of that.
+ * nearest rounding boundary and round. C2 does not vectorize the scalar loop, so this class writes
+ * the same steps with vectors.
  *
  * <p>The boundary test is the scalar one in float32 arithmetic that is exact: an element takes
  * the fast path when {@code (margin − (1 + 2⁻⁸))·ulp(s) > bound}, with {@code margin} the distance
@@ -26,12 +26,11 @@ import jdk.incubator.vector.VectorSpecies;
  * <p>Bits are reinterpreted with {@code reinterpretShape} and this class's species, never with
  * {@code reinterpretAsInts()} or {@code reinterpretAsFloats()}: those look the target species up
  * by lane type, a lookup C2 folds to a constant only while the process has used one vector shape.
- * Once a merge had run vectors of other shapes (TIES' float-to-double kernel), the lookup stayed a
- * branch, the reinterpretation fell back to Java and every vector after it was boxed: a fuse took
- * two and a half times as long. {@link VectorHalves} and the TIES kernel follow the same rule, and
- * use the same species per lane type as this class where they can, for the same reason: vectors
- * of another shape in the Vector API's shared methods, from a merge before the fuse, made C2 box
- * the vectors here too.
+ * Once the process runs vectors of other shapes (TIES' float-to-double kernel in a merge before
+ * the fuse), the lookup stays a branch, the reinterpretation falls back to Java and every vector
+ * after it is boxed. {@link VectorHalves} and the TIES kernel follow the same rule, and use the
+ * same species per lane type as this class where they can, for the same reason: vectors of
+ * another shape in the Vector API's shared methods make C2 box the vectors here too.
  *
  * <p>Referencing this class needs the module {@code jdk.incubator.vector} in the boot layer
  * ({@code --add-modules jdk.incubator.vector}); {@link NarrowFusion} loads it only then, and uses
@@ -59,8 +58,8 @@ final class VectorRounding {
   /**
    * Rounds {@code weights + delta} ({@code rows × cols} row-major: fp16 bits, or bf16 bits when
    * not {@code float16}, and float32) to bits of the same type in {@code out}. The kernels read and
-   * write Java arrays only: a vector store into a ByteBuffer compiled into boxed vectors once the
-   * process had also stored vectors into heap buffers (a merge before the fuse), four times slower.
+   * write Java arrays only: a vector store into a ByteBuffer compiles into boxed vectors once the
+   * process also stores vectors into heap buffers (a merge before the fuse).
    * Every element gets its fast-path result; the indices of the elements whose result must come
    * from float64 instead are written, in order, to {@code slow}, and their count is returned.
    * {@code bounds[firstRow + r]} is row r's absolute error bound of the float32 update.

@@ -8,8 +8,7 @@ import static com.google.common.base.Preconditions.checkArgument;
  * <p>libtorch's matrix product of an m×r by an r×n matrix with r around 32 is bound by memory,
  * not arithmetic: MKL first zeroes the m×n output, then adds the product into it, and the values
  * are then copied out to a Java array. The Vector API kernel writes each entry once, straight
- * into the Java array; on a 10240×1280 SDXL module it takes about 11 ms on one thread, where
- * libtorch with two threads took 23 ms and the copy 5 more.
+ * into the Java array: one pass over the output's memory instead of three.
  */
 public final class LowRankProducts {
   /**

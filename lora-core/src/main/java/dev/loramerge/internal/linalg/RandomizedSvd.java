@@ -109,7 +109,7 @@ public final class RandomizedSvd {
 
   /**
    * The Gaussian test matrices Ω, one per shape (columns × width), each drawn once from its own
-   * stream of a seed: drawing one took longer than a 1280×1280 module's orthonormalizations, and
+   * stream of a seed: drawing one costs more than a 1280×1280 module's orthonormalizations, and
    * the draw being a function of the shape alone keeps results independent of module order and
    * threads. Thread-safe; holds one matrix per shape asked for.
    */

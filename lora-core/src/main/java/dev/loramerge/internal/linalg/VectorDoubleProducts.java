@@ -9,8 +9,8 @@ import jdk.incubator.vector.VectorSpecies;
  * vector loaded serving four of them.
  *
  * <p>The product reads X through {@link #panel}, a copy of a few columns of all its rows side by
- * side: read in place, the rows of a panel are a row of X apart, and at 2048 columns (16 KiB) they
- * fall into the same sets of the L1 cache; the kernel ran at half its rate there and at 10240.
+ * side: read in place, the rows of a panel are a row of X apart, and at 2048 or 10240 columns they
+ * fall into the same sets of the L1 cache, which halves the kernel's rate.
  *
  * <p>Referencing this class needs the module {@code jdk.incubator.vector} in the boot layer;
  * {@link DoubleProducts} loads it only then.
@@ -83,7 +83,7 @@ final class VectorDoubleProducts {
       s33 = x3.fma(y3, s33);
     }
     // Reduced here: a vector handed to a method C2 does not inline ("too big" beside this loop)
-    // has to be boxed, and with it the loop's vectors were (20 ms where 1.5 was due, at random).
+    // has to be boxed, and with it, depending on C2's compile order, the loop's vectors.
     double[] sums = {
       s00.reduceLanes(VectorOperators.ADD), s01.reduceLanes(VectorOperators.ADD),
       s02.reduceLanes(VectorOperators.ADD), s03.reduceLanes(VectorOperators.ADD),

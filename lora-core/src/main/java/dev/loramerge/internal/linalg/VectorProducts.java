@@ -11,7 +11,7 @@ import jdk.incubator.vector.VectorSpecies;
  * <p>A is read from {@link #panels}, a copy in which each panel's r rows of four vectors lie side
  * by side. Read in place, the r rows of a panel are a row of A apart, and where that is a multiple
  * of 4 KiB (2048 or 5120 columns) they fall into the same few sets of the L1 cache and evict each
- * other: the product ran at twice the time per entry there. Rows are taken in blocks, panel by
+ * other, and the product takes twice the time per entry. Rows are taken in blocks, panel by
  * panel, so that a panel (8 KiB at rank 32 with AVX-512) stays in L1 for the whole block.
  *
  * <p>Referencing this class needs the module {@code jdk.incubator.vector} in the boot layer;

@@ -11,19 +11,19 @@ import jdk.incubator.vector.VectorSpecies;
 
 /**
  * {@link FloatFormats}' bulk conversions between float32 and fp16 or bf16, a vector at a time
- * with the incubating Vector API: the same bits as the scalar conversions, about ten times
- * faster (C2 vectorizes neither a table read nor the branches of rounding).
+ * with the incubating Vector API: the same bits as the scalar conversions, which C2 cannot
+ * vectorize itself (neither a table read nor the branches of rounding).
  *
  * <p>Each method converts the longest prefix of whole vectors of {@code length} elements and
  * returns its length; the caller converts the rest. One method per format and direction, each
  * with its constants made before its loop: on JDK 17 a shared kernel with format branches, or a
- * broadcast inside a loop, is no longer compiled to vector code.
+ * broadcast inside a loop, is not compiled to vector code.
  *
  * <p>The kernels read and write Java arrays only; {@link FloatFormats} and {@link Fusion} copy
- * buffers through a short[] chunk for them. Vector loads and stores on ByteBuffers are gone after
- * JDK 17 (JDK 20 replaced them with memory segments), so with them the library failed with
- * {@code NoSuchMethodError} on a newer JDK given the module; and on JDK 17 they compiled into
- * boxed vectors once the process had also used vectors on heap arrays.
+ * buffers through a short[] chunk for them. Vector loads and stores on ByteBuffers do not exist
+ * after JDK 19 (JDK 20 replaced them with memory segments), so with them the library would fail
+ * with {@code NoSuchMethodError} on a newer JDK given the module; and on JDK 17 they compile into
+ * boxed vectors once the process also uses vectors on heap arrays.
  *
  * <p>Referencing this class needs the module {@code jdk.incubator.vector} in the boot layer;
  * {@link FloatFormats} loads it only then, and uses it only where {@link #pays}.
