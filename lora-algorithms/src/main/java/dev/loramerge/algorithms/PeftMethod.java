@@ -142,13 +142,8 @@ abstract class PeftMethod implements MergeAlgorithm {
   }
 
   @Override
-  public final boolean requiresEqualRanks() {
-    return space == Space.FACTORS;
-  }
-
-  @Override
-  public final boolean reRanks() {
-    return space == Space.DELTAS;
+  public final Requirements requirements() {
+    return space == Space.FACTORS ? Requirements.none().withEqualRanks() : Requirements.none().withReRanking();
   }
 
   @Override
@@ -175,18 +170,30 @@ abstract class PeftMethod implements MergeAlgorithm {
       weights[i] = Math.sqrt(product);
     }
     int rank = inputs.get(0).module().rank();
-    float[][] downs = inputs.stream().map(ModuleInput::downValues).toArray(float[][]::new);
+    float[][] downs = inputs.stream().map(PeftMethod::downValues).toArray(float[][]::new);
     float[] down = combine(module, downs, downs[0].length / rank, weights, "down");
-    float[] up = combine(module, inputs.stream().map(ModuleInput::upValues).toArray(float[][]::new), rank, weights, "up");
-    return ModuleUpdate.factored(up, down, rank);
+    float[] up = combine(module, inputs.stream().map(PeftMethod::upValues).toArray(float[][]::new), rank, weights, "up");
+    return new ModuleUpdate.Factors(up, down, rank);
   }
 
   private ModuleUpdate mergeDeltas(ModuleMerge module) {
     List<ModuleInput> inputs = module.inputs();
     double[] weights = inputs.stream().mapToDouble(ModuleInput::weight).toArray();
-    float[][] tensors = inputs.stream().map(ModuleInput::deltaValues).toArray(float[][]::new);
+    float[][] tensors = inputs.stream().map(ModuleInput::delta).toArray(float[][]::new);
     int columns = Math.toIntExact(inputs.get(0).module().down().numel() / inputs.get(0).module().rank());
-    return ModuleUpdate.dense(combine(module, tensors, columns, weights, "delta"), columns);
+    return new ModuleUpdate.Dense(combine(module, tensors, columns, weights, "delta"), columns);
+  }
+
+  private static float[] upValues(ModuleInput input) {
+    float[] values = new float[Math.toIntExact(input.module().up().numel())];
+    input.readUp(0, values, values.length);
+    return values;
+  }
+
+  private static float[] downValues(ModuleInput input) {
+    float[] values = new float[Math.toIntExact(input.module().down().numel())];
+    input.readDown(0, values, values.length);
+    return values;
   }
 
   /**

@@ -34,13 +34,8 @@ public final class Svd implements MergeAlgorithm {
   }
 
   @Override
-  public boolean reRanks() {
-    return true;
-  }
-
-  @Override
-  public boolean exactInFloat64() {
-    return true;
+  public Requirements requirements() {
+    return Requirements.none().withReRanking().withExactFloat64();
   }
 
   @Override

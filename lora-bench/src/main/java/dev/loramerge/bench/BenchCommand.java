@@ -123,13 +123,13 @@ public final class BenchCommand {
       MergeAlgorithm algorithm = MergeMethods.named(method, OptionalDouble.of(DENSITY), MajoritySign.TOTAL, 0);
       LoraMerger.Builder builder =
           LoraMerger.builder().add(style, STYLE_WEIGHT).add(subject, SUBJECT_WEIGHT).algorithm(algorithm);
-      if (algorithm.reRanks()) {
+      if (algorithm.requirements().reRanked()) {
         builder.rank(rank);
       }
       LoraMerger merger = builder.build();
       // svd re-ranks factors, exactly; the others re-rank dense updates by the randomized SVD.
       Optional<ReRankError> error =
-          algorithm.reRanks() && !method.equals("svd")
+          algorithm.requirements().reRanked() && !method.equals("svd")
               ? Optional.of(ReRankError.measure(style, STYLE_WEIGHT, subject, SUBJECT_WEIGHT, algorithm, rank, ERROR_SAMPLE_MODULES))
               : Optional.empty();
       table.time("merge/" + method, merger::merge, error);
