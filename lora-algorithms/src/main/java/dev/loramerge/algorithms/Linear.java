@@ -18,18 +18,15 @@ import java.util.List;
  * A only, as PEFT does since its negative-weight fix). All ranks must be equal. B'A' has cross
  * terms BᵢAⱼ, so it equals the weighted sum only for one adapter; {@link Cat} is exact.
  *
- * <p>Instances are immutable and thread-safe.
+ * <p>It has no parameters; instances are equal.
  */
-public final class Linear implements MergeAlgorithm {
-  private static final Linear INSTANCE = new Linear();
+public record Linear() implements MergeAlgorithm {
   /** Float32 values per block of an encoded sum: small enough to stay in a core's cache. */
   private static final int BLOCK = 8192;
 
-  private Linear() {}
-
-  /** The method (it has no parameters). */
+  /** The method. */
   public static Linear of() {
-    return INSTANCE;
+    return new Linear();
   }
 
   @Override

@@ -65,19 +65,19 @@ public final class MergeMethods {
       case "ties":
         return Ties.of(d).withMajoritySign(majoritySign);
       case "ties_svd":
-        return TiesSvd.of(d).withMajoritySign(majoritySign);
+        return Ties.of(d).withMajoritySign(majoritySign).onUpdates();
       case "dare_linear":
         return DareLinear.of(d).withSeed(seed);
       case "dare_ties":
         return DareTies.of(d).withMajoritySign(majoritySign).withSeed(seed);
       case "dare_linear_svd":
-        return DareLinearSvd.of(d).withSeed(seed);
+        return DareLinear.of(d).withSeed(seed).onUpdates();
       case "dare_ties_svd":
-        return DareTiesSvd.of(d).withMajoritySign(majoritySign).withSeed(seed);
+        return DareTies.of(d).withMajoritySign(majoritySign).withSeed(seed).onUpdates();
       case "magnitude_prune":
         return MagnitudePrune.of(d);
       case "magnitude_prune_svd":
-        return MagnitudePruneSvd.of(d);
+        return MagnitudePrune.of(d).onUpdates();
       case "breadcrumbs":
         return Breadcrumbs.of(d);
       case "della":
