@@ -11,6 +11,6 @@
  * how the tensors are combined (a weighted sum, or TIES' elected signs), and the {@link
  * dev.loramerge.algorithms.Space} they work in: PEFT's {@code *_svd} types are the same methods
  * {@code onUpdates()}. {@link dev.loramerge.algorithms.Dare} is the drop-rate spelling the guides
- * use; {@link dev.loramerge.algorithms.MergeMethods} finds a method by the name users type.
+ * use; {@link dev.loramerge.algorithms.MergeMethod} lists every method by the name users type.
  */
 package dev.loramerge.algorithms;

@@ -165,7 +165,7 @@ class MergePropertiesTest {
     assertThat(Della.of(0.5).withSeed(3).toString())
         .isEqualTo("Della{density=0.5, epsilon=0.15, majoritySign=total, seed=3}");
     assertThat(MagnitudePrune.of(0.25).onUpdates().parameters()).containsEntry("density", 0.25);
-    assertThat(MergeMethods.named("ties_svd", java.util.OptionalDouble.of(0.5), MajoritySign.TOTAL, 0))
+    assertThat(MergeMethod.TIES_SVD.create(java.util.OptionalDouble.of(0.5), MajoritySign.TOTAL, 0))
         .isEqualTo(Ties.of(0.5).onUpdates());
   }
 
