@@ -8,9 +8,10 @@ import dev.loramerge.merge.spi.ModuleUpdate;
  * A way to combine several adapters' updates of one module into one, as {@link LoraMerger} calls
  * it module by module.
  *
- * <p>Implementations are small immutable classes (see {@code dev.loramerge.algorithms}) whose
+ * <p>Implementations are small immutable records (see {@code dev.loramerge.algorithms}) whose
  * {@code toString()} names every parameter, seed included; the merger records {@link #name()}
- * and {@link #parameters()} in the output's metadata. {@link #merge} must be a pure function of
+ * and {@link #parameters()} in the output's metadata, and asks {@link #requirements()} what the
+ * method needs of it, never which method it is. {@link #merge} must be a pure function of
  * its inputs and {@link ModuleMerge#random} draws, so that results do not depend on thread count
  * or module order.
  */

@@ -16,11 +16,13 @@ import dev.loramerge.TensorData;
 import dev.loramerge.merge.spi.ModuleInput;
 import dev.loramerge.merge.spi.ModuleMerge;
 import dev.loramerge.merge.spi.ModuleUpdate;
+import dev.loramerge.merge.spi.Offer;
 import dev.loramerge.testing.TinyLora;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.util.ArrayList;
 import java.util.List;
+import java.util.Optional;
 import org.ejml.data.DMatrixRMaj;
 import org.ejml.dense.row.factory.DecompositionFactory_DDRM;
 import org.ejml.interfaces.decomposition.SingularValueDecomposition_F64;
@@ -230,6 +232,53 @@ class LoraMergerTest {
         };
     LoraMerger.builder().add(one, 1).add(half, 1).add(threeQuarters, 1).algorithm(probe).rank(2).threads(1).merge();
     assertThat(checked).hasSize(3 * TinyLora.KEYS.length).anyMatch(s -> s.endsWith("@0.75")).anyMatch(s -> s.endsWith("@0.5"));
+  }
+
+  @Test
+  void aFuseOffersFloat64OnlyToMethodsExactInIt() {
+    for (boolean exact : new boolean[] {true, false}) {
+      List<Offer> offers = new ArrayList<>();
+      MergeAlgorithm probe =
+          new MergeAlgorithm() {
+            @Override
+            public String name() {
+              return "probe";
+            }
+
+            @Override
+            public ImmutableMap<String, Object> parameters() {
+              return ImmutableMap.of();
+            }
+
+            @Override
+            public Requirements requirements() {
+              return exact ? Requirements.none().withExactFloat64() : Requirements.none();
+            }
+
+            @Override
+            public ModuleUpdate merge(ModuleMerge module) {
+              synchronized (offers) {
+                offers.add(module.offer());
+              }
+              return MergeAlgorithm.cat().merge(module);
+            }
+          };
+      LoraMerger merger = LoraMerger.builder().add(STYLE, 0.7).add(SUBJECT, 0.5).algorithm(probe).build();
+      Float64Factors fused = merger.updates().factors(TinyLora.KEYS[0]);
+      Float64Factors cat = LoraMerger.builder().add(STYLE, 0.7).add(SUBJECT, 0.5).build().updates().factors(TinyLora.KEYS[0]);
+      Offer.Precision precision = exact ? Offer.Precision.FLOAT64 : Offer.Precision.FLOAT32;
+      assertThat(offers).as("offers in a fuse, exact %s", exact).containsExactly(new Offer(precision, Optional.empty()));
+      if (exact) {
+        assertThat(fused.up()).as("the factors cat gives when offered float64, unrounded").containsExactly(cat.up());
+      } else {
+        for (int i = 0; i < fused.up().length; i++) {
+          assertThat(fused.up()[i]).as("up[%d] rounded to float32", i).isEqualTo((double) (float) fused.up()[i]);
+        }
+      }
+      offers.clear();
+      merger.merge();
+      assertThat(offers).as("offers in a merge, exact %s", exact).isNotEmpty().allMatch(offer -> offer.precision() == Offer.Precision.FLOAT32);
+    }
   }
 
   @Test
