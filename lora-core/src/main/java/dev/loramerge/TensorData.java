@@ -164,18 +164,7 @@ public final class TensorData {
   public double[] toDoubleArray() {
     int count = Math.toIntExact(numel());
     double[] values = new double[count];
-    if (dtype == DType.F32 || dtype == DType.F16 || dtype == DType.BF16) {
-      // Widened in bulk to float32 first, exactly; element by element this ran at a few ns each.
-      float[] single = toFloatArray();
-      for (int i = 0; i < count; i++) {
-        values[i] = single[i];
-      }
-      return values;
-    }
-    ByteBuffer in = bytes();
-    for (int i = 0; i < count; i++) {
-      values[i] = readAsDouble(in, i);
-    }
+    readDoubles(0, values, count);
     return values;
   }
 
@@ -201,6 +190,26 @@ public final class TensorData {
       for (int i = 0; i < count; i++) {
         out[i] = (float) readAsDouble(in, first + i);
       }
+    }
+  }
+
+  /**
+   * Elements {@code [first, first + count)} (row-major) as doubles into {@code out[0, count)},
+   * exactly for every floating-point type.
+   */
+  public void readDoubles(int first, double[] out, int count) {
+    if (dtype == DType.F32 || dtype == DType.F16 || dtype == DType.BF16) {
+      // Widened in bulk to float32 first, exactly; element by element this runs at a few ns each.
+      float[] single = new float[count];
+      readFloats(first, single, count);
+      for (int i = 0; i < count; i++) {
+        out[i] = single[i];
+      }
+      return;
+    }
+    ByteBuffer in = bytes();
+    for (int i = 0; i < count; i++) {
+      out[i] = readAsDouble(in, first + i);
     }
   }
 

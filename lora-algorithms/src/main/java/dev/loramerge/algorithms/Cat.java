@@ -9,10 +9,7 @@ import dev.loramerge.merge.MergeAlgorithm;
 public final class Cat {
   private Cat() {}
 
-  /**
-   * The method: the very instance {@link MergeAlgorithm#cat()} returns, so that the merger
-   * recognizes it and fuses it without building factor arrays in libtorch.
-   */
+  /** The method, {@link MergeAlgorithm#cat()}. */
   public static MergeAlgorithm of() {
     return MergeAlgorithm.cat();
   }

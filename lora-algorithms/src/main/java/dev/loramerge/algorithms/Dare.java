@@ -11,11 +11,11 @@ public final class Dare {
 
   /** {@link DareLinear} dropping {@code dropRate} of the entries (density 1 − dropRate). */
   public static DareLinear of(double dropRate) {
-    return DareLinear.of(PeftMethod.densityFor(dropRate));
+    return DareLinear.of(TaskVectors.densityFor(dropRate));
   }
 
   /** {@link DareTies} dropping {@code dropRate} of the entries (density 1 − dropRate). */
   public static DareTies ties(double dropRate) {
-    return DareTies.of(PeftMethod.densityFor(dropRate));
+    return DareTies.of(TaskVectors.densityFor(dropRate));
   }
 }

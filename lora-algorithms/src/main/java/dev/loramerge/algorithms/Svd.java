@@ -11,16 +11,13 @@ import dev.loramerge.merge.spi.ModuleUpdate;
  * SVD of the stacked factors (O((m+n)·R²) for R = Σ rᵢ), so it matches the optimal truncation to
  * float rounding at a fraction of the cost. Ranks may differ.
  *
- * <p>Instances are immutable and thread-safe.
+ * <p>It has no parameters (the target rank is the merger's, {@code LoraMerger.Builder.rank}); instances
+ * are equal.
  */
-public final class Svd implements MergeAlgorithm {
-  private static final Svd INSTANCE = new Svd();
-
-  private Svd() {}
-
-  /** The method; the target rank is the merger's ({@code LoraMerger.Builder.rank}). */
+public record Svd() implements MergeAlgorithm {
+  /** The method. */
   public static Svd of() {
-    return INSTANCE;
+    return new Svd();
   }
 
   @Override
@@ -34,13 +31,8 @@ public final class Svd implements MergeAlgorithm {
   }
 
   @Override
-  public boolean reRanks() {
-    return true;
-  }
-
-  @Override
-  public boolean exactInFloat64() {
-    return true;
+  public Requirements requirements() {
+    return Requirements.none().withReRanking().withExactFloat64();
   }
 
   @Override

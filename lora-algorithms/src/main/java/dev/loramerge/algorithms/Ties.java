@@ -2,26 +2,67 @@ package dev.loramerge.algorithms;
 
 import static com.google.common.base.Preconditions.checkNotNull;
 
+import com.google.common.collect.ImmutableMap;
+import dev.loramerge.merge.MergeAlgorithm;
+import dev.loramerge.merge.spi.ModuleMerge;
+import dev.loramerge.merge.spi.ModuleUpdate;
+
 /**
- * PEFT's {@code ties} on the factors: each adapter's A and B pruned to the {@code density}
- * largest magnitudes, signs elected per entry, agreeing entries averaged (Yadav et al. 2023).
- * All ranks must be equal; the result has cross terms BᵢAⱼ, as PEFT's has.
+ * TIES (Yadav et al. 2023): each task tensor pruned to the {@code density} largest magnitudes,
+ * signs elected per entry, agreeing entries averaged. PEFT's {@code ties} on the factors ({@code
+ * Ties.of(d)}: all ranks equal, cross terms BᵢAⱼ as PEFT's), {@code ties_svd} on the full updates
+ * ({@code Ties.of(d).onUpdates()}: ranks may differ, the result re-ranked).
  *
- * <p>Instances are immutable and thread-safe.
+ * @param density the fraction of entries kept, in (0, 1]
+ * @param majoritySign how signs are elected
+ * @param space where the method works
  */
-public final class Ties extends PeftMethod {
-  private Ties(double density, MajoritySign majoritySign) {
-    super("ties", Space.FACTORS, Pruning.MAGNITUDE, Combination.TIES, density, majoritySign, 0);
+public record Ties(double density, MajoritySign majoritySign, Space space) implements MergeAlgorithm {
+  /** Checks the parameters. */
+  public Ties {
+    TaskVectors.checkDensity(density);
+    checkNotNull(majoritySign, "majoritySign");
+    checkNotNull(space, "space");
   }
 
-  /** The method with {@code density} (the fraction of entries kept, in (0, 1]), majority sign total. */
+  /** {@code ties} with {@code density}, majority sign total. */
   public static Ties of(double density) {
-    return new Ties(density, MajoritySign.TOTAL);
+    return new Ties(density, MajoritySign.TOTAL, Space.FACTORS);
   }
 
   /** This method electing signs by {@code majoritySign}. */
   public Ties withMajoritySign(MajoritySign majoritySign) {
-    checkNotNull(majoritySign, "majoritySign");
-    return new Ties(density(), majoritySign);
+    return new Ties(density, majoritySign, space);
+  }
+
+  /** This method on the full updates, re-ranked: {@code ties_svd}. */
+  public Ties onUpdates() {
+    return new Ties(density, majoritySign, Space.UPDATES);
+  }
+
+  @Override
+  public String name() {
+    return space.methodName("ties");
+  }
+
+  @Override
+  public ImmutableMap<String, Object> parameters() {
+    return ImmutableMap.of("density", density, "majority_sign_method", majoritySign.peftName());
+  }
+
+  @Override
+  public Requirements requirements() {
+    return TaskVectors.requirements(space);
+  }
+
+  @Override
+  public ModuleUpdate merge(ModuleMerge module) {
+    return TaskVectors.merge(
+        module, name(), space, new Pruning.Magnitude(density), new Combination.ElectedSign(majoritySign));
+  }
+
+  @Override
+  public String toString() {
+    return "Ties{density=" + density + ", majoritySign=" + majoritySign.peftName() + ", space=" + space + "}";
   }
 }

@@ -6,6 +6,7 @@ import dev.loramerge.LoraAdapter;
 import dev.loramerge.ModuleKey;
 import dev.loramerge.io.LoraFiles;
 import dev.loramerge.merge.LoraMerger;
+import dev.loramerge.merge.MergeAlgorithm;
 import dev.loramerge.testing.GoldenFiles;
 import java.io.IOException;
 import org.junit.jupiter.api.Test;
@@ -27,7 +28,7 @@ class DareGoldenTest {
     };
   }
 
-  private static LoraAdapter merge(PeftMethod method, LoraAdapter[] inputs) {
+  private static LoraAdapter merge(MergeAlgorithm method, LoraAdapter[] inputs) {
     return LoraMerger.builder().algorithm(method).add(inputs[0], 1.0).add(inputs[1], 0.6).merge();
   }
 

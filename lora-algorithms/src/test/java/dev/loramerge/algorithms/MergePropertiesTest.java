@@ -90,7 +90,7 @@ class MergePropertiesTest {
 
   @Test
   void theSameSeedGivesTheSameBytesOnOneAndTwoThreads() {
-    for (MergeAlgorithm method : List.of(DareTies.of(0.4).withSeed(9), DareLinearSvd.of(0.5).withSeed(9), Della.of(0.5).withSeed(9))) {
+    for (MergeAlgorithm method : List.of(DareTies.of(0.4).withSeed(9), DareLinear.of(0.5).withSeed(9).onUpdates(), Della.of(0.5).withSeed(9))) {
       LoraAdapter one = LoraMerger.builder().algorithm(method).add(STYLE, 0.7).add(SUBJECT, 0.5).threads(1).merge();
       LoraAdapter two = LoraMerger.builder().algorithm(method).add(STYLE, 0.7).add(SUBJECT, 0.5).threads(2).merge();
       assertThat(two).as("%s", method).isEqualTo(one);
@@ -105,10 +105,10 @@ class MergePropertiesTest {
   @Test
   void dareNamesTheDropRateAndPeftNamesTheDensity() {
     assertThat(Dare.of(0.3)).isEqualTo(DareLinear.of(0.7));
-    assertThat(Dare.of(0.3).toString()).isEqualTo("DareLinear{density=0.7, dropRate=0.3, seed=0}");
+    assertThat(Dare.of(0.3).toString()).isEqualTo("DareLinear{density=0.7, dropRate=0.3, seed=0, space=factors}");
     assertThat(Dare.ties(0.3).withSeed(4)).isEqualTo(DareTies.of(0.7).withSeed(4));
     assertThat(Dare.ties(0.3).withSeed(4).toString())
-        .isEqualTo("DareTies{density=0.7, dropRate=0.3, majoritySign=total, seed=4}");
+        .isEqualTo("DareTies{density=0.7, dropRate=0.3, majoritySign=total, seed=4, space=factors}");
     LoraAdapter viaDropRate = merge(Dare.of(0.3).withSeed(2), STYLE, 0.7, SUBJECT, 0.5);
     LoraAdapter viaDensity = merge(DareLinear.of(0.7).withSeed(2), STYLE, 0.7, SUBJECT, 0.5);
     assertThat(viaDropRate).isEqualTo(viaDensity);
@@ -160,13 +160,13 @@ class MergePropertiesTest {
   @Test
   void algorithmsNameEveryParameter() {
     assertThat(Ties.of(0.5).withMajoritySign(MajoritySign.FREQUENCY).toString())
-        .isEqualTo("Ties{density=0.5, majoritySign=frequency}");
+        .isEqualTo("Ties{density=0.5, majoritySign=frequency, space=factors}");
     assertThat(Breadcrumbs.of(0.8).toString()).isEqualTo("Breadcrumbs{density=0.8, gamma=0.01}");
     assertThat(Della.of(0.5).withSeed(3).toString())
         .isEqualTo("Della{density=0.5, epsilon=0.15, majoritySign=total, seed=3}");
-    assertThat(MagnitudePruneSvd.of(0.25).parameters()).containsEntry("density", 0.25);
-    assertThat(MergeMethods.named("ties_svd", java.util.OptionalDouble.of(0.5), MajoritySign.TOTAL, 0))
-        .isEqualTo(TiesSvd.of(0.5));
+    assertThat(MagnitudePrune.of(0.25).onUpdates().parameters()).containsEntry("density", 0.25);
+    assertThat(MergeMethod.TIES_SVD.create(java.util.OptionalDouble.of(0.5), MajoritySign.TOTAL, 0))
+        .isEqualTo(Ties.of(0.5).onUpdates());
   }
 
   @Test

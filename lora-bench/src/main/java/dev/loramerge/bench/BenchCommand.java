@@ -8,7 +8,7 @@ import dev.loramerge.LoraAdapter;
 import dev.loramerge.ModuleKey;
 import dev.loramerge.TensorData;
 import dev.loramerge.algorithms.MajoritySign;
-import dev.loramerge.algorithms.MergeMethods;
+import dev.loramerge.algorithms.MergeMethod;
 import dev.loramerge.fuse.FusedLora;
 import dev.loramerge.fuse.LoraFuser;
 import dev.loramerge.fuse.WeightTarget;
@@ -66,7 +66,7 @@ public final class BenchCommand {
   private static final double SUBJECT_WEIGHT = 0.5;
   private static final double DENSITY = 0.5;
   /** PEFT's eleven combination types, the methods both sides have. */
-  private static final List<String> PEFT_METHODS = MergeMethods.NAMES.subList(0, 11);
+  private static final List<String> PEFT_METHODS = Arrays.stream(MergeMethod.values()).filter(MergeMethod::inPeft).map(MergeMethod::methodName).toList();
 
   private BenchCommand() {}
 
@@ -120,16 +120,16 @@ public final class BenchCommand {
       methods = List.of();
     }
     for (String method : methods) {
-      MergeAlgorithm algorithm = MergeMethods.named(method, OptionalDouble.of(DENSITY), MajoritySign.TOTAL, 0);
+      MergeAlgorithm algorithm = MergeMethod.parse(method).create(OptionalDouble.of(DENSITY), MajoritySign.TOTAL, 0);
       LoraMerger.Builder builder =
           LoraMerger.builder().add(style, STYLE_WEIGHT).add(subject, SUBJECT_WEIGHT).algorithm(algorithm);
-      if (algorithm.reRanks()) {
+      if (algorithm.requirements().reRanked()) {
         builder.rank(rank);
       }
       LoraMerger merger = builder.build();
       // svd re-ranks factors, exactly; the others re-rank dense updates by the randomized SVD.
       Optional<ReRankError> error =
-          algorithm.reRanks() && !method.equals("svd")
+          algorithm.requirements().reRanked() && !method.equals("svd")
               ? Optional.of(ReRankError.measure(style, STYLE_WEIGHT, subject, SUBJECT_WEIGHT, algorithm, rank, ERROR_SAMPLE_MODULES))
               : Optional.empty();
       table.time("merge/" + method, merger::merge, error);

@@ -3,7 +3,7 @@ package dev.loramerge.bench;
 import dev.loramerge.LoraAdapter;
 import dev.loramerge.ModuleKey;
 import dev.loramerge.algorithms.MajoritySign;
-import dev.loramerge.algorithms.MergeMethods;
+import dev.loramerge.algorithms.MergeMethod;
 import dev.loramerge.merge.LoraMerger;
 import java.util.OptionalDouble;
 import org.openjdk.jmh.annotations.Benchmark;
@@ -37,7 +37,7 @@ public class MergeKernel extends Kernel {
     LoraAdapter subject = only(SdxlData.adapter("subject", 32, 16, 2), key);
     merger =
         LoraMerger.builder().add(style, 0.7).add(subject, 0.5).threads(1).rank(32)
-            .algorithm(MergeMethods.named(method, OptionalDouble.of(0.5), MajoritySign.TOTAL, 0))
+            .algorithm(MergeMethod.parse(method).create(OptionalDouble.of(0.5), MajoritySign.TOTAL, 0))
             .build();
     denseExact = merger.toBuilder().exactSvd(true).build();
   }

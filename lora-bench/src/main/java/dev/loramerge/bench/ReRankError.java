@@ -96,18 +96,8 @@ record ReRankError(double relative, double excess) {
     }
 
     @Override
-    public boolean requiresEqualRanks() {
-      return method.requiresEqualRanks();
-    }
-
-    @Override
-    public boolean reRanks() {
-      return method.reRanks();
-    }
-
-    @Override
-    public boolean exactInFloat64() {
-      return method.exactInFloat64();
+    public Requirements requirements() {
+      return method.requirements();
     }
 
     @Override
@@ -119,11 +109,10 @@ record ReRankError(double relative, double excess) {
 
     /** The dense update's values: only a dense update is re-ranked by the randomized SVD. */
     private static float[] values(ModuleUpdate update) {
-      if (update.denseValues().isPresent()) {
-        return update.denseValues().get().clone();
+      if (update instanceof ModuleUpdate.Dense dense) {
+        return dense.values().clone();
       }
-      return update.dense().orElseThrow(() -> new IllegalArgumentException("re-rank errors need a dense update, got factors"))
-          .toFloatArray();
+      throw new IllegalArgumentException("re-rank errors need a dense update, got " + update.getClass().getSimpleName());
     }
   }
 }

@@ -3,6 +3,7 @@ package dev.loramerge.bench;
 import dev.loramerge.algorithms.MajoritySign;
 import dev.loramerge.algorithms.internal.TaskTensors;
 import dev.loramerge.internal.linalg.Randoms;
+import dev.loramerge.internal.select.MagnitudeSelect;
 import java.util.SplittableRandom;
 import org.openjdk.jmh.annotations.Benchmark;
 import org.openjdk.jmh.annotations.Level;
@@ -80,7 +81,7 @@ public class TaskTensorKernel extends Kernel {
 
   @Benchmark
   public float magnitudeSelect() {
-    return TaskTensors.kthLargestMagnitude(tensor, (int) (DENSITY * tensor.length));
+    return MagnitudeSelect.kthLargestMagnitude(tensor, (int) (DENSITY * tensor.length));
   }
 
   @Benchmark

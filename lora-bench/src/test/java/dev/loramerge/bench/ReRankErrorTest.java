@@ -7,7 +7,7 @@ import dev.loramerge.DType;
 import dev.loramerge.LoraAdapter;
 import dev.loramerge.LoraModule;
 import dev.loramerge.algorithms.MajoritySign;
-import dev.loramerge.algorithms.MergeMethods;
+import dev.loramerge.algorithms.MergeMethod;
 import dev.loramerge.arch.Architecture;
 import dev.loramerge.merge.LoraMerger;
 import dev.loramerge.merge.MergeAlgorithm;
@@ -50,7 +50,7 @@ class ReRankErrorTest {
   void measuresTheDistanceAndTheExcessOverTheOptimalTruncation() {
     LoraAdapter style = adapter("style", 32, 1);
     LoraAdapter subject = adapter("subject", 16, 2);
-    MergeAlgorithm keepAll = MergeMethods.named("magnitude_prune_svd", OptionalDouble.of(1.0), MajoritySign.TOTAL, 0);
+    MergeAlgorithm keepAll = MergeMethod.MAGNITUDE_PRUNE_SVD.create(OptionalDouble.of(1.0), MajoritySign.TOTAL, 0);
 
     ReRankError measured = ReRankError.measure(style, 0.7, subject, 0.5, keepAll, RANK, PATHS.size());
 

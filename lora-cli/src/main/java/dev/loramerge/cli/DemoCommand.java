@@ -5,7 +5,7 @@ import dev.loramerge.LoraAdapter;
 import dev.loramerge.LoraModule;
 import dev.loramerge.TensorData;
 import dev.loramerge.algorithms.Svd;
-import dev.loramerge.algorithms.TiesSvd;
+import dev.loramerge.algorithms.Ties;
 import dev.loramerge.analysis.UpdateNorms;
 import dev.loramerge.arch.Architecture;
 import dev.loramerge.arch.ModuleSpec;
@@ -134,7 +134,7 @@ final class DemoCommand implements Callable<Integer> {
 
     merge(out, folder, styleRead, subjectRead, MergeAlgorithm.cat(), "cat (exact weighted sum)");
     merge(out, folder, styleRead, subjectRead, Svd.of(), "svd (factored, exact truncation to rank 8)");
-    merge(out, folder, styleRead, subjectRead, TiesSvd.of(0.5), "ties_svd (density 0.5, re-ranked to 8)");
+    merge(out, folder, styleRead, subjectRead, Ties.of(0.5).onUpdates(), "ties_svd (density 0.5, re-ranked to 8)");
     fuse(out, folder, sdxl, styleRead, subjectRead);
   }
 

@@ -3,7 +3,7 @@ package dev.loramerge.cli;
 import dev.loramerge.LoraAdapter;
 import dev.loramerge.LoraMergeException;
 import dev.loramerge.algorithms.MajoritySign;
-import dev.loramerge.algorithms.MergeMethods;
+import dev.loramerge.algorithms.MergeMethod;
 import dev.loramerge.arch.Architecture;
 import dev.loramerge.arch.BlockWeights;
 import dev.loramerge.io.LoraFiles;
@@ -22,6 +22,7 @@ import java.security.MessageDigest;
 import java.security.NoSuchAlgorithmException;
 import java.util.ArrayList;
 import java.util.HexFormat;
+import java.util.Iterator;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Locale;
@@ -38,7 +39,8 @@ import picocli.CommandLine.Spec;
 final class MergeOptions {
   @Spec(Spec.Target.MIXEE) CommandSpec command;
 
-  @Option(names = "--algorithm", paramLabel = "NAME", defaultValue = "cat", description = "Merge method (default: ${DEFAULT-VALUE}).")
+  @Option(names = "--algorithm", paramLabel = "NAME", defaultValue = "cat", completionCandidates = MethodNames.class,
+      description = "Merge method: ${COMPLETION-CANDIDATES} (default: ${DEFAULT-VALUE}).")
   String algorithm;
 
   @Option(names = "--density", paramLabel = "D", description = "Fraction of entries kept, for ties*, dare_*, magnitude_prune*, breadcrumbs and della.")
@@ -92,18 +94,12 @@ final class MergeOptions {
     MajoritySign sign =
         MajoritySign.fromPeftName(majoritySign)
             .orElseThrow(() -> Usage.invalid(command, "--majority-sign", "'" + majoritySign + "' is not total or frequency"));
-    if (!MergeMethods.NAMES.contains(algorithm.toLowerCase(Locale.ROOT))) {
-      return Usage.check(command, "--algorithm", () -> MergeMethods.named(algorithm, OptionalDouble.empty(), sign, seed));
+    MergeMethod method = Usage.check(command, "--algorithm", () -> MergeMethod.parse(algorithm));
+    if (density == null && method.needsDensity()) {
+      throw Usage.error(command, "--algorithm " + algorithm + " needs --density (the fraction of entries kept, in (0, 1])");
     }
-    if (density == null) {
-      try {
-        return MergeMethods.named(algorithm, OptionalDouble.empty(), sign, seed);
-      } catch (IllegalArgumentException e) {
-        // The only setting a known method can miss.
-        throw Usage.error(command, "--algorithm " + algorithm + " needs --density (the fraction of entries kept, in (0, 1])");
-      }
-    }
-    return Usage.check(command, "--density", () -> MergeMethods.named(algorithm, OptionalDouble.of(density), sign, seed));
+    OptionalDouble given = density == null ? OptionalDouble.empty() : OptionalDouble.of(density);
+    return Usage.check(command, "--density", () -> method.create(given, sign, seed));
   }
 
   /**
@@ -224,5 +220,13 @@ final class MergeOptions {
   private static Path weightsIn(Path folder) {
     Path peft = folder.resolve("adapter_model.safetensors");
     return Files.exists(peft) ? peft : folder.resolve("pytorch_lora_weights.safetensors");
+  }
+
+  /** The methods' names, in the registry's order, for {@code --algorithm}'s help. */
+  static final class MethodNames implements Iterable<String> {
+    @Override
+    public Iterator<String> iterator() {
+      return MergeMethod.names().iterator();
+    }
   }
 }

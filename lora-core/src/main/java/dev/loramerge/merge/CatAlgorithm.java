@@ -1,19 +1,17 @@
 package dev.loramerge.merge;
 
-import ai.djl.ndarray.NDArray;
-import ai.djl.ndarray.NDArrays;
-import ai.djl.ndarray.NDList;
 import com.google.common.collect.ImmutableList;
 import com.google.common.collect.ImmutableMap;
 import com.google.common.primitives.Doubles;
 import com.google.common.primitives.Floats;
 import dev.loramerge.DType;
-import dev.loramerge.LoraModule;
 import dev.loramerge.TensorData;
 import dev.loramerge.internal.numeric.FloatFormats;
 import dev.loramerge.merge.spi.ModuleInput;
 import dev.loramerge.merge.spi.ModuleMerge;
 import dev.loramerge.merge.spi.ModuleUpdate;
+import dev.loramerge.merge.spi.Offer;
+import dev.loramerge.merge.spi.Offer.Precision;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.util.List;
@@ -38,25 +36,15 @@ final class CatAlgorithm implements MergeAlgorithm {
 
   @Override
   public ModuleUpdate merge(ModuleMerge module) {
-    if (module.outputType().isPresent()) {
-      return encode(module.inputs(), module.outputType().get());
+    Offer offer = module.offer();
+    if (offer.encoding().isPresent()) {
+      return encode(module.inputs(), offer.encoding().get());
     }
-    if (!module.arraysWanted()) {
-      return mergeValues(module);
-    }
-    NDList ups = new NDList();
-    NDList downs = new NDList();
-    for (ModuleInput input : module.inputs()) {
-      ups.add(input.up().mul(input.weight() * input.scale()));
-      downs.add(input.down());
-    }
-    NDArray up = ups.size() == 1 ? ups.head() : NDArrays.concat(ups, 1);
-    NDArray down = downs.size() == 1 ? downs.head() : NDArrays.concat(downs, 0);
-    return ModuleUpdate.factored(up, down);
+    return offer.precision() == Precision.FLOAT64 ? mergeDoubles(module.inputs()) : mergeValues(module);
   }
 
   /**
-   * The same in float32 values: each B times its coefficient rounded to float32, as libtorch
+   * The cat in float32 values: each B times its coefficient rounded to float32, as libtorch
    * multiplies a float32 or fp16 tensor by a scalar, placed side by side; the A's stacked.
    */
   private static ModuleUpdate mergeValues(ModuleMerge module) {
@@ -64,8 +52,13 @@ final class CatAlgorithm implements MergeAlgorithm {
     int rank = inputs.stream().mapToInt(input -> input.module().rank()).sum();
     float[] up = new float[Math.multiplyExact(Math.toIntExact(inputs.get(0).module().outFeatures()), rank)];
     scaledUps(inputs, rank, (values, count, first) -> System.arraycopy(values, 0, up, first, count));
-    float[][] downs = inputs.stream().map(ModuleInput::downValues).toArray(float[][]::new);
-    return ModuleUpdate.factored(up, downs.length == 1 ? downs[0] : Floats.concat(downs), rank);
+    float[][] downs = new float[inputs.size()][];
+    for (int i = 0; i < downs.length; i++) {
+      int count = Math.toIntExact(inputs.get(i).module().down().numel());
+      downs[i] = new float[count];
+      inputs.get(i).readDown(0, downs[i], count);
+    }
+    return new ModuleUpdate.Factors(up, downs.length == 1 ? downs[0] : Floats.concat(downs), rank);
   }
 
   /**
@@ -98,7 +91,7 @@ final class CatAlgorithm implements MergeAlgorithm {
       }
       offset += count;
     }
-    return ModuleUpdate.encoded(
+    return new ModuleUpdate.Encoded(
         TensorData.of(dtype, new long[] {rows, rank}, up), TensorData.of(dtype, new long[] {rank, downCount / rank}, down));
   }
 
@@ -140,34 +133,36 @@ final class CatAlgorithm implements MergeAlgorithm {
   }
 
   /**
-   * The cat of {@code modules} in float64, up then down, row-major: each B times its coefficient
-   * (one rounding, as libtorch multiplies a float64 tensor by a scalar), side by side; the A's
-   * stacked. The values the arrays path gives in float64, without a native call.
+   * The cat in float64, the inputs read exactly: each B times its coefficient (one rounding, as
+   * libtorch multiplies a float64 tensor by a scalar), side by side; the A's stacked.
    */
-  static double[][] doubleFactors(List<LoraModule> modules, double[] coefficients) {
-    int rank = modules.stream().mapToInt(LoraModule::rank).sum();
-    int rows = Math.toIntExact(modules.get(0).outFeatures());
+  private static ModuleUpdate mergeDoubles(List<ModuleInput> inputs) {
+    int rank = inputs.stream().mapToInt(input -> input.module().rank()).sum();
+    int rows = Math.toIntExact(inputs.get(0).module().outFeatures());
     double[] up = new double[Math.multiplyExact(rows, rank)];
-    double[][] downs = new double[modules.size()][];
+    double[][] downs = new double[inputs.size()][];
     int column = 0;
-    for (int i = 0; i < modules.size(); i++) {
-      LoraModule module = modules.get(i);
-      double[] values = module.up().toDoubleArray();
-      int moduleRank = module.rank();
+    for (int i = 0; i < inputs.size(); i++) {
+      ModuleInput input = inputs.get(i);
+      int inputRank = input.module().rank();
+      double coefficient = input.weight() * input.scale();
+      double[] values = new double[rows * inputRank];
+      input.readUp(0, values, values.length);
       for (int row = 0; row < rows; row++) {
-        for (int l = 0; l < moduleRank; l++) {
-          up[row * rank + column + l] = values[row * moduleRank + l] * coefficients[i];
+        for (int l = 0; l < inputRank; l++) {
+          up[row * rank + column + l] = values[row * inputRank + l] * coefficient;
         }
       }
-      column += moduleRank;
-      downs[i] = module.down().toDoubleArray();
+      column += inputRank;
+      downs[i] = new double[Math.toIntExact(input.module().down().numel())];
+      input.readDown(0, downs[i], downs[i].length);
     }
-    return new double[][] {up, downs.length == 1 ? downs[0] : Doubles.concat(downs)};
+    return new ModuleUpdate.DoubleFactors(up, downs.length == 1 ? downs[0] : Doubles.concat(downs), rank);
   }
 
   @Override
-  public boolean exactInFloat64() {
-    return true;
+  public Requirements requirements() {
+    return Requirements.none().withExactFloat64();
   }
 
   @Override

@@ -9,6 +9,7 @@ import dev.loramerge.ModuleKey;
 import dev.loramerge.TensorData;
 import dev.loramerge.internal.fuse.Fusion;
 import dev.loramerge.internal.linalg.NdArrays;
+import dev.loramerge.merge.spi.Offer.Precision;
 import java.util.Arrays;
 import java.util.Locale;
 import java.util.Optional;
@@ -51,8 +52,30 @@ final class Encoding {
     return LoraModule.of(key, newDown, newUp, rank);
   }
 
+  /**
+   * {@code merged} as a fuse adds it: rounded to {@code precision}, pruned in float32, in float64.
+   * Values are converted in Java as libtorch would convert arrays of them, so that a fuse with no
+   * dense update starts no engine.
+   */
+  Float64Factors toFloat64(Merged merged, Precision precision) {
+    if (merged.up() != null) {
+      DataType computeType = precision == Precision.FLOAT64 ? DataType.FLOAT64 : DataType.FLOAT32;
+      return new Float64Factors(prunedDoubles(merged.up(), computeType), prunedDoubles(merged.down(), computeType), merged.rank());
+    }
+    if (merged.upDoubles() != null && precision == Precision.FLOAT64 && prune.isEmpty()) {
+      return new Float64Factors(merged.upDoubles(), merged.downDoubles(), merged.rank());
+    }
+    float[] up = merged.upDoubles() != null ? rounded(merged.upDoubles()) : merged.upValues();
+    float[] down = merged.upDoubles() != null ? rounded(merged.downDoubles()) : merged.downValues();
+    prune.ifPresent(rule -> {
+      rule.apply(up);
+      rule.apply(down);
+    });
+    return new Float64Factors(widened(up), widened(down), merged.rank());
+  }
+
   /** A merged factor array in {@code computeType}, pruned there, as float64 values for a fuse. */
-  double[] prunedDoubles(NDArray factor, DataType computeType) {
+  private double[] prunedDoubles(NDArray factor, DataType computeType) {
     NDArray typed = factor.toType(computeType, false);
     if (prune.isPresent()) {
       float[] values = typed.toType(DataType.FLOAT32, false).toFloatArray();
@@ -60,6 +83,22 @@ final class Encoding {
       typed = typed.getManager().create(values, typed.getShape());
     }
     return typed.toType(DataType.FLOAT64, false).toDoubleArray();
+  }
+
+  private static float[] rounded(double[] values) {
+    float[] rounded = new float[values.length];
+    for (int i = 0; i < values.length; i++) {
+      rounded[i] = (float) values[i];
+    }
+    return rounded;
+  }
+
+  private static double[] widened(float[] values) {
+    double[] widened = new double[values.length];
+    for (int i = 0; i < values.length; i++) {
+      widened[i] = values[i];
+    }
+    return widened;
   }
 
   private TensorData pruned(TensorData factor) {

@@ -5,7 +5,6 @@ import static com.google.common.base.Preconditions.checkNotNull;
 
 import ai.djl.Device;
 import ai.djl.ndarray.NDManager;
-import ai.djl.ndarray.types.DataType;
 import com.google.common.collect.ImmutableList;
 import com.google.common.collect.ImmutableMap;
 import com.google.errorprone.annotations.CanIgnoreReturnValue;
@@ -17,6 +16,7 @@ import dev.loramerge.ModuleKey;
 import dev.loramerge.arch.BlockWeights;
 import dev.loramerge.internal.json.Recipes;
 import dev.loramerge.internal.linalg.LazyManager;
+import dev.loramerge.merge.spi.Offer.Precision;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Locale;
@@ -166,7 +166,7 @@ public final class LoraMerger {
    * anything else that applies updates module by module.
    */
   public ModuleUpdates updates() {
-    return new ModuleUpdates(modules, algorithm, encoding, prune.isPresent());
+    return new ModuleUpdates(modules, algorithm, encoding);
   }
 
   /** The adapters with their weights, in the order they were added. */
@@ -206,7 +206,7 @@ public final class LoraMerger {
 
   private Optional<LoraModule> mergeModule(LazyManager root, DenseBuffers buffers, ModuleKey key, DType outputType) {
     try (LazyManager manager = new LazyManager(() -> root.get().newSubManager())) {
-      return modules.merge(manager, buffers, key, DataType.FLOAT32, Optional.of(outputType))
+      return modules.merge(manager, buffers, key, Precision.FLOAT32, Optional.of(outputType))
           .map(merged -> encoding.toModule(key, modules.firstPresent(key), merged, outputType));
     }
   }

@@ -8,9 +8,10 @@ import dev.loramerge.merge.spi.ModuleUpdate;
  * A way to combine several adapters' updates of one module into one, as {@link LoraMerger} calls
  * it module by module.
  *
- * <p>Implementations are small immutable classes (see {@code dev.loramerge.algorithms}) whose
+ * <p>Implementations are small immutable records (see {@code dev.loramerge.algorithms}) whose
  * {@code toString()} names every parameter, seed included; the merger records {@link #name()}
- * and {@link #parameters()} in the output's metadata. {@link #merge} must be a pure function of
+ * and {@link #parameters()} in the output's metadata, and asks {@link #requirements()} what the
+ * method needs of it, never which method it is. {@link #merge} must be a pure function of
  * its inputs and {@link ModuleMerge#random} draws, so that results do not depend on thread count
  * or module order.
  */
@@ -21,38 +22,17 @@ public interface MergeAlgorithm {
   /** Every parameter, in a stable order, for the recipe. */
   ImmutableMap<String, Object> parameters();
 
-  /**
-   * Whether every adapter's module must have the same rank (PEFT's {@code linear}, {@code ties},
-   * {@code dare_*} and {@code magnitude_prune} merge the factors element by element).
-   */
-  default boolean requiresEqualRanks() {
-    return false;
-  }
-
-  /**
-   * Whether the result is re-ranked by SVD to the target rank, as PEFT's {@code *_svd} types
-   * are. A dense update is always re-ranked.
-   */
-  default boolean reRanks() {
-    return false;
-  }
-
-  /**
-   * Whether the method is exact and takes its inputs' factors in float64 ({@link #cat()} does):
-   * a fuse then adds the update without rounding it to float32 first. Other methods get float32
-   * factors, and a fuse adds their update as they return it, rounded to float32, so that fusing
-   * the merged adapter and fusing directly give the same weights.
-   */
-  default boolean exactInFloat64() {
-    return false;
+  /** What the method needs of the merger; by default nothing: any ranks, factors as given. */
+  default Requirements requirements() {
+    return Requirements.none();
   }
 
   /**
    * Merges one module.
    *
-   * @param module the inputs, their weights, a manager that owns every array created here, and
+   * @param module the inputs, their weights, what the merger offers, a manager for arrays, and
    *     the seeded random streams
-   * @return the merged update, owned by {@code module.manager()}
+   * @return the merged update, handed over to the merger
    */
   ModuleUpdate merge(ModuleMerge module);
 
@@ -63,5 +43,43 @@ public interface MergeAlgorithm {
    */
   static MergeAlgorithm cat() {
     return CatAlgorithm.INSTANCE;
+  }
+
+  /**
+   * What a method needs of the merger.
+   *
+   * @param equalRanks every adapter's module must have the same rank (PEFT's {@code linear},
+   *     {@code ties}, {@code dare_*} and {@code magnitude_prune} merge the factors element by
+   *     element)
+   * @param reRanked the result is re-ranked by SVD to the target rank, as PEFT's {@code *_svd}
+   *     types are (a {@link dev.loramerge.merge.spi.ModuleUpdate.Dense dense} update always is)
+   * @param exactInFloat64 the method is exact and reads its inputs in float64 ({@link #cat()}
+   *     is): a fuse then {@linkplain dev.loramerge.merge.spi.Offer.Precision#FLOAT64 offers
+   *     float64} and adds the update without rounding it to float32 first. Other methods' updates
+   *     are rounded to float32 in a fuse as in a merge, so that fusing the merged adapter and
+   *     fusing directly give the same weights.
+   */
+  record Requirements(boolean equalRanks, boolean reRanked, boolean exactInFloat64) {
+    private static final Requirements NONE = new Requirements(false, false, false);
+
+    /** Nothing: any ranks, the result as the method gives it, float32 in a fuse. */
+    public static Requirements none() {
+      return NONE;
+    }
+
+    /** These requirements, and equal ranks. */
+    public Requirements withEqualRanks() {
+      return new Requirements(true, reRanked, exactInFloat64);
+    }
+
+    /** These requirements, and the result re-ranked. */
+    public Requirements withReRanking() {
+      return new Requirements(equalRanks, true, exactInFloat64);
+    }
+
+    /** These requirements, and float64 in a fuse. */
+    public Requirements withExactFloat64() {
+      return new Requirements(equalRanks, reRanked, true);
+    }
   }
 }

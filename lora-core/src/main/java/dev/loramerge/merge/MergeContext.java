@@ -2,12 +2,11 @@ package dev.loramerge.merge;
 
 import ai.djl.ndarray.NDManager;
 import com.google.common.collect.ImmutableList;
-import dev.loramerge.DType;
 import dev.loramerge.ModuleKey;
 import dev.loramerge.internal.linalg.Randoms;
 import dev.loramerge.merge.spi.ModuleInput;
 import dev.loramerge.merge.spi.ModuleMerge;
-import java.util.Optional;
+import dev.loramerge.merge.spi.Offer;
 import java.util.function.Supplier;
 
 /** {@link ModuleMerge} for one module, as the merger offers it to the algorithm. */
@@ -16,28 +15,15 @@ final class MergeContext implements ModuleMerge {
   private final ImmutableList<ModuleInput> moduleInputs;
   private final Supplier<NDManager> manager;
   private final int targetRank;
-  private final boolean arraysWanted;
-  private final Optional<DType> outputType;
+  private final Offer offer;
 
   MergeContext(
-      ModuleKey key, ImmutableList<ModuleInput> moduleInputs, Supplier<NDManager> manager, int targetRank, boolean arraysWanted,
-      Optional<DType> outputType) {
+      ModuleKey key, ImmutableList<ModuleInput> moduleInputs, Supplier<NDManager> manager, int targetRank, Offer offer) {
     this.key = key;
     this.moduleInputs = moduleInputs;
     this.manager = manager;
     this.targetRank = targetRank;
-    this.arraysWanted = arraysWanted;
-    this.outputType = outputType;
-  }
-
-  @Override
-  public Optional<DType> outputType() {
-    return outputType;
-  }
-
-  @Override
-  public boolean arraysWanted() {
-    return arraysWanted;
+    this.offer = offer;
   }
 
   @Override
@@ -48,6 +34,11 @@ final class MergeContext implements ModuleMerge {
   @Override
   public ImmutableList<ModuleInput> inputs() {
     return moduleInputs;
+  }
+
+  @Override
+  public Offer offer() {
+    return offer;
   }
 
   @Override

@@ -4,12 +4,12 @@ import ai.djl.ndarray.NDArray;
 import ai.djl.ndarray.NDManager;
 import ai.djl.ndarray.types.Shape;
 import dev.loramerge.TensorData;
+import dev.loramerge.merge.spi.ModuleUpdate;
 
 /**
- * Merged factors with scale 1: NDArrays, float32 values when the algorithm gave values and
- * nothing re-ranked them, the float64 values of the factored SVD, or an algorithm's tensors,
- * already in the output type. Values are rounded to the output type in Java, with no native
- * call.
+ * Merged factors with scale 1: NDArrays (a dense update re-ranked), an algorithm's float32 or
+ * float64 values, the float64 values of the factored SVD, or an algorithm's tensors, already in
+ * the output type. Values are rounded to the output type in Java, with no native call.
  */
 record Merged(
     NDArray up, NDArray down, float[] upValues, float[] downValues, double[] upDoubles, double[] downDoubles, int valuesRank,
@@ -20,6 +20,10 @@ record Merged(
 
   static Merged ofFloats(float[] up, float[] down, int rank) {
     return new Merged(null, null, up, down, null, null, rank, null);
+  }
+
+  static Merged ofDoubles(ModuleUpdate.DoubleFactors factors) {
+    return new Merged(null, null, null, null, factors.up(), factors.down(), factors.rank(), null);
   }
 
   /** Re-ranked factors {up ({@code rows}×k), down (k×n)}, row-major. */

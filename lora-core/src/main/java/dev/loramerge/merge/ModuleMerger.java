@@ -12,6 +12,8 @@ import dev.loramerge.ModuleKey;
 import dev.loramerge.TensorData;
 import dev.loramerge.merge.spi.ModuleInput;
 import dev.loramerge.merge.spi.ModuleUpdate;
+import dev.loramerge.merge.spi.Offer;
+import dev.loramerge.merge.spi.Offer.Precision;
 import java.nio.ByteBuffer;
 import java.util.ArrayList;
 import java.util.Arrays;
@@ -43,12 +45,12 @@ final class ModuleMerger {
    * by {@code manager}, before rounding to an output type; empty when no input has the module.
    * The manager is asked for only when arrays are made, so that merges the algorithm does on
    * values never start the engine (about half a second).
-   * {@code computeType} is the type the inputs' factors are handed to the algorithm in; {@code
-   * outputType} is the type a merge writes (empty in a fuse), which an algorithm may encode its
-   * factors straight into when nothing is done to them after it.
+   * {@code precision} is the precision the update is carried on in; {@code outputType} is the type
+   * a merge writes (empty in a fuse), which an algorithm may encode its factors straight into
+   * when nothing is done to them after it.
    */
   Optional<Merged> merge(
-      Supplier<NDManager> manager, DenseBuffers buffers, ModuleKey key, DataType computeType, Optional<DType> outputType) {
+      Supplier<NDManager> manager, DenseBuffers buffers, ModuleKey key, Precision precision, Optional<DType> outputType) {
     List<Integer> indices = presentIndices(key);
     List<MergeInput> present = indices.stream().map(inputs::get).toList();
     if (present.isEmpty()) {
@@ -56,14 +58,14 @@ final class ModuleMerger {
     }
     LoraModule first = present.get(0).adapter().modules().get(key);
     checkShapes(key, present);
-    if (algorithm.requiresEqualRanks()) {
+    MergeAlgorithm.Requirements requirements = algorithm.requirements();
+    if (requirements.equalRanks()) {
       checkEqualRanks(key, present);
     }
     ImmutableList.Builder<ModuleInput> moduleInputs = ImmutableList.builder();
     for (int i = 0; i < present.size(); i++) {
       moduleInputs.add(
-          new ModuleFactors(
-              indices.get(i), present.get(i).adapter().modules().get(key), present.get(i).weight(key), manager, computeType));
+          new ModuleFactors(indices.get(i), present.get(i).adapter().modules().get(key), present.get(i).weight(key), manager, precision));
     }
     ImmutableList<ModuleInput> built = moduleInputs.build();
     int largestRank = built.stream().mapToInt(input -> input.module().rank()).max().orElseThrow();
@@ -73,33 +75,26 @@ final class ModuleMerger {
     // explicit rank below that its factors are written as they are, and may come encoded.
     int rankSum = built.stream().mapToInt(input -> input.module().rank()).sum();
     Optional<DType> finalType =
-        outputType.filter(type -> !algorithm.reRanks() && (explicit.isEmpty() || rankSum <= target));
-    ModuleUpdate update = algorithm.merge(new MergeContext(key, built, manager, target, computeType == DataType.FLOAT64, finalType));
-    if (update.isEncoded()) {
-      return Optional.of(Merged.ofTensors(checkEncoded(key, update, finalType, rankSum)));
+        outputType.filter(type -> !requirements.reRanked() && (explicit.isEmpty() || rankSum <= target));
+    ModuleUpdate update = algorithm.merge(new MergeContext(key, built, manager, target, new Offer(precision, finalType)));
+    if (update instanceof ModuleUpdate.Encoded encoded) {
+      return Optional.of(Merged.ofTensors(checkEncoded(key, encoded, finalType, rankSum)));
     }
-    if (update.isDense()) {
-      Optional<float[]> values = update.denseValues();
-      ByteBuffer buffer = values.map(array -> buffers.take(Math.multiplyExact(array.length, Float.BYTES))).orElse(null);
-      NDArray dense = values.isPresent()
-          ? manager.get().create(
-              DenseBuffers.holding(buffer, values.get()),
-              new Shape(values.get().length / update.denseColumns(), update.denseColumns()),
-              DataType.FLOAT32)
-          : update.dense().orElseThrow();
+    if (update instanceof ModuleUpdate.Dense dense) {
+      ByteBuffer buffer = buffers.take(Math.multiplyExact(dense.values().length, Float.BYTES));
+      NDArray array =
+          manager.get().create(DenseBuffers.holding(buffer, dense.values()), new Shape(dense.rows(), dense.columns()), DataType.FLOAT32);
       try {
-        return Optional.of(Merged.of(reRank.dense(manager.get(), dense, target)));
+        return Optional.of(Merged.of(reRank.dense(manager.get(), array, target)));
       } finally {
-        if (buffer != null) {
-          dense.close();
-          buffers.give(buffer);
-        }
+        array.close();
+        buffers.give(buffer);
       }
     }
-    Merged merged = update.isValues()
-        ? Merged.ofFloats(update.upValues().orElseThrow(), update.downValues().orElseThrow(), update.rank())
-        : Merged.of(new NDArray[] {update.up().orElseThrow(), update.down().orElseThrow()});
-    if (algorithm.reRanks() || (explicit.isPresent() && merged.rank() > target)) {
+    Merged merged = update instanceof ModuleUpdate.Factors factors
+        ? Merged.ofFloats(factors.up(), factors.down(), factors.rank())
+        : Merged.ofDoubles((ModuleUpdate.DoubleFactors) update);
+    if (requirements.reRanked() || (explicit.isPresent() && merged.rank() > target)) {
       return Optional.of(reRank.factored(merged, target, Math.toIntExact(first.outFeatures())));
     }
     return Optional.of(merged);
@@ -122,9 +117,9 @@ final class ModuleMerger {
   }
 
   /** {up, down} of an encoded update, checked against what the merge offered. */
-  private TensorData[] checkEncoded(ModuleKey key, ModuleUpdate update, Optional<DType> offered, int rankSum) {
-    TensorData up = update.encodedUp().orElseThrow();
-    TensorData down = update.encodedDown().orElseThrow();
+  private TensorData[] checkEncoded(ModuleKey key, ModuleUpdate.Encoded update, Optional<DType> offered, int rankSum) {
+    TensorData up = update.up();
+    TensorData down = update.down();
     if (offered.isEmpty() || up.dtype() != offered.get() || up.dim(1) > rankSum) {
       throw new IllegalStateException(
           String.format(

@@ -2,7 +2,7 @@ package dev.loramerge.merge;
 
 import static com.google.common.base.Preconditions.checkArgument;
 
-import java.util.Arrays;
+import dev.loramerge.internal.select.MagnitudeSelect;
 import java.util.Locale;
 
 /**
@@ -33,42 +33,32 @@ public final class PostPrune {
     return new PostPrune(true, density);
   }
 
-  /** Prunes {@code values} in place. */
+  /**
+   * Prunes {@code values} in place. By density, the kept entries are the largest magnitudes, of
+   * equal ones the first, and the rest become +0; a factor holding NaN is left as it is, for the
+   * merge to report rather than prune away.
+   */
   void apply(float[] values) {
-    double limit = value;
     if (byDensity) {
-      int keep = (int) (value * values.length);
-      if (keep >= values.length) {
-        return;
-      }
-      float[] magnitudes = new float[values.length];
-      for (int i = 0; i < values.length; i++) {
-        magnitudes[i] = Math.abs(values[i]);
-      }
-      Arrays.sort(magnitudes);
-      limit = keep == 0 ? Double.POSITIVE_INFINITY : magnitudes[values.length - keep];
-      int kept = 0;
-      for (int i = 0; i < values.length; i++) {
-        if (Math.abs(values[i]) > limit) {
-          kept++;
-        }
-      }
-      int ties = keep - kept;
-      for (int i = 0; i < values.length; i++) {
-        float magnitude = Math.abs(values[i]);
-        if (magnitude == limit && ties > 0) {
-          ties--;
-        } else if (magnitude <= limit) {
-          values[i] = 0;
-        }
+      if (!hasNaN(values)) {
+        MagnitudeSelect.keepLargest(values, (int) (value * values.length));
       }
       return;
     }
     for (int i = 0; i < values.length; i++) {
-      if (Math.abs(values[i]) < limit) {
+      if (Math.abs(values[i]) < value) {
         values[i] = 0;
       }
     }
+  }
+
+  private static boolean hasNaN(float[] values) {
+    for (float value : values) {
+      if (value != value) {
+        return true;
+      }
+    }
+    return false;
   }
 
   @Override

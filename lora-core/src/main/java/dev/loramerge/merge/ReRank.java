@@ -35,12 +35,8 @@ final class ReRank {
   /** {@code merged} factors of {@code rows} rows truncated to at most {@code target} rank, in float64. */
   Merged factored(Merged merged, int target, int rows) {
     ToIntFunction<double[]> rankOf = sigma -> policy.rank(sigma, target);
-    double[][] factors = merged.up() != null
-        ? FactoredSvd.truncate(
-            merged.up().toType(DataType.FLOAT64, false).toDoubleArray(),
-            merged.down().toType(DataType.FLOAT64, false).toDoubleArray(),
-            merged.rank(),
-            rankOf)
+    double[][] factors = merged.upDoubles() != null
+        ? FactoredSvd.truncate(merged.upDoubles(), merged.downDoubles(), merged.rank(), rankOf)
         : FactoredSvd.truncate(merged.upValues(), merged.downValues(), merged.rank(), rankOf);
     return Merged.ofDoubles(clamp(factors), rows);
   }

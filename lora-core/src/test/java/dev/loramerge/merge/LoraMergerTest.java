@@ -5,6 +5,7 @@ import static org.assertj.core.api.Assertions.assertThatThrownBy;
 
 import ai.djl.ndarray.NDArray;
 import ai.djl.ndarray.NDManager;
+import ai.djl.ndarray.types.Shape;
 import com.google.common.collect.ImmutableMap;
 import dev.loramerge.DType;
 import dev.loramerge.LoraAdapter;
@@ -15,11 +16,13 @@ import dev.loramerge.TensorData;
 import dev.loramerge.merge.spi.ModuleInput;
 import dev.loramerge.merge.spi.ModuleMerge;
 import dev.loramerge.merge.spi.ModuleUpdate;
+import dev.loramerge.merge.spi.Offer;
 import dev.loramerge.testing.TinyLora;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.util.ArrayList;
 import java.util.List;
+import java.util.Optional;
 import org.ejml.data.DMatrixRMaj;
 import org.ejml.dense.row.factory.DecompositionFactory_DDRM;
 import org.ejml.interfaces.decomposition.SingularValueDecomposition_F64;
@@ -188,20 +191,23 @@ class LoraMergerTest {
           }
 
           @Override
-          public boolean reRanks() {
-            return true;
+          public Requirements requirements() {
+            return Requirements.none().withReRanking();
           }
 
           @Override
           public ModuleUpdate merge(ModuleMerge module) {
             for (ModuleInput input : module.inputs()) {
-              float[] values = input.deltaValues();
-              float[] peft = input.up().matMul(input.down()).muli(input.scale()).toFloatArray();
-              assertThat(input.delta().toFloatArray())
+              float[] values = input.delta();
+              float[] up = upValues(input);
+              float[] down = downValues(input);
+              NDManager manager = module.manager();
+              NDArray upArray = manager.create(up, new Shape(up.length / input.module().rank(), input.module().rank()));
+              NDArray downArray = manager.create(down, new Shape(input.module().rank(), down.length / input.module().rank()));
+              float[] peft = upArray.matMul(downArray).muli(input.scale()).toFloatArray();
+              assertThat(((ModuleFactors) input).deltaArray().toFloatArray())
                   .as("delta of %s, scale %s: PEFT's (B·A)·s to the bit", module.key(), input.scale())
                   .containsExactly(peft);
-              float[] up = input.upValues();
-              float[] down = input.downValues();
               int rank = input.module().rank();
               int columns = down.length / rank;
               for (int i = 0; i < values.length; i++) {
@@ -215,16 +221,64 @@ class LoraMergerTest {
                 // r roundings of a running sum, one of the scaling.
                 double bound = (rank + 1) * 0x1p-24 * magnitude * input.scale() + Float.MIN_VALUE;
                 assertThat((double) values[i])
-                    .as("deltaValues[%d] of %s, scale %s", i, module.key(), input.scale())
+                    .as("delta[%d] of %s, scale %s", i, module.key(), input.scale())
                     .isCloseTo(exact * input.scale(), org.assertj.core.data.Offset.offset(bound));
               }
               checked.add(module.key() + "@" + input.scale());
             }
-            return ModuleUpdate.dense(module.inputs().get(0).delta());
+            ModuleInput first = module.inputs().get(0);
+            return new ModuleUpdate.Dense(first.delta(), Math.toIntExact(first.module().down().numel() / first.module().rank()));
           }
         };
     LoraMerger.builder().add(one, 1).add(half, 1).add(threeQuarters, 1).algorithm(probe).rank(2).threads(1).merge();
     assertThat(checked).hasSize(3 * TinyLora.KEYS.length).anyMatch(s -> s.endsWith("@0.75")).anyMatch(s -> s.endsWith("@0.5"));
+  }
+
+  @Test
+  void aFuseOffersFloat64OnlyToMethodsExactInIt() {
+    for (boolean exact : new boolean[] {true, false}) {
+      List<Offer> offers = new ArrayList<>();
+      MergeAlgorithm probe =
+          new MergeAlgorithm() {
+            @Override
+            public String name() {
+              return "probe";
+            }
+
+            @Override
+            public ImmutableMap<String, Object> parameters() {
+              return ImmutableMap.of();
+            }
+
+            @Override
+            public Requirements requirements() {
+              return exact ? Requirements.none().withExactFloat64() : Requirements.none();
+            }
+
+            @Override
+            public ModuleUpdate merge(ModuleMerge module) {
+              synchronized (offers) {
+                offers.add(module.offer());
+              }
+              return MergeAlgorithm.cat().merge(module);
+            }
+          };
+      LoraMerger merger = LoraMerger.builder().add(STYLE, 0.7).add(SUBJECT, 0.5).algorithm(probe).build();
+      Float64Factors fused = merger.updates().factors(TinyLora.KEYS[0]);
+      Float64Factors cat = LoraMerger.builder().add(STYLE, 0.7).add(SUBJECT, 0.5).build().updates().factors(TinyLora.KEYS[0]);
+      Offer.Precision precision = exact ? Offer.Precision.FLOAT64 : Offer.Precision.FLOAT32;
+      assertThat(offers).as("offers in a fuse, exact %s", exact).containsExactly(new Offer(precision, Optional.empty()));
+      if (exact) {
+        assertThat(fused.up()).as("the factors cat gives when offered float64, unrounded").containsExactly(cat.up());
+      } else {
+        for (int i = 0; i < fused.up().length; i++) {
+          assertThat(fused.up()[i]).as("up[%d] rounded to float32", i).isEqualTo((double) (float) fused.up()[i]);
+        }
+      }
+      offers.clear();
+      merger.merge();
+      assertThat(offers).as("offers in a merge, exact %s", exact).isNotEmpty().allMatch(offer -> offer.precision() == Offer.Precision.FLOAT32);
+    }
   }
 
   @Test
@@ -246,20 +300,22 @@ class LoraMergerTest {
             }
 
             @Override
-            public boolean reRanks() {
-              return true;
+            public Requirements requirements() {
+              return Requirements.none().withReRanking();
             }
 
             @Override
             public ModuleUpdate merge(ModuleMerge module) {
-              NDArray sum = module.inputs().get(0).delta().mul(module.inputs().get(0).weight());
+              LoraModule first = module.inputs().get(0).module();
+              Shape shape = new Shape(first.outFeatures(), first.down().numel() / first.rank());
+              NDArray sum = module.manager().create(module.inputs().get(0).delta(), shape).mul(module.inputs().get(0).weight());
               for (ModuleInput input : module.inputs().subList(1, module.inputs().size())) {
-                sum = sum.add(input.delta().mul(input.weight()));
+                sum = sum.add(module.manager().create(input.delta(), shape).mul(input.weight()));
               }
               synchronized (aliveDuringTheMerge) {
                 aliveDuringTheMerge[0] = Math.max(aliveDuringTheMerge[0], system.getManagedArrays().size() - before);
               }
-              return ModuleUpdate.dense(sum);
+              return new ModuleUpdate.Dense(sum.toFloatArray(), Math.toIntExact(shape.get(1)));
             }
           };
       LoraMerger.builder().add(STYLE, 0.7).add(SUBJECT, 0.5).algorithm(dense).rank(3).merge();
@@ -340,11 +396,11 @@ class LoraMergerTest {
 
           @Override
           public ModuleUpdate merge(ModuleMerge module) {
-            offered.add(module.outputType().map(DType::safetensorsName).orElse("none"));
+            offered.add(module.offer().encoding().map(DType::safetensorsName).orElse("none"));
             ModuleInput input = module.inputs().get(0);
-            return ModuleUpdate.encoded(
-                TensorData.ofFloats(input.upValues(), input.module().outFeatures(), input.module().rank()),
-                TensorData.ofFloats(input.downValues(), input.module().rank(), input.module().down().numel() / input.module().rank()));
+            return new ModuleUpdate.Encoded(
+                TensorData.ofFloats(upValues(input), input.module().outFeatures(), input.module().rank()),
+                TensorData.ofFloats(downValues(input), input.module().rank(), input.module().down().numel() / input.module().rank()));
           }
 
           @Override
@@ -439,5 +495,17 @@ class LoraMergerTest {
     adapter.modules().values().forEach(
         module -> builder.add(LoraModule.of(module.key(), module.down().to(DType.F16), module.up().to(DType.F16), module.alpha())));
     return builder.build();
+  }
+
+  private static float[] upValues(ModuleInput input) {
+    float[] values = new float[Math.toIntExact(input.module().up().numel())];
+    input.readUp(0, values, values.length);
+    return values;
+  }
+
+  private static float[] downValues(ModuleInput input) {
+    float[] values = new float[Math.toIntExact(input.module().down().numel())];
+    input.readDown(0, values, values.length);
+    return values;
   }
 }

@@ -1,12 +1,14 @@
 package dev.loramerge.algorithms.internal;
 
 import dev.loramerge.algorithms.MajoritySign;
+import dev.loramerge.internal.select.MagnitudeSelect;
 import java.util.Arrays;
 import java.util.SplittableRandom;
 
 /**
  * The element-wise building blocks of PEFT's merge_utils on flat float arrays ("task tensors",
- * one per adapter): magnitude and random pruning, sign election and the disjoint mean.
+ * one per adapter): magnitude and random pruning, sign election and the disjoint mean. The
+ * magnitude select is lora-core's {@link MagnitudeSelect}.
  * Deterministic: ties in magnitude go to the lower index, random masks come from the caller's
  * seeded stream.
  *
@@ -19,9 +21,8 @@ public final class TaskTensors {
   private static final long ONE_BITS = Double.doubleToRawLongBits(1.0);
 
   /**
-   * Whether the two-tensor TIES merge and weighted sum, the radix pass and the DARE mask run on
-   * the Vector API: the module {@code jdk.incubator.vector} is in the boot layer and vectors are
-   * wide enough.
+   * Whether the two-tensor TIES merge and weighted sum and the DARE mask run on the Vector API:
+   * the module {@code jdk.incubator.vector} is in the boot layer and vectors are wide enough.
    */
   static final boolean VECTOR_API =
       ModuleLayer.boot().findModule("jdk.incubator.vector").isPresent() && VectorTies.pays();
@@ -37,184 +38,27 @@ public final class TaskTensors {
 
   /**
    * Keeps the ⌊density·n⌋ entries of largest magnitude and zeroes the rest, in place (PEFT's
-   * {@code magnitude_based_pruning}).
+   * {@code magnitude_based_pruning}); see {@link MagnitudeSelect#keepLargest}.
    */
   public static void pruneByMagnitude(float[] tensor, double density) {
-    cutInPlace(tensor, Float.floatToRawIntBits(magnitudeCut(tensor, density)));
+    MagnitudeSelect.keepLargest(tensor, (int) (density * tensor.length));
   }
 
   /** Applies a {@link #magnitudeCut} to the tensor itself (nothing to do for a cut of 0). */
   private static void cutInPlace(float[] tensor, int cutBits) {
     if (cutBits != 0) {
       for (int i = 0; i < tensor.length; i++) {
-        tensor[i] = cut(tensor[i], cutBits);
+        tensor[i] = MagnitudeSelect.cut(tensor[i], cutBits);
       }
     }
   }
 
   /**
-   * {@link #pruneByMagnitude} for a caller that applies the cut as it reads the tensor, a pass
-   * fewer over memory: returns the magnitude below which entries are to be taken as zero. Where
-   * more entries equal the k-th largest magnitude than may be kept, the last of them in order are
-   * set to +0 here, so that the cut keeps exactly the right entries. Where the tensor has an
-   * infinity or NaN, whose counts the selection does not give, it is pruned here and the cut is
-   * 0, which keeps everything.
+   * {@link #pruneByMagnitude} for a caller that applies the cut as it reads the tensor: {@link
+   * MagnitudeSelect#magnitudeCut} keeping ⌊density·n⌋ entries.
    */
   public static float magnitudeCut(float[] tensor, double density) {
-    return magnitudeCut(tensor, density, VECTOR_API);
-  }
-
-  /** {@link #magnitudeCut(float[], double)}, its vector passes on the Vector API or not. */
-  static float magnitudeCut(float[] tensor, double density, boolean vectorized) {
-    return magnitudeCut(tensor, (int) (density * tensor.length), vectorized);
-  }
-
-  /**
-   * Keeps the {@code keep} entries of largest magnitude (of equal ones, the first) and sets the
-   * others to +0, all of them, in place.
-   */
-  static void keepLargest(float[] tensor, int keep) {
-    int cutBits = Float.floatToRawIntBits(magnitudeCut(tensor, keep, VECTOR_API));
-    for (int i = 0; i < tensor.length; i++) {
-      tensor[i] = cut(tensor[i], cutBits);
-    }
-  }
-
-  /** {@link #magnitudeCut(float[], double)} keeping {@code keep} entries. */
-  private static float magnitudeCut(float[] tensor, int keep, boolean vectorized) {
-    if (keep >= tensor.length) {
-      return 0;
-    }
-    if (keep <= 0) {
-      Arrays.fill(tensor, 0);
-      return 0;
-    }
-    Selection selection = select(tensor, keep, vectorized);
-    int thresholdBits = selection.thresholdBits;
-    if (selection.strictlyAbove >= 0) {
-      // A large SDXL delta has more entries at its threshold than may be kept about one time in
-      // three, usually one or two too many. Finding those from the end takes a fraction of a
-      // vector pass, where pruning the whole tensor here would take two scalar passes.
-      int excess = selection.ties - (keep - selection.strictlyAbove);
-      if (excess > 0) {
-        dropLastTies(tensor, thresholdBits, excess, vectorized);
-      }
-      return Float.intBitsToFloat(thresholdBits);
-    }
-    int strictlyAbove = 0;
-    int ties = 0;
-    for (float value : tensor) {
-      int magnitude = Float.floatToRawIntBits(value) & 0x7FFFFFFF;
-      int finite = (magnitude - INFINITY_BITS - 1) >>> 31;
-      strictlyAbove += ((thresholdBits - magnitude) >>> 31) & finite;
-      ties += ((magnitude ^ thresholdBits) - 1) >>> 31;
-    }
-    int tiesToKeep = keep - strictlyAbove;
-    // On bits: with branches these loops ran at a mispredicted branch per entry. Integer order is
-    // float order for magnitudes; NaN (above infinity) is never kept, as with float comparisons.
-    for (int i = 0; i < tensor.length; i++) {
-      int bits = Float.floatToRawIntBits(tensor[i]);
-      int magnitude = bits & 0x7FFFFFFF;
-      int finite = (magnitude - INFINITY_BITS - 1) >>> 31;
-      int above = ((thresholdBits - magnitude) >>> 31) & finite;
-      int tie = (((magnitude ^ thresholdBits) - 1) >>> 31) & finite & (-tiesToKeep >>> 31);
-      tiesToKeep -= tie;
-      tensor[i] = Float.intBitsToFloat(bits & -(above | tie));
-    }
-    return 0;
-  }
-
-  /**
-   * Sets the last {@code excess} entries whose magnitude's bits are {@code magnitudeBits} to +0;
-   * the tensor has at least that many.
-   */
-  private static void dropLastTies(float[] tensor, int magnitudeBits, int excess, boolean vectorized) {
-    int end = tensor.length;
-    for (int dropped = 0; dropped < excess; dropped++) {
-      if (vectorized) {
-        end = VectorTies.endOfLastVectorWith(tensor, end, magnitudeBits);
-      }
-      do {
-        end--;
-      } while ((Float.floatToRawIntBits(tensor[end]) & 0x7FFFFFFF) != magnitudeBits);
-      tensor[end] = 0;
-    }
-  }
-
-  /**
-   * {@code value}, or +0 when its magnitude's bits are below {@code cutBits} (a non-negative
-   * float's); NaN stays. On bits because half the entries go either way at random: a branch
-   * mispredicted per entry made the zeroing pass most of magnitude_prune_svd's time.
-   */
-  private static float cut(float value, int cutBits) {
-    int bits = Float.floatToRawIntBits(value);
-    return Float.intBitsToFloat(bits & ~(((bits & 0x7FFFFFFF) - cutBits) >> 31));
-  }
-
-  /**
-   * The k-th largest |x| (1-based), by a two-pass radix select on the magnitudes' bit patterns
-   * (for non-negative floats, integer order is float order): a histogram of the upper 16 bits finds
-   * the bucket that holds it, a histogram of the lower 16 bits within that bucket finds it exactly.
-   * Two sequential passes, no copy: quickselect's random access would dominate magnitude pruning
-   * on SDXL-sized deltas, and a sampled bracket with one counting pass cannot skip enough of the
-   * vectors, too many of which hold a candidate.
-   */
-  public static float kthLargestMagnitude(float[] tensor, int k) {
-    return kthLargestMagnitude(tensor, k, VECTOR_API);
-  }
-
-  /** {@link #kthLargestMagnitude(float[], int)}, its second pass on the Vector API or not. */
-  static float kthLargestMagnitude(float[] tensor, int k, boolean vectorized) {
-    return Float.intBitsToFloat(select(tensor, k, vectorized).thresholdBits);
-  }
-
-  /**
-   * The k-th largest magnitude's bits, with how many magnitudes lie strictly above it and how
-   * many equal it, both read off the histograms (a pass fewer for the pruning); the counts are
-   * −1 when the tensor has an infinity or NaN, whose place among the counts the caller decides.
-   */
-  private record Selection(int thresholdBits, int strictlyAbove, int ties) {}
-
-  private static Selection select(float[] tensor, int k, boolean vectorized) {
-    int[] upper = new int[1 << 16];
-    for (float value : tensor) {
-      upper[(Float.floatToRawIntBits(value) & 0x7FFFFFFF) >>> 16]++;
-    }
-    int remaining = k;
-    int upperBucket = upper.length - 1;
-    int above = 0;
-    while (upper[upperBucket] < remaining) {
-      remaining -= upper[upperBucket];
-      above += upper[upperBucket];
-      upperBucket--;
-    }
-    int[] lower = new int[1 << 16];
-    countBucket(tensor, vectorized ? VectorTies.countBucket(tensor, upperBucket, lower) : 0, tensor.length, upperBucket, lower);
-    int lowerBucket = lower.length - 1;
-    while (lower[lowerBucket] < remaining) {
-      remaining -= lower[lowerBucket];
-      above += lower[lowerBucket];
-      lowerBucket--;
-    }
-    boolean finite = true;
-    for (int bucket = INFINITY_BITS >>> 16; bucket < upper.length; bucket++) {
-      finite &= upper[bucket] == 0;
-    }
-    int thresholdBits = upperBucket << 16 | lowerBucket;
-    return finite ? new Selection(thresholdBits, above, lower[lowerBucket]) : new Selection(thresholdBits, -1, -1);
-  }
-
-  /**
-   * Counts the low 16 bits of each magnitude in [{@code from}, {@code to}) whose upper 16 bits
-   * are {@code upperBucket} into {@code lower}.
-   */
-  static void countBucket(float[] tensor, int from, int to, int upperBucket, int[] lower) {
-    for (int i = from; i < to; i++) {
-      int bits = Float.floatToRawIntBits(tensor[i]) & 0x7FFFFFFF;
-      if (bits >>> 16 == upperBucket) {
-        lower[bits & 0xFFFF]++;
-      }
-    }
+    return MagnitudeSelect.magnitudeCut(tensor, (int) (density * tensor.length));
   }
 
   /**
@@ -288,7 +132,7 @@ public final class TaskTensors {
     for (int i = done; i < sum.length; i++) {
       double total = 0;
       for (int t = 0; t < tensors.length; t++) {
-        total += weights[t] * cut(tensors[t][i], cutBits[t]);
+        total += weights[t] * MagnitudeSelect.cut(tensors[t][i], cutBits[t]);
       }
       sum[i] = (float) total;
     }
@@ -340,7 +184,8 @@ public final class TaskTensors {
    * inner loops, {@code signum} calls and divisions: the same additions in the same order, and
    * halving (exact) where the general loop divides by two, so the result is identical. After
    * pruning half the entries are zero, so which ones agree is random: the terms are masked in or
-   * out on their bits, as branches were mispredicted every other entry (most of ties_svd's time).
+   * out on their bits, as branches would be mispredicted every other entry (most of ties_svd's
+   * time).
    */
   static float[] electAndMergeTwo(
       float[] first,
@@ -356,8 +201,8 @@ public final class TaskTensors {
     int firstCutBits = Float.floatToRawIntBits(firstCut);
     int secondCutBits = Float.floatToRawIntBits(secondCut);
     for (int i = done; i < merged.length; i++) {
-      float x = cut(first[i], firstCutBits);
-      float y = cut(second[i], secondCutBits);
+      float x = MagnitudeSelect.cut(first[i], firstCutBits);
+      float y = MagnitudeSelect.cut(second[i], secondCutBits);
       // The vote, x + y ≥ 0 (false for NaN), and each term's agreement, on bits: written with
       // comparisons, C2 compiles them to branches all the same. A sum of −0 needs two zeros,
       // which no vote takes, so its sign bit may count as negative.
@@ -404,9 +249,9 @@ public final class TaskTensors {
     // The outliers are the top entries of the kept-or-outlier set; both come from the magnitude
     // select, with the same order among equal magnitudes (the first ranks higher).
     float[] outliers = top == 0 ? null : tensor.clone();
-    keepLargest(tensor, top + keep);
+    MagnitudeSelect.keepLargest(tensor, top + keep);
     if (outliers != null) {
-      keepLargest(outliers, top);
+      MagnitudeSelect.keepLargest(outliers, top);
       for (int i = 0; i < n; i++) {
         if (outliers[i] != 0) {
           tensor[i] = 0;

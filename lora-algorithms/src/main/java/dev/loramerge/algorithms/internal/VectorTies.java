@@ -2,7 +2,6 @@ package dev.loramerge.algorithms.internal;
 
 import jdk.incubator.vector.DoubleVector;
 import jdk.incubator.vector.FloatVector;
-import jdk.incubator.vector.IntVector;
 import jdk.incubator.vector.LongVector;
 import jdk.incubator.vector.VectorMask;
 import jdk.incubator.vector.VectorOperators;
@@ -15,12 +14,10 @@ import jdk.incubator.vector.VectorSpecies;
  * lane (widen, vote, mask, add in the same order, halve, divide, round to float32) and the same
  * random draws, so the bits are the same, several times faster.
  *
- * <p>The radix pass uses the preferred float and int species, the ones the fuse kernels use
- * ({@code VectorRounding} in lora-core); elect-and-merge and the weighted sum need half-width floats to widen
- * into whole double vectors, and are the only kernels with them. On JDK 17 the Vector API's shared
- * methods keep one profile for every shape of a lane type: a radix pass on 256-bit ints beside
- * the fuse kernels' 512-bit ones makes C2 compile the fuse's rounding with boxed vectors, which
- * doubles the time of an in-memory fuse that follows a merge in the same process.
+ * <p>Elect-and-merge and the weighted sum need half-width floats to widen into whole double
+ * vectors. The magnitude select's vector passes (lora-core's {@code VectorSelect}) use the
+ * preferred species instead, the ones the fuse kernels use: on JDK 17 the Vector API's shared
+ * methods keep one profile for every shape of a lane type.
  *
  * <p>Referencing this class needs the module {@code jdk.incubator.vector} in the boot layer;
  * {@link TaskTensors} loads it only then, and uses it only where {@link #pays}.
@@ -29,8 +26,6 @@ final class VectorTies {
   private static final VectorSpecies<Double> DOUBLES = DoubleVector.SPECIES_PREFERRED;
   private static final VectorSpecies<Float> FLOATS =
       VectorSpecies.of(float.class, VectorShape.forBitSize(DOUBLES.vectorBitSize() / 2));
-  private static final VectorSpecies<Float> ALL_FLOATS = FloatVector.SPECIES_PREFERRED;
-  private static final VectorSpecies<Integer> ALL_INTS = IntVector.SPECIES_PREFERRED;
   /** As many longs as {@link #DOUBLES} holds doubles, for DARE's random draws. */
   private static final VectorSpecies<Long> LONGS = VectorSpecies.of(long.class, DOUBLES.vectorShape());
 
@@ -39,43 +34,6 @@ final class VectorTies {
   /** Whether vectors hold at least 4 doubles here (AVX2 or wider). */
   static boolean pays() {
     return DOUBLES.length() >= 4;
-  }
-
-  /**
-   * The radix selection's second pass over the longest prefix of whole vectors: counts the low
-   * 16 bits of each magnitude whose upper 16 bits are {@code upperBucket} into {@code lower};
-   * returns the prefix's length, for the caller to count the rest. A few hundredths of the
-   * entries fall in the bucket, so most vectors have none and cost one comparison.
-   */
-  static int countBucket(float[] tensor, int upperBucket, int[] lower) {
-    int lanes = ALL_FLOATS.length();
-    int whole = tensor.length - tensor.length % lanes;
-    IntVector bucket = IntVector.broadcast(ALL_INTS, upperBucket);
-    for (int i = 0; i < whole; i += lanes) {
-      IntVector upper = ((IntVector) FloatVector.fromArray(ALL_FLOATS, tensor, i).reinterpretShape(ALL_INTS, 0)).lanewise(VectorOperators.AND, 0x7FFFFFFF).lanewise(VectorOperators.LSHR, 16);
-      if (upper.compare(VectorOperators.EQ, bucket).anyTrue()) {
-        TaskTensors.countBucket(tensor, i, i + lanes, upperBucket, lower);
-      }
-    }
-    return whole;
-  }
-
-  /**
-   * Where the scalar search for the last entry before {@code end} whose magnitude's bits are
-   * {@code magnitudeBits} is to start: the end of the last whole vector below {@code end} that
-   * holds one, scanning down, or the end of the fewer than a vector's entries left at the front.
-   */
-  static int endOfLastVectorWith(float[] tensor, int end, int magnitudeBits) {
-    int lanes = ALL_FLOATS.length();
-    IntVector wanted = IntVector.broadcast(ALL_INTS, magnitudeBits);
-    int start = end - lanes;
-    for (; start >= 0; start -= lanes) {
-      IntVector magnitude = ((IntVector) FloatVector.fromArray(ALL_FLOATS, tensor, start).reinterpretShape(ALL_INTS, 0)).lanewise(VectorOperators.AND, 0x7FFFFFFF);
-      if (magnitude.compare(VectorOperators.EQ, wanted).anyTrue()) {
-        break;
-      }
-    }
-    return start + lanes;
   }
 
   /**

@@ -2,35 +2,12 @@ package dev.loramerge.algorithms.internal;
 
 import static org.assertj.core.api.Assertions.assertThat;
 
+import dev.loramerge.internal.select.MagnitudeSelect;
 import java.util.Arrays;
 import java.util.SplittableRandom;
 import org.junit.jupiter.api.Test;
 
 class TaskTensorsTest {
-  @Test
-  void kthLargestMagnitudeMatchesSorting() {
-    SplittableRandom random = new SplittableRandom(5);
-    for (int trial = 0; trial < 200; trial++) {
-      int n = 1 + random.nextInt(2000);
-      float[] values = new float[n];
-      for (int i = 0; i < n; i++) {
-        // Few distinct values in some trials, to exercise ties; signs and zeros throughout.
-        values[i] = trial % 3 == 0 ? random.nextInt(-3, 4) * 0.5f : (float) (random.nextGaussian() * Math.pow(10, random.nextInt(-6, 3)));
-      }
-      float[] magnitudes = new float[n];
-      for (int i = 0; i < n; i++) {
-        magnitudes[i] = Math.abs(values[i]);
-      }
-      Arrays.sort(magnitudes);
-      int k = 1 + random.nextInt(n);
-      for (boolean vectorized : new boolean[] {false, true}) {
-        assertThat(TaskTensors.kthLargestMagnitude(values, k, vectorized))
-            .as("trial %d: %d-th largest of %d, vectorized %s", trial, k, n, vectorized)
-            .isEqualTo(magnitudes[n - k]);
-      }
-    }
-  }
-
   @Test
   void magnitudePruningKeepsExactlyTheDensityAndTheLargest() {
     float[] values = {0.5f, -3f, 2f, -2f, 1f, 0f, 2f, -0.25f};
@@ -65,7 +42,7 @@ class TaskTensorsTest {
       // The cut applied after magnitudeCut, whose ties and vector searches run on either path.
       for (boolean vectorized : new boolean[] {false, true}) {
         float[] cutHere = values.clone();
-        int cutBits = Float.floatToRawIntBits(TaskTensors.magnitudeCut(cutHere, density, vectorized));
+        int cutBits = Float.floatToRawIntBits(MagnitudeSelect.magnitudeCut(cutHere, (int) (density * n), vectorized));
         for (int i = 0; i < n; i++) {
           int bits = Float.floatToRawIntBits(cutHere[i]);
           boolean below = (bits & 0x7FFFFFFF) < cutBits;

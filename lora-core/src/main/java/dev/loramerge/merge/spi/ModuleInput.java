@@ -1,21 +1,23 @@
 package dev.loramerge.merge.spi;
 
-import ai.djl.ndarray.NDArray;
 import dev.loramerge.LoraModule;
 
 /**
  * One adapter's factors for the module being merged, with its effective weight.
  *
  * <p>{@link #weight()} is the user's weight for the adapter times its block weight for this
- * module; {@link #scale()} is the module's own α/r (or α/√r). {@link #down()} (r×in·k·k) and
- * {@link #up()} (out×r) are float32 arrays owned by the module's manager; an algorithm must not
- * modify them in place.
+ * module; {@link #scale()} is the module's own α/r (or α/√r). The factors are read a block at a
+ * time at the precision the caller asks for, by the type of the array it reads into: float32
+ * values are the stored values rounded where they are wider (float64 adapters), float64 values
+ * are exact. B is out×r and A r×in·k·k (a convolution's A flattened), both row-major. Reading a
+ * whole factor is reading the block {@code [0, numel)}; a method that works a block at a time
+ * needs no copy of the whole factor.
  */
 public interface ModuleInput {
   /** The adapter's position among the merge's inputs (0-based), for seeding. */
   int index();
 
-  /** The module as read. */
+  /** The module as read: its shapes, rank, type and scale. */
   LoraModule module();
 
   /** User weight × block weight. */
@@ -24,40 +26,21 @@ public interface ModuleInput {
   /** The module's scale s. */
   double scale();
 
-  /** A, flattened to 2-D, float32. */
-  NDArray down();
+  /** B's values {@code [first, first + count)} in float32 into {@code out[0, count)}. */
+  void readUp(int first, float[] out, int count);
 
-  /** B, 2-D, float32. */
-  NDArray up();
+  /** A's values {@code [first, first + count)} in float32 into {@code out[0, count)}. */
+  void readDown(int first, float[] out, int count);
 
-  /**
-   * A's values in float32, r×in·k·k row-major, in a new array the caller owns: methods that work
-   * element by element are several times faster on these than through NDArray operations.
-   */
-  float[] downValues();
+  /** B's values {@code [first, first + count)} in float64, exactly, into {@code out[0, count)}. */
+  void readUp(int first, double[] out, int count);
 
-  /** B's values in float32, out×r row-major, in a new array the caller owns. */
-  float[] upValues();
+  /** A's values {@code [first, first + count)} in float64, exactly, into {@code out[0, count)}. */
+  void readDown(int first, double[] out, int count);
 
   /**
-   * A's values {@code [first, first + count)} (row-major) in float32 into {@code out[0, count)}:
-   * for methods that work a block at a time and need no copy of the whole factor.
+   * The full update s·B·A (out×in·k·k, row-major) in float32, in a new array the caller owns, as
+   * PEFT computes it, (B·A)·s: for methods that work on full updates.
    */
-  default void readDown(int first, float[] out, int count) {
-    System.arraycopy(downValues(), first, out, 0, count);
-  }
-
-  /** B's values {@code [first, first + count)} (row-major) in float32 into {@code out[0, count)}. */
-  default void readUp(int first, float[] out, int count) {
-    System.arraycopy(upValues(), first, out, 0, count);
-  }
-
-  /** The full update s·B·A (out×in·k·k), float32, computed on first use. */
-  NDArray delta();
-
-  /**
-   * The full update's values in float32, out×in·k·k row-major, in a new array the caller owns:
-   * the same values as {@link #delta()}, without keeping the native array.
-   */
-  float[] deltaValues();
+  float[] delta();
 }

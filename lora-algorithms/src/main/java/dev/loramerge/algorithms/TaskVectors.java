@@ -1,0 +1,108 @@
+package dev.loramerge.algorithms;
+
+import static com.google.common.base.Preconditions.checkArgument;
+
+import dev.loramerge.LoraMergeException;
+import dev.loramerge.merge.MergeAlgorithm.Requirements;
+import dev.loramerge.merge.spi.ModuleInput;
+import dev.loramerge.merge.spi.ModuleMerge;
+import dev.loramerge.merge.spi.ModuleUpdate;
+import java.math.BigDecimal;
+import java.util.List;
+import java.util.Locale;
+
+/**
+ * The body every element-wise method shares: each adapter's task tensors pruned, then combined,
+ * in factor space or on the full updates (see {@link Space}).
+ */
+final class TaskVectors {
+  private TaskVectors() {}
+
+  /** What a method in {@code space} needs of the merger. */
+  static Requirements requirements(Space space) {
+    return space == Space.FACTORS ? Requirements.none().withEqualRanks() : Requirements.none().withReRanking();
+  }
+
+  /** The merge of {@code module} by the method called {@code name}. */
+  static ModuleUpdate merge(ModuleMerge module, String name, Space space, Pruning pruning, Combination combination) {
+    return space == Space.FACTORS
+        ? mergeFactors(module, name, pruning, combination)
+        : mergeUpdates(module, pruning, combination);
+  }
+
+  private static ModuleUpdate mergeFactors(ModuleMerge module, String name, Pruning pruning, Combination combination) {
+    List<ModuleInput> inputs = module.inputs();
+    double[] weights = new double[inputs.size()];
+    for (int i = 0; i < weights.length; i++) {
+      double product = inputs.get(i).weight() * inputs.get(i).scale();
+      if (product < 0) {
+        throw new LoraMergeException(
+            String.format(
+                Locale.ROOT,
+                "%s weighs each factor by √(w·s), but module '%s' has w·s = %s in input %d; use a"
+                    + " positive weight, cat, or an *_svd method",
+                name,
+                module.key(),
+                product,
+                inputs.get(i).index()));
+      }
+      weights[i] = Math.sqrt(product);
+    }
+    int rank = inputs.get(0).module().rank();
+    float[][] downs = inputs.stream().map(TaskVectors::downValues).toArray(float[][]::new);
+    float[] down = combine(module, pruning, combination, downs, downs[0].length / rank, weights, "down");
+    float[][] ups = inputs.stream().map(TaskVectors::upValues).toArray(float[][]::new);
+    float[] up = combine(module, pruning, combination, ups, rank, weights, "up");
+    return new ModuleUpdate.Factors(up, down, rank);
+  }
+
+  private static ModuleUpdate mergeUpdates(ModuleMerge module, Pruning pruning, Combination combination) {
+    List<ModuleInput> inputs = module.inputs();
+    double[] weights = inputs.stream().mapToDouble(ModuleInput::weight).toArray();
+    float[][] tensors = inputs.stream().map(ModuleInput::delta).toArray(float[][]::new);
+    int columns = Math.toIntExact(inputs.get(0).module().down().numel() / inputs.get(0).module().rank());
+    return new ModuleUpdate.Dense(combine(module, pruning, combination, tensors, columns, weights, "delta"), columns);
+  }
+
+  /**
+   * Prunes {@code tensors} (row-major, rows of {@code columns}; changed in place) and combines
+   * them into a new array.
+   */
+  private static float[] combine(
+      ModuleMerge module, Pruning pruning, Combination combination, float[][] tensors, int columns, double[] weights,
+      String stream) {
+    float[] cuts = new float[tensors.length];
+    for (int i = 0; i < tensors.length; i++) {
+      cuts[i] = pruning.prune(tensors[i], columns, module, module.inputs().get(i).index(), stream);
+    }
+    return combination.combine(tensors, weights, cuts);
+  }
+
+  private static float[] upValues(ModuleInput input) {
+    float[] values = new float[Math.toIntExact(input.module().up().numel())];
+    input.readUp(0, values, values.length);
+    return values;
+  }
+
+  private static float[] downValues(ModuleInput input) {
+    float[] values = new float[Math.toIntExact(input.module().down().numel())];
+    input.readDown(0, values, values.length);
+    return values;
+  }
+
+  /** Checks that {@code density}, the fraction of entries kept, is in (0, 1]. */
+  static void checkDensity(double density) {
+    checkArgument(density > 0 && density <= 1, "density must be in (0, 1], got %s", density);
+  }
+
+  /** 1 − density in decimal, so that a density of 0.7 shows a drop rate of 0.3. */
+  static String dropRate(double density) {
+    return BigDecimal.ONE.subtract(BigDecimal.valueOf(density)).stripTrailingZeros().toPlainString();
+  }
+
+  /** The density that keeps 1 − {@code dropRate}, computed in decimal. */
+  static double densityFor(double dropRate) {
+    checkArgument(dropRate >= 0 && dropRate < 1, "drop rate must be in [0, 1), got %s", dropRate);
+    return BigDecimal.ONE.subtract(BigDecimal.valueOf(dropRate)).doubleValue();
+  }
+}
