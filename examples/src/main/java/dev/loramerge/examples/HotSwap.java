@@ -82,8 +82,9 @@ public final class HotSwap {
       float[] input = input();
       float[] baseRender = render(manager, weights, input);
       boolean changed = false;
+      LoraMerger request = LoraMerger.builder().add(style, 0.7).add(subject, 0.5).algorithm(Dare.of(0.3)).build();
       for (int cycle = 0; cycle < cycles; cycle++) {
-        FusedLora fused = LoraFuser.of(LoraMerger.builder().add(style, 0.7).add(subject, 0.5).algorithm(Dare.of(0.3)).build()).fuseInto(unet);
+        FusedLora fused = LoraFuser.of(request).fuseInto(unet);
         changed |= !Arrays.equals(render(manager, weights, input), baseRender);
         fused.unfuse();
       }
