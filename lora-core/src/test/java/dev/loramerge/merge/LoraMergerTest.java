@@ -224,7 +224,9 @@ class LoraMergerTest {
                     .as("delta[%d] of %s, scale %s", i, module.key(), input.scale())
                     .isCloseTo(exact * input.scale(), org.assertj.core.data.Offset.offset(bound));
               }
-              checked.add(module.key() + "@" + input.scale());
+              synchronized (checked) {
+                checked.add(module.key() + "@" + input.scale());
+              }
             }
             ModuleInput first = module.inputs().get(0);
             return new ModuleUpdate.Dense(first.delta(), Math.toIntExact(first.module().down().numel() / first.module().rank()));
@@ -396,7 +398,9 @@ class LoraMergerTest {
 
           @Override
           public ModuleUpdate merge(ModuleMerge module) {
-            offered.add(module.offer().encoding().map(DType::safetensorsName).orElse("none"));
+            synchronized (offered) {
+              offered.add(module.offer().encoding().map(DType::safetensorsName).orElse("none"));
+            }
             ModuleInput input = module.inputs().get(0);
             return new ModuleUpdate.Encoded(
                 TensorData.ofFloats(upValues(input), input.module().outFeatures(), input.module().rank()),

@@ -12,8 +12,9 @@ import java.util.SplittableRandom;
  * Deterministic: ties in magnitude go to the lower index, random masks come from the caller's
  * seeded stream.
  *
- * <p>Public only so that the JMH kernels of lora-bench can measure these loops on their own; the
- * merge methods are the API.
+ * <p>Public only so that the JMH kernels of lora-bench can measure these loops on their own: the
+ * package is exported to {@code dev.loramerge.bench} alone (see module-info). The merge methods are
+ * the API.
  */
 public final class TaskTensors {
   /** Magnitude bits above these are NaN. */
