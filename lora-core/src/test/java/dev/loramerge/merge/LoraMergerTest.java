@@ -13,6 +13,7 @@ import dev.loramerge.LoraMergeException;
 import dev.loramerge.LoraModule;
 import dev.loramerge.ModuleKey;
 import dev.loramerge.TensorData;
+import dev.loramerge.merge.MergeAlgorithm.Requirements;
 import dev.loramerge.merge.spi.ModuleInput;
 import dev.loramerge.merge.spi.ModuleMerge;
 import dev.loramerge.merge.spi.ModuleUpdate;
@@ -23,6 +24,7 @@ import java.nio.ByteOrder;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Optional;
+import java.util.function.Function;
 import org.ejml.data.DMatrixRMaj;
 import org.ejml.dense.row.factory.DecompositionFactory_DDRM;
 import org.ejml.interfaces.decomposition.SingularValueDecomposition_F64;
@@ -179,24 +181,10 @@ class LoraMergerTest {
     LoraAdapter threeQuarters = TinyLora.adapter("threeQuarters", 4, 3, 6);
     List<String> checked = new ArrayList<>();
     MergeAlgorithm probe =
-        new MergeAlgorithm() {
-          @Override
-          public String name() {
-            return "probe";
-          }
-
-          @Override
-          public ImmutableMap<String, Object> parameters() {
-            return ImmutableMap.of();
-          }
-
-          @Override
-          public Requirements requirements() {
-            return Requirements.none().withReRanking();
-          }
-
-          @Override
-          public ModuleUpdate merge(ModuleMerge module) {
+        algorithm(
+          "probe",
+          Requirements.none().withReRanking(),
+          module -> {
             for (ModuleInput input : module.inputs()) {
               float[] values = input.delta();
               float[] up = upValues(input);
@@ -230,8 +218,7 @@ class LoraMergerTest {
             }
             ModuleInput first = module.inputs().get(0);
             return new ModuleUpdate.Dense(first.delta(), Math.toIntExact(first.module().down().numel() / first.module().rank()));
-          }
-        };
+          });
     LoraMerger.builder().add(one, 1).add(half, 1).add(threeQuarters, 1).algorithm(probe).rank(2).threads(1).merge();
     assertThat(checked).hasSize(3 * TinyLora.KEYS.length).anyMatch(s -> s.endsWith("@0.75")).anyMatch(s -> s.endsWith("@0.5"));
   }
@@ -241,30 +228,15 @@ class LoraMergerTest {
     for (boolean exact : new boolean[] {true, false}) {
       List<Offer> offers = new ArrayList<>();
       MergeAlgorithm probe =
-          new MergeAlgorithm() {
-            @Override
-            public String name() {
-              return "probe";
-            }
-
-            @Override
-            public ImmutableMap<String, Object> parameters() {
-              return ImmutableMap.of();
-            }
-
-            @Override
-            public Requirements requirements() {
-              return exact ? Requirements.none().withExactFloat64() : Requirements.none();
-            }
-
-            @Override
-            public ModuleUpdate merge(ModuleMerge module) {
+          algorithm(
+            "probe",
+            exact ? Requirements.none().withExactFloat64() : Requirements.none(),
+            module -> {
               synchronized (offers) {
                 offers.add(module.offer());
               }
               return MergeAlgorithm.cat().merge(module);
-            }
-          };
+            });
       LoraMerger merger = LoraMerger.builder().add(STYLE, 0.7).add(SUBJECT, 0.5).algorithm(probe).build();
       Float64Factors fused = merger.updates().factors(TinyLora.KEYS[0]);
       Float64Factors cat = LoraMerger.builder().add(STYLE, 0.7).add(SUBJECT, 0.5).build().updates().factors(TinyLora.KEYS[0]);
@@ -290,24 +262,10 @@ class LoraMergerTest {
       int before = system.getManagedArrays().size();
       int[] aliveDuringTheMerge = {0};
       MergeAlgorithm dense =
-          new MergeAlgorithm() {
-            @Override
-            public String name() {
-              return "dense";
-            }
-
-            @Override
-            public ImmutableMap<String, Object> parameters() {
-              return ImmutableMap.of();
-            }
-
-            @Override
-            public Requirements requirements() {
-              return Requirements.none().withReRanking();
-            }
-
-            @Override
-            public ModuleUpdate merge(ModuleMerge module) {
+          algorithm(
+            "dense",
+            Requirements.none().withReRanking(),
+            module -> {
               LoraModule first = module.inputs().get(0).module();
               Shape shape = new Shape(first.outFeatures(), first.down().numel() / first.rank());
               NDArray sum = module.manager().create(module.inputs().get(0).delta(), shape).mul(module.inputs().get(0).weight());
@@ -318,8 +276,7 @@ class LoraMergerTest {
                 aliveDuringTheMerge[0] = Math.max(aliveDuringTheMerge[0], system.getManagedArrays().size() - before);
               }
               return new ModuleUpdate.Dense(sum.toFloatArray(), Math.toIntExact(shape.get(1)));
-            }
-          };
+            });
       LoraMerger.builder().add(STYLE, 0.7).add(SUBJECT, 0.5).algorithm(dense).rank(3).merge();
       assertThat(aliveDuringTheMerge[0]).as("arrays the merge had alive at once, seen by the count").isGreaterThanOrEqualTo(4);
       assertThat(system.getManagedArrays().size()).as("arrays alive in the system manager after the merge").isEqualTo(before);
@@ -385,19 +342,10 @@ class LoraMergerTest {
   void encodedFactorsMustBeOfTheOfferedTypeAndOnlyWhereOneIsOffered() {
     List<String> offered = new ArrayList<>();
     MergeAlgorithm encodesInFloat32 =
-        new MergeAlgorithm() {
-          @Override
-          public String name() {
-            return "encoder";
-          }
-
-          @Override
-          public ImmutableMap<String, Object> parameters() {
-            return ImmutableMap.of();
-          }
-
-          @Override
-          public ModuleUpdate merge(ModuleMerge module) {
+        algorithm(
+          "Encoder",
+          Requirements.none(),
+          module -> {
             synchronized (offered) {
               offered.add(module.offer().encoding().map(DType::safetensorsName).orElse("none"));
             }
@@ -405,13 +353,7 @@ class LoraMergerTest {
             return new ModuleUpdate.Encoded(
                 TensorData.ofFloats(upValues(input), input.module().outFeatures(), input.module().rank()),
                 TensorData.ofFloats(downValues(input), input.module().rank(), input.module().down().numel() / input.module().rank()));
-          }
-
-          @Override
-          public String toString() {
-            return "Encoder{}";
-          }
-        };
+          });
     LoraAdapter merged = LoraMerger.builder().algorithm(encodesInFloat32).add(STYLE, 1).dtype(DType.F32).merge();
     assertThat(offered).as("the type each module's merge offered").containsOnly("F32");
     for (ModuleKey key : TinyLora.KEYS) {
@@ -511,5 +453,37 @@ class LoraMergerTest {
     float[] values = new float[Math.toIntExact(input.module().down().numel())];
     input.readDown(0, values, values.length);
     return values;
+  }
+  /**
+   * A method named {@code name} (its {@code toString} is {@code name{}}) with no parameters, the
+   * given requirements, and {@code merge} as its merge.
+   */
+  private static MergeAlgorithm algorithm(String name, Requirements requirements, Function<ModuleMerge, ModuleUpdate> merge) {
+    return new MergeAlgorithm() {
+      @Override
+      public String name() {
+        return name;
+      }
+
+      @Override
+      public ImmutableMap<String, Object> parameters() {
+        return ImmutableMap.of();
+      }
+
+      @Override
+      public Requirements requirements() {
+        return requirements;
+      }
+
+      @Override
+      public ModuleUpdate merge(ModuleMerge module) {
+        return merge.apply(module);
+      }
+
+      @Override
+      public String toString() {
+        return name + "{}";
+      }
+    };
   }
 }
