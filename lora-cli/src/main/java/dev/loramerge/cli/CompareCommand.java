@@ -1,5 +1,6 @@
 package dev.loramerge.cli;
 
+import ai.djl.Device;
 import ai.djl.ndarray.NDArray;
 import ai.djl.ndarray.NDManager;
 import dev.loramerge.LoraAdapter;
@@ -216,7 +217,7 @@ final class CompareCommand implements Callable<Integer> {
     if (terms.size() < 2) {
       return;
     }
-    try (NDManager manager = NDManager.newBaseManager()) {
+    try (NDManager manager = NDManager.newBaseManager(Device.cpu())) {
       NDArray positive = null;
       NDArray negative = null;
       for (int i = 0; i < terms.size(); i++) {

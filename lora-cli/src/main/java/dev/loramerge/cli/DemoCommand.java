@@ -30,6 +30,7 @@ import java.util.Locale;
 import java.util.Map;
 import java.util.Set;
 import java.util.concurrent.Callable;
+import java.util.concurrent.atomic.AtomicReference;
 import java.util.stream.Stream;
 import picocli.CommandLine.Command;
 import picocli.CommandLine.Mixin;
@@ -62,12 +63,21 @@ final class DemoCommand implements Callable<Integer> {
   @Override
   public Integer call() throws IOException {
     PrintWriter out = spec.commandLine().getOut();
-    Path folder = Files.createTempDirectory("lora-demo-");
-    // SIGINT and SIGTERM skip the finally below; the JVM runs this hook instead.
-    Thread cleanup = new Thread(() -> deleteQuietly(folder), "lora-demo-cleanup");
+    // SIGINT and SIGTERM skip the finally below; the JVM runs this hook instead. It is in place
+    // before the folder exists, so that no signal falls between the two.
+    AtomicReference<Path> created = new AtomicReference<>();
+    Thread cleanup = new Thread(() -> deleteQuietly(created.get()), "lora-demo-cleanup");
     if (!keep) {
       Runtime.getRuntime().addShutdownHook(cleanup);
     }
+    Path folder;
+    try {
+      folder = Files.createTempDirectory("lora-demo-");
+    } catch (IOException e) {
+      removeHook(cleanup);
+      throw e;
+    }
+    created.set(folder);
     try {
       run(out, folder);
     } finally {
@@ -255,11 +265,12 @@ final class DemoCommand implements Callable<Integer> {
   }
 
   /**
-   * Deletes the folder while the JVM exits; lora-io's own hook deletes the temporary files in it
-   * meanwhile, which can fail a pass, so a few are made.
+   * Deletes the folder, if it was made, while the JVM exits; lora-io's own hook deletes the
+   * temporary files in it meanwhile, and the demo's thread may still be writing, either of which
+   * can fail a pass, so several are made.
    */
   private static void deleteQuietly(Path folder) {
-    for (int attempt = 0; attempt < 3 && Files.exists(folder); attempt++) {
+    for (int attempt = 0; folder != null && attempt < 20 && Files.exists(folder); attempt++) {
       try {
         deleteRecursively(folder);
       } catch (IOException | UncheckedIOException e) {

@@ -5,6 +5,7 @@ import static com.google.common.base.Preconditions.checkArgument;
 import ai.djl.ndarray.NDArray;
 import ai.djl.ndarray.NDArrays;
 import ai.djl.ndarray.NDList;
+import ai.djl.Device;
 import ai.djl.ndarray.NDManager;
 import ai.djl.ndarray.types.DataType;
 import dev.loramerge.LoraModule;
@@ -34,7 +35,7 @@ public final class UpdateNorms {
    */
   public static Distance distance(LoraModule actual, List<LoraModule> terms, List<Double> weights) {
     checkArgument(terms.size() == weights.size(), "%s terms but %s weights", terms.size(), weights.size());
-    try (NDManager manager = NDManager.newBaseManager()) {
+    try (NDManager manager = NDManager.newBaseManager(Device.cpu())) {
       NDList ups = new NDList();
       NDList downs = new NDList();
       for (int i = 0; i < terms.size(); i++) {
@@ -52,7 +53,7 @@ public final class UpdateNorms {
    * Σ (BₐᵀB_b) ∘ (AₐA_bᵀ).
    */
   public static double inner(LoraModule a, double weightA, LoraModule b, double weightB) {
-    try (NDManager manager = NDManager.newBaseManager()) {
+    try (NDManager manager = NDManager.newBaseManager(Device.cpu())) {
       NDList ups = new NDList();
       NDList downs = new NDList();
       add(manager, ups, downs, a, weightA);
@@ -65,7 +66,7 @@ public final class UpdateNorms {
 
   /** ‖s·B·A‖ of one module. */
   public static double norm(LoraModule module) {
-    try (NDManager manager = NDManager.newBaseManager()) {
+    try (NDManager manager = NDManager.newBaseManager(Device.cpu())) {
       NDList ups = new NDList();
       NDList downs = new NDList();
       add(manager, ups, downs, module, 1);

@@ -2,6 +2,7 @@ package dev.loramerge.fuse;
 
 import ai.djl.Device;
 import ai.djl.ndarray.NDArray;
+import ai.djl.ndarray.NDManager;
 import ai.djl.ndarray.index.NDIndex;
 import ai.djl.ndarray.types.DataType;
 import com.google.common.collect.ImmutableMap;
@@ -37,8 +38,12 @@ import java.util.stream.IntStream;
  * the copies of an SDXL UNet's touched weights (4.4 GB), on every fuse that gets them. Spares are
  * kept only for copies that are written through their own views; {@link #trim} frees them.
  *
- * <p>Weights on the CPU and laid out contiguously are computed straight into their own memory;
- * others (on a GPU, or views) are computed in a heap buffer and set. Which is which is learnt from
+ * <p>Weights on a GPU are fused there by updates that can be ({@link DeviceUpdate}, which every
+ * merger's update is): libtorch computes and rounds them on the device, their originals are kept
+ * as device copies (or in host memory, as {@link Originals} says) and restored with copies, and
+ * their values never travel. Weights on the CPU and laid out contiguously are computed in Java
+ * straight into their own memory; others (views, or GPU weights with an update of another kind)
+ * are computed in a heap buffer and set. Which is which is learnt from
  * the first fuse of each weight, by reading back a value it wrote: nothing but fused values and
  * restored originals is ever written into a weight, since another thread may be reading it.
  *
@@ -54,6 +59,9 @@ final class ArrayTarget implements WeightTarget {
   private final List<WeightUpdate> active = new ArrayList<>();
   /** Whether each weight's direct view is its own memory, once a fuse has found out. */
   private final Map<String, Boolean> writesThrough = new ConcurrentHashMap<>();
+  private final Originals keptIn;
+  /** Whether CPU arrays take the device path too, which tests use to run it without a GPU. */
+  private final boolean libtorchOnCpu;
 
   /**
    * A target over {@code arrays}, keeping spares in {@code spares}.
@@ -61,9 +69,11 @@ final class ArrayTarget implements WeightTarget {
    * @throws IllegalArgumentException naming the arrays whose element type a fuse cannot write
    *     (anything but F64, F32, F16 and BF16)
    */
-  ArrayTarget(ImmutableMap<String, NDArray> arrays, SpareCopies spares) {
+  ArrayTarget(ImmutableMap<String, NDArray> arrays, SpareCopies spares, Originals keptIn, boolean libtorchOnCpu) {
     this.arrays = arrays;
     this.spares = spares;
+    this.keptIn = keptIn;
+    this.libtorchOnCpu = libtorchOnCpu;
     ImmutableMap.Builder<String, TensorSpec> infos = ImmutableMap.builder();
     Map<String, DataType> unfusable = new LinkedHashMap<>();
     arrays.forEach(
@@ -179,7 +189,10 @@ final class ArrayTarget implements WeightTarget {
         updates.add(update);
       }
     }
-    if (updates.isEmpty()) {
+    if (updates.isEmpty() && onDevice(arrays.get(name))) {
+      restoreOnDevice(arrays.get(name), original);
+      originals.remove(name).close();
+    } else if (updates.isEmpty()) {
       store(name, arrays.get(name), original.toByteBuffer(true));
       keepOrClose(name, originals.remove(name));
     } else {
@@ -195,6 +208,14 @@ final class ArrayTarget implements WeightTarget {
   private void write(String name, List<WeightUpdate> updates, Optional<NDArray> from, Optional<NDArray> before) {
     NDArray array = arrays.get(name);
     TensorSpec spec = weights.get(name);
+    if (onDevice(array) && updates.stream().allMatch(DeviceUpdate.class::isInstance)) {
+      NDArray source = from.orElse(array);
+      for (WeightUpdate update : updates) {
+        ((DeviceUpdate) update).applyOnDevice(spec, source, array);
+        source = array;
+      }
+      return;
+    }
     Boolean known = writesThrough.get(name);
     boolean direct = mayWriteThrough(array) && (known != null ? known : before.isPresent());
     // Not in place, the values go through a heap copy (toByteBuffer() without a direct view):
@@ -283,6 +304,11 @@ final class ArrayTarget implements WeightTarget {
    * a core from the fuse that follows.
    */
   private NDArray copyOf(String name, NDArray array) {
+    if (onDevice(array)) {
+      // toDevice to the array's own device returns the array itself, copy or not.
+      boolean toHost = keptIn == Originals.IN_HOST_MEMORY && !array.getDevice().equals(Device.cpu());
+      return toHost ? array.toDevice(Device.cpu(), true) : array.duplicate();
+    }
     if (!mayWriteThrough(array) || Boolean.FALSE.equals(writesThrough.get(name))) {
       return array.duplicate();
     }
@@ -321,6 +347,27 @@ final class ArrayTarget implements WeightTarget {
       if (spare != null) {
         spare.close();
       }
+    }
+  }
+
+  /**
+   * Whether {@code array} is fused where it lives, by libtorch: arrays on a GPU (their values
+   * never come to the host), and in tests arrays on the CPU too.
+   */
+  private boolean onDevice(NDArray array) {
+    return libtorchOnCpu || !array.getDevice().equals(Device.cpu());
+  }
+
+  /** Copies {@code original}, on the array's device or in host memory, back into {@code array}. */
+  private static void restoreOnDevice(NDArray array, NDArray original) {
+    if (original.getDevice().equals(array.getDevice())) {
+      array.set(new NDIndex("..."), original);
+      return;
+    }
+    try (NDManager scratch = array.getManager().newSubManager(array.getDevice())) {
+      NDArray uploaded = original.toDevice(array.getDevice(), true);
+      uploaded.attach(scratch);
+      array.set(new NDIndex("..."), uploaded);
     }
   }
 

@@ -2,6 +2,8 @@ package dev.loramerge.fuse;
 
 import static com.google.common.base.Preconditions.checkArgument;
 
+import ai.djl.Device;
+import ai.djl.ndarray.NDArray;
 import ai.djl.ndarray.NDManager;
 import com.google.common.collect.ImmutableMap;
 import com.google.common.collect.ImmutableSet;
@@ -9,6 +11,7 @@ import dev.loramerge.DType;
 import dev.loramerge.ModuleKey;
 import dev.loramerge.TensorSpec;
 import dev.loramerge.internal.fuse.FuseScratch;
+import dev.loramerge.internal.fuse.DeviceFusion;
 import dev.loramerge.internal.fuse.Fusion;
 import dev.loramerge.internal.linalg.LazyManager;
 import dev.loramerge.merge.Float64Factors;
@@ -23,7 +26,7 @@ import java.util.concurrent.ForkJoinTask;
  * A merger's update of the matched modules, times a factor, computed per weight on demand on the
  * fuser's workers.
  */
-final class MergedWeightUpdate implements WeightUpdate {
+final class MergedWeightUpdate implements DeviceUpdate {
   private final ModuleUpdates updates;
   private final MergeListener listener;
   private final ImmutableMap<String, ModuleKey> modules;
@@ -51,18 +54,12 @@ final class MergedWeightUpdate implements WeightUpdate {
 
   @Override
   public void apply(TensorSpec spec, ByteBuffer weight, ByteBuffer into, DType dtype) {
-    String name = spec.name();
-    ModuleKey key = modules.get(name);
-    checkArgument(key != null, "this update does not change weight '%s'", name);
-    String label = String.format(Locale.ROOT, "module '%s' (weight '%s')", key, name);
-    Float64Factors factors = updates.factors(key);
+    String label = label(spec);
+    Float64Factors factors = scaledFactors(spec);
     double[] up = factors.up();
-    for (int i = 0; i < up.length; i++) {
-      up[i] *= factor;
-    }
-    int rank = up.length / Math.toIntExact(spec.shape()[0]);
+    int rank = factors.rank();
     Runnable kernel = () -> {
-      try (LazyManager manager = new LazyManager(NDManager::newBaseManager)) {
+      try (LazyManager manager = new LazyManager(() -> NDManager.newBaseManager(Device.cpu()))) {
         Fusion.fuse(scratch, manager, weight, spec.dtype(), spec.shape(), up, factors.down(), rank, into, dtype, label);
       }
     };
@@ -74,6 +71,28 @@ final class MergedWeightUpdate implements WeightUpdate {
     } else {
       workers.submit(kernel).join();
     }
+  }
+
+  @Override
+  public void applyOnDevice(TensorSpec spec, NDArray source, NDArray weight) {
+    Float64Factors factors = scaledFactors(spec);
+    DeviceFusion.fuse(source, weight, factors.up(), factors.down(), factors.rank(), label(spec));
+  }
+
+  /** The module's factors for weight {@code spec}, the up factor times this update's factor. */
+  private Float64Factors scaledFactors(TensorSpec spec) {
+    ModuleKey key = modules.get(spec.name());
+    checkArgument(key != null, "this update does not change weight '%s'", spec.name());
+    Float64Factors factors = updates.factors(key);
+    double[] up = factors.up();
+    for (int i = 0; i < up.length; i++) {
+      up[i] *= factor;
+    }
+    return factors;
+  }
+
+  private String label(TensorSpec spec) {
+    return String.format(Locale.ROOT, "module '%s' (weight '%s')", modules.get(spec.name()), spec.name());
   }
 
   @Override

@@ -1,6 +1,7 @@
 package dev.loramerge.fuse;
 
 import static com.google.common.base.Preconditions.checkNotNull;
+import static com.google.common.base.Preconditions.checkState;
 
 import ai.djl.Model;
 import ai.djl.ndarray.NDArray;
@@ -8,6 +9,7 @@ import ai.djl.nn.Block;
 import ai.djl.nn.Parameter;
 import ai.djl.util.Pair;
 import com.google.common.collect.ImmutableMap;
+import com.google.errorprone.annotations.CanIgnoreReturnValue;
 import dev.loramerge.LoraMergeException;
 import dev.loramerge.TensorSpec;
 import java.io.IOException;
@@ -63,15 +65,22 @@ public interface WeightTarget {
   }
 
   /**
-   * The NDArrays of {@code weights}, updated in place (on their own devices). Fuses into the
-   * returned target can be undone in any order, bit for bit.
+   * The NDArrays of {@code weights}, updated in place on their own devices; {@link #builder()}
+   * with its defaults. Fuses into the returned target can be undone in any order, bit for bit.
    *
-   * <p>The target keeps a copy of each weight a fuse touches, in the weight's manager, from the
-   * first fuse that touches it. After the last fuse into the weight is undone, the copy's memory
-   * stays for the next fuse to reuse (fresh memory costs the kernel a page fault per 4 KiB) until
+   * <p>The target keeps a copy of each weight a fuse touches, from the first fuse that touches
+   * it: on the CPU in the weight's manager, on a GPU where {@link Builder#originals} says (on the
+   * device by default). After the last fuse into a CPU weight is undone, the copy's memory stays
+   * for the next fuse to reuse (fresh memory costs the kernel a page fault per 4 KiB) until
    * {@link #trim()} or until the weights' manager is closed. The target keeps that memory in
    * {@link SpareCopies} of its own; to share it between targets made over the same arrays, use
-   * {@link #of(Map, SpareCopies)}.
+   * {@link #of(Map, SpareCopies)}. On a GPU, copies are freed as their weights are restored
+   * (libtorch's caching allocator keeps the memory for the next fuse).
+   *
+   * <p>Weights on a GPU are fused there: the update is computed from its float64 factors with
+   * libtorch's kernels on the device, rounded once like on the CPU (the same bytes), and written
+   * in place; only the factors travel to the device and a few scalars back. Weights on the CPU
+   * are fused in Java, straight into their memory where it is laid out contiguously.
    *
    * <p>The target is thread-safe, and serialises its fuses and unfuses: each holds the target's
    * lock for its whole write, so they never interleave, and from any number of threads they leave
@@ -89,7 +98,7 @@ public interface WeightTarget {
    * @throws IllegalArgumentException naming the arrays whose type cannot be fused into
    */
   static WeightTarget of(Map<String, NDArray> weights) {
-    return of(weights, SpareCopies.create());
+    return builder().weights(weights).build();
   }
 
   /**
@@ -100,7 +109,75 @@ public interface WeightTarget {
    * @throws IllegalArgumentException naming the arrays whose type cannot be fused into
    */
   static WeightTarget of(Map<String, NDArray> weights, SpareCopies spares) {
-    return new ArrayTarget(ImmutableMap.copyOf(checkNotNull(weights, "weights")), checkNotNull(spares, "spares"));
+    return builder().weights(weights).spares(spares).build();
+  }
+
+  /** A builder of an in-memory target ({@link #of(Map)}), for the options {@code of} leaves at their defaults. */
+  static Builder builder() {
+    return new Builder();
+  }
+
+  /** Where the copies of GPU weights that make fuses undoable are kept. */
+  enum Originals {
+    /**
+     * On the weight's device: one copy of each weight a fuse touches (for an SDXL fuse of the
+     * attention weights in fp16, 4.4 GB), restored with device-to-device copies.
+     */
+    ON_DEVICE,
+    /**
+     * In host memory, for GPUs without room for the copies: they go to the host once, at the
+     * first fuse of each weight, and come back when the weight is restored.
+     */
+    IN_HOST_MEMORY
+  }
+
+  /** Options of an in-memory target; not thread-safe. */
+  final class Builder {
+    private ImmutableMap<String, NDArray> weights;
+    private SpareCopies spares;
+    private Originals originals = Originals.ON_DEVICE;
+    private boolean libtorchOnCpu;
+
+    private Builder() {}
+
+    /** The arrays to fuse into, by name (required). */
+    @CanIgnoreReturnValue
+    public Builder weights(Map<String, NDArray> weights) {
+      this.weights = ImmutableMap.copyOf(checkNotNull(weights, "weights"));
+      return this;
+    }
+
+    /** Where the memory of restored CPU weights' copies is kept ({@link #of(Map, SpareCopies)}); default: the target's own. */
+    @CanIgnoreReturnValue
+    public Builder spares(SpareCopies spares) {
+      this.spares = checkNotNull(spares, "spares");
+      return this;
+    }
+
+    /** Where GPU weights' originals are kept (default {@link Originals#ON_DEVICE}); CPU weights keep theirs in host memory either way. */
+    @CanIgnoreReturnValue
+    public Builder originals(Originals originals) {
+      this.originals = checkNotNull(originals, "originals");
+      return this;
+    }
+
+    /** Fuses CPU arrays the way GPU arrays are fused, with libtorch: the device path, testable without a GPU. */
+    @CanIgnoreReturnValue
+    Builder libtorchOnCpu() {
+      this.libtorchOnCpu = true;
+      return this;
+    }
+
+    /**
+     * The target.
+     *
+     * @throws IllegalStateException if no weights were given
+     * @throws IllegalArgumentException naming the arrays whose type cannot be fused into
+     */
+    public WeightTarget build() {
+      checkState(weights != null, "no weights: call weights(map) first");
+      return new ArrayTarget(weights, spares != null ? spares : SpareCopies.create(), originals, libtorchOnCpu);
+    }
   }
 
   /**

@@ -64,7 +64,7 @@ public final class LoraMerger {
   private final MergeAlgorithm algorithm;
   private final RankPolicy rankPolicy;
   private final Optional<PostPrune> prune;
-  private final Optional<Device> device;
+  private final Device device;
   private final int threads;
   private final Optional<DType> dtype;
   private final MergeListener listener;
@@ -129,7 +129,7 @@ public final class LoraMerger {
       return thread;
     });
     DenseBuffers buffers = new DenseBuffers();
-    try (LazyManager root = new LazyManager(() -> device.map(NDManager::newBaseManager).orElseGet(NDManager::newBaseManager))) {
+    try (LazyManager root = new LazyManager(() -> NDManager.newBaseManager(device))) {
       List<Future<Optional<LoraModule>>> futures = new ArrayList<>();
       for (ModuleKey key : keys) {
         futures.add(
@@ -166,7 +166,7 @@ public final class LoraMerger {
    * anything else that applies updates module by module.
    */
   public ModuleUpdates updates() {
-    return new ModuleUpdates(modules, algorithm, encoding);
+    return new ModuleUpdates(modules, algorithm, encoding, device);
   }
 
   /** The adapters with their weights, in the order they were added. */
@@ -227,7 +227,7 @@ public final class LoraMerger {
         prune.map(String::valueOf).orElse("none"),
         threads,
         dtype.map(DType::safetensorsName).orElse("inputs'"),
-        device.map(String::valueOf).orElse("default"));
+        device);
   }
 
   /** Collects adapters, weights and options; not thread-safe. */
@@ -239,7 +239,7 @@ public final class LoraMerger {
     private boolean exactSvd;
     private RankRule rankRule = RankRule.fixed();
     private Optional<PostPrune> prune = Optional.empty();
-    private Optional<Device> device = Optional.empty();
+    private Device device = Device.cpu();
     private int threads = Runtime.getRuntime().availableProcessors();
     private Optional<DType> dtype = Optional.empty();
     private MergeListener listener = MergeListener.NONE;
@@ -330,12 +330,15 @@ public final class LoraMerger {
     }
 
     /**
-     * The device the arithmetic runs on (default: DJL's default device, a GPU when it sees one).
-     * Results are copied back to host memory either way.
+     * The device the merge's native arithmetic runs on (default: the CPU, whatever devices DJL
+     * sees): the large products of the dense methods ({@code *_svd}, breadcrumbs, della, dynamic
+     * rank) and everything else the merge hands to libtorch. Every array the merge makes lives
+     * there; the merged factors come back to host memory either way. The factor-space methods
+     * compute in Java and do not use it.
      */
     @CanIgnoreReturnValue
     public Builder device(Device device) {
-      this.device = Optional.of(checkNotNull(device, "device"));
+      this.device = checkNotNull(device, "device");
       return this;
     }
 

@@ -1,5 +1,6 @@
 package dev.loramerge.merge;
 
+import ai.djl.Device;
 import ai.djl.ndarray.NDManager;
 import dev.loramerge.LoraModule;
 import dev.loramerge.ModuleKey;
@@ -17,8 +18,10 @@ public final class ModuleUpdates {
   private final MergeAlgorithm algorithm;
   private final Encoding encoding;
   private final DenseBuffers buffers = new DenseBuffers();
+  private final Device device;
 
-  ModuleUpdates(ModuleMerger merger, MergeAlgorithm algorithm, Encoding encoding) {
+  ModuleUpdates(ModuleMerger merger, MergeAlgorithm algorithm, Encoding encoding, Device device) {
+    this.device = device;
     this.merger = merger;
     this.algorithm = algorithm;
     this.encoding = encoding;
@@ -40,7 +43,7 @@ public final class ModuleUpdates {
    */
   public Float64Factors factors(ModuleKey key) {
     Precision precision = algorithm.requirements().exactInFloat64() ? Precision.FLOAT64 : Precision.FLOAT32;
-    try (LazyManager manager = new LazyManager(NDManager::newBaseManager)) {
+    try (LazyManager manager = new LazyManager(() -> NDManager.newBaseManager(device))) {
       Merged merged = merger.merge(manager, buffers, key, precision, Optional.empty())
           .orElseThrow(() -> new IllegalArgumentException("no input has module '" + key + "'"));
       return encoding.toFloat64(merged, precision);

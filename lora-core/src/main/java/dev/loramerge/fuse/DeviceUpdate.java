@@ -1,0 +1,21 @@
+package dev.loramerge.fuse;
+
+import ai.djl.ndarray.NDArray;
+import dev.loramerge.TensorSpec;
+
+/**
+ * A {@link WeightUpdate} that can also be computed where the weight lives, with the weight's
+ * device doing the arithmetic, and gives there the same bytes as {@link #apply}.
+ */
+interface DeviceUpdate extends WeightUpdate {
+  /**
+   * Sets {@code weight}, the array of the weight {@code spec} names, to {@code source} plus this
+   * update, rounded once; {@code source} is the weight itself or a copy of its original, on its
+   * device or in host memory. Nothing leaves the weight's device but a few scalars; when this
+   * throws, {@code weight} is unchanged.
+   *
+   * @throws IllegalArgumentException if this update does not rewrite the weight {@code spec} names
+   * @throws dev.loramerge.LoraMergeException if a result is not finite or beyond the dtype's range
+   */
+  void applyOnDevice(TensorSpec spec, NDArray source, NDArray weight);
+}

@@ -1,0 +1,206 @@
+package dev.loramerge.internal.fuse;
+
+import static org.assertj.core.api.Assertions.assertThat;
+import static org.assertj.core.api.Assertions.assertThatThrownBy;
+
+import ai.djl.Device;
+import ai.djl.ndarray.NDArray;
+import ai.djl.ndarray.NDManager;
+import ai.djl.ndarray.types.Shape;
+import dev.loramerge.DType;
+import dev.loramerge.LoraMergeException;
+import dev.loramerge.TensorData;
+import java.math.BigDecimal;
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.util.Arrays;
+import java.util.Random;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.EnumSource;
+
+/**
+ * The device kernel run by libtorch on the CPU: the same bytes as the host kernel, ties of the
+ * narrow formats rounded from the float64 sum, nothing written when a value is not finite.
+ */
+class DeviceFusionTest {
+  private static final long[][] SHAPES = {{256, 512}, {8, 4, 3, 3}, {320, 1}};
+
+  @ParameterizedTest
+  @EnumSource(value = DType.class, names = {"F64", "F32", "F16"})
+  void writesTheHostKernelsBytes(DType dtype) {
+    Random random = new Random(17);
+    try (NDManager manager = NDManager.newBaseManager(Device.cpu())) {
+      for (long[] shape : SHAPES) {
+        int rank = 4;
+        int rows = Math.toIntExact(shape[0]);
+        int numel = Math.toIntExact(Arrays.stream(shape).reduce(1, Math::multiplyExact));
+        double[] up = gaussian(random, rows * rank, 0.05);
+        double[] down = gaussian(random, rank * (numel / rows), 0.05);
+        ByteBuffer base = TensorData.ofDoubles(gaussian(random, numel, 0.5), dtype, shape).bytes();
+        ByteBuffer expected = ByteBuffer.allocate(base.remaining()).order(ByteOrder.LITTLE_ENDIAN);
+        Fusion.fuse(new FuseScratch(), () -> manager, base.duplicate(), dtype, shape, up, down, rank, expected, dtype, "host");
+
+        NDArray weight = manager.create(base.duplicate(), new Shape(shape), Fusion.dataTypeOf(dtype));
+        int before = manager.getManagedArrays().size();
+        DeviceFusion.fuse(weight, weight, up, down, rank, "device");
+        assertThat(bytes(weight)).as("%s %s fused on the device", dtype, Arrays.toString(shape)).isEqualTo(expected.rewind());
+        assertThat(manager.getManagedArrays().size()).as("arrays alive after the fuse").isEqualTo(before);
+      }
+    }
+  }
+
+  /**
+   * Sums that land on an fp16 tie in float32 but not in float64, on both sides, and the exact
+   * ties, which round to even: rank 1 with a down factor of 1, so that each element's float64 sum
+   * is {@code w + up} and its exact value is known. Checked against rounding done with BigDecimal
+   * against the list of every fp16 value.
+   */
+  @Test
+  void roundsFloat16TiesFromTheFloat64Sum() {
+    Random random = new Random(23);
+    int count = 4000;
+    double[] weights = new double[count];
+    double[] up = new double[count];
+    double[] ties = new double[count];
+    for (int i = 0; i < count; i++) {
+      // A tie between two fp16 neighbours, across binades and in the subnormal range.
+      double low = Float16Values.value(random.nextInt(0x7bff) | (random.nextBoolean() ? 0x8000 : 0));
+      double high = Float16Values.next(low);
+      double tie = (low + high) / 2;
+      double nudge = switch (i % 4) {
+        case 0 -> 0;
+        case 1 -> Math.ulp(tie) * 4;
+        case 2 -> -Math.ulp(tie) * 4;
+        default -> Math.ulp(tie) * (random.nextInt(1 << 20) - (1 << 19));
+      };
+      // Of the tie's sign and no larger, so that the float64 sum w + up is exactly tie + nudge.
+      weights[i] = Float16Values.nearest(new BigDecimal(Math.copySign(Float16Values.value(random.nextInt(0x3c00)) * tie, tie)));
+      up[i] = tie + nudge - weights[i];
+      ties[i] = tie;
+    }
+    try (NDManager manager = NDManager.newBaseManager(Device.cpu())) {
+      NDArray weight = manager.create(TensorData.ofDoubles(weights, DType.F16, count, 1).bytes(), new Shape(count, 1), Fusion.dataTypeOf(DType.F16));
+      DeviceFusion.fuse(weight, weight, up, new double[] {1.0}, 1, "ties");
+      ByteBuffer fused = bytes(weight);
+      int floatTies = 0;
+      int twiceRoundedWrong = 0;
+      for (int i = 0; i < count; i++) {
+        BigDecimal exact = new BigDecimal(weights[i]).add(new BigDecimal(up[i]));
+        double expected = Float16Values.nearest(exact);
+        double actual = Float16Values.value(fused.getShort(i * 2) & 0xffff);
+        float single = (float) (weights[i] + up[i]);
+        floatTies += single == (float) ties[i] ? 1 : 0;
+        twiceRoundedWrong += Float16Values.nearest(new BigDecimal(single)) != expected ? 1 : 0;
+        assertThat(actual).as("element %d: %s + %s = %s", i, weights[i], up[i], exact.toPlainString()).isEqualTo(expected);
+      }
+      assertThat(floatTies).as("sums whose float32 value is a tie").isGreaterThan(count / 2);
+      assertThat(twiceRoundedWrong).as("sums that rounding through float32 gets wrong").isGreaterThan(count / 8);
+    }
+  }
+
+  @Test
+  void refusesAnOverflowAndLeavesTheWeight() {
+    try (NDManager manager = NDManager.newBaseManager(Device.cpu())) {
+      ByteBuffer base = TensorData.ofDoubles(new double[] {1, 60000}, DType.F16, 1, 2).bytes();
+      NDArray weight = manager.create(base.duplicate(), new Shape(1, 2), Fusion.dataTypeOf(DType.F16));
+      assertThatThrownBy(() -> DeviceFusion.fuse(weight, weight, new double[] {8000}, new double[] {0, 1}, 1, "module 'x'"))
+          .isInstanceOf(LoraMergeException.class)
+          .hasMessage("module 'x': fused value 68000.0 at element 1 is beyond the range of F16; lower the weights or the scale");
+      assertThat(bytes(weight)).as("the weight after the refused fuse").isEqualTo(base.rewind());
+    }
+  }
+
+  @ParameterizedTest
+  @EnumSource(value = DType.class, names = {"F32", "F16"})
+  void refusesNotANumber(DType dtype) {
+    try (NDManager manager = NDManager.newBaseManager(Device.cpu())) {
+      ByteBuffer base = TensorData.ofDoubles(new double[] {1, 2, 3}, dtype, 3, 1).bytes();
+      NDArray weight = manager.create(base.duplicate(), new Shape(3, 1), Fusion.dataTypeOf(dtype));
+      assertThatThrownBy(() -> DeviceFusion.fuse(weight, weight, new double[] {0, 0, Double.NaN}, new double[] {1}, 1, "module 'y'"))
+          .isInstanceOf(LoraMergeException.class)
+          .hasMessageStartingWith("module 'y': fused value NaN at element 2 is not a number");
+      assertThat(bytes(weight)).as("the weight after the refused fuse").isEqualTo(base.rewind());
+    }
+  }
+
+  @Test
+  void startsFromAnotherArray() {
+    try (NDManager manager = NDManager.newBaseManager(Device.cpu())) {
+      NDArray original = manager.create(new float[] {1, 2, 3, 4}, new Shape(2, 2));
+      NDArray weight = manager.create(new float[] {9, 9, 9, 9}, new Shape(2, 2));
+      DeviceFusion.fuse(original, weight, new double[] {1, 2}, new double[] {0.5, 0.25}, 1, "w");
+      assertThat(weight.toFloatArray()).as("original + up·down").containsExactly(1.5f, 2.25f, 4f, 4.5f);
+      assertThat(original.toFloatArray()).as("the source").containsExactly(1f, 2f, 3f, 4f);
+    }
+  }
+
+  private static ByteBuffer bytes(NDArray array) {
+    return array.toByteBuffer().order(ByteOrder.LITTLE_ENDIAN);
+  }
+
+  private static double[] gaussian(Random random, int count, double sigma) {
+    double[] values = new double[count];
+    for (int i = 0; i < count; i++) {
+      values[i] = random.nextGaussian() * sigma;
+    }
+    return values;
+  }
+
+  /** Every finite fp16 value, decoded from its bits with the format's definition, for reference rounding. */
+  private static final class Float16Values {
+    private static final double[] ASCENDING = ascending();
+
+    private static double[] ascending() {
+      double[] values = new double[2 * 0x7c00 - 1];
+      int n = 0;
+      for (int bits = 0xfbff; bits > 0x8000; bits--) {
+        values[n++] = value(bits);
+      }
+      for (int bits = 0; bits < 0x7c00; bits++) {
+        values[n++] = value(bits);
+      }
+      return values;
+    }
+
+    static double value(int bits) {
+      int exponent = (bits >> 10) & 0x1f;
+      int fraction = bits & 0x3ff;
+      double magnitude = exponent == 0 ? fraction * 0x1p-24 : (1024 + fraction) * Math.scalb(1.0, exponent - 25);
+      return (bits & 0x8000) != 0 ? -magnitude : magnitude;
+    }
+
+    static double next(double value) {
+      int index = Arrays.binarySearch(ASCENDING, value);
+      return ASCENDING[index + 1];
+    }
+
+    /** The fp16 value nearest {@code exact}, ties to the even bit pattern (finite range only). */
+    static double nearest(BigDecimal exact) {
+      int index = Arrays.binarySearch(ASCENDING, exact.doubleValue());
+      int above = index >= 0 ? index : -index - 1;
+      if (above == 0 || above == ASCENDING.length) {
+        throw new IllegalArgumentException("out of the fp16 range: " + exact);
+      }
+      // doubleValue() may have rounded onto a neighbour: compare the exact distances.
+      int lower = Math.max(0, above - 2);
+      double best = ASCENDING[lower];
+      BigDecimal bestDistance = exact.subtract(new BigDecimal(best)).abs();
+      for (int i = lower + 1; i <= Math.min(ASCENDING.length - 1, above + 1); i++) {
+        BigDecimal distance = exact.subtract(new BigDecimal(ASCENDING[i])).abs();
+        int order = distance.compareTo(bestDistance);
+        if (order < 0 || (order == 0 && (bitsOf(ASCENDING[i]) & 1) == 0)) {
+          best = ASCENDING[i];
+          bestDistance = distance;
+        }
+      }
+      return best;
+    }
+
+    private static int bitsOf(double value) {
+      int index = Arrays.binarySearch(ASCENDING, value);
+      int zero = Arrays.binarySearch(ASCENDING, 0.0);
+      return index >= zero ? index - zero : 0x8000 | (zero - index);
+    }
+  }
+}
