@@ -1,5 +1,6 @@
 package dev.loramerge.bench;
 
+import ai.djl.Device;
 import ai.djl.ndarray.NDArray;
 import ai.djl.ndarray.NDManager;
 import ai.djl.ndarray.types.DataType;
@@ -84,7 +85,7 @@ final class SdxlData {
     System.out.printf(Locale.ROOT, "writing the SDXL base UNet (%d fp16 weights) to %s, once%n", specs.size(), file);
     try (SafetensorsWriter writer =
             SafetensorsWriter.create(file, entries, Map.of("loramerge_synthetic", "sdxl unet base, seed 7"));
-        NDManager manager = NDManager.newBaseManager()) {
+        NDManager manager = NDManager.newBaseManager(Device.cpu())) {
       ai.djl.engine.Engine.getInstance().setRandomSeed(7);
       for (ModuleSpec spec : specs) {
         try (NDManager layer = manager.newSubManager()) {
