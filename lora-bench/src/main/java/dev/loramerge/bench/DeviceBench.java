@@ -131,7 +131,7 @@ final class DeviceBench {
   private int run(int moduleLimit, boolean fuse, boolean bytes, List<String> methods) throws IOException {
     Engine engine = Engine.getInstance();
     long start = System.nanoTime();
-    LoraAdapter style = first(SdxlData.adapter("style", rank, 32, 1), moduleLimit);
+    LoraAdapter style = SdxlData.adapter("style", rank, 32, 1, moduleLimit);
     long parameters = style.modules().values().stream().mapToLong(module -> product(module.weightShape())).sum();
     report.put("device", device.toString());
     report.put("engine", engine.getEngineName() + " " + engine.getVersion());
@@ -164,7 +164,7 @@ final class DeviceBench {
       }
     }
     if (!methods.isEmpty()) {
-      LoraAdapter subject = first(SdxlData.adapter("subject", rank, 16, 2), moduleLimit);
+      LoraAdapter subject = SdxlData.adapter("subject", rank, 16, 2, moduleLimit);
       for (String method : methods) {
         guarded("merge/" + method, () -> timeMerge(style, subject, method));
       }
@@ -359,16 +359,6 @@ final class DeviceBench {
     row.put("modules", merged.size());
     row.put("differing_modules_vs_cpu", differing);
     record(row);
-  }
-
-  /** {@code adapter}'s first {@code limit} modules (all of them when it has no more). */
-  private static LoraAdapter first(LoraAdapter adapter, int limit) {
-    if (adapter.size() <= limit) {
-      return adapter;
-    }
-    LoraAdapter.Builder builder = LoraAdapter.builder().name(adapter.name());
-    adapter.modules().values().stream().limit(limit).forEach(builder::add);
-    return builder.build();
   }
 
   /**

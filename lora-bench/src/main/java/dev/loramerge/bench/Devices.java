@@ -77,11 +77,12 @@ final class Devices {
   }
 
   /**
-   * A copy of {@code array} on {@code device}, owned by {@code manager} (whose device it must be):
-   * libtorch's own copy, device to device or host to device.
+   * A copy of {@code array} on {@code manager}'s device, owned by {@code manager}: libtorch's own
+   * copy, on one device or between two. (DJL's {@code toDevice} to the array's own device returns
+   * the same tensor even when asked for a copy.)
    */
   static NDArray copyTo(NDArray array, NDManager manager) {
-    NDArray copy = array.toDevice(manager.getDevice(), true);
+    NDArray copy = array.getDevice().equals(manager.getDevice()) ? array.duplicate() : array.toDevice(manager.getDevice(), true);
     copy.attach(manager);
     return copy;
   }

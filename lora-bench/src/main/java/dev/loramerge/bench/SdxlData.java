@@ -8,6 +8,7 @@ import ai.djl.ndarray.types.Shape;
 import dev.loramerge.Component;
 import dev.loramerge.DType;
 import dev.loramerge.LoraAdapter;
+import dev.loramerge.ModuleKey;
 import dev.loramerge.TensorSpec;
 import dev.loramerge.arch.Architecture;
 import dev.loramerge.arch.ModuleSpec;
@@ -25,6 +26,7 @@ import java.util.List;
 import java.util.Locale;
 import java.util.Map;
 import java.util.Set;
+import java.util.stream.Collectors;
 
 /**
  * The benchmarks' SDXL-shaped data, driven by the SDXL architecture descriptor: attention LoRAs of
@@ -49,8 +51,22 @@ final class SdxlData {
 
   /** An fp16 attention adapter of {@code rank} and {@code alpha}. */
   static LoraAdapter adapter(String name, int rank, double alpha, long seed) {
+    return adapter(name, rank, alpha, seed, Integer.MAX_VALUE);
+  }
+
+  /**
+   * {@link #adapter(String, int, double, long)} over only the first {@code limit} attention modules
+   * in the architecture's order (all 722 when it is larger): the same factors for those modules.
+   */
+  static LoraAdapter adapter(String name, int rank, double alpha, long seed, int limit) {
+    Set<ModuleKey> keys =
+        Architecture.sdxl().modules().values().stream()
+            .filter(SdxlData::isAttentionTarget)
+            .limit(limit)
+            .map(ModuleSpec::key)
+            .collect(Collectors.toSet());
     return SyntheticLora.builder(Architecture.sdxl())
-        .modules(SdxlData::isAttentionTarget)
+        .modules(spec -> keys.contains(spec.key()))
         .rank(rank)
         .alpha(alpha)
         .dtype(DType.F16)
