@@ -22,8 +22,11 @@
 # Every stage writes a log and JSON to $OUT (what comes back) and to target/gpu-results (kept on a
 # warm machine between calls). A stage gets at most what is left of DEADLINE seconds (570: one
 # call of the run tool is 600 s at most); the Java and Python programs are told their share and
-# report what they finished. Env: DEADLINE, REBUILD=1, DJL_JNI_SO (use that library instead of a
-# build), CYCLES (hot-swap cycles, 1000), RUNS (3), MERGE_RUNS (2), JAVA_HEAP (48g).
+# report what they finished. Env: DEADLINE, REBUILD=1, CYCLES (hot-swap cycles, 1000), RUNS (3),
+# MERGE_RUNS (2), JAVA_HEAP (48g), BENCH_ARGS / PEFT_ARGS (appended to the Java bench's and
+# peft_gpu.py's options, e.g. "--modules 40"). To dry-run the stages' plumbing on a machine without
+# a GPU: DEVICE=cpu, DJL_JNI_SO (a JNI library to use instead of a build) and TORCH_LIB,
+# TORCH_LIB_VERSION, TORCH_LIB_FLAVOR (the libtorch it was built for, e.g. DJL's CPU 2.7.1).
 set -u
 G="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 OUT="${OUT:-/tmp/gpu-out}"
@@ -54,13 +57,15 @@ stage() {
 keep() { for f in "$@"; do [ -f "$OUT/$f" ] && cp "$OUT/$f" "$RESULTS/"; done; }
 
 TORCH_DIR="$(python3 -c 'import torch, os; print(os.path.dirname(torch.__file__))')"
-TORCH_VER="$(python3 -c 'import torch; print(torch.__version__.split("+")[0])')"
-CUDA_TAG="$(python3 -c 'import torch; print("cu" + torch.version.cuda.replace(".", ""))')"
+TORCH_VER="${TORCH_LIB_VERSION:-$(python3 -c 'import torch; print(torch.__version__.split("+")[0])')}"
+CUDA_TAG="${TORCH_LIB_FLAVOR:-$(python3 -c 'import torch; print("cu" + torch.version.cuda.replace(".", "") if torch.version.cuda else "cpu")')}"
+DEVICE="${DEVICE:-gpu}"
 
 if has env; then
   say env
   nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv,noheader
-  python3 -c 'import torch, peft; print("torch", torch.__version__, "cuda", torch.version.cuda, "peft", peft.__version__, "gpu", torch.cuda.get_device_name(0))'
+  python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "gpu", torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)'
+  python3 -c 'import peft; print("peft", peft.__version__)'
   echo "nproc $(nproc); memory $(free -g | awk '/Mem/ {print $2}') GiB; tools: $(for t in patch readelf nvcc cmake ninja g++ xz; do printf '%s=%s ' $t "$(command -v $t || echo none)"; done)"
 fi
 
@@ -83,7 +88,7 @@ if [ "$needs_java" = 1 ]; then
   # class path, so DJL neither extracts nor downloads one), the JNI library in DJL's cache folder
   # where LibUtils looks for <cache>/pytorch/<version>-<flavor>-linux-x86_64/0.35.1-libdjl_torch.so.
   [ -x /tmp/loramerge-jre/jre/bin/java ] || { mkdir -p /tmp/loramerge-jre && tar -xJf "$G/jre.tar.xz" -C /tmp/loramerge-jre; }
-  export PYTORCH_LIBRARY_PATH="$TORCH_DIR/lib" PYTORCH_VERSION="$TORCH_VER" PYTORCH_FLAVOR="$CUDA_TAG"
+  export PYTORCH_LIBRARY_PATH="${TORCH_LIB:-$TORCH_DIR/lib}" PYTORCH_VERSION="$TORCH_VER" PYTORCH_FLAVOR="$CUDA_TAG"
   export DJL_CACHE_DIR=/tmp/djl-cache
   JNI_DIR="$DJL_CACHE_DIR/pytorch/$TORCH_VER-$CUDA_TAG-linux-x86_64"
   mkdir -p "$JNI_DIR" && cp "$SO" "$JNI_DIR/0.35.1-libdjl_torch.so"
@@ -96,28 +101,28 @@ if [ "$needs_java" = 1 ]; then
 fi
 
 if has check && [ "$needs_java" = 1 ]; then
-  stage check 120 30 "${BENCH[@]}" check --device gpu --require-bf16 --modules 24 --json "$OUT/check.json"
+  stage check 120 30 "${BENCH[@]}" check --device "$DEVICE" --require-bf16 --modules 24 --json "$OUT/check.json"
   keep check.json
 fi
 if has e2e && [ "$needs_java" = 1 ]; then
   # The program stops starting work 20 s before the stage's limit, and writes its JSON as it goes.
   stage e2e 560 60 bash -c '"$@" --deadline-s $((STAGE_LIMIT > 40 ? STAGE_LIMIT - 20 : 20))' _ \
-    "${BENCH[@]}" device --device gpu --skip-merge --runs "${RUNS:-3}" --cycles "${CYCLES:-1000}" --json "$OUT/e2e.json"
+    "${BENCH[@]}" device --device "$DEVICE" --skip-merge --runs "${RUNS:-3}" --cycles "${CYCLES:-1000}" --json "$OUT/e2e.json" ${BENCH_ARGS:-}
   keep e2e.json
 fi
 if has merge && [ "$needs_java" = 1 ]; then
   stage merge 560 60 bash -c '"$@" --deadline-s $((STAGE_LIMIT > 40 ? STAGE_LIMIT - 20 : 20))' _ \
-    "${BENCH[@]}" device --device gpu --skip-fuse --skip-bytes --runs "${MERGE_RUNS:-2}" --json "$OUT/merge.json"
+    "${BENCH[@]}" device --device "$DEVICE" --skip-fuse --skip-bytes --runs "${MERGE_RUNS:-2}" --json "$OUT/merge.json" ${BENCH_ARGS:-}
   keep merge.json
 fi
 if has peft; then
-  stage peft 400 60 bash -c 'python3 "$0" --shapes "$1" --json "$2" --deadline-s $((STAGE_LIMIT > 40 ? STAGE_LIMIT - 20 : 20))' \
-    "$G/peft_gpu.py" "$G/sdxl_attention_shapes.txt" "$OUT/peft.json"
+  stage peft 400 60 bash -c 'python3 "$0" --shapes "$1" --json "$2" --deadline-s $((STAGE_LIMIT > 40 ? STAGE_LIMIT - 20 : 20)) $3' \
+    "$G/peft_gpu.py" "$G/sdxl_attention_shapes.txt" "$OUT/peft.json" "${PEFT_ARGS:-}"
   keep peft.json
 fi
 if has jmh && [ "$needs_java" = 1 ]; then
   stage jmh 300 60 "${JAVA[@]}" -cp "$G/lib/*" org.openjdk.jmh.Main 'FuseKernel|SvdKernel.randomized|MergeKernel.merge$' \
-    -p device=gpu -p shape=640x2048,1280x10240 -p method=cat,svd,ties_svd -wi 2 -i 3 -w 1 -r 1 -f 1 -foe true \
+    -p device="$DEVICE" -p shape=640x2048,1280x10240 -p method=cat,svd,ties_svd -wi 2 -i 3 -w 1 -r 1 -f 1 -foe true \
     -rf json -rff "$OUT/jmh.json"
   keep jmh.json
 fi
