@@ -22,7 +22,8 @@
 # Every stage writes a log and JSON to $OUT (what comes back) and to target/gpu-results (kept on a
 # warm machine between calls). A stage gets at most what is left of DEADLINE seconds (570: one
 # call of the run tool is 600 s at most); the Java and Python programs are told their share and
-# report what they finished. Env: DEADLINE, REBUILD=1, CYCLES (hot-swap cycles, 1000), RUNS (3),
+# report what they finished. Env: DEADLINE, REBUILD=1, CYCLES (hot-swap cycles, 1000), HOTSWAP_S
+# (at most 200 s of them, leaving the byte comparisons their time), RUNS (3),
 # MERGE_RUNS (2), JAVA_HEAP (48g), BENCH_ARGS / PEFT_ARGS (appended to the Java bench's and
 # peft_gpu.py's options, e.g. "--modules 40"). To dry-run the stages' plumbing on a machine without
 # a GPU: DEVICE=cpu, DJL_JNI_SO (a JNI library to use instead of a build) and TORCH_LIB,
@@ -107,7 +108,7 @@ fi
 if has e2e && [ "$needs_java" = 1 ]; then
   # The program stops starting work 20 s before the stage's limit, and writes its JSON as it goes.
   stage e2e 560 60 bash -c '"$@" --deadline-s $((STAGE_LIMIT > 40 ? STAGE_LIMIT - 20 : 20))' _ \
-    "${BENCH[@]}" device --device "$DEVICE" --skip-merge --runs "${RUNS:-3}" --cycles "${CYCLES:-1000}" --json "$OUT/e2e.json" ${BENCH_ARGS:-}
+    "${BENCH[@]}" device --device "$DEVICE" --skip-merge --runs "${RUNS:-3}" --cycles "${CYCLES:-1000}" --hotswap-s "${HOTSWAP_S:-200}" --json "$OUT/e2e.json" ${BENCH_ARGS:-}
   keep e2e.json
 fi
 if has merge && [ "$needs_java" = 1 ]; then

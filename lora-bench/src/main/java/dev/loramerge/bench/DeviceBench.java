@@ -44,7 +44,8 @@ import java.util.OptionalLong;
  *       the weights, with them, after the first fuse and after its unfuse (cudaMemGetInfo, so
  *       libtorch's cached blocks count: the figure after the fuse bounds its peak from above);
  *   <li>{@code hotswap}: fuse then unfuse, {@code --cycles} times (time per cycle), then how many
- *       weights differ from their originals in any bit;
+ *       weights differ from their originals in any bit; {@code --hotswap-s} bounds its time, so
+ *       that a slow fuse leaves time for the rest (the cycles done are reported);
  *   <li>{@code bytes/F32}, {@code bytes/F16}, {@code bytes/BF16}: the same fuse into weights of
  *       that type on the device and on the CPU ({@code Device.cpu()} arrays, the same seeded
  *       values), the count of elements whose bytes differ, and after both unfuses the count of
@@ -68,11 +69,12 @@ final class DeviceBench {
 
   static final String USAGE =
       "usage: bin/lora-bench device [--device gpu|cpu] [--runs N] [--cycles N] [--rank R] [--modules N] [--methods a,b]"
-          + " [--skip-fuse] [--skip-merge] [--skip-bytes] [--deadline-s S] [--json FILE]";
+          + " [--skip-fuse] [--skip-merge] [--skip-bytes] [--hotswap-s S] [--deadline-s S] [--json FILE]";
 
   private final Device device;
   private final int runs;
   private final int cycles;
+  private final long hotswapNanos;
   private final int rank;
   private final long deadline;
   private final Path json;
@@ -81,10 +83,11 @@ final class DeviceBench {
   private final List<String> skipped = new ArrayList<>();
   private final List<String> errors = new ArrayList<>();
 
-  private DeviceBench(Device device, int runs, int cycles, int rank, long deadlineSeconds, Path json) {
+  private DeviceBench(Device device, int runs, int cycles, long hotswapSeconds, int rank, long deadlineSeconds, Path json) {
     this.device = device;
     this.runs = runs;
     this.cycles = cycles;
+    this.hotswapNanos = hotswapSeconds > 0 ? hotswapSeconds * 1_000_000_000L : Long.MAX_VALUE;
     this.rank = rank;
     this.deadline = deadlineSeconds > 0 ? System.nanoTime() + deadlineSeconds * 1_000_000_000L : Long.MAX_VALUE;
     this.json = json;
@@ -98,6 +101,7 @@ final class DeviceBench {
     int rank = 32;
     int modules = Integer.MAX_VALUE;
     long deadlineSeconds = 0;
+    long hotswapSeconds = 0;
     List<String> methods = MergeMethod.names();
     boolean fuse = true;
     boolean merge = true;
@@ -112,6 +116,7 @@ final class DeviceBench {
         case "--rank" -> rank = positive(option, value(args, ++i, option));
         case "--modules" -> modules = positive(option, value(args, ++i, option));
         case "--deadline-s" -> deadlineSeconds = positive(option, value(args, ++i, option));
+        case "--hotswap-s" -> hotswapSeconds = positive(option, value(args, ++i, option));
         case "--methods" -> methods = Arrays.asList(value(args, ++i, option).split(","));
         case "--json" -> json = Path.of(value(args, ++i, option));
         case "--skip-fuse" -> fuse = false;
@@ -124,7 +129,7 @@ final class DeviceBench {
       MergeMethod.parse(method);
     }
     Device device = Devices.parse(deviceName, "run with --device cpu for the same report on the CPU");
-    DeviceBench bench = new DeviceBench(device, runs, cycles, rank, deadlineSeconds, json);
+    DeviceBench bench = new DeviceBench(device, runs, cycles, hotswapSeconds, rank, deadlineSeconds, json);
     return bench.run(modules, fuse, bytes, merge ? methods : List.of());
   }
 
@@ -243,7 +248,8 @@ final class DeviceBench {
 
       int done = 0;
       long start = System.nanoTime();
-      while (done < cycles && System.nanoTime() < deadline) {
+      long stop = hotswapNanos == Long.MAX_VALUE ? deadline : Math.min(deadline, start + hotswapNanos);
+      while (done < cycles && System.nanoTime() < stop) {
         FusedLora fused = fuser.fuseInto(target);
         fused.unfuse();
         Devices.await(last);
@@ -266,7 +272,7 @@ final class DeviceBench {
       swap.put("differing_weights", differing);
       record(swap);
       if (done < cycles) {
-        skip("hotswap", String.format(Locale.ROOT, "deadline passed after %d of %d cycles", done, cycles));
+        skip("hotswap", String.format(Locale.ROOT, "time limit reached after %d of %d cycles", done, cycles));
       }
       if (differing != 0) {
         errors.add(String.format(Locale.ROOT, "hotswap: %d of %d weights differ from their originals after %d cycles", differing, weights.size(), done));

@@ -91,6 +91,24 @@ class DeviceBenchTest {
   }
 
   @Test
+  @SuppressWarnings("unchecked")
+  void hotSwapStopsAtItsTimeLimitAndReportsTheCyclesDone() throws IOException {
+    Path json = folder.resolve("swap.json");
+    int status =
+        DeviceBench.run(
+            List.of("--device", "cpu", "--modules", "1", "--rank", "2", "--runs", "1", "--cycles", "100000000", "--hotswap-s", "1",
+                "--skip-bytes", "--skip-merge", "--json", json.toString()));
+
+    Map<String, Object> report = Json.parseObject(Files.readString(json));
+    Map<String, Object> swap = operations(report).get("hotswap");
+    assertThat(status).as("%s", report).isZero();
+    assertThat(number(swap, "cycles_done")).as("%s", swap).isPositive().isLessThan(100_000_000L);
+    assertThat(number(swap, "differing_weights")).isZero();
+    assertThat((List<String>) report.get("skipped"))
+        .containsExactly("hotswap: time limit reached after " + number(swap, "cycles_done") + " of 100000000 cycles");
+  }
+
+  @Test
   void gpuWithoutOneAndBadOptionsStopBeforeAnyWork() {
     assertThatThrownBy(() -> DeviceBench.run(List.of("--device", "cpu", "--methods", "cat,nope")))
         .isInstanceOf(IllegalArgumentException.class)
