@@ -61,7 +61,7 @@ public class FuseKernel extends Kernel {
   private double[] down;
   private final FuseScratch scratch = new FuseScratch();
   /** {@code device=gpu} and {@code cpu-target}: the weight on the device, the target over it and the fuser of one module. */
-  private NDArray deviceWeight;
+  NDArray deviceWeight;
   private WeightTarget target;
   private LoraFuser fuser;
 
