@@ -62,6 +62,10 @@ import java.util.OptionalDouble;
  * PytorchBaseline}) and prints both medians and their ratio; ratios from one run are what compare,
  * absolute seconds drift between machines. PyTorch's {@code *_svd} methods take about a second a
  * module, so they are timed on every Nth module (default 10) and scaled.
+ *
+ * <p>{@code device} ({@link DeviceBench}) and {@code check} ({@link DeviceCheck}) run the
+ * in-memory workload with the weights on a chosen device, for GPU machines (gpu/README.md);
+ * {@code shapes} prints the attention weights' shapes for gpu/'s PyTorch side.
  */
 public final class BenchCommand {
   private static final int ERROR_SAMPLE_MODULES = 24;
