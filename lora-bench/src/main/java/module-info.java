@@ -8,6 +8,8 @@ module dev.loramerge.bench {
   requires dev.loramerge.core;
   requires dev.loramerge.io;
   requires dev.loramerge.algorithms;
+  // The device bench forwards the JVM's -D options to its bf16 probe, and reads DJL's GPU memory figures.
+  requires java.management;
   // JMH has no Automatic-Module-Name: the name derived from its jar file.
   requires jmh.core;
 }

@@ -1,5 +1,6 @@
 package dev.loramerge.bench;
 
+import ai.djl.Device;
 import ai.djl.ndarray.NDArray;
 import ai.djl.ndarray.NDManager;
 import ai.djl.ndarray.types.DataType;
@@ -8,6 +9,8 @@ import dev.loramerge.LoraAdapter;
 import dev.loramerge.ModuleKey;
 import dev.loramerge.TensorData;
 import dev.loramerge.algorithms.MajoritySign;
+import dev.loramerge.arch.Architecture;
+import dev.loramerge.arch.ModuleSpec;
 import dev.loramerge.algorithms.MergeMethod;
 import dev.loramerge.fuse.FusedLora;
 import dev.loramerge.fuse.LoraFuser;
@@ -59,6 +62,10 @@ import java.util.OptionalDouble;
  * PytorchBaseline}) and prints both medians and their ratio; ratios from one run are what compare,
  * absolute seconds drift between machines. PyTorch's {@code *_svd} methods take about a second a
  * module, so they are timed on every Nth module (default 10) and scaled.
+ *
+ * <p>{@code device} ({@link DeviceBench}) and {@code check} ({@link DeviceCheck}) run the
+ * in-memory workload with the weights on a chosen device, for GPU machines (gpu/README.md);
+ * {@code shapes} prints the attention weights' shapes for gpu/'s PyTorch side.
  */
 public final class BenchCommand {
   private static final int ERROR_SAMPLE_MODULES = 24;
@@ -73,11 +80,17 @@ public final class BenchCommand {
   private static final String USAGE =
       "usage: bin/lora-bench e2e [--rank R] [--runs N] [--methods a,b] [--skip-merge] [--skip-fuse] [--cache DIR] [--json FILE]"
           + " [--vs-pytorch [--python PATH] [--pytorch-svd-every N]]\n"
+          + "       " + DeviceBench.USAGE.substring("usage: ".length()) + "\n"
+          + "       " + DeviceCheck.USAGE.substring("usage: ".length()) + "\n"
+          + "       bin/lora-bench shapes   (the SDXL attention weights' names and shapes, for gpu/peft_gpu.py)\n"
           + "JMH kernels: java -jar lora-bench/target/benchmarks.jar";
 
   public static void main(String[] args) throws IOException {
     if (args.length > 0 && isHelp(args[0])) {
       help();
+    }
+    if (args.length > 0 && List.of("device", "check", "shapes").contains(args[0])) {
+      System.exit(onDevice(args[0], Arrays.asList(args).subList(1, args.length)));
     }
     if (args.length == 0 || !args[0].equals("e2e")) {
       usage(null);
@@ -151,7 +164,7 @@ public final class BenchCommand {
             List.of(lora.get().toString(), "fuse", "--base", base.toString(), "-o", fused.toString(), styleFile + "=1"));
       }
       Files.deleteIfExists(fused);
-      try (NDManager manager = NDManager.newBaseManager()) {
+      try (NDManager manager = NDManager.newBaseManager(Device.cpu())) {
         WeightTarget unet = WeightTarget.of(touchedWeights(manager, base, style));
         table.time(
             "fuse/memory",
@@ -194,6 +207,41 @@ public final class BenchCommand {
     if (status != 0) {
       System.exit(status);
     }
+  }
+
+  /**
+   * Runs {@code device}, {@code check} or {@code shapes}; returns the exit status: 2 with the
+   * usage for a bad option, 1 with a one-line message when the device is missing or a check fails.
+   */
+  private static int onDevice(String command, List<String> args) throws IOException {
+    try {
+      return switch (command) {
+        case "device" -> DeviceBench.run(args);
+        case "check" -> DeviceCheck.run(args);
+        default -> shapes(args);
+      };
+    } catch (IllegalArgumentException e) {
+      System.err.println("lora-bench " + command + ": " + e.getMessage());
+      return 2;
+    } catch (IllegalStateException e) {
+      System.err.println("lora-bench " + command + ": " + e.getMessage());
+      return 1;
+    }
+  }
+
+  /** Prints {@code <path>.weight rows columns} for each weight the SDXL attention LoRA touches. */
+  private static int shapes(List<String> args) {
+    if (!args.isEmpty()) {
+      throw new IllegalArgumentException("shapes takes no options");
+    }
+    for (ModuleSpec spec : Architecture.sdxl().modules().values()) {
+      if (SdxlData.isAttentionTarget(spec)) {
+        long[] shape = spec.weightShape();
+        long columns = Arrays.stream(shape).skip(1).reduce(1, Math::multiplyExact);
+        System.out.printf(Locale.ROOT, "%s.weight %d %d%n", spec.key().path(), shape[0], columns);
+      }
+    }
+    return 0;
   }
 
   /** {@code merge/file} in this JVM and, with {@code bin/lora} at hand, {@code command/merge}. */

@@ -1,7 +1,6 @@
 package dev.loramerge.bench;
 
 import ai.djl.Device;
-import ai.djl.engine.Engine;
 import java.util.Locale;
 
 /** The {@code shape} and {@code device} parameters the JMH kernels share. */
@@ -19,19 +18,9 @@ final class KernelParams {
 
   /**
    * {@code cpu}, or {@code gpu} where DJL sees one: the parameter exists for GPU machines, and a
-   * run that asks for a GPU must not quietly measure the CPU.
+   * run that asks for a GPU must not quietly measure the CPU ({@link Devices#parse}).
    */
   static Device device(String device) {
-    switch (device) {
-      case "cpu":
-        return Device.cpu();
-      case "gpu":
-        if (Engine.getInstance().getGpuCount() == 0) {
-          throw new IllegalStateException("no GPU visible to DJL; run with -p device=cpu");
-        }
-        return Device.gpu();
-      default:
-        throw new IllegalArgumentException(String.format(Locale.ROOT, "unknown device '%s'; expected cpu or gpu", device));
-    }
+    return Devices.parse(device, "run with -p device=cpu");
   }
 }

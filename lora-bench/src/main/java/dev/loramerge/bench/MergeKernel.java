@@ -18,6 +18,11 @@ import org.openjdk.jmh.annotations.Setup;
  * *_svd} methods done by the exact SVD instead of the randomized one (only they have a dense
  * update: for the other methods the two are the same merge; {@code svd} re-ranks the factors).
  * {@link SvdKernel} and {@link TaskTensorKernel} measure the kernels inside on their own.
+ *
+ * <p>{@code device} is the merger's ({@link LoraMerger.Builder#device}): {@code gpu} runs its
+ * products there where DJL sees a GPU, and stops in the set-up with an {@link
+ * IllegalStateException} where it sees none. The merged factors come back to host memory either
+ * way, as the merger returns them.
  */
 public class MergeKernel extends Kernel {
   @Param({"down_blocks.2.attentions.0.transformer_blocks.0.attn1.to_q",
@@ -26,6 +31,9 @@ public class MergeKernel extends Kernel {
 
   @Param({"cat", "svd", "ties", "dare_linear", "magnitude_prune", "ties_svd"})
   String method;
+
+  @Param({"cpu"})
+  String device;
 
   private LoraMerger merger;
   private LoraMerger denseExact;
@@ -36,7 +44,7 @@ public class MergeKernel extends Kernel {
     LoraAdapter style = only(SdxlData.adapter("style", 32, 32, 1), key);
     LoraAdapter subject = only(SdxlData.adapter("subject", 32, 16, 2), key);
     merger =
-        LoraMerger.builder().add(style, 0.7).add(subject, 0.5).threads(1).rank(32)
+        LoraMerger.builder().add(style, 0.7).add(subject, 0.5).threads(1).rank(32).device(KernelParams.device(device))
             .algorithm(MergeMethod.parse(method).create(OptionalDouble.of(0.5), MajoritySign.TOTAL, 0))
             .build();
     denseExact = merger.toBuilder().exactSvd(true).build();

@@ -1,5 +1,6 @@
 package dev.loramerge.bench;
 
+import ai.djl.Device;
 import ai.djl.ndarray.NDArray;
 import ai.djl.ndarray.NDManager;
 import ai.djl.ndarray.types.DataType;
@@ -7,6 +8,7 @@ import ai.djl.ndarray.types.Shape;
 import dev.loramerge.Component;
 import dev.loramerge.DType;
 import dev.loramerge.LoraAdapter;
+import dev.loramerge.ModuleKey;
 import dev.loramerge.TensorSpec;
 import dev.loramerge.arch.Architecture;
 import dev.loramerge.arch.ModuleSpec;
@@ -24,6 +26,7 @@ import java.util.List;
 import java.util.Locale;
 import java.util.Map;
 import java.util.Set;
+import java.util.stream.Collectors;
 
 /**
  * The benchmarks' SDXL-shaped data, driven by the SDXL architecture descriptor: attention LoRAs of
@@ -48,8 +51,22 @@ final class SdxlData {
 
   /** An fp16 attention adapter of {@code rank} and {@code alpha}. */
   static LoraAdapter adapter(String name, int rank, double alpha, long seed) {
+    return adapter(name, rank, alpha, seed, Integer.MAX_VALUE);
+  }
+
+  /**
+   * {@link #adapter(String, int, double, long)} over only the first {@code limit} attention modules
+   * in the architecture's order (all 722 when it is larger): the same factors for those modules.
+   */
+  static LoraAdapter adapter(String name, int rank, double alpha, long seed, int limit) {
+    Set<ModuleKey> keys =
+        Architecture.sdxl().modules().values().stream()
+            .filter(SdxlData::isAttentionTarget)
+            .limit(limit)
+            .map(ModuleSpec::key)
+            .collect(Collectors.toSet());
     return SyntheticLora.builder(Architecture.sdxl())
-        .modules(SdxlData::isAttentionTarget)
+        .modules(spec -> keys.contains(spec.key()))
         .rank(rank)
         .alpha(alpha)
         .dtype(DType.F16)
@@ -84,7 +101,7 @@ final class SdxlData {
     System.out.printf(Locale.ROOT, "writing the SDXL base UNet (%d fp16 weights) to %s, once%n", specs.size(), file);
     try (SafetensorsWriter writer =
             SafetensorsWriter.create(file, entries, Map.of("loramerge_synthetic", "sdxl unet base, seed 7"));
-        NDManager manager = NDManager.newBaseManager()) {
+        NDManager manager = NDManager.newBaseManager(Device.cpu())) {
       ai.djl.engine.Engine.getInstance().setRandomSeed(7);
       for (ModuleSpec spec : specs) {
         try (NDManager layer = manager.newSubManager()) {

@@ -1,0 +1,465 @@
+package dev.loramerge.bench;
+
+import ai.djl.Device;
+import ai.djl.engine.Engine;
+import ai.djl.ndarray.NDArray;
+import ai.djl.ndarray.NDManager;
+import ai.djl.ndarray.types.DataType;
+import ai.djl.ndarray.types.Shape;
+import dev.loramerge.DType;
+import dev.loramerge.LoraAdapter;
+import dev.loramerge.LoraModule;
+import dev.loramerge.ModuleKey;
+import dev.loramerge.algorithms.MajoritySign;
+import dev.loramerge.algorithms.MergeMethod;
+import dev.loramerge.fuse.FusedLora;
+import dev.loramerge.fuse.LoraFuser;
+import dev.loramerge.fuse.WeightTarget;
+import dev.loramerge.internal.json.Json;
+import dev.loramerge.merge.LoraMerger;
+import dev.loramerge.merge.MergeAlgorithm;
+import java.io.IOException;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.nio.file.StandardCopyOption;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Locale;
+import java.util.Map;
+import java.util.OptionalDouble;
+import java.util.OptionalLong;
+
+/**
+ * {@code bin/lora-bench device --device gpu|cpu}: the in-memory workload of {@code e2e} with the
+ * weights as NDArrays on a device, through the public API only ({@link WeightTarget#of(Map)},
+ * {@link LoraFuser}, {@link LoraMerger} with its device set). On the SDXL attention weights (722
+ * fp16 weights, one rank-32 fp16 LoRA, as {@link SdxlData} makes it):
+ *
+ * <ul>
+ *   <li>{@code fuse/memory} and {@code unfuse/memory}: median, min and max of the runs after a
+ *       warm-up, each waiting for the device's queue; on a GPU the device memory in use before
+ *       the weights, with them, after the first fuse and after its unfuse (cudaMemGetInfo, so
+ *       libtorch's cached blocks count: the figure after the fuse bounds its peak from above);
+ *   <li>{@code hotswap}: fuse then unfuse, {@code --cycles} times (time per cycle), then how many
+ *       weights differ from their originals in any bit; {@code --hotswap-s} bounds its time, so
+ *       that a slow fuse leaves time for the rest (the cycles done are reported);
+ *   <li>{@code bytes/F32}, {@code bytes/F16}, {@code bytes/BF16}: the same fuse into weights of
+ *       that type on the device and on the CPU ({@code Device.cpu()} arrays, the same seeded
+ *       values), the count of elements whose bytes differ, and after both unfuses the count of
+ *       weights not back to their originals; bf16 only where {@link Devices#probeBf16} finds
+ *       that the JNI library can hold it;
+ *   <li>{@code merge/<method>}: every merge method (two adapters, weights 0.7 and 0.5, density
+ *       0.5, rank 32) with the merger's device set, timed as above, and the number of modules
+ *       whose factors differ in any byte from the same merge on the CPU.
+ * </ul>
+ *
+ * <p>{@code --device cpu} runs the same with CPU arrays on both sides (the report's structure,
+ * on any machine). {@code --device gpu} stops with a message where DJL sees no GPU. {@code
+ * --deadline-s} skips what would start after that many seconds (marked in the report), so a run
+ * under a time limit still reports what it did; the JSON is rewritten after every operation.
+ */
+final class DeviceBench {
+  private static final double STYLE_WEIGHT = 0.7;
+  private static final double SUBJECT_WEIGHT = 0.5;
+  private static final double DENSITY = 0.5;
+  private static final long BASE_SEED = 7;
+
+  static final String USAGE =
+      "usage: bin/lora-bench device [--device gpu|cpu] [--runs N] [--cycles N] [--rank R] [--modules N] [--methods a,b]"
+          + " [--skip-fuse] [--skip-merge] [--skip-bytes] [--hotswap-s S] [--deadline-s S] [--json FILE]";
+
+  private final Device device;
+  private final int runs;
+  private final int cycles;
+  private final long hotswapNanos;
+  private final int rank;
+  private final long deadline;
+  private final Path json;
+  private final Map<String, Object> report = new LinkedHashMap<>();
+  private final List<Map<String, Object>> operations = new ArrayList<>();
+  private final List<String> skipped = new ArrayList<>();
+  private final List<String> errors = new ArrayList<>();
+
+  private DeviceBench(Device device, int runs, int cycles, long hotswapSeconds, int rank, long deadlineSeconds, Path json) {
+    this.device = device;
+    this.runs = runs;
+    this.cycles = cycles;
+    this.hotswapNanos = hotswapSeconds > 0 ? hotswapSeconds * 1_000_000_000L : Long.MAX_VALUE;
+    this.rank = rank;
+    this.deadline = deadlineSeconds > 0 ? System.nanoTime() + deadlineSeconds * 1_000_000_000L : Long.MAX_VALUE;
+    this.json = json;
+  }
+
+  /** Runs {@code device ...}; returns the exit status (1 when an operation failed). */
+  static int run(List<String> args) throws IOException {
+    String deviceName = "gpu";
+    int runs = 3;
+    int cycles = 1000;
+    int rank = 32;
+    int modules = Integer.MAX_VALUE;
+    long deadlineSeconds = 0;
+    long hotswapSeconds = 0;
+    List<String> methods = MergeMethod.names();
+    boolean fuse = true;
+    boolean merge = true;
+    boolean bytes = true;
+    Path json = null;
+    for (int i = 0; i < args.size(); i++) {
+      String option = args.get(i);
+      switch (option) {
+        case "--device" -> deviceName = value(args, ++i, option);
+        case "--runs" -> runs = positive(option, value(args, ++i, option));
+        case "--cycles" -> cycles = positive(option, value(args, ++i, option));
+        case "--rank" -> rank = positive(option, value(args, ++i, option));
+        case "--modules" -> modules = positive(option, value(args, ++i, option));
+        case "--deadline-s" -> deadlineSeconds = positive(option, value(args, ++i, option));
+        case "--hotswap-s" -> hotswapSeconds = positive(option, value(args, ++i, option));
+        case "--methods" -> methods = Arrays.asList(value(args, ++i, option).split(","));
+        case "--json" -> json = Path.of(value(args, ++i, option));
+        case "--skip-fuse" -> fuse = false;
+        case "--skip-merge" -> merge = false;
+        case "--skip-bytes" -> bytes = false;
+        default -> throw new IllegalArgumentException("unknown option " + option + "\n" + USAGE);
+      }
+    }
+    for (String method : methods) {
+      MergeMethod.parse(method);
+    }
+    Device device = Devices.parse(deviceName, "run with --device cpu for the same report on the CPU");
+    DeviceBench bench = new DeviceBench(device, runs, cycles, hotswapSeconds, rank, deadlineSeconds, json);
+    return bench.run(modules, fuse, bytes, merge ? methods : List.of());
+  }
+
+  private int run(int moduleLimit, boolean fuse, boolean bytes, List<String> methods) throws IOException {
+    Engine engine = Engine.getInstance();
+    long start = System.nanoTime();
+    LoraAdapter style = SdxlData.adapter("style", rank, 32, 1, moduleLimit);
+    long parameters = style.modules().values().stream().mapToLong(module -> product(module.weightShape())).sum();
+    report.put("device", device.toString());
+    report.put("engine", engine.getEngineName() + " " + engine.getVersion());
+    report.put("gpu_count", engine.getGpuCount());
+    report.put("java", Runtime.version().toString());
+    report.put("modules", style.size());
+    report.put("parameters", parameters);
+    report.put("rank", rank);
+    report.put("runs", runs);
+    report.put("operations", operations);
+    report.put("skipped", skipped);
+    report.put("errors", errors);
+    System.out.printf(
+        Locale.ROOT, "device %s (%s %s, %d GPUs): %d modules, %.3f G weight parameters, rank %d, made in %.1f s%n",
+        device, engine.getEngineName(), engine.getVersion(), engine.getGpuCount(), style.size(), parameters / 1e9, rank,
+        (System.nanoTime() - start) / 1e9);
+    Devices.Bf16 bf16 = Devices.probeBf16(device);
+    report.put("bf16", bf16.json());
+    System.out.println("bf16: " + bf16.message());
+    if (fuse) {
+      guarded("fuse/memory", () -> timeFuse(style));
+    }
+    if (bytes) {
+      for (DType type : List.of(DType.F32, DType.F16, DType.BF16)) {
+        if (type == DType.BF16 && !bf16.supported()) {
+          skip("bytes/BF16", bf16.message());
+        } else {
+          guarded("bytes/" + type, () -> compareBytes(style, type));
+        }
+      }
+    }
+    if (!methods.isEmpty()) {
+      LoraAdapter subject = SdxlData.adapter("subject", rank, 16, 2, moduleLimit);
+      for (String method : methods) {
+        guarded("merge/" + method, () -> timeMerge(style, subject, method));
+      }
+    }
+    write();
+    System.out.println(errors.isEmpty() ? "done" : "FAILED: " + String.join("; ", errors));
+    return errors.isEmpty() ? 0 : 1;
+  }
+
+  /** An action of the bench that may fail without stopping the others. */
+  @FunctionalInterface
+  private interface Section {
+    void run() throws IOException;
+  }
+
+  /** Runs {@code section} unless the deadline has passed; records a failure and goes on. */
+  private void guarded(String name, Section section) throws IOException {
+    if (System.nanoTime() > deadline) {
+      skip(name, "deadline passed");
+      return;
+    }
+    try {
+      section.run();
+    } catch (RuntimeException | IOException e) {
+      String message = name + ": " + e.getClass().getSimpleName() + ": " + e.getMessage();
+      errors.add(message);
+      System.err.println(message);
+      e.printStackTrace();
+    }
+    write();
+  }
+
+  private void skip(String name, String why) {
+    skipped.add(name + ": " + why);
+    System.out.println(name + " skipped: " + why);
+  }
+
+  /** The fuse, unfuse and hot-swap of the fp16 workload. */
+  private void timeFuse(LoraAdapter style) throws IOException {
+    Map<String, Object> memory = new LinkedHashMap<>();
+    memory.put("before", memoryJson());
+    try (NDManager host = NDManager.newBaseManager(Device.cpu());
+        NDManager onDevice = NDManager.newBaseManager(device)) {
+      Map<String, NDArray> originals = baseWeights(host, style, DataType.FLOAT16);
+      Map<String, NDArray> weights = copies(originals, onDevice);
+      NDArray last = weights.values().stream().reduce((a, b) -> b).orElseThrow();
+      Devices.await(last);
+      memory.put("weights", memoryJson());
+      WeightTarget target = WeightTarget.of(weights);
+      LoraFuser fuser = LoraFuser.of(LoraMerger.builder().add(style, 1.0).device(device).build());
+      FusedLora warm = fuser.fuseInto(target);
+      Devices.await(last);
+      memory.put("after_first_fuse", memoryJson());
+      if (warm.report().matched().size() != style.size()) {
+        throw new IllegalStateException(
+            String.format(Locale.ROOT, "the fuse matched %d of %d modules: %s", warm.report().matched().size(), style.size(), warm.report()));
+      }
+      warm.unfuse();
+      Devices.await(last);
+      memory.put("after_unfuse", memoryJson());
+      report.put("device_memory_bytes", memory);
+      double[] fuses = new double[runs];
+      double[] unfuses = new double[runs];
+      for (int run = 0; run < runs; run++) {
+        long start = System.nanoTime();
+        FusedLora fused = fuser.fuseInto(target);
+        Devices.await(last);
+        fuses[run] = seconds(start);
+        start = System.nanoTime();
+        fused.unfuse();
+        Devices.await(last);
+        unfuses[run] = seconds(start);
+      }
+      record(timing("fuse/memory", fuses));
+      record(timing("unfuse/memory", unfuses));
+
+      int done = 0;
+      long start = System.nanoTime();
+      long stop = hotswapNanos == Long.MAX_VALUE ? deadline : Math.min(deadline, start + hotswapNanos);
+      while (done < cycles && System.nanoTime() < stop) {
+        FusedLora fused = fuser.fuseInto(target);
+        fused.unfuse();
+        Devices.await(last);
+        done++;
+      }
+      double total = seconds(start);
+      long differing = 0;
+      for (Map.Entry<String, NDArray> weight : weights.entrySet()) {
+        if (Devices.differingElements(weight.getValue(), originals.get(weight.getKey())) != 0) {
+          differing++;
+        }
+      }
+      Map<String, Object> swap = new LinkedHashMap<>();
+      swap.put("name", "hotswap");
+      swap.put("cycles", cycles);
+      swap.put("cycles_done", done);
+      swap.put("per_cycle_s", done == 0 ? 0 : total / done);
+      swap.put("total_s", total);
+      swap.put("weights", weights.size());
+      swap.put("differing_weights", differing);
+      record(swap);
+      if (done < cycles) {
+        skip("hotswap", String.format(Locale.ROOT, "time limit reached after %d of %d cycles", done, cycles));
+      }
+      if (differing != 0) {
+        errors.add(String.format(Locale.ROOT, "hotswap: %d of %d weights differ from their originals after %d cycles", differing, weights.size(), done));
+      }
+      target.trim();
+    }
+  }
+
+  /** The same fuse into {@code type} weights on the device and on the CPU, compared byte for byte. */
+  private void compareBytes(LoraAdapter style, DType type) throws IOException {
+    DataType dataType = dataType(type);
+    try (NDManager host = NDManager.newBaseManager(Device.cpu());
+        NDManager onDevice = NDManager.newBaseManager(device)) {
+      Map<String, NDArray> cpu = baseWeights(host, style, dataType);
+      Map<String, NDArray> originals = copies(cpu, host);
+      Map<String, NDArray> weights = copies(cpu, onDevice);
+      NDArray last = weights.values().stream().reduce((a, b) -> b).orElseThrow();
+      LoraFuser onCpu = LoraFuser.of(LoraMerger.builder().add(style, 1.0).device(Device.cpu()).build());
+      LoraFuser there = LoraFuser.of(LoraMerger.builder().add(style, 1.0).device(device).build());
+      long start = System.nanoTime();
+      FusedLora cpuFuse = onCpu.fuseInto(WeightTarget.of(cpu));
+      double cpuSeconds = seconds(start);
+      start = System.nanoTime();
+      FusedLora deviceFuse = there.fuseInto(WeightTarget.of(weights));
+      Devices.await(last);
+      double deviceSeconds = seconds(start);
+      long elements = 0;
+      long differingElements = 0;
+      long differingWeights = 0;
+      for (Map.Entry<String, NDArray> weight : weights.entrySet()) {
+        long differing = Devices.differingElements(weight.getValue(), cpu.get(weight.getKey()));
+        elements += weight.getValue().size();
+        differingElements += differing;
+        differingWeights += differing == 0 ? 0 : 1;
+      }
+      deviceFuse.unfuse();
+      cpuFuse.unfuse();
+      Devices.await(last);
+      long notRestored = 0;
+      for (Map.Entry<String, NDArray> weight : weights.entrySet()) {
+        boolean restored =
+            Devices.differingElements(weight.getValue(), originals.get(weight.getKey())) == 0
+                && Devices.differingElements(cpu.get(weight.getKey()), originals.get(weight.getKey())) == 0;
+        notRestored += restored ? 0 : 1;
+      }
+      Map<String, Object> row = new LinkedHashMap<>();
+      row.put("name", "bytes/" + type);
+      row.put("weights", weights.size());
+      row.put("elements", elements);
+      row.put("differing_elements", differingElements);
+      row.put("differing_weights", differingWeights);
+      row.put("not_restored_weights", notRestored);
+      row.put("device_fuse_s", deviceSeconds);
+      row.put("cpu_fuse_s", cpuSeconds);
+      record(row);
+      if (differingElements != 0 || notRestored != 0) {
+        errors.add(
+            String.format(
+                Locale.ROOT, "bytes/%s: %d elements in %d weights differ from the CPU's fuse; %d weights not restored",
+                type, differingElements, differingWeights, notRestored));
+      }
+    }
+  }
+
+  /** One merge method on the device, timed, and its factors compared with the CPU's. */
+  private void timeMerge(LoraAdapter style, LoraAdapter subject, String method) {
+    MergeAlgorithm algorithm = MergeMethod.parse(method).create(OptionalDouble.of(DENSITY), MajoritySign.TOTAL, 0);
+    LoraMerger.Builder builder = LoraMerger.builder().add(style, STYLE_WEIGHT).add(subject, SUBJECT_WEIGHT).algorithm(algorithm);
+    if (algorithm.requirements().reRanked()) {
+      builder.rank(rank);
+    }
+    LoraMerger merger = builder.device(device).build();
+    LoraAdapter merged = merger.merge();
+    double[] times = new double[runs];
+    for (int run = 0; run < runs; run++) {
+      long start = System.nanoTime();
+      merged = merger.merge();
+      times[run] = seconds(start);
+    }
+    LoraAdapter onCpu = merger.toBuilder().device(Device.cpu()).build().merge();
+    long differing = 0;
+    for (Map.Entry<ModuleKey, LoraModule> module : onCpu.modules().entrySet()) {
+      LoraModule other = merged.modules().get(module.getKey());
+      if (other == null || !module.getValue().equals(other)) {
+        differing++;
+      }
+    }
+    differing += merged.modules().keySet().stream().filter(key -> !onCpu.modules().containsKey(key)).count();
+    Map<String, Object> row = timing("merge/" + method, times);
+    row.put("modules", merged.size());
+    row.put("differing_modules_vs_cpu", differing);
+    record(row);
+  }
+
+  /**
+   * Seeded base weights for {@code adapter}'s modules, named {@code <path>.weight}, of entries of
+   * standard deviation 1/√fan-in (as PyTorch initializes layers), made by libtorch on the CPU.
+   */
+  private static Map<String, NDArray> baseWeights(NDManager host, LoraAdapter adapter, DataType type) {
+    Engine.getInstance().setRandomSeed((int) BASE_SEED);
+    Map<String, NDArray> weights = new LinkedHashMap<>();
+    for (LoraModule module : adapter.modules().values()) {
+      long fanIn = module.inFeatures() * module.kernelSize() * module.kernelSize();
+      weights.put(module.key().path() + ".weight", Devices.gaussian(host, new Shape(module.weightShape()), 1 / Math.sqrt(fanIn), type));
+    }
+    return weights;
+  }
+
+  /** Copies of {@code arrays} on {@code manager}'s device, owned by it. */
+  private static Map<String, NDArray> copies(Map<String, NDArray> arrays, NDManager manager) {
+    Map<String, NDArray> copies = new LinkedHashMap<>();
+    arrays.forEach((name, array) -> copies.put(name, Devices.copyTo(array, manager)));
+    return copies;
+  }
+
+  private Object memoryJson() {
+    OptionalLong used = Devices.memoryUsed(device);
+    return used.isPresent() ? used.getAsLong() : null;
+  }
+
+  private static DataType dataType(DType type) {
+    return switch (type) {
+      case F32 -> DataType.FLOAT32;
+      case F16 -> DataType.FLOAT16;
+      case BF16 -> DataType.BFLOAT16;
+      default -> throw new IllegalArgumentException("not compared: " + type);
+    };
+  }
+
+  private static Map<String, Object> timing(String name, double[] seconds) {
+    double[] sorted = seconds.clone();
+    Arrays.sort(sorted);
+    Map<String, Object> row = new LinkedHashMap<>();
+    row.put("name", name);
+    row.put("median_s", sorted[sorted.length / 2]);
+    row.put("min_s", sorted[0]);
+    row.put("max_s", sorted[sorted.length - 1]);
+    row.put("runs", sorted.length);
+    return row;
+  }
+
+  private void record(Map<String, Object> row) {
+    operations.add(row);
+    StringBuilder line = new StringBuilder(String.format(Locale.ROOT, "%-22s", row.get("name")));
+    row.forEach(
+        (key, value) -> {
+          if (!key.equals("name")) {
+            line.append(' ').append(key).append('=').append(value instanceof Double d ? String.format(Locale.ROOT, "%.4g", d) : value);
+          }
+        });
+    System.out.println(line);
+  }
+
+  /** The report so far, to {@code --json}'s file, through a temporary file renamed into place. */
+  private void write() throws IOException {
+    if (json == null) {
+      return;
+    }
+    Path temporary = json.resolveSibling(json.getFileName() + ".tmp");
+    Files.writeString(temporary, Json.write(report, true), StandardCharsets.UTF_8);
+    Files.move(temporary, json, StandardCopyOption.REPLACE_EXISTING, StandardCopyOption.ATOMIC_MOVE);
+  }
+
+  private static double seconds(long start) {
+    return (System.nanoTime() - start) / 1e9;
+  }
+
+  private static long product(long[] shape) {
+    return Arrays.stream(shape).reduce(1, Math::multiplyExact);
+  }
+
+  private static String value(List<String> args, int i, String option) {
+    if (i >= args.size()) {
+      throw new IllegalArgumentException(option + " needs a value\n" + USAGE);
+    }
+    return args.get(i);
+  }
+
+  private static int positive(String option, String value) {
+    try {
+      int number = Integer.parseInt(value);
+      if (number > 0) {
+        return number;
+      }
+    } catch (NumberFormatException e) {
+      // Reported below, as any other value that is not a positive integer.
+    }
+    throw new IllegalArgumentException(option + " takes a positive integer, got '" + value + "'\n" + USAGE);
+  }
+}

@@ -1,0 +1,208 @@
+package dev.loramerge.bench;
+
+import ai.djl.Device;
+import ai.djl.engine.Engine;
+import ai.djl.ndarray.NDArray;
+import ai.djl.ndarray.NDManager;
+import ai.djl.ndarray.types.DataType;
+import ai.djl.ndarray.types.Shape;
+import dev.loramerge.Component;
+import dev.loramerge.DType;
+import dev.loramerge.LoraAdapter;
+import dev.loramerge.LoraModule;
+import dev.loramerge.ModuleKey;
+import dev.loramerge.TensorData;
+import dev.loramerge.fuse.FusedLora;
+import dev.loramerge.fuse.LoraFuser;
+import dev.loramerge.fuse.WeightTarget;
+import dev.loramerge.internal.json.Json;
+import dev.loramerge.internal.linalg.Randoms;
+import dev.loramerge.merge.LoraMerger;
+import java.io.IOException;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Locale;
+import java.util.Map;
+import java.util.SplittableRandom;
+
+/**
+ * {@code bin/lora-bench check --device gpu|cpu [--seed S] [--modules N] [--require-bf16] [--json
+ * FILE]}: whether fusing into weights on the device writes the same bytes as fusing into the same
+ * weights on the CPU, for fp32, fp16 and bf16 weights. Each type gets an adapter of {@code
+ * --modules} seeded random modules: Linear and Conv2d (4-D weights, 1×1 and 3×3 kernels) of
+ * random sizes, ranks and alphas, with fp32, fp16 (and where the JNI library holds it, bf16)
+ * factors, and a block of one row or column among them. Two fuses of different adapters are
+ * stacked, then undone in the order they were made in reverse, and every weight must be back to
+ * its original bytes on both devices.
+ *
+ * <p>bf16 is first tried in a JVM of its own ({@link Devices#probeBf16}): DJL 0.35.1's JNI library
+ * aborts the process on a bf16 tensor. {@code --require-bf16} makes that a failure (the JNI library
+ * built by gpu/build-djl-jni.sh with gpu/patches must pass); without it bf16 is reported skipped.
+ * Exit status 0 when every compared byte and every restored weight is equal, 1 when not.
+ */
+final class DeviceCheck {
+  static final String USAGE = "usage: bin/lora-bench check [--device gpu|cpu] [--seed S] [--modules N] [--require-bf16] [--json FILE]";
+
+  private DeviceCheck() {}
+
+  static int run(List<String> args) throws IOException {
+    String deviceName = "gpu";
+    long seed = 1;
+    int modules = 24;
+    boolean requireBf16 = false;
+    Path json = null;
+    for (int i = 0; i < args.size(); i++) {
+      String option = args.get(i);
+      switch (option) {
+        case "--device" -> deviceName = value(args, ++i, option);
+        case "--seed" -> seed = Long.parseLong(value(args, ++i, option));
+        case "--modules" -> modules = Integer.parseInt(value(args, ++i, option));
+        case "--require-bf16" -> requireBf16 = true;
+        case "--json" -> json = Path.of(value(args, ++i, option));
+        default -> throw new IllegalArgumentException("unknown option " + option + "\n" + USAGE);
+      }
+    }
+    Device device = Devices.parse(deviceName, "run with --device cpu to check the CPU path against itself");
+    Engine engine = Engine.getInstance();
+    System.out.printf(Locale.ROOT, "check on %s (%s %s, %d GPUs)%n", device, engine.getEngineName(), engine.getVersion(), engine.getGpuCount());
+    Map<String, Object> report = new LinkedHashMap<>();
+    report.put("device", device.toString());
+    report.put("engine", engine.getEngineName() + " " + engine.getVersion());
+    report.put("seed", seed);
+    List<String> failures = new ArrayList<>();
+    Devices.Bf16 bf16 = Devices.probeBf16(device);
+    report.put("bf16", bf16.json());
+    System.out.println("bf16: " + bf16.message());
+    if (!bf16.supported() && requireBf16) {
+      failures.add("bf16: " + bf16.message());
+    }
+    List<Map<String, Object>> rows = new ArrayList<>();
+    for (DType type : List.of(DType.F32, DType.F16, DType.BF16)) {
+      if (type == DType.BF16 && !bf16.supported()) {
+        System.out.println("BF16 weights skipped: " + bf16.message());
+        continue;
+      }
+      SplittableRandom random = new SplittableRandom(Randoms.streamSeed(seed, type.name(), 0, "check"));
+      List<DType> factorTypes = bf16.supported() ? List.of(DType.F32, DType.F16, DType.BF16) : List.of(DType.F32, DType.F16);
+      LoraAdapter first = adapter("first", random, seed, modules, factorTypes);
+      LoraAdapter second = adapter("second", random, seed, modules, factorTypes);
+      Map<String, Object> row = compare(device, type, first, second, random.nextLong());
+      rows.add(row);
+      System.out.println(row);
+      if (!row.get("differing_elements").equals(0L) || !row.get("not_restored_weights").equals(0L)) {
+        failures.add(String.format(Locale.ROOT, "%s: %s", type, row));
+      }
+    }
+    report.put("results", rows);
+    report.put("failures", failures);
+    if (json != null) {
+      Files.writeString(json, Json.write(report, true), StandardCharsets.UTF_8);
+    }
+    System.out.println(failures.isEmpty() ? "CHECK OK" : "CHECK FAILED: " + String.join("; ", failures));
+    return failures.isEmpty() ? 0 : 1;
+  }
+
+  /** Fuses {@code first} then {@code second} into {@code type} weights on both devices; compares, undoes, compares. */
+  private static Map<String, Object> compare(Device device, DType type, LoraAdapter first, LoraAdapter second, long seed)
+      throws IOException {
+    DataType dataType = type == DType.F32 ? DataType.FLOAT32 : type == DType.F16 ? DataType.FLOAT16 : DataType.BFLOAT16;
+    try (NDManager host = NDManager.newBaseManager(Device.cpu());
+        NDManager onDevice = NDManager.newBaseManager(device)) {
+      Engine.getInstance().setRandomSeed((int) seed);
+      Map<String, NDArray> cpu = new LinkedHashMap<>();
+      for (LoraModule module : first.modules().values()) {
+        long fanIn = module.inFeatures() * module.kernelSize() * module.kernelSize();
+        cpu.put(module.key().path() + ".weight", Devices.gaussian(host, new Shape(module.weightShape()), 1 / Math.sqrt(fanIn), dataType));
+      }
+      Map<String, NDArray> originals = new LinkedHashMap<>();
+      Map<String, NDArray> weights = new LinkedHashMap<>();
+      cpu.forEach(
+          (name, array) -> {
+            originals.put(name, Devices.copyTo(array, host));
+            weights.put(name, Devices.copyTo(array, onDevice));
+          });
+      WeightTarget cpuTarget = WeightTarget.of(cpu);
+      WeightTarget deviceTarget = WeightTarget.of(weights);
+      List<FusedLora> fuses = new ArrayList<>();
+      long differingElements = 0;
+      long differingWeights = 0;
+      long elements = 0;
+      for (LoraAdapter adapter : List.of(first, second)) {
+        LoraFuser onCpu = LoraFuser.of(LoraMerger.builder().add(adapter, 0.8).device(Device.cpu()).build());
+        LoraFuser there = LoraFuser.of(LoraMerger.builder().add(adapter, 0.8).device(device).build());
+        fuses.add(onCpu.fuseInto(cpuTarget));
+        fuses.add(there.fuseInto(deviceTarget));
+        for (Map.Entry<String, NDArray> weight : weights.entrySet()) {
+          long differing = Devices.differingElements(weight.getValue(), cpu.get(weight.getKey()));
+          elements += weight.getValue().size();
+          differingElements += differing;
+          differingWeights += differing == 0 ? 0 : 1;
+        }
+      }
+      for (int i = fuses.size() - 1; i >= 0; i--) {
+        fuses.get(i).unfuse();
+      }
+      long notRestored = 0;
+      for (Map.Entry<String, NDArray> weight : weights.entrySet()) {
+        NDArray original = originals.get(weight.getKey());
+        if (Devices.differingElements(weight.getValue(), original) != 0 || Devices.differingElements(cpu.get(weight.getKey()), original) != 0) {
+          notRestored++;
+        }
+      }
+      Map<String, Object> row = new LinkedHashMap<>();
+      row.put("dtype", type.name());
+      row.put("weights", weights.size());
+      row.put("conv_weights", weights.values().stream().filter(array -> array.getShape().dimension() == 4).count());
+      row.put("elements_compared", elements);
+      row.put("differing_elements", differingElements);
+      row.put("differing_weights", differingWeights);
+      row.put("not_restored_weights", notRestored);
+      return row;
+    }
+  }
+
+  /**
+   * {@code count} random modules named {@code check.m<i>} (the same names and shapes, drawn from
+   * {@code seed}, in both adapters): every third a Conv2d, sizes 1 to 192, ranks 1 to 16, alpha 0.5 to 2 times the
+   * rank, factors in a random one of {@code factorTypes} with entries of a few hundredths.
+   */
+  private static LoraAdapter adapter(String name, SplittableRandom random, long seed, int count, List<DType> factorTypes) {
+    LoraAdapter.Builder adapter = LoraAdapter.builder().name(name);
+    SplittableRandom shapes = new SplittableRandom(Randoms.streamSeed(seed, "shapes", count, "check"));
+    for (int i = 0; i < count; i++) {
+      boolean conv = i % 3 == 2;
+      // One module has one row and one a single column: the edges of the fuse's blocking.
+      long out = i == 0 ? 1 : 1 + shapes.nextInt(192);
+      long in = i == 1 ? 1 : 1 + shapes.nextInt(192);
+      long kernel = conv && shapes.nextBoolean() ? 3 : 1;
+      int rank = 1 + random.nextInt(16);
+      DType factorType = factorTypes.get(random.nextInt(factorTypes.size()));
+      long[] downShape = conv ? new long[] {rank, in, kernel, kernel} : new long[] {rank, in};
+      long[] upShape = conv ? new long[] {out, rank, 1, 1} : new long[] {out, rank};
+      TensorData down = gaussian(random, 1 / Math.sqrt(in * kernel * kernel), factorType, downShape);
+      TensorData up = gaussian(random, 0.02, factorType, upShape);
+      double alpha = rank * (0.5 + 1.5 * random.nextDouble());
+      adapter.add(LoraModule.of(ModuleKey.of(Component.UNET, "check.m" + i), down, up, alpha));
+    }
+    return adapter.build();
+  }
+
+  private static TensorData gaussian(SplittableRandom random, double deviation, DType type, long[] shape) {
+    double[] values = new double[Math.toIntExact(TensorData.numel(shape))];
+    for (int i = 0; i < values.length; i++) {
+      values[i] = Randoms.standardNormal(random) * deviation;
+    }
+    return TensorData.ofDoubles(values, type, shape);
+  }
+
+  private static String value(List<String> args, int i, String option) {
+    if (i >= args.size()) {
+      throw new IllegalArgumentException(option + " needs a value\n" + USAGE);
+    }
+    return args.get(i);
+  }
+}
