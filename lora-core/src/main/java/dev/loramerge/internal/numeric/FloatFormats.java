@@ -72,6 +72,24 @@ public final class FloatFormats {
 
   private FloatFormats() {}
 
+  /**
+   * Each thread's chunks for the bulk conversions: allocating them per call cost as much as
+   * converting a chunk of 4096 elements on the JDK's conversions.
+   */
+  private static final class Scratch {
+    private static final ThreadLocal<Scratch> OF_THREAD = ThreadLocal.withInitial(Scratch::new);
+
+    final short[] halves = new short[CHUNK];
+    final short[] second = new short[CHUNK];
+    final short[] result = new short[CHUNK];
+    final float[] sum = new float[CHUNK];
+    final float[] values = new float[CHUNK];
+
+    static Scratch get() {
+      return OF_THREAD.get();
+    }
+  }
+
   /** The fp16 value with bits {@code bits} (low 16 bits used). */
   public static double fromFloat16(int bits) {
     int sign = (bits >>> 15) & 1;
@@ -142,12 +160,12 @@ public final class FloatFormats {
   private static void widen(boolean float16, ByteBuffer in, int first, float[] out, int count, Kernel kernel) {
     // Bulk copies into a primitive array: indexed reads of a read-only buffer cost ~4 ns each.
     ShortBuffer halves = in.duplicate().order(ByteOrder.LITTLE_ENDIAN).position(0).asShortBuffer();
-    short[] chunk = new short[Math.min(count, CHUNK)];
-    for (int start = 0; start < count; start += chunk.length) {
-      int length = Math.min(chunk.length, count - start);
+    short[] chunk = Scratch.get().halves;
+    for (int start = 0; start < count; start += CHUNK) {
+      int length = Math.min(CHUNK, count - start);
       halves.get(first + start, chunk, 0, length);
       if (float16 && kernel == Kernel.HARDWARE) {
-        HardwareHalves.widen(chunk, length, out, start);
+        HardwareHalves.INSTANCE.widen(chunk, length, out, start);
         if (NonFinite.any(in, first + start, length, true)) {
           // The CPU quiets signalling NaNs; the library keeps every NaN's bits.
           for (int i = 0; i < length; i++) {
@@ -201,11 +219,11 @@ public final class FloatFormats {
 
   private static void narrow(boolean float16, float[] in, int count, ByteBuffer out, int first, Kernel kernel) {
     ShortBuffer halves = out.duplicate().order(ByteOrder.LITTLE_ENDIAN).position(0).asShortBuffer();
-    short[] chunk = new short[Math.min(count, CHUNK)];
-    for (int start = 0; start < count; start += chunk.length) {
-      int length = Math.min(chunk.length, count - start);
+    short[] chunk = Scratch.get().halves;
+    for (int start = 0; start < count; start += CHUNK) {
+      int length = Math.min(CHUNK, count - start);
       if (float16 && kernel == Kernel.HARDWARE) {
-        HardwareHalves.narrow(in, start, chunk, length);
+        HardwareHalves.INSTANCE.narrow(in, start, chunk, length);
         halves.put(first + start, chunk, 0, length);
         int from = start;
         canonicalNaNs(out, first + start, chunk, length, i -> toFloat16(in[from + i]));
@@ -269,29 +287,30 @@ public final class FloatFormats {
       sources[k] = inputs[k].duplicate().order(ByteOrder.LITTLE_ENDIAN).position(0).asShortBuffer();
     }
     ShortBuffer target = out.duplicate().order(ByteOrder.LITTLE_ENDIAN).position(0).asShortBuffer();
-    int size = Math.min(count, CHUNK);
-    short[] halves = new short[size];
-    short[] second = new short[size];
-    short[] result = new short[size];
-    float[] sum = new float[size];
-    float[] values = new float[size];
+    int size = CHUNK;
+    Scratch scratch = Scratch.get();
+    short[] halves = scratch.halves;
+    short[] second = scratch.second;
+    short[] result = scratch.result;
+    float[] sum = scratch.sum;
+    float[] values = scratch.values;
     boolean hardware = float16 && kernel == Kernel.HARDWARE;
     for (int start = 0; start < count; start += size) {
       int length = Math.min(size, count - start);
       sources[0].get(start, halves, 0, length);
       if (hardware && n == 1) {
-        HardwareHalves.scale(halves, coefficients[0], result, length);
+        HardwareHalves.INSTANCE.scale(halves, coefficients[0], result, length);
       } else if (hardware && n == 2) {
         sources[1].get(start, second, 0, length);
-        HardwareHalves.sum(halves, coefficients[0], second, coefficients[1], result, length);
+        HardwareHalves.INSTANCE.sum(halves, coefficients[0], second, coefficients[1], result, length);
       } else if (hardware) {
-        HardwareHalves.scaleInto(halves, coefficients[0], sum, length);
+        HardwareHalves.INSTANCE.scaleInto(halves, coefficients[0], sum, length);
         for (int k = 1; k < n - 1; k++) {
           sources[k].get(start, halves, 0, length);
-          HardwareHalves.addScaled(halves, coefficients[k], sum, length);
+          HardwareHalves.INSTANCE.addScaled(halves, coefficients[k], sum, length);
         }
         sources[n - 1].get(start, halves, 0, length);
-        HardwareHalves.finish(sum, halves, coefficients[n - 1], result, length);
+        HardwareHalves.INSTANCE.finish(sum, halves, coefficients[n - 1], result, length);
       } else if (float16 && n == 2 && kernel == Kernel.VECTOR_API) {
         sources[1].get(start, second, 0, length);
         int done = VectorHalves.sumFloat16(halves, coefficients[0], second, coefficients[1], result, length);

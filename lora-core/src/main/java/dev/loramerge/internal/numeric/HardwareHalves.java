@@ -1,132 +1,62 @@
 package dev.loramerge.internal.numeric;
 
-import java.lang.invoke.MethodHandle;
-import java.lang.invoke.MethodHandles;
-import java.lang.invoke.MethodType;
-
 /**
- * {@link FloatFormats}' bulk fp16 conversions on the JDK's own {@code Float.float16ToFloat} and
- * {@code Float.floatToFloat16} (JDK 20 and later), which C2 compiles to the CPU's conversion
- * instructions (F16C, AVX-512) and, from JDK 21, vectorizes in plain loops: two to four times
- * faster than {@link VectorHalves}' bit manipulation, and needing no incubator module.
+ * {@link FloatFormats}' fp16 kernels on the JDK's own {@code Float.float16ToFloat} and {@code
+ * Float.floatToFloat16}, which C2 compiles to the CPU's conversion instructions (F16C, AVX-512)
+ * and, from JDK 21, vectorizes in plain loops: two to four times faster than {@link
+ * VectorHalves}' bit manipulation, and needing no incubator module.
  *
- * <p>The library compiles for Java 17, so the methods are reached through constant method
- * handles, which C2 inlines into the same code as direct calls. They exist only where {@link
- * #AVAILABLE}; the loops that call them run only then.
+ * <p>The library compiles for Java 17, where these methods do not exist: the implementation,
+ * {@code Jdk21Halves}, is compiled for Java 21 from {@code src/main/java21} into the jar's {@code
+ * META-INF/versions/21} (a multi-release jar; built whenever Maven runs on JDK 21 or later) and
+ * loaded by name only on Java 21 or later. Everywhere else {@link #INSTANCE} is empty and the
+ * other kernels run. Each call converts a whole chunk, so the interface costs nothing measurable.
  *
- * <p>The bits are {@link FloatFormats}' on every path. The JDK's conversions agree with them on
- * every finite value and infinity, but not on NaN, whose payload they treat as the CPU does (the
- * hardware widening quiets a signalling NaN; the narrowing keeps part of the payload). So each
- * method leaves NaN to the caller: it reports whether a non-finite value went through, and the
- * caller redoes only those elements on the scalar path, which is rare and cheap to detect.
+ * <p>The JDK's conversions agree with {@link FloatFormats}' bits on every finite value and
+ * infinity, but not on NaN, whose payload they treat as the CPU does (the hardware widening
+ * quiets a signalling NaN; the narrowing keeps part of the payload). The callers check each chunk
+ * for an all-ones exponent ({@link NonFinite}) and redo the rare chunks that have one on the
+ * scalar path.
  */
-final class HardwareHalves {
-  private static final MethodHandle TO_FLOAT = find("float16ToFloat", MethodType.methodType(float.class, short.class));
-  private static final MethodHandle TO_HALF = find("floatToFloat16", MethodType.methodType(short.class, float.class));
+interface HardwareHalves {
+  /** The JDK 21 kernels, or null before Java 21 or in a build without them. */
+  HardwareHalves INSTANCE = load();
 
-  /**
-   * Whether the JDK's conversions are there and vectorized: JDK 21 or later (JDK 20 has them,
-   * but compiles them one element at a time, slower than {@link VectorHalves}).
-   */
-  static final boolean AVAILABLE = Runtime.version().feature() >= 21 && TO_FLOAT != null && TO_HALF != null;
+  /** Whether {@link #INSTANCE} is there. */
+  boolean AVAILABLE = INSTANCE != null;
 
-  private HardwareHalves() {}
-
-  private static MethodHandle find(String name, MethodType type) {
+  private static HardwareHalves load() {
+    if (Runtime.version().feature() < 21) {
+      return null;
+    }
     try {
-      return MethodHandles.publicLookup().findStatic(Float.class, name, type);
-    } catch (NoSuchMethodException | IllegalAccessException e) {
+      return (HardwareHalves) Class.forName(HardwareHalves.class.getPackageName() + ".Jdk21Halves").getDeclaredConstructor().newInstance();
+    } catch (ReflectiveOperationException | LinkageError e) {
       return null;
     }
   }
 
-  /** fp16 to float32 of {@code halves[0, length)} into {@code out} from {@code first}; NaN bits as the CPU gives them. */
-  static void widen(short[] halves, int length, float[] out, int first) {
-    try {
-      for (int i = 0; i < length; i++) {
-        out[first + i] = (float) TO_FLOAT.invokeExact(halves[i]);
-      }
-    } catch (Throwable e) {
-      throw new AssertionError(e);
-    }
-  }
+  /** fp16 {@code halves[0, length)} to float32 into {@code out} from {@code first}; NaN bits as the CPU gives them. */
+  void widen(short[] halves, int length, float[] out, int first);
 
   /** float32 {@code in[first, first + length)} to fp16 in {@code halves[0, length)}; NaN bits as the CPU gives them. */
-  static void narrow(float[] in, int first, short[] halves, int length) {
-    try {
-      for (int i = 0; i < length; i++) {
-        halves[i] = (short) TO_HALF.invokeExact(in[first + i]);
-      }
-    } catch (Throwable e) {
-      throw new AssertionError(e);
-    }
-  }
+  void narrow(float[] in, int first, short[] halves, int length);
+
+  /** {@code out[0, length)} = fp16 of {@code coefficient·halves}, the product rounded to float32 first. */
+  void scale(short[] halves, float coefficient, short[] out, int length);
+
+  /** {@code sum[0, length)} = {@code coefficient·halves} in float32. */
+  void scaleInto(short[] halves, float coefficient, float[] sum, int length);
+
+  /** {@code sum[0, length)} += {@code coefficient·halves}, the product and the sum each rounded to float32. */
+  void addScaled(short[] halves, float coefficient, float[] sum, int length);
 
   /**
-   * fp16 {@code halves[0, length)} times {@code coefficient}, rounded once to fp16 into {@code
-   * out[0, length)}: the product in float32, as {@link FloatFormats#toFloat16(float)} of it.
+   * {@code out[0, length)} = fp16 of {@code first·a + second·b}: each product rounded to
+   * float32, their sum rounded to float32, then once to fp16.
    */
-  static void scale(short[] halves, float coefficient, short[] out, int length) {
-    try {
-      for (int i = 0; i < length; i++) {
-        out[i] = (short) TO_HALF.invokeExact((float) TO_FLOAT.invokeExact(halves[i]) * coefficient);
-      }
-    } catch (Throwable e) {
-      throw new AssertionError(e);
-    }
-  }
+  void sum(short[] a, float first, short[] b, float second, short[] out, int length);
 
-  /** {@code sum[0, length)} = fp16 {@code halves} times {@code coefficient}, in float32. */
-  static void scaleInto(short[] halves, float coefficient, float[] sum, int length) {
-    try {
-      for (int i = 0; i < length; i++) {
-        sum[i] = (float) TO_FLOAT.invokeExact(halves[i]) * coefficient;
-      }
-    } catch (Throwable e) {
-      throw new AssertionError(e);
-    }
-  }
-
-  /** {@code sum[0, length)} += fp16 {@code halves} times {@code coefficient}, each product and sum rounded to float32. */
-  static void addScaled(short[] halves, float coefficient, float[] sum, int length) {
-    try {
-      for (int i = 0; i < length; i++) {
-        sum[i] += (float) TO_FLOAT.invokeExact(halves[i]) * coefficient;
-      }
-    } catch (Throwable e) {
-      throw new AssertionError(e);
-    }
-  }
-
-  /**
-   * {@code out[0, length)} = fp16 of {@code first·a + second·b} for fp16 {@code a} and {@code b}:
-   * each product rounded to float32, their sum rounded to float32, then once to fp16.
-   */
-  static void sum(short[] a, float first, short[] b, float second, short[] out, int length) {
-    try {
-      for (int i = 0; i < length; i++) {
-        float value = (float) TO_FLOAT.invokeExact(a[i]) * first;
-        value += (float) TO_FLOAT.invokeExact(b[i]) * second;
-        out[i] = (short) TO_HALF.invokeExact(value);
-      }
-    } catch (Throwable e) {
-      throw new AssertionError(e);
-    }
-  }
-
-  /**
-   * {@code out[0, length)} = fp16 of {@code sum + coefficient·halves}, the product and sum each
-   * rounded to float32, then once to fp16: the last input of a weighted sum.
-   */
-  static void finish(float[] sum, short[] halves, float coefficient, short[] out, int length) {
-    try {
-      for (int i = 0; i < length; i++) {
-        float value = sum[i];
-        value += (float) TO_FLOAT.invokeExact(halves[i]) * coefficient;
-        out[i] = (short) TO_HALF.invokeExact(value);
-      }
-    } catch (Throwable e) {
-      throw new AssertionError(e);
-    }
-  }
+  /** {@code out[0, length)} = fp16 of {@code sum + coefficient·halves}, rounded as {@link #sum}: a weighted sum's last input. */
+  void finish(float[] sum, short[] halves, float coefficient, short[] out, int length);
 }
