@@ -14,6 +14,7 @@ import dev.loramerge.merge.spi.Offer;
 import dev.loramerge.merge.spi.Offer.Precision;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
+import java.nio.ShortBuffer;
 import java.util.List;
 
 /** {@link MergeAlgorithm#cat()}: concatenation along the rank, exact. */
@@ -72,7 +73,11 @@ final class CatAlgorithm implements MergeAlgorithm {
     int rank = inputs.stream().mapToInt(input -> input.module().rank()).sum();
     int rows = Math.toIntExact(inputs.get(0).module().outFeatures());
     ByteBuffer up = allocate(Math.multiplyExact((long) rows, rank), dtype);
-    scaledUps(inputs, rank, (values, count, first) -> FloatFormats.encode(dtype, values, count, up, first));
+    if ((dtype == DType.F16 || dtype == DType.BF16) && inputs.stream().allMatch(input -> input.module().up().dtype() == dtype)) {
+      halfUps(inputs, rank, dtype == DType.F16, up);
+    } else {
+      scaledUps(inputs, rank, (values, count, first) -> FloatFormats.encode(dtype, values, count, up, first));
+    }
     long downCount = inputs.stream().mapToLong(input -> input.module().down().numel()).sum();
     ByteBuffer down = allocate(downCount, dtype);
     float[] source = new float[BLOCK];
@@ -127,6 +132,37 @@ final class CatAlgorithm implements MergeAlgorithm {
         column += inputRank;
       }
       sink.put(block, count * rank, firstRow * rank);
+    }
+  }
+
+  /**
+   * {@link #scaledUps} for B's stored in the half type they are written in, from their bytes: each
+   * block of an input's rows scaled and rounded in one pass ({@link FloatFormats#scale}), then
+   * placed side by side; the same arithmetic, without float32 arrays.
+   */
+  private static void halfUps(List<ModuleInput> inputs, int rank, boolean float16, ByteBuffer up) {
+    int rows = Math.toIntExact(inputs.get(0).module().outFeatures());
+    int blockRows = Math.max(1, BLOCK / rank);
+    int widest = inputs.stream().mapToInt(input -> input.module().rank()).max().orElseThrow();
+    short[] scaled = new short[blockRows * widest];
+    short[] block = new short[blockRows * rank];
+    ShortBuffer target = up.duplicate().order(ByteOrder.LITTLE_ENDIAN).position(0).asShortBuffer();
+    for (int firstRow = 0; firstRow < rows; firstRow += blockRows) {
+      int count = Math.min(blockRows, rows - firstRow);
+      int column = 0;
+      for (ModuleInput input : inputs) {
+        int inputRank = input.module().rank();
+        float coefficient = (float) (input.weight() * input.scale());
+        short[] into = inputs.size() == 1 ? block : scaled;
+        FloatFormats.scale(float16, input.module().up().bytes(), firstRow * inputRank, coefficient, into, 0, count * inputRank);
+        if (into != block) {
+          for (int row = 0; row < count; row++) {
+            System.arraycopy(scaled, row * inputRank, block, row * rank + column, inputRank);
+          }
+        }
+        column += inputRank;
+      }
+      target.put(firstRow * rank, block, 0, count * rank);
     }
   }
 

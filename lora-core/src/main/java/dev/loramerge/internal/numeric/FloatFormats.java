@@ -299,7 +299,7 @@ public final class FloatFormats {
       int length = Math.min(size, count - start);
       sources[0].get(start, halves, 0, length);
       if (hardware && n == 1) {
-        HardwareHalves.INSTANCE.scale(halves, coefficients[0], result, length);
+        HardwareHalves.INSTANCE.scale(halves, coefficients[0], result, 0, length);
       } else if (hardware && n == 2) {
         sources[1].get(start, second, 0, length);
         HardwareHalves.INSTANCE.sum(halves, coefficients[0], second, coefficients[1], result, length);
@@ -333,6 +333,49 @@ public final class FloatFormats {
       if (hardware) {
         int from = start;
         canonicalNaNs(out, start, result, length, i -> toFloat16(scalarWeightedSum(sources, coefficients, from + i)));
+      }
+    }
+  }
+
+  /**
+   * {@code out[outFirst, outFirst + count)} = the fp16 elements (bf16 when not {@code float16})
+   * of {@code in} (little-endian from index 0) from element {@code first}, times {@code
+   * coefficient}, rounded to float32 then once to the format: {@link #weightedSum} of one input,
+   * into an array.
+   */
+  public static void scale(boolean float16, ByteBuffer in, int first, float coefficient, short[] out, int outFirst, int count) {
+    scale(float16, in, first, coefficient, out, outFirst, count, KERNEL);
+  }
+
+  /** {@link #scale(boolean, ByteBuffer, int, float, short[], int, int)} with {@code kernel}. */
+  static void scale(boolean float16, ByteBuffer in, int first, float coefficient, short[] out, int outFirst, int count, Kernel kernel) {
+    ShortBuffer source = in.duplicate().order(ByteOrder.LITTLE_ENDIAN).position(0).asShortBuffer();
+    Scratch scratch = Scratch.get();
+    short[] halves = scratch.halves;
+    for (int start = 0; start < count; start += CHUNK) {
+      int length = Math.min(CHUNK, count - start);
+      source.get(first + start, halves, 0, length);
+      int at = outFirst + start;
+      if (float16 && kernel == Kernel.HARDWARE) {
+        HardwareHalves.INSTANCE.scale(halves, coefficient, out, at, length);
+        // A NaN comes from a NaN or an infinity among the inputs (or a coefficient that is not
+        // finite), whose bits the CPU treats its own way.
+        if (!Float.isFinite(coefficient) || NonFinite.any(in, first + start, length, true)) {
+          for (int i = 0; i < length; i++) {
+            out[at + i] = toFloat16(float16Value(halves[i]) * coefficient);
+          }
+        }
+      } else if (float16 && kernel == Kernel.VECTOR_API) {
+        int done = VectorHalves.scaleFloat16(halves, coefficient, out, at, length);
+        for (int i = done; i < length; i++) {
+          out[at + i] = toFloat16(float16Value(halves[i]) * coefficient);
+        }
+      } else {
+        float[] values = scratch.values;
+        widen(float16, halves, length, values, 0, kernel);
+        scale(values, length, coefficient);
+        narrow(float16, values, 0, scratch.result, length, kernel);
+        System.arraycopy(scratch.result, 0, out, at, length);
       }
     }
   }

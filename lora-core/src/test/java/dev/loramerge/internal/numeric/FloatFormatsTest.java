@@ -230,6 +230,41 @@ class FloatFormatsTest {
     }
   }
 
+  @Test
+  void scalingGivesTheBitsOfWideningMultiplyingAndNarrowingOnEveryKernel() {
+    // Every bit pattern (NaNs, infinities, subnormals), at an odd offset into the input and the
+    // output, with coefficients that shrink into subnormals, overflow, and are infinite. Not NaN:
+    // which operand's sign a product of two NaNs keeps is the CPU's and the JIT's choice, on
+    // every path alike.
+    int count = 0x10000;
+    ByteBuffer halves = ByteBuffer.allocate(2 * (count + 3)).order(ByteOrder.LITTLE_ENDIAN);
+    for (int i = 0; i < count; i++) {
+      halves.putShort(2 * (i + 3), (short) i);
+    }
+    for (boolean float16 : new boolean[] {true, false}) {
+      for (float coefficient : new float[] {0.7f, -0.35f, 3e-5f, 4096f, 0f, Float.POSITIVE_INFINITY}) {
+        short[] expected = new short[count];
+        for (int i = 0; i < count; i++) {
+          float product = widened(float16, (short) i) * coefficient;
+          expected[i] = float16 ? FloatFormats.toFloat16(product) : FloatFormats.toBFloat16(product);
+        }
+        for (Kernel kernel : kernels()) {
+          for (int round = 0; round < 20; round++) {
+            short[] out = new short[count + 5];
+            FloatFormats.scale(float16, halves, 3, coefficient, out, 5, count, kernel);
+            for (int i = 0; i < count; i++) {
+              if (out[5 + i] != expected[i]) {
+                assertThat(Integer.toHexString(out[5 + i] & 0xffff))
+                    .as("%s 0x%04x times %s, %s, round %d", float16 ? "fp16" : "bf16", i, coefficient, kernel, round)
+                    .isEqualTo(Integer.toHexString(expected[i] & 0xffff));
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+
   private static float widened(boolean float16, short bits) {
     return float16 ? FloatFormats.float16Value(bits) : FloatFormats.fromBFloat16(bits);
   }
