@@ -299,7 +299,7 @@ public final class FloatFormats {
       int length = Math.min(size, count - start);
       sources[0].get(start, halves, 0, length);
       if (hardware && n == 1) {
-        HardwareHalves.INSTANCE.scale(halves, coefficients[0], result, 0, length);
+        HardwareHalves.INSTANCE.scale(halves, coefficients[0], result, length);
       } else if (hardware && n == 2) {
         sources[1].get(start, second, 0, length);
         HardwareHalves.INSTANCE.sum(halves, coefficients[0], second, coefficients[1], result, length);
@@ -357,7 +357,8 @@ public final class FloatFormats {
       source.get(first + start, halves, 0, length);
       int at = outFirst + start;
       if (float16 && kernel == Kernel.HARDWARE) {
-        HardwareHalves.INSTANCE.scale(halves, coefficient, out, at, length);
+        HardwareHalves.INSTANCE.scale(halves, coefficient, scratch.result, length);
+        System.arraycopy(scratch.result, 0, out, at, length);
         // A NaN comes from a NaN or an infinity among the inputs (or a coefficient that is not
         // finite), whose bits the CPU treats its own way.
         if (!Float.isFinite(coefficient) || NonFinite.any(in, first + start, length, true)) {

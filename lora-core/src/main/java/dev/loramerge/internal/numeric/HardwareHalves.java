@@ -42,8 +42,12 @@ interface HardwareHalves {
   /** float32 {@code in[first, first + length)} to fp16 in {@code halves[0, length)}; NaN bits as the CPU gives them. */
   void narrow(float[] in, int first, short[] halves, int length);
 
-  /** {@code out[first, first + length)} = fp16 of {@code coefficient·halves[0, length)}, the product rounded to float32 first. */
-  void scale(short[] halves, float coefficient, short[] out, int first, int length);
+  /**
+   * {@code out[0, length)} = fp16 of {@code coefficient·halves}, the product rounded to float32
+   * first. From index 0: with an offset into one of two short arrays, which might be one array,
+   * C2 leaves the loop scalar.
+   */
+  void scale(short[] halves, float coefficient, short[] out, int length);
 
   /** {@code sum[0, length)} = {@code coefficient·halves} in float32. */
   void scaleInto(short[] halves, float coefficient, float[] sum, int length);

@@ -23,9 +23,9 @@ final class Jdk21Halves implements HardwareHalves {
   }
 
   @Override
-  public void scale(short[] halves, float coefficient, short[] out, int first, int length) {
+  public void scale(short[] halves, float coefficient, short[] out, int length) {
     for (int i = 0; i < length; i++) {
-      out[first + i] = Float.floatToFloat16(Float.float16ToFloat(halves[i]) * coefficient);
+      out[i] = Float.floatToFloat16(Float.float16ToFloat(halves[i]) * coefficient);
     }
   }
 
