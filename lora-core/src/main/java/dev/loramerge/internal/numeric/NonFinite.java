@@ -27,13 +27,16 @@ public final class NonFinite {
     ByteBuffer ordered = bytes.order() == ByteOrder.LITTLE_ENDIAN ? bytes : bytes.duplicate().order(ByteOrder.LITTLE_ENDIAN);
     long exponents = float16 ? FLOAT16_EXPONENTS : BFLOAT16_EXPONENTS;
     long carries = float16 ? FLOAT16_CARRIES : BFLOAT16_CARRIES;
-    long found = 0;
     int start = 2 * first;
     int wordsEnd = start + 8 * (count / 4);
-    for (int position = start; position < wordsEnd; position += 8) {
-      // Adding one below the exponent carries into the element's top bit only from all ones; the
-      // masked fields are at most the exponent, so no carry crosses into the next element.
-      found |= (ordered.getLong(position) & exponents) + carries;
+    // One loop per kind of buffer: C2 compiles getLong to a plain load only for the one or two
+    // buffer classes a call site has seen, and a loop shared by merged outputs (heap), stored
+    // inputs (read-only heap) and mapped files (direct) calls it element by element.
+    long found;
+    if (ordered.isDirect()) {
+      found = ordered.isReadOnly() ? directReadOnly(ordered, start, wordsEnd, exponents, carries) : direct(ordered, start, wordsEnd, exponents, carries);
+    } else {
+      found = ordered.isReadOnly() ? heapReadOnly(ordered, start, wordsEnd, exponents, carries) : heap(ordered, start, wordsEnd, exponents, carries);
     }
     int exponent = float16 ? 0x7c00 : 0x7f80;
     for (int position = wordsEnd; position < start + 2 * count; position += 2) {
@@ -42,5 +45,40 @@ public final class NonFinite {
       }
     }
     return (found & TOP_BITS) != 0;
+  }
+
+  // Adding one below each exponent carries into the element's top bit only from all ones; the
+  // masked fields are at most the exponent, so no carry crosses into the next element.
+
+  private static long heap(ByteBuffer words, int start, int end, long exponents, long carries) {
+    long found = 0;
+    for (int position = start; position < end; position += 8) {
+      found |= (words.getLong(position) & exponents) + carries;
+    }
+    return found;
+  }
+
+  private static long heapReadOnly(ByteBuffer words, int start, int end, long exponents, long carries) {
+    long found = 0;
+    for (int position = start; position < end; position += 8) {
+      found |= (words.getLong(position) & exponents) + carries;
+    }
+    return found;
+  }
+
+  private static long direct(ByteBuffer words, int start, int end, long exponents, long carries) {
+    long found = 0;
+    for (int position = start; position < end; position += 8) {
+      found |= (words.getLong(position) & exponents) + carries;
+    }
+    return found;
+  }
+
+  private static long directReadOnly(ByteBuffer words, int start, int end, long exponents, long carries) {
+    long found = 0;
+    for (int position = start; position < end; position += 8) {
+      found |= (words.getLong(position) & exponents) + carries;
+    }
+    return found;
   }
 }
