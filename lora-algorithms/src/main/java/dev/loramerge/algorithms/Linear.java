@@ -63,19 +63,46 @@ public record Linear() implements MergeAlgorithm {
     if (module.offer().encoding().isPresent()) {
       DType type = module.offer().encoding().get();
       return new ModuleUpdate.Encoded(
-          encodedSum(inputs, upCoefficients, ModuleInput::readUp, type, first.outFeatures(), rank),
-          encodedSum(inputs, downCoefficients, ModuleInput::readDown, type, rank, columns));
+          encodedSum(inputs, upCoefficients, Factor.UP, type, first.outFeatures(), rank),
+          encodedSum(inputs, downCoefficients, Factor.DOWN, type, rank, columns));
     }
     float[] up = new float[Math.toIntExact(Math.multiplyExact(first.outFeatures(), rank))];
     float[] down = new float[Math.toIntExact(Math.multiplyExact(rank, columns))];
-    sum(inputs, upCoefficients, ModuleInput::readUp, up.length, (values, count, start) -> System.arraycopy(values, 0, up, start, count));
-    sum(inputs, downCoefficients, ModuleInput::readDown, down.length, (values, count, start) -> System.arraycopy(values, 0, down, start, count));
+    sum(inputs, upCoefficients, Factor.UP, up.length, (values, count, start) -> System.arraycopy(values, 0, up, start, count));
+    sum(inputs, downCoefficients, Factor.DOWN, down.length, (values, count, start) -> System.arraycopy(values, 0, down, start, count));
     return new ModuleUpdate.Factors(up, down, rank);
   }
 
-  /** Reads a factor's values {@code [first, first + count)} into {@code out[0, count)}. */
-  private interface FactorReader {
-    void read(ModuleInput input, int first, float[] out, int count);
+  /** B or A of every input. */
+  private enum Factor {
+    UP {
+      @Override
+      void read(ModuleInput input, int first, float[] out, int count) {
+        input.readUp(first, out, count);
+      }
+
+      @Override
+      TensorData of(LoraModule module) {
+        return module.up();
+      }
+    },
+    DOWN {
+      @Override
+      void read(ModuleInput input, int first, float[] out, int count) {
+        input.readDown(first, out, count);
+      }
+
+      @Override
+      TensorData of(LoraModule module) {
+        return module.down();
+      }
+    };
+
+    /** Reads the factor's values {@code [first, first + count)} into {@code out[0, count)}. */
+    abstract void read(ModuleInput input, int first, float[] out, int count);
+
+    /** The factor as stored. */
+    abstract TensorData of(LoraModule module);
   }
 
   /** Takes {@code values[0, count)}, the elements of a factor from {@code first} on. */
@@ -83,12 +110,21 @@ public record Linear() implements MergeAlgorithm {
     void put(float[] values, int count, int first);
   }
 
-  /** {@link #sum}, encoded in {@code type} as each block is done: no float32 copy of the factor. */
+  /**
+   * {@link #sum}, encoded in {@code type} as each block is done: no float32 copy of the factor.
+   * Factors all of a half type written in it are summed from their bytes in one pass ({@link
+   * FloatFormats#weightedSum}), the same arithmetic.
+   */
   private static TensorData encodedSum(
-      List<ModuleInput> inputs, float[] coefficients, FactorReader reader, DType type, long rows, long columns) {
+      List<ModuleInput> inputs, float[] coefficients, Factor factor, DType type, long rows, long columns) {
     int count = Math.toIntExact(Math.multiplyExact(rows, columns));
     ByteBuffer out = ByteBuffer.allocate(Math.multiplyExact(count, type.byteSize())).order(ByteOrder.LITTLE_ENDIAN);
-    sum(inputs, coefficients, reader, count, (values, length, first) -> FloatFormats.encode(type, values, length, out, first));
+    if ((type == DType.F16 || type == DType.BF16) && inputs.stream().allMatch(input -> factor.of(input.module()).dtype() == type)) {
+      ByteBuffer[] factors = inputs.stream().map(input -> factor.of(input.module()).bytes()).toArray(ByteBuffer[]::new);
+      FloatFormats.weightedSum(type == DType.F16, factors, coefficients, out, count);
+    } else {
+      sum(inputs, coefficients, factor, count, (values, length, first) -> FloatFormats.encode(type, values, length, out, first));
+    }
     return TensorData.of(type, new long[] {rows, columns}, out);
   }
 
@@ -96,15 +132,15 @@ public record Linear() implements MergeAlgorithm {
    * One factor's sum over {@code inputs} (its {@code count} elements), a block at a time into
    * {@code sink}: each input's values times its coefficient, summed in order in float32.
    */
-  private static void sum(List<ModuleInput> inputs, float[] coefficients, FactorReader reader, int count, Block sink) {
+  private static void sum(List<ModuleInput> inputs, float[] coefficients, Factor factor, int count, Block sink) {
     float[] sum = new float[Math.min(count, BLOCK)];
     float[] values = new float[sum.length];
     for (int first = 0; first < count; first += sum.length) {
       int length = Math.min(sum.length, count - first);
-      reader.read(inputs.get(0), first, sum, length);
+      factor.read(inputs.get(0), first, sum, length);
       scale(sum, length, coefficients[0]);
       for (int i = 1; i < inputs.size(); i++) {
-        reader.read(inputs.get(i), first, values, length);
+        factor.read(inputs.get(i), first, values, length);
         addScaled(sum, values, length, coefficients[i]);
       }
       sink.put(sum, length, first);

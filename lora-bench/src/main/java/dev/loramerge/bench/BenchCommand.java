@@ -159,9 +159,9 @@ public final class BenchCommand {
       LoraFuser one = LoraFuser.of(LoraMerger.builder().add(LoraFiles.read(styleFile), 1.0).build());
       table.time("fuse/file", () -> one.fuseInto(SafetensorsWeights.of(base, fused)), Optional.empty());
       if (lora.isPresent()) {
-        table.command(
-            "command/fuse",
-            List.of(lora.get().toString(), "fuse", "--base", base.toString(), "-o", fused.toString(), styleFile + "=1"));
+        List<String> command = List.of(lora.get().toString(), "fuse", "--base", base.toString(), "-o", fused.toString(), styleFile + "=1");
+        table.command("command/fuse", command, LAUNCHER_CHOICE);
+        table.command("command/fuse/plain", command, plainJava());
       }
       Files.deleteIfExists(fused);
       try (NDManager manager = NDManager.newBaseManager(Device.cpu())) {
@@ -260,10 +260,26 @@ public final class BenchCommand {
         },
         Optional.empty());
     if (lora.isPresent()) {
-      table.command(
-          "command/merge",
-          List.of(lora.get().toString(), "merge", "-o", merged.toString(), "--format", "kohya", styleFile + "=0.7", subjectFile + "=0.5"));
+      List<String> command =
+          List.of(lora.get().toString(), "merge", "-o", merged.toString(), "--format", "kohya", styleFile + "=0.7", subjectFile + "=0.5");
+      table.command("command/merge", command, LAUNCHER_CHOICE);
+      table.command("command/merge/plain", command, plainJava());
     }
+  }
+
+  /**
+   * {@code bin/lora} as it runs by default: the newest Java on the machine, with its class-data
+   * or AOT cache, which the untimed first run makes if it is missing.
+   */
+  private static final Map<String, String> LAUNCHER_CHOICE = Map.of("LORA_CACHE", "sync");
+
+  /**
+   * {@code bin/lora} as it ran before it chose a Java and a cache: the java on the PATH (this
+   * harness's, unless {@code LORA_BENCH_PLAIN_JAVA_HOME} names another), no cache.
+   */
+  private static Map<String, String> plainJava() {
+    String home = Optional.ofNullable(System.getenv("LORA_BENCH_PLAIN_JAVA_HOME")).orElse(System.getProperty("java.home"));
+    return Map.of("LORA_JAVA_HOME", home, "LORA_CACHE", "off");
   }
 
   /** The value of the option before {@code args[i]}, or the usage and exit status 2 when it has none. */

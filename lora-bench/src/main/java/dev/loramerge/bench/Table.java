@@ -7,6 +7,7 @@ import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.List;
+import java.util.Map;
 import java.util.Locale;
 import java.util.Optional;
 import java.util.concurrent.TimeUnit;
@@ -97,15 +98,16 @@ final class Table {
   /**
    * Runs {@code command} as a child process once to warm the page cache and {@code runs} times
    * timed: wall seconds including JVM start, and the child's peak RSS (its VmHWM, read every few
-   * milliseconds until it exits; the last reading is at most that much before the end).
+   * milliseconds until it exits; the last reading is at most that much before the end). {@code
+   * environment} is added to the child's.
    */
-  void command(String name, List<String> command) throws IOException {
-    runCommand(command);
+  void command(String name, List<String> command, Map<String, String> environment) throws IOException {
+    runCommand(command, environment);
     double[] seconds = new double[runs];
     long peakRss = 0;
     for (int run = 0; run < runs; run++) {
       long start = System.nanoTime();
-      peakRss = Math.max(peakRss, runCommand(command));
+      peakRss = Math.max(peakRss, runCommand(command, environment));
       seconds[run] = (System.nanoTime() - start) / 1e9;
     }
     Arrays.sort(seconds);
@@ -118,10 +120,12 @@ final class Table {
    * Runs {@code command} to completion; its peak RSS in MiB. Its output goes to a temporary file,
    * not a pipe nobody drains, so that a failure can quote its last lines.
    */
-  private static long runCommand(List<String> command) throws IOException {
+  private static long runCommand(List<String> command, Map<String, String> environment) throws IOException {
     Path log = Files.createTempFile("lora-bench-command", ".log");
     try {
-      Process process = new ProcessBuilder(command).redirectErrorStream(true).redirectOutput(log.toFile()).start();
+      ProcessBuilder builder = new ProcessBuilder(command).redirectErrorStream(true).redirectOutput(log.toFile());
+      builder.environment().putAll(environment);
+      Process process = builder.start();
       Path status = Path.of("/proc", Long.toString(process.pid()), "status");
       long peak = 0;
       try {

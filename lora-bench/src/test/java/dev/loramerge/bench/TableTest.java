@@ -77,10 +77,20 @@ class TableTest {
   }
 
   @Test
+  void aCommandRunsWithTheEnvironmentItIsGiven() throws IOException {
+    Table table = new Table(1);
+    table.command("command/env", List.of("sh", "-c", "test \"$LORA_CACHE\" = sync"), Map.of("LORA_CACHE", "sync"));
+    assertThatThrownBy(() -> table.command("command/env", List.of("sh", "-c", "test \"$LORA_CACHE\" = sync"), Map.of("LORA_CACHE", "off")))
+        .as("the child sees the variable's value: the test in it fails with another")
+        .isInstanceOf(IOException.class)
+        .hasMessageContaining("exited with 1");
+  }
+
+  @Test
   void aFailingCommandIsReportedWithItsExitCodeAndLastLines() {
     List<String> command =
         List.of("sh", "-c", "echo progress; echo one; echo two; echo 'lora: base.safetensors: tensor w is F64, expected F16' >&2; exit 3");
-    assertThatThrownBy(() -> new Table(1).command("command/fuse", command))
+    assertThatThrownBy(() -> new Table(1).command("command/fuse", command, Map.of()))
         .isInstanceOf(IOException.class)
         .satisfies(
             e ->

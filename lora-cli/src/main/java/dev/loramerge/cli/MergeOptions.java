@@ -1,5 +1,6 @@
 package dev.loramerge.cli;
 
+import com.google.common.base.Throwables;
 import dev.loramerge.LoraAdapter;
 import dev.loramerge.LoraMergeException;
 import dev.loramerge.algorithms.MajoritySign;
@@ -15,6 +16,7 @@ import dev.loramerge.merge.PostPrune;
 import dev.loramerge.merge.RankRule;
 import java.io.IOException;
 import java.io.InputStream;
+import java.io.InterruptedIOException;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.security.DigestInputStream;
@@ -28,6 +30,8 @@ import java.util.List;
 import java.util.Locale;
 import java.util.Map;
 import java.util.OptionalDouble;
+import java.util.concurrent.ExecutionException;
+import java.util.concurrent.FutureTask;
 import java.util.stream.Collectors;
 import picocli.CommandLine.Model.CommandSpec;
 import picocli.CommandLine.Option;
@@ -136,6 +140,16 @@ final class MergeOptions {
     }
     Map<Integer, String> blocksByInput = blocksByInput();
     List<Object> files = new ArrayList<>();
+    // The digests are read while the inputs' headers are parsed, each file on a thread of its own:
+    // hashing them one after the other took a quarter of a merge command's time.
+    List<FutureTask<String>> digests = new ArrayList<>();
+    for (WeightedInput input : inputs) {
+      FutureTask<String> digest = new FutureTask<>(() -> sha256(input.path()));
+      Thread thread = new Thread(digest, "lora-sha256");
+      thread.setDaemon(true);
+      thread.start();
+      digests.add(digest);
+    }
     for (int i = 0; i < inputs.size(); i++) {
       WeightedInput input = inputs.get(i);
       LoraAdapter adapter = LoraFiles.read(input.path(), readOptions);
@@ -149,7 +163,7 @@ final class MergeOptions {
       }
       Map<String, Object> file = new LinkedHashMap<>();
       file.put("path", input.path().getFileName().toString());
-      file.put("sha256", sha256(input.path()));
+      file.put("sha256", digest(digests.get(i)));
       file.put("weight", input.weight());
       files.add(file);
     }
@@ -203,6 +217,20 @@ final class MergeOptions {
   }
 
   /** The SHA-256 of an input file (of the weights file, for a folder), in hex. */
+  /** The digest {@code task} computed, its IOException rethrown as it was. */
+  private static String digest(FutureTask<String> task) throws IOException {
+    try {
+      return task.get();
+    } catch (InterruptedException e) {
+      Thread.currentThread().interrupt();
+      throw new InterruptedIOException("interrupted while hashing the inputs");
+    } catch (ExecutionException e) {
+      Throwables.throwIfInstanceOf(e.getCause(), IOException.class);
+      Throwables.throwIfUnchecked(e.getCause());
+      throw new IllegalStateException(e.getCause());
+    }
+  }
+
   static String sha256(Path input) throws IOException {
     Path file = Files.isDirectory(input) ? weightsIn(input) : input;
     MessageDigest digest;

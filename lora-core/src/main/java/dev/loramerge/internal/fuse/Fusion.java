@@ -10,6 +10,7 @@ import dev.loramerge.DType;
 import dev.loramerge.LoraMergeException;
 import dev.loramerge.internal.linalg.NdArrays;
 import dev.loramerge.internal.numeric.FloatFormats;
+import dev.loramerge.internal.numeric.NonFinite;
 import dev.loramerge.internal.numeric.VectorHalves;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
@@ -164,12 +165,18 @@ public final class Fusion {
       case F16:
       case BF16: {
         short exponent = (short) (dtype == DType.F16 ? 0x7C00 : 0x7F80);
-        ShortBuffer halves = ordered.asShortBuffer();
-        // In chunks, not one copy of the whole: a merge checks every factor it makes.
-        short[] chunk = new short[Math.min(halves.remaining(), 1 << 13)];
-        for (int first = 0; halves.hasRemaining(); first += chunk.length) {
-          int length = Math.min(chunk.length, halves.remaining());
-          halves.get(chunk, 0, length);
+        int count = ordered.remaining() / 2;
+        ByteBuffer elements = ordered.slice().order(ByteOrder.LITTLE_ENDIAN);
+        ShortBuffer halves = elements.asShortBuffer();
+        // A chunk at a time, each checked four elements to a long; only a chunk that has one is
+        // searched element by element.
+        short[] chunk = new short[Math.min(count, 1 << 13)];
+        for (int first = 0; first < count; first += chunk.length) {
+          int length = Math.min(chunk.length, count - first);
+          if (!NonFinite.any(elements, first, length, dtype == DType.F16)) {
+            continue;
+          }
+          halves.get(first, chunk, 0, length);
           for (int i = vectorized ? VectorHalves.nonFiniteSearchStart(chunk, length, exponent) : 0; i < length; i++) {
             if ((chunk[i] & exponent) == exponent) {
               return first + i;

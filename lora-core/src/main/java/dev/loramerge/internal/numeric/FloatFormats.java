@@ -43,13 +43,52 @@ public final class FloatFormats {
   }
 
   /**
-   * Whether the bulk conversions run on the Vector API: the module {@code jdk.incubator.vector}
+   * Whether the bulk conversions can run on the Vector API: the module {@code jdk.incubator.vector}
    * is in the boot layer ({@code --add-modules jdk.incubator.vector}) and vectors are wide enough.
    */
   public static final boolean VECTOR_API =
       ModuleLayer.boot().findModule("jdk.incubator.vector").isPresent() && VectorHalves.pays();
 
+  /** How the bulk conversions run; every kernel gives the scalar conversions' bits. */
+  enum Kernel {
+    /** Table reads and integer rounding, element by element. */
+    SCALAR,
+    /** {@link VectorHalves}: the Vector API's bit manipulation (JDK 17 and later, with the module). */
+    VECTOR_API,
+    /**
+     * {@link HardwareHalves} for fp16 (JDK 21 and later), {@link VectorHalves} for bf16 where the
+     * module is there, else scalar.
+     */
+    HARDWARE
+  }
+
+  /** The fastest kernel this JVM has. */
+  static final Kernel KERNEL = HardwareHalves.AVAILABLE ? Kernel.HARDWARE : VECTOR_API ? Kernel.VECTOR_API : Kernel.SCALAR;
+
+  /** A one-word name of the bulk conversions' kernel, for diagnostics. */
+  public static String kernel() {
+    return KERNEL.name().toLowerCase(java.util.Locale.ROOT).replace('_', ' ');
+  }
+
   private FloatFormats() {}
+
+  /**
+   * Each thread's chunks for the bulk conversions: allocating them per call cost as much as
+   * converting a chunk of 4096 elements on the JDK's conversions.
+   */
+  private static final class Scratch {
+    private static final ThreadLocal<Scratch> OF_THREAD = ThreadLocal.withInitial(Scratch::new);
+
+    final short[] halves = new short[CHUNK];
+    final short[] second = new short[CHUNK];
+    final short[] result = new short[CHUNK];
+    final float[] sum = new float[CHUNK];
+    final float[] values = new float[CHUNK];
+
+    static Scratch get() {
+      return OF_THREAD.get();
+    }
+  }
 
   /** The fp16 value with bits {@code bits} (low 16 bits used). */
   public static double fromFloat16(int bits) {
@@ -110,31 +149,51 @@ public final class FloatFormats {
    * element {@code first} into {@code out[0, count)}, exactly.
    */
   public static void widen(boolean float16, ByteBuffer in, int first, float[] out, int count) {
-    widen(float16, in, first, out, count, VECTOR_API);
+    widen(float16, in, first, out, count, KERNEL);
+  }
+
+  /** Widens {@code out.length} values from index 0 of {@code in} with {@code kernel} (for tests of every path). */
+  static void widen(boolean float16, ByteBuffer in, float[] out, Kernel kernel) {
+    widen(float16, in, 0, out, out.length, kernel);
+  }
+
+  private static void widen(boolean float16, ByteBuffer in, int first, float[] out, int count, Kernel kernel) {
+    // Bulk copies into a primitive array: indexed reads of a read-only buffer cost ~4 ns each.
+    ShortBuffer halves = in.duplicate().order(ByteOrder.LITTLE_ENDIAN).position(0).asShortBuffer();
+    short[] chunk = Scratch.get().halves;
+    for (int start = 0; start < count; start += CHUNK) {
+      int length = Math.min(CHUNK, count - start);
+      halves.get(first + start, chunk, 0, length);
+      if (float16 && kernel == Kernel.HARDWARE) {
+        HardwareHalves.INSTANCE.widen(chunk, length, out, start);
+        if (NonFinite.any(in, first + start, length, true)) {
+          // The CPU quiets signalling NaNs; the library keeps every NaN's bits.
+          for (int i = 0; i < length; i++) {
+            out[start + i] = float16Value(chunk[i]);
+          }
+        }
+      } else {
+        widen(float16, chunk, length, out, start, kernel);
+      }
+    }
   }
 
   /**
-   * Widens {@code out.length} values from index 0 of {@code in}, with or without the Vector API
-   * (for tests of both paths).
+   * Widens {@code chunk[0, length)} into {@code out} from {@code start} with {@code kernel}, but
+   * never {@link HardwareHalves}, whose callers check for NaN in the buffer.
    */
-  static void widen(boolean float16, ByteBuffer in, float[] out, boolean vectorized) {
-    widen(float16, in, 0, out, out.length, vectorized);
+  private static void widen(boolean float16, short[] chunk, int length, float[] out, int start, Kernel kernel) {
+    int done = vectorApi(kernel)
+        ? float16 ? VectorHalves.widenFloat16(chunk, length, out, start) : VectorHalves.widenBFloat16(chunk, length, out, start)
+        : 0;
+    for (int i = done; i < length; i++) {
+      out[start + i] = float16 ? float16Value(chunk[i]) : Float.intBitsToFloat(chunk[i] << 16);
+    }
   }
 
-  private static void widen(boolean float16, ByteBuffer in, int first, float[] out, int count, boolean vectorized) {
-    // Bulk copies into a primitive array: indexed reads of a read-only buffer cost ~4 ns each.
-    ShortBuffer halves = in.duplicate().order(ByteOrder.LITTLE_ENDIAN).position(0).asShortBuffer();
-    short[] chunk = new short[Math.min(count, CHUNK)];
-    for (int start = 0; start < count; start += chunk.length) {
-      int length = Math.min(chunk.length, count - start);
-      halves.get(first + start, chunk, 0, length);
-      int done = vectorized
-          ? float16 ? VectorHalves.widenFloat16(chunk, length, out, start) : VectorHalves.widenBFloat16(chunk, length, out, start)
-          : 0;
-      for (int i = done; i < length; i++) {
-        out[start + i] = float16 ? float16Value(chunk[i]) : Float.intBitsToFloat(chunk[i] << 16);
-      }
-    }
+  /** Whether {@code kernel} runs {@link VectorHalves}' kernels (the hardware kernel does for bf16 where it can). */
+  private static boolean vectorApi(Kernel kernel) {
+    return kernel == Kernel.VECTOR_API || kernel == Kernel.HARDWARE && VECTOR_API;
   }
 
   /**
@@ -142,7 +201,7 @@ public final class FloatFormats {
    * little-endian from index 0.
    */
   public static void narrow(boolean float16, float[] in, ByteBuffer out) {
-    narrow(float16, in, in.length, out, 0, VECTOR_API);
+    narrow(float16, in, in.length, out, 0, KERNEL);
   }
 
   /**
@@ -150,26 +209,197 @@ public final class FloatFormats {
    * little-endian from element {@code first}.
    */
   public static void narrow(boolean float16, float[] in, int count, ByteBuffer out, int first) {
-    narrow(float16, in, count, out, first, VECTOR_API);
+    narrow(float16, in, count, out, first, KERNEL);
   }
 
-  /** {@link #narrow(boolean, float[], ByteBuffer)} with or without the Vector API. */
-  static void narrow(boolean float16, float[] in, ByteBuffer out, boolean vectorized) {
-    narrow(float16, in, in.length, out, 0, vectorized);
+  /** {@link #narrow(boolean, float[], ByteBuffer)} with {@code kernel}. */
+  static void narrow(boolean float16, float[] in, ByteBuffer out, Kernel kernel) {
+    narrow(float16, in, in.length, out, 0, kernel);
   }
 
-  private static void narrow(boolean float16, float[] in, int count, ByteBuffer out, int first, boolean vectorized) {
+  private static void narrow(boolean float16, float[] in, int count, ByteBuffer out, int first, Kernel kernel) {
     ShortBuffer halves = out.duplicate().order(ByteOrder.LITTLE_ENDIAN).position(0).asShortBuffer();
-    short[] chunk = new short[Math.min(count, CHUNK)];
-    for (int start = 0; start < count; start += chunk.length) {
-      int length = Math.min(chunk.length, count - start);
-      int done = vectorized
-          ? float16 ? VectorHalves.narrowFloat16(in, start, chunk, length) : VectorHalves.narrowBFloat16(in, start, chunk, length)
-          : 0;
-      for (int i = done; i < length; i++) {
-        chunk[i] = float16 ? toFloat16(in[start + i]) : toBFloat16(in[start + i]);
+    short[] chunk = Scratch.get().halves;
+    for (int start = 0; start < count; start += CHUNK) {
+      int length = Math.min(CHUNK, count - start);
+      if (float16 && kernel == Kernel.HARDWARE) {
+        HardwareHalves.INSTANCE.narrow(in, start, chunk, length);
+        halves.put(first + start, chunk, 0, length);
+        int from = start;
+        canonicalNaNs(out, first + start, chunk, length, i -> toFloat16(in[from + i]));
+      } else {
+        narrow(float16, in, start, chunk, length, kernel);
+        halves.put(first + start, chunk, 0, length);
       }
-      halves.put(first + start, chunk, 0, length);
+    }
+  }
+
+  /**
+   * Rounds {@code in[start, start + length)} into {@code chunk[0, length)} with {@code kernel},
+   * but never {@link HardwareHalves}, whose callers check for NaN in the buffer.
+   */
+  private static void narrow(boolean float16, float[] in, int start, short[] chunk, int length, Kernel kernel) {
+    int done = vectorApi(kernel)
+        ? float16 ? VectorHalves.narrowFloat16(in, start, chunk, length) : VectorHalves.narrowBFloat16(in, start, chunk, length)
+        : 0;
+    for (int i = done; i < length; i++) {
+      chunk[i] = float16 ? toFloat16(in[start + i]) : toBFloat16(in[start + i]);
+    }
+  }
+
+  /** The fp16 bits of element {@code i} of a chunk, computed on the scalar path. */
+  private interface ScalarHalf {
+    short of(int i);
+  }
+
+  /**
+   * Replaces the NaNs among the fp16 {@code chunk[0, length)} that {@link HardwareHalves} made,
+   * and {@code out} holds from element {@code first}, with {@code scalar}'s bits: the CPU keeps
+   * part of a NaN's payload, the library gives the quiet NaN 0x7e00 with the sign.
+   */
+  private static void canonicalNaNs(ByteBuffer out, int first, short[] chunk, int length, ScalarHalf scalar) {
+    if (NonFinite.any(out, first, length, true)) {
+      ByteBuffer ordered = out.duplicate().order(ByteOrder.LITTLE_ENDIAN);
+      for (int i = 0; i < length; i++) {
+        if ((chunk[i] & 0x7fff) > 0x7c00) {
+          ordered.putShort(2 * (first + i), scalar.of(i));
+        }
+      }
+    }
+  }
+
+  /**
+   * The weighted sum of fp16 tensors (bf16 when not {@code float16}) {@code inputs}, elements
+   * {@code [0, count)}, rounded once into {@code out} (little-endian, from element 0): each
+   * element times its coefficient rounded to float32, the products summed in order in float32,
+   * as {@link #widen} of every input then {@code sum = x₀·c₀; sum += xₖ·cₖ} then {@link #narrow}
+   * would, without their float32 arrays: one pass over the inputs and the output.
+   */
+  public static void weightedSum(boolean float16, ByteBuffer[] inputs, float[] coefficients, ByteBuffer out, int count) {
+    weightedSum(float16, inputs, coefficients, out, count, KERNEL);
+  }
+
+  /** {@link #weightedSum(boolean, ByteBuffer[], float[], ByteBuffer, int)} with {@code kernel}. */
+  static void weightedSum(boolean float16, ByteBuffer[] inputs, float[] coefficients, ByteBuffer out, int count, Kernel kernel) {
+    int n = inputs.length;
+    ShortBuffer[] sources = new ShortBuffer[n];
+    for (int k = 0; k < n; k++) {
+      sources[k] = inputs[k].duplicate().order(ByteOrder.LITTLE_ENDIAN).position(0).asShortBuffer();
+    }
+    ShortBuffer target = out.duplicate().order(ByteOrder.LITTLE_ENDIAN).position(0).asShortBuffer();
+    int size = CHUNK;
+    Scratch scratch = Scratch.get();
+    short[] halves = scratch.halves;
+    short[] second = scratch.second;
+    short[] result = scratch.result;
+    float[] sum = scratch.sum;
+    float[] values = scratch.values;
+    boolean hardware = float16 && kernel == Kernel.HARDWARE;
+    for (int start = 0; start < count; start += size) {
+      int length = Math.min(size, count - start);
+      sources[0].get(start, halves, 0, length);
+      if (hardware && n == 1) {
+        HardwareHalves.INSTANCE.scale(halves, coefficients[0], result, length);
+      } else if (hardware && n == 2) {
+        sources[1].get(start, second, 0, length);
+        HardwareHalves.INSTANCE.sum(halves, coefficients[0], second, coefficients[1], result, length);
+      } else if (hardware) {
+        HardwareHalves.INSTANCE.scaleInto(halves, coefficients[0], sum, length);
+        for (int k = 1; k < n - 1; k++) {
+          sources[k].get(start, halves, 0, length);
+          HardwareHalves.INSTANCE.addScaled(halves, coefficients[k], sum, length);
+        }
+        sources[n - 1].get(start, halves, 0, length);
+        HardwareHalves.INSTANCE.finish(sum, halves, coefficients[n - 1], result, length);
+      } else if (float16 && n == 2 && kernel == Kernel.VECTOR_API) {
+        sources[1].get(start, second, 0, length);
+        int done = VectorHalves.sumFloat16(halves, coefficients[0], second, coefficients[1], result, length);
+        for (int i = done; i < length; i++) {
+          float value = float16Value(halves[i]) * coefficients[0];
+          value += float16Value(second[i]) * coefficients[1];
+          result[i] = toFloat16(value);
+        }
+      } else {
+        widen(float16, halves, length, sum, 0, kernel);
+        scale(sum, length, coefficients[0]);
+        for (int k = 1; k < n; k++) {
+          sources[k].get(start, halves, 0, length);
+          widen(float16, halves, length, values, 0, kernel);
+          addScaled(sum, values, length, coefficients[k]);
+        }
+        narrow(float16, sum, 0, result, length, kernel);
+      }
+      target.put(start, result, 0, length);
+      if (hardware) {
+        int from = start;
+        canonicalNaNs(out, start, result, length, i -> toFloat16(scalarWeightedSum(sources, coefficients, from + i)));
+      }
+    }
+  }
+
+  /**
+   * {@code out[outFirst, outFirst + count)} = the fp16 elements (bf16 when not {@code float16})
+   * of {@code in} (little-endian from index 0) from element {@code first}, times {@code
+   * coefficient}, rounded to float32 then once to the format: {@link #weightedSum} of one input,
+   * into an array.
+   */
+  public static void scale(boolean float16, ByteBuffer in, int first, float coefficient, short[] out, int outFirst, int count) {
+    scale(float16, in, first, coefficient, out, outFirst, count, KERNEL);
+  }
+
+  /** {@link #scale(boolean, ByteBuffer, int, float, short[], int, int)} with {@code kernel}. */
+  static void scale(boolean float16, ByteBuffer in, int first, float coefficient, short[] out, int outFirst, int count, Kernel kernel) {
+    ShortBuffer source = in.duplicate().order(ByteOrder.LITTLE_ENDIAN).position(0).asShortBuffer();
+    Scratch scratch = Scratch.get();
+    short[] halves = scratch.halves;
+    for (int start = 0; start < count; start += CHUNK) {
+      int length = Math.min(CHUNK, count - start);
+      source.get(first + start, halves, 0, length);
+      int at = outFirst + start;
+      if (float16 && kernel == Kernel.HARDWARE) {
+        HardwareHalves.INSTANCE.scale(halves, coefficient, scratch.result, length);
+        System.arraycopy(scratch.result, 0, out, at, length);
+        // A NaN comes from a NaN or an infinity among the inputs (or a coefficient that is not
+        // finite), whose bits the CPU treats its own way.
+        if (!Float.isFinite(coefficient) || NonFinite.any(in, first + start, length, true)) {
+          for (int i = 0; i < length; i++) {
+            out[at + i] = toFloat16(float16Value(halves[i]) * coefficient);
+          }
+        }
+      } else if (float16 && kernel == Kernel.VECTOR_API) {
+        int done = VectorHalves.scaleFloat16(halves, coefficient, out, at, length);
+        for (int i = done; i < length; i++) {
+          out[at + i] = toFloat16(float16Value(halves[i]) * coefficient);
+        }
+      } else {
+        float[] values = scratch.values;
+        widen(float16, halves, length, values, 0, kernel);
+        scale(values, length, coefficient);
+        narrow(float16, values, 0, scratch.result, length, kernel);
+        System.arraycopy(scratch.result, 0, out, at, length);
+      }
+    }
+  }
+
+  /** Element {@code index} of a weighted sum of fp16 tensors, on the scalar path. */
+  private static float scalarWeightedSum(ShortBuffer[] sources, float[] coefficients, int index) {
+    float value = float16Value(sources[0].get(index)) * coefficients[0];
+    for (int k = 1; k < sources.length; k++) {
+      value += float16Value(sources[k].get(index)) * coefficients[k];
+    }
+    return value;
+  }
+
+  // The loops are methods of their own so that C2 vectorizes them.
+  private static void scale(float[] values, int length, float coefficient) {
+    for (int i = 0; i < length; i++) {
+      values[i] *= coefficient;
+    }
+  }
+
+  private static void addScaled(float[] sum, float[] values, int length, float coefficient) {
+    for (int i = 0; i < length; i++) {
+      sum[i] += values[i] * coefficient;
     }
   }
 
@@ -199,16 +429,16 @@ public final class FloatFormats {
    * float32 value {@linkplain #mayRoundTwice may have rounded twice}.
    */
   public static void narrow(boolean float16, double[] in, ByteBuffer out) {
-    narrow(float16, in, out, VECTOR_API);
+    narrow(float16, in, out, KERNEL);
   }
 
-  /** {@link #narrow(boolean, double[], ByteBuffer)} with or without the Vector API. */
-  static void narrow(boolean float16, double[] in, ByteBuffer out, boolean vectorized) {
+  /** {@link #narrow(boolean, double[], ByteBuffer)} with {@code kernel}. */
+  static void narrow(boolean float16, double[] in, ByteBuffer out, Kernel kernel) {
     float[] single = new float[in.length];
     for (int i = 0; i < in.length; i++) {
       single[i] = (float) in[i];
     }
-    narrow(float16, single, out, vectorized);
+    narrow(float16, single, out, kernel);
     ByteBuffer ordered = out.duplicate().order(ByteOrder.LITTLE_ENDIAN);
     for (int i = 0; i < in.length; i++) {
       if (mayRoundTwice(float16, single[i])) {

@@ -80,6 +80,77 @@ public final class VectorHalves {
     return done;
   }
 
+  /**
+   * {@code out} = fp16 of {@code first·a + second·b} for fp16 {@code a} and {@code b}, each product
+   * and their sum rounded to float32 ({@link #widenFloat16}, then {@link #narrowFloat16} of the
+   * sum), in one pass: the float32 values never leave the registers.
+   */
+  public static int sumFloat16(short[] a, float first, short[] b, float second, short[] out, int length) {
+    int lanes = FLOATS.length();
+    int done = length - length % lanes;
+    FloatVector half = FloatVector.broadcast(FLOATS, 0.5f);
+    for (int i = 0; i < done; i += lanes) {
+      IntVector left = (IntVector) ShortVector.fromArray(SHORTS, a, i).convertShape(VectorOperators.S2I, INTS, 0);
+      IntVector leftMagnitude = left.and(0x7fff);
+      IntVector leftFinite = (IntVector) ((FloatVector) leftMagnitude.lanewise(VectorOperators.LSHL, 13).reinterpretShape(FLOATS, 0))
+          .mul(0x1p112f).reinterpretShape(INTS, 0);
+      IntVector leftBits = leftFinite
+          .blend(leftMagnitude.lanewise(VectorOperators.LSHL, 13).or(0x7f800000), leftMagnitude.compare(VectorOperators.GE, 0x7c00))
+          .or(left.and(0x8000).lanewise(VectorOperators.LSHL, 16));
+      IntVector right = (IntVector) ShortVector.fromArray(SHORTS, b, i).convertShape(VectorOperators.S2I, INTS, 0);
+      IntVector rightMagnitude = right.and(0x7fff);
+      IntVector rightFinite = (IntVector) ((FloatVector) rightMagnitude.lanewise(VectorOperators.LSHL, 13).reinterpretShape(FLOATS, 0))
+          .mul(0x1p112f).reinterpretShape(INTS, 0);
+      IntVector rightBits = rightFinite
+          .blend(rightMagnitude.lanewise(VectorOperators.LSHL, 13).or(0x7f800000), rightMagnitude.compare(VectorOperators.GE, 0x7c00))
+          .or(right.and(0x8000).lanewise(VectorOperators.LSHL, 16));
+      FloatVector sum = ((FloatVector) leftBits.reinterpretShape(FLOATS, 0)).mul(first)
+          .add(((FloatVector) rightBits.reinterpretShape(FLOATS, 0)).mul(second));
+      IntVector bits = (IntVector) sum.reinterpretShape(INTS, 0);
+      IntVector magnitude = bits.and(0x7fffffff);
+      IntVector normal = magnitude.sub((112 << 23) - 0xfff).add(magnitude.lanewise(VectorOperators.LSHR, 13).and(1))
+          .lanewise(VectorOperators.LSHR, 13);
+      IntVector subnormal = ((IntVector) ((FloatVector) magnitude.reinterpretShape(FLOATS, 0)).add(half).reinterpretShape(INTS, 0)).sub(0x3f000000);
+      IntVector rounded = subnormal.blend(normal, magnitude.compare(VectorOperators.GE, 0x38800000))
+          .blend(IntVector.broadcast(INTS, 0x7c00), magnitude.compare(VectorOperators.GE, 0x477ff000))
+          .blend(IntVector.broadcast(INTS, 0x7e00), magnitude.compare(VectorOperators.GT, 0x7f800000))
+          .or(bits.lanewise(VectorOperators.LSHR, 16).and(0x8000));
+      ((ShortVector) rounded.convertShape(VectorOperators.I2S, SHORTS, 0)).intoArray(out, i);
+    }
+    return done;
+  }
+
+  /**
+   * {@code out[first, first + done)} = fp16 of {@code coefficient·halves}, the product rounded to
+   * float32 ({@link #widenFloat16}, then {@link #narrowFloat16}), in one pass; returns {@code done}.
+   */
+  public static int scaleFloat16(short[] halves, float coefficient, short[] out, int first, int length) {
+    int lanes = FLOATS.length();
+    int done = length - length % lanes;
+    FloatVector half = FloatVector.broadcast(FLOATS, 0.5f);
+    for (int i = 0; i < done; i += lanes) {
+      IntVector in = (IntVector) ShortVector.fromArray(SHORTS, halves, i).convertShape(VectorOperators.S2I, INTS, 0);
+      IntVector inMagnitude = in.and(0x7fff);
+      IntVector inFinite = (IntVector) ((FloatVector) inMagnitude.lanewise(VectorOperators.LSHL, 13).reinterpretShape(FLOATS, 0))
+          .mul(0x1p112f).reinterpretShape(INTS, 0);
+      IntVector inBits = inFinite
+          .blend(inMagnitude.lanewise(VectorOperators.LSHL, 13).or(0x7f800000), inMagnitude.compare(VectorOperators.GE, 0x7c00))
+          .or(in.and(0x8000).lanewise(VectorOperators.LSHL, 16));
+      FloatVector product = ((FloatVector) inBits.reinterpretShape(FLOATS, 0)).mul(coefficient);
+      IntVector bits = (IntVector) product.reinterpretShape(INTS, 0);
+      IntVector magnitude = bits.and(0x7fffffff);
+      IntVector normal = magnitude.sub((112 << 23) - 0xfff).add(magnitude.lanewise(VectorOperators.LSHR, 13).and(1))
+          .lanewise(VectorOperators.LSHR, 13);
+      IntVector subnormal = ((IntVector) ((FloatVector) magnitude.reinterpretShape(FLOATS, 0)).add(half).reinterpretShape(INTS, 0)).sub(0x3f000000);
+      IntVector rounded = subnormal.blend(normal, magnitude.compare(VectorOperators.GE, 0x38800000))
+          .blend(IntVector.broadcast(INTS, 0x7c00), magnitude.compare(VectorOperators.GE, 0x477ff000))
+          .blend(IntVector.broadcast(INTS, 0x7e00), magnitude.compare(VectorOperators.GT, 0x7f800000))
+          .or(bits.lanewise(VectorOperators.LSHR, 16).and(0x8000));
+      ((ShortVector) rounded.convertShape(VectorOperators.I2S, SHORTS, 0)).intoArray(out, first + i);
+    }
+    return done;
+  }
+
   /** bf16 to float32, exactly, as {@link #widenFloat16}: the bits are float32's upper half. */
   public static int widenBFloat16(short[] halves, int length, float[] out, int first) {
     int lanes = FLOATS.length();

@@ -3,8 +3,11 @@ package dev.loramerge.internal.numeric;
 import static org.assertj.core.api.Assertions.assertThat;
 
 import dev.loramerge.internal.linalg.Randoms;
+import dev.loramerge.internal.numeric.FloatFormats.Kernel;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
+import java.util.ArrayList;
+import java.util.List;
 import java.util.SplittableRandom;
 import org.junit.jupiter.api.Test;
 
@@ -65,11 +68,29 @@ class FloatFormatsTest {
     }
   }
 
+  /** Every kernel this JVM can run: scalar, the Vector API (surefire adds the module), the JDK's conversions from JDK 21. */
+  private static List<Kernel> kernels() {
+    List<Kernel> kernels = new ArrayList<>(List.of(Kernel.SCALAR, Kernel.VECTOR_API));
+    if (HardwareHalves.AVAILABLE) {
+      kernels.add(Kernel.HARDWARE);
+    }
+    return kernels;
+  }
+
   @Test
-  void bulkConversionsGiveTheScalarBitsWithAndWithoutTheVectorApi() {
+  void theJdksConversionsAreUsedFromJdk21() {
     assertThat(FloatFormats.VECTOR_API).as("surefire's argLine adds jdk.incubator.vector; without it this tests one path").isTrue();
+    assertThat(HardwareHalves.AVAILABLE)
+        .as("Float.float16ToFloat and floatToFloat16 on Java %s", Runtime.version())
+        .isEqualTo(Runtime.version().feature() >= 21);
+    assertThat(FloatFormats.KERNEL).isEqualTo(HardwareHalves.AVAILABLE ? Kernel.HARDWARE : Kernel.VECTOR_API);
+  }
+
+  @Test
+  void bulkConversionsGiveTheScalarBitsOnEveryKernel() {
     SplittableRandom random = new SplittableRandom(8);
-    // Every fp16/bf16 bit pattern, and random float bits with an odd count for a scalar tail.
+    // Every fp16/bf16 bit pattern (NaNs with every payload, signalling ones included), and random
+    // float bits with an odd count for a scalar tail.
     int count = 0x10000 + 37;
     ByteBuffer halves = ByteBuffer.allocate(count * 2).order(ByteOrder.LITTLE_ENDIAN);
     float[] floats = new float[count];
@@ -80,20 +101,20 @@ class FloatFormatsTest {
     ByteBuffer readOnly = halves.asReadOnlyBuffer().order(ByteOrder.LITTLE_ENDIAN);
     for (boolean float16 : new boolean[] {true, false}) {
       String format = float16 ? "fp16" : "bf16";
-      for (boolean vectorized : new boolean[] {true, false}) {
+      for (Kernel kernel : kernels()) {
         float[] widened = new float[count];
-        FloatFormats.widen(float16, readOnly, widened, vectorized);
+        FloatFormats.widen(float16, readOnly, widened, kernel);
         ByteBuffer narrowed = ByteBuffer.allocate(count * 2).order(ByteOrder.LITTLE_ENDIAN);
-        FloatFormats.narrow(float16, floats, narrowed, vectorized);
+        FloatFormats.narrow(float16, floats, narrowed, kernel);
         for (int i = 0; i < count; i++) {
           int bits = i & 0xffff;
           float expected = float16 ? FloatFormats.float16Value(bits) : FloatFormats.fromBFloat16(bits);
           assertThat(Float.floatToRawIntBits(widened[i]))
-              .as("%s bits 0x%04x widened, vectorized %s", format, bits, vectorized)
+              .as("%s bits 0x%04x widened, %s", format, bits, kernel)
               .isEqualTo(Float.floatToRawIntBits(expected));
           short rounded = float16 ? FloatFormats.toFloat16(floats[i]) : FloatFormats.toBFloat16(floats[i]);
           assertThat(narrowed.getShort(i * 2))
-              .as("%s of %s (bits 0x%08x), vectorized %s", format, floats[i], Float.floatToRawIntBits(floats[i]), vectorized)
+              .as("%s of %s (bits 0x%08x), %s", format, floats[i], Float.floatToRawIntBits(floats[i]), kernel)
               .isEqualTo(rounded);
         }
       }
@@ -101,43 +122,151 @@ class FloatFormatsTest {
   }
 
   @Test
-  void bulkNarrowingOfDoublesRoundsOnceWithAndWithoutTheVectorApi() {
-    SplittableRandom random = new SplittableRandom(9);
-    // Around every 97th midpoint of each format, the midpoint itself and doubles a little either
-    // side, which float32 rounds onto it (the double rounding the bulk path has to undo); fp16's
-    // subnormals and overflow boundary; random magnitudes; and an odd count for a scalar tail.
-    double[] values = new double[3 * 0x10000 / 97 * 2 * 5 + 1001];
-    int count = 0;
-    for (boolean float16 : new boolean[] {true, false}) {
-      for (int bits = 0; bits < 0x7bff; bits += 97) {
-        double low = float16 ? FloatFormats.fromFloat16(bits) : FloatFormats.fromBFloat16(bits);
-        double high = float16 ? FloatFormats.fromFloat16(bits + 1) : FloatFormats.fromBFloat16(bits + 1);
-        double middle = (low + high) / 2;
-        double nudge = Math.ulp(middle) * 64;
-        for (double value : new double[] {middle, middle + nudge, middle - nudge, -(middle + nudge), low}) {
-          values[count++] = value;
+  void compiledKernelsGiveTheScalarBitsForEveryFloat16AndForTiesSubnormalsNaNAndOverflow() {
+    // The JDK's conversions run as CPU instructions only once C2 has compiled the loops, and the
+    // CPU treats NaN payloads its own way: many rounds, each compared bit for bit.
+    ByteBuffer every = ByteBuffer.allocate(0x20000).order(ByteOrder.LITTLE_ENDIAN);
+    for (int bits = 0; bits < 0x10000; bits++) {
+      every.putShort(2 * bits, (short) bits);
+    }
+    float[] floats = specialFloats(new SplittableRandom(11), 0x10000);
+    short[] expected = new short[floats.length];
+    for (int i = 0; i < floats.length; i++) {
+      expected[i] = FloatFormats.toFloat16(floats[i]);
+    }
+    for (Kernel kernel : kernels()) {
+      float[] widened = new float[0x10000];
+      ByteBuffer narrowed = ByteBuffer.allocate(2 * floats.length).order(ByteOrder.LITTLE_ENDIAN);
+      for (int round = 0; round < 60; round++) {
+        FloatFormats.widen(true, every, widened, kernel);
+        FloatFormats.narrow(true, floats, narrowed, kernel);
+        for (int bits = 0; bits < 0x10000; bits++) {
+          if (Float.floatToRawIntBits(widened[bits]) != Float.floatToRawIntBits(FloatFormats.float16Value(bits))) {
+            assertThat(Integer.toHexString(Float.floatToRawIntBits(widened[bits])))
+                .as("fp16 0x%04x widened by %s in round %d", bits, kernel, round)
+                .isEqualTo(Integer.toHexString(Float.floatToRawIntBits(FloatFormats.float16Value(bits))));
+          }
+        }
+        for (int i = 0; i < floats.length; i++) {
+          if (narrowed.getShort(2 * i) != expected[i]) {
+            assertThat(Integer.toHexString(narrowed.getShort(2 * i) & 0xffff))
+                .as("fp16 of %s (bits 0x%08x) by %s in round %d", floats[i], Float.floatToRawIntBits(floats[i]), kernel, round)
+                .isEqualTo(Integer.toHexString(expected[i] & 0xffff));
+          }
         }
       }
     }
-    for (double value : new double[] {65520, Math.nextDown(65520.0), 65520 - 1e-9, 65519.99, 1e-8, -3e-6, 0, -0.0}) {
-      values[count++] = value;
+  }
+
+  /**
+   * {@code count} floats: every fp16 tie and its neighbours, subnormals, values around the
+   * overflow boundary 65520, NaNs with random payloads and signs, infinities, and random bits.
+   */
+  private static float[] specialFloats(SplittableRandom random, int count) {
+    float[] floats = new float[count];
+    int n = 0;
+    for (int bits = 0; bits < 0x7c00 && n + 3 <= count / 2; bits += 5) {
+      float low = FloatFormats.float16Value(bits);
+      float middle = (low + FloatFormats.float16Value(bits + 1)) / 2;
+      floats[n++] = middle;
+      floats[n++] = Math.nextUp(middle);
+      floats[n++] = -Math.nextDown(middle);
     }
-    while (count < values.length) {
-      values[count++] = Randoms.standardNormal(random) * Math.scalb(1.0, random.nextInt(-30, 18));
+    for (float value : new float[] {65504f, 65519.996f, 65520f, -65520f, 1e9f, Float.POSITIVE_INFINITY, Float.NEGATIVE_INFINITY,
+        Float.MIN_VALUE, 0x1p-25f, Math.nextUp(0x1p-25f), 0x1p-24f, 0x1.8p-24f, 0x1p-14f, Math.nextDown(0x1p-14f), 0f, -0f}) {
+      floats[n++] = value;
     }
+    while (n < count) {
+      int kind = random.nextInt(4);
+      floats[n++] = switch (kind) {
+        case 0 -> Float.intBitsToFloat((random.nextBoolean() ? 0xff800000 : 0x7f800000) | (1 + random.nextInt(0x7fffff)));
+        case 1 -> (float) (random.nextGaussian() * Math.scalb(1.0, random.nextInt(-30, -14)));
+        default -> Float.intBitsToFloat(random.nextInt());
+      };
+    }
+    return floats;
+  }
+
+  @Test
+  void weightedSumsGiveTheBitsOfWideningSummingAndNarrowingOnEveryKernel() {
+    SplittableRandom random = new SplittableRandom(12);
+    int count = 3 * 4096 + 29;
     for (boolean float16 : new boolean[] {true, false}) {
-      String format = float16 ? "fp16" : "bf16";
-      for (boolean vectorized : new boolean[] {true, false}) {
-        ByteBuffer narrowed = ByteBuffer.allocate(values.length * 2).order(ByteOrder.LITTLE_ENDIAN);
-        FloatFormats.narrow(float16, values, narrowed, vectorized);
-        for (int i = 0; i < values.length; i++) {
-          short rounded = float16 ? FloatFormats.toFloat16(values[i]) : FloatFormats.toBFloat16(values[i]);
-          assertThat(narrowed.getShort(i * 2))
-              .as("%s of %s, vectorized %s", format, values[i], vectorized)
-              .isEqualTo(rounded);
+      for (int inputs = 1; inputs <= 3; inputs++) {
+        ByteBuffer[] factors = new ByteBuffer[inputs];
+        float[] coefficients = new float[inputs];
+        for (int k = 0; k < inputs; k++) {
+          factors[k] = ByteBuffer.allocate(2 * count).order(ByteOrder.LITTLE_ENDIAN);
+          for (int i = 0; i < count; i++) {
+            // Mostly small normal values, some random bit patterns: NaN, infinities, subnormals, large values that overflow.
+            float value = (float) (random.nextGaussian() * Math.scalb(1.0, random.nextInt(-20, 4)));
+            short bits = random.nextInt(50) == 0 ? (short) random.nextInt() : float16 ? FloatFormats.toFloat16(value) : FloatFormats.toBFloat16(value);
+            factors[k].putShort(2 * i, bits);
+          }
+          coefficients[k] = (float) ((k % 2 == 0 ? 1 : -1) * Math.sqrt(0.7 / (k + 1)) * (k == 2 ? 4096 : 1));
+        }
+        short[] expected = new short[count];
+        for (int i = 0; i < count; i++) {
+          float sum = widened(float16, factors[0].getShort(2 * i)) * coefficients[0];
+          for (int k = 1; k < inputs; k++) {
+            sum += widened(float16, factors[k].getShort(2 * i)) * coefficients[k];
+          }
+          expected[i] = float16 ? FloatFormats.toFloat16(sum) : FloatFormats.toBFloat16(sum);
+        }
+        for (Kernel kernel : kernels()) {
+          for (int round = 0; round < 50; round++) {
+            ByteBuffer out = ByteBuffer.allocate(2 * count).order(ByteOrder.LITTLE_ENDIAN);
+            FloatFormats.weightedSum(float16, factors, coefficients, out, count, kernel);
+            for (int i = 0; i < count; i++) {
+              if (out.getShort(2 * i) != expected[i]) {
+                assertThat(Integer.toHexString(out.getShort(2 * i) & 0xffff))
+                    .as("%s sum of %d inputs, element %d, %s, round %d", float16 ? "fp16" : "bf16", inputs, i, kernel, round)
+                    .isEqualTo(Integer.toHexString(expected[i] & 0xffff));
+              }
+            }
+          }
         }
       }
     }
+  }
+
+  @Test
+  void scalingGivesTheBitsOfWideningMultiplyingAndNarrowingOnEveryKernel() {
+    // Every bit pattern (NaNs, infinities, subnormals), at an odd offset into the input and the
+    // output, with coefficients that shrink into subnormals, overflow, and are infinite. Not NaN:
+    // which operand's sign a product of two NaNs keeps is the CPU's and the JIT's choice, on
+    // every path alike.
+    int count = 0x10000;
+    ByteBuffer halves = ByteBuffer.allocate(2 * (count + 3)).order(ByteOrder.LITTLE_ENDIAN);
+    for (int i = 0; i < count; i++) {
+      halves.putShort(2 * (i + 3), (short) i);
+    }
+    for (boolean float16 : new boolean[] {true, false}) {
+      for (float coefficient : new float[] {0.7f, -0.35f, 3e-5f, 4096f, 0f, Float.POSITIVE_INFINITY}) {
+        short[] expected = new short[count];
+        for (int i = 0; i < count; i++) {
+          float product = widened(float16, (short) i) * coefficient;
+          expected[i] = float16 ? FloatFormats.toFloat16(product) : FloatFormats.toBFloat16(product);
+        }
+        for (Kernel kernel : kernels()) {
+          for (int round = 0; round < 20; round++) {
+            short[] out = new short[count + 5];
+            FloatFormats.scale(float16, halves, 3, coefficient, out, 5, count, kernel);
+            for (int i = 0; i < count; i++) {
+              if (out[5 + i] != expected[i]) {
+                assertThat(Integer.toHexString(out[5 + i] & 0xffff))
+                    .as("%s 0x%04x times %s, %s, round %d", float16 ? "fp16" : "bf16", i, coefficient, kernel, round)
+                    .isEqualTo(Integer.toHexString(expected[i] & 0xffff));
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+
+  private static float widened(boolean float16, short bits) {
+    return float16 ? FloatFormats.float16Value(bits) : FloatFormats.fromBFloat16(bits);
   }
 
   @Test
