@@ -107,12 +107,12 @@ if has check && [ "$needs_java" = 1 ]; then
 fi
 if has e2e && [ "$needs_java" = 1 ]; then
   # The program stops starting work 20 s before the stage's limit, and writes its JSON as it goes.
-  stage e2e 560 60 bash -c '"$@" --deadline-s $((STAGE_LIMIT > 40 ? STAGE_LIMIT - 20 : 20))' _ \
+  stage e2e "${E2E_S:-560}" 60 bash -c '"$@" --deadline-s $((STAGE_LIMIT > 40 ? STAGE_LIMIT - 20 : 20))' _ \
     "${BENCH[@]}" device --device "$DEVICE" --skip-merge --runs "${RUNS:-3}" --cycles "${CYCLES:-1000}" --hotswap-s "${HOTSWAP_S:-200}" --json "$OUT/e2e.json" ${BENCH_ARGS:-}
   keep e2e.json
 fi
 if has merge && [ "$needs_java" = 1 ]; then
-  stage merge 560 60 bash -c '"$@" --deadline-s $((STAGE_LIMIT > 40 ? STAGE_LIMIT - 20 : 20))' _ \
+  stage merge "${MERGE_S:-560}" 60 bash -c '"$@" --deadline-s $((STAGE_LIMIT > 40 ? STAGE_LIMIT - 20 : 20))' _ \
     "${BENCH[@]}" device --device "$DEVICE" --skip-fuse --skip-bytes --runs "${MERGE_RUNS:-2}" --json "$OUT/merge.json" ${BENCH_ARGS:-}
   keep merge.json
 fi
