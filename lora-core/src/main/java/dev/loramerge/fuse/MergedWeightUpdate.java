@@ -8,6 +8,7 @@ import com.google.common.collect.ImmutableSet;
 import dev.loramerge.DType;
 import dev.loramerge.ModuleKey;
 import dev.loramerge.TensorSpec;
+import dev.loramerge.internal.fuse.DenseFusion;
 import dev.loramerge.internal.fuse.FuseScratch;
 import dev.loramerge.internal.fuse.Fusion;
 import dev.loramerge.internal.linalg.LazyManager;
@@ -21,20 +22,23 @@ import java.util.concurrent.ForkJoinTask;
 
 /**
  * A merger's update of the matched modules, times a factor, computed per weight on demand on the
- * fuser's workers.
+ * fuser's workers: plain LoRA modules from their merged factors, the other kinds (and DoRA, and
+ * bias differences) from their materialised updates, one weight at a time.
  */
 final class MergedWeightUpdate implements WeightUpdate {
   private final ModuleUpdates updates;
   private final MergeListener listener;
   private final ImmutableMap<String, ModuleKey> modules;
+  private final ImmutableMap<String, ModuleKey> biases;
   private final double factor;
   private final String recipe;
   private final ForkJoinPool workers;
   private final FuseScratch scratch;
 
   MergedWeightUpdate(
-      ModuleUpdates updates, MergeListener listener, ImmutableMap<String, ModuleKey> modules, double factor, String recipe,
-      ForkJoinPool workers, FuseScratch scratch) {
+      ModuleUpdates updates, MergeListener listener, ImmutableMap<String, ModuleKey> modules,
+      ImmutableMap<String, ModuleKey> biases, double factor, String recipe, ForkJoinPool workers, FuseScratch scratch) {
+    this.biases = biases;
     this.workers = workers;
     this.scratch = scratch;
     this.updates = updates;
@@ -46,26 +50,39 @@ final class MergedWeightUpdate implements WeightUpdate {
 
   @Override
   public ImmutableSet<String> names() {
-    return modules.keySet();
+    return ImmutableSet.<String>builder().addAll(modules.keySet()).addAll(biases.keySet()).build();
   }
 
   @Override
   public void apply(TensorSpec spec, ByteBuffer weight, ByteBuffer into, DType dtype) {
     String name = spec.name();
     ModuleKey key = modules.get(name);
-    checkArgument(key != null, "this update does not change weight '%s'", name);
+    ModuleKey biasOf = biases.get(name);
+    checkArgument(key != null || biasOf != null, "this update does not change weight '%s'", name);
+    if (biasOf != null) {
+      String label = String.format(Locale.ROOT, "module '%s' (bias '%s')", biasOf, name);
+      run(() -> DenseFusion.fuse(weight, spec.dtype(), values -> updates.fusedBiasF64(biasOf, values, factor), into, dtype, label));
+      return;
+    }
     String label = String.format(Locale.ROOT, "module '%s' (weight '%s')", key, name);
+    if (updates.materialised(key)) {
+      run(() -> DenseFusion.fuse(weight, spec.dtype(), values -> updates.fusedF64(key, values, factor), into, dtype, label));
+      return;
+    }
     Float64Factors factors = updates.factors(key);
     double[] up = factors.up();
     for (int i = 0; i < up.length; i++) {
       up[i] *= factor;
     }
     int rank = up.length / Math.toIntExact(spec.shape()[0]);
-    Runnable kernel = () -> {
+    run(() -> {
       try (LazyManager manager = new LazyManager(NDManager::newBaseManager)) {
         Fusion.fuse(scratch, manager, weight, spec.dtype(), spec.shape(), up, factors.down(), rank, into, dtype, label);
       }
-    };
+    });
+  }
+
+  private void run(Runnable kernel) {
     // Targets may call from threads of their own (a file target's reader); the kernel's parallel
     // blocks run on the workers either way. An in-memory target replaying this update to undo
     // another fuse calls after this fuse's workers are shut down, and runs it on its own thread.

@@ -57,6 +57,9 @@ final class ModuleMerger {
       return Optional.empty();
     }
     LoraModule first = present.get(0).adapter().modules().get(key);
+    if (present.stream().anyMatch(input -> !input.adapter().modules().get(key).isPlainLora())) {
+      return Optional.of(materialised(manager, key, present));
+    }
     checkShapes(key, present);
     MergeAlgorithm.Requirements requirements = algorithm.requirements();
     if (requirements.equalRanks()) {
@@ -100,6 +103,58 @@ final class ModuleMerger {
     return Optional.of(merged);
   }
 
+  /**
+   * A module some input has in a kind without LoRA factors, merged as the exact weighted sum of
+   * the inputs' full updates Σ wᵢ·ΔWᵢ (built in float64, one module at a time) and re-ranked by
+   * SVD to the explicit rank, or by default to the sum of the updates' rank bounds, which keeps it
+   * exact up to float32. Only methods that are the exact weighted sum ({@code cat}, {@code svd})
+   * merge it; a DoRA magnitude or a bias difference cannot become a LoRA and is refused.
+   */
+  private Merged materialised(Supplier<NDManager> manager, ModuleKey key, List<MergeInput> present) {
+    LoraModule first = present.get(0).adapter().modules().get(key);
+    int out = Math.toIntExact(first.outFeatures());
+    int inner = Math.toIntExact(TensorData.numel(first.weightShape()) / out);
+    double[] sum = new double[Math.multiplyExact(out, inner)];
+    long bound = 0;
+    for (MergeInput input : present) {
+      LoraModule module = input.adapter().modules().get(key);
+      String refusal = null;
+      if (module.magnitude().isPresent()) {
+        refusal = "DoRA renormalises W + ΔW, so it becomes a LoRA only with the base weights, which a merge does not"
+            + " read; fuse it into the base instead";
+      } else if (module.biasDiff().isPresent()) {
+        refusal = "a LoRA cannot hold its bias difference; fuse it, or convert it to the kohya layout";
+      } else if (!module.isPlainLora() && !algorithm.requirements().exactInFloat64()) {
+        refusal = "it has no LoRA factors for " + algorithm.name()
+            + "; cat and svd merge it as the exact weighted sum of the full updates, re-ranked by SVD";
+      }
+      if (refusal != null) {
+        throw new LoraMergeException(
+            String.format(
+                Locale.ROOT, "cannot merge module '%s' of adapter '%s', a %s: %s", key, input.adapter().name(),
+                module.kindName(), refusal));
+      }
+      if (module.outFeatures() != out || TensorData.numel(module.weightShape()) != sum.length) {
+        throw new LoraMergeException(
+            String.format(
+                Locale.ROOT, "module '%s' updates %s in adapter '%s' but %s in adapter '%s'; the adapters are for"
+                    + " different models", key, Arrays.toString(first.weightShape()), present.get(0).adapter().name(),
+                Arrays.toString(module.weightShape()), input.adapter().name()));
+      }
+      double[] delta = module.deltaF64();
+      double w = input.weight(key);
+      for (int i = 0; i < sum.length; i++) {
+        sum[i] += w * delta[i];
+      }
+      bound += module.updateRankBound();
+    }
+    int target = policy.explicitRank(first.kind()).orElse((int) Math.min(bound, Math.min(out, inner)));
+    try (NDArray exact = manager.get().create(sum, new Shape(out, inner));
+        NDArray array = exact.toType(DataType.FLOAT32, false)) {
+      return Merged.of(reRank.dense(manager.get(), array, target));
+    }
+  }
+
   /** The module of {@code key} of the first input that has it with a weight other than 0. */
   LoraModule firstPresent(ModuleKey key) {
     return inputs.stream()
@@ -114,6 +169,16 @@ final class ModuleMerger {
     List<MergeInput> present = presentIndices(key).stream().map(inputs::get).toList();
     checkShapes(key, present);
     return present;
+  }
+
+  /** The inputs. */
+  ImmutableList<MergeInput> inputs() {
+    return inputs;
+  }
+
+  /** The rank policy. */
+  RankPolicy policy() {
+    return policy;
   }
 
   /** {up, down} of an encoded update, checked against what the merge offered. */
