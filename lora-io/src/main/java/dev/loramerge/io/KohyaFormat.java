@@ -61,7 +61,9 @@ final class KohyaFormat {
               java.util.OptionalDouble.of(FormatParts.alphaValue(parts.fileName(), name, file.tensor(name)));
           break;
         default:
-          if (!LycorisParts.collect(parts.module(module), suffix, file.tensor(name))) {
+          if (LycorisParts.isKindSuffix(suffix)) {
+            LycorisParts.collect(parts.module(module), suffix, file.tensor(name));
+          } else {
             parts.unsupported(name);
           }
       }

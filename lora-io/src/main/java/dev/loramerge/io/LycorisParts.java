@@ -45,11 +45,8 @@ final class LycorisParts {
     return SUFFIXES.containsKey(suffix) || suffix.equals(DIFF_B) || suffix.equals(DORA_SCALE);
   }
 
-  /**
-   * Files {@code tensor} under {@code module} when {@code suffix} is one of the kinds' tensors;
-   * false when it is not.
-   */
-  static boolean collect(FormatParts.Module module, String suffix, TensorData tensor) {
+  /** Files {@code tensor}, whose name ends in a {@linkplain #isKindSuffix kind's suffix}, under {@code module}. */
+  static void collect(FormatParts.Module module, String suffix, TensorData tensor) {
     String part = SUFFIXES.get(suffix);
     if (part != null) {
       module.kindParts.put(part, tensor);
@@ -57,12 +54,9 @@ final class LycorisParts {
       module.biasDiff = tensor;
     } else if (suffix.equals(DORA_SCALE)) {
       module.doraScale = tensor;
-    } else if (suffix.equals(MAGNITUDE)) {
-      module.magnitudeVector = tensor;
     } else {
-      return false;
+      throw new IllegalArgumentException("not a suffix of an adapter kind's tensor: " + suffix);
     }
-    return true;
   }
 
   /** Whether the module has a kind's tensors (else it is plain LoRA with down and up). */
@@ -120,7 +114,9 @@ final class LycorisParts {
       if (e.getMessage().startsWith(fileName)) {
         throw e;
       }
-      throw new LoraMergeException(fileName + ": " + e.getMessage(), e);
+      // A provisional key is the file's own name under a component: name the module as the file does.
+      String message = key.path().equals(kohyaName) ? e.getMessage().replace("'" + key + "'", "'" + kohyaName + "'") : e.getMessage();
+      throw new LoraMergeException(fileName + ": " + message, e);
     }
     return module;
   }
@@ -199,9 +195,11 @@ final class LycorisParts {
       throw new LoraMergeException(
           String.format(
               Locale.ROOT,
-              "module '%s' is a %s, which the %s layout cannot hold; write it in the kohya layout, or merge it to a"
-                  + " LoRA (lora merge --rank R, which re-ranks it by SVD)",
-              module.key(), module.kindName(), layout));
+              "module '%s' is a %s, which the %s layout cannot hold; write it in the kohya layout%s",
+              module.key(), module.kindName(), layout,
+              module.magnitude().isPresent() || module.biasDiff().isPresent()
+                  ? ", or fuse it"
+                  : ", or merge it into a LoRA first (cat and svd re-rank it by SVD)"));
     }
   }
 }

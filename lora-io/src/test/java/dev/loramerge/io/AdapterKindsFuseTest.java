@@ -446,6 +446,74 @@ class AdapterKindsFuseTest {
         .hasMessageMatching("(?s).*cannot merge module 'unet\\..*', a (LoRA\\+DoRA|full difference\\+bias): .*");
   }
 
+  /**
+   * A PEFT DoRA folder (peft/utils/save_and_load.py saves the magnitude as
+   * {@code base_model.model.<path>.lora_magnitude_vector}, one value per output row): fused, each
+   * weight is m / ‖W + w·s·B·A‖ · (W + w·s·B·A) with the norm per output row and no ε (peft
+   * tuners/lora/dora.py), rounded once; written back as PEFT it is the same adapter, and the
+   * kohya layout refuses it.
+   */
+  @ParameterizedTest
+  @EnumSource(value = DType.class, names = {"F32", "BF16"})
+  void peftDoraFusesWithTheWeightInsideTheNorm(DType dtype) throws IOException {
+    String path = "down_blocks.0.attentions.0.transformer_blocks.0.ff.net.2";
+    Map<String, TensorData> peft = new LinkedHashMap<>();
+    double[] down = put("base_model.model." + path + ".lora_A.weight", DType.F32, 0.1, 8, 1280);
+    double[] up = put("base_model.model." + path + ".lora_B.weight", DType.F32, 0.1, 320, 8);
+    double[] magnitude = put("base_model.model." + path + ".lora_magnitude_vector", DType.F32, 0.2, 320);
+    for (int i = 0; i < magnitude.length; i++) {
+      magnitude[i] = Math.abs(magnitude[i]) + 1;
+    }
+    TensorData stored = TensorData.ofDoubles(magnitude, DType.F32, 320);
+    tensors.put("base_model.model." + path + ".lora_magnitude_vector", stored);
+    magnitude = stored.toDoubleArray();
+    peft.putAll(tensors);
+    Path folderPath = folder.resolve("dora");
+    Files.createDirectories(folderPath);
+    Safetensors.write(folderPath.resolve("adapter_model.safetensors"), peft, Map.of());
+    Files.writeString(folderPath.resolve("adapter_config.json"),
+        "{\"peft_type\": \"LORA\", \"r\": 8, \"lora_alpha\": 4, \"use_dora\": true}");
+    LoraAdapter adapter = LoraFiles.read(folderPath);
+    LoraModule module = adapter.modules().values().iterator().next();
+    assertThat(module.kindName()).isEqualTo("LoRA+DoRA");
+    assertThat(module.magnitude().orElseThrow().epsilon()).isZero();
+
+    String weightName = path + ".weight";
+    shapes.put(weightName, new long[] {320, 1280});
+    Path base = base(dtype);
+    Path fused = folder.resolve("fused.safetensors");
+    LoraFuser.of(LoraMerger.builder().add(adapter, WEIGHT).build()).fuseInto(SafetensorsWeights.of(base, fused));
+    double[] delta = product(up, down, 320, 8, 1280);
+    try (SafetensorsFile before = SafetensorsFile.open(base);
+        SafetensorsFile after = SafetensorsFile.open(fused)) {
+      double[] weight = before.tensor(weightName).toDoubleArray();
+      ByteBuffer actual = after.tensor(weightName).bytes().order(ByteOrder.LITTLE_ENDIAN);
+      for (int o = 0; o < 320; o++) {
+        double sum = 0;
+        for (int i = 0; i < 1280; i++) {
+          double v = weight[o * 1280 + i] + WEIGHT * 0.5 * delta[o * 1280 + i];
+          sum += v * v;
+        }
+        double factor = magnitude[o] / Math.sqrt(sum);
+        for (int i = 0; i < 1280; i++) {
+          int index = o * 1280 + i;
+          double expected = (weight[index] + WEIGHT * 0.5 * delta[index]) * factor;
+          long bits = dtype == DType.F32 ? actual.getInt(index * 4) : actual.getShort(index * 2) & 0xffff;
+          assertThat(bits)
+              .as("%s %s[%d], float64 value %s", dtype, weightName, index, expected)
+              .isIn(Nearest.code(expected * (1 - 1e-12), dtype), Nearest.code(expected * (1 + 1e-12), dtype));
+        }
+      }
+    }
+    Path copy = folder.resolve("copy");
+    LoraFiles.write(adapter, copy, LoraFormat.PEFT);
+    assertThat(LoraFiles.read(copy).modules()).isEqualTo(adapter.modules());
+    assertThat(Files.readString(copy.resolve("adapter_config.json"))).containsPattern("\"use_dora\"\\s*:\\s*true");
+    assertThatThrownBy(() -> LoraFiles.write(adapter, folder.resolve("kohya.safetensors"), LoraFormat.KOHYA))
+        .isInstanceOf(LoraMergeException.class)
+        .hasMessageContaining("has a PEFT DoRA magnitude, which the kohya/LyCORIS layout cannot hold exactly");
+  }
+
   /** The relative Frobenius error of {@code actual} against {@code expected}. */
   private static final class Relative {
     static double error(double[] actual, double[] expected) {
