@@ -138,6 +138,9 @@ public final class LoraFuser {
         continue;
       }
       checkFits(key, updates.firstModule(key), weights.get(name.get()));
+      if (updates.materialised(key)) {
+        updates.checkMaterialisable(key, factor);
+      }
       ModuleKey previous = byWeight.put(name.get(), key);
       if (previous != null) {
         throw new LoraMergeException(

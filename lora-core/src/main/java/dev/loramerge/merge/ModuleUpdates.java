@@ -75,19 +75,23 @@ public final class ModuleUpdates {
    */
   public double[] fusedF64(ModuleKey key, double[] weight, double factor) {
     List<MergeInput> present = present(key);
-    checkMaterialisable(key, present);
+    checkMaterialisable(key, present, factor);
+    if (present.size() == 1 && present.get(0).adapter().modules().get(key).magnitude().isEmpty()) {
+      // One additive update: the sum goes into the update's own array, the largest allocation
+      // of a fuse, rather than into one more of its size.
+      MergeInput input = present.get(0);
+      double[] delta = checkedDelta(key, input, input.adapter().modules().get(key), weight.length);
+      double w = factor * input.weight(key);
+      for (int i = 0; i < delta.length; i++) {
+        delta[i] = weight[i] + w * delta[i];
+      }
+      return delta;
+    }
     double[] sum = new double[weight.length];
     for (MergeInput input : present) {
       LoraModule module = input.adapter().modules().get(key);
       double w = factor * input.weight(key);
       if (module.magnitude().isPresent()) {
-        if (factor < 0) {
-          throw new LoraMergeException(
-              String.format(
-                  Locale.ROOT,
-                  "module '%s' of adapter '%s' is a %s, which cannot be subtracted (DoRA renormalises W + ΔW);"
-                      + " restore the original weights instead", key, input.adapter().name(), module.kindName()));
-        }
         double[] fused = module.fusedF64(weight, w);
         if (present.size() == 1) {
           return fused;
@@ -117,7 +121,7 @@ public final class ModuleUpdates {
   /** The bias of module {@code key} in float64: {@code b + Σ factor·wᵢ·diff_bᵢ}. */
   public double[] fusedBiasF64(ModuleKey key, double[] bias, double factor) {
     List<MergeInput> present = present(key);
-    checkMaterialisable(key, present);
+    checkMaterialisable(key, present, factor);
     double[] sum = new double[bias.length];
     for (MergeInput input : present) {
       var diff = input.adapter().modules().get(key).biasDiff();
@@ -159,7 +163,29 @@ public final class ModuleUpdates {
         .toList();
   }
 
-  private void checkMaterialisable(ModuleKey key, List<MergeInput> present) {
+  /**
+   * Checks, before a fuse writes anything, that module {@code key}'s materialised update can be
+   * fused at {@code factor}.
+   *
+   * @throws LoraMergeException as {@link #fusedF64} does
+   */
+  public void checkMaterialisable(ModuleKey key, double factor) {
+    checkMaterialisable(key, present(key), factor);
+  }
+
+  private void checkMaterialisable(ModuleKey key, List<MergeInput> present, double factor) {
+    if (factor < 0) {
+      for (MergeInput input : present) {
+        LoraModule module = input.adapter().modules().get(key);
+        if (module.magnitude().isPresent()) {
+          throw new LoraMergeException(
+              String.format(
+                  Locale.ROOT,
+                  "module '%s' of adapter '%s' is a %s, which cannot be subtracted (DoRA renormalises W + ΔW);"
+                      + " restore the original weights instead", key, input.adapter().name(), module.kindName()));
+        }
+      }
+    }
     LoraModule module = present.stream().map(input -> input.adapter().modules().get(key))
         .filter(candidate -> !candidate.isPlainLora()).findFirst().orElse(present.get(0).adapter().modules().get(key));
     String what = null;
