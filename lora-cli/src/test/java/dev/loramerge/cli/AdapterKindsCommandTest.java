@@ -22,7 +22,7 @@ import org.junit.jupiter.api.io.TempDir;
  * A LyCORIS file (a LoHa and a LoRA with LyCORIS's {@code dora_scale}, kohya SD1.5 names, as
  * LyCORIS's {@code custom_state_dict} writes them) through the command: inspect names the kinds,
  * fuse into a float8 e4m3fn base and unfuse with the original give the base's bytes back, and a
- * merge refuses the DoRA module in one line.
+ * merge refuses the DoRA module in one line, unless it is given the base weights.
  */
 class AdapterKindsCommandTest {
   private static final String TO_Q = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q";
@@ -118,5 +118,10 @@ class AdapterKindsCommandTest {
     try (Stream<Path> files = Files.list(temp)) {
       assertThat(files.map(file -> file.getFileName().toString())).containsExactly("lycoris.safetensors");
     }
+    Path merged = temp.resolve("merged.safetensors");
+    assertThat(run("merge", "--base", float8Base().toString(), "-o", merged.toString(), adapter + "=0.8"))
+        .as("with the base; stderr: %s", err)
+        .isZero();
+    assertThat(Files.exists(merged)).isTrue();
   }
 }

@@ -28,12 +28,18 @@ import java.util.stream.Collectors;
  * brings its update to the target rank. Immutable and thread-safe.
  */
 final class ModuleMerger {
+  private static final org.slf4j.Logger log = org.slf4j.LoggerFactory.getLogger(ModuleMerger.class);
+  /** Relative errors of re-ranked materialised updates above this are logged. */
+  private static final double REPORTED_ERROR = 1e-4;
+
   private final ImmutableList<MergeInput> inputs;
   private final MergeAlgorithm algorithm;
   private final RankPolicy policy;
   private final ReRank reRank;
+  private final BaseWeights baseWeights;
 
-  ModuleMerger(ImmutableList<MergeInput> inputs, MergeAlgorithm algorithm, RankPolicy policy) {
+  ModuleMerger(ImmutableList<MergeInput> inputs, MergeAlgorithm algorithm, RankPolicy policy, BaseWeights baseWeights) {
+    this.baseWeights = baseWeights;
     this.inputs = inputs;
     this.algorithm = algorithm;
     this.policy = policy;
@@ -119,9 +125,10 @@ final class ModuleMerger {
     for (MergeInput input : present) {
       LoraModule module = input.adapter().modules().get(key);
       String refusal = null;
-      if (module.magnitude().isPresent()) {
-        refusal = "DoRA renormalises W + ΔW, so it becomes a LoRA only with the base weights, which a merge does not"
-            + " read; fuse it into the base instead";
+      Optional<TensorData> base = module.magnitude().isPresent() ? baseWeights.weight(key) : Optional.empty();
+      if (module.magnitude().isPresent() && base.isEmpty()) {
+        refusal = "DoRA renormalises W + ΔW, so it becomes a LoRA only with the base weights (--base,"
+            + " LoraMerger.Builder.baseWeights); or fuse it into the base instead";
       } else if (module.biasDiff().isPresent()) {
         refusal = "a LoRA cannot hold its bias difference; fuse it, or convert it to the kohya layout";
       } else if (!module.isPlainLora() && !algorithm.requirements().exactInFloat64()) {
@@ -141,17 +148,51 @@ final class ModuleMerger {
                     + " different models", key, Arrays.toString(first.weightShape()), present.get(0).adapter().name(),
                 Arrays.toString(module.weightShape()), input.adapter().name()));
       }
-      double[] delta = module.deltaF64();
       double w = input.weight(key);
-      for (int i = 0; i < sum.length; i++) {
-        sum[i] += w * delta[i];
+      if (base.isPresent()) {
+        // DoRA's update on this base: DoRA(W) − W, with w inside the norm as a fuse computes it.
+        if (base.get().numel() != sum.length) {
+          throw new LoraMergeException(
+              String.format(
+                  Locale.ROOT, "module '%s' updates %s but its base weight is %s", key,
+                  Arrays.toString(module.weightShape()), Arrays.toString(base.get().shape())));
+        }
+        double[] weight = base.get().toDoubleArray();
+        double[] fused = module.fusedF64(weight, w);
+        for (int i = 0; i < sum.length; i++) {
+          sum[i] += fused[i] - weight[i];
+        }
+      } else {
+        double[] delta = module.deltaF64();
+        for (int i = 0; i < sum.length; i++) {
+          sum[i] += w * delta[i];
+        }
       }
       bound += module.updateRankBound();
     }
     int target = policy.explicitRank(first.kind()).orElse((int) Math.min(bound, Math.min(out, inner)));
     try (NDArray exact = manager.get().create(sum, new Shape(out, inner));
         NDArray array = exact.toType(DataType.FLOAT32, false)) {
-      return Merged.of(reRank.dense(manager.get(), array, target));
+      NDArray[] factors = reRank.dense(manager.get(), array, target);
+      reportError(key, exact, factors);
+      return Merged.of(factors);
+    }
+  }
+
+  /**
+   * Logs how far a re-ranked materialised update is from the exact one when it is further than
+   * float32 rounding: a rank below the update's (a DoRA module, which also rescales W, is
+   * re-ranked to its LoRA's rank by default).
+   */
+  private static void reportError(ModuleKey key, NDArray exact, NDArray[] factors) {
+    double norm = exact.norm().getDouble();
+    double error = factors[0].toType(DataType.FLOAT64, false).matMul(factors[1].toType(DataType.FLOAT64, false))
+        .sub(exact).norm().getDouble();
+    double relative = norm == 0 ? 0 : error / norm;
+    if (relative > REPORTED_ERROR) {
+      log.warn(String.format(
+          Locale.ROOT, "module '%s': the rank-%d LoRA is %.3g (relative) from the exact update", key,
+          factors[0].getShape().get(1), relative));
     }
   }
 

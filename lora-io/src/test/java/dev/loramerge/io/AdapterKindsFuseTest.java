@@ -514,6 +514,31 @@ class AdapterKindsFuseTest {
         .hasMessageContaining("has a PEFT DoRA magnitude, which the kohya/LyCORIS layout cannot hold exactly");
   }
 
+  @Test
+  void aDoraModuleMergesToALoraOnlyWithTheBaseWeights() throws IOException {
+    LoraAdapter.Builder only = LoraAdapter.builder().name("dora");
+    LoraFiles.read(lycorisFile()).modules().values().stream().filter(module -> module.magnitude().isPresent()).forEach(only::add);
+    LoraAdapter dora = only.build();
+    Path base = base(DType.F32);
+    try (SafetensorsFile file = SafetensorsFile.open(base)) {
+      // At full rank (320) the exact SVD keeps DoRA(W) − W, which rescales W too, to float32.
+      LoraAdapter merged = LoraMerger.builder().add(dora, WEIGHT).rank(320).exactSvd(true).dtype(DType.F32)
+          .baseWeights(key -> java.util.Optional.of(file.tensor(key.path() + ".weight")))
+          .merge();
+      assertThat(merged.modules()).hasSize(2);
+      for (LoraModule module : merged.modules().values()) {
+        String name = module.key().path() + ".weight";
+        double[] weight = file.tensor(name).toDoubleArray();
+        double[] expected = dora(weight, doras.get(name));
+        for (int i = 0; i < expected.length; i++) {
+          expected[i] -= weight[i];
+        }
+        assertThat(module.isPlainLora()).isTrue();
+        assertThat(Relative.error(module.deltaF64(), expected)).as("DoRA(W) − W of %s", name).isLessThan(1e-5);
+      }
+    }
+  }
+
   /** The relative Frobenius error of {@code actual} against {@code expected}. */
   private static final class Relative {
     static double error(double[] actual, double[] expected) {
