@@ -184,14 +184,17 @@ final class LycorisParts {
   }
 
   /**
-   * Refuses a module that a LoRA-only layout cannot hold, naming it and its kind.
+   * Refuses a module that a LoRA-only layout cannot hold, naming it and its kind. A Tucker LoCon
+   * is written as its exact factors (the down factor in float64, the core contracted with
+   * {@code lora_down}).
    *
-   * @throws LoraMergeException for any kind but plain LoRA, with or without a PEFT DoRA magnitude
+   * @throws LoraMergeException for a kind without LoRA factors, a bias difference, or a DoRA
+   *     magnitude other than PEFT's
    */
   static void checkLoraLayout(LoraModule module, String layout, boolean peftMagnitudeAllowed) {
     boolean magnitudeOk = module.magnitude().isEmpty()
         || (peftMagnitudeAllowed && module.magnitude().get().perOutput() && module.magnitude().get().epsilon() == 0);
-    if (module.adapterKind() != AdapterKind.LORA || module.biasDiff().isPresent() || !magnitudeOk) {
+    if (!module.adapterKind().factored() || module.biasDiff().isPresent() || !magnitudeOk) {
       throw new LoraMergeException(
           String.format(
               Locale.ROOT,

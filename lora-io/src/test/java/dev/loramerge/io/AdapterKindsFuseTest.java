@@ -415,12 +415,18 @@ class AdapterKindsFuseTest {
   }
 
   @Test
-  void aLoraOnlyLayoutRefusesOtherKindsNamingTheModule() throws IOException {
+  void aLoraOnlyLayoutRefusesOtherKindsNamingTheModuleAndTakesTuckerAsItsFactors() throws IOException {
     LoraAdapter adapter = LoraFiles.read(lycorisFile());
     assertThatThrownBy(() -> LoraFiles.write(adapter, folder.resolve("out.safetensors"), LoraFormat.DIFFUSERS))
         .isInstanceOf(LoraMergeException.class)
         .hasMessageContaining("which the diffusers layout cannot hold");
     assertThat(Stream.of(folder.toFile().list())).doesNotContain("out.safetensors");
+    LoraModule tucker = adapter.modules().get(ModuleKey.of(Component.UNET, "down_blocks.0.resnets.0.conv1"));
+    Path converted = folder.resolve("tucker.safetensors");
+    LoraFiles.write(LoraAdapter.builder().name("tucker").add(tucker).build(), converted, LoraFormat.DIFFUSERS);
+    LoraModule back = LoraFiles.read(converted).modules().values().iterator().next();
+    assertThat(back.adapterKind()).as("a Tucker LoCon is written as its exact LoRA factors").isEqualTo(AdapterKind.LORA);
+    assertThat(Relative.error(back.deltaF64(), tucker.deltaF64())).isLessThan(1e-15);
   }
 
   @Test
