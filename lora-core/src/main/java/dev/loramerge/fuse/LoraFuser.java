@@ -40,9 +40,12 @@ import java.util.concurrent.ForkJoinPool;
  * fused.unfuse();                                // every weight back, bit for bit
  * }</pre>
  *
- * <p>Each weight is computed in float64 and rounded once to its own dtype, so it is the exact
- * value correctly rounded (for an fp16 base, PEFT and diffusers round the factors and the delta
- * first and land up to ~1e-3 away).
+ * <p>Each weight is computed in float64 and rounded once to its own dtype (F64, F32, F16, BF16,
+ * F8_E4M3, F8_E5M2), so it is the exact value correctly rounded (for an fp16 base, PEFT and
+ * diffusers round the factors and the delta first and land up to ~1e-3 away). A module of
+ * another {@link dev.loramerge.AdapterKind} than LoRA, with a DoRA magnitude or a bias
+ * difference, is fused from its materialised update as the exact weighted sum (see {@link
+ * ModuleUpdates#fusedF64}); its bias difference goes into the bias beside the weight.
  *
  * <p>A module's weight is looked up as {@code <path>.weight} (a diffusers UNet or text-encoder
  * file, or a DJL TorchScript block), {@code <component>.<path>.weight} (a whole pipeline), and in
