@@ -2,6 +2,7 @@ package dev.loramerge.fuse;
 
 import static org.assertj.core.api.Assertions.assertThat;
 import static org.assertj.core.api.Assertions.assertThatThrownBy;
+import static org.assertj.core.api.Assertions.within;
 
 import ai.djl.Device;
 import ai.djl.ndarray.NDArray;
@@ -16,6 +17,7 @@ import dev.loramerge.TensorData;
 import dev.loramerge.merge.LoraMerger;
 import dev.loramerge.testing.TinyLora;
 import java.io.IOException;
+import java.nio.ByteBuffer;
 import java.util.Map;
 import java.util.Optional;
 import java.util.Random;
@@ -84,6 +86,34 @@ class AdapterKindsInMemoryTest {
       second.unfuse();
       for (String name : base.keySet()) {
         assertThat(FusedLoraTest.bytesOf(arrays.get(name))).as("%s restored", name).isEqualTo(base.get(name).bytes());
+      }
+    }
+  }
+
+  /**
+   * Two adapters on the same modules add their contributions, each computed on the base weight
+   * as PEFT's forward does: W + (DoRA(W) − W) + w·ΔW for a DoRA module and a LoRA, W + w₁·ΔW₁ +
+   * w₂·ΔW₂ otherwise (each module's own update is checked against LyCORIS's formulas in
+   * lora-io's AdapterKindsFuseTest).
+   */
+  @Test
+  void severalAdaptersOnAModuleAddTheirContributions() throws IOException {
+    Map<String, TensorData> base = TinyLora.base(DType.F32, 6);
+    LoraAdapter kinds = kinds();
+    try (NDManager manager = NDManager.newBaseManager(Device.cpu())) {
+      Map<String, NDArray> arrays = FusedLoraTest.arrays(manager, base);
+      LoraFuser.of(LoraMerger.builder().add(kinds, 0.8).add(STYLE, 0.5).build()).fuseInto(WeightTarget.of(arrays));
+      for (int k = 0; k < 2; k++) {
+        String name = TinyLora.KEYS[k].path() + ".weight";
+        double[] weight = base.get(name).toDoubleArray();
+        LoraModule module = kinds.modules().get(TinyLora.KEYS[k]);
+        double[] own = module.fusedF64(weight, 0.8);
+        double[] style = STYLE.modules().get(TinyLora.KEYS[k]).deltaF64();
+        ByteBuffer actual = FusedLoraTest.bytesOf(arrays.get(name));
+        for (int i = 0; i < weight.length; i++) {
+          double expected = weight[i] + ((own[i] - weight[i]) + 0.5 * style[i]);
+          assertThat(actual.getFloat(i * 4)).as("%s[%d]", name, i).isCloseTo((float) expected, within(Math.ulp((float) expected)));
+        }
       }
     }
   }
