@@ -29,7 +29,7 @@ final class InputOptions {
 
   @Option(
       names = "--skip-unsupported",
-      description = "Drop tensors that are not LoRA factors (LoHa, LoKr, DoRA, unknown) with a warning.")
+      description = "Drop tensors of no adapter kind this tool reads (OFT, unknown keys) with a warning.")
   boolean skipUnsupported;
 
   LoraReadOptions readOptions() throws IOException {

@@ -12,7 +12,7 @@ import java.util.Set;
  * UNet or text-encoder file, in a whole diffusers pipeline, and in the original (CompVis /
  * Stability) single-file checkpoints, tried in that order.
  */
-final class BaseWeightNames {
+public final class BaseWeightNames {
   private BaseWeightNames() {}
 
   /** Every name the weight of {@code key} may have, most specific first. */
@@ -49,7 +49,7 @@ final class BaseWeightNames {
   }
 
   /** The first of {@link #candidates} that {@code names} holds. */
-  static Optional<String> resolve(ModuleKey key, Optional<Architecture> architecture, Set<String> names) {
+  public static Optional<String> resolve(ModuleKey key, Optional<Architecture> architecture, Set<String> names) {
     return candidates(key, architecture).stream().filter(names::contains).findFirst();
   }
 }

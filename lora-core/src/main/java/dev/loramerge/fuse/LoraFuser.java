@@ -40,9 +40,12 @@ import java.util.concurrent.ForkJoinPool;
  * fused.unfuse();                                // every weight back, bit for bit
  * }</pre>
  *
- * <p>Each weight is computed in float64 and rounded once to its own dtype, so it is the exact
- * value correctly rounded (for an fp16 base, PEFT and diffusers round the factors and the delta
- * first and land up to ~1e-3 away).
+ * <p>Each weight is computed in float64 and rounded once to its own dtype (F64, F32, F16, BF16,
+ * F8_E4M3, F8_E5M2), so it is the exact value correctly rounded (for an fp16 base, PEFT and
+ * diffusers round the factors and the delta first and land up to ~1e-3 away). A module of
+ * another {@link dev.loramerge.AdapterKind} than LoRA, with a DoRA magnitude or a bias
+ * difference, is fused from its materialised update as the exact weighted sum (see {@link
+ * ModuleUpdates#fusedF64}); its bias difference goes into the bias beside the weight.
  *
  * <p>A module's weight is looked up as {@code <path>.weight} (a diffusers UNet or text-encoder
  * file, or a DJL TorchScript block), {@code <component>.<path>.weight} (a whole pipeline), and in
@@ -130,6 +133,7 @@ public final class LoraFuser {
     ImmutableSortedMap.Builder<ModuleKey, String> matched = ImmutableSortedMap.naturalOrder();
     ImmutableList.Builder<ModuleKey> unmatched = ImmutableList.builder();
     Map<String, ModuleKey> byWeight = new LinkedHashMap<>();
+    Map<String, ModuleKey> biases = new LinkedHashMap<>();
     for (ModuleKey key : keys) {
       Optional<String> name = BaseWeightNames.resolve(key, arch, weights.keySet());
       if (name.isEmpty()) {
@@ -137,12 +141,18 @@ public final class LoraFuser {
         continue;
       }
       checkFits(key, updates.firstModule(key), weights.get(name.get()));
+      if (updates.materialised(key)) {
+        updates.checkMaterialisable(key, factor);
+      }
       ModuleKey previous = byWeight.put(name.get(), key);
       if (previous != null) {
         throw new LoraMergeException(
             String.format(Locale.ROOT, "modules '%s' and '%s' both resolve to weight '%s'", previous, key, name.get()));
       }
       matched.put(key, name.get());
+      if (updates.hasBiasDiff(key)) {
+        biases.put(biasName(key, name.get(), weights), key);
+      }
     }
     FuseReport report = new FuseReport(matched.build(), unmatched.build());
     if (report.matched().isEmpty()) {
@@ -172,7 +182,8 @@ public final class LoraFuser {
     try {
       WeightUpdate update =
           new MergedWeightUpdate(
-              updates, merger.listener(), ImmutableMap.copyOf(byWeight), factor, recipe(operation, factor), workers, scratch);
+              updates, merger.listener(), ImmutableMap.copyOf(byWeight), ImmutableMap.copyOf(biases), factor,
+              recipe(operation, factor), workers, scratch);
       return new FusedLora(report, target.apply(update));
     } finally {
       workers.shutdown();
@@ -190,6 +201,18 @@ public final class LoraFuser {
         });
   }
 
+  /** The bias beside weight {@code weightName} ({@code ….weight} → {@code ….bias}), which must exist. */
+  private static String biasName(ModuleKey key, String weightName, ImmutableMap<String, TensorSpec> weights) {
+    String bias = weightName.endsWith("weight") ? weightName.substring(0, weightName.length() - "weight".length()) + "bias" : null;
+    if (bias == null || !weights.containsKey(bias)) {
+      throw new LoraMergeException(
+          String.format(
+              Locale.ROOT, "module '%s' has a bias difference, but the target has no bias beside weight '%s' (looked for '%s')",
+              key, weightName, bias));
+    }
+    return bias;
+  }
+
   private static void checkFits(ModuleKey key, LoraModule module, TensorSpec weight) {
     long[] expected = module.weightShape();
     long[] found = weight.shape();
@@ -204,10 +227,11 @@ public final class LoraFuser {
               weight.name(),
               weight.dtype().safetensorsName() + Arrays.toString(found)));
     }
-    if (!weight.dtype().isFloatingPoint() || weight.dtype().byteSize() < 2) {
+    if (!weight.dtype().isFloatingPoint()) {
       throw new LoraMergeException(
           String.format(
-              Locale.ROOT, "base weight '%s' is %s; can fuse only into F64, F32, F16 or BF16", weight.name(),
+              Locale.ROOT, "base weight '%s' is %s; can fuse only into F64, F32, F16, BF16, F8_E4M3 or F8_E5M2",
+              weight.name(),
               weight.dtype().safetensorsName() + Arrays.toString(found)));
     }
   }

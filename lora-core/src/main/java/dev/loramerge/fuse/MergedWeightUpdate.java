@@ -10,6 +10,7 @@ import com.google.common.collect.ImmutableSet;
 import dev.loramerge.DType;
 import dev.loramerge.ModuleKey;
 import dev.loramerge.TensorSpec;
+import dev.loramerge.internal.fuse.DenseFusion;
 import dev.loramerge.internal.fuse.FuseScratch;
 import dev.loramerge.internal.fuse.DeviceFusion;
 import dev.loramerge.internal.fuse.Fusion;
@@ -24,20 +25,23 @@ import java.util.concurrent.ForkJoinTask;
 
 /**
  * A merger's update of the matched modules, times a factor, computed per weight on demand on the
- * fuser's workers.
+ * fuser's workers: plain LoRA modules from their merged factors, the other kinds (and DoRA, and
+ * bias differences) from their materialised updates, one weight at a time.
  */
 final class MergedWeightUpdate implements DeviceUpdate {
   private final ModuleUpdates updates;
   private final MergeListener listener;
   private final ImmutableMap<String, ModuleKey> modules;
+  private final ImmutableMap<String, ModuleKey> biases;
   private final double factor;
   private final String recipe;
   private final ForkJoinPool workers;
   private final FuseScratch scratch;
 
   MergedWeightUpdate(
-      ModuleUpdates updates, MergeListener listener, ImmutableMap<String, ModuleKey> modules, double factor, String recipe,
-      ForkJoinPool workers, FuseScratch scratch) {
+      ModuleUpdates updates, MergeListener listener, ImmutableMap<String, ModuleKey> modules,
+      ImmutableMap<String, ModuleKey> biases, double factor, String recipe, ForkJoinPool workers, FuseScratch scratch) {
+    this.biases = biases;
     this.workers = workers;
     this.scratch = scratch;
     this.updates = updates;
@@ -49,20 +53,36 @@ final class MergedWeightUpdate implements DeviceUpdate {
 
   @Override
   public ImmutableSet<String> names() {
-    return modules.keySet();
+    return ImmutableSet.<String>builder().addAll(modules.keySet()).addAll(biases.keySet()).build();
   }
 
   @Override
   public void apply(TensorSpec spec, ByteBuffer weight, ByteBuffer into, DType dtype) {
+    String name = spec.name();
+    ModuleKey biasOf = biases.get(name);
+    if (biasOf != null) {
+      String label = String.format(Locale.ROOT, "module '%s' (bias '%s')", biasOf, name);
+      run(() -> DenseFusion.fuse(weight, spec.dtype(), values -> updates.fusedBiasF64(biasOf, values, factor), into, dtype, label));
+      return;
+    }
+    if (materialised(spec)) {
+      ModuleKey key = modules.get(name);
+      String label = label(spec);
+      run(() -> DenseFusion.fuse(weight, spec.dtype(), values -> updates.fusedF64(key, values, factor), into, dtype, label));
+      return;
+    }
     String label = label(spec);
     Float64Factors factors = scaledFactors(spec);
     double[] up = factors.up();
     int rank = factors.rank();
-    Runnable kernel = () -> {
+    run(() -> {
       try (LazyManager manager = new LazyManager(() -> NDManager.newBaseManager(Device.cpu()))) {
         Fusion.fuse(scratch, manager, weight, spec.dtype(), spec.shape(), up, factors.down(), rank, into, dtype, label);
       }
-    };
+    });
+  }
+
+  private void run(Runnable kernel) {
     // Targets may call from threads of their own (a file target's reader); the kernel's parallel
     // blocks run on the workers either way. An in-memory target replaying this update to undo
     // another fuse calls after this fuse's workers are shut down, and runs it on its own thread.
@@ -71,6 +91,17 @@ final class MergedWeightUpdate implements DeviceUpdate {
     } else {
       workers.submit(kernel).join();
     }
+  }
+
+  /** Materialised updates (other adapter kinds, DoRA, bias differences) are computed on the host. */
+  @Override
+  public boolean onDevice(TensorSpec spec) {
+    return !materialised(spec);
+  }
+
+  private boolean materialised(TensorSpec spec) {
+    ModuleKey key = modules.get(spec.name());
+    return biases.containsKey(spec.name()) || (key != null && updates.materialised(key));
   }
 
   @Override

@@ -26,6 +26,11 @@ final class FormatParts {
     TensorData down;
     TensorData up;
     OptionalDouble alpha = OptionalDouble.empty();
+    /** The tensors of another adapter kind, by LyCORIS part name (see {@link LycorisParts}). */
+    final Map<String, TensorData> kindParts = new LinkedHashMap<>();
+    TensorData doraScale;
+    TensorData magnitudeVector;
+    TensorData biasDiff;
 
     Module(String name) {
       this.name = name;
@@ -66,7 +71,7 @@ final class FormatParts {
    */
   ImmutableList<Module> complete(boolean skipUnsupported) {
     for (Module module : modules.values()) {
-      if (module.down == null || module.up == null) {
+      if (!LycorisParts.hasKind(module) && (module.down == null || module.up == null)) {
         throw new LoraMergeException(
             String.format(
                 Locale.ROOT,
@@ -81,8 +86,8 @@ final class FormatParts {
       String message =
           String.format(
               Locale.ROOT,
-              "%s: %d tensor%s cannot be read as LoRA factors (LoHa, LoKr, DoRA, Tucker or unknown"
-                  + " keys): %s",
+              "%s: %d tensor%s cannot be read as the tensors of a LoRA, LoCon, LoHa, LoKr, DoRA or"
+                  + " full difference (unknown keys): %s",
               fileName,
               unsupported.size(),
               unsupported.size() == 1 ? "" : "s",

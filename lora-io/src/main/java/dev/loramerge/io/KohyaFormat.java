@@ -1,5 +1,6 @@
 package dev.loramerge.io;
 
+import dev.loramerge.AdapterKind;
 import dev.loramerge.DType;
 import dev.loramerge.LoraAdapter;
 import dev.loramerge.LoraModule;
@@ -26,6 +27,11 @@ final class KohyaFormat {
   static boolean matches(Iterable<String> tensorNames) {
     for (String name : tensorNames) {
       if (KohyaNames.component(name).isPresent() && (name.endsWith(DOWN) || name.endsWith(UP))) {
+        return true;
+      }
+      int dot = name.indexOf('.');
+      if (dot > 0 && KohyaNames.component(name.substring(0, dot)).isPresent()
+          && LycorisParts.isKindSuffix(name.substring(dot))) {
         return true;
       }
     }
@@ -55,18 +61,27 @@ final class KohyaFormat {
               java.util.OptionalDouble.of(FormatParts.alphaValue(parts.fileName(), name, file.tensor(name)));
           break;
         default:
-          parts.unsupported(name);
+          if (LycorisParts.isKindSuffix(suffix)) {
+            LycorisParts.collect(parts.module(module), suffix, file.tensor(name));
+          } else {
+            parts.unsupported(name);
+          }
       }
     }
     var modules = parts.complete(options.skipUnsupported());
     Map<String, long[]> shapes = new LinkedHashMap<>();
-    modules.forEach(module -> shapes.put(module.name, module.weightShape()));
+    Map<String, LoraModule> built = new LinkedHashMap<>();
+    for (FormatParts.Module module : modules) {
+      // Built under a provisional key (the file's own name) to learn the weight's shape, which
+      // the names are resolved by.
+      ModuleKey provisional = ModuleKey.of(KohyaNames.component(module.name).orElseThrow(), module.name);
+      LoraModule read = LycorisParts.build(parts.fileName(), module, provisional, module.name, options.architecture());
+      built.put(module.name, read);
+      shapes.put(module.name, read.weightShape());
+    }
     Map<String, ModuleKey> keys = KohyaNames.resolve(parts.fileName(), shapes, options);
     LoraAdapter.Builder adapter = LoraAdapter.builder().name(adapterName);
-    for (FormatParts.Module module : modules) {
-      double alpha = module.alpha.orElse(module.down.dim(0));
-      adapter.add(LoraModule.of(keys.get(module.name), module.down, module.up, alpha, ScaleRule.STANDARD));
-    }
+    built.forEach((name, module) -> adapter.add(module.withKey(keys.get(name))));
     adapter.putAllMetadata(file.metadata());
     return adapter.build();
   }
@@ -80,6 +95,12 @@ final class KohyaFormat {
     Map<String, TensorData> tensors = new LinkedHashMap<>();
     for (LoraModule module : adapter.modules().values()) {
       String name = names.get(module.key());
+      if (module.adapterKind() != AdapterKind.LORA || !module.isPlainLora()) {
+        tensors.put(name + ALPHA, scalar(module.adapterKind() == AdapterKind.LORA
+            ? ScaleRule.STANDARD.alphaFor(module.scale(), module.rank()) : module.alpha()));
+        tensors.putAll(LycorisParts.kohyaTensors(module, name));
+        continue;
+      }
       double alpha = ScaleRule.STANDARD.alphaFor(module.scale(), module.rank());
       tensors.put(name + ALPHA, scalar(alpha));
       tensors.put(name + DOWN, module.down());
