@@ -6,6 +6,7 @@ import static com.google.common.base.Preconditions.checkNotNull;
 import com.google.common.base.Supplier;
 import com.google.common.base.Suppliers;
 import com.google.common.collect.ImmutableList;
+import com.google.common.collect.ImmutableMap;
 import com.google.common.collect.ImmutableSortedMap;
 import dev.loramerge.LoraAdapter;
 import dev.loramerge.LoraModule;
@@ -16,9 +17,9 @@ import java.util.Arrays;
 import java.util.Optional;
 
 /**
- * A diffusion model a LoRA can be made for (SD1.5 or SDXL): every module of its UNet and text
- * encoders that a LoRA can target, with shapes, LoRA Block Weight ids, original checkpoint names
- * and kohya's names.
+ * A diffusion model a LoRA can be made for (SD1.5, SDXL or Flux.1): every module of its UNet or
+ * transformer and text encoders that a LoRA can target, with shapes, block-weight ids, original
+ * checkpoint names and kohya's names.
  *
  * <h2>Where the modules come from</h2>
  *
@@ -76,6 +77,8 @@ public final class Architecture {
       Suppliers.memoize(() -> new Architecture("sd15", "SD1.5", KohyaDialect.SD1));
   private static final Supplier<Architecture> SDXL =
       Suppliers.memoize(() -> new Architecture("sdxl", "SDXL", KohyaDialect.SDXL));
+  private static final Supplier<Architecture> FLUX =
+      Suppliers.memoize(() -> new Architecture("flux", "Flux.1", KohyaDialect.FLUX));
 
   private final String id;
   private final String displayName;
@@ -97,9 +100,21 @@ public final class Architecture {
     return SDXL.get();
   }
 
-  /** Every known architecture: SD1.5, then SDXL. */
+  /**
+   * Flux.1 [dev] (and [schnell], which lacks the guidance embedder): the {@code
+   * FluxTransformer2DModel} of 19 double and 38 single blocks, 3072 wide, and CLIP ViT-L/14.
+   * Transformer modules are keyed by their diffusers paths ({@code
+   * transformer.transformer_blocks.0.attn.to_q}); the original checkpoint's fused weights
+   * ({@code double_blocks.0.img_attn.qkv}, {@code single_blocks.0.linear1}) are {@link
+   * #fusedModules()}.
+   */
+  public static Architecture flux() {
+    return FLUX.get();
+  }
+
+  /** Every known architecture: SD1.5, SDXL, then Flux.1. */
   public static ImmutableList<Architecture> all() {
-    return ImmutableList.of(sd15(), sdxl());
+    return ImmutableList.of(sd15(), sdxl(), flux());
   }
 
   /** The architecture whose {@link #id()} is exactly {@code id}. */
@@ -193,6 +208,40 @@ public final class Architecture {
     Optional<String> name = descriptor.kohyaName(key);
     checkArgument(name.isPresent(), "'%s' is not a module of %s", key, displayName);
     return name.get();
+  }
+
+  /**
+   * The weights of the original checkpoint that hold several modules stacked by rows, by their
+   * original path: Flux's {@code double_blocks.N.img_attn.qkv} and {@code txt_attn.qkv}, {@code
+   * single_blocks.N.linear1} and {@code final_layer.adaLN_modulation.1}. Empty for SD1.5 and
+   * SDXL. Their parts are modules of {@link #modules()} with no {@link ModuleSpec#originalPath()}.
+   */
+  public ImmutableMap<String, FusedModule> fusedModules() {
+    return descriptor.fused();
+  }
+
+  /** The fused weight of the original checkpoint that {@code key} is a part of, if any. */
+  public Optional<FusedModule> fusedModule(ModuleKey key) {
+    checkNotNull(key, "key");
+    return descriptor.fusedOf(key);
+  }
+
+  /**
+   * The fused weight a kohya module name names ({@code lora_unet_double_blocks_0_img_attn_qkv}),
+   * if it is one of this architecture's.
+   */
+  public Optional<FusedModule> resolveFusedKohyaName(String name) {
+    checkNotNull(name, "name");
+    return descriptor.resolveFusedKohyaName(name);
+  }
+
+  /** The name kohya's scripts write for a fused weight of this architecture. */
+  public String kohyaName(FusedModule module) {
+    checkNotNull(module, "module");
+    checkArgument(
+        descriptor.fused().get(module.originalPath()) == module, "'%s' is not a fused module of %s",
+        module.originalPath(), displayName);
+    return descriptor.kohyaName(module);
   }
 
   /** The {@link #displayName()}. */

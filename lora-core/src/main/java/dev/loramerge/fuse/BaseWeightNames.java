@@ -9,8 +9,10 @@ import java.util.Set;
 
 /**
  * Where a LoRA module's base weight lives in a target: the names a module may have in a diffusers
- * UNet or text-encoder file, in a whole diffusers pipeline, and in the original (CompVis /
- * Stability) single-file checkpoints, tried in that order.
+ * UNet, transformer or text-encoder file, in a whole diffusers pipeline, and in the original
+ * (CompVis / Stability / Black Forest Labs) single-file checkpoints, tried in that order. A Flux
+ * module that is a part of a fused weight ({@code img_attn.qkv}, {@code linear1}) has no weight of
+ * its own there; {@link LoraFuser} finds the fused one by {@link #originalNames}.
  */
 final class BaseWeightNames {
   private BaseWeightNames() {}
@@ -31,8 +33,14 @@ final class BaseWeightNames {
                   names.add(original + ".weight");
                 });
         break;
+      case TRANSFORMER:
+        spec.flatMap(ModuleSpec::originalPath).ifPresent(original -> names.addAll(originalNames(original)));
+        break;
       case TEXT_ENCODER:
-        if (architecture.isPresent() && architecture.get() == Architecture.sdxl()) {
+        if (architecture.isPresent() && architecture.get() == Architecture.flux()) {
+          // ComfyUI's single-file Flux checkpoints hold CLIP-L under text_encoders.clip_l.
+          names.add("text_encoders.clip_l.transformer." + path + ".weight");
+        } else if (architecture.isPresent() && architecture.get() == Architecture.sdxl()) {
           names.add("conditioner.embedders.0.transformer." + path + ".weight");
         } else {
           names.add("cond_stage_model.transformer." + path + ".weight");
@@ -46,6 +54,18 @@ final class BaseWeightNames {
         throw new AssertionError(key.component());
     }
     return names.build();
+  }
+
+  /**
+   * The names a weight of BFL's original Flux checkpoint has: bare ({@code flux1-dev.safetensors}),
+   * under ComfyUI's {@code model.diffusion_model.} (single-file checkpoints) or {@code
+   * diffusion_model.}.
+   */
+  static ImmutableList<String> originalNames(String originalPath) {
+    return ImmutableList.of(
+        originalPath + ".weight",
+        "model.diffusion_model." + originalPath + ".weight",
+        "diffusion_model." + originalPath + ".weight");
   }
 
   /** The first of {@link #candidates} that {@code names} holds. */

@@ -13,6 +13,7 @@ import dev.loramerge.ModuleKey;
 import dev.loramerge.TensorData;
 import dev.loramerge.TensorSpec;
 import dev.loramerge.arch.Architecture;
+import dev.loramerge.arch.FusedModule;
 import dev.loramerge.internal.fuse.FuseScratch;
 import dev.loramerge.internal.json.Recipes;
 import dev.loramerge.merge.LoraMerger;
@@ -130,10 +131,21 @@ public final class LoraFuser {
     ImmutableSortedMap.Builder<ModuleKey, String> matched = ImmutableSortedMap.naturalOrder();
     ImmutableList.Builder<ModuleKey> unmatched = ImmutableList.builder();
     Map<String, ModuleKey> byWeight = new LinkedHashMap<>();
+    Map<String, FusedModule> fusedWeights = new LinkedHashMap<>();
     for (ModuleKey key : keys) {
       Optional<String> name = BaseWeightNames.resolve(key, arch, weights.keySet());
+      Optional<FusedModule> fused = name.isPresent() ? Optional.empty() : arch.flatMap(a -> a.fusedModule(key));
+      if (fused.isPresent()) {
+        name = BaseWeightNames.originalNames(fused.get().originalPath()).stream().filter(weights::containsKey).findFirst();
+      }
       if (name.isEmpty()) {
         unmatched.add(key);
+        continue;
+      }
+      if (fused.isPresent()) {
+        checkFits(key, fused.get(), weights.get(name.get()));
+        fusedWeights.put(name.get(), fused.get());
+        matched.put(key, name.get());
         continue;
       }
       checkFits(key, updates.firstModule(key), weights.get(name.get()));
@@ -143,6 +155,14 @@ public final class LoraFuser {
             String.format(Locale.ROOT, "modules '%s' and '%s' both resolve to weight '%s'", previous, key, name.get()));
       }
       matched.put(key, name.get());
+    }
+    for (String name : fusedWeights.keySet()) {
+      if (byWeight.containsKey(name)) {
+        throw new LoraMergeException(
+            String.format(
+                Locale.ROOT, "module '%s' and the parts of fused weight '%s' both resolve to weight '%s'",
+                byWeight.get(name), fusedWeights.get(name).originalPath(), name));
+      }
     }
     FuseReport report = new FuseReport(matched.build(), unmatched.build());
     if (report.matched().isEmpty()) {
@@ -154,7 +174,7 @@ public final class LoraFuser {
                   + " is the base for another architecture?",
               keys.size(),
               example,
-              BaseWeightNames.candidates(example, arch)));
+              lookedFor(example, arch)));
     }
     if (!report.unmatched().isEmpty() && !allowUnmatched) {
       throw new LoraMergeException(
@@ -165,14 +185,15 @@ public final class LoraFuser {
               report.unmatched().size(),
               keys.size(),
               report.unmatched().get(0),
-              BaseWeightNames.candidates(report.unmatched().get(0), arch),
+              lookedFor(report.unmatched().get(0), arch),
               report.matched().size()));
     }
     ForkJoinPool workers = new ForkJoinPool(threads);
     try {
       WeightUpdate update =
           new MergedWeightUpdate(
-              updates, merger.listener(), ImmutableMap.copyOf(byWeight), factor, recipe(operation, factor), workers, scratch);
+              updates, merger.listener(), ImmutableMap.copyOf(byWeight), factor, recipe(operation, factor), workers, scratch)
+              .withFused(ImmutableMap.copyOf(fusedWeights), report.matched().keySet());
       return new FusedLora(report, target.apply(update));
     } finally {
       workers.shutdown();
@@ -188,6 +209,26 @@ public final class LoraFuser {
           recipe.putAll(merger.recipe());
           return recipe;
         });
+  }
+
+  private static ImmutableList<String> lookedFor(ModuleKey key, Optional<Architecture> arch) {
+    ImmutableList.Builder<String> names = ImmutableList.<String>builder().addAll(BaseWeightNames.candidates(key, arch));
+    arch.flatMap(a -> a.fusedModule(key)).ifPresent(fused -> names.addAll(BaseWeightNames.originalNames(fused.originalPath())));
+    return names.build();
+  }
+
+  private static void checkFits(ModuleKey key, FusedModule fused, TensorSpec weight) {
+    if (!Arrays.equals(weight.shape(), fused.weightShape()) || !weight.dtype().isFloatingPoint() || weight.dtype().byteSize() < 2) {
+      throw new LoraMergeException(
+          String.format(
+              Locale.ROOT,
+              "module '%s' is a part of fused weight '%s' of %s, but base weight '%s' is %s",
+              key,
+              fused.originalPath(),
+              Arrays.toString(fused.weightShape()),
+              weight.name(),
+              weight.dtype().safetensorsName() + Arrays.toString(weight.shape())));
+    }
   }
 
   private static void checkFits(ModuleKey key, LoraModule module, TensorSpec weight) {

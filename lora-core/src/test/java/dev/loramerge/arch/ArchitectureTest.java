@@ -334,15 +334,19 @@ class ArchitectureTest {
 
     @ParameterizedTest
     @MethodSource("dev.loramerge.arch.ArchitectureTest#architectures")
-    void onlyUNetModulesHaveOriginalNamesAndOnlyTextEncodersAreBase(Architecture architecture) {
+    void onlyDenoiserModulesHaveOriginalNamesAndOnlyTextEncodersAreBase(Architecture architecture) {
       assertThat(architecture.modules().values())
           .allSatisfy(
               spec -> {
-                boolean unet = spec.key().component() == Component.UNET;
-                assertThat(spec.originalPath().isPresent()).as("'%s' has an original path", spec.key()).isEqualTo(unet);
+                boolean denoiser =
+                    spec.key().component() == Component.UNET || spec.key().component() == Component.TRANSFORMER;
+                boolean fusedPart = architecture.fusedModule(spec.key()).isPresent();
+                assertThat(spec.originalPath().isPresent())
+                    .as("'%s' has an original path", spec.key())
+                    .isEqualTo(denoiser && !fusedPart);
                 assertThat(spec.blockId().equals(Optional.of("BASE")))
                     .as("'%s' is in BASE", spec.key())
-                    .isEqualTo(!unet);
+                    .isEqualTo(!denoiser);
               });
     }
 
@@ -382,7 +386,7 @@ class ArchitectureTest {
     void loraBlockIdsAreExactlyTheBlocksHoldingAttention(Architecture architecture) {
       Set<String> withAttention =
           architecture.modules().values().stream()
-              .filter(spec -> spec.key().path().matches(".*\\.(attn1|attn2|self_attn)\\..*"))
+              .filter(spec -> spec.key().path().matches(".*\\.(attn|attn1|attn2|self_attn)\\..*"))
               .map(spec -> spec.blockId().orElseThrow())
               .collect(Collectors.toCollection(LinkedHashSet::new));
       assertThat(architecture.loraBlockIds())
@@ -499,10 +503,11 @@ class ArchitectureTest {
   class Identity {
     @Test
     void architecturesAreFoundByIdAndPrintTheirName() {
-      assertThat(Architecture.all()).containsExactly(Architecture.sd15(), Architecture.sdxl());
+      assertThat(Architecture.all()).containsExactly(Architecture.sd15(), Architecture.sdxl(), Architecture.flux());
       assertThat(Architecture.byId("sd15")).containsSame(Architecture.sd15());
       assertThat(Architecture.byId("sdxl")).containsSame(Architecture.sdxl());
-      assertThat(Architecture.byId("flux")).isEmpty();
+      assertThat(Architecture.byId("flux")).containsSame(Architecture.flux());
+      assertThat(Architecture.byId("sd3")).isEmpty();
       assertThat(Architecture.sd15().id()).isEqualTo("sd15");
       assertThat(Architecture.sdxl().displayName()).isEqualTo("SDXL");
       assertThat(Architecture.sd15()).hasToString("SD1.5");

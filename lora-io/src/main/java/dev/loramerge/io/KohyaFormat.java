@@ -7,11 +7,16 @@ import dev.loramerge.ModuleKey;
 import dev.loramerge.ScaleRule;
 import dev.loramerge.TensorData;
 import dev.loramerge.TensorSpec;
+import dev.loramerge.arch.Architecture;
+import dev.loramerge.arch.FusedModule;
 import java.io.IOException;
 import java.nio.file.Path;
+import java.util.ArrayList;
 import java.util.LinkedHashMap;
+import java.util.List;
 import java.util.Locale;
 import java.util.Map;
+import java.util.Optional;
 import java.util.stream.Collectors;
 
 /** Reads and writes kohya sd-scripts / A1111 LoRA files (see {@link LoraFormat#KOHYA}). */
@@ -60,12 +65,26 @@ final class KohyaFormat {
     }
     var modules = parts.complete(options.skipUnsupported());
     Map<String, long[]> shapes = new LinkedHashMap<>();
-    modules.forEach(module -> shapes.put(module.name, module.weightShape()));
+    Map<FormatParts.Module, FusedModule> fused = new LinkedHashMap<>();
+    for (FormatParts.Module module : modules) {
+      Optional<FusedModule> fusedModule = KohyaNames.resolveFused(module.name, options);
+      if (fusedModule.isPresent()) {
+        fused.put(module, fusedModule.get());
+      } else {
+        shapes.put(module.name, module.weightShape());
+      }
+    }
     Map<String, ModuleKey> keys = KohyaNames.resolve(parts.fileName(), shapes, options);
     LoraAdapter.Builder adapter = LoraAdapter.builder().name(adapterName);
     for (FormatParts.Module module : modules) {
       double alpha = module.alpha.orElse(module.down.dim(0));
-      adapter.add(LoraModule.of(keys.get(module.name), module.down, module.up, alpha, ScaleRule.STANDARD));
+      if (fused.containsKey(module)) {
+        // A LoRA on a fused weight (Flux's img_attn.qkv, linear1) is its parts with A shared:
+        // exact, and written back joined (KohyaNames.names).
+        fused.get(module).split(module.down, module.up, alpha, ScaleRule.STANDARD).forEach(adapter::add);
+      } else {
+        adapter.add(LoraModule.of(keys.get(module.name), module.down, module.up, alpha, ScaleRule.STANDARD));
+      }
     }
     adapter.putAllMetadata(file.metadata());
     return adapter.build();
@@ -77,13 +96,30 @@ final class KohyaFormat {
    */
   static void write(LoraAdapter adapter, Path target) throws IOException {
     Map<ModuleKey, String> names = KohyaNames.names(adapter);
+    Optional<Architecture> architecture = Architecture.detect(adapter);
     Map<String, TensorData> tensors = new LinkedHashMap<>();
+    Map<FusedModule, List<LoraModule>> fusedParts = new LinkedHashMap<>();
     for (LoraModule module : adapter.modules().values()) {
+      Optional<FusedModule> fused = architecture.flatMap(arch -> arch.fusedModule(module.key()));
+      if (fused.isPresent()) {
+        fusedParts.computeIfAbsent(fused.get(), f -> new ArrayList<>()).add(module);
+        continue;
+      }
       String name = names.get(module.key());
       double alpha = ScaleRule.STANDARD.alphaFor(module.scale(), module.rank());
       tensors.put(name + ALPHA, scalar(alpha));
       tensors.put(name + DOWN, module.down());
       tensors.put(name + UP, module.up());
+    }
+    // kohya's Flux names the original checkpoint's fused weights: parts are joined (exact; the
+    // rank adds up unless the parts share A, as they do when read from a kohya file).
+    for (Map.Entry<FusedModule, List<LoraModule>> entry : fusedParts.entrySet()) {
+      FusedModule.Joined joined = entry.getKey().join(entry.getValue());
+      String name = architecture.get().kohyaName(entry.getKey());
+      double alpha = ScaleRule.STANDARD.alphaFor(joined.scaleRule().scale(joined.alpha(), joined.rank()), joined.rank());
+      tensors.put(name + ALPHA, scalar(alpha));
+      tensors.put(name + DOWN, joined.down());
+      tensors.put(name + UP, joined.up());
     }
     Map<String, String> metadata = new LinkedHashMap<>(adapter.metadata());
     metadata.remove(DiffusersFormat.METADATA_KEY);

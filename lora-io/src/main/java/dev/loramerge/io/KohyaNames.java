@@ -1,11 +1,13 @@
 package dev.loramerge.io;
 
+import com.google.common.collect.ImmutableList;
 import com.google.common.collect.ImmutableMap;
 import dev.loramerge.Component;
 import dev.loramerge.LoraAdapter;
 import dev.loramerge.LoraMergeException;
 import dev.loramerge.ModuleKey;
 import dev.loramerge.arch.Architecture;
+import dev.loramerge.arch.FusedModule;
 import dev.loramerge.arch.ModuleSpec;
 import java.util.Arrays;
 import java.util.HashMap;
@@ -73,6 +75,21 @@ final class KohyaNames {
       }
     }
     return resolveAll(fileName, weightShapes, KohyaNames::byGrammar);
+  }
+
+  /**
+   * The fused weight of an original checkpoint that a kohya name names ({@code
+   * lora_unet_double_blocks_0_img_attn_qkv}), in the architecture the caller named or any known
+   * one.
+   */
+  static Optional<FusedModule> resolveFused(String name, LoraReadOptions options) {
+    for (Architecture architecture : options.architecture().map(ImmutableList::of).orElse(Architecture.all())) {
+      Optional<FusedModule> fused = architecture.resolveFusedKohyaName(name);
+      if (fused.isPresent()) {
+        return fused;
+      }
+    }
+    return Optional.empty();
   }
 
   private interface Resolver {
@@ -187,6 +204,8 @@ final class KohyaNames {
         return new String[] {"lora_te_" + underscored, "lora_te1_" + underscored};
       case TEXT_ENCODER_2:
         return new String[] {"lora_te2_" + underscored};
+      case TRANSFORMER:
+        return new String[] {"lora_unet_" + underscored, "lora_transformer_" + underscored};
       default:
         throw new AssertionError(key.component());
     }
@@ -215,6 +234,9 @@ final class KohyaNames {
           break;
         case TEXT_ENCODER_2:
           names.put(key, "lora_te2_" + underscored);
+          break;
+        case TRANSFORMER:
+          names.put(key, "lora_transformer_" + underscored);
           break;
         default:
           throw new AssertionError(key.component());
