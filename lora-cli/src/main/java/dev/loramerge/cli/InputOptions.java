@@ -23,7 +23,7 @@ final class InputOptions {
 
   @Option(
       names = "--architecture",
-      paramLabel = "sd15|sdxl",
+      paramLabel = "sd15|sdxl|flux",
       description = "Resolve kohya module names against this architecture.")
   String architecture;
 

@@ -13,6 +13,7 @@ import java.util.Arrays;
 import java.util.HashMap;
 import java.util.HashSet;
 import java.util.LinkedHashMap;
+import java.util.List;
 import java.util.Locale;
 import java.util.Map;
 import java.util.Optional;
@@ -28,12 +29,16 @@ import java.util.Set;
  * detected architecture (SDXL: original sgm paths), and underscored diffusers paths otherwise.
  */
 final class KohyaNames {
+  /** OneTrainer's prefix for Flux's transformer, before the underscored diffusers path. */
+  private static final String ONE_TRAINER_TRANSFORMER = "lora_transformer_";
+
   private static final ImmutableMap<String, Component> PREFIXES =
       ImmutableMap.of(
           "lora_unet_", Component.UNET,
           "lora_te1_", Component.TEXT_ENCODER,
           "lora_te2_", Component.TEXT_ENCODER_2,
-          "lora_te_", Component.TEXT_ENCODER);
+          "lora_te_", Component.TEXT_ENCODER,
+          ONE_TRAINER_TRANSFORMER, Component.TRANSFORMER);
 
   private KohyaNames() {}
 
@@ -101,6 +106,10 @@ final class KohyaNames {
     Map<String, ModuleKey> keys = new LinkedHashMap<>();
     Map<ModuleKey, String> seen = new HashMap<>();
     for (String name : weightShapes.keySet()) {
+      Optional<String> recognised = KnownLayouts.describe(List.of(name));
+      if (recognised.isPresent() && resolver.resolve(name).isEmpty()) {
+        throw new LoraMergeException(String.format(Locale.ROOT, "%s: %s", fileName, recognised.get()));
+      }
       ModuleKey key =
           resolver
               .resolve(name)
@@ -139,7 +148,7 @@ final class KohyaNames {
   private static boolean fits(Architecture architecture, Map<String, long[]> weightShapes) {
     for (Map.Entry<String, long[]> entry : weightShapes.entrySet()) {
       Optional<ModuleSpec> spec =
-          architecture.resolveKohyaName(entry.getKey()).flatMap(architecture::module);
+          architecture.resolveKohyaName(kohyaSpelling(entry.getKey())).flatMap(architecture::module);
       if (spec.isEmpty() || !Arrays.equals(spec.get().weightShape(), entry.getValue())) {
         return false;
       }
@@ -148,7 +157,14 @@ final class KohyaNames {
   }
 
   private static Optional<ModuleKey> byArchitecture(Architecture architecture, String name) {
-    return architecture.resolveKohyaName(name);
+    return architecture.resolveKohyaName(kohyaSpelling(name));
+  }
+
+  /** OneTrainer's {@code lora_transformer_} names as kohya's {@code lora_unet_} diffusers spelling. */
+  private static String kohyaSpelling(String name) {
+    return name.startsWith(ONE_TRAINER_TRANSFORMER)
+        ? "lora_unet_" + name.substring(ONE_TRAINER_TRANSFORMER.length())
+        : name;
   }
 
   private static Optional<ModuleKey> byGrammar(String name) {

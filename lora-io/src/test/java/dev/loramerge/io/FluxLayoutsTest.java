@@ -301,4 +301,64 @@ class FluxLayoutsTest {
     }
     return Double.longBitsToDouble(kept << dropped);
   }
+
+  @Test
+  void oneTrainerTransformerNamesReadAsTheDiffusersModules() throws IOException {
+    // OneTrainer writes Flux as lora_transformer_ plus the underscored diffusers path.
+    Random random = new Random(11);
+    Map<String, TensorData> tensors = new LinkedHashMap<>();
+    tensors.put("lora_transformer_single_transformer_blocks_3_proj_mlp.alpha", TensorData.ofDoubles(new double[] {16}, DType.F32));
+    tensors.put("lora_transformer_single_transformer_blocks_3_proj_mlp.lora_down.weight", gaussian(random, DType.BF16, 8, INNER));
+    tensors.put("lora_transformer_single_transformer_blocks_3_proj_mlp.lora_up.weight", gaussian(random, DType.BF16, MLP, 8));
+    tensors.put("lora_transformer_transformer_blocks_0_attn_to_add_out.lora_down.weight", gaussian(random, DType.BF16, 8, INNER));
+    tensors.put("lora_transformer_transformer_blocks_0_attn_to_add_out.lora_up.weight", gaussian(random, DType.BF16, INNER, 8));
+    Path path = folder.resolve("onetrainer.safetensors");
+    Safetensors.write(path, tensors, ImmutableMap.of());
+    LoraAdapter adapter = LoraFiles.read(path);
+    assertThat(adapter.modules().keySet()).containsExactlyInAnyOrder(
+        key("transformer_blocks.0.attn.to_add_out"), key("single_transformer_blocks.3.proj_mlp"));
+    assertThat(adapter.module(key("single_transformer_blocks.3.proj_mlp")).orElseThrow().scale()).isEqualTo(2.0);
+  }
+
+  @Test
+  void recognisedButUnsupportedLayoutsSayWhatTheyAre() throws IOException {
+    Random random = new Random(12);
+    Path xlabs = folder.resolve("xlabs.safetensors");
+    Safetensors.write(xlabs, ImmutableMap.of(
+        "double_blocks.0.processor.qkv_lora1.down.weight", gaussian(random, DType.BF16, 16, INNER),
+        "double_blocks.0.processor.qkv_lora1.up.weight", gaussian(random, DType.BF16, 3 * INNER, 16)), ImmutableMap.of());
+    org.assertj.core.api.Assertions.assertThatThrownBy(() -> LoraFiles.read(xlabs))
+        .isInstanceOf(IOException.class)
+        .hasMessageStartingWith("xlabs.safetensors: a Flux.1 LoRA in XLabs layout");
+    Path comfy = folder.resolve("comfy.safetensors");
+    Safetensors.write(comfy, ImmutableMap.of(
+        "diffusion_model.double_blocks.0.img_attn.proj.lora_down.weight", gaussian(random, DType.BF16, 4, INNER),
+        "diffusion_model.double_blocks.0.img_attn.proj.lora_up.weight", gaussian(random, DType.BF16, INNER, 4)), ImmutableMap.of());
+    org.assertj.core.api.Assertions.assertThatThrownBy(() -> LoraFiles.read(comfy))
+        .hasMessageStartingWith("comfy.safetensors: a Flux.1 LoRA in ComfyUI layout");
+    Path sd3 = folder.resolve("sd3.safetensors");
+    Safetensors.write(sd3, ImmutableMap.of(
+        "lora_unet_joint_blocks_0_x_block_attn_qkv.lora_down.weight", gaussian(random, DType.BF16, 4, 1536),
+        "lora_unet_joint_blocks_0_x_block_attn_qkv.lora_up.weight", gaussian(random, DType.BF16, 3 * 1536, 4)), ImmutableMap.of());
+    org.assertj.core.api.Assertions.assertThatThrownBy(() -> LoraFiles.read(sd3))
+        .hasMessage("sd3.safetensors: an SD3 / SD3.5 LoRA, an architecture not supported yet (SD1.5, SDXL and Flux.1 are)");
+  }
+
+  @Test
+  void skippingRefusesAResultThatLostMostOfTheAdapter() throws IOException {
+    // T5 modules (lora_te3_, sd-scripts' train_t5xxl) are not read: two of three modules would go.
+    Random random = new Random(13);
+    Map<String, TensorData> tensors = new LinkedHashMap<>();
+    kohyaModule(tensors, random, "lora_unet_double_blocks_0_img_attn_proj", INNER, INNER);
+    kohyaModule(tensors, random, "lora_te3_encoder_block_0_layer_0_SelfAttention_q", 4096, 4096);
+    kohyaModule(tensors, random, "lora_te3_encoder_block_0_layer_0_SelfAttention_k", 4096, 4096);
+    Path path = folder.resolve("t5.safetensors");
+    Safetensors.write(path, tensors, ImmutableMap.of());
+    LoraReadOptions skip = LoraReadOptions.builder().skipUnsupported(true).build();
+    org.assertj.core.api.Assertions.assertThatThrownBy(() -> LoraFiles.read(path, skip))
+        .isInstanceOf(dev.loramerge.LoraMergeException.class)
+        .hasMessage("t5.safetensors: skipping what cannot be read would drop 2 of the adapter's 3 modules"
+            + " ('lora_te3_encoder_block_0_layer_0_SelfAttention_k', 'lora_te3_encoder_block_0_layer_0_SelfAttention_q')"
+            + " and keep 1; refusing to make a result from what is left");
+  }
 }
