@@ -23,7 +23,7 @@ final class InputOptions {
 
   @Option(
       names = "--architecture",
-      paramLabel = "sd15|sdxl|flux",
+      paramLabel = "sd15|sd2|sdxl|flux",
       description = "Resolve kohya module names against this architecture.")
   String architecture;
 

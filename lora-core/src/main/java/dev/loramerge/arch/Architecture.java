@@ -77,6 +77,8 @@ public final class Architecture {
       Suppliers.memoize(() -> new Architecture("sd15", "SD1.5", KohyaDialect.SD1));
   private static final Supplier<Architecture> SDXL =
       Suppliers.memoize(() -> new Architecture("sdxl", "SDXL", KohyaDialect.SDXL));
+  private static final Supplier<Architecture> SD2 =
+      Suppliers.memoize(() -> new Architecture("sd2", "SD2.x", KohyaDialect.SD1));
   private static final Supplier<Architecture> FLUX =
       Suppliers.memoize(() -> new Architecture("flux", "Flux.1", KohyaDialect.FLUX));
 
@@ -112,9 +114,19 @@ public final class Architecture {
     return FLUX.get();
   }
 
-  /** Every known architecture: SD1.5, SDXL, then Flux.1. */
+  /**
+   * Stable Diffusion 2.x (2.0 and 2.1, 512 and 768): SD1.5's UNet layout with linear projections,
+   * 1024-wide cross-attention and per-level head counts, and OpenCLIP ViT-H's text tower in
+   * transformers naming (23 layers). kohya names it as SD1.5 ({@code lora_unet_} diffusers paths,
+   * {@code lora_te_}).
+   */
+  public static Architecture sd2() {
+    return SD2.get();
+  }
+
+  /** Every known architecture: SD1.5, SDXL, Flux.1, then SD2.x. */
   public static ImmutableList<Architecture> all() {
-    return ImmutableList.of(sd15(), sdxl(), flux());
+    return ImmutableList.of(sd15(), sdxl(), flux(), sd2());
   }
 
   /** The architecture whose {@link #id()} is exactly {@code id}. */

@@ -40,6 +40,10 @@ final class BaseWeightNames {
         if (architecture.isPresent() && architecture.get() == Architecture.flux()) {
           // ComfyUI's single-file Flux checkpoints hold CLIP-L under text_encoders.clip_l.
           names.add("text_encoders.clip_l.transformer." + path + ".weight");
+        } else if (architecture.isPresent() && architecture.get() == Architecture.sd2()) {
+          // SD2's single-file checkpoints hold the text encoder in OpenCLIP's layout
+          // (cond_stage_model.model.transformer.resblocks, q/k/v fused): not looked up.
+          return names.build();
         } else if (architecture.isPresent() && architecture.get() == Architecture.sdxl()) {
           names.add("conditioner.embedders.0.transformer." + path + ".weight");
         } else {

@@ -143,6 +143,9 @@ class ArchitectureTest {
       "sdxl, UNET,           2567463684",
       "sdxl, TEXT_ENCODER,    123060480",
       "sdxl, TEXT_ENCODER_2,  694659840",
+      // stabilityai/stable-diffusion-2-1: UNet 865,910,724, OpenCLIP ViT-H text tower (23 layers) 340,387,840.
+      "sd2,  UNET,            865910724",
+      "sd2,  TEXT_ENCODER,    340387840",
     })
     void listedWeightsAddUpToThePublishedParameterCount(String id, Component component, long published) {
       assertThat(ParameterTally.total(byId(id), component))
@@ -503,7 +506,9 @@ class ArchitectureTest {
   class Identity {
     @Test
     void architecturesAreFoundByIdAndPrintTheirName() {
-      assertThat(Architecture.all()).containsExactly(Architecture.sd15(), Architecture.sdxl(), Architecture.flux());
+      assertThat(Architecture.all())
+          .containsExactly(Architecture.sd15(), Architecture.sdxl(), Architecture.flux(), Architecture.sd2());
+      assertThat(Architecture.byId("sd2")).containsSame(Architecture.sd2());
       assertThat(Architecture.byId("sd15")).containsSame(Architecture.sd15());
       assertThat(Architecture.byId("sdxl")).containsSame(Architecture.sdxl());
       assertThat(Architecture.byId("flux")).containsSame(Architecture.flux());

@@ -71,7 +71,13 @@ final class KohyaNames {
           weightShapes,
           name -> {
             ModuleKey key = byBase.get(name);
-            return key != null ? Optional.of(key) : fitting.flatMap(architecture -> byArchitecture(architecture, name));
+            if (key != null) {
+              return Optional.of(key);
+            }
+            // A single-file base (SD2.x's original names) may resolve none of a file of diffusers
+            // paths that no architecture fits: the grammar still reads them.
+            Optional<ModuleKey> byArchitecture = fitting.flatMap(architecture -> byArchitecture(architecture, name));
+            return byArchitecture.isPresent() ? byArchitecture : byGrammar(name);
           });
     }
     for (Architecture architecture : Architecture.all()) {
