@@ -134,9 +134,12 @@ public final class LoraFuser {
     Map<String, FusedModule> fusedWeights = new LinkedHashMap<>();
     for (ModuleKey key : keys) {
       Optional<String> name = BaseWeightNames.resolve(key, arch, weights.keySet());
-      Optional<FusedModule> fused = name.isPresent() ? Optional.empty() : arch.flatMap(a -> a.fusedModule(key));
+      Optional<FusedModule> fused =
+          name.isPresent()
+              ? Optional.empty()
+              : arch.flatMap(a -> a.fusedModule(key)).or(() -> BaseWeightNames.openClipInProjection(key, arch));
       if (fused.isPresent()) {
-        name = BaseWeightNames.originalNames(fused.get().originalPath()).stream().filter(weights::containsKey).findFirst();
+        name = BaseWeightNames.fusedNames(fused.get()).stream().filter(weights::containsKey).findFirst();
       }
       if (name.isEmpty()) {
         unmatched.add(key);
@@ -213,7 +216,9 @@ public final class LoraFuser {
 
   private static ImmutableList<String> lookedFor(ModuleKey key, Optional<Architecture> arch) {
     ImmutableList.Builder<String> names = ImmutableList.<String>builder().addAll(BaseWeightNames.candidates(key, arch));
-    arch.flatMap(a -> a.fusedModule(key)).ifPresent(fused -> names.addAll(BaseWeightNames.originalNames(fused.originalPath())));
+    arch.flatMap(a -> a.fusedModule(key))
+        .or(() -> BaseWeightNames.openClipInProjection(key, arch))
+        .ifPresent(fused -> names.addAll(BaseWeightNames.fusedNames(fused)));
     return names.build();
   }
 
