@@ -79,6 +79,10 @@ public final class Architecture {
       Suppliers.memoize(() -> new Architecture("sdxl", "SDXL", KohyaDialect.SDXL));
   private static final Supplier<Architecture> SD2 =
       Suppliers.memoize(() -> new Architecture("sd2", "SD2.x", KohyaDialect.SD1));
+  private static final Supplier<Architecture> SD35_MEDIUM =
+      Suppliers.memoize(() -> new Architecture("sd35-medium", "SD3.5 Medium", KohyaDialect.SD3));
+  private static final Supplier<Architecture> SD35_LARGE =
+      Suppliers.memoize(() -> new Architecture("sd35-large", "SD3.5 Large", KohyaDialect.SD3));
   private static final Supplier<Architecture> FLUX =
       Suppliers.memoize(() -> new Architecture("flux", "Flux.1", KohyaDialect.FLUX));
 
@@ -124,9 +128,24 @@ public final class Architecture {
     return SD2.get();
   }
 
-  /** Every known architecture: SD1.5, SDXL, Flux.1, then SD2.x. */
+  /**
+   * Stable Diffusion 3.5 Medium: the MMDiT {@code SD3Transformer2DModel} of 24 joint blocks, 1536
+   * wide, with a second image attention ({@code attn2}) in blocks 0–12. Modules are keyed by
+   * diffusers paths; the original checkpoint's fused {@code joint_blocks.N.x_block.attn.qkv},
+   * {@code attn2.qkv} and {@code context_block.attn.qkv} are {@link #fusedModules()}.
+   */
+  public static Architecture sd35Medium() {
+    return SD35_MEDIUM.get();
+  }
+
+  /** Stable Diffusion 3.5 Large: 38 joint blocks, 2432 wide; otherwise as {@link #sd35Medium()}. */
+  public static Architecture sd35Large() {
+    return SD35_LARGE.get();
+  }
+
+  /** Every known architecture: SD1.5, SDXL, Flux.1, SD2.x, SD3.5 Medium, then SD3.5 Large. */
   public static ImmutableList<Architecture> all() {
-    return ImmutableList.of(sd15(), sdxl(), flux(), sd2());
+    return ImmutableList.of(sd15(), sdxl(), flux(), sd2(), sd35Medium(), sd35Large());
   }
 
   /** The architecture whose {@link #id()} is exactly {@code id}. */

@@ -13,14 +13,14 @@ import java.util.regex.Pattern;
  * {@code _convert_xlabs_flux_lora_to_diffusers}); ComfyUI's Flux keys ({@code
  * diffusion_model.double_blocks.N…} with {@code .lora_up}/{@code .lora_down}, {@code .diff},
  * {@code .diff_b}, as {@code comfy/lora.py} reads them); BFL's control LoRAs (original names with
- * {@code lora_A}/{@code lora_B}, norm scales and biases); SD3's kohya ({@code
- * lora_unet_joint_blocks_…}) and original ({@code joint_blocks.N.x_block…}) names.
+ * {@code lora_A}/{@code lora_B}, norm scales and biases); SD3's original MMDiT names ({@code
+ * joint_blocks.N.x_block…}).
  */
 final class KnownLayouts {
   private static final Pattern XLABS = Pattern.compile("(double|single)_blocks\\.\\d+\\.processor\\.(qkv|proj)_lora\\d?\\.(down|up)\\.weight");
   private static final Pattern COMFY_FLUX = Pattern.compile("(model\\.)?diffusion_model\\.(double_blocks|single_blocks|img_in|txt_in|final_layer)\\..*");
   private static final Pattern BFL_FLUX = Pattern.compile("(double_blocks|single_blocks|img_in|txt_in|final_layer|time_in|vector_in|guidance_in)\\..*");
-  private static final Pattern SD3 = Pattern.compile("(lora_unet_joint_blocks_|(transformer\\.|diffusion_model\\.|model\\.diffusion_model\\.)?joint_blocks\\.).*");
+  private static final Pattern SD3 = Pattern.compile("(diffusion_model\\.|model\\.diffusion_model\\.)?joint_blocks\\..*");
 
   private KnownLayouts() {}
 
@@ -39,7 +39,8 @@ final class KnownLayouts {
           + " which is not supported yet; the kohya and diffusers layouts are");
     }
     if (names.stream().anyMatch(name -> SD3.matcher(name).matches())) {
-      return Optional.of("an SD3 / SD3.5 LoRA, an architecture not supported yet (SD1.5, SDXL and Flux.1 are)");
+      return Optional.of("an SD3 / SD3.5 LoRA in original MMDiT names ('joint_blocks.N.x_block.…'), which is not"
+          + " supported yet; the kohya ('lora_unet_joint_blocks_…') and diffusers ('transformer.…') layouts are");
     }
     return Optional.empty();
   }

@@ -338,10 +338,38 @@ class FluxLayoutsTest {
         .hasMessageStartingWith("comfy.safetensors: a Flux.1 LoRA in ComfyUI layout");
     Path sd3 = folder.resolve("sd3.safetensors");
     Safetensors.write(sd3, ImmutableMap.of(
-        "lora_unet_joint_blocks_0_x_block_attn_qkv.lora_down.weight", gaussian(random, DType.BF16, 4, 1536),
-        "lora_unet_joint_blocks_0_x_block_attn_qkv.lora_up.weight", gaussian(random, DType.BF16, 3 * 1536, 4)), ImmutableMap.of());
+        "diffusion_model.joint_blocks.0.x_block.attn.qkv.lora_down.weight", gaussian(random, DType.BF16, 4, 1536),
+        "diffusion_model.joint_blocks.0.x_block.attn.qkv.lora_up.weight", gaussian(random, DType.BF16, 3 * 1536, 4)), ImmutableMap.of());
     org.assertj.core.api.Assertions.assertThatThrownBy(() -> LoraFiles.read(sd3))
-        .hasMessage("sd3.safetensors: an SD3 / SD3.5 LoRA, an architecture not supported yet (SD1.5, SDXL and Flux.1 are)");
+        .hasMessageStartingWith("sd3.safetensors: an SD3 / SD3.5 LoRA in original MMDiT names");
+  }
+
+  @Test
+  void kohyaSd35LorasReadAsTheirDiffusersPartsOfTheRightSize() throws IOException {
+    // sd-scripts' networks/lora_sd3.py: lora_unet_ plus the underscored MMDiT path, qkv fused.
+    Random random = new Random(14);
+    Map<String, TensorData> medium = new LinkedHashMap<>();
+    kohyaModule(medium, random, "lora_unet_joint_blocks_3_x_block_attn2_qkv", 1536, 3 * 1536);
+    kohyaModule(medium, random, "lora_unet_joint_blocks_3_context_block_mlp_fc2", 4 * 1536, 1536);
+    Path mediumFile = folder.resolve("sd35m.safetensors");
+    Safetensors.write(mediumFile, medium, ImmutableMap.of());
+    LoraAdapter adapter = LoraFiles.read(mediumFile);
+    assertThat(Architecture.detect(adapter)).contains(Architecture.sd35Medium());
+    assertThat(adapter.modules().keySet()).containsExactlyInAnyOrder(
+        key("transformer_blocks.3.attn2.to_q"), key("transformer_blocks.3.attn2.to_k"), key("transformer_blocks.3.attn2.to_v"),
+        key("transformer_blocks.3.ff_context.net.2"));
+    Map<String, TensorData> large = new LinkedHashMap<>();
+    kohyaModule(large, random, "lora_unet_joint_blocks_30_x_block_attn_qkv", 2432, 3 * 2432);
+    Path largeFile = folder.resolve("sd35l.safetensors");
+    Safetensors.write(largeFile, large, ImmutableMap.of());
+    LoraAdapter largeAdapter = LoraFiles.read(largeFile);
+    assertThat(Architecture.detect(largeAdapter)).contains(Architecture.sd35Large());
+    Path back = folder.resolve("back.safetensors");
+    LoraFiles.write(largeAdapter, back, LoraFormat.KOHYA);
+    try (SafetensorsFile file = SafetensorsFile.open(back)) {
+      assertThat(file.tensor("lora_unet_joint_blocks_30_x_block_attn_qkv.lora_up.weight"))
+          .isEqualTo(large.get("lora_unet_joint_blocks_30_x_block_attn_qkv.lora_up.weight"));
+    }
   }
 
   @Test

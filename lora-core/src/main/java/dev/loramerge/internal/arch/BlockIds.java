@@ -28,6 +28,9 @@ final class BlockIds {
 
   static final String SINGLE_BLOCKS = "single_blocks.";
 
+  /** SD3's block ids: {@code joint_blocks.N}. */
+  static final String JOINT_BLOCKS = "joint_blocks.";
+
   private static final String INPUT_PREFIX = "input_blocks.";
   private static final String OUTPUT_PREFIX = "output_blocks.";
 
@@ -81,6 +84,9 @@ final class BlockIds {
     }
     if (id.startsWith(SINGLE_BLOCKS)) {
       return 5;
+    }
+    if (id.startsWith(JOINT_BLOCKS)) {
+      return 6;
     }
     throw new IllegalArgumentException("not a block id: '" + id + "'");
   }

@@ -58,7 +58,18 @@ public final class Descriptor {
         ImmutableMap.of(
             Component.TRANSFORMER, "lora_unet_",
             Component.TEXT_ENCODER, "lora_te1_",
-            Component.TEXT_ENCODER_2, "lora_te3_"));
+            Component.TEXT_ENCODER_2, "lora_te3_")),
+    /**
+     * {@code sd3_train_network.py} ({@code networks/lora_sd3.py}): {@code lora_unet_} plus
+     * underscored original MMDiT paths ({@code lora_unet_joint_blocks_0_x_block_attn_qkv}), CLIP-L
+     * {@code lora_te1_}, CLIP-G {@code lora_te2_}.
+     */
+    SD3(
+        true,
+        ImmutableMap.of(
+            Component.TRANSFORMER, "lora_unet_",
+            Component.TEXT_ENCODER, "lora_te1_",
+            Component.TEXT_ENCODER_2, "lora_te2_"));
 
     private final boolean writesOriginalPaths;
     private final ImmutableMap<Component, String> prefixes;
@@ -118,7 +129,10 @@ public final class Descriptor {
       String resource = RESOURCES + id + "/" + component.prefix() + "/config.json";
       Optional<ModelConfig> config = read(resource);
       if (config.isPresent() && component == Component.TRANSFORMER) {
-        FluxWalker.Walk walk = FluxWalker.walk(config.get());
+        FluxWalker.Walk walk =
+            config.get().modelClass().equals(Sd3Walker.MODEL_CLASS)
+                ? Sd3Walker.walk(config.get())
+                : FluxWalker.walk(config.get());
         specs.addAll(walk.specs());
         fused.addAll(walk.fused());
       } else if (config.isPresent()) {
