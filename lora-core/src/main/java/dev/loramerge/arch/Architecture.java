@@ -17,7 +17,7 @@ import java.util.Arrays;
 import java.util.Optional;
 
 /**
- * A diffusion model a LoRA can be made for (SD1.5, SDXL or Flux.1): every module of its UNet or
+ * A diffusion model a LoRA can be made for (SD1.5, SD2.x, SDXL, SD3.5 or Flux.1): every module of its UNet or
  * transformer and text encoders that a LoRA can target, with shapes, block-weight ids, original
  * checkpoint names and kohya's names.
  *
@@ -35,6 +35,13 @@ import java.util.Optional;
  * embedding, and the text encoders' {@code q/k/v/out_proj}, {@code mlp.fc1/fc2} and SDXL's
  * {@code text_projection}.
  *
+ * <p>Flux.1, SD2.x and SD3.5 are generated the same way from {@code
+ * black-forest-labs/FLUX.1-dev}, {@code stabilityai/stable-diffusion-2-1} and {@code
+ * stabilityai/stable-diffusion-3.5-medium} / {@code -large} configs: the walks follow diffusers'
+ * {@code FluxTransformer2DModel} and {@code SD3Transformer2DModel}, name each module as the
+ * original checkpoint does, and list the original weights that stack several modules as {@link
+ * #fusedModules()}.
+ *
  * <h2>Block ids</h2>
  *
  * <p>{@link ModuleSpec#blockId()} uses the ids of the LBW extension (also SuperMerger's and
@@ -48,14 +55,18 @@ import java.util.Optional;
  * {@code conv_out} ({@code time_embed}, {@code label_emb}, {@code out}) have no id, because LBW
  * matches none of its blocks to them and applies them at weight 1; kohya's {@code --lbws} and
  * sd-mecha place them differently, so a caller that wants their convention maps these three.
+ * SD2.x uses SD1.5's ids. Flux.1's are {@code BASE}, {@code double_blocks.N} and {@code
+ * single_blocks.N}, SD3.5's {@code joint_blocks.N}; their embedders and final layers have none.
  *
  * <h2>kohya names</h2>
  *
  * <p>{@link #kohyaName} is what kohya's own scripts write: for SD1.5 {@code lora_unet_} plus the
  * diffusers path and {@code lora_te_} plus the text-encoder path; for SDXL {@code lora_unet_}
  * plus the original (sgm) path and {@code lora_te1_} / {@code lora_te2_}, always with {@code .}
- * replaced by {@code _}. {@link #resolveKohyaName} also accepts a UNet module under the other
- * spelling (diffusers or original), since converters write both. Because underscores cannot be
+ * replaced by {@code _}; for Flux.1 and SD3.5 {@code lora_unet_} plus the original (BFL, MMDiT)
+ * path, fused weights included ({@link #resolveFusedKohyaName}). {@link #resolveKohyaName} also
+ * accepts a UNet module under the other spelling (diffusers or original), since converters write
+ * both. Because underscores cannot be
  * turned back into dots by rule, resolution is an exact lookup in tables built from the
  * descriptor, never a guess.
  *
