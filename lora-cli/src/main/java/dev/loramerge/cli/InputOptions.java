@@ -23,8 +23,8 @@ final class InputOptions {
 
   @Option(
       names = "--architecture",
-      paramLabel = "sd15|sdxl",
-      description = "Resolve kohya module names against this architecture.")
+      paramLabel = "ID",
+      description = "Resolve kohya module names against this architecture: sd15, sd2, sdxl, sd35-medium, sd35-large or flux.")
   String architecture;
 
   @Option(

@@ -13,6 +13,7 @@ import dev.loramerge.ModuleKey;
 import dev.loramerge.TensorData;
 import dev.loramerge.TensorSpec;
 import dev.loramerge.arch.Architecture;
+import dev.loramerge.arch.FusedModule;
 import dev.loramerge.internal.fuse.FuseScratch;
 import dev.loramerge.internal.json.Recipes;
 import dev.loramerge.merge.LoraMerger;
@@ -134,10 +135,33 @@ public final class LoraFuser {
     ImmutableList.Builder<ModuleKey> unmatched = ImmutableList.builder();
     Map<String, ModuleKey> byWeight = new LinkedHashMap<>();
     Map<String, ModuleKey> biases = new LinkedHashMap<>();
+    Map<String, FusedModule> fusedWeights = new LinkedHashMap<>();
     for (ModuleKey key : keys) {
       Optional<String> name = BaseWeightNames.resolve(key, arch, weights.keySet());
+      Optional<FusedModule> fused =
+          name.isPresent()
+              ? Optional.empty()
+              : arch.flatMap(a -> a.fusedModule(key)).or(() -> BaseWeightNames.openClipInProjection(key, arch));
+      if (fused.isPresent()) {
+        name = BaseWeightNames.fusedNames(fused.get()).stream().filter(weights::containsKey).findFirst();
+      }
       if (name.isEmpty()) {
         unmatched.add(key);
+        continue;
+      }
+      if (fused.isPresent()) {
+        Optional<LoraModule> other = updates.firstMaterialised(key);
+        if (other.isPresent()) {
+          throw new LoraMergeException(
+              String.format(
+                  Locale.ROOT,
+                  "module '%s' is a part of fused weight '%s' (%s) but is a %s; only plain LoRA parts can be fused into"
+                      + " their rows of a fused weight",
+                  key, fused.get().originalPath(), name.get(), other.get().kindName()));
+        }
+        checkFits(key, fused.get(), weights.get(name.get()));
+        fusedWeights.put(name.get(), fused.get());
+        matched.put(key, name.get());
         continue;
       }
       checkFits(key, updates.firstModule(key), weights.get(name.get()));
@@ -154,6 +178,14 @@ public final class LoraFuser {
         biases.put(biasName(key, name.get(), weights), key);
       }
     }
+    for (String name : fusedWeights.keySet()) {
+      if (byWeight.containsKey(name)) {
+        throw new LoraMergeException(
+            String.format(
+                Locale.ROOT, "module '%s' and the parts of fused weight '%s' both resolve to weight '%s'",
+                byWeight.get(name), fusedWeights.get(name).originalPath(), name));
+      }
+    }
     FuseReport report = new FuseReport(matched.build(), unmatched.build());
     if (report.matched().isEmpty()) {
       ModuleKey example = keys.first();
@@ -164,7 +196,7 @@ public final class LoraFuser {
                   + " is the base for another architecture?",
               keys.size(),
               example,
-              BaseWeightNames.candidates(example, arch)));
+              lookedFor(example, arch)));
     }
     if (!report.unmatched().isEmpty() && !allowUnmatched) {
       throw new LoraMergeException(
@@ -175,7 +207,7 @@ public final class LoraFuser {
               report.unmatched().size(),
               keys.size(),
               report.unmatched().get(0),
-              BaseWeightNames.candidates(report.unmatched().get(0), arch),
+              lookedFor(report.unmatched().get(0), arch),
               report.matched().size()));
     }
     ForkJoinPool workers = new ForkJoinPool(threads);
@@ -183,7 +215,8 @@ public final class LoraFuser {
       WeightUpdate update =
           new MergedWeightUpdate(
               updates, merger.listener(), ImmutableMap.copyOf(byWeight), ImmutableMap.copyOf(biases), factor,
-              recipe(operation, factor), workers, scratch);
+              recipe(operation, factor), workers, scratch)
+              .withFused(ImmutableMap.copyOf(fusedWeights), report.matched().keySet());
       return new FusedLora(report, target.apply(update));
     } finally {
       workers.shutdown();
@@ -211,6 +244,28 @@ public final class LoraFuser {
               key, weightName, bias));
     }
     return bias;
+  }
+
+  private static ImmutableList<String> lookedFor(ModuleKey key, Optional<Architecture> arch) {
+    ImmutableList.Builder<String> names = ImmutableList.<String>builder().addAll(BaseWeightNames.candidates(key, arch));
+    arch.flatMap(a -> a.fusedModule(key))
+        .or(() -> BaseWeightNames.openClipInProjection(key, arch))
+        .ifPresent(fused -> names.addAll(BaseWeightNames.fusedNames(fused)));
+    return names.build();
+  }
+
+  private static void checkFits(ModuleKey key, FusedModule fused, TensorSpec weight) {
+    if (!Arrays.equals(weight.shape(), fused.weightShape()) || !weight.dtype().isFloatingPoint()) {
+      throw new LoraMergeException(
+          String.format(
+              Locale.ROOT,
+              "module '%s' is a part of fused weight '%s' of %s, but base weight '%s' is %s",
+              key,
+              fused.originalPath(),
+              Arrays.toString(fused.weightShape()),
+              weight.name(),
+              weight.dtype().safetensorsName() + Arrays.toString(weight.shape())));
+    }
   }
 
   private static void checkFits(ModuleKey key, LoraModule module, TensorSpec weight) {

@@ -208,6 +208,14 @@ public final class ModuleUpdates {
     }
   }
 
+  /**
+   * The module of {@code key} of the first input that has it with a weight other than 0 and is not
+   * a plain LoRA (see {@link #materialised}), if any.
+   */
+  public java.util.Optional<LoraModule> firstMaterialised(ModuleKey key) {
+    return present(key).stream().map(input -> input.adapter().modules().get(key)).filter(module -> !module.isPlainLora()).findFirst();
+  }
+
   /** The module of {@code key} of the first input that has it with a weight other than 0. */
   public LoraModule firstModule(ModuleKey key) {
     return merger.firstPresent(key);

@@ -10,6 +10,7 @@ import dev.loramerge.ModuleKey;
 import dev.loramerge.ScaleRule;
 import dev.loramerge.TensorData;
 import dev.loramerge.TensorSpec;
+import dev.loramerge.arch.Architecture;
 import dev.loramerge.internal.json.Json;
 import java.io.IOException;
 import java.nio.charset.StandardCharsets;
@@ -122,7 +123,9 @@ final class PeftFormat {
       ScaleRule rule = config.rsLora ? ScaleRule.RSLORA : ScaleRule.STANDARD;
       for (FormatParts.Module module : parts.complete(options.skipUnsupported())) {
         Component component =
-            module.name.startsWith("text_model.") ? Component.TEXT_ENCODER : Component.UNET;
+            module.name.startsWith("text_model.")
+                ? Component.TEXT_ENCODER
+                : isTransformerPath(module.name) ? Component.TRANSFORMER : Component.UNET;
         ModuleKey key = ModuleKey.of(component, module.name);
         LoraModule read = LoraModule.of(key, module.down, module.up, config.alphaOf(module.name), rule);
         adapter.add(module.magnitudeVector == null ? read : read.withMagnitude(DoraMagnitude.peft(module.magnitudeVector)));
@@ -130,6 +133,11 @@ final class PeftFormat {
       adapter.putAllMetadata(file.metadata());
       return adapter.build();
     }
+  }
+
+  /** Whether {@code path} is a module of Flux's transformer, which a PEFT folder may adapt alone. */
+  private static boolean isTransformerPath(String path) {
+    return Architecture.flux().module(ModuleKey.of(Component.TRANSFORMER, path)).isPresent();
   }
 
   private static String middle(String name, String prefix, String suffix) {

@@ -126,7 +126,7 @@ class LoraFilesTest {
         .isInstanceOf(LoraMergeException.class)
         .hasMessage(
             "input.safetensors: cannot resolve kohya module name 'lora_unet_my_custom_block_proj': it is not a module of"
-                + " SD1.5 or SDXL, not in the base weights given, and not a diffusers module name; give the"
+                + " SD1.5 or SDXL or Flux.1 or SD2.x or SD3.5 Medium or SD3.5 Large, not in the base weights given, and not a diffusers module name; give the"
                 + " model's weight names (baseKeys)");
     LoraAdapter viaBase =
         LoraFiles.read(
