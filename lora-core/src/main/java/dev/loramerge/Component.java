@@ -6,7 +6,9 @@ import java.util.Optional;
 public enum Component {
   UNET("unet"),
   TEXT_ENCODER("text_encoder"),
-  TEXT_ENCODER_2("text_encoder_2");
+  TEXT_ENCODER_2("text_encoder_2"),
+  /** The denoising transformer of DiT models (Flux.1), where SD1.5 and SDXL have a UNet. */
+  TRANSFORMER("transformer");
 
   private final String prefix;
 

@@ -2,13 +2,21 @@ package dev.loramerge;
 
 import static com.google.common.base.Preconditions.checkNotNull;
 
+import com.google.common.collect.ImmutableSortedMap;
 import java.util.Arrays;
 import java.util.Locale;
+import java.util.Map;
+import java.util.Optional;
 
 /**
  * One module of a LoRA adapter: the factors A (down, r×in or r×in×k×k) and B (up, out×r or
  * out×r×1×1), alpha and the scale rule. Its update is ΔW = s·B·A with s = α/r (α/√r with
  * rsLoRA); for a convolution, A is flattened to r×(in·k·k) and ΔW reshaped to out×in×k×k.
+ *
+ * <p>A module may be of another {@link AdapterKind} (LoCon with a Tucker core, LoHa, LoKr, a full
+ * difference), may carry a DoRA magnitude, which renormalises the updated weight, and a bias
+ * difference. {@link #down()} and {@link #up()} exist where the kind has exact LoRA factors;
+ * {@link #deltaF64()} is every kind's update, and {@link #fusedF64} every kind's fused weight.
  *
  * <p>Factors stay as {@link TensorData}, possibly memory-mapped, until a computation reads them.
  * Instances are immutable and thread-safe.
@@ -33,13 +41,31 @@ public final class LoraModule {
   private final TensorData up;
   private final double alpha;
   private final ScaleRule scaleRule;
+  private final AdapterKind adapterKind;
+  /** The kind's tensors under their LyCORIS names; empty for plain LoRA, whose are down and up. */
+  private final ImmutableSortedMap<String, TensorData> parts;
+  /** The base weight's shape where the factors do not give it (null for plain LoRA). */
+  private final long[] shape;
+  private final DoraMagnitude magnitude;
+  private final TensorData biasDiff;
 
   private LoraModule(ModuleKey key, TensorData down, TensorData up, double alpha, ScaleRule scaleRule) {
+    this(key, down, up, alpha, scaleRule, AdapterKind.LORA, ImmutableSortedMap.of(), null, null, null);
+  }
+
+  private LoraModule(
+      ModuleKey key, TensorData down, TensorData up, double alpha, ScaleRule scaleRule, AdapterKind adapterKind,
+      ImmutableSortedMap<String, TensorData> parts, long[] shape, DoraMagnitude magnitude, TensorData biasDiff) {
     this.key = key;
     this.down = down;
     this.up = up;
     this.alpha = alpha;
     this.scaleRule = scaleRule;
+    this.adapterKind = adapterKind;
+    this.parts = parts;
+    this.shape = shape;
+    this.magnitude = magnitude;
+    this.biasDiff = biasDiff;
   }
 
   /**
@@ -61,6 +87,94 @@ public final class LoraModule {
   /** A module with the standard scale rule. */
   public static LoraModule of(ModuleKey key, TensorData down, TensorData up, double alpha) {
     return of(key, down, up, alpha, ScaleRule.STANDARD);
+  }
+
+  /**
+   * A module of {@code kind} from its tensors under their LyCORIS names ({@code lora_down},
+   * {@code lora_up}, {@code lora_mid}; {@code hada_w1_a} … {@code hada_t2}; {@code lokr_w1} …
+   * {@code lokr_t2}; {@code diff}), with the standard scale rule. {@code weightShape} is the base
+   * weight's shape where the reader knows it (LyCORIS flattens LoHa and factored LoKr convolutions
+   * to [out, in·kh·kw]); it must hold as many elements as the update, with the same first
+   * dimension. Absent, the shape the tensors imply is used.
+   *
+   * @throws LoraMergeException when the tensors do not form an update of {@code kind}
+   */
+  public static LoraModule ofKind(
+      ModuleKey key, AdapterKind kind, Map<String, TensorData> tensors, double alpha, Optional<long[]> weightShape) {
+    checkNotNull(key, "key");
+    checkNotNull(kind, "kind");
+    ImmutableSortedMap<String, TensorData> parts = ImmutableSortedMap.copyOf(tensors);
+    if (!parts.keySet().containsAll(KindMath.required(kind))) {
+      throw new LoraMergeException(
+          String.format(
+              Locale.ROOT, "module '%s': a %s needs %s, found %s", key, kind.displayName(),
+              new java.util.TreeSet<>(KindMath.required(kind)), parts.keySet()));
+    }
+    if (kind == AdapterKind.LORA) {
+      return of(key, parts.get(KindMath.LORA_DOWN), parts.get(KindMath.LORA_UP), alpha);
+    }
+    for (Map.Entry<String, TensorData> part : parts.entrySet()) {
+      if (!part.getValue().dtype().isFloatingPoint()) {
+        throw new LoraMergeException(
+            String.format(
+                Locale.ROOT, "module '%s': %s is %s, expected a floating-point tensor", key, part.getKey(),
+                part.getValue().dtype().safetensorsName()));
+      }
+    }
+    if (!Double.isFinite(alpha)) {
+      throw new LoraMergeException(String.format(Locale.ROOT, "module '%s': alpha is %s, expected a finite number", key, alpha));
+    }
+    long[] implied = KindMath.impliedShape(key, kind, parts);
+    long[] shape = weightShape.map(long[]::clone).orElse(implied);
+    if (shape.length == 0 || shape[0] != implied[0] || TensorData.numel(shape) != TensorData.numel(implied)) {
+      throw new LoraMergeException(
+          String.format(
+              Locale.ROOT, "module '%s': a %s updating %s cannot update a %s weight", key, kind.displayName(),
+              Arrays.toString(implied), Arrays.toString(shape)));
+    }
+    if (kind == AdapterKind.LORA_TUCKER) {
+      return new LoraModule(key, null, parts.get(KindMath.LORA_UP), alpha, ScaleRule.STANDARD, kind, parts, shape, null, null);
+    }
+    return new LoraModule(key, null, null, alpha, ScaleRule.STANDARD, kind, parts, shape, null, null);
+  }
+
+  /**
+   * This module with a DoRA magnitude: its fused weight becomes {@code m / ‖W + w·ΔW‖ · (W + w·ΔW)}.
+   *
+   * @throws LoraMergeException when the magnitude has neither one value per output row nor one
+   *     per input channel
+   */
+  public LoraModule withMagnitude(DoraMagnitude magnitude) {
+    checkNotNull(magnitude, "magnitude");
+    long[] weight = weightShape();
+    long inner = TensorData.numel(weight) / weight[0];
+    boolean fits = magnitude.perOutput()
+        ? magnitude.count() == weight[0]
+        : magnitude.count() > 0 && inner % magnitude.count() == 0 && (weight.length < 4 || magnitude.count() == weight[1]);
+    if (!fits) {
+      throw new LoraMergeException(
+          String.format(
+              Locale.ROOT, "module '%s': DoRA magnitude %s does not fit a %s weight (expected one value per %s)", key,
+              Arrays.toString(magnitude.values().shape()), Arrays.toString(weight),
+              magnitude.perOutput() ? "output row" : "input channel"));
+    }
+    return new LoraModule(key, down, up, alpha, scaleRule, adapterKind, parts, shape, magnitude, biasDiff);
+  }
+
+  /**
+   * This module with a bias difference ({@code diff_b}): a fuse adds it to the layer's bias.
+   *
+   * @throws LoraMergeException when it does not hold one value per output feature
+   */
+  public LoraModule withBiasDiff(TensorData biasDiff) {
+    checkNotNull(biasDiff, "biasDiff");
+    if (biasDiff.numel() != outFeatures() || !biasDiff.dtype().isFloatingPoint()) {
+      throw new LoraMergeException(
+          String.format(
+              Locale.ROOT, "module '%s': bias difference %s %s, expected %d floating-point values", key,
+              biasDiff.dtype().safetensorsName(), Arrays.toString(biasDiff.shape()), outFeatures()));
+    }
+    return new LoraModule(key, down, up, alpha, scaleRule, adapterKind, parts, shape, magnitude, biasDiff);
   }
 
   private static void validate(ModuleKey key, TensorData down, TensorData up, double alpha) {
@@ -110,14 +224,73 @@ public final class LoraModule {
     return key;
   }
 
-  /** A, the down projection. */
+  /**
+   * A, the down projection; for a Tucker LoCon, the core contracted with {@code lora_down}, in
+   * float64 [r, in, kh, kw], which makes s·B·A its exact update.
+   *
+   * @throws LoraMergeException when the kind has no LoRA factors (see {@link AdapterKind#factored()})
+   */
   public TensorData down() {
-    return down;
+    if (adapterKind == AdapterKind.LORA_TUCKER) {
+      return KindMath.tuckerDown(parts);
+    }
+    return requireFactors(down);
   }
 
-  /** B, the up projection. */
+  /**
+   * B, the up projection.
+   *
+   * @throws LoraMergeException when the kind has no LoRA factors (see {@link AdapterKind#factored()})
+   */
   public TensorData up() {
-    return up;
+    return requireFactors(up);
+  }
+
+  private TensorData requireFactors(TensorData factor) {
+    if (factor == null) {
+      throw new LoraMergeException(
+          String.format(Locale.ROOT, "module '%s' is a %s: it has no LoRA factors", key, adapterKind.displayName()));
+    }
+    return factor;
+  }
+
+  /** How the update is built from the module's tensors. */
+  public AdapterKind adapterKind() {
+    return adapterKind;
+  }
+
+  /**
+   * The kind's tensors under their LyCORIS names, as read; empty for plain LoRA, whose tensors
+   * are {@link #down()} and {@link #up()}.
+   */
+  public ImmutableSortedMap<String, TensorData> parts() {
+    return parts;
+  }
+
+  /** The DoRA magnitude, if the module has one. */
+  public Optional<DoraMagnitude> magnitude() {
+    return Optional.ofNullable(magnitude);
+  }
+
+  /** The bias difference ({@code diff_b}), if the module has one. */
+  public Optional<TensorData> biasDiff() {
+    return Optional.ofNullable(biasDiff);
+  }
+
+  /**
+   * Whether the update is exactly s·B·A, adds to the weight, and leaves the bias alone: what the
+   * factor-space merges and the LoRA layouts take.
+   */
+  public boolean isPlainLora() {
+    return adapterKind.factored() && magnitude == null && biasDiff == null;
+  }
+
+  /**
+   * The kind's name, with {@code +DoRA} and {@code +bias} for a magnitude and a bias difference,
+   * e.g. {@code "LoHa+DoRA"}.
+   */
+  public String kindName() {
+    return adapterKind.displayName() + (magnitude != null ? "+DoRA" : "") + (biasDiff != null ? "+bias" : "");
   }
 
   /** Alpha as stored (kohya's {@code .alpha}, PEFT's {@code lora_alpha}). */
@@ -130,51 +303,81 @@ public final class LoraModule {
     return scaleRule;
   }
 
-  /** The rank r. */
+  /**
+   * The rank r: of the factors, of LoHa's first Hadamard half, of LoKr's factored w2 (else w1);
+   * 0 for a LoKr with no factored part and for a full difference.
+   */
   public int rank() {
-    return Math.toIntExact(down.dim(0));
+    return adapterKind == AdapterKind.LORA ? Math.toIntExact(down.dim(0)) : KindMath.rank(adapterKind, parts);
   }
 
-  /** The scale s of the update s·B·A. */
+  /**
+   * The scale s of the update: α/r (α/√r with rsLoRA) for LoRA, LoCon and LoHa; α/r for a LoKr
+   * with a factored part and 1 for one without (ComfyUI {@code lokr.py}, LyCORIS {@code lokr.py});
+   * 1 for a full difference.
+   */
   public double scale() {
-    return scaleRule.scale(alpha, rank());
+    return adapterKind == AdapterKind.LORA ? scaleRule.scale(alpha, rank()) : KindMath.scale(adapterKind, parts, alpha, scaleRule);
+  }
+
+  /**
+   * An upper bound of the rank of the update as an [out, in·kh·kw] matrix: r for LoRA and LoCon,
+   * r₁·r₂ for LoHa, the product of the factors' ranks for LoKr, min(out, in·kh·kw) for a full
+   * difference. A merge re-ranks a materialised update to at most this by default, which keeps it
+   * exact.
+   */
+  public int updateRankBound() {
+    return adapterKind == AdapterKind.LORA ? rank() : Math.toIntExact(KindMath.rankBound(adapterKind, parts, shape));
   }
 
   /** Linear or convolution. */
   public Kind kind() {
+    if (shape != null) {
+      return shape.length == 4 ? Kind.CONV : Kind.LINEAR;
+    }
     return down.rank() == 4 ? Kind.CONV : Kind.LINEAR;
   }
 
-  /** Input features (linear) or channels (convolution). */
+  /** Input features (linear) or channels (convolution); in·kh·kw for a flattened convolution. */
   public long inFeatures() {
-    return down.dim(1);
+    return shape != null ? shape[1] : down.dim(1);
   }
 
   /** Output features (linear) or channels (convolution). */
   public long outFeatures() {
-    return up.dim(0);
+    return shape != null ? shape[0] : up.dim(0);
   }
 
   /** Kernel height and width (1 for linear layers). */
   public long kernelSize() {
+    if (shape != null) {
+      return shape.length == 4 ? shape[2] : 1;
+    }
     return kind() == Kind.CONV ? down.dim(2) : 1;
   }
 
-  /** The shape of the base weight this updates: [out, in] or [out, in, kh, kw]. */
+  /**
+   * The shape of the base weight this updates: [out, in] or [out, in, kh, kw]; [out, in·kh·kw]
+   * for a LoHa or LoKr convolution whose reader could not tell the kernel.
+   */
   public long[] weightShape() {
+    if (shape != null) {
+      return shape.clone();
+    }
     return kind() == Kind.CONV
         ? new long[] {outFeatures(), inFeatures(), down.dim(2), down.dim(3)}
         : new long[] {outFeatures(), inFeatures()};
   }
 
-  /** The element type of the factors (of A where they differ). */
+  /** The element type of the factors (of A where they differ; of the first part for other kinds). */
   public DType dtype() {
-    return down.dtype();
+    return down != null ? down.dtype() : parts.values().iterator().next().dtype();
   }
 
   /** This module with another key. */
   public LoraModule withKey(ModuleKey newKey) {
-    return of(newKey, down, up, alpha, scaleRule);
+    checkNotNull(newKey, "newKey");
+    return new LoraModule(newKey, down, up, alpha, scaleRule, adapterKind, parts, shape, magnitude, biasDiff);
   }
 
   /**
@@ -182,6 +385,16 @@ public final class LoraModule {
    * small modules: it allocates out·in·k·k doubles.
    */
   public double[] deltaF64() {
+    if (adapterKind != AdapterKind.LORA) {
+      double[] delta = KindMath.unscaledDelta(adapterKind, parts);
+      double s = scale();
+      if (s != 1) {
+        for (int i = 0; i < delta.length; i++) {
+          delta[i] *= s;
+        }
+      }
+      return delta;
+    }
     int rank = rank();
     int out = Math.toIntExact(outFeatures());
     int inner = Math.toIntExact(down.numel() / rank);
@@ -205,7 +418,26 @@ public final class LoraModule {
     return delta;
   }
 
-  /** Equal when key, factors, alpha and scale rule are equal. */
+  /**
+   * The weight this module alone makes of {@code weight} (row-major, as {@link #deltaF64()}) at
+   * user weight {@code w}, in float64: {@code W + w·ΔW}, or with a DoRA magnitude {@code m / (‖W +
+   * w·ΔW‖ + ε) · (W + w·ΔW)}. A new array; {@code weight} is not changed.
+   */
+  public double[] fusedF64(double[] weight, double w) {
+    checkNotNull(weight, "weight");
+    double[] delta = deltaF64();
+    if (weight.length != delta.length) {
+      throw new IllegalArgumentException(
+          String.format(Locale.ROOT, "module '%s': weight of %d values, update of %d", key, weight.length, delta.length));
+    }
+    double[] sum = new double[delta.length];
+    for (int i = 0; i < sum.length; i++) {
+      sum[i] = weight[i] + w * delta[i];
+    }
+    return magnitude == null ? sum : KindMath.renormalise(sum, Math.toIntExact(outFeatures()), magnitude);
+  }
+
+  /** Equal when key, kind, tensors, alpha, scale rule, magnitude and bias difference are equal. */
   @Override
   public boolean equals(Object other) {
     if (!(other instanceof LoraModule)) {
@@ -213,19 +445,29 @@ public final class LoraModule {
     }
     LoraModule that = (LoraModule) other;
     return key.equals(that.key)
-        && down.equals(that.down)
-        && up.equals(that.up)
+        && java.util.Objects.equals(down, that.down)
+        && java.util.Objects.equals(up, that.up)
         && Double.compare(alpha, that.alpha) == 0
-        && scaleRule == that.scaleRule;
+        && scaleRule == that.scaleRule
+        && adapterKind == that.adapterKind
+        && parts.equals(that.parts)
+        && Arrays.equals(shape, that.shape)
+        && java.util.Objects.equals(magnitude, that.magnitude)
+        && java.util.Objects.equals(biasDiff, that.biasDiff);
   }
 
   @Override
   public int hashCode() {
-    return java.util.Objects.hash(key, down, up, alpha, scaleRule);
+    return java.util.Objects.hash(key, down, up, alpha, scaleRule, adapterKind, parts, Arrays.hashCode(shape), magnitude, biasDiff);
   }
 
   @Override
   public String toString() {
+    if (adapterKind != AdapterKind.LORA || !isPlainLora()) {
+      return String.format(
+          Locale.ROOT, "%s{%s, rank=%d, alpha=%s, shape=%s, parts=%s}", key, kindName(), rank(), alpha,
+          Arrays.toString(weightShape()), adapterKind == AdapterKind.LORA ? "{down=" + down + ", up=" + up + "}" : parts);
+    }
     return String.format(
         Locale.ROOT,
         "%s{rank=%d, alpha=%s, %s, down=%s, up=%s}",

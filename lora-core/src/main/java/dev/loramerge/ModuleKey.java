@@ -32,7 +32,8 @@ public record ModuleKey(Component component, String path) implements Comparable<
   }
 
   /**
-   * Parses {@code unet.<path>}, {@code text_encoder.<path>} or {@code text_encoder_2.<path>}.
+   * Parses {@code unet.<path>}, {@code text_encoder.<path>}, {@code text_encoder_2.<path>} or
+   * {@code transformer.<path>}.
    *
    * @throws IllegalArgumentException when the text has no known component prefix
    */
@@ -44,7 +45,7 @@ public record ModuleKey(Component component, String path) implements Comparable<
             .orElseThrow(
                 () ->
                     new IllegalArgumentException(
-                        "not a module key (expected unet, text_encoder or text_encoder_2): '"
+                        "not a module key (expected unet, text_encoder, text_encoder_2 or transformer): '"
                             + text
                             + "'"));
     return new ModuleKey(component, text.substring(dot + 1));

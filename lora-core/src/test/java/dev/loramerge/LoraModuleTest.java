@@ -62,4 +62,103 @@ class LoraModuleTest {
         .isInstanceOf(LoraMergeException.class)
         .hasMessage("module 'unet.mid_block.attentions.0.proj_in': alpha is NaN, expected a finite number");
   }
+
+  private static TensorData seeded(java.util.Random random, long... shape) {
+    float[] values = new float[Math.toIntExact(TensorData.numel(shape))];
+    for (int i = 0; i < values.length; i++) {
+      values[i] = (float) random.nextGaussian();
+    }
+    return TensorData.ofFloats(values, shape);
+  }
+
+  @Test
+  void tuckerLokrIsTheKroneckerProductOfW1AndTheRebuiltW2() {
+    // ComfyUI lokr.py: w2 = einsum('i j k l, j r, i p -> p r k l', t2, w2_b, w2_a), ΔW = kron(w1, w2)
+    // with w1 unsqueezed to [a, b, 1, 1], times alpha / w2_b.shape[0] (w2 is factored).
+    java.util.Random random = new java.util.Random(3);
+    TensorData w1 = seeded(random, 2, 3);
+    TensorData t2 = seeded(random, 2, 2, 3, 3);
+    TensorData w2a = seeded(random, 2, 4);
+    TensorData w2b = seeded(random, 2, 5);
+    LoraModule module = LoraModule.ofKind(
+        KEY, AdapterKind.LOKR, java.util.Map.of("lokr_w1", w1, "lokr_t2", t2, "lokr_w2_a", w2a, "lokr_w2_b", w2b), 1,
+        java.util.Optional.empty());
+    assertThat(module.weightShape()).containsExactly(8, 15, 3, 3);
+    assertThat(module.scale()).isEqualTo(0.5);
+    double[] first = w1.toDoubleArray();
+    double[] t = t2.toDoubleArray();
+    double[] a = w2a.toDoubleArray();
+    double[] b = w2b.toDoubleArray();
+    double[] delta = module.deltaF64();
+    for (int i1 = 0; i1 < 2; i1++) {
+      for (int p = 0; p < 4; p++) {
+        for (int j1 = 0; j1 < 3; j1++) {
+          for (int r = 0; r < 5; r++) {
+            for (int s = 0; s < 9; s++) {
+              double w2 = 0;
+              for (int i = 0; i < 2; i++) {
+                for (int j = 0; j < 2; j++) {
+                  w2 += t[(i * 2 + j) * 9 + s] * b[j * 5 + r] * a[i * 4 + p];
+                }
+              }
+              double expected = 0.5 * first[i1 * 3 + j1] * w2;
+              assertThat(delta[((i1 * 4 + p) * 15 + j1 * 5 + r) * 9 + s]).isCloseTo(expected, within(1e-13));
+            }
+          }
+        }
+      }
+    }
+  }
+
+  @Test
+  void lokrWithoutAFactoredPartIgnoresAlphaAndLohaDividesByItsRank() {
+    java.util.Random random = new java.util.Random(4);
+    LoraModule lokr = LoraModule.ofKind(
+        KEY, AdapterKind.LOKR, java.util.Map.of("lokr_w1", seeded(random, 2, 2), "lokr_w2", seeded(random, 3, 3)), 7,
+        java.util.Optional.empty());
+    assertThat(lokr.scale()).as("LoKr with both factors full").isEqualTo(1.0);
+    assertThat(lokr.rank()).isZero();
+    LoraModule loha = LoraModule.ofKind(
+        KEY, AdapterKind.LOHA,
+        java.util.Map.of("hada_w1_a", seeded(random, 4, 2), "hada_w1_b", seeded(random, 2, 6), "hada_w2_a", seeded(random, 4, 2),
+            "hada_w2_b", seeded(random, 2, 6)), 3, java.util.Optional.empty());
+    assertThat(loha.scale()).isEqualTo(1.5);
+    assertThat(loha.updateRankBound()).as("rank of a Hadamard product").isEqualTo(4);
+    assertThatThrownBy(loha::down).isInstanceOf(LoraMergeException.class)
+        .hasMessage("module 'unet.mid_block.attentions.0.proj_in' is a LoHa: it has no LoRA factors");
+    assertThatThrownBy(() -> LoraModule.ofKind(
+            KEY, AdapterKind.LOHA, java.util.Map.of("hada_w1_a", seeded(random, 4, 2)), 3, java.util.Optional.empty()))
+        .isInstanceOf(LoraMergeException.class)
+        .hasMessageContaining("a LoHa needs [hada_w1_a, hada_w1_b, hada_w2_a, hada_w2_b], found [hada_w1_a]");
+  }
+
+  @Test
+  void peftDoraRenormalisesEachOutputChannelOfAConvolutionWithTheWeightInsideTheNorm() {
+    // PEFT dora.py (DoraConv2dLayer.get_weight_norm): norm over dims 1.. of W + scaling·ΔW, no ε;
+    // the fused weight is magnitude / norm · (W + scaling·ΔW).
+    java.util.Random random = new java.util.Random(5);
+    LoraModule plain = LoraModule.of(KEY, seeded(random, 2, 3, 3, 3), seeded(random, 4, 2, 1, 1), 2);
+    TensorData magnitude = seeded(random, 4);
+    LoraModule dora = plain.withMagnitude(DoraMagnitude.peft(magnitude));
+    assertThat(dora.kindName()).isEqualTo("LoRA+DoRA");
+    assertThat(dora.isPlainLora()).isFalse();
+    double[] weight = seeded(random, 4, 3, 3, 3).toDoubleArray();
+    double[] delta = plain.deltaF64();
+    double[] m = magnitude.toDoubleArray();
+    double[] fused = dora.fusedF64(weight, 0.7);
+    for (int o = 0; o < 4; o++) {
+      double sum = 0;
+      for (int i = 0; i < 27; i++) {
+        double v = weight[o * 27 + i] + 0.7 * delta[o * 27 + i];
+        sum += v * v;
+      }
+      for (int i = 0; i < 27; i++) {
+        double v = weight[o * 27 + i] + 0.7 * delta[o * 27 + i];
+        assertThat(fused[o * 27 + i]).isCloseTo(m[o] / Math.sqrt(sum) * v, within(1e-14));
+      }
+    }
+    assertThatThrownBy(() -> plain.withMagnitude(DoraMagnitude.peft(seeded(random, 5))))
+        .isInstanceOf(LoraMergeException.class)
+        .hasMessageContaining("DoRA magnitude [5] does not fit a [4, 3, 3, 3] weight (expected one value per output row)");
+  }
 }

@@ -79,7 +79,7 @@ class ModuleKeyTest {
   void rejectsNamesWithoutAComponent() {
     assertThatThrownBy(() -> ModuleKey.parse("vae.decoder.conv_in"))
         .isInstanceOf(IllegalArgumentException.class)
-        .hasMessage("not a module key (expected unet, text_encoder or text_encoder_2): 'vae.decoder.conv_in'");
+        .hasMessage("not a module key (expected unet, text_encoder, text_encoder_2 or transformer): 'vae.decoder.conv_in'");
     assertThatThrownBy(() -> ModuleKey.of(Component.UNET, "a..b"))
         .isInstanceOf(IllegalArgumentException.class)
         .hasMessage("not a module path: 'a..b'");

@@ -222,9 +222,14 @@ final class CompareCommand implements Callable<Integer> {
       NDArray negative = null;
       for (int i = 0; i < terms.size(); i++) {
         LoraModule module = terms.get(i);
-        NDArray down = module.down().toNDArray(manager).reshape(module.rank(), -1);
-        NDArray up = module.up().toNDArray(manager).reshape(module.outFeatures(), module.rank());
-        NDArray delta = up.matMul(down).mul(weights.get(i) * module.scale());
+        NDArray delta;
+        if (module.adapterKind().factored()) {
+          NDArray down = module.down().toNDArray(manager).reshape(module.rank(), -1);
+          NDArray up = module.up().toNDArray(manager).reshape(module.outFeatures(), module.rank());
+          delta = up.matMul(down).mul(weights.get(i) * module.scale());
+        } else {
+          delta = manager.create(module.deltaF64()).mul(weights.get(i));
+        }
         NDArray isPositive = delta.gt(0).toType(ai.djl.ndarray.types.DataType.INT32, false);
         NDArray isNegative = delta.lt(0).toType(ai.djl.ndarray.types.DataType.INT32, false);
         positive = positive == null ? isPositive : positive.add(isPositive);

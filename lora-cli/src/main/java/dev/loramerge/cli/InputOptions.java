@@ -23,13 +23,13 @@ final class InputOptions {
 
   @Option(
       names = "--architecture",
-      paramLabel = "sd15|sdxl",
-      description = "Resolve kohya module names against this architecture.")
+      paramLabel = "ID",
+      description = "Resolve kohya module names against this architecture: sd15, sd2, sdxl, sd35-medium, sd35-large or flux.")
   String architecture;
 
   @Option(
       names = "--skip-unsupported",
-      description = "Drop tensors that are not LoRA factors (LoHa, LoKr, DoRA, unknown) with a warning.")
+      description = "Drop tensors of no adapter kind this tool reads (OFT, unknown keys) with a warning.")
   boolean skipUnsupported;
 
   LoraReadOptions readOptions() throws IOException {

@@ -69,10 +69,13 @@ final class InspectCommand implements Callable<Integer> {
             "%d (%s)",
             adapter.size(),
             histogram(adapter, m -> m.key().component().prefix() + " " + m.kind().name().toLowerCase(Locale.ROOT))));
+    if (adapter.modules().values().stream().anyMatch(module -> !module.isPlainLora())) {
+      row(out, "kinds", histogram(adapter, LoraModule::kindName));
+    }
     row(out, "ranks", histogram(adapter, m -> Integer.toString(m.rank())));
     row(out, "alphas", histogram(adapter, m -> number(m.alpha())));
     row(out, "scales", histogram(adapter, m -> number(m.scale()) + (m.scaleRule().name().equals("RSLORA") ? " (rsLoRA)" : "")));
-    row(out, "dtypes", histogram(adapter, m -> m.down().dtype().safetensorsName()));
+    row(out, "dtypes", histogram(adapter, m -> m.dtype().safetensorsName()));
     row(out, "size", size(path) + ", " + parameters(adapter) + " parameters");
     architecture.ifPresent(arch -> row(out, "blocks", blocks(arch, adapter)));
     if (adapter.metadata().isEmpty()) {
@@ -109,6 +112,13 @@ final class InspectCommand implements Callable<Integer> {
       double norm = norms.get(module.key());
       boolean isCancelled = norm <= CANCELLED * median;
       cancelled += isCancelled ? 1 : 0;
+      if (!module.isPlainLora()) {
+        out.println(
+            String.format(
+                Locale.ROOT, "%-70s %-51s  %-51s  %11.4e%s", module.key(), module.kindName(),
+                module.parts().keySet(), norm, isCancelled ? "  cancelled" : ""));
+        continue;
+      }
       out.println(
           String.format(
               Locale.ROOT,
@@ -210,7 +220,13 @@ final class InspectCommand implements Callable<Integer> {
   }
 
   private static String parameters(LoraAdapter adapter) {
-    long count = adapter.modules().values().stream().mapToLong(m -> m.down().numel() + m.up().numel()).sum();
+    long count = adapter.modules().values().stream()
+        .mapToLong(m -> (m.adapterKind() == dev.loramerge.AdapterKind.LORA
+                ? m.down().numel() + m.up().numel()
+                : m.parts().values().stream().mapToLong(dev.loramerge.TensorData::numel).sum())
+            + m.magnitude().map(magnitude -> magnitude.values().numel()).orElse(0L)
+            + m.biasDiff().map(dev.loramerge.TensorData::numel).orElse(0L))
+        .sum();
     return String.format(Locale.ROOT, "%,d", count);
   }
 

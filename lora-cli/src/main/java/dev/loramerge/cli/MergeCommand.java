@@ -2,9 +2,13 @@ package dev.loramerge.cli;
 
 import dev.loramerge.DType;
 import dev.loramerge.LoraAdapter;
+import dev.loramerge.TensorSpec;
+import dev.loramerge.arch.Architecture;
+import dev.loramerge.fuse.BaseWeightNames;
 import dev.loramerge.io.LoraFiles;
 import dev.loramerge.io.LoraFormat;
 import dev.loramerge.io.LoraReadOptions;
+import dev.loramerge.io.SafetensorsFile;
 import dev.loramerge.merge.LoraMerger;
 import dev.loramerge.merge.MergeAlgorithm;
 import java.io.IOException;
@@ -69,7 +73,19 @@ final class MergeCommand implements Callable<Integer> {
       merger.dtype(outputType);
     }
     merger.name(LoraFiles.adapterName(target));
-    LoraAdapter merged = merger.merge();
+    LoraAdapter merged;
+    if (inputOptions.base != null) {
+      // The base's weights turn DoRA modules into LoRA (DoRA(W) − W); they are mapped, and read
+      // one module at a time.
+      try (SafetensorsFile base = SafetensorsFile.open(inputOptions.base)) {
+        java.util.Set<String> names = base.tensors().stream().map(TensorSpec::name).collect(Collectors.toSet());
+        java.util.Optional<Architecture> architecture =
+            readOptions.architecture().or(() -> Architecture.detect(merger.build().inputs().get(0).adapter()));
+        merged = merger.baseWeights(key -> BaseWeightNames.resolve(key, architecture, names).map(base::tensor)).merge();
+      }
+    } else {
+      merged = merger.merge();
+    }
     LoraFiles.write(merged, target, outputFormat);
     out.println(
         String.format(

@@ -190,16 +190,17 @@ class LoraCommandTest {
     Map<String, TensorData> tensors = new LinkedHashMap<>();
     tensors.put("lora_unet_mid_block_attentions_0_proj_out.lora_down.weight", TensorData.ofFloats(new float[64], 4, 16));
     tensors.put("lora_unet_mid_block_attentions_0_proj_out.lora_up.weight", TensorData.ofFloats(new float[64], 16, 4));
-    tensors.put("lora_unet_mid_block_attentions_0_proj_out.dora_scale", TensorData.ofFloats(new float[16], 1, 16));
-    Path dora = temp.resolve("dora.safetensors");
-    Safetensors.write(dora, tensors, Map.of());
-    Run run = run("inspect", dora.toString());
+    // LyCORIS OFT's blocks: a kind this tool does not read.
+    tensors.put("lora_unet_mid_block_attentions_0_proj_out.oft_blocks", TensorData.ofFloats(new float[16], 1, 4, 4));
+    Path oft = temp.resolve("oft.safetensors");
+    Safetensors.write(oft, tensors, Map.of());
+    Run run = run("inspect", oft.toString());
     assertThat(run.exitCode()).as("stderr: %s", run.err()).isEqualTo(3);
     assertThat(run.err().strip())
         .as("skipUnsupported(true) becomes the flag")
         .endsWith("; --skip-unsupported drops them")
         .doesNotContain("skipUnsupported");
-    assertThat(run("inspect", "--skip-unsupported", dora.toString()).exitCode()).as("with the flag").isZero();
+    assertThat(run("inspect", "--skip-unsupported", oft.toString()).exitCode()).as("with the flag").isZero();
 
     Map<String, TensorData> custom = new LinkedHashMap<>();
     custom.put("lora_unet_my_custom_block_proj.lora_down.weight", TensorData.ofFloats(new float[64], 4, 16));

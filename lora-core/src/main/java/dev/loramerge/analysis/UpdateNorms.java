@@ -35,6 +35,15 @@ public final class UpdateNorms {
    */
   public static Distance distance(LoraModule actual, List<LoraModule> terms, List<Double> weights) {
     checkArgument(terms.size() == weights.size(), "%s terms but %s weights", terms.size(), weights.size());
+    if (!actual.adapterKind().factored() || terms.stream().anyMatch(term -> !term.adapterKind().factored())) {
+      double[] reference = new double[Math.toIntExact(dev.loramerge.TensorData.numel(actual.weightShape()))];
+      for (int i = 0; i < terms.size(); i++) {
+        addDense(reference, terms.get(i), weights.get(i));
+      }
+      double[] difference = reference.clone();
+      addDense(difference, actual, -1);
+      return new Distance(Math.sqrt(dot(difference, difference)), Math.sqrt(dot(reference, reference)));
+    }
     try (NDManager manager = NDManager.newBaseManager(Device.cpu())) {
       NDList ups = new NDList();
       NDList downs = new NDList();
@@ -53,6 +62,9 @@ public final class UpdateNorms {
    * Σ (BₐᵀB_b) ∘ (AₐA_bᵀ).
    */
   public static double inner(LoraModule a, double weightA, LoraModule b, double weightB) {
+    if (!a.adapterKind().factored() || !b.adapterKind().factored()) {
+      return weightA * weightB * dot(a.deltaF64(), b.deltaF64());
+    }
     try (NDManager manager = NDManager.newBaseManager(Device.cpu())) {
       NDList ups = new NDList();
       NDList downs = new NDList();
@@ -66,12 +78,38 @@ public final class UpdateNorms {
 
   /** ‖s·B·A‖ of one module. */
   public static double norm(LoraModule module) {
+    if (!module.adapterKind().factored()) {
+      double[] delta = module.deltaF64();
+      return Math.sqrt(dot(delta, delta));
+    }
     try (NDManager manager = NDManager.newBaseManager(Device.cpu())) {
       NDList ups = new NDList();
       NDList downs = new NDList();
       add(manager, ups, downs, module, 1);
       return Math.sqrt(Math.max(0, squaredNorm(ups.head(), downs.head())));
     }
+  }
+
+  /**
+   * Adds {@code weight} times the module's update to {@code sum}: modules of kinds without LoRA
+   * factors are measured on their full update, one module at a time (a DoRA module on its ΔW
+   * before the magnitude renormalises it).
+   */
+  private static void addDense(double[] sum, LoraModule module, double weight) {
+    double[] delta = module.deltaF64();
+    checkArgument(delta.length == sum.length, "module '%s' updates %s values, not %s", module.key(), delta.length, sum.length);
+    for (int i = 0; i < sum.length; i++) {
+      sum[i] += weight * delta[i];
+    }
+  }
+
+  private static double dot(double[] a, double[] b) {
+    checkArgument(a.length == b.length, "updates of %s and %s values", a.length, b.length);
+    double sum = 0;
+    for (int i = 0; i < a.length; i++) {
+      sum += a[i] * b[i];
+    }
+    return sum;
   }
 
   private static void add(NDManager manager, NDList ups, NDList downs, LoraModule module, double weight) {

@@ -6,6 +6,7 @@ import static com.google.common.base.Preconditions.checkNotNull;
 import com.google.common.base.Supplier;
 import com.google.common.base.Suppliers;
 import com.google.common.collect.ImmutableList;
+import com.google.common.collect.ImmutableMap;
 import com.google.common.collect.ImmutableSortedMap;
 import dev.loramerge.LoraAdapter;
 import dev.loramerge.LoraModule;
@@ -16,9 +17,9 @@ import java.util.Arrays;
 import java.util.Optional;
 
 /**
- * A diffusion model a LoRA can be made for (SD1.5 or SDXL): every module of its UNet and text
- * encoders that a LoRA can target, with shapes, LoRA Block Weight ids, original checkpoint names
- * and kohya's names.
+ * A diffusion model a LoRA can be made for (SD1.5, SD2.x, SDXL, SD3.5 or Flux.1): every module of its UNet or
+ * transformer and text encoders that a LoRA can target, with shapes, block-weight ids, original
+ * checkpoint names and kohya's names.
  *
  * <h2>Where the modules come from</h2>
  *
@@ -34,6 +35,13 @@ import java.util.Optional;
  * embedding, and the text encoders' {@code q/k/v/out_proj}, {@code mlp.fc1/fc2} and SDXL's
  * {@code text_projection}.
  *
+ * <p>Flux.1, SD2.x and SD3.5 are generated the same way from {@code
+ * black-forest-labs/FLUX.1-dev}, {@code stabilityai/stable-diffusion-2-1} and {@code
+ * stabilityai/stable-diffusion-3.5-medium} / {@code -large} configs: the walks follow diffusers'
+ * {@code FluxTransformer2DModel} and {@code SD3Transformer2DModel}, name each module as the
+ * original checkpoint does, and list the original weights that stack several modules as {@link
+ * #fusedModules()}.
+ *
  * <h2>Block ids</h2>
  *
  * <p>{@link ModuleSpec#blockId()} uses the ids of the LBW extension (also SuperMerger's and
@@ -47,14 +55,18 @@ import java.util.Optional;
  * {@code conv_out} ({@code time_embed}, {@code label_emb}, {@code out}) have no id, because LBW
  * matches none of its blocks to them and applies them at weight 1; kohya's {@code --lbws} and
  * sd-mecha place them differently, so a caller that wants their convention maps these three.
+ * SD2.x uses SD1.5's ids. Flux.1's are {@code BASE}, {@code double_blocks.N} and {@code
+ * single_blocks.N}, SD3.5's {@code joint_blocks.N}; their embedders and final layers have none.
  *
  * <h2>kohya names</h2>
  *
  * <p>{@link #kohyaName} is what kohya's own scripts write: for SD1.5 {@code lora_unet_} plus the
  * diffusers path and {@code lora_te_} plus the text-encoder path; for SDXL {@code lora_unet_}
  * plus the original (sgm) path and {@code lora_te1_} / {@code lora_te2_}, always with {@code .}
- * replaced by {@code _}. {@link #resolveKohyaName} also accepts a UNet module under the other
- * spelling (diffusers or original), since converters write both. Because underscores cannot be
+ * replaced by {@code _}; for Flux.1 and SD3.5 {@code lora_unet_} plus the original (BFL, MMDiT)
+ * path, fused weights included ({@link #resolveFusedKohyaName}). {@link #resolveKohyaName} also
+ * accepts a UNet module under the other spelling (diffusers or original), since converters write
+ * both. Because underscores cannot be
  * turned back into dots by rule, resolution is an exact lookup in tables built from the
  * descriptor, never a guess.
  *
@@ -76,6 +88,14 @@ public final class Architecture {
       Suppliers.memoize(() -> new Architecture("sd15", "SD1.5", KohyaDialect.SD1));
   private static final Supplier<Architecture> SDXL =
       Suppliers.memoize(() -> new Architecture("sdxl", "SDXL", KohyaDialect.SDXL));
+  private static final Supplier<Architecture> SD2 =
+      Suppliers.memoize(() -> new Architecture("sd2", "SD2.x", KohyaDialect.SD1));
+  private static final Supplier<Architecture> SD35_MEDIUM =
+      Suppliers.memoize(() -> new Architecture("sd35-medium", "SD3.5 Medium", KohyaDialect.SD3));
+  private static final Supplier<Architecture> SD35_LARGE =
+      Suppliers.memoize(() -> new Architecture("sd35-large", "SD3.5 Large", KohyaDialect.SD3));
+  private static final Supplier<Architecture> FLUX =
+      Suppliers.memoize(() -> new Architecture("flux", "Flux.1", KohyaDialect.FLUX));
 
   private final String id;
   private final String displayName;
@@ -97,9 +117,46 @@ public final class Architecture {
     return SDXL.get();
   }
 
-  /** Every known architecture: SD1.5, then SDXL. */
+  /**
+   * Flux.1 [dev] (and [schnell], which lacks the guidance embedder): the {@code
+   * FluxTransformer2DModel} of 19 double and 38 single blocks, 3072 wide, and CLIP ViT-L/14.
+   * Transformer modules are keyed by their diffusers paths ({@code
+   * transformer.transformer_blocks.0.attn.to_q}); the original checkpoint's fused weights
+   * ({@code double_blocks.0.img_attn.qkv}, {@code single_blocks.0.linear1}) are {@link
+   * #fusedModules()}.
+   */
+  public static Architecture flux() {
+    return FLUX.get();
+  }
+
+  /**
+   * Stable Diffusion 2.x (2.0 and 2.1, 512 and 768): SD1.5's UNet layout with linear projections,
+   * 1024-wide cross-attention and per-level head counts, and OpenCLIP ViT-H's text tower in
+   * transformers naming (23 layers). kohya names it as SD1.5 ({@code lora_unet_} diffusers paths,
+   * {@code lora_te_}).
+   */
+  public static Architecture sd2() {
+    return SD2.get();
+  }
+
+  /**
+   * Stable Diffusion 3.5 Medium: the MMDiT {@code SD3Transformer2DModel} of 24 joint blocks, 1536
+   * wide, with a second image attention ({@code attn2}) in blocks 0–12. Modules are keyed by
+   * diffusers paths; the original checkpoint's fused {@code joint_blocks.N.x_block.attn.qkv},
+   * {@code attn2.qkv} and {@code context_block.attn.qkv} are {@link #fusedModules()}.
+   */
+  public static Architecture sd35Medium() {
+    return SD35_MEDIUM.get();
+  }
+
+  /** Stable Diffusion 3.5 Large: 38 joint blocks, 2432 wide; otherwise as {@link #sd35Medium()}. */
+  public static Architecture sd35Large() {
+    return SD35_LARGE.get();
+  }
+
+  /** Every known architecture: SD1.5, SDXL, Flux.1, SD2.x, SD3.5 Medium, then SD3.5 Large. */
   public static ImmutableList<Architecture> all() {
-    return ImmutableList.of(sd15(), sdxl());
+    return ImmutableList.of(sd15(), sdxl(), flux(), sd2(), sd35Medium(), sd35Large());
   }
 
   /** The architecture whose {@link #id()} is exactly {@code id}. */
@@ -193,6 +250,40 @@ public final class Architecture {
     Optional<String> name = descriptor.kohyaName(key);
     checkArgument(name.isPresent(), "'%s' is not a module of %s", key, displayName);
     return name.get();
+  }
+
+  /**
+   * The weights of the original checkpoint that hold several modules stacked by rows, by their
+   * original path: Flux's {@code double_blocks.N.img_attn.qkv} and {@code txt_attn.qkv}, {@code
+   * single_blocks.N.linear1} and {@code final_layer.adaLN_modulation.1}. Empty for SD1.5 and
+   * SDXL. Their parts are modules of {@link #modules()} with no {@link ModuleSpec#originalPath()}.
+   */
+  public ImmutableMap<String, FusedModule> fusedModules() {
+    return descriptor.fused();
+  }
+
+  /** The fused weight of the original checkpoint that {@code key} is a part of, if any. */
+  public Optional<FusedModule> fusedModule(ModuleKey key) {
+    checkNotNull(key, "key");
+    return descriptor.fusedOf(key);
+  }
+
+  /**
+   * The fused weight a kohya module name names ({@code lora_unet_double_blocks_0_img_attn_qkv}),
+   * if it is one of this architecture's.
+   */
+  public Optional<FusedModule> resolveFusedKohyaName(String name) {
+    checkNotNull(name, "name");
+    return descriptor.resolveFusedKohyaName(name);
+  }
+
+  /** The name kohya's scripts write for a fused weight of this architecture. */
+  public String kohyaName(FusedModule module) {
+    checkNotNull(module, "module");
+    checkArgument(
+        descriptor.fused().get(module.originalPath()) == module, "'%s' is not a fused module of %s",
+        module.originalPath(), displayName);
+    return descriptor.kohyaName(module);
   }
 
   /** The {@link #displayName()}. */

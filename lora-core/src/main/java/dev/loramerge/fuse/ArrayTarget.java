@@ -208,7 +208,7 @@ final class ArrayTarget implements WeightTarget {
   private void write(String name, List<WeightUpdate> updates, Optional<NDArray> from, Optional<NDArray> before) {
     NDArray array = arrays.get(name);
     TensorSpec spec = weights.get(name);
-    if (onDevice(array) && updates.stream().allMatch(DeviceUpdate.class::isInstance)) {
+    if (onDevice(array) && updates.stream().allMatch(update -> update instanceof DeviceUpdate device && device.onDevice(spec))) {
       NDArray source = from.orElse(array);
       for (WeightUpdate update : updates) {
         ((DeviceUpdate) update).applyOnDevice(spec, source, array);

@@ -18,4 +18,12 @@ interface DeviceUpdate extends WeightUpdate {
    * @throws dev.loramerge.LoraMergeException if a result is not finite or beyond the dtype's range
    */
   void applyOnDevice(TensorSpec spec, NDArray source, NDArray weight);
+
+  /**
+   * Whether the weight {@code spec} names is computed on its device by {@link #applyOnDevice};
+   * when not, a target computes it on the host with {@link #apply}.
+   */
+  default boolean onDevice(TensorSpec spec) {
+    return true;
+  }
 }

@@ -13,6 +13,7 @@ import dev.loramerge.ModuleKey;
 import dev.loramerge.TensorData;
 import dev.loramerge.TensorSpec;
 import dev.loramerge.arch.Architecture;
+import dev.loramerge.arch.FusedModule;
 import dev.loramerge.internal.fuse.FuseScratch;
 import dev.loramerge.internal.json.Recipes;
 import dev.loramerge.merge.LoraMerger;
@@ -40,9 +41,12 @@ import java.util.concurrent.ForkJoinPool;
  * fused.unfuse();                                // every weight back, bit for bit
  * }</pre>
  *
- * <p>Each weight is computed in float64 and rounded once to its own dtype, so it is the exact
- * value correctly rounded (for an fp16 base, PEFT and diffusers round the factors and the delta
- * first and land up to ~1e-3 away).
+ * <p>Each weight is computed in float64 and rounded once to its own dtype (F64, F32, F16, BF16,
+ * F8_E4M3, F8_E5M2), so it is the exact value correctly rounded (for an fp16 base, PEFT and
+ * diffusers round the factors and the delta first and land up to ~1e-3 away). A module of
+ * another {@link dev.loramerge.AdapterKind} than LoRA, with a DoRA magnitude or a bias
+ * difference, is fused from its materialised update as the exact weighted sum (see {@link
+ * ModuleUpdates#fusedF64}); its bias difference goes into the bias beside the weight.
  *
  * <p>A module's weight is looked up as {@code <path>.weight} (a diffusers UNet or text-encoder
  * file, or a DJL TorchScript block), {@code <component>.<path>.weight} (a whole pipeline), and in
@@ -130,19 +134,57 @@ public final class LoraFuser {
     ImmutableSortedMap.Builder<ModuleKey, String> matched = ImmutableSortedMap.naturalOrder();
     ImmutableList.Builder<ModuleKey> unmatched = ImmutableList.builder();
     Map<String, ModuleKey> byWeight = new LinkedHashMap<>();
+    Map<String, ModuleKey> biases = new LinkedHashMap<>();
+    Map<String, FusedModule> fusedWeights = new LinkedHashMap<>();
     for (ModuleKey key : keys) {
       Optional<String> name = BaseWeightNames.resolve(key, arch, weights.keySet());
+      Optional<FusedModule> fused =
+          name.isPresent()
+              ? Optional.empty()
+              : arch.flatMap(a -> a.fusedModule(key)).or(() -> BaseWeightNames.openClipInProjection(key, arch));
+      if (fused.isPresent()) {
+        name = BaseWeightNames.fusedNames(fused.get()).stream().filter(weights::containsKey).findFirst();
+      }
       if (name.isEmpty()) {
         unmatched.add(key);
         continue;
       }
+      if (fused.isPresent()) {
+        Optional<LoraModule> other = updates.firstMaterialised(key);
+        if (other.isPresent()) {
+          throw new LoraMergeException(
+              String.format(
+                  Locale.ROOT,
+                  "module '%s' is a part of fused weight '%s' (%s) but is a %s; only plain LoRA parts can be fused into"
+                      + " their rows of a fused weight",
+                  key, fused.get().originalPath(), name.get(), other.get().kindName()));
+        }
+        checkFits(key, fused.get(), weights.get(name.get()));
+        fusedWeights.put(name.get(), fused.get());
+        matched.put(key, name.get());
+        continue;
+      }
       checkFits(key, updates.firstModule(key), weights.get(name.get()));
+      if (updates.materialised(key)) {
+        updates.checkMaterialisable(key, factor);
+      }
       ModuleKey previous = byWeight.put(name.get(), key);
       if (previous != null) {
         throw new LoraMergeException(
             String.format(Locale.ROOT, "modules '%s' and '%s' both resolve to weight '%s'", previous, key, name.get()));
       }
       matched.put(key, name.get());
+      if (updates.hasBiasDiff(key)) {
+        biases.put(biasName(key, name.get(), weights), key);
+      }
+    }
+    for (String name : fusedWeights.keySet()) {
+      if (byWeight.containsKey(name)) {
+        throw new LoraMergeException(
+            String.format(
+                Locale.ROOT, "module '%s' and the parts of fused weight '%s' both resolve to weight '%s'",
+                byWeight.get(name), fusedWeights.get(name).originalPath(), name));
+      }
     }
     FuseReport report = new FuseReport(matched.build(), unmatched.build());
     if (report.matched().isEmpty()) {
@@ -154,7 +196,7 @@ public final class LoraFuser {
                   + " is the base for another architecture?",
               keys.size(),
               example,
-              BaseWeightNames.candidates(example, arch)));
+              lookedFor(example, arch)));
     }
     if (!report.unmatched().isEmpty() && !allowUnmatched) {
       throw new LoraMergeException(
@@ -165,14 +207,16 @@ public final class LoraFuser {
               report.unmatched().size(),
               keys.size(),
               report.unmatched().get(0),
-              BaseWeightNames.candidates(report.unmatched().get(0), arch),
+              lookedFor(report.unmatched().get(0), arch),
               report.matched().size()));
     }
     ForkJoinPool workers = new ForkJoinPool(threads);
     try {
       WeightUpdate update =
           new MergedWeightUpdate(
-              updates, merger.listener(), ImmutableMap.copyOf(byWeight), factor, recipe(operation, factor), workers, scratch);
+              updates, merger.listener(), ImmutableMap.copyOf(byWeight), ImmutableMap.copyOf(biases), factor,
+              recipe(operation, factor), workers, scratch)
+              .withFused(ImmutableMap.copyOf(fusedWeights), report.matched().keySet());
       return new FusedLora(report, target.apply(update));
     } finally {
       workers.shutdown();
@@ -190,6 +234,40 @@ public final class LoraFuser {
         });
   }
 
+  /** The bias beside weight {@code weightName} ({@code ….weight} → {@code ….bias}), which must exist. */
+  private static String biasName(ModuleKey key, String weightName, ImmutableMap<String, TensorSpec> weights) {
+    String bias = weightName.endsWith("weight") ? weightName.substring(0, weightName.length() - "weight".length()) + "bias" : null;
+    if (bias == null || !weights.containsKey(bias)) {
+      throw new LoraMergeException(
+          String.format(
+              Locale.ROOT, "module '%s' has a bias difference, but the target has no bias beside weight '%s' (looked for '%s')",
+              key, weightName, bias));
+    }
+    return bias;
+  }
+
+  private static ImmutableList<String> lookedFor(ModuleKey key, Optional<Architecture> arch) {
+    ImmutableList.Builder<String> names = ImmutableList.<String>builder().addAll(BaseWeightNames.candidates(key, arch));
+    arch.flatMap(a -> a.fusedModule(key))
+        .or(() -> BaseWeightNames.openClipInProjection(key, arch))
+        .ifPresent(fused -> names.addAll(BaseWeightNames.fusedNames(fused)));
+    return names.build();
+  }
+
+  private static void checkFits(ModuleKey key, FusedModule fused, TensorSpec weight) {
+    if (!Arrays.equals(weight.shape(), fused.weightShape()) || !weight.dtype().isFloatingPoint()) {
+      throw new LoraMergeException(
+          String.format(
+              Locale.ROOT,
+              "module '%s' is a part of fused weight '%s' of %s, but base weight '%s' is %s",
+              key,
+              fused.originalPath(),
+              Arrays.toString(fused.weightShape()),
+              weight.name(),
+              weight.dtype().safetensorsName() + Arrays.toString(weight.shape())));
+    }
+  }
+
   private static void checkFits(ModuleKey key, LoraModule module, TensorSpec weight) {
     long[] expected = module.weightShape();
     long[] found = weight.shape();
@@ -204,10 +282,11 @@ public final class LoraFuser {
               weight.name(),
               weight.dtype().safetensorsName() + Arrays.toString(found)));
     }
-    if (!weight.dtype().isFloatingPoint() || weight.dtype().byteSize() < 2) {
+    if (!weight.dtype().isFloatingPoint()) {
       throw new LoraMergeException(
           String.format(
-              Locale.ROOT, "base weight '%s' is %s; can fuse only into F64, F32, F16 or BF16", weight.name(),
+              Locale.ROOT, "base weight '%s' is %s; can fuse only into F64, F32, F16, BF16, F8_E4M3 or F8_E5M2",
+              weight.name(),
               weight.dtype().safetensorsName() + Arrays.toString(found)));
     }
   }

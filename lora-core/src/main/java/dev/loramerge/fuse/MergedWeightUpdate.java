@@ -10,6 +10,8 @@ import com.google.common.collect.ImmutableSet;
 import dev.loramerge.DType;
 import dev.loramerge.ModuleKey;
 import dev.loramerge.TensorSpec;
+import dev.loramerge.arch.FusedModule;
+import dev.loramerge.internal.fuse.DenseFusion;
 import dev.loramerge.internal.fuse.FuseScratch;
 import dev.loramerge.internal.fuse.DeviceFusion;
 import dev.loramerge.internal.fuse.Fusion;
@@ -18,26 +20,36 @@ import dev.loramerge.merge.Float64Factors;
 import dev.loramerge.merge.MergeListener;
 import dev.loramerge.merge.ModuleUpdates;
 import java.nio.ByteBuffer;
+import java.util.LinkedHashMap;
+import java.util.List;
 import java.util.Locale;
+import java.util.Map;
+import java.util.Set;
 import java.util.concurrent.ForkJoinPool;
 import java.util.concurrent.ForkJoinTask;
+import java.util.stream.Collectors;
 
 /**
  * A merger's update of the matched modules, times a factor, computed per weight on demand on the
- * fuser's workers.
+ * fuser's workers: plain LoRA modules from their merged factors, the other kinds (and DoRA, and
+ * bias differences) from their materialised updates, one weight at a time.
  */
 final class MergedWeightUpdate implements DeviceUpdate {
   private final ModuleUpdates updates;
   private final MergeListener listener;
   private final ImmutableMap<String, ModuleKey> modules;
+  private final ImmutableMap<String, ModuleKey> biases;
   private final double factor;
   private final String recipe;
   private final ForkJoinPool workers;
   private final FuseScratch scratch;
+  private final ImmutableMap<String, FusedModule> fused;
+  private final ImmutableSet<ModuleKey> matched;
 
   MergedWeightUpdate(
-      ModuleUpdates updates, MergeListener listener, ImmutableMap<String, ModuleKey> modules, double factor, String recipe,
-      ForkJoinPool workers, FuseScratch scratch) {
+      ModuleUpdates updates, MergeListener listener, ImmutableMap<String, ModuleKey> modules,
+      ImmutableMap<String, ModuleKey> biases, double factor, String recipe, ForkJoinPool workers, FuseScratch scratch) {
+    this.biases = biases;
     this.workers = workers;
     this.scratch = scratch;
     this.updates = updates;
@@ -45,24 +57,80 @@ final class MergedWeightUpdate implements DeviceUpdate {
     this.modules = modules;
     this.factor = factor;
     this.recipe = recipe;
+    this.fused = ImmutableMap.of();
+    this.matched = ImmutableSet.of();
+  }
+
+  private MergedWeightUpdate(MergedWeightUpdate update, ImmutableMap<String, FusedModule> fused, ImmutableSet<ModuleKey> matched) {
+    this.biases = update.biases;
+    this.workers = update.workers;
+    this.scratch = update.scratch;
+    this.updates = update.updates;
+    this.listener = update.listener;
+    this.modules = update.modules;
+    this.factor = update.factor;
+    this.recipe = update.recipe;
+    this.fused = fused;
+    this.matched = matched;
+  }
+
+  /**
+   * This update, also rewriting the fused weights {@code fused} (by weight name) with the rows of
+   * those of their parts that are {@code matched}.
+   */
+  MergedWeightUpdate withFused(ImmutableMap<String, FusedModule> fused, Set<ModuleKey> matched) {
+    return new MergedWeightUpdate(this, fused, ImmutableSet.copyOf(matched));
   }
 
   @Override
   public ImmutableSet<String> names() {
-    return modules.keySet();
+    return ImmutableSet.<String>builder().addAll(modules.keySet()).addAll(biases.keySet()).addAll(fused.keySet()).build();
   }
 
   @Override
   public void apply(TensorSpec spec, ByteBuffer weight, ByteBuffer into, DType dtype) {
-    String label = label(spec);
-    Float64Factors factors = scaledFactors(spec);
-    double[] up = factors.up();
-    int rank = factors.rank();
-    Runnable kernel = () -> {
-      try (LazyManager manager = new LazyManager(() -> NDManager.newBaseManager(Device.cpu()))) {
-        Fusion.fuse(scratch, manager, weight, spec.dtype(), spec.shape(), up, factors.down(), rank, into, dtype, label);
+    String name = spec.name();
+    ModuleKey biasOf = biases.get(name);
+    if (biasOf != null) {
+      String label = String.format(Locale.ROOT, "module '%s' (bias '%s')", biasOf, name);
+      run(() -> DenseFusion.fuse(weight, spec.dtype(), values -> updates.fusedBiasF64(biasOf, values, factor), into, dtype, label));
+      return;
+    }
+    if (materialised(spec)) {
+      ModuleKey key = modules.get(name);
+      String label = label(spec);
+      run(() -> DenseFusion.fuse(weight, spec.dtype(), values -> updates.fusedF64(key, values, factor), into, dtype, label));
+      return;
+    }
+    FusedModule fusedModule = fused.get(name);
+    String label;
+    double[] up;
+    double[] down;
+    int rank;
+    if (fusedModule != null) {
+      label = String.format(Locale.ROOT, "fused weight '%s' (%s)", name, fusedModule.originalPath());
+      double[][] joined = joined(fusedModule);
+      up = joined[0];
+      down = joined[1];
+      for (int i = 0; i < up.length; i++) {
+        up[i] *= factor;
       }
-    };
+      rank = up.length / Math.toIntExact(spec.shape()[0]);
+    } else {
+      label = label(spec);
+      Float64Factors factors = scaledFactors(spec);
+      up = factors.up();
+      down = factors.down();
+      rank = factors.rank();
+    }
+    run(() -> {
+      try (LazyManager manager = new LazyManager(() -> NDManager.newBaseManager(Device.cpu()))) {
+        Fusion.fuse(scratch, manager, weight, spec.dtype(), spec.shape(), up, down, rank, into, dtype, label);
+      }
+    });
+  }
+
+  private void run(Runnable kernel) {
     // Targets may call from threads of their own (a file target's reader); the kernel's parallel
     // blocks run on the workers either way. An in-memory target replaying this update to undo
     // another fuse calls after this fuse's workers are shut down, and runs it on its own thread.
@@ -71,6 +139,20 @@ final class MergedWeightUpdate implements DeviceUpdate {
     } else {
       workers.submit(kernel).join();
     }
+  }
+
+  /**
+   * Materialised updates (other adapter kinds, DoRA, bias differences) and fused weights (whose
+   * parts' factors are joined) are computed on the host.
+   */
+  @Override
+  public boolean onDevice(TensorSpec spec) {
+    return !materialised(spec) && !fused.containsKey(spec.name());
+  }
+
+  private boolean materialised(TensorSpec spec) {
+    ModuleKey key = modules.get(spec.name());
+    return biases.containsKey(spec.name()) || (key != null && updates.materialised(key));
   }
 
   @Override
@@ -93,6 +175,46 @@ final class MergedWeightUpdate implements DeviceUpdate {
 
   private String label(TensorSpec spec) {
     return String.format(Locale.ROOT, "module '%s' (weight '%s')", modules.get(spec.name()), spec.name());
+  }
+
+  /**
+   * The float64 factors of a fused weight: the matched parts' downs stacked, and their ups placed
+   * in their segments' rows and their own columns (zeros elsewhere), so that each row of up·down
+   * is exactly its part's, as if fused one part at a time.
+   */
+  private double[][] joined(FusedModule module) {
+    List<ModuleKey> parts = module.keys().stream().filter(matched::contains).collect(Collectors.toList());
+    Map<ModuleKey, Float64Factors> factors = new LinkedHashMap<>();
+    Map<ModuleKey, Integer> columns = new LinkedHashMap<>();
+    int rank = 0;
+    for (ModuleKey part : parts) {
+      Float64Factors partFactors = updates.factors(part);
+      factors.put(part, partFactors);
+      columns.put(part, rank);
+      rank += partFactors.rank();
+    }
+    int in = Math.toIntExact(module.inFeatures());
+    double[] down = new double[Math.multiplyExact(rank, in)];
+    double[] up = new double[Math.multiplyExact(Math.toIntExact(module.outFeatures()), rank)];
+    for (ModuleKey part : parts) {
+      Float64Factors partFactors = factors.get(part);
+      System.arraycopy(partFactors.down(), 0, down, columns.get(part) * in, partFactors.rank() * in);
+    }
+    long[] starts = module.fusedRows();
+    for (int i = 0; i < module.segments().size(); i++) {
+      FusedModule.Segment segment = module.segments().get(i);
+      Float64Factors partFactors = factors.get(segment.key());
+      if (partFactors == null) {
+        continue;
+      }
+      int partRank = partFactors.rank();
+      for (int row = 0; row < segment.rows(); row++) {
+        System.arraycopy(
+            partFactors.up(), Math.toIntExact((segment.moduleRow() + row) * partRank),
+            up, Math.toIntExact((starts[i] + row) * rank + columns.get(segment.key())), partRank);
+      }
+    }
+    return new double[][] {up, down};
   }
 
   @Override

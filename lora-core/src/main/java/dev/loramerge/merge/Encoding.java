@@ -25,13 +25,19 @@ final class Encoding {
     this.prune = prune;
   }
 
+  /** The pruning applied after merging, if any. */
+  Optional<PostPrune> prune() {
+    return prune;
+  }
+
   /** Module {@code key} like {@code like} (its layout) with {@code merged} factors in {@code outputType}. */
   LoraModule toModule(ModuleKey key, LoraModule like, Merged merged, DType outputType) {
     long rank = merged.rank();
-    long[] downShape = like.down().shape();
+    // From the weight's shape, not the factors': a module of another kind has none.
+    long[] weight = like.weightShape();
+    long[] downShape = weight.clone();
     downShape[0] = rank;
-    long[] upShape = like.up().shape();
-    upShape[1] = rank;
+    long[] upShape = weight.length == 4 ? new long[] {weight[0], rank, 1, 1} : new long[] {weight[0], rank};
     TensorData newDown;
     TensorData newUp;
     if (merged.tensors() != null) {

@@ -72,6 +72,7 @@ public final class LoraMerger {
   private final ImmutableMap<String, Object> recipeExtras;
   private final ModuleMerger modules;
   private final Encoding encoding;
+  private final BaseWeights baseWeights;
 
   private LoraMerger(Builder builder) {
     this.inputs = ImmutableList.copyOf(builder.inputs);
@@ -84,7 +85,8 @@ public final class LoraMerger {
     this.listener = builder.listener;
     this.name = builder.name;
     this.recipeExtras = ImmutableMap.copyOf(builder.recipeExtras);
-    this.modules = new ModuleMerger(inputs, algorithm, rankPolicy);
+    this.baseWeights = builder.baseWeights;
+    this.modules = new ModuleMerger(inputs, algorithm, rankPolicy, baseWeights);
     this.encoding = new Encoding(prune);
   }
 
@@ -106,6 +108,7 @@ public final class LoraMerger {
     builder.listener = listener;
     builder.name = name;
     builder.recipeExtras.putAll(recipeExtras);
+    builder.baseWeights = baseWeights;
     return builder;
   }
 
@@ -234,6 +237,7 @@ public final class LoraMerger {
   public static final class Builder {
     private final List<MergeInput> inputs = new ArrayList<>();
     private MergeAlgorithm algorithm = MergeAlgorithm.cat();
+    private BaseWeights baseWeights = BaseWeights.none();
     private Optional<Integer> rank = Optional.empty();
     private Optional<Integer> convRank = Optional.empty();
     private boolean exactSvd;
@@ -260,6 +264,17 @@ public final class LoraMerger {
     public Builder add(LoraAdapter adapter, double weight, BlockWeights blocks) {
       checkNotNull(adapter, "adapter");
       inputs.add(new MergeInput(adapter, weight, blocks));
+      return this;
+    }
+
+    /**
+     * The base model's weights, which a merge reads only to turn a DoRA module into a LoRA: its
+     * update there is DoRA(W) − W for the base weight W (default: none, and a DoRA module is
+     * refused).
+     */
+    @CanIgnoreReturnValue
+    public Builder baseWeights(BaseWeights baseWeights) {
+      this.baseWeights = checkNotNull(baseWeights, "baseWeights");
       return this;
     }
 

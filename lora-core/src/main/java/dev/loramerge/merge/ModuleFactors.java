@@ -20,6 +20,8 @@ import java.util.function.Supplier;
 final class ModuleFactors implements ModuleInput {
   private final int index;
   private final LoraModule module;
+  /** A, read once: a Tucker LoCon's is computed from its core. */
+  private final TensorData down;
   private final double weight;
   private final Supplier<NDManager> manager;
   private final Precision precision;
@@ -27,6 +29,7 @@ final class ModuleFactors implements ModuleInput {
   ModuleFactors(int index, LoraModule module, double weight, Supplier<NDManager> manager, Precision precision) {
     this.index = index;
     this.module = module;
+    this.down = module.down();
     this.weight = weight;
     this.manager = manager;
     this.precision = precision;
@@ -59,7 +62,7 @@ final class ModuleFactors implements ModuleInput {
 
   @Override
   public void readDown(int first, float[] out, int count) {
-    module.down().readFloats(first, out, count);
+    down.readFloats(first, out, count);
   }
 
   @Override
@@ -69,13 +72,13 @@ final class ModuleFactors implements ModuleInput {
 
   @Override
   public void readDown(int first, double[] out, int count) {
-    module.down().readDoubles(first, out, count);
+    down.readDoubles(first, out, count);
   }
 
   @Override
   public float[] delta() {
     if (precision == Precision.FLOAT32 && LowRankProducts.VECTOR_API) {
-      return LowRankProducts.product(module.up().toFloatArray(), module.down().toFloatArray(), module.rank(), scale());
+      return LowRankProducts.product(module.up().toFloatArray(), down.toFloatArray(), module.rank(), scale());
     }
     try (NDArray product = deltaArray()) {
       return NdArrays.floatValues(product);
@@ -90,7 +93,7 @@ final class ModuleFactors implements ModuleInput {
    */
   NDArray deltaArray() {
     try (NDArray up = load(module.up(), module.outFeatures(), module.rank());
-        NDArray down = load(module.down(), module.rank(), module.down().numel() / module.rank())) {
+        NDArray down = load(this.down, module.rank(), this.down.numel() / module.rank())) {
       double scale = scale();
       if (scale == 1) {
         return up.matMul(down);

@@ -28,12 +28,18 @@ import java.util.stream.Collectors;
  * brings its update to the target rank. Immutable and thread-safe.
  */
 final class ModuleMerger {
+  private static final org.slf4j.Logger log = org.slf4j.LoggerFactory.getLogger(ModuleMerger.class);
+  /** Relative errors of re-ranked materialised updates above this are logged. */
+  private static final double REPORTED_ERROR = 1e-4;
+
   private final ImmutableList<MergeInput> inputs;
   private final MergeAlgorithm algorithm;
   private final RankPolicy policy;
   private final ReRank reRank;
+  private final BaseWeights baseWeights;
 
-  ModuleMerger(ImmutableList<MergeInput> inputs, MergeAlgorithm algorithm, RankPolicy policy) {
+  ModuleMerger(ImmutableList<MergeInput> inputs, MergeAlgorithm algorithm, RankPolicy policy, BaseWeights baseWeights) {
+    this.baseWeights = baseWeights;
     this.inputs = inputs;
     this.algorithm = algorithm;
     this.policy = policy;
@@ -57,6 +63,9 @@ final class ModuleMerger {
       return Optional.empty();
     }
     LoraModule first = present.get(0).adapter().modules().get(key);
+    if (present.stream().anyMatch(input -> !input.adapter().modules().get(key).isPlainLora())) {
+      return Optional.of(materialised(manager, key, present));
+    }
     checkShapes(key, present);
     MergeAlgorithm.Requirements requirements = algorithm.requirements();
     if (requirements.equalRanks()) {
@@ -100,6 +109,93 @@ final class ModuleMerger {
     return Optional.of(merged);
   }
 
+  /**
+   * A module some input has in a kind without LoRA factors, merged as the exact weighted sum of
+   * the inputs' full updates Σ wᵢ·ΔWᵢ (built in float64, one module at a time) and re-ranked by
+   * SVD to the explicit rank, or by default to the sum of the updates' rank bounds, which keeps it
+   * exact up to float32. Only methods that are the exact weighted sum ({@code cat}, {@code svd})
+   * merge it; a DoRA magnitude or a bias difference cannot become a LoRA and is refused.
+   */
+  private Merged materialised(Supplier<NDManager> manager, ModuleKey key, List<MergeInput> present) {
+    LoraModule first = present.get(0).adapter().modules().get(key);
+    int out = Math.toIntExact(first.outFeatures());
+    int inner = Math.toIntExact(TensorData.numel(first.weightShape()) / out);
+    double[] sum = new double[Math.multiplyExact(out, inner)];
+    long bound = 0;
+    for (MergeInput input : present) {
+      LoraModule module = input.adapter().modules().get(key);
+      String refusal = null;
+      Optional<TensorData> base = module.magnitude().isPresent() ? baseWeights.weight(key) : Optional.empty();
+      if (module.magnitude().isPresent() && base.isEmpty()) {
+        refusal = "DoRA renormalises W + ΔW, so it becomes a LoRA only with the base weights (--base,"
+            + " LoraMerger.Builder.baseWeights); or fuse it into the base instead";
+      } else if (module.biasDiff().isPresent()) {
+        refusal = "a LoRA cannot hold its bias difference; fuse it, or convert it to the kohya layout";
+      } else if (!module.isPlainLora() && !algorithm.requirements().exactInFloat64()) {
+        refusal = "it has no LoRA factors for " + algorithm.name()
+            + "; cat and svd merge it as the exact weighted sum of the full updates, re-ranked by SVD";
+      }
+      if (refusal != null) {
+        throw new LoraMergeException(
+            String.format(
+                Locale.ROOT, "cannot merge module '%s' of adapter '%s', a %s: %s", key, input.adapter().name(),
+                module.kindName(), refusal));
+      }
+      if (module.outFeatures() != out || TensorData.numel(module.weightShape()) != sum.length) {
+        throw new LoraMergeException(
+            String.format(
+                Locale.ROOT, "module '%s' updates %s in adapter '%s' but %s in adapter '%s'; the adapters are for"
+                    + " different models", key, Arrays.toString(first.weightShape()), present.get(0).adapter().name(),
+                Arrays.toString(module.weightShape()), input.adapter().name()));
+      }
+      double w = input.weight(key);
+      if (base.isPresent()) {
+        // DoRA's update on this base: DoRA(W) − W, with w inside the norm as a fuse computes it.
+        if (base.get().numel() != sum.length) {
+          throw new LoraMergeException(
+              String.format(
+                  Locale.ROOT, "module '%s' updates %s but its base weight is %s", key,
+                  Arrays.toString(module.weightShape()), Arrays.toString(base.get().shape())));
+        }
+        double[] weight = base.get().toDoubleArray();
+        double[] fused = module.fusedF64(weight, w);
+        for (int i = 0; i < sum.length; i++) {
+          sum[i] += fused[i] - weight[i];
+        }
+      } else {
+        double[] delta = module.deltaF64();
+        for (int i = 0; i < sum.length; i++) {
+          sum[i] += w * delta[i];
+        }
+      }
+      bound += module.updateRankBound();
+    }
+    int target = policy.explicitRank(first.kind()).orElse((int) Math.min(bound, Math.min(out, inner)));
+    try (NDArray exact = manager.get().create(sum, new Shape(out, inner));
+        NDArray array = exact.toType(DataType.FLOAT32, false)) {
+      NDArray[] factors = reRank.dense(manager.get(), array, target);
+      reportError(key, exact, factors);
+      return Merged.of(factors);
+    }
+  }
+
+  /**
+   * Logs how far a re-ranked materialised update is from the exact one when it is further than
+   * float32 rounding: a rank below the update's (a DoRA module, which also rescales W, is
+   * re-ranked to its LoRA's rank by default).
+   */
+  private static void reportError(ModuleKey key, NDArray exact, NDArray[] factors) {
+    double norm = exact.norm().getDouble();
+    double error = factors[0].toType(DataType.FLOAT64, false).matMul(factors[1].toType(DataType.FLOAT64, false))
+        .sub(exact).norm().getDouble();
+    double relative = norm == 0 ? 0 : error / norm;
+    if (relative > REPORTED_ERROR) {
+      log.warn(String.format(
+          Locale.ROOT, "module '%s': the rank-%d LoRA is %.3g (relative) from the exact update", key,
+          factors[0].getShape().get(1), relative));
+    }
+  }
+
   /** The module of {@code key} of the first input that has it with a weight other than 0. */
   LoraModule firstPresent(ModuleKey key) {
     return inputs.stream()
@@ -114,6 +210,16 @@ final class ModuleMerger {
     List<MergeInput> present = presentIndices(key).stream().map(inputs::get).toList();
     checkShapes(key, present);
     return present;
+  }
+
+  /** The inputs. */
+  ImmutableList<MergeInput> inputs() {
+    return inputs;
+  }
+
+  /** The rank policy. */
+  RankPolicy policy() {
+    return policy;
   }
 
   /** {up, down} of an encoded update, checked against what the merge offered. */

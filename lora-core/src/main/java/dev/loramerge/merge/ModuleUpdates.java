@@ -2,10 +2,15 @@ package dev.loramerge.merge;
 
 import ai.djl.Device;
 import ai.djl.ndarray.NDManager;
+import dev.loramerge.LoraMergeException;
 import dev.loramerge.LoraModule;
 import dev.loramerge.ModuleKey;
+import dev.loramerge.TensorData;
 import dev.loramerge.internal.linalg.LazyManager;
 import dev.loramerge.merge.spi.Offer.Precision;
+import java.util.Arrays;
+import java.util.List;
+import java.util.Locale;
 import java.util.Optional;
 
 /**
@@ -48,6 +53,167 @@ public final class ModuleUpdates {
           .orElseThrow(() -> new IllegalArgumentException("no input has module '" + key + "'"));
       return encoding.toFloat64(merged, precision);
     }
+  }
+
+  /**
+   * Whether module {@code key}'s update is materialised rather than merged in factor space: some
+   * input's module is of a kind other than plain LoRA, has a DoRA magnitude or a bias difference
+   * (see {@link #fusedF64}).
+   */
+  public boolean materialised(ModuleKey key) {
+    return present(key).stream().anyMatch(input -> !input.adapter().modules().get(key).isPlainLora());
+  }
+
+  /**
+   * Module {@code key}'s fused weight in float64, for a materialised update: {@code W + Σ
+   * factor·wᵢ·ΔWᵢ}, where a module with a DoRA magnitude contributes {@code DoRAᵢ(W) − W} with
+   * its weight inside the norm (PEFT's way: each adapter's DoRA is computed on the base weight,
+   * and the adapters' contributions add); one DoRA module alone gives {@code DoRA(W)} as it is.
+   * {@code weight} is the current weight, row-major, and is not changed.
+   *
+   * @throws LoraMergeException when the merger would do more than the exact weighted sum (another
+   *     method, an explicit rank, pruning), which has no meaning for these kinds without
+   *     re-ranking, or when a DoRA module is subtracted ({@code factor} &lt; 0): the inverse of
+   *     DoRA is not W − ΔW
+   */
+  public double[] fusedF64(ModuleKey key, double[] weight, double factor) {
+    List<MergeInput> present = present(key);
+    checkMaterialisable(key, present, factor);
+    if (present.size() == 1 && present.get(0).adapter().modules().get(key).magnitude().isEmpty()) {
+      // One additive update: the sum goes into the update's own array, the largest allocation
+      // of a fuse, rather than into one more of its size.
+      MergeInput input = present.get(0);
+      double[] delta = checkedDelta(key, input, input.adapter().modules().get(key), weight.length);
+      double w = factor * input.weight(key);
+      for (int i = 0; i < delta.length; i++) {
+        delta[i] = weight[i] + w * delta[i];
+      }
+      return delta;
+    }
+    double[] sum = new double[weight.length];
+    for (MergeInput input : present) {
+      LoraModule module = input.adapter().modules().get(key);
+      double w = factor * input.weight(key);
+      if (module.magnitude().isPresent()) {
+        double[] fused = module.fusedF64(weight, w);
+        if (present.size() == 1) {
+          return fused;
+        }
+        for (int i = 0; i < sum.length; i++) {
+          sum[i] += fused[i] - weight[i];
+        }
+      } else {
+        double[] delta = checkedDelta(key, input, module, weight.length);
+        for (int i = 0; i < sum.length; i++) {
+          sum[i] += w * delta[i];
+        }
+      }
+    }
+    double[] result = new double[weight.length];
+    for (int i = 0; i < result.length; i++) {
+      result[i] = weight[i] + sum[i];
+    }
+    return result;
+  }
+
+  /** Whether some input's module {@code key} has a bias difference. */
+  public boolean hasBiasDiff(ModuleKey key) {
+    return present(key).stream().anyMatch(input -> input.adapter().modules().get(key).biasDiff().isPresent());
+  }
+
+  /** The bias of module {@code key} in float64: {@code b + Σ factor·wᵢ·diff_bᵢ}. */
+  public double[] fusedBiasF64(ModuleKey key, double[] bias, double factor) {
+    List<MergeInput> present = present(key);
+    checkMaterialisable(key, present, factor);
+    double[] sum = new double[bias.length];
+    for (MergeInput input : present) {
+      var diff = input.adapter().modules().get(key).biasDiff();
+      if (diff.isEmpty()) {
+        continue;
+      }
+      double[] values = diff.get().toDoubleArray();
+      if (values.length != bias.length) {
+        throw new LoraMergeException(
+            String.format(
+                Locale.ROOT, "module '%s' of adapter '%s' has a bias difference of %d values for a bias of %d", key,
+                input.adapter().name(), values.length, bias.length));
+      }
+      double w = factor * input.weight(key);
+      for (int i = 0; i < sum.length; i++) {
+        sum[i] += w * values[i];
+      }
+    }
+    double[] result = new double[bias.length];
+    for (int i = 0; i < result.length; i++) {
+      result[i] = bias[i] + sum[i];
+    }
+    return result;
+  }
+
+  private static double[] checkedDelta(ModuleKey key, MergeInput input, LoraModule module, int length) {
+    if (TensorData.numel(module.weightShape()) != length) {
+      throw new LoraMergeException(
+          String.format(
+              Locale.ROOT, "module '%s' of adapter '%s' updates %s, which is not %d values", key, input.adapter().name(),
+              Arrays.toString(module.weightShape()), length));
+    }
+    return module.deltaF64();
+  }
+
+  private List<MergeInput> present(ModuleKey key) {
+    return merger.inputs().stream()
+        .filter(input -> input.weight(key) != 0 && input.adapter().modules().containsKey(key))
+        .toList();
+  }
+
+  /**
+   * Checks, before a fuse writes anything, that module {@code key}'s materialised update can be
+   * fused at {@code factor}.
+   *
+   * @throws LoraMergeException as {@link #fusedF64} does
+   */
+  public void checkMaterialisable(ModuleKey key, double factor) {
+    checkMaterialisable(key, present(key), factor);
+  }
+
+  private void checkMaterialisable(ModuleKey key, List<MergeInput> present, double factor) {
+    if (factor < 0) {
+      for (MergeInput input : present) {
+        LoraModule module = input.adapter().modules().get(key);
+        if (module.magnitude().isPresent()) {
+          throw new LoraMergeException(
+              String.format(
+                  Locale.ROOT,
+                  "module '%s' of adapter '%s' is a %s, which cannot be subtracted (DoRA renormalises W + ΔW);"
+                      + " restore the original weights instead", key, input.adapter().name(), module.kindName()));
+        }
+      }
+    }
+    LoraModule module = present.stream().map(input -> input.adapter().modules().get(key))
+        .filter(candidate -> !candidate.isPlainLora()).findFirst().orElse(present.get(0).adapter().modules().get(key));
+    String what = null;
+    if (algorithm != MergeAlgorithm.cat()) {
+      what = "method " + algorithm.name();
+    } else if (merger.policy().explicitRank(module.kind()).isPresent()) {
+      what = "an explicit rank";
+    } else if (encoding.prune().isPresent()) {
+      what = "pruning";
+    }
+    if (what != null) {
+      throw new LoraMergeException(
+          String.format(
+              Locale.ROOT,
+              "module '%s' is a %s: its update is fused as the exact weighted sum of the full updates, but the merger"
+                  + " asks for %s; fuse it without, or merge it to a LoRA first", key, module.kindName(), what));
+    }
+  }
+
+  /**
+   * The module of {@code key} of the first input that has it with a weight other than 0 and is not
+   * a plain LoRA (see {@link #materialised}), if any.
+   */
+  public java.util.Optional<LoraModule> firstMaterialised(ModuleKey key) {
+    return present(key).stream().map(input -> input.adapter().modules().get(key)).filter(module -> !module.isPlainLora()).findFirst();
   }
 
   /** The module of {@code key} of the first input that has it with a weight other than 0. */

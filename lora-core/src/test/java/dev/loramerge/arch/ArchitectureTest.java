@@ -143,6 +143,9 @@ class ArchitectureTest {
       "sdxl, UNET,           2567463684",
       "sdxl, TEXT_ENCODER,    123060480",
       "sdxl, TEXT_ENCODER_2,  694659840",
+      // stabilityai/stable-diffusion-2-1: UNet 865,910,724, OpenCLIP ViT-H text tower (23 layers) 340,387,840.
+      "sd2,  UNET,            865910724",
+      "sd2,  TEXT_ENCODER,    340387840",
     })
     void listedWeightsAddUpToThePublishedParameterCount(String id, Component component, long published) {
       assertThat(ParameterTally.total(byId(id), component))
@@ -219,7 +222,9 @@ class ArchitectureTest {
     @ParameterizedTest
     @MethodSource("dev.loramerge.arch.ArchitectureTest#architectures")
     void linearLayersHaveKernelOneAndConvolutionsOneOrThree(Architecture architecture) {
+      // SD3's patch embedding is the one exception: a 2×2 convolution with stride 2.
       assertThat(architecture.modules().values())
+          .filteredOn(spec -> !spec.key().toString().equals("transformer.pos_embed.proj"))
           .allSatisfy(
               spec ->
                   assertThat(spec.kernelSize())
@@ -334,15 +339,19 @@ class ArchitectureTest {
 
     @ParameterizedTest
     @MethodSource("dev.loramerge.arch.ArchitectureTest#architectures")
-    void onlyUNetModulesHaveOriginalNamesAndOnlyTextEncodersAreBase(Architecture architecture) {
+    void onlyDenoiserModulesHaveOriginalNamesAndOnlyTextEncodersAreBase(Architecture architecture) {
       assertThat(architecture.modules().values())
           .allSatisfy(
               spec -> {
-                boolean unet = spec.key().component() == Component.UNET;
-                assertThat(spec.originalPath().isPresent()).as("'%s' has an original path", spec.key()).isEqualTo(unet);
+                boolean denoiser =
+                    spec.key().component() == Component.UNET || spec.key().component() == Component.TRANSFORMER;
+                boolean fusedPart = architecture.fusedModule(spec.key()).isPresent();
+                assertThat(spec.originalPath().isPresent())
+                    .as("'%s' has an original path", spec.key())
+                    .isEqualTo(denoiser && !fusedPart);
                 assertThat(spec.blockId().equals(Optional.of("BASE")))
                     .as("'%s' is in BASE", spec.key())
-                    .isEqualTo(!unet);
+                    .isEqualTo(!denoiser);
               });
     }
 
@@ -382,7 +391,7 @@ class ArchitectureTest {
     void loraBlockIdsAreExactlyTheBlocksHoldingAttention(Architecture architecture) {
       Set<String> withAttention =
           architecture.modules().values().stream()
-              .filter(spec -> spec.key().path().matches(".*\\.(attn1|attn2|self_attn)\\..*"))
+              .filter(spec -> spec.key().path().matches(".*\\.(attn|attn1|attn2|self_attn)\\..*"))
               .map(spec -> spec.blockId().orElseThrow())
               .collect(Collectors.toCollection(LinkedHashSet::new));
       assertThat(architecture.loraBlockIds())
@@ -499,10 +508,15 @@ class ArchitectureTest {
   class Identity {
     @Test
     void architecturesAreFoundByIdAndPrintTheirName() {
-      assertThat(Architecture.all()).containsExactly(Architecture.sd15(), Architecture.sdxl());
+      assertThat(Architecture.all())
+          .containsExactly(
+              Architecture.sd15(), Architecture.sdxl(), Architecture.flux(), Architecture.sd2(),
+              Architecture.sd35Medium(), Architecture.sd35Large());
+      assertThat(Architecture.byId("sd2")).containsSame(Architecture.sd2());
       assertThat(Architecture.byId("sd15")).containsSame(Architecture.sd15());
       assertThat(Architecture.byId("sdxl")).containsSame(Architecture.sdxl());
-      assertThat(Architecture.byId("flux")).isEmpty();
+      assertThat(Architecture.byId("flux")).containsSame(Architecture.flux());
+      assertThat(Architecture.byId("sd3")).isEmpty();
       assertThat(Architecture.sd15().id()).isEqualTo("sd15");
       assertThat(Architecture.sdxl().displayName()).isEqualTo("SDXL");
       assertThat(Architecture.sd15()).hasToString("SD1.5");

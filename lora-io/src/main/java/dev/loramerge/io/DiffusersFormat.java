@@ -1,6 +1,7 @@
 package dev.loramerge.io;
 
 import dev.loramerge.Component;
+import dev.loramerge.DoraMagnitude;
 import dev.loramerge.LoraAdapter;
 import dev.loramerge.LoraMergeException;
 import dev.loramerge.LoraModule;
@@ -55,7 +56,8 @@ final class DiffusersFormat {
 
   private static Optional<Component> component(String name) {
     // Longest prefix first: text_encoder_2 also starts with text_encoder.
-    for (Component component : new Component[] {Component.TEXT_ENCODER_2, Component.TEXT_ENCODER, Component.UNET}) {
+    for (Component component :
+        new Component[] {Component.TEXT_ENCODER_2, Component.TEXT_ENCODER, Component.UNET, Component.TRANSFORMER}) {
       if (name.startsWith(component.prefix() + ".")) {
         return Optional.of(component);
       }
@@ -140,6 +142,8 @@ final class DiffusersFormat {
         } else {
           module.up = file.tensor(name);
         }
+      } else if (component(name).isPresent() && name.endsWith(LycorisParts.MAGNITUDE)) {
+        parts.module(name.substring(0, name.length() - LycorisParts.MAGNITUDE.length())).magnitudeVector = file.tensor(name);
       } else if (component(name).isPresent() && name.endsWith(".alpha")) {
         parts.module(name.substring(0, name.length() - ".alpha".length())).alpha =
             OptionalDouble.of(FormatParts.alphaValue(parts.fileName(), name, file.tensor(name)));
@@ -158,7 +162,8 @@ final class DiffusersFormat {
               ? module.alpha.getAsDouble()
               : config.alphaOf(path).orElse(module.down.dim(0));
       ScaleRule rule = config.rsLora ? ScaleRule.RSLORA : ScaleRule.STANDARD;
-      adapter.add(LoraModule.of(ModuleKey.of(component, path), module.down, module.up, alpha, rule));
+      LoraModule read = LoraModule.of(ModuleKey.of(component, path), module.down, module.up, alpha, rule);
+      adapter.add(module.magnitudeVector == null ? read : read.withMagnitude(DoraMagnitude.peft(module.magnitudeVector)));
     }
     file.metadata().forEach((key, value) -> {
       if (!key.equals(METADATA_KEY)) {
@@ -196,8 +201,10 @@ final class DiffusersFormat {
       Map<String, Object> rankPattern = new LinkedHashMap<>();
       Map<String, Object> alphaPattern = new LinkedHashMap<>();
       List<Object> targets = new ArrayList<>();
+      boolean dora = false;
       for (int i = 0; i < modules.size(); i++) {
         LoraModule module = modules.get(i);
+        LycorisParts.checkLoraLayout(module, "diffusers", true);
         String path = module.key().path();
         targets.add(path);
         if (module.rank() != rank) {
@@ -208,6 +215,19 @@ final class DiffusersFormat {
         }
         tensors.put(prefix + "." + path + ".lora_A.weight", module.down());
         tensors.put(prefix + "." + path + ".lora_B.weight", module.up());
+        if (module.magnitude().isPresent()) {
+          tensors.put(prefix + "." + path + LycorisParts.MAGNITUDE, module.magnitude().get().values());
+          dora = true;
+        }
+      }
+      if (dora && modules.stream().anyMatch(module -> module.magnitude().isEmpty())) {
+        throw new LoraMergeException(
+            String.format(
+                "adapter '%s' has DoRA magnitudes on some %s modules only; use_dora holds for all of them",
+                adapter.name(), prefix));
+      }
+      if (dora) {
+        config.put(prefix + ".use_dora", Boolean.TRUE);
       }
       config.put(prefix + ".alpha_pattern", alphaPattern);
       config.put(prefix + ".lora_alpha", alpha);

@@ -9,6 +9,8 @@ import java.util.List;
 import java.util.Locale;
 import java.util.Map;
 import java.util.OptionalDouble;
+import java.util.Set;
+import java.util.TreeSet;
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
 
@@ -26,6 +28,11 @@ final class FormatParts {
     TensorData down;
     TensorData up;
     OptionalDouble alpha = OptionalDouble.empty();
+    /** The tensors of another adapter kind, by LyCORIS part name (see {@link LycorisParts}). */
+    final Map<String, TensorData> kindParts = new LinkedHashMap<>();
+    TensorData doraScale;
+    TensorData magnitudeVector;
+    TensorData biasDiff;
 
     Module(String name) {
       this.name = name;
@@ -66,7 +73,7 @@ final class FormatParts {
    */
   ImmutableList<Module> complete(boolean skipUnsupported) {
     for (Module module : modules.values()) {
-      if (module.down == null || module.up == null) {
+      if (!LycorisParts.hasKind(module) && (module.down == null || module.up == null)) {
         throw new LoraMergeException(
             String.format(
                 Locale.ROOT,
@@ -81,8 +88,8 @@ final class FormatParts {
       String message =
           String.format(
               Locale.ROOT,
-              "%s: %d tensor%s cannot be read as LoRA factors (LoHa, LoKr, DoRA, Tucker or unknown"
-                  + " keys): %s",
+              "%s: %d tensor%s cannot be read as the tensors of a LoRA, LoCon, LoHa, LoKr, DoRA or"
+                  + " full difference (unknown keys): %s",
               fileName,
               unsupported.size(),
               unsupported.size() == 1 ? "" : "s",
@@ -90,9 +97,45 @@ final class FormatParts {
       if (!skipUnsupported) {
         throw new LoraMergeException(message + "; skipUnsupported(true) drops them");
       }
+      Set<String> dropped = new TreeSet<>();
+      for (String tensor : unsupported) {
+        String module = moduleOf(tensor);
+        if (!modules.containsKey(module)) {
+          dropped.add(module);
+        }
+      }
+      if (dropped.size() > modules.size()) {
+        throw new LoraMergeException(
+            String.format(
+                Locale.ROOT,
+                "%s: skipping what cannot be read would drop %d of the adapter's %d modules (%s) and keep %d;"
+                    + " refusing to make a result from what is left",
+                fileName,
+                dropped.size(),
+                dropped.size() + modules.size(),
+                quoteFirst(List.copyOf(dropped)),
+                modules.size()));
+      }
       log.warn("{}; dropped", message);
     }
     return ImmutableList.copyOf(modules.values());
+  }
+
+  /**
+   * The module an unreadable tensor belongs to, as far as its name tells: the name without a
+   * {@code .weight} or {@code .bias} and then without its last segment ({@code
+   * lora_unet_x.hada_w1_a} and {@code lora_te3_x.lora_down.weight} are both {@code lora_unet_x}
+   * and {@code lora_te3_x}).
+   */
+  private static String moduleOf(String tensor) {
+    String name = tensor;
+    for (String suffix : new String[] {".weight", ".bias"}) {
+      if (name.endsWith(suffix)) {
+        name = name.substring(0, name.length() - suffix.length());
+      }
+    }
+    int dot = name.lastIndexOf('.');
+    return dot < 0 ? name : name.substring(0, dot);
   }
 
   /** The first few names, quoted, and how many more there are. */

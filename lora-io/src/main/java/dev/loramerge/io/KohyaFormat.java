@@ -1,17 +1,24 @@
 package dev.loramerge.io;
 
+import dev.loramerge.AdapterKind;
 import dev.loramerge.DType;
 import dev.loramerge.LoraAdapter;
+import dev.loramerge.LoraMergeException;
 import dev.loramerge.LoraModule;
 import dev.loramerge.ModuleKey;
 import dev.loramerge.ScaleRule;
 import dev.loramerge.TensorData;
 import dev.loramerge.TensorSpec;
+import dev.loramerge.arch.Architecture;
+import dev.loramerge.arch.FusedModule;
 import java.io.IOException;
 import java.nio.file.Path;
+import java.util.ArrayList;
 import java.util.LinkedHashMap;
+import java.util.List;
 import java.util.Locale;
 import java.util.Map;
+import java.util.Optional;
 import java.util.stream.Collectors;
 
 /** Reads and writes kohya sd-scripts / A1111 LoRA files (see {@link LoraFormat#KOHYA}). */
@@ -26,6 +33,11 @@ final class KohyaFormat {
   static boolean matches(Iterable<String> tensorNames) {
     for (String name : tensorNames) {
       if (KohyaNames.component(name).isPresent() && (name.endsWith(DOWN) || name.endsWith(UP))) {
+        return true;
+      }
+      int dot = name.indexOf('.');
+      if (dot > 0 && KohyaNames.component(name.substring(0, dot)).isPresent()
+          && LycorisParts.isKindSuffix(name.substring(dot))) {
         return true;
       }
     }
@@ -55,17 +67,49 @@ final class KohyaFormat {
               java.util.OptionalDouble.of(FormatParts.alphaValue(parts.fileName(), name, file.tensor(name)));
           break;
         default:
-          parts.unsupported(name);
+          if (LycorisParts.isKindSuffix(suffix)) {
+            LycorisParts.collect(parts.module(module), suffix, file.tensor(name));
+          } else {
+            parts.unsupported(name);
+          }
       }
     }
     var modules = parts.complete(options.skipUnsupported());
     Map<String, long[]> shapes = new LinkedHashMap<>();
-    modules.forEach(module -> shapes.put(module.name, module.weightShape()));
+    Map<String, LoraModule> built = new LinkedHashMap<>();
+    Map<String, FusedModule> fused = new LinkedHashMap<>();
+    for (FormatParts.Module module : modules) {
+      // Built under a provisional key (the file's own name) to learn the weight's shape, which
+      // the names are resolved by.
+      ModuleKey provisional = ModuleKey.of(KohyaNames.component(module.name).orElseThrow(), module.name);
+      LoraModule read = LycorisParts.build(parts.fileName(), module, provisional, module.name, options.architecture());
+      built.put(module.name, read);
+      Optional<FusedModule> fusedModule = KohyaNames.resolveFused(module.name, options);
+      if (fusedModule.isPresent()) {
+        if (read.adapterKind() != AdapterKind.LORA || !read.isPlainLora()) {
+          throw new LoraMergeException(
+              String.format(
+                  Locale.ROOT,
+                  "%s: module '%s' updates fused weight '%s' as a %s%s; only a plain LoRA can be split into the fused weight's parts",
+                  parts.fileName(), module.name, fusedModule.get().originalPath(), read.adapterKind().displayName(),
+                  read.magnitude().isPresent() ? " with a DoRA magnitude" : read.biasDiff().isPresent() ? " with a bias difference" : ""));
+        }
+        fused.put(module.name, fusedModule.get());
+      } else {
+        shapes.put(module.name, read.weightShape());
+      }
+    }
     Map<String, ModuleKey> keys = KohyaNames.resolve(parts.fileName(), shapes, options);
     LoraAdapter.Builder adapter = LoraAdapter.builder().name(adapterName);
     for (FormatParts.Module module : modules) {
-      double alpha = module.alpha.orElse(module.down.dim(0));
-      adapter.add(LoraModule.of(keys.get(module.name), module.down, module.up, alpha, ScaleRule.STANDARD));
+      if (fused.containsKey(module.name)) {
+        // A LoRA on a fused weight (Flux's img_attn.qkv, linear1) is its parts with A shared:
+        // exact, and written back joined (KohyaNames.names).
+        double alpha = module.alpha.orElse(module.down.dim(0));
+        fused.get(module.name).split(module.down, module.up, alpha, ScaleRule.STANDARD).forEach(adapter::add);
+      } else {
+        adapter.add(built.get(module.name).withKey(keys.get(module.name)));
+      }
     }
     adapter.putAllMetadata(file.metadata());
     return adapter.build();
@@ -77,13 +121,44 @@ final class KohyaFormat {
    */
   static void write(LoraAdapter adapter, Path target) throws IOException {
     Map<ModuleKey, String> names = KohyaNames.names(adapter);
+    Optional<Architecture> architecture = Architecture.detect(adapter);
     Map<String, TensorData> tensors = new LinkedHashMap<>();
+    Map<FusedModule, List<LoraModule>> fusedParts = new LinkedHashMap<>();
     for (LoraModule module : adapter.modules().values()) {
+      Optional<FusedModule> fused = architecture.flatMap(arch -> arch.fusedModule(module.key()));
+      if (fused.isPresent()) {
+        if (module.adapterKind() != AdapterKind.LORA || !module.isPlainLora()) {
+          throw new LoraMergeException(
+              String.format(
+                  Locale.ROOT,
+                  "module '%s' is a part of fused weight '%s' and is a %s%s; kohya names only the fused weight, and only plain LoRA parts can be joined into it",
+                  module.key(), fused.get().originalPath(), module.adapterKind().displayName(),
+                  module.magnitude().isPresent() ? " with a DoRA magnitude" : module.biasDiff().isPresent() ? " with a bias difference" : ""));
+        }
+        fusedParts.computeIfAbsent(fused.get(), f -> new ArrayList<>()).add(module);
+        continue;
+      }
       String name = names.get(module.key());
+      if (module.adapterKind() != AdapterKind.LORA || !module.isPlainLora()) {
+        tensors.put(name + ALPHA, scalar(module.adapterKind() == AdapterKind.LORA
+            ? ScaleRule.STANDARD.alphaFor(module.scale(), module.rank()) : module.alpha()));
+        tensors.putAll(LycorisParts.kohyaTensors(module, name));
+        continue;
+      }
       double alpha = ScaleRule.STANDARD.alphaFor(module.scale(), module.rank());
       tensors.put(name + ALPHA, scalar(alpha));
       tensors.put(name + DOWN, module.down());
       tensors.put(name + UP, module.up());
+    }
+    // kohya's Flux names the original checkpoint's fused weights: parts are joined (exact; the
+    // rank adds up unless the parts share A, as they do when read from a kohya file).
+    for (Map.Entry<FusedModule, List<LoraModule>> entry : fusedParts.entrySet()) {
+      FusedModule.Joined joined = entry.getKey().join(entry.getValue());
+      String name = architecture.get().kohyaName(entry.getKey());
+      double alpha = ScaleRule.STANDARD.alphaFor(joined.scaleRule().scale(joined.alpha(), joined.rank()), joined.rank());
+      tensors.put(name + ALPHA, scalar(alpha));
+      tensors.put(name + DOWN, joined.down());
+      tensors.put(name + UP, joined.up());
     }
     Map<String, String> metadata = new LinkedHashMap<>(adapter.metadata());
     metadata.remove(DiffusersFormat.METADATA_KEY);

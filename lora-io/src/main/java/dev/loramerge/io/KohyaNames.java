@@ -1,16 +1,19 @@
 package dev.loramerge.io;
 
+import com.google.common.collect.ImmutableList;
 import com.google.common.collect.ImmutableMap;
 import dev.loramerge.Component;
 import dev.loramerge.LoraAdapter;
 import dev.loramerge.LoraMergeException;
 import dev.loramerge.ModuleKey;
 import dev.loramerge.arch.Architecture;
+import dev.loramerge.arch.FusedModule;
 import dev.loramerge.arch.ModuleSpec;
 import java.util.Arrays;
 import java.util.HashMap;
 import java.util.HashSet;
 import java.util.LinkedHashMap;
+import java.util.List;
 import java.util.Locale;
 import java.util.Map;
 import java.util.Optional;
@@ -26,12 +29,16 @@ import java.util.Set;
  * detected architecture (SDXL: original sgm paths), and underscored diffusers paths otherwise.
  */
 final class KohyaNames {
+  /** OneTrainer's prefix for Flux's transformer, before the underscored diffusers path. */
+  private static final String ONE_TRAINER_TRANSFORMER = "lora_transformer_";
+
   private static final ImmutableMap<String, Component> PREFIXES =
       ImmutableMap.of(
           "lora_unet_", Component.UNET,
           "lora_te1_", Component.TEXT_ENCODER,
           "lora_te2_", Component.TEXT_ENCODER_2,
-          "lora_te_", Component.TEXT_ENCODER);
+          "lora_te_", Component.TEXT_ENCODER,
+          ONE_TRAINER_TRANSFORMER, Component.TRANSFORMER);
 
   private KohyaNames() {}
 
@@ -64,7 +71,13 @@ final class KohyaNames {
           weightShapes,
           name -> {
             ModuleKey key = byBase.get(name);
-            return key != null ? Optional.of(key) : fitting.flatMap(architecture -> byArchitecture(architecture, name));
+            if (key != null) {
+              return Optional.of(key);
+            }
+            // A single-file base (SD2.x's original names) may resolve none of a file of diffusers
+            // paths that no architecture fits: the grammar still reads them.
+            Optional<ModuleKey> byArchitecture = fitting.flatMap(architecture -> byArchitecture(architecture, name));
+            return byArchitecture.isPresent() ? byArchitecture : byGrammar(name);
           });
     }
     for (Architecture architecture : Architecture.all()) {
@@ -73,6 +86,21 @@ final class KohyaNames {
       }
     }
     return resolveAll(fileName, weightShapes, KohyaNames::byGrammar);
+  }
+
+  /**
+   * The fused weight of an original checkpoint that a kohya name names ({@code
+   * lora_unet_double_blocks_0_img_attn_qkv}), in the architecture the caller named or any known
+   * one.
+   */
+  static Optional<FusedModule> resolveFused(String name, LoraReadOptions options) {
+    for (Architecture architecture : options.architecture().map(ImmutableList::of).orElse(Architecture.all())) {
+      Optional<FusedModule> fused = architecture.resolveFusedKohyaName(name);
+      if (fused.isPresent()) {
+        return fused;
+      }
+    }
+    return Optional.empty();
   }
 
   private interface Resolver {
@@ -84,6 +112,10 @@ final class KohyaNames {
     Map<String, ModuleKey> keys = new LinkedHashMap<>();
     Map<ModuleKey, String> seen = new HashMap<>();
     for (String name : weightShapes.keySet()) {
+      Optional<String> recognised = KnownLayouts.describe(List.of(name));
+      if (recognised.isPresent() && resolver.resolve(name).isEmpty()) {
+        throw new LoraMergeException(String.format(Locale.ROOT, "%s: %s", fileName, recognised.get()));
+      }
       ModuleKey key =
           resolver
               .resolve(name)
@@ -122,7 +154,7 @@ final class KohyaNames {
   private static boolean fits(Architecture architecture, Map<String, long[]> weightShapes) {
     for (Map.Entry<String, long[]> entry : weightShapes.entrySet()) {
       Optional<ModuleSpec> spec =
-          architecture.resolveKohyaName(entry.getKey()).flatMap(architecture::module);
+          architecture.resolveKohyaName(kohyaSpelling(entry.getKey())).flatMap(architecture::module);
       if (spec.isEmpty() || !Arrays.equals(spec.get().weightShape(), entry.getValue())) {
         return false;
       }
@@ -131,7 +163,14 @@ final class KohyaNames {
   }
 
   private static Optional<ModuleKey> byArchitecture(Architecture architecture, String name) {
-    return architecture.resolveKohyaName(name);
+    return architecture.resolveKohyaName(kohyaSpelling(name));
+  }
+
+  /** OneTrainer's {@code lora_transformer_} names as kohya's {@code lora_unet_} diffusers spelling. */
+  private static String kohyaSpelling(String name) {
+    return name.startsWith(ONE_TRAINER_TRANSFORMER)
+        ? "lora_unet_" + name.substring(ONE_TRAINER_TRANSFORMER.length())
+        : name;
   }
 
   private static Optional<ModuleKey> byGrammar(String name) {
@@ -187,6 +226,8 @@ final class KohyaNames {
         return new String[] {"lora_te_" + underscored, "lora_te1_" + underscored};
       case TEXT_ENCODER_2:
         return new String[] {"lora_te2_" + underscored};
+      case TRANSFORMER:
+        return new String[] {"lora_unet_" + underscored, "lora_transformer_" + underscored};
       default:
         throw new AssertionError(key.component());
     }
@@ -215,6 +256,9 @@ final class KohyaNames {
           break;
         case TEXT_ENCODER_2:
           names.put(key, "lora_te2_" + underscored);
+          break;
+        case TRANSFORMER:
+          names.put(key, "lora_transformer_" + underscored);
           break;
         default:
           throw new AssertionError(key.component());

@@ -9,6 +9,7 @@ import java.nio.file.Files;
 import java.nio.file.NoSuchFileException;
 import java.nio.file.Path;
 import java.util.List;
+import java.util.Optional;
 import java.util.stream.Collectors;
 
 /**
@@ -82,6 +83,10 @@ public final class LoraFiles {
       }
       if (DiffusersFormat.matches(names)) {
         return LoraFormat.DIFFUSERS;
+      }
+      Optional<String> recognised = KnownLayouts.describe(names);
+      if (recognised.isPresent()) {
+        throw new IOException(weights.getFileName() + ": " + recognised.get());
       }
       throw new IOException(
           weights.getFileName()

@@ -59,7 +59,7 @@ public final class LoraReadOptions {
     return baseKeys;
   }
 
-  /** Whether tensors that are not LoRA factors (LoHa, LoKr, DoRA, unknown) are dropped with a warning instead of failing the read. */
+  /** Whether tensors of no adapter kind this library reads (OFT, unknown keys) are dropped with a warning instead of failing the read. */
   public boolean skipUnsupported() {
     return skipUnsupported;
   }

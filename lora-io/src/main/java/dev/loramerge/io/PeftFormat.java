@@ -2,6 +2,7 @@ package dev.loramerge.io;
 
 import com.google.common.collect.ImmutableList;
 import dev.loramerge.Component;
+import dev.loramerge.DoraMagnitude;
 import dev.loramerge.LoraAdapter;
 import dev.loramerge.LoraMergeException;
 import dev.loramerge.LoraModule;
@@ -9,6 +10,7 @@ import dev.loramerge.ModuleKey;
 import dev.loramerge.ScaleRule;
 import dev.loramerge.TensorData;
 import dev.loramerge.TensorSpec;
+import dev.loramerge.arch.Architecture;
 import dev.loramerge.internal.json.Json;
 import java.io.IOException;
 import java.nio.charset.StandardCharsets;
@@ -111,6 +113,8 @@ final class PeftFormat {
           parts.module(middle(name, PREFIX, DOWN)).down = file.tensor(name);
         } else if (name.startsWith(PREFIX) && name.endsWith(UP)) {
           parts.module(middle(name, PREFIX, UP)).up = file.tensor(name);
+        } else if (name.startsWith(PREFIX) && name.endsWith(LycorisParts.MAGNITUDE)) {
+          parts.module(middle(name, PREFIX, LycorisParts.MAGNITUDE)).magnitudeVector = file.tensor(name);
         } else {
           parts.unsupported(name);
         }
@@ -119,13 +123,21 @@ final class PeftFormat {
       ScaleRule rule = config.rsLora ? ScaleRule.RSLORA : ScaleRule.STANDARD;
       for (FormatParts.Module module : parts.complete(options.skipUnsupported())) {
         Component component =
-            module.name.startsWith("text_model.") ? Component.TEXT_ENCODER : Component.UNET;
+            module.name.startsWith("text_model.")
+                ? Component.TEXT_ENCODER
+                : isTransformerPath(module.name) ? Component.TRANSFORMER : Component.UNET;
         ModuleKey key = ModuleKey.of(component, module.name);
-        adapter.add(LoraModule.of(key, module.down, module.up, config.alphaOf(module.name), rule));
+        LoraModule read = LoraModule.of(key, module.down, module.up, config.alphaOf(module.name), rule);
+        adapter.add(module.magnitudeVector == null ? read : read.withMagnitude(DoraMagnitude.peft(module.magnitudeVector)));
       }
       adapter.putAllMetadata(file.metadata());
       return adapter.build();
     }
+  }
+
+  /** Whether {@code path} is a module of Flux's transformer, which a PEFT folder may adapt alone. */
+  private static boolean isTransformerPath(String path) {
+    return Architecture.flux().module(ModuleKey.of(Component.TRANSFORMER, path)).isPresent();
   }
 
   private static String middle(String name, String prefix, String suffix) {
@@ -159,7 +171,9 @@ final class PeftFormat {
     Map<String, Object> alphaPattern = new LinkedHashMap<>();
     List<Object> targets = new ArrayList<>();
     Map<String, TensorData> tensors = new LinkedHashMap<>();
+    boolean dora = false;
     for (LoraModule module : adapter.modules().values()) {
+      LycorisParts.checkLoraLayout(module, "PEFT", true);
       String path = module.key().path();
       targets.add(path);
       if (module.rank() != rank) {
@@ -170,6 +184,16 @@ final class PeftFormat {
       }
       tensors.put(PREFIX + path + DOWN, module.down());
       tensors.put(PREFIX + path + UP, module.up());
+      if (module.magnitude().isPresent()) {
+        tensors.put(PREFIX + path + LycorisParts.MAGNITUDE, module.magnitude().get().values());
+        dora = true;
+      }
+    }
+    if (dora && adapter.modules().values().stream().anyMatch(module -> module.magnitude().isEmpty())) {
+      throw new LoraMergeException(
+          String.format(
+              Locale.ROOT, "adapter '%s' has DoRA magnitudes on some modules only; PEFT's use_dora holds for all of them",
+              adapter.name()));
     }
     Map<String, Object> config = new LinkedHashMap<>();
     config.put("alpha_pattern", alphaPattern);
@@ -186,7 +210,7 @@ final class PeftFormat {
     config.put("rank_pattern", rankPattern);
     config.put("target_modules", targets);
     config.put("task_type", null);
-    config.put("use_dora", Boolean.FALSE);
+    config.put("use_dora", dora);
     config.put("use_rslora", rule == ScaleRule.RSLORA);
 
     Map<String, String> metadata = new LinkedHashMap<>();

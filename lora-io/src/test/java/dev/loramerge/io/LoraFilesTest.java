@@ -76,21 +76,36 @@ class LoraFilesTest {
   @Test
   void unreadableTensorsAreReportedByName() throws IOException {
     Map<String, TensorData> tensors = new LinkedHashMap<>();
-    tensors.put("lora_unet_mid_block_attentions_0_proj_in.hada_w1_a", zeros(4, 16));
-    tensors.put("lora_unet_mid_block_attentions_0_proj_in.hada_w1_b", zeros(4, 16));
+    // LyCORIS OFT (lycoris/modules/diag_oft.py) and a stray key: no kind this library reads.
+    tensors.put("lora_unet_mid_block_attentions_0_proj_in.oft_blocks", zeros(4, 4, 4));
+    tensors.put("lora_unet_mid_block_attentions_0_proj_in.rescale", zeros(16, 1));
     tensors.put("lora_unet_mid_block_attentions_0_proj_out.lora_down.weight", zeros(4, 16));
     tensors.put("lora_unet_mid_block_attentions_0_proj_out.lora_up.weight", zeros(16, 4));
-    tensors.put("lora_unet_mid_block_attentions_0_proj_out.dora_scale", zeros(1, 16));
+    tensors.put("lora_unet_mid_block_attentions_0_proj_out.scale_b", zeros(16));
     Path file = kohyaFile(tensors);
     assertThatThrownBy(() -> LoraFiles.read(file))
         .isInstanceOf(LoraMergeException.class)
         .hasMessage(
-            "input.safetensors: 3 tensors cannot be read as LoRA factors (LoHa, LoKr, DoRA, Tucker or unknown keys):"
-                + " 'lora_unet_mid_block_attentions_0_proj_in.hada_w1_a',"
-                + " 'lora_unet_mid_block_attentions_0_proj_in.hada_w1_b',"
-                + " 'lora_unet_mid_block_attentions_0_proj_out.dora_scale'; skipUnsupported(true) drops them");
+            "input.safetensors: 3 tensors cannot be read as the tensors of a LoRA, LoCon, LoHa, LoKr, DoRA or full"
+                + " difference (unknown keys):"
+                + " 'lora_unet_mid_block_attentions_0_proj_in.oft_blocks',"
+                + " 'lora_unet_mid_block_attentions_0_proj_in.rescale',"
+                + " 'lora_unet_mid_block_attentions_0_proj_out.scale_b'; skipUnsupported(true) drops them");
     LoraAdapter kept = LoraFiles.read(file, LoraReadOptions.builder().skipUnsupported(true).build());
     assertThat(kept.modules().keySet()).containsExactly(ModuleKey.parse("unet.mid_block.attentions.0.proj_out"));
+  }
+
+  @Test
+  void anIncompleteLohaNamesTheFileTheModuleAndWhatItNeeds() throws IOException {
+    Map<String, TensorData> tensors = new LinkedHashMap<>();
+    tensors.put("lora_unet_mid_block_attentions_0_proj_in.hada_w1_a", zeros(16, 4));
+    tensors.put("lora_unet_mid_block_attentions_0_proj_in.hada_w1_b", zeros(4, 16));
+    Path file = kohyaFile(tensors);
+    assertThatThrownBy(() -> LoraFiles.read(file))
+        .isInstanceOf(LoraMergeException.class)
+        .hasMessage(
+            "input.safetensors: module 'lora_unet_mid_block_attentions_0_proj_in': a LoHa needs [hada_w1_a,"
+                + " hada_w1_b, hada_w2_a, hada_w2_b], found [hada_w1_a, hada_w1_b]");
   }
 
   @Test
@@ -111,7 +126,7 @@ class LoraFilesTest {
         .isInstanceOf(LoraMergeException.class)
         .hasMessage(
             "input.safetensors: cannot resolve kohya module name 'lora_unet_my_custom_block_proj': it is not a module of"
-                + " SD1.5 or SDXL, not in the base weights given, and not a diffusers module name; give the"
+                + " SD1.5 or SDXL or Flux.1 or SD2.x or SD3.5 Medium or SD3.5 Large, not in the base weights given, and not a diffusers module name; give the"
                 + " model's weight names (baseKeys)");
     LoraAdapter viaBase =
         LoraFiles.read(

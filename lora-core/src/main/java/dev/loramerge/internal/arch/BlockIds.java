@@ -23,10 +23,21 @@ final class BlockIds {
   static final String TEXT_ENCODERS = "BASE";
   static final String MIDDLE = "M00";
 
+  /** Flux's block ids, as its block-weight tools name them: {@code double_blocks.N}, {@code single_blocks.N}. */
+  static final String DOUBLE_BLOCKS = "double_blocks.";
+
+  static final String SINGLE_BLOCKS = "single_blocks.";
+
+  /** SD3's block ids: {@code joint_blocks.N}. */
+  static final String JOINT_BLOCKS = "joint_blocks.";
+
   private static final String INPUT_PREFIX = "input_blocks.";
   private static final String OUTPUT_PREFIX = "output_blocks.";
 
-  /** BASE, then IN, M and OUT ids, each group by number: the order LBW weight vectors use. */
+  /**
+   * BASE, then IN, M and OUT ids, each group by number: the order LBW weight vectors use; for Flux
+   * BASE, then double and single blocks by number.
+   */
   static final Comparator<String> ORDER =
       Comparator.comparingInt(BlockIds::group).thenComparingInt(BlockIds::number);
 
@@ -67,6 +78,15 @@ final class BlockIds {
     }
     if (id.startsWith("OUT")) {
       return 3;
+    }
+    if (id.startsWith(DOUBLE_BLOCKS)) {
+      return 4;
+    }
+    if (id.startsWith(SINGLE_BLOCKS)) {
+      return 5;
+    }
+    if (id.startsWith(JOINT_BLOCKS)) {
+      return 6;
     }
     throw new IllegalArgumentException("not a block id: '" + id + "'");
   }

@@ -8,6 +8,7 @@ import com.google.common.collect.ImmutableSortedMap;
 import com.google.common.collect.ImmutableSortedSet;
 import dev.loramerge.Component;
 import dev.loramerge.ModuleKey;
+import dev.loramerge.arch.FusedModule;
 import dev.loramerge.arch.ModuleSpec;
 import java.io.IOException;
 import java.io.InputStream;
@@ -45,6 +46,29 @@ public final class Descriptor {
         ImmutableMap.of(
             Component.UNET, "lora_unet_",
             Component.TEXT_ENCODER, "lora_te1_",
+            Component.TEXT_ENCODER_2, "lora_te2_")),
+    /**
+     * {@code flux_train_network.py} ({@code networks/lora_flux.py}): it trains BFL's original
+     * model, so transformer modules are {@code lora_unet_} plus underscored original paths
+     * ({@code lora_unet_double_blocks_0_img_attn_qkv}), CLIP-L is {@code lora_te1_} and T5 {@code
+     * lora_te3_}.
+     */
+    FLUX(
+        true,
+        ImmutableMap.of(
+            Component.TRANSFORMER, "lora_unet_",
+            Component.TEXT_ENCODER, "lora_te1_",
+            Component.TEXT_ENCODER_2, "lora_te3_")),
+    /**
+     * {@code sd3_train_network.py} ({@code networks/lora_sd3.py}): {@code lora_unet_} plus
+     * underscored original MMDiT paths ({@code lora_unet_joint_blocks_0_x_block_attn_qkv}), CLIP-L
+     * {@code lora_te1_}, CLIP-G {@code lora_te2_}.
+     */
+    SD3(
+        true,
+        ImmutableMap.of(
+            Component.TRANSFORMER, "lora_unet_",
+            Component.TEXT_ENCODER, "lora_te1_",
             Component.TEXT_ENCODER_2, "lora_te2_"));
 
     private final boolean writesOriginalPaths;
@@ -68,9 +92,22 @@ public final class Descriptor {
   private final ImmutableList<String> blockIds;
   private final ImmutableList<String> loraBlockIds;
   private final KohyaIndex kohya;
+  private final ImmutableMap<String, FusedModule> fused;
+  private final ImmutableMap<ModuleKey, FusedModule> fusedByKey;
+  private final ImmutableMap<String, FusedModule> fusedByKohyaName;
+  private final String kohyaPrefix;
 
-  private Descriptor(ImmutableSortedMap<ModuleKey, ModuleSpec> modules, KohyaDialect dialect) {
+  private Descriptor(
+      ImmutableSortedMap<ModuleKey, ModuleSpec> modules, ImmutableList<FusedModule> fused, KohyaDialect dialect) {
     this.modules = modules;
+    this.fused = fused.stream().collect(ImmutableMap.toImmutableMap(FusedModule::originalPath, module -> module));
+    ImmutableMap.Builder<ModuleKey, FusedModule> byKey = ImmutableMap.builder();
+    fused.forEach(module -> module.keys().forEach(key -> byKey.put(key, module)));
+    this.fusedByKey = byKey.buildOrThrow();
+    this.kohyaPrefix = dialect.prefix(Component.TRANSFORMER).orElse("");
+    this.fusedByKohyaName =
+        fused.stream()
+            .collect(ImmutableMap.toImmutableMap(module -> kohyaPrefix + module.originalPath().replace('.', '_'), module -> module));
     this.blockIds = blockIds(modules.values(), spec -> true);
     this.loraBlockIds = blockIds(modules.values(), spec -> isInAttentionLora(spec.key()));
     this.kohya = KohyaIndex.build(modules.values(), dialect);
@@ -86,18 +123,30 @@ public final class Descriptor {
    */
   public static Descriptor generate(String id, KohyaDialect dialect) {
     List<ModuleSpec> specs = new ArrayList<>();
+    ImmutableList.Builder<FusedModule> fused = ImmutableList.builder();
+    boolean denoiser = false;
     for (Component component : Component.values()) {
       String resource = RESOURCES + id + "/" + component.prefix() + "/config.json";
       Optional<ModelConfig> config = read(resource);
-      if (config.isPresent()) {
+      if (config.isPresent() && component == Component.TRANSFORMER) {
+        FluxWalker.Walk walk =
+            config.get().modelClass().equals(Sd3Walker.MODEL_CLASS)
+                ? Sd3Walker.walk(config.get())
+                : FluxWalker.walk(config.get());
+        specs.addAll(walk.specs());
+        fused.addAll(walk.fused());
+      } else if (config.isPresent()) {
         specs.addAll(walk(component, config.get()));
-      } else if (component == Component.UNET) {
-        throw new IllegalArgumentException("no UNet config bundled for architecture '" + id + "' at " + resource);
       }
+      denoiser |= config.isPresent() && (component == Component.UNET || component == Component.TRANSFORMER);
+    }
+    if (!denoiser) {
+      throw new IllegalArgumentException(
+          "no UNet or transformer config bundled for architecture '" + id + "' under " + RESOURCES + id);
     }
     ImmutableSortedMap.Builder<ModuleKey, ModuleSpec> modules = ImmutableSortedMap.naturalOrder();
     specs.forEach(spec -> modules.put(spec.key(), spec));
-    return new Descriptor(modules.buildOrThrow(), dialect);
+    return new Descriptor(modules.buildOrThrow(), fused.build(), dialect);
   }
 
   private static Optional<ModelConfig> read(String resource) {
@@ -128,9 +177,14 @@ public final class Descriptor {
    * CLIPAttention} / {@code CLIPMLP}. LBW's LoRA presets are the blocks holding such modules.
    */
   private static boolean isInAttentionLora(ModuleKey key) {
-    return key.component() == Component.UNET
-        ? key.path().contains("attentions.")
-        : key.path().startsWith("text_model.encoder.layers.");
+    switch (key.component()) {
+      case UNET:
+        return key.path().contains("attentions.");
+      case TRANSFORMER:
+        return key.path().contains("transformer_blocks.");
+      default:
+        return key.path().startsWith("text_model.encoder.layers.");
+    }
   }
 
   private static ImmutableList<String> blockIds(
@@ -162,6 +216,26 @@ public final class Descriptor {
   /** The name kohya's scripts write for {@code key}, if it is a module of this descriptor. */
   public Optional<String> kohyaName(ModuleKey key) {
     return kohya.written(key);
+  }
+
+  /** The fused weights of the original checkpoint, by original path. */
+  public ImmutableMap<String, FusedModule> fused() {
+    return fused;
+  }
+
+  /** The fused weight {@code key} is a part of, if it is one. */
+  public Optional<FusedModule> fusedOf(ModuleKey key) {
+    return Optional.ofNullable(fusedByKey.get(key));
+  }
+
+  /** The fused weight a kohya name (without suffix) names. */
+  public Optional<FusedModule> resolveFusedKohyaName(String name) {
+    return Optional.ofNullable(fusedByKohyaName.get(name));
+  }
+
+  /** The name kohya's scripts write for {@code module}. */
+  public String kohyaName(FusedModule module) {
+    return kohyaPrefix + module.originalPath().replace('.', '_');
   }
 
   /** The module a kohya name (without suffix) names, in either UNet spelling. */

@@ -111,6 +111,29 @@ final class ModelConfig {
     return result.build();
   }
 
+  /** A list of non-negative integers (block indices); empty when the key is absent or null. */
+  ImmutableList<Integer> indices(String key) {
+    if (!isSet(key)) {
+      return ImmutableList.of();
+    }
+    Object value = values.get(key);
+    if (!(value instanceof List)) {
+      throw invalid(key, value, "a list of block indices");
+    }
+    ImmutableList.Builder<Integer> result = ImmutableList.builder();
+    for (Object element : (List<?>) value) {
+      if (!(element instanceof BigDecimal) || ((BigDecimal) element).signum() < 0) {
+        throw invalid(key, value, "a list of block indices");
+      }
+      try {
+        result.add(((BigDecimal) element).intValueExact());
+      } catch (ArithmeticException e) {
+        throw invalid(key, value, "a list of block indices");
+      }
+    }
+    return result.build();
+  }
+
   /** A boolean, or {@code fallback} when the key is absent or null. */
   boolean bool(String key, boolean fallback) {
     if (!isSet(key)) {

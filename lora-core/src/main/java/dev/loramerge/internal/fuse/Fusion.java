@@ -61,13 +61,29 @@ public final class Fusion {
       ByteBuffer into,
       DType dtype,
       String label) {
-    dataTypeOf(dtype);
     long rows = shape.length == 0 ? 1 : shape[0];
     long numel = weight.remaining() / weightType.byteSize();
     checkArgument(
         rank > 0 && up.length == rows * rank && (long) down.length * rows == numel * rank,
         "%s: factors of %s and %s values do not make a rank-%s update of %s elements in %s rows",
         label, up.length, down.length, rank, numel, rows);
+    if (DenseFusion.isFloat8(weightType) || DenseFusion.isFloat8(dtype)) {
+      // A float8 weight has a few bits per element: the float64 product is made once in libtorch
+      // and the sum is rounded in Java, where float8 can be encoded.
+      try (NDManager scratch = manager.get().newSubManager()) {
+        double[] delta =
+            scratch.create(up, new Shape(rows, rank)).matMul(scratch.create(down, new Shape(rank, down.length / rank)))
+                .toDoubleArray();
+        DenseFusion.fuse(weight, weightType, values -> {
+          for (int i = 0; i < values.length; i++) {
+            values[i] += delta[i];
+          }
+          return values;
+        }, into, dtype, label);
+      }
+      return;
+    }
+    dataTypeOf(dtype);
     if (NarrowFusion.handles(weightType, dtype, rows, numel)) {
       NarrowFusion.fuse(scratches, manager, weight, weightType, rows, up, down, rank, into, dtype, label);
       return;

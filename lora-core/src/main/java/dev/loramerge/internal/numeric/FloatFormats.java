@@ -496,6 +496,42 @@ public final class FloatFormats {
     return (short) roundToBinary(value, 8, 7);
   }
 
+  /**
+   * {@code value} rounded once, to nearest even, to float8 e4m3fn bits. The format has no
+   * infinity: a value that rounds beyond ±448 gives NaN (0x7f or 0xff), as PyTorch's conversion
+   * does, and callers that must not saturate check for it.
+   */
+  public static byte toFloat8E4M3(double value) {
+    int sign = Double.doubleToRawLongBits(value) < 0 ? 0x80 : 0;
+    double magnitude = Math.abs(value);
+    // NaN and infinities have exponent 1024 and end up with the values past 448 below.
+    int exponent = Math.getExponent(magnitude);
+    if (exponent < -6) {
+      return (byte) (sign | (int) Math.rint(Math.scalb(magnitude, 9)));
+    }
+    long mantissa = (long) Math.rint(Math.scalb(magnitude, 3 - exponent));
+    if (mantissa == 16) {
+      exponent++;
+      mantissa = 8;
+    }
+    // 480 (mantissa 15 at exponent 8) would be the code of NaN; 464, halfway, rounds to 448.
+    if (exponent > 8 || (exponent == 8 && mantissa == 15)) {
+      return (byte) (sign | 0x7f);
+    }
+    return (byte) (sign | ((exponent + 7) << 3) | (int) (mantissa - 8));
+  }
+
+  /** {@code value} rounded once, to nearest even, to float8 e5m2 bits; overflow gives infinity. */
+  public static byte toFloat8E5M2(double value) {
+    return (byte) roundToBinary(value, 5, 2);
+  }
+
+  /** The largest finite value of float8 e4m3fn. */
+  public static final double FLOAT8_E4M3_MAX = 448.0;
+
+  /** The largest finite value of float8 e5m2. */
+  public static final double FLOAT8_E5M2_MAX = 57344.0;
+
   /** The largest finite value of fp16. */
   public static final double FLOAT16_MAX = 65504.0;
 

@@ -10,6 +10,8 @@ import java.util.ArrayList;
 import java.util.List;
 import java.util.SplittableRandom;
 import org.junit.jupiter.api.Test;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.ValueSource;
 
 class FloatFormatsTest {
   @Test
@@ -307,5 +309,78 @@ class FloatFormatsTest {
     assertThat(FloatFormats.fromFloat8E4M3(0xb8)).isEqualTo(-1.0);
     assertThat(FloatFormats.fromFloat8E5M2(0x7b)).as("e5m2 max").isEqualTo(57344.0);
     assertThat(FloatFormats.fromFloat8E5M2(0x7c)).isInfinite();
+  }
+
+  /**
+   * Every float8 code, its neighbours' midpoints and points just beside them, against the nearest
+   * code found here by exhaustive search over all 256 codes with exact BigDecimal distances (ties
+   * to the even code); beyond the largest finite value e4m3fn gives NaN (it has no infinity) and
+   * e5m2 infinity, never a saturated value.
+   */
+  @ParameterizedTest
+  @ValueSource(booleans = {true, false})
+  void float8RoundsOnceToNearestEvenAgainstAnExhaustiveSearch(boolean e4m3) {
+    java.util.function.IntToDoubleFunction decode = e4m3 ? FloatFormats::fromFloat8E4M3 : FloatFormats::fromFloat8E5M2;
+    java.util.function.DoubleToIntFunction encode =
+        e4m3 ? value -> FloatFormats.toFloat8E4M3(value) & 0xff : value -> FloatFormats.toFloat8E5M2(value) & 0xff;
+    double max = e4m3 ? FloatFormats.FLOAT8_E4M3_MAX : FloatFormats.FLOAT8_E5M2_MAX;
+    java.util.List<Double> probes = new java.util.ArrayList<>();
+    for (int code = 0; code < 256; code++) {
+      double value = decode.applyAsDouble(code);
+      double next = decode.applyAsDouble((code + 1) & 0xff);
+      if (!Double.isFinite(value)) {
+        continue;
+      }
+      probes.add(value);
+      if (Double.isFinite(next) && Math.signum(next) == Math.signum(value) && Math.abs(next) > Math.abs(value)) {
+        double middle = (value + next) / 2;
+        probes.addAll(java.util.List.of(middle, Math.nextUp(middle), Math.nextDown(middle)));
+      }
+    }
+    java.util.Random random = new java.util.Random(8);
+    for (int i = 0; i < 20_000; i++) {
+      probes.add((random.nextDouble() * 2 - 1) * max * 1.2 * Math.pow(2, -random.nextInt(20)));
+    }
+    for (double probe : probes) {
+      int expected = nearestFloat8(probe, decode, max);
+      int actual = encode.applyAsInt(probe);
+      if (expected < 0) {
+        assertThat(Double.isFinite(decode.applyAsDouble(actual))).as("%s beyond the range", probe).isFalse();
+      } else if (decode.applyAsDouble(expected) == 0) {
+        assertThat(decode.applyAsDouble(actual)).as("%s rounds to a zero", probe).isZero();
+      } else {
+        assertThat(actual).as("0x%02x for %s", actual, probe).isEqualTo(expected);
+      }
+    }
+  }
+
+  /** The code nearest {@code value} among all 256, ties to the even code; −1 past the range. */
+  private static int nearestFloat8(double value, java.util.function.IntToDoubleFunction decode, double max) {
+    java.math.BigDecimal exact = new java.math.BigDecimal(value);
+    int best = -1;
+    java.math.BigDecimal bestDistance = null;
+    for (int code = 0; code < 256; code++) {
+      double candidate = decode.applyAsDouble(code);
+      if (!Double.isFinite(candidate) || (candidate == 0 && (code & 0x80) != 0)) {
+        continue;
+      }
+      java.math.BigDecimal distance = exact.subtract(new java.math.BigDecimal(candidate)).abs();
+      int compared = bestDistance == null ? -1 : distance.compareTo(bestDistance);
+      if (compared < 0 || (compared == 0 && (code & 1) == 0)) {
+        best = code;
+        bestDistance = distance;
+      }
+    }
+    // Past the largest finite value the next step (max + one ulp at max) would be nearer.
+    double previous = Math.abs(decode.applyAsDouble(best)) == max ? max - Math.abs(decode.applyAsDouble(best - 1)) : 0;
+    if (previous > 0) {
+      java.math.BigDecimal beyond = new java.math.BigDecimal(Math.copySign(max + previous, value));
+      int compared = exact.subtract(beyond).abs().compareTo(bestDistance);
+      boolean maxIsEven = (best & 1) == 0;
+      if (compared < 0 || (compared == 0 && !maxIsEven)) {
+        return -1;
+      }
+    }
+    return best;
   }
 }

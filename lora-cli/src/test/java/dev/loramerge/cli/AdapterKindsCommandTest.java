@@ -1,0 +1,127 @@
+package dev.loramerge.cli;
+
+import static org.assertj.core.api.Assertions.assertThat;
+
+import dev.loramerge.DType;
+import dev.loramerge.TensorData;
+import dev.loramerge.io.Safetensors;
+import java.io.IOException;
+import java.io.PrintWriter;
+import java.io.StringWriter;
+import java.nio.ByteBuffer;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.LinkedHashMap;
+import java.util.Map;
+import java.util.Random;
+import java.util.stream.Stream;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+
+/**
+ * A LyCORIS file (a LoHa and a LoRA with LyCORIS's {@code dora_scale}, kohya SD1.5 names, as
+ * LyCORIS's {@code custom_state_dict} writes them) through the command: inspect names the kinds,
+ * fuse into a float8 e4m3fn base and unfuse with the original give the base's bytes back, and a
+ * merge refuses the DoRA module in one line, unless it is given the base weights.
+ */
+class AdapterKindsCommandTest {
+  private static final String TO_Q = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q";
+  private static final String TO_V = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_v";
+
+  @TempDir Path temp;
+
+  private final StringWriter out = new StringWriter();
+  private final StringWriter err = new StringWriter();
+  private final Random random = new Random(11);
+
+  private int run(String... args) {
+    return LoraCommand.execute(args, new PrintWriter(out, true), new PrintWriter(err, true));
+  }
+
+  private TensorData gaussian(double sd, long... shape) {
+    float[] values = new float[Math.toIntExact(TensorData.numel(shape))];
+    for (int i = 0; i < values.length; i++) {
+      values[i] = (float) (sd * random.nextGaussian());
+    }
+    return TensorData.ofFloats(values, shape);
+  }
+
+  private Path lycoris() throws IOException {
+    Map<String, TensorData> tensors = new LinkedHashMap<>();
+    tensors.put(TO_Q + ".hada_w1_a", gaussian(0.2, 320, 2));
+    tensors.put(TO_Q + ".hada_w1_b", gaussian(0.2, 2, 320));
+    tensors.put(TO_Q + ".hada_w2_a", gaussian(0.2, 320, 2));
+    tensors.put(TO_Q + ".hada_w2_b", gaussian(0.2, 2, 320));
+    tensors.put(TO_Q + ".alpha", TensorData.ofFloats(new float[] {2}));
+    tensors.put(TO_V + ".lora_down.weight", gaussian(0.1, 4, 320));
+    tensors.put(TO_V + ".lora_up.weight", gaussian(0.1, 320, 4));
+    tensors.put(TO_V + ".alpha", TensorData.ofFloats(new float[] {4}));
+    float[] magnitude = new float[320];
+    for (int i = 0; i < magnitude.length; i++) {
+      magnitude[i] = 0.5f + random.nextFloat();
+    }
+    tensors.put(TO_V + ".dora_scale", TensorData.ofFloats(magnitude, 320, 1));
+    Path file = temp.resolve("lycoris.safetensors");
+    Safetensors.write(file, tensors, Map.of("ss_network_module", "lycoris.kohya"));
+    return file;
+  }
+
+  private Path float8Base() throws IOException {
+    Map<String, TensorData> weights = new LinkedHashMap<>();
+    for (String path : new String[] {"to_q", "to_v"}) {
+      byte[] codes = new byte[320 * 320];
+      for (int i = 0; i < codes.length; i++) {
+        codes[i] = (byte) (random.nextInt(0x38) | (random.nextBoolean() ? 0x80 : 0));
+      }
+      weights.put("down_blocks.0.attentions.0.transformer_blocks.0.attn1." + path + ".weight",
+          TensorData.of(DType.F8_E4M3, new long[] {320, 320}, ByteBuffer.wrap(codes)));
+    }
+    Path base = temp.resolve("base.safetensors");
+    Safetensors.write(base, weights, Map.of());
+    return base;
+  }
+
+  @Test
+  void inspectNamesTheKinds() throws IOException {
+    assertThat(run("inspect", lycoris().toString())).as("stderr: %s", err).isZero();
+    assertThat(out.toString().lines().filter(line -> line.trim().startsWith("kinds")))
+        .singleElement()
+        .satisfies(line -> assertThat(line).contains("LoHa").contains("LoRA+DoRA"));
+  }
+
+  @Test
+  void fuseIntoFloat8AndUnfuseWithTheOriginalGivesTheBaseBack() throws IOException {
+    Path adapter = lycoris();
+    Path base = float8Base();
+    Path fused = temp.resolve("fused.safetensors");
+    assertThat(run("fuse", "--base", base.toString(), "-o", fused.toString(), adapter + "=0.8"))
+        .as("fuse exit code; stderr: %s", err)
+        .isZero();
+    assertThat(Files.readAllBytes(fused)).isNotEqualTo(Files.readAllBytes(base));
+    Path restored = temp.resolve("restored.safetensors");
+    assertThat(run("unfuse", "--base", fused.toString(), "-o", restored.toString(), "--original", base.toString(), adapter + "=0.8"))
+        .as("unfuse exit code; stderr: %s", err)
+        .isZero();
+    assertThat(Files.readAllBytes(restored)).as("restored file").isEqualTo(Files.readAllBytes(base));
+  }
+
+  @Test
+  void mergeRefusesDoraInOneLineAndWritesNothing() throws IOException {
+    Path adapter = lycoris();
+    int code = run("merge", "-o", temp.resolve("merged.safetensors").toString(), adapter + "=0.8");
+    assertThat(code).isEqualTo(3);
+    assertThat(err.toString().lines()).as("stderr: %s", err).hasSize(1);
+    assertThat(err.toString())
+        .contains("cannot merge module 'unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_v'")
+        .contains("a LoRA+DoRA")
+        .contains("fuse it into the base instead");
+    try (Stream<Path> files = Files.list(temp)) {
+      assertThat(files.map(file -> file.getFileName().toString())).containsExactly("lycoris.safetensors");
+    }
+    Path merged = temp.resolve("merged.safetensors");
+    assertThat(run("merge", "--base", float8Base().toString(), "-o", merged.toString(), adapter + "=0.8"))
+        .as("with the base; stderr: %s", err)
+        .isZero();
+    assertThat(Files.exists(merged)).isTrue();
+  }
+}
