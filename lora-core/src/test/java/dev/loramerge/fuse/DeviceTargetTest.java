@@ -2,6 +2,7 @@ package dev.loramerge.fuse;
 
 import static dev.loramerge.fuse.FusedLoraTest.arrays;
 import static dev.loramerge.fuse.FusedLoraTest.bytesOf;
+import static dev.loramerge.fuse.FusedLoraTest.freshFuse;
 import static org.assertj.core.api.Assertions.assertThat;
 import static org.assertj.core.api.Assertions.assertThatThrownBy;
 
@@ -72,7 +73,7 @@ class DeviceTargetTest {
         for (int index : order) {
           fuses.get(index).unfuse();
           remaining.remove(Integer.valueOf(index));
-          Map<String, ByteBuffer> expected = javaFuse(base, adapters, weights, remaining);
+          Map<String, ByteBuffer> expected = freshFuse(base, adapters, weights, remaining);
           for (String name : base.keySet()) {
             assertThat(bytesOf(arrays.get(name)))
                 .as("%s after unfusing %s in order %s, originals %s (still fused: %s)", name, index, order, keptIn, remaining)
@@ -145,18 +146,5 @@ class DeviceTargetTest {
 
   private static WeightTarget deviceTarget(Map<String, NDArray> arrays, Originals keptIn) {
     return WeightTarget.builder().weights(arrays).originals(keptIn).libtorchOnCpu().build();
-  }
-
-  private static Map<String, ByteBuffer> javaFuse(Map<String, TensorData> base, List<LoraAdapter> adapters, double[] weights, List<Integer> which) throws IOException {
-    try (NDManager manager = NDManager.newBaseManager(Device.cpu())) {
-      Map<String, NDArray> arrays = arrays(manager, base);
-      WeightTarget target = WeightTarget.of(arrays);
-      for (int index : which) {
-        LoraFuser.of(LoraMerger.builder().add(adapters.get(index), weights[index]).build()).fuseInto(target);
-      }
-      Map<String, ByteBuffer> result = new LinkedHashMap<>();
-      arrays.forEach((name, array) -> result.put(name, bytesOf(array)));
-      return result;
-    }
   }
 }

@@ -376,7 +376,7 @@ class FusedLoraTest {
     }
   }
 
-  private static Map<String, ByteBuffer> freshFuse(
+  static Map<String, ByteBuffer> freshFuse(
       Map<String, TensorData> base, List<LoraAdapter> adapters, double[] weights, List<Integer> which) throws IOException {
     try (NDManager manager = NDManager.newBaseManager()) {
       Map<String, NDArray> arrays = arrays(manager, base);
