@@ -23,9 +23,9 @@ final class Bf16Probe {
 
   public static void main(String[] args) {
     Device device = args.length > 0 && args[0].equals("gpu") ? Device.gpu() : Device.cpu();
-    // 1.5, -2, 2^-130 (subnormal) and 3.140625: exact in bf16 (0x3FC0, 0xC000, 0x0020, 0x4049).
+    // 1.5, -2, 2^-130 (subnormal) and 3.140625: exact in bf16 (0x3FC0, 0xC000, 0x0008, 0x4049).
     float[] values = {1.5f, -2f, 0x1p-130f, 3.140625f};
-    short[] bits = {0x3FC0, (short) 0xC000, 0x0020, 0x4049};
+    short[] bits = {0x3FC0, (short) 0xC000, 0x0008, 0x4049};
     try (NDManager manager = NDManager.newBaseManager(device)) {
       ByteBuffer buffer = ByteBuffer.allocateDirect(2 * bits.length).order(ByteOrder.LITTLE_ENDIAN);
       for (short bit : bits) {

@@ -18,6 +18,7 @@ import dev.loramerge.fuse.WeightTarget;
 import dev.loramerge.internal.json.Json;
 import dev.loramerge.merge.LoraMerger;
 import dev.loramerge.merge.MergeAlgorithm;
+import dev.loramerge.merge.ModuleUpdates;
 import java.io.IOException;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
@@ -43,6 +44,8 @@ import java.util.OptionalLong;
  *       warm-up, each waiting for the device's queue; on a GPU the device memory in use before
  *       the weights, with them, after the first fuse and after its unfuse (cudaMemGetInfo, so
  *       libtorch's cached blocks count: the figure after the fuse bounds its peak from above);
+ *   <li>{@code fuse/factors}: the host's share of that fuse, every module's float64 factors
+ *       computed on the common pool's threads, without the device;
  *   <li>{@code hotswap}: fuse then unfuse, {@code --cycles} times (time per cycle), then how many
  *       weights differ from their originals in any bit; {@code --hotswap-s} bounds its time, so
  *       that a slow fuse leaves time for the rest (the cycles done are reported);
@@ -245,6 +248,7 @@ final class DeviceBench {
       }
       record(timing("fuse/memory", fuses));
       record(timing("unfuse/memory", unfuses));
+      record(timing("fuse/factors", factorSeconds(style)));
 
       int done = 0;
       long start = System.nanoTime();
@@ -279,6 +283,25 @@ final class DeviceBench {
       }
       target.trim();
     }
+  }
+
+  /**
+   * The host's share of a fuse: every module's float64 factors, which a fuse computes before the
+   * device sees them, on as many threads as the fuser uses. Times of {@code runs} rounds.
+   */
+  private double[] factorSeconds(LoraAdapter style) {
+    ModuleUpdates updates = LoraMerger.builder().add(style, 1.0).device(device).build().updates();
+    List<ModuleKey> keys = List.copyOf(style.modules().keySet());
+    double[] seconds = new double[runs];
+    for (int run = 0; run < runs; run++) {
+      long start = System.nanoTime();
+      long values = keys.parallelStream().mapToLong(key -> updates.factors(key).up().length).sum();
+      seconds[run] = seconds(start);
+      if (values == 0) {
+        throw new IllegalStateException("no factors");
+      }
+    }
+    return seconds;
   }
 
   /** The same fuse into {@code type} weights on the device and on the CPU, compared byte for byte. */
