@@ -100,11 +100,14 @@ final class ArrayTarget implements WeightTarget {
   }
 
   /**
-   * Applies {@code update} to its weights, as many at a time as {@linkplain WeightUpdate#workers()
-   * its workers} have threads: each weight's own preparation (its factors, the float64 bounds) is serial, and on a
-   * weight at a time the other threads waited for it. Each weight is computed by itself, so the
-   * bytes do not depend on the order; a failure is reported for the first failing weight in
-   * order, as one at a time would.
+   * Applies {@code update} to its weights. Those the update computes on their device go first,
+   * all in one call ({@link DeviceUpdate#applyAllOnDevice}), which batches them. The others are
+   * computed as many at a time as {@linkplain WeightUpdate#workers() its workers} have threads:
+   * each weight's own preparation (its factors, the float64 bounds) is serial, and on a weight at
+   * a time the other threads waited for it. Each weight is computed by itself, so the bytes do not
+   * depend on the order; a failure on the host is reported for the first failing weight in order,
+   * as one at a time would, and one on a device for the first failing weight of the first batch.
+   * Either way every weight touched is restored before the failure is thrown.
    */
   @Override
   public synchronized Optional<Restorer> apply(WeightUpdate update) {
@@ -122,16 +125,42 @@ final class ArrayTarget implements WeightTarget {
     Set<String> touched = ConcurrentHashMap.newKeySet();
     long total = names.stream().mapToLong(name -> weights.get(name).byteSize()).sum();
     long[] done = {0};
+    List<String> deviceNames = update instanceof DeviceUpdate device
+        ? names.stream().filter(name -> onDevice(arrays.get(name)) && device.onDevice(weights.get(name))).toList()
+        : List.of();
+    if (!deviceNames.isEmpty()) {
+      for (String name : deviceNames) {
+        if (uncaptured.contains(name)) {
+          capturedNow.put(name, copyOf(name, arrays.get(name)));
+        }
+      }
+      touched.addAll(deviceNames);
+      try {
+        ((DeviceUpdate) update).applyAllOnDevice(
+            deviceNames.stream().map(weights::get).toList(), deviceNames.stream().map(arrays::get).toList());
+      } catch (RuntimeException e) {
+        originals.putAll(capturedNow);
+        for (String name : touched) {
+          rebuild(name);
+        }
+        reusable.forEach(this::keepAsSpare);
+        throw e;
+      }
+      done[0] = deviceNames.stream().mapToLong(name -> weights.get(name).byteSize()).sum();
+      update.progress(done[0], total);
+    }
+    Set<String> fusedOnDevice = Set.copyOf(deviceNames);
+    List<String> onHost = names.stream().filter(name -> !fusedOnDevice.contains(name)).toList();
     AtomicInteger next = new AtomicInteger();
-    RuntimeException[] failures = new RuntimeException[names.size()];
-    AtomicInteger firstFailure = new AtomicInteger(names.size());
-    update.workers().submit(() -> IntStream.range(0, Math.min(names.size(), update.workers().getParallelism()))
+    RuntimeException[] failures = new RuntimeException[onHost.size()];
+    AtomicInteger firstFailure = new AtomicInteger(onHost.size());
+    update.workers().submit(() -> IntStream.range(0, Math.min(onHost.size(), update.workers().getParallelism()))
         .parallel()
         .forEach(
             task -> {
               // Weights after a failed one are left; those before it are all taken already.
               for (int index = next.getAndIncrement(); index < firstFailure.get(); index = next.getAndIncrement()) {
-                String name = names.get(index);
+                String name = onHost.get(index);
                 try {
                   if (uncaptured.contains(name)) {
                     NDArray spare = reusable.get(name);
@@ -150,7 +179,7 @@ final class ArrayTarget implements WeightTarget {
               }
             })).join();
     originals.putAll(capturedNow);
-    if (firstFailure.get() < names.size()) {
+    if (firstFailure.get() < onHost.size()) {
       // Every weight captured now was touched and no active fuse has it, so its rebuild restores
       // it from the copy and keeps the copy as a spare; spares taken for weights not reached go
       // back as they are.

@@ -2,6 +2,7 @@ package dev.loramerge.fuse;
 
 import ai.djl.ndarray.NDArray;
 import dev.loramerge.TensorSpec;
+import java.util.List;
 
 /**
  * A {@link WeightUpdate} that can also be computed where the weight lives, with the weight's
@@ -18,6 +19,20 @@ interface DeviceUpdate extends WeightUpdate {
    * @throws dev.loramerge.LoraMergeException if a result is not finite or beyond the dtype's range
    */
   void applyOnDevice(TensorSpec spec, NDArray source, NDArray weight);
+
+  /**
+   * {@link #applyOnDevice} for every weight in {@code specs}, each from its own current values,
+   * as few libtorch calls as the update can make it: weights of one device, dtype and shape go
+   * together. When this throws, the weights are in an unspecified state (fused or not), and the
+   * caller restores them.
+   *
+   * @throws dev.loramerge.LoraMergeException if a result is not finite or beyond the dtype's range
+   */
+  default void applyAllOnDevice(List<TensorSpec> specs, List<NDArray> weights) {
+    for (int i = 0; i < specs.size(); i++) {
+      applyOnDevice(specs.get(i), weights.get(i), weights.get(i));
+    }
+  }
 
   /**
    * Whether the weight {@code spec} names is computed on its device by {@link #applyOnDevice};

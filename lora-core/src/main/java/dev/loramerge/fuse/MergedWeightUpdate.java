@@ -20,6 +20,7 @@ import dev.loramerge.merge.Float64Factors;
 import dev.loramerge.merge.MergeListener;
 import dev.loramerge.merge.ModuleUpdates;
 import java.nio.ByteBuffer;
+import java.util.ArrayList;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Locale;
@@ -159,6 +160,19 @@ final class MergedWeightUpdate implements DeviceUpdate {
   public void applyOnDevice(TensorSpec spec, NDArray source, NDArray weight) {
     Float64Factors factors = scaledFactors(spec);
     DeviceFusion.fuse(source, weight, factors.up(), factors.down(), factors.rank(), label(spec));
+  }
+
+  @Override
+  public void applyAllOnDevice(List<TensorSpec> specs, List<NDArray> weights) {
+    List<DeviceFusion.Job> jobs = new ArrayList<>(specs.size());
+    for (int i = 0; i < specs.size(); i++) {
+      TensorSpec spec = specs.get(i);
+      jobs.add(new DeviceFusion.Job(weights.get(i), weights.get(i), () -> {
+        Float64Factors factors = scaledFactors(spec);
+        return new DeviceFusion.Factors(factors.up(), factors.down(), factors.rank());
+      }, label(spec)));
+    }
+    DeviceFusion.fuseAll(jobs, workers.isShutdown() ? ForkJoinPool.commonPool() : workers);
   }
 
   /** The module's factors for weight {@code spec}, the up factor times this update's factor. */

@@ -2,13 +2,25 @@ package dev.loramerge.internal.fuse;
 
 import static com.google.common.base.Preconditions.checkArgument;
 
+import ai.djl.Device;
 import ai.djl.ndarray.NDArray;
 import ai.djl.ndarray.NDArrays;
+import ai.djl.ndarray.NDList;
 import ai.djl.ndarray.NDManager;
 import ai.djl.ndarray.index.NDIndex;
 import ai.djl.ndarray.types.DataType;
 import ai.djl.ndarray.types.Shape;
 import dev.loramerge.DType;
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.nio.DoubleBuffer;
+import java.util.ArrayList;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.concurrent.ForkJoinPool;
+import java.util.function.Supplier;
+import java.util.stream.IntStream;
 
 /**
  * Fusing where the weight lives: {@code W' = W + up·down} computed with libtorch's kernels on the
@@ -26,44 +38,115 @@ import dev.loramerge.DType;
  * f} are neighbours, since anything between them would be nearer). For those few elements the
  * float64 sum picks the side, and a float64 sum equal to {@code f} keeps libtorch's even choice.
  *
- * <p>Before the weight is written, every rounded value is checked to be finite; a NaN, an
- * infinity or an overflow of the narrow format is reported with the element's float64 value and
- * the weight is left as it was.
+ * <p>Weights are fused in batches: those of one device, dtype and matrix shape, up to {@link
+ * #BATCH_ELEMENTS} elements together, with their factors copied to the device in one array, one
+ * batched product and every element-wise step done once for the batch. On a GPU each libtorch
+ * call and each wait for the device costs about as much as the arithmetic of a small weight, so
+ * the number of calls, not the elements, sets the time of a weight at a time. The bytes do not
+ * depend on the batching: every step but the product is element-wise, and the product's float64
+ * sums are rounded once whatever their order, as on the host.
+ *
+ * <p>Before a batch is written, every rounded value is checked to be finite; a NaN, an infinity
+ * or an overflow of the narrow format is reported with the element's float64 value, and the
+ * batch's weights are left as they were.
  */
 public final class DeviceFusion {
+  /**
+   * Weight elements fused together at most (a single larger weight is a batch of its own). On the
+   * device a batch takes about 35 bytes an element while it is computed: 1.2 GB.
+   */
+  static final long BATCH_ELEMENTS = 1L << 25;
+
   private DeviceFusion() {}
+
+  /** A rank-{@code rank} update: {@code up} m×r and {@code down} r×(numel/m), row-major float64. */
+  public record Factors(double[] up, double[] down, int rank) {}
+
+  /**
+   * One weight to fuse: {@code weight} set to {@code source + up·down}. {@code source} has the
+   * weight's shape; it may be the weight itself, another array on its device, or an array in host
+   * memory, which is copied over first. The factors are asked for when the weight's batch is
+   * computed (on the workers), so that only a batch's factors are ever in memory.
+   */
+  public record Job(NDArray source, NDArray weight, Supplier<Factors> factors, String label) {}
 
   /**
    * Sets {@code weight} to {@code source + up·down}, rounded once from the float64 sum to the
-   * weight's dtype (F64, F32, F16 or BF16), computed on the weight's device. {@code source} has
-   * the weight's shape; it may be the weight itself, another array on its device, or an array in
-   * host memory, which is copied over first. {@code up} is m×r and {@code down} r×(numel/m),
-   * row-major float64 values. Every array made on the way belongs to a sub-manager of the weight's
-   * manager that is closed before this returns.
+   * weight's dtype (F64, F32, F16 or BF16), computed on the weight's device: {@link #fuseAll} of
+   * one job. Every array made on the way belongs to a sub-manager of the weight's manager that is
+   * closed before this returns.
    *
    * @throws dev.loramerge.LoraMergeException naming {@code label} when a result is NaN, infinite
    *     or beyond the dtype's range; the weight is then unchanged
    */
   public static void fuse(NDArray source, NDArray weight, double[] up, double[] down, int rank, String label) {
-    DType dtype = Fusion.dtypeOf(weight.getDataType(), label);
-    Shape shape = weight.getShape();
-    long rows = shape.dimension() == 0 ? 1 : shape.get(0);
-    long numel = shape.size();
-    checkArgument(
-        rank > 0 && up.length == rows * rank && (long) down.length * rows == numel * rank,
-        "%s: factors of %s and %s values do not make a rank-%s update of %s elements in %s rows",
-        label, up.length, down.length, rank, numel, rows);
-    checkArgument(source.getShape().equals(shape), "%s: source of shape %s for a weight of shape %s", label, source.getShape(), shape);
-    try (NDManager scratch = weight.getManager().newSubManager(weight.getDevice())) {
-      NDArray from = source;
-      if (!source.getDevice().equals(weight.getDevice())) {
-        from = source.toDevice(weight.getDevice(), true);
-        from.attach(scratch);
+    Factors factors = new Factors(up, down, rank);
+    fuseAll(List.of(new Job(source, weight, () -> factors, label)), ForkJoinPool.commonPool());
+  }
+
+  /**
+   * Fuses every job, in batches of weights with the same device, dtype and shape, the factors of
+   * a batch computed on {@code workers}. Arrays made on the way belong to sub-managers of the
+   * weights' managers, closed batch by batch.
+   *
+   * @throws dev.loramerge.LoraMergeException for the first weight of the first batch that has a
+   *     result that is NaN, infinite or beyond the dtype's range, naming its job's label; that
+   *     batch's weights are unchanged, those of earlier batches are fused, later ones untouched
+   */
+  public static void fuseAll(List<Job> jobs, ForkJoinPool workers) {
+    for (List<Job> batch : batches(jobs, BATCH_ELEMENTS)) {
+      fuseBatch(batch, workers);
+    }
+  }
+
+  /**
+   * The jobs grouped by device, dtype and shape, in the order of each group's first job, each
+   * group split into runs of at most {@code elements} weight elements (at least one job).
+   */
+  static List<List<Job>> batches(List<Job> jobs, long elements) {
+    Map<List<Object>, List<Job>> groups = new LinkedHashMap<>();
+    for (Job job : jobs) {
+      NDArray weight = job.weight();
+      checkArgument(
+          job.source().getShape().equals(weight.getShape()),
+          "%s: source of shape %s for a weight of shape %s", job.label(), job.source().getShape(), weight.getShape());
+      groups.computeIfAbsent(List.of(weight.getDevice(), weight.getDataType(), weight.getShape()), key -> new ArrayList<>()).add(job);
+    }
+    List<List<Job>> batches = new ArrayList<>();
+    for (List<Job> group : groups.values()) {
+      long size = group.get(0).weight().size();
+      int perBatch = (int) Math.max(1, Math.min(Integer.MAX_VALUE, elements / Math.max(1, size)));
+      for (int first = 0; first < group.size(); first += perBatch) {
+        batches.add(group.subList(first, Math.min(group.size(), first + perBatch)));
       }
-      NDArray sum = scratch.create(up, new Shape(rows, rank))
-          .matMul(scratch.create(down, new Shape(rank, numel / rows)))
-          .reshape(shape);
-      sum.addi(from);
+    }
+    return batches;
+  }
+
+  private static void fuseBatch(List<Job> batch, ForkJoinPool workers) {
+    NDArray first = batch.get(0).weight();
+    DType dtype = Fusion.dtypeOf(first.getDataType(), batch.get(0).label());
+    Shape shape = first.getShape();
+    long rows = shape.dimension() == 0 ? 1 : shape.get(0);
+    long cols = shape.size() / Math.max(1, rows);
+    Device device = first.getDevice();
+    List<Factors> factors = workers.submit(() -> batch.parallelStream().map(job -> checked(job, rows, cols)).toList()).join();
+    int rank = factors.stream().mapToInt(Factors::rank).max().orElseThrow();
+    try (NDManager scratch = first.getManager().newSubManager(device)) {
+      NDArray sum = products(scratch, factors, rows, cols, rank, workers);
+      NDList sources = new NDList(batch.size());
+      for (Job job : batch) {
+        NDArray from = job.source();
+        if (!from.getDevice().equals(device)) {
+          from = from.toDevice(device, true);
+          from.attach(scratch);
+        }
+        // A view made from the caller's array belongs to the caller's manager until attached here.
+        NDArray matrix = from.reshape(rows, cols);
+        matrix.attach(scratch);
+        sources.add(matrix);
+      }
+      sum.addi(batch.size() == 1 ? sources.get(0).expandDims(0) : NDArrays.stack(sources));
       NDArray rounded;
       NDArray probe;
       if (dtype == DType.F64) {
@@ -74,14 +157,61 @@ public final class DeviceFusion {
         probe = rounded;
       } else {
         NDArray single = sum.toType(DataType.FLOAT32, false);
-        rounded = single.toType(weight.getDataType(), false);
+        rounded = single.toType(first.getDataType(), false);
         // Exact: h is the narrow value nearest f, so f − h is a float32 value.
         probe = single.sub(rounded.toType(DataType.FLOAT32, false));
         correctTies(sum, single, rounded, probe);
       }
-      checkFinite(sum, probe, dtype, label);
-      weight.set(new NDIndex("..."), rounded);
+      checkFinite(batch, sum, probe, dtype);
+      for (int i = 0; i < batch.size(); i++) {
+        NDArray weight = batch.get(i).weight();
+        weight.set(new NDIndex("..."), rounded.get(i).reshape(shape));
+      }
     }
+  }
+
+  /** {@code job}'s factors, checked to make a rank-r update of an m×n weight. */
+  private static Factors checked(Job job, long rows, long cols) {
+    Factors factors = job.factors().get();
+    int rank = factors.rank();
+    checkArgument(
+        rank > 0 && factors.up().length == rows * rank && factors.down().length == cols * rank,
+        "%s: factors of %s and %s values do not make a rank-%s update of %s elements in %s rows",
+        job.label(), factors.up().length, factors.down().length, rank, rows * cols, rows);
+    return factors;
+  }
+
+  /**
+   * The float64 products {@code up_i·down_i} of a batch, b×m×n on the scratch manager's device,
+   * from one copy of every factor to the device. Factors of a lower rank than {@code rank} are
+   * padded with zeros, which add nothing to a float64 sum.
+   */
+  private static NDArray products(NDManager scratch, List<Factors> factors, long rows, long cols, int rank, ForkJoinPool workers) {
+    int count = factors.size();
+    long upValues = rows * rank;
+    long downValues = cols * rank;
+    long total = count * (upValues + downValues);
+    checkArgument(total <= Integer.MAX_VALUE / Double.BYTES, "a batch of %s factor values is too large for one buffer", total);
+    ByteBuffer buffer = ByteBuffer.allocateDirect(Math.toIntExact(total * Double.BYTES)).order(ByteOrder.nativeOrder());
+    workers.submit(() -> IntStream.range(0, count).parallel().forEach(i -> {
+      DoubleBuffer values = buffer.asDoubleBuffer();
+      Factors f = factors.get(i);
+      int r = f.rank();
+      int upAt = Math.toIntExact(i * upValues);
+      if (r == rank) {
+        values.put(upAt, f.up());
+      } else {
+        for (int row = 0; row < rows; row++) {
+          values.put(upAt + row * rank, f.up(), row * r, r);
+        }
+      }
+      values.put(Math.toIntExact(count * upValues + i * downValues), f.down());
+    })).join();
+    NDArray all = scratch.create(buffer, new Shape(total), DataType.FLOAT64);
+    long split = count * upValues;
+    NDArray up = all.get(new NDIndex("0:{}", split)).reshape(count, rows, rank);
+    NDArray down = all.get(new NDIndex("{}:", split)).reshape(count, rank, cols);
+    return up.batchMatMul(down);
   }
 
   /**
@@ -99,27 +229,29 @@ public final class DeviceFusion {
     if (indices.isEmpty()) {
       return;
     }
-    NDArray exact = sum.take(indices);
-    NDArray tie = single.take(indices);
-    NDArray even = rounded.take(indices).toType(DataType.FLOAT32, false);
-    NDArray odd = mirrored.take(indices);
+    NDArray exact = sum.flatten().take(indices);
+    NDArray tie = single.flatten().take(indices);
+    NDArray even = rounded.flatten().take(indices).toType(DataType.FLOAT32, false);
+    NDArray odd = mirrored.flatten().take(indices);
     NDArray upward = NDArrays.where(exact.gt(tie), even.maximum(odd), even);
     NDArray chosen = NDArrays.where(exact.lt(tie), even.minimum(odd), upward);
     rounded.flatten().set(new NDIndex("{}", indices), chosen.toType(rounded.getDataType(), false));
   }
 
   /**
-   * Throws for the first element of {@code probe} that is not finite: the rounded value itself,
-   * or for fp16 and bf16 the rounding's residue, which is infinite or NaN exactly when the rounded
-   * value is.
+   * Throws for the first job of the batch with an element of {@code probe} that is not finite: the
+   * rounded value itself, or for fp16 and bf16 the rounding's residue, which is infinite or NaN
+   * exactly when the rounded value is.
    */
-  private static void checkFinite(NDArray sum, NDArray probe, DType dtype, String label) {
-    double largest = probe.abs().max().toType(DataType.FLOAT64, false).getDouble();
-    if (Double.isFinite(largest)) {
-      return;
+  private static void checkFinite(List<Job> batch, NDArray sum, NDArray probe, DType dtype) {
+    double[] largest = probe.abs().reshape(batch.size(), -1).max(new int[] {1}).toType(DataType.FLOAT64, false).toDoubleArray();
+    for (int i = 0; i < largest.length; i++) {
+      if (!Double.isFinite(largest[i])) {
+        NDArray flat = probe.get(i).flatten();
+        long index = flat.isInfinite().logicalOr(flat.isNaN()).nonzero().getLong(0, 0);
+        double value = sum.get(i).flatten().toType(DataType.FLOAT64, false).get(index).getDouble();
+        throw Fusion.notRepresentable(batch.get(i).label(), value, index, dtype);
+      }
     }
-    NDArray flat = probe.flatten();
-    long index = flat.isInfinite().logicalOr(flat.isNaN()).nonzero().getLong(0, 0);
-    throw Fusion.notRepresentable(label, sum.flatten().toType(DataType.FLOAT64, false).get(index).getDouble(), index, dtype);
   }
 }

@@ -6,6 +6,8 @@ import static org.assertj.core.api.Assertions.assertThatThrownBy;
 import ai.djl.Device;
 import ai.djl.ndarray.NDArray;
 import ai.djl.ndarray.NDManager;
+import ai.djl.ndarray.index.NDIndex;
+import ai.djl.ndarray.types.DataType;
 import ai.djl.ndarray.types.Shape;
 import dev.loramerge.DType;
 import dev.loramerge.LoraMergeException;
@@ -13,8 +15,11 @@ import dev.loramerge.TensorData;
 import java.math.BigDecimal;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
+import java.util.ArrayList;
 import java.util.Arrays;
+import java.util.List;
 import java.util.Random;
+import java.util.concurrent.ForkJoinPool;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.EnumSource;
@@ -132,6 +137,98 @@ class DeviceFusionTest {
       DeviceFusion.fuse(original, weight, new double[] {1, 2}, new double[] {0.5, 0.25}, 1, "w");
       assertThat(weight.toFloatArray()).as("original + up·down").containsExactly(1.5f, 2.25f, 4f, 4.5f);
       assertThat(original.toFloatArray()).as("the source").containsExactly(1f, 2f, 3f, 4f);
+    }
+  }
+
+  /**
+   * Many weights of mixed shapes, dtypes and ranks in one call, some starting from an array in
+   * another manager (an original kept elsewhere): each gets the host kernel's bytes for its own
+   * factors, as if fused alone, and no array outlives the call.
+   */
+  @Test
+  void fusesABatchLikeOneWeightAtATime() {
+    Random random = new Random(29);
+    long[][] shapes = {{64, 96}, {32, 8, 3, 3}, {64, 96}, {48, 1}, {64, 96}, {32, 8, 3, 3}};
+    DType[] dtypes = {DType.F16, DType.F32, DType.F16, DType.F64, DType.F32, DType.F32};
+    int[] ranks = {4, 3, 7, 2, 5, 1};
+    try (NDManager manager = NDManager.newBaseManager(Device.cpu());
+        NDManager elsewhere = NDManager.newBaseManager(Device.cpu())) {
+      List<DeviceFusion.Job> jobs = new ArrayList<>();
+      List<ByteBuffer> expected = new ArrayList<>();
+      List<NDArray> weights = new ArrayList<>();
+      for (int i = 0; i < shapes.length; i++) {
+        long[] shape = shapes[i];
+        int rows = Math.toIntExact(shape[0]);
+        int numel = Math.toIntExact(Arrays.stream(shape).reduce(1, Math::multiplyExact));
+        double[] up = gaussian(random, rows * ranks[i], 0.05);
+        double[] down = gaussian(random, ranks[i] * (numel / rows), 0.05);
+        ByteBuffer base = TensorData.ofDoubles(gaussian(random, numel, 0.5), dtypes[i], shape).bytes();
+        ByteBuffer into = ByteBuffer.allocate(base.remaining()).order(ByteOrder.LITTLE_ENDIAN);
+        Fusion.fuse(new FuseScratch(), () -> manager, base.duplicate(), dtypes[i], shape, up, down, ranks[i], into, dtypes[i], "host");
+        expected.add(into.rewind());
+        NDArray weight = manager.create(base.duplicate(), new Shape(shape), Fusion.dataTypeOf(dtypes[i]));
+        NDArray source = i % 2 == 0 ? weight : elsewhere.create(base.duplicate(), new Shape(shape), Fusion.dataTypeOf(dtypes[i]));
+        if (source != weight) {
+          weight.set(new NDIndex("..."), 7);
+        }
+        DeviceFusion.Factors factors = new DeviceFusion.Factors(up, down, ranks[i]);
+        jobs.add(new DeviceFusion.Job(source, weight, () -> factors, "weight " + i));
+        weights.add(weight);
+      }
+      int before = manager.getManagedArrays().size();
+      int beforeElsewhere = elsewhere.getManagedArrays().size();
+      DeviceFusion.fuseAll(jobs, ForkJoinPool.commonPool());
+      for (int i = 0; i < shapes.length; i++) {
+        assertThat(bytes(weights.get(i))).as("weight %d, %s %s rank %d", i, dtypes[i], Arrays.toString(shapes[i]), ranks[i])
+            .isEqualTo(expected.get(i));
+      }
+      assertThat(manager.getManagedArrays().size()).as("arrays alive after the batch").isEqualTo(before);
+      assertThat(elsewhere.getManagedArrays().size()).as("arrays alive in the sources' manager").isEqualTo(beforeElsewhere);
+    }
+  }
+
+  @Test
+  void batchesWeightsOfOneDeviceDtypeAndShapeUpToTheLimit() {
+    try (NDManager manager = NDManager.newBaseManager(Device.cpu())) {
+      List<DeviceFusion.Job> jobs = new ArrayList<>();
+      String[] kinds = {"a", "b", "a", "a", "c", "a", "b"};
+      for (int i = 0; i < kinds.length; i++) {
+        NDArray weight = switch (kinds[i]) {
+          case "a" -> manager.zeros(new Shape(4, 5), DataType.FLOAT16);
+          case "b" -> manager.zeros(new Shape(4, 5), DataType.FLOAT32);
+          default -> manager.zeros(new Shape(5, 4), DataType.FLOAT16);
+        };
+        jobs.add(new DeviceFusion.Job(weight, weight, () -> null, kinds[i] + i));
+      }
+      List<List<String>> batches = DeviceFusion.batches(jobs, 40).stream()
+          .map(batch -> batch.stream().map(DeviceFusion.Job::label).toList())
+          .toList();
+      assertThat(batches).as("batches of at most 40 elements (two 4×5 weights), groups in order of their first weight")
+          .containsExactly(List.of("a0", "a2"), List.of("a3", "a5"), List.of("b1", "b6"), List.of("c4"));
+      assertThat(DeviceFusion.batches(jobs.subList(0, 1), 7)).as("a weight larger than the limit is a batch of its own").hasSize(1);
+    }
+  }
+
+  /** A failing weight in the second batch: the first batch is fused, the second left as it was. */
+  @Test
+  void refusesABatchWithAnOverflowAndNamesItsWeight() {
+    try (NDManager manager = NDManager.newBaseManager(Device.cpu())) {
+      ByteBuffer small = TensorData.ofDoubles(new double[] {1, 2}, DType.F16, 1, 2).bytes();
+      ByteBuffer large = TensorData.ofDoubles(new double[] {1, 60000}, DType.F16, 1, 2).bytes();
+      NDArray first = manager.create(small.duplicate(), new Shape(1, 2), DataType.FLOAT16);
+      NDArray fine = manager.create(small.duplicate(), new Shape(2, 1), DataType.FLOAT16);
+      NDArray overflowing = manager.create(large.duplicate(), new Shape(2, 1), DataType.FLOAT16);
+      DeviceFusion.Factors column = new DeviceFusion.Factors(new double[] {0, 8000}, new double[] {1}, 1);
+      List<DeviceFusion.Job> jobs = List.of(
+          new DeviceFusion.Job(first, first, () -> new DeviceFusion.Factors(new double[] {1}, new double[] {1, 1}, 1), "first"),
+          new DeviceFusion.Job(fine, fine, () -> new DeviceFusion.Factors(new double[] {1, 0}, new double[] {1}, 1), "fine"),
+          new DeviceFusion.Job(overflowing, overflowing, () -> column, "module 'z'"));
+      assertThatThrownBy(() -> DeviceFusion.fuseAll(jobs, ForkJoinPool.commonPool()))
+          .isInstanceOf(LoraMergeException.class)
+          .hasMessage("module 'z': fused value 68000.0 at element 1 is beyond the range of F16; lower the weights or the scale");
+      assertThat(first.toType(DataType.FLOAT32, false).toFloatArray()).as("the first batch, fused").containsExactly(2f, 3f);
+      assertThat(bytes(fine)).as("the failing batch's other weight").isEqualTo(small.rewind());
+      assertThat(bytes(overflowing)).as("the failing weight").isEqualTo(large.rewind());
     }
   }
 
