@@ -24,7 +24,7 @@
 # call of the run tool is 600 s at most); the Java and Python programs are told their share and
 # report what they finished. Env: DEADLINE, REBUILD=1, CYCLES (hot-swap cycles, 1000), HOTSWAP_S
 # (at most 200 s of them, leaving the byte comparisons their time), RUNS (3),
-# MERGE_RUNS (2), JAVA_HEAP (48g), BENCH_ARGS / PEFT_ARGS (appended to the Java bench's and
+# MERGE_RUNS (2), JAVA_HEAP (48g), JAVA_OPTS (more JVM options, e.g. -Dloramerge.device.batchElements=N), BENCH_ARGS / PEFT_ARGS (appended to the Java bench's and
 # peft_gpu.py's options, e.g. "--modules 40"). To dry-run the stages' plumbing on a machine without
 # a GPU: DEVICE=cpu, DJL_JNI_SO (a JNI library to use instead of a build) and TORCH_LIB,
 # TORCH_LIB_VERSION, TORCH_LIB_FLAVOR (the libtorch it was built for, e.g. DJL's CPU 2.7.1).
@@ -96,7 +96,7 @@ if [ "$needs_java" = 1 ]; then
   # DJL's CudaUtils (Engine.getGpuCount) opens "libcudart.so" through JNA; the wheel has only libcudart.so.13.
   CUDART="$(ls "$TORCH_DIR"/../nvidia/*/lib/libcudart.so.* "$TORCH_DIR"/../nvidia/*/*/lib/libcudart.so.* /usr/local/cuda/lib64/libcudart.so.* 2>/dev/null | head -1)"
   mkdir -p /tmp/cudart && ln -sf "$CUDART" /tmp/cudart/libcudart.so
-  JAVA=(/tmp/loramerge-jre/jre/bin/java -Djna.library.path=/tmp/cudart -Dai.djl.offline=true --add-modules jdk.incubator.vector)
+  JAVA=(/tmp/loramerge-jre/jre/bin/java -Djna.library.path=/tmp/cudart -Dai.djl.offline=true --add-modules jdk.incubator.vector ${JAVA_OPTS:-})
   BENCH=("${JAVA[@]}" "-Xmx${JAVA_HEAP:-48g}" -XX:MaxDirectMemorySize=96g -cp "$G/lib/*" dev.loramerge.bench.BenchCommand)
   echo "java $(/tmp/loramerge-jre/jre/bin/java -version 2>&1 | head -1); JNI $SO; cudart $CUDART"
 fi

@@ -52,10 +52,11 @@ import java.util.stream.IntStream;
  */
 public final class DeviceFusion {
   /**
-   * Weight elements fused together at most (a single larger weight is a batch of its own). On the
-   * device a batch takes about 35 bytes an element while it is computed: 1.2 GB.
+   * Weight elements fused together at most (a single larger weight is a batch of its own), from
+   * the system property {@code loramerge.device.batchElements} (default 2²⁵). On the device a
+   * batch takes about 35 bytes an element while it is computed: 1.2 GB by default.
    */
-  static final long BATCH_ELEMENTS = 1L << 25;
+  static final long BATCH_ELEMENTS = Math.max(1, Long.getLong("loramerge.device.batchElements", 1L << 25));
 
   private DeviceFusion() {}
 
@@ -94,8 +95,28 @@ public final class DeviceFusion {
    *     batch's weights are unchanged, those of earlier batches are fused, later ones untouched
    */
   public static void fuseAll(List<Job> jobs, ForkJoinPool workers) {
+    FactorBuffer buffer = new FactorBuffer();
     for (List<Job> batch : batches(jobs, BATCH_ELEMENTS)) {
-      fuseBatch(batch, workers);
+      fuseBatch(batch, workers, buffer);
+    }
+  }
+
+  /**
+   * The host memory the factors of a batch are gathered in before their copy to the device, one
+   * for every batch of a fuse: a fresh direct buffer per batch would be zeroed and faulted in page
+   * by page each time, and freed only by a garbage collection, which the JVM forces once direct
+   * memory runs short. The batch's arrays are closed before the next batch refills it, so it may
+   * also be the memory of an array libtorch made from it without a copy.
+   */
+  private static final class FactorBuffer {
+    private ByteBuffer buffer = ByteBuffer.allocateDirect(0);
+
+    ByteBuffer take(long bytes) {
+      checkArgument(bytes <= Integer.MAX_VALUE, "a batch of %s bytes of factors is too large for one buffer", bytes);
+      if (buffer.capacity() < bytes) {
+        buffer = ByteBuffer.allocateDirect((int) Math.min(Integer.MAX_VALUE, Math.max(bytes, buffer.capacity() * 3L / 2)));
+      }
+      return buffer.duplicate().clear().limit((int) bytes).slice().order(ByteOrder.nativeOrder());
     }
   }
 
@@ -123,7 +144,7 @@ public final class DeviceFusion {
     return batches;
   }
 
-  private static void fuseBatch(List<Job> batch, ForkJoinPool workers) {
+  private static void fuseBatch(List<Job> batch, ForkJoinPool workers, FactorBuffer factorBuffer) {
     NDArray first = batch.get(0).weight();
     DType dtype = Fusion.dtypeOf(first.getDataType(), batch.get(0).label());
     Shape shape = first.getShape();
@@ -133,7 +154,7 @@ public final class DeviceFusion {
     List<Factors> factors = workers.submit(() -> batch.parallelStream().map(job -> checked(job, rows, cols)).toList()).join();
     int rank = factors.stream().mapToInt(Factors::rank).max().orElseThrow();
     try (NDManager scratch = first.getManager().newSubManager(device)) {
-      NDArray sum = products(scratch, factors, rows, cols, rank, workers);
+      NDArray sum = products(scratch, factors, rows, cols, rank, workers, factorBuffer);
       NDList sources = new NDList(batch.size());
       for (Job job : batch) {
         NDArray from = job.source();
@@ -183,29 +204,34 @@ public final class DeviceFusion {
 
   /**
    * The float64 products {@code up_i·down_i} of a batch, b×m×n on the scratch manager's device,
-   * from one copy of every factor to the device. Factors of a lower rank than {@code rank} are
-   * padded with zeros, which add nothing to a float64 sum.
+   * from one copy of every factor to the device, gathered in {@code factorBuffer}. Factors of a
+   * lower rank than {@code rank} are padded with zeros, which add nothing to a float64 sum.
    */
-  private static NDArray products(NDManager scratch, List<Factors> factors, long rows, long cols, int rank, ForkJoinPool workers) {
+  private static NDArray products(
+      NDManager scratch, List<Factors> factors, long rows, long cols, int rank, ForkJoinPool workers, FactorBuffer factorBuffer) {
     int count = factors.size();
     long upValues = rows * rank;
     long downValues = cols * rank;
     long total = count * (upValues + downValues);
-    checkArgument(total <= Integer.MAX_VALUE / Double.BYTES, "a batch of %s factor values is too large for one buffer", total);
-    ByteBuffer buffer = ByteBuffer.allocateDirect(Math.toIntExact(total * Double.BYTES)).order(ByteOrder.nativeOrder());
+    ByteBuffer buffer = factorBuffer.take(total * Double.BYTES);
     workers.submit(() -> IntStream.range(0, count).parallel().forEach(i -> {
       DoubleBuffer values = buffer.asDoubleBuffer();
       Factors f = factors.get(i);
       int r = f.rank();
       int upAt = Math.toIntExact(i * upValues);
+      int downAt = Math.toIntExact(count * upValues + i * downValues);
+      values.put(downAt, f.down());
       if (r == rank) {
         values.put(upAt, f.up());
       } else {
+        // The buffer holds an earlier batch's values: the padding is written, not assumed zero.
+        double[] zeros = new double[(int) Math.max(rank - r, (rank - r) * cols)];
         for (int row = 0; row < rows; row++) {
           values.put(upAt + row * rank, f.up(), row * r, r);
+          values.put(upAt + row * rank + r, zeros, 0, rank - r);
         }
+        values.put(downAt + f.down().length, zeros, 0, (int) ((rank - r) * cols));
       }
-      values.put(Math.toIntExact(count * upValues + i * downValues), f.down());
     })).join();
     NDArray all = scratch.create(buffer, new Shape(total), DataType.FLOAT64);
     long split = count * upValues;
