@@ -82,12 +82,16 @@ public final class BenchCommand {
           + " [--vs-pytorch [--python PATH] [--pytorch-svd-every N]]\n"
           + "       " + DeviceBench.USAGE.substring("usage: ".length()) + "\n"
           + "       " + DeviceCheck.USAGE.substring("usage: ".length()) + "\n"
+          + "       " + FluxBench.USAGE.substring("usage: ".length()) + "\n"
           + "       bin/lora-bench shapes   (the SDXL attention weights' names and shapes, for gpu/peft_gpu.py)\n"
           + "JMH kernels: java -jar lora-bench/target/benchmarks.jar";
 
   public static void main(String[] args) throws IOException {
     if (args.length > 0 && isHelp(args[0])) {
       help();
+    }
+    if (args.length > 0 && args[0].equals("flux")) {
+      System.exit(FluxBench.run(Arrays.asList(args).subList(1, args.length)));
     }
     if (args.length > 0 && List.of("device", "check", "shapes").contains(args[0])) {
       System.exit(onDevice(args[0], Arrays.asList(args).subList(1, args.length)));

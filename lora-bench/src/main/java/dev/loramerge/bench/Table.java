@@ -64,10 +64,23 @@ final class Table {
    * timed, each after a full collection; {@code after} runs untimed after each.
    */
   void time(String name, Operation operation, Optional<ReRankError> reRankError, Consumer<Object> after) throws IOException {
+    time(name, operation, reRankError, after, true);
+  }
+
+  /**
+   * {@link #time} without the warm-up, for operations of minutes, whose first seconds warm the
+   * JIT up and whose cost is the disk's.
+   */
+  void timeCold(String name, Operation operation) throws IOException {
+    time(name, operation, Optional.empty(), result -> {}, false);
+  }
+
+  private void time(String name, Operation operation, Optional<ReRankError> reRankError, Consumer<Object> after, boolean warm)
+      throws IOException {
     System.gc();
     resetPeakRss();
     long warmUpStart = System.nanoTime();
-    for (int warmUp = 0; warmUp < MAX_WARM_UPS && (warmUp == 0 || System.nanoTime() - warmUpStart < WARM_UP_SECONDS * 1e9); warmUp++) {
+    for (int warmUp = 0; warm && warmUp < MAX_WARM_UPS && (warmUp == 0 || System.nanoTime() - warmUpStart < WARM_UP_SECONDS * 1e9); warmUp++) {
       after.accept(operation.run());
     }
     double[] seconds = new double[runs];
