@@ -9,6 +9,8 @@ import ai.djl.ndarray.types.Shape;
 import dev.loramerge.Component;
 import dev.loramerge.DType;
 import dev.loramerge.LoraAdapter;
+import dev.loramerge.LoraModule;
+import dev.loramerge.ModuleKey;
 import dev.loramerge.TensorSpec;
 import dev.loramerge.arch.Architecture;
 import dev.loramerge.arch.FusedModule;
@@ -85,14 +87,14 @@ final class FluxBench {
     int limit = blocks;
     String suffix = blocks == Integer.MAX_VALUE ? "" : "-b" + blocks;
     Path base = base(cache.resolve("flux1-dev-base" + suffix + ".bf16.safetensors"), limit);
-    LoraAdapter adapter = SyntheticLora.builder(Architecture.flux())
+    LoraAdapter adapter = sharedDowns(SyntheticLora.builder(Architecture.flux())
         .modules(spec -> spec.key().component() == Component.TRANSFORMER && inBlocks(spec.key().path(), limit))
         .rank(rank)
         .alpha(rank)
         .dtype(DType.BF16)
         .seed(11)
         .name("flux-style")
-        .build();
+        .build());
     Path lora = cache.resolve(String.format(Locale.ROOT, "flux-style-r%d%s.safetensors", rank, suffix));
     if (!Files.exists(lora)) {
       LoraFiles.write(adapter, lora, LoraFormat.KOHYA);
@@ -124,6 +126,27 @@ final class FluxBench {
       System.out.println("wrote " + json);
     }
     return 0;
+  }
+
+  /**
+   * {@code adapter} as sd-scripts trains Flux: one module on each fused weight ({@code qkv},
+   * {@code linear1}), so the parts share their down factor and the fused weight's update has the
+   * adapter's rank. Parts with down factors of their own would join into a block-diagonal module
+   * of three or four times the rank, and the fuse would do that much more arithmetic.
+   */
+  private static LoraAdapter sharedDowns(LoraAdapter adapter) {
+    LoraAdapter.Builder shared = adapter.toBuilder();
+    for (FusedModule fused : Architecture.flux().fusedModules().values()) {
+      List<ModuleKey> parts = fused.keys().stream().filter(adapter.modules()::containsKey).toList();
+      if (parts.size() > 1) {
+        LoraModule first = adapter.modules().get(parts.get(0));
+        for (ModuleKey part : parts.subList(1, parts.size())) {
+          LoraModule module = adapter.modules().get(part);
+          shared.put(LoraModule.of(part, first.down(), module.up(), module.alpha()));
+        }
+      }
+    }
+    return shared.build();
   }
 
   /** Whether a Flux module path is in the first {@code blocks} double and single blocks (or in none). */
