@@ -175,6 +175,40 @@ public record FusedModule(
     return parts.build();
   }
 
+  /**
+   * The rows of a per-row tensor of the fused weight ({@code values}: one value per row, such as
+   * a bias or a bias difference) that belong to each part, by the same segments as {@link #split}:
+   * exact, each part's values in its own row order.
+   *
+   * @throws LoraMergeException when {@code values} does not hold one value per row
+   */
+  public ImmutableMap<ModuleKey, TensorData> splitRows(TensorData values) {
+    checkNotNull(values, "values");
+    if (values.numel() != outFeatures()) {
+      throw new LoraMergeException(
+          String.format(
+              Locale.ROOT, "fused module '%s': %s holds %d values, expected one per row (%d)", originalPath,
+              Arrays.toString(values.shape()), values.numel(), outFeatures()));
+    }
+    long elementBytes = values.dtype().byteSize();
+    long[] starts = fusedRows();
+    ImmutableMap.Builder<ModuleKey, TensorData> parts = ImmutableMap.builder();
+    for (ModuleKey key : keys()) {
+      long rows = moduleRows(key);
+      ByteBuffer partBytes = ByteBuffer.allocate(Math.toIntExact(rows * elementBytes)).order(ByteOrder.LITTLE_ENDIAN);
+      for (int i = 0; i < segments.size(); i++) {
+        Segment segment = segments.get(i);
+        if (segment.key().equals(key)) {
+          ByteBuffer source = values.bytes().position(Math.toIntExact(starts[i] * elementBytes))
+              .limit(Math.toIntExact((starts[i] + segment.rows()) * elementBytes));
+          partBytes.position(Math.toIntExact(segment.moduleRow() * elementBytes)).put(source);
+        }
+      }
+      parts.put(key, TensorData.of(values.dtype(), new long[] {rows}, partBytes.clear()));
+    }
+    return parts.build();
+  }
+
   private int singleSegment(ModuleKey key) {
     int found = -1;
     for (int i = 0; i < segments.size(); i++) {

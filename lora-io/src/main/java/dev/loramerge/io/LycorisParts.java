@@ -45,6 +45,14 @@ final class LycorisParts {
     return SUFFIXES.containsKey(suffix) || suffix.equals(DIFF_B) || suffix.equals(DORA_SCALE);
   }
 
+  /** Every {@linkplain #isKindSuffix kind's suffix}, for layouts whose module names hold dots. */
+  static List<String> kindSuffixes() {
+    List<String> suffixes = new java.util.ArrayList<>(SUFFIXES.keySet());
+    suffixes.add(DIFF_B);
+    suffixes.add(DORA_SCALE);
+    return suffixes;
+  }
+
   /** Files {@code tensor}, whose name ends in a {@linkplain #isKindSuffix kind's suffix}, under {@code module}. */
   static void collect(FormatParts.Module module, String suffix, TensorData tensor) {
     String part = SUFFIXES.get(suffix);
