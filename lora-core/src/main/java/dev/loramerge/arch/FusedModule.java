@@ -209,6 +209,45 @@ public record FusedModule(
     return parts.build();
   }
 
+  /**
+   * The per-row tensor of the fused weight whose rows are {@code parts}' values (one per row of
+   * each part, as {@link #splitRows} gives them), zeros for a missing part: exact. Values of
+   * different dtypes are joined in float64.
+   *
+   * @throws LoraMergeException when a part is no module of this weight or has the wrong count
+   */
+  public TensorData joinRows(Map<ModuleKey, TensorData> parts) {
+    checkNotNull(parts, "parts");
+    checkArgument(!parts.isEmpty(), "fused module '%s': nothing to join", originalPath);
+    DType dtype = parts.values().iterator().next().dtype();
+    for (Map.Entry<ModuleKey, TensorData> part : parts.entrySet()) {
+      if (!keys().contains(part.getKey()) || part.getValue().numel() != moduleRows(part.getKey())) {
+        throw new LoraMergeException(
+            String.format(
+                Locale.ROOT, "module '%s' with %s values is not a part of fused weight '%s'", part.getKey(),
+                Arrays.toString(part.getValue().shape()), originalPath));
+      }
+      if (part.getValue().dtype() != dtype) {
+        dtype = DType.F64;
+      }
+    }
+    long elementBytes = dtype.byteSize();
+    ByteBuffer joined = ByteBuffer.allocate(Math.toIntExact(outFeatures() * elementBytes)).order(ByteOrder.LITTLE_ENDIAN);
+    long[] starts = fusedRows();
+    for (int i = 0; i < segments.size(); i++) {
+      Segment segment = segments.get(i);
+      TensorData part = parts.get(segment.key());
+      if (part == null) {
+        continue;
+      }
+      long from = segment.moduleRow() * elementBytes;
+      ByteBuffer source = part.to(dtype).bytes().position(Math.toIntExact(from))
+          .limit(Math.toIntExact(from + segment.rows() * elementBytes));
+      joined.position(Math.toIntExact(starts[i] * elementBytes)).put(source);
+    }
+    return TensorData.of(dtype, new long[] {outFeatures()}, joined.clear());
+  }
+
   private int singleSegment(ModuleKey key) {
     int found = -1;
     for (int i = 0; i < segments.size(); i++) {

@@ -307,7 +307,7 @@ class FluxLayoutsTest {
         .isInstanceOf(LoraMergeException.class)
         .hasMessageContaining(name)
         .hasMessageContaining("LoHa")
-        .hasMessageContaining("plain LoRA");
+        .hasMessageContaining("can be split into the fused weight's parts");
   }
 
   @Test

@@ -299,6 +299,28 @@ class FluxOriginalFormatTest {
   }
 
   @Test
+  void controlLoraConvertsToKohyaWithItsBiasesJoinedAndBack() throws IOException {
+    Map<String, TensorData> tensors = control(16, false);
+    LoraAdapter adapter = LoraFiles.read(write("canny", tensors));
+    Path kohya = folder.resolve("kohya.safetensors");
+    LoraFiles.write(adapter, kohya, LoraFormat.KOHYA);
+    try (SafetensorsFile file = SafetensorsFile.open(kohya)) {
+      // The fused weights' biases are LyCORIS's diff_b on the fused names, bit for bit.
+      assertThat(file.tensor("lora_unet_double_blocks_0_img_attn_qkv.diff_b"))
+          .isEqualTo(tensors.get("double_blocks.0.img_attn.qkv.lora_B.bias"));
+      assertThat(file.tensor("lora_unet_single_blocks_0_linear1.diff_b")).isEqualTo(tensors.get("single_blocks.0.linear1.lora_B.bias"));
+      assertThat(file.tensor("lora_unet_single_blocks_0_linear1.lora_up.weight")).isEqualTo(tensors.get("single_blocks.0.linear1.lora_B.weight"));
+    }
+    LoraAdapter back = LoraFiles.read(kohya);
+    assertThat(back.modules().keySet()).isEqualTo(adapter.modules().keySet());
+    assertSameModules(adapter, back);
+    // A LoRA cannot hold a bias difference: the diffusers layout refuses it by name.
+    assertThatThrownBy(() -> LoraFiles.write(adapter, folder.resolve("diffusers.safetensors"), LoraFormat.DIFFUSERS))
+        .isInstanceOf(LoraMergeException.class)
+        .hasMessageContaining("LoRA+bias, which the diffusers layout cannot hold");
+  }
+
+  @Test
   void aFusedWeightOfAnotherKindIsRefusedNamingIt() throws IOException {
     Map<String, TensorData> tensors = new LinkedHashMap<>();
     tensors.put("diffusion_model.double_blocks.0.img_attn.qkv.diff", gaussian(new Random(7), DType.BF16, 3 * INNER, INNER));
