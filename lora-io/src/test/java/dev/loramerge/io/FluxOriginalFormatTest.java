@@ -569,6 +569,26 @@ class FluxOriginalFormatTest {
   }
 
   @Test
+  void aControlLoraPartWithABiasIsRefusedByABflNamedBaseWhoseFusedWeightHasOneBias() throws IOException {
+    LoraAdapter adapter = LoraFiles.read(write("canny", control(17, false))).toBuilder()
+        .remove(key("single_transformer_blocks.0.attn.to_q")).remove(key("single_transformer_blocks.0.attn.to_k"))
+        .remove(key("single_transformer_blocks.0.attn.to_v")).remove(key("single_transformer_blocks.0.proj_mlp")).build();
+    Random random = new Random(18);
+    Path base = folder.resolve("flux1-dev.safetensors");
+    Safetensors.write(base, ImmutableMap.of(
+        "double_blocks.0.img_attn.qkv.weight", gaussian(random, DType.BF16, 3 * INNER, INNER),
+        "double_blocks.0.img_attn.qkv.bias", gaussian(random, DType.BF16, 3 * INNER),
+        "double_blocks.0.img_attn.proj.weight", gaussian(random, DType.BF16, INNER, INNER),
+        "double_blocks.0.img_attn.proj.bias", gaussian(random, DType.BF16, INNER)), ImmutableMap.of());
+    LoraFuser fuser = LoraFuser.of(LoraMerger.builder().add(adapter, 1).build());
+    assertThatThrownBy(() -> fuser.fuseInto(SafetensorsWeights.of(base, folder.resolve("out.safetensors"))))
+        .isInstanceOf(LoraMergeException.class)
+        .hasMessageContaining("is a part of fused weight 'double_blocks.0.img_attn.qkv'")
+        .hasMessageContaining("LoRA+bias");
+    assertThat(folder.resolve("out.safetensors")).doesNotExist();
+  }
+
+  @Test
   void xlabsAndControlLayoutsAreReadNotWritten() {
     LoraAdapter empty = LoraAdapter.builder().name("x").build();
     assertThatThrownBy(() -> LoraFiles.write(empty, folder.resolve("x.safetensors"), LoraFormat.XLABS))
