@@ -569,23 +569,69 @@ class FluxOriginalFormatTest {
   }
 
   @Test
-  void aControlLoraPartWithABiasIsRefusedByABflNamedBaseWhoseFusedWeightHasOneBias() throws IOException {
-    LoraAdapter adapter = LoraFiles.read(write("canny", control(17, false))).toBuilder()
-        .remove(key("single_transformer_blocks.0.attn.to_q")).remove(key("single_transformer_blocks.0.attn.to_k"))
-        .remove(key("single_transformer_blocks.0.attn.to_v")).remove(key("single_transformer_blocks.0.proj_mlp")).build();
+  void controlLoraBiasesFuseIntoABflNamedBasesFusedBiasWithTheSameBytesAsIntoDiffusersNames() throws IOException {
+    Map<String, TensorData> tensors = control(17, false);
+    LoraAdapter adapter = LoraFiles.read(write("canny", tensors));
     Random random = new Random(18);
-    Path base = folder.resolve("flux1-dev.safetensors");
-    Safetensors.write(base, ImmutableMap.of(
-        "double_blocks.0.img_attn.qkv.weight", gaussian(random, DType.BF16, 3 * INNER, INNER),
-        "double_blocks.0.img_attn.qkv.bias", gaussian(random, DType.BF16, 3 * INNER),
-        "double_blocks.0.img_attn.proj.weight", gaussian(random, DType.BF16, INNER, INNER),
-        "double_blocks.0.img_attn.proj.bias", gaussian(random, DType.BF16, INNER)), ImmutableMap.of());
-    LoraFuser fuser = LoraFuser.of(LoraMerger.builder().add(adapter, 1).build());
-    assertThatThrownBy(() -> fuser.fuseInto(SafetensorsWeights.of(base, folder.resolve("out.safetensors"))))
-        .isInstanceOf(LoraMergeException.class)
-        .hasMessageContaining("is a part of fused weight 'double_blocks.0.img_attn.qkv'")
-        .hasMessageContaining("LoRA+bias");
-    assertThat(folder.resolve("out.safetensors")).doesNotExist();
+    TensorData qkv = gaussian(random, DType.BF16, 3 * INNER, INNER);
+    TensorData qkvBias = gaussian(random, DType.BF16, 3 * INNER);
+    TensorData linear1 = gaussian(random, DType.BF16, 3 * INNER + MLP, INNER);
+    TensorData linear1Bias = gaussian(random, DType.BF16, 3 * INNER + MLP);
+    Path bfl = folder.resolve("flux1-dev.safetensors");
+    Map<String, TensorData> bflWeights = new LinkedHashMap<>();
+    bflWeights.put("double_blocks.0.img_attn.qkv.weight", qkv);
+    bflWeights.put("double_blocks.0.img_attn.qkv.bias", qkvBias);
+    bflWeights.put("double_blocks.0.img_attn.proj.weight", gaussian(random, DType.BF16, INNER, INNER));
+    bflWeights.put("double_blocks.0.img_attn.proj.bias", gaussian(random, DType.BF16, INNER));
+    bflWeights.put("single_blocks.0.linear1.weight", linear1);
+    bflWeights.put("single_blocks.0.linear1.bias", linear1Bias);
+    Safetensors.write(bfl, bflWeights, ImmutableMap.of());
+    Map<String, TensorData> diffusersWeights = new LinkedHashMap<>();
+    String[] parts = {"to_q", "to_k", "to_v"};
+    for (int i = 0; i < 3; i++) {
+      diffusersWeights.put("transformer_blocks.0.attn." + parts[i] + ".weight", rows(qkv, i * INNER, INNER));
+      diffusersWeights.put("transformer_blocks.0.attn." + parts[i] + ".bias", rows(qkvBias, i * INNER, INNER));
+      diffusersWeights.put("single_transformer_blocks.0.attn." + parts[i] + ".weight", rows(linear1, i * INNER, INNER));
+      diffusersWeights.put("single_transformer_blocks.0.attn." + parts[i] + ".bias", rows(linear1Bias, i * INNER, INNER));
+    }
+    diffusersWeights.put("single_transformer_blocks.0.proj_mlp.weight", rows(linear1, 3 * INNER, MLP));
+    diffusersWeights.put("single_transformer_blocks.0.proj_mlp.bias", rows(linear1Bias, 3 * INNER, MLP));
+    diffusersWeights.put("transformer_blocks.0.attn.to_out.0.weight", bflWeights.get("double_blocks.0.img_attn.proj.weight"));
+    diffusersWeights.put("transformer_blocks.0.attn.to_out.0.bias", bflWeights.get("double_blocks.0.img_attn.proj.bias"));
+    Path diffusers = folder.resolve("transformer.safetensors");
+    Safetensors.write(diffusers, diffusersWeights, ImmutableMap.of());
+    LoraFuser fuser = LoraFuser.of(LoraMerger.builder().add(adapter, 0.75).build());
+    Path fusedBfl = folder.resolve("fused-bfl.safetensors");
+    Path fusedDiffusers = folder.resolve("fused-diffusers.safetensors");
+    fuser.fuseInto(SafetensorsWeights.of(bfl, fusedBfl));
+    fuser.fuseInto(SafetensorsWeights.of(diffusers, fusedDiffusers));
+    try (SafetensorsFile a = SafetensorsFile.open(fusedBfl);
+        SafetensorsFile b = SafetensorsFile.open(fusedDiffusers)) {
+      for (String tensor : new String[] {"weight", "bias"}) {
+        assertThat(rows(a.tensor("double_blocks.0.img_attn.qkv." + tensor), INNER, INNER))
+            .as("qkv %s rows of k", tensor).isEqualTo(b.tensor("transformer_blocks.0.attn.to_k." + tensor));
+        assertThat(rows(a.tensor("single_blocks.0.linear1." + tensor), 3 * INNER, MLP))
+            .as("linear1 %s rows of the MLP", tensor).isEqualTo(b.tensor("single_transformer_blocks.0.proj_mlp." + tensor));
+      }
+      String qkvName = "double_blocks.0.img_attn.qkv";
+      assertFusedRows(a.tensor(qkvName + ".weight"), qkv, 0, tensors.get(qkvName + ".lora_A.weight"),
+          tensors.get(qkvName + ".lora_B.weight"), 0, 3 * INNER, 0.75, "qkv");
+      TensorData bias = tensors.get("single_blocks.0.linear1.lora_B.bias");
+      TensorData fusedBias = a.tensor("single_blocks.0.linear1.bias");
+      for (int i = 0; i < 3 * INNER + MLP; i++) {
+        assertThat(fusedBias.getDouble(i)).as("linear1 bias %d", i).isEqualTo(bf16(linear1Bias.getDouble(i) + 0.75 * bias.getDouble(i)));
+      }
+    }
+    // Unfused by subtraction, as diffusers' unfuse_lora: the same on both namings.
+    Path restoredBfl = folder.resolve("restored-bfl.safetensors");
+    Path restoredDiffusers = folder.resolve("restored-diffusers.safetensors");
+    fuser.unfuseFrom(SafetensorsWeights.of(fusedBfl, restoredBfl));
+    fuser.unfuseFrom(SafetensorsWeights.of(fusedDiffusers, restoredDiffusers));
+    try (SafetensorsFile a = SafetensorsFile.open(restoredBfl);
+        SafetensorsFile b = SafetensorsFile.open(restoredDiffusers)) {
+      assertThat(rows(a.tensor("double_blocks.0.img_attn.qkv.bias"), 2 * INNER, INNER))
+          .isEqualTo(b.tensor("transformer_blocks.0.attn.to_v.bias"));
+    }
   }
 
   @Test
