@@ -58,6 +58,12 @@ final class FluxOriginalFormat {
   private static final Pattern TOP_LEVEL =
       Pattern.compile("(double_blocks|single_blocks|img_in|txt_in|time_in|vector_in|guidance_in|final_layer)\\..+");
 
+  /**
+   * CLIP-L's modules in ComfyUI's keys ({@code comfy_extras/nodes_lora_extract.py} saves a text
+   * encoder's LoRA under {@code text_encoders.} plus the CLIP model's own state-dict names).
+   */
+  private static final String CLIP_L = "text_encoders.clip_l.transformer.";
+
   /** The RMS norms' scales of the attentions (diffusers' {@code norm_q}, {@code norm_k}, {@code norm_added_q/k}). */
   private static final Pattern NORM_SCALE =
       Pattern.compile("(double_blocks\\.\\d+\\.(img|txt)_attn|single_blocks\\.\\d+)\\.norm\\.(query|key)_norm\\.scale");
@@ -217,7 +223,8 @@ final class FluxOriginalFormat {
         throw new LoraMergeException(
             String.format(
                 Locale.ROOT, "%s: module '%s' updates a %s weight, but Flux.1's '%s' is %s", fileName, module.name,
-                Arrays.toString(read.weightShape()), spec.originalPath().orElseThrow(), Arrays.toString(spec.weightShape())));
+                Arrays.toString(read.weightShape()), spec.originalPath().orElse(spec.key().toString()),
+                Arrays.toString(spec.weightShape())));
       }
       Optional<TensorData> bias = biasDifference(fileName, module.name, read.scale(), diffB, loraBiases.get(module.name));
       adapter.add(bias.isPresent() ? read.withBiasDiff(bias.get()) : read);
@@ -289,10 +296,15 @@ final class FluxOriginalFormat {
 
   private static Optional<Parsed> parseOriginal(String name) {
     Matcher prefix = PREFIX.matcher(name);
-    String path = prefix.matches() ? prefix.group(2) : name;
+    boolean clip = name.startsWith(CLIP_L);
+    String path = clip ? name.substring(CLIP_L.length()) : prefix.matches() ? prefix.group(2) : name;
     for (Map.Entry<String, String> suffix : SUFFIXES) {
       if (path.endsWith(suffix.getKey())) {
-        Target target = ORIGINAL_PATHS.get().get(path.substring(0, path.length() - suffix.getKey().length()));
+        String module = path.substring(0, path.length() - suffix.getKey().length());
+        Target target = clip
+            ? Architecture.flux().module(ModuleKey.of(Component.TEXT_ENCODER, module))
+                .map(spec -> new Target(Optional.of(spec), Optional.empty())).orElse(null)
+            : ORIGINAL_PATHS.get().get(module);
         return target == null
             ? Optional.empty()
             : Optional.of(new Parsed(name.substring(0, name.length() - suffix.getKey().length()), target, suffix.getValue()));

@@ -240,6 +240,23 @@ class FluxOriginalFormatTest {
   }
 
   @Test
+  void comfyUiClipLModulesReadAsFluxsTextEncoderAndConvertToKohya() throws IOException {
+    Map<String, TensorData> tensors = comfy("diffusion_model.", 19);
+    String q = "text_encoders.clip_l.transformer.text_model.encoder.layers.3.self_attn.q_proj";
+    factors(tensors, new Random(20), q + ".lora_down.weight", q + ".lora_up.weight", 768, 768);
+    LoraAdapter adapter = LoraFiles.read(write("comfy-clip", tensors));
+    ModuleKey clipQ = ModuleKey.of(Component.TEXT_ENCODER, "text_model.encoder.layers.3.self_attn.q_proj");
+    assertThat(adapter.module(clipQ).orElseThrow().up()).isEqualTo(tensors.get(q + ".lora_up.weight"));
+    assertThat(Architecture.detect(adapter)).contains(Architecture.flux());
+    Path kohya = folder.resolve("kohya.safetensors");
+    LoraFiles.write(adapter, kohya, LoraFormat.KOHYA);
+    try (SafetensorsFile file = SafetensorsFile.open(kohya)) {
+      assertThat(file.tensor("lora_te1_text_model_encoder_layers_3_self_attn_q_proj.lora_up.weight"))
+          .isEqualTo(tensors.get(q + ".lora_up.weight"));
+    }
+  }
+
+  @Test
   void comfyUiConvertsToKohyaAndBackAndItsLoraModulesToDiffusers() throws IOException {
     LoraAdapter adapter = LoraFiles.read(write("comfy", comfy("diffusion_model.", 4)));
     Path kohya = folder.resolve("kohya.safetensors");
@@ -356,6 +373,35 @@ class FluxOriginalFormatTest {
       }
     }
     assertThat(back.modules().keySet()).containsAll(xlabs.modules().keySet()).containsAll(comfy.modules().keySet());
+  }
+
+  @Test
+  void mergesTwoBflLorasExactlyAndRefusesTheBiasesALoraCannotHold() throws IOException {
+    Map<String, TensorData> first = control(21, false);
+    Map<String, TensorData> second = control(22, false);
+    first.keySet().removeIf(name -> name.endsWith(".lora_B.bias"));
+    second.keySet().removeIf(name -> name.endsWith(".lora_B.bias") || name.startsWith("single_blocks"));
+    LoraAdapter a = LoraFiles.read(write("bfl-a", first));
+    LoraAdapter b = LoraFiles.read(write("bfl-b", second));
+    LoraAdapter merged = LoraMerger.builder().add(a, 0.5).add(b, 1.5).dtype(DType.F64).build().merge();
+    for (ModuleKey key : merged.modules().keySet()) {
+      LoraModule module = merged.module(key).orElseThrow();
+      for (long row : new long[] {0, module.outFeatures() - 1}) {
+        double[] expected = new double[Math.toIntExact(module.inFeatures())];
+        add(expected, a, key, row, 0.5);
+        add(expected, b, key, row, 1.5);
+        double[] actual = row(module, row);
+        for (int i = 0; i < expected.length; i++) {
+          if (Math.abs(actual[i] - expected[i]) > 1e-12) {
+            assertThat(actual[i]).as("%s row %d element %d", key, row, i).isEqualTo(expected[i]);
+          }
+        }
+      }
+    }
+    LoraAdapter withBiases = LoraFiles.read(write("canny", control(23, false)));
+    assertThatThrownBy(() -> LoraMerger.builder().add(withBiases, 1).add(a, 1).build().merge())
+        .isInstanceOf(LoraMergeException.class)
+        .hasMessageContaining("a LoRA cannot hold its bias difference");
   }
 
   private static void add(double[] sum, LoraAdapter adapter, ModuleKey key, long row, double weight) {
