@@ -6,7 +6,6 @@ import com.google.common.collect.ImmutableList;
 import com.google.common.collect.ImmutableMap;
 import dev.loramerge.AdapterKind;
 import dev.loramerge.Component;
-import dev.loramerge.DType;
 import dev.loramerge.LoraAdapter;
 import dev.loramerge.LoraMergeException;
 import dev.loramerge.LoraModule;
@@ -247,17 +246,7 @@ final class FluxOriginalFormat {
     if (diffB != null) {
       return Optional.of(diffB);
     }
-    if (loraBias == null) {
-      return Optional.empty();
-    }
-    if (scale == 1) {
-      return Optional.of(loraBias);
-    }
-    double[] values = loraBias.toDoubleArray();
-    for (int i = 0; i < values.length; i++) {
-      values[i] *= scale;
-    }
-    return Optional.of(TensorData.ofDoubles(values, DType.F64, loraBias.shape()));
+    return loraBias == null ? Optional.empty() : Optional.of(FormatParts.loraBiasDifference(loraBias, scale));
   }
 
   private static Optional<Parsed> parseXlabs(String name) {

@@ -165,6 +165,22 @@ final class FormatParts {
     return text.toString();
   }
 
+  /**
+   * The bias difference PEFT's {@code lora_B.bias} makes: the bias times the module's scale
+   * (PEFT's forward scales {@code lora_B(lora_A(x))}, bias included), as it is where the scale is
+   * 1, else in float64.
+   */
+  static TensorData loraBiasDifference(TensorData loraBias, double scale) {
+    if (scale == 1) {
+      return loraBias;
+    }
+    double[] values = loraBias.toDoubleArray();
+    for (int i = 0; i < values.length; i++) {
+      values[i] *= scale;
+    }
+    return TensorData.ofDoubles(values, dev.loramerge.DType.F64, loraBias.shape());
+  }
+
   /** Reads a 0-d or 1-element alpha tensor. */
   static double alphaValue(String fileName, String tensorName, TensorData tensor) {
     if (tensor.numel() != 1) {

@@ -173,7 +173,7 @@ final class PeftFormat {
     Map<String, TensorData> tensors = new LinkedHashMap<>();
     boolean dora = false;
     for (LoraModule module : adapter.modules().values()) {
-      LycorisParts.checkLoraLayout(module, "PEFT", true);
+      LycorisParts.checkLoraLayout(module, "PEFT", true, false);
       String path = module.key().path();
       targets.add(path);
       if (module.rank() != rank) {

@@ -316,7 +316,7 @@ class FluxOriginalFormatTest {
   }
 
   @Test
-  void controlLoraConvertsToKohyaWithItsBiasesJoinedAndBack() throws IOException {
+  void controlLoraConvertsToKohyaAndDiffusersWithItsBiasesAndBack() throws IOException {
     Map<String, TensorData> tensors = control(16, false);
     LoraAdapter adapter = LoraFiles.read(write("canny", tensors));
     Path kohya = folder.resolve("kohya.safetensors");
@@ -331,10 +331,40 @@ class FluxOriginalFormatTest {
     LoraAdapter back = LoraFiles.read(kohya);
     assertThat(back.modules().keySet()).isEqualTo(adapter.modules().keySet());
     assertSameModules(adapter, back);
-    // A LoRA cannot hold a bias difference: the diffusers layout refuses it by name.
-    assertThatThrownBy(() -> LoraFiles.write(adapter, folder.resolve("diffusers.safetensors"), LoraFormat.DIFFUSERS))
+    // diffusers holds them as PEFT's lora_B.bias (lora_bias), as it loads the control LoRAs.
+    Path diffusers = folder.resolve("diffusers.safetensors");
+    LoraFiles.write(adapter, diffusers, LoraFormat.DIFFUSERS);
+    try (SafetensorsFile file = SafetensorsFile.open(diffusers)) {
+      assertThat(file.tensor("transformer.single_transformer_blocks.0.proj_mlp.lora_B.bias"))
+          .isEqualTo(rows(tensors.get("single_blocks.0.linear1.lora_B.bias"), 3 * INNER, MLP));
+      assertThat(file.metadata().get("lora_adapter_metadata")).contains("\"transformer.lora_bias\":true");
+    }
+    LoraAdapter fromDiffusers = LoraFiles.read(diffusers);
+    assertThat(fromDiffusers.modules().keySet()).isEqualTo(adapter.modules().keySet());
+    assertSameModules(adapter, fromDiffusers);
+  }
+
+  @Test
+  void aBiasDifferenceAtAnotherScaleIsWrittenAsLoraBBiasOnlyWhereDividingIsExact() throws IOException {
+    Random random = new Random(24);
+    TensorData down = gaussian(random, DType.BF16, RANK, INNER);
+    TensorData up = gaussian(random, DType.BF16, INNER, RANK);
+    TensorData bias = gaussian(random, DType.BF16, INNER);
+    ModuleKey proj = key("transformer_blocks.0.attn.to_out.0");
+    // Scale 2 (alpha 8, rank 4): bias / 2 is exact, and diffusers reads back 2 · (bias / 2).
+    LoraAdapter doubled = LoraAdapter.builder().name("doubled").add(LoraModule.of(proj, down, up, 8).withBiasDiff(bias)).build();
+    Path path = folder.resolve("doubled.safetensors");
+    LoraFiles.write(doubled, path, LoraFormat.DIFFUSERS);
+    LoraModule back = LoraFiles.read(path).module(proj).orElseThrow();
+    assertThat(back.biasDiff().orElseThrow().toDoubleArray()).containsExactly(bias.toDoubleArray());
+    // Scale 3 on float64 values of full precision: some value / 3 · 3 is not the value, so
+    // lora_B.bias cannot hold the difference exactly.
+    TensorData wide = gaussian(random, DType.F64, INNER);
+    LoraAdapter tripled = LoraAdapter.builder().name("tripled").add(LoraModule.of(proj, down, up, 12).withBiasDiff(wide)).build();
+    assertThatThrownBy(() -> LoraFiles.write(tripled, folder.resolve("tripled.safetensors"), LoraFormat.DIFFUSERS))
         .isInstanceOf(LoraMergeException.class)
-        .hasMessageContaining("LoRA+bias, which the diffusers layout cannot hold");
+        .hasMessageContaining("transformer_blocks.0.attn.to_out.0")
+        .hasMessageContaining("write it in the kohya layout");
   }
 
   @Test
