@@ -24,8 +24,9 @@ public enum LoraFormat {
   /**
    * A diffusers pipeline file ({@code pytorch_lora_weights.safetensors}): keys prefixed
    * {@code unet.}, {@code transformer.}, {@code text_encoder.}, {@code text_encoder_2.} with {@code lora_A}/{@code
-   * lora_B} (or {@code lora.down}/{@code lora.up}, or the older attention-processor names), and
-   * alphas in the {@code lora_adapter_metadata} JSON of the header.
+   * lora_B} (or {@code lora.down}/{@code lora.up}, or the older attention-processor names),
+   * alphas in the {@code lora_adapter_metadata} JSON of the header, and PEFT's {@code
+   * lora_B.bias} for a bias difference.
    */
   DIFFUSERS,
   /**
