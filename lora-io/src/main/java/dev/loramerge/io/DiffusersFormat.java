@@ -49,7 +49,7 @@ final class DiffusersFormat {
    * ({@code get_peft_kwargs} sets {@code lora_bias} when a {@code lora_B} bias is present); the
    * module's bias difference is it times the scale.
    */
-  private static final String LORA_BIAS = ".lora_B.bias";
+  static final String LORA_BIAS = ".lora_B.bias";
 
   /** Whether the tensor names look like a diffusers pipeline file. */
   static boolean matches(Iterable<String> tensorNames) {
@@ -195,7 +195,7 @@ final class DiffusersFormat {
    *
    * @throws LoraMergeException when a value divided by the scale does not give it back exactly
    */
-  private static TensorData loraBias(LoraModule module) {
+  static TensorData loraBias(LoraModule module) {
     TensorData difference = module.biasDiff().orElseThrow();
     double scale = module.scale();
     if (scale == 1) {

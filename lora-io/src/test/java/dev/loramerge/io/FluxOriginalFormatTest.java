@@ -175,7 +175,7 @@ class FluxOriginalFormatTest {
   }
 
   @Test
-  void xlabsConvertsToKohyaAndDiffusersAndBackWithTheSameFactors() throws IOException {
+  void xlabsConvertsToKohyaDiffusersAndPeftAndBackWithTheSameFactors() throws IOException {
     Map<String, TensorData> tensors = xlabs(2);
     LoraAdapter adapter = LoraFiles.read(write("xlabs", tensors));
     Path kohya = folder.resolve("kohya.safetensors");
@@ -197,6 +197,13 @@ class FluxOriginalFormatTest {
     LoraAdapter fromDiffusers = LoraFiles.read(diffusers);
     assertThat(fromDiffusers.modules().keySet()).isEqualTo(adapter.modules().keySet());
     assertSameModules(adapter, fromDiffusers);
+    // A PEFT folder holds the transformer alone.
+    Path peft = folder.resolve("peft");
+    LoraFiles.write(adapter, peft, LoraFormat.PEFT);
+    assertThat(java.nio.file.Files.readString(peft.resolve(PeftFormat.CONFIG))).doesNotContain("lora_bias");
+    LoraAdapter fromPeft = LoraFiles.read(peft);
+    assertThat(fromPeft.modules().keySet()).isEqualTo(adapter.modules().keySet());
+    assertSameModules(adapter, fromPeft);
   }
 
   /** Every module of {@code expected} is in {@code actual} with the same factors, bias difference and scale. */
@@ -316,7 +323,7 @@ class FluxOriginalFormatTest {
   }
 
   @Test
-  void controlLoraConvertsToKohyaAndDiffusersWithItsBiasesAndBack() throws IOException {
+  void controlLoraConvertsToKohyaDiffusersAndPeftWithItsBiasesAndBack() throws IOException {
     Map<String, TensorData> tensors = control(16, false);
     LoraAdapter adapter = LoraFiles.read(write("canny", tensors));
     Path kohya = folder.resolve("kohya.safetensors");
@@ -342,6 +349,13 @@ class FluxOriginalFormatTest {
     LoraAdapter fromDiffusers = LoraFiles.read(diffusers);
     assertThat(fromDiffusers.modules().keySet()).isEqualTo(adapter.modules().keySet());
     assertSameModules(adapter, fromDiffusers);
+    // A PEFT folder holds the transformer alone, with lora_bias in adapter_config.json.
+    Path peft = folder.resolve("peft");
+    LoraFiles.write(adapter, peft, LoraFormat.PEFT);
+    assertThat(java.nio.file.Files.readString(peft.resolve(PeftFormat.CONFIG))).contains("\"lora_bias\" : true");
+    LoraAdapter fromPeft = LoraFiles.read(peft);
+    assertThat(fromPeft.modules().keySet()).isEqualTo(adapter.modules().keySet());
+    assertSameModules(adapter, fromPeft);
   }
 
   @Test
