@@ -37,7 +37,7 @@ final class ConvertCommand implements Callable<Integer> {
   @Option(names = {"-o", "--output"}, required = true, paramLabel = "OUT", description = "Output folder (peft) or file.")
   Path output;
 
-  @Parameters(paramLabel = "INPUT", description = "A PEFT folder or a kohya or diffusers .safetensors file.")
+  @Parameters(paramLabel = "INPUT", description = "A PEFT folder or a kohya, diffusers, xlabs, comfyui or bfl .safetensors file.")
   Path input;
 
   @Mixin InputOptions inputOptions;

@@ -39,7 +39,7 @@ final class InspectCommand implements Callable<Integer> {
 
   @Spec CommandSpec spec;
 
-  @Parameters(paramLabel = "PATH", description = "A PEFT folder or a kohya or diffusers .safetensors file.")
+  @Parameters(paramLabel = "PATH", description = "A PEFT folder or a kohya, diffusers, xlabs, comfyui or bfl .safetensors file.")
   Path path;
 
   @Option(

@@ -45,7 +45,7 @@ final class MergeCommand implements Callable<Integer> {
   Path output;
 
   @Option(names = "--format", paramLabel = "peft|kohya|diffusers", converter = FormatConverter.class,
-      description = "Output format (default: the first input's).")
+      description = "Output format (default: the first input's; kohya for an xlabs, comfyui or bfl input).")
   LoraFormat format;
 
   @Option(names = "--dtype", paramLabel = "fp32|fp16|bf16", description = "Element type of the merged factors (default: the inputs').")
@@ -66,6 +66,10 @@ final class MergeCommand implements Callable<Integer> {
             ? null
             : DType.fromUserName(dtype).orElseThrow(() -> Usage.invalid(spec, "--dtype", "'" + dtype + "' is not fp32, fp16 or bf16"));
     LoraFormat outputFormat = format != null ? format : LoraFiles.detect(mergeOptions.inputs.get(0).path());
+    if (!outputFormat.writable()) {
+      // XLabs, ComfyUI and BFL files are read only; kohya holds every kind they hold.
+      outputFormat = LoraFormat.KOHYA;
+    }
     Path target = target(outputFormat, method);
     Outputs.checkNotAnInput(spec, target, mergeOptions.inputPaths());
     LoraMerger.Builder merger = mergeOptions.merger(readOptions, ProgressBar.forTerminal("merging"));

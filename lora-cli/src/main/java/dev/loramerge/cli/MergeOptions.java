@@ -85,7 +85,7 @@ final class MergeOptions {
   boolean exactSvd;
 
   @Parameters(paramLabel = "INPUT=WEIGHT", arity = "1..*", converter = WeightedInput.Converter.class,
-      description = "A PEFT folder or a kohya or diffusers .safetensors file, and its weight (default 1).")
+      description = "A PEFT folder or a kohya, diffusers, xlabs, comfyui or bfl .safetensors file, and its weight (default 1).")
   List<WeightedInput> inputs;
 
   /**

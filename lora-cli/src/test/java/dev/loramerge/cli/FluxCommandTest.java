@@ -20,7 +20,10 @@ import org.junit.jupiter.api.io.TempDir;
 /**
  * A Flux.1 LoRA in kohya's layout (sd-scripts {@code networks/lora_flux.py}: {@code
  * lora_unet_double_blocks_0_img_attn_qkv}, the fused q, k, v) through the command: inspect,
- * convert to diffusers, fuse into BFL's checkpoint names and unfuse back to the original bytes.
+ * convert to diffusers, fuse into BFL's checkpoint names and unfuse back to the original bytes;
+ * and the layouts in BFL's names (XLabs, ComfyUI, BFL's control LoRAs; see {@code
+ * dev.loramerge.io.FluxOriginalFormatTest} for where their names come from) through every
+ * command that reads them.
  */
 class FluxCommandTest {
   private static final long INNER = 3072;
@@ -74,5 +77,78 @@ class FluxCommandTest {
     assertThat(run("unfuse", "--base", fused.toString(), "-o", restored.toString(), "--original", base.toString(), lora + "=0.8"))
         .as("unfuse; stderr: %s", err).isZero();
     assertThat(Files.readAllBytes(restored)).isEqualTo(Files.readAllBytes(base));
+  }
+
+  private static void lora(Map<String, TensorData> tensors, Random random, String down, String up, long in, long out) {
+    tensors.put(down, gaussian(random, 4, in));
+    tensors.put(up, gaussian(random, out, 4));
+  }
+
+  @Test
+  void inspectsConvertsMergesAndFusesXlabsComfyUiAndControlLoras() throws IOException {
+    Random random = new Random(2);
+    Map<String, TensorData> xlabs = new LinkedHashMap<>();
+    lora(xlabs, random, "double_blocks.0.processor.qkv_lora1.down.weight", "double_blocks.0.processor.qkv_lora1.up.weight",
+        INNER, 3 * INNER);
+    lora(xlabs, random, "double_blocks.0.processor.proj_lora1.down.weight", "double_blocks.0.processor.proj_lora1.up.weight",
+        INNER, INNER);
+    Path xlabsFile = temp.resolve("xlabs.safetensors");
+    Safetensors.write(xlabsFile, xlabs, Map.of());
+    Map<String, TensorData> comfy = new LinkedHashMap<>();
+    lora(comfy, random, "diffusion_model.double_blocks.0.img_attn.qkv.lora_down.weight",
+        "diffusion_model.double_blocks.0.img_attn.qkv.lora_up.weight", INNER, 3 * INNER);
+    comfy.put("diffusion_model.double_blocks.0.img_attn.qkv.alpha", TensorData.ofDoubles(new double[] {8}, DType.F32));
+    Path comfyFile = temp.resolve("comfy.safetensors");
+    Safetensors.write(comfyFile, comfy, Map.of());
+    Map<String, TensorData> control = new LinkedHashMap<>();
+    lora(control, random, "double_blocks.0.img_attn.proj.lora_A.weight", "double_blocks.0.img_attn.proj.lora_B.weight", INNER, INNER);
+    control.put("double_blocks.0.img_attn.proj.lora_B.bias", gaussian(random, INNER));
+    lora(control, random, "double_blocks.0.img_attn.qkv.lora_A.weight", "double_blocks.0.img_attn.qkv.lora_B.weight", INNER, 3 * INNER);
+    lora(control, random, "img_in.lora_A.weight", "img_in.lora_B.weight", 128, INNER);
+    Path controlFile = temp.resolve("canny.safetensors");
+    Safetensors.write(controlFile, control, Map.of());
+
+    for (Object[] layout : new Object[][] {{xlabsFile, "xlabs"}, {comfyFile, "comfyui"}}) {
+      out.getBuffer().setLength(0);
+      assertThat(run("inspect", layout[0].toString())).as("inspect %s; stderr: %s", layout[1], err).isZero();
+      assertThat(out.toString()).containsPattern("format +" + layout[1] + "\\n").containsPattern("architecture +Flux\\.1\\n");
+      for (String format : new String[] {"kohya", "diffusers"}) {
+        Path converted = temp.resolve(layout[1] + "-" + format + ".safetensors");
+        assertThat(run("convert", "--to", format, "-o", converted.toString(), layout[0].toString()))
+            .as("convert %s to %s; stderr: %s", layout[1], format, err).isZero();
+      }
+    }
+    try (SafetensorsFile file = SafetensorsFile.open(temp.resolve("xlabs-kohya.safetensors"))) {
+      assertThat(file.tensor("lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight"))
+          .isEqualTo(xlabs.get("double_blocks.0.processor.qkv_lora1.up.weight"));
+    }
+
+    // The control LoRA widens img_in: refused by name, read without it when skipping is asked for.
+    err.getBuffer().setLength(0);
+    assertThat(run("inspect", controlFile.toString())).isEqualTo(3);
+    assertThat(err.toString()).contains("'img_in.lora_A.weight'").contains("from 64 to 128 input features").contains("--skip-unsupported");
+    out.getBuffer().setLength(0);
+    assertThat(run("inspect", "--skip-unsupported", controlFile.toString())).as("stderr: %s", err).isZero();
+    assertThat(out.toString()).containsPattern("format +bfl\\n").contains("LoRA+bias");
+
+    Path merged = temp.resolve("merged.safetensors");
+    assertThat(run("merge", "-o", merged.toString(), xlabsFile + "=0.5", comfyFile + "=0.5")).as("merge; stderr: %s", err).isZero();
+    try (SafetensorsFile file = SafetensorsFile.open(merged)) {
+      // Merged in the kohya layout: the inputs' formats are read only.
+      assertThat(file.tensor("lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight").shape()).containsExactly(3 * INNER, 8);
+    }
+    assertThat(run("merge", "--format", "xlabs", "-o", merged.toString(), xlabsFile.toString())).isEqualTo(2);
+    assertThat(err.toString()).contains("'xlabs' is a layout that is read, not written");
+
+    Path base = temp.resolve("flux1-dev.safetensors");
+    Safetensors.write(base, Map.of(
+        "model.diffusion_model.double_blocks.0.img_attn.qkv.weight", gaussian(random, 3 * INNER, INNER),
+        "model.diffusion_model.double_blocks.0.img_attn.proj.weight", gaussian(random, INNER, INNER),
+        "model.diffusion_model.double_blocks.0.img_attn.proj.bias", gaussian(random, INNER)), Map.of());
+    Path fused = temp.resolve("fused.safetensors");
+    out.getBuffer().setLength(0);
+    assertThat(run("fuse", "--base", base.toString(), "-o", fused.toString(), xlabsFile + "=0.7", comfyFile + "=0.3"))
+        .as("fuse; stderr: %s", err).isZero();
+    assertThat(out.toString()).contains("fused 4 modules into");
   }
 }

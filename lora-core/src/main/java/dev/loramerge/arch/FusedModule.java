@@ -175,6 +175,79 @@ public record FusedModule(
     return parts.build();
   }
 
+  /**
+   * The rows of a per-row tensor of the fused weight ({@code values}: one value per row, such as
+   * a bias or a bias difference) that belong to each part, by the same segments as {@link #split}:
+   * exact, each part's values in its own row order.
+   *
+   * @throws LoraMergeException when {@code values} does not hold one value per row
+   */
+  public ImmutableMap<ModuleKey, TensorData> splitRows(TensorData values) {
+    checkNotNull(values, "values");
+    if (values.numel() != outFeatures()) {
+      throw new LoraMergeException(
+          String.format(
+              Locale.ROOT, "fused module '%s': %s holds %d values, expected one per row (%d)", originalPath,
+              Arrays.toString(values.shape()), values.numel(), outFeatures()));
+    }
+    long elementBytes = values.dtype().byteSize();
+    long[] starts = fusedRows();
+    ImmutableMap.Builder<ModuleKey, TensorData> parts = ImmutableMap.builder();
+    for (ModuleKey key : keys()) {
+      long rows = moduleRows(key);
+      ByteBuffer partBytes = ByteBuffer.allocate(Math.toIntExact(rows * elementBytes)).order(ByteOrder.LITTLE_ENDIAN);
+      for (int i = 0; i < segments.size(); i++) {
+        Segment segment = segments.get(i);
+        if (segment.key().equals(key)) {
+          ByteBuffer source = values.bytes().position(Math.toIntExact(starts[i] * elementBytes))
+              .limit(Math.toIntExact((starts[i] + segment.rows()) * elementBytes));
+          partBytes.position(Math.toIntExact(segment.moduleRow() * elementBytes)).put(source);
+        }
+      }
+      parts.put(key, TensorData.of(values.dtype(), new long[] {rows}, partBytes.clear()));
+    }
+    return parts.build();
+  }
+
+  /**
+   * The per-row tensor of the fused weight whose rows are {@code parts}' values (one per row of
+   * each part, as {@link #splitRows} gives them), zeros for a missing part: exact. Values of
+   * different dtypes are joined in float64.
+   *
+   * @throws LoraMergeException when a part is no module of this weight or has the wrong count
+   */
+  public TensorData joinRows(Map<ModuleKey, TensorData> parts) {
+    checkNotNull(parts, "parts");
+    checkArgument(!parts.isEmpty(), "fused module '%s': nothing to join", originalPath);
+    DType dtype = parts.values().iterator().next().dtype();
+    for (Map.Entry<ModuleKey, TensorData> part : parts.entrySet()) {
+      if (!keys().contains(part.getKey()) || part.getValue().numel() != moduleRows(part.getKey())) {
+        throw new LoraMergeException(
+            String.format(
+                Locale.ROOT, "module '%s' with %s values is not a part of fused weight '%s'", part.getKey(),
+                Arrays.toString(part.getValue().shape()), originalPath));
+      }
+      if (part.getValue().dtype() != dtype) {
+        dtype = DType.F64;
+      }
+    }
+    long elementBytes = dtype.byteSize();
+    ByteBuffer joined = ByteBuffer.allocate(Math.toIntExact(outFeatures() * elementBytes)).order(ByteOrder.LITTLE_ENDIAN);
+    long[] starts = fusedRows();
+    for (int i = 0; i < segments.size(); i++) {
+      Segment segment = segments.get(i);
+      TensorData part = parts.get(segment.key());
+      if (part == null) {
+        continue;
+      }
+      long from = segment.moduleRow() * elementBytes;
+      ByteBuffer source = part.to(dtype).bytes().position(Math.toIntExact(from))
+          .limit(Math.toIntExact(from + segment.rows() * elementBytes));
+      joined.position(Math.toIntExact(starts[i] * elementBytes)).put(source);
+    }
+    return TensorData.of(dtype, new long[] {outFeatures()}, joined.clear());
+  }
+
   private int singleSegment(ModuleKey key) {
     int found = -1;
     for (int i = 0; i < segments.size(); i++) {

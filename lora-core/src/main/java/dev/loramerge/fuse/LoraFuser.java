@@ -7,6 +7,7 @@ import com.google.common.collect.ImmutableList;
 import com.google.common.collect.ImmutableMap;
 import com.google.common.collect.ImmutableSortedMap;
 import com.google.errorprone.annotations.CanIgnoreReturnValue;
+import dev.loramerge.AdapterKind;
 import dev.loramerge.LoraMergeException;
 import dev.loramerge.LoraModule;
 import dev.loramerge.ModuleKey;
@@ -136,6 +137,7 @@ public final class LoraFuser {
     Map<String, ModuleKey> byWeight = new LinkedHashMap<>();
     Map<String, ModuleKey> biases = new LinkedHashMap<>();
     Map<String, FusedModule> fusedWeights = new LinkedHashMap<>();
+    Map<String, FusedModule> fusedBiases = new LinkedHashMap<>();
     for (ModuleKey key : keys) {
       Optional<String> name = BaseWeightNames.resolve(key, arch, weights.keySet());
       Optional<FusedModule> fused =
@@ -150,18 +152,28 @@ public final class LoraFuser {
         continue;
       }
       if (fused.isPresent()) {
-        Optional<LoraModule> other = updates.firstMaterialised(key);
+        Optional<LoraModule> other = merger.inputs().stream()
+            .map(input -> input.adapter().modules().get(key))
+            .filter(module -> module != null && (module.adapterKind() != AdapterKind.LORA || module.magnitude().isPresent()))
+            .findFirst();
         if (other.isPresent()) {
           throw new LoraMergeException(
               String.format(
                   Locale.ROOT,
-                  "module '%s' is a part of fused weight '%s' (%s) but is a %s; only plain LoRA parts can be fused into"
-                      + " their rows of a fused weight",
+                  "module '%s' is a part of fused weight '%s' (%s) but is a %s; only LoRA parts (with or without a bias"
+                      + " difference) can be fused into their rows of a fused weight",
                   key, fused.get().originalPath(), name.get(), other.get().kindName()));
         }
         checkFits(key, fused.get(), weights.get(name.get()));
+        if (updates.materialised(key)) {
+          updates.checkMaterialisable(key, factor);
+        }
         fusedWeights.put(name.get(), fused.get());
         matched.put(key, name.get());
+        if (updates.hasBiasDiff(key)) {
+          // The fused weight has one bias, its parts' biases stacked by the same rows.
+          fusedBiases.put(biasName(key, name.get(), weights), fused.get());
+        }
         continue;
       }
       checkFits(key, updates.firstModule(key), weights.get(name.get()));
@@ -216,7 +228,7 @@ public final class LoraFuser {
           new MergedWeightUpdate(
               updates, merger.listener(), ImmutableMap.copyOf(byWeight), ImmutableMap.copyOf(biases), factor,
               recipe(operation, factor), workers, scratch)
-              .withFused(ImmutableMap.copyOf(fusedWeights), report.matched().keySet());
+              .withFused(ImmutableMap.copyOf(fusedWeights), ImmutableMap.copyOf(fusedBiases), report.matched().keySet());
       return new FusedLora(report, target.apply(update));
     } finally {
       workers.shutdown();

@@ -45,6 +45,7 @@ final class MergedWeightUpdate implements DeviceUpdate {
   private final ForkJoinPool workers;
   private final FuseScratch scratch;
   private final ImmutableMap<String, FusedModule> fused;
+  private final ImmutableMap<String, FusedModule> fusedBiases;
   private final ImmutableSet<ModuleKey> matched;
 
   MergedWeightUpdate(
@@ -59,10 +60,13 @@ final class MergedWeightUpdate implements DeviceUpdate {
     this.factor = factor;
     this.recipe = recipe;
     this.fused = ImmutableMap.of();
+    this.fusedBiases = ImmutableMap.of();
     this.matched = ImmutableSet.of();
   }
 
-  private MergedWeightUpdate(MergedWeightUpdate update, ImmutableMap<String, FusedModule> fused, ImmutableSet<ModuleKey> matched) {
+  private MergedWeightUpdate(
+      MergedWeightUpdate update, ImmutableMap<String, FusedModule> fused, ImmutableMap<String, FusedModule> fusedBiases,
+      ImmutableSet<ModuleKey> matched) {
     this.biases = update.biases;
     this.workers = update.workers;
     this.scratch = update.scratch;
@@ -72,20 +76,23 @@ final class MergedWeightUpdate implements DeviceUpdate {
     this.factor = update.factor;
     this.recipe = update.recipe;
     this.fused = fused;
+    this.fusedBiases = fusedBiases;
     this.matched = matched;
   }
 
   /**
-   * This update, also rewriting the fused weights {@code fused} (by weight name) with the rows of
-   * those of their parts that are {@code matched}.
+   * This update, also rewriting the fused weights {@code fused} and the fused biases {@code
+   * fusedBiases} (by tensor name) with the rows of those of their parts that are {@code matched}.
    */
-  MergedWeightUpdate withFused(ImmutableMap<String, FusedModule> fused, Set<ModuleKey> matched) {
-    return new MergedWeightUpdate(this, fused, ImmutableSet.copyOf(matched));
+  MergedWeightUpdate withFused(
+      ImmutableMap<String, FusedModule> fused, ImmutableMap<String, FusedModule> fusedBiases, Set<ModuleKey> matched) {
+    return new MergedWeightUpdate(this, fused, fusedBiases, ImmutableSet.copyOf(matched));
   }
 
   @Override
   public ImmutableSet<String> names() {
-    return ImmutableSet.<String>builder().addAll(modules.keySet()).addAll(biases.keySet()).addAll(fused.keySet()).build();
+    return ImmutableSet.<String>builder()
+        .addAll(modules.keySet()).addAll(biases.keySet()).addAll(fused.keySet()).addAll(fusedBiases.keySet()).build();
   }
 
   @Override
@@ -97,6 +104,13 @@ final class MergedWeightUpdate implements DeviceUpdate {
       run(() -> DenseFusion.fuse(weight, spec.dtype(), values -> updates.fusedBiasF64(biasOf, values, factor), into, dtype, label));
       return;
     }
+    FusedModule fusedBias = fusedBiases.get(name);
+    if (fusedBias != null) {
+      String label = String.format(Locale.ROOT, "fused bias '%s' (%s)", name, fusedBias.originalPath());
+      run(() -> DenseFusion.fuse(weight, spec.dtype(), values -> byParts(fusedBias, values, 1,
+          (key, part) -> updates.hasBiasDiff(key) ? updates.fusedBiasF64(key, part, factor) : part), into, dtype, label));
+      return;
+    }
     if (materialised(spec)) {
       ModuleKey key = modules.get(name);
       String label = label(spec);
@@ -104,6 +118,13 @@ final class MergedWeightUpdate implements DeviceUpdate {
       return;
     }
     FusedModule fusedModule = fused.get(name);
+    if (fusedModule != null && fusedModule.keys().stream().anyMatch(key -> matched.contains(key) && updates.materialised(key))) {
+      // A part with a bias difference: every matched part's rows as the separate weight's are fused.
+      String label = String.format(Locale.ROOT, "fused weight '%s' (%s)", name, fusedModule.originalPath());
+      run(() -> DenseFusion.fuse(weight, spec.dtype(), values -> byParts(fusedModule, values, fusedModule.inFeatures(),
+          (key, part) -> matched.contains(key) ? updates.fusedF64(key, part, factor) : part), into, dtype, label));
+      return;
+    }
     String label;
     double[] up;
     double[] down;
@@ -153,7 +174,35 @@ final class MergedWeightUpdate implements DeviceUpdate {
 
   private boolean materialised(TensorSpec spec) {
     ModuleKey key = modules.get(spec.name());
-    return biases.containsKey(spec.name()) || (key != null && updates.materialised(key));
+    return biases.containsKey(spec.name()) || fusedBiases.containsKey(spec.name()) || (key != null && updates.materialised(key));
+  }
+
+  /**
+   * {@code values} (a fused tensor, row-major with {@code columns} per row) with each part's rows
+   * gathered from its segments, replaced by {@code fuse} of them, and put back in their place.
+   */
+  private static double[] byParts(
+      FusedModule module, double[] values, long columns, java.util.function.BiFunction<ModuleKey, double[], double[]> fuse) {
+    long[] starts = module.fusedRows();
+    for (ModuleKey key : module.keys()) {
+      double[] part = new double[Math.toIntExact(module.moduleRows(key) * columns)];
+      for (int i = 0; i < module.segments().size(); i++) {
+        FusedModule.Segment segment = module.segments().get(i);
+        if (segment.key().equals(key)) {
+          System.arraycopy(values, Math.toIntExact(starts[i] * columns), part, Math.toIntExact(segment.moduleRow() * columns),
+              Math.toIntExact(segment.rows() * columns));
+        }
+      }
+      double[] result = fuse.apply(key, part);
+      for (int i = 0; i < module.segments().size(); i++) {
+        FusedModule.Segment segment = module.segments().get(i);
+        if (segment.key().equals(key)) {
+          System.arraycopy(result, Math.toIntExact(segment.moduleRow() * columns), values, Math.toIntExact(starts[i] * columns),
+              Math.toIntExact(segment.rows() * columns));
+        }
+      }
+    }
+    return values;
   }
 
   @Override

@@ -13,6 +13,7 @@ import dev.loramerge.TensorData;
 import dev.loramerge.internal.arch.ParameterTally;
 import java.util.Arrays;
 import java.util.List;
+import java.util.Map;
 import java.util.Optional;
 import java.util.Random;
 import org.junit.jupiter.api.Nested;
@@ -188,6 +189,28 @@ class FusedModuleTest {
       assertThat(Arrays.copyOfRange(part, 0, 18)).containsExactly(Arrays.copyOfRange(fused, 18, 36));
       assertThat(Arrays.copyOfRange(part, 18, 36)).containsExactly(Arrays.copyOfRange(fused, 0, 18));
       assertThat(SWAPPED.join(parts).up()).isEqualTo(up);
+    }
+
+    @Test
+    void perRowValuesSplitAndJoinByTheSameRowsAsUpWithZerosForAMissingPart() {
+      TensorData bias = gaussian(new Random(11), DType.BF16, 12);
+      var rows = SMALL.splitRows(bias);
+      assertThat(rows.keySet()).containsExactly(key("a"), key("b"), key("c"));
+      assertThat(rows.get(key("b")).toDoubleArray()).containsExactly(Arrays.copyOfRange(bias.toDoubleArray(), 4, 7));
+      assertThat(SMALL.joinRows(rows)).isEqualTo(bias);
+      double[] withoutB = SMALL.joinRows(Map.of(key("a"), rows.get(key("a")), key("c"), rows.get(key("c")))).toDoubleArray();
+      assertThat(Arrays.copyOfRange(withoutB, 4, 7)).containsOnly(0.0);
+      assertThat(Arrays.copyOfRange(withoutB, 7, 12)).containsExactly(rows.get(key("c")).toDoubleArray());
+      // The final layer's halves swap back: diffusers' (scale, shift) from BFL's (shift, scale).
+      TensorData modulation = gaussian(new Random(12), DType.F32, 6);
+      TensorData n = SWAPPED.splitRows(modulation).get(key("n"));
+      assertThat(n.toDoubleArray()).containsExactly(
+          modulation.getDouble(3), modulation.getDouble(4), modulation.getDouble(5),
+          modulation.getDouble(0), modulation.getDouble(1), modulation.getDouble(2));
+      assertThat(SWAPPED.joinRows(Map.of(key("n"), n))).isEqualTo(modulation);
+      assertThatThrownBy(() -> SMALL.splitRows(gaussian(new Random(13), DType.F32, 11)))
+          .isInstanceOf(LoraMergeException.class)
+          .hasMessage("fused module 'double_blocks.0.img_attn.qkv': [11] holds 11 values, expected one per row (12)");
     }
 
     @Test

@@ -1,6 +1,7 @@
 package dev.loramerge.io;
 
 import dev.loramerge.Component;
+import dev.loramerge.DType;
 import dev.loramerge.DoraMagnitude;
 import dev.loramerge.LoraAdapter;
 import dev.loramerge.LoraMergeException;
@@ -42,6 +43,13 @@ final class DiffusersFormat {
       Pattern.compile("(.+)\\.processor\\.(to_q|to_k|to_v|to_out)_lora\\.(down|up)\\.weight");
 
   private DiffusersFormat() {}
+
+  /**
+   * PEFT's {@code lora_bias}: lora_B's bias, which diffusers loads for BFL's control LoRAs
+   * ({@code get_peft_kwargs} sets {@code lora_bias} when a {@code lora_B} bias is present); the
+   * module's bias difference is it times the scale.
+   */
+  static final String LORA_BIAS = ".lora_B.bias";
 
   /** Whether the tensor names look like a diffusers pipeline file. */
   static boolean matches(Iterable<String> tensorNames) {
@@ -132,6 +140,7 @@ final class DiffusersFormat {
 
   static LoraAdapter read(SafetensorsFile file, String adapterName, LoraReadOptions options) throws IOException {
     FormatParts parts = new FormatParts(file.path().getFileName().toString());
+    Map<String, TensorData> loraBiases = new LinkedHashMap<>();
     for (TensorSpec spec : file.tensors()) {
       String name = spec.name();
       Optional<String[]> factor = factor(name);
@@ -144,6 +153,10 @@ final class DiffusersFormat {
         }
       } else if (component(name).isPresent() && name.endsWith(LycorisParts.MAGNITUDE)) {
         parts.module(name.substring(0, name.length() - LycorisParts.MAGNITUDE.length())).magnitudeVector = file.tensor(name);
+      } else if (component(name).isPresent() && name.endsWith(LORA_BIAS)) {
+        String module = name.substring(0, name.length() - LORA_BIAS.length());
+        parts.module(module);
+        loraBiases.put(module, file.tensor(name));
       } else if (component(name).isPresent() && name.endsWith(".alpha")) {
         parts.module(name.substring(0, name.length() - ".alpha".length())).alpha =
             OptionalDouble.of(FormatParts.alphaValue(parts.fileName(), name, file.tensor(name)));
@@ -163,6 +176,9 @@ final class DiffusersFormat {
               : config.alphaOf(path).orElse(module.down.dim(0));
       ScaleRule rule = config.rsLora ? ScaleRule.RSLORA : ScaleRule.STANDARD;
       LoraModule read = LoraModule.of(ModuleKey.of(component, path), module.down, module.up, alpha, rule);
+      if (loraBiases.containsKey(module.name)) {
+        read = read.withBiasDiff(FormatParts.loraBiasDifference(loraBiases.get(module.name), read.scale()));
+      }
       adapter.add(module.magnitudeVector == null ? read : read.withMagnitude(DoraMagnitude.peft(module.magnitudeVector)));
     }
     file.metadata().forEach((key, value) -> {
@@ -171,6 +187,32 @@ final class DiffusersFormat {
       }
     });
     return adapter.build();
+  }
+
+  /**
+   * The {@code lora_B.bias} whose scaled value is the module's bias difference: the difference
+   * itself at scale 1, else divided by the scale in float64 where that is exact.
+   *
+   * @throws LoraMergeException when a value divided by the scale does not give it back exactly
+   */
+  static TensorData loraBias(LoraModule module) {
+    TensorData difference = module.biasDiff().orElseThrow();
+    double scale = module.scale();
+    if (scale == 1) {
+      return difference;
+    }
+    double[] values = difference.toDoubleArray();
+    for (int i = 0; i < values.length; i++) {
+      double divided = values[i] / scale;
+      if (divided * scale != values[i]) {
+        throw new LoraMergeException(
+            String.format(
+                "module '%s': its bias difference divided by the scale %s is not exact, so lora_B.bias cannot hold it;"
+                    + " write it in the kohya layout", module.key(), scale));
+      }
+      values[i] = divided;
+    }
+    return TensorData.ofDoubles(values, DType.F64, difference.shape());
   }
 
   /**
@@ -202,9 +244,10 @@ final class DiffusersFormat {
       Map<String, Object> alphaPattern = new LinkedHashMap<>();
       List<Object> targets = new ArrayList<>();
       boolean dora = false;
+      boolean loraBias = false;
       for (int i = 0; i < modules.size(); i++) {
         LoraModule module = modules.get(i);
-        LycorisParts.checkLoraLayout(module, "diffusers", true);
+        LycorisParts.checkLoraLayout(module, "diffusers", true, true);
         String path = module.key().path();
         targets.add(path);
         if (module.rank() != rank) {
@@ -219,6 +262,10 @@ final class DiffusersFormat {
           tensors.put(prefix + "." + path + LycorisParts.MAGNITUDE, module.magnitude().get().values());
           dora = true;
         }
+        if (module.biasDiff().isPresent()) {
+          tensors.put(prefix + "." + path + LORA_BIAS, loraBias(module));
+          loraBias = true;
+        }
       }
       if (dora && modules.stream().anyMatch(module -> module.magnitude().isEmpty())) {
         throw new LoraMergeException(
@@ -228,6 +275,9 @@ final class DiffusersFormat {
       }
       if (dora) {
         config.put(prefix + ".use_dora", Boolean.TRUE);
+      }
+      if (loraBias) {
+        config.put(prefix + ".lora_bias", Boolean.TRUE);
       }
       config.put(prefix + ".alpha_pattern", alphaPattern);
       config.put(prefix + ".lora_alpha", alpha);

@@ -50,6 +50,7 @@ final class FormatParts {
   private final String fileName;
   private final Map<String, Module> modules = new LinkedHashMap<>();
   private final List<String> unsupported = new ArrayList<>();
+  private final Map<String, List<String>> refused = new LinkedHashMap<>();
 
   FormatParts(String fileName) {
     this.fileName = fileName;
@@ -65,6 +66,14 @@ final class FormatParts {
 
   void unsupported(String tensorName) {
     unsupported.add(tensorName);
+  }
+
+  /**
+   * A tensor that is recognised but cannot be read, for {@code reason} ("are norm scales that …"),
+   * reported apart from the unknown keys and, like them, dropped only when the caller allows it.
+   */
+  void unsupported(String tensorName, String reason) {
+    refused.computeIfAbsent(reason, r -> new ArrayList<>()).add(tensorName);
   }
 
   /**
@@ -84,21 +93,27 @@ final class FormatParts {
                 module.down == null ? "down" : "up"));
       }
     }
-    if (!unsupported.isEmpty()) {
-      String message =
-          String.format(
-              Locale.ROOT,
-              "%s: %d tensor%s cannot be read as the tensors of a LoRA, LoCon, LoHa, LoKr, DoRA or"
-                  + " full difference (unknown keys): %s",
-              fileName,
-              unsupported.size(),
-              unsupported.size() == 1 ? "" : "s",
-              quoteFirst(unsupported));
+    if (!unsupported.isEmpty() || !refused.isEmpty()) {
+      List<String> reasons = new ArrayList<>();
+      if (!unsupported.isEmpty()) {
+        reasons.add(
+            String.format(
+                Locale.ROOT,
+                "%d tensor%s cannot be read as the tensors of a LoRA, LoCon, LoHa, LoKr, DoRA or"
+                    + " full difference (unknown keys): %s",
+                unsupported.size(),
+                unsupported.size() == 1 ? "" : "s",
+                quoteFirst(unsupported)));
+      }
+      refused.forEach((reason, tensors) -> reasons.add(quoteFirst(tensors) + " " + reason));
+      String message = fileName + ": " + String.join("; ", reasons);
       if (!skipUnsupported) {
         throw new LoraMergeException(message + "; skipUnsupported(true) drops them");
       }
       Set<String> dropped = new TreeSet<>();
-      for (String tensor : unsupported) {
+      List<String> droppedTensors = new ArrayList<>(unsupported);
+      refused.values().forEach(droppedTensors::addAll);
+      for (String tensor : droppedTensors) {
         String module = moduleOf(tensor);
         if (!modules.containsKey(module)) {
           dropped.add(module);
@@ -148,6 +163,22 @@ final class FormatParts {
       text.append(String.format(Locale.ROOT, " and %d more", names.size() - NAMES_IN_MESSAGE));
     }
     return text.toString();
+  }
+
+  /**
+   * The bias difference PEFT's {@code lora_B.bias} makes: the bias times the module's scale
+   * (PEFT's forward scales {@code lora_B(lora_A(x))}, bias included), as it is where the scale is
+   * 1, else in float64.
+   */
+  static TensorData loraBiasDifference(TensorData loraBias, double scale) {
+    if (scale == 1) {
+      return loraBias;
+    }
+    double[] values = loraBias.toDoubleArray();
+    for (int i = 0; i < values.length; i++) {
+      values[i] *= scale;
+    }
+    return TensorData.ofDoubles(values, dev.loramerge.DType.F64, loraBias.shape());
   }
 
   /** Reads a 0-d or 1-element alpha tensor. */

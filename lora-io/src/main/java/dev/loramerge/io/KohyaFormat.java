@@ -86,13 +86,14 @@ final class KohyaFormat {
       built.put(module.name, read);
       Optional<FusedModule> fusedModule = KohyaNames.resolveFused(module.name, options);
       if (fusedModule.isPresent()) {
-        if (read.adapterKind() != AdapterKind.LORA || !read.isPlainLora()) {
+        if (read.adapterKind() != AdapterKind.LORA || read.magnitude().isPresent()) {
           throw new LoraMergeException(
               String.format(
                   Locale.ROOT,
-                  "%s: module '%s' updates fused weight '%s' as a %s%s; only a plain LoRA can be split into the fused weight's parts",
+                  "%s: module '%s' updates fused weight '%s' as a %s%s; only a LoRA (with or without a bias difference)"
+                      + " can be split into the fused weight's parts",
                   parts.fileName(), module.name, fusedModule.get().originalPath(), read.adapterKind().displayName(),
-                  read.magnitude().isPresent() ? " with a DoRA magnitude" : read.biasDiff().isPresent() ? " with a bias difference" : ""));
+                  read.magnitude().isPresent() ? " with a DoRA magnitude" : ""));
         }
         fused.put(module.name, fusedModule.get());
       } else {
@@ -106,7 +107,11 @@ final class KohyaFormat {
         // A LoRA on a fused weight (Flux's img_attn.qkv, linear1) is its parts with A shared:
         // exact, and written back joined (KohyaNames.names).
         double alpha = module.alpha.orElse(module.down.dim(0));
-        fused.get(module.name).split(module.down, module.up, alpha, ScaleRule.STANDARD).forEach(adapter::add);
+        FusedModule fusedModule = fused.get(module.name);
+        Map<ModuleKey, TensorData> biasRows = module.biasDiff == null ? Map.of() : fusedModule.splitRows(module.biasDiff);
+        for (LoraModule part : fusedModule.split(module.down, module.up, alpha, ScaleRule.STANDARD)) {
+          adapter.add(biasRows.containsKey(part.key()) ? part.withBiasDiff(biasRows.get(part.key())) : part);
+        }
       } else {
         adapter.add(built.get(module.name).withKey(keys.get(module.name)));
       }
@@ -127,13 +132,14 @@ final class KohyaFormat {
     for (LoraModule module : adapter.modules().values()) {
       Optional<FusedModule> fused = architecture.flatMap(arch -> arch.fusedModule(module.key()));
       if (fused.isPresent()) {
-        if (module.adapterKind() != AdapterKind.LORA || !module.isPlainLora()) {
+        if (module.adapterKind() != AdapterKind.LORA || module.magnitude().isPresent()) {
           throw new LoraMergeException(
               String.format(
                   Locale.ROOT,
-                  "module '%s' is a part of fused weight '%s' and is a %s%s; kohya names only the fused weight, and only plain LoRA parts can be joined into it",
+                  "module '%s' is a part of fused weight '%s' and is a %s%s; kohya names only the fused weight, and only"
+                      + " LoRA parts (with or without a bias difference) can be joined into it",
                   module.key(), fused.get().originalPath(), module.adapterKind().displayName(),
-                  module.magnitude().isPresent() ? " with a DoRA magnitude" : module.biasDiff().isPresent() ? " with a bias difference" : ""));
+                  module.magnitude().isPresent() ? " with a DoRA magnitude" : ""));
         }
         fusedParts.computeIfAbsent(fused.get(), f -> new ArrayList<>()).add(module);
         continue;
@@ -159,6 +165,12 @@ final class KohyaFormat {
       tensors.put(name + ALPHA, scalar(alpha));
       tensors.put(name + DOWN, joined.down());
       tensors.put(name + UP, joined.up());
+      // The parts' bias differences join by rows into the fused weight's, as LyCORIS's diff_b.
+      Map<ModuleKey, TensorData> biases = new LinkedHashMap<>();
+      entry.getValue().forEach(part -> part.biasDiff().ifPresent(bias -> biases.put(part.key(), bias)));
+      if (!biases.isEmpty()) {
+        tensors.put(name + LycorisParts.DIFF_B, entry.getKey().joinRows(biases));
+      }
     }
     Map<String, String> metadata = new LinkedHashMap<>(adapter.metadata());
     metadata.remove(DiffusersFormat.METADATA_KEY);

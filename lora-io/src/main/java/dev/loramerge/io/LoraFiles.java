@@ -14,7 +14,7 @@ import java.util.stream.Collectors;
 
 /**
  * Reads and writes LoRA adapters in PEFT, kohya and diffusers form, detecting the format of what
- * it reads.
+ * it reads; also reads Flux.1 LoRAs in XLabs', ComfyUI's and BFL's layouts.
  *
  * <pre>{@code
  * LoraAdapter style = LoraFiles.read(Path.of("style.safetensors"));       // kohya file
@@ -39,8 +39,8 @@ public final class LoraFiles {
 
   /**
    * Reads the adapter at {@code path}: a PEFT folder (or its {@code adapter_model.safetensors}),
-   * a kohya file, or a diffusers file (or a folder holding {@code
-   * pytorch_lora_weights.safetensors}).
+   * a kohya file, a diffusers file (or a folder holding {@code
+   * pytorch_lora_weights.safetensors}), or a Flux.1 file in XLabs', ComfyUI's or BFL's layout.
    *
    * @throws SafetensorsFormatException when the bytes are not a valid safetensors file
    * @throws IOException when the file cannot be read or is no LoRA adapter this library knows
@@ -56,9 +56,14 @@ public final class LoraFiles {
       return PeftFormat.read(path, name, options);
     }
     try (SafetensorsFile file = SafetensorsFile.open(weightsFile(path))) {
-      return format == LoraFormat.KOHYA
-          ? KohyaFormat.read(file, name, options)
-          : DiffusersFormat.read(file, name, options);
+      switch (format) {
+        case KOHYA:
+          return KohyaFormat.read(file, name, options);
+        case DIFFUSERS:
+          return DiffusersFormat.read(file, name, options);
+        default:
+          return FluxOriginalFormat.read(file, name, options, format);
+      }
     }
   }
 
@@ -84,6 +89,10 @@ public final class LoraFiles {
       if (DiffusersFormat.matches(names)) {
         return LoraFormat.DIFFUSERS;
       }
+      Optional<LoraFormat> original = FluxOriginalFormat.detect(names);
+      if (original.isPresent()) {
+        return original.get();
+      }
       Optional<String> recognised = KnownLayouts.describe(names);
       if (recognised.isPresent()) {
         throw new IOException(weights.getFileName() + ": " + recognised.get());
@@ -99,6 +108,8 @@ public final class LoraFiles {
   /**
    * Writes {@code adapter} to {@code target} in {@code format}: a folder for {@link
    * LoraFormat#PEFT}, a {@code .safetensors} file otherwise. The adapter's metadata is kept.
+   *
+   * @throws IllegalArgumentException for a format that is only read ({@link LoraFormat#writable()})
    */
   public static void write(LoraAdapter adapter, Path target, LoraFormat format) throws IOException {
     checkNotNull(adapter, "adapter");
@@ -115,7 +126,8 @@ public final class LoraFiles {
         DiffusersFormat.write(adapter, target);
         break;
       default:
-        throw new AssertionError(format);
+        throw new IllegalArgumentException(
+            "the " + format.cliName() + " layout is read, not written; write peft, kohya or diffusers");
     }
   }
 

@@ -3,7 +3,7 @@ package dev.loramerge.io;
 import java.util.Locale;
 import java.util.Optional;
 
-/** The on-disk layouts of a LoRA adapter this library reads and writes. */
+/** The on-disk layouts of a LoRA adapter this library reads, and writes where {@link #writable()}. */
 public enum LoraFormat {
   /**
    * A PEFT folder: {@code adapter_config.json} (r, lora_alpha, rank_pattern, alpha_pattern,
@@ -24,17 +24,43 @@ public enum LoraFormat {
   /**
    * A diffusers pipeline file ({@code pytorch_lora_weights.safetensors}): keys prefixed
    * {@code unet.}, {@code transformer.}, {@code text_encoder.}, {@code text_encoder_2.} with {@code lora_A}/{@code
-   * lora_B} (or {@code lora.down}/{@code lora.up}, or the older attention-processor names), and
-   * alphas in the {@code lora_adapter_metadata} JSON of the header.
+   * lora_B} (or {@code lora.down}/{@code lora.up}, or the older attention-processor names),
+   * alphas in the {@code lora_adapter_metadata} JSON of the header, and PEFT's {@code
+   * lora_B.bias} for a bias difference.
    */
-  DIFFUSERS;
+  DIFFUSERS,
+  /**
+   * Read only: a Flux.1 LoRA of XLabs' x-flux trainer: {@code double_blocks.N.processor.qkv_lora1}
+   * (image q, k, v), {@code qkv_lora2} (text), {@code proj_lora1}, {@code proj_lora2}, and {@code
+   * single_blocks.N.processor.qkv_lora} / {@code proj_lora}, each with {@code .down.weight} and
+   * {@code .up.weight}; no alphas (scale 1).
+   */
+  XLABS,
+  /**
+   * Read only: a Flux.1 LoRA in ComfyUI's keys, BFL's original module names under {@code
+   * diffusion_model.} or {@code model.diffusion_model.}, with {@code .lora_down.weight}/{@code
+   * .lora_up.weight}/{@code .alpha} or {@code .lora_A.weight}/{@code .lora_B.weight}, full
+   * differences {@code .diff}, bias differences {@code .diff_b} and the LyCORIS kinds' tensors.
+   */
+  COMFYUI,
+  /**
+   * Read only: a Flux.1 LoRA in BFL's original module names without a prefix, as BFL's control
+   * LoRAs (FLUX.1-Canny-dev-lora, FLUX.1-Depth-dev-lora) are written: {@code lora_A}/{@code
+   * lora_B} weights and {@code lora_B.bias}, a bias difference.
+   */
+  BFL;
 
   /** The lower-case name used on the command line. */
   public String cliName() {
     return name().toLowerCase(Locale.ROOT);
   }
 
-  /** The format named {@code name} on the command line ({@code peft}, {@code kohya}, {@code diffusers}). */
+  /** Whether adapters can be written in this format ({@link #PEFT}, {@link #KOHYA}, {@link #DIFFUSERS}). */
+  public boolean writable() {
+    return this == PEFT || this == KOHYA || this == DIFFUSERS;
+  }
+
+  /** The format named {@code name} on the command line ({@code peft}, {@code kohya}, {@code diffusers}, {@code xlabs}, …). */
   public static Optional<LoraFormat> fromCliName(String name) {
     for (LoraFormat format : values()) {
       if (format.cliName().equals(name.toLowerCase(Locale.ROOT))) {

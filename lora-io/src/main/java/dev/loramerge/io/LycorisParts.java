@@ -45,6 +45,14 @@ final class LycorisParts {
     return SUFFIXES.containsKey(suffix) || suffix.equals(DIFF_B) || suffix.equals(DORA_SCALE);
   }
 
+  /** Every {@linkplain #isKindSuffix kind's suffix}, for layouts whose module names hold dots. */
+  static List<String> kindSuffixes() {
+    List<String> suffixes = new java.util.ArrayList<>(SUFFIXES.keySet());
+    suffixes.add(DIFF_B);
+    suffixes.add(DORA_SCALE);
+    return suffixes;
+  }
+
   /** Files {@code tensor}, whose name ends in a {@linkplain #isKindSuffix kind's suffix}, under {@code module}. */
   static void collect(FormatParts.Module module, String suffix, TensorData tensor) {
     String part = SUFFIXES.get(suffix);
@@ -188,13 +196,15 @@ final class LycorisParts {
    * is written as its exact factors (the down factor in float64, the core contracted with
    * {@code lora_down}).
    *
-   * @throws LoraMergeException for a kind without LoRA factors, a bias difference, or a DoRA
+   * @throws LoraMergeException for a kind without LoRA factors, a bias difference (unless {@code
+   *     loraBiasAllowed} and the module is a LoRA: PEFT's {@code lora_B.bias}), or a DoRA
    *     magnitude other than PEFT's
    */
-  static void checkLoraLayout(LoraModule module, String layout, boolean peftMagnitudeAllowed) {
+  static void checkLoraLayout(LoraModule module, String layout, boolean peftMagnitudeAllowed, boolean loraBiasAllowed) {
     boolean magnitudeOk = module.magnitude().isEmpty()
         || (peftMagnitudeAllowed && module.magnitude().get().perOutput() && module.magnitude().get().epsilon() == 0);
-    if (!module.adapterKind().factored() || module.biasDiff().isPresent() || !magnitudeOk) {
+    boolean biasOk = module.biasDiff().isEmpty() || (loraBiasAllowed && module.adapterKind() == AdapterKind.LORA);
+    if (!module.adapterKind().factored() || !biasOk || !magnitudeOk) {
       throw new LoraMergeException(
           String.format(
               Locale.ROOT,

@@ -107,6 +107,7 @@ final class PeftFormat {
     }
     try (SafetensorsFile file = SafetensorsFile.open(weights)) {
       FormatParts parts = new FormatParts(weights.getParent().getFileName() + "/" + WEIGHTS);
+      Map<String, TensorData> loraBiases = new LinkedHashMap<>();
       for (TensorSpec spec : file.tensors()) {
         String name = spec.name();
         if (name.startsWith(PREFIX) && name.endsWith(DOWN)) {
@@ -115,6 +116,10 @@ final class PeftFormat {
           parts.module(middle(name, PREFIX, UP)).up = file.tensor(name);
         } else if (name.startsWith(PREFIX) && name.endsWith(LycorisParts.MAGNITUDE)) {
           parts.module(middle(name, PREFIX, LycorisParts.MAGNITUDE)).magnitudeVector = file.tensor(name);
+        } else if (name.startsWith(PREFIX) && name.endsWith(DiffusersFormat.LORA_BIAS)) {
+          String module = middle(name, PREFIX, DiffusersFormat.LORA_BIAS);
+          parts.module(module);
+          loraBiases.put(module, file.tensor(name));
         } else {
           parts.unsupported(name);
         }
@@ -128,6 +133,9 @@ final class PeftFormat {
                 : isTransformerPath(module.name) ? Component.TRANSFORMER : Component.UNET;
         ModuleKey key = ModuleKey.of(component, module.name);
         LoraModule read = LoraModule.of(key, module.down, module.up, config.alphaOf(module.name), rule);
+        if (loraBiases.containsKey(module.name)) {
+          read = read.withBiasDiff(FormatParts.loraBiasDifference(loraBiases.get(module.name), read.scale()));
+        }
         adapter.add(module.magnitudeVector == null ? read : read.withMagnitude(DoraMagnitude.peft(module.magnitudeVector)));
       }
       adapter.putAllMetadata(file.metadata());
@@ -172,8 +180,9 @@ final class PeftFormat {
     List<Object> targets = new ArrayList<>();
     Map<String, TensorData> tensors = new LinkedHashMap<>();
     boolean dora = false;
+    boolean loraBias = false;
     for (LoraModule module : adapter.modules().values()) {
-      LycorisParts.checkLoraLayout(module, "PEFT", true);
+      LycorisParts.checkLoraLayout(module, "PEFT", true, true);
       String path = module.key().path();
       targets.add(path);
       if (module.rank() != rank) {
@@ -187,6 +196,10 @@ final class PeftFormat {
       if (module.magnitude().isPresent()) {
         tensors.put(PREFIX + path + LycorisParts.MAGNITUDE, module.magnitude().get().values());
         dora = true;
+      }
+      if (module.biasDiff().isPresent()) {
+        tensors.put(PREFIX + path + DiffusersFormat.LORA_BIAS, DiffusersFormat.loraBias(module));
+        loraBias = true;
       }
     }
     if (dora && adapter.modules().values().stream().anyMatch(module -> module.magnitude().isEmpty())) {
@@ -212,6 +225,10 @@ final class PeftFormat {
     config.put("task_type", null);
     config.put("use_dora", dora);
     config.put("use_rslora", rule == ScaleRule.RSLORA);
+    if (loraBias) {
+      // PEFT's lora_bias: lora_B has a bias, added times the scale.
+      config.put("lora_bias", Boolean.TRUE);
+    }
 
     Map<String, String> metadata = new LinkedHashMap<>();
     metadata.put("format", "pt");

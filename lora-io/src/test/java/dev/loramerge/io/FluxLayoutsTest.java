@@ -307,7 +307,7 @@ class FluxLayoutsTest {
         .isInstanceOf(LoraMergeException.class)
         .hasMessageContaining(name)
         .hasMessageContaining("LoHa")
-        .hasMessageContaining("plain LoRA");
+        .hasMessageContaining("can be split into the fused weight's parts");
   }
 
   @Test
@@ -386,21 +386,9 @@ class FluxLayoutsTest {
   }
 
   @Test
-  void recognisedButUnsupportedLayoutsSayWhatTheyAre() throws IOException {
+  void sd3OriginalNamesSayWhatTheyAre() throws IOException {
+    // XLabs, ComfyUI and BFL Flux files are read: FluxOriginalFormatTest.
     Random random = new Random(12);
-    Path xlabs = folder.resolve("xlabs.safetensors");
-    Safetensors.write(xlabs, ImmutableMap.of(
-        "double_blocks.0.processor.qkv_lora1.down.weight", gaussian(random, DType.BF16, 16, INNER),
-        "double_blocks.0.processor.qkv_lora1.up.weight", gaussian(random, DType.BF16, 3 * INNER, 16)), ImmutableMap.of());
-    org.assertj.core.api.Assertions.assertThatThrownBy(() -> LoraFiles.read(xlabs))
-        .isInstanceOf(IOException.class)
-        .hasMessageStartingWith("xlabs.safetensors: a Flux.1 LoRA in XLabs layout");
-    Path comfy = folder.resolve("comfy.safetensors");
-    Safetensors.write(comfy, ImmutableMap.of(
-        "diffusion_model.double_blocks.0.img_attn.proj.lora_down.weight", gaussian(random, DType.BF16, 4, INNER),
-        "diffusion_model.double_blocks.0.img_attn.proj.lora_up.weight", gaussian(random, DType.BF16, INNER, 4)), ImmutableMap.of());
-    org.assertj.core.api.Assertions.assertThatThrownBy(() -> LoraFiles.read(comfy))
-        .hasMessageStartingWith("comfy.safetensors: a Flux.1 LoRA in ComfyUI layout");
     Path sd3 = folder.resolve("sd3.safetensors");
     Safetensors.write(sd3, ImmutableMap.of(
         "diffusion_model.joint_blocks.0.x_block.attn.qkv.lora_down.weight", gaussian(random, DType.BF16, 4, 1536),

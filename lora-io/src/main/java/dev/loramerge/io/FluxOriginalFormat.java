@@ -1,0 +1,335 @@
+package dev.loramerge.io;
+
+import com.google.common.base.Supplier;
+import com.google.common.base.Suppliers;
+import com.google.common.collect.ImmutableList;
+import com.google.common.collect.ImmutableMap;
+import dev.loramerge.AdapterKind;
+import dev.loramerge.Component;
+import dev.loramerge.LoraAdapter;
+import dev.loramerge.LoraMergeException;
+import dev.loramerge.LoraModule;
+import dev.loramerge.ModuleKey;
+import dev.loramerge.ScaleRule;
+import dev.loramerge.TensorData;
+import dev.loramerge.TensorSpec;
+import dev.loramerge.arch.Architecture;
+import dev.loramerge.arch.FusedModule;
+import dev.loramerge.arch.ModuleSpec;
+import java.util.Arrays;
+import java.util.Comparator;
+import java.util.HashMap;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Locale;
+import java.util.Map;
+import java.util.Optional;
+import java.util.OptionalDouble;
+import java.util.regex.Matcher;
+import java.util.regex.Pattern;
+
+/**
+ * Reads Flux.1 LoRAs whose modules are named after Black Forest Labs' original checkpoint ({@code
+ * double_blocks.N.img_attn.qkv}, {@code single_blocks.N.linear1}, {@code img_in}, …): the {@link
+ * LoraFormat#XLABS}, {@link LoraFormat#COMFYUI} and {@link LoraFormat#BFL} layouts.
+ *
+ * <p>Names are resolved by the original paths of {@link Architecture#flux()}'s modules and fused
+ * weights, never by guessing; a LoRA on a fused weight is read as its diffusers parts by {@link
+ * FusedModule#split} (exact, A shared), as the kohya layout is. Biases a LoRA carries ({@code
+ * lora_B.bias}, {@code .diff_b}) are bias differences, split by rows the same way. What a LoRA
+ * module cannot hold is refused by name, never dropped unless the caller allows it: the norm
+ * scales of BFL's control LoRAs, which replace the base's, and an input layer whose factors are
+ * wider than the base's weight.
+ */
+final class FluxOriginalFormat {
+  /**
+   * XLabs' x-flux processors, read as diffusers' {@code _convert_xlabs_flux_lora_to_diffusers}
+   * does: {@code qkv_lora1}/{@code proj_lora1} are the image stream's {@code img_attn.qkv}/{@code
+   * .proj}, {@code qkv_lora2}/{@code proj_lora2} the text stream's, a single block's {@code
+   * qkv_lora} is the q, k, v rows of {@code linear1} and its {@code proj_lora} is {@code linear2}.
+   */
+  private static final Pattern XLABS =
+      Pattern.compile("(?:diffusion_model\\.)?((double|single)_blocks\\.\\d+)\\.processor\\.(qkv|proj)_lora(\\d?)\\.(down|up)\\.weight");
+
+  /** ComfyUI's prefixes before an original name (single-file checkpoints, and its own LoRA keys). */
+  private static final Pattern PREFIX = Pattern.compile("(model\\.diffusion_model\\.|diffusion_model\\.)(.+)");
+
+  private static final Pattern TOP_LEVEL =
+      Pattern.compile("(double_blocks|single_blocks|img_in|txt_in|time_in|vector_in|guidance_in|final_layer)\\..+");
+
+  /**
+   * CLIP-L's modules in ComfyUI's keys ({@code comfy_extras/nodes_lora_extract.py} saves a text
+   * encoder's LoRA under {@code text_encoders.} plus the CLIP model's own state-dict names).
+   */
+  private static final String CLIP_L = "text_encoders.clip_l.transformer.";
+
+  /** The RMS norms' scales of the attentions (diffusers' {@code norm_q}, {@code norm_k}, {@code norm_added_q/k}). */
+  private static final Pattern NORM_SCALE =
+      Pattern.compile("(double_blocks\\.\\d+\\.(img|txt)_attn|single_blocks\\.\\d+)\\.norm\\.(query|key)_norm\\.scale");
+
+  private static final String NORM_REASON =
+      "are norm scales that replace the base's (BFL's control LoRAs; diffusers loads them in place of the"
+          + " transformer's norm weights), not differences, which this library cannot fuse";
+
+  private static final String DOWN = "down";
+  private static final String UP = "up";
+  private static final String ALPHA = "alpha";
+  private static final String LORA_BIAS = "lora bias";
+
+  /** The suffixes of an original name's tensors with what each is; longest first. */
+  private static final ImmutableList<Map.Entry<String, String>> SUFFIXES;
+
+  static {
+    Map<String, String> suffixes = new LinkedHashMap<>();
+    suffixes.put(".lora_down.weight", DOWN);
+    suffixes.put(".lora_A.weight", DOWN);
+    suffixes.put(".lora_up.weight", UP);
+    suffixes.put(".lora_B.weight", UP);
+    suffixes.put(".alpha", ALPHA);
+    // PEFT's lora_bias: lora_B is a Linear with a bias, which the LoRA adds scaled like B·A.
+    suffixes.put(".lora_B.bias", LORA_BIAS);
+    for (String suffix : LycorisParts.kindSuffixes()) {
+      suffixes.put(suffix, suffix);
+    }
+    SUFFIXES = suffixes.entrySet().stream()
+        .sorted(Comparator.comparingInt((Map.Entry<String, String> entry) -> entry.getKey().length()).reversed())
+        .collect(ImmutableList.toImmutableList());
+  }
+
+  /** What an original path names: a module of the architecture, or a fused weight of its parts. */
+  private record Target(Optional<ModuleSpec> module, Optional<FusedModule> fused) {}
+
+  /** One tensor's place: the module as the file names it, what it updates, and what the tensor is. */
+  private record Parsed(String moduleName, Target target, String role) {}
+
+  private static final Supplier<Map<String, Target>> ORIGINAL_PATHS = Suppliers.memoize(FluxOriginalFormat::originalPaths);
+
+  private FluxOriginalFormat() {}
+
+  private static Map<String, Target> originalPaths() {
+    Architecture flux = Architecture.flux();
+    Map<String, Target> paths = new HashMap<>();
+    for (ModuleSpec spec : flux.modules().values()) {
+      spec.originalPath().ifPresent(path -> paths.put(path, new Target(Optional.of(spec), Optional.empty())));
+    }
+    flux.fusedModules().forEach((path, fused) -> paths.put(path, new Target(Optional.empty(), Optional.of(fused))));
+    return ImmutableMap.copyOf(paths);
+  }
+
+  /** The layout of a file with these tensor names, if it is one of these. */
+  static Optional<LoraFormat> detect(List<String> names) {
+    if (names.stream().anyMatch(name -> XLABS.matcher(name).matches())) {
+      return Optional.of(LoraFormat.XLABS);
+    }
+    boolean prefixed = false;
+    boolean bare = false;
+    for (String name : names) {
+      Matcher prefix = PREFIX.matcher(name);
+      String path = prefix.matches() ? prefix.group(2) : name;
+      // A LoRA tensor, not only norm scales: a base checkpoint in BFL's names is no LoRA.
+      if (TOP_LEVEL.matcher(path).matches() && SUFFIXES.stream().anyMatch(suffix -> path.endsWith(suffix.getKey()))) {
+        prefixed |= prefix.matches();
+        bare |= !prefix.matches();
+      }
+    }
+    return prefixed ? Optional.of(LoraFormat.COMFYUI) : bare ? Optional.of(LoraFormat.BFL) : Optional.empty();
+  }
+
+  static LoraAdapter read(SafetensorsFile file, String adapterName, LoraReadOptions options, LoraFormat layout) {
+    String fileName = file.path().getFileName().toString();
+    Architecture flux = Architecture.flux();
+    if (options.architecture().isPresent() && options.architecture().get() != flux) {
+      throw new LoraMergeException(
+          String.format(
+              Locale.ROOT, "%s: a Flux.1 LoRA in %s layout, but the architecture given is %s", fileName,
+              layout.cliName(), options.architecture().get().displayName()));
+    }
+    Map<String, String> widened = widenedInputs(file, layout);
+    FormatParts parts = new FormatParts(fileName);
+    Map<String, Target> targets = new HashMap<>();
+    Map<String, TensorData> loraBiases = new HashMap<>();
+    for (TensorSpec spec : file.tensors()) {
+      String name = spec.name();
+      Optional<Parsed> parsed = layout == LoraFormat.XLABS ? parseXlabs(name) : parseOriginal(name);
+      if (parsed.isEmpty()) {
+        Matcher prefix = PREFIX.matcher(name);
+        if (layout != LoraFormat.XLABS && NORM_SCALE.matcher(prefix.matches() ? prefix.group(2) : name).matches()) {
+          parts.unsupported(name, NORM_REASON);
+        } else {
+          parts.unsupported(name);
+        }
+        continue;
+      }
+      String module = parsed.get().moduleName();
+      if (widened.containsKey(module)) {
+        parts.unsupported(name, widened.get(module));
+        continue;
+      }
+      targets.put(module, parsed.get().target());
+      String role = parsed.get().role();
+      switch (role) {
+        case DOWN:
+          parts.module(module).down = file.tensor(name);
+          break;
+        case UP:
+          parts.module(module).up = file.tensor(name);
+          break;
+        case ALPHA:
+          parts.module(module).alpha = OptionalDouble.of(FormatParts.alphaValue(fileName, name, file.tensor(name)));
+          break;
+        case LORA_BIAS:
+          parts.module(module);
+          loraBiases.put(module, file.tensor(name));
+          break;
+        default:
+          LycorisParts.collect(parts.module(module), role, file.tensor(name));
+      }
+    }
+    LoraAdapter.Builder adapter = LoraAdapter.builder().name(adapterName);
+    for (FormatParts.Module module : parts.complete(options.skipUnsupported())) {
+      Target target = targets.get(module.name);
+      TensorData diffB = module.biasDiff;
+      module.biasDiff = null;
+      if (target.fused().isPresent()) {
+        FusedModule fused = target.fused().get();
+        LoraModule read = LycorisParts.build(
+            fileName, module, ModuleKey.of(Component.TRANSFORMER, module.name), module.name, Optional.of(flux));
+        if (read.adapterKind() != AdapterKind.LORA || read.magnitude().isPresent()) {
+          throw new LoraMergeException(
+              String.format(
+                  Locale.ROOT,
+                  "%s: module '%s' updates fused weight '%s' as a %s; only a LoRA (with or without a bias difference)"
+                      + " can be split into the fused weight's parts",
+                  fileName, module.name, fused.originalPath(), read.kindName()));
+        }
+        Optional<TensorData> bias = biasDifference(fileName, module.name, read.scale(), diffB, loraBiases.get(module.name));
+        ImmutableList<LoraModule> split;
+        ImmutableMap<ModuleKey, TensorData> biasRows;
+        try {
+          split = fused.split(read.down(), read.up(), read.alpha(), ScaleRule.STANDARD);
+          biasRows = bias.isPresent() ? fused.splitRows(bias.get()) : ImmutableMap.of();
+        } catch (LoraMergeException e) {
+          throw new LoraMergeException(String.format(Locale.ROOT, "%s: module '%s': %s", fileName, module.name, e.getMessage()), e);
+        }
+        for (LoraModule part : split) {
+          adapter.add(biasRows.containsKey(part.key()) ? part.withBiasDiff(biasRows.get(part.key())) : part);
+        }
+        continue;
+      }
+      ModuleSpec spec = target.module().orElseThrow();
+      LoraModule read = LycorisParts.build(fileName, module, spec.key(), module.name, Optional.of(flux));
+      if (!Arrays.equals(read.weightShape(), spec.weightShape())) {
+        throw new LoraMergeException(
+            String.format(
+                Locale.ROOT, "%s: module '%s' updates a %s weight, but Flux.1's '%s' is %s", fileName, module.name,
+                Arrays.toString(read.weightShape()), spec.originalPath().orElse(spec.key().toString()),
+                Arrays.toString(spec.weightShape())));
+      }
+      Optional<TensorData> bias = biasDifference(fileName, module.name, read.scale(), diffB, loraBiases.get(module.name));
+      adapter.add(bias.isPresent() ? read.withBiasDiff(bias.get()) : read);
+    }
+    adapter.putAllMetadata(file.metadata());
+    return adapter.build();
+  }
+
+  /**
+   * A module's bias difference: ComfyUI's {@code .diff_b} as it is, or PEFT's {@code lora_B.bias}
+   * times the module's scale (PEFT's forward scales {@code lora_B(lora_A(x))}, bias included; 1
+   * without an alpha, as in BFL's control LoRAs), in float64 where that scale is not 1.
+   */
+  private static Optional<TensorData> biasDifference(
+      String fileName, String module, double scale, TensorData diffB, TensorData loraBias) {
+    if (diffB != null && loraBias != null) {
+      throw new LoraMergeException(
+          String.format(Locale.ROOT, "%s: module '%s' has both a diff_b and a lora_B.bias: two bias differences", fileName, module));
+    }
+    if (diffB != null) {
+      return Optional.of(diffB);
+    }
+    return loraBias == null ? Optional.empty() : Optional.of(FormatParts.loraBiasDifference(loraBias, scale));
+  }
+
+  private static Optional<Parsed> parseXlabs(String name) {
+    Matcher xlabs = XLABS.matcher(name);
+    if (!xlabs.matches()) {
+      return Optional.empty();
+    }
+    String block = xlabs.group(1);
+    boolean qkv = xlabs.group(3).equals("qkv");
+    String stream = xlabs.group(4);
+    String original;
+    if (xlabs.group(2).equals("double") && !stream.isEmpty()) {
+      String attention = stream.equals("1") ? ".img_attn" : stream.equals("2") ? ".txt_attn" : null;
+      if (attention == null) {
+        return Optional.empty();
+      }
+      original = block + attention + (qkv ? ".qkv" : ".proj");
+    } else if (xlabs.group(2).equals("single") && stream.isEmpty()) {
+      original = block + (qkv ? ".linear1" : ".linear2");
+    } else {
+      return Optional.empty();
+    }
+    Target target = ORIGINAL_PATHS.get().get(original);
+    if (target == null) {
+      return Optional.empty();
+    }
+    if (qkv && xlabs.group(2).equals("single")) {
+      // x-flux's single-block qkv_lora adds to the q, k, v rows of linear1 only, not the MLP's.
+      FusedModule linear1 = target.fused().orElseThrow();
+      target = new Target(Optional.empty(), Optional.of(
+          new FusedModule(linear1.originalPath(), linear1.inFeatures(), linear1.blockId(), linear1.segments().subList(0, 3))));
+    }
+    String suffix = "." + xlabs.group(5) + ".weight";
+    return Optional.of(new Parsed(name.substring(0, name.length() - suffix.length()), target, xlabs.group(5)));
+  }
+
+  private static Optional<Parsed> parseOriginal(String name) {
+    Matcher prefix = PREFIX.matcher(name);
+    boolean clip = name.startsWith(CLIP_L);
+    String path = clip ? name.substring(CLIP_L.length()) : prefix.matches() ? prefix.group(2) : name;
+    for (Map.Entry<String, String> suffix : SUFFIXES) {
+      if (path.endsWith(suffix.getKey())) {
+        String module = path.substring(0, path.length() - suffix.getKey().length());
+        Target target = clip
+            ? Architecture.flux().module(ModuleKey.of(Component.TEXT_ENCODER, module))
+                .map(spec -> new Target(Optional.of(spec), Optional.empty())).orElse(null)
+            : ORIGINAL_PATHS.get().get(module);
+        return target == null
+            ? Optional.empty()
+            : Optional.of(new Parsed(name.substring(0, name.length() - suffix.getKey().length()), target, suffix.getValue()));
+      }
+    }
+    return Optional.empty();
+  }
+
+  /**
+   * The modules whose down factor is wider than the base weight's input, each with why it cannot
+   * be read: BFL's control LoRAs widen {@code img_in} from 64 to 128 input features for the
+   * conditioning image (diffusers' {@code _maybe_expand_transformer_param_shape_or_error_} widens
+   * the base's weight with zeros), and this library does not change a base weight's shape.
+   */
+  private static Map<String, String> widenedInputs(SafetensorsFile file, LoraFormat layout) {
+    Map<String, String> widened = new HashMap<>();
+    if (layout == LoraFormat.XLABS) {
+      return widened;
+    }
+    for (TensorSpec tensor : file.tensors()) {
+      Optional<Parsed> parsed = parseOriginal(tensor.name());
+      if (parsed.isEmpty() || !parsed.get().role().equals(DOWN) || parsed.get().target().module().isEmpty()) {
+        continue;
+      }
+      ModuleSpec spec = parsed.get().target().module().get();
+      long[] shape = tensor.shape();
+      if (shape.length == 2 && shape[1] > spec.inFeatures()) {
+        widened.put(
+            parsed.get().moduleName(),
+            String.format(
+                Locale.ROOT,
+                "widen module '%s' (%s) from %d to %d input features, as BFL's control LoRAs do for their conditioning"
+                    + " image; a Flux.1 base's weight is %s, and this library does not change a weight's shape",
+                parsed.get().moduleName(), spec.key(), spec.inFeatures(), shape[1], Arrays.toString(spec.weightShape())));
+      }
+    }
+    return widened;
+  }
+}
