@@ -34,6 +34,7 @@ import picocli.CommandLine.Spec;
       UnfuseCommand.class,
       CompareCommand.class,
       DemoCommand.class,
+      CacheTrainingCommand.class,
       CommandLine.HelpCommand.class
     })
 public final class LoraCommand implements Runnable {
