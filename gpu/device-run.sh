@@ -7,7 +7,9 @@
 # Stages, in this order whatever order they are named in:
 #   env     GPU, driver, torch, PEFT and tools
 #   build   libdjl_torch.so from djl-native + patches (build-djl-jni.sh); skipped when a build of
-#           the same sources and patches for the same torch is kept (target/gpu-jni; REBUILD=1 forces)
+#           the same sources and patches for the same torch is kept (target/gpu-jni; REBUILD=1 forces);
+#           and libloramerge_cuda.so from kernels/ (build-kernels.sh), which the Java stages load
+#           unless KERNELS=0 (then the fuse takes libtorch's operations only)
 #   check   bin/lora-bench check --device gpu --require-bf16: fused bytes on the GPU == on the CPU
 #           for F32/F16/BF16 on random Linear and Conv2d shapes, and bf16 tensors not aborting
 #   e2e     bin/lora-bench device --device gpu --skip-merge: fuse/unfuse/memory, the hot-swap
@@ -78,6 +80,11 @@ if has build && { [ ! -f "$SO" ] || [ "${REBUILD:-0}" = 1 ]; } && [ -z "${DJL_JN
   grep -E 'error|FAILED|applying|built |NEEDED|RUNPATH' "$OUT/build.log" | head -30
 fi
 [ -f "$SO" ] && xz -9 -T0 -c "$SO" > "$OUT/libdjl_torch.so.xz"
+KSTAMP="$( (cd "$G" && sha256sum kernels/* build-kernels.sh) | sha256sum | cut -c1-16)"
+KSO="$JNI_CACHE/kernels-$KSTAMP/libloramerge_cuda.so"
+if has build && { [ ! -f "$KSO" ] || [ "${REBUILD:-0}" = 1 ]; } && [ "$DEVICE" = gpu ]; then
+  stage kernels 120 20 bash "$G/build-kernels.sh" "$(dirname "$KSO")"
+fi
 JAVA_STAGES=(check e2e merge jmh)
 needs_java=0; for s in "${JAVA_STAGES[@]}"; do has "$s" && needs_java=1; done
 if [ "$needs_java" = 1 ] && [ ! -f "$SO" ]; then
@@ -96,9 +103,11 @@ if [ "$needs_java" = 1 ]; then
   # DJL's CudaUtils (Engine.getGpuCount) opens "libcudart.so" through JNA; the wheel has only libcudart.so.13.
   CUDART="$(ls "$TORCH_DIR"/../nvidia/*/lib/libcudart.so.* "$TORCH_DIR"/../nvidia/*/*/lib/libcudart.so.* /usr/local/cuda/lib64/libcudart.so.* 2>/dev/null | head -1)"
   mkdir -p /tmp/cudart && ln -sf "$CUDART" /tmp/cudart/libcudart.so
-  JAVA=(/tmp/loramerge-jre/jre/bin/java -Djna.library.path=/tmp/cudart -Dai.djl.offline=true --add-modules jdk.incubator.vector ${JAVA_OPTS:-})
+  KERNEL_OPT=()
+  [ "${KERNELS:-1}" = 1 ] && [ -f "$KSO" ] && KERNEL_OPT=("-Dloramerge.cuda.kernels=$KSO")
+  JAVA=(/tmp/loramerge-jre/jre/bin/java -Djna.library.path=/tmp/cudart -Dai.djl.offline=true --add-modules jdk.incubator.vector "${KERNEL_OPT[@]}" ${JAVA_OPTS:-})
   BENCH=("${JAVA[@]}" "-Xmx${JAVA_HEAP:-48g}" -XX:MaxDirectMemorySize=96g -cp "$G/lib/*" dev.loramerge.bench.BenchCommand)
-  echo "java $(/tmp/loramerge-jre/jre/bin/java -version 2>&1 | head -1); JNI $SO; cudart $CUDART"
+  echo "java $(/tmp/loramerge-jre/jre/bin/java -version 2>&1 | head -1); JNI $SO; cudart $CUDART; kernels ${KERNEL_OPT[*]:-off}"
 fi
 
 if has check && [ "$needs_java" = 1 ]; then

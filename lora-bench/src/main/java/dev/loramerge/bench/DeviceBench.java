@@ -44,6 +44,9 @@ import java.util.OptionalLong;
  *       warm-up, each waiting for the device's queue; on a GPU the device memory in use before
  *       the weights, with them, after the first fuse and after its unfuse (cudaMemGetInfo, so
  *       libtorch's cached blocks count: the figure after the fuse bounds its peak from above);
+ *   <li>{@code fuse/memory/libtorch-rounding}, {@code fuse/memory/libtorch-float64-factors}:
+ *       the same fuse, interleaved with it, with the CUDA rounding kernel off, and with it off and
+ *       the float64 factors copied to the device instead of the adapter's stored ones;
  *   <li>{@code fuse/factors}: the host's share of that fuse, every module's float64 factors
  *       computed on the common pool's threads, without the device;
  *   <li>{@code hotswap}: fuse then unfuse, {@code --cycles} times (time per cycle), then how many
@@ -236,6 +239,7 @@ final class DeviceBench {
       report.put("device_memory_bytes", memory);
       double[] fuses = new double[runs];
       double[] unfuses = new double[runs];
+      double[][] variants = new double[VARIANTS.length][runs];
       for (int run = 0; run < runs; run++) {
         long start = System.nanoTime();
         FusedLora fused = fuser.fuseInto(target);
@@ -245,9 +249,15 @@ final class DeviceBench {
         fused.unfuse();
         Devices.await(last);
         unfuses[run] = seconds(start);
+        for (int v = 0; v < VARIANTS.length; v++) {
+          variants[v][run] = variantFuse(VARIANTS[v], fuser, target, last);
+        }
       }
       record(timing("fuse/memory", fuses));
       record(timing("unfuse/memory", unfuses));
+      for (int v = 0; v < VARIANTS.length; v++) {
+        record(timing("fuse/memory/" + VARIANTS[v][0], variants[v]));
+      }
       record(timing("fuse/factors", factorSeconds(style)));
 
       int done = 0;
@@ -289,6 +299,31 @@ final class DeviceBench {
    * The host's share of a fuse: every module's float64 factors, which a fuse computes before the
    * device sees them, on as many threads as the fuser uses. Times of {@code runs} rounds.
    */
+  /**
+   * The fuse with the library's faster device steps turned off, interleaved with {@code
+   * fuse/memory} run by run: its name, then the system properties set for it.
+   */
+  private static final String[][] VARIANTS = {
+    {"libtorch-rounding", "loramerge.cuda.disabled"},
+    {"libtorch-float64-factors", "loramerge.cuda.disabled", "loramerge.device.float64Factors"},
+  };
+
+  private static double variantFuse(String[] variant, LoraFuser fuser, WeightTarget target, NDArray last) throws IOException {
+    List<String> properties = List.of(variant).subList(1, variant.length);
+    properties.forEach(property -> System.setProperty(property, "true"));
+    try {
+      long start = System.nanoTime();
+      FusedLora fused = fuser.fuseInto(target);
+      Devices.await(last);
+      double seconds = seconds(start);
+      fused.unfuse();
+      Devices.await(last);
+      return seconds;
+    } finally {
+      properties.forEach(System::clearProperty);
+    }
+  }
+
   private double[] factorSeconds(LoraAdapter style) {
     ModuleUpdates updates = LoraMerger.builder().add(style, 1.0).device(device).build().updates();
     List<ModuleKey> keys = List.copyOf(style.modules().keySet());

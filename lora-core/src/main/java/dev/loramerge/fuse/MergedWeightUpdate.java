@@ -25,6 +25,7 @@ import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Locale;
 import java.util.Map;
+import java.util.Optional;
 import java.util.Set;
 import java.util.concurrent.ForkJoinPool;
 import java.util.concurrent.ForkJoinTask;
@@ -219,9 +220,15 @@ final class MergedWeightUpdate implements DeviceUpdate {
       jobs.add(new DeviceFusion.Job(weights.get(i), weights.get(i), () -> {
         Float64Factors factors = scaledFactors(spec);
         return new DeviceFusion.Factors(factors.up(), factors.down(), factors.rank());
-      }, label(spec)));
+      }, () -> terms(spec), label(spec)));
     }
     DeviceFusion.fuseAll(jobs, workers.isShutdown() ? ForkJoinPool.commonPool() : workers);
+  }
+
+  /** The module's factors for weight {@code spec} as stored, where the device can form them. */
+  private Optional<DeviceFusion.Terms> terms(TensorSpec spec) {
+    return updates.terms(modules.get(spec.name())).map(terms -> new DeviceFusion.Terms(
+        terms.stream().map(term -> new DeviceFusion.Term(term.up(), term.down(), term.rank(), term.coefficient())).toList(), factor));
   }
 
   /** The module's factors for weight {@code spec}, the up factor times this update's factor. */

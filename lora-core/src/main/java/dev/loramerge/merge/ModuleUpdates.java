@@ -8,6 +8,7 @@ import dev.loramerge.ModuleKey;
 import dev.loramerge.TensorData;
 import dev.loramerge.internal.linalg.LazyManager;
 import dev.loramerge.merge.spi.Offer.Precision;
+import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.List;
 import java.util.Locale;
@@ -53,6 +54,38 @@ public final class ModuleUpdates {
           .orElseThrow(() -> new IllegalArgumentException("no input has module '" + key + "'"));
       return encoding.toFloat64(merged, precision);
     }
+  }
+
+  /**
+   * One input's share of a plain weighted sum: its factors as stored, B (out×r) and A (r×in·k·k,
+   * a Tucker LoCon's computed from its core), and its coefficient wᵢ·sᵢ.
+   */
+  public record Term(TensorData up, TensorData down, int rank, double coefficient) {}
+
+  /**
+   * Module {@code key}'s update as the inputs store it, when {@link #factors} is their exact
+   * weighted sum: the cat, nothing re-ranked or pruned, every input's module a plain LoRA. {@link
+   * #factors} is then, exactly, each term's B widened to float64 and times its coefficient (one
+   * rounding), side by side, and the A's widened and stacked, so that a device can form it from
+   * the stored factors, a quarter of its size for fp16 adapters. Empty otherwise.
+   */
+  public Optional<List<Term>> terms(ModuleKey key) {
+    List<MergeInput> present = present(key);
+    if (algorithm != MergeAlgorithm.cat() || encoding.prune().isPresent() || present.isEmpty()) {
+      return Optional.empty();
+    }
+    List<Term> terms = new ArrayList<>(present.size());
+    int rankSum = 0;
+    for (MergeInput input : present) {
+      LoraModule module = input.adapter().modules().get(key);
+      if (!module.isPlainLora()) {
+        return Optional.empty();
+      }
+      terms.add(new Term(module.up(), module.down(), module.rank(), input.weight(key) * module.scale()));
+      rankSum += module.rank();
+    }
+    Optional<Integer> explicit = merger.policy().explicitRank(present.get(0).adapter().modules().get(key).kind());
+    return explicit.isPresent() && rankSum > explicit.get() ? Optional.empty() : Optional.of(List.copyOf(terms));
   }
 
   /**

@@ -11,6 +11,7 @@ import ai.djl.ndarray.index.NDIndex;
 import ai.djl.ndarray.types.DataType;
 import ai.djl.ndarray.types.Shape;
 import dev.loramerge.DType;
+import dev.loramerge.TensorData;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.nio.DoubleBuffer;
@@ -18,6 +19,8 @@ import java.util.ArrayList;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
+import java.util.Optional;
+import java.util.Set;
 import java.util.concurrent.ForkJoinPool;
 import java.util.function.Supplier;
 import java.util.stream.IntStream;
@@ -46,11 +49,16 @@ import java.util.stream.IntStream;
  * depend on the batching: every step but the product is element-wise, and the product's float64
  * sums are rounded once whatever their order, as on the host.
  *
+ * <p>Where the CUDA kernels are built and loaded ({@link CudaKernels}), a batch on a GPU is summed,
+ * rounded and checked in one kernel after the product, with the same bytes.
+ *
  * <p>Before a batch is written, every rounded value is checked to be finite; a NaN, an infinity
  * or an overflow of the narrow format is reported with the element's float64 value, and the
  * batch's weights are left as they were.
  */
 public final class DeviceFusion {
+  private static final org.slf4j.Logger log = org.slf4j.LoggerFactory.getLogger(DeviceFusion.class);
+
   /**
    * Weight elements fused together at most (a single larger weight is a batch of its own), from
    * the system property {@code loramerge.device.batchElements} (default 2²⁵). On the device a
@@ -58,18 +66,46 @@ public final class DeviceFusion {
    */
   static final long BATCH_ELEMENTS = Math.max(1, Long.getLong("loramerge.device.batchElements", 1L << 25));
 
+  /** The system property that, set to true, logs where a device fuse's time went (waiting for the device after each step). */
+  public static final String PROFILE_PROPERTY = "loramerge.device.profile";
+
+  /**
+   * The system property that, set to true, copies every batch's float64 factors to the device
+   * rather than the {@link Terms} it can form them from: the same bytes, for comparison.
+   */
+  public static final String FLOAT64_FACTORS_PROPERTY = "loramerge.device.float64Factors";
+
   private DeviceFusion() {}
 
   /** A rank-{@code rank} update: {@code up} m×r and {@code down} r×(numel/m), row-major float64. */
   public record Factors(double[] up, double[] down, int rank) {}
 
   /**
+   * The factors of {@link Factors} in the form an adapter stores them: {@code up} is the terms'
+   * ups side by side, each widened to float64, times its coefficient, then times {@code factor}
+   * (each product rounded once, as on the host; a factor of 1 changes nothing), and {@code down}
+   * the terms' downs stacked. The device forms them from the stored values, which for fp16
+   * adapters are a quarter of the float64 factors' bytes to copy.
+   */
+  public record Terms(List<Term> terms, double factor) {}
+
+  /** One term of {@link Terms}: {@code up} m×r and {@code down} r×n as stored (any shape of those sizes). */
+  public record Term(TensorData up, TensorData down, int rank, double coefficient) {}
+
+  /**
    * One weight to fuse: {@code weight} set to {@code source + up·down}. {@code source} has the
    * weight's shape; it may be the weight itself, another array on its device, or an array in host
    * memory, which is copied over first. The factors are asked for when the weight's batch is
-   * computed (on the workers), so that only a batch's factors are ever in memory.
+   * computed (on the workers), so that only a batch's factors are ever in memory: as {@code
+   * terms} when every job of the batch has them alike (the same terms' ranks and dtypes), else as
+   * {@code factors}.
    */
-  public record Job(NDArray source, NDArray weight, Supplier<Factors> factors, String label) {}
+  public record Job(NDArray source, NDArray weight, Supplier<Factors> factors, Supplier<Optional<Terms>> terms, String label) {
+    /** A job whose factors come in float64 only. */
+    public Job(NDArray source, NDArray weight, Supplier<Factors> factors, String label) {
+      this(source, weight, factors, Optional::empty, label);
+    }
+  }
 
   /**
    * Sets {@code weight} to {@code source + up·down}, rounded once from the float64 sum to the
@@ -96,8 +132,46 @@ public final class DeviceFusion {
    */
   public static void fuseAll(List<Job> jobs, ForkJoinPool workers) {
     FactorBuffer buffer = new FactorBuffer();
-    for (List<Job> batch : batches(jobs, BATCH_ELEMENTS)) {
-      fuseBatch(batch, workers, buffer);
+    Phases phases = new Phases(Boolean.getBoolean(PROFILE_PROPERTY));
+    boolean stored = !Boolean.getBoolean(FLOAT64_FACTORS_PROPERTY);
+    List<List<Job>> batches = batches(jobs, BATCH_ELEMENTS);
+    for (List<Job> batch : batches) {
+      fuseBatch(batch, workers, buffer, stored, phases);
+    }
+    phases.log(jobs.size(), batches.size());
+  }
+
+  /** The time of each step of a device fuse, summed over its batches, when profiled. */
+  private static final class Phases {
+    private final boolean enabled;
+    private final Map<String, Long> nanos = new LinkedHashMap<>();
+    private long last = System.nanoTime();
+
+    Phases(boolean enabled) {
+      this.enabled = enabled;
+    }
+
+    /** Ends step {@code name} once the device has computed {@code array} (null: a host step). */
+    void mark(String name, NDArray array) {
+      if (!enabled) {
+        return;
+      }
+      if (array != null) {
+        try (NDArray first = array.get(0)) {
+          first.toByteBuffer();
+        }
+      }
+      long now = System.nanoTime();
+      nanos.merge(name, now - last, Long::sum);
+      last = now;
+    }
+
+    void log(int weights, int batches) {
+      if (enabled) {
+        StringBuilder steps = new StringBuilder();
+        nanos.forEach((name, time) -> steps.append(String.format(java.util.Locale.ROOT, ", %s %.4f s", name, time / 1e9)));
+        log.info("device fuse of {} weights in {} batches{}", weights, batches, steps);
+      }
     }
   }
 
@@ -144,17 +218,22 @@ public final class DeviceFusion {
     return batches;
   }
 
-  private static void fuseBatch(List<Job> batch, ForkJoinPool workers, FactorBuffer factorBuffer) {
+  private static void fuseBatch(List<Job> batch, ForkJoinPool workers, FactorBuffer factorBuffer, boolean stored, Phases phases) {
     NDArray first = batch.get(0).weight();
     DType dtype = Fusion.dtypeOf(first.getDataType(), batch.get(0).label());
     Shape shape = first.getShape();
     long rows = shape.dimension() == 0 ? 1 : shape.get(0);
     long cols = shape.size() / Math.max(1, rows);
     Device device = first.getDevice();
-    List<Factors> factors = workers.submit(() -> batch.parallelStream().map(job -> checked(job, rows, cols)).toList()).join();
-    int rank = factors.stream().mapToInt(Factors::rank).max().orElseThrow();
+    Optional<List<Terms>> terms = stored ? alike(batch, rows, cols, device) : Optional.empty();
+    List<Factors> factors = terms.isPresent()
+        ? List.of()
+        : workers.submit(() -> batch.parallelStream().map(job -> checked(job, rows, cols)).toList()).join();
     try (NDManager scratch = first.getManager().newSubManager(device)) {
-      NDArray sum = products(scratch, factors, rows, cols, rank, workers, factorBuffer);
+      NDArray sum = terms.isPresent()
+          ? products(scratch, terms.get(), rows, cols, factorBuffer)
+          : products(scratch, factors, rows, cols, factors.stream().mapToInt(Factors::rank).max().orElseThrow(), workers, factorBuffer);
+      phases.mark(terms.isPresent() ? "stored factors and product" : "float64 factors and product", sum);
       NDList sources = new NDList(batch.size());
       for (Job job : batch) {
         NDArray from = job.source();
@@ -166,6 +245,11 @@ public final class DeviceFusion {
         NDArray matrix = from.reshape(rows, cols);
         matrix.attach(scratch);
         sources.add(matrix);
+      }
+      phases.mark("sources", null);
+      if (CudaKernels.available(device) && CudaKernels.fuse(scratch, sum, sources, batch.stream().map(Job::weight).toList(), dtype)) {
+        phases.mark("kernel", first);
+        return;
       }
       sum.addi(batch.size() == 1 ? sources.get(0).expandDims(0) : NDArrays.stack(sources));
       NDArray rounded;
@@ -184,11 +268,114 @@ public final class DeviceFusion {
         correctTies(sum, single, rounded, probe);
       }
       checkFinite(batch, sum, probe, dtype);
+      phases.mark("sum, rounding and check", null);
       for (int i = 0; i < batch.size(); i++) {
         NDArray weight = batch.get(i).weight();
         weight.set(new NDIndex("..."), rounded.get(i).reshape(shape));
       }
+      phases.mark("write", first);
     }
+  }
+
+  /**
+   * The dtypes a term's factors may have on a device: those of libtorch's arrays, and bf16 only on
+   * a GPU, where the project's JNI build reads it (gpu/patches; DJL's CPU build aborts on it).
+   */
+  private static final Set<DType> TERM_TYPES = Set.of(DType.F64, DType.F32, DType.F16);
+
+  /**
+   * The batch's terms, when every job has them, of the same ranks and dtypes, making updates of
+   * an m×n weight; else empty.
+   */
+  private static Optional<List<Terms>> alike(List<Job> batch, long rows, long cols, Device device) {
+    List<Terms> all = new ArrayList<>(batch.size());
+    for (Job job : batch) {
+      Optional<Terms> terms = job.terms().get();
+      if (terms.isEmpty() || !all.isEmpty() && !sameLayout(all.get(0), terms.get())) {
+        return Optional.empty();
+      }
+      for (Term term : terms.get().terms()) {
+        if (term.up().numel() != rows * term.rank() || term.down().numel() != cols * term.rank()
+            || !onDevice(term.up().dtype(), device) || !onDevice(term.down().dtype(), device)) {
+          return Optional.empty();
+        }
+      }
+      all.add(terms.get());
+    }
+    return Optional.of(all);
+  }
+
+  private static boolean onDevice(DType dtype, Device device) {
+    return TERM_TYPES.contains(dtype) || dtype == DType.BF16 && device.isGpu();
+  }
+
+  private static boolean sameLayout(Terms first, Terms other) {
+    if (first.terms().size() != other.terms().size()) {
+      return false;
+    }
+    for (int t = 0; t < first.terms().size(); t++) {
+      Term a = first.terms().get(t);
+      Term b = other.terms().get(t);
+      if (a.rank() != b.rank() || a.up().dtype() != b.up().dtype() || a.down().dtype() != b.down().dtype()) {
+        return false;
+      }
+    }
+    return true;
+  }
+
+  /**
+   * The float64 products of a batch whose jobs have terms alike, b×m×n on the scratch manager's
+   * device, from one copy of the stored factors and the coefficients to the device: the float64
+   * factors of {@link Terms} formed there, with the host's roundings, then multiplied.
+   */
+  private static NDArray products(NDManager scratch, List<Terms> batch, long rows, long cols, FactorBuffer factorBuffer) {
+    int count = batch.size();
+    double factor = batch.get(0).factor();
+    checkArgument(batch.stream().allMatch(terms -> terms.factor() == factor), "the terms of a batch have different factors");
+    List<Term> layout = batch.get(0).terms();
+    long total = 0;
+    for (Term term : layout) {
+      total += aligned(count * Double.BYTES) + aligned(count * term.up().byteSize()) + aligned(count * term.down().byteSize());
+    }
+    ByteBuffer buffer = factorBuffer.take(total);
+    NDList ups = new NDList(layout.size());
+    NDList downs = new NDList(layout.size());
+    long at = 0;
+    for (int t = 0; t < layout.size(); t++) {
+      int index = t;
+      Term term = layout.get(t);
+      ByteBuffer coefficients = ByteBuffer.allocate(count * Double.BYTES).order(ByteOrder.LITTLE_ENDIAN);
+      batch.forEach(terms -> coefficients.putDouble(terms.terms().get(index).coefficient()));
+      NDArray coefficient = upload(scratch, buffer, at, List.of(coefficients.flip()), new Shape(count, 1, 1), DType.F64);
+      at += aligned(count * Double.BYTES);
+      NDArray up = upload(scratch, buffer, at, batch.stream().map(terms -> terms.terms().get(index).up().bytes()).toList(),
+          new Shape(count, rows, term.rank()), term.up().dtype());
+      at += aligned(count * term.up().byteSize());
+      NDArray down = upload(scratch, buffer, at, batch.stream().map(terms -> terms.terms().get(index).down().bytes()).toList(),
+          new Shape(count, term.rank(), cols), term.down().dtype());
+      at += aligned(count * term.down().byteSize());
+      NDArray scaled = up.toType(DataType.FLOAT64, false).mul(coefficient);
+      ups.add(factor == 1 ? scaled : scaled.mul(factor));
+      downs.add(down.toType(DataType.FLOAT64, false));
+    }
+    NDArray up = ups.size() == 1 ? ups.get(0) : NDArrays.concat(ups, 2);
+    NDArray down = downs.size() == 1 ? downs.get(0) : NDArrays.concat(downs, 1);
+    return up.batchMatMul(down);
+  }
+
+  /** {@code bytes} rounded up to a whole cache line, where each array of a batch's factors starts. */
+  private static long aligned(long bytes) {
+    return (bytes + 63) & -64L;
+  }
+
+  /** {@code parts} one after the other at {@code at} in {@code buffer}, as one array on the device. */
+  private static NDArray upload(NDManager scratch, ByteBuffer buffer, long at, List<ByteBuffer> parts, Shape shape, DType dtype) {
+    ByteBuffer region = buffer.duplicate().position(Math.toIntExact(at));
+    for (ByteBuffer part : parts) {
+      region.put(part.duplicate());
+    }
+    ByteBuffer slice = buffer.duplicate().position(Math.toIntExact(at)).limit(region.position()).slice().order(ByteOrder.LITTLE_ENDIAN);
+    return scratch.create(slice, shape, Fusion.dataTypeOf(dtype));
   }
 
   /** {@code job}'s factors, checked to make a rank-r update of an m×n weight. */

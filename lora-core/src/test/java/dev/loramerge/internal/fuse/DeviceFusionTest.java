@@ -232,6 +232,70 @@ class DeviceFusionTest {
     }
   }
 
+  /**
+   * Factors sent as stored (fp16 and float32 terms, coefficients, a factor other than 1) give the
+   * bytes of the float64 factors formed on the host the way the cat does (each up widened, times
+   * its coefficient, times the factor, rounded once each): batches of terms alike, and a batch
+   * whose jobs differ in layout, which falls back to the float64 factors.
+   */
+  @Test
+  void formsStoredFactorsOnTheDeviceAsTheHostDoes() {
+    Random random = new Random(31);
+    int rows = 48;
+    int cols = 40;
+    double factor = -0.8;
+    try (NDManager manager = NDManager.newBaseManager(Device.cpu())) {
+      List<DeviceFusion.Job> byTerms = new ArrayList<>();
+      List<DeviceFusion.Job> byFactors = new ArrayList<>();
+      List<NDArray> termWeights = new ArrayList<>();
+      List<NDArray> factorWeights = new ArrayList<>();
+      for (int i = 0; i < 5; i++) {
+        // Job 3 has one term only: its batch is not alike and takes the float64 factors.
+        int[] ranks = i == 3 ? new int[] {3} : new int[] {3, 5};
+        DType[] types = {DType.F16, DType.F32};
+        List<DeviceFusion.Term> terms = new ArrayList<>();
+        int rank = java.util.Arrays.stream(ranks).sum();
+        double[] up = new double[rows * rank];
+        List<double[]> downs = new ArrayList<>();
+        int column = 0;
+        for (int t = 0; t < ranks.length; t++) {
+          TensorData termUp = TensorData.ofDoubles(gaussian(random, rows * ranks[t], 0.1), types[t], rows, ranks[t]);
+          TensorData termDown = TensorData.ofDoubles(gaussian(random, ranks[t] * cols, 0.1), types[t], ranks[t], cols, 1, 1);
+          double coefficient = 0.7 * (t + 1) / ranks[t];
+          terms.add(new DeviceFusion.Term(termUp, termDown, ranks[t], coefficient));
+          double[] stored = termUp.toDoubleArray();
+          for (int row = 0; row < rows; row++) {
+            for (int l = 0; l < ranks[t]; l++) {
+              up[row * rank + column + l] = stored[row * ranks[t] + l] * coefficient * factor;
+            }
+          }
+          downs.add(termDown.toDoubleArray());
+          column += ranks[t];
+        }
+        double[] down = downs.stream().flatMapToDouble(java.util.Arrays::stream).toArray();
+        ByteBuffer base = TensorData.ofDoubles(gaussian(random, rows * cols, 0.5), DType.F16, rows, cols).bytes();
+        NDArray termWeight = manager.create(base.duplicate(), new Shape(rows, cols), DataType.FLOAT16);
+        NDArray factorWeight = manager.create(base.duplicate(), new Shape(rows, cols), DataType.FLOAT16);
+        termWeights.add(termWeight);
+        factorWeights.add(factorWeight);
+        DeviceFusion.Factors factors = new DeviceFusion.Factors(up, down, rank);
+        DeviceFusion.Terms stored = new DeviceFusion.Terms(List.copyOf(terms), factor);
+        byTerms.add(new DeviceFusion.Job(termWeight, termWeight, () -> factors, () -> java.util.Optional.of(stored), "terms " + i));
+        byFactors.add(new DeviceFusion.Job(factorWeight, factorWeight, () -> factors, "factors " + i));
+      }
+      int before = manager.getManagedArrays().size();
+      DeviceFusion.fuseAll(byTerms.subList(0, 3), ForkJoinPool.commonPool());
+      DeviceFusion.fuseAll(byTerms.subList(3, 5), ForkJoinPool.commonPool());
+      DeviceFusion.fuseAll(byFactors, ForkJoinPool.commonPool());
+      for (int i = 0; i < termWeights.size(); i++) {
+        assertThat(bytes(termWeights.get(i))).as("weight %d fused from stored factors", i).isEqualTo(bytes(factorWeights.get(i)));
+      }
+      assertThat(bytes(termWeights.get(0))).as("a fuse that changed the weight")
+          .isNotEqualTo(TensorData.ofDoubles(new double[rows * cols], DType.F16, rows, cols).bytes());
+      assertThat(manager.getManagedArrays().size()).as("arrays alive after the fuses").isEqualTo(before);
+    }
+  }
+
   private static ByteBuffer bytes(NDArray array) {
     return array.toByteBuffer().order(ByteOrder.LITTLE_ENDIAN);
   }

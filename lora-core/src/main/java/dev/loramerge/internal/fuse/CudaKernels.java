@@ -1,0 +1,165 @@
+package dev.loramerge.internal.fuse;
+
+import ai.djl.Device;
+import ai.djl.ndarray.NDArray;
+import ai.djl.ndarray.NDManager;
+import ai.djl.ndarray.types.Shape;
+import ai.djl.util.NativeResource;
+import dev.loramerge.DType;
+import java.lang.invoke.MethodHandle;
+import java.lang.invoke.MethodHandles;
+import java.lang.invoke.MethodType;
+import java.lang.reflect.Field;
+import java.lang.reflect.Method;
+import java.nio.ByteBuffer;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.List;
+import java.util.Optional;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
+
+/**
+ * The device fuse's rounding step as one CUDA kernel, {@code gpu/kernels/loramerge_cuda.cu}, when
+ * that library is built and named by the system property {@value #LIBRARY_PROPERTY}: each weight
+ * element becomes its float64 sum rounded once, in one pass, where libtorch's operations take
+ * about a dozen (its float64 → fp16 and bf16 casts round twice, through float32, and every
+ * correction is a pass of its own). Without the library, or for an array it cannot address, the
+ * fuse takes libtorch's operations, with the same bytes.
+ *
+ * <p>The kernel reads and writes device memory through the addresses of DJL's PyTorch arrays,
+ * which DJL gives out only to its own package: this class asks for them by reflection, and runs
+ * on libtorch's default CUDA stream so that it is ordered with DJL's operations.
+ */
+final class CudaKernels {
+  /** The system property naming the built kernel library, {@code libloramerge_cuda.so}. */
+  static final String LIBRARY_PROPERTY = "loramerge.cuda.kernels";
+
+  private static final Logger log = LoggerFactory.getLogger(CudaKernels.class);
+  private static final boolean LOADED = load();
+
+  private CudaKernels() {}
+
+  private static boolean load() {
+    String library = System.getProperty(LIBRARY_PROPERTY, "");
+    if (library.isEmpty()) {
+      return false;
+    }
+    Path path = Path.of(library).toAbsolutePath();
+    if (!Files.isRegularFile(path)) {
+      throw new IllegalStateException(LIBRARY_PROPERTY + " names " + path + ", which is not a file");
+    }
+    System.load(path.toString());
+    log.debug("CUDA kernels from {}", path);
+    return true;
+  }
+
+  /**
+   * The system property that, set to true, turns the loaded kernels off (libtorch's operations
+   * give the same bytes), read at every batch: for comparisons in one process.
+   */
+  static final String DISABLED_PROPERTY = "loramerge.cuda.disabled";
+
+  /** Whether the kernels are loaded and on, and {@code device} is a GPU they run on. */
+  static boolean available(Device device) {
+    return LOADED && device.isGpu() && !Boolean.getBoolean(DISABLED_PROPERTY);
+  }
+
+  /**
+   * Sets every {@code weights[j]} to {@code products[j] + sources[j]} rounded once to {@code
+   * dtype}, and returns true; or returns false with every weight unchanged when a rounded value is
+   * not finite or an array cannot be addressed (not contiguous, not a PyTorch array), for
+   * libtorch's path to compute, or to report with the element's value.
+   *
+   * @param products the float64 products, b×m×n, contiguous, on a GPU
+   * @param sources b arrays of m·n elements of the weights' dtype on the same GPU
+   */
+  static boolean fuse(NDManager scratch, NDArray products, List<NDArray> sources, List<NDArray> weights, DType dtype) {
+    int code = switch (dtype) {
+      case F64 -> 0;
+      case F32 -> 1;
+      case F16 -> 2;
+      case BF16 -> 3;
+      default -> -1;
+    };
+    Optional<ByteBuffer> product = DevicePointers.of(products);
+    Optional<ByteBuffer[]> from = DevicePointers.all(sources);
+    Optional<ByteBuffer[]> into = DevicePointers.all(weights);
+    if (code < 0 || product.isEmpty() || from.isEmpty() || into.isEmpty()) {
+      return false;
+    }
+    long perWeight = weights.get(0).size();
+    NDArray rounded = scratch.zeros(new Shape(weights.size(), perWeight), weights.get(0).getDataType());
+    Optional<ByteBuffer> out = DevicePointers.of(rounded);
+    if (out.isEmpty()) {
+      return false;
+    }
+    int device = products.getDevice().getDeviceId();
+    if (fuseRound(device, product.get(), from.get(), out.get(), code, perWeight) >= 0) {
+      return false;
+    }
+    scatter(device, out.get(), into.get(), perWeight * dtype.byteSize());
+    return true;
+  }
+
+  private static synchronized native long fuseRound(
+      int device, ByteBuffer product, ByteBuffer[] sources, ByteBuffer out, int dtype, long perWeight);
+
+  private static synchronized native void scatter(int device, ByteBuffer from, ByteBuffer[] weights, long bytesPerWeight);
+
+  /**
+   * Direct buffers over the memory of PyTorch arrays, from DJL's {@code
+   * PyTorchLibrary.torchDirectByteBuffer}, for their addresses only: a buffer over device memory
+   * must never be read or written from Java.
+   */
+  static final class DevicePointers {
+    private static final MethodHandle DIRECT_BUFFER = directBuffer();
+
+    private DevicePointers() {}
+
+    private static MethodHandle directBuffer() {
+      try {
+        Class<?> library = Class.forName("ai.djl.pytorch.jni.PyTorchLibrary");
+        Field instance = library.getDeclaredField("LIB");
+        instance.setAccessible(true);
+        Method method = library.getDeclaredMethod("torchDirectByteBuffer", long.class);
+        method.setAccessible(true);
+        return MethodHandles.lookup().unreflect(method).bindTo(instance.get(null))
+            .asType(MethodType.methodType(ByteBuffer.class, long.class));
+      } catch (ReflectiveOperationException | RuntimeException e) {
+        return null;
+      }
+    }
+
+    /**
+     * A buffer over {@code array}'s memory, or empty when the array is not a contiguous PyTorch
+     * array of at most 2³¹ − 1 bytes, or DJL does not give out its memory.
+     */
+    static Optional<ByteBuffer> of(NDArray array) {
+      if (DIRECT_BUFFER == null || !(array instanceof NativeResource<?> resource) || !(resource.getHandle() instanceof Long handle)) {
+        return Optional.empty();
+      }
+      try {
+        return Optional.of((ByteBuffer) DIRECT_BUFFER.invokeExact((long) handle));
+      } catch (RuntimeException e) {
+        // DJL's engine exception: not contiguous, sparse, or too large for a buffer.
+        return Optional.empty();
+      } catch (Throwable e) {
+        throw new IllegalStateException("DJL's torchDirectByteBuffer failed", e);
+      }
+    }
+
+    /** {@link #of} of every array, or empty when one of them has none. */
+    static Optional<ByteBuffer[]> all(List<NDArray> arrays) {
+      ByteBuffer[] buffers = new ByteBuffer[arrays.size()];
+      for (int i = 0; i < buffers.length; i++) {
+        Optional<ByteBuffer> buffer = of(arrays.get(i));
+        if (buffer.isEmpty()) {
+          return Optional.empty();
+        }
+        buffers[i] = buffer.get();
+      }
+      return Optional.of(buffers);
+    }
+  }
+}
