@@ -132,6 +132,11 @@ JNIEXPORT jlong JNICALL Java_dev_loramerge_internal_fuse_CudaKernels_fuseRound(
   const auto* products = static_cast<const double*>(env->GetDirectBufferAddress(product));
   void* rounded = env->GetDirectBufferAddress(out);
   jsize weights = env->GetArrayLength(sources);
+  // libtorch's work on its stream (the product, the sources' copies) is done before the kernel
+  // reads it, whichever stream libtorch was told to use.
+  if (failed(env, cudaDeviceSynchronize(), "loramerge fuseRound wait")) {
+    return 0;
+  }
   unsigned long long none = ULLONG_MAX;
   if (failed(env, cudaMemcpyToSymbolAsync(firstNotFinite, &none, sizeof none, 0, cudaMemcpyHostToDevice, cudaStreamLegacy),
              "loramerge fuseRound flag")) {
@@ -159,7 +164,8 @@ JNIEXPORT jlong JNICALL Java_dev_loramerge_internal_fuse_CudaKernels_fuseRound(
   return first == ULLONG_MAX ? -1 : static_cast<jlong>(first);
 }
 
-// Copies weight j's bytes of `from` (bytesPerWeight each, one after the other) into weights[j].
+// Copies weight j's bytes of `from` (bytesPerWeight each, one after the other) into weights[j],
+// and waits for the copies.
 JNIEXPORT void JNICALL Java_dev_loramerge_internal_fuse_CudaKernels_scatter(
     JNIEnv* env, jclass, jint device, jobject from, jobjectArray weights, jlong bytesPerWeight) {
   if (failed(env, cudaSetDevice(device), "loramerge scatter device")) {
@@ -174,6 +180,7 @@ JNIEXPORT void JNICALL Java_dev_loramerge_internal_fuse_CudaKernels_scatter(
       return;
     }
   }
+  failed(env, cudaStreamSynchronize(cudaStreamLegacy), "loramerge scatter");
 }
 
 }  // extern "C"
