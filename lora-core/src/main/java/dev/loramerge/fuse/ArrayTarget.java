@@ -139,12 +139,7 @@ final class ArrayTarget implements WeightTarget {
         ((DeviceUpdate) update).applyAllOnDevice(
             deviceNames.stream().map(weights::get).toList(), deviceNames.stream().map(arrays::get).toList());
       } catch (RuntimeException e) {
-        originals.putAll(capturedNow);
-        for (String name : touched) {
-          rebuild(name);
-        }
-        reusable.forEach(this::keepAsSpare);
-        throw e;
+        throw undone(e, capturedNow, touched, reusable);
       }
       done[0] = deviceNames.stream().mapToLong(name -> weights.get(name).byteSize()).sum();
       update.progress(done[0], total);
@@ -178,23 +173,31 @@ final class ArrayTarget implements WeightTarget {
                 }
               }
             })).join();
-    originals.putAll(capturedNow);
     if (firstFailure.get() < onHost.size()) {
-      // Every weight captured now was touched and no active fuse has it, so its rebuild restores
-      // it from the copy and keeps the copy as a spare; spares taken for weights not reached go
-      // back as they are.
-      for (String name : touched) {
-        rebuild(name);
-      }
-      reusable.forEach((name, spare) -> {
-        if (!capturedNow.containsKey(name)) {
-          keepAsSpare(name, spare);
-        }
-      });
-      throw failures[firstFailure.get()];
+      throw undone(failures[firstFailure.get()], capturedNow, touched, reusable);
     }
+    originals.putAll(capturedNow);
     active.add(update);
     return Optional.of(() -> restore(update, names));
+  }
+
+  /**
+   * Undoes a failed {@link #apply} and returns its {@code failure}: every weight captured in it was
+   * touched and no active fuse has it, so its rebuild restores it from the copy and keeps the copy
+   * as a spare; spares taken for weights it did not capture go back as they are.
+   */
+  private RuntimeException undone(
+      RuntimeException failure, Map<String, NDArray> capturedNow, Set<String> touched, Map<String, NDArray> reusable) {
+    originals.putAll(capturedNow);
+    for (String name : touched) {
+      rebuild(name);
+    }
+    reusable.forEach((name, spare) -> {
+      if (capturedNow.get(name) != spare) {
+        keepAsSpare(name, spare);
+      }
+    });
+    return failure;
   }
 
   private synchronized void restore(WeightUpdate update, List<String> names) {

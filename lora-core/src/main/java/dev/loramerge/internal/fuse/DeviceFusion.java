@@ -401,6 +401,8 @@ public final class DeviceFusion {
     long downValues = cols * rank;
     long total = count * (upValues + downValues);
     ByteBuffer buffer = factorBuffer.take(total * Double.BYTES);
+    int lowest = factors.stream().mapToInt(Factors::rank).min().orElseThrow();
+    double[] zeros = new double[lowest == rank ? 0 : Math.toIntExact(Math.max(rank - lowest, (rank - lowest) * cols))];
     workers.submit(() -> IntStream.range(0, count).parallel().forEach(i -> {
       DoubleBuffer values = buffer.asDoubleBuffer();
       Factors f = factors.get(i);
@@ -412,7 +414,6 @@ public final class DeviceFusion {
         values.put(upAt, f.up());
       } else {
         // The buffer holds an earlier batch's values: the padding is written, not assumed zero.
-        double[] zeros = new double[(int) Math.max(rank - r, (rank - r) * cols)];
         for (int row = 0; row < rows; row++) {
           values.put(upAt + row * rank, f.up(), row * r, r);
           values.put(upAt + row * rank + r, zeros, 0, rank - r);
