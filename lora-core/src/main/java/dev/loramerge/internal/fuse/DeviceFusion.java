@@ -157,8 +157,9 @@ public final class DeviceFusion {
         return;
       }
       if (array != null) {
-        try (NDArray first = array.get(0)) {
-          first.toByteBuffer();
+        // One element back to the host: the device has then done everything queued before it.
+        try (NDArray flat = array.flatten(); NDArray element = flat.get(0)) {
+          element.toByteBuffer();
         }
       }
       long now = System.nanoTime();
@@ -231,7 +232,7 @@ public final class DeviceFusion {
         : workers.submit(() -> batch.parallelStream().map(job -> checked(job, rows, cols)).toList()).join();
     try (NDManager scratch = first.getManager().newSubManager(device)) {
       NDArray sum = terms.isPresent()
-          ? products(scratch, terms.get(), rows, cols, factorBuffer)
+          ? products(scratch, terms.get(), rows, cols, workers, factorBuffer)
           : products(scratch, factors, rows, cols, factors.stream().mapToInt(Factors::rank).max().orElseThrow(), workers, factorBuffer);
       phases.mark(terms.isPresent() ? "stored factors and product" : "float64 factors and product", sum);
       NDList sources = new NDList(batch.size());
@@ -328,32 +329,38 @@ public final class DeviceFusion {
    * device, from one copy of the stored factors and the coefficients to the device: the float64
    * factors of {@link Terms} formed there, with the host's roundings, then multiplied.
    */
-  private static NDArray products(NDManager scratch, List<Terms> batch, long rows, long cols, FactorBuffer factorBuffer) {
+  private static NDArray products(
+      NDManager scratch, List<Terms> batch, long rows, long cols, ForkJoinPool workers, FactorBuffer factorBuffer) {
     int count = batch.size();
     double factor = batch.get(0).factor();
     checkArgument(batch.stream().allMatch(terms -> terms.factor() == factor), "the terms of a batch have different factors");
     List<Term> layout = batch.get(0).terms();
-    long total = 0;
-    for (Term term : layout) {
-      total += aligned(count * Double.BYTES) + aligned(count * term.up().byteSize()) + aligned(count * term.down().byteSize());
+    // Per term: the coefficients, the ups and the downs of every job, each array at a cache line.
+    long[] starts = new long[layout.size() * 3 + 1];
+    for (int t = 0; t < layout.size(); t++) {
+      Term term = layout.get(t);
+      starts[3 * t + 1] = starts[3 * t] + aligned((long) count * Double.BYTES);
+      starts[3 * t + 2] = starts[3 * t + 1] + aligned(count * term.up().byteSize());
+      starts[3 * t + 3] = starts[3 * t + 2] + aligned(count * term.down().byteSize());
     }
-    ByteBuffer buffer = factorBuffer.take(total);
+    ByteBuffer buffer = factorBuffer.take(starts[starts.length - 1]);
+    workers.submit(() -> IntStream.range(0, count * layout.size()).parallel().forEach(task -> {
+      int i = task / layout.size();
+      int t = task % layout.size();
+      Term term = batch.get(i).terms().get(t);
+      ByteBuffer into = buffer.duplicate().order(ByteOrder.LITTLE_ENDIAN);
+      into.putDouble(Math.toIntExact(starts[3 * t] + (long) i * Double.BYTES), term.coefficient());
+      into.position(Math.toIntExact(starts[3 * t + 1] + i * term.up().byteSize())).put(term.up().bytes());
+      into.position(Math.toIntExact(starts[3 * t + 2] + i * term.down().byteSize())).put(term.down().bytes());
+    })).join();
     NDList ups = new NDList(layout.size());
     NDList downs = new NDList(layout.size());
-    long at = 0;
     for (int t = 0; t < layout.size(); t++) {
-      int index = t;
       Term term = layout.get(t);
-      ByteBuffer coefficients = ByteBuffer.allocate(count * Double.BYTES).order(ByteOrder.LITTLE_ENDIAN);
-      batch.forEach(terms -> coefficients.putDouble(terms.terms().get(index).coefficient()));
-      NDArray coefficient = upload(scratch, buffer, at, List.of(coefficients.flip()), new Shape(count, 1, 1), DType.F64);
-      at += aligned(count * Double.BYTES);
-      NDArray up = upload(scratch, buffer, at, batch.stream().map(terms -> terms.terms().get(index).up().bytes()).toList(),
-          new Shape(count, rows, term.rank()), term.up().dtype());
-      at += aligned(count * term.up().byteSize());
-      NDArray down = upload(scratch, buffer, at, batch.stream().map(terms -> terms.terms().get(index).down().bytes()).toList(),
-          new Shape(count, term.rank(), cols), term.down().dtype());
-      at += aligned(count * term.down().byteSize());
+      NDArray coefficient = array(scratch, buffer, starts[3 * t], (long) count * Double.BYTES, new Shape(count, 1, 1), DType.F64);
+      NDArray up = array(scratch, buffer, starts[3 * t + 1], count * term.up().byteSize(), new Shape(count, rows, term.rank()), term.up().dtype());
+      NDArray down = array(
+          scratch, buffer, starts[3 * t + 2], count * term.down().byteSize(), new Shape(count, term.rank(), cols), term.down().dtype());
       NDArray scaled = up.toType(DataType.FLOAT64, false).mul(coefficient);
       ups.add(factor == 1 ? scaled : scaled.mul(factor));
       downs.add(down.toType(DataType.FLOAT64, false));
@@ -368,13 +375,9 @@ public final class DeviceFusion {
     return (bytes + 63) & -64L;
   }
 
-  /** {@code parts} one after the other at {@code at} in {@code buffer}, as one array on the device. */
-  private static NDArray upload(NDManager scratch, ByteBuffer buffer, long at, List<ByteBuffer> parts, Shape shape, DType dtype) {
-    ByteBuffer region = buffer.duplicate().position(Math.toIntExact(at));
-    for (ByteBuffer part : parts) {
-      region.put(part.duplicate());
-    }
-    ByteBuffer slice = buffer.duplicate().position(Math.toIntExact(at)).limit(region.position()).slice().order(ByteOrder.LITTLE_ENDIAN);
+  /** The {@code bytes} at {@code at} in {@code buffer} as an array on the scratch manager's device. */
+  private static NDArray array(NDManager scratch, ByteBuffer buffer, long at, long bytes, Shape shape, DType dtype) {
+    ByteBuffer slice = buffer.duplicate().position(Math.toIntExact(at)).limit(Math.toIntExact(at + bytes)).slice().order(ByteOrder.LITTLE_ENDIAN);
     return scratch.create(slice, shape, Fusion.dataTypeOf(dtype));
   }
 
