@@ -183,4 +183,24 @@ JNIEXPORT void JNICALL Java_dev_loramerge_internal_fuse_CudaKernels_scatter(
   failed(env, cudaStreamSynchronize(cudaStreamLegacy), "loramerge scatter");
 }
 
+// Pins (page-locks) a direct buffer's host memory, so that copies from it to a GPU run at the
+// bus's speed rather than through the driver's staging buffers; false where CUDA refuses.
+JNIEXPORT jboolean JNICALL Java_dev_loramerge_internal_fuse_CudaKernels_pin(JNIEnv* env, jclass, jobject buffer) {
+  void* address = env->GetDirectBufferAddress(buffer);
+  jlong bytes = env->GetDirectBufferCapacity(buffer);
+  if (address == nullptr || bytes <= 0) {
+    return JNI_FALSE;
+  }
+  if (cudaHostRegister(address, bytes, cudaHostRegisterPortable) != cudaSuccess) {
+    cudaGetLastError();
+    return JNI_FALSE;
+  }
+  return JNI_TRUE;
+}
+
+// Unpins what pin pinned, before the buffer's memory is freed.
+JNIEXPORT void JNICALL Java_dev_loramerge_internal_fuse_CudaKernels_unpin(JNIEnv* env, jclass, jobject buffer) {
+  failed(env, cudaHostUnregister(env->GetDirectBufferAddress(buffer)), "loramerge unpin");
+}
+
 }  // extern "C"

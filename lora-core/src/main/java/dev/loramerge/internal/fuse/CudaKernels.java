@@ -102,6 +102,20 @@ final class CudaKernels {
     return true;
   }
 
+  /**
+   * Pins {@code buffer}'s memory (page-locked, so that copies from it to a GPU run at the bus's
+   * speed) where the kernels are loaded and {@code device} is a GPU; false otherwise or where
+   * CUDA refuses. A pinned buffer must be {@linkplain #unpin unpinned} before it is dropped.
+   */
+  static boolean pin(ByteBuffer buffer, Device device) {
+    return available(device) && buffer.isDirect() && buffer.capacity() > 0 && pin(buffer);
+  }
+
+  private static native boolean pin(ByteBuffer buffer);
+
+  /** Unpins a buffer {@link #pin} pinned. */
+  static native void unpin(ByteBuffer buffer);
+
   private static synchronized native long fuseRound(
       int device, ByteBuffer product, ByteBuffer[] sources, ByteBuffer out, int dtype, long perWeight);
 

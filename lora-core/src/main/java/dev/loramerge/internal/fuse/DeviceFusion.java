@@ -131,12 +131,13 @@ public final class DeviceFusion {
    *     batch's weights are unchanged, those of earlier batches are fused, later ones untouched
    */
   public static void fuseAll(List<Job> jobs, ForkJoinPool workers) {
-    FactorBuffer buffer = new FactorBuffer();
     Phases phases = new Phases(Boolean.getBoolean(PROFILE_PROPERTY));
     boolean stored = !Boolean.getBoolean(FLOAT64_FACTORS_PROPERTY);
     List<List<Job>> batches = batches(jobs, BATCH_ELEMENTS);
-    for (List<Job> batch : batches) {
-      fuseBatch(batch, workers, buffer, stored, phases);
+    try (FactorBuffer buffer = new FactorBuffer()) {
+      for (List<Job> batch : batches) {
+        fuseBatch(batch, workers, buffer, stored, phases);
+      }
     }
     phases.log(jobs.size(), batches.size());
   }
@@ -183,15 +184,31 @@ public final class DeviceFusion {
    * memory runs short. The batch's arrays are closed before the next batch refills it, so it may
    * also be the memory of an array libtorch made from it without a copy.
    */
-  private static final class FactorBuffer {
+  private static final class FactorBuffer implements AutoCloseable {
     private ByteBuffer buffer = ByteBuffer.allocateDirect(0);
+    private boolean pinned;
 
-    ByteBuffer take(long bytes) {
+    /**
+     * {@code bytes} of the buffer, grown first where needed; pinned where the CUDA kernels are
+     * loaded and {@code device} is a GPU, since copies from pageable memory go through the
+     * driver's staging buffers at a fraction of the bus's speed.
+     */
+    ByteBuffer take(long bytes, Device device) {
       checkArgument(bytes <= Integer.MAX_VALUE, "a batch of %s bytes of factors is too large for one buffer", bytes);
       if (buffer.capacity() < bytes) {
+        close();
         buffer = ByteBuffer.allocateDirect((int) Math.min(Integer.MAX_VALUE, Math.max(bytes, buffer.capacity() * 3L / 2)));
+        pinned = CudaKernels.pin(buffer, device);
       }
       return buffer.duplicate().clear().limit((int) bytes).slice().order(ByteOrder.nativeOrder());
+    }
+
+    @Override
+    public void close() {
+      if (pinned) {
+        CudaKernels.unpin(buffer);
+        pinned = false;
+      }
     }
   }
 
@@ -343,7 +360,7 @@ public final class DeviceFusion {
       starts[3 * t + 2] = starts[3 * t + 1] + aligned(count * term.up().byteSize());
       starts[3 * t + 3] = starts[3 * t + 2] + aligned(count * term.down().byteSize());
     }
-    ByteBuffer buffer = factorBuffer.take(starts[starts.length - 1]);
+    ByteBuffer buffer = factorBuffer.take(starts[starts.length - 1], scratch.getDevice());
     workers.submit(() -> IntStream.range(0, count * layout.size()).parallel().forEach(task -> {
       int i = task / layout.size();
       int t = task % layout.size();
@@ -403,7 +420,7 @@ public final class DeviceFusion {
     long upValues = rows * rank;
     long downValues = cols * rank;
     long total = count * (upValues + downValues);
-    ByteBuffer buffer = factorBuffer.take(total * Double.BYTES);
+    ByteBuffer buffer = factorBuffer.take(total * Double.BYTES, scratch.getDevice());
     int lowest = factors.stream().mapToInt(Factors::rank).min().orElseThrow();
     double[] zeros = new double[lowest == rank ? 0 : Math.toIntExact(Math.max(rank - lowest, (rank - lowest) * cols))];
     workers.submit(() -> IntStream.range(0, count).parallel().forEach(i -> {
