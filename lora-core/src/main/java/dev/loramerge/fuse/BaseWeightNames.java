@@ -139,6 +139,21 @@ public final class BaseWeightNames {
   }
 
   /**
+   * The weight of an original single-file checkpoint that holds {@code key}'s weight transposed:
+   * OpenCLIP's {@code text_projection} is a bare parameter applied as {@code x @ text_projection},
+   * so sgm's SDXL checkpoint holds SDXL text encoder 2's {@code text_projection} Linear weight as
+   * {@code conditioner.embedders.1.model.text_projection}, [in, out] (diffusers' {@code
+   * convert_open_clip_checkpoint} loads it as {@code .T}).
+   */
+  static Optional<String> transposedName(ModuleKey key, Optional<Architecture> architecture) {
+    if (key.component() == Component.TEXT_ENCODER_2 && key.path().equals("text_projection")
+        && architecture.isPresent() && architecture.get() == Architecture.sdxl()) {
+      return Optional.of("conditioner.embedders.1.model.text_projection");
+    }
+    return Optional.empty();
+  }
+
+  /**
    * The names a fused weight has in a checkpoint: OpenCLIP's {@code in_proj_weight}, or {@link
    * #originalNames} for BFL's.
    */
