@@ -272,4 +272,24 @@ class TextEncoderLayoutsTest {
       }
     }
   }
+
+  @Test
+  void aT5OnlyFileIsReadAsSd3sWhenTheBaseOrTheArchitectureSaysSo() throws IOException {
+    Random random = new Random(10);
+    Map<String, TensorData> tensors = new LinkedHashMap<>();
+    kohyaModule(tensors, random, "lora_te3_encoder_block_4_layer_0_SelfAttention_v", T5, T5);
+    Path lora = write("t5-only", tensors);
+    ModuleKey sd3 = ModuleKey.parse("text_encoder_3.encoder.block.4.layer.0.SelfAttention.v");
+    assertThat(LoraFiles.read(lora).modules().keySet())
+        .as("both fit; Flux comes first").containsExactly(ModuleKey.parse("text_encoder_2.encoder.block.4.layer.0.SelfAttention.v"));
+    String weight = "text_encoder_3.encoder.block.4.layer.0.SelfAttention.v.weight";
+    LoraAdapter byBase = LoraFiles.read(lora, LoraReadOptions.builder().baseKeys(List.of(weight)).build());
+    assertThat(byBase.modules().keySet()).containsExactly(sd3);
+    LoraAdapter byArchitecture = LoraFiles.read(lora, LoraReadOptions.builder().architecture(Architecture.sd35Large()).build());
+    assertThat(byArchitecture.modules().keySet()).containsExactly(sd3);
+    Path base = write("sd3-pipeline", ImmutableMap.of(weight, gaussian(random, DType.BF16, T5, T5)));
+    assertThat(LoraFuser.of(LoraMerger.builder().add(byBase, 1).build())
+            .fuseInto(SafetensorsWeights.of(base, folder.resolve("sd3-fused.safetensors"))).report().matched())
+        .containsExactly(Map.entry(sd3, weight));
+  }
 }
