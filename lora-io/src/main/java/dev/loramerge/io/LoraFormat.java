@@ -14,7 +14,7 @@ public enum LoraFormat {
   PEFT,
   /**
    * kohya sd-scripts / A1111: one safetensors file with {@code lora_unet_…}, {@code lora_te_…},
-   * {@code lora_te1_…}, {@code lora_te2_…} module names, {@code .lora_down.weight},
+   * {@code lora_te1_…}, {@code lora_te2_…}, {@code lora_te3_…} (T5) module names, {@code .lora_down.weight},
    * {@code .lora_up.weight} and {@code .alpha}. SD1.5 names are underscored diffusers paths,
    * SDXL, Flux.1 and SD3.5 names underscored original (sgm, BFL, MMDiT) paths, with the original
    * checkpoint's fused weights ({@code lora_unet_double_blocks_0_img_attn_qkv}) split into their
@@ -23,7 +23,7 @@ public enum LoraFormat {
   KOHYA,
   /**
    * A diffusers pipeline file ({@code pytorch_lora_weights.safetensors}): keys prefixed
-   * {@code unet.}, {@code transformer.}, {@code text_encoder.}, {@code text_encoder_2.} with {@code lora_A}/{@code
+   * {@code unet.}, {@code transformer.}, {@code text_encoder.}, {@code text_encoder_2.}, {@code text_encoder_3.} with {@code lora_A}/{@code
    * lora_B} (or {@code lora.down}/{@code lora.up}, or the older attention-processor names),
    * alphas in the {@code lora_adapter_metadata} JSON of the header, and PEFT's {@code
    * lora_B.bias} for a bias difference.
