@@ -292,4 +292,18 @@ class TextEncoderLayoutsTest {
             .fuseInto(SafetensorsWeights.of(base, folder.resolve("sd3-fused.safetensors"))).report().matched())
         .containsExactly(Map.entry(sd3, weight));
   }
+
+  @Test
+  void aT5AdapterRoundTripsThroughAPeftFolder() throws IOException {
+    Random random = new Random(11);
+    Map<String, TensorData> tensors = new LinkedHashMap<>();
+    kohyaModule(tensors, random, "lora_te3_encoder_block_9_layer_1_DenseReluDense_wi_0", T5, T5_FF);
+    LoraAdapter adapter = LoraFiles.read(write("t5-peft-source", tensors));
+    Path peft = folder.resolve("t5-peft");
+    LoraFiles.write(adapter, peft, LoraFormat.PEFT);
+    assertThat(LoraFiles.read(peft).modules()).isEqualTo(adapter.modules());
+    LoraAdapter sd3 = LoraFiles.read(peft, LoraReadOptions.builder().architecture(Architecture.sd35Medium()).build());
+    assertThat(sd3.modules().keySet())
+        .containsExactly(ModuleKey.parse("text_encoder_3.encoder.block.9.layer.1.DenseReluDense.wi_0"));
+  }
 }
