@@ -9,7 +9,8 @@ public enum LoraFormat {
    * A PEFT folder: {@code adapter_config.json} (r, lora_alpha, rank_pattern, alpha_pattern,
    * use_rslora, target_modules) and {@code adapter_model.safetensors} with keys
    * {@code base_model.model.<path>.lora_A.weight} / {@code .lora_B.weight}. One model per
-   * adapter: a UNet, or a text encoder (paths starting {@code text_model.}).
+   * adapter: a UNet, a transformer, or a text encoder (paths starting {@code text_model.}, CLIP, or
+   * {@code encoder.block.}, T5).
    */
   PEFT,
   /**
