@@ -7,6 +7,8 @@ public enum Component {
   UNET("unet"),
   TEXT_ENCODER("text_encoder"),
   TEXT_ENCODER_2("text_encoder_2"),
+  /** SD3's third text encoder, T5-XXL; Flux.1 has its T5 as {@link #TEXT_ENCODER_2}, as diffusers does. */
+  TEXT_ENCODER_3("text_encoder_3"),
   /** The denoising transformer of DiT models (Flux.1), where SD1.5 and SDXL have a UNet. */
   TRANSFORMER("transformer");
 

@@ -40,7 +40,10 @@ import java.util.Optional;
  * stabilityai/stable-diffusion-3.5-medium} / {@code -large} configs: the walks follow diffusers'
  * {@code FluxTransformer2DModel} and {@code SD3Transformer2DModel}, name each module as the
  * original checkpoint does, and list the original weights that stack several modules as {@link
- * #fusedModules()}.
+ * #fusedModules()}. Their T5 v1.1 XXL text encoder ({@code T5EncoderModel}: per block {@code
+ * encoder.block.N.layer.0.SelfAttention.q/k/v/o} and {@code layer.1.DenseReluDense.wi_0/wi_1/wo})
+ * is Flux's {@link dev.loramerge.Component#TEXT_ENCODER_2} and SD3's {@link
+ * dev.loramerge.Component#TEXT_ENCODER_3}, as the diffusers pipelines name them.
  *
  * <h2>Block ids</h2>
  *
@@ -56,7 +59,8 @@ import java.util.Optional;
  * matches none of its blocks to them and applies them at weight 1; kohya's {@code --lbws} and
  * sd-mecha place them differently, so a caller that wants their convention maps these three.
  * SD2.x uses SD1.5's ids. Flux.1's are {@code BASE}, {@code double_blocks.N} and {@code
- * single_blocks.N}, SD3.5's {@code joint_blocks.N}; their embedders and final layers have none.
+ * single_blocks.N}, SD3.5's {@code joint_blocks.N} (text encoders {@code BASE}); their embedders and
+ * final layers have none.
  *
  * <h2>kohya names</h2>
  *
@@ -64,7 +68,9 @@ import java.util.Optional;
  * diffusers path and {@code lora_te_} plus the text-encoder path; for SDXL {@code lora_unet_}
  * plus the original (sgm) path and {@code lora_te1_} / {@code lora_te2_}, always with {@code .}
  * replaced by {@code _}; for Flux.1 and SD3.5 {@code lora_unet_} plus the original (BFL, MMDiT)
- * path, fused weights included ({@link #resolveFusedKohyaName}). {@link #resolveKohyaName} also
+ * path, fused weights included ({@link #resolveFusedKohyaName}), and {@code lora_te1_} (CLIP-L),
+ * {@code lora_te2_} (SD3's CLIP-G) and {@code lora_te3_} (T5) plus the text-encoder path; Flux's
+ * T5 is also read as {@code lora_te2_}, OneTrainer's spelling. {@link #resolveKohyaName} also
  * accepts a UNet module under the other spelling (diffusers or original), since converters write
  * both. Because underscores cannot be
  * turned back into dots by rule, resolution is an exact lookup in tables built from the
@@ -119,7 +125,8 @@ public final class Architecture {
 
   /**
    * Flux.1 [dev] (and [schnell], which lacks the guidance embedder): the {@code
-   * FluxTransformer2DModel} of 19 double and 38 single blocks, 3072 wide, and CLIP ViT-L/14.
+   * FluxTransformer2DModel} of 19 double and 38 single blocks, 3072 wide, CLIP ViT-L/14 and T5 v1.1
+   * XXL ({@code text_encoder_2}).
    * Transformer modules are keyed by their diffusers paths ({@code
    * transformer.transformer_blocks.0.attn.to_q}); the original checkpoint's fused weights
    * ({@code double_blocks.0.img_attn.qkv}, {@code single_blocks.0.linear1}) are {@link
@@ -141,7 +148,8 @@ public final class Architecture {
 
   /**
    * Stable Diffusion 3.5 Medium: the MMDiT {@code SD3Transformer2DModel} of 24 joint blocks, 1536
-   * wide, with a second image attention ({@code attn2}) in blocks 0–12. Modules are keyed by
+   * wide, with a second image attention ({@code attn2}) in blocks 0–12; CLIP ViT-L/14 and OpenCLIP
+   * bigG, both with projection, and T5 v1.1 XXL ({@code text_encoder_3}). Modules are keyed by
    * diffusers paths; the original checkpoint's fused {@code joint_blocks.N.x_block.attn.qkv},
    * {@code attn2.qkv} and {@code context_block.attn.qkv} are {@link #fusedModules()}.
    */

@@ -20,7 +20,12 @@ import java.util.regex.Pattern;
  * its own there; {@link LoraFuser} finds the fused one by {@link #originalNames}.
  */
 public final class BaseWeightNames {
-  private static final String OPEN_CLIP_RESBLOCKS = "conditioner.embedders.1.model.transformer.resblocks.";
+  /** SDXL's second text encoder (OpenCLIP bigG) in sgm's single-file checkpoint. */
+  private static final String SDXL_RESBLOCKS = "conditioner.embedders.1.model.transformer.resblocks.";
+  /** SD2.x's text encoder (OpenCLIP ViT-H) in the single-file checkpoint, as ldm's FrozenOpenCLIPEmbedder names it. */
+  private static final String SD2_RESBLOCKS = "cond_stage_model.model.transformer.resblocks.";
+  /** ComfyUI's single-file Flux and SD3 checkpoints: {@code text_encoders.clip_l.}, {@code clip_g.}, {@code t5xxl.}. */
+  private static final String COMFY_TEXT_ENCODERS = "text_encoders.";
   private static final Pattern OPEN_CLIP_LAYER = Pattern.compile("text_model\\.encoder\\.layers\\.(\\d+)\\.(.+)");
   private static final ImmutableMap<String, String> OPEN_CLIP_NAMES =
       ImmutableMap.of("self_attn.out_proj", "attn.out_proj", "mlp.fc1", "mlp.c_fc", "mlp.fc2", "mlp.c_proj");
@@ -47,13 +52,11 @@ public final class BaseWeightNames {
         spec.flatMap(ModuleSpec::originalPath).ifPresent(original -> names.addAll(originalNames(original)));
         break;
       case TEXT_ENCODER:
-        if (architecture.isPresent() && architecture.get() == Architecture.flux()) {
-          // ComfyUI's single-file Flux checkpoints hold CLIP-L under text_encoders.clip_l.
-          names.add("text_encoders.clip_l.transformer." + path + ".weight");
+        if (architecture.isPresent() && (architecture.get() == Architecture.flux() || isSd3(architecture.get()))) {
+          // ComfyUI's single-file Flux and SD3 checkpoints hold CLIP-L under text_encoders.clip_l.
+          names.add(COMFY_TEXT_ENCODERS + "clip_l.transformer." + path + ".weight");
         } else if (architecture.isPresent() && architecture.get() == Architecture.sd2()) {
-          // SD2's single-file checkpoints hold the text encoder in OpenCLIP's layout
-          // (cond_stage_model.model.transformer.resblocks, q/k/v fused): not looked up.
-          return names.build();
+          openClipName(SD2_RESBLOCKS, path).ifPresent(names::add);
         } else if (architecture.isPresent() && architecture.get() == Architecture.sdxl()) {
           names.add("conditioner.embedders.0.transformer." + path + ".weight");
         } else {
@@ -61,14 +64,22 @@ public final class BaseWeightNames {
         }
         break;
       case TEXT_ENCODER_2:
-        // The original SDXL checkpoint stores the second encoder in OpenCLIP's layout: out_proj
-        // and the MLP have a weight of their own there; q, k and v share in_proj_weight
-        // (openClipInProjection).
         if (architecture.isPresent() && architecture.get() == Architecture.sdxl()) {
-          Matcher layer = OPEN_CLIP_LAYER.matcher(path);
-          if (layer.matches() && OPEN_CLIP_NAMES.containsKey(layer.group(2))) {
-            names.add(OPEN_CLIP_RESBLOCKS + layer.group(1) + "." + OPEN_CLIP_NAMES.get(layer.group(2)) + ".weight");
-          }
+          // The original SDXL checkpoint stores the second encoder in OpenCLIP's layout: out_proj
+          // and the MLP have a weight of their own there; q, k and v share in_proj_weight
+          // (openClipInProjection).
+          openClipName(SDXL_RESBLOCKS, path).ifPresent(names::add);
+        } else if (architecture.isPresent() && architecture.get() == Architecture.flux()) {
+          // Flux's T5: bare in t5xxl_fp16.safetensors (the first name), under t5xxl in ComfyUI's
+          // single-file checkpoints.
+          names.add(COMFY_TEXT_ENCODERS + "t5xxl.transformer." + path + ".weight");
+        } else if (architecture.isPresent() && isSd3(architecture.get())) {
+          names.add(COMFY_TEXT_ENCODERS + "clip_g.transformer." + path + ".weight");
+        }
+        break;
+      case TEXT_ENCODER_3:
+        if (architecture.isPresent() && isSd3(architecture.get())) {
+          names.add(COMFY_TEXT_ENCODERS + "t5xxl.transformer." + path + ".weight");
         }
         break;
       default:
@@ -77,14 +88,36 @@ public final class BaseWeightNames {
     return names.build();
   }
 
+  private static boolean isSd3(Architecture architecture) {
+    return architecture == Architecture.sd35Medium() || architecture == Architecture.sd35Large();
+  }
+
+  /** The OpenCLIP name of a transformers CLIP module with a weight of its own there (out_proj, the MLP). */
+  private static Optional<String> openClipName(String resblocks, String path) {
+    Matcher layer = OPEN_CLIP_LAYER.matcher(path);
+    if (layer.matches() && OPEN_CLIP_NAMES.containsKey(layer.group(2))) {
+      return Optional.of(resblocks + layer.group(1) + "." + OPEN_CLIP_NAMES.get(layer.group(2)) + ".weight");
+    }
+    return Optional.empty();
+  }
+
   /**
-   * The fused q/k/v weight of OpenCLIP's attention that {@code key} is a part of in the original
-   * SDXL checkpoint ({@code conditioner.embedders.1.model.transformer.resblocks.N.attn.in_proj},
-   * rows q, k, v as {@code torch.nn.MultiheadAttention} stacks them), for a q/k/v module of
-   * SDXL's second text encoder.
+   * The fused q/k/v weight of OpenCLIP's attention that {@code key} is a part of in an original
+   * single-file checkpoint ({@code resblocks.N.attn.in_proj}, rows q, k, v as {@code
+   * torch.nn.MultiheadAttention} stacks them), for a q/k/v module of SDXL's second text encoder
+   * ({@code conditioner.embedders.1.model.transformer.}) or of SD2.x's text encoder ({@code
+   * cond_stage_model.model.transformer.}).
    */
   static Optional<FusedModule> openClipInProjection(ModuleKey key, Optional<Architecture> architecture) {
-    if (key.component() != Component.TEXT_ENCODER_2 || architecture.isEmpty() || architecture.get() != Architecture.sdxl()) {
+    if (architecture.isEmpty()) {
+      return Optional.empty();
+    }
+    String resblocks;
+    if (key.component() == Component.TEXT_ENCODER_2 && architecture.get() == Architecture.sdxl()) {
+      resblocks = SDXL_RESBLOCKS;
+    } else if (key.component() == Component.TEXT_ENCODER && architecture.get() == Architecture.sd2()) {
+      resblocks = SD2_RESBLOCKS;
+    } else {
       return Optional.empty();
     }
     Matcher layer = OPEN_CLIP_LAYER.matcher(key.path());
@@ -99,10 +132,25 @@ public final class BaseWeightNames {
     String prefix = "text_model.encoder.layers." + layer.group(1) + ".self_attn.";
     ImmutableList.Builder<FusedModule.Segment> segments = ImmutableList.builder();
     for (String part : new String[] {"q_proj", "k_proj", "v_proj"}) {
-      segments.add(new FusedModule.Segment(ModuleKey.of(Component.TEXT_ENCODER_2, prefix + part), 0, width));
+      segments.add(new FusedModule.Segment(ModuleKey.of(key.component(), prefix + part), 0, width));
     }
     return Optional.of(
-        new FusedModule(OPEN_CLIP_RESBLOCKS + layer.group(1) + ".attn.in_proj", width, spec.get().blockId(), segments.build()));
+        new FusedModule(resblocks + layer.group(1) + ".attn.in_proj", width, spec.get().blockId(), segments.build()));
+  }
+
+  /**
+   * The weight of an original single-file checkpoint that holds {@code key}'s weight transposed:
+   * OpenCLIP's {@code text_projection} is a bare parameter applied as {@code x @ text_projection},
+   * so sgm's SDXL checkpoint holds SDXL text encoder 2's {@code text_projection} Linear weight as
+   * {@code conditioner.embedders.1.model.text_projection}, [in, out] (diffusers' {@code
+   * convert_open_clip_checkpoint} loads it as {@code .T}).
+   */
+  static Optional<String> transposedName(ModuleKey key, Optional<Architecture> architecture) {
+    if (key.component() == Component.TEXT_ENCODER_2 && key.path().equals("text_projection")
+        && architecture.isPresent() && architecture.get() == Architecture.sdxl()) {
+      return Optional.of("conditioner.embedders.1.model.text_projection");
+    }
+    return Optional.empty();
   }
 
   /**

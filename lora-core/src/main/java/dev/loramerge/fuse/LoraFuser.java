@@ -5,6 +5,7 @@ import static com.google.common.base.Preconditions.checkNotNull;
 
 import com.google.common.collect.ImmutableList;
 import com.google.common.collect.ImmutableMap;
+import com.google.common.collect.ImmutableSet;
 import com.google.common.collect.ImmutableSortedMap;
 import com.google.errorprone.annotations.CanIgnoreReturnValue;
 import dev.loramerge.AdapterKind;
@@ -23,9 +24,11 @@ import dev.loramerge.merge.ModuleUpdates;
 import java.io.IOException;
 import java.util.Arrays;
 import java.util.LinkedHashMap;
+import java.util.LinkedHashSet;
 import java.util.Locale;
 import java.util.Map;
 import java.util.Optional;
+import java.util.Set;
 import java.util.SortedSet;
 import java.util.TreeSet;
 import java.util.concurrent.ForkJoinPool;
@@ -138,6 +141,7 @@ public final class LoraFuser {
     Map<String, ModuleKey> biases = new LinkedHashMap<>();
     Map<String, FusedModule> fusedWeights = new LinkedHashMap<>();
     Map<String, FusedModule> fusedBiases = new LinkedHashMap<>();
+    Set<String> transposedWeights = new LinkedHashSet<>();
     for (ModuleKey key : keys) {
       Optional<String> name = BaseWeightNames.resolve(key, arch, weights.keySet());
       Optional<FusedModule> fused =
@@ -146,6 +150,11 @@ public final class LoraFuser {
               : arch.flatMap(a -> a.fusedModule(key)).or(() -> BaseWeightNames.openClipInProjection(key, arch));
       if (fused.isPresent()) {
         name = BaseWeightNames.fusedNames(fused.get()).stream().filter(weights::containsKey).findFirst();
+      }
+      boolean transposed = false;
+      if (name.isEmpty() && fused.isEmpty()) {
+        name = BaseWeightNames.transposedName(key, arch).filter(weights::containsKey);
+        transposed = name.isPresent();
       }
       if (name.isEmpty()) {
         unmatched.add(key);
@@ -176,7 +185,12 @@ public final class LoraFuser {
         }
         continue;
       }
-      checkFits(key, updates.firstModule(key), weights.get(name.get()));
+      if (transposed) {
+        checkTransposedFits(key, updates.firstModule(key), weights.get(name.get()));
+        transposedWeights.add(name.get());
+      } else {
+        checkFits(key, updates.firstModule(key), weights.get(name.get()));
+      }
       if (updates.materialised(key)) {
         updates.checkMaterialisable(key, factor);
       }
@@ -228,7 +242,8 @@ public final class LoraFuser {
           new MergedWeightUpdate(
               updates, merger.listener(), ImmutableMap.copyOf(byWeight), ImmutableMap.copyOf(biases), factor,
               recipe(operation, factor), workers, scratch)
-              .withFused(ImmutableMap.copyOf(fusedWeights), ImmutableMap.copyOf(fusedBiases), report.matched().keySet());
+              .withFused(ImmutableMap.copyOf(fusedWeights), ImmutableMap.copyOf(fusedBiases), report.matched().keySet())
+              .withTransposed(ImmutableSet.copyOf(transposedWeights));
       return new FusedLora(report, target.apply(update));
     } finally {
       workers.shutdown();
@@ -263,7 +278,23 @@ public final class LoraFuser {
     arch.flatMap(a -> a.fusedModule(key))
         .or(() -> BaseWeightNames.openClipInProjection(key, arch))
         .ifPresent(fused -> names.addAll(BaseWeightNames.fusedNames(fused)));
+    BaseWeightNames.transposedName(key, arch).ifPresent(names::add);
     return names.build();
+  }
+
+  private static void checkTransposedFits(ModuleKey key, LoraModule module, TensorSpec weight) {
+    long[] expected = {module.inFeatures(), module.outFeatures()};
+    if (module.kind() != LoraModule.Kind.LINEAR || !Arrays.equals(weight.shape(), expected) || !weight.dtype().isFloatingPoint()) {
+      throw new LoraMergeException(
+          String.format(
+              Locale.ROOT,
+              "module '%s' updates a %s weight, held transposed as %s in base weight '%s', which is %s",
+              key,
+              Arrays.toString(module.weightShape()),
+              Arrays.toString(expected),
+              weight.name(),
+              weight.dtype().safetensorsName() + Arrays.toString(weight.shape())));
+    }
   }
 
   private static void checkFits(ModuleKey key, FusedModule fused, TensorSpec weight) {

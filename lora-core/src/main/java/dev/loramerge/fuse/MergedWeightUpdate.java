@@ -20,6 +20,7 @@ import dev.loramerge.merge.Float64Factors;
 import dev.loramerge.merge.MergeListener;
 import dev.loramerge.merge.ModuleUpdates;
 import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
 import java.util.ArrayList;
 import java.util.LinkedHashMap;
 import java.util.List;
@@ -48,6 +49,7 @@ final class MergedWeightUpdate implements DeviceUpdate {
   private final ImmutableMap<String, FusedModule> fused;
   private final ImmutableMap<String, FusedModule> fusedBiases;
   private final ImmutableSet<ModuleKey> matched;
+  private final ImmutableSet<String> transposed;
 
   MergedWeightUpdate(
       ModuleUpdates updates, MergeListener listener, ImmutableMap<String, ModuleKey> modules,
@@ -63,11 +65,12 @@ final class MergedWeightUpdate implements DeviceUpdate {
     this.fused = ImmutableMap.of();
     this.fusedBiases = ImmutableMap.of();
     this.matched = ImmutableSet.of();
+    this.transposed = ImmutableSet.of();
   }
 
   private MergedWeightUpdate(
       MergedWeightUpdate update, ImmutableMap<String, FusedModule> fused, ImmutableMap<String, FusedModule> fusedBiases,
-      ImmutableSet<ModuleKey> matched) {
+      ImmutableSet<ModuleKey> matched, ImmutableSet<String> transposed) {
     this.biases = update.biases;
     this.workers = update.workers;
     this.scratch = update.scratch;
@@ -79,6 +82,7 @@ final class MergedWeightUpdate implements DeviceUpdate {
     this.fused = fused;
     this.fusedBiases = fusedBiases;
     this.matched = matched;
+    this.transposed = transposed;
   }
 
   /**
@@ -87,7 +91,16 @@ final class MergedWeightUpdate implements DeviceUpdate {
    */
   MergedWeightUpdate withFused(
       ImmutableMap<String, FusedModule> fused, ImmutableMap<String, FusedModule> fusedBiases, Set<ModuleKey> matched) {
-    return new MergedWeightUpdate(this, fused, fusedBiases, ImmutableSet.copyOf(matched));
+    return new MergedWeightUpdate(this, fused, fusedBiases, ImmutableSet.copyOf(matched), transposed);
+  }
+
+  /**
+   * This update, with the weights named {@code transposed} held transposed ([in, out]) in the
+   * target: each is transposed to its module's [out, in], fused as a weight of that name would
+   * be, and transposed back, so its bytes are the separate weight's, transposed.
+   */
+  MergedWeightUpdate withTransposed(ImmutableSet<String> transposed) {
+    return new MergedWeightUpdate(this, fused, fusedBiases, matched, transposed);
   }
 
   @Override
@@ -98,6 +111,37 @@ final class MergedWeightUpdate implements DeviceUpdate {
 
   @Override
   public void apply(TensorSpec spec, ByteBuffer weight, ByteBuffer into, DType dtype) {
+    if (transposed.contains(spec.name())) {
+      long[] shape = spec.shape();
+      TensorSpec upright = new TensorSpec(spec.name(), spec.dtype(), new long[] {shape[1], shape[0]});
+      ByteBuffer uprightWeight = transpose(weight.duplicate(), shape[0], shape[1], spec.dtype().byteSize());
+      ByteBuffer fusedUpright = ByteBuffer.allocate(uprightWeight.capacity() / spec.dtype().byteSize() * dtype.byteSize())
+          .order(ByteOrder.LITTLE_ENDIAN);
+      applyUpright(upright, uprightWeight, fusedUpright, dtype);
+      into.duplicate().put(transpose(fusedUpright.clear(), shape[1], shape[0], dtype.byteSize()));
+      return;
+    }
+    applyUpright(spec, weight, into, dtype);
+  }
+
+  /** The {@code rows}×{@code columns} elements of {@code bytes}, transposed, in a new buffer. */
+  private static ByteBuffer transpose(ByteBuffer bytes, long rows, long columns, long elementBytes) {
+    int size = Math.toIntExact(elementBytes);
+    ByteBuffer result = ByteBuffer.allocate(Math.toIntExact(rows * columns * size)).order(ByteOrder.LITTLE_ENDIAN);
+    int start = bytes.position();
+    for (long row = 0; row < rows; row++) {
+      for (long column = 0; column < columns; column++) {
+        int from = Math.toIntExact(start + (row * columns + column) * size);
+        int to = Math.toIntExact((column * rows + row) * size);
+        for (int b = 0; b < size; b++) {
+          result.put(to + b, bytes.get(from + b));
+        }
+      }
+    }
+    return result;
+  }
+
+  private void applyUpright(TensorSpec spec, ByteBuffer weight, ByteBuffer into, DType dtype) {
     String name = spec.name();
     ModuleKey biasOf = biases.get(name);
     if (biasOf != null) {
@@ -165,12 +209,12 @@ final class MergedWeightUpdate implements DeviceUpdate {
   }
 
   /**
-   * Materialised updates (other adapter kinds, DoRA, bias differences) and fused weights (whose
-   * parts' factors are joined) are computed on the host.
+   * Materialised updates (other adapter kinds, DoRA, bias differences), fused weights (whose
+   * parts' factors are joined) and transposed weights are computed on the host.
    */
   @Override
   public boolean onDevice(TensorSpec spec) {
-    return !materialised(spec) && !fused.containsKey(spec.name());
+    return !materialised(spec) && !fused.containsKey(spec.name()) && !transposed.contains(spec.name());
   }
 
   private boolean materialised(TensorSpec spec) {

@@ -65,7 +65,9 @@ final class DiffusersFormat {
   private static Optional<Component> component(String name) {
     // Longest prefix first: text_encoder_2 also starts with text_encoder.
     for (Component component :
-        new Component[] {Component.TEXT_ENCODER_2, Component.TEXT_ENCODER, Component.UNET, Component.TRANSFORMER}) {
+        new Component[] {
+          Component.TEXT_ENCODER_3, Component.TEXT_ENCODER_2, Component.TEXT_ENCODER, Component.UNET, Component.TRANSFORMER
+        }) {
       if (name.startsWith(component.prefix() + ".")) {
         return Optional.of(component);
       }

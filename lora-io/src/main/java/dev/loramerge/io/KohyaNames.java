@@ -37,6 +37,7 @@ final class KohyaNames {
           "lora_unet_", Component.UNET,
           "lora_te1_", Component.TEXT_ENCODER,
           "lora_te2_", Component.TEXT_ENCODER_2,
+          "lora_te3_", Component.TEXT_ENCODER_3,
           "lora_te_", Component.TEXT_ENCODER,
           ONE_TRAINER_TRANSFORMER, Component.TRANSFORMER);
 
@@ -226,6 +227,8 @@ final class KohyaNames {
         return new String[] {"lora_te_" + underscored, "lora_te1_" + underscored};
       case TEXT_ENCODER_2:
         return new String[] {"lora_te2_" + underscored};
+      case TEXT_ENCODER_3:
+        return new String[] {"lora_te3_" + underscored};
       case TRANSFORMER:
         return new String[] {"lora_unet_" + underscored, "lora_transformer_" + underscored};
       default:
@@ -256,6 +259,9 @@ final class KohyaNames {
           break;
         case TEXT_ENCODER_2:
           names.put(key, "lora_te2_" + underscored);
+          break;
+        case TEXT_ENCODER_3:
+          names.put(key, "lora_te3_" + underscored);
           break;
         case TRANSFORMER:
           names.put(key, "lora_transformer_" + underscored);

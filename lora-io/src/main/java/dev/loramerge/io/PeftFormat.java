@@ -130,6 +130,7 @@ final class PeftFormat {
         Component component =
             module.name.startsWith("text_model.")
                 ? Component.TEXT_ENCODER
+                : module.name.startsWith("encoder.block.") ? t5(options)
                 : isTransformerPath(module.name) ? Component.TRANSFORMER : Component.UNET;
         ModuleKey key = ModuleKey.of(component, module.name);
         LoraModule read = LoraModule.of(key, module.down, module.up, config.alphaOf(module.name), rule);
@@ -141,6 +142,16 @@ final class PeftFormat {
       adapter.putAllMetadata(file.metadata());
       return adapter.build();
     }
+  }
+
+  /**
+   * The component of a T5 encoder adapted alone: SD3's {@code text_encoder_3} when the caller named
+   * SD3.5, else Flux's {@code text_encoder_2}, as for a kohya file that fits both.
+   */
+  private static Component t5(LoraReadOptions options) {
+    ModuleKey sd3 = ModuleKey.of(Component.TEXT_ENCODER_3, "encoder.block.0.layer.0.SelfAttention.q");
+    boolean named = options.architecture().flatMap(architecture -> architecture.module(sd3)).isPresent();
+    return named ? Component.TEXT_ENCODER_3 : Component.TEXT_ENCODER_2;
   }
 
   /** Whether {@code path} is a module of Flux's transformer, which a PEFT folder may adapt alone. */

@@ -427,19 +427,19 @@ class FluxLayoutsTest {
 
   @Test
   void skippingRefusesAResultThatLostMostOfTheAdapter() throws IOException {
-    // T5 modules (lora_te3_, sd-scripts' train_t5xxl) are not read: two of three modules would go.
+    // A fourth text encoder (OneTrainer's lora_te4_, HiDream's Llama) is not read: two of three modules would go.
     Random random = new Random(13);
     Map<String, TensorData> tensors = new LinkedHashMap<>();
     kohyaModule(tensors, random, "lora_unet_double_blocks_0_img_attn_proj", INNER, INNER);
-    kohyaModule(tensors, random, "lora_te3_encoder_block_0_layer_0_SelfAttention_q", 4096, 4096);
-    kohyaModule(tensors, random, "lora_te3_encoder_block_0_layer_0_SelfAttention_k", 4096, 4096);
-    Path path = folder.resolve("t5.safetensors");
+    kohyaModule(tensors, random, "lora_te4_model_layers_0_self_attn_q_proj", 4096, 4096);
+    kohyaModule(tensors, random, "lora_te4_model_layers_0_self_attn_k_proj", 4096, 1024);
+    Path path = folder.resolve("te4.safetensors");
     Safetensors.write(path, tensors, ImmutableMap.of());
     LoraReadOptions skip = LoraReadOptions.builder().skipUnsupported(true).build();
     org.assertj.core.api.Assertions.assertThatThrownBy(() -> LoraFiles.read(path, skip))
         .isInstanceOf(dev.loramerge.LoraMergeException.class)
-        .hasMessage("t5.safetensors: skipping what cannot be read would drop 2 of the adapter's 3 modules"
-            + " ('lora_te3_encoder_block_0_layer_0_SelfAttention_k', 'lora_te3_encoder_block_0_layer_0_SelfAttention_q')"
+        .hasMessage("te4.safetensors: skipping what cannot be read would drop 2 of the adapter's 3 modules"
+            + " ('lora_te4_model_layers_0_self_attn_k_proj', 'lora_te4_model_layers_0_self_attn_q_proj')"
             + " and keep 1; refusing to make a result from what is left");
   }
 }

@@ -35,7 +35,7 @@ public final class Descriptor {
      * {@code train_network.py} for SD 1.x / 2.x: it trains diffusers' UNet, so UNet modules are
      * underscored diffusers paths, and the one text encoder is {@code lora_te_}.
      */
-    SD1(false, ImmutableMap.of(Component.UNET, "lora_unet_", Component.TEXT_ENCODER, "lora_te_")),
+    SD1(false, ImmutableMap.of(Component.UNET, "lora_unet_", Component.TEXT_ENCODER, "lora_te_"), ImmutableMap.of()),
     /**
      * {@code sdxl_train_network.py}: it trains the original (sgm) UNet, so UNet modules are
      * underscored original paths, and the text encoders are {@code lora_te1_} (CLIP ViT-L) and
@@ -46,41 +46,54 @@ public final class Descriptor {
         ImmutableMap.of(
             Component.UNET, "lora_unet_",
             Component.TEXT_ENCODER, "lora_te1_",
-            Component.TEXT_ENCODER_2, "lora_te2_")),
+            Component.TEXT_ENCODER_2, "lora_te2_"),
+        ImmutableMap.of()),
     /**
      * {@code flux_train_network.py} ({@code networks/lora_flux.py}): it trains BFL's original
      * model, so transformer modules are {@code lora_unet_} plus underscored original paths
      * ({@code lora_unet_double_blocks_0_img_attn_qkv}), CLIP-L is {@code lora_te1_} and T5 {@code
-     * lora_te3_}.
+     * lora_te3_} ({@code --train_t5xxl}). OneTrainer writes T5 as {@code lora_te2_}, which is read
+     * too (ComfyUI's {@code comfy/lora.py} maps both for Flux).
      */
     FLUX(
         true,
         ImmutableMap.of(
             Component.TRANSFORMER, "lora_unet_",
             Component.TEXT_ENCODER, "lora_te1_",
-            Component.TEXT_ENCODER_2, "lora_te3_")),
+            Component.TEXT_ENCODER_2, "lora_te3_"),
+        ImmutableMap.of(Component.TEXT_ENCODER_2, "lora_te2_")),
     /**
      * {@code sd3_train_network.py} ({@code networks/lora_sd3.py}): {@code lora_unet_} plus
      * underscored original MMDiT paths ({@code lora_unet_joint_blocks_0_x_block_attn_qkv}), CLIP-L
-     * {@code lora_te1_}, CLIP-G {@code lora_te2_}.
+     * {@code lora_te1_}, CLIP-G {@code lora_te2_}, T5 {@code lora_te3_}.
      */
     SD3(
         true,
         ImmutableMap.of(
             Component.TRANSFORMER, "lora_unet_",
             Component.TEXT_ENCODER, "lora_te1_",
-            Component.TEXT_ENCODER_2, "lora_te2_"));
+            Component.TEXT_ENCODER_2, "lora_te2_",
+            Component.TEXT_ENCODER_3, "lora_te3_"),
+        ImmutableMap.of());
 
     private final boolean writesOriginalPaths;
     private final ImmutableMap<Component, String> prefixes;
+    private final ImmutableMap<Component, String> alsoRead;
 
-    KohyaDialect(boolean writesOriginalPaths, ImmutableMap<Component, String> prefixes) {
+    KohyaDialect(
+        boolean writesOriginalPaths, ImmutableMap<Component, String> prefixes, ImmutableMap<Component, String> alsoRead) {
       this.writesOriginalPaths = writesOriginalPaths;
       this.prefixes = prefixes;
+      this.alsoRead = alsoRead;
     }
 
     boolean writesOriginalPaths() {
       return writesOriginalPaths;
+    }
+
+    /** A second prefix other tools write for {@code component}, read but never written. */
+    Optional<String> alsoRead(Component component) {
+      return Optional.ofNullable(alsoRead.get(component));
     }
 
     Optional<String> prefix(Component component) {
@@ -167,6 +180,9 @@ public final class Descriptor {
     if (ClipTextWalker.reads(config.modelClass())) {
       return ClipTextWalker.walk(component, config);
     }
+    if (config.modelClass().equals(T5Walker.MODEL_CLASS)) {
+      return T5Walker.walk(component, config);
+    }
     throw new IllegalArgumentException(
         config.source() + ": text encoder class '" + config.modelClass() + "' is not modelled");
   }
@@ -174,7 +190,7 @@ public final class Descriptor {
   /**
    * Whether kohya's plain LoRA (no conv_dim) targets the module: it adapts the UNet's {@code
    * Transformer2DModel}s (diffusers' {@code attentions.N}) and the text encoders' {@code
-   * CLIPAttention} / {@code CLIPMLP}. LBW's LoRA presets are the blocks holding such modules.
+   * CLIPAttention} / {@code CLIPMLP} ({@code T5Attention} / {@code T5DenseGatedActDense} for T5). LBW's LoRA presets are the blocks holding such modules.
    */
   private static boolean isInAttentionLora(ModuleKey key) {
     switch (key.component()) {
@@ -183,7 +199,7 @@ public final class Descriptor {
       case TRANSFORMER:
         return key.path().contains("transformer_blocks.");
       default:
-        return key.path().startsWith("text_model.encoder.layers.");
+        return key.path().startsWith("text_model.encoder.layers.") || key.path().startsWith("encoder.block.");
     }
   }
 

@@ -48,6 +48,7 @@ final class KohyaIndex {
       Optional<String> originalName = spec.originalPath().map(path -> prefix + underscored(path));
       written.put(key, dialect.writesOriginalPaths() ? originalName.orElse(diffusersName) : diffusersName);
       accept(accepted, diffusersName, key);
+      dialect.alsoRead(key.component()).ifPresent(other -> accept(accepted, other + underscored(key.path()), key));
       originalName.ifPresent(name -> accept(accepted, name, key));
     }
     return new KohyaIndex(written.buildOrThrow(), ImmutableMap.copyOf(accepted));
