@@ -5,6 +5,7 @@ import static com.google.common.base.Preconditions.checkNotNull;
 
 import ai.djl.ndarray.NDArray;
 import ai.djl.ndarray.NDManager;
+import com.google.common.base.Strings;
 import dev.loramerge.internal.linalg.NdArrays;
 import dev.loramerge.internal.numeric.FloatFormats;
 import java.nio.ByteBuffer;
@@ -43,24 +44,22 @@ public final class TensorData {
     checkNotNull(bytes, "bytes");
     long[] shapeCopy = shape.clone();
     long expected = Math.multiplyExact(numel(shapeCopy), dtype.byteSize());
-    checkArgument(
-        bytes.remaining() == expected,
-        "%s %s needs %s bytes, got %s",
-        dtype.safetensorsName(),
-        Arrays.toString(shapeCopy),
-        expected,
-        bytes.remaining());
+    if (bytes.remaining() != expected) {
+      throw new IllegalArgumentException(
+          Strings.lenientFormat(
+              "%s %s needs %s bytes, got %s",
+              dtype.safetensorsName(), Arrays.toString(shapeCopy), expected, bytes.remaining()));
+    }
     return new TensorData(
         dtype, shapeCopy, bytes.slice().asReadOnlyBuffer().order(ByteOrder.LITTLE_ENDIAN));
   }
 
   /** A float32 tensor holding a copy of {@code values}. */
   public static TensorData ofFloats(float[] values, long... shape) {
-    checkArgument(
-        values.length == numel(shape),
-        "%s values do not fill shape %s",
-        values.length,
-        Arrays.toString(shape));
+    if (values.length != numel(shape)) {
+      throw new IllegalArgumentException(
+          Strings.lenientFormat("%s values do not fill shape %s", values.length, Arrays.toString(shape)));
+    }
     ByteBuffer buffer = ByteBuffer.allocate(values.length * 4).order(ByteOrder.LITTLE_ENDIAN);
     buffer.asFloatBuffer().put(values);
     return new TensorData(DType.F32, shape.clone(), buffer.asReadOnlyBuffer().order(ByteOrder.LITTLE_ENDIAN));
@@ -72,11 +71,10 @@ public final class TensorData {
    */
   public static TensorData ofFloats(float[] values, DType dtype, long... shape) {
     checkArgument(dtype.isFloatingPoint() && dtype.byteSize() >= 2, "cannot encode %s from real values", dtype);
-    checkArgument(
-        values.length == numel(shape),
-        "%s values do not fill shape %s",
-        values.length,
-        Arrays.toString(shape));
+    if (values.length != numel(shape)) {
+      throw new IllegalArgumentException(
+          Strings.lenientFormat("%s values do not fill shape %s", values.length, Arrays.toString(shape)));
+    }
     if (dtype == DType.F32) {
       return ofFloats(values, shape);
     }
@@ -93,11 +91,10 @@ public final class TensorData {
   public static TensorData ofDoubles(double[] values, DType dtype, long... shape) {
     checkArgument(dtype.isFloatingPoint() && dtype.byteSize() >= 2,
         "cannot encode %s from real values", dtype);
-    checkArgument(
-        values.length == numel(shape),
-        "%s values do not fill shape %s",
-        values.length,
-        Arrays.toString(shape));
+    if (values.length != numel(shape)) {
+      throw new IllegalArgumentException(
+          Strings.lenientFormat("%s values do not fill shape %s", values.length, Arrays.toString(shape)));
+    }
     ByteBuffer buffer =
         ByteBuffer.allocate(Math.multiplyExact(values.length, dtype.byteSize()))
             .order(ByteOrder.LITTLE_ENDIAN);
@@ -152,11 +149,10 @@ public final class TensorData {
 
   /** The same bytes seen with another shape of the same element count. */
   public TensorData reshape(long... newShape) {
-    checkArgument(
-        numel(newShape) == numel(shape),
-        "cannot reshape %s to %s",
-        Arrays.toString(shape),
-        Arrays.toString(newShape));
+    if (numel(newShape) != numel(shape)) {
+      throw new IllegalArgumentException(
+          Strings.lenientFormat("cannot reshape %s to %s", Arrays.toString(shape), Arrays.toString(newShape)));
+    }
     return new TensorData(dtype, newShape.clone(), bytes);
   }
 
@@ -268,7 +264,10 @@ public final class TensorData {
   public static long numel(long[] shape) {
     long count = 1;
     for (long dim : shape) {
-      checkArgument(dim >= 0, "negative dimension in %s", Arrays.toString(shape));
+      if (dim < 0) {
+        throw new IllegalArgumentException(
+            Strings.lenientFormat("negative dimension in %s", Arrays.toString(shape)));
+      }
       count = Math.multiplyExact(count, dim);
     }
     return count;

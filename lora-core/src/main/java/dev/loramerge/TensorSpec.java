@@ -1,8 +1,8 @@
 package dev.loramerge;
 
-import static com.google.common.base.Preconditions.checkArgument;
 import static com.google.common.base.Preconditions.checkNotNull;
 
+import com.google.common.base.Strings;
 import java.util.Arrays;
 import java.util.Locale;
 
@@ -31,8 +31,10 @@ public record TensorSpec(String name, DType dtype, long[] shape) {
     checkNotNull(dtype, "dtype");
     shape = checkNotNull(shape, "shape").clone();
     for (long dim : shape) {
-      checkArgument(
-          dim >= 0, "tensor '%s' has a negative dimension in %s", name, Arrays.toString(shape));
+      if (dim < 0) {
+        throw new IllegalArgumentException(
+            Strings.lenientFormat("tensor '%s' has a negative dimension in %s", name, Arrays.toString(shape)));
+      }
     }
     try {
       Math.multiplyExact(TensorData.numel(shape), dtype.byteSize());

@@ -178,6 +178,11 @@ public final class BenchCommand {
       }
     }
     table.print();
+    if (lora.isPresent() && (merge || fuse)) {
+      System.out.println(
+          "command/*: JVM cache and input digests warm (the untimed first run fills ~/.cache/loramerge);"
+              + " command/*/plain: LORA_CACHE=off, every input hashed");
+    }
     int status = 0;
     if (vsPytorch) {
       List<String> arguments =
@@ -273,7 +278,8 @@ public final class BenchCommand {
 
   /**
    * {@code bin/lora} as it runs by default: the newest Java on the machine, with its class-data
-   * or AOT cache, which the untimed first run makes if it is missing.
+   * or AOT cache, which the untimed first run makes if it is missing, and the input digests that
+   * run remembers.
    */
   private static final Map<String, String> LAUNCHER_CHOICE = Map.of("LORA_CACHE", "sync");
 

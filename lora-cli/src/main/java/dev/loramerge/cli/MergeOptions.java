@@ -15,15 +15,10 @@ import dev.loramerge.merge.MergeListener;
 import dev.loramerge.merge.PostPrune;
 import dev.loramerge.merge.RankRule;
 import java.io.IOException;
-import java.io.InputStream;
 import java.io.InterruptedIOException;
 import java.nio.file.Files;
 import java.nio.file.Path;
-import java.security.DigestInputStream;
-import java.security.MessageDigest;
-import java.security.NoSuchAlgorithmException;
 import java.util.ArrayList;
-import java.util.HexFormat;
 import java.util.Iterator;
 import java.util.LinkedHashMap;
 import java.util.List;
@@ -143,8 +138,9 @@ final class MergeOptions {
     // The digests are read while the inputs' headers are parsed, each file on a thread of its own:
     // hashing them one after the other took a quarter of a merge command's time.
     List<FutureTask<String>> digests = new ArrayList<>();
+    DigestCache cache = DigestCache.fromEnvironment(System.getenv());
     for (WeightedInput input : inputs) {
-      FutureTask<String> digest = new FutureTask<>(() -> sha256(input.path()));
+      FutureTask<String> digest = new FutureTask<>(() -> sha256(cache, input.path()));
       Thread thread = new Thread(digest, "lora-sha256");
       thread.setDaemon(true);
       thread.start();
@@ -216,7 +212,6 @@ final class MergeOptions {
                         + "' fits neither; pass --architecture"));
   }
 
-  /** The SHA-256 of an input file (of the weights file, for a folder), in hex. */
   /** The digest {@code task} computed, its IOException rethrown as it was. */
   private static String digest(FutureTask<String> task) throws IOException {
     try {
@@ -231,18 +226,9 @@ final class MergeOptions {
     }
   }
 
-  static String sha256(Path input) throws IOException {
-    Path file = Files.isDirectory(input) ? weightsIn(input) : input;
-    MessageDigest digest;
-    try {
-      digest = MessageDigest.getInstance("SHA-256");
-    } catch (NoSuchAlgorithmException e) {
-      throw new IllegalStateException("every Java platform has SHA-256", e);
-    }
-    try (InputStream in = new DigestInputStream(Files.newInputStream(file), digest)) {
-      in.transferTo(java.io.OutputStream.nullOutputStream());
-    }
-    return HexFormat.of().formatHex(digest.digest());
+  /** The SHA-256 of an input file (of the weights file, for a folder), in hex. */
+  static String sha256(DigestCache cache, Path input) throws IOException {
+    return cache.sha256(Files.isDirectory(input) ? weightsIn(input) : input);
   }
 
   private static Path weightsIn(Path folder) {

@@ -105,12 +105,16 @@ public final class Architecture {
 
   private final String id;
   private final String displayName;
-  private final Descriptor descriptor;
+  private final KohyaDialect dialect;
+  // Generated on first use: reading a file tries every architecture for fused names, and
+  // generating all six tables took a merge command 60 ms and their JIT.
+  private final Supplier<Descriptor> descriptor;
 
   private Architecture(String id, String displayName, KohyaDialect dialect) {
     this.id = id;
     this.displayName = displayName;
-    this.descriptor = Descriptor.generate(id, dialect);
+    this.dialect = dialect;
+    this.descriptor = Suppliers.memoize(() -> Descriptor.generate(id, dialect));
   }
 
   /** Stable Diffusion 1.5: one CLIP ViT-L/14 text encoder, a four-level UNet. */
@@ -207,13 +211,13 @@ public final class Architecture {
 
   /** Every module a LoRA can target, in {@link ModuleKey} order. */
   public ImmutableSortedMap<ModuleKey, ModuleSpec> modules() {
-    return descriptor.modules();
+    return descriptor.get().modules();
   }
 
   /** The module {@code key} names, if it is one of this architecture's. */
   public Optional<ModuleSpec> module(ModuleKey key) {
     checkNotNull(key, "key");
-    return Optional.ofNullable(descriptor.modules().get(key));
+    return Optional.ofNullable(descriptor.get().modules().get(key));
   }
 
   /**
@@ -222,7 +226,7 @@ public final class Architecture {
    * M00, OUT00} … {@code OUT08}).
    */
   public ImmutableList<String> blockIds() {
-    return descriptor.blockIds();
+    return descriptor.get().blockIds();
   }
 
   /**
@@ -232,7 +236,7 @@ public final class Architecture {
    * OUT00} … {@code OUT05}).
    */
   public ImmutableList<String> loraBlockIds() {
-    return descriptor.loraBlockIds();
+    return descriptor.get().loraBlockIds();
   }
 
   /**
@@ -244,7 +248,7 @@ public final class Architecture {
    */
   public Optional<ModuleKey> resolveKohyaName(String name) {
     checkNotNull(name, "name");
-    return descriptor.resolveKohyaName(name);
+    return descriptor.get().resolveKohyaName(name);
   }
 
   /**
@@ -255,7 +259,7 @@ public final class Architecture {
    */
   public String kohyaName(ModuleKey key) {
     checkNotNull(key, "key");
-    Optional<String> name = descriptor.kohyaName(key);
+    Optional<String> name = descriptor.get().kohyaName(key);
     checkArgument(name.isPresent(), "'%s' is not a module of %s", key, displayName);
     return name.get();
   }
@@ -267,13 +271,13 @@ public final class Architecture {
    * SDXL. Their parts are modules of {@link #modules()} with no {@link ModuleSpec#originalPath()}.
    */
   public ImmutableMap<String, FusedModule> fusedModules() {
-    return descriptor.fused();
+    return descriptor.get().fused();
   }
 
   /** The fused weight of the original checkpoint that {@code key} is a part of, if any. */
   public Optional<FusedModule> fusedModule(ModuleKey key) {
     checkNotNull(key, "key");
-    return descriptor.fusedOf(key);
+    return descriptor.get().fusedOf(key);
   }
 
   /**
@@ -282,16 +286,19 @@ public final class Architecture {
    */
   public Optional<FusedModule> resolveFusedKohyaName(String name) {
     checkNotNull(name, "name");
-    return descriptor.resolveFusedKohyaName(name);
+    if (!Descriptor.mayNameFused(dialect, name)) {
+      return Optional.empty();
+    }
+    return descriptor.get().resolveFusedKohyaName(name);
   }
 
   /** The name kohya's scripts write for a fused weight of this architecture. */
   public String kohyaName(FusedModule module) {
     checkNotNull(module, "module");
     checkArgument(
-        descriptor.fused().get(module.originalPath()) == module, "'%s' is not a fused module of %s",
+        descriptor.get().fused().get(module.originalPath()) == module, "'%s' is not a fused module of %s",
         module.originalPath(), displayName);
-    return descriptor.kohyaName(module);
+    return descriptor.get().kohyaName(module);
   }
 
   /** The {@link #displayName()}. */

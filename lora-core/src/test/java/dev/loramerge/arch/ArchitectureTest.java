@@ -70,6 +70,26 @@ class ArchitectureTest {
         && spec.key().path().matches("(down_blocks\\.\\d+|mid_block|up_blocks\\.\\d+)\\..*");
   }
 
+  /**
+   * {@link Architecture#resolveFusedKohyaName} skips names that cannot be fused ones without
+   * generating the architecture's tables; every fused weight must still resolve, and no module's
+   * own kohya name may.
+   */
+  @ParameterizedTest
+  @MethodSource("architectures")
+  void resolvesEveryFusedKohyaNameAndNoModuleName(Architecture architecture) {
+    for (FusedModule module : architecture.fusedModules().values()) {
+      assertThat(architecture.resolveFusedKohyaName(architecture.kohyaName(module)))
+          .as("%s's fused %s", architecture, module.originalPath())
+          .containsSame(module);
+    }
+    for (ModuleKey key : architecture.modules().keySet()) {
+      assertThat(architecture.resolveFusedKohyaName(architecture.kohyaName(key)))
+          .as("%s's module %s", architecture, key)
+          .isEmpty();
+    }
+  }
+
   @Nested
   class ModuleCounts {
     @Test

@@ -3,6 +3,7 @@ package dev.loramerge.merge.spi;
 import static com.google.common.base.Preconditions.checkArgument;
 import static com.google.common.base.Preconditions.checkNotNull;
 
+import com.google.common.base.Strings;
 import dev.loramerge.TensorData;
 import java.util.Arrays;
 
@@ -58,9 +59,10 @@ public sealed interface ModuleUpdate
     public Encoded {
       checkNotNull(up, "up");
       checkNotNull(down, "down");
-      checkArgument(
-          up.rank() == 2 && down.rank() == 2 && up.dim(1) == down.dim(0),
-          "factors %s and %s do not multiply", Arrays.toString(up.shape()), Arrays.toString(down.shape()));
+      if (up.rank() != 2 || down.rank() != 2 || up.dim(1) != down.dim(0)) {
+        throw new IllegalArgumentException(
+            Strings.lenientFormat("factors %s and %s do not multiply", Arrays.toString(up.shape()), Arrays.toString(down.shape())));
+      }
       checkArgument(up.dtype() == down.dtype(), "factors of %s and %s", up.dtype(), down.dtype());
     }
 
