@@ -2,7 +2,9 @@ package dev.loramerge.io;
 
 import com.google.common.collect.ImmutableList;
 import dev.loramerge.LoraMergeException;
+import dev.loramerge.ModuleKey;
 import dev.loramerge.TensorData;
+import dev.loramerge.arch.FusedModule;
 import java.util.ArrayList;
 import java.util.LinkedHashMap;
 import java.util.List;
@@ -45,6 +47,29 @@ final class FormatParts {
           ? new long[] {up.dim(0), downShape[1], downShape[2], downShape[3]}
           : new long[] {up.dim(0), downShape[1]};
     }
+  }
+
+  /**
+   * How a file names a part of a fused weight: the fused module's name in the file with the rows
+   * of it that hold the part, inclusive, in the part's row order ({@code
+   * lora_unet_joint_blocks_0_x_block_attn_qkv rows 1536–3071}; a swapped modulation's halves read
+   * {@code rows 1536–3071, 0–1535}).
+   */
+  static String partName(String fileModule, FusedModule fused, ModuleKey key) {
+    long[] starts = fused.fusedRows();
+    List<long[]> ranges = new ArrayList<>();
+    for (int i = 0; i < starts.length; i++) {
+      FusedModule.Segment segment = fused.segments().get(i);
+      if (segment.key().equals(key)) {
+        ranges.add(new long[] {segment.moduleRow(), starts[i], starts[i] + segment.rows() - 1});
+      }
+    }
+    ranges.sort(java.util.Comparator.comparingLong(range -> range[0]));
+    StringBuilder name = new StringBuilder(fileModule).append(" rows ");
+    for (int i = 0; i < ranges.size(); i++) {
+      name.append(i == 0 ? "" : ", ").append(ranges.get(i)[1]).append('–').append(ranges.get(i)[2]);
+    }
+    return name.toString();
   }
 
   private final String fileName;

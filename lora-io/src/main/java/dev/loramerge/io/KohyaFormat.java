@@ -44,7 +44,7 @@ final class KohyaFormat {
     return false;
   }
 
-  static LoraAdapter read(SafetensorsFile file, String adapterName, LoraReadOptions options) {
+  static LoraAdapter read(SafetensorsFile file, String adapterName, LoraReadOptions options, Map<ModuleKey, String> names) {
     FormatParts parts = new FormatParts(file.path().getFileName().toString());
     for (TensorSpec spec : file.tensors()) {
       String name = spec.name();
@@ -84,7 +84,7 @@ final class KohyaFormat {
       ModuleKey provisional = ModuleKey.of(KohyaNames.component(module.name).orElseThrow(), module.name);
       LoraModule read = LycorisParts.build(parts.fileName(), module, provisional, module.name, options.architecture());
       built.put(module.name, read);
-      Optional<FusedModule> fusedModule = KohyaNames.resolveFused(module.name, options);
+      Optional<FusedModule> fusedModule = KohyaNames.resolveFused(module.name, read.inFeatures(), options);
       if (fusedModule.isPresent()) {
         if (read.adapterKind() != AdapterKind.LORA || read.magnitude().isPresent()) {
           throw new LoraMergeException(
@@ -111,9 +111,11 @@ final class KohyaFormat {
         Map<ModuleKey, TensorData> biasRows = module.biasDiff == null ? Map.of() : fusedModule.splitRows(module.biasDiff);
         for (LoraModule part : fusedModule.split(module.down, module.up, alpha, ScaleRule.STANDARD)) {
           adapter.add(biasRows.containsKey(part.key()) ? part.withBiasDiff(biasRows.get(part.key())) : part);
+          names.put(part.key(), FormatParts.partName(module.name, fusedModule, part.key()));
         }
       } else {
         adapter.add(built.get(module.name).withKey(keys.get(module.name)));
+        names.put(keys.get(module.name), module.name);
       }
     }
     adapter.putAllMetadata(file.metadata());
