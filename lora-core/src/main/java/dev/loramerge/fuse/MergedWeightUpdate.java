@@ -8,6 +8,7 @@ import ai.djl.ndarray.NDManager;
 import com.google.common.collect.ImmutableMap;
 import com.google.common.collect.ImmutableSet;
 import dev.loramerge.DType;
+import dev.loramerge.DoraMagnitude;
 import dev.loramerge.ModuleKey;
 import dev.loramerge.TensorSpec;
 import dev.loramerge.arch.FusedModule;
@@ -47,10 +48,13 @@ final class MergedWeightUpdate implements DeviceUpdate {
   private final ImmutableMap<String, FusedModule> fused;
   private final ImmutableMap<String, FusedModule> fusedBiases;
   private final ImmutableSet<ModuleKey> matched;
+  private final DoraMagnitude.Weighting doraWeighting;
 
   MergedWeightUpdate(
       ModuleUpdates updates, MergeListener listener, ImmutableMap<String, ModuleKey> modules,
-      ImmutableMap<String, ModuleKey> biases, double factor, String recipe, ForkJoinPool workers, FuseScratch scratch) {
+      ImmutableMap<String, ModuleKey> biases, double factor, DoraMagnitude.Weighting doraWeighting, String recipe,
+      ForkJoinPool workers, FuseScratch scratch) {
+    this.doraWeighting = doraWeighting;
     this.biases = biases;
     this.workers = workers;
     this.scratch = scratch;
@@ -67,6 +71,7 @@ final class MergedWeightUpdate implements DeviceUpdate {
   private MergedWeightUpdate(
       MergedWeightUpdate update, ImmutableMap<String, FusedModule> fused, ImmutableMap<String, FusedModule> fusedBiases,
       ImmutableSet<ModuleKey> matched) {
+    this.doraWeighting = update.doraWeighting;
     this.biases = update.biases;
     this.workers = update.workers;
     this.scratch = update.scratch;
@@ -114,7 +119,7 @@ final class MergedWeightUpdate implements DeviceUpdate {
     if (materialised(spec)) {
       ModuleKey key = modules.get(name);
       String label = label(spec);
-      run(() -> DenseFusion.fuse(weight, spec.dtype(), values -> updates.fusedF64(key, values, factor), into, dtype, label));
+      run(() -> DenseFusion.fuse(weight, spec.dtype(), values -> updates.fusedF64(key, values, factor, doraWeighting), into, dtype, label));
       return;
     }
     FusedModule fusedModule = fused.get(name);
@@ -122,7 +127,8 @@ final class MergedWeightUpdate implements DeviceUpdate {
       // A part with a bias difference: every matched part's rows as the separate weight's are fused.
       String label = String.format(Locale.ROOT, "fused weight '%s' (%s)", name, fusedModule.originalPath());
       run(() -> DenseFusion.fuse(weight, spec.dtype(), values -> byParts(fusedModule, values, fusedModule.inFeatures(),
-          (key, part) -> matched.contains(key) ? updates.fusedF64(key, part, factor) : part), into, dtype, label));
+          (key, part) -> matched.contains(key) ? updates.fusedF64(key, part, factor, doraWeighting) : part), into, dtype,
+          label));
       return;
     }
     String label;
