@@ -1,6 +1,7 @@
 package dev.loramerge.io;
 
 import com.google.common.collect.ImmutableList;
+import com.google.common.collect.ImmutableMap;
 import dev.loramerge.LoraMergeException;
 import dev.loramerge.ModuleKey;
 import dev.loramerge.TensorData;
@@ -35,6 +36,8 @@ final class FormatParts {
     TensorData doraScale;
     TensorData magnitudeVector;
     TensorData biasDiff;
+    /** PEFT's {@code lora_B.bias}, before it is made a bias difference ({@link #loraBiasDifference}). */
+    TensorData loraBias;
 
     Module(String name) {
       this.name = name;
@@ -70,6 +73,60 @@ final class FormatParts {
       name.append(i == 0 ? "" : ", ").append(ranges.get(i)[1]).append('–').append(ranges.get(i)[2]);
     }
     return name.toString();
+  }
+
+  /** kohya's suffixes of a module's factors and alpha. */
+  private static final ImmutableMap<String, String> KOHYA_SUFFIXES =
+      ImmutableMap.of(".lora_down.weight", "down", ".lora_up.weight", "up", ".alpha", "alpha");
+
+  /**
+   * PEFT's suffixes of a module's factors and {@code lora_bias} (a Linear's bias on B, which the
+   * LoRA adds scaled like B·A), which ComfyUI reads after a module name as well as kohya's.
+   */
+  private static final ImmutableMap<String, String> PEFT_SUFFIXES =
+      ImmutableMap.of(".lora_A.weight", "down", ".lora_B.weight", "up", ".lora_B.bias", "lora bias");
+
+  /**
+   * Whether {@link #collect} files a tensor with this suffix: kohya's factors and alpha, a
+   * LyCORIS kind's tensors, and with {@code peftNames} PEFT's factors and {@code lora_B.bias}.
+   */
+  static boolean isModuleSuffix(String suffix, boolean peftNames) {
+    return KOHYA_SUFFIXES.containsKey(suffix) || LycorisParts.isKindSuffix(suffix)
+        || (peftNames && PEFT_SUFFIXES.containsKey(suffix));
+  }
+
+  /** Every suffix {@link #isModuleSuffix} knows with PEFT's names, longest first. */
+  static ImmutableList<String> moduleSuffixes() {
+    List<String> suffixes = new ArrayList<>(KOHYA_SUFFIXES.keySet());
+    suffixes.addAll(PEFT_SUFFIXES.keySet());
+    suffixes.addAll(LycorisParts.kindSuffixes());
+    suffixes.sort(java.util.Comparator.comparingInt(String::length).reversed());
+    return ImmutableList.copyOf(suffixes);
+  }
+
+  /**
+   * Files tensor {@code tensorName} of module {@code module}, by its {@code suffix} (one that
+   * {@link #isModuleSuffix} knows).
+   */
+  void collect(String module, String suffix, String tensorName, TensorData tensor) {
+    String role = KOHYA_SUFFIXES.containsKey(suffix) ? KOHYA_SUFFIXES.get(suffix) : PEFT_SUFFIXES.get(suffix);
+    if (role == null) {
+      LycorisParts.collect(module(module), suffix, tensor);
+      return;
+    }
+    switch (role) {
+      case "down":
+        module(module).down = tensor;
+        break;
+      case "up":
+        module(module).up = tensor;
+        break;
+      case "alpha":
+        module(module).alpha = OptionalDouble.of(alphaValue(fileName, tensorName, tensor));
+        break;
+      default:
+        module(module).loraBias = tensor;
+    }
   }
 
   private final String fileName;

@@ -55,23 +55,10 @@ final class KohyaFormat {
         parts.unsupported(name);
         continue;
       }
-      switch (suffix) {
-        case DOWN:
-          parts.module(module).down = file.tensor(name);
-          break;
-        case UP:
-          parts.module(module).up = file.tensor(name);
-          break;
-        case ALPHA:
-          parts.module(module).alpha =
-              java.util.OptionalDouble.of(FormatParts.alphaValue(parts.fileName(), name, file.tensor(name)));
-          break;
-        default:
-          if (LycorisParts.isKindSuffix(suffix)) {
-            LycorisParts.collect(parts.module(module), suffix, file.tensor(name));
-          } else {
-            parts.unsupported(name);
-          }
+      if (FormatParts.isModuleSuffix(suffix, false)) {
+        parts.collect(module, suffix, name, file.tensor(name));
+      } else {
+        parts.unsupported(name);
       }
     }
     var modules = parts.complete(options.skipUnsupported());

@@ -17,14 +17,11 @@ import dev.loramerge.arch.Architecture;
 import dev.loramerge.arch.FusedModule;
 import dev.loramerge.arch.ModuleSpec;
 import java.util.Arrays;
-import java.util.Comparator;
 import java.util.HashMap;
-import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Locale;
 import java.util.Map;
 import java.util.Optional;
-import java.util.OptionalDouble;
 import java.util.regex.Matcher;
 import java.util.regex.Pattern;
 
@@ -82,36 +79,25 @@ final class OriginalNamesFormat {
       "are norm scales that replace the base's (BFL's control LoRAs; diffusers loads them in place of the"
           + " transformer's norm weights), not differences, which this library cannot fuse";
 
-  private static final String DOWN = "down";
-  private static final String UP = "up";
-  private static final String ALPHA = "alpha";
-  private static final String LORA_BIAS = "lora bias";
-
-  /** The suffixes of an original name's tensors with what each is; longest first. */
-  private static final ImmutableList<Map.Entry<String, String>> SUFFIXES;
-
-  static {
-    Map<String, String> suffixes = new LinkedHashMap<>();
-    suffixes.put(".lora_down.weight", DOWN);
-    suffixes.put(".lora_A.weight", DOWN);
-    suffixes.put(".lora_up.weight", UP);
-    suffixes.put(".lora_B.weight", UP);
-    suffixes.put(".alpha", ALPHA);
-    // PEFT's lora_bias: lora_B is a Linear with a bias, which the LoRA adds scaled like B·A.
-    suffixes.put(".lora_B.bias", LORA_BIAS);
-    for (String suffix : LycorisParts.kindSuffixes()) {
-      suffixes.put(suffix, suffix);
-    }
-    SUFFIXES = suffixes.entrySet().stream()
-        .sorted(Comparator.comparingInt((Map.Entry<String, String> entry) -> entry.getKey().length()).reversed())
-        .collect(ImmutableList.toImmutableList());
-  }
+  /** The suffixes of an original name's tensors, longest first. */
+  private static final ImmutableList<String> SUFFIXES = FormatParts.moduleSuffixes();
 
   /** What an original path names: a module of the architecture, or a fused weight of its parts. */
   private record Target(Optional<ModuleSpec> module, Optional<FusedModule> fused) {}
 
-  /** One tensor's place: the module as the file names it, what it updates, and what the tensor is. */
-  private record Parsed(String moduleName, Target target, String role) {}
+  /**
+   * One tensor's place: the module as the file names it, what it updates, and what the tensor is
+   * (its suffix as {@link FormatParts#collect} takes it).
+   */
+  private record Parsed(String moduleName, Target target, String suffix) {
+    boolean isDown() {
+      return suffix.equals(".lora_down.weight") || suffix.equals(".lora_A.weight");
+    }
+
+    boolean isUp() {
+      return suffix.equals(".lora_up.weight") || suffix.equals(".lora_B.weight");
+    }
+  }
 
   /** Each architecture with original names, with what every original path of it names. */
   private static final Supplier<ImmutableMap<Architecture, ImmutableMap<String, Target>>> ORIGINAL_PATHS =
@@ -145,7 +131,7 @@ final class OriginalNamesFormat {
       Matcher prefix = PREFIX.matcher(name);
       String path = prefix.matches() ? prefix.group(2) : name;
       // A LoRA tensor, not only norm scales: a base checkpoint in original names is no LoRA.
-      if (SUFFIXES.stream().anyMatch(suffix -> path.endsWith(suffix.getKey()))) {
+      if (SUFFIXES.stream().anyMatch(path::endsWith)) {
         // SD3's MMDiT names are ComfyUI's keys (its "generic" LoRA format) bare or prefixed; no
         // other tool writes them bare.
         boolean sd3 = SD3_TOP_LEVEL.matcher(path).matches();
@@ -165,7 +151,6 @@ final class OriginalNamesFormat {
     Map<String, String> widened = widenedInputs(file, layout, architecture);
     FormatParts parts = new FormatParts(fileName);
     Map<String, Target> targets = new HashMap<>();
-    Map<String, TensorData> loraBiases = new HashMap<>();
     for (TensorSpec spec : file.tensors()) {
       String name = spec.name();
       Optional<Parsed> parsed = layout == LoraFormat.XLABS ? parseXlabs(name) : parseOriginal(name, architecture);
@@ -184,24 +169,7 @@ final class OriginalNamesFormat {
         continue;
       }
       targets.put(module, parsed.get().target());
-      String role = parsed.get().role();
-      switch (role) {
-        case DOWN:
-          parts.module(module).down = file.tensor(name);
-          break;
-        case UP:
-          parts.module(module).up = file.tensor(name);
-          break;
-        case ALPHA:
-          parts.module(module).alpha = OptionalDouble.of(FormatParts.alphaValue(fileName, name, file.tensor(name)));
-          break;
-        case LORA_BIAS:
-          parts.module(module);
-          loraBiases.put(module, file.tensor(name));
-          break;
-        default:
-          LycorisParts.collect(parts.module(module), role, file.tensor(name));
-      }
+      parts.collect(module, parsed.get().suffix(), name, file.tensor(name));
     }
     LoraAdapter.Builder adapter = LoraAdapter.builder().name(adapterName);
     for (FormatParts.Module module : parts.complete(options.skipUnsupported())) {
@@ -220,7 +188,7 @@ final class OriginalNamesFormat {
                       + " can be split into the fused weight's parts",
                   fileName, module.name, fused.originalPath(), read.kindName()));
         }
-        Optional<TensorData> bias = biasDifference(fileName, module.name, read.scale(), diffB, loraBiases.get(module.name));
+        Optional<TensorData> bias = biasDifference(fileName, module.name, read.scale(), diffB, module.loraBias);
         ImmutableList<LoraModule> split;
         ImmutableMap<ModuleKey, TensorData> biasRows;
         try {
@@ -244,7 +212,7 @@ final class OriginalNamesFormat {
                 Arrays.toString(read.weightShape()), architecture.displayName(),
                 spec.originalPath().orElse(spec.key().toString()), Arrays.toString(spec.weightShape())));
       }
-      Optional<TensorData> bias = biasDifference(fileName, module.name, read.scale(), diffB, loraBiases.get(module.name));
+      Optional<TensorData> bias = biasDifference(fileName, module.name, read.scale(), diffB, module.loraBias);
       adapter.add(bias.isPresent() ? read.withBiasDiff(bias.get()) : read);
       names.put(read.key(), module.name);
     }
@@ -318,13 +286,14 @@ final class OriginalNamesFormat {
     Target target = parsed.target();
     long in = target.module().map(ModuleSpec::inFeatures).orElseGet(() -> target.fused().orElseThrow().inFeatures());
     long out = target.module().map(ModuleSpec::outFeatures).orElseGet(() -> target.fused().orElseThrow().outFeatures());
-    switch (parsed.role()) {
-      case DOWN:
-        return shape.length >= 2 && shape[1] == in;
-      case UP:
-        return shape.length >= 1 && shape[0] == out;
-      case LORA_BIAS:
-        return TensorData.numel(shape) == out;
+    if (parsed.isDown()) {
+      return shape.length >= 2 && shape[1] == in;
+    }
+    if (parsed.isUp()) {
+      return shape.length >= 1 && shape[0] == out;
+    }
+    switch (parsed.suffix()) {
+      case ".lora_B.bias":
       case LycorisParts.DIFF_B:
         return TensorData.numel(shape) == out;
       case ".diff":
@@ -365,23 +334,23 @@ final class OriginalNamesFormat {
           new FusedModule(linear1.originalPath(), linear1.inFeatures(), linear1.blockId(), linear1.segments().subList(0, 3))));
     }
     String suffix = "." + xlabs.group(5) + ".weight";
-    return Optional.of(new Parsed(name.substring(0, name.length() - suffix.length()), target, xlabs.group(5)));
+    return Optional.of(new Parsed(name.substring(0, name.length() - suffix.length()), target, ".lora_" + xlabs.group(5) + ".weight"));
   }
 
   private static Optional<Parsed> parseOriginal(String name, Architecture architecture) {
     Matcher prefix = PREFIX.matcher(name);
     boolean clip = name.startsWith(CLIP_L);
     String path = clip ? name.substring(CLIP_L.length()) : prefix.matches() ? prefix.group(2) : name;
-    for (Map.Entry<String, String> suffix : SUFFIXES) {
-      if (path.endsWith(suffix.getKey())) {
-        String module = path.substring(0, path.length() - suffix.getKey().length());
+    for (String suffix : SUFFIXES) {
+      if (path.endsWith(suffix)) {
+        String module = path.substring(0, path.length() - suffix.length());
         Target target = clip
             ? architecture.module(ModuleKey.of(Component.TEXT_ENCODER, module))
                 .map(spec -> new Target(Optional.of(spec), Optional.empty())).orElse(null)
             : paths(architecture).get(module);
         return target == null
             ? Optional.empty()
-            : Optional.of(new Parsed(name.substring(0, name.length() - suffix.getKey().length()), target, suffix.getValue()));
+            : Optional.of(new Parsed(name.substring(0, name.length() - suffix.length()), target, suffix));
       }
     }
     return Optional.empty();
@@ -400,7 +369,7 @@ final class OriginalNamesFormat {
     }
     for (TensorSpec tensor : file.tensors()) {
       Optional<Parsed> parsed = parseOriginal(tensor.name(), architecture);
-      if (parsed.isEmpty() || !parsed.get().role().equals(DOWN) || parsed.get().target().module().isEmpty()) {
+      if (parsed.isEmpty() || !parsed.get().isDown() || parsed.get().target().module().isEmpty()) {
         continue;
       }
       ModuleSpec spec = parsed.get().target().module().get();
