@@ -337,6 +337,26 @@ class Sd3OriginalNamesTest {
             + " weight, but SD3.5 Medium's 'joint_blocks.0.x_block.mlp.fc2' is [1536, 6144]");
   }
 
+  @Test
+  void bareNamesReadAsComfyUiAndAnotherArchitectureGivenIsRefused() throws IOException {
+    Random random = new Random(9);
+    Map<String, TensorData> tensors = new LinkedHashMap<>();
+    module(tensors, random, "joint_blocks.5.context_block.attn.qkv", MEDIUM, 3 * MEDIUM, false);
+    module(tensors, random, "final_layer.linear", MEDIUM, 64, false);
+    Path path = folder.resolve("bare.safetensors");
+    Safetensors.write(path, tensors, ImmutableMap.of());
+    assertThat(LoraFiles.detect(path)).isEqualTo(LoraFormat.COMFYUI);
+    LoraAdapter adapter = LoraFiles.read(path);
+    assertThat(adapter.modules().keySet()).containsExactlyInAnyOrder(key("transformer_blocks.5.attn.add_q_proj"),
+        key("transformer_blocks.5.attn.add_k_proj"), key("transformer_blocks.5.attn.add_v_proj"), key("proj_out"));
+    assertThat(Architecture.detect(adapter)).contains(Architecture.sd35Medium());
+    LoraReadOptions sdxl = LoraReadOptions.builder().architecture(Architecture.sdxl()).build();
+    assertThatThrownBy(() -> LoraFiles.read(path, sdxl))
+        .isInstanceOf(LoraMergeException.class)
+        .hasMessage("bare.safetensors: a LoRA in comfyui layout, which names modules of Flux.1 or SD3.5 Medium or SD3.5 Large,"
+            + " but the architecture given is SDXL");
+  }
+
   private static TensorData stack(TensorData... parts) {
     long rows = 0;
     int size = 0;
