@@ -24,6 +24,25 @@ import java.util.Locale;
  * @param epsilon what is added to each norm before dividing
  */
 public record DoraMagnitude(TensorData values, boolean perOutput, double epsilon) {
+  /**
+   * How a fuse applies the user's weight w to a DoRA module.
+   *
+   * <ul>
+   *   <li>{@link #INSIDE_NORM}: {@code m / (‖W + w·ΔW‖ + ε) · (W + w·ΔW)}, PEFT's forward and
+   *       diffusers' loading of a LyCORIS DoRA (the default);
+   *   <li>{@link #BLEND}: {@code W + w·(DoRA(W) − W)} with {@code DoRA(W) = m / (‖W + ΔW‖ + ε) · (W
+   *       + ΔW)}, the whole module at weight 1 blended with the base, as ComfyUI applies a LoRA's
+   *       strength to a DoRA module ({@code comfy/weight_adapter/base.py} {@code weight_decompose}:
+   *       {@code weight += strength * (weight_calc - weight)}). At w = 1 both are DoRA(W).
+   * </ul>
+   */
+  public enum Weighting {
+    /** w scales ΔW inside the norm. */
+    INSIDE_NORM,
+    /** w blends the base with the module's weight at 1. */
+    BLEND
+  }
+
   /** float32's machine epsilon, which LyCORIS adds to the norm ({@code torch.finfo(float32).eps}). */
   public static final double LYCORIS_EPSILON = Math.scalb(1.0, -23);
 

@@ -424,7 +424,24 @@ public final class LoraModule {
    * w·ΔW‖ + ε) · (W + w·ΔW)}. A new array; {@code weight} is not changed.
    */
   public double[] fusedF64(double[] weight, double w) {
+    return fusedF64(weight, w, DoraMagnitude.Weighting.INSIDE_NORM);
+  }
+
+  /**
+   * The weight this module alone makes of {@code weight} at user weight {@code w}, as {@link
+   * #fusedF64(double[], double)}, with a DoRA magnitude weighted as {@code weighting} says: for
+   * {@link DoraMagnitude.Weighting#BLEND}, {@code W + w·(DoRA(W) − W)} with DoRA at weight 1.
+   */
+  public double[] fusedF64(double[] weight, double w, DoraMagnitude.Weighting weighting) {
     checkNotNull(weight, "weight");
+    checkNotNull(weighting, "weighting");
+    if (magnitude != null && weighting == DoraMagnitude.Weighting.BLEND) {
+      double[] dora = fusedF64(weight, 1, DoraMagnitude.Weighting.INSIDE_NORM);
+      for (int i = 0; i < dora.length; i++) {
+        dora[i] = weight[i] + w * (dora[i] - weight[i]);
+      }
+      return dora;
+    }
     double[] delta = deltaF64();
     if (weight.length != delta.length) {
       throw new IllegalArgumentException(

@@ -157,6 +157,22 @@ class LoraModuleTest {
         assertThat(fused[o * 27 + i]).isCloseTo(m[o] / Math.sqrt(sum) * v, within(1e-14));
       }
     }
+    // ComfyUI's blend (comfy/weight_adapter/base.py weight_decompose): W + w·(DoRA(W) − W), DoRA at
+    // weight 1; a module without a magnitude is W + w·ΔW either way.
+    double[] blended = dora.fusedF64(weight, 0.7, DoraMagnitude.Weighting.BLEND);
+    for (int o = 0; o < 4; o++) {
+      double sum = 0;
+      for (int i = 0; i < 27; i++) {
+        double v = weight[o * 27 + i] + delta[o * 27 + i];
+        sum += v * v;
+      }
+      for (int i = 0; i < 27; i++) {
+        double v = weight[o * 27 + i] + delta[o * 27 + i];
+        double expected = weight[o * 27 + i] + 0.7 * (m[o] / Math.sqrt(sum) * v - weight[o * 27 + i]);
+        assertThat(blended[o * 27 + i]).isCloseTo(expected, within(1e-14));
+      }
+    }
+    assertThat(plain.fusedF64(weight, 0.7, DoraMagnitude.Weighting.BLEND)).containsExactly(plain.fusedF64(weight, 0.7));
     assertThatThrownBy(() -> plain.withMagnitude(DoraMagnitude.peft(seeded(random, 5))))
         .isInstanceOf(LoraMergeException.class)
         .hasMessageContaining("DoRA magnitude [5] does not fit a [4, 3, 3, 3] weight (expected one value per output row)");

@@ -1,6 +1,7 @@
 package dev.loramerge.cli;
 
 import dev.loramerge.DType;
+import dev.loramerge.DoraMagnitude;
 import dev.loramerge.fuse.FusedLora;
 import dev.loramerge.fuse.LoraFuser;
 import dev.loramerge.io.LoraReadOptions;
@@ -25,7 +26,7 @@ import picocli.CommandLine.Spec;
 
 /**
  * {@code lora fuse --base BASE.safetensors -o OUT.safetensors [--scale S] [--algorithm NAME …merge
- * options] [--dtype keep|fp32|fp16|bf16] [--allow-missing] INPUT=WEIGHT...}.
+ * options] [--dtype keep|fp32|fp16|bf16] [--allow-missing] [--dora-blend] INPUT=WEIGHT...}.
  */
 @Command(
     name = "fuse",
@@ -53,6 +54,13 @@ final class FuseCommand implements Callable<Integer> {
   @Option(names = "--allow-missing", description = "Skip modules that have no weight in the base instead of failing.")
   boolean allowMissing;
 
+  @Option(
+      names = "--dora-blend",
+      description =
+          "Weight a DoRA module as ComfyUI does, W + w·(DoRA(W) − W) with DoRA at weight 1, instead of"
+              + " PEFT's m/‖W + w·ΔW‖·(W + w·ΔW); recorded in the output's recipe.")
+  boolean doraBlend;
+
   @Mixin MergeOptions mergeOptions;
   @Mixin InputOptions inputOptions;
   @Mixin VerboseOption verbose;
@@ -67,7 +75,7 @@ final class FuseCommand implements Callable<Integer> {
                 .orElseThrow(() -> Usage.invalid(spec, "--dtype", "'" + dtype + "' is not keep, fp32, fp16 or bf16"));
     Outputs.checkNotAnInput(spec, output, inputs(base, mergeOptions));
     long start = System.nanoTime();
-    LoraFuser merger = fuser(spec, mergeOptions, inputOptions, "fusing", scale, allowMissing, base);
+    LoraFuser merger = fuser(spec, mergeOptions, inputOptions, "fusing", scale, allowMissing, doraBlend, base);
     SafetensorsWeights target = SafetensorsWeights.of(base, output);
     if (outputType != null) {
       target = target.withDType(outputType);
@@ -100,6 +108,7 @@ final class FuseCommand implements Callable<Integer> {
       String label,
       double scale,
       boolean allowMissing,
+      boolean doraBlend,
       Path base)
       throws IOException {
     LoraReadOptions readOptions = inputOptions.readOptions();
@@ -110,6 +119,7 @@ final class FuseCommand implements Callable<Integer> {
     return fuser
         .merger(merger.recipe("base_file", baseFile(base)).build())
         .allowUnmatched(allowMissing)
+        .doraWeighting(doraBlend ? DoraMagnitude.Weighting.BLEND : DoraMagnitude.Weighting.INSIDE_NORM)
         .build();
   }
 

@@ -32,8 +32,8 @@ import picocli.CommandLine.Spec;
     name = "inspect",
     mixinStandardHelpOptions = true,
     description =
-        "Show an adapter's format, architecture, modules, ranks, alphas, dtypes, size, metadata"
-            + " and block coverage.")
+        "Show an adapter's format, architecture, modules, kinds, ranks, alphas, dtypes, size, metadata"
+            + " and block coverage; with --modules, each module's name in the file and kind.")
 final class InspectCommand implements Callable<Integer> {
   private static final int METADATA_VALUE_WIDTH = 100;
 
@@ -49,18 +49,26 @@ final class InspectCommand implements Callable<Integer> {
               + " modules whose update is below 1e-3 of the median are flagged as cancelled.")
   boolean stats;
 
+  @Option(
+      names = "--modules",
+      description =
+          "Per module: its name in the file (a part of a fused weight with its rows), its adapter kind, rank,"
+              + " alpha, scale and block.")
+  boolean modules;
+
   @Mixin InputOptions inputOptions;
   @Mixin VerboseOption verbose;
 
   @Override
   public Integer call() throws IOException {
-    LoraFormat format = LoraFiles.detect(path);
-    LoraAdapter adapter = LoraFiles.read(path, inputOptions.readOptions());
+    LoraFiles.AdapterFile file = LoraFiles.readFile(path, inputOptions.readOptions());
+    LoraFormat format = file.format();
+    LoraAdapter adapter = file.adapter();
     Optional<Architecture> architecture = Architecture.detect(adapter);
     PrintWriter out = spec.commandLine().getOut();
     out.println(path);
     row(out, "format", format.cliName());
-    row(out, "architecture", architecture.map(Architecture::displayName).orElse("unknown (no SD1.5 or SDXL module set fits every module and shape)"));
+    row(out, "architecture", architecture.map(Architecture::displayName).orElse("unknown (no known architecture's module set fits every module and shape)"));
     row(
         out,
         "modules",
@@ -83,6 +91,9 @@ final class InspectCommand implements Callable<Integer> {
     } else {
       row(out, "metadata", adapter.metadata().size() + " entries");
       adapter.metadata().forEach((key, value) -> out.println("    " + key + " = " + abbreviate(value)));
+    }
+    if (modules) {
+      printModules(out, file, architecture);
     }
     if (stats) {
       printStats(out, adapter);
@@ -137,6 +148,27 @@ final class InspectCommand implements Callable<Integer> {
             median,
             cancelled,
             CANCELLED));
+  }
+
+  private static void printModules(PrintWriter out, LoraFiles.AdapterFile file, Optional<Architecture> architecture) {
+    int keyWidth = Math.max(6, file.adapter().modules().keySet().stream().mapToInt(key -> key.toString().length()).max().orElse(0));
+    int nameWidth = Math.max(11, file.moduleNames().values().stream().mapToInt(String::length).max().orElse(0));
+    String format = "%-" + keyWidth + "s  %-" + nameWidth + "s  %-16s %6s %10s %10s  %s";
+    out.println();
+    out.println(String.format(Locale.ROOT, format, "module", "in the file", "kind", "rank", "alpha", "scale", "block"));
+    for (LoraModule module : file.adapter().modules().values()) {
+      out.println(
+          String.format(
+              Locale.ROOT,
+              format,
+              module.key(),
+              file.moduleNames().get(module.key()),
+              module.kindName(),
+              module.rank(),
+              number(module.alpha()),
+              number(module.scale()) + (module.scaleRule().name().equals("RSLORA") ? " (rsLoRA)" : ""),
+              architecture.flatMap(arch -> arch.module(module.key())).flatMap(ModuleSpec::blockId).orElse("-")));
+    }
   }
 
   private static String moments(double[] values) {

@@ -15,7 +15,7 @@ import picocli.CommandLine.Spec;
 
 /**
  * {@code lora unfuse --base FUSED.safetensors -o OUT.safetensors [--original BASE.safetensors]
- * INPUT=WEIGHT...}.
+ * [--dora-blend] INPUT=WEIGHT...}.
  */
 @Command(
     name = "unfuse",
@@ -43,6 +43,13 @@ final class UnfuseCommand implements Callable<Integer> {
   @Option(names = "--allow-missing", description = "Skip modules that have no weight in the model instead of failing.")
   boolean allowMissing;
 
+  @Option(
+      names = "--dora-blend",
+      description =
+          "The fuse weighted DoRA modules as ComfyUI does, W + w·(DoRA(W) − W) with DoRA at weight 1, instead of"
+              + " PEFT's m/‖W + w·ΔW‖·(W + w·ΔW); as the fuse did.")
+  boolean doraBlend;
+
   @Mixin MergeOptions mergeOptions;
   @Mixin InputOptions inputOptions;
   @Mixin VerboseOption verbose;
@@ -56,7 +63,7 @@ final class UnfuseCommand implements Callable<Integer> {
     }
     Outputs.checkNotAnInput(spec, output, inputs);
     long start = System.nanoTime();
-    LoraFuser merger = FuseCommand.fuser(spec, mergeOptions, inputOptions, "unfusing", scale, allowMissing, fused);
+    LoraFuser merger = FuseCommand.fuser(spec, mergeOptions, inputOptions, "unfusing", scale, allowMissing, doraBlend, fused);
     FusedLora result =
         original != null
             ? merger.fuseInto(SafetensorsWeights.restoring(fused, original, output))

@@ -5,6 +5,7 @@ import static org.assertj.core.api.Assertions.assertThat;
 import dev.loramerge.DType;
 import dev.loramerge.TensorData;
 import dev.loramerge.io.Safetensors;
+import dev.loramerge.io.SafetensorsFile;
 import java.io.IOException;
 import java.io.PrintWriter;
 import java.io.StringWriter;
@@ -27,6 +28,7 @@ import org.junit.jupiter.api.io.TempDir;
 class AdapterKindsCommandTest {
   private static final String TO_Q = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q";
   private static final String TO_V = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_v";
+  private static final String TO_V_WEIGHT = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_v.weight";
 
   @TempDir Path temp;
 
@@ -103,6 +105,37 @@ class AdapterKindsCommandTest {
         .as("unfuse exit code; stderr: %s", err)
         .isZero();
     assertThat(Files.readAllBytes(restored)).as("restored file").isEqualTo(Files.readAllBytes(base));
+  }
+
+  @Test
+  void inspectModulesNamesEachModulesKindAndItsKohyaName() throws IOException {
+    assertThat(run("inspect", "--modules", lycoris().toString())).as("stderr: %s", err).isZero();
+    assertThat(out.toString())
+        .containsPattern("unet\\.down_blocks\\.0\\.attentions\\.0\\.transformer_blocks\\.0\\.attn1\\.to_v +" + TO_V + " +LoRA\\+DoRA ")
+        .containsPattern("unet\\.\\S+ +lora_unet_\\S+ +LoHa ");
+  }
+
+  @Test
+  void doraBlendIsRecordedAndUnfusedWithTheSameFlag() throws IOException {
+    Path adapter = lycoris();
+    Path base = float8Base();
+    Path blended = temp.resolve("blended.safetensors");
+    Path inside = temp.resolve("inside.safetensors");
+    assertThat(run("fuse", "--dora-blend", "--base", base.toString(), "-o", blended.toString(), adapter + "=0.5"))
+        .as("fuse exit code; stderr: %s", err).isZero();
+    assertThat(run("fuse", "--base", base.toString(), "-o", inside.toString(), adapter + "=0.5"))
+        .as("fuse exit code; stderr: %s", err).isZero();
+    try (SafetensorsFile file = SafetensorsFile.open(blended);
+        SafetensorsFile other = SafetensorsFile.open(inside)) {
+      assertThat(file.metadata().get("loramerge_recipe")).contains("\"dora_weighting\":\"blend\"");
+      assertThat(file.tensor(TO_V_WEIGHT)).isNotEqualTo(other.tensor(TO_V_WEIGHT));
+    }
+    Path restored = temp.resolve("restored.safetensors");
+    assertThat(run("unfuse", "--dora-blend", "--base", blended.toString(), "-o", restored.toString(), "--original",
+        base.toString(), adapter + "=0.5")).as("unfuse exit code; stderr: %s", err).isZero();
+    assertThat(Files.readAllBytes(restored)).as("restored file").isEqualTo(Files.readAllBytes(base));
+    assertThat(run("unfuse", "--base", blended.toString(), "-o", temp.resolve("wrong.safetensors").toString(), "--original",
+        base.toString(), adapter + "=0.5")).as("unfuse without the flag the fuse had").isEqualTo(3);
   }
 
   @Test

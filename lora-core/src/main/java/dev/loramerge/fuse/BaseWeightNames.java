@@ -16,8 +16,9 @@ import java.util.regex.Pattern;
  * Where a LoRA module's base weight lives in a target: the names a module may have in a diffusers
  * UNet, transformer or text-encoder file, in a whole diffusers pipeline, and in the original
  * (CompVis / Stability / Black Forest Labs) single-file checkpoints, tried in that order. A Flux
- * module that is a part of a fused weight ({@code img_attn.qkv}, {@code linear1}) has no weight of
- * its own there; {@link LoraFuser} finds the fused one by {@link #originalNames}.
+ * or SD3.5 module that is a part of a fused weight ({@code img_attn.qkv}, {@code linear1}, {@code
+ * x_block.attn.qkv}, the swapped final modulation) has no weight of its own there; {@link
+ * LoraFuser} finds the fused one by {@link #originalNames}.
  */
 public final class BaseWeightNames {
   /** SDXL's second text encoder (OpenCLIP bigG) in sgm's single-file checkpoint. */
@@ -164,9 +165,9 @@ public final class BaseWeightNames {
   }
 
   /**
-   * The names a weight of BFL's original Flux checkpoint has: bare ({@code flux1-dev.safetensors}),
-   * under ComfyUI's {@code model.diffusion_model.} (single-file checkpoints) or {@code
-   * diffusion_model.}.
+   * The names a weight of an original transformer checkpoint has: bare ({@code
+   * flux1-dev.safetensors}), under {@code model.diffusion_model.} (ComfyUI's single-file
+   * checkpoints, {@code sd3.5_large.safetensors}) or {@code diffusion_model.}.
    */
   static ImmutableList<String> originalNames(String originalPath) {
     return ImmutableList.of(

@@ -9,6 +9,7 @@ import com.google.common.collect.ImmutableSet;
 import com.google.common.collect.ImmutableSortedMap;
 import com.google.errorprone.annotations.CanIgnoreReturnValue;
 import dev.loramerge.AdapterKind;
+import dev.loramerge.DoraMagnitude;
 import dev.loramerge.LoraMergeException;
 import dev.loramerge.LoraModule;
 import dev.loramerge.ModuleKey;
@@ -70,6 +71,7 @@ public final class LoraFuser {
   private final boolean allowUnmatched;
   private final Optional<Architecture> architecture;
   private final int threads;
+  private final DoraMagnitude.Weighting doraWeighting;
   /** The fp16/bf16 kernel's block buffers, kept from one fuse to the next. */
   private final FuseScratch scratch = new FuseScratch();
 
@@ -79,6 +81,7 @@ public final class LoraFuser {
     this.scale = builder.scale;
     this.allowUnmatched = builder.allowUnmatched;
     this.architecture = builder.architecture;
+    this.doraWeighting = builder.doraWeighting;
   }
 
   /** A builder with no merger, scale 1, unmatched modules failing the fuse. */
@@ -99,6 +102,7 @@ public final class LoraFuser {
     builder.allowUnmatched = allowUnmatched;
     builder.architecture = architecture;
     builder.threads = threads;
+    builder.doraWeighting = doraWeighting;
     return builder;
   }
 
@@ -241,7 +245,7 @@ public final class LoraFuser {
       WeightUpdate update =
           new MergedWeightUpdate(
               updates, merger.listener(), ImmutableMap.copyOf(byWeight), ImmutableMap.copyOf(biases), factor,
-              recipe(operation, factor), workers, scratch)
+              doraWeighting, recipe(operation, factor), workers, scratch)
               .withFused(ImmutableMap.copyOf(fusedWeights), ImmutableMap.copyOf(fusedBiases), report.matched().keySet())
               .withTransposed(ImmutableSet.copyOf(transposedWeights));
       return new FusedLora(report, target.apply(update));
@@ -256,6 +260,10 @@ public final class LoraFuser {
           Map<String, Object> recipe = new LinkedHashMap<>();
           recipe.put("operation", operation);
           recipe.put("scale", Math.abs(factor));
+          if (doraWeighting == DoraMagnitude.Weighting.BLEND) {
+            // Only when asked for, so that the recipes of every other fuse keep their bytes.
+            recipe.put("dora_weighting", "blend");
+          }
           recipe.putAll(merger.recipe());
           return recipe;
         });
@@ -337,8 +345,8 @@ public final class LoraFuser {
   @Override
   public String toString() {
     return String.format(
-        Locale.ROOT, "LoraFuser{merger=%s, scale=%s, allowUnmatched=%s, architecture=%s}",
-        merger, scale, allowUnmatched, architecture.map(String::valueOf).orElse("detected"));
+        Locale.ROOT, "LoraFuser{merger=%s, scale=%s, allowUnmatched=%s, architecture=%s, doraWeighting=%s}",
+        merger, scale, allowUnmatched, architecture.map(String::valueOf).orElse("detected"), doraWeighting);
   }
 
   /** Collects the merger and the fuse's options; not thread-safe. */
@@ -348,6 +356,7 @@ public final class LoraFuser {
     private double scale = 1;
     private boolean allowUnmatched;
     private Optional<Architecture> architecture = Optional.empty();
+    private DoraMagnitude.Weighting doraWeighting = DoraMagnitude.Weighting.INSIDE_NORM;
 
     private Builder() {}
 
@@ -383,6 +392,18 @@ public final class LoraFuser {
     @CanIgnoreReturnValue
     public Builder architecture(Architecture architecture) {
       this.architecture = Optional.of(checkNotNull(architecture, "architecture"));
+      return this;
+    }
+
+    /**
+     * How the user weight w (an input's weight times the scale) applies to a DoRA module (default
+     * {@link DoraMagnitude.Weighting#INSIDE_NORM}, PEFT's). {@link DoraMagnitude.Weighting#BLEND}
+     * fuses {@code W + w·(DoRA(W) − W)}, as ComfyUI does, and is recorded in the output's recipe
+     * ({@code "dora_weighting": "blend"}). Either is computed in float64 and rounded once.
+     */
+    @CanIgnoreReturnValue
+    public Builder doraWeighting(DoraMagnitude.Weighting doraWeighting) {
+      this.doraWeighting = checkNotNull(doraWeighting, "doraWeighting");
       return this;
     }
 

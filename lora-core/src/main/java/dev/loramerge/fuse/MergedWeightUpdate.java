@@ -8,6 +8,7 @@ import ai.djl.ndarray.NDManager;
 import com.google.common.collect.ImmutableMap;
 import com.google.common.collect.ImmutableSet;
 import dev.loramerge.DType;
+import dev.loramerge.DoraMagnitude;
 import dev.loramerge.ModuleKey;
 import dev.loramerge.TensorSpec;
 import dev.loramerge.arch.FusedModule;
@@ -30,7 +31,6 @@ import java.util.Optional;
 import java.util.Set;
 import java.util.concurrent.ForkJoinPool;
 import java.util.concurrent.ForkJoinTask;
-import java.util.stream.Collectors;
 
 /**
  * A merger's update of the matched modules, times a factor, computed per weight on demand on the
@@ -50,10 +50,13 @@ final class MergedWeightUpdate implements DeviceUpdate {
   private final ImmutableMap<String, FusedModule> fusedBiases;
   private final ImmutableSet<ModuleKey> matched;
   private final ImmutableSet<String> transposed;
+  private final DoraMagnitude.Weighting doraWeighting;
 
   MergedWeightUpdate(
       ModuleUpdates updates, MergeListener listener, ImmutableMap<String, ModuleKey> modules,
-      ImmutableMap<String, ModuleKey> biases, double factor, String recipe, ForkJoinPool workers, FuseScratch scratch) {
+      ImmutableMap<String, ModuleKey> biases, double factor, DoraMagnitude.Weighting doraWeighting, String recipe,
+      ForkJoinPool workers, FuseScratch scratch) {
+    this.doraWeighting = doraWeighting;
     this.biases = biases;
     this.workers = workers;
     this.scratch = scratch;
@@ -71,6 +74,7 @@ final class MergedWeightUpdate implements DeviceUpdate {
   private MergedWeightUpdate(
       MergedWeightUpdate update, ImmutableMap<String, FusedModule> fused, ImmutableMap<String, FusedModule> fusedBiases,
       ImmutableSet<ModuleKey> matched, ImmutableSet<String> transposed) {
+    this.doraWeighting = update.doraWeighting;
     this.biases = update.biases;
     this.workers = update.workers;
     this.scratch = update.scratch;
@@ -159,7 +163,7 @@ final class MergedWeightUpdate implements DeviceUpdate {
     if (materialised(spec)) {
       ModuleKey key = modules.get(name);
       String label = label(spec);
-      run(() -> DenseFusion.fuse(weight, spec.dtype(), values -> updates.fusedF64(key, values, factor), into, dtype, label));
+      run(() -> DenseFusion.fuse(weight, spec.dtype(), values -> updates.fusedF64(key, values, factor, doraWeighting), into, dtype, label));
       return;
     }
     FusedModule fusedModule = fused.get(name);
@@ -167,34 +171,64 @@ final class MergedWeightUpdate implements DeviceUpdate {
       // A part with a bias difference: every matched part's rows as the separate weight's are fused.
       String label = String.format(Locale.ROOT, "fused weight '%s' (%s)", name, fusedModule.originalPath());
       run(() -> DenseFusion.fuse(weight, spec.dtype(), values -> byParts(fusedModule, values, fusedModule.inFeatures(),
-          (key, part) -> matched.contains(key) ? updates.fusedF64(key, part, factor) : part), into, dtype, label));
+          (key, part) -> matched.contains(key) ? updates.fusedF64(key, part, factor, doraWeighting) : part), into, dtype,
+          label));
       return;
     }
-    String label;
-    double[] up;
-    double[] down;
-    int rank;
     if (fusedModule != null) {
-      label = String.format(Locale.ROOT, "fused weight '%s' (%s)", name, fusedModule.originalPath());
-      double[][] joined = joined(fusedModule);
-      up = joined[0];
-      down = joined[1];
-      for (int i = 0; i < up.length; i++) {
-        up[i] *= factor;
-      }
-      rank = up.length / Math.toIntExact(spec.shape()[0]);
-    } else {
-      label = label(spec);
-      Float64Factors factors = scaledFactors(spec);
-      up = factors.up();
-      down = factors.down();
-      rank = factors.rank();
+      String label = String.format(Locale.ROOT, "fused weight '%s' (%s)", name, fusedModule.originalPath());
+      run(() -> fuseByRows(fusedModule, spec, weight, into, dtype, label));
+      return;
     }
+    String label = label(spec);
+    Float64Factors factors = scaledFactors(spec);
     run(() -> {
       try (LazyManager manager = new LazyManager(() -> NDManager.newBaseManager(Device.cpu()))) {
-        Fusion.fuse(scratch, manager, weight, spec.dtype(), spec.shape(), up, down, rank, into, dtype, label);
+        Fusion.fuse(scratch, manager, weight, spec.dtype(), spec.shape(), factors.up(), factors.down(), factors.rank(), into,
+            dtype, label);
       }
     });
+  }
+
+  /**
+   * A fused weight, segment by segment: each matched part's rows with the part's own factors (its
+   * rows of them), by the kernel and with the values a fuse into the separate weight uses, so that
+   * every row gets that weight's bytes; an unmatched part's rows with a zero update (converted
+   * like the rest when the output's dtype differs).
+   */
+  private void fuseByRows(FusedModule module, TensorSpec spec, ByteBuffer weight, ByteBuffer into, DType dtype, String label) {
+    Map<ModuleKey, Float64Factors> factors = new LinkedHashMap<>();
+    for (ModuleKey part : module.keys()) {
+      if (matched.contains(part)) {
+        factors.put(part, updates.factors(part));
+      }
+    }
+    int in = Math.toIntExact(module.inFeatures());
+    long[] starts = module.fusedRows();
+    try (LazyManager manager = new LazyManager(() -> NDManager.newBaseManager(Device.cpu()))) {
+      for (int i = 0; i < module.segments().size(); i++) {
+        FusedModule.Segment segment = module.segments().get(i);
+        int rows = Math.toIntExact(segment.rows());
+        Float64Factors part = factors.get(segment.key());
+        int rank = part == null ? 1 : part.rank();
+        double[] up = new double[rows * rank];
+        double[] down = part == null ? new double[in] : part.down();
+        if (part != null) {
+          System.arraycopy(part.up(), Math.toIntExact(segment.moduleRow() * rank), up, 0, up.length);
+          for (int j = 0; j < up.length; j++) {
+            up[j] *= factor;
+          }
+        }
+        Fusion.fuse(scratch, manager, rows(weight, starts[i], rows, (long) in * spec.dtype().byteSize()), spec.dtype(),
+            new long[] {rows, in}, up, down, rank, rows(into, starts[i], rows, (long) in * dtype.byteSize()), dtype, label);
+      }
+    }
+  }
+
+  /** Rows {@code [first, first + count)} of a row-major tensor's bytes, {@code rowBytes} each. */
+  private static ByteBuffer rows(ByteBuffer tensor, long first, int count, long rowBytes) {
+    int from = Math.toIntExact(tensor.position() + first * rowBytes);
+    return tensor.duplicate().limit(Math.toIntExact(from + count * rowBytes)).position(from).slice().order(tensor.order());
   }
 
   private void run(Runnable kernel) {
@@ -289,46 +323,6 @@ final class MergedWeightUpdate implements DeviceUpdate {
 
   private String label(TensorSpec spec) {
     return String.format(Locale.ROOT, "module '%s' (weight '%s')", modules.get(spec.name()), spec.name());
-  }
-
-  /**
-   * The float64 factors of a fused weight: the matched parts' downs stacked, and their ups placed
-   * in their segments' rows and their own columns (zeros elsewhere), so that each row of up·down
-   * is exactly its part's, as if fused one part at a time.
-   */
-  private double[][] joined(FusedModule module) {
-    List<ModuleKey> parts = module.keys().stream().filter(matched::contains).collect(Collectors.toList());
-    Map<ModuleKey, Float64Factors> factors = new LinkedHashMap<>();
-    Map<ModuleKey, Integer> columns = new LinkedHashMap<>();
-    int rank = 0;
-    for (ModuleKey part : parts) {
-      Float64Factors partFactors = updates.factors(part);
-      factors.put(part, partFactors);
-      columns.put(part, rank);
-      rank += partFactors.rank();
-    }
-    int in = Math.toIntExact(module.inFeatures());
-    double[] down = new double[Math.multiplyExact(rank, in)];
-    double[] up = new double[Math.multiplyExact(Math.toIntExact(module.outFeatures()), rank)];
-    for (ModuleKey part : parts) {
-      Float64Factors partFactors = factors.get(part);
-      System.arraycopy(partFactors.down(), 0, down, columns.get(part) * in, partFactors.rank() * in);
-    }
-    long[] starts = module.fusedRows();
-    for (int i = 0; i < module.segments().size(); i++) {
-      FusedModule.Segment segment = module.segments().get(i);
-      Float64Factors partFactors = factors.get(segment.key());
-      if (partFactors == null) {
-        continue;
-      }
-      int partRank = partFactors.rank();
-      for (int row = 0; row < segment.rows(); row++) {
-        System.arraycopy(
-            partFactors.up(), Math.toIntExact((segment.moduleRow() + row) * partRank),
-            up, Math.toIntExact((starts[i] + row) * rank + columns.get(segment.key())), partRank);
-      }
-    }
-    return new double[][] {up, down};
   }
 
   @Override

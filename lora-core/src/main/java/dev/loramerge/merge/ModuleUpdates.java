@@ -2,6 +2,7 @@ package dev.loramerge.merge;
 
 import ai.djl.Device;
 import ai.djl.ndarray.NDManager;
+import dev.loramerge.DoraMagnitude;
 import dev.loramerge.LoraMergeException;
 import dev.loramerge.LoraModule;
 import dev.loramerge.ModuleKey;
@@ -110,6 +111,16 @@ public final class ModuleUpdates {
    *     DoRA is not W − ΔW
    */
   public double[] fusedF64(ModuleKey key, double[] weight, double factor) {
+    return fusedF64(key, weight, factor, DoraMagnitude.Weighting.INSIDE_NORM);
+  }
+
+  /**
+   * Module {@code key}'s fused weight in float64, as {@link #fusedF64(ModuleKey, double[],
+   * double)}, with each DoRA module's weight {@code factor·wᵢ} applied as {@code weighting} says:
+   * with {@link DoraMagnitude.Weighting#BLEND} a DoRA module contributes {@code factor·wᵢ·(DoRAᵢ(W)
+   * − W)}, its DoRA taken at weight 1.
+   */
+  public double[] fusedF64(ModuleKey key, double[] weight, double factor, DoraMagnitude.Weighting weighting) {
     List<MergeInput> present = present(key);
     checkMaterialisable(key, present, factor);
     if (present.size() == 1 && present.get(0).adapter().modules().get(key).magnitude().isEmpty()) {
@@ -128,7 +139,7 @@ public final class ModuleUpdates {
       LoraModule module = input.adapter().modules().get(key);
       double w = factor * input.weight(key);
       if (module.magnitude().isPresent()) {
-        double[] fused = module.fusedF64(weight, w);
+        double[] fused = module.fusedF64(weight, w, weighting);
         if (present.size() == 1) {
           return fused;
         }

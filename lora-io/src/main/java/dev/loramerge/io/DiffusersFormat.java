@@ -140,7 +140,8 @@ final class DiffusersFormat {
     return configs;
   }
 
-  static LoraAdapter read(SafetensorsFile file, String adapterName, LoraReadOptions options) throws IOException {
+  static LoraAdapter read(SafetensorsFile file, String adapterName, LoraReadOptions options, Map<ModuleKey, String> names)
+      throws IOException {
     FormatParts parts = new FormatParts(file.path().getFileName().toString());
     Map<String, TensorData> loraBiases = new LinkedHashMap<>();
     for (TensorSpec spec : file.tensors()) {
@@ -182,6 +183,7 @@ final class DiffusersFormat {
         read = read.withBiasDiff(FormatParts.loraBiasDifference(loraBiases.get(module.name), read.scale()));
       }
       adapter.add(module.magnitudeVector == null ? read : read.withMagnitude(DoraMagnitude.peft(module.magnitudeVector)));
+      names.put(read.key(), module.name);
     }
     file.metadata().forEach((key, value) -> {
       if (!key.equals(METADATA_KEY)) {

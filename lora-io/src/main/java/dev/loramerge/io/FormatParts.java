@@ -1,8 +1,11 @@
 package dev.loramerge.io;
 
 import com.google.common.collect.ImmutableList;
+import com.google.common.collect.ImmutableMap;
 import dev.loramerge.LoraMergeException;
+import dev.loramerge.ModuleKey;
 import dev.loramerge.TensorData;
+import dev.loramerge.arch.FusedModule;
 import java.util.ArrayList;
 import java.util.LinkedHashMap;
 import java.util.List;
@@ -33,6 +36,8 @@ final class FormatParts {
     TensorData doraScale;
     TensorData magnitudeVector;
     TensorData biasDiff;
+    /** PEFT's {@code lora_B.bias}, before it is made a bias difference ({@link #loraBiasDifference}). */
+    TensorData loraBias;
 
     Module(String name) {
       this.name = name;
@@ -44,6 +49,83 @@ final class FormatParts {
       return downShape.length == 4
           ? new long[] {up.dim(0), downShape[1], downShape[2], downShape[3]}
           : new long[] {up.dim(0), downShape[1]};
+    }
+  }
+
+  /**
+   * How a file names a part of a fused weight: the fused module's name in the file with the rows
+   * of it that hold the part, inclusive, in the part's row order ({@code
+   * lora_unet_joint_blocks_0_x_block_attn_qkv rows 1536–3071}; a swapped modulation's halves read
+   * {@code rows 1536–3071, 0–1535}).
+   */
+  static String partName(String fileModule, FusedModule fused, ModuleKey key) {
+    long[] starts = fused.fusedRows();
+    List<long[]> ranges = new ArrayList<>();
+    for (int i = 0; i < starts.length; i++) {
+      FusedModule.Segment segment = fused.segments().get(i);
+      if (segment.key().equals(key)) {
+        ranges.add(new long[] {segment.moduleRow(), starts[i], starts[i] + segment.rows() - 1});
+      }
+    }
+    ranges.sort(java.util.Comparator.comparingLong(range -> range[0]));
+    StringBuilder name = new StringBuilder(fileModule).append(" rows ");
+    for (int i = 0; i < ranges.size(); i++) {
+      name.append(i == 0 ? "" : ", ").append(ranges.get(i)[1]).append('–').append(ranges.get(i)[2]);
+    }
+    return name.toString();
+  }
+
+  /** kohya's suffixes of a module's factors and alpha. */
+  private static final ImmutableMap<String, String> KOHYA_SUFFIXES =
+      ImmutableMap.of(".lora_down.weight", "down", ".lora_up.weight", "up", ".alpha", "alpha");
+
+  /**
+   * PEFT's suffixes of a module's factors and {@code lora_bias} (a Linear's bias on B, which the
+   * LoRA adds scaled like B·A), which ComfyUI reads after a module name as well as kohya's.
+   */
+  private static final ImmutableMap<String, String> PEFT_SUFFIXES =
+      ImmutableMap.of(".lora_A.weight", "down", ".lora_B.weight", "up", ".lora_B.bias", "lora bias");
+
+  /**
+   * Whether {@link #collect} files a tensor with this suffix: kohya's factors and alpha, a
+   * LyCORIS kind's tensors, and with {@code peftNames} PEFT's factors and {@code lora_B.bias}.
+   */
+  static boolean isModuleSuffix(String suffix, boolean peftNames) {
+    return KOHYA_SUFFIXES.containsKey(suffix) || LycorisParts.isKindSuffix(suffix)
+        || (peftNames && PEFT_SUFFIXES.containsKey(suffix));
+  }
+
+  /** Every suffix {@link #isModuleSuffix} knows with PEFT's names, longest first. */
+  static ImmutableList<String> moduleSuffixes() {
+    List<String> suffixes = new ArrayList<>(KOHYA_SUFFIXES.keySet());
+    suffixes.addAll(PEFT_SUFFIXES.keySet());
+    suffixes.addAll(LycorisParts.kindSuffixes());
+    suffixes.sort(java.util.Comparator.comparingInt(String::length).reversed());
+    return ImmutableList.copyOf(suffixes);
+  }
+
+  /**
+   * Files tensor {@code tensorName} of module {@code module}, by its {@code suffix} (one that
+   * {@link #isModuleSuffix} knows).
+   */
+  void collect(String module, String suffix, String tensorName, TensorData tensor) {
+    String role = KOHYA_SUFFIXES.containsKey(suffix) ? KOHYA_SUFFIXES.get(suffix) : PEFT_SUFFIXES.get(suffix);
+    if (role == null) {
+      LycorisParts.collect(module(module), suffix, tensor);
+      return;
+    }
+    switch (role) {
+      case "down":
+        module(module).down = tensor;
+        break;
+      case "up":
+        module(module).up = tensor;
+        break;
+      case "alpha":
+        module(module).alpha = OptionalDouble.of(alphaValue(fileName, tensorName, tensor));
+        break;
+      default:
+        module(module).loraBias = tensor;
     }
   }
 

@@ -44,7 +44,7 @@ final class KohyaFormat {
     return false;
   }
 
-  static LoraAdapter read(SafetensorsFile file, String adapterName, LoraReadOptions options) {
+  static LoraAdapter read(SafetensorsFile file, String adapterName, LoraReadOptions options, Map<ModuleKey, String> names) {
     FormatParts parts = new FormatParts(file.path().getFileName().toString());
     for (TensorSpec spec : file.tensors()) {
       String name = spec.name();
@@ -55,23 +55,10 @@ final class KohyaFormat {
         parts.unsupported(name);
         continue;
       }
-      switch (suffix) {
-        case DOWN:
-          parts.module(module).down = file.tensor(name);
-          break;
-        case UP:
-          parts.module(module).up = file.tensor(name);
-          break;
-        case ALPHA:
-          parts.module(module).alpha =
-              java.util.OptionalDouble.of(FormatParts.alphaValue(parts.fileName(), name, file.tensor(name)));
-          break;
-        default:
-          if (LycorisParts.isKindSuffix(suffix)) {
-            LycorisParts.collect(parts.module(module), suffix, file.tensor(name));
-          } else {
-            parts.unsupported(name);
-          }
+      if (FormatParts.isModuleSuffix(suffix, false)) {
+        parts.collect(module, suffix, name, file.tensor(name));
+      } else {
+        parts.unsupported(name);
       }
     }
     var modules = parts.complete(options.skipUnsupported());
@@ -84,7 +71,7 @@ final class KohyaFormat {
       ModuleKey provisional = ModuleKey.of(KohyaNames.component(module.name).orElseThrow(), module.name);
       LoraModule read = LycorisParts.build(parts.fileName(), module, provisional, module.name, options.architecture());
       built.put(module.name, read);
-      Optional<FusedModule> fusedModule = KohyaNames.resolveFused(module.name, options);
+      Optional<FusedModule> fusedModule = KohyaNames.resolveFused(module.name, read.inFeatures(), options);
       if (fusedModule.isPresent()) {
         if (read.adapterKind() != AdapterKind.LORA || read.magnitude().isPresent()) {
           throw new LoraMergeException(
@@ -111,9 +98,11 @@ final class KohyaFormat {
         Map<ModuleKey, TensorData> biasRows = module.biasDiff == null ? Map.of() : fusedModule.splitRows(module.biasDiff);
         for (LoraModule part : fusedModule.split(module.down, module.up, alpha, ScaleRule.STANDARD)) {
           adapter.add(biasRows.containsKey(part.key()) ? part.withBiasDiff(biasRows.get(part.key())) : part);
+          names.put(part.key(), FormatParts.partName(module.name, fusedModule, part.key()));
         }
       } else {
         adapter.add(built.get(module.name).withKey(keys.get(module.name)));
+        names.put(keys.get(module.name), module.name);
       }
     }
     adapter.putAllMetadata(file.metadata());

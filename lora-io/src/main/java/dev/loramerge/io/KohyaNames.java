@@ -13,7 +13,6 @@ import java.util.Arrays;
 import java.util.HashMap;
 import java.util.HashSet;
 import java.util.LinkedHashMap;
-import java.util.List;
 import java.util.Locale;
 import java.util.Map;
 import java.util.Optional;
@@ -92,16 +91,19 @@ final class KohyaNames {
   /**
    * The fused weight of an original checkpoint that a kohya name names ({@code
    * lora_unet_double_blocks_0_img_attn_qkv}), in the architecture the caller named or any known
-   * one.
+   * one: the first whose weight takes {@code inFeatures} inputs (SD3.5 Medium and Large share the
+   * names of blocks 0–23), else the first that has the name.
    */
-  static Optional<FusedModule> resolveFused(String name, LoraReadOptions options) {
+  static Optional<FusedModule> resolveFused(String name, long inFeatures, LoraReadOptions options) {
+    Optional<FusedModule> named = Optional.empty();
     for (Architecture architecture : options.architecture().map(ImmutableList::of).orElse(Architecture.all())) {
       Optional<FusedModule> fused = architecture.resolveFusedKohyaName(name);
-      if (fused.isPresent()) {
+      if (fused.isPresent() && fused.get().inFeatures() == inFeatures) {
         return fused;
       }
+      named = named.or(() -> fused);
     }
-    return Optional.empty();
+    return named;
   }
 
   private interface Resolver {
@@ -113,10 +115,6 @@ final class KohyaNames {
     Map<String, ModuleKey> keys = new LinkedHashMap<>();
     Map<ModuleKey, String> seen = new HashMap<>();
     for (String name : weightShapes.keySet()) {
-      Optional<String> recognised = KnownLayouts.describe(List.of(name));
-      if (recognised.isPresent() && resolver.resolve(name).isEmpty()) {
-        throw new LoraMergeException(String.format(Locale.ROOT, "%s: %s", fileName, recognised.get()));
-      }
       ModuleKey key =
           resolver
               .resolve(name)

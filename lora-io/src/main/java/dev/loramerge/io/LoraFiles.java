@@ -2,19 +2,24 @@ package dev.loramerge.io;
 
 import static com.google.common.base.Preconditions.checkNotNull;
 
+import com.google.common.collect.ImmutableSortedMap;
 import dev.loramerge.LoraAdapter;
+import dev.loramerge.ModuleKey;
 import dev.loramerge.TensorSpec;
 import java.io.IOException;
 import java.nio.file.Files;
 import java.nio.file.NoSuchFileException;
 import java.nio.file.Path;
+import java.util.HashMap;
 import java.util.List;
+import java.util.Map;
 import java.util.Optional;
 import java.util.stream.Collectors;
 
 /**
  * Reads and writes LoRA adapters in PEFT, kohya and diffusers form, detecting the format of what
- * it reads; also reads Flux.1 LoRAs in XLabs', ComfyUI's and BFL's layouts.
+ * it reads; also reads Flux.1 LoRAs in XLabs', ComfyUI's and BFL's layouts and SD3.5 LoRAs in
+ * ComfyUI's (original MMDiT names).
  *
  * <pre>{@code
  * LoraAdapter style = LoraFiles.read(Path.of("style.safetensors"));       // kohya file
@@ -40,7 +45,8 @@ public final class LoraFiles {
   /**
    * Reads the adapter at {@code path}: a PEFT folder (or its {@code adapter_model.safetensors}),
    * a kohya file, a diffusers file (or a folder holding {@code
-   * pytorch_lora_weights.safetensors}), or a Flux.1 file in XLabs', ComfyUI's or BFL's layout.
+   * pytorch_lora_weights.safetensors}), a Flux.1 file in XLabs', ComfyUI's or BFL's layout, or an
+   * SD3.5 file in ComfyUI's.
    *
    * @throws SafetensorsFormatException when the bytes are not a valid safetensors file
    * @throws IOException when the file cannot be read or is no LoRA adapter this library knows
@@ -48,23 +54,57 @@ public final class LoraFiles {
    *     LoRA factors
    */
   public static LoraAdapter read(Path path, LoraReadOptions options) throws IOException {
+    return readFile(path, options).adapter();
+  }
+
+  /**
+   * An adapter read from a file, with the file's layout and, for each module, how the file names
+   * it.
+   *
+   * @param adapter the adapter, as {@link #read(Path, LoraReadOptions)} returns it
+   * @param format the layout the file was read in
+   * @param moduleNames each module's name in the file, without its tensors' suffixes ({@code
+   *     lora_unet_joint_blocks_0_x_block_attn_proj}, {@code transformer.transformer_blocks.0.attn.to_q});
+   *     a part of a fused weight is the fused module's name with its rows ({@code
+   *     lora_unet_double_blocks_0_img_attn_qkv rows 3072–6143})
+   */
+  public record AdapterFile(LoraAdapter adapter, LoraFormat format, ImmutableSortedMap<ModuleKey, String> moduleNames) {
+    /** Validates the parts. */
+    public AdapterFile {
+      checkNotNull(adapter, "adapter");
+      checkNotNull(format, "format");
+      checkNotNull(moduleNames, "moduleNames");
+    }
+  }
+
+  /**
+   * Reads the adapter at {@code path} as {@link #read(Path, LoraReadOptions)} does, keeping what
+   * {@code lora inspect} shows of the file: its layout and its name for every module.
+   */
+  public static AdapterFile readFile(Path path, LoraReadOptions options) throws IOException {
     checkNotNull(path, "path");
     checkNotNull(options, "options");
     LoraFormat format = detect(path);
     String name = adapterName(path);
+    Map<ModuleKey, String> names = new HashMap<>();
+    LoraAdapter adapter;
     if (format == LoraFormat.PEFT) {
-      return PeftFormat.read(path, name, options);
-    }
-    try (SafetensorsFile file = SafetensorsFile.open(weightsFile(path))) {
-      switch (format) {
-        case KOHYA:
-          return KohyaFormat.read(file, name, options);
-        case DIFFUSERS:
-          return DiffusersFormat.read(file, name, options);
-        default:
-          return FluxOriginalFormat.read(file, name, options, format);
+      adapter = PeftFormat.read(path, name, options, names);
+    } else {
+      try (SafetensorsFile file = SafetensorsFile.open(weightsFile(path))) {
+        switch (format) {
+          case KOHYA:
+            adapter = KohyaFormat.read(file, name, options, names);
+            break;
+          case DIFFUSERS:
+            adapter = DiffusersFormat.read(file, name, options, names);
+            break;
+          default:
+            adapter = OriginalNamesFormat.read(file, name, options, format, names);
+        }
       }
     }
+    return new AdapterFile(adapter, format, ImmutableSortedMap.copyOf(names));
   }
 
   /**
@@ -89,13 +129,9 @@ public final class LoraFiles {
       if (DiffusersFormat.matches(names)) {
         return LoraFormat.DIFFUSERS;
       }
-      Optional<LoraFormat> original = FluxOriginalFormat.detect(names);
+      Optional<LoraFormat> original = OriginalNamesFormat.detect(names);
       if (original.isPresent()) {
         return original.get();
-      }
-      Optional<String> recognised = KnownLayouts.describe(names);
-      if (recognised.isPresent()) {
-        throw new IOException(weights.getFileName() + ": " + recognised.get());
       }
       throw new IOException(
           weights.getFileName()

@@ -38,8 +38,10 @@ public enum LoraFormat {
    */
   XLABS,
   /**
-   * Read only: a Flux.1 LoRA in ComfyUI's keys, BFL's original module names under {@code
-   * diffusion_model.} or {@code model.diffusion_model.}, with {@code .lora_down.weight}/{@code
+   * Read only: a Flux.1 or SD3.5 LoRA in ComfyUI's keys, the original checkpoint's module names
+   * (BFL's {@code double_blocks.0.img_attn.qkv}, Stability's MMDiT {@code
+   * joint_blocks.0.x_block.attn.qkv}) under {@code diffusion_model.} or {@code
+   * model.diffusion_model.} (SD3.5's also bare), with {@code .lora_down.weight}/{@code
    * .lora_up.weight}/{@code .alpha} or {@code .lora_A.weight}/{@code .lora_B.weight}, full
    * differences {@code .diff}, bias differences {@code .diff_b} and the LyCORIS kinds' tensors.
    */

@@ -96,7 +96,8 @@ final class PeftFormat {
     return config;
   }
 
-  static LoraAdapter read(Path path, String adapterName, LoraReadOptions options) throws IOException {
+  static LoraAdapter read(Path path, String adapterName, LoraReadOptions options, Map<ModuleKey, String> names)
+      throws IOException {
     Path configPath =
         configFor(path)
             .orElseThrow(() -> new IOException(path + ": no " + CONFIG + " beside the weights"));
@@ -138,6 +139,7 @@ final class PeftFormat {
           read = read.withBiasDiff(FormatParts.loraBiasDifference(loraBiases.get(module.name), read.scale()));
         }
         adapter.add(module.magnitudeVector == null ? read : read.withMagnitude(DoraMagnitude.peft(module.magnitudeVector)));
+        names.put(key, PREFIX + module.name);
       }
       adapter.putAllMetadata(file.metadata());
       return adapter.build();

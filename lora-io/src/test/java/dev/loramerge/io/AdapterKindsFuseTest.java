@@ -6,6 +6,7 @@ import static org.assertj.core.api.Assertions.assertThatThrownBy;
 import dev.loramerge.AdapterKind;
 import dev.loramerge.Component;
 import dev.loramerge.DType;
+import dev.loramerge.DoraMagnitude;
 import dev.loramerge.LoraAdapter;
 import dev.loramerge.LoraMergeException;
 import dev.loramerge.LoraModule;
@@ -327,7 +328,7 @@ class AdapterKindsFuseTest {
         double[] weight = before.tensor(name).toDoubleArray();
         double[] expected = new double[weight.length];
         if (doras.containsKey(name)) {
-          expected = dora(weight, doras.get(name));
+          expected = dora(weight, doras.get(name), WEIGHT);
         } else {
           double[] delta = deltas.get(name);
           for (int i = 0; i < weight.length; i++) {
@@ -358,10 +359,60 @@ class AdapterKindsFuseTest {
   }
 
   /**
+   * With {@link DoraMagnitude.Weighting#BLEND} the DoRA modules are W + w·(DoRA(W) − W), DoRA at
+   * weight 1 (ComfyUI's {@code weight_decompose}: {@code weight += strength * (weight_calc -
+   * weight)}); the other kinds fuse as by default; the recipe says so, and a restore gives back
+   * the base's bytes.
+   */
+  @ParameterizedTest
+  @EnumSource(value = DType.class, names = {"F32", "F16", "BF16"})
+  void doraBlendFusesTheBaseBlendedWithDoraAtWeightOne(DType dtype) throws IOException {
+    LoraAdapter adapter = LoraFiles.read(lycorisFile());
+    Path base = base(dtype);
+    Path fused = folder.resolve("blend.safetensors");
+    Path plain = folder.resolve("plain.safetensors");
+    LoraMerger merger = LoraMerger.builder().add(adapter, WEIGHT).build();
+    LoraFuser fuser = LoraFuser.builder().merger(merger).doraWeighting(DoraMagnitude.Weighting.BLEND).build();
+    fuser.fuseInto(SafetensorsWeights.of(base, fused));
+    LoraFuser.of(merger).fuseInto(SafetensorsWeights.of(base, plain));
+    try (SafetensorsFile before = SafetensorsFile.open(base);
+        SafetensorsFile after = SafetensorsFile.open(fused);
+        SafetensorsFile byDefault = SafetensorsFile.open(plain)) {
+      assertThat(after.metadata().get(LoraMerger.RECIPE_KEY)).contains("\"dora_weighting\":\"blend\"");
+      assertThat(byDefault.metadata().get(LoraMerger.RECIPE_KEY)).doesNotContain("dora_weighting");
+      for (String name : shapes.keySet()) {
+        if (!doras.containsKey(name)) {
+          assertThat(after.tensor(name)).as("%s, not DoRA", name).isEqualTo(byDefault.tensor(name));
+          continue;
+        }
+        double[] weight = before.tensor(name).toDoubleArray();
+        double[] atOne = dora(weight, doras.get(name), 1);
+        ByteBuffer actual = after.tensor(name).bytes().order(ByteOrder.LITTLE_ENDIAN);
+        int differing = 0;
+        for (int i = 0; i < weight.length; i++) {
+          double expected = weight[i] + WEIGHT * (atOne[i] - weight[i]);
+          long bits = dtype.byteSize() == 4 ? actual.getInt(i * 4) : actual.getShort(i * 2) & 0xffff;
+          if (bits != Nearest.code(expected, dtype)) {
+            assertThat(bits)
+                .as("%s %s[%d], float64 value %s", dtype, name, i, expected)
+                .isIn(Nearest.code(expected * (1 - 1e-12), dtype), Nearest.code(expected * (1 + 1e-12), dtype));
+          }
+          differing += bits != (dtype.byteSize() == 4 ? byDefault.tensor(name).bytes().order(ByteOrder.LITTLE_ENDIAN).getInt(i * 4)
+              : byDefault.tensor(name).bytes().order(ByteOrder.LITTLE_ENDIAN).getShort(i * 2) & 0xffff) ? 1 : 0;
+        }
+        assertThat(differing).as("%s: the blend is not the weight inside the norm", name).isGreaterThan(weight.length / 10);
+      }
+    }
+    Path restored = folder.resolve("restored.safetensors");
+    fuser.fuseInto(SafetensorsWeights.restoring(fused, base, restored));
+    assertThat(Files.readAllBytes(restored)).as("restored %s base", dtype).isEqualTo(Files.readAllBytes(base));
+  }
+
+  /**
    * LyCORIS's apply_weight_decompose at weight w inside the norm, as PEFT weighs it: V = W + w·ΔW,
    * then V·(m / (‖V‖ + ε)), ε = float32's epsilon, the norm per output row or per input column.
    */
-  private static double[] dora(double[] weight, double[][] dora) {
+  private static double[] dora(double[] weight, double[][] dora, double w) {
     double[] delta = dora[0];
     double[] m = dora[1];
     boolean perOutput = dora[2][0] == 1;
@@ -370,7 +421,7 @@ class AdapterKindsFuseTest {
     int in = weight.length / out;
     double[] v = new double[weight.length];
     for (int i = 0; i < v.length; i++) {
-      v[i] = weight[i] + WEIGHT * delta[i];
+      v[i] = weight[i] + w * delta[i];
     }
     double epsilon = Math.scalb(1.0, -23);
     double[] result = new double[v.length];
@@ -535,7 +586,7 @@ class AdapterKindsFuseTest {
       for (LoraModule module : merged.modules().values()) {
         String name = module.key().path() + ".weight";
         double[] weight = file.tensor(name).toDoubleArray();
-        double[] expected = dora(weight, doras.get(name));
+        double[] expected = dora(weight, doras.get(name), WEIGHT);
         for (int i = 0; i < expected.length; i++) {
           expected[i] -= weight[i];
         }

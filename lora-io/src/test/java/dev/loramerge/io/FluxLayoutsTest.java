@@ -386,18 +386,6 @@ class FluxLayoutsTest {
   }
 
   @Test
-  void sd3OriginalNamesSayWhatTheyAre() throws IOException {
-    // XLabs, ComfyUI and BFL Flux files are read: FluxOriginalFormatTest.
-    Random random = new Random(12);
-    Path sd3 = folder.resolve("sd3.safetensors");
-    Safetensors.write(sd3, ImmutableMap.of(
-        "diffusion_model.joint_blocks.0.x_block.attn.qkv.lora_down.weight", gaussian(random, DType.BF16, 4, 1536),
-        "diffusion_model.joint_blocks.0.x_block.attn.qkv.lora_up.weight", gaussian(random, DType.BF16, 3 * 1536, 4)), ImmutableMap.of());
-    org.assertj.core.api.Assertions.assertThatThrownBy(() -> LoraFiles.read(sd3))
-        .hasMessageStartingWith("sd3.safetensors: an SD3 / SD3.5 LoRA in original MMDiT names");
-  }
-
-  @Test
   void kohyaSd35LorasReadAsTheirDiffusersPartsOfTheRightSize() throws IOException {
     // sd-scripts' networks/lora_sd3.py: lora_unet_ plus the underscored MMDiT path, qkv fused.
     Random random = new Random(14);

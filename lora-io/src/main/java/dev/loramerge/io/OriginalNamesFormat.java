@@ -17,31 +17,32 @@ import dev.loramerge.arch.Architecture;
 import dev.loramerge.arch.FusedModule;
 import dev.loramerge.arch.ModuleSpec;
 import java.util.Arrays;
-import java.util.Comparator;
 import java.util.HashMap;
-import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Locale;
 import java.util.Map;
 import java.util.Optional;
-import java.util.OptionalDouble;
 import java.util.regex.Matcher;
 import java.util.regex.Pattern;
 
 /**
- * Reads Flux.1 LoRAs whose modules are named after Black Forest Labs' original checkpoint ({@code
- * double_blocks.N.img_attn.qkv}, {@code single_blocks.N.linear1}, {@code img_in}, …): the {@link
- * LoraFormat#XLABS}, {@link LoraFormat#COMFYUI} and {@link LoraFormat#BFL} layouts.
+ * Reads LoRAs whose modules are named after an original checkpoint rather than diffusers: Flux.1
+ * in Black Forest Labs' names ({@code double_blocks.N.img_attn.qkv}, {@code single_blocks.N.linear1},
+ * {@code img_in}, …; the {@link LoraFormat#XLABS}, {@link LoraFormat#COMFYUI} and {@link
+ * LoraFormat#BFL} layouts) and SD3.5 in Stability's MMDiT names ({@code
+ * joint_blocks.N.x_block.attn.qkv}, {@code final_layer.linear}, …; {@link LoraFormat#COMFYUI}).
  *
- * <p>Names are resolved by the original paths of {@link Architecture#flux()}'s modules and fused
- * weights, never by guessing; a LoRA on a fused weight is read as its diffusers parts by {@link
- * FusedModule#split} (exact, A shared), as the kohya layout is. Biases a LoRA carries ({@code
- * lora_B.bias}, {@code .diff_b}) are bias differences, split by rows the same way. What a LoRA
- * module cannot hold is refused by name, never dropped unless the caller allows it: the norm
- * scales of BFL's control LoRAs, which replace the base's, and an input layer whose factors are
- * wider than the base's weight.
+ * <p>Names are resolved by the original paths of {@link Architecture#flux()}'s, {@link
+ * Architecture#sd35Medium()}'s and {@link Architecture#sd35Large()}'s modules and fused weights,
+ * never by guessing: the file is read as the architecture whose names and shapes fit the most of its
+ * tensors. A LoRA on a fused weight is read as its diffusers parts by {@link FusedModule#split}
+ * (exact, A shared), as the kohya layout is. Biases a LoRA carries ({@code lora_B.bias}, {@code
+ * .diff_b}) are bias differences, split by rows the same way. What a LoRA module cannot hold is
+ * refused by name, never dropped unless the caller allows it: the norm scales of BFL's control
+ * LoRAs, which replace the base's, and an input layer whose factors are wider than the base's
+ * weight.
  */
-final class FluxOriginalFormat {
+final class OriginalNamesFormat {
   /**
    * XLabs' x-flux processors, read as diffusers' {@code _convert_xlabs_flux_lora_to_diffusers}
    * does: {@code qkv_lora1}/{@code proj_lora1} are the image stream's {@code img_attn.qkv}/{@code
@@ -58,6 +59,13 @@ final class FluxOriginalFormat {
       Pattern.compile("(double_blocks|single_blocks|img_in|txt_in|time_in|vector_in|guidance_in|final_layer)\\..+");
 
   /**
+   * The top-level modules of SD3's MMDiT checkpoint ({@code sd3.5_large.safetensors}) that Flux's
+   * has not; its {@code final_layer} is named as Flux's.
+   */
+  private static final Pattern SD3_TOP_LEVEL =
+      Pattern.compile("(joint_blocks|x_embedder|context_embedder|t_embedder|y_embedder)\\..+");
+
+  /**
    * CLIP-L's modules in ComfyUI's keys ({@code comfy_extras/nodes_lora_extract.py} saves a text
    * encoder's LoRA under {@code text_encoders.} plus the CLIP model's own state-dict names).
    */
@@ -71,49 +79,45 @@ final class FluxOriginalFormat {
       "are norm scales that replace the base's (BFL's control LoRAs; diffusers loads them in place of the"
           + " transformer's norm weights), not differences, which this library cannot fuse";
 
-  private static final String DOWN = "down";
-  private static final String UP = "up";
-  private static final String ALPHA = "alpha";
-  private static final String LORA_BIAS = "lora bias";
-
-  /** The suffixes of an original name's tensors with what each is; longest first. */
-  private static final ImmutableList<Map.Entry<String, String>> SUFFIXES;
-
-  static {
-    Map<String, String> suffixes = new LinkedHashMap<>();
-    suffixes.put(".lora_down.weight", DOWN);
-    suffixes.put(".lora_A.weight", DOWN);
-    suffixes.put(".lora_up.weight", UP);
-    suffixes.put(".lora_B.weight", UP);
-    suffixes.put(".alpha", ALPHA);
-    // PEFT's lora_bias: lora_B is a Linear with a bias, which the LoRA adds scaled like B·A.
-    suffixes.put(".lora_B.bias", LORA_BIAS);
-    for (String suffix : LycorisParts.kindSuffixes()) {
-      suffixes.put(suffix, suffix);
-    }
-    SUFFIXES = suffixes.entrySet().stream()
-        .sorted(Comparator.comparingInt((Map.Entry<String, String> entry) -> entry.getKey().length()).reversed())
-        .collect(ImmutableList.toImmutableList());
-  }
+  /** The suffixes of an original name's tensors, longest first. */
+  private static final ImmutableList<String> SUFFIXES = FormatParts.moduleSuffixes();
 
   /** What an original path names: a module of the architecture, or a fused weight of its parts. */
   private record Target(Optional<ModuleSpec> module, Optional<FusedModule> fused) {}
 
-  /** One tensor's place: the module as the file names it, what it updates, and what the tensor is. */
-  private record Parsed(String moduleName, Target target, String role) {}
+  /**
+   * One tensor's place: the module as the file names it, what it updates, and what the tensor is
+   * (its suffix as {@link FormatParts#collect} takes it).
+   */
+  private record Parsed(String moduleName, Target target, String suffix) {
+    boolean isDown() {
+      return suffix.equals(".lora_down.weight") || suffix.equals(".lora_A.weight");
+    }
 
-  private static final Supplier<Map<String, Target>> ORIGINAL_PATHS = Suppliers.memoize(FluxOriginalFormat::originalPaths);
+    boolean isUp() {
+      return suffix.equals(".lora_up.weight") || suffix.equals(".lora_B.weight");
+    }
+  }
 
-  private FluxOriginalFormat() {}
+  /** Each architecture with original names, with what every original path of it names. */
+  private static final Supplier<ImmutableMap<Architecture, ImmutableMap<String, Target>>> ORIGINAL_PATHS =
+      Suppliers.memoize(
+          () -> ImmutableList.of(Architecture.flux(), Architecture.sd35Medium(), Architecture.sd35Large()).stream()
+              .collect(ImmutableMap.toImmutableMap(architecture -> architecture, OriginalNamesFormat::originalPaths)));
 
-  private static Map<String, Target> originalPaths() {
-    Architecture flux = Architecture.flux();
+  private OriginalNamesFormat() {}
+
+  private static ImmutableMap<String, Target> originalPaths(Architecture architecture) {
     Map<String, Target> paths = new HashMap<>();
-    for (ModuleSpec spec : flux.modules().values()) {
+    for (ModuleSpec spec : architecture.modules().values()) {
       spec.originalPath().ifPresent(path -> paths.put(path, new Target(Optional.of(spec), Optional.empty())));
     }
-    flux.fusedModules().forEach((path, fused) -> paths.put(path, new Target(Optional.empty(), Optional.of(fused))));
+    architecture.fusedModules().forEach((path, fused) -> paths.put(path, new Target(Optional.empty(), Optional.of(fused))));
     return ImmutableMap.copyOf(paths);
+  }
+
+  private static ImmutableMap<String, Target> paths(Architecture architecture) {
+    return ORIGINAL_PATHS.get().get(architecture);
   }
 
   /** The layout of a file with these tensor names, if it is one of these. */
@@ -126,31 +130,30 @@ final class FluxOriginalFormat {
     for (String name : names) {
       Matcher prefix = PREFIX.matcher(name);
       String path = prefix.matches() ? prefix.group(2) : name;
-      // A LoRA tensor, not only norm scales: a base checkpoint in BFL's names is no LoRA.
-      if (TOP_LEVEL.matcher(path).matches() && SUFFIXES.stream().anyMatch(suffix -> path.endsWith(suffix.getKey()))) {
-        prefixed |= prefix.matches();
-        bare |= !prefix.matches();
+      // A LoRA tensor, not only norm scales: a base checkpoint in original names is no LoRA.
+      if (SUFFIXES.stream().anyMatch(path::endsWith)) {
+        // SD3's MMDiT names are ComfyUI's keys (its "generic" LoRA format) bare or prefixed; no
+        // other tool writes them bare.
+        boolean sd3 = SD3_TOP_LEVEL.matcher(path).matches();
+        if (sd3 || TOP_LEVEL.matcher(path).matches()) {
+          prefixed |= prefix.matches() || sd3;
+          bare |= !prefix.matches() && !sd3;
+        }
       }
     }
     return prefixed ? Optional.of(LoraFormat.COMFYUI) : bare ? Optional.of(LoraFormat.BFL) : Optional.empty();
   }
 
-  static LoraAdapter read(SafetensorsFile file, String adapterName, LoraReadOptions options, LoraFormat layout) {
+  static LoraAdapter read(
+      SafetensorsFile file, String adapterName, LoraReadOptions options, LoraFormat layout, Map<ModuleKey, String> names) {
     String fileName = file.path().getFileName().toString();
-    Architecture flux = Architecture.flux();
-    if (options.architecture().isPresent() && options.architecture().get() != flux) {
-      throw new LoraMergeException(
-          String.format(
-              Locale.ROOT, "%s: a Flux.1 LoRA in %s layout, but the architecture given is %s", fileName,
-              layout.cliName(), options.architecture().get().displayName()));
-    }
-    Map<String, String> widened = widenedInputs(file, layout);
+    Architecture architecture = architecture(file, options, layout);
+    Map<String, String> widened = widenedInputs(file, layout, architecture);
     FormatParts parts = new FormatParts(fileName);
     Map<String, Target> targets = new HashMap<>();
-    Map<String, TensorData> loraBiases = new HashMap<>();
     for (TensorSpec spec : file.tensors()) {
       String name = spec.name();
-      Optional<Parsed> parsed = layout == LoraFormat.XLABS ? parseXlabs(name) : parseOriginal(name);
+      Optional<Parsed> parsed = layout == LoraFormat.XLABS ? parseXlabs(name) : parseOriginal(name, architecture);
       if (parsed.isEmpty()) {
         Matcher prefix = PREFIX.matcher(name);
         if (layout != LoraFormat.XLABS && NORM_SCALE.matcher(prefix.matches() ? prefix.group(2) : name).matches()) {
@@ -166,24 +169,7 @@ final class FluxOriginalFormat {
         continue;
       }
       targets.put(module, parsed.get().target());
-      String role = parsed.get().role();
-      switch (role) {
-        case DOWN:
-          parts.module(module).down = file.tensor(name);
-          break;
-        case UP:
-          parts.module(module).up = file.tensor(name);
-          break;
-        case ALPHA:
-          parts.module(module).alpha = OptionalDouble.of(FormatParts.alphaValue(fileName, name, file.tensor(name)));
-          break;
-        case LORA_BIAS:
-          parts.module(module);
-          loraBiases.put(module, file.tensor(name));
-          break;
-        default:
-          LycorisParts.collect(parts.module(module), role, file.tensor(name));
-      }
+      parts.collect(module, parsed.get().suffix(), name, file.tensor(name));
     }
     LoraAdapter.Builder adapter = LoraAdapter.builder().name(adapterName);
     for (FormatParts.Module module : parts.complete(options.skipUnsupported())) {
@@ -193,7 +179,7 @@ final class FluxOriginalFormat {
       if (target.fused().isPresent()) {
         FusedModule fused = target.fused().get();
         LoraModule read = LycorisParts.build(
-            fileName, module, ModuleKey.of(Component.TRANSFORMER, module.name), module.name, Optional.of(flux));
+            fileName, module, ModuleKey.of(Component.TRANSFORMER, module.name), module.name, Optional.of(architecture));
         if (read.adapterKind() != AdapterKind.LORA || read.magnitude().isPresent()) {
           throw new LoraMergeException(
               String.format(
@@ -202,7 +188,7 @@ final class FluxOriginalFormat {
                       + " can be split into the fused weight's parts",
                   fileName, module.name, fused.originalPath(), read.kindName()));
         }
-        Optional<TensorData> bias = biasDifference(fileName, module.name, read.scale(), diffB, loraBiases.get(module.name));
+        Optional<TensorData> bias = biasDifference(fileName, module.name, read.scale(), diffB, module.loraBias);
         ImmutableList<LoraModule> split;
         ImmutableMap<ModuleKey, TensorData> biasRows;
         try {
@@ -213,20 +199,22 @@ final class FluxOriginalFormat {
         }
         for (LoraModule part : split) {
           adapter.add(biasRows.containsKey(part.key()) ? part.withBiasDiff(biasRows.get(part.key())) : part);
+          names.put(part.key(), FormatParts.partName(module.name, fused, part.key()));
         }
         continue;
       }
       ModuleSpec spec = target.module().orElseThrow();
-      LoraModule read = LycorisParts.build(fileName, module, spec.key(), module.name, Optional.of(flux));
+      LoraModule read = LycorisParts.build(fileName, module, spec.key(), module.name, Optional.of(architecture));
       if (!Arrays.equals(read.weightShape(), spec.weightShape())) {
         throw new LoraMergeException(
             String.format(
-                Locale.ROOT, "%s: module '%s' updates a %s weight, but Flux.1's '%s' is %s", fileName, module.name,
-                Arrays.toString(read.weightShape()), spec.originalPath().orElse(spec.key().toString()),
-                Arrays.toString(spec.weightShape())));
+                Locale.ROOT, "%s: module '%s' updates a %s weight, but %s's '%s' is %s", fileName, module.name,
+                Arrays.toString(read.weightShape()), architecture.displayName(),
+                spec.originalPath().orElse(spec.key().toString()), Arrays.toString(spec.weightShape())));
       }
-      Optional<TensorData> bias = biasDifference(fileName, module.name, read.scale(), diffB, loraBiases.get(module.name));
+      Optional<TensorData> bias = biasDifference(fileName, module.name, read.scale(), diffB, module.loraBias);
       adapter.add(bias.isPresent() ? read.withBiasDiff(bias.get()) : read);
+      names.put(read.key(), module.name);
     }
     adapter.putAllMetadata(file.metadata());
     return adapter.build();
@@ -249,6 +237,72 @@ final class FluxOriginalFormat {
     return loraBias == null ? Optional.empty() : Optional.of(FormatParts.loraBiasDifference(loraBias, scale));
   }
 
+  /**
+   * The architecture a file in original names is read as: Flux.1 for XLabs' layout; otherwise, of
+   * the architecture given or else Flux.1, SD3.5 Medium and SD3.5 Large, the one that resolves the
+   * names and fits the shapes of the most tensors (the first of equals). Flux.1 and SD3 share
+   * {@code final_layer.*}, and SD3.5 Medium and Large share the names of blocks 0–23: the factors'
+   * widths tell them apart.
+   */
+  private static Architecture architecture(SafetensorsFile file, LoraReadOptions options, LoraFormat layout) {
+    String fileName = file.path().getFileName().toString();
+    ImmutableList<Architecture> known = ORIGINAL_PATHS.get().keySet().asList();
+    ImmutableList<Architecture> candidates =
+        layout == LoraFormat.XLABS ? ImmutableList.of(Architecture.flux()) : known;
+    if (options.architecture().isPresent()) {
+      Architecture given = options.architecture().get();
+      if (!candidates.contains(given)) {
+        throw new LoraMergeException(
+            String.format(
+                Locale.ROOT, "%s: a LoRA in %s layout, which names modules of %s, but the architecture given is %s",
+                fileName, layout.cliName(),
+                candidates.stream().map(Architecture::displayName).collect(java.util.stream.Collectors.joining(" or ")),
+                given.displayName()));
+      }
+      return given;
+    }
+    Architecture best = candidates.get(0);
+    long[] bestScore = {-1, -1};
+    for (Architecture candidate : candidates) {
+      long fitting = 0;
+      long resolved = 0;
+      for (TensorSpec tensor : file.tensors()) {
+        Optional<Parsed> parsed = parseOriginal(tensor.name(), candidate);
+        if (parsed.isPresent()) {
+          resolved++;
+          fitting += fits(parsed.get(), tensor.shape()) ? 1 : 0;
+        }
+      }
+      if (fitting > bestScore[0] || (fitting == bestScore[0] && resolved > bestScore[1])) {
+        best = candidate;
+        bestScore = new long[] {fitting, resolved};
+      }
+    }
+    return best;
+  }
+
+  /** Whether a tensor's shape fits the weight its name resolves to, as far as its role tells. */
+  private static boolean fits(Parsed parsed, long[] shape) {
+    Target target = parsed.target();
+    long in = target.module().map(ModuleSpec::inFeatures).orElseGet(() -> target.fused().orElseThrow().inFeatures());
+    long out = target.module().map(ModuleSpec::outFeatures).orElseGet(() -> target.fused().orElseThrow().outFeatures());
+    if (parsed.isDown()) {
+      return shape.length >= 2 && shape[1] == in;
+    }
+    if (parsed.isUp()) {
+      return shape.length >= 1 && shape[0] == out;
+    }
+    switch (parsed.suffix()) {
+      case ".lora_B.bias":
+      case LycorisParts.DIFF_B:
+        return TensorData.numel(shape) == out;
+      case ".diff":
+        return shape.length >= 2 && shape[0] == out && shape[1] == in;
+      default:
+        return true;
+    }
+  }
+
   private static Optional<Parsed> parseXlabs(String name) {
     Matcher xlabs = XLABS.matcher(name);
     if (!xlabs.matches()) {
@@ -269,7 +323,7 @@ final class FluxOriginalFormat {
     } else {
       return Optional.empty();
     }
-    Target target = ORIGINAL_PATHS.get().get(original);
+    Target target = paths(Architecture.flux()).get(original);
     if (target == null) {
       return Optional.empty();
     }
@@ -280,23 +334,23 @@ final class FluxOriginalFormat {
           new FusedModule(linear1.originalPath(), linear1.inFeatures(), linear1.blockId(), linear1.segments().subList(0, 3))));
     }
     String suffix = "." + xlabs.group(5) + ".weight";
-    return Optional.of(new Parsed(name.substring(0, name.length() - suffix.length()), target, xlabs.group(5)));
+    return Optional.of(new Parsed(name.substring(0, name.length() - suffix.length()), target, ".lora_" + xlabs.group(5) + ".weight"));
   }
 
-  private static Optional<Parsed> parseOriginal(String name) {
+  private static Optional<Parsed> parseOriginal(String name, Architecture architecture) {
     Matcher prefix = PREFIX.matcher(name);
     boolean clip = name.startsWith(CLIP_L);
     String path = clip ? name.substring(CLIP_L.length()) : prefix.matches() ? prefix.group(2) : name;
-    for (Map.Entry<String, String> suffix : SUFFIXES) {
-      if (path.endsWith(suffix.getKey())) {
-        String module = path.substring(0, path.length() - suffix.getKey().length());
+    for (String suffix : SUFFIXES) {
+      if (path.endsWith(suffix)) {
+        String module = path.substring(0, path.length() - suffix.length());
         Target target = clip
-            ? Architecture.flux().module(ModuleKey.of(Component.TEXT_ENCODER, module))
+            ? architecture.module(ModuleKey.of(Component.TEXT_ENCODER, module))
                 .map(spec -> new Target(Optional.of(spec), Optional.empty())).orElse(null)
-            : ORIGINAL_PATHS.get().get(module);
+            : paths(architecture).get(module);
         return target == null
             ? Optional.empty()
-            : Optional.of(new Parsed(name.substring(0, name.length() - suffix.getKey().length()), target, suffix.getValue()));
+            : Optional.of(new Parsed(name.substring(0, name.length() - suffix.length()), target, suffix));
       }
     }
     return Optional.empty();
@@ -308,14 +362,14 @@ final class FluxOriginalFormat {
    * conditioning image (diffusers' {@code _maybe_expand_transformer_param_shape_or_error_} widens
    * the base's weight with zeros), and this library does not change a base weight's shape.
    */
-  private static Map<String, String> widenedInputs(SafetensorsFile file, LoraFormat layout) {
+  private static Map<String, String> widenedInputs(SafetensorsFile file, LoraFormat layout, Architecture architecture) {
     Map<String, String> widened = new HashMap<>();
     if (layout == LoraFormat.XLABS) {
       return widened;
     }
     for (TensorSpec tensor : file.tensors()) {
-      Optional<Parsed> parsed = parseOriginal(tensor.name());
-      if (parsed.isEmpty() || !parsed.get().role().equals(DOWN) || parsed.get().target().module().isEmpty()) {
+      Optional<Parsed> parsed = parseOriginal(tensor.name(), architecture);
+      if (parsed.isEmpty() || !parsed.get().isDown() || parsed.get().target().module().isEmpty()) {
         continue;
       }
       ModuleSpec spec = parsed.get().target().module().get();
@@ -326,8 +380,9 @@ final class FluxOriginalFormat {
             String.format(
                 Locale.ROOT,
                 "widen module '%s' (%s) from %d to %d input features, as BFL's control LoRAs do for their conditioning"
-                    + " image; a Flux.1 base's weight is %s, and this library does not change a weight's shape",
-                parsed.get().moduleName(), spec.key(), spec.inFeatures(), shape[1], Arrays.toString(spec.weightShape())));
+                    + " image; a %s base's weight is %s, and this library does not change a weight's shape",
+                parsed.get().moduleName(), spec.key(), spec.inFeatures(), shape[1], architecture.displayName(),
+                Arrays.toString(spec.weightShape())));
       }
     }
     return widened;
