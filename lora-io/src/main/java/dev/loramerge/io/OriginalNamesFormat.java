@@ -71,6 +71,16 @@ final class OriginalNamesFormat {
    */
   private static final String CLIP_L = "text_encoders.clip_l.transformer.";
 
+  /**
+   * The text encoders in ComfyUI's keys, by prefix, each with the components it may be in an
+   * architecture: CLIP-L is the first text encoder, CLIP-G SD3's second, T5 Flux's second and
+   * SD3's third (their module names tell the encoders apart).
+   */
+  private static final Map<String, List<Component>> TEXT_ENCODERS = Map.of(
+      CLIP_L, List.of(Component.TEXT_ENCODER),
+      "text_encoders.clip_g.transformer.", List.of(Component.TEXT_ENCODER_2),
+      "text_encoders.t5xxl.transformer.", List.of(Component.TEXT_ENCODER_2, Component.TEXT_ENCODER_3));
+
   /** The RMS norms' scales of the attentions (diffusers' {@code norm_q}, {@code norm_k}, {@code norm_added_q/k}). */
   private static final Pattern NORM_SCALE =
       Pattern.compile("(double_blocks\\.\\d+\\.(img|txt)_attn|single_blocks\\.\\d+)\\.norm\\.(query|key)_norm\\.scale");
@@ -339,14 +349,15 @@ final class OriginalNamesFormat {
 
   private static Optional<Parsed> parseOriginal(String name, Architecture architecture) {
     Matcher prefix = PREFIX.matcher(name);
-    boolean clip = name.startsWith(CLIP_L);
-    String path = clip ? name.substring(CLIP_L.length()) : prefix.matches() ? prefix.group(2) : name;
+    String encoder = TEXT_ENCODERS.keySet().stream().filter(name::startsWith).findFirst().orElse(null);
+    String path = encoder != null ? name.substring(encoder.length()) : prefix.matches() ? prefix.group(2) : name;
     for (String suffix : SUFFIXES) {
       if (path.endsWith(suffix)) {
         String module = path.substring(0, path.length() - suffix.length());
-        Target target = clip
-            ? architecture.module(ModuleKey.of(Component.TEXT_ENCODER, module))
-                .map(spec -> new Target(Optional.of(spec), Optional.empty())).orElse(null)
+        Target target = encoder != null
+            ? TEXT_ENCODERS.get(encoder).stream()
+                .flatMap(component -> architecture.module(ModuleKey.of(component, module)).stream())
+                .findFirst().map(spec -> new Target(Optional.of(spec), Optional.empty())).orElse(null)
             : paths(architecture).get(module);
         return target == null
             ? Optional.empty()

@@ -263,6 +263,18 @@ class FluxOriginalFormatTest {
     }
   }
 
+  /** ComfyUI's T5 keys (comfy/lora.py, {@code model_lora_keys_clip}) with Flux's transformer: its second text encoder. */
+  @Test
+  void comfyUiT5ModulesReadAsFluxsSecondTextEncoder() throws IOException {
+    Map<String, TensorData> tensors = comfy("diffusion_model.", 21);
+    String q = "text_encoders.t5xxl.transformer.encoder.block.7.layer.0.SelfAttention.q";
+    factors(tensors, new Random(22), q + ".lora_down.weight", q + ".lora_up.weight", 4096, 4096);
+    LoraAdapter adapter = LoraFiles.read(write("comfy-t5", tensors));
+    ModuleKey t5q = ModuleKey.of(Component.TEXT_ENCODER_2, "encoder.block.7.layer.0.SelfAttention.q");
+    assertThat(adapter.module(t5q).orElseThrow().up()).isEqualTo(tensors.get(q + ".lora_up.weight"));
+    assertThat(Architecture.detect(adapter)).contains(Architecture.flux());
+  }
+
   @Test
   void comfyUiConvertsToKohyaAndBackAndItsLoraModulesToDiffusers() throws IOException {
     LoraAdapter adapter = LoraFiles.read(write("comfy", comfy("diffusion_model.", 4)));

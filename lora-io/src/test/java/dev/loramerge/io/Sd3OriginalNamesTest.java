@@ -143,6 +143,31 @@ class Sd3OriginalNamesTest {
     }
   }
 
+  /**
+   * ComfyUI keys a text encoder's LoRA under {@code text_encoders.<name>.transformer.} plus the
+   * model's state-dict names (comfy/lora.py, {@code model_lora_keys_clip}: clip_l, clip_g, t5xxl):
+   * with SD3.5's transformer, CLIP-G is its second text encoder and T5 its third.
+   */
+  @Test
+  void comfyUiClipGAndT5KeysReadAsSd35sTextEncoders() throws IOException {
+    Random random = new Random(5);
+    Map<String, TensorData> tensors = new LinkedHashMap<>();
+    module(tensors, random, "diffusion_model.joint_blocks.0.x_block.attn.proj", MEDIUM, MEDIUM, false);
+    module(tensors, random, "diffusion_model.joint_blocks.3.x_block.attn2.proj", MEDIUM, MEDIUM, false);
+    String clipG = "text_encoders.clip_g.transformer.text_model.encoder.layers.2.self_attn.q_proj";
+    String t5 = "text_encoders.t5xxl.transformer.encoder.block.5.layer.1.DenseReluDense.wi_0";
+    module(tensors, random, clipG, 1280, 1280, false);
+    module(tensors, random, t5, 4096, 10240, true);
+    Path path = folder.resolve("comfy-text-encoders.safetensors");
+    Safetensors.write(path, tensors, ImmutableMap.of());
+    LoraAdapter adapter = LoraFiles.read(path);
+    assertThat(Architecture.detect(adapter)).contains(Architecture.sd35Medium());
+    ModuleKey g = ModuleKey.of(Component.TEXT_ENCODER_2, "text_model.encoder.layers.2.self_attn.q_proj");
+    ModuleKey wi0 = ModuleKey.of(Component.TEXT_ENCODER_3, "encoder.block.5.layer.1.DenseReluDense.wi_0");
+    assertThat(adapter.module(g).orElseThrow().up()).as("CLIP-G's q_proj").isEqualTo(tensors.get(clipG + ".lora_up.weight"));
+    assertThat(adapter.module(wi0).orElseThrow().up()).as("T5's wi_0").isEqualTo(tensors.get(t5 + ".lora_B.weight"));
+  }
+
   @Test
   void largeKeysWithTheLoraABPrefixAndModelPrefixReadAsSd35Large() throws IOException {
     // Blocks 0–23 are named alike in Medium and Large: the widths say Large.
