@@ -198,9 +198,13 @@ JNIEXPORT jboolean JNICALL Java_dev_loramerge_internal_fuse_CudaKernels_pin(JNIE
   return JNI_TRUE;
 }
 
-// Unpins what pin pinned, before the buffer's memory is freed.
-JNIEXPORT void JNICALL Java_dev_loramerge_internal_fuse_CudaKernels_unpin(JNIEnv* env, jclass, jobject buffer) {
-  failed(env, cudaHostUnregister(env->GetDirectBufferAddress(buffer)), "loramerge unpin");
+// Unpins what pin pinned, before the buffer's memory is freed; false where CUDA refuses.
+JNIEXPORT jboolean JNICALL Java_dev_loramerge_internal_fuse_CudaKernels_unpinned(JNIEnv* env, jclass, jobject buffer) {
+  if (cudaHostUnregister(env->GetDirectBufferAddress(buffer)) != cudaSuccess) {
+    cudaGetLastError();
+    return JNI_FALSE;
+  }
+  return JNI_TRUE;
 }
 
 }  // extern "C"

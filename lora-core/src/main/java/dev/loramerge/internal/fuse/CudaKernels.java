@@ -113,8 +113,17 @@ final class CudaKernels {
 
   private static native boolean pin(ByteBuffer buffer);
 
-  /** Unpins a buffer {@link #pin} pinned. */
-  static native void unpin(ByteBuffer buffer);
+  /**
+   * Unpins a buffer {@link #pin} pinned. A refusal is logged, not thrown: the fuse it served is
+   * done, and the memory stays pinned until the process ends.
+   */
+  static void unpin(ByteBuffer buffer) {
+    if (!unpinned(buffer)) {
+      log.warn("CUDA did not unpin a factor buffer of {} bytes", buffer.capacity());
+    }
+  }
+
+  private static native boolean unpinned(ByteBuffer buffer);
 
   private static synchronized native long fuseRound(
       int device, ByteBuffer product, ByteBuffer[] sources, ByteBuffer out, int dtype, long perWeight);

@@ -25,6 +25,20 @@ class CudaKernelsTest {
     assertThat(CudaKernels.available(Device.gpu())).as("kernels available without their library").isFalse();
   }
 
+  /** Every native method has its JNI function in the kernels' source, by JNI's naming rule. */
+  @Test
+  void theKernelSourceDefinesEveryNativeMethod() throws java.io.IOException {
+    String source = java.nio.file.Files.readString(java.nio.file.Path.of("../gpu/kernels/loramerge_cuda.cu"));
+    List<String> natives = java.util.Arrays.stream(CudaKernels.class.getDeclaredMethods())
+        .filter(method -> java.lang.reflect.Modifier.isNative(method.getModifiers()))
+        .map(java.lang.reflect.Method::getName)
+        .toList();
+    assertThat(natives).as("native methods").isNotEmpty();
+    for (String name : natives) {
+      assertThat(source).as("JNI function of %s", name).contains("Java_dev_loramerge_internal_fuse_CudaKernels_" + name + "(");
+    }
+  }
+
   @Test
   void pointsAtTheArraysOwnMemory() {
     try (NDManager manager = NDManager.newBaseManager(Device.cpu())) {
