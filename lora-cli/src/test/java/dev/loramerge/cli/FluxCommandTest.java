@@ -22,7 +22,7 @@ import org.junit.jupiter.api.io.TempDir;
  * lora_unet_double_blocks_0_img_attn_qkv}, the fused q, k, v) through the command: inspect,
  * convert to diffusers, fuse into BFL's checkpoint names and unfuse back to the original bytes;
  * and the layouts in BFL's names (XLabs, ComfyUI, BFL's control LoRAs; see {@code
- * dev.loramerge.io.FluxOriginalFormatTest} for where their names come from) through every
+ * dev.loramerge.io.OriginalNamesFormatTest} for where their names come from) through every
  * command that reads them.
  */
 class FluxCommandTest {

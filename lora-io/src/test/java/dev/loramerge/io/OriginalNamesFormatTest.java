@@ -52,7 +52,7 @@ import org.junit.jupiter.api.io.TempDir;
  *       _maybe_expand_transformer_param_shape_or_error_}).
  * </ul>
  */
-class FluxOriginalFormatTest {
+class OriginalNamesFormatTest {
   private static final long INNER = 3072;
   private static final long MLP = 4 * INNER;
   private static final int RANK = 4;
