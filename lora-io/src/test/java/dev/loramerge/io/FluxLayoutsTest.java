@@ -1,5 +1,7 @@
 package dev.loramerge.io;
 
+import static dev.loramerge.io.TestTensors.bf16;
+import static dev.loramerge.io.TestTensors.gaussian;
 import static org.assertj.core.api.Assertions.assertThat;
 import static org.assertj.core.api.Assertions.assertThatThrownBy;
 
@@ -46,14 +48,6 @@ class FluxLayoutsTest {
 
   private static ModuleKey key(String path) {
     return ModuleKey.of(Component.TRANSFORMER, path);
-  }
-
-  private static TensorData gaussian(Random random, DType dtype, long... shape) {
-    double[] values = new double[Math.toIntExact(TensorData.numel(shape))];
-    for (int i = 0; i < values.length; i++) {
-      values[i] = random.nextGaussian() * 0.05;
-    }
-    return TensorData.ofDoubles(values, dtype, shape);
   }
 
   /** A kohya Flux file: fused and plain modules of double block 0 and single block 0, rank 4. */
@@ -351,20 +345,6 @@ class FluxLayoutsTest {
     try (SafetensorsFile file = SafetensorsFile.open(out)) {
       assertThat(file.tensor("double_blocks.0.img_attn.qkv.weight").dtype()).isEqualTo(DType.F8_E4M3);
     }
-  }
-
-  /** {@code value} rounded to the nearest bf16, ties to even. */
-  private static double bf16(double value) {
-    long bits = Double.doubleToLongBits(value);
-    // bf16 keeps 7 of double's 52 fraction bits.
-    long dropped = 52 - 7;
-    long half = 1L << (dropped - 1);
-    long rest = bits & ((1L << dropped) - 1);
-    long kept = bits >>> dropped;
-    if (rest > half || (rest == half && (kept & 1) == 1)) {
-      kept++;
-    }
-    return Double.longBitsToDouble(kept << dropped);
   }
 
   @Test

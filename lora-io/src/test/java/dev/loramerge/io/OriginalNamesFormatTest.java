@@ -1,5 +1,7 @@
 package dev.loramerge.io;
 
+import static dev.loramerge.io.TestTensors.bf16;
+import static dev.loramerge.io.TestTensors.gaussian;
 import static org.assertj.core.api.Assertions.assertThat;
 import static org.assertj.core.api.Assertions.assertThatThrownBy;
 
@@ -61,14 +63,6 @@ class OriginalNamesFormatTest {
 
   private static ModuleKey key(String path) {
     return ModuleKey.of(Component.TRANSFORMER, path);
-  }
-
-  private static TensorData gaussian(Random random, DType dtype, long... shape) {
-    double[] values = new double[Math.toIntExact(TensorData.numel(shape))];
-    for (int i = 0; i < values.length; i++) {
-      values[i] = random.nextGaussian() * 0.05;
-    }
-    return TensorData.ofDoubles(values, dtype, shape);
   }
 
   private static void factors(Map<String, TensorData> tensors, Random random, String down, String up, long in, long out) {
@@ -489,19 +483,6 @@ class OriginalNamesFormatTest {
       }
     }
     return result;
-  }
-
-  /** {@code value} rounded to the nearest bf16, ties to even. */
-  private static double bf16(double value) {
-    long bits = Double.doubleToLongBits(value);
-    long dropped = 52 - 7;
-    long half = 1L << (dropped - 1);
-    long rest = bits & ((1L << dropped) - 1);
-    long kept = bits >>> dropped;
-    if (rest > half || (rest == half && (kept & 1) == 1)) {
-      kept++;
-    }
-    return Double.longBitsToDouble(kept << dropped);
   }
 
   /**

@@ -1,5 +1,7 @@
 package dev.loramerge.io;
 
+import static dev.loramerge.io.TestTensors.bf16;
+import static dev.loramerge.io.TestTensors.gaussian;
 import static org.assertj.core.api.Assertions.assertThat;
 import static org.assertj.core.api.Assertions.assertThatThrownBy;
 
@@ -58,14 +60,6 @@ class Sd3OriginalNamesTest {
 
   private static ModuleKey key(String path) {
     return ModuleKey.of(Component.TRANSFORMER, path);
-  }
-
-  private static TensorData gaussian(Random random, DType dtype, long... shape) {
-    double[] values = new double[Math.toIntExact(TensorData.numel(shape))];
-    for (int i = 0; i < values.length; i++) {
-      values[i] = random.nextGaussian() * 0.05;
-    }
-    return TensorData.ofDoubles(values, dtype, shape);
   }
 
   /** A ComfyUI-keyed module: {@code .lora_down/.lora_up/.alpha} (kohya style) or {@code .lora_A/.lora_B}. */
@@ -433,18 +427,5 @@ class Sd3OriginalNamesTest {
       }
     }
     return result;
-  }
-
-  /** {@code value} rounded to the nearest bf16, ties to even. */
-  private static double bf16(double value) {
-    long bits = Double.doubleToLongBits(value);
-    long dropped = 52 - 7;
-    long half = 1L << (dropped - 1);
-    long rest = bits & ((1L << dropped) - 1);
-    long kept = bits >>> dropped;
-    if (rest > half || (rest == half && (kept & 1) == 1)) {
-      kept++;
-    }
-    return Double.longBitsToDouble(kept << dropped);
   }
 }
