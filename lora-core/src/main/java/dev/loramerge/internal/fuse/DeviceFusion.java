@@ -18,12 +18,15 @@ import java.nio.DoubleBuffer;
 import java.util.ArrayList;
 import java.util.LinkedHashMap;
 import java.util.List;
+import java.util.Locale;
 import java.util.Map;
 import java.util.Optional;
 import java.util.Set;
 import java.util.concurrent.ForkJoinPool;
 import java.util.function.Supplier;
 import java.util.stream.IntStream;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
 
 /**
  * Fusing where the weight lives: {@code W' = W + up·down} computed with libtorch's kernels on the
@@ -57,7 +60,7 @@ import java.util.stream.IntStream;
  * batch's weights are left as they were.
  */
 public final class DeviceFusion {
-  private static final org.slf4j.Logger log = org.slf4j.LoggerFactory.getLogger(DeviceFusion.class);
+  private static final Logger log = LoggerFactory.getLogger(DeviceFusion.class);
 
   /**
    * Weight elements fused together at most (a single larger weight is a batch of its own), from
@@ -171,7 +174,7 @@ public final class DeviceFusion {
     void log(int weights, int batches) {
       if (enabled) {
         StringBuilder steps = new StringBuilder();
-        nanos.forEach((name, time) -> steps.append(String.format(java.util.Locale.ROOT, ", %s %.4f s", name, time / 1e9)));
+        nanos.forEach((name, time) -> steps.append(String.format(Locale.ROOT, ", %s %.4f s", name, time / 1e9)));
         log.info("device fuse of {} weights in {} batches{}", weights, batches, steps);
       }
     }
