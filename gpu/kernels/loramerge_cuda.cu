@@ -1,8 +1,11 @@
-// The fuse's last step in one pass on an NVIDIA GPU, for dev.loramerge.internal.fuse.CudaKernels:
-// each element of a batch of weights becomes its float64 sum (the product up·down, already on the
-// device, plus the weight's own value, widened exactly) rounded once to the weight's dtype.
-// libtorch needs about a dozen element-wise passes for the same bytes, because its float64 →
-// fp16/bf16 cast rounds twice, through float32.
+// The fuse's arithmetic on an NVIDIA GPU, for dev.loramerge.internal.fuse.CudaKernels. fuseProduct
+// computes each element of a batch of fp16/bf16 weights from the factors in one pass: the float64
+// dot product of its row of up and its column of down, in the order the host's NarrowFusion
+// computes it, plus the weight's own value, rounded once, so that the bytes equal the host's by
+// construction. fuseRound does the last step only, from a float64 product libtorch computed (for
+// float32 and float64 weights, whose host path multiplies with libtorch too). libtorch needs about
+// a dozen element-wise passes for the same bytes, because its float64 → fp16/bf16 cast rounds
+// twice, through float32.
 //
 // Pointers come from Java as direct ByteBuffers over device memory (DJL's torchDirectByteBuffer):
 // this file has no libtorch headers and works on libtorch's default stream, the legacy one, so
@@ -81,6 +84,91 @@ __global__ void fuseRound(const double* __restrict__ product, Sources sources, t
   }
 }
 
+// fuseProduct's tiling: a block of kColumns threads, one column each, computes kRows rows, taking
+// the rank kChunk at a time; each thread keeps its column's chunk of down and its rows' partial
+// sums in registers, and the block's rows of up in shared memory.
+constexpr int kColumns = 128;
+constexpr int kRows = 16;
+constexpr int kChunk = 16;
+static_assert(kChunk % 4 == 0, "a chunk keeps the partial sums' lanes where the host has them");
+
+// Grid: x = column tiles, y = row tiles, z = the weight within the launch. up is b×rows×rank and
+// down b×rank×cols, float64, row-major. The dot product is NarrowFusion.exactUpdate's: four partial
+// sums, product l going to sum l mod 4 for l below the rank rounded down to a multiple of 4 and to
+// sum 0 after that, each product and each addition rounded (no fused multiply-add, which the host
+// does not do), then (s0 + s1) + (s2 + s3), then the weight added.
+template <typename K>
+__global__ void __launch_bounds__(kColumns) fuseProduct(
+    const double* __restrict__ up, const double* __restrict__ down, Sources sources, typename K::T* __restrict__ out,
+    int rows, int cols, int rank, int firstWeight) {
+  using T = typename K::T;
+  __shared__ double upTile[kRows][kChunk];
+  const int weight = firstWeight + blockIdx.z;
+  const int col = blockIdx.x * kColumns + threadIdx.x;
+  const int firstRow = blockIdx.y * kRows;
+  const double* ups = up + static_cast<long long>(weight) * rows * rank;
+  const double* downs = down + static_cast<long long>(weight) * rank * cols;
+  const int whole = rank & ~3;
+  double sums[kRows][4];
+#pragma unroll
+  for (int r = 0; r < kRows; r++) {
+#pragma unroll
+    for (int lane = 0; lane < 4; lane++) {
+      sums[r][lane] = 0.0;
+    }
+  }
+  for (int chunk = 0; chunk < rank; chunk += kChunk) {
+    const int length = rank - chunk < kChunk ? rank - chunk : kChunk;
+    for (int e = threadIdx.x; e < kRows * kChunk; e += kColumns) {
+      const int r = e / kChunk;
+      const int l = e % kChunk;
+      upTile[r][l] = firstRow + r < rows && l < length ? ups[static_cast<long long>(firstRow + r) * rank + chunk + l] : 0.0;
+    }
+    __syncthreads();
+    if (col < cols) {
+      double column[kChunk];
+#pragma unroll
+      for (int l = 0; l < kChunk; l++) {
+        column[l] = l < length ? downs[static_cast<long long>(chunk + l) * cols + col] : 0.0;
+      }
+#pragma unroll
+      for (int l = 0; l < kChunk; l++) {
+        if (l < length) {
+          const bool inWhole = chunk + l < whole;
+#pragma unroll
+          for (int r = 0; r < kRows; r++) {
+            const double product = __dmul_rn(upTile[r][l], column[l]);
+            if (inWhole) {
+              sums[r][l & 3] = __dadd_rn(sums[r][l & 3], product);
+            } else {
+              sums[r][0] = __dadd_rn(sums[r][0], product);
+            }
+          }
+        }
+      }
+    }
+    __syncthreads();
+  }
+  if (col >= cols) {
+    return;
+  }
+  const long long perWeight = static_cast<long long>(rows) * cols;
+  const T* source = static_cast<const T*>(sources.pointers[blockIdx.z]);
+#pragma unroll
+  for (int r = 0; r < kRows; r++) {
+    const int row = firstRow + r;
+    if (row < rows) {
+      const long long index = static_cast<long long>(row) * cols + col;
+      const double update = __dadd_rn(__dadd_rn(sums[r][0], sums[r][1]), __dadd_rn(sums[r][2], sums[r][3]));
+      const T rounded = K::narrow(__dadd_rn(K::widen(source[index]), update));
+      out[weight * perWeight + index] = rounded;
+      if (!K::finite(rounded)) {
+        atomicMin(&firstNotFinite, static_cast<unsigned long long>(weight * perWeight + index));
+      }
+    }
+  }
+}
+
 bool failed(JNIEnv* env, cudaError_t status, const char* what) {
   if (status == cudaSuccess) {
     return false;
@@ -117,31 +205,88 @@ bool launch(JNIEnv* env, const double* product, jobjectArray sources, void* out,
   return true;
 }
 
+template <typename K>
+bool launchProduct(JNIEnv* env, const double* up, const double* down, jobjectArray sources, void* out, int rows, int cols,
+                   int rank, jsize weights) {
+  dim3 grid((cols + kColumns - 1) / kColumns, (rows + kRows - 1) / kRows, 1);
+  for (jsize first = 0; first < weights; first += kWeightsPerLaunch) {
+    jsize count = weights - first < kWeightsPerLaunch ? weights - first : kWeightsPerLaunch;
+    Sources chunk{};
+    for (jsize j = 0; j < count; j++) {
+      chunk.pointers[j] = address(env, sources, first + j);
+    }
+    grid.z = count;
+    fuseProduct<K><<<grid, kColumns, 0, cudaStreamLegacy>>>(up, down, chunk, static_cast<typename K::T*>(out), rows, cols,
+                                                            rank, first);
+    if (failed(env, cudaGetLastError(), "loramerge fuseProduct launch")) {
+      return false;
+    }
+  }
+  return true;
+}
+
+// Clears the not-finite flag before a batch's launches (after libtorch's queued work is done, so
+// that the kernels read what it wrote), and reads it after them: -1 when every value was finite.
+bool beginBatch(JNIEnv* env, jint device, const char* what) {
+  if (failed(env, cudaSetDevice(device), what) || failed(env, cudaDeviceSynchronize(), what)) {
+    return false;
+  }
+  unsigned long long none = ULLONG_MAX;
+  return !failed(env, cudaMemcpyToSymbolAsync(firstNotFinite, &none, sizeof none, 0, cudaMemcpyHostToDevice, cudaStreamLegacy),
+                 what);
+}
+
+jlong endBatch(JNIEnv* env, const char* what) {
+  unsigned long long first = 0;
+  if (failed(env, cudaMemcpyFromSymbolAsync(&first, firstNotFinite, sizeof first, 0, cudaMemcpyDeviceToHost, cudaStreamLegacy),
+             what) ||
+      failed(env, cudaStreamSynchronize(cudaStreamLegacy), what)) {
+    return 0;
+  }
+  return first == ULLONG_MAX ? -1 : static_cast<jlong>(first);
+}
+
 }  // namespace
 
 extern "C" {
+
+// out[j] = round(sources[j] + up[j]·down[j]) for the fp16 (dtype 2) or bf16 (3) weights j of a
+// batch, each rows×cols with factors of rank `rank`; returns -1 when every value is finite, else
+// the flat index of the first that is not. Runs on GPU `device` and waits for it.
+JNIEXPORT jlong JNICALL Java_dev_loramerge_internal_fuse_CudaKernels_fuseProduct(
+    JNIEnv* env, jclass, jint device, jobject up, jobject down, jobjectArray sources, jobject out, jint dtype, jint rows,
+    jint cols, jint rank) {
+  if (!beginBatch(env, device, "loramerge fuseProduct")) {
+    return 0;
+  }
+  const auto* ups = static_cast<const double*>(env->GetDirectBufferAddress(up));
+  const auto* downs = static_cast<const double*>(env->GetDirectBufferAddress(down));
+  void* rounded = env->GetDirectBufferAddress(out);
+  jsize weights = env->GetArrayLength(sources);
+  bool launched = false;
+  switch (dtype) {
+    case 2: launched = launchProduct<F16>(env, ups, downs, sources, rounded, rows, cols, rank, weights); break;
+    case 3: launched = launchProduct<BF16>(env, ups, downs, sources, rounded, rows, cols, rank, weights); break;
+    default:
+      env->ThrowNew(env->FindClass("java/lang/IllegalArgumentException"), "loramerge fuseProduct: dtype code not fp16 or bf16");
+      return 0;
+  }
+  return launched ? endBatch(env, "loramerge fuseProduct") : 0;
+}
 
 // out[j][k] = round(product[j][k] + sources[j][k]) for the weights j of a batch; returns -1 when
 // every value is finite, else the flat index of the first that is not. dtype: 0 F64, 1 F32,
 // 2 F16, 3 BF16. Runs on GPU `device` and waits for it.
 JNIEXPORT jlong JNICALL Java_dev_loramerge_internal_fuse_CudaKernels_fuseRound(
     JNIEnv* env, jclass, jint device, jobject product, jobjectArray sources, jobject out, jint dtype, jlong perWeight) {
-  if (failed(env, cudaSetDevice(device), "loramerge fuseRound device")) {
+  // libtorch's work on its stream (the product, the sources' copies) is done before the kernel
+  // reads it, whichever stream libtorch was told to use.
+  if (!beginBatch(env, device, "loramerge fuseRound")) {
     return 0;
   }
   const auto* products = static_cast<const double*>(env->GetDirectBufferAddress(product));
   void* rounded = env->GetDirectBufferAddress(out);
   jsize weights = env->GetArrayLength(sources);
-  // libtorch's work on its stream (the product, the sources' copies) is done before the kernel
-  // reads it, whichever stream libtorch was told to use.
-  if (failed(env, cudaDeviceSynchronize(), "loramerge fuseRound wait")) {
-    return 0;
-  }
-  unsigned long long none = ULLONG_MAX;
-  if (failed(env, cudaMemcpyToSymbolAsync(firstNotFinite, &none, sizeof none, 0, cudaMemcpyHostToDevice, cudaStreamLegacy),
-             "loramerge fuseRound flag")) {
-    return 0;
-  }
   bool launched = false;
   switch (dtype) {
     case 0: launched = launch<F64>(env, products, sources, rounded, perWeight, weights); break;
@@ -152,16 +297,7 @@ JNIEXPORT jlong JNICALL Java_dev_loramerge_internal_fuse_CudaKernels_fuseRound(
       env->ThrowNew(env->FindClass("java/lang/IllegalArgumentException"), "loramerge fuseRound: unknown dtype code");
       return 0;
   }
-  if (!launched) {
-    return 0;
-  }
-  unsigned long long first = 0;
-  if (failed(env, cudaMemcpyFromSymbolAsync(&first, firstNotFinite, sizeof first, 0, cudaMemcpyDeviceToHost, cudaStreamLegacy),
-             "loramerge fuseRound result") ||
-      failed(env, cudaStreamSynchronize(cudaStreamLegacy), "loramerge fuseRound")) {
-    return 0;
-  }
-  return first == ULLONG_MAX ? -1 : static_cast<jlong>(first);
+  return launched ? endBatch(env, "loramerge fuseRound") : 0;
 }
 
 // Copies weight j's bytes of `from` (bytesPerWeight each, one after the other) into weights[j],

@@ -44,9 +44,11 @@ import java.util.OptionalLong;
  *       warm-up, each waiting for the device's queue; on a GPU the device memory in use before
  *       the weights, with them, after the first fuse and after its unfuse (cudaMemGetInfo, so
  *       libtorch's cached blocks count: the figure after the fuse bounds its peak from above);
- *   <li>{@code fuse/memory/libtorch-rounding}, {@code fuse/memory/libtorch-float64-factors}:
- *       the same fuse, interleaved with it, with the CUDA rounding kernel off, and with it off and
- *       the float64 factors copied to the device instead of the adapter's stored ones;
+ *   <li>{@code fuse/memory/separate-product}, {@code fuse/memory/libtorch-rounding}, {@code
+ *       fuse/memory/libtorch-float64-factors}: the same fuse, interleaved with it, with libtorch's
+ *       float64 product rounded by the CUDA kernel rather than the product formed in the kernel,
+ *       with the CUDA kernels off, and with them off and the float64 factors copied to the device
+ *       instead of the adapter's stored ones;
  *   <li>{@code fuse/factors}: the host's share of that fuse, every module's float64 factors
  *       computed on the common pool's threads, without the device;
  *   <li>{@code hotswap}: fuse then unfuse, {@code --cycles} times (time per cycle), then how many
@@ -296,14 +298,11 @@ final class DeviceBench {
   }
 
   /**
-   * The host's share of a fuse: every module's float64 factors, which a fuse computes before the
-   * device sees them, on as many threads as the fuser uses. Times of {@code runs} rounds.
-   */
-  /**
    * The fuse with the library's faster device steps turned off, interleaved with {@code
    * fuse/memory} run by run: its name, then the system properties set for it.
    */
   private static final String[][] VARIANTS = {
+    {"separate-product", "loramerge.cuda.separateProduct"},
     {"libtorch-rounding", "loramerge.cuda.disabled"},
     {"libtorch-float64-factors", "loramerge.cuda.disabled", "loramerge.device.float64Factors"},
   };
@@ -324,6 +323,10 @@ final class DeviceBench {
     }
   }
 
+  /**
+   * The host's share of a fuse: every module's float64 factors, which a fuse computes before the
+   * device sees them, on as many threads as the fuser uses. Times of {@code runs} rounds.
+   */
   private double[] factorSeconds(LoraAdapter style) {
     ModuleUpdates updates = LoraMerger.builder().add(style, 1.0).device(device).build().updates();
     List<ModuleKey> keys = List.copyOf(style.modules().keySet());

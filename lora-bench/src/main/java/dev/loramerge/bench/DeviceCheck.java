@@ -23,11 +23,13 @@ import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
+import java.util.Arrays;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Locale;
 import java.util.Map;
 import java.util.SplittableRandom;
+import java.util.function.Function;
 
 /**
  * {@code bin/lora-bench check --device gpu|cpu [--seed S] [--modules N] [--require-bf16] [--json
@@ -38,6 +40,11 @@ import java.util.SplittableRandom;
  * factors, and a block of one row or column among them. Two fuses of different adapters are
  * stacked, then undone in the order they were made in reverse, and every weight must be back to
  * its original bytes on both devices.
+ *
+ * <p>fp16 and bf16 also get rows whose float64 sums land on a rounding tie in the host's order of
+ * additions and off it in others (the {@code summation order} rows): on a GPU they are compared
+ * where the CUDA kernels are loaded, which form the sums in that order; libtorch's products
+ * (cuBLAS) take their own.
  *
  * <p>bf16 is first tried in a JVM of its own ({@link Devices#probeBf16}): DJL 0.35.1's JNI library
  * aborts the process on a bf16 tensor. {@code --require-bf16} makes that a failure (the JNI library
@@ -90,12 +97,22 @@ final class DeviceCheck {
       List<DType> factorTypes = bf16.supported() ? List.of(DType.F32, DType.F16, DType.BF16) : List.of(DType.F32, DType.F16);
       LoraAdapter first = adapter("first", random, seed, modules, factorTypes);
       LoraAdapter second = adapter("second", random, seed, modules, factorTypes);
-      Map<String, Object> row = compare(device, type, first, second, random.nextLong());
-      rows.add(row);
-      System.out.println(row);
-      if (!row.get("differing_elements").equals(0L) || !row.get("not_restored_weights").equals(0L)) {
-        failures.add(String.format(Locale.ROOT, "%s: %s", type, row));
+      long weightSeed = random.nextLong();
+      Map<String, Object> row = compare(device, List.of(first, second), 0.8, host -> gaussianWeights(host, first, type, weightSeed));
+      record(type.name(), row, rows, failures);
+    }
+    for (DType type : List.of(DType.F16, DType.BF16)) {
+      if (type == DType.BF16 && !bf16.supported()) {
+        continue;
       }
+      if (device.isGpu() && System.getProperty(KERNELS_PROPERTY, "").isEmpty()) {
+        System.out.println(type + " summation order skipped: without the CUDA kernels (" + KERNELS_PROPERTY
+            + ") the device's float64 products are libtorch's, in cuBLAS's order");
+        continue;
+      }
+      LoraAdapter order = orderAdapter(type);
+      Map<String, Object> row = compare(device, List.of(order), 1.0, host -> zeroWeights(host, order, type));
+      record(type.name() + " summation order", row, rows, failures);
     }
     report.put("results", rows);
     report.put("failures", failures);
@@ -106,18 +123,80 @@ final class DeviceCheck {
     return failures.isEmpty() ? 0 : 1;
   }
 
-  /** Fuses {@code first} then {@code second} into {@code type} weights on both devices; compares, undoes, compares. */
-  private static Map<String, Object> compare(Device device, DType type, LoraAdapter first, LoraAdapter second, long seed)
+  /** The system property that names the CUDA kernel library (see gpu/README.md). */
+  private static final String KERNELS_PROPERTY = "loramerge.cuda.kernels";
+
+  private static void record(String name, Map<String, Object> counts, List<Map<String, Object>> rows, List<String> failures) {
+    Map<String, Object> row = new LinkedHashMap<>();
+    row.put("dtype", name);
+    row.putAll(counts);
+    rows.add(row);
+    System.out.println(row);
+    if (!row.get("differing_elements").equals(0L) || !row.get("not_restored_weights").equals(0L)) {
+      failures.add(String.format(Locale.ROOT, "%s: %s", name, row));
+    }
+  }
+
+  private static DataType dataType(DType type) {
+    return type == DType.F32 ? DataType.FLOAT32 : type == DType.F16 ? DataType.FLOAT16 : DataType.BFLOAT16;
+  }
+
+  private static Map<String, NDArray> gaussianWeights(NDManager host, LoraAdapter adapter, DType type, long seed) {
+    Engine.getInstance().setRandomSeed((int) seed);
+    Map<String, NDArray> weights = new LinkedHashMap<>();
+    for (LoraModule module : adapter.modules().values()) {
+      long fanIn = module.inFeatures() * module.kernelSize() * module.kernelSize();
+      weights.put(module.key().path() + ".weight", Devices.gaussian(host, new Shape(module.weightShape()), 1 / Math.sqrt(fanIn), dataType(type)));
+    }
+    return weights;
+  }
+
+  private static Map<String, NDArray> zeroWeights(NDManager host, LoraAdapter adapter, DType type) {
+    Map<String, NDArray> weights = new LinkedHashMap<>();
+    for (LoraModule module : adapter.modules().values()) {
+      weights.put(module.key().path() + ".weight", host.zeros(new Shape(module.weightShape()), dataType(type)));
+    }
+    return weights;
+  }
+
+  /**
+   * One module whose rows' float64 sums depend on the order of the additions and land on a tie of
+   * {@code type} in the host's order (lora-core's NarrowFusionTest pins that order and explains the
+   * rows): fused with weight 1 into zero weights, the GPU's kernel must give the host's bytes.
+   */
+  private static LoraAdapter orderAdapter(DType type) {
+    double big = 0x1p40;
+    double small = 0x1p-40;
+    double tie = type == DType.F16 ? 1 + 0x1p-11 : 1 + 0x1p-8;
+    double[] up = {
+      big, tie, -big, small, 0, 0, 0,
+      big, -big, tie, 0, 0, 0, small,
+      small, big, tie, -big, 0, 0, 0,
+      tie, 0, 0, 0, 0, 0, small,
+    };
+    int rank = 7;
+    double[] down = new double[rank * 8];
+    Arrays.fill(down, 1);
+    return LoraAdapter.builder()
+        .name("order")
+        .add(LoraModule.of(
+            ModuleKey.of(Component.UNET, "check.order"),
+            TensorData.ofDoubles(down, DType.F32, rank, 8),
+            TensorData.ofDoubles(up, DType.F32, 4, rank),
+            rank))
+        .build();
+  }
+
+  /**
+   * Fuses the adapters one after the other at {@code adapterWeight} into the weights {@code originals}
+   * makes on the host, on both devices; compares after each, undoes, compares.
+   */
+  private static Map<String, Object> compare(
+      Device device, List<LoraAdapter> adapters, double adapterWeight, Function<NDManager, Map<String, NDArray>> originalsOf)
       throws IOException {
-    DataType dataType = type == DType.F32 ? DataType.FLOAT32 : type == DType.F16 ? DataType.FLOAT16 : DataType.BFLOAT16;
     try (NDManager host = NDManager.newBaseManager(Device.cpu());
         NDManager onDevice = NDManager.newBaseManager(device)) {
-      Engine.getInstance().setRandomSeed((int) seed);
-      Map<String, NDArray> cpu = new LinkedHashMap<>();
-      for (LoraModule module : first.modules().values()) {
-        long fanIn = module.inFeatures() * module.kernelSize() * module.kernelSize();
-        cpu.put(module.key().path() + ".weight", Devices.gaussian(host, new Shape(module.weightShape()), 1 / Math.sqrt(fanIn), dataType));
-      }
+      Map<String, NDArray> cpu = originalsOf.apply(host);
       Map<String, NDArray> originals = new LinkedHashMap<>();
       Map<String, NDArray> weights = new LinkedHashMap<>();
       cpu.forEach(
@@ -131,9 +210,9 @@ final class DeviceCheck {
       long differingElements = 0;
       long differingWeights = 0;
       long elements = 0;
-      for (LoraAdapter adapter : List.of(first, second)) {
-        LoraFuser onCpu = LoraFuser.of(LoraMerger.builder().add(adapter, 0.8).device(Device.cpu()).build());
-        LoraFuser there = LoraFuser.of(LoraMerger.builder().add(adapter, 0.8).device(device).build());
+      for (LoraAdapter adapter : adapters) {
+        LoraFuser onCpu = LoraFuser.of(LoraMerger.builder().add(adapter, adapterWeight).device(Device.cpu()).build());
+        LoraFuser there = LoraFuser.of(LoraMerger.builder().add(adapter, adapterWeight).device(device).build());
         fuses.add(onCpu.fuseInto(cpuTarget));
         fuses.add(there.fuseInto(deviceTarget));
         for (Map.Entry<String, NDArray> weight : weights.entrySet()) {
@@ -154,7 +233,6 @@ final class DeviceCheck {
         }
       }
       Map<String, Object> row = new LinkedHashMap<>();
-      row.put("dtype", type.name());
       row.put("weights", weights.size());
       row.put("conv_weights", weights.values().stream().filter(array -> array.getShape().dimension() == 4).count());
       row.put("elements_compared", elements);

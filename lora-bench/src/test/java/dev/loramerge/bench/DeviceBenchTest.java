@@ -45,7 +45,7 @@ class DeviceBenchTest {
     assertThat(status).as("%s", report).isZero();
     Map<String, Map<String, Object>> operations = operations(report);
     boolean bf16 = (Boolean) ((Map<String, Object>) report.get("bf16")).get("supported");
-    List<String> expected = new java.util.ArrayList<>(List.of("fuse/memory", "unfuse/memory", "fuse/memory/libtorch-rounding", "fuse/memory/libtorch-float64-factors", "fuse/factors", "hotswap", "bytes/F32", "bytes/F16"));
+    List<String> expected = new java.util.ArrayList<>(List.of("fuse/memory", "unfuse/memory", "fuse/memory/separate-product", "fuse/memory/libtorch-rounding", "fuse/memory/libtorch-float64-factors", "fuse/factors", "hotswap", "bytes/F32", "bytes/F16"));
     if (bf16) {
       expected.add("bytes/BF16");
     }

@@ -20,12 +20,16 @@ import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
 
 /**
- * The device fuse's rounding step as one CUDA kernel, {@code gpu/kernels/loramerge_cuda.cu}, when
- * that library is built and named by the system property {@value #LIBRARY_PROPERTY}: each weight
- * element becomes its float64 sum rounded once, in one pass, where libtorch's operations take
- * about a dozen (its float64 → fp16 and bf16 casts round twice, through float32, and every
- * correction is a pass of its own). Without the library, or for an array it cannot address, the
- * fuse takes libtorch's operations, with the same bytes.
+ * The device fuse's arithmetic as CUDA kernels, {@code gpu/kernels/loramerge_cuda.cu}, when that
+ * library is built and named by the system property {@value #LIBRARY_PROPERTY}. For fp16 and bf16
+ * weights, each element is computed from the factors in one pass ({@link #fuseProduct}): its
+ * float64 dot product in the order {@link NarrowFusion} computes it on the host, plus the weight,
+ * rounded once, so the bytes are the host's by construction and no float64 product is ever
+ * stored. For the others, a float64 product libtorch computed is summed and rounded in one pass
+ * ({@link #fuse}), where libtorch's operations take about a dozen (its float64 → fp16 and bf16
+ * casts round twice, through float32, and every correction is a pass of its own). Without the
+ * library, or for an array it cannot address, the fuse takes libtorch's operations, with the same
+ * bytes.
  *
  * <p>The kernel reads and writes device memory through the addresses of DJL's PyTorch arrays,
  * which DJL gives out only to its own package: this class asks for them by reflection, and runs
@@ -60,6 +64,13 @@ final class CudaKernels {
    */
   static final String DISABLED_PROPERTY = "loramerge.cuda.disabled";
 
+  /**
+   * The system property that, set to true, has fp16 and bf16 weights fused from a float64 product
+   * libtorch computed ({@link #fuse}) rather than from the factors in one pass: the same bytes, for
+   * comparison.
+   */
+  static final String SEPARATE_PRODUCT_PROPERTY = "loramerge.cuda.separateProduct";
+
   /** Whether the kernels are loaded and on, and {@code device} is a GPU they run on. */
   static boolean available(Device device) {
     return LOADED && device.isGpu() && !Boolean.getBoolean(DISABLED_PROPERTY);
@@ -89,13 +100,55 @@ final class CudaKernels {
       return false;
     }
     long perWeight = weights.get(0).size();
-    NDArray rounded = scratch.zeros(new Shape(weights.size(), perWeight), weights.get(0).getDataType());
+    NDArray rounded = scratch.create(new Shape(weights.size(), perWeight), weights.get(0).getDataType());
     Optional<ByteBuffer> out = DevicePointers.of(rounded);
     if (out.isEmpty()) {
       return false;
     }
     int device = products.getDevice().getDeviceId();
     if (fuseRound(device, product.get(), from.get(), out.get(), code, perWeight) >= 0) {
+      return false;
+    }
+    scatter(device, out.get(), into.get(), perWeight * dtype.byteSize());
+    return true;
+  }
+
+  /**
+   * Sets every fp16 or bf16 {@code weights[j]} to {@code sources[j] + up[j]·down[j]}, the float64
+   * dot products formed as {@link NarrowFusion} forms them and the sum rounded once, and returns
+   * true; or returns false with every weight unchanged when the dtype is another, {@value
+   * #SEPARATE_PRODUCT_PROPERTY} is set, a rounded value is not finite, or an array cannot be
+   * addressed.
+   *
+   * @param up the float64 ups, b×m×r, contiguous, on a GPU
+   * @param down the float64 downs, b×r×n, contiguous, on the same GPU
+   * @param sources b arrays of m·n elements of the weights' dtype on the same GPU
+   */
+  static boolean fuseProduct(NDManager scratch, NDArray up, NDArray down, List<NDArray> sources, List<NDArray> weights, DType dtype) {
+    int code = dtype == DType.F16 ? 2 : dtype == DType.BF16 ? 3 : -1;
+    Shape ups = up.getShape();
+    Shape downs = down.getShape();
+    if (code < 0 || Boolean.getBoolean(SEPARATE_PRODUCT_PROPERTY) || ups.dimension() != 3 || downs.dimension() != 3
+        || ups.get(1) > Integer.MAX_VALUE || downs.get(2) > Integer.MAX_VALUE || ups.get(2) != downs.get(1)) {
+      return false;
+    }
+    Optional<ByteBuffer> upMemory = DevicePointers.of(up);
+    Optional<ByteBuffer> downMemory = DevicePointers.of(down);
+    Optional<ByteBuffer[]> from = DevicePointers.all(sources);
+    Optional<ByteBuffer[]> into = DevicePointers.all(weights);
+    if (upMemory.isEmpty() || downMemory.isEmpty() || from.isEmpty() || into.isEmpty()) {
+      return false;
+    }
+    int rows = (int) ups.get(1);
+    int cols = (int) downs.get(2);
+    long perWeight = (long) rows * cols;
+    NDArray rounded = scratch.create(new Shape(weights.size(), perWeight), weights.get(0).getDataType());
+    Optional<ByteBuffer> out = DevicePointers.of(rounded);
+    if (out.isEmpty()) {
+      return false;
+    }
+    int device = up.getDevice().getDeviceId();
+    if (fuseProduct(device, upMemory.get(), downMemory.get(), from.get(), out.get(), code, rows, cols, (int) ups.get(2)) >= 0) {
       return false;
     }
     scatter(device, out.get(), into.get(), perWeight * dtype.byteSize());
@@ -127,6 +180,9 @@ final class CudaKernels {
 
   private static synchronized native long fuseRound(
       int device, ByteBuffer product, ByteBuffer[] sources, ByteBuffer out, int dtype, long perWeight);
+
+  private static synchronized native long fuseProduct(
+      int device, ByteBuffer up, ByteBuffer down, ByteBuffer[] sources, ByteBuffer out, int dtype, int rows, int cols, int rank);
 
   private static synchronized native void scatter(int device, ByteBuffer from, ByteBuffer[] weights, long bytesPerWeight);
 

@@ -52,8 +52,11 @@ import org.slf4j.LoggerFactory;
  * depend on the batching: every step but the product is element-wise, and the product's float64
  * sums are rounded once whatever their order, as on the host.
  *
- * <p>Where the CUDA kernels are built and loaded ({@link CudaKernels}), a batch on a GPU is summed,
- * rounded and checked in one kernel after the product, with the same bytes.
+ * <p>Where the CUDA kernels are built and loaded ({@link CudaKernels}), a batch of fp16 or bf16
+ * weights on a GPU is computed from its float64 factors in one kernel: the products in the host's
+ * order, the sums, the rounding and the check in one pass, with no float64 product stored. Other
+ * weights are summed, rounded and checked in one kernel after libtorch's product. The bytes are
+ * the same.
  *
  * <p>Before a batch is written, every rounded value is checked to be finite; a NaN, an infinity
  * or an overflow of the narrow format is reported with the element's float64 value, and the
@@ -250,11 +253,12 @@ public final class DeviceFusion {
     List<Factors> factors = terms.isPresent()
         ? List.of()
         : workers.submit(() -> batch.parallelStream().map(job -> checked(job, rows, cols)).toList()).join();
+    phases.mark(terms.isPresent() ? "terms" : "float64 factors", null);
     try (NDManager scratch = first.getManager().newSubManager(device)) {
-      NDArray sum = terms.isPresent()
-          ? products(scratch, terms.get(), rows, cols, workers, factorBuffer)
-          : products(scratch, factors, rows, cols, factors.stream().mapToInt(Factors::rank).max().orElseThrow(), workers, factorBuffer);
-      phases.mark(terms.isPresent() ? "stored factors and product" : "float64 factors and product", sum);
+      NDList onDevice = terms.isPresent()
+          ? factors(scratch, terms.get(), rows, cols, workers, factorBuffer, phases)
+          : factors(scratch, factors, rows, cols, factors.stream().mapToInt(Factors::rank).max().orElseThrow(), workers, factorBuffer);
+      phases.mark("factors on the device", onDevice.get(1));
       NDList sources = new NDList(batch.size());
       for (Job job : batch) {
         NDArray from = job.source();
@@ -268,8 +272,16 @@ public final class DeviceFusion {
         sources.add(matrix);
       }
       phases.mark("sources", null);
-      if (CudaKernels.available(device) && CudaKernels.fuse(scratch, sum, sources, batch.stream().map(Job::weight).toList(), dtype)) {
-        phases.mark("kernel", first);
+      List<NDArray> weights = batch.stream().map(Job::weight).toList();
+      boolean kernels = CudaKernels.available(device);
+      if (kernels && CudaKernels.fuseProduct(scratch, onDevice.get(0), onDevice.get(1), sources, weights, dtype)) {
+        phases.mark("product kernel", first);
+        return;
+      }
+      NDArray sum = onDevice.get(0).batchMatMul(onDevice.get(1));
+      phases.mark("product", sum);
+      if (kernels && CudaKernels.fuse(scratch, sum, sources, weights, dtype)) {
+        phases.mark("rounding kernel", first);
         return;
       }
       sum.addi(batch.size() == 1 ? sources.get(0).expandDims(0) : NDArrays.stack(sources));
@@ -345,12 +357,12 @@ public final class DeviceFusion {
   }
 
   /**
-   * The float64 products of a batch whose jobs have terms alike, b×m×n on the scratch manager's
-   * device, from one copy of the stored factors and the coefficients to the device: the float64
-   * factors of {@link Terms} formed there, with the host's roundings, then multiplied.
+   * The float64 ups (b×m×r) and downs (b×r×n) of a batch whose jobs have terms alike, on the
+   * scratch manager's device, from one copy of the stored factors and the coefficients to the
+   * device: the float64 factors of {@link Terms} formed there, with the host's roundings.
    */
-  private static NDArray products(
-      NDManager scratch, List<Terms> batch, long rows, long cols, ForkJoinPool workers, FactorBuffer factorBuffer) {
+  private static NDList factors(
+      NDManager scratch, List<Terms> batch, long rows, long cols, ForkJoinPool workers, FactorBuffer factorBuffer, Phases phases) {
     int count = batch.size();
     double factor = batch.get(0).factor();
     checkArgument(batch.stream().allMatch(terms -> terms.factor() == factor), "the terms of a batch have different factors");
@@ -373,6 +385,7 @@ public final class DeviceFusion {
       into.position(Math.toIntExact(starts[3 * t + 1] + i * term.up().byteSize())).put(term.up().bytes());
       into.position(Math.toIntExact(starts[3 * t + 2] + i * term.down().byteSize())).put(term.down().bytes());
     })).join();
+    phases.mark("gather", null);
     NDList ups = new NDList(layout.size());
     NDList downs = new NDList(layout.size());
     for (int t = 0; t < layout.size(); t++) {
@@ -385,9 +398,7 @@ public final class DeviceFusion {
       ups.add(factor == 1 ? scaled : scaled.mul(factor));
       downs.add(down.toType(DataType.FLOAT64, false));
     }
-    NDArray up = ups.size() == 1 ? ups.get(0) : NDArrays.concat(ups, 2);
-    NDArray down = downs.size() == 1 ? downs.get(0) : NDArrays.concat(downs, 1);
-    return up.batchMatMul(down);
+    return new NDList(ups.size() == 1 ? ups.get(0) : NDArrays.concat(ups, 2), downs.size() == 1 ? downs.get(0) : NDArrays.concat(downs, 1));
   }
 
   /** {@code bytes} rounded up to a whole cache line, where each array of a batch's factors starts. */
@@ -413,11 +424,11 @@ public final class DeviceFusion {
   }
 
   /**
-   * The float64 products {@code up_i·down_i} of a batch, b×m×n on the scratch manager's device,
-   * from one copy of every factor to the device, gathered in {@code factorBuffer}. Factors of a
-   * lower rank than {@code rank} are padded with zeros, which add nothing to a float64 sum.
+   * The float64 ups (b×m×r) and downs (b×r×n) of a batch on the scratch manager's device, from
+   * one copy of every factor to the device, gathered in {@code factorBuffer}. Factors of a lower
+   * rank than {@code rank} are padded with zeros, which add nothing to a float64 sum.
    */
-  private static NDArray products(
+  private static NDList factors(
       NDManager scratch, List<Factors> factors, long rows, long cols, int rank, ForkJoinPool workers, FactorBuffer factorBuffer) {
     int count = factors.size();
     long upValues = rows * rank;
@@ -446,9 +457,7 @@ public final class DeviceFusion {
     })).join();
     NDArray all = scratch.create(buffer, new Shape(total), DataType.FLOAT64);
     long split = count * upValues;
-    NDArray up = all.get(new NDIndex("0:{}", split)).reshape(count, rows, rank);
-    NDArray down = all.get(new NDIndex("{}:", split)).reshape(count, rank, cols);
-    return up.batchMatMul(down);
+    return new NDList(all.get(new NDIndex("0:{}", split)).reshape(count, rows, rank), all.get(new NDIndex("{}:", split)).reshape(count, rank, cols));
   }
 
   /**

@@ -177,6 +177,39 @@ class NarrowFusionTest {
         .hasMessageContaining("at element 2 is not a number");
   }
 
+  /**
+   * Rows whose float64 sum depends on the order of the additions and lands on a tie of the narrow
+   * format in one order and just above it in others: exactUpdate's order (product l into partial
+   * sum l mod 4, the products past the last whole group of four into sum 0, then (s0 + s1) + (s2 +
+   * s3)) gives the tie, rounded to the even 1.0, in rows 0–2. gpu/kernels/loramerge_cuda.cu's
+   * fuseProduct repeats that order so that the GPU writes the host's bytes; a change here must be
+   * made there too ({@code bin/lora-bench check} compares the two on these rows).
+   */
+  @ParameterizedTest(name = "{0}, vectorized {1}")
+  @CsvSource({"F16, false", "F16, true", "BF16, false", "BF16, true"})
+  void theFloat64SumIsAddedUpInTheOrderTheCudaKernelRepeats(DType dtype, boolean vectorized) {
+    double big = 0x1p40;
+    double small = 0x1p-40;
+    double tie = dtype == DType.F16 ? 1 + 0x1p-11 : 1 + 0x1p-8;
+    double[][] rows = {
+      {big, tie, -big, small, 0, 0, 0}, // in sequence: tie + small
+      {big, -big, tie, 0, 0, 0, small}, // product 6 in sum 2 rather than 0: tie + small
+      {small, big, tie, -big, 0, 0, 0}, // (s0 + s2) + (s1 + s3): tie + small
+      {tie, 0, 0, 0, 0, 0, small}, // tie + small in every order
+    };
+    int rank = 7;
+    int cols = 8;
+    double[] up = Arrays.stream(rows).flatMapToDouble(Arrays::stream).toArray();
+    double[] down = new double[rank * cols];
+    Arrays.fill(down, 1);
+    short[] fused = fuse(dtype, dtype, new double[rows.length * cols], up, down, rows.length, cols, vectorized);
+    double above = dtype == DType.F16 ? 1 + 0x1p-10 : 1 + 0x1p-7;
+    for (int i = 0; i < fused.length; i++) {
+      double value = dtype == DType.F16 ? FloatFormats.fromFloat16(fused[i]) : FloatFormats.fromBFloat16(fused[i]);
+      assertThat(value).as("row %d, column %d of %s", i / cols, i % cols, dtype).isEqualTo(i / cols < 3 ? 1.0 : above);
+    }
+  }
+
   private static short[] fuse(DType input, DType output, double[] weight, double[] up, double[] down, int rows, int cols) {
     return fuse(input, output, weight, up, down, rows, cols, false);
   }
