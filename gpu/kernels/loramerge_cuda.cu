@@ -84,64 +84,113 @@ __global__ void fuseRound(const double* __restrict__ product, Sources sources, t
   }
 }
 
-// fuseProduct's tiling: a block of kColumns threads, one column each, computes kRows rows, taking
-// the rank kChunk at a time; each thread keeps its column's chunk of down and its rows' partial
-// sums in registers, and the block's rows of up in shared memory.
-constexpr int kColumns = 128;
-constexpr int kRows = 16;
-constexpr int kChunk = 16;
-static_assert(kChunk % 4 == 0, "a chunk keeps the partial sums' lanes where the host has them");
+// fuseProduct's tiling: a block of TX×TY threads computes a tile of TY·TM rows and TX·TN columns,
+// each thread TM adjacent rows and TN adjacent columns, so that it reads its values of up and down
+// from shared memory 16 bytes at a time and a warp writes whole runs of a row. The rank is taken KC
+// at a time through shared memory, up transposed and down as it lies; each thread keeps its
+// elements' four partial sums in registers.
+template <int TX_, int TY_, int TM_, int TN_, int KC_>
+struct Tiling {
+  static constexpr int TX = TX_, TY = TY_, TM = TM_, TN = TN_, KC = KC_;
+  static constexpr int kThreads = TX * TY;
+  static constexpr int kRows = TY * TM;
+  static constexpr int kColumns = TX * TN;
+  static_assert(KC % 4 == 0, "a chunk keeps the partial sums' lanes where the host has them");
+  static_assert(TM % 2 == 0 && TN % 2 == 0, "values are read from shared memory in pairs");
+};
+using ProductTiling = Tiling<16, 8, 4, 2, 32>;
 
 // Grid: x = column tiles, y = row tiles, z = the weight within the launch. up is b×rows×rank and
 // down b×rank×cols, float64, row-major. The dot product is NarrowFusion.exactUpdate's: four partial
 // sums, product l going to sum l mod 4 for l below the rank rounded down to a multiple of 4 and to
 // sum 0 after that, each product and each addition rounded (no fused multiply-add, which the host
-// does not do), then (s0 + s1) + (s2 + s3), then the weight added.
-template <typename K>
-__global__ void __launch_bounds__(kColumns) fuseProduct(
+// does not do), then (s0 + s1) + (s2 + s3), then the weight added. Ranks are taken four at a time
+// without a test while all four are below that multiple of 4, the usual case; only the tail is
+// tested product by product. Tiles are not padded into the sums: a padded 0·x would turn a -0 sum
+// into +0, and 0·inf into NaN.
+template <typename K, typename P>
+__global__ void __launch_bounds__(P::kThreads) fuseProduct(
     const double* __restrict__ up, const double* __restrict__ down, Sources sources, typename K::T* __restrict__ out,
     int rows, int cols, int rank, int firstWeight) {
   using T = typename K::T;
-  __shared__ double upTile[kRows][kChunk];
+  __shared__ __align__(16) double upTile[P::KC][P::kRows];
+  __shared__ __align__(16) double downTile[P::KC][P::kColumns];
+  const int tx = threadIdx.x % P::TX;
+  const int ty = threadIdx.x / P::TX;
   const int weight = firstWeight + blockIdx.z;
-  const int col = blockIdx.x * kColumns + threadIdx.x;
-  const int firstRow = blockIdx.y * kRows;
+  const int firstRow = blockIdx.y * P::kRows;
+  const int firstCol = blockIdx.x * P::kColumns;
   const double* ups = up + static_cast<long long>(weight) * rows * rank;
   const double* downs = down + static_cast<long long>(weight) * rank * cols;
   const int whole = rank & ~3;
-  double sums[kRows][4];
+  double sums[P::TM][P::TN][4];
 #pragma unroll
-  for (int r = 0; r < kRows; r++) {
+  for (int i = 0; i < P::TM; i++) {
 #pragma unroll
-    for (int lane = 0; lane < 4; lane++) {
-      sums[r][lane] = 0.0;
+    for (int j = 0; j < P::TN; j++) {
+#pragma unroll
+      for (int lane = 0; lane < 4; lane++) {
+        sums[i][j][lane] = 0.0;
+      }
     }
   }
-  for (int chunk = 0; chunk < rank; chunk += kChunk) {
-    const int length = rank - chunk < kChunk ? rank - chunk : kChunk;
-    for (int e = threadIdx.x; e < kRows * kChunk; e += kColumns) {
-      const int r = e / kChunk;
-      const int l = e % kChunk;
-      upTile[r][l] = firstRow + r < rows && l < length ? ups[static_cast<long long>(firstRow + r) * rank + chunk + l] : 0.0;
+  for (int chunk = 0; chunk < rank; chunk += P::KC) {
+    const int length = rank - chunk < P::KC ? rank - chunk : P::KC;
+    for (int e = threadIdx.x; e < P::KC * P::kRows; e += P::kThreads) {
+      const int r = e / P::KC;
+      const int l = e % P::KC;
+      upTile[l][r] = firstRow + r < rows && l < length ? ups[static_cast<long long>(firstRow + r) * rank + chunk + l] : 0.0;
+    }
+    for (int e = threadIdx.x; e < P::KC * P::kColumns; e += P::kThreads) {
+      const int l = e / P::kColumns;
+      const int c = e % P::kColumns;
+      downTile[l][c] = firstCol + c < cols && l < length ? downs[static_cast<long long>(chunk + l) * cols + firstCol + c] : 0.0;
     }
     __syncthreads();
-    if (col < cols) {
-      double column[kChunk];
 #pragma unroll
-      for (int l = 0; l < kChunk; l++) {
-        column[l] = l < length ? downs[static_cast<long long>(chunk + l) * cols + col] : 0.0;
-      }
+    for (int group = 0; group < P::KC; group += 4) {
+      if (chunk + group + 4 <= whole) {
 #pragma unroll
-      for (int l = 0; l < kChunk; l++) {
-        if (l < length) {
-          const bool inWhole = chunk + l < whole;
+        for (int lane = 0; lane < 4; lane++) {
+          double a[P::TM];
+          double b[P::TN];
 #pragma unroll
-          for (int r = 0; r < kRows; r++) {
-            const double product = __dmul_rn(upTile[r][l], column[l]);
-            if (inWhole) {
-              sums[r][l & 3] = __dadd_rn(sums[r][l & 3], product);
-            } else {
-              sums[r][0] = __dadd_rn(sums[r][0], product);
+          for (int i = 0; i < P::TM; i += 2) {
+            const double2 pair = *reinterpret_cast<const double2*>(&upTile[group + lane][ty * P::TM + i]);
+            a[i] = pair.x;
+            a[i + 1] = pair.y;
+          }
+#pragma unroll
+          for (int j = 0; j < P::TN; j += 2) {
+            const double2 pair = *reinterpret_cast<const double2*>(&downTile[group + lane][tx * P::TN + j]);
+            b[j] = pair.x;
+            b[j + 1] = pair.y;
+          }
+#pragma unroll
+          for (int i = 0; i < P::TM; i++) {
+#pragma unroll
+            for (int j = 0; j < P::TN; j++) {
+              sums[i][j][lane] = __dadd_rn(sums[i][j][lane], __dmul_rn(a[i], b[j]));
+            }
+          }
+        }
+      } else {
+#pragma unroll
+        for (int lane = 0; lane < 4; lane++) {
+          const int l = group + lane;
+          if (l < length) {
+            const bool inWhole = chunk + l < whole;
+#pragma unroll
+            for (int i = 0; i < P::TM; i++) {
+#pragma unroll
+              for (int j = 0; j < P::TN; j++) {
+                const double product = __dmul_rn(upTile[l][ty * P::TM + i], downTile[l][tx * P::TN + j]);
+                if (inWhole) {
+                  sums[i][j][lane] = __dadd_rn(sums[i][j][lane], product);
+                } else {
+                  sums[i][j][0] = __dadd_rn(sums[i][j][0], product);
+                }
+              }
             }
           }
         }
@@ -149,21 +198,22 @@ __global__ void __launch_bounds__(kColumns) fuseProduct(
     }
     __syncthreads();
   }
-  if (col >= cols) {
-    return;
-  }
   const long long perWeight = static_cast<long long>(rows) * cols;
   const T* source = static_cast<const T*>(sources.pointers[blockIdx.z]);
 #pragma unroll
-  for (int r = 0; r < kRows; r++) {
-    const int row = firstRow + r;
-    if (row < rows) {
-      const long long index = static_cast<long long>(row) * cols + col;
-      const double update = __dadd_rn(__dadd_rn(sums[r][0], sums[r][1]), __dadd_rn(sums[r][2], sums[r][3]));
-      const T rounded = K::narrow(__dadd_rn(K::widen(source[index]), update));
-      out[weight * perWeight + index] = rounded;
-      if (!K::finite(rounded)) {
-        atomicMin(&firstNotFinite, static_cast<unsigned long long>(weight * perWeight + index));
+  for (int i = 0; i < P::TM; i++) {
+    const int row = firstRow + ty * P::TM + i;
+#pragma unroll
+    for (int j = 0; j < P::TN; j++) {
+      const int col = firstCol + tx * P::TN + j;
+      if (row < rows && col < cols) {
+        const long long index = static_cast<long long>(row) * cols + col;
+        const double update = __dadd_rn(__dadd_rn(sums[i][j][0], sums[i][j][1]), __dadd_rn(sums[i][j][2], sums[i][j][3]));
+        const T rounded = K::narrow(__dadd_rn(K::widen(source[index]), update));
+        out[weight * perWeight + index] = rounded;
+        if (!K::finite(rounded)) {
+          atomicMin(&firstNotFinite, static_cast<unsigned long long>(weight * perWeight + index));
+        }
       }
     }
   }
@@ -205,10 +255,10 @@ bool launch(JNIEnv* env, const double* product, jobjectArray sources, void* out,
   return true;
 }
 
-template <typename K>
+template <typename K, typename P = ProductTiling>
 bool launchProduct(JNIEnv* env, const double* up, const double* down, jobjectArray sources, void* out, int rows, int cols,
                    int rank, jsize weights) {
-  dim3 grid((cols + kColumns - 1) / kColumns, (rows + kRows - 1) / kRows, 1);
+  dim3 grid((cols + P::kColumns - 1) / P::kColumns, (rows + P::kRows - 1) / P::kRows, 1);
   for (jsize first = 0; first < weights; first += kWeightsPerLaunch) {
     jsize count = weights - first < kWeightsPerLaunch ? weights - first : kWeightsPerLaunch;
     Sources chunk{};
@@ -216,8 +266,8 @@ bool launchProduct(JNIEnv* env, const double* up, const double* down, jobjectArr
       chunk.pointers[j] = address(env, sources, first + j);
     }
     grid.z = count;
-    fuseProduct<K><<<grid, kColumns, 0, cudaStreamLegacy>>>(up, down, chunk, static_cast<typename K::T*>(out), rows, cols,
-                                                            rank, first);
+    fuseProduct<K, P><<<grid, P::kThreads, 0, cudaStreamLegacy>>>(up, down, chunk, static_cast<typename K::T*>(out), rows,
+                                                                   cols, rank, first);
     if (failed(env, cudaGetLastError(), "loramerge fuseProduct launch")) {
       return false;
     }

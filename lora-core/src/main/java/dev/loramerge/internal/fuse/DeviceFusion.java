@@ -22,6 +22,10 @@ import java.util.Locale;
 import java.util.Map;
 import java.util.Optional;
 import java.util.Set;
+import java.util.concurrent.Callable;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.CompletionException;
+import java.util.concurrent.ExecutionException;
 import java.util.concurrent.ForkJoinPool;
 import java.util.function.Supplier;
 import java.util.stream.IntStream;
@@ -50,7 +54,9 @@ import org.slf4j.LoggerFactory;
  * call and each wait for the device costs about as much as the arithmetic of a small weight, so
  * the number of calls, not the elements, sets the time of a weight at a time. The bytes do not
  * depend on the batching: every step but the product is element-wise, and the product's float64
- * sums are rounded once whatever their order, as on the host.
+ * sums are rounded once whatever their order, as on the host. While the device computes a batch,
+ * the workers ask for the next batch's factors and gather them in host memory (two buffers, used in
+ * turn), so that the host's part of a fuse is hidden behind the device's.
  *
  * <p>Where the CUDA kernels are built and loaded ({@link CudaKernels}), a batch of fp16 or bf16
  * weights on a GPU is computed from its float64 factors in one kernel: the products in the host's
@@ -140,12 +146,73 @@ public final class DeviceFusion {
     Phases phases = new Phases(Boolean.getBoolean(PROFILE_PROPERTY));
     boolean stored = !Boolean.getBoolean(FLOAT64_FACTORS_PROPERTY);
     List<List<Job>> batches = batches(jobs, BATCH_ELEMENTS);
-    try (FactorBuffer buffer = new FactorBuffer()) {
-      for (List<Job> batch : batches) {
-        fuseBatch(batch, workers, buffer, stored, phases);
+    // The host gathers the next batch's factors while the device computes this one's; profiled,
+    // the steps run one after the other so that each one's time is its own.
+    boolean overlapped = !phases.enabled;
+    try (FactorBuffer first = new FactorBuffer(); FactorBuffer second = new FactorBuffer()) {
+      FactorBuffer[] buffers = {first, second};
+      Gathered gathered = gather(batches.get(0), workers, buffers[0], stored, phases);
+      for (int b = 0; b < batches.size(); b++) {
+        boolean more = b + 1 < batches.size();
+        List<Job> following = more ? batches.get(b + 1) : List.of();
+        FactorBuffer buffer = buffers[(b + 1) % 2];
+        CompletableFuture<Gathered> next =
+            more && overlapped ? CompletableFuture.supplyAsync(() -> gather(following, workers, buffer, stored, phases), workers) : null;
+        try {
+          fuseGathered(gathered, phases);
+        } finally {
+          // The next batch's gathering writes into a buffer that closing unpins; its failure, if
+          // any, is thrown below, after this batch's.
+          if (next != null) {
+            next.exceptionally(failure -> null).join();
+          }
+        }
+        if (more) {
+          gathered = next != null ? joined(next) : gather(following, workers, buffer, stored, phases);
+        }
       }
     }
     phases.log(jobs.size(), batches.size());
+  }
+
+  /** {@code task}'s value, computed on {@code workers}; its failure rethrown as it was thrown, not as a copy. */
+  private static <T> T onWorkers(ForkJoinPool workers, Callable<T> task) {
+    try {
+      return workers.submit(task).get();
+    } catch (ExecutionException e) {
+      if (e.getCause() instanceof RuntimeException cause) {
+        throw cause;
+      }
+      if (e.getCause() instanceof Error cause) {
+        throw cause;
+      }
+      throw new IllegalStateException(e.getCause());
+    } catch (InterruptedException e) {
+      Thread.currentThread().interrupt();
+      throw new IllegalStateException("interrupted while the factors were gathered", e);
+    }
+  }
+
+  private static void onWorkers(ForkJoinPool workers, Runnable task) {
+    onWorkers(workers, () -> {
+      task.run();
+      return null;
+    });
+  }
+
+  /** The value of a completed gathering, its failure rethrown as it was thrown. */
+  private static Gathered joined(CompletableFuture<Gathered> gathering) {
+    try {
+      return gathering.join();
+    } catch (CompletionException e) {
+      if (e.getCause() instanceof RuntimeException cause) {
+        throw cause;
+      }
+      if (e.getCause() instanceof Error cause) {
+        throw cause;
+      }
+      throw e;
+    }
   }
 
   /** The time of each step of a device fuse, summed over its batches, when profiled. */
@@ -242,7 +309,16 @@ public final class DeviceFusion {
     return batches;
   }
 
-  private static void fuseBatch(List<Job> batch, ForkJoinPool workers, FactorBuffer factorBuffer, boolean stored, Phases phases) {
+  /**
+   * A batch's factors gathered in host memory, ready for their copy to the device: as the jobs'
+   * {@code terms} where they have them alike, laid out at {@code starts}, else as float64 factors
+   * of rank {@code rank}.
+   */
+  private record Gathered(
+      List<Job> batch, DType dtype, long rows, long cols, Optional<List<Terms>> terms, ByteBuffer buffer, long[] starts, int rank) {}
+
+  /** The host's part of a batch: its jobs' factors asked for and copied into {@code factorBuffer}. */
+  private static Gathered gather(List<Job> batch, ForkJoinPool workers, FactorBuffer factorBuffer, boolean stored, Phases phases) {
     NDArray first = batch.get(0).weight();
     DType dtype = Fusion.dtypeOf(first.getDataType(), batch.get(0).label());
     Shape shape = first.getShape();
@@ -250,14 +326,28 @@ public final class DeviceFusion {
     long cols = shape.size() / Math.max(1, rows);
     Device device = first.getDevice();
     Optional<List<Terms>> terms = stored ? alike(batch, rows, cols, device) : Optional.empty();
-    List<Factors> factors = terms.isPresent()
-        ? List.of()
-        : workers.submit(() -> batch.parallelStream().map(job -> checked(job, rows, cols)).toList()).join();
-    phases.mark(terms.isPresent() ? "terms" : "float64 factors", null);
+    if (terms.isPresent()) {
+      phases.mark("terms", null);
+      Gathered gathered = gatherTerms(batch, dtype, rows, cols, terms.get(), device, workers, factorBuffer);
+      phases.mark("gather", null);
+      return gathered;
+    }
+    List<Factors> factors = onWorkers(workers, () -> batch.parallelStream().map(job -> checked(job, rows, cols)).toList());
+    phases.mark("float64 factors", null);
+    return gatherFactors(batch, dtype, rows, cols, factors, device, workers, factorBuffer);
+  }
+
+  /** The device's part of a batch: the factors copied over and the weights fused. */
+  private static void fuseGathered(Gathered gathered, Phases phases) {
+    List<Job> batch = gathered.batch();
+    NDArray first = batch.get(0).weight();
+    DType dtype = gathered.dtype();
+    Shape shape = first.getShape();
+    long rows = gathered.rows();
+    long cols = gathered.cols();
+    Device device = first.getDevice();
     try (NDManager scratch = first.getManager().newSubManager(device)) {
-      NDList onDevice = terms.isPresent()
-          ? factors(scratch, terms.get(), rows, cols, workers, factorBuffer, phases)
-          : factors(scratch, factors, rows, cols, factors.stream().mapToInt(Factors::rank).max().orElseThrow(), workers, factorBuffer);
+      NDList onDevice = gathered.terms().isPresent() ? termsOnDevice(scratch, gathered) : factorsOnDevice(scratch, gathered);
       phases.mark("factors on the device", onDevice.get(1));
       NDList sources = new NDList(batch.size());
       for (Job job : batch) {
@@ -356,13 +446,9 @@ public final class DeviceFusion {
     return true;
   }
 
-  /**
-   * The float64 ups (b×m×r) and downs (b×r×n) of a batch whose jobs have terms alike, on the
-   * scratch manager's device, from one copy of the stored factors and the coefficients to the
-   * device: the float64 factors of {@link Terms} formed there, with the host's roundings.
-   */
-  private static NDList factors(
-      NDManager scratch, List<Terms> batch, long rows, long cols, ForkJoinPool workers, FactorBuffer factorBuffer, Phases phases) {
+  /** The stored factors and coefficients of a batch whose jobs have terms alike, in {@code factorBuffer}. */
+  private static Gathered gatherTerms(
+      List<Job> jobs, DType dtype, long rows, long cols, List<Terms> batch, Device device, ForkJoinPool workers, FactorBuffer factorBuffer) {
     int count = batch.size();
     double factor = batch.get(0).factor();
     checkArgument(batch.stream().allMatch(terms -> terms.factor() == factor), "the terms of a batch have different factors");
@@ -375,8 +461,8 @@ public final class DeviceFusion {
       starts[3 * t + 2] = starts[3 * t + 1] + aligned(count * term.up().byteSize());
       starts[3 * t + 3] = starts[3 * t + 2] + aligned(count * term.down().byteSize());
     }
-    ByteBuffer buffer = factorBuffer.take(starts[starts.length - 1], scratch.getDevice());
-    workers.submit(() -> IntStream.range(0, count * layout.size()).parallel().forEach(task -> {
+    ByteBuffer buffer = factorBuffer.take(starts[starts.length - 1], device);
+    onWorkers(workers, () -> IntStream.range(0, count * layout.size()).parallel().forEach(task -> {
       int i = task / layout.size();
       int t = task % layout.size();
       Term term = batch.get(i).terms().get(t);
@@ -384,8 +470,24 @@ public final class DeviceFusion {
       into.putDouble(Math.toIntExact(starts[3 * t] + (long) i * Double.BYTES), term.coefficient());
       into.position(Math.toIntExact(starts[3 * t + 1] + i * term.up().byteSize())).put(term.up().bytes());
       into.position(Math.toIntExact(starts[3 * t + 2] + i * term.down().byteSize())).put(term.down().bytes());
-    })).join();
-    phases.mark("gather", null);
+    }));
+    return new Gathered(jobs, dtype, rows, cols, Optional.of(batch), buffer, starts, 0);
+  }
+
+  /**
+   * The float64 ups (b×m×r) and downs (b×r×n) of a batch whose jobs have terms alike, on the
+   * scratch manager's device, from one copy of the stored factors and the coefficients to the
+   * device: the float64 factors of {@link Terms} formed there, with the host's roundings.
+   */
+  private static NDList termsOnDevice(NDManager scratch, Gathered gathered) {
+    List<Terms> batch = gathered.terms().orElseThrow();
+    int count = batch.size();
+    double factor = batch.get(0).factor();
+    List<Term> layout = batch.get(0).terms();
+    long[] starts = gathered.starts();
+    ByteBuffer buffer = gathered.buffer();
+    long rows = gathered.rows();
+    long cols = gathered.cols();
     NDList ups = new NDList(layout.size());
     NDList downs = new NDList(layout.size());
     for (int t = 0; t < layout.size(); t++) {
@@ -428,16 +530,17 @@ public final class DeviceFusion {
    * one copy of every factor to the device, gathered in {@code factorBuffer}. Factors of a lower
    * rank than {@code rank} are padded with zeros, which add nothing to a float64 sum.
    */
-  private static NDList factors(
-      NDManager scratch, List<Factors> factors, long rows, long cols, int rank, ForkJoinPool workers, FactorBuffer factorBuffer) {
+  private static Gathered gatherFactors(
+      List<Job> jobs, DType dtype, long rows, long cols, List<Factors> factors, Device device, ForkJoinPool workers, FactorBuffer factorBuffer) {
     int count = factors.size();
+    int rank = factors.stream().mapToInt(Factors::rank).max().orElseThrow();
     long upValues = rows * rank;
     long downValues = cols * rank;
     long total = count * (upValues + downValues);
-    ByteBuffer buffer = factorBuffer.take(total * Double.BYTES, scratch.getDevice());
+    ByteBuffer buffer = factorBuffer.take(total * Double.BYTES, device);
     int lowest = factors.stream().mapToInt(Factors::rank).min().orElseThrow();
     double[] zeros = new double[lowest == rank ? 0 : Math.toIntExact(Math.max(rank - lowest, (rank - lowest) * cols))];
-    workers.submit(() -> IntStream.range(0, count).parallel().forEach(i -> {
+    onWorkers(workers, () -> IntStream.range(0, count).parallel().forEach(i -> {
       DoubleBuffer values = buffer.asDoubleBuffer();
       Factors f = factors.get(i);
       int r = f.rank();
@@ -454,8 +557,19 @@ public final class DeviceFusion {
         }
         values.put(downAt + f.down().length, zeros, 0, (int) ((rank - r) * cols));
       }
-    })).join();
-    NDArray all = scratch.create(buffer, new Shape(total), DataType.FLOAT64);
+    }));
+    return new Gathered(jobs, dtype, rows, cols, Optional.empty(), buffer, new long[0], rank);
+  }
+
+  /** The float64 ups (b×m×r) and downs (b×r×n) of a batch on the scratch manager's device, from one copy of {@link #gatherFactors}'s buffer. */
+  private static NDList factorsOnDevice(NDManager scratch, Gathered gathered) {
+    int count = gathered.batch().size();
+    long rows = gathered.rows();
+    long cols = gathered.cols();
+    int rank = gathered.rank();
+    long upValues = rows * rank;
+    long total = count * (upValues + cols * rank);
+    NDArray all = scratch.create(gathered.buffer(), new Shape(total), DataType.FLOAT64);
     long split = count * upValues;
     return new NDList(all.get(new NDIndex("0:{}", split)).reshape(count, rows, rank), all.get(new NDIndex("{}:", split)).reshape(count, rank, cols));
   }

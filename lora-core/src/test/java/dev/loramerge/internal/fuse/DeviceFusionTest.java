@@ -233,6 +233,38 @@ class DeviceFusionTest {
   }
 
   /**
+   * The next batch's factors are asked for while a batch is fused: a failure to form them is
+   * thrown after the batch before it is fused, and a failure of that batch wins over it, as when
+   * the batches run one after the other.
+   */
+  @Test
+  void reportsFailuresInTheOrderOfTheBatches() {
+    try (NDManager manager = NDManager.newBaseManager(Device.cpu())) {
+      ByteBuffer small = TensorData.ofDoubles(new double[] {1, 2}, DType.F16, 1, 2).bytes();
+      ByteBuffer large = TensorData.ofDoubles(new double[] {1, 60000}, DType.F16, 1, 2).bytes();
+      NDArray fused = manager.create(small.duplicate(), new Shape(1, 2), DataType.FLOAT16);
+      NDArray next = manager.create(small.duplicate(), new Shape(2, 1), DataType.FLOAT16);
+      DeviceFusion.Job badFactors = new DeviceFusion.Job(
+          next, next, () -> new DeviceFusion.Factors(new double[] {1}, new double[] {1}, 1), "module 'bad'");
+      DeviceFusion.Job fine = new DeviceFusion.Job(
+          fused, fused, () -> new DeviceFusion.Factors(new double[] {1}, new double[] {1, 1}, 1), "module 'fine'");
+      assertThatThrownBy(() -> DeviceFusion.fuseAll(List.of(fine, badFactors), ForkJoinPool.commonPool()))
+          .isInstanceOf(IllegalArgumentException.class)
+          .hasMessageStartingWith("module 'bad': factors of 1 and 1 values do not make a rank-1 update");
+      assertThat(fused.toType(DataType.FLOAT32, false).toFloatArray()).as("the batch before the failing one, fused").containsExactly(2f, 3f);
+      assertThat(bytes(next)).as("the weight whose factors failed").isEqualTo(small.rewind());
+
+      NDArray overflowing = manager.create(large.duplicate(), new Shape(1, 2), DataType.FLOAT16);
+      DeviceFusion.Job overflow = new DeviceFusion.Job(
+          overflowing, overflowing, () -> new DeviceFusion.Factors(new double[] {1}, new double[] {0, 8000}, 1), "module 'z'");
+      assertThatThrownBy(() -> DeviceFusion.fuseAll(List.of(overflow, badFactors), ForkJoinPool.commonPool()))
+          .as("the first batch's overflow, not the second batch's factors")
+          .isInstanceOf(LoraMergeException.class)
+          .hasMessageStartingWith("module 'z': fused value 68000.0");
+    }
+  }
+
+  /**
    * Factors sent as stored (fp16 and float32 terms, coefficients, a factor other than 1) give the
    * bytes of the float64 factors formed on the host the way the cat does (each up widened, times
    * its coefficient, times the factor, rounded once each): batches of terms alike, and a batch
