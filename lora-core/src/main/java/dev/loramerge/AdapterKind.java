@@ -5,7 +5,8 @@ package dev.loramerge;
  * it (LyCORIS {@code lycoris/modules} and {@code lycoris/functional}, and the loaders that read
  * them: ComfyUI {@code comfy/weight_adapter}, diffusers). Every kind's update is scaled by the
  * module's {@link LoraModule#scale()}; a DoRA magnitude ({@link DoraMagnitude}) is orthogonal to
- * the kind and renormalises {@code W + ΔW}.
+ * the kind and renormalises {@code W + ΔW}. A {@link #REPLACEMENT} is no update: its tensor takes
+ * the base weight's place.
  */
 public enum AdapterKind {
   /** ΔW = s·B·A: LoRA and LoCon ({@code lora_down}, {@code lora_up}; PEFT {@code lora_A}/{@code lora_B}). */
@@ -30,7 +31,17 @@ public enum AdapterKind {
    */
   LOKR("LoKr", false),
   /** ΔW = {@code diff}, the full difference (LyCORIS {@code full}, ComfyUI {@code .diff}); scale 1. */
-  FULL("full difference", false);
+  FULL("full difference", false),
+  /**
+   * W' = {@code set_weight}: the tensor replaces the base weight whole, as BFL's Flux.1 control
+   * LoRAs replace the attentions' norm scales (diffusers' {@code _load_norm_into_transformer} loads
+   * them with {@code load_state_dict} in place of {@code norm_q.weight} …; ComfyUI's {@code
+   * comfy/lora_convert.py} keys them {@code .scale.set_weight}, a {@code "set"} patch that {@code
+   * comfy/lora.py} applies with {@code weight.copy_}). It is all or nothing: a weight w ≠ 0 (and
+   * any block weight) replaces the base with the tensor unscaled, w = 0 leaves the base; it has
+   * no ΔW, is never summed with another update, and cannot be subtracted.
+   */
+  REPLACEMENT("replacement", false);
 
   private final String displayName;
   private final boolean factored;

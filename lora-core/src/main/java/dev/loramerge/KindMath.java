@@ -30,6 +30,8 @@ final class KindMath {
   static final String LOKR_W2_B = "lokr_w2_b";
   static final String LOKR_T2 = "lokr_t2";
   static final String DIFF = "diff";
+  /** A {@link AdapterKind#REPLACEMENT}'s tensor, under ComfyUI's name for a {@code "set"} patch. */
+  static final String SET_WEIGHT = "set_weight";
 
   private KindMath() {}
 
@@ -48,6 +50,8 @@ final class KindMath {
         return Set.of();
       case FULL:
         return Set.of(DIFF);
+      case REPLACEMENT:
+        return Set.of(SET_WEIGHT);
       default:
         throw new AssertionError(kind);
     }
@@ -106,6 +110,11 @@ final class KindMath {
         expect(key, diff.rank() >= 1, "a full difference 'diff' of the weight's shape", parts);
         return diff.shape();
       }
+      case REPLACEMENT: {
+        TensorData weight = parts.get(SET_WEIGHT);
+        expect(key, weight.rank() >= 1 && parts.size() == 1, "a replacement 'set_weight' of the weight's shape", parts);
+        return weight.shape();
+      }
       default:
         throw new AssertionError(kind);
     }
@@ -161,6 +170,7 @@ final class KindMath {
         }
         return parts.containsKey(LOKR_W1_B) ? Math.toIntExact(parts.get(LOKR_W1_B).dim(0)) : 0;
       case FULL:
+      case REPLACEMENT:
         return 0;
       default:
         throw new AssertionError(kind);

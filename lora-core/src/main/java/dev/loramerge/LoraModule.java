@@ -139,6 +139,31 @@ public final class LoraModule {
   }
 
   /**
+   * A {@link AdapterKind#REPLACEMENT} of module {@code key}: {@code weight} takes the base
+   * weight's place, e.g. a Flux.1 control LoRA's {@code double_blocks.0.img_attn.norm.query_norm.scale}
+   * [128] for {@code transformer_blocks.0.attn.norm_q}.
+   *
+   * @throws LoraMergeException when {@code weight} is not a floating-point tensor
+   */
+  public static LoraModule replacement(ModuleKey key, TensorData weight) {
+    checkNotNull(weight, "weight");
+    return ofKind(key, AdapterKind.REPLACEMENT, Map.of(KindMath.SET_WEIGHT, weight), 1, Optional.empty());
+  }
+
+  /**
+   * The tensor that replaces the base weight, for a {@link AdapterKind#REPLACEMENT}.
+   *
+   * @throws LoraMergeException for the other kinds
+   */
+  public TensorData replacementWeight() {
+    if (adapterKind != AdapterKind.REPLACEMENT) {
+      throw new LoraMergeException(
+          String.format(Locale.ROOT, "module '%s' is a %s, not a replacement", key, adapterKind.displayName()));
+    }
+    return parts.get(KindMath.SET_WEIGHT);
+  }
+
+  /**
    * This module with a DoRA magnitude: its fused weight becomes {@code m / ‖W + w·ΔW‖ · (W + w·ΔW)}.
    *
    * @throws LoraMergeException when the magnitude has neither one value per output row nor one
@@ -338,9 +363,12 @@ public final class LoraModule {
     return down.rank() == 4 ? Kind.CONV : Kind.LINEAR;
   }
 
-  /** Input features (linear) or channels (convolution); in·kh·kw for a flattened convolution. */
+  /**
+   * Input features (linear) or channels (convolution); in·kh·kw for a flattened convolution; 1
+   * for a 1-d weight (a replaced norm scale).
+   */
   public long inFeatures() {
-    return shape != null ? shape[1] : down.dim(1);
+    return shape != null ? (shape.length == 1 ? 1 : shape[1]) : down.dim(1);
   }
 
   /** Output features (linear) or channels (convolution). */
@@ -385,6 +413,12 @@ public final class LoraModule {
    * small modules: it allocates out·in·k·k doubles.
    */
   public double[] deltaF64() {
+    if (adapterKind == AdapterKind.REPLACEMENT) {
+      throw new LoraMergeException(
+          String.format(
+              Locale.ROOT, "module '%s' is a replacement: it has no update ΔW, its tensor takes the base weight's place",
+              key));
+    }
     if (adapterKind != AdapterKind.LORA) {
       double[] delta = KindMath.unscaledDelta(adapterKind, parts);
       double s = scale();
@@ -421,7 +455,7 @@ public final class LoraModule {
   /**
    * The weight this module alone makes of {@code weight} (row-major, as {@link #deltaF64()}) at
    * user weight {@code w}, in float64: {@code W + w·ΔW}, or with a DoRA magnitude {@code m / (‖W +
-   * w·ΔW‖ + ε) · (W + w·ΔW)}. A new array; {@code weight} is not changed.
+   * w·ΔW‖ + ε) · (W + w·ΔW)}; a replacement's tensor for w ≠ 0 and {@code W} for w = 0. A new array; {@code weight} is not changed.
    */
   public double[] fusedF64(double[] weight, double w) {
     return fusedF64(weight, w, DoraMagnitude.Weighting.INSIDE_NORM);
@@ -435,6 +469,15 @@ public final class LoraModule {
   public double[] fusedF64(double[] weight, double w, DoraMagnitude.Weighting weighting) {
     checkNotNull(weight, "weight");
     checkNotNull(weighting, "weighting");
+    if (adapterKind == AdapterKind.REPLACEMENT) {
+      double[] replacement = replacementWeight().toDoubleArray();
+      if (weight.length != replacement.length) {
+        throw new IllegalArgumentException(
+            String.format(Locale.ROOT, "module '%s': weight of %d values, replacement of %d", key, weight.length, replacement.length));
+      }
+      // All or nothing: w = 0 leaves the base, any other w replaces it with the tensor unscaled.
+      return w == 0 ? weight.clone() : replacement;
+    }
     if (magnitude != null && weighting == DoraMagnitude.Weighting.BLEND) {
       double[] dora = fusedF64(weight, 1, DoraMagnitude.Weighting.INSIDE_NORM);
       for (int i = 0; i < dora.length; i++) {

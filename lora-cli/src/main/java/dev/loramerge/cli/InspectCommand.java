@@ -114,12 +114,19 @@ final class InspectCommand implements Callable<Integer> {
             "module", "A mean", "A std", "A min", "A max", "B mean", "B std", "B min", "B max", "‖s·B·A‖"));
     Map<ModuleKey, Double> norms = new TreeMap<>();
     for (LoraModule module : adapter.modules().values()) {
-      norms.put(module.key(), UpdateNorms.norm(module));
+      if (module.adapterKind() != dev.loramerge.AdapterKind.REPLACEMENT) {
+        norms.put(module.key(), UpdateNorms.norm(module));
+      }
     }
     double[] sorted = norms.values().stream().mapToDouble(Double::doubleValue).sorted().toArray();
     double median = sorted.length == 0 ? 0 : sorted[sorted.length / 2];
     int cancelled = 0;
     for (LoraModule module : adapter.modules().values()) {
+      if (!norms.containsKey(module.key())) {
+        // A replacement has no update to measure: its tensor takes the base weight's place.
+        out.println(String.format(Locale.ROOT, "%-70s %-51s  %-51s  %11s", module.key(), module.kindName(), module.parts().keySet(), "-"));
+        continue;
+      }
       double norm = norms.get(module.key());
       boolean isCancelled = norm <= CANCELLED * median;
       cancelled += isCancelled ? 1 : 0;
@@ -167,7 +174,8 @@ final class InspectCommand implements Callable<Integer> {
               module.rank(),
               number(module.alpha()),
               number(module.scale()) + (module.scaleRule().name().equals("RSLORA") ? " (rsLoRA)" : ""),
-              architecture.flatMap(arch -> arch.module(module.key())).flatMap(ModuleSpec::blockId).orElse("-")));
+              architecture.flatMap(arch -> arch.module(module.key()).flatMap(ModuleSpec::blockId)
+                  .or(() -> arch.normScale(module.key()).flatMap(dev.loramerge.arch.NormScale::blockId))).orElse("-")));
     }
   }
 

@@ -1,5 +1,6 @@
 package dev.loramerge.cli;
 
+import dev.loramerge.AdapterKind;
 import dev.loramerge.DType;
 import dev.loramerge.LoraAdapter;
 import dev.loramerge.TensorSpec;
@@ -66,8 +67,10 @@ final class MergeCommand implements Callable<Integer> {
             ? null
             : DType.fromUserName(dtype).orElseThrow(() -> Usage.invalid(spec, "--dtype", "'" + dtype + "' is not fp32, fp16 or bf16"));
     LoraFormat outputFormat = format != null ? format : LoraFiles.detect(mergeOptions.inputs.get(0).path());
-    if (!outputFormat.writable()) {
-      // XLabs, ComfyUI and BFL files are read only; kohya holds every kind they hold.
+    boolean readOnlyInput = !outputFormat.writable();
+    if (readOnlyInput) {
+      // XLabs, ComfyUI and BFL files are read only; kohya holds every kind they hold but a
+      // replacement (below).
       outputFormat = LoraFormat.KOHYA;
     }
     Path target = target(outputFormat, method);
@@ -89,6 +92,10 @@ final class MergeCommand implements Callable<Integer> {
       }
     } else {
       merged = merger.merge();
+    }
+    if (readOnlyInput && merged.modules().values().stream().anyMatch(m -> m.adapterKind() == AdapterKind.REPLACEMENT)) {
+      // A control LoRA's norm replacements: diffusers is the one layout that holds them.
+      outputFormat = LoraFormat.DIFFUSERS;
     }
     LoraFiles.write(merged, target, outputFormat);
     out.println(

@@ -8,6 +8,7 @@ import com.google.common.base.Suppliers;
 import com.google.common.collect.ImmutableList;
 import com.google.common.collect.ImmutableMap;
 import com.google.common.collect.ImmutableSortedMap;
+import dev.loramerge.AdapterKind;
 import dev.loramerge.LoraAdapter;
 import dev.loramerge.LoraModule;
 import dev.loramerge.ModuleKey;
@@ -179,7 +180,9 @@ public final class Architecture {
 
   /**
    * The first architecture, in {@link #all()} order, that has every module of {@code adapter}
-   * with the base-weight shape its factors imply; empty for an empty adapter or when none fits.
+   * with the base-weight shape its factors imply (a {@linkplain AdapterKind#REPLACEMENT
+   * replacement}: one of its {@link #normScales()} of the replacement's shape); empty for an
+   * empty adapter or when none fits.
    */
   public static Optional<Architecture> detect(LoraAdapter adapter) {
     checkNotNull(adapter, "adapter");
@@ -191,8 +194,10 @@ public final class Architecture {
 
   private boolean fits(LoraAdapter adapter) {
     for (LoraModule module : adapter.modules().values()) {
-      Optional<ModuleSpec> spec = module(module.key());
-      if (spec.isEmpty() || !Arrays.equals(spec.get().weightShape(), module.weightShape())) {
+      Optional<long[]> shape = module.adapterKind() == AdapterKind.REPLACEMENT
+          ? normScale(module.key()).map(NormScale::weightShape)
+          : module(module.key()).map(ModuleSpec::weightShape);
+      if (shape.isEmpty() || !Arrays.equals(shape.get(), module.weightShape())) {
         return false;
       }
     }
@@ -218,6 +223,23 @@ public final class Architecture {
   public Optional<ModuleSpec> module(ModuleKey key) {
     checkNotNull(key, "key");
     return Optional.ofNullable(descriptor.get().modules().get(key));
+  }
+
+  /**
+   * The scales of the architecture's RMS norms, which no LoRA adapts but a {@linkplain
+   * AdapterKind#REPLACEMENT replacement} may replace, in {@link ModuleKey} order: Flux.1's
+   * attention norms ({@code transformer_blocks.N.attn.norm_q}, {@code norm_k}, {@code
+   * norm_added_q}, {@code norm_added_k}, {@code single_transformer_blocks.N.attn.norm_q}, {@code
+   * norm_k}, 128 values each); empty for the others.
+   */
+  public ImmutableSortedMap<ModuleKey, NormScale> normScales() {
+    return descriptor.get().norms();
+  }
+
+  /** The norm scale {@code key} names, if it is one of this architecture's. */
+  public Optional<NormScale> normScale(ModuleKey key) {
+    checkNotNull(key, "key");
+    return Optional.ofNullable(descriptor.get().norms().get(key));
   }
 
   /**

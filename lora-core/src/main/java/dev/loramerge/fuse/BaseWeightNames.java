@@ -51,6 +51,10 @@ public final class BaseWeightNames {
         break;
       case TRANSFORMER:
         spec.flatMap(ModuleSpec::originalPath).ifPresent(original -> names.addAll(originalNames(original)));
+        // A norm's scale is a parameter named scale in BFL's checkpoint (flux/modules/layers.py RMSNorm).
+        architecture.flatMap(arch -> arch.normScale(key)).ifPresent(norm -> names.addAll(
+            originalNames(norm.originalPath()).stream().map(name -> name.substring(0, name.length() - "weight".length()) + "scale")
+                .toList()));
         break;
       case TEXT_ENCODER:
         if (architecture.isPresent() && (architecture.get() == Architecture.flux() || isSd3(architecture.get()))) {

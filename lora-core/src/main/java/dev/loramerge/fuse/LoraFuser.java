@@ -51,7 +51,10 @@ import java.util.concurrent.ForkJoinPool;
  * diffusers round the factors and the delta first and land up to ~1e-3 away). A module of
  * another {@link dev.loramerge.AdapterKind} than LoRA, with a DoRA magnitude or a bias
  * difference, is fused from its materialised update as the exact weighted sum (see {@link
- * ModuleUpdates#fusedF64}); its bias difference goes into the bias beside the weight.
+ * ModuleUpdates#fusedF64}); its bias difference goes into the bias beside the weight. A {@linkplain
+ * dev.loramerge.AdapterKind#REPLACEMENT replacement} (a Flux.1 control LoRA's norm scale, found
+ * as {@code <path>.weight} or BFL's {@code ….norm.query_norm.scale}) sets the weight to its tensor,
+ * rounded once, at any weight but 0, and is never subtracted.
  *
  * <p>A module's weight is looked up as {@code <path>.weight} (a diffusers UNet or text-encoder
  * file, or a DJL TorchScript block), {@code <component>.<path>.weight} (a whole pipeline), and in

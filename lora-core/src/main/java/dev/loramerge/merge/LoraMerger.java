@@ -48,6 +48,9 @@ import java.util.stream.Collectors;
  * part. Re-ranking methods, and any result whose rank exceeds an explicit {@link
  * Builder#rank(int)}, are truncated by the exact factored SVD (the m×n update is never built); see
  * {@link RankPolicy}. The result's modules have α = rank (scale 1), as PEFT's merged adapters do.
+ * A {@linkplain dev.loramerge.AdapterKind#REPLACEMENT replacement} is carried as it is, once,
+ * when every input that has it (with a weight other than 0) has the same one, and refused when two
+ * differ; neither the weights nor the block weights scale it.
  * To add the merged update to base weights instead, hand the merger to {@code
  * dev.loramerge.fuse.LoraFuser}.
  *
@@ -208,6 +211,11 @@ public final class LoraMerger {
   }
 
   private Optional<LoraModule> mergeModule(LazyManager root, DenseBuffers buffers, ModuleKey key, DType outputType) {
+    // A replacement is carried as it is: no method, rank, pruning or output type acts on it.
+    Optional<LoraModule> replacement = modules.replacement(key);
+    if (replacement.isPresent()) {
+      return replacement;
+    }
     try (LazyManager manager = new LazyManager(() -> root.get().newSubManager())) {
       return modules.merge(manager, buffers, key, Precision.FLOAT32, Optional.of(outputType))
           .map(merged -> encoding.toModule(key, modules.firstPresent(key), merged, outputType));

@@ -3,7 +3,9 @@ package dev.loramerge.merge;
 import static com.google.common.base.Preconditions.checkArgument;
 import static com.google.common.base.Preconditions.checkNotNull;
 
+import dev.loramerge.AdapterKind;
 import dev.loramerge.LoraAdapter;
+import dev.loramerge.LoraModule;
 import dev.loramerge.ModuleKey;
 import dev.loramerge.arch.BlockWeights;
 
@@ -22,8 +24,13 @@ public record MergeInput(LoraAdapter adapter, double weight, BlockWeights blocks
     checkArgument(Double.isFinite(weight), "weight must be finite, got %s for adapter '%s'", weight, adapter.name());
   }
 
-  /** The effective weight of module {@code key}: the weight times its block's weight. */
+  /**
+   * The effective weight of module {@code key}: the weight times its block's weight. Block
+   * weights do not act on a {@linkplain AdapterKind#REPLACEMENT replacement}, which is all or
+   * nothing: its weight is the adapter's.
+   */
   public double weight(ModuleKey key) {
-    return weight * blocks.weight(key);
+    LoraModule module = adapter.modules().get(key);
+    return module != null && module.adapterKind() == AdapterKind.REPLACEMENT ? weight : weight * blocks.weight(key);
   }
 }

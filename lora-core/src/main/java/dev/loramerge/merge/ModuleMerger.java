@@ -5,6 +5,7 @@ import ai.djl.ndarray.NDManager;
 import ai.djl.ndarray.types.DataType;
 import ai.djl.ndarray.types.Shape;
 import com.google.common.collect.ImmutableList;
+import dev.loramerge.AdapterKind;
 import dev.loramerge.DType;
 import dev.loramerge.LoraMergeException;
 import dev.loramerge.LoraModule;
@@ -194,6 +195,57 @@ final class ModuleMerger {
           Locale.ROOT, "module '%s': the rank-%d LoRA is %.3g (relative) from the exact update", key,
           factors[0].getShape().get(1), relative));
     }
+  }
+
+  /**
+   * The replacement a merge carries for {@code key} as it is, when an input with a weight other
+   * than 0 has the module as a {@link AdapterKind#REPLACEMENT}; empty otherwise.
+   *
+   * @throws LoraMergeException as {@link #replacement(ModuleKey, List)} does
+   */
+  Optional<LoraModule> replacement(ModuleKey key) {
+    return replacement(key, presentIndices(key).stream().map(inputs::get).toList());
+  }
+
+  /**
+   * The replacement of {@code key} among the inputs {@code present}, if any: every input must have
+   * it as a replacement, and all of them the same one (shape and values), which is carried once.
+   * A replacement is all or nothing, so two different ones are never averaged.
+   *
+   * @throws LoraMergeException when an input has the module as an update, or two replacements differ
+   */
+  static Optional<LoraModule> replacement(ModuleKey key, List<MergeInput> present) {
+    MergeInput first = present.stream()
+        .filter(input -> input.adapter().modules().get(key).adapterKind() == AdapterKind.REPLACEMENT)
+        .findFirst().orElse(null);
+    if (first == null) {
+      return Optional.empty();
+    }
+    LoraModule replacement = first.adapter().modules().get(key);
+    double[] values = null;
+    for (MergeInput input : present) {
+      LoraModule module = input.adapter().modules().get(key);
+      if (module.adapterKind() != AdapterKind.REPLACEMENT) {
+        throw new LoraMergeException(
+            String.format(
+                Locale.ROOT, "module '%s' is a replacement in adapter '%s' but a %s in adapter '%s'; a replacement takes"
+                    + " the base weight's place and cannot be combined with an update", key, first.adapter().name(),
+                module.kindName(), input.adapter().name()));
+      }
+      if (input == first) {
+        continue;
+      }
+      values = values == null ? replacement.replacementWeight().toDoubleArray() : values;
+      if (!Arrays.equals(module.weightShape(), replacement.weightShape())
+          || !Arrays.equals(module.replacementWeight().toDoubleArray(), values)) {
+        throw new LoraMergeException(
+            String.format(
+                Locale.ROOT, "module '%s' is replaced by different tensors in adapters '%s' and '%s'; a replacement is all"
+                    + " or nothing and is never averaged: take one of the adapters, or give the other weight 0", key,
+                first.adapter().name(), input.adapter().name()));
+      }
+    }
+    return Optional.of(replacement);
   }
 
   /** The module of {@code key} of the first input that has it with a weight other than 0. */

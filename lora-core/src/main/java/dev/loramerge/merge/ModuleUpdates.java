@@ -100,7 +100,8 @@ public final class ModuleUpdates {
 
   /**
    * Module {@code key}'s fused weight in float64, for a materialised update: {@code W + Σ
-   * factor·wᵢ·ΔWᵢ}, where a module with a DoRA magnitude contributes {@code DoRAᵢ(W) − W} with
+   * factor·wᵢ·ΔWᵢ}, or a replacement's tensor (the inputs' one replacement, unscaled; {@code W}
+   * when factor·w is 0), where a module with a DoRA magnitude contributes {@code DoRAᵢ(W) − W} with
    * its weight inside the norm (PEFT's way: each adapter's DoRA is computed on the base weight,
    * and the adapters' contributions add); one DoRA module alone gives {@code DoRA(W)} as it is.
    * {@code weight} is the current weight, row-major, and is not changed.
@@ -123,6 +124,10 @@ public final class ModuleUpdates {
   public double[] fusedF64(ModuleKey key, double[] weight, double factor, DoraMagnitude.Weighting weighting) {
     List<MergeInput> present = present(key);
     checkMaterialisable(key, present, factor);
+    Optional<LoraModule> replacement = ModuleMerger.replacement(key, present);
+    if (replacement.isPresent()) {
+      return replacement.get().fusedF64(weight, factor * present.get(0).weight(key));
+    }
     if (present.size() == 1 && present.get(0).adapter().modules().get(key).magnitude().isEmpty()) {
       // One additive update: the sum goes into the update's own array, the largest allocation
       // of a fuse, rather than into one more of its size.
@@ -221,6 +226,17 @@ public final class ModuleUpdates {
   }
 
   private void checkMaterialisable(ModuleKey key, List<MergeInput> present, double factor) {
+    Optional<LoraModule> replacement = ModuleMerger.replacement(key, present);
+    if (replacement.isPresent()) {
+      if (factor < 0) {
+        throw new LoraMergeException(
+            String.format(
+                Locale.ROOT, "module '%s' is a replacement, which cannot be subtracted (its tensor took the base weight's"
+                    + " place); restore the original weights instead", key));
+      }
+      // No method, rank or pruning acts on a replacement: it is fused as it is.
+      return;
+    }
     if (factor < 0) {
       for (MergeInput input : present) {
         LoraModule module = input.adapter().modules().get(key);

@@ -1,5 +1,6 @@
 package dev.loramerge.io;
 
+import dev.loramerge.AdapterKind;
 import dev.loramerge.Component;
 import dev.loramerge.DType;
 import dev.loramerge.DoraMagnitude;
@@ -10,6 +11,8 @@ import dev.loramerge.ModuleKey;
 import dev.loramerge.ScaleRule;
 import dev.loramerge.TensorData;
 import dev.loramerge.TensorSpec;
+import dev.loramerge.arch.Architecture;
+import dev.loramerge.arch.NormScale;
 import dev.loramerge.internal.json.Json;
 import java.io.IOException;
 import java.nio.file.Path;
@@ -90,6 +93,23 @@ final class DiffusersFormat {
     return Optional.empty();
   }
 
+  /**
+   * The norm scale a tensor replaces, if it is a transformer's own norm weight ({@code
+   * transformer.transformer_blocks.0.attn.norm_q.weight}): diffusers' Flux control LoRAs hold
+   * the norms they train so ({@code examples/flux-control/train_control_lora_flux.py} saves them
+   * beside the LoRA, and {@code FluxLoraLoaderMixin} loads the keys holding one of its {@code
+   * _control_lora_supported_norm_keys} in place of the transformer's).
+   */
+  private static Optional<NormScale> normScale(String name) {
+    String prefix = Component.TRANSFORMER.prefix() + ".";
+    if (!name.startsWith(prefix) || !name.endsWith(".weight")) {
+      return Optional.empty();
+    }
+    ModuleKey key = ModuleKey.of(Component.TRANSFORMER, name.substring(prefix.length(), name.length() - ".weight".length()));
+    // Flux.1 is the one architecture with norm scales (Architecture.normScales).
+    return Architecture.flux().normScale(key);
+  }
+
   /** One component's alpha settings from {@code lora_adapter_metadata}. */
   private static final class ComponentConfig {
     OptionalDouble alpha = OptionalDouble.empty();
@@ -144,10 +164,15 @@ final class DiffusersFormat {
       throws IOException {
     FormatParts parts = new FormatParts(file.path().getFileName().toString());
     Map<String, TensorData> loraBiases = new LinkedHashMap<>();
+    List<LoraModule> replacements = new ArrayList<>();
     for (TensorSpec spec : file.tensors()) {
       String name = spec.name();
       Optional<String[]> factor = factor(name);
-      if (component(name).isPresent() && factor.isPresent()) {
+      Optional<NormScale> norm = normScale(name);
+      if (norm.isPresent()) {
+        replacements.add(FormatParts.normReplacement(parts.fileName(), name, norm.get(), file.tensor(name)));
+        names.put(norm.get().key(), name);
+      } else if (component(name).isPresent() && factor.isPresent()) {
         FormatParts.Module module = parts.module(factor.get()[0]);
         if (factor.get()[1].equals("down")) {
           module.down = file.tensor(name);
@@ -185,6 +210,7 @@ final class DiffusersFormat {
       adapter.add(module.magnitudeVector == null ? read : read.withMagnitude(DoraMagnitude.peft(module.magnitudeVector)));
       names.put(read.key(), module.name);
     }
+    replacements.forEach(adapter::add);
     file.metadata().forEach((key, value) -> {
       if (!key.equals(METADATA_KEY)) {
         adapter.putMetadata(key, value);
@@ -230,8 +256,16 @@ final class DiffusersFormat {
     }
     Map<String, TensorData> tensors = new LinkedHashMap<>();
     Map<String, Object> config = new LinkedHashMap<>();
+    for (LoraModule module : adapter.modules().values()) {
+      if (module.adapterKind() == AdapterKind.REPLACEMENT) {
+        // The transformer's own weight name, as diffusers' Flux control training script saves the
+        // norms it trains and FluxLoraLoaderMixin loads them.
+        tensors.put(module.key().component().prefix() + "." + module.key().path() + ".weight", module.replacementWeight());
+      }
+    }
     Map<Component, List<LoraModule>> byComponent =
         adapter.modules().values().stream()
+            .filter(module -> module.adapterKind() != AdapterKind.REPLACEMENT)
             .collect(Collectors.groupingBy(m -> m.key().component(), () -> new EnumMap<>(Component.class), Collectors.toList()));
     for (Map.Entry<Component, List<LoraModule>> entry : byComponent.entrySet()) {
       String prefix = entry.getKey().prefix();

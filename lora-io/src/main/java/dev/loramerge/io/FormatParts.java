@@ -3,9 +3,11 @@ package dev.loramerge.io;
 import com.google.common.collect.ImmutableList;
 import com.google.common.collect.ImmutableMap;
 import dev.loramerge.LoraMergeException;
+import dev.loramerge.LoraModule;
 import dev.loramerge.ModuleKey;
 import dev.loramerge.TensorData;
 import dev.loramerge.arch.FusedModule;
+import dev.loramerge.arch.NormScale;
 import java.util.ArrayList;
 import java.util.LinkedHashMap;
 import java.util.List;
@@ -151,7 +153,7 @@ final class FormatParts {
   }
 
   /**
-   * A tensor that is recognised but cannot be read, for {@code reason} ("are norm scales that …"),
+   * A tensor that is recognised but cannot be read, for {@code reason} ("widen module …"),
    * reported apart from the unknown keys and, like them, dropped only when the caller allows it.
    */
   void unsupported(String tensorName, String reason) {
@@ -261,6 +263,23 @@ final class FormatParts {
       values[i] *= scale;
     }
     return TensorData.ofDoubles(values, dev.loramerge.DType.F64, loraBias.shape());
+  }
+
+  /**
+   * The {@link dev.loramerge.AdapterKind#REPLACEMENT} of norm scale {@code norm} that tensor
+   * {@code tensorName} holds.
+   *
+   * @throws LoraMergeException when the tensor's shape is not the norm's
+   */
+  static LoraModule normReplacement(String fileName, String tensorName, NormScale norm, TensorData tensor) {
+    if (!java.util.Arrays.equals(tensor.shape(), norm.weightShape()) || !tensor.dtype().isFloatingPoint()) {
+      throw new LoraMergeException(
+          String.format(
+              Locale.ROOT, "%s: tensor '%s' replaces norm scale '%s', which is %s, but is %s %s", fileName, tensorName,
+              norm.key(), java.util.Arrays.toString(norm.weightShape()), tensor.dtype().safetensorsName(),
+              java.util.Arrays.toString(tensor.shape())));
+    }
+    return LoraModule.replacement(norm.key(), tensor);
   }
 
   /** Reads a 0-d or 1-element alpha tensor. */

@@ -114,6 +114,7 @@ final class KohyaFormat {
    * the standard-rule alpha with the same scale (α = s·r), which keeps each update exact.
    */
   static void write(LoraAdapter adapter, Path target) throws IOException {
+    adapter.modules().values().forEach(module -> LycorisParts.checkNotReplacement(module, "kohya"));
     Map<ModuleKey, String> names = KohyaNames.names(adapter);
     Optional<Architecture> architecture = Architecture.detect(adapter);
     Map<String, TensorData> tensors = new LinkedHashMap<>();

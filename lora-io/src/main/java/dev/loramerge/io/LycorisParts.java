@@ -192,6 +192,23 @@ final class LycorisParts {
   }
 
   /**
+   * Refuses a {@link AdapterKind#REPLACEMENT}, which only the diffusers layout holds (as the
+   * transformer's own weight name, {@code transformer.<path>.weight}, which diffusers'
+   * {@code FluxLoraLoaderMixin} loads in place of the base's).
+   *
+   * @throws LoraMergeException for a replacement
+   */
+  static void checkNotReplacement(LoraModule module, String layout) {
+    if (module.adapterKind() == AdapterKind.REPLACEMENT) {
+      throw new LoraMergeException(
+          String.format(
+              Locale.ROOT,
+              "module '%s' is a replacement (its tensor takes the base weight's place), which the %s layout cannot hold;"
+                  + " write it in the diffusers layout, or fuse it", module.key(), layout));
+    }
+  }
+
+  /**
    * Refuses a module that a LoRA-only layout cannot hold, naming it and its kind. A Tucker LoCon
    * is written as its exact factors (the down factor in float64, the core contracted with
    * {@code lora_down}).
@@ -201,6 +218,7 @@ final class LycorisParts {
    *     magnitude other than PEFT's
    */
   static void checkLoraLayout(LoraModule module, String layout, boolean peftMagnitudeAllowed, boolean loraBiasAllowed) {
+    checkNotReplacement(module, layout);
     boolean magnitudeOk = module.magnitude().isEmpty()
         || (peftMagnitudeAllowed && module.magnitude().get().perOutput() && module.magnitude().get().epsilon() == 0);
     boolean biasOk = module.biasDiff().isEmpty() || (loraBiasAllowed && module.adapterKind() == AdapterKind.LORA);

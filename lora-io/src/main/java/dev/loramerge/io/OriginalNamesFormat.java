@@ -16,6 +16,7 @@ import dev.loramerge.TensorSpec;
 import dev.loramerge.arch.Architecture;
 import dev.loramerge.arch.FusedModule;
 import dev.loramerge.arch.ModuleSpec;
+import dev.loramerge.arch.NormScale;
 import java.util.Arrays;
 import java.util.HashMap;
 import java.util.List;
@@ -37,10 +38,11 @@ import java.util.regex.Pattern;
  * never by guessing: the file is read as the architecture whose names and shapes fit the most of its
  * tensors. A LoRA on a fused weight is read as its diffusers parts by {@link FusedModule#split}
  * (exact, A shared), as the kohya layout is. Biases a LoRA carries ({@code lora_B.bias}, {@code
- * .diff_b}) are bias differences, split by rows the same way. What a LoRA module cannot hold is
- * refused by name, never dropped unless the caller allows it: the norm scales of BFL's control
- * LoRAs, which replace the base's, and an input layer whose factors are wider than the base's
- * weight.
+ * .diff_b}) are bias differences, split by rows the same way. The attentions' norm scales of
+ * BFL's control LoRAs ({@code double_blocks.N.img_attn.norm.query_norm.scale} …) are read as
+ * {@linkplain dev.loramerge.AdapterKind#REPLACEMENT replacements} of the norms' weights. What
+ * cannot be read is refused by name, never dropped unless the caller allows it: an input layer
+ * whose factors are wider than the base's weight.
  */
 final class OriginalNamesFormat {
   /**
@@ -81,13 +83,14 @@ final class OriginalNamesFormat {
       "text_encoders.clip_g.transformer.", List.of(Component.TEXT_ENCODER_2),
       "text_encoders.t5xxl.transformer.", List.of(Component.TEXT_ENCODER_2, Component.TEXT_ENCODER_3));
 
-  /** The RMS norms' scales of the attentions (diffusers' {@code norm_q}, {@code norm_k}, {@code norm_added_q/k}). */
+  /**
+   * The RMS norms' scales of the attentions (diffusers' {@code norm_q}, {@code norm_k}, {@code
+   * norm_added_q/k}), which BFL's control LoRAs replace (diffusers' {@code
+   * _convert_bfl_flux_control_lora_to_diffusers}; ComfyUI's {@code convert_lora_bfl_control}
+   * makes them {@code "set"} patches).
+   */
   private static final Pattern NORM_SCALE =
-      Pattern.compile("(double_blocks\\.\\d+\\.(img|txt)_attn|single_blocks\\.\\d+)\\.norm\\.(query|key)_norm\\.scale");
-
-  private static final String NORM_REASON =
-      "are norm scales that replace the base's (BFL's control LoRAs; diffusers loads them in place of the"
-          + " transformer's norm weights), not differences, which this library cannot fuse";
+      Pattern.compile("((?:double_blocks\\.\\d+\\.(?:img|txt)_attn|single_blocks\\.\\d+)\\.norm\\.(?:query|key)_norm)\\.scale");
 
   /** The suffixes of an original name's tensors, longest first. */
   private static final ImmutableList<String> SUFFIXES = FormatParts.moduleSuffixes();
@@ -161,13 +164,15 @@ final class OriginalNamesFormat {
     Map<String, String> widened = widenedInputs(file, layout, architecture);
     FormatParts parts = new FormatParts(fileName);
     Map<String, Target> targets = new HashMap<>();
+    List<LoraModule> replacements = new java.util.ArrayList<>();
     for (TensorSpec spec : file.tensors()) {
       String name = spec.name();
       Optional<Parsed> parsed = layout == LoraFormat.XLABS ? parseXlabs(name) : parseOriginal(name, architecture);
       if (parsed.isEmpty()) {
-        Matcher prefix = PREFIX.matcher(name);
-        if (layout != LoraFormat.XLABS && NORM_SCALE.matcher(prefix.matches() ? prefix.group(2) : name).matches()) {
-          parts.unsupported(name, NORM_REASON);
+        Optional<NormScale> norm = layout == LoraFormat.XLABS ? Optional.empty() : normScale(name, architecture);
+        if (norm.isPresent()) {
+          replacements.add(FormatParts.normReplacement(fileName, name, norm.get(), file.tensor(name)));
+          names.put(norm.get().key(), name.substring(0, name.length() - ".scale".length()));
         } else {
           parts.unsupported(name);
         }
@@ -226,8 +231,24 @@ final class OriginalNamesFormat {
       adapter.add(bias.isPresent() ? read.withBiasDiff(bias.get()) : read);
       names.put(read.key(), module.name);
     }
+    replacements.forEach(adapter::add);
     adapter.putAllMetadata(file.metadata());
     return adapter.build();
+  }
+
+  /**
+   * The norm scale of {@code architecture} that a tensor in original names replaces ({@code
+   * double_blocks.0.img_attn.norm.query_norm.scale}, bare or under ComfyUI's prefixes), if it
+   * is one.
+   */
+  private static Optional<NormScale> normScale(String name, Architecture architecture) {
+    Matcher prefix = PREFIX.matcher(name);
+    Matcher norm = NORM_SCALE.matcher(prefix.matches() ? prefix.group(2) : name);
+    if (!norm.matches()) {
+      return Optional.empty();
+    }
+    String path = norm.group(1);
+    return architecture.normScales().values().stream().filter(spec -> spec.originalPath().equals(path)).findFirst();
   }
 
   /**

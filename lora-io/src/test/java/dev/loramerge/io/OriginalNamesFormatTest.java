@@ -296,20 +296,25 @@ class OriginalNamesFormatTest {
   }
 
   @Test
-  void controlLoraNormScalesAndWidenedInputAreRefusedByNameUnlessSkipped() throws IOException {
-    Path path = write("canny", control(5, true));
+  void controlLoraWidenedInputIsRefusedByNameUnlessSkippedAndItsNormScalesAreReplacements() throws IOException {
+    Map<String, TensorData> tensors = control(5, true);
+    Path path = write("canny", tensors);
     assertThat(LoraFiles.detect(path)).isEqualTo(LoraFormat.BFL);
     assertThatThrownBy(() -> LoraFiles.read(path))
         .isInstanceOf(LoraMergeException.class)
         .hasMessageStartingWith("canny.safetensors: ")
-        .hasMessageContaining("'double_blocks.0.img_attn.norm.query_norm.scale'")
-        .hasMessageContaining("are norm scales that replace the base's")
         .hasMessageContaining("'img_in.lora_A.weight'")
         .hasMessageContaining("widen module 'img_in' (transformer.x_embedder) from 64 to 128 input features")
+        .hasMessageNotContaining("norm")
         .hasMessageEndingWith("skipUnsupported(true) drops them");
     LoraAdapter adapter = LoraFiles.read(path, LoraReadOptions.builder().skipUnsupported(true).build());
     assertThat(adapter.module(key("x_embedder"))).isEmpty();
-    assertThat(adapter.size()).isEqualTo(3 + 1 + 4);
+    assertThat(adapter.size()).as("3 + 1 + 4 LoRA parts and 2 norm replacements").isEqualTo(3 + 1 + 4 + 2);
+    LoraModule normQ = adapter.module(key("transformer_blocks.0.attn.norm_q")).orElseThrow();
+    assertThat(normQ.adapterKind()).isEqualTo(AdapterKind.REPLACEMENT);
+    assertThat(normQ.replacementWeight()).isEqualTo(tensors.get("double_blocks.0.img_attn.norm.query_norm.scale"));
+    assertThat(adapter.module(key("single_transformer_blocks.0.attn.norm_k")).orElseThrow().replacementWeight())
+        .isEqualTo(tensors.get("single_blocks.0.norm.key_norm.scale"));
   }
 
   @Test

@@ -9,6 +9,7 @@ import dev.loramerge.Component;
 import dev.loramerge.ModuleKey;
 import dev.loramerge.arch.FusedModule;
 import dev.loramerge.arch.ModuleSpec;
+import dev.loramerge.arch.NormScale;
 import java.io.IOException;
 import java.io.InputStream;
 import java.io.UncheckedIOException;
@@ -118,10 +119,14 @@ public final class Descriptor {
   private final ImmutableMap<ModuleKey, FusedModule> fusedByKey;
   private final ImmutableMap<String, FusedModule> fusedByKohyaName;
   private final String kohyaPrefix;
+  private final ImmutableSortedMap<ModuleKey, NormScale> norms;
 
   private Descriptor(
-      ImmutableSortedMap<ModuleKey, ModuleSpec> modules, ImmutableList<FusedModule> fused, KohyaDialect dialect) {
+      ImmutableSortedMap<ModuleKey, ModuleSpec> modules, ImmutableList<FusedModule> fused, ImmutableList<NormScale> norms,
+      KohyaDialect dialect) {
     this.modules = modules;
+    this.norms = norms.stream().collect(ImmutableSortedMap.toImmutableSortedMap(
+        java.util.Comparator.naturalOrder(), NormScale::key, norm -> norm));
     this.fused = fused.stream().collect(ImmutableMap.toImmutableMap(FusedModule::originalPath, module -> module));
     ImmutableMap.Builder<ModuleKey, FusedModule> byKey = ImmutableMap.builder();
     fused.forEach(module -> module.keys().forEach(key -> byKey.put(key, module)));
@@ -146,6 +151,7 @@ public final class Descriptor {
   public static Descriptor generate(String id, KohyaDialect dialect) {
     List<ModuleSpec> specs = new ArrayList<>();
     ImmutableList.Builder<FusedModule> fused = ImmutableList.builder();
+    ImmutableList.Builder<NormScale> norms = ImmutableList.builder();
     boolean denoiser = false;
     for (Component component : Component.values()) {
       String resource = RESOURCES + id + "/" + component.prefix() + "/config.json";
@@ -157,6 +163,7 @@ public final class Descriptor {
                 : FluxWalker.walk(config.get());
         specs.addAll(walk.specs());
         fused.addAll(walk.fused());
+        norms.addAll(walk.norms());
       } else if (config.isPresent()) {
         specs.addAll(walk(component, config.get()));
       }
@@ -168,7 +175,7 @@ public final class Descriptor {
     }
     ImmutableSortedMap.Builder<ModuleKey, ModuleSpec> modules = ImmutableSortedMap.naturalOrder();
     specs.forEach(spec -> modules.put(spec.key(), spec));
-    return new Descriptor(modules.buildOrThrow(), fused.build(), dialect);
+    return new Descriptor(modules.buildOrThrow(), fused.build(), norms.build(), dialect);
   }
 
   private static Optional<ModelConfig> read(String resource) {
@@ -227,6 +234,11 @@ public final class Descriptor {
   /** Every module, by key. */
   public ImmutableSortedMap<ModuleKey, ModuleSpec> modules() {
     return modules;
+  }
+
+  /** The norms' scales an adapter may replace, by key. */
+  public ImmutableSortedMap<ModuleKey, NormScale> norms() {
+    return norms;
   }
 
   /** The LBW ids of every block that holds a module, in LBW order. */

@@ -6,6 +6,7 @@ import dev.loramerge.LoraModule;
 import dev.loramerge.ModuleKey;
 import dev.loramerge.arch.FusedModule;
 import dev.loramerge.arch.ModuleSpec;
+import dev.loramerge.arch.NormScale;
 import java.util.Optional;
 
 /**
@@ -35,8 +36,12 @@ import java.util.Optional;
  *       shift and scale halves swapped) and {@code proj_out} ({@code final_layer.linear}).
  * </ul>
  *
- * <p>The attention's RMS norms ({@code norm_q}, {@code norm_k}) are scales, not Linear layers,
- * and are not listed. Block ids are the ones Flux block-weight tools use: {@code
+ * <p>The attentions' RMS norms ({@code attn.norm_q}, {@code norm_k}, {@code norm_added_q}, {@code
+ * norm_added_k}; BFL's {@code img_attn.norm.query_norm}, {@code key_norm}, {@code txt_attn.…},
+ * and a single block's {@code norm.query_norm}, {@code norm.key_norm}) are scales of {@code
+ * attention_head_dim} values, not Linear layers: they are listed apart, as {@link NormScale}s,
+ * which only a replacement adapts (BFL's control LoRAs; diffusers' {@code
+ * _convert_bfl_flux_control_lora_to_diffusers} names them so). Block ids are the ones Flux block-weight tools use: {@code
  * double_blocks.N} and {@code single_blocks.N}; the embedders and the final layer have none.
  */
 final class FluxWalker {
@@ -48,12 +53,13 @@ final class FluxWalker {
   /** The sinusoidal timestep and guidance projections are 256 wide. */
   private static final int TIME_PROJECTION = 256;
 
-  /** What the walk found: the modules and the fused weights of the original checkpoint. */
-  record Walk(ImmutableList<ModuleSpec> specs, ImmutableList<FusedModule> fused) {}
+  /** What the walk found: the modules, the fused weights of the original checkpoint and the norms' scales. */
+  record Walk(ImmutableList<ModuleSpec> specs, ImmutableList<FusedModule> fused, ImmutableList<NormScale> norms) {}
 
   private final ModelConfig config;
   private final ImmutableList.Builder<ModuleSpec> specs = ImmutableList.builder();
   private final ImmutableList.Builder<FusedModule> fused = ImmutableList.builder();
+  private final ImmutableList.Builder<NormScale> norms = ImmutableList.builder();
 
   private FluxWalker(ModelConfig config) {
     this.config = config;
@@ -78,6 +84,7 @@ final class FluxWalker {
     long inner = (long) config.positive("num_attention_heads") * config.positive("attention_head_dim");
     long mlp = MLP_RATIO * inner;
     long channels = config.positive("in_channels");
+    long headDim = config.positive("attention_head_dim");
 
     linear("x_embedder", "img_in", channels, inner, Optional.empty());
     linear("context_embedder", "txt_in", config.positive("joint_attention_dim"), inner, Optional.empty());
@@ -105,6 +112,10 @@ final class FluxWalker {
       linear(path + "ff.net.2", original + "img_mlp.2", mlp, inner, id);
       linear(path + "ff_context.net.0.proj", original + "txt_mlp.0", inner, mlp, id);
       linear(path + "ff_context.net.2", original + "txt_mlp.2", mlp, inner, id);
+      norm(path + "attn.norm_q", original + "img_attn.norm.query_norm", headDim, id);
+      norm(path + "attn.norm_k", original + "img_attn.norm.key_norm", headDim, id);
+      norm(path + "attn.norm_added_q", original + "txt_attn.norm.query_norm", headDim, id);
+      norm(path + "attn.norm_added_k", original + "txt_attn.norm.key_norm", headDim, id);
     }
     int singleBlocks = config.positive("num_single_layers");
     for (int block = 0; block < singleBlocks; block++) {
@@ -116,6 +127,8 @@ final class FluxWalker {
           part(path + "attn.to_q", inner), part(path + "attn.to_k", inner), part(path + "attn.to_v", inner),
           part(path + "proj_mlp", mlp));
       linear(path + "proj_out", original + "linear2", inner + mlp, inner, id);
+      norm(path + "attn.norm_q", original + "norm.query_norm", headDim, id);
+      norm(path + "attn.norm_k", original + "norm.key_norm", headDim, id);
     }
     // diffusers' AdaLayerNormContinuous chunks (scale, shift); BFL's final layer (shift, scale).
     ModuleKey normOut = key("norm_out.linear");
@@ -123,7 +136,11 @@ final class FluxWalker {
     fused.add(new FusedModule("final_layer.adaLN_modulation.1", inner, Optional.empty(),
         ImmutableList.of(new FusedModule.Segment(normOut, inner, inner), new FusedModule.Segment(normOut, 0, inner))));
     linear("proj_out", "final_layer.linear", inner, config.positive("out_channels", (int) channels), Optional.empty());
-    return new Walk(specs.build(), fused.build());
+    return new Walk(specs.build(), fused.build(), norms.build());
+  }
+
+  private void norm(String path, String original, long size, Optional<String> id) {
+    norms.add(new NormScale(key(path), size, id, original));
   }
 
   private void embedder(String name, String original, long in, long inner) {

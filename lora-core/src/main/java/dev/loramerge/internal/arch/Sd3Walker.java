@@ -106,7 +106,7 @@ final class Sd3Walker {
     swapped("norm_out.linear", "final_layer.adaLN_modulation.1", inner, Optional.empty());
     linear("proj_out", "final_layer.linear", inner, (long) patch * patch * config.positive("out_channels", (int) channels),
         Optional.empty());
-    return new FluxWalker.Walk(specs.build(), fused.build());
+    return new FluxWalker.Walk(specs.build(), fused.build(), ImmutableList.of());
   }
 
   /** A 2 × inner modulation whose (scale, shift) halves are the original's (shift, scale). */
