@@ -59,8 +59,10 @@ public enum DType {
   }
 
   /**
-   * The type a user names on the command line: {@code fp32}, {@code fp16}, {@code bf16} or
-   * {@code fp64}, or a safetensors name.
+   * The type a user names on the command line: {@code fp32}, {@code fp16}, {@code bf16}, {@code
+   * fp64}, {@code fp8} or {@code fp8_e4m3} (float8 e4m3fn, PyTorch's {@code float8_e4m3fn}: no
+   * infinity, largest finite value 448), {@code fp8_e5m2} (PyTorch's {@code float8_e5m2}: with
+   * infinities, largest finite value 57344), or a safetensors name ({@code F8_E4M3}, …).
    */
   public static Optional<DType> fromUserName(String name) {
     switch (name.toLowerCase(Locale.ROOT)) {
@@ -79,6 +81,13 @@ public enum DType {
       case "float64":
       case "double":
         return Optional.of(F64);
+      case "fp8":
+      case "fp8_e4m3":
+      case "float8_e4m3fn":
+        return Optional.of(F8_E4M3);
+      case "fp8_e5m2":
+      case "float8_e5m2":
+        return Optional.of(F8_E5M2);
       default:
         return fromSafetensorsName(name.toUpperCase(Locale.ROOT));
     }

@@ -86,11 +86,11 @@ public final class TensorData {
 
   /**
    * A tensor of type {@code dtype} holding {@code values}, each rounded once to nearest even
-   * (values too large for {@code dtype} become infinite).
+   * (values too large for {@code dtype} become infinite; for float8 e4m3fn, which has no
+   * infinity, NaN).
    */
   public static TensorData ofDoubles(double[] values, DType dtype, long... shape) {
-    checkArgument(dtype.isFloatingPoint() && dtype.byteSize() >= 2,
-        "cannot encode %s from real values", dtype);
+    checkArgument(dtype.isFloatingPoint(), "cannot encode %s from real values", dtype);
     if (values.length != numel(shape)) {
       throw new IllegalArgumentException(
           Strings.lenientFormat("%s values do not fill shape %s", values.length, Arrays.toString(shape)));
@@ -107,6 +107,16 @@ public final class TensorData {
         }
       }
       case F16, BF16 -> FloatFormats.narrow(dtype == DType.F16, values, buffer);
+      case F8_E4M3 -> {
+        for (int i = 0; i < values.length; i++) {
+          buffer.put(i, FloatFormats.toFloat8E4M3(values[i]));
+        }
+      }
+      case F8_E5M2 -> {
+        for (int i = 0; i < values.length; i++) {
+          buffer.put(i, FloatFormats.toFloat8E5M2(values[i]));
+        }
+      }
       default -> throw new AssertionError(dtype);
     }
     return new TensorData(dtype, shape.clone(), buffer.asReadOnlyBuffer().order(ByteOrder.LITTLE_ENDIAN));

@@ -26,7 +26,7 @@ import picocli.CommandLine.Spec;
 
 /**
  * {@code lora fuse --base BASE.safetensors -o OUT.safetensors [--scale S] [--algorithm NAME …merge
- * options] [--dtype keep|fp32|fp16|bf16] [--allow-missing] [--dora-blend] INPUT=WEIGHT...}.
+ * options] [--dtype keep|fp32|fp16|bf16|fp8|fp8_e5m2] [--allow-missing] [--dora-blend] INPUT=WEIGHT...}.
  */
 @Command(
     name = "fuse",
@@ -47,8 +47,9 @@ final class FuseCommand implements Callable<Integer> {
   @Option(names = "--scale", paramLabel = "S", defaultValue = "1", description = "Multiplies the update (diffusers' lora_scale; default: ${DEFAULT-VALUE}).")
   double scale;
 
-  @Option(names = "--dtype", paramLabel = "keep|fp32|fp16|bf16", defaultValue = "keep",
-      description = "Element type of the output's floating-point tensors (default: ${DEFAULT-VALUE}, the base's).")
+  @Option(names = "--dtype", paramLabel = "keep|fp32|fp16|bf16|fp8|fp8_e5m2", defaultValue = "keep",
+      description = "Element type of the output's floating-point tensors (default: ${DEFAULT-VALUE}, the base's); fp8 is"
+          + " float8 e4m3fn (F8_E4M3), fp8_e5m2 float8 e5m2 (F8_E5M2).")
   String dtype;
 
   @Option(names = "--allow-missing", description = "Skip modules that have no weight in the base instead of failing.")
@@ -72,7 +73,7 @@ final class FuseCommand implements Callable<Integer> {
         dtype.equals("keep")
             ? null
             : DType.fromUserName(dtype)
-                .orElseThrow(() -> Usage.invalid(spec, "--dtype", "'" + dtype + "' is not keep, fp32, fp16 or bf16"));
+                .orElseThrow(() -> Usage.invalid(spec, "--dtype", "'" + dtype + "' is not keep, fp32, fp16, bf16, fp8 (fp8_e4m3) or fp8_e5m2"));
     Outputs.checkNotAnInput(spec, output, inputs(base, mergeOptions));
     long start = System.nanoTime();
     LoraFuser merger = fuser(spec, mergeOptions, inputOptions, "fusing", scale, allowMissing, doraBlend, base);

@@ -66,6 +66,12 @@ final class MergeCommand implements Callable<Integer> {
         dtype == null
             ? null
             : DType.fromUserName(dtype).orElseThrow(() -> Usage.invalid(spec, "--dtype", "'" + dtype + "' is not fp32, fp16 or bf16"));
+    if (outputType == DType.F8_E4M3 || outputType == DType.F8_E5M2) {
+      // A merge writes LoRA factors (full differences too, re-ranked), never a dense tensor.
+      throw Usage.invalid(
+          spec, "--dtype", "'" + dtype + "': a merge writes LoRA factors, which lose too much in float8; merge in fp16 or"
+              + " bf16 and give `lora fuse` --dtype " + dtype);
+    }
     LoraFormat outputFormat = format != null ? format : LoraFiles.detect(mergeOptions.inputs.get(0).path());
     boolean readOnlyInput = !outputFormat.writable();
     if (readOnlyInput) {

@@ -125,10 +125,10 @@ class FuseCommandTest {
   void aWrongDTypeIsAUsageError() throws IOException {
     Path[] inputs = tinyBaseAndAdapter(false);
     Path output = temp.resolve("out.safetensors");
-    assertThat(run("fuse", "--base", inputs[0].toString(), "-o", output.toString(), "--dtype", "fp8", inputs[1] + "=1"))
+    assertThat(run("fuse", "--base", inputs[0].toString(), "-o", output.toString(), "--dtype", "fp4", inputs[1] + "=1"))
         .as("stderr: %s", err)
         .isEqualTo(2);
-    assertThat(err.toString()).startsWith("lora: Invalid value for option '--dtype': 'fp8' is not keep, fp32, fp16 or bf16");
+    assertThat(err.toString()).startsWith("lora: Invalid value for option '--dtype': 'fp4' is not keep, fp32, fp16, bf16, fp8 (fp8_e4m3) or fp8_e5m2");
     assertThat(output).doesNotExist();
   }
 

@@ -128,7 +128,9 @@ class MergeCommandTest {
         "--dynamic-method sv_ratio | --dynamic-method sv_ratio needs --dynamic-param",
         "--dynamic-method sv_max --dynamic-param 2 | Invalid value for option '--dynamic-method': unknown dynamic rank method 'sv_max'",
         "--dynamic-method sv_ratio --dynamic-param 0.5 | Invalid value for option '--dynamic-param': sv_ratio must be at least 1, got 0.5",
-        "--dtype fp8 | Invalid value for option '--dtype': 'fp8' is not fp32, fp16 or bf16",
+        "--dtype fp4 | Invalid value for option '--dtype': 'fp4' is not fp32, fp16 or bf16",
+        "--dtype fp8 | Invalid value for option '--dtype': 'fp8': a merge writes LoRA factors, which lose too much in float8;"
+            + " merge in fp16 or bf16 and give `lora fuse` --dtype fp8",
         "--blocks 2:ALL | Invalid value for option '--blocks': '2:ALL' names input 2, but there are 2 inputs (0 to 1)",
         "--blocks 0:ALL --blocks 0:NONE | --blocks given twice for input 0",
         "--architecture sd3 | Invalid value for option '--architecture': unknown architecture 'sd3', expected one of",

@@ -207,7 +207,8 @@ public final class LoraMerger {
             .map(LoraModule::dtype)
             .distinct()
             .collect(Collectors.toList());
-    return types.size() == 1 ? types.get(0) : DType.F32;
+    // Merged factors are never float8 (see Builder.dtype), even where the inputs' are.
+    return types.size() == 1 && types.get(0).byteSize() > 1 ? types.get(0) : DType.F32;
   }
 
   private Optional<LoraModule> mergeModule(LazyManager root, DenseBuffers buffers, ModuleKey key, DType outputType) {
@@ -328,12 +329,19 @@ public final class LoraMerger {
       return this;
     }
 
-    /** The factors' element type (default: the inputs' common type, else F32). */
+    /**
+     * The factors' element type (default: the inputs' common type, else F32). Float8 is refused:
+     * its 3 (e4m3) or 2 (e5m2) mantissa bits in each factor would leave the update s·B·A a few
+     * percent off, where a fuse into a float8 base rounds the exact fused weight once.
+     */
     @CanIgnoreReturnValue
     public Builder dtype(DType dtype) {
       checkArgument(
           dtype == DType.F32 || dtype == DType.F16 || dtype == DType.BF16 || dtype == DType.F64,
-          "merged factors can be F64, F32, F16 or BF16, got %s", dtype);
+          "merged factors can be F64, F32, F16 or BF16, got %s%s", dtype,
+          dtype == DType.F8_E4M3 || dtype == DType.F8_E5M2
+              ? " (a LoRA's factors are not written as float8: merge in F16 or BF16 and fuse into the float8 base)"
+              : "");
       this.dtype = Optional.of(dtype);
       return this;
     }

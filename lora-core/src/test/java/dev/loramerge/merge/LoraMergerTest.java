@@ -299,6 +299,30 @@ class LoraMergerTest {
                 + " in adapter 'other'; the adapters are for different models");
   }
 
+  /**
+   * Float8 LoRA factors are never written: asked for, the builder refuses them saying why; read
+   * from float8 inputs (all e4m3fn), the merge writes float32, as for inputs of mixed types,
+   * and the exact weighted sum of the inputs' values.
+   */
+  @Test
+  void float8FactorsAreNeverTheOutput() {
+    assertThatThrownBy(() -> LoraMerger.builder().dtype(DType.F8_E4M3))
+        .isInstanceOf(IllegalArgumentException.class)
+        .hasMessage("merged factors can be F64, F32, F16 or BF16, got F8_E4M3 (a LoRA's factors are not written as"
+            + " float8: merge in F16 or BF16 and fuse into the float8 base)");
+    LoraAdapter.Builder float8 = LoraAdapter.builder().name("float8");
+    STYLE.modules().values().forEach(
+        module -> float8.add(LoraModule.of(module.key(), module.down().to(DType.F8_E4M3), module.up().to(DType.F8_E4M3), module.alpha())));
+    LoraAdapter input = float8.build();
+    LoraAdapter merged = LoraMerger.builder().add(input, 0.7).merge();
+    for (ModuleKey key : TinyLora.KEYS) {
+      LoraModule module = merged.modules().get(key);
+      assertThat(List.of(module.down().dtype(), module.up().dtype())).as("%s factor types", key).containsOnly(DType.F32);
+      double[] expected = TinyLora.weightedSum(key, new LoraAdapter[] {input}, new double[] {0.7});
+      assertThat(TinyLora.relativeError(module.deltaF64(), expected)).as("relative error of %s", key).isLessThan(1e-6);
+    }
+  }
+
   @Test
   void catOfFp16AdaptersRoundsEachScaledElementOnceFromFloat32() {
     LoraAdapter style = toFloat16(STYLE);

@@ -11,6 +11,7 @@ import dev.loramerge.TensorSpec;
 import dev.loramerge.fuse.WeightTarget;
 import dev.loramerge.fuse.WeightUpdate;
 import dev.loramerge.internal.fuse.Fusion;
+import dev.loramerge.internal.json.Json;
 import dev.loramerge.merge.LoraMerger;
 import java.io.IOException;
 import java.nio.ByteBuffer;
@@ -105,12 +106,15 @@ public final class SafetensorsWeights implements WeightTarget {
 
   /**
    * This target writing every floating-point tensor as {@code dtype} (fused weights rounded once
-   * from float64, the others converted with one rounding).
+   * from float64, the others converted with one rounding), and recording {@code dtype} in the
+   * recipe. A value that {@code dtype} cannot hold (one that rounds beyond its largest finite
+   * value, or an infinity for float8 e4m3fn, which has none) fails the fuse naming its tensor,
+   * and no output appears; a NaN of the base stays a NaN.
    */
   public SafetensorsWeights withDType(DType dtype) {
     checkNotNull(dtype, "dtype");
     checkArgument(original.isEmpty(), "a restore writes the original's dtypes");
-    Fusion.computeTypeOf(dtype);
+    checkArgument(dtype.isFloatingPoint(), "can write floating-point tensors only as a floating-point type, got %s", dtype);
     return new SafetensorsWeights(base, output, Optional.of(dtype), original, weights);
   }
 
@@ -134,7 +138,7 @@ public final class SafetensorsWeights implements WeightTarget {
         total += spec.byteSize();
       }
       Map<String, String> metadata =
-          originalFile != null ? originalFile.metadata() : withRecipe(from.metadata(), update.recipe());
+          originalFile != null ? originalFile.metadata() : withRecipe(from.metadata(), recipe(update.recipe()));
       List<TensorSpec> touched =
           from.tensors().stream().filter(spec -> update.names().contains(spec.name())).collect(Collectors.toList());
       long[] touchedSizes = touched.stream().mapToLong(TensorSpec::byteSize).toArray();
@@ -181,7 +185,7 @@ public final class SafetensorsWeights implements WeightTarget {
               writer.write(name, computed.output());
               staging.free();
             } else if (outputType(spec.dtype()) != spec.dtype()) {
-              writer.write(name, from.tensor(name).to(outputType(spec.dtype())));
+              writer.write(name, converted(from.tensor(name), outputType(spec.dtype()), name));
             } else {
               writer.copy(name, from);
             }
@@ -264,7 +268,55 @@ public final class SafetensorsWeights implements WeightTarget {
   }
 
   private DType outputType(DType input) {
-    return dtype.isPresent() && input.isFloatingPoint() && input.byteSize() >= 2 ? dtype.get() : input;
+    return dtype.isPresent() && input.isFloatingPoint() ? dtype.get() : input;
+  }
+
+  /**
+   * {@code tensor}, which the update leaves alone, rounded once to {@code type}; a value that
+   * becomes infinite or NaN there (a NaN stays one) is refused, as a fused value would be.
+   */
+  private static TensorData converted(TensorData tensor, DType type, String name) {
+    TensorData result = tensor.to(type);
+    long first = Fusion.firstNonFinite(result.bytes(), type);
+    if (first < 0) {
+      return result;
+    }
+    for (long i = first; i < result.numel(); i++) {
+      double value = tensor.getDouble(i);
+      double written = result.getDouble(i);
+      if (!Double.isNaN(value) && !Double.isFinite(written) && written != value) {
+        throw new LoraMergeException(
+            String.format(
+                Locale.ROOT,
+                "tensor '%s': value %s at element %d is beyond the range of %s; write it as a wider type",
+                name,
+                value,
+                i,
+                type.safetensorsName()));
+      }
+    }
+    return result;
+  }
+
+  /** {@code recipe} with the output's dtype, when this target converts to one. */
+  private String recipe(String recipe) {
+    if (dtype.isEmpty()) {
+      return recipe;
+    }
+    try {
+      Map<String, Object> fields = Json.parseObject(recipe);
+      Map<String, Object> result = new LinkedHashMap<>();
+      fields.forEach((key, value) -> {
+        result.put(key, value);
+        if (key.equals("operation")) {
+          result.put("dtype", dtype.get().safetensorsName());
+        }
+      });
+      result.putIfAbsent("dtype", dtype.get().safetensorsName());
+      return Json.write(result, false);
+    } catch (IOException e) {
+      throw new IllegalArgumentException("the update's recipe is not a JSON object: " + recipe, e);
+    }
   }
 
   /** {@code spec}'s bytes read into the start of {@code staging}, as a buffer of exactly them. */

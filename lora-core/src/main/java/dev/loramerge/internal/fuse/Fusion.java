@@ -201,6 +201,18 @@ public final class Fusion {
         }
         return -1;
       }
+      case F8_E4M3:
+      case F8_E5M2: {
+        // e4m3fn's only non-finite codes are its NaNs, 0x7f and 0xff; e5m2's all-ones exponent
+        // is fp16's.
+        int mask = dtype == DType.F8_E4M3 ? 0x7f : 0x7c;
+        for (int i = 0; i < ordered.remaining(); i++) {
+          if ((ordered.get(ordered.position() + i) & mask) == mask) {
+            return i;
+          }
+        }
+        return -1;
+      }
       default:
         throw new IllegalArgumentException("no finiteness check for " + dtype.safetensorsName());
     }

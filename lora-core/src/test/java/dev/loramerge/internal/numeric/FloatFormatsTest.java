@@ -4,6 +4,7 @@ import static org.assertj.core.api.Assertions.assertThat;
 
 import dev.loramerge.internal.linalg.Randoms;
 import dev.loramerge.internal.numeric.FloatFormats.Kernel;
+import dev.loramerge.testing.Float8Reference;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.util.ArrayList;
@@ -382,5 +383,81 @@ class FloatFormatsTest {
       }
     }
     return best;
+  }
+
+  /**
+   * Every float8 code decodes to the value the OCP OFP8 specification gives it ({@link
+   * Float8Reference}, written apart from {@link FloatFormats}), NaN for NaN and with the sign of
+   * zero.
+   */
+  @ParameterizedTest
+  @ValueSource(booleans = {true, false})
+  void float8CodesDecodeAsTheSpecificationDefinesThem(boolean e4m3) {
+    for (int code = 0; code < 256; code++) {
+      double expected = Float8Reference.decode(e4m3, code);
+      double actual = e4m3 ? FloatFormats.fromFloat8E4M3(code) : FloatFormats.fromFloat8E5M2(code);
+      assertThat(Double.doubleToLongBits(actual))
+          .as("%s code 0x%02x: %s, expected %s", e4m3 ? "e4m3fn" : "e5m2", code, actual, expected)
+          .isEqualTo(Double.doubleToLongBits(expected));
+    }
+    assertThat(e4m3 ? FloatFormats.FLOAT8_E4M3_MAX : FloatFormats.FLOAT8_E5M2_MAX).isEqualTo(Float8Reference.max(e4m3));
+  }
+
+  /**
+   * Every finite code's value, every midpoint between neighbours (and past the largest value, the
+   * midpoint to the next step), and the doubles either side of each, both signs: the encoder gives
+   * the specification's nearest code, ties to even, and a non-finite code exactly where the
+   * reference rounds past the largest value. The doubles beside a midpoint are the same float32
+   * as the midpoint, so an encoder that went through float32 would round them as ties.
+   */
+  @ParameterizedTest
+  @ValueSource(booleans = {true, false})
+  void float8EncodesEveryMidpointAndItsNeighboursOnceToNearestEven(boolean e4m3) {
+    List<Double> probes = new ArrayList<>();
+    for (int code = 0; code <= 0x7e; code++) {
+      double low = Float8Reference.decode(e4m3, code);
+      if (!Double.isFinite(low)) {
+        break;
+      }
+      double next = Float8Reference.decode(e4m3, code + 1);
+      double high = Double.isFinite(next) ? next : 2 * low - Float8Reference.decode(e4m3, code - 1);
+      double middle = (low + high) / 2;
+      assertThat((double) (float) Math.nextUp(middle)).as("float32 of the double above %s", middle).isEqualTo(middle);
+      probes.addAll(List.of(low, middle, Math.nextUp(middle), Math.nextDown(middle)));
+      if (!Double.isFinite(next)) {
+        break;
+      }
+    }
+    for (double magnitude : probes) {
+      for (double probe : new double[] {magnitude, -magnitude}) {
+        java.util.OptionalInt expected = Float8Reference.nearest(e4m3, probe);
+        int actual = (e4m3 ? FloatFormats.toFloat8E4M3(probe) : FloatFormats.toFloat8E5M2(probe)) & 0xff;
+        if (expected.isPresent()) {
+          assertThat(actual).as("code for %s: 0x%02x, expected 0x%02x", probe, actual, expected.getAsInt())
+              .isEqualTo(expected.getAsInt());
+        } else {
+          // e4m3fn has no infinity: its NaN, with the sign, as PyTorch gives.
+          assertThat(actual).as("code for %s, which rounds past the largest value", probe)
+              .isEqualTo((probe < 0 ? 0x80 : 0) | (e4m3 ? 0x7f : 0x7c));
+        }
+      }
+    }
+  }
+
+  /**
+   * The overflow boundaries of the format definitions: e4m3fn's largest value 448 is 0x7e (an
+   * even mantissa), so 464, halfway to the next step 480, rounds to it and anything above is NaN
+   * (never saturated to 448); e5m2's 57344 is 0x7b (odd), so 61440, halfway to 65536, overflows.
+   */
+  @Test
+  void float8OverflowsOnlyWhereRoundingPassesTheLargestValue() {
+    assertThat(FloatFormats.toFloat8E4M3(464.0) & 0xff).isEqualTo(0x7e);
+    assertThat(FloatFormats.toFloat8E4M3(-464.0) & 0xff).isEqualTo(0xfe);
+    assertThat(FloatFormats.toFloat8E4M3(Math.nextUp(464.0)) & 0xff).isEqualTo(0x7f);
+    assertThat(FloatFormats.toFloat8E4M3(Double.NEGATIVE_INFINITY) & 0xff).isEqualTo(0xff);
+    assertThat(FloatFormats.toFloat8E5M2(Math.nextDown(61440.0)) & 0xff).isEqualTo(0x7b);
+    assertThat(FloatFormats.toFloat8E5M2(61440.0) & 0xff).isEqualTo(0x7c);
+    assertThat(FloatFormats.toFloat8E5M2(-61440.0) & 0xff).isEqualTo(0xfc);
+    assertThat(FloatFormats.toFloat8E5M2(Double.NaN) & 0x7f).as("NaN").isGreaterThan(0x7c);
   }
 }
