@@ -180,17 +180,32 @@ public final class DeviceFusion {
     try {
       return workers.submit(task).get();
     } catch (ExecutionException e) {
-      if (e.getCause() instanceof RuntimeException cause) {
-        throw cause;
-      }
-      if (e.getCause() instanceof Error cause) {
-        throw cause;
-      }
-      throw new IllegalStateException(e.getCause());
+      throw rethrown(e.getCause());
     } catch (InterruptedException e) {
       Thread.currentThread().interrupt();
       throw new IllegalStateException("interrupted while the factors were gathered", e);
     }
+  }
+
+  /**
+   * {@code failure} as its thrower threw it: a fork-join task (a parallel stream's too) that
+   * failed on another thread rethrows a copy of the same class, caused by the original, whose
+   * message is the original's {@code toString()} or none.
+   */
+  private static RuntimeException rethrown(Throwable failure) {
+    Throwable original = failure;
+    while (original.getCause() != null
+        && original.getCause().getClass() == original.getClass()
+        && (original.getMessage() == null || original.getMessage().equals(original.getCause().toString()))) {
+      original = original.getCause();
+    }
+    if (original instanceof RuntimeException runtime) {
+      return runtime;
+    }
+    if (original instanceof Error error) {
+      throw error;
+    }
+    return new IllegalStateException(original);
   }
 
   private static void onWorkers(ForkJoinPool workers, Runnable task) {
@@ -205,15 +220,10 @@ public final class DeviceFusion {
     try {
       return gathering.join();
     } catch (CompletionException e) {
-      if (e.getCause() instanceof RuntimeException cause) {
-        throw cause;
-      }
-      if (e.getCause() instanceof Error cause) {
-        throw cause;
-      }
-      throw e;
+      throw rethrown(e.getCause());
     }
   }
+
 
   /** The time of each step of a device fuse, summed over its batches, when profiled. */
   private static final class Phases {
