@@ -162,7 +162,7 @@ final class MergedWeightUpdate implements DeviceUpdate {
     }
     if (materialised(spec)) {
       ModuleKey key = modules.get(name);
-      String label = label(spec);
+      String label = label(spec.name());
       run(() -> DenseFusion.fuse(weight, spec.dtype(), values -> updates.fusedF64(key, values, factor, doraWeighting), into, dtype, label));
       return;
     }
@@ -180,7 +180,7 @@ final class MergedWeightUpdate implements DeviceUpdate {
       run(() -> fuseByRows(fusedModule, spec, weight, into, dtype, label));
       return;
     }
-    String label = label(spec);
+    String label = label(spec.name());
     Float64Factors factors = scaledFactors(spec);
     run(() -> {
       try (LazyManager manager = new LazyManager(() -> NDManager.newBaseManager(Device.cpu()))) {
@@ -287,7 +287,7 @@ final class MergedWeightUpdate implements DeviceUpdate {
   @Override
   public void applyOnDevice(TensorSpec spec, NDArray source, NDArray weight) {
     Float64Factors factors = scaledFactors(spec);
-    DeviceFusion.fuse(source, weight, factors.up(), factors.down(), factors.rank(), label(spec));
+    DeviceFusion.fuse(source, weight, factors.up(), factors.down(), factors.rank(), label(spec.name()));
   }
 
   @Override
@@ -298,7 +298,7 @@ final class MergedWeightUpdate implements DeviceUpdate {
       jobs.add(new DeviceFusion.Job(weights.get(i), weights.get(i), () -> {
         Float64Factors factors = scaledFactors(spec);
         return new DeviceFusion.Factors(factors.up(), factors.down(), factors.rank());
-      }, () -> terms(spec), label(spec)));
+      }, () -> terms(spec), label(spec.name())));
     }
     DeviceFusion.fuseAll(jobs, workers.isShutdown() ? ForkJoinPool.commonPool() : workers);
   }
@@ -321,8 +321,17 @@ final class MergedWeightUpdate implements DeviceUpdate {
     return factors;
   }
 
-  private String label(TensorSpec spec) {
-    return String.format(Locale.ROOT, "module '%s' (weight '%s')", modules.get(spec.name()), spec.name());
+  @Override
+  public String describe(String name) {
+    FusedModule fusedModule = fused.get(name);
+    if (fusedModule != null) {
+      return String.format(Locale.ROOT, "fused weight '%s' (%s)", name, fusedModule.originalPath());
+    }
+    return modules.containsKey(name) ? label(name) : DeviceUpdate.super.describe(name);
+  }
+
+  private String label(String name) {
+    return String.format(Locale.ROOT, "module '%s' (weight '%s')", modules.get(name), name);
   }
 
   @Override

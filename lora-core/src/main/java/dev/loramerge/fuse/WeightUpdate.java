@@ -32,6 +32,14 @@ public interface WeightUpdate {
   void apply(TensorSpec spec, ByteBuffer weight, ByteBuffer into, DType dtype);
 
   /**
+   * How errors about the weight {@code name} name it: by default the weight alone, or the module
+   * whose update it receives, as this update's own errors do.
+   */
+  default String describe(String name) {
+    return "weight '" + name + "'";
+  }
+
+  /**
    * How the update was made, as the recipe JSON that {@link LoraMerger#RECIPE_KEY} holds in a
    * merged adapter, with {@code operation} ({@code fuse} or {@code unfuse}) and {@code scale}.
    */

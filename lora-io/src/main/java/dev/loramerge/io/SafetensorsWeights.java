@@ -11,6 +11,7 @@ import dev.loramerge.TensorSpec;
 import dev.loramerge.fuse.WeightTarget;
 import dev.loramerge.fuse.WeightUpdate;
 import dev.loramerge.internal.fuse.Fusion;
+import dev.loramerge.internal.fuse.ScaledFloat8;
 import dev.loramerge.internal.json.Json;
 import dev.loramerge.merge.LoraMerger;
 import java.io.IOException;
@@ -22,6 +23,7 @@ import java.util.ArrayDeque;
 import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.Deque;
+import java.util.HashMap;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Locale;
@@ -131,6 +133,13 @@ public final class SafetensorsWeights implements WeightTarget {
       if (originalFile != null) {
         checkSameLayout(from, originalFile);
       }
+      SafetensorsFile source = originalFile != null ? originalFile : from;
+      Float8Scales quantization = Float8Scales.of(source);
+      if (dtype.isPresent() && quantization.anyScaled()) {
+        throw new LoraMergeException(
+            "holds scaled float8 weights, whose scales would not follow a conversion to "
+                + dtype.get().safetensorsName() + "; fuse it keeping its types");
+      }
       List<TensorSpec> layout = new ArrayList<>();
       long total = 0;
       for (TensorSpec spec : from.tensors()) {
@@ -141,6 +150,11 @@ public final class SafetensorsWeights implements WeightTarget {
           originalFile != null ? originalFile.metadata() : withRecipe(from.metadata(), recipe(update.recipe()));
       List<TensorSpec> touched =
           from.tensors().stream().filter(spec -> update.names().contains(spec.name())).collect(Collectors.toList());
+      // Every touched weight's layout is checked before anything is written.
+      Map<String, double[]> scales = new HashMap<>();
+      for (TensorSpec spec : touched) {
+        quantization.scales(spec).ifPresent(values -> scales.put(spec.name(), values));
+      }
       long[] touchedSizes = touched.stream().mapToLong(TensorSpec::byteSize).toArray();
       StagingRing staging =
           new StagingRing(
@@ -164,7 +178,6 @@ public final class SafetensorsWeights implements WeightTarget {
       int submitted = 0;
       long done = 0;
       try (SafetensorsWriter writer = SafetensorsWriter.create(output, layout, metadata)) {
-        SafetensorsFile source = originalFile != null ? originalFile : from;
         try {
           for (TensorSpec spec : from.tensors()) {
             while (submitted < touched.size()) {
@@ -174,7 +187,8 @@ public final class SafetensorsWeights implements WeightTarget {
                 break;
               }
               submitted++;
-              pending.add(worker.submit(() -> compute(update, source, next, buffer.get(), originalFile != null)));
+              pending.add(worker.submit(
+                  () -> compute(update, source, next, buffer.get(), scales.get(next.name()), originalFile != null)));
             }
             String name = spec.name();
             if (update.names().contains(name)) {
@@ -209,16 +223,27 @@ public final class SafetensorsWeights implements WeightTarget {
 
   /**
    * Reads {@code spec} from {@code source} into {@code staging} and applies the update there; for
-   * a restore the output is a copy of the original's bytes.
+   * a restore the output is a copy of the original's bytes. A scaled float8 weight ({@code scales}
+   * not null; null for any other weight) is fused as the float64 weight stored·scale, and stored
+   * again divided by its scale.
    */
   private Computed compute(
-      WeightUpdate update, SafetensorsFile source, TensorSpec spec, ByteBuffer staging, boolean restore)
-      throws IOException {
+      WeightUpdate update, SafetensorsFile source, TensorSpec spec, ByteBuffer staging, double[] scales,
+      boolean restore) throws IOException {
     ByteBuffer bytes = read(source, spec, staging);
     ByteBuffer original = null;
     if (restore) {
       original = ByteBuffer.allocate(bytes.remaining()).order(ByteOrder.LITTLE_ENDIAN);
       original.put(bytes.duplicate()).flip();
+    }
+    if (scales != null) {
+      double[] values = ScaledFloat8.decode(bytes, spec.dtype(), scales);
+      ByteBuffer weight = ByteBuffer.allocate(values.length * Double.BYTES).order(ByteOrder.LITTLE_ENDIAN);
+      weight.asDoubleBuffer().put(values);
+      update.apply(new TensorSpec(spec.name(), DType.F64, spec.shape()), weight, weight, DType.F64);
+      weight.asDoubleBuffer().get(values);
+      ScaledFloat8.encode(values, spec.dtype(), scales, bytes, update.describe(spec.name()));
+      return new Computed(restore ? original : bytes, bytes);
     }
     DType outputType = outputType(spec.dtype());
     ByteBuffer fused =
