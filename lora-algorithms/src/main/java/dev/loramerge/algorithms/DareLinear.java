@@ -6,6 +6,7 @@ import com.google.common.collect.ImmutableMap;
 import dev.loramerge.merge.MergeAlgorithm;
 import dev.loramerge.merge.spi.ModuleMerge;
 import dev.loramerge.merge.spi.ModuleUpdate;
+import java.util.Optional;
 
 /**
  * DARE (Yu et al. 2023) with a weighted sum: each task tensor keeps each entry with probability
@@ -39,6 +40,12 @@ public record DareLinear(double density, long seed, Space space) implements Merg
   /** This method on the full updates, re-ranked: {@code dare_linear_svd}. */
   public DareLinear onUpdates() {
     return new DareLinear(density, seed, Space.UPDATES);
+  }
+
+  /** {@link #onUpdates()} for the method on the factors; empty for the one on the full updates. */
+  @Override
+  public Optional<MergeAlgorithm> onFullUpdates() {
+    return space == Space.FACTORS ? Optional.of(onUpdates()) : Optional.empty();
   }
 
   @Override

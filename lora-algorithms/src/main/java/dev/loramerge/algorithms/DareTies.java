@@ -6,6 +6,7 @@ import com.google.common.collect.ImmutableMap;
 import dev.loramerge.merge.MergeAlgorithm;
 import dev.loramerge.merge.spi.ModuleMerge;
 import dev.loramerge.merge.spi.ModuleUpdate;
+import java.util.Optional;
 
 /**
  * DARE's random pruning with rescale, then TIES' sign election and disjoint mean: PEFT's {@code
@@ -44,6 +45,12 @@ public record DareTies(double density, MajoritySign majoritySign, long seed, Spa
   /** This method on the full updates, re-ranked: {@code dare_ties_svd}. */
   public DareTies onUpdates() {
     return new DareTies(density, majoritySign, seed, Space.UPDATES);
+  }
+
+  /** {@link #onUpdates()} for the method on the factors; empty for the one on the full updates. */
+  @Override
+  public Optional<MergeAlgorithm> onFullUpdates() {
+    return space == Space.FACTORS ? Optional.of(onUpdates()) : Optional.empty();
   }
 
   @Override

@@ -12,6 +12,7 @@ import dev.loramerge.merge.spi.ModuleUpdate;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.util.List;
+import java.util.Optional;
 
 /**
  * PEFT's {@code linear}: with cᵢ = wᵢ·sᵢ, A' = Σ sign(cᵢ)·√|cᵢ|·Aᵢ and B' = Σ √|cᵢ|·Bᵢ (the sign on
@@ -42,6 +43,12 @@ public record Linear() implements MergeAlgorithm {
   @Override
   public Requirements requirements() {
     return Requirements.none().withEqualRanks();
+  }
+
+  /** {@link Svd}: PEFT's {@code svd} is the same weighted sum, of the full updates. */
+  @Override
+  public Optional<MergeAlgorithm> onFullUpdates() {
+    return Optional.of(Svd.of());
   }
 
   @Override

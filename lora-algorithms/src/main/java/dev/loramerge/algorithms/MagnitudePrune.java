@@ -6,6 +6,7 @@ import com.google.common.collect.ImmutableMap;
 import dev.loramerge.merge.MergeAlgorithm;
 import dev.loramerge.merge.spi.ModuleMerge;
 import dev.loramerge.merge.spi.ModuleUpdate;
+import java.util.Optional;
 
 /**
  * Each task tensor pruned to the {@code density} largest magnitudes, then a weighted sum: PEFT's
@@ -30,6 +31,12 @@ public record MagnitudePrune(double density, Space space) implements MergeAlgori
   /** This method on the full updates, re-ranked: {@code magnitude_prune_svd}. */
   public MagnitudePrune onUpdates() {
     return new MagnitudePrune(density, Space.UPDATES);
+  }
+
+  /** {@link #onUpdates()} for the method on the factors; empty for the one on the full updates. */
+  @Override
+  public Optional<MergeAlgorithm> onFullUpdates() {
+    return space == Space.FACTORS ? Optional.of(onUpdates()) : Optional.empty();
   }
 
   @Override

@@ -3,6 +3,8 @@ package dev.loramerge.algorithms;
 import static com.google.common.base.Preconditions.checkArgument;
 
 import dev.loramerge.LoraMergeException;
+import dev.loramerge.LoraModule;
+import dev.loramerge.TensorData;
 import dev.loramerge.merge.MergeAlgorithm.Requirements;
 import dev.loramerge.merge.spi.ModuleInput;
 import dev.loramerge.merge.spi.ModuleMerge;
@@ -20,7 +22,9 @@ final class TaskVectors {
 
   /** What a method in {@code space} needs of the merger. */
   static Requirements requirements(Space space) {
-    return space == Space.FACTORS ? Requirements.none().withEqualRanks() : Requirements.none().withReRanking();
+    return space == Space.FACTORS
+        ? Requirements.none().withEqualRanks()
+        : Requirements.none().withReRanking().withFullUpdates();
   }
 
   /** The merge of {@code module} by the method called {@code name}. */
@@ -60,7 +64,9 @@ final class TaskVectors {
     List<ModuleInput> inputs = module.inputs();
     double[] weights = inputs.stream().mapToDouble(ModuleInput::weight).toArray();
     float[][] tensors = inputs.stream().map(ModuleInput::delta).toArray(float[][]::new);
-    int columns = Math.toIntExact(inputs.get(0).module().down().numel() / inputs.get(0).module().rank());
+    // From the weight's shape: a materialised input (a LoHa, a full difference) has no factors.
+    LoraModule first = inputs.get(0).module();
+    int columns = Math.toIntExact(TensorData.numel(first.weightShape()) / first.outFeatures());
     return new ModuleUpdate.Dense(combine(module, pruning, combination, tensors, columns, weights, "delta"), columns);
   }
 

@@ -6,6 +6,7 @@ import com.google.common.collect.ImmutableMap;
 import dev.loramerge.merge.MergeAlgorithm;
 import dev.loramerge.merge.spi.ModuleMerge;
 import dev.loramerge.merge.spi.ModuleUpdate;
+import java.util.Optional;
 
 /**
  * TIES (Yadav et al. 2023): each task tensor pruned to the {@code density} largest magnitudes,
@@ -38,6 +39,12 @@ public record Ties(double density, MajoritySign majoritySign, Space space) imple
   /** This method on the full updates, re-ranked: {@code ties_svd}. */
   public Ties onUpdates() {
     return new Ties(density, majoritySign, Space.UPDATES);
+  }
+
+  /** {@link #onUpdates()} for the method on the factors; empty for the one on the full updates. */
+  @Override
+  public Optional<MergeAlgorithm> onFullUpdates() {
+    return space == Space.FACTORS ? Optional.of(onUpdates()) : Optional.empty();
   }
 
   @Override

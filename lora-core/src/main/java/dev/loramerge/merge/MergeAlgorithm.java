@@ -3,6 +3,7 @@ package dev.loramerge.merge;
 import com.google.common.collect.ImmutableMap;
 import dev.loramerge.merge.spi.ModuleMerge;
 import dev.loramerge.merge.spi.ModuleUpdate;
+import java.util.Optional;
 
 /**
  * A way to combine several adapters' updates of one module into one, as {@link LoraMerger} calls
@@ -37,6 +38,16 @@ public interface MergeAlgorithm {
   ModuleUpdate merge(ModuleMerge module);
 
   /**
+   * The same method on the full updates, for a method on the factors that has one ({@code ties} →
+   * {@code ties_svd}, {@code linear} → {@code svd}): what a module in a kind without LoRA factors
+   * (LoHa, LoKr, a full difference) can be merged with instead, which the merger names when it
+   * refuses one. Empty by default.
+   */
+  default Optional<MergeAlgorithm> onFullUpdates() {
+    return Optional.empty();
+  }
+
+  /**
    * The exact weighted sum Σ wᵢ·sᵢ·BᵢAᵢ as one adapter of rank Σ rᵢ: B' = [w₁s₁B₁ … wₙsₙBₙ],
    * A' = [A₁; …; Aₙ] (PEFT's {@code cat}; what diffusers' {@code set_adapters} computes at run
    * time). The default of {@link LoraMerger}.
@@ -58,9 +69,14 @@ public interface MergeAlgorithm {
    *     float64} and adds the update without rounding it to float32 first. Other methods' updates
    *     are rounded to float32 in a fuse as in a merge, so that fusing the merged adapter and
    *     fusing directly give the same weights.
+   * @param fullUpdates the method reads each input's full update ({@link
+   *     dev.loramerge.merge.spi.ModuleInput#delta()}) and its weight, never its factors, as PEFT's
+   *     {@code *_svd} types do: the merger then hands it a module in any kind whose update it can
+   *     materialise (LoHa, LoKr, a full difference; DoRA with the base weights) as that update,
+   *     beside the LoRAs' s·B·A
    */
-  record Requirements(boolean equalRanks, boolean reRanked, boolean exactInFloat64) {
-    private static final Requirements NONE = new Requirements(false, false, false);
+  record Requirements(boolean equalRanks, boolean reRanked, boolean exactInFloat64, boolean fullUpdates) {
+    private static final Requirements NONE = new Requirements(false, false, false, false);
 
     /** Nothing: any ranks, the result as the method gives it, float32 in a fuse. */
     public static Requirements none() {
@@ -69,17 +85,22 @@ public interface MergeAlgorithm {
 
     /** These requirements, and equal ranks. */
     public Requirements withEqualRanks() {
-      return new Requirements(true, reRanked, exactInFloat64);
+      return new Requirements(true, reRanked, exactInFloat64, fullUpdates);
     }
 
     /** These requirements, and the result re-ranked. */
     public Requirements withReRanking() {
-      return new Requirements(equalRanks, true, exactInFloat64);
+      return new Requirements(equalRanks, true, exactInFloat64, fullUpdates);
     }
 
     /** These requirements, and float64 in a fuse. */
     public Requirements withExactFloat64() {
-      return new Requirements(equalRanks, reRanked, true);
+      return new Requirements(equalRanks, reRanked, true, fullUpdates);
+    }
+
+    /** These requirements, and only full updates read. */
+    public Requirements withFullUpdates() {
+      return new Requirements(equalRanks, reRanked, exactInFloat64, true);
     }
   }
 }

@@ -64,21 +64,33 @@ final class ModuleMerger {
       return Optional.empty();
     }
     LoraModule first = present.get(0).adapter().modules().get(key);
-    if (present.stream().anyMatch(input -> !input.adapter().modules().get(key).isPlainLora())) {
+    MergeAlgorithm.Requirements requirements = algorithm.requirements();
+    boolean materialise = present.stream().anyMatch(input -> !input.adapter().modules().get(key).isPlainLora());
+    if (materialise && requirements.exactInFloat64()) {
       return Optional.of(materialised(manager, key, present));
     }
-    checkShapes(key, present);
-    MergeAlgorithm.Requirements requirements = algorithm.requirements();
-    if (requirements.equalRanks()) {
-      checkEqualRanks(key, present);
+    if (materialise) {
+      checkMaterialisable(key, present);
+    } else {
+      checkShapes(key, present);
+      if (requirements.equalRanks()) {
+        checkEqualRanks(key, present);
+      }
     }
     ImmutableList.Builder<ModuleInput> moduleInputs = ImmutableList.builder();
     for (int i = 0; i < present.size(); i++) {
+      MergeInput input = present.get(i);
+      LoraModule module = input.adapter().modules().get(key);
       moduleInputs.add(
-          new ModuleFactors(indices.get(i), present.get(i).adapter().modules().get(key), present.get(i).weight(key), manager, precision));
+          module.isPlainLora()
+              ? new ModuleFactors(indices.get(i), module, input.weight(key), manager, precision)
+              : materialisedInput(indices.get(i), key, input, module));
     }
     ImmutableList<ModuleInput> built = moduleInputs.build();
-    int largestRank = built.stream().mapToInt(input -> input.module().rank()).max().orElseThrow();
+    // A materialised update's rank is its kind's bound (r₁·r₂ for LoHa), as for cat and svd.
+    int largestRank = built.stream()
+        .mapToInt(input -> input.module().isPlainLora() ? input.module().rank() : input.module().updateRankBound())
+        .max().orElseThrow();
     Optional<Integer> explicit = policy.explicitRank(first.kind());
     int target = explicit.orElse(largestRank);
     // An algorithm that does not re-rank gives at most the inputs' ranks together, so with no
@@ -114,10 +126,12 @@ final class ModuleMerger {
    * A module some input has in a kind without LoRA factors, merged as the exact weighted sum of
    * the inputs' full updates Σ wᵢ·ΔWᵢ (built in float64, one module at a time) and re-ranked by
    * SVD to the explicit rank, or by default to the sum of the updates' rank bounds, which keeps it
-   * exact up to float32. Only methods that are the exact weighted sum ({@code cat}, {@code svd})
-   * merge it; a DoRA magnitude or a bias difference cannot become a LoRA and is refused.
+   * exact up to float32. This is the merge of the methods that are the exact weighted sum ({@code
+   * cat}, {@code svd}); methods on full updates get each update as a {@link MaterialisedInput}
+   * instead. A DoRA module needs the base weights, and a bias difference cannot become a LoRA.
    */
   private Merged materialised(Supplier<NDManager> manager, ModuleKey key, List<MergeInput> present) {
+    checkMaterialisable(key, present);
     LoraModule first = present.get(0).adapter().modules().get(key);
     int out = Math.toIntExact(first.outFeatures());
     int inner = Math.toIntExact(TensorData.numel(first.weightShape()) / out);
@@ -125,43 +139,11 @@ final class ModuleMerger {
     long bound = 0;
     for (MergeInput input : present) {
       LoraModule module = input.adapter().modules().get(key);
-      String refusal = null;
-      Optional<TensorData> base = module.magnitude().isPresent() ? baseWeights.weight(key) : Optional.empty();
-      if (module.magnitude().isPresent() && base.isEmpty()) {
-        refusal = "DoRA renormalises W + ΔW, so it becomes a LoRA only with the base weights (--base,"
-            + " LoraMerger.Builder.baseWeights); or fuse it into the base instead";
-      } else if (module.biasDiff().isPresent()) {
-        refusal = "a LoRA cannot hold its bias difference; fuse it, or convert it to the kohya layout";
-      } else if (!module.isPlainLora() && !algorithm.requirements().exactInFloat64()) {
-        refusal = "it has no LoRA factors for " + algorithm.name()
-            + "; cat and svd merge it as the exact weighted sum of the full updates, re-ranked by SVD";
-      }
-      if (refusal != null) {
-        throw new LoraMergeException(
-            String.format(
-                Locale.ROOT, "cannot merge module '%s' of adapter '%s', a %s: %s", key, input.adapter().name(),
-                module.kindName(), refusal));
-      }
-      if (module.outFeatures() != out || TensorData.numel(module.weightShape()) != sum.length) {
-        throw new LoraMergeException(
-            String.format(
-                Locale.ROOT, "module '%s' updates %s in adapter '%s' but %s in adapter '%s'; the adapters are for"
-                    + " different models", key, Arrays.toString(first.weightShape()), present.get(0).adapter().name(),
-                Arrays.toString(module.weightShape()), input.adapter().name()));
-      }
       double w = input.weight(key);
-      if (base.isPresent()) {
-        // DoRA's update on this base: DoRA(W) − W, with w inside the norm as a fuse computes it.
-        if (base.get().numel() != sum.length) {
-          throw new LoraMergeException(
-              String.format(
-                  Locale.ROOT, "module '%s' updates %s but its base weight is %s", key,
-                  Arrays.toString(module.weightShape()), Arrays.toString(base.get().shape())));
-        }
-        double[] weight = base.get().toDoubleArray();
-        double[] fused = module.fusedF64(weight, w);
+      if (module.magnitude().isPresent()) {
+        double[] update = doraUpdate(key, module, w);
         for (int i = 0; i < sum.length; i++) {
-          sum[i] += fused[i] - weight[i];
+          sum[i] += update[i];
         }
       } else {
         double[] delta = module.deltaF64();
@@ -178,6 +160,77 @@ final class ModuleMerger {
       reportError(key, exact, factors);
       return Merged.of(factors);
     }
+  }
+
+  /**
+   * Checks that every input's module {@code key} can be materialised for this merge: a DoRA module
+   * only with the base weights, no bias difference, a kind without LoRA factors only for a method
+   * that is the exact weighted sum or reads full updates, and the same weight size in every input.
+   *
+   * @throws LoraMergeException naming the module, the adapter and its kind
+   */
+  private void checkMaterialisable(ModuleKey key, List<MergeInput> present) {
+    LoraModule first = present.get(0).adapter().modules().get(key);
+    long size = TensorData.numel(first.weightShape());
+    MergeAlgorithm.Requirements requirements = algorithm.requirements();
+    for (MergeInput input : present) {
+      LoraModule module = input.adapter().modules().get(key);
+      String refusal = null;
+      if (module.magnitude().isPresent() && baseWeights.weight(key).isEmpty()) {
+        refusal = "DoRA renormalises W + ΔW, so it becomes a LoRA only with the base weights (--base,"
+            + " LoraMerger.Builder.baseWeights); or fuse it into the base instead";
+      } else if (module.biasDiff().isPresent()) {
+        refusal = "a LoRA cannot hold its bias difference; fuse it, or convert it to the kohya layout";
+      } else if (!module.isPlainLora() && !requirements.exactInFloat64() && !requirements.fullUpdates()) {
+        refusal = algorithm.name() + " works on LoRA factors, whose product is not this module's update; "
+            + algorithm.onFullUpdates()
+                .map(variant -> "use " + variant.name() + ", the same method on the full updates")
+                .orElse("cat and svd merge it as the exact weighted sum of the full updates, and the methods on"
+                    + " full updates (the *_svd ones, breadcrumbs, della) prune it");
+      }
+      if (refusal != null) {
+        throw new LoraMergeException(
+            String.format(
+                Locale.ROOT, "cannot merge module '%s' of adapter '%s', a %s: %s", key, input.adapter().name(),
+                module.kindName(), refusal));
+      }
+      if (module.outFeatures() != first.outFeatures() || TensorData.numel(module.weightShape()) != size) {
+        throw new LoraMergeException(
+            String.format(
+                Locale.ROOT, "module '%s' updates %s in adapter '%s' but %s in adapter '%s'; the adapters are for"
+                    + " different models", key, Arrays.toString(first.weightShape()), present.get(0).adapter().name(),
+                Arrays.toString(module.weightShape()), input.adapter().name()));
+      }
+    }
+  }
+
+  /**
+   * A module without LoRA factors as a method on full updates reads it: its ΔW weighted by the
+   * input's weight, or a DoRA module's DoRA(W) − W on the base weights, which has its weight inside
+   * the norm (as {@link #materialised} and a fuse take it) and so is weighted 1.
+   */
+  private ModuleInput materialisedInput(int index, ModuleKey key, MergeInput input, LoraModule module) {
+    double w = input.weight(key);
+    return module.magnitude().isPresent()
+        ? new MaterialisedInput(index, module, 1, () -> doraUpdate(key, module, w))
+        : new MaterialisedInput(index, module, w, module::deltaF64);
+  }
+
+  /** DoRA's update on the base weights, DoRA(W) − W, with {@code w} inside the norm as a fuse computes it. */
+  private double[] doraUpdate(ModuleKey key, LoraModule module, double w) {
+    TensorData base = baseWeights.weight(key).orElseThrow();
+    if (base.numel() != TensorData.numel(module.weightShape())) {
+      throw new LoraMergeException(
+          String.format(
+              Locale.ROOT, "module '%s' updates %s but its base weight is %s", key,
+              Arrays.toString(module.weightShape()), Arrays.toString(base.shape())));
+    }
+    double[] weight = base.toDoubleArray();
+    double[] update = module.fusedF64(weight, w);
+    for (int i = 0; i < update.length; i++) {
+      update[i] -= weight[i];
+    }
+    return update;
   }
 
   /**

@@ -106,9 +106,14 @@ public final class ModuleUpdates {
    * and the adapters' contributions add); one DoRA module alone gives {@code DoRA(W)} as it is.
    * {@code weight} is the current weight, row-major, and is not changed.
    *
-   * @throws LoraMergeException when the merger would do more than the exact weighted sum (another
-   *     method, an explicit rank, pruning), which has no meaning for these kinds without
-   *     re-ranking, or when a DoRA module is subtracted ({@code factor} &lt; 0): the inverse of
+   * <p>With a method on full updates ({@link MergeAlgorithm.Requirements#fullUpdates}) it is
+   * {@code W + factor·B'·A'}, B'·A' the method's merge of the materialised updates, re-ranked and
+   * pruned as a merge does.
+   *
+   * @throws LoraMergeException when the merger would do more than the exact weighted sum (a method
+   *     on the factors, or cat with an explicit rank or pruning), which has no meaning for these
+   *     kinds without re-ranking; when a method on full updates meets a DoRA magnitude or a bias
+   *     difference; or when a DoRA module is subtracted ({@code factor} &lt; 0): the inverse of
    *     DoRA is not W − ΔW
    */
   public double[] fusedF64(ModuleKey key, double[] weight, double factor) {
@@ -127,6 +132,9 @@ public final class ModuleUpdates {
     Optional<LoraModule> replacement = ModuleMerger.replacement(key, present);
     if (replacement.isPresent()) {
       return replacement.get().fusedF64(weight, factor * present.get(0).weight(key));
+    }
+    if (algorithm.requirements().fullUpdates()) {
+      return fusedByMethod(key, weight, factor);
     }
     if (present.size() == 1 && present.get(0).adapter().modules().get(key).magnitude().isEmpty()) {
       // One additive update: the sum goes into the update's own array, the largest allocation
@@ -161,6 +169,35 @@ public final class ModuleUpdates {
     double[] result = new double[weight.length];
     for (int i = 0; i < result.length; i++) {
       result[i] = weight[i] + sum[i];
+    }
+    return result;
+  }
+
+  /**
+   * {@code W + factor·B'·A'} for a method on full updates, whose merge materialises the module's
+   * updates itself: its factors as a merge writes them ({@link #factors}, rounded to float32), so
+   * that fusing directly and fusing the merged adapter add the same update.
+   */
+  private double[] fusedByMethod(ModuleKey key, double[] weight, double factor) {
+    Float64Factors merged = factors(key);
+    int rank = merged.rank();
+    int columns = merged.down().length / rank;
+    if (Math.multiplyExact(merged.up().length / rank, columns) != weight.length) {
+      throw new LoraMergeException(
+          String.format(
+              Locale.ROOT, "module '%s' updates %d×%d values, but its weight has %d", key, merged.up().length / rank,
+              columns, weight.length));
+    }
+    double[] result = weight.clone();
+    double[] up = merged.up();
+    double[] down = merged.down();
+    for (int row = 0; row < up.length / rank; row++) {
+      for (int k = 0; k < rank; k++) {
+        double coefficient = factor * up[row * rank + k];
+        for (int column = 0; column < columns; column++) {
+          result[row * columns + column] += coefficient * down[k * columns + column];
+        }
+      }
     }
     return result;
   }
@@ -251,9 +288,24 @@ public final class ModuleUpdates {
     }
     LoraModule module = present.stream().map(input -> input.adapter().modules().get(key))
         .filter(candidate -> !candidate.isPlainLora()).findFirst().orElse(present.get(0).adapter().modules().get(key));
+    if (algorithm.requirements().fullUpdates()) {
+      // The method materialises the update itself and re-ranks it, with any rank or pruning.
+      Optional<LoraModule> exactOnly = present.stream().map(input -> input.adapter().modules().get(key))
+          .filter(candidate -> candidate.magnitude().isPresent() || candidate.biasDiff().isPresent()).findFirst();
+      if (exactOnly.isPresent()) {
+        throw new LoraMergeException(
+            String.format(
+                Locale.ROOT, "module '%s' is a %s: a DoRA magnitude or a bias difference is fused only as the exact"
+                    + " weighted sum (cat), not by method %s; fuse it without the method", key,
+                exactOnly.get().kindName(), algorithm.name()));
+      }
+      return;
+    }
     String what = null;
     if (algorithm != MergeAlgorithm.cat()) {
-      what = "method " + algorithm.name();
+      what = "method " + algorithm.name()
+          + algorithm.onFullUpdates().map(variant -> ", which works on LoRA factors (" + variant.name()
+              + " is the same method on the full updates and fuses it)").orElse("");
     } else if (merger.policy().explicitRank(module.kind()).isPresent()) {
       what = "an explicit rank";
     } else if (encoding.prune().isPresent()) {

@@ -12,6 +12,11 @@ import dev.loramerge.LoraModule;
  * are exact. B is out×r and A r×in·k·k (a convolution's A flattened), both row-major. Reading a
  * whole factor is reading the block {@code [0, numel)}; a method that works a block at a time
  * needs no copy of the whole factor.
+ *
+ * <p>A method that {@linkplain dev.loramerge.merge.MergeAlgorithm.Requirements#fullUpdates reads
+ * only full updates} may also be handed a module without LoRA factors (a LoHa, a LoKr, a full
+ * difference, a DoRA module on the merger's base weights): its {@link #delta()} is the
+ * materialised update, and reading its factors throws {@link IllegalStateException}.
  */
 public interface ModuleInput {
   /** The adapter's position among the merge's inputs (0-based), for seeding. */
@@ -40,7 +45,10 @@ public interface ModuleInput {
 
   /**
    * The full update s·B·A (out×in·k·k, row-major) in float32, in a new array the caller owns, as
-   * PEFT computes it, (B·A)·s: for methods that work on full updates.
+   * PEFT computes it, (B·A)·s: for methods that work on full updates. For a module without LoRA
+   * factors, its update ΔW computed in float64 and rounded once to float32; a DoRA module's is
+   * DoRA(W) − W on the base weights with its weight inside the norm, and its {@link #weight()} is
+   * then 1.
    */
   float[] delta();
 }
