@@ -157,4 +157,31 @@ class AdapterKindsCommandTest {
         .isZero();
     assertThat(Files.exists(merged)).isTrue();
   }
+
+  /**
+   * ties_svd works on full updates (PEFT's {@code _svd_generalized_task_arithmetic_weighted_adapter}),
+   * so it takes the LoHa and, with the base, the DoRA module; ties works on the factors and names
+   * ties_svd when it refuses them.
+   */
+  @Test
+  void tiesSvdMergesTheKindsAndTiesRefusesThemNamingTiesSvd() throws IOException {
+    Path adapter = lycoris();
+    Path base = float8Base();
+    Path refused = temp.resolve("refused.safetensors");
+    assertThat(run("merge", "--algorithm", "ties", "--density", "0.5", "--base", base.toString(), "-o", refused.toString(),
+        adapter + "=0.8")).as("stderr: %s", err).isEqualTo(3);
+    assertThat(err.toString().lines()).as("stderr: %s", err).hasSize(1);
+    assertThat(err.toString())
+        .contains("cannot merge module 'unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_")
+        .contains("use ties_svd, the same method on the full updates");
+    assertThat(Files.exists(refused)).isFalse();
+    Path merged = temp.resolve("merged.safetensors");
+    assertThat(run("merge", "--algorithm", "ties_svd", "--density", "0.5", "--base", base.toString(), "-o", merged.toString(),
+        adapter + "=0.8")).as("stderr: %s", err).isZero();
+    try (SafetensorsFile file = SafetensorsFile.open(merged)) {
+      assertThat(file.metadata().get("loramerge_recipe")).contains("ties_svd");
+      assertThat(file.contains(TO_Q + ".lora_down.weight")).as("the LoHa merged to a LoRA").isTrue();
+      assertThat(file.contains(TO_V + ".lora_down.weight")).as("the DoRA module merged to a LoRA").isTrue();
+    }
+  }
 }
