@@ -251,11 +251,13 @@ class FullUpdateKindsTest {
         .hasMessageContaining("use " + variant + ", the same method on the full updates");
   }
 
-  @Test
-  void aFuseWithAMethodOnFullUpdatesAddsItsMergeOfTheLoha() throws IOException {
+  @ParameterizedTest
+  @EnumSource(value = MergeMethod.class, names = {"TIES_SVD", "DELLA", "SVD"})
+  void aFuseWithAReRankingMethodAddsItsMergeOfTheLoha(MergeMethod method) throws IOException {
     LoraAdapter loha = loha();
-    MergeAlgorithm ties = Ties.of(DENSITY).onUpdates();
-    LoraMerger merger = LoraMerger.builder().add(STYLE, 0.7).add(loha, 0.5).algorithm(ties).rank(ROWS).exactSvd(true).build();
+    MergeAlgorithm algorithm = method.create(OptionalDouble.of(DENSITY), MajoritySign.TOTAL, SEED);
+    LoraMerger merger =
+        LoraMerger.builder().add(STYLE, 0.7).add(loha, 0.5).algorithm(algorithm).rank(ROWS).exactSvd(true).build();
     Map<String, TensorData> base = TinyLora.base(DType.F32, 3);
     String name = KEY.path() + ".weight";
     double[] expected = base.get(name).toDoubleArray();
@@ -270,7 +272,7 @@ class FullUpdateKindsTest {
       float[] fused = arrays.get(name).toFloatArray();
       for (int i = 0; i < fused.length; i++) {
         assertThat((double) fused[i])
-            .as("%s[%d]: the fused weight against W plus the merged adapter's update", name, i)
+            .as("%s, %s[%d]: the fused weight against W plus the merged adapter's update", method, name, i)
             .isCloseTo(expected[i], within(1e-6 * (1 + Math.abs(expected[i]))));
       }
     }

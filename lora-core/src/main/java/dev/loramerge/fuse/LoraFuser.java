@@ -50,8 +50,9 @@ import java.util.concurrent.ForkJoinPool;
  * F8_E4M3, F8_E5M2), so it is the exact value correctly rounded (for an fp16 base, PEFT and
  * diffusers round the factors and the delta first and land up to ~1e-3 away). A module of
  * another {@link dev.loramerge.AdapterKind} than LoRA, with a DoRA magnitude or a bias
- * difference, is fused from its materialised update as the exact weighted sum (see {@link
- * ModuleUpdates#fusedF64}); its bias difference goes into the bias beside the weight. A {@linkplain
+ * difference, is fused from its materialised update as the exact weighted sum, or as a method on
+ * full updates (or {@code svd}) merges it (see {@link ModuleUpdates#fusedF64}); its bias
+ * difference goes into the bias beside the weight. A {@linkplain
  * dev.loramerge.AdapterKind#REPLACEMENT replacement} (a Flux.1 control LoRA's norm scale, found
  * as {@code <path>.weight} or BFL's {@code ….norm.query_norm.scale}) sets the weight to its tensor,
  * rounded once, at any weight but 0, and is never subtracted.

@@ -106,9 +106,9 @@ public final class ModuleUpdates {
    * and the adapters' contributions add); one DoRA module alone gives {@code DoRA(W)} as it is.
    * {@code weight} is the current weight, row-major, and is not changed.
    *
-   * <p>With a method on full updates ({@link MergeAlgorithm.Requirements#fullUpdates}) it is
-   * {@code W + factor·B'·A'}, B'·A' the method's merge of the materialised updates, re-ranked and
-   * pruned as a merge does.
+   * <p>With a method on full updates ({@link MergeAlgorithm.Requirements#fullUpdates}) or {@code
+   * svd} it is {@code W + factor·B'·A'}, B'·A' the method's merge of the materialised updates,
+   * re-ranked and pruned as a merge does.
    *
    * @throws LoraMergeException when the merger would do more than the exact weighted sum (a method
    *     on the factors, or cat with an explicit rank or pruning), which has no meaning for these
@@ -133,7 +133,7 @@ public final class ModuleUpdates {
     if (replacement.isPresent()) {
       return replacement.get().fusedF64(weight, factor * present.get(0).weight(key));
     }
-    if (algorithm.requirements().fullUpdates()) {
+    if (mergedByMethod()) {
       return fusedByMethod(key, weight, factor);
     }
     if (present.size() == 1 && present.get(0).adapter().modules().get(key).magnitude().isEmpty()) {
@@ -174,9 +174,19 @@ public final class ModuleUpdates {
   }
 
   /**
-   * {@code W + factor·B'·A'} for a method on full updates, whose merge materialises the module's
-   * updates itself: its factors as a merge writes them ({@link #factors}, rounded to float32), so
-   * that fusing directly and fusing the merged adapter add the same update.
+   * Whether a method other than the plain exact sum takes materialised updates: one on full updates
+   * ({@code ties_svd}), or the exact sum re-ranked ({@code svd}).
+   */
+  private boolean mergedByMethod() {
+    MergeAlgorithm.Requirements requirements = algorithm.requirements();
+    return algorithm != MergeAlgorithm.cat() && (requirements.fullUpdates() || requirements.exactInFloat64());
+  }
+
+  /**
+   * {@code W + factor·B'·A'} for a method on full updates or {@code svd}, whose merge materialises
+   * the module's updates itself: B'·A' its factors as {@link #factors} gives them (rounded to
+   * float32 as a merge writes them), so that fusing directly and fusing the merged adapter add the
+   * same update.
    */
   private double[] fusedByMethod(ModuleKey key, double[] weight, double factor) {
     Float64Factors merged = factors(key);
@@ -288,7 +298,7 @@ public final class ModuleUpdates {
     }
     LoraModule module = present.stream().map(input -> input.adapter().modules().get(key))
         .filter(candidate -> !candidate.isPlainLora()).findFirst().orElse(present.get(0).adapter().modules().get(key));
-    if (algorithm.requirements().fullUpdates()) {
+    if (mergedByMethod()) {
       // The method materialises the update itself and re-ranks it, with any rank or pruning.
       Optional<LoraModule> exactOnly = present.stream().map(input -> input.adapter().modules().get(key))
           .filter(candidate -> candidate.magnitude().isPresent() || candidate.biasDiff().isPresent()).findFirst();
