@@ -388,6 +388,7 @@ class AdapterKindsFuseTest {
         double[] weight = before.tensor(name).toDoubleArray();
         double[] atOne = dora(weight, doras.get(name), 1);
         ByteBuffer actual = after.tensor(name).bytes().order(ByteOrder.LITTLE_ENDIAN);
+        ByteBuffer weightInside = byDefault.tensor(name).bytes().order(ByteOrder.LITTLE_ENDIAN);
         int differing = 0;
         for (int i = 0; i < weight.length; i++) {
           double expected = weight[i] + WEIGHT * (atOne[i] - weight[i]);
@@ -397,8 +398,7 @@ class AdapterKindsFuseTest {
                 .as("%s %s[%d], float64 value %s", dtype, name, i, expected)
                 .isIn(Nearest.code(expected * (1 - 1e-12), dtype), Nearest.code(expected * (1 + 1e-12), dtype));
           }
-          differing += bits != (dtype.byteSize() == 4 ? byDefault.tensor(name).bytes().order(ByteOrder.LITTLE_ENDIAN).getInt(i * 4)
-              : byDefault.tensor(name).bytes().order(ByteOrder.LITTLE_ENDIAN).getShort(i * 2) & 0xffff) ? 1 : 0;
+          differing += bits != (dtype.byteSize() == 4 ? weightInside.getInt(i * 4) : weightInside.getShort(i * 2) & 0xffff) ? 1 : 0;
         }
         assertThat(differing).as("%s: the blend is not the weight inside the norm", name).isGreaterThan(weight.length / 10);
       }
