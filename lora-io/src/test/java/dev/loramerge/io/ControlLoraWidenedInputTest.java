@@ -6,6 +6,7 @@ import static org.assertj.core.api.Assertions.assertThatThrownBy;
 import ai.djl.Device;
 import ai.djl.ndarray.NDArray;
 import ai.djl.ndarray.NDManager;
+import ai.djl.ndarray.types.Shape;
 import dev.loramerge.Component;
 import dev.loramerge.DType;
 import dev.loramerge.LoraAdapter;
@@ -20,6 +21,7 @@ import dev.loramerge.fuse.WeightTarget;
 import dev.loramerge.internal.json.Json;
 import dev.loramerge.merge.LoraMerger;
 import java.io.IOException;
+import java.math.BigDecimal;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.nio.file.Files;
@@ -148,34 +150,16 @@ class ControlLoraWidenedInputTest {
     FuseReport report = fuser.fuseInto(SafetensorsWeights.of(base, fused)).report();
     assertThat(report.widened()).containsExactly(new FuseReport.Widened(X_EMBEDDER, name(naming, "weight"), LATENT, CONTROL));
 
-    double[] up;
-    double[] down;
     double[] loraBias;
     try (SafetensorsFile lora = SafetensorsFile.open(control)) {
-      up = lora.tensor("img_in.lora_B.weight").toDoubleArray();
-      down = lora.tensor("img_in.lora_A.weight").toDoubleArray();
       loraBias = lora.tensor("img_in.lora_B.bias").toDoubleArray();
     }
     try (SafetensorsFile before = SafetensorsFile.open(base);
         SafetensorsFile after = SafetensorsFile.open(fused)) {
       assertThat(after.spec(name(naming, "weight")).orElseThrow().shape()).as("widened").containsExactly(INNER, CONTROL);
       assertThat(after.spec(name(naming, "weight")).orElseThrow().dtype()).isEqualTo(dtype);
-      double[] weight = before.tensor(name(naming, "weight")).toDoubleArray();
-      ByteBuffer actual = after.tensor(name(naming, "weight")).bytes().order(ByteOrder.LITTLE_ENDIAN);
-      for (int i = 0; i < INNER; i++) {
-        for (int j = 0; j < CONTROL; j++) {
-          double delta = 0;
-          for (int k = 0; k < RANK; k++) {
-            delta += up[i * RANK + k] * down[k * CONTROL + j];
-          }
-          double exact = (j < LATENT ? weight[i * LATENT + j] : 0) + WEIGHT * delta;
-          long expected = AdapterKindsFuseTest.Nearest.code(exact, dtype);
-          long found = bits(actual, i * CONTROL + j, dtype);
-          if (found != expected) {
-            assertThat(found).as("%s %s img_in[%d][%d], exact %s", naming, dtype, i, j, exact).isEqualTo(expected);
-          }
-        }
-      }
+      assertWidened(control, before.tensor(name(naming, "weight")).toDoubleArray(), after.tensor(name(naming, "weight")).bytes(),
+          dtype, null);
       double[] bias = before.tensor(name(naming, "bias")).toDoubleArray();
       ByteBuffer fusedBias = after.tensor(name(naming, "bias")).bytes().order(ByteOrder.LITTLE_ENDIAN);
       assertThat(after.spec(name(naming, "bias")).orElseThrow().shape()).as("the bias keeps its shape").containsExactly(INNER);
@@ -188,7 +172,7 @@ class ControlLoraWidenedInputTest {
       assertThat(after.tensor(untouched)).isEqualTo(before.tensor(untouched));
       Map<String, Object> recipe = Json.parseObject(after.metadata().get(LoraMerger.RECIPE_KEY));
       assertThat(recipe.get("widened_input_features")).as("recipe %s", recipe)
-          .isEqualTo(Map.of(name(naming, "weight"), List.of(new java.math.BigDecimal(LATENT), new java.math.BigDecimal(CONTROL))));
+          .isEqualTo(Map.of(name(naming, "weight"), List.of(new BigDecimal(LATENT), new BigDecimal(CONTROL))));
     }
 
     Path restored = folder.resolve("restored.safetensors");
@@ -196,35 +180,96 @@ class ControlLoraWidenedInputTest {
     assertThat(Files.readAllBytes(restored)).as("restored %s %s base", naming, dtype).isEqualTo(Files.readAllBytes(base));
   }
 
-  /** Without a bias difference the weight goes through the fuse kernel, with the same exact values. */
-  @Test
-  void withoutABiasTheKernelWidensAlike() throws IOException {
-    Path control = control(2, false);
-    LoraAdapter adapter = LoraFiles.read(control);
-    Path base = base("bfl", DType.BF16);
-    Path fused = folder.resolve("kernel.safetensors");
-    LoraFuser.of(LoraMerger.builder().add(adapter, WEIGHT).build()).fuseInto(SafetensorsWeights.of(base, fused));
-    try (SafetensorsFile lora = SafetensorsFile.open(control);
-        SafetensorsFile before = SafetensorsFile.open(base);
-        SafetensorsFile after = SafetensorsFile.open(fused)) {
-      double[] up = lora.tensor("img_in.lora_B.weight").toDoubleArray();
-      double[] down = lora.tensor("img_in.lora_A.weight").toDoubleArray();
-      double[] weight = before.tensor("img_in.weight").toDoubleArray();
-      ByteBuffer actual = after.tensor("img_in.weight").bytes().order(ByteOrder.LITTLE_ENDIAN);
-      for (int i = 0; i < INNER; i++) {
-        for (int j = 0; j < CONTROL; j++) {
-          double delta = 0;
-          for (int k = 0; k < RANK; k++) {
-            delta += up[i * RANK + k] * down[k * CONTROL + j];
-          }
-          double exact = (j < LATENT ? weight[i * LATENT + j] : 0) + WEIGHT * delta;
-          long expected = AdapterKindsFuseTest.Nearest.code(exact, DType.BF16);
-          if (bits(actual, i * CONTROL + j, DType.BF16) != expected) {
-            assertThat(bits(actual, i * CONTROL + j, DType.BF16)).as("img_in[%d][%d], exact %s", i, j, exact).isEqualTo(expected);
-          }
+  /**
+   * Asserts that {@code actual}, the widened weight's {@code dtype} codes, is [W | 0] + w·B·A of
+   * {@code control}'s factors, each value divided by its row's {@code scales} (null: 1) and
+   * rounded once.
+   */
+  private static void assertWidened(Path control, double[] weight, ByteBuffer actual, DType dtype, double[] scales)
+      throws IOException {
+    actual.order(ByteOrder.LITTLE_ENDIAN);
+    double[] up;
+    double[] down;
+    try (SafetensorsFile lora = SafetensorsFile.open(control)) {
+      up = lora.tensor("img_in.lora_B.weight").toDoubleArray();
+      down = lora.tensor("img_in.lora_A.weight").toDoubleArray();
+    }
+    for (int i = 0; i < INNER; i++) {
+      for (int j = 0; j < CONTROL; j++) {
+        double delta = 0;
+        for (int k = 0; k < RANK; k++) {
+          delta += up[i * RANK + k] * down[k * CONTROL + j];
+        }
+        double exact = (j < LATENT ? weight[i * LATENT + j] : 0) + WEIGHT * delta;
+        long expected = AdapterKindsFuseTest.Nearest.code(scales == null ? exact : exact / scales[i], dtype);
+        long found = bits(actual, i * CONTROL + j, dtype);
+        if (found != expected) {
+          assertThat(found).as("%s img_in[%d][%d], exact %s", dtype, i, j, exact).isEqualTo(expected);
         }
       }
-      assertThat(after.tensor("img_in.bias")).as("no bias difference: the bias is untouched").isEqualTo(before.tensor("img_in.bias"));
+    }
+  }
+
+  /**
+   * Without a bias difference the weight goes through the fuse kernel, and with {@code --dtype}
+   * (withDType) it is written in the new type; the values are the same exact sums, rounded once.
+   */
+  @Test
+  void withoutABiasTheKernelWidensAlikeAndADtypeConversionToo() throws IOException {
+    Path control = control(2, false);
+    LoraFuser fuser = LoraFuser.of(LoraMerger.builder().add(LoraFiles.read(control), WEIGHT).build());
+    Path base = base("bfl", DType.F16);
+    for (DType output : new DType[] {DType.F16, DType.F32}) {
+      Path fused = folder.resolve("kernel-" + output.safetensorsName() + ".safetensors");
+      SafetensorsWeights target = SafetensorsWeights.of(base, fused);
+      fuser.fuseInto(output == DType.F16 ? target : target.withDType(output));
+      try (SafetensorsFile before = SafetensorsFile.open(base);
+          SafetensorsFile after = SafetensorsFile.open(fused)) {
+        assertThat(after.spec("img_in.weight").orElseThrow().shape()).containsExactly(INNER, CONTROL);
+        assertThat(after.spec("img_in.weight").orElseThrow().dtype()).isEqualTo(output);
+        assertWidened(control, before.tensor("img_in.weight").toDoubleArray(), after.tensor("img_in.weight").bytes(), output, null);
+        assertThat(after.tensor("img_in.bias").toDoubleArray()).as("no bias difference: the bias is the base's")
+            .isEqualTo(before.tensor("img_in.bias").toDoubleArray());
+      }
+    }
+  }
+
+  /**
+   * A scaled float8 base (ComfyUI's {@code img_in.scale_weight}, one F32 scale per row): the
+   * weight is decoded as code·scale, widened and fused in float64, and each value stored as the
+   * code nearest to it divided by its row's scale; the scale is kept.
+   */
+  @Test
+  void aScaledFloat8BaseIsWidenedRowByRow() throws IOException {
+    Path control = control(7, false);
+    Random random = new Random(29);
+    double[] scales = new double[INNER];
+    for (int i = 0; i < INNER; i++) {
+      scales[i] = 0.01 * (1 + random.nextInt(8));
+    }
+    double[] weight = TestTensors.gaussian(random, DType.F64, INNER, LATENT).toDoubleArray();
+    byte[] codes = new byte[weight.length];
+    for (int i = 0; i < weight.length; i++) {
+      codes[i] = (byte) AdapterKindsFuseTest.Nearest.code(weight[i] / scales[i / LATENT], DType.F8_E4M3);
+    }
+    TensorData stored = TensorData.of(DType.F8_E4M3, new long[] {INNER, LATENT}, ByteBuffer.wrap(codes));
+    double[] values = stored.toDoubleArray();
+    double[] decoded = new double[values.length];
+    for (int i = 0; i < values.length; i++) {
+      decoded[i] = values[i] * scales[i / LATENT];
+    }
+    Map<String, TensorData> tensors = new LinkedHashMap<>();
+    tensors.put("model.diffusion_model.img_in.weight", stored);
+    tensors.put("model.diffusion_model.img_in.scale_weight", TensorData.ofDoubles(scales, DType.F32, INNER, 1));
+    Path base = folder.resolve("scaled.safetensors");
+    Safetensors.write(base, tensors, Map.of());
+    Path fused = folder.resolve("scaled-fused.safetensors");
+    LoraFuser.of(LoraMerger.builder().add(LoraFiles.read(control), WEIGHT).build()).fuseInto(SafetensorsWeights.of(base, fused));
+    try (SafetensorsFile after = SafetensorsFile.open(fused)) {
+      assertThat(after.spec("model.diffusion_model.img_in.weight").orElseThrow().shape()).containsExactly(INNER, CONTROL);
+      assertWidened(control, decoded, after.tensor("model.diffusion_model.img_in.weight").bytes(), DType.F8_E4M3, scales);
+      assertThat(after.tensor("model.diffusion_model.img_in.scale_weight"))
+          .isEqualTo(TensorData.ofDoubles(scales, DType.F32, INNER, 1));
     }
   }
 
@@ -252,7 +297,7 @@ class ControlLoraWidenedInputTest {
       values[i] = i % 7 - 3;
     }
     try (NDManager manager = NDManager.newBaseManager(Device.cpu())) {
-      NDArray weight = manager.create(values, new ai.djl.ndarray.types.Shape(INNER, LATENT));
+      NDArray weight = manager.create(values, new Shape(INNER, LATENT));
       WeightTarget target = WeightTarget.of(Map.of("img_in.weight", weight));
       assertThatThrownBy(() -> LoraFuser.of(LoraMerger.builder().add(adapter, 1).build()).fuseInto(target))
           .isInstanceOf(LoraMergeException.class)
@@ -295,5 +340,26 @@ class ControlLoraWidenedInputTest {
         .isInstanceOf(LoraMergeException.class)
         .hasMessageContaining("module 'transformer.x_embedder' updates a [3072, 32] weight but base weight 'img_in.weight' is F32[3072, 64]");
     assertThat(out).doesNotExist();
+  }
+
+  /**
+   * The widened img_in goes through kohya ({@code lora_unet_img_in}, its bias as {@code diff_b})
+   * and diffusers ({@code transformer.x_embedder}, as diffusers' own control LoRAs name it,
+   * {@code examples/flux-control/train_control_lora_flux.py}) and back unchanged, and both are
+   * still read as Flux.1's.
+   */
+  @Test
+  void convertsToKohyaAndDiffusersAndBack() throws IOException {
+    LoraAdapter adapter = LoraFiles.read(control(6, true));
+    for (LoraFormat format : new LoraFormat[] {LoraFormat.KOHYA, LoraFormat.DIFFUSERS}) {
+      Path written = folder.resolve("control-" + format.cliName() + ".safetensors");
+      LoraFiles.write(adapter, written, format);
+      LoraAdapter back = LoraFiles.read(written);
+      assertThat(back.modules()).as(format.cliName()).isEqualTo(adapter.modules());
+      assertThat(Architecture.detect(back)).as(format.cliName()).contains(Architecture.flux());
+    }
+    try (SafetensorsFile kohya = SafetensorsFile.open(folder.resolve("control-kohya.safetensors"))) {
+      assertThat(kohya.spec("lora_unet_img_in.lora_down.weight").orElseThrow().shape()).containsExactly(RANK, CONTROL);
+    }
   }
 }
