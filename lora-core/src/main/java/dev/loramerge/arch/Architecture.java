@@ -180,8 +180,9 @@ public final class Architecture {
 
   /**
    * The first architecture, in {@link #all()} order, that has every module of {@code adapter}
-   * with the base-weight shape its factors imply (a {@linkplain AdapterKind#REPLACEMENT
-   * replacement}: one of its {@link #normScales()} of the replacement's shape); empty for an
+   * with the base-weight shape its factors imply, or one it {@linkplain #widensInput widens} to
+   * it (a {@linkplain AdapterKind#REPLACEMENT replacement}: one of its {@link #normScales()} of
+   * the replacement's shape); empty for an
    * empty adapter or when none fits.
    */
   public static Optional<Architecture> detect(LoraAdapter adapter) {
@@ -197,7 +198,8 @@ public final class Architecture {
       Optional<long[]> shape = module.adapterKind() == AdapterKind.REPLACEMENT
           ? normScale(module.key()).map(NormScale::weightShape)
           : module(module.key()).map(ModuleSpec::weightShape);
-      if (shape.isEmpty() || !(Arrays.equals(shape.get(), module.weightShape()) || widensInput(module.key(), module.weightShape()))) {
+      if (shape.isEmpty()
+          || !(Arrays.equals(shape.get(), module.weightShape()) || widensInput(module.key(), module.weightShape()))) {
         return false;
       }
     }

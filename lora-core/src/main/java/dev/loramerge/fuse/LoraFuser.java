@@ -55,7 +55,11 @@ import java.util.concurrent.ForkJoinPool;
  * ModuleUpdates#fusedF64}); its bias difference goes into the bias beside the weight. A {@linkplain
  * dev.loramerge.AdapterKind#REPLACEMENT replacement} (a Flux.1 control LoRA's norm scale, found
  * as {@code <path>.weight} or BFL's {@code ….norm.query_norm.scale}) sets the weight to its tensor,
- * rounded once, at any weight but 0, and is never subtracted.
+ * rounded once, at any weight but 0, and is never subtracted. A Flux.1 control LoRA's {@code
+ * img_in}, which takes 128 input features where the base's weight has 64 ({@link
+ * Architecture#widensInput}), widens that weight as diffusers does: {@code [W | 0] + scale·ΔW},
+ * rounded once ({@link FuseReport#widened()}, and {@code widened_input_features} in the recipe);
+ * a target that cannot change a shape (in memory) refuses it, and so does a subtraction.
  *
  * <p>A module's weight is looked up as {@code <path>.weight} (a diffusers UNet or text-encoder
  * file, or a DJL TorchScript block), {@code <component>.<path>.weight} (a whole pipeline), and in
