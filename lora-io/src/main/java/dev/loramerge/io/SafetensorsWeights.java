@@ -94,7 +94,9 @@ public final class SafetensorsWeights implements WeightTarget {
    * applying the same update to this target writes {@code output} with {@code original}'s bytes
    * for every tensor the update changes (after checking that fusing them again gives {@code
    * fused}'s bytes), {@code fused}'s bytes for the others, and {@code original}'s metadata. When
-   * nothing else changed the fused file, {@code output} is byte for byte {@code original}.
+   * nothing else changed the fused file, {@code output} is byte for byte {@code original}. A
+   * weight the fuse widened (a Flux.1 control LoRA's {@code img_in}) is checked at its widened
+   * shape and written back at the original's.
    *
    * @throws IllegalArgumentException if {@code output} is one of the inputs
    * @throws SafetensorsFormatException if either file is not a valid safetensors file
