@@ -362,4 +362,59 @@ class ControlLoraWidenedInputTest {
       assertThat(kohya.spec("lora_unet_img_in.lora_down.weight").orElseThrow().shape()).containsExactly(RANK, CONTROL);
     }
   }
+
+  /**
+   * Two control LoRAs widen img_in once, with the sum of their updates; a control LoRA with a
+   * LoRA whose img_in takes the base's 64 features is refused, naming the module.
+   */
+  @Test
+  void twoControlLorasWidenOnceAndAMixOfWidthsIsRefused() throws IOException {
+    Path canny = control(8, false);
+    Path depth = control(9, false);
+    Path base = base("bfl", DType.F32);
+    Path fused = folder.resolve("two.safetensors");
+    FuseReport report = LoraFuser.of(LoraMerger.builder().add(LoraFiles.read(canny), 0.5).add(LoraFiles.read(depth), 0.25).build())
+        .fuseInto(SafetensorsWeights.of(base, fused)).report();
+    assertThat(report.widened()).hasSize(1);
+    double[] up1;
+    double[] down1;
+    double[] up2;
+    double[] down2;
+    try (SafetensorsFile first = SafetensorsFile.open(canny);
+        SafetensorsFile second = SafetensorsFile.open(depth)) {
+      up1 = first.tensor("img_in.lora_B.weight").toDoubleArray();
+      down1 = first.tensor("img_in.lora_A.weight").toDoubleArray();
+      up2 = second.tensor("img_in.lora_B.weight").toDoubleArray();
+      down2 = second.tensor("img_in.lora_A.weight").toDoubleArray();
+    }
+    try (SafetensorsFile before = SafetensorsFile.open(base);
+        SafetensorsFile after = SafetensorsFile.open(fused)) {
+      double[] weight = before.tensor("img_in.weight").toDoubleArray();
+      ByteBuffer actual = after.tensor("img_in.weight").bytes().order(ByteOrder.LITTLE_ENDIAN);
+      for (int i = 0; i < INNER; i += 97) {
+        for (int j = 0; j < CONTROL; j++) {
+          double one = 0;
+          double two = 0;
+          for (int k = 0; k < RANK; k++) {
+            one += up1[i * RANK + k] * down1[k * CONTROL + j];
+            two += up2[i * RANK + k] * down2[k * CONTROL + j];
+          }
+          double exact = (j < LATENT ? weight[i * LATENT + j] : 0) + 0.5 * one + 0.25 * two;
+          assertThat(bits(actual, i * CONTROL + j, DType.F32)).as("img_in[%d][%d], exact %s", i, j, exact)
+              .isEqualTo(AdapterKindsFuseTest.Nearest.code(exact, DType.F32));
+        }
+      }
+    }
+
+    Random random = new Random(10);
+    LoraAdapter plain = LoraAdapter.builder().name("plain").add(LoraModule.of(X_EMBEDDER,
+        TestTensors.gaussian(random, DType.F32, RANK, LATENT), TestTensors.gaussian(random, DType.F32, INNER, RANK), RANK)).build();
+    Path mixed = folder.resolve("mixed.safetensors");
+    assertThatThrownBy(() -> LoraFuser.of(LoraMerger.builder().add(LoraFiles.read(canny), 1).add(plain, 1).build())
+            .fuseInto(SafetensorsWeights.of(base, mixed)))
+        .isInstanceOf(LoraMergeException.class)
+        .hasMessage("base-bfl-F32.safetensors: module 'transformer.x_embedder' updates [3072, 128] in adapter 'control-8' but"
+            + " [3072, 64] in adapter 'plain'; the adapters are for different models");
+    assertThat(mixed).doesNotExist();
+  }
 }
