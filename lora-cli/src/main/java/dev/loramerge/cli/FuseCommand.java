@@ -2,6 +2,7 @@ package dev.loramerge.cli;
 
 import dev.loramerge.DType;
 import dev.loramerge.DoraMagnitude;
+import dev.loramerge.fuse.FuseReport;
 import dev.loramerge.fuse.FusedLora;
 import dev.loramerge.fuse.LoraFuser;
 import dev.loramerge.io.LoraReadOptions;
@@ -82,6 +83,16 @@ final class FuseCommand implements Callable<Integer> {
       target = target.withDType(outputType);
     }
     FusedLora fused = merger.fuseInto(target);
+    // A fuse that changes a tensor's shape says so, apart from the result on stdout.
+    PrintWriter err = spec.commandLine().getErr();
+    for (FuseReport.Widened widened : fused.report().widened()) {
+      err.println(
+          String.format(
+              Locale.ROOT,
+              "widened %s (%s) from %d to %d input features for the control image, as diffusers does",
+              widened.weight(), widened.module(), widened.fromFeatures(), widened.toFeatures()));
+    }
+    err.flush();
     report(spec.commandLine().getOut(), fused, "fused", output, start);
     return LoraCommand.OK;
   }

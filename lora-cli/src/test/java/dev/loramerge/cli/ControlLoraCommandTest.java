@@ -135,4 +135,54 @@ class ControlLoraCommandTest {
         .isEqualTo(LoraCommand.BAD_INPUT);
     assertThat(err.toString()).contains("is a replacement, which cannot be subtracted");
   }
+
+  /**
+   * The control LoRA's {@code img_in} ([r, 128] down factor) widens the base's [3072, 64] weight as
+   * diffusers' {@code _maybe_expand_transformer_param_shape_or_error_} does (zero columns, then
+   * the LoRA): the fuse says so on stderr and in the recipe, its new columns hold the update
+   * alone (rounded once to bf16), a subtraction is refused and a restore gives the base back.
+   */
+  @Test
+  void fuseWidensImgInAndOnlyARestoreNarrowsItBack() throws IOException {
+    Random random = new Random(4);
+    Map<String, TensorData> lora = new LinkedHashMap<>();
+    lora.put("img_in.lora_A.weight", gaussian(random, 0, 0.05, 4, 128));
+    lora.put("img_in.lora_B.weight", gaussian(random, 0, 0.05, INNER, 4));
+    lora.put("img_in.lora_B.bias", gaussian(random, 0, 0.05, INNER));
+    Path canny = temp.resolve("canny-img-in.safetensors");
+    Safetensors.write(canny, lora, Map.of());
+    Map<String, TensorData> weights = new LinkedHashMap<>();
+    weights.put("img_in.weight", gaussian(random, 0, 0.05, INNER, 64));
+    weights.put("img_in.bias", gaussian(random, 0, 0.05, INNER));
+    Path base = temp.resolve("flux1-dev.safetensors");
+    Safetensors.write(base, weights, Map.of());
+
+    Path fused = temp.resolve("fused.safetensors");
+    assertThat(run("fuse", "--base", base.toString(), "-o", fused.toString(), canny + "=0.5")).as("fuse; stderr: %s", err).isZero();
+    assertThat(err.toString()).contains("widened img_in.weight (transformer.x_embedder) from 64 to 128 input features for the"
+        + " control image, as diffusers does");
+    double[] up = lora.get("img_in.lora_B.weight").toDoubleArray();
+    double[] down = lora.get("img_in.lora_A.weight").toDoubleArray();
+    try (SafetensorsFile file = SafetensorsFile.open(fused)) {
+      assertThat(file.spec("img_in.weight").orElseThrow().shape()).containsExactly(INNER, 128);
+      assertThat(file.metadata().get("loramerge_recipe")).contains("\"widened_input_features\":{\"img_in.weight\":[64,128]}");
+      TensorData widened = file.tensor("img_in.weight");
+      for (int j = 64; j < 128; j++) {
+        double delta = 0;
+        for (int k = 0; k < 4; k++) {
+          delta += up[7 * 4 + k] * down[k * 128 + j];
+        }
+        assertThat(widened.getDouble(7 * 128 + j)).as("new column %d of row 7: the update alone, rounded once", j)
+            .isEqualTo(TensorData.ofDoubles(new double[] {0.5 * delta}, DType.BF16, 1).getDouble(0));
+      }
+    }
+    assertThat(run("unfuse", "--base", fused.toString(), "-o", temp.resolve("subtracted.safetensors").toString(), canny + "=0.5"))
+        .isEqualTo(LoraCommand.BAD_INPUT);
+    assertThat(err.toString()).contains("subtracting the update cannot narrow it back; restore the original base instead");
+    assertThat(temp.resolve("subtracted.safetensors")).doesNotExist();
+    Path restored = temp.resolve("restored.safetensors");
+    assertThat(run("unfuse", "--base", fused.toString(), "-o", restored.toString(), "--original", base.toString(), canny + "=0.5"))
+        .as("unfuse; stderr: %s", err).isZero();
+    assertThat(Files.readAllBytes(restored)).as("the original's bytes, [3072, 64] again").isEqualTo(Files.readAllBytes(base));
+  }
 }

@@ -180,8 +180,9 @@ public final class Architecture {
 
   /**
    * The first architecture, in {@link #all()} order, that has every module of {@code adapter}
-   * with the base-weight shape its factors imply (a {@linkplain AdapterKind#REPLACEMENT
-   * replacement}: one of its {@link #normScales()} of the replacement's shape); empty for an
+   * with the base-weight shape its factors imply, or one it {@linkplain #widensInput widens} to
+   * it (a {@linkplain AdapterKind#REPLACEMENT replacement}: one of its {@link #normScales()} of
+   * the replacement's shape); empty for an
    * empty adapter or when none fits.
    */
   public static Optional<Architecture> detect(LoraAdapter adapter) {
@@ -197,7 +198,8 @@ public final class Architecture {
       Optional<long[]> shape = module.adapterKind() == AdapterKind.REPLACEMENT
           ? normScale(module.key()).map(NormScale::weightShape)
           : module(module.key()).map(ModuleSpec::weightShape);
-      if (shape.isEmpty() || !Arrays.equals(shape.get(), module.weightShape())) {
+      if (shape.isEmpty()
+          || !(Arrays.equals(shape.get(), module.weightShape()) || widensInput(module.key(), module.weightShape()))) {
         return false;
       }
     }
@@ -223,6 +225,25 @@ public final class Architecture {
   public Optional<ModuleSpec> module(ModuleKey key) {
     checkNotNull(key, "key");
     return Optional.ofNullable(descriptor.get().modules().get(key));
+  }
+
+  /**
+   * Whether a LoRA updating a {@code weightShape} weight may widen module {@code key}'s base
+   * weight to it: true only for Flux.1's {@code x_embedder} ({@code img_in}) given more input
+   * features than its 64 and its 3072 outputs. BFL's control LoRAs (FLUX.1-Canny-dev-lora,
+   * FLUX.1-Depth-dev-lora) train it on 128 inputs, the image latents followed by the
+   * conditioning image's; diffusers' {@code FluxLoraLoaderMixin._maybe_expand_transformer_param_shape_or_error_}
+   * widens the base's Linear to the LoRA's input features with zero columns (the bias kept) and
+   * sets {@code in_channels}, and ComfyUI reads {@code in_channels} of a Flux checkpoint from
+   * {@code img_in.weight}'s shape ({@code comfy/model_detection.py}). Every other shape change is
+   * a LoRA for another model.
+   */
+  public boolean widensInput(ModuleKey key, long[] weightShape) {
+    checkNotNull(key, "key");
+    checkNotNull(weightShape, "weightShape");
+    Optional<ModuleSpec> spec = module(key);
+    return this == flux() && spec.isPresent() && spec.get().originalPath().equals(Optional.of("img_in"))
+        && weightShape.length == 2 && weightShape[0] == spec.get().outFeatures() && weightShape[1] > spec.get().inFeatures();
   }
 
   /**

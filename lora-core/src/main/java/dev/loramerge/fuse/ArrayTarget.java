@@ -6,11 +6,13 @@ import ai.djl.ndarray.NDManager;
 import ai.djl.ndarray.index.NDIndex;
 import ai.djl.ndarray.types.DataType;
 import com.google.common.collect.ImmutableMap;
+import dev.loramerge.LoraMergeException;
 import dev.loramerge.TensorSpec;
 import dev.loramerge.internal.fuse.Fusion;
 import dev.loramerge.internal.linalg.NdArrays;
 import java.nio.ByteBuffer;
 import java.util.ArrayList;
+import java.util.Arrays;
 import java.util.HashMap;
 import java.util.LinkedHashMap;
 import java.util.List;
@@ -113,6 +115,18 @@ final class ArrayTarget implements WeightTarget {
   public synchronized Optional<Restorer> apply(WeightUpdate update) {
     List<String> names = new ArrayList<>(update.names());
     names.removeIf(name -> !weights.containsKey(name));
+    for (String name : names) {
+      long[] shape = update.outputShape(weights.get(name));
+      if (!Arrays.equals(shape, weights.get(name).shape())) {
+        // An NDArray's shape is fixed, and a target's callers hold the arrays themselves.
+        throw new LoraMergeException(
+            String.format(
+                Locale.ROOT,
+                "%s would be widened from %s to %s, and an in-memory target cannot change an array's shape; fuse"
+                    + " into the model's file (SafetensorsWeights), or widen the array with zero columns first",
+                update.describe(name), Arrays.toString(weights.get(name).shape()), Arrays.toString(shape)));
+      }
+    }
     Set<String> uncaptured = names.stream().filter(name -> !originals.containsKey(name)).collect(Collectors.toSet());
     Map<String, NDArray> reusable = new HashMap<>();
     for (String name : uncaptured) {

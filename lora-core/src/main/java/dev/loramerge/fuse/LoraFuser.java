@@ -26,6 +26,7 @@ import java.io.IOException;
 import java.util.Arrays;
 import java.util.LinkedHashMap;
 import java.util.LinkedHashSet;
+import java.util.List;
 import java.util.Locale;
 import java.util.Map;
 import java.util.Optional;
@@ -55,7 +56,11 @@ import java.util.concurrent.ForkJoinPool;
  * difference goes into the bias beside the weight. A {@linkplain
  * dev.loramerge.AdapterKind#REPLACEMENT replacement} (a Flux.1 control LoRA's norm scale, found
  * as {@code <path>.weight} or BFL's {@code ….norm.query_norm.scale}) sets the weight to its tensor,
- * rounded once, at any weight but 0, and is never subtracted.
+ * rounded once, at any weight but 0, and is never subtracted. A Flux.1 control LoRA's {@code
+ * img_in}, which takes 128 input features where the base's weight has 64 ({@link
+ * Architecture#widensInput}), widens that weight as diffusers does: {@code [W | 0] + scale·ΔW},
+ * rounded once ({@link FuseReport#widened()}, and {@code widened_input_features} in the recipe);
+ * a target that cannot change a shape (in memory) refuses it, and so does a subtraction.
  *
  * <p>A module's weight is looked up as {@code <path>.weight} (a diffusers UNet or text-encoder
  * file, or a DJL TorchScript block), {@code <component>.<path>.weight} (a whole pipeline), and in
@@ -150,6 +155,7 @@ public final class LoraFuser {
     Map<String, FusedModule> fusedWeights = new LinkedHashMap<>();
     Map<String, FusedModule> fusedBiases = new LinkedHashMap<>();
     Set<String> transposedWeights = new LinkedHashSet<>();
+    ImmutableList.Builder<FuseReport.Widened> widened = ImmutableList.builder();
     for (ModuleKey key : keys) {
       Optional<String> name = BaseWeightNames.resolve(key, arch, weights.keySet());
       Optional<FusedModule> fused =
@@ -193,11 +199,14 @@ public final class LoraFuser {
         }
         continue;
       }
+      LoraModule first = updates.firstModule(key);
       if (transposed) {
-        checkTransposedFits(key, updates.firstModule(key), weights.get(name.get()));
+        checkTransposedFits(key, first, weights.get(name.get()));
         transposedWeights.add(name.get());
+      } else if (arch.isPresent() && arch.get().widensInput(key, first.weightShape())) {
+        widening(key, first, weights.get(name.get()), arch.get(), factor).ifPresent(widened::add);
       } else {
-        checkFits(key, updates.firstModule(key), weights.get(name.get()));
+        checkFits(key, first, weights.get(name.get()));
       }
       if (updates.materialised(key)) {
         updates.checkMaterialisable(key, factor);
@@ -220,7 +229,7 @@ public final class LoraFuser {
                 byWeight.get(name), fusedWeights.get(name).originalPath(), name));
       }
     }
-    FuseReport report = new FuseReport(matched.build(), unmatched.build());
+    FuseReport report = new FuseReport(matched.build(), unmatched.build(), widened.build());
     if (report.matched().isEmpty()) {
       ModuleKey example = keys.first();
       throw new LoraMergeException(
@@ -249,16 +258,17 @@ public final class LoraFuser {
       WeightUpdate update =
           new MergedWeightUpdate(
               updates, merger.listener(), ImmutableMap.copyOf(byWeight), ImmutableMap.copyOf(biases), factor,
-              doraWeighting, recipe(operation, factor), workers, scratch)
+              doraWeighting, recipe(operation, factor, report.widened()), workers, scratch)
               .withFused(ImmutableMap.copyOf(fusedWeights), ImmutableMap.copyOf(fusedBiases), report.matched().keySet())
-              .withTransposed(ImmutableSet.copyOf(transposedWeights));
+              .withTransposed(ImmutableSet.copyOf(transposedWeights))
+              .withWidened(report.widened());
       return new FusedLora(report, target.apply(update));
     } finally {
       workers.shutdown();
     }
   }
 
-  private String recipe(String operation, double factor) {
+  private String recipe(String operation, double factor, ImmutableList<FuseReport.Widened> widened) {
     return Recipes.toJson(
         () -> {
           Map<String, Object> recipe = new LinkedHashMap<>();
@@ -267,6 +277,12 @@ public final class LoraFuser {
           if (doraWeighting == DoraMagnitude.Weighting.BLEND) {
             // Only when asked for, so that the recipes of every other fuse keep their bytes.
             recipe.put("dora_weighting", "blend");
+          }
+          if (!widened.isEmpty()) {
+            // Only when a weight changed shape, so that the recipes of every other fuse keep their bytes.
+            Map<String, Object> shapes = new LinkedHashMap<>();
+            widened.forEach(w -> shapes.put(w.weight(), List.of(w.fromFeatures(), w.toFeatures())));
+            recipe.put("widened_input_features", shapes);
           }
           recipe.putAll(merger.recipe());
           return recipe;
@@ -292,6 +308,33 @@ public final class LoraFuser {
         .ifPresent(fused -> names.addAll(BaseWeightNames.fusedNames(fused)));
     BaseWeightNames.transposedName(key, arch).ifPresent(names::add);
     return names.build();
+  }
+
+  /**
+   * How module {@code key}, whose update has more input features than {@code arch}'s weight
+   * ({@link Architecture#widensInput}), fits base weight {@code weight}: a weight of the
+   * architecture's shape is widened, one already as wide is fused as it is (empty), anything else
+   * is refused; a subtraction is refused either way, since it cannot narrow the weight back.
+   */
+  private static Optional<FuseReport.Widened> widening(
+      ModuleKey key, LoraModule module, TensorSpec weight, Architecture arch, double factor) {
+    long[] expected = module.weightShape();
+    long[] found = weight.shape();
+    long baseFeatures = arch.module(key).orElseThrow().inFeatures();
+    if (factor < 0) {
+      throw new LoraMergeException(
+          String.format(
+              Locale.ROOT,
+              "module '%s' updates %d input features where %s's weight has %d: a fuse widened base weight '%s' to"
+                  + " them, and subtracting the update cannot narrow it back; restore the original base instead"
+                  + " (SafetensorsWeights.restoring, lora unfuse --original)",
+              key, expected[1], arch.displayName(), baseFeatures, weight.name()));
+    }
+    if (found.length == 2 && found[0] == expected[0] && found[1] == baseFeatures && weight.dtype().isFloatingPoint()) {
+      return Optional.of(new FuseReport.Widened(key, weight.name(), baseFeatures, expected[1]));
+    }
+    checkFits(key, module, weight);
+    return Optional.empty();
   }
 
   private static void checkTransposedFits(ModuleKey key, LoraModule module, TensorSpec weight) {

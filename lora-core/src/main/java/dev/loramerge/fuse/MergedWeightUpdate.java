@@ -50,6 +50,8 @@ final class MergedWeightUpdate implements DeviceUpdate {
   private final ImmutableMap<String, FusedModule> fusedBiases;
   private final ImmutableSet<ModuleKey> matched;
   private final ImmutableSet<String> transposed;
+  /** The input features of each weight this update widens, by name. */
+  private final ImmutableMap<String, Long> widened;
   private final DoraMagnitude.Weighting doraWeighting;
 
   MergedWeightUpdate(
@@ -69,11 +71,12 @@ final class MergedWeightUpdate implements DeviceUpdate {
     this.fusedBiases = ImmutableMap.of();
     this.matched = ImmutableSet.of();
     this.transposed = ImmutableSet.of();
+    this.widened = ImmutableMap.of();
   }
 
   private MergedWeightUpdate(
       MergedWeightUpdate update, ImmutableMap<String, FusedModule> fused, ImmutableMap<String, FusedModule> fusedBiases,
-      ImmutableSet<ModuleKey> matched, ImmutableSet<String> transposed) {
+      ImmutableSet<ModuleKey> matched, ImmutableSet<String> transposed, ImmutableMap<String, Long> widened) {
     this.doraWeighting = update.doraWeighting;
     this.biases = update.biases;
     this.workers = update.workers;
@@ -87,6 +90,7 @@ final class MergedWeightUpdate implements DeviceUpdate {
     this.fusedBiases = fusedBiases;
     this.matched = matched;
     this.transposed = transposed;
+    this.widened = widened;
   }
 
   /**
@@ -95,7 +99,7 @@ final class MergedWeightUpdate implements DeviceUpdate {
    */
   MergedWeightUpdate withFused(
       ImmutableMap<String, FusedModule> fused, ImmutableMap<String, FusedModule> fusedBiases, Set<ModuleKey> matched) {
-    return new MergedWeightUpdate(this, fused, fusedBiases, ImmutableSet.copyOf(matched), transposed);
+    return new MergedWeightUpdate(this, fused, fusedBiases, ImmutableSet.copyOf(matched), transposed, widened);
   }
 
   /**
@@ -104,7 +108,25 @@ final class MergedWeightUpdate implements DeviceUpdate {
    * be, and transposed back, so its bytes are the separate weight's, transposed.
    */
   MergedWeightUpdate withTransposed(ImmutableSet<String> transposed) {
-    return new MergedWeightUpdate(this, fused, fusedBiases, matched, transposed);
+    return new MergedWeightUpdate(this, fused, fusedBiases, matched, transposed, widened);
+  }
+
+  /**
+   * This update, widening the weights of {@code widened}: each is fused as [W | 0], the base
+   * weight followed by zero columns up to the module's input features (diffusers' {@code
+   * _maybe_expand_transformer_param_shape_or_error_} widens it so before the LoRA applies), so
+   * that every value is the exact sum rounded once, and a new column's is the update's alone.
+   */
+  MergedWeightUpdate withWidened(List<FuseReport.Widened> widened) {
+    ImmutableMap.Builder<String, Long> features = ImmutableMap.builder();
+    widened.forEach(w -> features.put(w.weight(), w.toFeatures()));
+    return new MergedWeightUpdate(this, fused, fusedBiases, matched, transposed, features.build());
+  }
+
+  @Override
+  public long[] outputShape(TensorSpec spec) {
+    Long features = widened.get(spec.name());
+    return features == null ? spec.shape() : new long[] {spec.shape()[0], features};
   }
 
   @Override
@@ -115,6 +137,13 @@ final class MergedWeightUpdate implements DeviceUpdate {
 
   @Override
   public void apply(TensorSpec spec, ByteBuffer weight, ByteBuffer into, DType dtype) {
+    Long features = widened.get(spec.name());
+    if (features != null) {
+      long[] shape = spec.shape();
+      applyUpright(new TensorSpec(spec.name(), spec.dtype(), new long[] {shape[0], features}),
+          widen(weight.duplicate(), shape[0], shape[1], features, spec.dtype().byteSize()), into, dtype);
+      return;
+    }
     if (transposed.contains(spec.name())) {
       long[] shape = spec.shape();
       TensorSpec upright = new TensorSpec(spec.name(), spec.dtype(), new long[] {shape[1], shape[0]});
@@ -126,6 +155,20 @@ final class MergedWeightUpdate implements DeviceUpdate {
       return;
     }
     applyUpright(spec, weight, into, dtype);
+  }
+
+  /**
+   * The {@code rows}×{@code columns} elements of {@code bytes} followed, in each row, by zeros up
+   * to {@code width} columns, in a new buffer: all-zero bytes are +0 in every floating-point type.
+   */
+  private static ByteBuffer widen(ByteBuffer bytes, long rows, long columns, long width, int elementBytes) {
+    int from = Math.toIntExact(columns * elementBytes);
+    int to = Math.toIntExact(width * elementBytes);
+    ByteBuffer result = ByteBuffer.allocate(Math.toIntExact(rows * to)).order(ByteOrder.LITTLE_ENDIAN);
+    for (long row = 0; row < rows; row++) {
+      result.put(Math.toIntExact(row * to), bytes, Math.toIntExact(bytes.position() + row * from), from);
+    }
+    return result;
   }
 
   /** The {@code rows}×{@code columns} elements of {@code bytes}, transposed, in a new buffer. */
@@ -248,7 +291,8 @@ final class MergedWeightUpdate implements DeviceUpdate {
    */
   @Override
   public boolean onDevice(TensorSpec spec) {
-    return !materialised(spec) && !fused.containsKey(spec.name()) && !transposed.contains(spec.name());
+    return !materialised(spec) && !fused.containsKey(spec.name()) && !transposed.contains(spec.name())
+        && !widened.containsKey(spec.name());
   }
 
   private boolean materialised(TensorSpec spec) {

@@ -91,6 +91,9 @@ public interface WeightTarget {
    * with a {@link java.util.concurrent.locks.ReadWriteLock} whose read lock renders hold and whose
    * write lock fuses and unfuses hold.
    *
+   * <p>An array's shape is fixed: a fuse that would widen a weight (a Flux.1 control LoRA's
+   * {@code img_in}, see {@link WeightUpdate#outputShape}) is refused before anything is written.
+   *
    * <p>Targets over the same arrays do not see each other's fuses: fusing through two of them at
    * once, or undoing a fuse through one while a fuse through the other touches the same weights,
    * leaves those weights wrong. Keep one target per set of weights while fuses are active.

@@ -20,11 +20,23 @@ public interface WeightUpdate {
   ImmutableSet<String> names();
 
   /**
+   * The shape the update gives the weight {@code spec} names: its own, except for a weight the
+   * update widens (a Flux.1 control LoRA's {@code img_in}, whose input features grow from 64 to
+   * 128 with zero columns, as diffusers widens it; see {@link
+   * dev.loramerge.arch.Architecture#widensInput}). A target that cannot change a weight's shape
+   * refuses such an update before writing anything. A new array on each call.
+   */
+  default long[] outputShape(TensorSpec spec) {
+    return spec.shape();
+  }
+
+  /**
    * Writes the weight {@code spec} names plus the update into {@code into}. {@code weight} holds
    * the weight's current bytes (little-endian, of {@code spec}'s dtype and shape); {@code into}
    * receives, from its position, the sum rounded once from its exact value to {@code dtype} (F64,
-   * F32, F16 or BF16) as little-endian bytes. {@code into} may be {@code weight} itself when both
-   * types are equally wide. If this throws, {@code into}'s contents are unspecified.
+   * F32, F16 or BF16) as little-endian bytes, {@link #outputShape} elements of them. {@code into}
+   * may be {@code weight} itself when both types are equally wide and the shape stays. If this
+   * throws, {@code into}'s contents are unspecified.
    *
    * @throws IllegalArgumentException if this update does not rewrite the weight {@code spec} names
    * @throws LoraMergeException if a result is not finite or beyond the dtype's range

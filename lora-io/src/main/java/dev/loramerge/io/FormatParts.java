@@ -134,7 +134,6 @@ final class FormatParts {
   private final String fileName;
   private final Map<String, Module> modules = new LinkedHashMap<>();
   private final List<String> unsupported = new ArrayList<>();
-  private final Map<String, List<String>> refused = new LinkedHashMap<>();
 
   FormatParts(String fileName) {
     this.fileName = fileName;
@@ -150,14 +149,6 @@ final class FormatParts {
 
   void unsupported(String tensorName) {
     unsupported.add(tensorName);
-  }
-
-  /**
-   * A tensor that is recognised but cannot be read, for {@code reason} ("widen module …"),
-   * reported apart from the unknown keys and, like them, dropped only when the caller allows it.
-   */
-  void unsupported(String tensorName, String reason) {
-    refused.computeIfAbsent(reason, r -> new ArrayList<>()).add(tensorName);
   }
 
   /**
@@ -177,27 +168,21 @@ final class FormatParts {
                 module.down == null ? "down" : "up"));
       }
     }
-    if (!unsupported.isEmpty() || !refused.isEmpty()) {
-      List<String> reasons = new ArrayList<>();
-      if (!unsupported.isEmpty()) {
-        reasons.add(
-            String.format(
-                Locale.ROOT,
-                "%d tensor%s cannot be read as the tensors of a LoRA, LoCon, LoHa, LoKr, DoRA or"
-                    + " full difference (unknown keys): %s",
-                unsupported.size(),
-                unsupported.size() == 1 ? "" : "s",
-                quoteFirst(unsupported)));
-      }
-      refused.forEach((reason, tensors) -> reasons.add(quoteFirst(tensors) + " " + reason));
-      String message = fileName + ": " + String.join("; ", reasons);
+    if (!unsupported.isEmpty()) {
+      String message =
+          String.format(
+              Locale.ROOT,
+              "%s: %d tensor%s cannot be read as the tensors of a LoRA, LoCon, LoHa, LoKr, DoRA or"
+                  + " full difference (unknown keys): %s",
+              fileName,
+              unsupported.size(),
+              unsupported.size() == 1 ? "" : "s",
+              quoteFirst(unsupported));
       if (!skipUnsupported) {
         throw new LoraMergeException(message + "; skipUnsupported(true) drops them");
       }
       Set<String> dropped = new TreeSet<>();
-      List<String> droppedTensors = new ArrayList<>(unsupported);
-      refused.values().forEach(droppedTensors::addAll);
-      for (String tensor : droppedTensors) {
+      for (String tensor : unsupported) {
         String module = moduleOf(tensor);
         if (!modules.containsKey(module)) {
           dropped.add(module);

@@ -154,7 +154,8 @@ final class KohyaNames {
     for (Map.Entry<String, long[]> entry : weightShapes.entrySet()) {
       Optional<ModuleSpec> spec =
           architecture.resolveKohyaName(kohyaSpelling(entry.getKey())).flatMap(architecture::module);
-      if (spec.isEmpty() || !Arrays.equals(spec.get().weightShape(), entry.getValue())) {
+      if (spec.isEmpty() || !(Arrays.equals(spec.get().weightShape(), entry.getValue())
+          || architecture.widensInput(spec.get().key(), entry.getValue()))) {
         return false;
       }
     }

@@ -161,7 +161,6 @@ final class OriginalNamesFormat {
       SafetensorsFile file, String adapterName, LoraReadOptions options, LoraFormat layout, Map<ModuleKey, String> names) {
     String fileName = file.path().getFileName().toString();
     Architecture architecture = architecture(file, options, layout);
-    Map<String, String> widened = widenedInputs(file, layout, architecture);
     FormatParts parts = new FormatParts(fileName);
     Map<String, Target> targets = new HashMap<>();
     List<LoraModule> replacements = new java.util.ArrayList<>();
@@ -179,10 +178,6 @@ final class OriginalNamesFormat {
         continue;
       }
       String module = parsed.get().moduleName();
-      if (widened.containsKey(module)) {
-        parts.unsupported(name, widened.get(module));
-        continue;
-      }
       targets.put(module, parsed.get().target());
       parts.collect(module, parsed.get().suffix(), name, file.tensor(name));
     }
@@ -220,7 +215,9 @@ final class OriginalNamesFormat {
       }
       ModuleSpec spec = target.module().orElseThrow();
       LoraModule read = LycorisParts.build(fileName, module, spec.key(), module.name, Optional.of(architecture));
-      if (!Arrays.equals(read.weightShape(), spec.weightShape())) {
+      // A control LoRA's img_in takes the conditioning image's latents as more input features:
+      // a fuse widens the base's weight with zero columns, as diffusers does.
+      if (!Arrays.equals(read.weightShape(), spec.weightShape()) && !architecture.widensInput(spec.key(), read.weightShape())) {
         throw new LoraMergeException(
             String.format(
                 Locale.ROOT, "%s: module '%s' updates a %s weight, but %s's '%s' is %s", fileName, module.name,
@@ -386,37 +383,5 @@ final class OriginalNamesFormat {
       }
     }
     return Optional.empty();
-  }
-
-  /**
-   * The modules whose down factor is wider than the base weight's input, each with why it cannot
-   * be read: BFL's control LoRAs widen {@code img_in} from 64 to 128 input features for the
-   * conditioning image (diffusers' {@code _maybe_expand_transformer_param_shape_or_error_} widens
-   * the base's weight with zeros), and this library does not change a base weight's shape.
-   */
-  private static Map<String, String> widenedInputs(SafetensorsFile file, LoraFormat layout, Architecture architecture) {
-    Map<String, String> widened = new HashMap<>();
-    if (layout == LoraFormat.XLABS) {
-      return widened;
-    }
-    for (TensorSpec tensor : file.tensors()) {
-      Optional<Parsed> parsed = parseOriginal(tensor.name(), architecture);
-      if (parsed.isEmpty() || !parsed.get().isDown() || parsed.get().target().module().isEmpty()) {
-        continue;
-      }
-      ModuleSpec spec = parsed.get().target().module().get();
-      long[] shape = tensor.shape();
-      if (shape.length == 2 && shape[1] > spec.inFeatures()) {
-        widened.put(
-            parsed.get().moduleName(),
-            String.format(
-                Locale.ROOT,
-                "widen module '%s' (%s) from %d to %d input features, as BFL's control LoRAs do for their conditioning"
-                    + " image; a %s base's weight is %s, and this library does not change a weight's shape",
-                parsed.get().moduleName(), spec.key(), spec.inFeatures(), shape[1], architecture.displayName(),
-                Arrays.toString(spec.weightShape())));
-      }
-    }
-    return widened;
   }
 }

@@ -94,7 +94,9 @@ public final class SafetensorsWeights implements WeightTarget {
    * applying the same update to this target writes {@code output} with {@code original}'s bytes
    * for every tensor the update changes (after checking that fusing them again gives {@code
    * fused}'s bytes), {@code fused}'s bytes for the others, and {@code original}'s metadata. When
-   * nothing else changed the fused file, {@code output} is byte for byte {@code original}.
+   * nothing else changed the fused file, {@code output} is byte for byte {@code original}. A
+   * weight the fuse widened (a Flux.1 control LoRA's {@code img_in}) is checked at its widened
+   * shape and written back at the original's.
    *
    * @throws IllegalArgumentException if {@code output} is one of the inputs
    * @throws SafetensorsFormatException if either file is not a valid safetensors file
@@ -103,7 +105,7 @@ public final class SafetensorsWeights implements WeightTarget {
   public static SafetensorsWeights restoring(Path fused, Path original, Path output) throws IOException {
     checkDistinct(fused, output);
     checkDistinct(original, output);
-    return new SafetensorsWeights(fused, output, Optional.empty(), Optional.of(original), readWeights(fused));
+    return new SafetensorsWeights(fused, output, Optional.empty(), Optional.of(original), restoredWeights(fused, original));
   }
 
   /**
@@ -131,7 +133,7 @@ public final class SafetensorsWeights implements WeightTarget {
     try (SafetensorsFile from = SafetensorsFile.open(base);
         SafetensorsFile originalFile = original.isPresent() ? SafetensorsFile.open(original.get()) : null) {
       if (originalFile != null) {
-        checkSameLayout(from, originalFile);
+        checkSameLayout(from, originalFile, update);
       }
       SafetensorsFile source = originalFile != null ? originalFile : from;
       Float8Scales quantization = Float8Scales.of(source);
@@ -140,16 +142,23 @@ public final class SafetensorsWeights implements WeightTarget {
             "holds scaled float8 weights, whose scales would not follow a conversion to "
                 + dtype.get().safetensorsName() + "; fuse it keeping its types");
       }
+      // A restore writes the original's shapes; a fuse the shapes the update gives (a widened img_in).
       List<TensorSpec> layout = new ArrayList<>();
       long total = 0;
       for (TensorSpec spec : from.tensors()) {
-        layout.add(new TensorSpec(spec.name(), outputType(spec.dtype()), spec.shape()));
+        TensorSpec written = originalFile != null
+            ? originalFile.spec(spec.name()).orElseThrow()
+            : new TensorSpec(spec.name(), outputType(spec.dtype()),
+                update.names().contains(spec.name()) ? update.outputShape(spec) : spec.shape());
+        layout.add(written);
         total += spec.byteSize();
       }
       Map<String, String> metadata =
           originalFile != null ? originalFile.metadata() : withRecipe(from.metadata(), recipe(update.recipe()));
+      // The touched weights as the update reads them: the original's, for a restore.
       List<TensorSpec> touched =
-          from.tensors().stream().filter(spec -> update.names().contains(spec.name())).collect(Collectors.toList());
+          from.tensors().stream().filter(spec -> update.names().contains(spec.name()))
+              .map(spec -> source.spec(spec.name()).orElseThrow()).collect(Collectors.toList());
       // Every touched weight's layout is checked before anything is written.
       Map<String, double[]> scales = new HashMap<>();
       for (TensorSpec spec : touched) {
@@ -159,7 +168,8 @@ public final class SafetensorsWeights implements WeightTarget {
       StagingRing staging =
           new StagingRing(
               StagingRing.capacityFor(touchedSizes, Math.min(STAGING_BYTES, Runtime.getRuntime().maxMemory() / 4)));
-      long largest = Arrays.stream(touchedSizes).max().orElse(1);
+      long largest = touched.stream().mapToLong(spec -> TensorData.numel(update.outputShape(spec)) * spec.dtype().byteSize())
+          .max().orElse(1);
       ByteBuffer check =
           originalFile != null
               ? ByteBuffer.allocateDirect(Math.toIntExact(largest)).order(ByteOrder.LITTLE_ENDIAN)
@@ -236,22 +246,34 @@ public final class SafetensorsWeights implements WeightTarget {
       original = ByteBuffer.allocate(bytes.remaining()).order(ByteOrder.LITTLE_ENDIAN);
       original.put(bytes.duplicate()).flip();
     }
+    long outputElements = TensorData.numel(update.outputShape(spec));
     if (scales != null) {
       double[] values = ScaledFloat8.decode(bytes, spec.dtype(), scales);
       ByteBuffer weight = ByteBuffer.allocate(values.length * Double.BYTES).order(ByteOrder.LITTLE_ENDIAN);
       weight.asDoubleBuffer().put(values);
-      update.apply(new TensorSpec(spec.name(), DType.F64, spec.shape()), weight, weight, DType.F64);
-      weight.asDoubleBuffer().get(values);
-      ScaledFloat8.encode(values, spec.dtype(), scales, bytes, update.describe(spec.name()));
-      return new Computed(restore ? original : bytes, bytes);
+      ByteBuffer fused64 = outputElements == values.length
+          ? weight
+          : ByteBuffer.allocate(Math.toIntExact(outputElements * Double.BYTES)).order(ByteOrder.LITTLE_ENDIAN);
+      update.apply(new TensorSpec(spec.name(), DType.F64, spec.shape()), weight, fused64, DType.F64);
+      double[] fusedValues = new double[Math.toIntExact(outputElements)];
+      fused64.asDoubleBuffer().get(fusedValues);
+      // A widened weight keeps its rows, so a per-row scale still scales each of them.
+      ByteBuffer codes = outputElements == values.length ? bytes : outputBuffer(outputElements, spec.dtype());
+      ScaledFloat8.encode(fusedValues, spec.dtype(), scales, codes, update.describe(spec.name()));
+      return new Computed(restore ? original : codes, codes);
     }
     DType outputType = outputType(spec.dtype());
     ByteBuffer fused =
-        outputType.byteSize() == spec.dtype().byteSize()
+        outputType.byteSize() == spec.dtype().byteSize() && outputElements == TensorData.numel(spec.shape())
             ? bytes
-            : ByteBuffer.allocateDirect(Math.toIntExact(TensorData.numel(spec.shape()) * outputType.byteSize())).order(ByteOrder.LITTLE_ENDIAN);
+            : outputBuffer(outputElements, outputType);
     update.apply(spec, bytes, fused, outputType);
     return new Computed(restore ? original : fused, fused);
+  }
+
+  /** A buffer, outside the staging ring, for a fused tensor that is wider or larger than its input. */
+  private static ByteBuffer outputBuffer(long elements, DType dtype) {
+    return ByteBuffer.allocateDirect(Math.toIntExact(elements * dtype.byteSize())).order(ByteOrder.LITTLE_ENDIAN);
   }
 
   private static void stop(ExecutorService worker) {
@@ -374,12 +396,17 @@ public final class SafetensorsWeights implements WeightTarget {
     }
   }
 
-  private void checkSameLayout(SafetensorsFile fused, SafetensorsFile originalFile) {
+  /**
+   * Checks that {@code fused} has {@code originalFile}'s tensors, each of the same dtype and of
+   * the same shape, or of the shape {@code update} gives it (a widened weight).
+   */
+  private void checkSameLayout(SafetensorsFile fused, SafetensorsFile originalFile, WeightUpdate update) {
     for (TensorSpec spec : fused.tensors()) {
       Optional<TensorSpec> other = originalFile.spec(spec.name());
       if (other.isEmpty()
           || other.get().dtype() != spec.dtype()
-          || !Arrays.equals(other.get().shape(), spec.shape())) {
+          || !Arrays.equals(
+              update.names().contains(spec.name()) ? update.outputShape(other.get()) : other.get().shape(), spec.shape())) {
         throw new LoraMergeException(
             String.format(
                 Locale.ROOT,
@@ -409,6 +436,18 @@ public final class SafetensorsWeights implements WeightTarget {
     }
     result.put(LoraMerger.RECIPE_KEY, recipe);
     return result;
+  }
+
+  /**
+   * The weights of a restore: {@code fused}'s names in its order, each with its spec in {@code
+   * original} where it has one, so that the update is planned as the fuse was (a weight the fuse
+   * widened is widened again from the original's, and checked against the fused file's).
+   */
+  private static ImmutableMap<String, TensorSpec> restoredWeights(Path fused, Path original) throws IOException {
+    ImmutableMap<String, TensorSpec> originals = readWeights(original);
+    ImmutableMap.Builder<String, TensorSpec> weights = ImmutableMap.builder();
+    readWeights(fused).forEach((name, spec) -> weights.put(name, originals.getOrDefault(name, spec)));
+    return weights.build();
   }
 
   private static ImmutableMap<String, TensorSpec> readWeights(Path path) throws IOException {

@@ -51,7 +51,7 @@ import org.junit.jupiter.api.io.TempDir;
  *       lora_bias} (PEFT adds {@code scaling·lora_B.bias}; no alphas, so the scale is 1); the
  *       attention norms' {@code .scale} tensors replace the base's ({@code _load_norm_into_transformer})
  *       and {@code img_in} widens x_embedder from 64 to 128 input features ({@code
- *       _maybe_expand_transformer_param_shape_or_error_}).
+ *       _maybe_expand_transformer_param_shape_or_error_}), read at its width.
  * </ul>
  */
 class OriginalNamesFormatTest {
@@ -296,20 +296,15 @@ class OriginalNamesFormatTest {
   }
 
   @Test
-  void controlLoraWidenedInputIsRefusedByNameUnlessSkippedAndItsNormScalesAreReplacements() throws IOException {
+  void controlLoraWidenedInputIsReadAtItsWidthAndItsNormScalesAreReplacements() throws IOException {
     Map<String, TensorData> tensors = control(5, true);
     Path path = write("canny", tensors);
     assertThat(LoraFiles.detect(path)).isEqualTo(LoraFormat.BFL);
-    assertThatThrownBy(() -> LoraFiles.read(path))
-        .isInstanceOf(LoraMergeException.class)
-        .hasMessageStartingWith("canny.safetensors: ")
-        .hasMessageContaining("'img_in.lora_A.weight'")
-        .hasMessageContaining("widen module 'img_in' (transformer.x_embedder) from 64 to 128 input features")
-        .hasMessageNotContaining("norm")
-        .hasMessageEndingWith("skipUnsupported(true) drops them");
-    LoraAdapter adapter = LoraFiles.read(path, LoraReadOptions.builder().skipUnsupported(true).build());
-    assertThat(adapter.module(key("x_embedder"))).isEmpty();
-    assertThat(adapter.size()).as("3 + 1 + 4 LoRA parts and 2 norm replacements").isEqualTo(3 + 1 + 4 + 2);
+    LoraAdapter adapter = LoraFiles.read(path);
+    LoraModule imgIn = adapter.module(key("x_embedder")).orElseThrow();
+    assertThat(imgIn.weightShape()).as("128 input features: a fuse widens the base's 64").containsExactly(INNER, 128);
+    assertThat(imgIn.down()).isEqualTo(tensors.get("img_in.lora_A.weight"));
+    assertThat(adapter.size()).as("3 + 1 + 4 LoRA parts, img_in and 2 norm replacements").isEqualTo(3 + 1 + 4 + 1 + 2);
     LoraModule normQ = adapter.module(key("transformer_blocks.0.attn.norm_q")).orElseThrow();
     assertThat(normQ.adapterKind()).isEqualTo(AdapterKind.REPLACEMENT);
     assertThat(normQ.replacementWeight()).isEqualTo(tensors.get("double_blocks.0.img_attn.norm.query_norm.scale"));
