@@ -70,14 +70,21 @@ final class KohyaNames {
           fileName,
           weightShapes,
           name -> {
+            // The fitting architecture first: a bare original-named base (SD3.5's
+            // joint_blocks.0.x_block.attn.proj, Flux's double_blocks.0.img_attn.proj) would
+            // otherwise key lora_unet_joint_blocks_0_x_block_attn_proj as a UNet module of that
+            // name, which no architecture has, and the file's fused qkv parts would find no weight.
+            Optional<ModuleKey> byArchitecture = fitting.flatMap(architecture -> byArchitecture(architecture, name));
+            if (byArchitecture.isPresent()) {
+              return byArchitecture;
+            }
             ModuleKey key = byBase.get(name);
             if (key != null) {
               return Optional.of(key);
             }
             // A single-file base (SD2.x's original names) may resolve none of a file of diffusers
             // paths that no architecture fits: the grammar still reads them.
-            Optional<ModuleKey> byArchitecture = fitting.flatMap(architecture -> byArchitecture(architecture, name));
-            return byArchitecture.isPresent() ? byArchitecture : byGrammar(name);
+            return byGrammar(name);
           });
     }
     for (Architecture architecture : Architecture.all()) {
