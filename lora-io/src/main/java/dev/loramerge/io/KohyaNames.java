@@ -70,21 +70,19 @@ final class KohyaNames {
           fileName,
           weightShapes,
           name -> {
-            // The fitting architecture first: a bare original-named base (SD3.5's
-            // joint_blocks.0.x_block.attn.proj, Flux's double_blocks.0.img_attn.proj) would
-            // otherwise key lora_unet_joint_blocks_0_x_block_attn_proj as a UNet module of that
-            // name, which no architecture has, and the file's fused qkv parts would find no weight.
-            Optional<ModuleKey> byArchitecture = fitting.flatMap(architecture -> byArchitecture(architecture, name));
-            if (byArchitecture.isPresent()) {
-              return byArchitecture;
-            }
             ModuleKey key = byBase.get(name);
-            if (key != null) {
+            Optional<ModuleKey> byArchitecture = fitting.flatMap(architecture -> byArchitecture(architecture, name));
+            // The base's key picks between architectures that both fit (a T5 file: Flux's
+            // text_encoder_2 or SD3's text_encoder_3), but a bare original-named base (SD3.5's
+            // joint_blocks.0.x_block.attn.proj, Flux's double_blocks.0.img_attn.proj) keys its
+            // kohya spelling as a UNet module no architecture has, and the file's fused qkv parts
+            // would then find no weight: the fitting architecture's key wins over such a key.
+            if (key != null && (byArchitecture.isEmpty() || isAnArchitecturesModule(key))) {
               return Optional.of(key);
             }
             // A single-file base (SD2.x's original names) may resolve none of a file of diffusers
             // paths that no architecture fits: the grammar still reads them.
-            return byGrammar(name);
+            return byArchitecture.isPresent() ? byArchitecture : byGrammar(name);
           });
     }
     for (Architecture architecture : Architecture.all()) {
@@ -155,6 +153,10 @@ final class KohyaNames {
   private static String architectureNames() {
     return String.join(
         " or ", Architecture.all().stream().map(Architecture::displayName).toArray(String[]::new));
+  }
+
+  private static boolean isAnArchitecturesModule(ModuleKey key) {
+    return Architecture.all().stream().anyMatch(architecture -> architecture.module(key).isPresent());
   }
 
   private static boolean fits(Architecture architecture, Map<String, long[]> weightShapes) {

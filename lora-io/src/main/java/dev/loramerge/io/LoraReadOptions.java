@@ -90,7 +90,11 @@ public final class LoraReadOptions {
       return this;
     }
 
-    /** Resolves names against these base weight tensor names (e.g. a UNet file's keys). */
+    /**
+     * Resolves names against these base weight tensor names (e.g. a UNet file's keys); a key that
+     * is no architecture's module gives way to that of an architecture whose modules and shapes
+     * fit every name.
+     */
     @CanIgnoreReturnValue
     public Builder baseKeys(Iterable<String> baseKeys) {
       this.baseKeys = ImmutableSet.copyOf(baseKeys);
