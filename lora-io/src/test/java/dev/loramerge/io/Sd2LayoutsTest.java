@@ -349,6 +349,39 @@ class Sd2LayoutsTest {
     }
   }
 
+  /**
+   * A UNet LoRA on self-attention only ({@code attn1}, [C, C] in both) has shapes SD1.5 shares, so
+   * detection names SD1.5, the first that fits; ldm's original names are the same for both UNets,
+   * so it still fuses into an SD2.1 single file, rounded once.
+   */
+  @Test
+  void aSelfAttentionOnlyLoraFitsSd15TooAndFusesIntoSd2sOriginalNames() throws IOException {
+    Module module = UNET.get(2);
+    Random random = new Random(23);
+    Map<String, TensorData> tensors = new LinkedHashMap<>();
+    factors(tensors, random, module, module.component() + "." + module.path(), 4, 1, diffusersFactors);
+    Path lora = folder.resolve("sd2-attn1.safetensors");
+    Safetensors.write(lora, tensors, ImmutableMap.of("format", "pt"));
+    LoraAdapter adapter = LoraFiles.read(lora);
+    assertThat(Architecture.detect(adapter)).contains(Architecture.sd15());
+
+    TensorData original = gaussian(random, module.out(), module.in());
+    Path base = folder.resolve("v2-1_768-ema-pruned.safetensors");
+    Safetensors.write(base, ImmutableMap.of(module.original(), original), ImmutableMap.of());
+    Path fused = folder.resolve("fused.safetensors");
+    assertThat(LoraFuser.of(LoraMerger.builder().add(adapter, 0.7).build())
+            .fuseInto(SafetensorsWeights.of(base, fused)).report().matched())
+        .containsEntry(module.key(), module.original());
+    try (SafetensorsFile file = SafetensorsFile.open(fused)) {
+      double[] delta = diffusersFactors.get(module.key()).delta();
+      double[] expected = new double[delta.length];
+      for (int i = 0; i < expected.length; i++) {
+        expected[i] = original.getDouble(i) + 0.7 * delta[i];
+      }
+      assertFused(file.tensor(module.original()), 0, expected, module.path());
+    }
+  }
+
   /** W + 0.7·ΔW(diffusers) + 0.5·ΔW(PEFT UNet) + 0.25·ΔW(PEFT text encoder), in float64. */
   private double[] expectedFused(Module module, TensorData original) {
     double weight = module.component().equals("unet") ? 0.5 : 0.25;
