@@ -39,6 +39,8 @@ class InterruptionTest {
   private static final int IN = 4096;
 
   @TempDir Path temp;
+  /** The child processes' stderr, apart from {@code temp}, whose contents the tests check. */
+  @TempDir Path logs;
 
   /** A started {@code lora} process, with stderr in a file. */
   private record Lora(Process process, Path stderr) {
@@ -58,7 +60,7 @@ class InterruptionTest {
     command.addAll(List.of("-Xmx1g", "-Dai.djl.offline=true", "-cp", System.getProperty("java.class.path")));
     command.add(LoraCommand.class.getName());
     command.addAll(List.of(args));
-    Path stderr = Files.createTempFile("lora-stderr", ".txt");
+    Path stderr = Files.createTempFile(logs, "lora-stderr", ".txt");
     Process process =
         new ProcessBuilder(command)
             .redirectOutput(ProcessBuilder.Redirect.DISCARD)
