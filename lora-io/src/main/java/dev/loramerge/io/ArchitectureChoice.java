@@ -16,6 +16,7 @@ import java.util.Locale;
 import java.util.Map;
 import java.util.Optional;
 import java.util.Set;
+import java.util.TreeSet;
 import java.util.stream.Collectors;
 
 /**
@@ -96,7 +97,7 @@ final class ArchitectureChoice {
    */
   private static Optional<Hint> dialectHint(Collection<String> fileNames) {
     Set<Architecture> permitted = new LinkedHashSet<>(Architecture.all());
-    Set<String> evidence = new LinkedHashSet<>();
+    Set<String> evidence = new TreeSet<>();
     for (String name : fileNames) {
       for (String prefix : SDXL_UNET) {
         if (name.startsWith(prefix)) {
