@@ -127,6 +127,16 @@ class ArchitectureDetectionCommandTest {
   }
 
   @Test
+  void aMergeOfSmallSdxlLorasKeepsSdxlsNames() throws IOException {
+    Path first = kohyaFile("first-sdxl.safetensors", Map.of(), SDXL_ATTN1, SDXL_TE1);
+    Path second = kohyaFile("second-sdxl.safetensors", Map.of("ss_base_model_version", "sdxl_base_v1-0"), SDXL_ATTN1);
+    Path merged = temp.resolve("merged.safetensors");
+    assertThat(run("merge", "--format", "kohya", "-o", merged.toString(), first + "=0.5", second + "=0.5")).as("stderr: %s", err).isZero();
+    assertThat(moduleNames(merged)).containsExactly(SDXL_TE1, SDXL_ATTN1);
+    assertThat(inspect(merged)).containsPattern("architecture +SDXL ");
+  }
+
+  @Test
   void sd15NamesAndMetadataOrNoneStaySd15() throws IOException {
     Path bare = kohyaFile("sd15.safetensors", Map.of(), SD15_ATTN1, SD15_TE);
     assertThat(inspect(bare)).containsPattern("architecture +SD1\\.5\\n").contains("metadata      (none)").doesNotContain("warning");
