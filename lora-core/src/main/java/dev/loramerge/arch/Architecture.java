@@ -200,9 +200,13 @@ public final class Architecture {
    */
   public static Optional<Architecture> detect(LoraAdapter adapter) {
     checkNotNull(adapter, "adapter");
-    ImmutableList<Architecture> fitting = fitting(adapter);
+    if (adapter.size() == 0) {
+      return Optional.empty();
+    }
+    // Lazily, so that an adapter SD1.5 fits does not generate the other architectures' tables.
     ImmutableList<Architecture> named = namedBy(adapter.metadata());
-    return fitting.stream().filter(named::contains).findFirst().or(() -> fitting.stream().findFirst());
+    return all().stream().filter(named::contains).filter(architecture -> architecture.fits(adapter)).findFirst()
+        .or(() -> all().stream().filter(architecture -> architecture.fits(adapter)).findFirst());
   }
 
   /**

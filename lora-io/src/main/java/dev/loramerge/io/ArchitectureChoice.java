@@ -48,13 +48,17 @@ final class ArchitectureChoice {
    */
   static LoraFiles.Detected choose(
       LoraAdapter adapter, LoraFormat format, Collection<String> fileNames, Optional<Architecture> given) {
-    ImmutableList<Architecture> fitting = Architecture.fitting(adapter);
     List<Hint> hints = new ArrayList<>();
     given.ifPresent(architecture -> hints.add(new Hint("the architecture given", ImmutableList.of(architecture))));
     metadataHint(adapter.metadata()).ifPresent(hints::add);
     if (format == LoraFormat.KOHYA) {
       dialectHint(fileNames).ifPresent(hints::add);
     }
+    if (hints.isEmpty()) {
+      // Only the shapes: the first that fits, without generating the later architectures' tables.
+      return new LoraFiles.Detected(Architecture.detect(adapter), Optional.empty(), ImmutableList.of(), false);
+    }
+    ImmutableList<Architecture> fitting = Architecture.fitting(adapter);
     ImmutableList.Builder<String> warnings = ImmutableList.builder();
     for (Hint hint : hints) {
       Optional<Architecture> chosen = fitting.stream().filter(hint.architectures()::contains).findFirst();
