@@ -26,7 +26,7 @@
 # call of the run tool is 600 s at most); the Java and Python programs are told their share and
 # report what they finished. Env: DEADLINE, REBUILD=1, CYCLES (hot-swap cycles, 1000), HOTSWAP_S
 # (at most 200 s of them, leaving the byte comparisons their time), RUNS (3),
-# MERGE_RUNS (2), JAVA_HEAP (48g), JAVA_OPTS (more JVM options, e.g. -Dloramerge.device.batchElements=N), BENCH_ARGS / PEFT_ARGS (appended to the Java bench's and
+# MERGE_RUNS (2), JAVA_HEAP (48g; committed and touched at start unless PRETOUCH=0), JAVA_OPTS (more JVM options, e.g. -Dloramerge.device.batchElements=N), BENCH_ARGS / PEFT_ARGS (appended to the Java bench's and
 # peft_gpu.py's options, e.g. "--modules 40"). To dry-run the stages' plumbing on a machine without
 # a GPU: DEVICE=cpu, DJL_JNI_SO (a JNI library to use instead of a build) and TORCH_LIB,
 # TORCH_LIB_VERSION, TORCH_LIB_FLAVOR (the libtorch it was built for, e.g. DJL's CPU 2.7.1).
@@ -106,7 +106,12 @@ if [ "$needs_java" = 1 ]; then
   KERNEL_OPT=()
   [ "${KERNELS:-1}" = 1 ] && [ -f "$KSO" ] && KERNEL_OPT=("-Dloramerge.cuda.kernels=$KSO")
   JAVA=(/tmp/loramerge-jre/jre/bin/java -Djna.library.path=/tmp/cudart -Dai.djl.offline=true --add-modules jdk.incubator.vector "${KERNEL_OPT[@]}" ${JAVA_OPTS:-})
-  BENCH=("${JAVA[@]}" "-Xmx${JAVA_HEAP:-48g}" -XX:MaxDirectMemorySize=96g -cp "$G/lib/*" dev.loramerge.bench.BenchCommand)
+  # The heap committed and touched at start, and kept (as bin/lora-bench does): a heap that grows
+  # during a timed run pays the kernel's first-touch page faults there, which 16 merge threads
+  # allocating gigabytes (the svd methods' float64 scratch) contend on. PRETOUCH=0 leaves it growing.
+  HEAP=("-Xmx${JAVA_HEAP:-48g}")
+  [ "${PRETOUCH:-1}" = 1 ] && HEAP+=("-Xms${JAVA_HEAP:-48g}" -XX:+AlwaysPreTouch -XX:MaxHeapFreeRatio=100)
+  BENCH=("${JAVA[@]}" "${HEAP[@]}" -XX:MaxDirectMemorySize=96g -cp "$G/lib/*" dev.loramerge.bench.BenchCommand)
   echo "java $(/tmp/loramerge-jre/jre/bin/java -version 2>&1 | head -1); JNI $SO; cudart $CUDART; kernels ${KERNEL_OPT[*]:-off}"
 fi
 

@@ -16,10 +16,14 @@ import dev.loramerge.merge.spi.ModuleUpdate;
 import dev.loramerge.merge.spi.Offer;
 import dev.loramerge.merge.spi.Offer.Precision;
 import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.nio.FloatBuffer;
 import java.util.ArrayList;
 import java.util.Arrays;
+import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Locale;
+import java.util.Map;
 import java.util.Optional;
 import java.util.function.Supplier;
 import java.util.stream.Collectors;
@@ -58,16 +62,75 @@ final class ModuleMerger {
    */
   Optional<Merged> merge(
       Supplier<NDManager> manager, DenseBuffers buffers, ModuleKey key, Precision precision, Optional<DType> outputType) {
+    return step(manager, buffers, key, precision, outputType, false).merged();
+  }
+
+  /**
+   * {@link #merge} of each of {@code keys}, in order, with the dense updates that the randomized
+   * SVD re-ranks truncated together, one batch per shape and target rank: on a device a batch
+   * costs the calls and waits of one module. The batches are a function of the keys alone, so
+   * the results do not depend on threads or timing.
+   */
+  List<Optional<Merged>> mergeTogether(
+      Supplier<NDManager> manager, DenseBuffers buffers, List<ModuleKey> keys, Precision precision,
+      Optional<DType> outputType) {
+    List<Step> steps = new ArrayList<>();
+    for (ModuleKey key : keys) {
+      steps.add(step(manager, buffers, key, precision, outputType, true));
+    }
+    Map<List<Integer>, List<Integer>> batches = new LinkedHashMap<>();
+    for (int i = 0; i < steps.size(); i++) {
+      Step step = steps.get(i);
+      if (step.dense() != null) {
+        batches.computeIfAbsent(List.of(step.dense().rows(), step.dense().columns(), step.target()), shape -> new ArrayList<>()).add(i);
+      }
+    }
+    List<Optional<Merged>> merged = new ArrayList<>(steps.stream().map(Step::merged).toList());
+    for (Map.Entry<List<Integer>, List<Integer>> batch : batches.entrySet()) {
+      int rows = batch.getKey().get(0);
+      int cols = batch.getKey().get(1);
+      List<Integer> members = batch.getValue();
+      ByteBuffer buffer = buffers.take(Math.multiplyExact(Math.multiplyExact(members.size(), rows * cols), Float.BYTES));
+      try {
+        ByteBuffer stacked = buffer.duplicate().clear().limit(members.size() * rows * cols * Float.BYTES).slice().order(ByteOrder.nativeOrder());
+        FloatBuffer floats = stacked.asFloatBuffer();
+        for (int member : members) {
+          floats.put(steps.get(member).dense().values());
+        }
+        double[][][] factors = reRank.denseBatch(manager.get(), stacked, members.size(), rows, cols, batch.getKey().get(2));
+        for (int j = 0; j < members.size(); j++) {
+          merged.set(members.get(j), Optional.of(Merged.ofDoubles(factors[j], rows)));
+        }
+      } finally {
+        buffers.give(buffer);
+      }
+    }
+    return merged;
+  }
+
+  /**
+   * A module's merge up to its re-rank: the merged update, or with {@code deferDense} a dense
+   * update that the randomized SVD re-ranks and its target rank, for {@link #mergeTogether}.
+   */
+  private record Step(Optional<Merged> merged, ModuleUpdate.Dense dense, int target) {
+    static Step of(Optional<Merged> merged) {
+      return new Step(merged, null, 0);
+    }
+  }
+
+  private Step step(
+      Supplier<NDManager> manager, DenseBuffers buffers, ModuleKey key, Precision precision, Optional<DType> outputType,
+      boolean deferDense) {
     List<Integer> indices = presentIndices(key);
     List<MergeInput> present = indices.stream().map(inputs::get).toList();
     if (present.isEmpty()) {
-      return Optional.empty();
+      return Step.of(Optional.empty());
     }
     LoraModule first = present.get(0).adapter().modules().get(key);
     MergeAlgorithm.Requirements requirements = algorithm.requirements();
     boolean materialise = present.stream().anyMatch(input -> !input.adapter().modules().get(key).isPlainLora());
     if (materialise && requirements.exactInFloat64()) {
-      return Optional.of(materialised(manager, key, present));
+      return Step.of(Optional.of(materialised(manager, key, present)));
     }
     if (materialise) {
       checkMaterialisable(key, present);
@@ -100,14 +163,17 @@ final class ModuleMerger {
         outputType.filter(type -> !requirements.reRanked() && (explicit.isEmpty() || rankSum <= target));
     ModuleUpdate update = algorithm.merge(new MergeContext(key, built, manager, target, new Offer(precision, finalType)));
     if (update instanceof ModuleUpdate.Encoded encoded) {
-      return Optional.of(Merged.ofTensors(checkEncoded(key, encoded, finalType, rankSum)));
+      return Step.of(Optional.of(Merged.ofTensors(checkEncoded(key, encoded, finalType, rankSum))));
+    }
+    if (update instanceof ModuleUpdate.Dense dense && deferDense && reRank.randomized(dense.rows(), dense.columns())) {
+      return new Step(Optional.empty(), dense, target);
     }
     if (update instanceof ModuleUpdate.Dense dense) {
       ByteBuffer buffer = buffers.take(Math.multiplyExact(dense.values().length, Float.BYTES));
       NDArray array =
           manager.get().create(DenseBuffers.holding(buffer, dense.values()), new Shape(dense.rows(), dense.columns()), DataType.FLOAT32);
       try {
-        return Optional.of(Merged.of(reRank.dense(manager.get(), array, target)));
+        return Step.of(Optional.of(Merged.of(reRank.dense(manager.get(), array, target))));
       } finally {
         array.close();
         buffers.give(buffer);
@@ -117,9 +183,9 @@ final class ModuleMerger {
         ? Merged.ofFloats(factors.up(), factors.down(), factors.rank())
         : Merged.ofDoubles((ModuleUpdate.DoubleFactors) update);
     if (requirements.reRanked() || (explicit.isPresent() && merged.rank() > target)) {
-      return Optional.of(reRank.factored(merged, target, Math.toIntExact(first.outFeatures())));
+      return Step.of(Optional.of(reRank.factored(merged, target, Math.toIntExact(first.outFeatures()))));
     }
-    return Optional.of(merged);
+    return Step.of(Optional.of(merged));
   }
 
   /**

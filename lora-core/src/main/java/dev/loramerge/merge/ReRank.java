@@ -5,6 +5,7 @@ import ai.djl.ndarray.NDManager;
 import ai.djl.ndarray.types.DataType;
 import dev.loramerge.internal.linalg.FactoredSvd;
 import dev.loramerge.internal.linalg.RandomizedSvd;
+import java.nio.ByteBuffer;
 import java.util.Arrays;
 import java.util.function.ToIntFunction;
 
@@ -30,6 +31,27 @@ final class ReRank {
             ? RandomizedSvd.exact(manager, dense, rankOf)
             : RandomizedSvd.truncate(manager, dense, target, rankOf, sketches);
     return clamp(factors);
+  }
+
+  /**
+   * Whether {@link #dense} truncates an m×n update by the randomized SVD, which {@link
+   * #denseBatch} can do for several at once.
+   */
+  boolean randomized(long rows, long cols) {
+    return !policy.exactSvd() && !RandomizedSvd.exactIsCheap(rows, cols);
+  }
+
+  /**
+   * {@link #dense} of {@code count} m×n updates stacked as float32 in {@code dense}, for which
+   * {@link #randomized} holds, by one batched truncation; per update {up, down} in float64.
+   */
+  double[][][] denseBatch(NDManager manager, ByteBuffer dense, int count, int rows, int cols, int target) {
+    double[][][] factors =
+        RandomizedSvd.truncateBatch(manager, dense, count, rows, cols, target, sigma -> policy.rank(sigma, target), sketches);
+    for (double[][] pair : factors) {
+      clamp(pair);
+    }
+    return factors;
   }
 
   /** {@code merged} factors of {@code rows} rows truncated to at most {@code target} rank, in float64. */

@@ -1,9 +1,13 @@
 package dev.loramerge.internal.linalg;
 
 import ai.djl.ndarray.NDArray;
+import ai.djl.ndarray.NDArrays;
+import ai.djl.ndarray.NDList;
 import ai.djl.ndarray.NDManager;
 import ai.djl.ndarray.types.DataType;
 import ai.djl.ndarray.types.Shape;
+import java.nio.ByteBuffer;
+import java.util.Arrays;
 import java.util.List;
 import java.util.SplittableRandom;
 import java.util.concurrent.ConcurrentHashMap;
@@ -77,6 +81,76 @@ public final class RandomizedSvd {
   }
 
   /**
+   * {@link #truncate} of {@code count} m×n matrices at once, stacked row-major as float32 in
+   * {@code dense}: each product is one batched call and each step's small matrices come back to
+   * the host in one copy, so a device does a batch in the calls and waits of one matrix (on a GPU
+   * each call costs tens of microseconds of launch and JNI, each copy back a wait for the device).
+   * Orthonormalization is Cholesky-QR, Q = Y·R⁻¹ from YᵀY = RᵀR on the host (the eigen root's
+   * pseudo-inverse where the Gram is ill-conditioned, {@link GramRoot#of}), and the core's Gram
+   * matrices come back together. The results equal {@link #truncate}'s up to rounding; which
+   * matrices share a batch changes their last bits, so callers batch by a rule, not by timing.
+   *
+   * @param rank the rank the sketch is sized for
+   * @param rankOf the kept rank k from each matrix's sketch singular values (at most {@code rank})
+   * @return per matrix, {B' (m×k), A' (k×n)} in float64, row-major
+   */
+  public static double[][][] truncateBatch(
+      NDManager manager, ByteBuffer dense, int count, int rows, int cols, int rank, ToIntFunction<double[]> rankOf,
+      Sketches sketches) {
+    int width = Math.min(rank + OVERSAMPLING, Math.min(rows, cols));
+    try (NDManager scope = manager.newSubManager()) {
+      NDArray d = scope.create(dense, new Shape(count, rows, cols), DataType.FLOAT32);
+      NDArray omega = scope.create(sketches.omega(cols, width), new Shape(cols, width));
+      NDArray basis = orthonormalBatch(scope, d.matMul(omega), count, width);
+      for (int i = 0; i < POWER_ITERATIONS; i++) {
+        NDArray back = d.transpose(0, 2, 1).matMul(basis.toType(DataType.FLOAT32, false));
+        basis = orthonormalBatch(scope, d.matMul(back), count, width);
+      }
+      NDArray projected = basis.toType(DataType.FLOAT32, false).transpose(0, 2, 1).matMul(d).toType(DataType.FLOAT64, false);
+      double[] grams =
+          NDArrays.stack(new NDList(basis.transpose(0, 2, 1).matMul(basis), projected.matMul(projected.transpose(0, 2, 1))))
+              .toDoubleArray();
+      int square = width * width;
+      FactoredSvd[] svds = new FactoredSvd[count];
+      int most = 1;
+      for (int b = 0; b < count; b++) {
+        svds[b] =
+            FactoredSvd.of(
+                DMatrixRMaj.wrap(width, width, Arrays.copyOfRange(grams, b * square, (b + 1) * square)),
+                DMatrixRMaj.wrap(width, width, Arrays.copyOfRange(grams, (count + b) * square, (count + b + 1) * square)),
+                rankOf);
+        most = Math.max(most, svds[b].rank());
+      }
+      // L and P of every matrix, zero-padded to the batch's largest kept rank.
+      double[] lefts = new double[count * width * most];
+      double[] rights = new double[count * most * width];
+      for (int b = 0; b < count; b++) {
+        DMatrixRMaj left = svds[b].left();
+        DMatrixRMaj right = svds[b].right();
+        for (int row = 0; row < width; row++) {
+          System.arraycopy(left.data, row * left.numCols, lefts, (b * width + row) * most, left.numCols);
+        }
+        System.arraycopy(right.data, 0, rights, b * most * width, right.data.length);
+      }
+      NDArray ups = basis.matMul(scope.create(lefts, new Shape(count, width, most)));
+      NDArray downs = scope.create(rights, new Shape(count, most, width)).matMul(projected);
+      double[] values = NDArrays.concat(new NDList(ups.flatten(), downs.flatten())).toDoubleArray();
+      double[][][] factors = new double[count][][];
+      long upsSize = (long) count * rows * most;
+      for (int b = 0; b < count; b++) {
+        int k = svds[b].rank();
+        double[] up = new double[rows * k];
+        for (int row = 0; row < rows; row++) {
+          System.arraycopy(values, (b * rows + row) * most, up, row * k, k);
+        }
+        int downStart = Math.toIntExact(upsSize + (long) b * most * cols);
+        factors[b] = new double[][] {up, Arrays.copyOfRange(values, downStart, downStart + k * cols)};
+      }
+      return factors;
+    }
+  }
+
+  /**
    * Returns {B' (m×k), A' (k×n)} from an exact float64 SVD of D (O(m·n·min(m, n)); for checks
    * and small modules).
    */
@@ -135,6 +209,23 @@ public final class RandomizedSvd {
             return omega;
           });
     }
+  }
+
+  /**
+   * Q = Y·R⁻¹ for each of a batch's Y (count×m×w), R from YᵀY = RᵀR on the host: orthonormal
+   * columns spanning Y's, a zero column for each direction the eigen root drops.
+   */
+  private static NDArray orthonormalBatch(NDManager manager, NDArray y, int count, int width) {
+    NDArray y64 = y.toType(DataType.FLOAT64, false);
+    double[] grams = y64.transpose(0, 2, 1).matMul(y64).toDoubleArray();
+    int square = width * width;
+    double[] inverses = new double[grams.length];
+    DMatrixRMaj identity = CommonOps_DDRM.identity(width);
+    for (int b = 0; b < count; b++) {
+      DMatrixRMaj gram = DMatrixRMaj.wrap(width, width, Arrays.copyOfRange(grams, b * square, (b + 1) * square));
+      System.arraycopy(GramRoot.of(gram).solve(identity).data, 0, inverses, b * square, square);
+    }
+    return y64.matMul(manager.create(inverses, new Shape(count, width, width)));
   }
 
   /** Q with orthonormal columns spanning Y's (float64), by Y·V·Λ^-½ from YᵀY = VΛVᵀ. */

@@ -6,6 +6,8 @@ import ai.djl.ndarray.NDArray;
 import ai.djl.ndarray.NDManager;
 import ai.djl.ndarray.types.DataType;
 import ai.djl.ndarray.types.Shape;
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
 import java.util.Random;
 import org.junit.jupiter.api.Test;
 
@@ -57,6 +59,77 @@ class RandomizedSvdTest {
         assertThat(randomized / optimal - 1)
             .as("excess error of the randomized truncation at rank %d (optimal residual %s)", rank, optimal)
             .isBetween(-1e-9, 0.01);
+      }
+    }
+  }
+
+  /** {@code matrices} stacked in a native-order direct buffer, as a device merge hands them over. */
+  private static ByteBuffer stacked(float[]... matrices) {
+    ByteBuffer buffer = ByteBuffer.allocateDirect(matrices.length * matrices[0].length * Float.BYTES).order(ByteOrder.nativeOrder());
+    for (float[] matrix : matrices) {
+      buffer.asFloatBuffer().position(0);
+      for (float value : matrix) {
+        buffer.putFloat(value);
+      }
+    }
+    return buffer.flip();
+  }
+
+  private static double residual(float[] dense, double[][] factors, int rows, int cols) {
+    int rank = factors[0].length / rows;
+    double sum = 0;
+    for (int i = 0; i < rows; i++) {
+      for (int j = 0; j < cols; j++) {
+        double product = 0;
+        for (int k = 0; k < rank; k++) {
+          product += factors[0][i * rank + k] * factors[1][k * cols + j];
+        }
+        double difference = dense[i * cols + j] - product;
+        sum += difference * difference;
+      }
+    }
+    return Math.sqrt(sum);
+  }
+
+  @Test
+  void aBatchIsAsCloseToTheOptimalTruncationAsOneMatrix() {
+    float[][] matrices = {matrix(300, 400, 1), matrix(300, 400, 5), new float[300 * 400]};
+    // The third: rank 2 and noise 1e-5 of it, whose sketch Gram is too ill-conditioned for the
+    // Cholesky root (pivots below 1e-8 of the first): the eigen root's path of the orthonormalization.
+    Random random = new Random(9);
+    for (int i = 0; i < 300; i++) {
+      for (int j = 0; j < 400; j++) {
+        matrices[2][i * 400 + j] = (float) ((i % 7) * Math.sin(j) + (i % 3) * Math.cos(0.5 * j) + 1e-5 * random.nextGaussian());
+      }
+    }
+    try (NDManager manager = NDManager.newBaseManager()) {
+      for (int rank : new int[] {8, 32}) {
+        int before = manager.getManagedArrays().size();
+        double[][][] batch =
+            RandomizedSvd.truncateBatch(manager, stacked(matrices), 3, 300, 400, rank, sigma -> rank, new RandomizedSvd.Sketches(7));
+        assertThat(manager.getManagedArrays()).as("arrays the batch left in the caller's manager").hasSize(before);
+        for (int b = 0; b < 3; b++) {
+          NDArray dense = manager.create(matrices[b], new Shape(300, 400));
+          double optimal = residual(dense, RandomizedSvd.exact(manager, dense, sigma -> rank));
+          double batched = residual(matrices[b], batch[b], 300, 400);
+          double norm = dense.toType(DataType.FLOAT64, false).norm().getDouble();
+          assertThat(batched - optimal)
+              .as("excess error of matrix %d of the batch at rank %d (optimal residual %s)", b, rank, optimal)
+              .isBetween(-1e-9 * norm, 0.01 * optimal + 1e-6 * norm);
+        }
+      }
+    }
+  }
+
+  @Test
+  void aBatchIsReproducibleForASeed() {
+    float[][] matrices = {matrix(120, 90, 2), matrix(120, 90, 3)};
+    try (NDManager manager = NDManager.newBaseManager()) {
+      double[][][] first = RandomizedSvd.truncateBatch(manager, stacked(matrices), 2, 120, 90, 6, sigma -> 6, new RandomizedSvd.Sketches(3));
+      double[][][] second = RandomizedSvd.truncateBatch(manager, stacked(matrices), 2, 120, 90, 6, sigma -> 6, new RandomizedSvd.Sketches(3));
+      for (int b = 0; b < 2; b++) {
+        assertThat(second[b][0]).as("up of matrix %d", b).containsExactly(first[b][0]);
+        assertThat(second[b][1]).as("down of matrix %d", b).containsExactly(first[b][1]);
       }
     }
   }
