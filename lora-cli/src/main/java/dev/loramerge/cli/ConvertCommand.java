@@ -46,7 +46,10 @@ final class ConvertCommand implements Callable<Integer> {
   @Override
   public Integer call() throws Exception {
     Outputs.checkNotAnInput(spec, output, List.of(input));
-    LoraAdapter adapter = LoraFiles.read(input, inputOptions.readOptions());
+    LoraFiles.AdapterFile file = LoraFiles.readFile(input, inputOptions.readOptions());
+    LoraAdapter adapter = file.adapter();
+    // The names a kohya file is written in follow the architecture: a hint passed over is said.
+    file.architecture().warnings().forEach(warning -> spec.commandLine().getErr().println("lora: warning: " + input + ": " + warning));
     LoraFiles.write(adapter, output, format);
     spec.commandLine()
         .getOut()
@@ -58,7 +61,7 @@ final class ConvertCommand implements Callable<Integer> {
                 format.cliName(),
                 adapter.size(),
                 input,
-                LoraFiles.detect(input).cliName()));
+                file.format().cliName()));
     return LoraCommand.OK;
   }
 }

@@ -24,7 +24,8 @@ final class InputOptions {
   @Option(
       names = "--architecture",
       paramLabel = "ID",
-      description = "Resolve kohya module names against this architecture: sd15, sd2, sdxl, sd35-medium, sd35-large or flux.")
+      description = "Resolve kohya module names against this architecture, and take the adapter for it where its modules"
+          + " fit it (before the file's metadata and names): sd15, sd2, sdxl, sd35-medium, sd35-large or flux.")
   String architecture;
 
   @Option(

@@ -64,11 +64,17 @@ final class InspectCommand implements Callable<Integer> {
     LoraFiles.AdapterFile file = LoraFiles.readFile(path, inputOptions.readOptions());
     LoraFormat format = file.format();
     LoraAdapter adapter = file.adapter();
-    Optional<Architecture> architecture = Architecture.detect(adapter);
+    LoraFiles.Detected detected = file.architecture();
+    Optional<Architecture> architecture = detected.architecture();
     PrintWriter out = spec.commandLine().getOut();
     out.println(path);
     row(out, "format", format.cliName());
-    row(out, "architecture", architecture.map(Architecture::displayName).orElse("unknown (no known architecture's module set fits every module and shape)"));
+    row(
+        out,
+        "architecture",
+        architecture.map(arch -> arch.displayName() + detected.reason().map(reason -> " (" + reason + ")").orElse(""))
+            .orElse("unknown (no known architecture's module set fits every module and shape)"));
+    detected.warnings().forEach(warning -> row(out, "warning", warning));
     row(
         out,
         "modules",
@@ -90,7 +96,8 @@ final class InspectCommand implements Callable<Integer> {
       row(out, "metadata", "(none)");
     } else {
       row(out, "metadata", adapter.metadata().size() + " entries");
-      adapter.metadata().forEach((key, value) -> out.println("    " + key + " = " + abbreviate(value)));
+      adapter.metadata().forEach((key, value) -> out.println("    " + key + " = " + abbreviate(value)
+          + (detected.recorded() && key.equals(Architecture.METADATA_KEY) ? "  (recorded on reading, not in the file)" : "")));
     }
     if (modules) {
       printModules(out, file, architecture);

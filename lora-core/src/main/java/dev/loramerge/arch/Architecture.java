@@ -15,6 +15,9 @@ import dev.loramerge.ModuleKey;
 import dev.loramerge.internal.arch.Descriptor;
 import dev.loramerge.internal.arch.Descriptor.KohyaDialect;
 import java.util.Arrays;
+import java.util.List;
+import java.util.Locale;
+import java.util.Map;
 import java.util.Optional;
 
 /**
@@ -179,18 +182,127 @@ public final class Architecture {
   }
 
   /**
-   * The first architecture, in {@link #all()} order, that has every module of {@code adapter}
-   * with the base-weight shape its factors imply, or one it {@linkplain #widensInput widens} to
-   * it (a {@linkplain AdapterKind#REPLACEMENT replacement}: one of its {@link #normScales()} of
-   * the replacement's shape); empty for an
-   * empty adapter or when none fits.
+   * The metadata key under which this library records the {@link #id()} of the architecture an
+   * adapter is for, when neither its file's metadata nor its shapes alone say it: {@code
+   * LoraFiles} (lora-io) writes it on reading for an architecture given explicitly or named
+   * by kohya's names (a small SDXL LoRA whose modules SD1.5 has with the same shapes), and the
+   * writers keep it, so a converted file still says it. {@link #detect} reads it before any other
+   * key.
+   */
+  public static final String METADATA_KEY = "loramerge_architecture";
+
+  /**
+   * The architecture {@code adapter} is for: of the architectures it {@linkplain #fitting fits},
+   * the first that its metadata {@linkplain #namedBy names}, else the first in {@link #all()}
+   * order. A name that no fitting architecture answers (an SDXL file whose modules fit only
+   * SD1.5) is passed over for the shapes; {@code lora inspect} says so. Empty for an empty
+   * adapter or when none fits.
    */
   public static Optional<Architecture> detect(LoraAdapter adapter) {
     checkNotNull(adapter, "adapter");
     if (adapter.size() == 0) {
       return Optional.empty();
     }
-    return all().stream().filter(architecture -> architecture.fits(adapter)).findFirst();
+    // Lazily, so that an adapter SD1.5 fits does not generate the other architectures' tables.
+    ImmutableList<Architecture> named = namedBy(adapter.metadata());
+    return all().stream().filter(named::contains).filter(architecture -> architecture.fits(adapter)).findFirst()
+        .or(() -> all().stream().filter(architecture -> architecture.fits(adapter)).findFirst());
+  }
+
+  /**
+   * Every architecture, in {@link #all()} order, that has every module of {@code adapter} with
+   * the base-weight shape its factors imply, or one it {@linkplain #widensInput widens} to it (a
+   * {@linkplain AdapterKind#REPLACEMENT replacement}: one of its {@link #normScales()} of the
+   * replacement's shape); empty for an empty adapter. A small LoRA may fit several: SD1.5 and
+   * SDXL share the shapes of {@code down_blocks.1}'s self-attention and of CLIP ViT-L, SD1.5 and
+   * SD2.x those of every self-attention and feed-forward layer.
+   */
+  public static ImmutableList<Architecture> fitting(LoraAdapter adapter) {
+    checkNotNull(adapter, "adapter");
+    if (adapter.size() == 0) {
+      return ImmutableList.of();
+    }
+    return all().stream().filter(architecture -> architecture.fits(adapter)).collect(ImmutableList.toImmutableList());
+  }
+
+  /**
+   * The architectures a file's metadata says it is for, from the first of these keys that names
+   * any: {@link #METADATA_KEY} (an {@link #id()}); the SAI model spec's {@code
+   * modelspec.architecture} ({@code stable-diffusion-v1}, {@code stable-diffusion-v2-512}, {@code
+   * stable-diffusion-v2-768-v}, {@code stable-diffusion-xl-v1-base}, {@code
+   * stable-diffusion-3-…} (Medium or Large, both when it does not say which), {@code flux-1-dev},
+   * {@code flux-1-schnell}, {@code flux-1}, each maybe followed by {@code /lora}); kohya
+   * sd-scripts' {@code ss_base_model_version} ({@code sd_v1}, {@code sd_v2} with an optional
+   * {@code _v}, {@code sdxl_base_v1-0}, {@code sd3…}, {@code flux1…}); and {@code ss_v2} = {@code
+   * True}. Empty when none names an architecture this library knows.
+   */
+  public static ImmutableList<Architecture> namedBy(Map<String, String> metadata) {
+    checkNotNull(metadata, "metadata");
+    for (String key : List.of(METADATA_KEY, "modelspec.architecture", "ss_base_model_version", "ss_v2")) {
+      String value = metadata.get(key);
+      if (value != null) {
+        ImmutableList<Architecture> named = named(key, value.trim().toLowerCase(Locale.ROOT));
+        if (!named.isEmpty()) {
+          return named;
+        }
+      }
+    }
+    return ImmutableList.of();
+  }
+
+  // The values are those kohya-ss/sd-scripts writes: library/sai_model_spec.py (ARCH_SD_V1 …
+  // ARCH_FLUX_1_UNKNOWN, "/lora" appended; SD3 as "stable-diffusion-3-" + the model type),
+  // library/model_util.py get_model_version_str_for_sd1_sd2 ("sd_v1", "sd_v2", "_v" appended for
+  // v-parameterization), library/sdxl_model_util.py MODEL_VERSION_SDXL_BASE_V1_0
+  // ("sdxl_base_v1-0"), library/flux_utils.py MODEL_VERSION_FLUX_V1 ("flux1"); sd3_train_network.py
+  // writes the loaded MMDiT's model_type, read here as SD3.5 when it starts with "sd3".
+  private static ImmutableList<Architecture> named(String key, String value) {
+    switch (key) {
+      case METADATA_KEY:
+        return byId(value).map(ImmutableList::of).orElse(ImmutableList.of());
+      case "modelspec.architecture":
+        String architecture = value.contains("/") ? value.substring(0, value.indexOf('/')) : value;
+        if (architecture.startsWith("stable-diffusion-xl-")) {
+          return ImmutableList.of(sdxl());
+        }
+        if (architecture.startsWith("stable-diffusion-v2")) {
+          return ImmutableList.of(sd2());
+        }
+        if (architecture.startsWith("stable-diffusion-v1")) {
+          return ImmutableList.of(sd15());
+        }
+        if (architecture.startsWith("stable-diffusion-3")) {
+          return sd3(architecture);
+        }
+        return architecture.startsWith("flux-1") ? ImmutableList.of(flux()) : ImmutableList.of();
+      case "ss_base_model_version":
+        if (value.startsWith("sdxl")) {
+          return ImmutableList.of(sdxl());
+        }
+        if (value.startsWith("sd_v2")) {
+          return ImmutableList.of(sd2());
+        }
+        if (value.startsWith("sd_v1")) {
+          return ImmutableList.of(sd15());
+        }
+        if (value.startsWith("sd3")) {
+          return sd3(value);
+        }
+        return value.startsWith("flux1") ? ImmutableList.of(flux()) : ImmutableList.of();
+      default:
+        return value.equals("true") ? ImmutableList.of(sd2()) : ImmutableList.of();
+    }
+  }
+
+  /** SD3.5 Large or Medium when the name says which ("-large", "5l", "-medium", "-m", "5m"), else both. */
+  private static ImmutableList<Architecture> sd3(String name) {
+    if (name.contains("large") || name.endsWith("5l")) {
+      return ImmutableList.of(sd35Large());
+    }
+    if (name.contains("medium") || name.endsWith("-m") || name.endsWith("5m")) {
+      return ImmutableList.of(sd35Medium());
+    }
+    return ImmutableList.of(sd35Medium(), sd35Large());
   }
 
   private boolean fits(LoraAdapter adapter) {

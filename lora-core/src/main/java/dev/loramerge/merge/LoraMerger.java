@@ -13,6 +13,7 @@ import dev.loramerge.LoraAdapter;
 import dev.loramerge.LoraMergeException;
 import dev.loramerge.LoraModule;
 import dev.loramerge.ModuleKey;
+import dev.loramerge.arch.Architecture;
 import dev.loramerge.arch.BlockWeights;
 import dev.loramerge.internal.json.Recipes;
 import dev.loramerge.internal.linalg.LazyManager;
@@ -22,6 +23,7 @@ import java.util.List;
 import java.util.Locale;
 import java.util.Map;
 import java.util.Optional;
+import java.util.Set;
 import java.util.SortedSet;
 import java.util.TreeMap;
 import java.util.TreeSet;
@@ -164,6 +166,15 @@ public final class LoraMerger {
     LoraAdapter.Builder result = LoraAdapter.builder().name(name);
     merged.values().forEach(result::add);
     result.putMetadata(RECIPE_KEY, Recipes.toJson(this::recipe));
+    // The result keeps no input's metadata: where the inputs agree on an architecture their
+    // shapes alone do not tell (small SDXL LoRAs that SD1.5 fits too), it is recorded, so the
+    // result's kohya names and fuses follow it.
+    Set<Optional<Architecture>> architectures =
+        inputs.stream().map(input -> Architecture.detect(input.adapter())).collect(Collectors.toSet());
+    Optional<Architecture> agreed = architectures.size() == 1 ? architectures.iterator().next() : Optional.empty();
+    if (agreed.isPresent() && !Architecture.detect(result.build()).equals(agreed)) {
+      result.putMetadata(Architecture.METADATA_KEY, agreed.get().id());
+    }
     return result.build();
   }
 

@@ -2,10 +2,12 @@ package dev.loramerge.io;
 
 import static com.google.common.base.Preconditions.checkNotNull;
 
+import com.google.common.collect.ImmutableList;
 import com.google.common.collect.ImmutableSortedMap;
 import dev.loramerge.LoraAdapter;
 import dev.loramerge.ModuleKey;
 import dev.loramerge.TensorSpec;
+import dev.loramerge.arch.Architecture;
 import java.io.IOException;
 import java.nio.file.Files;
 import java.nio.file.NoSuchFileException;
@@ -58,8 +60,8 @@ public final class LoraFiles {
   }
 
   /**
-   * An adapter read from a file, with the file's layout and, for each module, how the file names
-   * it.
+   * An adapter read from a file, with the file's layout, for each module how the file names it,
+   * and the architecture it was taken for.
    *
    * @param adapter the adapter, as {@link #read(Path, LoraReadOptions)} returns it
    * @param format the layout the file was read in
@@ -67,19 +69,57 @@ public final class LoraFiles {
    *     lora_unet_joint_blocks_0_x_block_attn_proj}, {@code transformer.transformer_blocks.0.attn.to_q});
    *     a part of a fused weight is the fused module's name with its rows ({@code
    *     lora_unet_double_blocks_0_img_attn_qkv rows 3072–6143})
+   * @param architecture the architecture the adapter was taken for, and why
    */
-  public record AdapterFile(LoraAdapter adapter, LoraFormat format, ImmutableSortedMap<ModuleKey, String> moduleNames) {
+  public record AdapterFile(
+      LoraAdapter adapter, LoraFormat format, ImmutableSortedMap<ModuleKey, String> moduleNames, Detected architecture) {
     /** Validates the parts. */
     public AdapterFile {
       checkNotNull(adapter, "adapter");
       checkNotNull(format, "format");
       checkNotNull(moduleNames, "moduleNames");
+      checkNotNull(architecture, "architecture");
+    }
+  }
+
+  /**
+   * The architecture an adapter read from a file was taken for. The authorities, in order: the
+   * architecture the read options give; the file's metadata ({@link Architecture#namedBy}:
+   * {@code modelspec.architecture}, kohya's {@code ss_base_model_version}, {@code ss_v2}); kohya's
+   * naming dialect ({@code lora_unet_input_blocks_…}, {@code lora_te1_…} and {@code lora_te2_…}
+   * are SDXL's, {@code lora_te_…} SD1.x's and SD2.x's); then the first architecture, in {@link
+   * Architecture#all()} order, whose modules and shapes the adapter fits. Each hint only chooses
+   * among the architectures the adapter fits: one it does not fit is passed over with a warning.
+   * When a hint chose what the shapes and metadata alone would not, the read records it in the
+   * adapter's metadata under {@link Architecture#METADATA_KEY}, so that {@link
+   * Architecture#detect} (fusing, merging by blocks, writing kohya names) and the files written
+   * from the adapter say the same.
+   *
+   * @param architecture the architecture; empty when the adapter fits none
+   * @param reason why a hint chose it over an architecture listed earlier that fits too ({@code
+   *     from kohya's names (lora_te1_…); the shapes fit SD1.5 too}); empty when the shapes chose
+   * @param warnings one line for each hint passed over because the adapter does not fit it
+   * @param recorded whether the read added {@link Architecture#METADATA_KEY} to the adapter's
+   *     metadata (it is not in the file's)
+   */
+  public record Detected(
+      Optional<Architecture> architecture, Optional<String> reason, ImmutableList<String> warnings, boolean recorded) {
+    /** Validates the parts. */
+    public Detected {
+      checkNotNull(architecture, "architecture");
+      checkNotNull(reason, "reason");
+      checkNotNull(warnings, "warnings");
+    }
+
+    Detected recording() {
+      return new Detected(architecture, reason, warnings, true);
     }
   }
 
   /**
    * Reads the adapter at {@code path} as {@link #read(Path, LoraReadOptions)} does, keeping what
-   * {@code lora inspect} shows of the file: its layout and its name for every module.
+   * {@code lora inspect} shows of the file: its layout, its name for every module and the
+   * architecture it was taken for.
    */
   public static AdapterFile readFile(Path path, LoraReadOptions options) throws IOException {
     checkNotNull(path, "path");
@@ -104,7 +144,12 @@ public final class LoraFiles {
         }
       }
     }
-    return new AdapterFile(adapter, format, ImmutableSortedMap.copyOf(names));
+    Detected architecture = ArchitectureChoice.choose(adapter, format, names.values(), options.architecture());
+    if (architecture.architecture().isPresent() && !architecture.architecture().equals(Architecture.detect(adapter))) {
+      adapter = adapter.toBuilder().putMetadata(Architecture.METADATA_KEY, architecture.architecture().get().id()).build();
+      architecture = architecture.recording();
+    }
+    return new AdapterFile(adapter, format, ImmutableSortedMap.copyOf(names), architecture);
   }
 
   /**

@@ -49,7 +49,10 @@ public final class LoraReadOptions {
     return builder;
   }
 
-  /** The architecture that resolves names first, if one was given. */
+  /**
+   * The architecture that resolves names first, if one was given; the adapter is also taken for
+   * it wherever its modules fit it, before its metadata and names ({@link LoraFiles.Detected}).
+   */
   public Optional<Architecture> architecture() {
     return architecture;
   }
