@@ -41,8 +41,9 @@ cp -r "$JAVA_HOME/include" "$OUT/jdk-include"
 echo "3. a Java runtime (jlink), xz-compressed"
 # The modules are the union of jdeps --print-module-deps over the jars (jdeps fails on
 # commons-compress and slf4j-simple, which need only java.base). jlink's own compression is off:
-# xz packs the runtime to about a third of what --compress=2 gives.
-"$JBIN/jlink" --add-modules java.base,java.compiler,java.desktop,java.management,java.logging,jdk.unsupported,jdk.incubator.vector \
+# xz packs the runtime to about a third of what --compress=2 gives. jdk.jfr: Flight Recorder, for
+# profiles of the device runs (-XX:StartFlightRecording in JAVA_OPTS).
+"$JBIN/jlink" --add-modules java.base,java.compiler,java.desktop,java.management,java.logging,jdk.unsupported,jdk.incubator.vector,jdk.jfr \
   --strip-debug --no-header-files --no-man-pages --compress=0 --output "$TMP/jre"
 strip --strip-unneeded "$TMP/jre/lib/server/libjvm.so" 2>/dev/null || true
 tar -cJf "$OUT/jre.tar.xz" -C "$TMP" jre

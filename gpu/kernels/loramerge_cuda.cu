@@ -219,6 +219,49 @@ __global__ void __launch_bounds__(P::kThreads) fuseProduct(
   }
 }
 
+// A stored factor's value widened to float64 (exact): dtype 0 F64, 1 F32, 2 F16, 3 BF16.
+__device__ __forceinline__ double widenStored(const void* values, int dtype, long long index) {
+  switch (dtype) {
+    case 0: return static_cast<const double*>(values)[index];
+    case 1: return static_cast<const float*>(values)[index];
+    case 2: return __half2float(static_cast<const __half*>(values)[index]);
+    default: return __bfloat162float(static_cast<const __nv_bfloat16*>(values)[index]);
+  }
+}
+
+// One term's stored factors of a batch of `count` weights placed into the batch's float64 factors
+// as DeviceFusion.termsOnDevice forms them with libtorch: the up (count×rows×rank) widened, times
+// the job's coefficient, then times `factor` unless it is 1 (each product rounded once), into
+// columns [offset, offset + rank) of ups (count×rows×total); the down (count×rank×cols) widened
+// into rows [offset, offset + rank) of downs (count×total×cols).
+__global__ void placeTerm(const void* __restrict__ up, int upType, const void* __restrict__ down, int downType,
+                          const double* __restrict__ coefficients, double factor, int count, int rows, int cols, int rank,
+                          int offset, int total, double* __restrict__ ups, double* __restrict__ downs) {
+  const long long upValues = static_cast<long long>(count) * rows * rank;
+  const long long downValues = static_cast<long long>(count) * rank * cols;
+  const long long stride = static_cast<long long>(gridDim.x) * blockDim.x;
+  for (long long e = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; e < upValues + downValues; e += stride) {
+    if (e < upValues) {
+      const long long job = e / (static_cast<long long>(rows) * rank);
+      const long long within = e % (static_cast<long long>(rows) * rank);
+      const long long row = within / rank;
+      const int k = static_cast<int>(within % rank);
+      double value = __dmul_rn(widenStored(up, upType, e), coefficients[job]);
+      if (factor != 1.0) {
+        value = __dmul_rn(value, factor);
+      }
+      ups[(job * rows + row) * total + offset + k] = value;
+    } else {
+      const long long d = e - upValues;
+      const long long job = d / (static_cast<long long>(rank) * cols);
+      const long long within = d % (static_cast<long long>(rank) * cols);
+      const long long k = within / cols;
+      const long long col = within % cols;
+      downs[(job * total + offset + k) * cols + col] = widenStored(down, downType, d);
+    }
+  }
+}
+
 bool failed(JNIEnv* env, cudaError_t status, const char* what) {
   if (status == cudaSuccess) {
     return false;
@@ -322,6 +365,62 @@ JNIEXPORT jlong JNICALL Java_dev_loramerge_internal_fuse_CudaKernels_fuseProduct
       return 0;
   }
   return launched ? endBatch(env, "loramerge fuseProduct") : 0;
+}
+
+// fuseProduct from a batch's stored factors: `bytes` of host memory `host` (pinned where the
+// caller could pin it) copied to device memory `staging`, laid out as DeviceFusion.gatherTerms
+// lays them out (per term t: the jobs' float64 coefficients at starts[3t], their ups at
+// starts[3t+1], their downs at starts[3t+2]), each term placed into the float64 factors `up`
+// (count×rows×rank) and `down` (count×rank×cols) by placeTerm, then fuseProduct as above, all on
+// the legacy stream with one wait at the end. Returns what fuseProduct returns.
+JNIEXPORT jlong JNICALL Java_dev_loramerge_internal_fuse_CudaKernels_fuseTerms(
+    JNIEnv* env, jclass, jint device, jobject host, jlong bytes, jobject staging, jlongArray starts, jintArray ranks,
+    jintArray upTypes, jintArray downTypes, jdouble factor, jobject up, jobject down, jobjectArray sources, jobject out,
+    jint dtype, jint rows, jint cols) {
+  if (dtype != 2 && dtype != 3) {
+    env->ThrowNew(env->FindClass("java/lang/IllegalArgumentException"), "loramerge fuseTerms: dtype code not fp16 or bf16");
+    return 0;
+  }
+  if (!beginBatch(env, device, "loramerge fuseTerms")) {
+    return 0;
+  }
+  auto* stage = static_cast<char*>(env->GetDirectBufferAddress(staging));
+  if (failed(env, cudaMemcpyAsync(stage, env->GetDirectBufferAddress(host), bytes, cudaMemcpyHostToDevice, cudaStreamLegacy),
+             "loramerge fuseTerms copy")) {
+    return 0;
+  }
+  jsize terms = env->GetArrayLength(ranks);
+  jlong* at = env->GetLongArrayElements(starts, nullptr);
+  jint* rank = env->GetIntArrayElements(ranks, nullptr);
+  jint* upType = env->GetIntArrayElements(upTypes, nullptr);
+  jint* downType = env->GetIntArrayElements(downTypes, nullptr);
+  jsize count = env->GetArrayLength(sources);
+  int total = 0;
+  for (jsize t = 0; t < terms; t++) {
+    total += rank[t];
+  }
+  auto* ups = static_cast<double*>(env->GetDirectBufferAddress(up));
+  auto* downs = static_cast<double*>(env->GetDirectBufferAddress(down));
+  bool placed = true;
+  for (jsize t = 0, offset = 0; t < terms && placed; offset += rank[t], t++) {
+    long long values = static_cast<long long>(count) * rank[t] * (static_cast<long long>(rows) + cols);
+    long long blocks = (values + 255) / 256;
+    placeTerm<<<static_cast<unsigned int>(blocks < 4096 ? blocks : 4096), 256, 0, cudaStreamLegacy>>>(
+        stage + at[3 * t + 1], upType[t], stage + at[3 * t + 2], downType[t], reinterpret_cast<const double*>(stage + at[3 * t]),
+        factor, count, rows, cols, rank[t], offset, total, ups, downs);
+    placed = !failed(env, cudaGetLastError(), "loramerge placeTerm launch");
+  }
+  env->ReleaseLongArrayElements(starts, at, JNI_ABORT);
+  env->ReleaseIntArrayElements(ranks, rank, JNI_ABORT);
+  env->ReleaseIntArrayElements(upTypes, upType, JNI_ABORT);
+  env->ReleaseIntArrayElements(downTypes, downType, JNI_ABORT);
+  if (!placed) {
+    return 0;
+  }
+  void* rounded = env->GetDirectBufferAddress(out);
+  bool launched = dtype == 2 ? launchProduct<F16>(env, ups, downs, sources, rounded, rows, cols, total, count)
+                             : launchProduct<BF16>(env, ups, downs, sources, rounded, rows, cols, total, count);
+  return launched ? endBatch(env, "loramerge fuseTerms") : 0;
 }
 
 // out[j][k] = round(product[j][k] + sources[j][k]) for the weights j of a batch; returns -1 when

@@ -3,8 +3,6 @@ package dev.loramerge;
 import static com.google.common.base.Preconditions.checkArgument;
 import static com.google.common.base.Preconditions.checkNotNull;
 
-import java.util.Comparator;
-
 /**
  * The canonical name of a module a LoRA can target: a component and its diffusers module path,
  * written {@code unet.down_blocks.1.attentions.0.proj_in}.
@@ -13,9 +11,6 @@ import java.util.Comparator;
  * {@code layers.2} sorts before {@code layers.10}.
  */
 public record ModuleKey(Component component, String path) implements Comparable<ModuleKey> {
-  private static final Comparator<ModuleKey> ORDER =
-      Comparator.comparing(ModuleKey::component).thenComparing(ModuleKey::path, ModuleKey::comparePaths);
-
   /** Validates that the path is a non-empty dotted name. */
   public ModuleKey {
     checkNotNull(component, "component");
@@ -53,7 +48,8 @@ public record ModuleKey(Component component, String path) implements Comparable<
 
   @Override
   public int compareTo(ModuleKey other) {
-    return ORDER.compare(this, other);
+    int byComponent = component.compareTo(other.component);
+    return byComponent != 0 ? byComponent : comparePaths(path, other.path);
   }
 
   /** {@code component.path}, the form {@link #parse} reads. */
@@ -64,14 +60,21 @@ public record ModuleKey(Component component, String path) implements Comparable<
 
   /**
    * Compares dotted paths segment by segment, in place: sorted maps of modules compare keys on
-   * every lookup, where splitting each path would allocate on every comparison.
+   * every lookup, where splitting each path would allocate on every comparison. Keys looked up
+   * among their neighbours share most of their path, so the segments before the first differing
+   * character, equal in both, are skipped without being parsed.
    */
   private static int comparePaths(String left, String right) {
-    if (left.equals(right)) {
+    int shorter = Math.min(left.length(), right.length());
+    int first = 0;
+    while (first < shorter && left.charAt(first) == right.charAt(first)) {
+      first++;
+    }
+    if (first == left.length() && first == right.length()) {
       return 0;
     }
-    int a = 0;
-    int b = 0;
+    int a = first == 0 ? 0 : left.lastIndexOf('.', first - 1) + 1;
+    int b = a;
     while (true) {
       int endA = segmentEnd(left, a);
       int endB = segmentEnd(right, b);

@@ -36,7 +36,7 @@ class ModuleKeyTest {
     String[] segments = {"0", "1", "2", "9", "10", "11", "100", "01", "a", "ab", "b", "a1", "proj", "proj_in", ""};
     List<ModuleKey> keys = new ArrayList<>();
     for (int i = 0; i < 400; i++) {
-      int count = 1 + random.nextInt(4);
+      int count = 1 + random.nextInt(6);
       StringBuilder path = new StringBuilder();
       for (int s = 0; s < count; s++) {
         String segment = segments[random.nextInt(segments.length - 1)];
@@ -45,7 +45,7 @@ class ModuleKeyTest {
       keys.add(ModuleKey.of(Component.UNET, path.toString()));
     }
     for (ModuleKey left : keys) {
-      for (ModuleKey right : keys.subList(0, 60)) {
+      for (ModuleKey right : keys) {
         assertThat(Integer.signum(left.compareTo(right)))
             .as("%s vs %s", left, right)
             .isEqualTo(Integer.signum(splitOrder(left.path(), right.path())));

@@ -148,7 +148,10 @@ final class MergeOptions {
     }
     for (int i = 0; i < inputs.size(); i++) {
       WeightedInput input = inputs.get(i);
-      LoraAdapter adapter = LoraFiles.read(input.path(), readOptions);
+      LoraFiles.AdapterFile read = LoraFiles.readFile(input.path(), readOptions);
+      LoraAdapter adapter = read.adapter();
+      read.architecture().warnings()
+          .forEach(warning -> command.commandLine().getErr().println("lora: warning: " + input.path() + ": " + warning));
       if (blocksByInput.containsKey(i)) {
         String spec = blocksByInput.get(i);
         BlockWeights weights =

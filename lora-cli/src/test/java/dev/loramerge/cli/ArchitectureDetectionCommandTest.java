@@ -202,6 +202,11 @@ class ArchitectureDetectionCommandTest {
     assertThat(run("convert", "--to", "kohya", "-o", kohya.toString(), lora.toString())).as("stderr: %s", err).isZero();
     assertThat(err.toString()).contains("lora: warning: ").contains("taken as SD1.5");
     assertThat(moduleNames(kohya)).containsExactly(SD15_ATTN2_K, SD15_ATTN1);
+    // merge and fuse read their inputs the same way, and say so too.
+    err.getBuffer().setLength(0);
+    Path merged = temp.resolve("mislabelled-merged.safetensors");
+    assertThat(run("merge", "--format", "kohya", "-o", merged.toString(), lora + "=0.5")).as("stderr: %s", err).isZero();
+    assertThat(err.toString()).as("merge's stderr").contains("lora: warning: " + lora + ": ").contains("taken as SD1.5");
 
     // An explicit architecture whose module the shapes do not fit is passed over the same way.
     Path crossAttention = kohyaFile("cross-attention.safetensors", Map.of(), SD15_ATTN1, SD15_ATTN2_K_1);

@@ -60,9 +60,11 @@ import org.slf4j.LoggerFactory;
  *
  * <p>Where the CUDA kernels are built and loaded ({@link CudaKernels}), a batch of fp16 or bf16
  * weights on a GPU is computed from its float64 factors in one kernel: the products in the host's
- * order, the sums, the rounding and the check in one pass, with no float64 product stored. Other
- * weights are summed, rounded and checked in one kernel after libtorch's product. The bytes are
- * the same.
+ * order, the sums, the rounding and the check in one pass, with no float64 product stored; a
+ * batch gathered as its adapters' stored factors is copied over, formed into the float64 factors
+ * and fused in one call with one wait, where libtorch's path makes three synchronous copies and a
+ * handful of operations per term first. Other weights are summed, rounded and checked in one
+ * kernel after libtorch's product. The bytes are the same.
  *
  * <p>Before a batch is written, every rounded value is checked to be finite; a NaN, an infinity
  * or an overflow of the narrow format is reported with the element's float64 value, and the
@@ -357,8 +359,6 @@ public final class DeviceFusion {
     long cols = gathered.cols();
     Device device = first.getDevice();
     try (NDManager scratch = first.getManager().newSubManager(device)) {
-      NDList onDevice = gathered.terms().isPresent() ? termsOnDevice(scratch, gathered) : factorsOnDevice(scratch, gathered);
-      phases.mark("factors on the device", onDevice.get(1));
       NDList sources = new NDList(batch.size());
       for (Job job : batch) {
         NDArray from = job.source();
@@ -374,6 +374,12 @@ public final class DeviceFusion {
       phases.mark("sources", null);
       List<NDArray> weights = batch.stream().map(Job::weight).toList();
       boolean kernels = CudaKernels.available(device);
+      if (kernels && gathered.terms().isPresent() && fusedFromTerms(scratch, gathered, sources, weights)) {
+        phases.mark("stored factors and product kernel", first);
+        return;
+      }
+      NDList onDevice = gathered.terms().isPresent() ? termsOnDevice(scratch, gathered) : factorsOnDevice(scratch, gathered);
+      phases.mark("factors on the device", onDevice.get(1));
       if (kernels && CudaKernels.fuseProduct(scratch, onDevice.get(0), onDevice.get(1), sources, weights, dtype)) {
         phases.mark("product kernel", first);
         return;
@@ -408,6 +414,18 @@ public final class DeviceFusion {
       }
       phases.mark("write", first);
     }
+  }
+
+  /** {@link CudaKernels#fuseTerms} of a batch gathered as its terms; false where the kernels left it to libtorch's path. */
+  private static boolean fusedFromTerms(NDManager scratch, Gathered gathered, List<NDArray> sources, List<NDArray> weights) {
+    List<Term> layout = gathered.terms().orElseThrow().get(0).terms();
+    int[] ranks = layout.stream().mapToInt(Term::rank).toArray();
+    DType[] upTypes = layout.stream().map(term -> term.up().dtype()).toArray(DType[]::new);
+    DType[] downTypes = layout.stream().map(term -> term.down().dtype()).toArray(DType[]::new);
+    double factor = gathered.terms().get().get(0).factor();
+    return CudaKernels.fuseTerms(
+        scratch, gathered.buffer(), gathered.starts(), ranks, upTypes, downTypes, factor, gathered.rows(), gathered.cols(), sources, weights,
+        gathered.dtype());
   }
 
   /**
