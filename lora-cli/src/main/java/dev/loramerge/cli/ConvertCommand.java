@@ -46,10 +46,9 @@ final class ConvertCommand implements Callable<Integer> {
   @Override
   public Integer call() throws Exception {
     Outputs.checkNotAnInput(spec, output, List.of(input));
-    LoraFiles.AdapterFile file = LoraFiles.readFile(input, inputOptions.readOptions());
-    LoraAdapter adapter = file.adapter();
     // The names a kohya file is written in follow the architecture: a hint passed over is said.
-    file.architecture().warnings().forEach(warning -> spec.commandLine().getErr().println("lora: warning: " + input + ": " + warning));
+    LoraFiles.AdapterFile file = InputOptions.read(spec, input, inputOptions.readOptions());
+    LoraAdapter adapter = file.adapter();
     LoraFiles.write(adapter, output, format);
     spec.commandLine()
         .getOut()

@@ -2,6 +2,7 @@ package dev.loramerge.cli;
 
 import dev.loramerge.TensorSpec;
 import dev.loramerge.arch.Architecture;
+import dev.loramerge.io.LoraFiles;
 import dev.loramerge.io.LoraReadOptions;
 import dev.loramerge.io.SafetensorsFile;
 import java.io.IOException;
@@ -32,6 +33,16 @@ final class InputOptions {
       names = "--skip-unsupported",
       description = "Drop tensors of no adapter kind this tool reads (OFT, unknown keys) with a warning.")
   boolean skipUnsupported;
+
+  /**
+   * The adapter file at {@code path}, read with {@code options}; a hint of its architecture that
+   * the shapes did not fit is said on {@code spec}'s error stream, one line each.
+   */
+  static LoraFiles.AdapterFile read(CommandSpec spec, Path path, LoraReadOptions options) throws IOException {
+    LoraFiles.AdapterFile file = LoraFiles.readFile(path, options);
+    file.architecture().warnings().forEach(warning -> spec.commandLine().getErr().println("lora: warning: " + path + ": " + warning));
+    return file;
+  }
 
   LoraReadOptions readOptions() throws IOException {
     LoraReadOptions.Builder options = LoraReadOptions.builder().skipUnsupported(skipUnsupported);

@@ -7,7 +7,6 @@ import dev.loramerge.algorithms.MajoritySign;
 import dev.loramerge.algorithms.MergeMethod;
 import dev.loramerge.arch.Architecture;
 import dev.loramerge.arch.BlockWeights;
-import dev.loramerge.io.LoraFiles;
 import dev.loramerge.io.LoraReadOptions;
 import dev.loramerge.merge.LoraMerger;
 import dev.loramerge.merge.MergeAlgorithm;
@@ -148,10 +147,7 @@ final class MergeOptions {
     }
     for (int i = 0; i < inputs.size(); i++) {
       WeightedInput input = inputs.get(i);
-      LoraFiles.AdapterFile read = LoraFiles.readFile(input.path(), readOptions);
-      LoraAdapter adapter = read.adapter();
-      read.architecture().warnings()
-          .forEach(warning -> command.commandLine().getErr().println("lora: warning: " + input.path() + ": " + warning));
+      LoraAdapter adapter = InputOptions.read(command, input.path(), readOptions).adapter();
       if (blocksByInput.containsKey(i)) {
         String spec = blocksByInput.get(i);
         BlockWeights weights =
