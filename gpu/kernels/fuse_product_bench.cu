@@ -1,7 +1,7 @@
 // fuseProduct's tilings compared: each one's bytes against a float64 reference computed here in
 // the host's order (NarrowFusion.exactUpdate) on odd shapes and ranks with cancelling values, and
 // its time on SDXL's 722 attention weights at rank 32, with its bytes against the first tiling's
-// (ProductTiling, the one the library launches). Needs only nvcc and the JNI headers:
+// (ProductTiling with up laid out by rank, as fuseTerms launches it). Needs only nvcc and the JNI headers:
 //
 //   nvcc -arch=native -O3 -std=c++17 -fmad=false -Xcompiler -ffp-contract=off \
 //     -I$JAVA_HOME/include -I$JAVA_HOME/include/linux -o fuse-product-bench gpu/kernels/fuse_product_bench.cu
@@ -57,7 +57,7 @@ __global__ void countDiffers(const uint16_t* a, const uint16_t* b, long long n, 
 
 struct Problem {
   int rows, cols, rank, count;
-  double *up, *down;
+  double *up, *upByRank, *down;
   uint16_t *source, *out;
   std::vector<double> hostUp, hostDown;
   std::vector<uint16_t> hostSource;
@@ -77,7 +77,12 @@ static Problem make(int rows, int cols, int rank, int count, bool adversarial, u
     if (adversarial) { p.hostSource[k] = random() % 5 == 0 ? 0x8000 : 0; }
     else { uint64_t r = random(); p.hostSource[k] = (uint16_t) ((r & 0x83FF) | ((5 + (r >> 16) % 9) << 10)); }
   }
-  CK(cudaMalloc(&p.up, nu * 8)); CK(cudaMalloc(&p.down, nd * 8));
+  std::vector<double> byRank(nu);
+  for (int w = 0; w < count; w++)
+    for (int r = 0; r < rows; r++)
+      for (int l = 0; l < rank; l++) byRank[((size_t) w * rank + l) * rows + r] = p.hostUp[((size_t) w * rows + r) * rank + l];
+  CK(cudaMalloc(&p.up, nu * 8)); CK(cudaMalloc(&p.upByRank, nu * 8)); CK(cudaMalloc(&p.down, nd * 8));
+  CK(cudaMemcpy(p.upByRank, byRank.data(), nu * 8, cudaMemcpyHostToDevice));
   CK(cudaMalloc(&p.source, nw * 2)); CK(cudaMalloc(&p.out, nw * 2));
   CK(cudaMemcpy(p.up, p.hostUp.data(), nu * 8, cudaMemcpyHostToDevice));
   CK(cudaMemcpy(p.down, p.hostDown.data(), nd * 8, cudaMemcpyHostToDevice));
@@ -85,9 +90,9 @@ static Problem make(int rows, int cols, int rank, int count, bool adversarial, u
   return p;
 }
 
-static void release(Problem& p) { cudaFree(p.up); cudaFree(p.down); cudaFree(p.source); cudaFree(p.out); }
+static void release(Problem& p) { cudaFree(p.up); cudaFree(p.upByRank); cudaFree(p.down); cudaFree(p.source); cudaFree(p.out); }
 
-template <typename K, typename P>
+template <typename K, typename P, UpLayout L = UpLayout::kByRank>
 static void runTiled(Problem& p, uint16_t* out) {
   dim3 grid((p.cols + P::kColumns - 1) / P::kColumns, (p.rows + P::kRows - 1) / P::kRows, 1);
   long long per = (long long) p.rows * p.cols;
@@ -96,7 +101,7 @@ static void runTiled(Problem& p, uint16_t* out) {
     Sources s{};
     for (int j = 0; j < n; j++) s.pointers[j] = p.source + (first + j) * per;
     grid.z = n;
-    fuseProduct<K, P><<<grid, P::kThreads>>>(p.up, p.down, s, reinterpret_cast<typename K::T*>(out), p.rows, p.cols, p.rank, first);
+    fuseProduct<K, P, L><<<grid, P::kThreads>>>(L == UpLayout::kByRank ? p.upByRank : p.up, p.down, s, reinterpret_cast<typename K::T*>(out), p.rows, p.cols, p.rank, first);
   }
   CK(cudaGetLastError());
 }
@@ -106,17 +111,18 @@ struct Variant { const char* name; Runner f16; Runner bf16; };
 
 #define TILED(TX, TY, TM, TN, KC) {"tiled " #TX "x" #TY " threads, " #TM "x" #TN " each, chunk " #KC, runTiled<F16, Tiling<TX, TY, TM, TN, KC>>, runTiled<BF16, Tiling<TX, TY, TM, TN, KC>>}
 static Variant variants[] = {
-  {"ProductTiling (the library's)", runTiled<F16, ProductTiling>, runTiled<BF16, ProductTiling>},
+  {"ProductTiling, up by rank (fuseTerms)", runTiled<F16, ProductTiling>, runTiled<BF16, ProductTiling>},
+  {"ProductTiling, up by row (fuseProduct)", runTiled<F16, ProductTiling, UpLayout::kByRow>, runTiled<BF16, ProductTiling, UpLayout::kByRow>},
   TILED(16, 8, 4, 2, 16),
   TILED(16, 8, 4, 4, 32),
-  TILED(16, 8, 4, 4, 16),
-  TILED(16, 8, 2, 4, 16),
-  TILED(32, 4, 4, 2, 16),
-  TILED(8, 16, 4, 2, 16),
-  TILED(16, 16, 4, 2, 16),
-  TILED(16, 8, 2, 2, 16),
-  TILED(8, 8, 4, 4, 16),
-  TILED(16, 4, 4, 4, 16),
+  TILED(16, 8, 8, 2, 32),
+  TILED(16, 8, 2, 4, 32),
+  TILED(32, 4, 4, 2, 32),
+  TILED(8, 16, 4, 2, 32),
+  TILED(16, 16, 4, 2, 32),
+  TILED(16, 16, 2, 2, 32),
+  TILED(8, 8, 4, 4, 32),
+  TILED(16, 4, 4, 4, 32),
   };
 constexpr int kVariants = sizeof variants / sizeof variants[0];
 

@@ -87,7 +87,7 @@ __global__ void fuseRound(const double* __restrict__ product, Sources sources, t
 // fuseProduct's tiling: a block of TX×TY threads computes a tile of TY·TM rows and TX·TN columns,
 // each thread TM adjacent rows and TN adjacent columns, so that it reads its values of up and down
 // from shared memory 16 bytes at a time and a warp writes whole runs of a row. The rank is taken KC
-// at a time through shared memory, up transposed and down as it lies; each thread keeps its
+// at a time through shared memory, rank by rank (up transposed where it lies by row); each thread keeps its
 // elements' four partial sums in registers.
 template <int TX_, int TY_, int TM_, int TN_, int KC_>
 struct Tiling {
@@ -100,15 +100,21 @@ struct Tiling {
 };
 using ProductTiling = Tiling<16, 8, 4, 2, 32>;
 
-// Grid: x = column tiles, y = row tiles, z = the weight within the launch. up is b×rows×rank and
-// down b×rank×cols, float64, row-major. The dot product is NarrowFusion.exactUpdate's: four partial
+// How a batch's float64 ups lie in device memory: by row, b×rows×rank, as libtorch makes them; or
+// by rank, b×rank×rows, as placeTerm makes them, so that a tile of up is read into shared memory as
+// down's is, each rank's rows side by side. By row, the transposing stores into shared memory meet
+// in one bank (a warp's 32 values of a row are 32 rows of the tile apart).
+enum class UpLayout { kByRow, kByRank };
+
+// Grid: x = column tiles, y = row tiles, z = the weight within the launch. up is laid out as L says
+// and down is b×rank×cols, float64, row-major. The dot product is NarrowFusion.exactUpdate's: four partial
 // sums, product l going to sum l mod 4 for l below the rank rounded down to a multiple of 4 and to
 // sum 0 after that, each product and each addition rounded (no fused multiply-add, which the host
 // does not do), then (s0 + s1) + (s2 + s3), then the weight added. Ranks are taken four at a time
 // without a test while all four are below that multiple of 4, the usual case; only the tail is
 // tested product by product. Tiles are not padded into the sums: a padded 0·x would turn a -0 sum
 // into +0, and 0·inf into NaN.
-template <typename K, typename P>
+template <typename K, typename P, UpLayout L>
 __global__ void __launch_bounds__(P::kThreads) fuseProduct(
     const double* __restrict__ up, const double* __restrict__ down, Sources sources, typename K::T* __restrict__ out,
     int rows, int cols, int rank, int firstWeight) {
@@ -123,6 +129,22 @@ __global__ void __launch_bounds__(P::kThreads) fuseProduct(
   const double* ups = up + static_cast<long long>(weight) * rows * rank;
   const double* downs = down + static_cast<long long>(weight) * rank * cols;
   const int whole = rank & ~3;
+  const long long perWeight = static_cast<long long>(rows) * cols;
+  const T* source = static_cast<const T*>(sources.pointers[blockIdx.z]);
+  // The weight's values are asked for before the products, so that their latency is hidden by
+  // the arithmetic rather than waited for after it.
+  T prior[P::TM][P::TN]{};
+#pragma unroll
+  for (int i = 0; i < P::TM; i++) {
+    const int row = firstRow + ty * P::TM + i;
+#pragma unroll
+    for (int j = 0; j < P::TN; j++) {
+      const int col = firstCol + tx * P::TN + j;
+      if (row < rows && col < cols) {
+        prior[i][j] = source[static_cast<long long>(row) * cols + col];
+      }
+    }
+  }
   double sums[P::TM][P::TN][4];
 #pragma unroll
   for (int i = 0; i < P::TM; i++) {
@@ -136,10 +158,18 @@ __global__ void __launch_bounds__(P::kThreads) fuseProduct(
   }
   for (int chunk = 0; chunk < rank; chunk += P::KC) {
     const int length = rank - chunk < P::KC ? rank - chunk : P::KC;
-    for (int e = threadIdx.x; e < P::KC * P::kRows; e += P::kThreads) {
-      const int r = e / P::KC;
-      const int l = e % P::KC;
-      upTile[l][r] = firstRow + r < rows && l < length ? ups[static_cast<long long>(firstRow + r) * rank + chunk + l] : 0.0;
+    if constexpr (L == UpLayout::kByRank) {
+      for (int e = threadIdx.x; e < P::KC * P::kRows; e += P::kThreads) {
+        const int l = e / P::kRows;
+        const int r = e % P::kRows;
+        upTile[l][r] = firstRow + r < rows && l < length ? ups[static_cast<long long>(chunk + l) * rows + firstRow + r] : 0.0;
+      }
+    } else {
+      for (int e = threadIdx.x; e < P::KC * P::kRows; e += P::kThreads) {
+        const int r = e / P::KC;
+        const int l = e % P::KC;
+        upTile[l][r] = firstRow + r < rows && l < length ? ups[static_cast<long long>(firstRow + r) * rank + chunk + l] : 0.0;
+      }
     }
     for (int e = threadIdx.x; e < P::KC * P::kColumns; e += P::kThreads) {
       const int l = e / P::kColumns;
@@ -198,8 +228,6 @@ __global__ void __launch_bounds__(P::kThreads) fuseProduct(
     }
     __syncthreads();
   }
-  const long long perWeight = static_cast<long long>(rows) * cols;
-  const T* source = static_cast<const T*>(sources.pointers[blockIdx.z]);
 #pragma unroll
   for (int i = 0; i < P::TM; i++) {
     const int row = firstRow + ty * P::TM + i;
@@ -209,7 +237,7 @@ __global__ void __launch_bounds__(P::kThreads) fuseProduct(
       if (row < rows && col < cols) {
         const long long index = static_cast<long long>(row) * cols + col;
         const double update = __dadd_rn(__dadd_rn(sums[i][j][0], sums[i][j][1]), __dadd_rn(sums[i][j][2], sums[i][j][3]));
-        const T rounded = K::narrow(__dadd_rn(K::widen(source[index]), update));
+        const T rounded = K::narrow(__dadd_rn(K::widen(prior[i][j]), update));
         out[weight * perWeight + index] = rounded;
         if (!K::finite(rounded)) {
           atomicMin(&firstNotFinite, static_cast<unsigned long long>(weight * perWeight + index));
@@ -232,8 +260,9 @@ __device__ __forceinline__ double widenStored(const void* values, int dtype, lon
 // One term's stored factors of a batch of `count` weights placed into the batch's float64 factors
 // as DeviceFusion.termsOnDevice forms them with libtorch: the up (count×rows×rank) widened, times
 // the job's coefficient, then times `factor` unless it is 1 (each product rounded once), into
-// columns [offset, offset + rank) of ups (count×rows×total); the down (count×rank×cols) widened
-// into rows [offset, offset + rank) of downs (count×total×cols).
+// ranks [offset, offset + rank) of ups, laid out by rank (count×total×rows); the down
+// (count×rank×cols) widened into rows [offset, offset + rank) of downs (count×total×cols). Values
+// are taken in the order they are written, so that a warp's writes are contiguous.
 __global__ void placeTerm(const void* __restrict__ up, int upType, const void* __restrict__ down, int downType,
                           const double* __restrict__ coefficients, double factor, int count, int rows, int cols, int rank,
                           int offset, int total, double* __restrict__ ups, double* __restrict__ downs) {
@@ -244,13 +273,13 @@ __global__ void placeTerm(const void* __restrict__ up, int upType, const void* _
     if (e < upValues) {
       const long long job = e / (static_cast<long long>(rows) * rank);
       const long long within = e % (static_cast<long long>(rows) * rank);
-      const long long row = within / rank;
-      const int k = static_cast<int>(within % rank);
-      double value = __dmul_rn(widenStored(up, upType, e), coefficients[job]);
+      const long long k = within / rows;
+      const long long row = within % rows;
+      double value = __dmul_rn(widenStored(up, upType, (job * rows + row) * rank + k), coefficients[job]);
       if (factor != 1.0) {
         value = __dmul_rn(value, factor);
       }
-      ups[(job * rows + row) * total + offset + k] = value;
+      ups[(job * total + offset + k) * rows + row] = value;
     } else {
       const long long d = e - upValues;
       const long long job = d / (static_cast<long long>(rank) * cols);
@@ -298,7 +327,7 @@ bool launch(JNIEnv* env, const double* product, jobjectArray sources, void* out,
   return true;
 }
 
-template <typename K, typename P = ProductTiling>
+template <typename K, UpLayout L, typename P = ProductTiling>
 bool launchProduct(JNIEnv* env, const double* up, const double* down, jobjectArray sources, void* out, int rows, int cols,
                    int rank, jsize weights) {
   dim3 grid((cols + P::kColumns - 1) / P::kColumns, (rows + P::kRows - 1) / P::kRows, 1);
@@ -309,7 +338,7 @@ bool launchProduct(JNIEnv* env, const double* up, const double* down, jobjectArr
       chunk.pointers[j] = address(env, sources, first + j);
     }
     grid.z = count;
-    fuseProduct<K, P><<<grid, P::kThreads, 0, cudaStreamLegacy>>>(up, down, chunk, static_cast<typename K::T*>(out), rows,
+    fuseProduct<K, P, L><<<grid, P::kThreads, 0, cudaStreamLegacy>>>(up, down, chunk, static_cast<typename K::T*>(out), rows,
                                                                    cols, rank, first);
     if (failed(env, cudaGetLastError(), "loramerge fuseProduct launch")) {
       return false;
@@ -358,8 +387,8 @@ JNIEXPORT jlong JNICALL Java_dev_loramerge_internal_fuse_CudaKernels_fuseProduct
   jsize weights = env->GetArrayLength(sources);
   bool launched = false;
   switch (dtype) {
-    case 2: launched = launchProduct<F16>(env, ups, downs, sources, rounded, rows, cols, rank, weights); break;
-    case 3: launched = launchProduct<BF16>(env, ups, downs, sources, rounded, rows, cols, rank, weights); break;
+    case 2: launched = launchProduct<F16, UpLayout::kByRow>(env, ups, downs, sources, rounded, rows, cols, rank, weights); break;
+    case 3: launched = launchProduct<BF16, UpLayout::kByRow>(env, ups, downs, sources, rounded, rows, cols, rank, weights); break;
     default:
       env->ThrowNew(env->FindClass("java/lang/IllegalArgumentException"), "loramerge fuseProduct: dtype code not fp16 or bf16");
       return 0;
@@ -371,7 +400,7 @@ JNIEXPORT jlong JNICALL Java_dev_loramerge_internal_fuse_CudaKernels_fuseProduct
 // caller could pin it) copied to device memory `staging`, laid out as DeviceFusion.gatherTerms
 // lays them out (per term t: the jobs' float64 coefficients at starts[3t], their ups at
 // starts[3t+1], their downs at starts[3t+2]), each term placed into the float64 factors `up`
-// (count×rows×rank) and `down` (count×rank×cols) by placeTerm, then fuseProduct as above, all on
+// (count×rank×rows, by rank) and `down` (count×rank×cols) by placeTerm, then fuseProduct as above, all on
 // the legacy stream with one wait at the end. Returns what fuseProduct returns.
 JNIEXPORT jlong JNICALL Java_dev_loramerge_internal_fuse_CudaKernels_fuseTerms(
     JNIEnv* env, jclass, jint device, jobject host, jlong bytes, jobject staging, jlongArray starts, jintArray ranks,
@@ -418,8 +447,8 @@ JNIEXPORT jlong JNICALL Java_dev_loramerge_internal_fuse_CudaKernels_fuseTerms(
     return 0;
   }
   void* rounded = env->GetDirectBufferAddress(out);
-  bool launched = dtype == 2 ? launchProduct<F16>(env, ups, downs, sources, rounded, rows, cols, total, count)
-                             : launchProduct<BF16>(env, ups, downs, sources, rounded, rows, cols, total, count);
+  bool launched = dtype == 2 ? launchProduct<F16, UpLayout::kByRank>(env, ups, downs, sources, rounded, rows, cols, total, count)
+                             : launchProduct<BF16, UpLayout::kByRank>(env, ups, downs, sources, rounded, rows, cols, total, count);
   return launched ? endBatch(env, "loramerge fuseTerms") : 0;
 }
 

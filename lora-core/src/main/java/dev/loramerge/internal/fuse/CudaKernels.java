@@ -163,7 +163,9 @@ final class CudaKernels {
    * the jobs' float64 coefficients at {@code starts[3t]}, their ups at {@code starts[3t+1]}, their
    * downs at {@code starts[3t+2]}), are copied to the device and formed into the float64 factors
    * there by a kernel, with the roundings libtorch's operations make, in one call with one wait:
-   * libtorch's path takes three synchronous copies and a handful of operations per term. Returns
+   * libtorch's path takes three synchronous copies and a handful of operations per term. The
+   * float64 up is laid out by rank there (count×rank×rows), so that the product reads it as it
+   * reads the down, without transposing stores into shared memory. Returns
    * false with every weight unchanged where {@link #fuseProduct} would.
    *
    * @param ranks each term's rank, alike for every job
@@ -189,7 +191,7 @@ final class CudaKernels {
     int count = weights.size();
     int rank = Arrays.stream(ranks).sum();
     Optional<ByteBuffer> staging = DevicePointers.of(scratch.create(new Shape(Math.max(1, bytes)), DataType.INT8));
-    Optional<ByteBuffer> up = DevicePointers.of(scratch.create(new Shape(count, rows, rank), DataType.FLOAT64));
+    Optional<ByteBuffer> up = DevicePointers.of(scratch.create(new Shape(count, rank, rows), DataType.FLOAT64));
     Optional<ByteBuffer> down = DevicePointers.of(scratch.create(new Shape(count, rank, cols), DataType.FLOAT64));
     Optional<ByteBuffer> out = DevicePointers.of(scratch.create(new Shape(count, rows * cols), weights.get(0).getDataType()));
     if (staging.isEmpty() || up.isEmpty() || down.isEmpty() || out.isEmpty()) {
