@@ -479,7 +479,8 @@ JNIEXPORT jlong JNICALL Java_dev_loramerge_internal_fuse_CudaKernels_fuseRound(
 }
 
 // Copies weight j's bytes of `from` (bytesPerWeight each, one after the other) into weights[j],
-// and waits for the copies.
+// on the legacy stream without waiting: whatever reads the weights or reuses `from`'s memory
+// (libtorch's caching allocator, the next batch) is queued after the copies on the same stream.
 JNIEXPORT void JNICALL Java_dev_loramerge_internal_fuse_CudaKernels_scatter(
     JNIEnv* env, jclass, jint device, jobject from, jobjectArray weights, jlong bytesPerWeight) {
   if (failed(env, cudaSetDevice(device), "loramerge scatter device")) {
@@ -494,7 +495,13 @@ JNIEXPORT void JNICALL Java_dev_loramerge_internal_fuse_CudaKernels_scatter(
       return;
     }
   }
-  failed(env, cudaStreamSynchronize(cudaStreamLegacy), "loramerge scatter");
+}
+
+// Waits for everything queued on GPU `device`'s legacy stream: a fuse's last scatter.
+JNIEXPORT void JNICALL Java_dev_loramerge_internal_fuse_CudaKernels_synchronize(JNIEnv* env, jclass, jint device) {
+  if (!failed(env, cudaSetDevice(device), "loramerge synchronize device")) {
+    failed(env, cudaStreamSynchronize(cudaStreamLegacy), "loramerge synchronize");
+  }
 }
 
 // Pins (page-locks) a direct buffer's host memory, so that copies from it to a GPU run at the

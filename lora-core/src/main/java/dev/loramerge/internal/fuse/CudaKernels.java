@@ -256,7 +256,20 @@ final class CudaKernels {
       int device, ByteBuffer host, long bytes, ByteBuffer staging, long[] starts, int[] ranks, int[] upTypes, int[] downTypes,
       double factor, ByteBuffer up, ByteBuffer down, ByteBuffer[] sources, ByteBuffer out, int dtype, int rows, int cols);
 
+  /**
+   * Waits for the copies into the weights that the kernels queued on {@code device} without
+   * waiting for them (the last batch's, the others having been waited for by the next batch);
+   * nothing where the kernels do not run there.
+   */
+  static void synchronize(Device device) {
+    if (available(device)) {
+      synchronize(device.getDeviceId());
+    }
+  }
+
   private static synchronized native void scatter(int device, ByteBuffer from, ByteBuffer[] weights, long bytesPerWeight);
+
+  private static synchronized native void synchronize(int device);
 
   /**
    * Direct buffers over the memory of PyTorch arrays, from DJL's {@code

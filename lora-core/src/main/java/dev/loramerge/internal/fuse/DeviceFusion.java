@@ -148,11 +148,18 @@ public final class DeviceFusion {
     Phases phases = new Phases(Boolean.getBoolean(PROFILE_PROPERTY));
     boolean stored = !Boolean.getBoolean(FLOAT64_FACTORS_PROPERTY);
     List<List<Job>> batches = batches(jobs, BATCH_ELEMENTS);
+    try (FactorBuffer first = new FactorBuffer(); FactorBuffer second = new FactorBuffer()) {
+      fuseBatches(batches, workers, new FactorBuffer[] {first, second}, stored, phases);
+    }
+    phases.log(jobs.size(), batches.size());
+  }
+
+  /** {@link #fuseAll}'s batches fused one after the other, the next one's factors gathered meanwhile. */
+  private static void fuseBatches(List<List<Job>> batches, ForkJoinPool workers, FactorBuffer[] buffers, boolean stored, Phases phases) {
     // The host gathers the next batch's factors while the device computes this one's; profiled,
     // the steps run one after the other so that each one's time is its own.
     boolean overlapped = !phases.enabled;
-    try (FactorBuffer first = new FactorBuffer(); FactorBuffer second = new FactorBuffer()) {
-      FactorBuffer[] buffers = {first, second};
+    try {
       Gathered gathered = gather(batches.get(0), workers, buffers[0], stored, phases);
       for (int b = 0; b < batches.size(); b++) {
         boolean more = b + 1 < batches.size();
@@ -173,8 +180,11 @@ public final class DeviceFusion {
           gathered = next != null ? joined(next) : gather(following, workers, buffer, stored, phases);
         }
       }
+    } finally {
+      // The kernels leave each batch's copies into its weights queued; the next batch waits for
+      // them before it starts, and the fuse for the last batch's before it returns.
+      batches.stream().map(batch -> batch.get(0).weight().getDevice()).distinct().forEach(CudaKernels::synchronize);
     }
-    phases.log(jobs.size(), batches.size());
   }
 
   /** {@code task}'s value, computed on {@code workers}; its failure rethrown as it was thrown, not as a copy. */
@@ -337,7 +347,7 @@ public final class DeviceFusion {
     long rows = shape.dimension() == 0 ? 1 : shape.get(0);
     long cols = shape.size() / Math.max(1, rows);
     Device device = first.getDevice();
-    Optional<List<Terms>> terms = stored ? alike(batch, rows, cols, device) : Optional.empty();
+    Optional<List<Terms>> terms = stored ? alike(batch, rows, cols, device, workers) : Optional.empty();
     if (terms.isPresent()) {
       phases.mark("terms", null);
       Gathered gathered = gatherTerms(batch, dtype, rows, cols, terms.get(), device, workers, factorBuffer);
@@ -359,21 +369,19 @@ public final class DeviceFusion {
     long cols = gathered.cols();
     Device device = first.getDevice();
     try (NDManager scratch = first.getManager().newSubManager(device)) {
-      NDList sources = new NDList(batch.size());
+      List<NDArray> weights = batch.stream().map(Job::weight).toList();
+      boolean kernels = CudaKernels.available(device);
+      // The kernels read the sources through their addresses, whatever their shape.
+      List<NDArray> sources = new ArrayList<>(batch.size());
       for (Job job : batch) {
         NDArray from = job.source();
         if (!from.getDevice().equals(device)) {
           from = from.toDevice(device, true);
           from.attach(scratch);
         }
-        // A view made from the caller's array belongs to the caller's manager until attached here.
-        NDArray matrix = from.reshape(rows, cols);
-        matrix.attach(scratch);
-        sources.add(matrix);
+        sources.add(from);
       }
       phases.mark("sources", null);
-      List<NDArray> weights = batch.stream().map(Job::weight).toList();
-      boolean kernels = CudaKernels.available(device);
       if (kernels && gathered.terms().isPresent() && fusedFromTerms(scratch, gathered, sources, weights)) {
         phases.mark("stored factors and product kernel", first);
         return;
@@ -390,7 +398,14 @@ public final class DeviceFusion {
         phases.mark("rounding kernel", first);
         return;
       }
-      sum.addi(batch.size() == 1 ? sources.get(0).expandDims(0) : NDArrays.stack(sources));
+      NDList matrices = new NDList(batch.size());
+      for (NDArray from : sources) {
+        // A view made from the caller's array belongs to the caller's manager until attached here.
+        NDArray matrix = from.reshape(rows, cols);
+        matrix.attach(scratch);
+        matrices.add(matrix);
+      }
+      sum.addi(batch.size() == 1 ? matrices.get(0).expandDims(0) : NDArrays.stack(matrices));
       NDArray rounded;
       NDArray probe;
       if (dtype == DType.F64) {
@@ -438,10 +453,11 @@ public final class DeviceFusion {
    * The batch's terms, when every job has them, of the same ranks and dtypes, making updates of
    * an m×n weight; else empty.
    */
-  private static Optional<List<Terms>> alike(List<Job> batch, long rows, long cols, Device device) {
+  private static Optional<List<Terms>> alike(List<Job> batch, long rows, long cols, Device device, ForkJoinPool workers) {
+    // Asked for on the workers: an adapter's lookups for hundreds of small weights add up.
+    List<Optional<Terms>> asked = onWorkers(workers, () -> batch.parallelStream().map(job -> job.terms().get()).toList());
     List<Terms> all = new ArrayList<>(batch.size());
-    for (Job job : batch) {
-      Optional<Terms> terms = job.terms().get();
+    for (Optional<Terms> terms : asked) {
       if (terms.isEmpty() || !all.isEmpty() && !sameLayout(all.get(0), terms.get())) {
         return Optional.empty();
       }
