@@ -27,6 +27,7 @@ import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.CompletionException;
 import java.util.concurrent.ExecutionException;
 import java.util.concurrent.ForkJoinPool;
+import java.util.function.IntConsumer;
 import java.util.function.Supplier;
 import java.util.stream.IntStream;
 import org.slf4j.Logger;
@@ -79,6 +80,9 @@ public final class DeviceFusion {
    * batch takes about 35 bytes an element while it is computed: 1.2 GB by default.
    */
   static final long BATCH_ELEMENTS = Math.max(1, Long.getLong("loramerge.device.batchElements", 1L << 25));
+
+  /** Stored factors of a batch copied into host memory on the workers from this size on, else on one thread. */
+  private static final long PARALLEL_COPY_BYTES = 1L << 24;
 
   /** The system property that, set to true, logs where a device fuse's time went (waiting for the device after each step). */
   public static final String PROFILE_PROPERTY = "loramerge.device.profile";
@@ -347,7 +351,7 @@ public final class DeviceFusion {
     long rows = shape.dimension() == 0 ? 1 : shape.get(0);
     long cols = shape.size() / Math.max(1, rows);
     Device device = first.getDevice();
-    Optional<List<Terms>> terms = stored ? alike(batch, rows, cols, device, workers) : Optional.empty();
+    Optional<List<Terms>> terms = stored ? alike(batch, rows, cols, device) : Optional.empty();
     if (terms.isPresent()) {
       phases.mark("terms", null);
       Gathered gathered = gatherTerms(batch, dtype, rows, cols, terms.get(), device, workers, factorBuffer);
@@ -453,11 +457,10 @@ public final class DeviceFusion {
    * The batch's terms, when every job has them, of the same ranks and dtypes, making updates of
    * an m×n weight; else empty.
    */
-  private static Optional<List<Terms>> alike(List<Job> batch, long rows, long cols, Device device, ForkJoinPool workers) {
-    // Asked for on the workers: an adapter's lookups for hundreds of small weights add up.
-    List<Optional<Terms>> asked = onWorkers(workers, () -> batch.parallelStream().map(job -> job.terms().get()).toList());
+  private static Optional<List<Terms>> alike(List<Job> batch, long rows, long cols, Device device) {
     List<Terms> all = new ArrayList<>(batch.size());
-    for (Optional<Terms> terms : asked) {
+    for (Job job : batch) {
+      Optional<Terms> terms = job.terms().get();
       if (terms.isEmpty() || !all.isEmpty() && !sameLayout(all.get(0), terms.get())) {
         return Optional.empty();
       }
@@ -505,8 +508,9 @@ public final class DeviceFusion {
       starts[3 * t + 2] = starts[3 * t + 1] + aligned(count * term.up().byteSize());
       starts[3 * t + 3] = starts[3 * t + 2] + aligned(count * term.down().byteSize());
     }
-    ByteBuffer buffer = factorBuffer.take(starts[starts.length - 1], device);
-    onWorkers(workers, () -> IntStream.range(0, count * layout.size()).parallel().forEach(task -> {
+    long bytes = starts[starts.length - 1];
+    ByteBuffer buffer = factorBuffer.take(bytes, device);
+    IntConsumer copy = task -> {
       int i = task / layout.size();
       int t = task % layout.size();
       Term term = batch.get(i).terms().get(t);
@@ -514,7 +518,14 @@ public final class DeviceFusion {
       into.putDouble(Math.toIntExact(starts[3 * t] + (long) i * Double.BYTES), term.coefficient());
       into.position(Math.toIntExact(starts[3 * t + 1] + i * term.up().byteSize())).put(term.up().bytes());
       into.position(Math.toIntExact(starts[3 * t + 2] + i * term.down().byteSize())).put(term.down().bytes());
-    }));
+    };
+    // A batch's stored factors are a few megabytes (2.3 on average for SDXL at rank 32): copied
+    // here in a fraction of a millisecond, where handing them to the workers costs their wake-ups.
+    if (bytes < PARALLEL_COPY_BYTES) {
+      IntStream.range(0, count * layout.size()).forEach(copy);
+    } else {
+      onWorkers(workers, () -> IntStream.range(0, count * layout.size()).parallel().forEach(copy));
+    }
     return new Gathered(jobs, dtype, rows, cols, Optional.of(batch), buffer, starts, 0);
   }
 
