@@ -7,8 +7,6 @@ import dev.loramerge.TensorData;
 import dev.loramerge.io.Safetensors;
 import dev.loramerge.io.SafetensorsFile;
 import java.io.IOException;
-import java.io.PrintWriter;
-import java.io.StringWriter;
 import java.nio.ByteBuffer;
 import java.nio.file.Files;
 import java.nio.file.Path;
@@ -32,13 +30,8 @@ class AdapterKindsCommandTest {
 
   @TempDir Path temp;
 
-  private final StringWriter out = new StringWriter();
-  private final StringWriter err = new StringWriter();
+  private final CommandRun command = new CommandRun();
   private final Random random = new Random(11);
-
-  private int run(String... args) {
-    return LoraCommand.execute(args, new PrintWriter(out, true), new PrintWriter(err, true));
-  }
 
   private TensorData gaussian(double sd, long... shape) {
     float[] values = new float[Math.toIntExact(TensorData.numel(shape))];
@@ -85,8 +78,8 @@ class AdapterKindsCommandTest {
 
   @Test
   void inspectNamesTheKinds() throws IOException {
-    assertThat(run("inspect", lycoris().toString())).as("stderr: %s", err).isZero();
-    assertThat(out.toString().lines().filter(line -> line.trim().startsWith("kinds")))
+    assertThat(command.run("inspect", lycoris().toString())).as("stderr: %s", command.err()).isZero();
+    assertThat(command.out().lines().filter(line -> line.trim().startsWith("kinds")))
         .singleElement()
         .satisfies(line -> assertThat(line).contains("LoHa").contains("LoRA+DoRA"));
   }
@@ -96,21 +89,21 @@ class AdapterKindsCommandTest {
     Path adapter = lycoris();
     Path base = float8Base();
     Path fused = temp.resolve("fused.safetensors");
-    assertThat(run("fuse", "--base", base.toString(), "-o", fused.toString(), adapter + "=0.8"))
-        .as("fuse exit code; stderr: %s", err)
+    assertThat(command.run("fuse", "--base", base.toString(), "-o", fused.toString(), adapter + "=0.8"))
+        .as("fuse exit code; stderr: %s", command.err())
         .isZero();
     assertThat(Files.readAllBytes(fused)).isNotEqualTo(Files.readAllBytes(base));
     Path restored = temp.resolve("restored.safetensors");
-    assertThat(run("unfuse", "--base", fused.toString(), "-o", restored.toString(), "--original", base.toString(), adapter + "=0.8"))
-        .as("unfuse exit code; stderr: %s", err)
+    assertThat(command.run("unfuse", "--base", fused.toString(), "-o", restored.toString(), "--original", base.toString(), adapter + "=0.8"))
+        .as("unfuse exit code; stderr: %s", command.err())
         .isZero();
     assertThat(Files.readAllBytes(restored)).as("restored file").isEqualTo(Files.readAllBytes(base));
   }
 
   @Test
   void inspectModulesNamesEachModulesKindAndItsKohyaName() throws IOException {
-    assertThat(run("inspect", "--modules", lycoris().toString())).as("stderr: %s", err).isZero();
-    assertThat(out.toString())
+    assertThat(command.run("inspect", "--modules", lycoris().toString())).as("stderr: %s", command.err()).isZero();
+    assertThat(command.out())
         .containsPattern("unet\\.down_blocks\\.0\\.attentions\\.0\\.transformer_blocks\\.0\\.attn1\\.to_v +" + TO_V + " +LoRA\\+DoRA ")
         .containsPattern("unet\\.\\S+ +lora_unet_\\S+ +LoHa ");
   }
@@ -121,30 +114,30 @@ class AdapterKindsCommandTest {
     Path base = float8Base();
     Path blended = temp.resolve("blended.safetensors");
     Path inside = temp.resolve("inside.safetensors");
-    assertThat(run("fuse", "--dora-blend", "--base", base.toString(), "-o", blended.toString(), adapter + "=0.5"))
-        .as("fuse exit code; stderr: %s", err).isZero();
-    assertThat(run("fuse", "--base", base.toString(), "-o", inside.toString(), adapter + "=0.5"))
-        .as("fuse exit code; stderr: %s", err).isZero();
+    assertThat(command.run("fuse", "--dora-blend", "--base", base.toString(), "-o", blended.toString(), adapter + "=0.5"))
+        .as("fuse exit code; stderr: %s", command.err()).isZero();
+    assertThat(command.run("fuse", "--base", base.toString(), "-o", inside.toString(), adapter + "=0.5"))
+        .as("fuse exit code; stderr: %s", command.err()).isZero();
     try (SafetensorsFile file = SafetensorsFile.open(blended);
         SafetensorsFile other = SafetensorsFile.open(inside)) {
       assertThat(file.metadata().get("loramerge_recipe")).contains("\"dora_weighting\":\"blend\"");
       assertThat(file.tensor(TO_V_WEIGHT)).isNotEqualTo(other.tensor(TO_V_WEIGHT));
     }
     Path restored = temp.resolve("restored.safetensors");
-    assertThat(run("unfuse", "--dora-blend", "--base", blended.toString(), "-o", restored.toString(), "--original",
-        base.toString(), adapter + "=0.5")).as("unfuse exit code; stderr: %s", err).isZero();
+    assertThat(command.run("unfuse", "--dora-blend", "--base", blended.toString(), "-o", restored.toString(), "--original",
+        base.toString(), adapter + "=0.5")).as("unfuse exit code; stderr: %s", command.err()).isZero();
     assertThat(Files.readAllBytes(restored)).as("restored file").isEqualTo(Files.readAllBytes(base));
-    assertThat(run("unfuse", "--base", blended.toString(), "-o", temp.resolve("wrong.safetensors").toString(), "--original",
+    assertThat(command.run("unfuse", "--base", blended.toString(), "-o", temp.resolve("wrong.safetensors").toString(), "--original",
         base.toString(), adapter + "=0.5")).as("unfuse without the flag the fuse had").isEqualTo(3);
   }
 
   @Test
   void mergeRefusesDoraInOneLineAndWritesNothing() throws IOException {
     Path adapter = lycoris();
-    int code = run("merge", "-o", temp.resolve("merged.safetensors").toString(), adapter + "=0.8");
+    int code = command.run("merge", "-o", temp.resolve("merged.safetensors").toString(), adapter + "=0.8");
     assertThat(code).isEqualTo(3);
-    assertThat(err.toString().lines()).as("stderr: %s", err).hasSize(1);
-    assertThat(err.toString())
+    assertThat(command.err().lines()).as("stderr: %s", command.err()).hasSize(1);
+    assertThat(command.err())
         .contains("cannot merge module 'unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_v'")
         .contains("a LoRA+DoRA")
         .contains("fuse it into the base instead");
@@ -152,8 +145,8 @@ class AdapterKindsCommandTest {
       assertThat(files.map(file -> file.getFileName().toString())).containsExactly("lycoris.safetensors");
     }
     Path merged = temp.resolve("merged.safetensors");
-    assertThat(run("merge", "--base", float8Base().toString(), "-o", merged.toString(), adapter + "=0.8"))
-        .as("with the base; stderr: %s", err)
+    assertThat(command.run("merge", "--base", float8Base().toString(), "-o", merged.toString(), adapter + "=0.8"))
+        .as("with the base; stderr: %s", command.err())
         .isZero();
     assertThat(Files.exists(merged)).isTrue();
   }
@@ -168,16 +161,16 @@ class AdapterKindsCommandTest {
     Path adapter = lycoris();
     Path base = float8Base();
     Path refused = temp.resolve("refused.safetensors");
-    assertThat(run("merge", "--algorithm", "ties", "--density", "0.5", "--base", base.toString(), "-o", refused.toString(),
-        adapter + "=0.8")).as("stderr: %s", err).isEqualTo(3);
-    assertThat(err.toString().lines()).as("stderr: %s", err).hasSize(1);
-    assertThat(err.toString())
+    assertThat(command.run("merge", "--algorithm", "ties", "--density", "0.5", "--base", base.toString(), "-o", refused.toString(),
+        adapter + "=0.8")).as("stderr: %s", command.err()).isEqualTo(3);
+    assertThat(command.err().lines()).as("stderr: %s", command.err()).hasSize(1);
+    assertThat(command.err())
         .contains("cannot merge module 'unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_")
         .contains("use ties_svd, the same method on the full updates");
     assertThat(Files.exists(refused)).isFalse();
     Path merged = temp.resolve("merged.safetensors");
-    assertThat(run("merge", "--algorithm", "ties_svd", "--density", "0.5", "--base", base.toString(), "-o", merged.toString(),
-        adapter + "=0.8")).as("stderr: %s", err).isZero();
+    assertThat(command.run("merge", "--algorithm", "ties_svd", "--density", "0.5", "--base", base.toString(), "-o", merged.toString(),
+        adapter + "=0.8")).as("stderr: %s", command.err()).isZero();
     try (SafetensorsFile file = SafetensorsFile.open(merged)) {
       assertThat(file.metadata().get("loramerge_recipe")).contains("ties_svd");
       assertThat(file.contains(TO_Q + ".lora_down.weight")).as("the LoHa merged to a LoRA").isTrue();

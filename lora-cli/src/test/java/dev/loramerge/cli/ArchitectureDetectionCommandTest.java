@@ -10,8 +10,6 @@ import dev.loramerge.arch.Architecture;
 import dev.loramerge.io.Safetensors;
 import dev.loramerge.io.SafetensorsFile;
 import java.io.IOException;
-import java.io.PrintWriter;
-import java.io.StringWriter;
 import java.nio.file.Path;
 import java.util.LinkedHashMap;
 import java.util.List;
@@ -53,14 +51,7 @@ class ArchitectureDetectionCommandTest {
 
   @TempDir Path temp;
 
-  private final StringWriter out = new StringWriter();
-  private final StringWriter err = new StringWriter();
-
-  private int run(String... args) {
-    out.getBuffer().setLength(0);
-    err.getBuffer().setLength(0);
-    return LoraCommand.execute(args, new PrintWriter(out, true), new PrintWriter(err, true));
-  }
+  private final CommandRun command = CommandRun.clearingBeforeEachRun();
 
   private static TensorData gaussian(Random random, long rows, long columns) {
     double[] values = new double[Math.toIntExact(rows * columns)];
@@ -95,8 +86,8 @@ class ArchitectureDetectionCommandTest {
     args[0] = "inspect";
     System.arraycopy(options, 0, args, 1, options.length);
     args[args.length - 1] = file.toString();
-    assertThat(run(args)).as("inspect %s; stderr: %s", file, err).isZero();
-    return out.toString();
+    assertThat(command.run(args)).as("inspect %s; stderr: %s", file, command.err()).isZero();
+    return command.out();
   }
 
   private static List<String> moduleNames(Path file) throws IOException {
@@ -116,12 +107,13 @@ class ArchitectureDetectionCommandTest {
         .doesNotContain("warning");
 
     Path kohya = temp.resolve("converted.safetensors");
-    assertThat(run("convert", "--to", "kohya", "-o", kohya.toString(), lora.toString())).as("stderr: %s", err).isZero();
+    assertThat(command.run("convert", "--to", "kohya", "-o", kohya.toString(), lora.toString())).as("stderr: %s", command.err()).isZero();
     assertThat(moduleNames(kohya)).as("SDXL's kohya names, not SD1.5's").containsExactly(SDXL_TE1, SDXL_ATTN1);
 
     // diffusers names are the same for both: the recorded architecture carries it through.
     Path diffusers = temp.resolve("converted-diffusers.safetensors");
-    assertThat(run("convert", "--to", "diffusers", "-o", diffusers.toString(), lora.toString())).as("stderr: %s", err).isZero();
+    assertThat(command.run("convert", "--to", "diffusers", "-o", diffusers.toString(), lora.toString()))
+        .as("stderr: %s", command.err()).isZero();
     assertThat(inspect(diffusers))
         .containsPattern("architecture +SDXL \\(from metadata " + Architecture.METADATA_KEY + " = sdxl; the shapes fit SD1\\.5 too\\)\\n").contains(Architecture.METADATA_KEY + " = sdxl\n");
   }
@@ -131,7 +123,8 @@ class ArchitectureDetectionCommandTest {
     Path first = kohyaFile("first-sdxl.safetensors", Map.of(), SDXL_ATTN1, SDXL_TE1);
     Path second = kohyaFile("second-sdxl.safetensors", Map.of("ss_base_model_version", "sdxl_base_v1-0"), SDXL_ATTN1);
     Path merged = temp.resolve("merged.safetensors");
-    assertThat(run("merge", "--format", "kohya", "-o", merged.toString(), first + "=0.5", second + "=0.5")).as("stderr: %s", err).isZero();
+    assertThat(command.run("merge", "--format", "kohya", "-o", merged.toString(), first + "=0.5", second + "=0.5"))
+        .as("stderr: %s", command.err()).isZero();
     assertThat(moduleNames(merged)).containsExactly(SDXL_TE1, SDXL_ATTN1);
     assertThat(inspect(merged)).containsPattern("architecture +SDXL ");
   }
@@ -143,7 +136,7 @@ class ArchitectureDetectionCommandTest {
     Path stated = kohyaFile("sd15-stated.safetensors", Map.of("ss_base_model_version", "sd_v1", "ss_v2", "False"), SD15_ATTN1, SD15_TE);
     assertThat(inspect(stated)).containsPattern("architecture +SD1\\.5\\n").doesNotContain("warning");
     Path kohya = temp.resolve("sd15-converted.safetensors");
-    assertThat(run("convert", "--to", "kohya", "-o", kohya.toString(), bare.toString())).as("stderr: %s", err).isZero();
+    assertThat(command.run("convert", "--to", "kohya", "-o", kohya.toString(), bare.toString())).as("stderr: %s", command.err()).isZero();
     assertThat(moduleNames(kohya)).containsExactly(SD15_TE, SD15_ATTN1);
   }
 
@@ -160,7 +153,7 @@ class ArchitectureDetectionCommandTest {
           .containsPattern("architecture +SDXL \\(from metadata " + key + " = [^;]+; the shapes fit SD1\\.5 too\\)\\n")
           .doesNotContain("recorded on reading");
       Path kohya = temp.resolve("stated-converted.safetensors");
-      assertThat(run("convert", "--to", "kohya", "-o", kohya.toString(), lora.toString())).as("stderr: %s", err).isZero();
+      assertThat(command.run("convert", "--to", "kohya", "-o", kohya.toString(), lora.toString())).as("stderr: %s", command.err()).isZero();
       assertThat(moduleNames(kohya)).containsExactly(SDXL_ATTN1);
     }
   }
@@ -183,10 +176,10 @@ class ArchitectureDetectionCommandTest {
         .containsPattern("architecture +SDXL \\(from the architecture given; the shapes fit SD1\\.5 too\\)\\n");
 
     Path kohya = temp.resolve("given.safetensors");
-    assertThat(run("convert", "--to", "kohya", "-o", kohya.toString(), lora.toString())).as("stderr: %s", err).isZero();
+    assertThat(command.run("convert", "--to", "kohya", "-o", kohya.toString(), lora.toString())).as("stderr: %s", command.err()).isZero();
     assertThat(moduleNames(kohya)).as("without --architecture").containsExactly(SD15_TE, SD15_ATTN1);
-    assertThat(run("convert", "--architecture", "sdxl", "--to", "kohya", "-o", kohya.toString(), lora.toString()))
-        .as("stderr: %s", err).isZero();
+    assertThat(command.run("convert", "--architecture", "sdxl", "--to", "kohya", "-o", kohya.toString(), lora.toString()))
+        .as("stderr: %s", command.err()).isZero();
     assertThat(moduleNames(kohya)).containsExactly(SDXL_TE1, SDXL_ATTN1);
   }
 
@@ -199,13 +192,13 @@ class ArchitectureDetectionCommandTest {
         .containsPattern("warning +by metadata ss_base_model_version = sdxl_base_v1-0 the adapter is for SDXL, but .*"
             + "down_blocks\\.0\\.attentions\\.0\\.transformer_blocks\\.0\\.attn2\\.to_k.*; taken as SD1\\.5, which the shapes fit\\n");
     Path kohya = temp.resolve("mislabelled-converted.safetensors");
-    assertThat(run("convert", "--to", "kohya", "-o", kohya.toString(), lora.toString())).as("stderr: %s", err).isZero();
-    assertThat(err.toString()).contains("lora: warning: ").contains("taken as SD1.5");
+    assertThat(command.run("convert", "--to", "kohya", "-o", kohya.toString(), lora.toString())).as("stderr: %s", command.err()).isZero();
+    assertThat(command.err()).contains("lora: warning: ").contains("taken as SD1.5");
     assertThat(moduleNames(kohya)).containsExactly(SD15_ATTN2_K, SD15_ATTN1);
     // merge and fuse read their inputs the same way, and say so too.
     Path merged = temp.resolve("mislabelled-merged.safetensors");
-    assertThat(run("merge", "--format", "kohya", "-o", merged.toString(), lora + "=0.5")).as("stderr: %s", err).isZero();
-    assertThat(err.toString()).as("merge's stderr").contains("lora: warning: " + lora + ": ").contains("taken as SD1.5");
+    assertThat(command.run("merge", "--format", "kohya", "-o", merged.toString(), lora + "=0.5")).as("stderr: %s", command.err()).isZero();
+    assertThat(command.err()).as("merge's stderr").contains("lora: warning: " + lora + ": ").contains("taken as SD1.5");
 
     // An explicit architecture whose module the shapes do not fit is passed over the same way.
     Path crossAttention = kohyaFile("cross-attention.safetensors", Map.of(), SD15_ATTN1, SD15_ATTN2_K_1);
@@ -238,7 +231,8 @@ class ArchitectureDetectionCommandTest {
     Path base = temp.resolve("sd_xl_base_1.0.safetensors");
     Safetensors.write(base, Map.of(BASE_ATTN1, attn1, BASE_TE1, te1), Map.of());
     Path fused = temp.resolve("fused.safetensors");
-    assertThat(run("fuse", "--base", base.toString(), "-o", fused.toString(), lora + "=0.5")).as("fuse; stderr: %s", err).isZero();
+    assertThat(command.run("fuse", "--base", base.toString(), "-o", fused.toString(), lora + "=0.5"))
+        .as("fuse; stderr: %s", command.err()).isZero();
 
     try (SafetensorsFile loraFile = SafetensorsFile.open(lora); SafetensorsFile fusedFile = SafetensorsFile.open(fused)) {
       assertFused(attn1, fusedFile.tensor(BASE_ATTN1), loraFile.tensor(SDXL_ATTN1 + ".lora_up.weight"),

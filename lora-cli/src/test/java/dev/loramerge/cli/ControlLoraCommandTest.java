@@ -7,8 +7,6 @@ import dev.loramerge.TensorData;
 import dev.loramerge.io.Safetensors;
 import dev.loramerge.io.SafetensorsFile;
 import java.io.IOException;
-import java.io.PrintWriter;
-import java.io.StringWriter;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.LinkedHashMap;
@@ -37,14 +35,7 @@ class ControlLoraCommandTest {
 
   @TempDir Path temp;
 
-  private final StringWriter out = new StringWriter();
-  private final StringWriter err = new StringWriter();
-
-  private int run(String... args) {
-    out.getBuffer().setLength(0);
-    err.getBuffer().setLength(0);
-    return LoraCommand.execute(args, new PrintWriter(out, true), new PrintWriter(err, true));
-  }
+  private final CommandRun command = CommandRun.clearingBeforeEachRun();
 
   private static TensorData gaussian(Random random, double mean, double sd, long... shape) {
     double[] values = new double[Math.toIntExact(TensorData.numel(shape))];
@@ -72,22 +63,22 @@ class ControlLoraCommandTest {
     Map<String, TensorData> tensors = new LinkedHashMap<>();
     Path canny = control("canny", 1, tensors);
 
-    assertThat(run("inspect", "--modules", canny.toString())).as("inspect; stderr: %s", err).isZero();
-    assertThat(out.toString()).containsPattern("format +bfl\\n").containsPattern("architecture +Flux\\.1\\n")
+    assertThat(command.run("inspect", "--modules", canny.toString())).as("inspect; stderr: %s", command.err()).isZero();
+    assertThat(command.out()).containsPattern("format +bfl\\n").containsPattern("architecture +Flux\\.1\\n")
         .containsPattern("kinds +.*replacement ×6")
         .containsPattern("transformer\\.transformer_blocks\\.0\\.attn\\.norm_q +double_blocks\\.0\\.img_attn\\.norm\\.query_norm"
             + " +replacement .* double_blocks\\.0\\n");
 
     Path kohya = temp.resolve("canny-kohya.safetensors");
-    assertThat(run("convert", "--to", "kohya", "-o", kohya.toString(), canny.toString())).isEqualTo(LoraCommand.BAD_INPUT);
-    assertThat(err.toString()).contains("module 'transformer.single_transformer_blocks.0.attn.norm_k' is a replacement (its"
+    assertThat(command.run("convert", "--to", "kohya", "-o", kohya.toString(), canny.toString())).isEqualTo(LoraCommand.BAD_INPUT);
+    assertThat(command.err()).contains("module 'transformer.single_transformer_blocks.0.attn.norm_k' is a replacement (its"
         + " tensor takes the base weight's place), which the kohya layout cannot hold; write it in the diffusers layout,"
         + " or fuse it");
     assertThat(kohya).doesNotExist();
 
     Path diffusers = temp.resolve("canny-diffusers.safetensors");
-    assertThat(run("convert", "--to", "diffusers", "-o", diffusers.toString(), canny.toString()))
-        .as("convert; stderr: %s", err).isZero();
+    assertThat(command.run("convert", "--to", "diffusers", "-o", diffusers.toString(), canny.toString()))
+        .as("convert; stderr: %s", command.err()).isZero();
     try (SafetensorsFile file = SafetensorsFile.open(diffusers)) {
       assertThat(file.tensor("transformer.transformer_blocks.0.attn.norm_q.weight"))
           .isEqualTo(tensors.get("double_blocks.0.img_attn.norm.query_norm.scale"));
@@ -98,15 +89,16 @@ class ControlLoraCommandTest {
     // The same control LoRA in two layouts: its replacements are carried once, in the diffusers
     // layout (the one that holds them) since the first input's is read only.
     Path merged = temp.resolve("merged.safetensors");
-    assertThat(run("merge", "-o", merged.toString(), canny + "=0.5", diffusers + "=0.5")).as("merge; stderr: %s", err).isZero();
+    assertThat(command.run("merge", "-o", merged.toString(), canny + "=0.5", diffusers + "=0.5"))
+        .as("merge; stderr: %s", command.err()).isZero();
     try (SafetensorsFile file = SafetensorsFile.open(merged)) {
       assertThat(file.tensor("transformer.transformer_blocks.0.attn.norm_added_k.weight"))
           .isEqualTo(tensors.get("double_blocks.0.txt_attn.norm.key_norm.scale"));
     }
     Path depth = control("depth", 2, new LinkedHashMap<>());
-    assertThat(run("merge", "-o", temp.resolve("refused.safetensors").toString(), canny + "=0.5", depth + "=0.5"))
+    assertThat(command.run("merge", "-o", temp.resolve("refused.safetensors").toString(), canny + "=0.5", depth + "=0.5"))
         .isEqualTo(LoraCommand.BAD_INPUT);
-    assertThat(err.toString()).contains("module 'transformer.single_transformer_blocks.0.attn.norm_k' is replaced by different"
+    assertThat(command.err()).contains("module 'transformer.single_transformer_blocks.0.attn.norm_k' is replaced by different"
         + " tensors in adapters 'canny' and 'depth'");
 
     Random random = new Random(3);
@@ -119,8 +111,9 @@ class ControlLoraCommandTest {
     Path base = temp.resolve("flux1-dev.safetensors");
     Safetensors.write(base, weights, Map.of());
     Path fused = temp.resolve("fused.safetensors");
-    assertThat(run("fuse", "--base", base.toString(), "-o", fused.toString(), canny + "=0.8")).as("fuse; stderr: %s", err).isZero();
-    assertThat(out.toString()).contains("fused 7 modules into");
+    assertThat(command.run("fuse", "--base", base.toString(), "-o", fused.toString(), canny + "=0.8"))
+        .as("fuse; stderr: %s", command.err()).isZero();
+    assertThat(command.out()).contains("fused 7 modules into");
     try (SafetensorsFile file = SafetensorsFile.open(fused)) {
       for (String norm : NORMS) {
         assertThat(file.tensor(norm + ".scale")).as("%s: the bf16 replacement, not scaled by 0.8", norm)
@@ -128,12 +121,12 @@ class ControlLoraCommandTest {
       }
     }
     Path restored = temp.resolve("restored.safetensors");
-    assertThat(run("unfuse", "--base", fused.toString(), "-o", restored.toString(), "--original", base.toString(), canny + "=0.8"))
-        .as("unfuse; stderr: %s", err).isZero();
+    assertThat(command.run("unfuse", "--base", fused.toString(), "-o", restored.toString(), "--original", base.toString(), canny + "=0.8"))
+        .as("unfuse; stderr: %s", command.err()).isZero();
     assertThat(Files.readAllBytes(restored)).isEqualTo(Files.readAllBytes(base));
-    assertThat(run("unfuse", "--base", fused.toString(), "-o", temp.resolve("subtracted.safetensors").toString(), canny + "=0.8"))
+    assertThat(command.run("unfuse", "--base", fused.toString(), "-o", temp.resolve("subtracted.safetensors").toString(), canny + "=0.8"))
         .isEqualTo(LoraCommand.BAD_INPUT);
-    assertThat(err.toString()).contains("is a replacement, which cannot be subtracted");
+    assertThat(command.err()).contains("is a replacement, which cannot be subtracted");
   }
 
   /**
@@ -158,8 +151,9 @@ class ControlLoraCommandTest {
     Safetensors.write(base, weights, Map.of());
 
     Path fused = temp.resolve("fused.safetensors");
-    assertThat(run("fuse", "--base", base.toString(), "-o", fused.toString(), canny + "=0.5")).as("fuse; stderr: %s", err).isZero();
-    assertThat(err.toString()).contains("widened img_in.weight (transformer.x_embedder) from 64 to 128 input features for the"
+    assertThat(command.run("fuse", "--base", base.toString(), "-o", fused.toString(), canny + "=0.5"))
+        .as("fuse; stderr: %s", command.err()).isZero();
+    assertThat(command.err()).contains("widened img_in.weight (transformer.x_embedder) from 64 to 128 input features for the"
         + " control image, as diffusers does");
     double[] up = lora.get("img_in.lora_B.weight").toDoubleArray();
     double[] down = lora.get("img_in.lora_A.weight").toDoubleArray();
@@ -176,13 +170,13 @@ class ControlLoraCommandTest {
             .isEqualTo(TensorData.ofDoubles(new double[] {0.5 * delta}, DType.BF16, 1).getDouble(0));
       }
     }
-    assertThat(run("unfuse", "--base", fused.toString(), "-o", temp.resolve("subtracted.safetensors").toString(), canny + "=0.5"))
+    assertThat(command.run("unfuse", "--base", fused.toString(), "-o", temp.resolve("subtracted.safetensors").toString(), canny + "=0.5"))
         .isEqualTo(LoraCommand.BAD_INPUT);
-    assertThat(err.toString()).contains("subtracting the update cannot narrow it back; restore the original base instead");
+    assertThat(command.err()).contains("subtracting the update cannot narrow it back; restore the original base instead");
     assertThat(temp.resolve("subtracted.safetensors")).doesNotExist();
     Path restored = temp.resolve("restored.safetensors");
-    assertThat(run("unfuse", "--base", fused.toString(), "-o", restored.toString(), "--original", base.toString(), canny + "=0.5"))
-        .as("unfuse; stderr: %s", err).isZero();
+    assertThat(command.run("unfuse", "--base", fused.toString(), "-o", restored.toString(), "--original", base.toString(), canny + "=0.5"))
+        .as("unfuse; stderr: %s", command.err()).isZero();
     assertThat(Files.readAllBytes(restored)).as("the original's bytes, [3072, 64] again").isEqualTo(Files.readAllBytes(base));
   }
 }

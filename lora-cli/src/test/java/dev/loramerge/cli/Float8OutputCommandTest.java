@@ -15,8 +15,6 @@ import dev.loramerge.merge.LoraMerger;
 import dev.loramerge.testing.Float8Reference;
 import dev.loramerge.testing.TinyLora;
 import java.io.IOException;
-import java.io.PrintWriter;
-import java.io.StringWriter;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.LinkedHashMap;
@@ -43,13 +41,8 @@ class Float8OutputCommandTest {
 
   @TempDir Path temp;
 
-  private final StringWriter out = new StringWriter();
-  private final StringWriter err = new StringWriter();
+  private final CommandRun command = new CommandRun();
   private final LoraAdapter style = TinyLora.adapter("style", 4, 4, 1);
-
-  private int run(String... args) {
-    return LoraCommand.execute(args, new PrintWriter(out, true), new PrintWriter(err, true));
-  }
 
   /** TinyLora's base in {@code dtype} with {@link #UNTOUCHED} holding {@code extra} in float32. */
   private Path base(DType dtype, float... extra) throws IOException {
@@ -82,8 +75,8 @@ class Float8OutputCommandTest {
     boolean e4m3 = outputType == DType.F8_E4M3;
     Path base = base(baseType, 1.5f, -0.3f, Float.NaN);
     Path fused = temp.resolve("fused.safetensors");
-    assertThat(run("fuse", "--base", base.toString(), "-o", fused.toString(), "--dtype", name, adapter() + "=" + WEIGHT))
-        .as("fuse exit code; stderr: %s", err)
+    assertThat(command.run("fuse", "--base", base.toString(), "-o", fused.toString(), "--dtype", name, adapter() + "=" + WEIGHT))
+        .as("fuse exit code; stderr: %s", command.err())
         .isZero();
     Map<String, ModuleKey> modules =
         Stream.of(TinyLora.KEYS).collect(Collectors.toMap(key -> key.path() + ".weight", key -> key));
@@ -129,8 +122,8 @@ class Float8OutputCommandTest {
     boolean e4m3 = type == DType.F8_E4M3;
     Path adapter = adapter();
     Path kept = temp.resolve("kept.safetensors");
-    assertThat(run("fuse", "--base", base(DType.F32, 1, -last).toString(), "-o", kept.toString(), "--dtype", name, adapter + "=1"))
-        .as("stderr: %s", err)
+    assertThat(command.run("fuse", "--base", base(DType.F32, 1, -last).toString(), "-o", kept.toString(), "--dtype", name, adapter + "=1"))
+        .as("stderr: %s", command.err())
         .isZero();
     try (SafetensorsFile file = SafetensorsFile.open(kept)) {
       assertThat(Float8Reference.decode(e4m3, code(file.tensor(UNTOUCHED), 1))).as("-%s", last).isEqualTo(-Float8Reference.max(e4m3));
@@ -138,10 +131,10 @@ class Float8OutputCommandTest {
     Files.delete(kept);
 
     Path fused = temp.resolve("fused.safetensors");
-    int exit = run("fuse", "--base", base(DType.F32, 1, beyond).toString(), "-o", fused.toString(), "--dtype", name, adapter + "=1");
-    assertThat(exit).as("exit code; stderr: %s", err).isEqualTo(3);
-    assertThat(err.toString().lines()).as("stderr: %s", err).hasSize(1);
-    assertThat(err.toString().trim())
+    int exit = command.run("fuse", "--base", base(DType.F32, 1, beyond).toString(), "-o", fused.toString(), "--dtype", name, adapter + "=1");
+    assertThat(exit).as("exit code; stderr: %s", command.err()).isEqualTo(3);
+    assertThat(command.err().lines()).as("stderr: %s", command.err()).hasSize(1);
+    assertThat(command.err().trim())
         .isEqualTo(
             "lora: base.safetensors: tensor '" + UNTOUCHED + "': value " + (double) beyond + " at element 1 is beyond the"
                 + " range of " + type.safetensorsName() + "; write it as a wider type");
@@ -154,10 +147,10 @@ class Float8OutputCommandTest {
   @Test
   void aFusedValueBeyondTheRangeFailsNamingItsModuleAndLeavesNoOutput() throws IOException {
     Path fused = temp.resolve("fused.safetensors");
-    int exit = run("fuse", "--base", base(DType.BF16, 1).toString(), "-o", fused.toString(), "--dtype", "fp8", adapter() + "=1000");
-    assertThat(exit).as("exit code; stderr: %s", err).isEqualTo(3);
-    assertThat(err.toString().lines()).as("stderr: %s", err).hasSize(1);
-    assertThat(err.toString())
+    int exit = command.run("fuse", "--base", base(DType.BF16, 1).toString(), "-o", fused.toString(), "--dtype", "fp8", adapter() + "=1000");
+    assertThat(exit).as("exit code; stderr: %s", command.err()).isEqualTo(3);
+    assertThat(command.err().lines()).as("stderr: %s", command.err()).hasSize(1);
+    assertThat(command.err())
         .startsWith("lora: base.safetensors: module 'unet.down_blocks.0.")
         .containsPattern("\\(weight '[^']+\\.weight'\\): fused value -?[0-9.E]+ at element [0-9]+ is beyond the range of F8_E4M3");
     try (Stream<Path> files = Files.list(temp)) {

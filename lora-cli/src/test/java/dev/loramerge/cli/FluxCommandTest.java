@@ -1,5 +1,6 @@
 package dev.loramerge.cli;
 
+import static dev.loramerge.cli.TestTensors.gaussian;
 import static org.assertj.core.api.Assertions.assertThat;
 
 import dev.loramerge.DType;
@@ -7,8 +8,6 @@ import dev.loramerge.TensorData;
 import dev.loramerge.io.Safetensors;
 import dev.loramerge.io.SafetensorsFile;
 import java.io.IOException;
-import java.io.PrintWriter;
-import java.io.StringWriter;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.LinkedHashMap;
@@ -30,20 +29,7 @@ class FluxCommandTest {
 
   @TempDir Path temp;
 
-  private final StringWriter out = new StringWriter();
-  private final StringWriter err = new StringWriter();
-
-  private int run(String... args) {
-    return LoraCommand.execute(args, new PrintWriter(out, true), new PrintWriter(err, true));
-  }
-
-  private static TensorData gaussian(Random random, long... shape) {
-    double[] values = new double[Math.toIntExact(TensorData.numel(shape))];
-    for (int i = 0; i < values.length; i++) {
-      values[i] = random.nextGaussian() * 0.05;
-    }
-    return TensorData.ofDoubles(values, DType.BF16, shape);
-  }
+  private final CommandRun command = new CommandRun();
 
   @Test
   void inspectsConvertsFusesAndUnfusesAKohyaFluxLora() throws IOException {
@@ -56,12 +42,12 @@ class FluxCommandTest {
     Path lora = temp.resolve("flux-style.safetensors");
     Safetensors.write(lora, tensors, Map.of("ss_network_module", "networks.lora_flux"));
 
-    assertThat(run("inspect", lora.toString())).as("inspect; stderr: %s", err).isZero();
-    assertThat(out.toString()).contains("Flux.1").contains("kohya");
+    assertThat(command.run("inspect", lora.toString())).as("inspect; stderr: %s", command.err()).isZero();
+    assertThat(command.out()).contains("Flux.1").contains("kohya");
 
     Path diffusers = temp.resolve("flux-style-diffusers.safetensors");
-    assertThat(run("convert", "--to", "diffusers", "-o", diffusers.toString(), lora.toString()))
-        .as("convert; stderr: %s", err).isZero();
+    assertThat(command.run("convert", "--to", "diffusers", "-o", diffusers.toString(), lora.toString()))
+        .as("convert; stderr: %s", command.err()).isZero();
     try (SafetensorsFile file = SafetensorsFile.open(diffusers)) {
       assertThat(file.tensor("transformer.transformer_blocks.0.attn.to_v.lora_B.weight").shape()).containsExactly(INNER, 4);
     }
@@ -70,12 +56,12 @@ class FluxCommandTest {
     Safetensors.write(base, Map.of("double_blocks.0.img_attn.qkv.weight", gaussian(random, 3 * INNER, INNER),
         "double_blocks.0.img_attn.norm.query_norm.scale", gaussian(random, 128)), Map.of());
     Path fused = temp.resolve("fused.safetensors");
-    assertThat(run("fuse", "--base", base.toString(), "-o", fused.toString(), diffusers + "=0.8"))
-        .as("fuse; stderr: %s", err).isZero();
-    assertThat(out.toString()).contains("fused 3 modules into");
+    assertThat(command.run("fuse", "--base", base.toString(), "-o", fused.toString(), diffusers + "=0.8"))
+        .as("fuse; stderr: %s", command.err()).isZero();
+    assertThat(command.out()).contains("fused 3 modules into");
     Path restored = temp.resolve("restored.safetensors");
-    assertThat(run("unfuse", "--base", fused.toString(), "-o", restored.toString(), "--original", base.toString(), lora + "=0.8"))
-        .as("unfuse; stderr: %s", err).isZero();
+    assertThat(command.run("unfuse", "--base", fused.toString(), "-o", restored.toString(), "--original", base.toString(), lora + "=0.8"))
+        .as("unfuse; stderr: %s", command.err()).isZero();
     assertThat(Files.readAllBytes(restored)).isEqualTo(Files.readAllBytes(base));
   }
 
@@ -109,13 +95,13 @@ class FluxCommandTest {
     Safetensors.write(controlFile, control, Map.of());
 
     for (Object[] layout : new Object[][] {{xlabsFile, "xlabs"}, {comfyFile, "comfyui"}}) {
-      out.getBuffer().setLength(0);
-      assertThat(run("inspect", layout[0].toString())).as("inspect %s; stderr: %s", layout[1], err).isZero();
-      assertThat(out.toString()).containsPattern("format +" + layout[1] + "\\n").containsPattern("architecture +Flux\\.1\\n");
+      command.clearOut();
+      assertThat(command.run("inspect", layout[0].toString())).as("inspect %s; stderr: %s", layout[1], command.err()).isZero();
+      assertThat(command.out()).containsPattern("format +" + layout[1] + "\\n").containsPattern("architecture +Flux\\.1\\n");
       for (String format : new String[] {"kohya", "diffusers"}) {
         Path converted = temp.resolve(layout[1] + "-" + format + ".safetensors");
-        assertThat(run("convert", "--to", format, "-o", converted.toString(), layout[0].toString()))
-            .as("convert %s to %s; stderr: %s", layout[1], format, err).isZero();
+        assertThat(command.run("convert", "--to", format, "-o", converted.toString(), layout[0].toString()))
+            .as("convert %s to %s; stderr: %s", layout[1], format, command.err()).isZero();
       }
     }
     try (SafetensorsFile file = SafetensorsFile.open(temp.resolve("xlabs-kohya.safetensors"))) {
@@ -124,18 +110,19 @@ class FluxCommandTest {
     }
 
     // The control LoRA widens img_in: read at its 128 input features (a fuse widens the base's).
-    out.getBuffer().setLength(0);
-    assertThat(run("inspect", controlFile.toString())).as("stderr: %s", err).isZero();
-    assertThat(out.toString()).containsPattern("format +bfl\\n").containsPattern("architecture +Flux\\.1\\n").contains("LoRA+bias");
+    command.clearOut();
+    assertThat(command.run("inspect", controlFile.toString())).as("stderr: %s", command.err()).isZero();
+    assertThat(command.out()).containsPattern("format +bfl\\n").containsPattern("architecture +Flux\\.1\\n").contains("LoRA+bias");
 
     Path merged = temp.resolve("merged.safetensors");
-    assertThat(run("merge", "-o", merged.toString(), xlabsFile + "=0.5", comfyFile + "=0.5")).as("merge; stderr: %s", err).isZero();
+    assertThat(command.run("merge", "-o", merged.toString(), xlabsFile + "=0.5", comfyFile + "=0.5"))
+        .as("merge; stderr: %s", command.err()).isZero();
     try (SafetensorsFile file = SafetensorsFile.open(merged)) {
       // Merged in the kohya layout: the inputs' formats are read only.
       assertThat(file.tensor("lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight").shape()).containsExactly(3 * INNER, 8);
     }
-    assertThat(run("merge", "--format", "xlabs", "-o", merged.toString(), xlabsFile.toString())).isEqualTo(2);
-    assertThat(err.toString()).contains("'xlabs' is a layout that is read, not written");
+    assertThat(command.run("merge", "--format", "xlabs", "-o", merged.toString(), xlabsFile.toString())).isEqualTo(2);
+    assertThat(command.err()).contains("'xlabs' is a layout that is read, not written");
 
     Path base = temp.resolve("flux1-dev.safetensors");
     Safetensors.write(base, Map.of(
@@ -143,9 +130,9 @@ class FluxCommandTest {
         "model.diffusion_model.double_blocks.0.img_attn.proj.weight", gaussian(random, INNER, INNER),
         "model.diffusion_model.double_blocks.0.img_attn.proj.bias", gaussian(random, INNER)), Map.of());
     Path fused = temp.resolve("fused.safetensors");
-    out.getBuffer().setLength(0);
-    assertThat(run("fuse", "--base", base.toString(), "-o", fused.toString(), xlabsFile + "=0.7", comfyFile + "=0.3"))
-        .as("fuse; stderr: %s", err).isZero();
-    assertThat(out.toString()).contains("fused 4 modules into");
+    command.clearOut();
+    assertThat(command.run("fuse", "--base", base.toString(), "-o", fused.toString(), xlabsFile + "=0.7", comfyFile + "=0.3"))
+        .as("fuse; stderr: %s", command.err()).isZero();
+    assertThat(command.out()).contains("fused 4 modules into");
   }
 }

@@ -10,8 +10,6 @@ import dev.loramerge.merge.LoraMerger;
 import dev.loramerge.testing.GoldenFiles;
 import dev.loramerge.testing.TinyLora;
 import java.io.IOException;
-import java.io.PrintWriter;
-import java.io.StringWriter;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
@@ -24,12 +22,7 @@ import org.junit.jupiter.api.io.TempDir;
 class FuseCommandTest {
   @TempDir Path temp;
 
-  private final StringWriter out = new StringWriter();
-  private final StringWriter err = new StringWriter();
-
-  private int run(String... args) {
-    return LoraCommand.execute(args, new PrintWriter(out, true), new PrintWriter(err, true));
-  }
+  private final CommandRun command = new CommandRun();
 
   private static String[] withInputs(List<String> args) throws IOException {
     List<String> all = new ArrayList<>(args);
@@ -42,10 +35,10 @@ class FuseCommandTest {
   void fuseThenUnfuseWithTheOriginalGivesTheBaseBack() throws IOException {
     Path base = GoldenFiles.peft021("base.fp16.safetensors");
     Path fused = temp.resolve("fused.safetensors");
-    assertThat(run(withInputs(List.of("fuse", "--base", base.toString(), "-o", fused.toString(), "--scale", "0.9"))))
-        .as("fuse exit code; stderr: %s", err)
+    assertThat(command.run(withInputs(List.of("fuse", "--base", base.toString(), "-o", fused.toString(), "--scale", "0.9"))))
+        .as("fuse exit code; stderr: %s", command.err())
         .isZero();
-    assertThat(out.toString()).contains("fused 28 modules into");
+    assertThat(command.out()).contains("fused 28 modules into");
     try (SafetensorsFile file = SafetensorsFile.open(fused)) {
       assertThat(file.metadata().get(LoraMerger.RECIPE_KEY))
           .contains("\"operation\":\"fuse\"")
@@ -54,8 +47,8 @@ class FuseCommandTest {
     }
     Path restored = temp.resolve("restored.safetensors");
     assertThat(
-            run(withInputs(List.of("unfuse", "--base", fused.toString(), "-o", restored.toString(), "--original", base.toString(), "--scale", "0.9"))))
-        .as("unfuse exit code; stderr: %s", err)
+            command.run(withInputs(List.of("unfuse", "--base", fused.toString(), "-o", restored.toString(), "--original", base.toString(), "--scale", "0.9"))))
+        .as("unfuse exit code; stderr: %s", command.err())
         .isZero();
     assertThat(Files.readAllBytes(restored)).as("restored file").isEqualTo(Files.readAllBytes(base));
   }
@@ -64,11 +57,11 @@ class FuseCommandTest {
   void overflowFailsWithOneLineAndNoOutput() throws IOException {
     Path fused = temp.resolve("fused.safetensors");
     int code =
-        run("fuse", "--base", GoldenFiles.peft021("base.fp16.safetensors").toString(), "-o", fused.toString(),
+        command.run("fuse", "--base", GoldenFiles.peft021("base.fp16.safetensors").toString(), "-o", fused.toString(),
             GoldenFiles.peft021("adapters/style") + "=100000");
     assertThat(code).isEqualTo(3);
-    assertThat(err.toString().lines()).as("stderr: %s", err).hasSize(1);
-    assertThat(err.toString()).startsWith("lora: base.fp16.safetensors: module 'unet.").contains("beyond the range of F16");
+    assertThat(command.err().lines()).as("stderr: %s", command.err()).hasSize(1);
+    assertThat(command.err()).startsWith("lora: base.fp16.safetensors: module 'unet.").contains("beyond the range of F16");
     try (Stream<Path> files = Files.list(temp)) {
       assertThat(files).as("files left behind").isEmpty();
     }
@@ -79,18 +72,18 @@ class FuseCommandTest {
     byte[] bytes = Files.readAllBytes(GoldenFiles.peft021("base.fp16.safetensors"));
     Path truncated = temp.resolve("truncated.safetensors");
     Files.write(truncated, java.util.Arrays.copyOf(bytes, bytes.length / 2));
-    int code = run("fuse", "--base", truncated.toString(), "-o", temp.resolve("out.safetensors").toString(),
+    int code = command.run("fuse", "--base", truncated.toString(), "-o", temp.resolve("out.safetensors").toString(),
         GoldenFiles.peft021("adapters/style") + "=1");
     assertThat(code).isEqualTo(3);
-    assertThat(err.toString().lines()).as("stderr: %s", err).hasSize(1);
-    assertThat(err.toString()).startsWith("lora: truncated.safetensors: ");
+    assertThat(command.err().lines()).as("stderr: %s", command.err()).hasSize(1);
+    assertThat(command.err()).startsWith("lora: truncated.safetensors: ");
     assertThat(temp.resolve("out.safetensors")).doesNotExist();
   }
 
   @Test
   void fuseNeedsABase() {
-    assertThat(run("fuse", "-o", temp.resolve("out.safetensors").toString(), "x=1")).isEqualTo(2);
-    assertThat(err.toString()).contains("--base");
+    assertThat(command.run("fuse", "-o", temp.resolve("out.safetensors").toString(), "x=1")).isEqualTo(2);
+    assertThat(command.err()).contains("--base");
   }
 
   /** A small base and a PEFT adapter over it, built in code; {@code missing} drops a weight. */
@@ -110,13 +103,13 @@ class FuseCommandTest {
   void anOutputThatIsAnInputIsAUsageError() throws IOException {
     Path[] inputs = tinyBaseAndAdapter(false);
     byte[] before = Files.readAllBytes(inputs[0]);
-    assertThat(run("fuse", "--base", inputs[0].toString(), "-o", inputs[0].toString(), inputs[1] + "=1"))
-        .as("-o the base; stderr: %s", err)
+    assertThat(command.run("fuse", "--base", inputs[0].toString(), "-o", inputs[0].toString(), inputs[1] + "=1"))
+        .as("-o the base; stderr: %s", command.err())
         .isEqualTo(2);
-    assertThat(err.toString())
+    assertThat(command.err())
         .startsWith("lora: Invalid value for option '--output': " + inputs[0] + " is the input " + inputs[0] + "; inputs are never modified");
-    assertThat(run("fuse", "--base", inputs[0].toString(), "-o", inputs[1].toString(), inputs[1] + "=1"))
-        .as("-o the adapter; stderr: %s", err)
+    assertThat(command.run("fuse", "--base", inputs[0].toString(), "-o", inputs[1].toString(), inputs[1] + "=1"))
+        .as("-o the adapter; stderr: %s", command.err())
         .isEqualTo(2);
     assertThat(Files.readAllBytes(inputs[0])).as("the base is unchanged").isEqualTo(before);
   }
@@ -125,10 +118,10 @@ class FuseCommandTest {
   void aWrongDTypeIsAUsageError() throws IOException {
     Path[] inputs = tinyBaseAndAdapter(false);
     Path output = temp.resolve("out.safetensors");
-    assertThat(run("fuse", "--base", inputs[0].toString(), "-o", output.toString(), "--dtype", "fp4", inputs[1] + "=1"))
-        .as("stderr: %s", err)
+    assertThat(command.run("fuse", "--base", inputs[0].toString(), "-o", output.toString(), "--dtype", "fp4", inputs[1] + "=1"))
+        .as("stderr: %s", command.err())
         .isEqualTo(2);
-    assertThat(err.toString()).startsWith("lora: Invalid value for option '--dtype': 'fp4' is not keep, fp32, fp16, bf16, fp8 (fp8_e4m3) or fp8_e5m2");
+    assertThat(command.err()).startsWith("lora: Invalid value for option '--dtype': 'fp4' is not keep, fp32, fp16, bf16, fp8 (fp8_e4m3) or fp8_e5m2");
     assertThat(output).doesNotExist();
   }
 
@@ -136,18 +129,18 @@ class FuseCommandTest {
   void aModuleMissingFromTheBaseIsBadInputNamingTheFlagThatAllowsIt() throws IOException {
     Path[] inputs = tinyBaseAndAdapter(true);
     Path output = temp.resolve("out.safetensors");
-    assertThat(run("fuse", "--base", inputs[0].toString(), "-o", output.toString(), inputs[1] + "=1"))
-        .as("stderr: %s", err)
+    assertThat(command.run("fuse", "--base", inputs[0].toString(), "-o", output.toString(), inputs[1] + "=1"))
+        .as("stderr: %s", command.err())
         .isEqualTo(3);
-    assertThat(err.toString().lines()).as("one line").hasSize(1);
-    assertThat(err.toString())
+    assertThat(command.err().lines()).as("one line").hasSize(1);
+    assertThat(command.err())
         .as("the library's setting, in the command's words")
         .contains("1 of 3 modules have no weight in the target")
         .contains("; --allow-missing fuses the other 2")
         .doesNotContain("allowUnmatched");
     assertThat(output).doesNotExist();
-    assertThat(run("fuse", "--base", inputs[0].toString(), "-o", output.toString(), "--allow-missing", inputs[1] + "=1"))
-        .as("with the flag; stderr: %s", err)
+    assertThat(command.run("fuse", "--base", inputs[0].toString(), "-o", output.toString(), "--allow-missing", inputs[1] + "=1"))
+        .as("with the flag; stderr: %s", command.err())
         .isZero();
   }
 }

@@ -14,8 +14,6 @@ import dev.loramerge.io.LoraFiles;
 import dev.loramerge.io.Safetensors;
 import dev.loramerge.io.SafetensorsFile;
 import java.io.IOException;
-import java.io.PrintWriter;
-import java.io.StringWriter;
 import java.nio.file.Path;
 import java.util.LinkedHashMap;
 import java.util.Map;
@@ -52,14 +50,7 @@ class LayoutCoverageCommandTest {
 
   @TempDir Path temp;
 
-  private final StringWriter out = new StringWriter();
-  private final StringWriter err = new StringWriter();
-
-  private int run(String... args) {
-    out.getBuffer().setLength(0);
-    err.getBuffer().setLength(0);
-    return LoraCommand.execute(args, new PrintWriter(out, true), new PrintWriter(err, true));
-  }
+  private final CommandRun command = CommandRun.clearingBeforeEachRun();
 
   private static TensorData gaussian(Random random, DType dtype, long... shape) {
     double[] values = new double[Math.toIntExact(TensorData.numel(shape))];
@@ -128,9 +119,9 @@ class LayoutCoverageCommandTest {
       Safetensors.write(base, Map.of(prefix + "joint_blocks.0.x_block.attn.qkv.weight", qkv,
           prefix + "joint_blocks.0.x_block.attn.proj.weight", proj), Map.of());
       Path fused = temp.resolve("fused-" + prefix + "safetensors");
-      assertThat(run("fuse", "--base", base.toString(), "-o", fused.toString(), loraFile + "=0.8"))
-          .as("fuse into '%s' names; stderr: %s", prefix, err).isZero();
-      assertThat(out.toString()).as("prefix '%s'", prefix).contains("fused 4 modules into");
+      assertThat(command.run("fuse", "--base", base.toString(), "-o", fused.toString(), loraFile + "=0.8"))
+          .as("fuse into '%s' names; stderr: %s", prefix, command.err()).isZero();
+      assertThat(command.out()).as("prefix '%s'", prefix).contains("fused 4 modules into");
       try (SafetensorsFile file = SafetensorsFile.open(fused)) {
         TensorData fusedQkv = file.tensor(prefix + "joint_blocks.0.x_block.attn.qkv.weight");
         // The fused up holds q, k, v by rows, all sharing the down: row r of the fused weight is row r of the up.
@@ -165,8 +156,9 @@ class LayoutCoverageCommandTest {
         "single_blocks.3.linear1.weight", linear1), Map.of());
 
     Path fused = temp.resolve("fused.safetensors");
-    assertThat(run("fuse", "--base", base.toString(), "-o", fused.toString(), loraFile + "=0.5")).as("fuse; stderr: %s", err).isZero();
-    assertThat(out.toString()).contains("fused 3 modules into");
+    assertThat(command.run("fuse", "--base", base.toString(), "-o", fused.toString(), loraFile + "=0.5"))
+        .as("fuse; stderr: %s", command.err()).isZero();
+    assertThat(command.out()).contains("fused 3 modules into");
     String toQ = "lora_transformer_transformer_blocks_0_attn_to_q";
     String addOut = "lora_transformer_transformer_blocks_0_attn_to_add_out";
     String mlp = "lora_transformer_single_transformer_blocks_3_proj_mlp";
@@ -206,9 +198,9 @@ class LayoutCoverageCommandTest {
     Safetensors.write(kohyaFile, kohya, Map.of("ss_network_module", "networks.lora_flux"));
 
     Path merged = temp.resolve("merged.safetensors");
-    assertThat(run("merge", "-o", merged.toString(), aiToolkitFile + "=0.5", kohyaFile + "=0.75"))
-        .as("merge; stderr: %s", err).isZero();
-    assertThat(out.toString()).contains("(diffusers, 3 modules)");
+    assertThat(command.run("merge", "-o", merged.toString(), aiToolkitFile + "=0.5", kohyaFile + "=0.75"))
+        .as("merge; stderr: %s", command.err()).isZero();
+    assertThat(command.out()).contains("(diffusers, 3 modules)");
     LoraAdapter result = LoraFiles.read(merged);
     String[] parts = {"to_q", "to_k", "to_v"};
     for (int p = 0; p < parts.length; p++) {
@@ -245,13 +237,13 @@ class LayoutCoverageCommandTest {
     for (Object[] way : new Object[][] {{"peft", unetFile, unet, temp.resolve("peft")},
         {"diffusers", bothFile, both, temp.resolve("sd2-diffusers.safetensors")}}) {
       Path converted = (Path) way[3];
-      assertThat(run("convert", "--to", (String) way[0], "-o", converted.toString(), way[1].toString()))
-          .as("convert to %s; stderr: %s", way[0], err).isZero();
-      assertThat(run("inspect", converted.toString())).as("inspect %s; stderr: %s", way[0], err).isZero();
-      assertThat(out.toString()).containsPattern("format +" + way[0] + "\\n").containsPattern("architecture +SD2\\.x\\n");
+      assertThat(command.run("convert", "--to", (String) way[0], "-o", converted.toString(), way[1].toString()))
+          .as("convert to %s; stderr: %s", way[0], command.err()).isZero();
+      assertThat(command.run("inspect", converted.toString())).as("inspect %s; stderr: %s", way[0], command.err()).isZero();
+      assertThat(command.out()).containsPattern("format +" + way[0] + "\\n").containsPattern("architecture +SD2\\.x\\n");
       Path back = temp.resolve("back-from-" + way[0] + ".safetensors");
-      assertThat(run("convert", "--to", "kohya", "-o", back.toString(), converted.toString()))
-          .as("back from %s; stderr: %s", way[0], err).isZero();
+      assertThat(command.run("convert", "--to", "kohya", "-o", back.toString(), converted.toString()))
+          .as("back from %s; stderr: %s", way[0], command.err()).isZero();
       @SuppressWarnings("unchecked")
       Map<String, TensorData> original = (Map<String, TensorData>) way[2];
       try (SafetensorsFile file = SafetensorsFile.open(back)) {

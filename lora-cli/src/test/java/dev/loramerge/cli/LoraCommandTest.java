@@ -12,8 +12,6 @@ import dev.loramerge.io.Safetensors;
 import dev.loramerge.testing.GoldenFiles;
 import dev.loramerge.testing.TinyLora;
 import java.io.IOException;
-import java.io.PrintWriter;
-import java.io.StringWriter;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.LinkedHashMap;
@@ -28,10 +26,9 @@ class LoraCommandTest {
   private record Run(int exitCode, String out, String err) {}
 
   private static Run run(String... args) {
-    StringWriter out = new StringWriter();
-    StringWriter err = new StringWriter();
-    int code = LoraCommand.execute(args, new PrintWriter(out, true), new PrintWriter(err, true));
-    return new Run(code, out.toString(), err.toString());
+    CommandRun command = new CommandRun();
+    int code = command.run(args);
+    return new Run(code, command.out(), command.err());
   }
 
   @Test

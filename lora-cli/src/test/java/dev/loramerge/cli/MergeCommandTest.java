@@ -11,8 +11,6 @@ import dev.loramerge.merge.LoraMerger;
 import dev.loramerge.testing.GoldenFiles;
 import dev.loramerge.testing.TinyLora;
 import java.io.IOException;
-import java.io.PrintWriter;
-import java.io.StringWriter;
 import java.math.BigDecimal;
 import java.nio.file.Files;
 import java.nio.file.Path;
@@ -29,10 +27,6 @@ import org.junit.jupiter.params.provider.MethodSource;
 /** {@code lora merge} on PEFT 0.21's golden cases, as a user would run it. */
 class MergeCommandTest {
   @TempDir Path temp;
-
-  private static int run(List<String> args, StringWriter err) {
-    return LoraCommand.execute(args.toArray(String[]::new), new PrintWriter(new StringWriter(), true), new PrintWriter(err, true));
-  }
 
   @SuppressWarnings("unchecked")
   static Stream<Map<String, Object>> deterministicCases() throws IOException {
@@ -63,8 +57,8 @@ class MergeCommandTest {
     for (int i = 0; i < adapters.size(); i++) {
       args.add(GoldenFiles.peft021("adapters/" + adapters.get(i)) + "=" + weights.get(i));
     }
-    StringWriter err = new StringWriter();
-    assertThat(run(args, err)).as("exit code; stderr: %s", err).isZero();
+    CommandRun command = new CommandRun();
+    assertThat(command.run(args)).as("exit code; stderr: %s", command.err()).isZero();
 
     LoraAdapter merged = LoraFiles.read(output);
     LoraAdapter golden = LoraFiles.read(GoldenFiles.peft021("merged/" + id));
@@ -90,15 +84,14 @@ class MergeCommandTest {
   @Test
   void namesTheOutputAfterInputsMethodAndWeightsInsideAFolder() throws IOException {
     Path folder = Files.createDirectory(temp.resolve("out"));
-    StringWriter err = new StringWriter();
+    CommandRun command = new CommandRun();
     int code =
-        run(
+        command.run(
             List.of(
                 "merge", "-o", folder.toString(), "--algorithm", "svd", "--svd-rank", "4",
                 GoldenFiles.peft021("kohya/style.safetensors") + "=0.7",
-                GoldenFiles.peft021("kohya/subject.safetensors") + "=0.5"),
-            err);
-    assertThat(code).as("stderr: %s", err).isZero();
+                GoldenFiles.peft021("kohya/subject.safetensors") + "=0.5"));
+    assertThat(code).as("stderr: %s", command.err()).isZero();
     Path expected = folder.resolve("style+subject_svd_0.7+0.5.safetensors");
     assertThat(expected).isRegularFile();
     assertThat(LoraFiles.read(expected).modules().values()).allSatisfy(module -> assertThat(module.rank()).isEqualTo(4));
@@ -139,15 +132,15 @@ class MergeCommandTest {
     List<String> args = new ArrayList<>(List.of("merge", "-o", temp.resolve("x.safetensors").toString()));
     args.addAll(List.of(options.split(" ")));
     args.addAll(tinyInputs());
-    StringWriter err = new StringWriter();
-    assertThat(run(args, err)).as("exit code; stderr: %s", err).isEqualTo(2);
-    assertThat(err.toString().lines())
+    CommandRun command = new CommandRun();
+    assertThat(command.run(args)).as("exit code; stderr: %s", command.err()).isEqualTo(2);
+    assertThat(command.err().lines())
         .as("the message, then where to find help")
         .hasSize(2)
         .first()
         .asString()
         .startsWith("lora: " + message);
-    assertThat(err.toString().lines().skip(1)).containsExactly("Try 'lora merge --help' for more information.");
+    assertThat(command.err().lines().skip(1)).containsExactly("Try 'lora merge --help' for more information.");
     assertThat(temp.resolve("x.safetensors")).doesNotExist();
   }
 
@@ -155,17 +148,17 @@ class MergeCommandTest {
   void blockWeightsThatDoNotFitTheArchitectureAreAUsageError() throws IOException {
     Path style = temp.resolve("style.safetensors");
     LoraFiles.write(TinyLora.adapter("style", 4, 4, 1), style, LoraFormat.KOHYA);
-    StringWriter err = new StringWriter();
-    int code =
-        run(List.of("merge", "-o", temp.resolve("x.safetensors").toString(), "--architecture", "sd15", "--blocks", "0:1,0", style.toString()), err);
-    assertThat(code).as("stderr: %s", err).isEqualTo(2);
+    CommandRun command = new CommandRun();
+    int code = command.run(
+        List.of("merge", "-o", temp.resolve("x.safetensors").toString(), "--architecture", "sd15", "--blocks", "0:1,0", style.toString()));
+    assertThat(code).as("stderr: %s", command.err()).isEqualTo(2);
     // The toy shapes fit no architecture: the read says so, then the block weights are refused.
-    assertThat(err.toString().lines())
+    assertThat(command.err().lines())
         .first()
         .asString()
         .startsWith("lora: warning: " + style + ": by the architecture given the adapter is for SD1.5")
         .endsWith("as none fits");
-    assertThat(err.toString()).contains("\nlora: Invalid value for option '--blocks': SD1.5 block weights take ");
+    assertThat(command.err()).contains("\nlora: Invalid value for option '--blocks': SD1.5 block weights take ");
   }
 
   @Test
@@ -175,11 +168,11 @@ class MergeCommandTest {
     byte[] before = Files.readAllBytes(style);
     Path link = Files.createSymbolicLink(temp.resolve("link.safetensors"), style);
     for (Path output : List.of(style, link, temp.resolve(".").resolve("style.safetensors"))) {
-      StringWriter err = new StringWriter();
+      CommandRun command = new CommandRun();
       List<String> args = new ArrayList<>(List.of("merge", "-o", output.toString()));
       args.addAll(inputs);
-      assertThat(run(args, err)).as("-o %s; stderr: %s", output, err).isEqualTo(2);
-      assertThat(err.toString())
+      assertThat(command.run(args)).as("-o %s; stderr: %s", output, command.err()).isEqualTo(2);
+      assertThat(command.err())
           .startsWith("lora: Invalid value for option '--output': " + output + " is the input " + style + "; inputs are never modified");
     }
     assertThat(Files.readAllBytes(style)).as("the input is unchanged").isEqualTo(before);
@@ -192,10 +185,10 @@ class MergeCommandTest {
     Path weights = folder.resolve("adapter_model.safetensors");
     byte[] before = Files.readAllBytes(weights);
     for (String input : List.of(folder.toString(), weights.toString())) {
-      StringWriter err = new StringWriter();
-      int code = run(List.of("merge", "-o", folder.toString(), "--format", "peft", input + "=0.5"), err);
-      assertThat(code).as("input %s; stderr: %s", input, err).isEqualTo(2);
-      assertThat(err.toString()).contains("is the input " + input + "; inputs are never modified");
+      CommandRun command = new CommandRun();
+      int code = command.run(List.of("merge", "-o", folder.toString(), "--format", "peft", input + "=0.5"));
+      assertThat(code).as("input %s; stderr: %s", input, command.err()).isEqualTo(2);
+      assertThat(command.err()).contains("is the input " + input + "; inputs are never modified");
     }
     assertThat(Files.readAllBytes(weights)).as("the input is unchanged").isEqualTo(before);
   }
@@ -206,11 +199,11 @@ class MergeCommandTest {
     Path style = temp.resolve("style.safetensors");
     byte[] bytes = Files.readAllBytes(style);
     Files.write(style, java.util.Arrays.copyOf(bytes, bytes.length - 10));
-    StringWriter err = new StringWriter();
+    CommandRun command = new CommandRun();
     List<String> args = new ArrayList<>(List.of("merge", "-o", temp.resolve("x.safetensors").toString()));
     args.addAll(inputs);
-    assertThat(run(args, err)).as("stderr: %s", err).isEqualTo(3);
-    assertThat(err.toString().lines()).as("one line").hasSize(1).first().asString().startsWith("lora: style.safetensors: ");
+    assertThat(command.run(args)).as("stderr: %s", command.err()).isEqualTo(3);
+    assertThat(command.err().lines()).as("one line").hasSize(1).first().asString().startsWith("lora: style.safetensors: ");
     assertThat(temp.resolve("x.safetensors")).doesNotExist();
   }
 }

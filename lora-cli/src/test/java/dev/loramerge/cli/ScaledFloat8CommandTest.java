@@ -13,8 +13,6 @@ import dev.loramerge.io.SafetensorsFile;
 import dev.loramerge.testing.Float8Reference;
 import dev.loramerge.testing.TinyLora;
 import java.io.IOException;
-import java.io.PrintWriter;
-import java.io.StringWriter;
 import java.nio.ByteBuffer;
 import java.nio.file.Files;
 import java.nio.file.Path;
@@ -34,13 +32,8 @@ import org.junit.jupiter.api.io.TempDir;
 class ScaledFloat8CommandTest {
   @TempDir Path temp;
 
-  private final StringWriter out = new StringWriter();
-  private final StringWriter err = new StringWriter();
+  private final CommandRun command = new CommandRun();
   private final LoraAdapter style = TinyLora.adapter("style", 4, 4, 1);
-
-  private int run(String... args) {
-    return LoraCommand.execute(args, new PrintWriter(out, true), new PrintWriter(err, true));
-  }
 
   @Test
   void fusesTheScaledWeightsKeepingTheScalesAndUnfusesByteForByte() throws IOException {
@@ -48,7 +41,8 @@ class ScaledFloat8CommandTest {
     Path adapter = temp.resolve("style");
     LoraFiles.write(style, adapter, LoraFormat.PEFT);
     Path fused = temp.resolve("fused.safetensors");
-    assertThat(run("fuse", "--base", base.toString(), "-o", fused.toString(), adapter + "=0.01")).as("stderr: %s", err).isZero();
+    assertThat(command.run("fuse", "--base", base.toString(), "-o", fused.toString(), adapter + "=0.01"))
+        .as("stderr: %s", command.err()).isZero();
     try (SafetensorsFile before = SafetensorsFile.open(base);
         SafetensorsFile after = SafetensorsFile.open(fused)) {
       for (ModuleKey key : TinyLora.KEYS) {
@@ -71,8 +65,8 @@ class ScaledFloat8CommandTest {
       }
     }
     Path restored = temp.resolve("restored.safetensors");
-    assertThat(run("unfuse", "--base", fused.toString(), "-o", restored.toString(), "--original", base.toString(), adapter + "=0.01"))
-        .as("stderr: %s", err).isZero();
+    assertThat(command.run("unfuse", "--base", fused.toString(), "-o", restored.toString(), "--original", base.toString(), adapter + "=0.01"))
+        .as("stderr: %s", command.err()).isZero();
     assertThat(Files.readAllBytes(restored)).as("restored file").isEqualTo(Files.readAllBytes(base));
   }
 
@@ -83,9 +77,10 @@ class ScaledFloat8CommandTest {
     Path adapter = temp.resolve("style");
     LoraFiles.write(style, adapter, LoraFormat.PEFT);
     Path fused = temp.resolve("fused.safetensors");
-    assertThat(run("fuse", "--base", base.toString(), "-o", fused.toString(), adapter + "=0.8")).as("stderr: %s", err).isEqualTo(3);
-    assertThat(err.toString().lines()).as("stderr: %s", err).hasSize(1);
-    assertThat(err.toString().trim()).isEqualTo("lora: base.safetensors: tensor '" + absmax + "' is quantization state of a"
+    assertThat(command.run("fuse", "--base", base.toString(), "-o", fused.toString(), adapter + "=0.8"))
+        .as("stderr: %s", command.err()).isEqualTo(3);
+    assertThat(command.err().lines()).as("stderr: %s", command.err()).hasSize(1);
+    assertThat(command.err().trim()).isEqualTo("lora: base.safetensors: tensor '" + absmax + "' is quantization state of a"
         + " layout that cannot be fused (only float8 with a float scale can), beside weight '" + TinyLora.KEYS[1].path()
         + ".weight'; fuse into an unquantized base");
     try (Stream<Path> files = Files.list(temp)) {

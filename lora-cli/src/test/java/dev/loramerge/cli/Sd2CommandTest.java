@@ -7,8 +7,6 @@ import dev.loramerge.TensorData;
 import dev.loramerge.io.Safetensors;
 import dev.loramerge.io.SafetensorsFile;
 import java.io.IOException;
-import java.io.PrintWriter;
-import java.io.StringWriter;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
@@ -36,13 +34,8 @@ class Sd2CommandTest {
 
   @TempDir Path temp;
 
-  private final StringWriter out = new StringWriter();
-  private final StringWriter err = new StringWriter();
+  private final CommandRun command = new CommandRun();
   private final Random random = new Random(7);
-
-  private int run(String... args) {
-    return LoraCommand.execute(args, new PrintWriter(out, true), new PrintWriter(err, true));
-  }
 
   private TensorData gaussian(long... shape) {
     double[] values = new double[Math.toIntExact(TensorData.numel(shape))];
@@ -86,16 +79,18 @@ class Sd2CommandTest {
     Path unet = peftUnet(unetTensors);
     Path textEncoder = diffusersTextEncoder(teTensors);
 
-    assertThat(run("inspect", unet.toString())).as("inspect; stderr: %s", err).isZero();
-    assertThat(out.toString()).contains("SD2.x").contains("peft").doesNotContain("SD1.5");
-    out.getBuffer().setLength(0);
-    assertThat(run("inspect", textEncoder.toString())).as("inspect; stderr: %s", err).isZero();
-    assertThat(out.toString()).contains("SD2.x").contains("diffusers").doesNotContain("SD1.5");
+    assertThat(command.run("inspect", unet.toString())).as("inspect; stderr: %s", command.err()).isZero();
+    assertThat(command.out()).contains("SD2.x").contains("peft").doesNotContain("SD1.5");
+    command.clearOut();
+    assertThat(command.run("inspect", textEncoder.toString())).as("inspect; stderr: %s", command.err()).isZero();
+    assertThat(command.out()).contains("SD2.x").contains("diffusers").doesNotContain("SD1.5");
 
     Path kohya = temp.resolve("sd2-unet-kohya.safetensors");
-    assertThat(run("convert", "--to", "kohya", "-o", kohya.toString(), unet.toString())).as("convert; stderr: %s", err).isZero();
+    assertThat(command.run("convert", "--to", "kohya", "-o", kohya.toString(), unet.toString()))
+        .as("convert; stderr: %s", command.err()).isZero();
     Path peftAgain = temp.resolve("sd2-unet-again");
-    assertThat(run("convert", "--to", "peft", "-o", peftAgain.toString(), kohya.toString())).as("convert; stderr: %s", err).isZero();
+    assertThat(command.run("convert", "--to", "peft", "-o", peftAgain.toString(), kohya.toString()))
+        .as("convert; stderr: %s", command.err()).isZero();
     try (SafetensorsFile kohyaFile = SafetensorsFile.open(kohya);
         SafetensorsFile again = SafetensorsFile.open(peftAgain.resolve("adapter_model.safetensors"))) {
       assertThat(kohyaFile.tensor("lora_unet_down_blocks_0_attentions_0_proj_in.alpha").getDouble(0)).isEqualTo(8);
@@ -110,9 +105,9 @@ class Sd2CommandTest {
     Path base = temp.resolve("v2-1_768-ema-pruned.safetensors");
     Safetensors.write(base, Map.of(ORIGINAL_TO_K, toK, ORIGINAL_PROJ_IN, projIn, IN_PROJ, inProj), Map.of());
     Path fused = temp.resolve("fused.safetensors");
-    assertThat(run("fuse", "--base", base.toString(), "-o", fused.toString(), unet + "=0.8", textEncoder + "=0.6"))
-        .as("fuse; stderr: %s", err).isZero();
-    assertThat(out.toString()).contains("fused 5 modules into");
+    assertThat(command.run("fuse", "--base", base.toString(), "-o", fused.toString(), unet + "=0.8", textEncoder + "=0.6"))
+        .as("fuse; stderr: %s", command.err()).isZero();
+    assertThat(command.out()).contains("fused 5 modules into");
     try (SafetensorsFile file = SafetensorsFile.open(fused)) {
       assertFused(file.tensor(ORIGINAL_TO_K), 0, toK, 0, unetTensors, "base_model.model." + TO_K, 0.8 * 2);
       assertFused(file.tensor(ORIGINAL_PROJ_IN), 0, projIn, 0, unetTensors, "base_model.model." + PROJ_IN, 0.8 * 2);
@@ -120,9 +115,9 @@ class Sd2CommandTest {
       assertFused(file.tensor(IN_PROJ), 2 * WIDTH * WIDTH, inProj, 2 * WIDTH * WIDTH, teTensors, "text_encoder." + V_PROJ, 0.6);
     }
     Path restored = temp.resolve("restored.safetensors");
-    assertThat(run("unfuse", "--base", fused.toString(), "-o", restored.toString(), "--original", base.toString(),
+    assertThat(command.run("unfuse", "--base", fused.toString(), "-o", restored.toString(), "--original", base.toString(),
             unet + "=0.8", textEncoder + "=0.6"))
-        .as("unfuse; stderr: %s", err).isZero();
+        .as("unfuse; stderr: %s", command.err()).isZero();
     assertThat(Files.readAllBytes(restored)).isEqualTo(Files.readAllBytes(base));
   }
 

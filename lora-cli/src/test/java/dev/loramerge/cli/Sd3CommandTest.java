@@ -1,5 +1,6 @@
 package dev.loramerge.cli;
 
+import static dev.loramerge.cli.TestTensors.gaussian;
 import static org.assertj.core.api.Assertions.assertThat;
 
 import dev.loramerge.DType;
@@ -7,8 +8,6 @@ import dev.loramerge.TensorData;
 import dev.loramerge.io.Safetensors;
 import dev.loramerge.io.SafetensorsFile;
 import java.io.IOException;
-import java.io.PrintWriter;
-import java.io.StringWriter;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.LinkedHashMap;
@@ -28,21 +27,7 @@ class Sd3CommandTest {
 
   @TempDir Path temp;
 
-  private final StringWriter out = new StringWriter();
-  private final StringWriter err = new StringWriter();
-
-  private int run(String... args) {
-    out.getBuffer().setLength(0);
-    return LoraCommand.execute(args, new PrintWriter(out, true), new PrintWriter(err, true));
-  }
-
-  private static TensorData gaussian(Random random, long... shape) {
-    double[] values = new double[Math.toIntExact(TensorData.numel(shape))];
-    for (int i = 0; i < values.length; i++) {
-      values[i] = random.nextGaussian() * 0.05;
-    }
-    return TensorData.ofDoubles(values, DType.BF16, shape);
-  }
+  private final CommandRun command = CommandRun.clearingBeforeEachRun();
 
   private static void module(Map<String, TensorData> tensors, Random random, String name, long in, long out) {
     tensors.put(name + ".alpha", TensorData.ofDoubles(new double[] {4}, DType.F32));
@@ -60,8 +45,8 @@ class Sd3CommandTest {
     Path comfyFile = temp.resolve("sd35-style.safetensors");
     Safetensors.write(comfyFile, comfy, Map.of());
 
-    assertThat(run("inspect", "--modules", comfyFile.toString())).as("inspect; stderr: %s", err).isZero();
-    assertThat(out.toString())
+    assertThat(command.run("inspect", "--modules", comfyFile.toString())).as("inspect; stderr: %s", command.err()).isZero();
+    assertThat(command.out())
         .containsPattern("format +comfyui\\n")
         .containsPattern("architecture +SD3\\.5 Medium\\n")
         .containsPattern("transformer\\.transformer_blocks\\.0\\.attn\\.to_k +diffusion_model\\.joint_blocks\\.0\\.x_block\\.attn\\.qkv"
@@ -72,9 +57,10 @@ class Sd3CommandTest {
             + " +LoRA ");
 
     Path kohya = temp.resolve("sd35-style-kohya.safetensors");
-    assertThat(run("convert", "--to", "kohya", "-o", kohya.toString(), comfyFile.toString())).as("convert; stderr: %s", err).isZero();
-    assertThat(run("inspect", "--modules", kohya.toString())).as("inspect kohya; stderr: %s", err).isZero();
-    assertThat(out.toString()).containsPattern("format +kohya\\n")
+    assertThat(command.run("convert", "--to", "kohya", "-o", kohya.toString(), comfyFile.toString()))
+        .as("convert; stderr: %s", command.err()).isZero();
+    assertThat(command.run("inspect", "--modules", kohya.toString())).as("inspect kohya; stderr: %s", command.err()).isZero();
+    assertThat(command.out()).containsPattern("format +kohya\\n")
         .contains("lora_unet_joint_blocks_0_x_block_attn_qkv rows 3072–4607");
 
     Map<String, TensorData> other = new LinkedHashMap<>();
@@ -82,7 +68,8 @@ class Sd3CommandTest {
     Path otherFile = temp.resolve("sd35-detail.safetensors");
     Safetensors.write(otherFile, other, Map.of());
     Path merged = temp.resolve("merged.safetensors");
-    assertThat(run("merge", "-o", merged.toString(), comfyFile + "=0.75", otherFile + "=0.5")).as("merge; stderr: %s", err).isZero();
+    assertThat(command.run("merge", "-o", merged.toString(), comfyFile + "=0.75", otherFile + "=0.5"))
+        .as("merge; stderr: %s", command.err()).isZero();
     try (SafetensorsFile file = SafetensorsFile.open(merged)) {
       assertThat(file.tensor("lora_unet_joint_blocks_0_x_block_attn_proj.lora_down.weight").shape()).containsExactly(8, INNER);
       assertThat(file.tensor("lora_unet_joint_blocks_0_x_block_attn_qkv.lora_up.weight").shape()).containsExactly(3 * INNER, 4);
@@ -95,12 +82,12 @@ class Sd3CommandTest {
         "model.diffusion_model.final_layer.adaLN_modulation.1.weight", gaussian(random, 2 * INNER, INNER),
         "model.diffusion_model.pos_embed", gaussian(random, 1, 16, INNER)), Map.of());
     Path fused = temp.resolve("fused.safetensors");
-    assertThat(run("fuse", "--base", base.toString(), "-o", fused.toString(), kohya + "=0.8", otherFile + "=0.5"))
-        .as("fuse; stderr: %s", err).isZero();
-    assertThat(out.toString()).contains("fused 5 modules into");
+    assertThat(command.run("fuse", "--base", base.toString(), "-o", fused.toString(), kohya + "=0.8", otherFile + "=0.5"))
+        .as("fuse; stderr: %s", command.err()).isZero();
+    assertThat(command.out()).contains("fused 5 modules into");
     Path restored = temp.resolve("restored.safetensors");
-    assertThat(run("unfuse", "--base", fused.toString(), "-o", restored.toString(), "--original", base.toString(),
-        comfyFile + "=0.8", otherFile + "=0.5")).as("unfuse; stderr: %s", err).isZero();
+    assertThat(command.run("unfuse", "--base", fused.toString(), "-o", restored.toString(), "--original", base.toString(),
+        comfyFile + "=0.8", otherFile + "=0.5")).as("unfuse; stderr: %s", command.err()).isZero();
     assertThat(Files.readAllBytes(restored)).isEqualTo(Files.readAllBytes(base));
   }
 }

@@ -1,5 +1,6 @@
 package dev.loramerge.cli;
 
+import static dev.loramerge.cli.TestTensors.gaussian;
 import static org.assertj.core.api.Assertions.assertThat;
 
 import dev.loramerge.DType;
@@ -7,8 +8,6 @@ import dev.loramerge.TensorData;
 import dev.loramerge.io.Safetensors;
 import dev.loramerge.io.SafetensorsFile;
 import java.io.IOException;
-import java.io.PrintWriter;
-import java.io.StringWriter;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.LinkedHashMap;
@@ -29,20 +28,7 @@ class TextEncoderCommandTest {
 
   @TempDir Path temp;
 
-  private final StringWriter out = new StringWriter();
-  private final StringWriter err = new StringWriter();
-
-  private int run(String... args) {
-    return LoraCommand.execute(args, new PrintWriter(out, true), new PrintWriter(err, true));
-  }
-
-  private static TensorData gaussian(Random random, long... shape) {
-    double[] values = new double[Math.toIntExact(TensorData.numel(shape))];
-    for (int i = 0; i < values.length; i++) {
-      values[i] = random.nextGaussian() * 0.05;
-    }
-    return TensorData.ofDoubles(values, DType.BF16, shape);
-  }
+  private final CommandRun command = new CommandRun();
 
   private static void module(Map<String, TensorData> tensors, Random random, String name, long in, long out) {
     tensors.put(name + ".alpha", TensorData.ofDoubles(new double[] {4}, DType.BF16));
@@ -63,20 +49,20 @@ class TextEncoderCommandTest {
   @Test
   void inspectsConvertsMergesFusesAndUnfusesAFluxT5Lora() throws IOException {
     Path lora = fluxT5("flux-t5", 1);
-    assertThat(run("inspect", lora.toString())).as("inspect; stderr: %s", err).isZero();
-    assertThat(out.toString()).contains("Flux.1").contains("kohya").contains("text_encoder_2");
+    assertThat(command.run("inspect", lora.toString())).as("inspect; stderr: %s", command.err()).isZero();
+    assertThat(command.out()).contains("Flux.1").contains("kohya").contains("text_encoder_2");
 
     Path diffusers = temp.resolve("flux-t5-diffusers.safetensors");
-    assertThat(run("convert", "--to", "diffusers", "-o", diffusers.toString(), lora.toString()))
-        .as("convert; stderr: %s", err).isZero();
+    assertThat(command.run("convert", "--to", "diffusers", "-o", diffusers.toString(), lora.toString()))
+        .as("convert; stderr: %s", command.err()).isZero();
     try (SafetensorsFile file = SafetensorsFile.open(diffusers)) {
       assertThat(file.tensor("text_encoder_2.encoder.block.1.layer.0.SelfAttention.k.lora_A.weight").shape())
           .containsExactly(4, T5);
     }
 
     Path merged = temp.resolve("merged.safetensors");
-    assertThat(run("merge", "-o", merged.toString(), diffusers + "=0.5", fluxT5("second", 2) + "=0.5"))
-        .as("merge; stderr: %s", err).isZero();
+    assertThat(command.run("merge", "-o", merged.toString(), diffusers + "=0.5", fluxT5("second", 2) + "=0.5"))
+        .as("merge; stderr: %s", command.err()).isZero();
     try (SafetensorsFile file = SafetensorsFile.open(merged)) {
       assertThat(file.tensor("text_encoder_2.encoder.block.1.layer.0.SelfAttention.k.lora_A.weight").shape())
           .as("cat of two rank-4 inputs").containsExactly(8, T5);
@@ -88,13 +74,13 @@ class TextEncoderCommandTest {
         "encoder.block.1.layer.0.SelfAttention.k.weight", gaussian(random, T5, T5).to(DType.F16),
         "shared.weight", gaussian(random, 8, T5).to(DType.F16)), Map.of());
     Path fused = temp.resolve("fused.safetensors");
-    assertThat(run("fuse", "--base", base.toString(), "--allow-missing", "-o", fused.toString(), lora + "=0.8"))
-        .as("fuse; stderr: %s", err).isZero();
-    assertThat(out.toString()).contains("fused 1 modules into").contains("skipped 1 modules");
+    assertThat(command.run("fuse", "--base", base.toString(), "--allow-missing", "-o", fused.toString(), lora + "=0.8"))
+        .as("fuse; stderr: %s", command.err()).isZero();
+    assertThat(command.out()).contains("fused 1 modules into").contains("skipped 1 modules");
     Path restored = temp.resolve("restored.safetensors");
-    assertThat(run("unfuse", "--base", fused.toString(), "--allow-missing", "-o", restored.toString(),
+    assertThat(command.run("unfuse", "--base", fused.toString(), "--allow-missing", "-o", restored.toString(),
             "--original", base.toString(), lora + "=0.8"))
-        .as("unfuse; stderr: %s", err).isZero();
+        .as("unfuse; stderr: %s", command.err()).isZero();
     assertThat(Files.readAllBytes(restored)).isEqualTo(Files.readAllBytes(base));
   }
 
@@ -107,7 +93,7 @@ class TextEncoderCommandTest {
     module(tensors, random, "lora_te3_encoder_block_0_layer_1_DenseReluDense_wi_0", T5, 10240);
     Path lora = temp.resolve("sd3-te.safetensors");
     Safetensors.write(lora, tensors, Map.of("ss_network_module", "networks.lora_sd3"));
-    assertThat(run("inspect", lora.toString())).as("inspect; stderr: %s", err).isZero();
-    assertThat(out.toString()).contains("SD3.5 Medium").contains("text_encoder_3");
+    assertThat(command.run("inspect", lora.toString())).as("inspect; stderr: %s", command.err()).isZero();
+    assertThat(command.out()).contains("SD3.5 Medium").contains("text_encoder_3");
   }
 }
