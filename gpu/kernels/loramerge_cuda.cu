@@ -100,6 +100,24 @@ struct Tiling {
 };
 using ProductTiling = Tiling<16, 8, 4, 2, 32>;
 
+// Calls visit(i, j, index) for each of a thread's TM×TN elements that lies inside the rows×cols
+// weight: element (i, j) of the thread's block, which starts at (firstRow, firstCol), at flat
+// index row·cols + col.
+template <typename P, typename Visit>
+__device__ __forceinline__ void forEachOwnElement(int firstRow, int firstCol, int rows, int cols, Visit visit) {
+#pragma unroll
+  for (int i = 0; i < P::TM; i++) {
+    const int row = firstRow + i;
+#pragma unroll
+    for (int j = 0; j < P::TN; j++) {
+      const int col = firstCol + j;
+      if (row < rows && col < cols) {
+        visit(i, j, static_cast<long long>(row) * cols + col);
+      }
+    }
+  }
+}
+
 // How a batch's float64 ups lie in device memory: by row, b×rows×rank, as libtorch makes them; or
 // by rank, b×rank×rows, as placeTerm makes them, so that a tile of up is read into shared memory as
 // down's is, each rank's rows side by side. By row, the transposing stores into shared memory meet
@@ -134,17 +152,8 @@ __global__ void __launch_bounds__(P::kThreads) fuseProduct(
   // The weight's values are asked for before the products, so that their latency is hidden by
   // the arithmetic rather than waited for after it.
   T prior[P::TM][P::TN]{};
-#pragma unroll
-  for (int i = 0; i < P::TM; i++) {
-    const int row = firstRow + ty * P::TM + i;
-#pragma unroll
-    for (int j = 0; j < P::TN; j++) {
-      const int col = firstCol + tx * P::TN + j;
-      if (row < rows && col < cols) {
-        prior[i][j] = source[static_cast<long long>(row) * cols + col];
-      }
-    }
-  }
+  forEachOwnElement<P>(firstRow + ty * P::TM, firstCol + tx * P::TN, rows, cols,
+                       [&](int i, int j, long long index) { prior[i][j] = source[index]; });
   double sums[P::TM][P::TN][4];
 #pragma unroll
   for (int i = 0; i < P::TM; i++) {
@@ -228,23 +237,14 @@ __global__ void __launch_bounds__(P::kThreads) fuseProduct(
     }
     __syncthreads();
   }
-#pragma unroll
-  for (int i = 0; i < P::TM; i++) {
-    const int row = firstRow + ty * P::TM + i;
-#pragma unroll
-    for (int j = 0; j < P::TN; j++) {
-      const int col = firstCol + tx * P::TN + j;
-      if (row < rows && col < cols) {
-        const long long index = static_cast<long long>(row) * cols + col;
-        const double update = __dadd_rn(__dadd_rn(sums[i][j][0], sums[i][j][1]), __dadd_rn(sums[i][j][2], sums[i][j][3]));
-        const T rounded = K::narrow(__dadd_rn(K::widen(prior[i][j]), update));
-        out[weight * perWeight + index] = rounded;
-        if (!K::finite(rounded)) {
-          atomicMin(&firstNotFinite, static_cast<unsigned long long>(weight * perWeight + index));
-        }
-      }
+  forEachOwnElement<P>(firstRow + ty * P::TM, firstCol + tx * P::TN, rows, cols, [&](int i, int j, long long index) {
+    const double update = __dadd_rn(__dadd_rn(sums[i][j][0], sums[i][j][1]), __dadd_rn(sums[i][j][2], sums[i][j][3]));
+    const T rounded = K::narrow(__dadd_rn(K::widen(prior[i][j]), update));
+    out[weight * perWeight + index] = rounded;
+    if (!K::finite(rounded)) {
+      atomicMin(&firstNotFinite, static_cast<unsigned long long>(weight * perWeight + index));
     }
-  }
+  });
 }
 
 // A stored factor's value widened to float64 (exact): dtype 0 F64, 1 F32, 2 F16, 3 BF16.
