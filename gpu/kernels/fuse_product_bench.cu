@@ -96,12 +96,13 @@ template <typename K, typename P, UpLayout L = UpLayout::kByRank>
 static void runTiled(Problem& p, uint16_t* out) {
   dim3 grid((p.cols + P::kColumns - 1) / P::kColumns, (p.rows + P::kRows - 1) / P::kRows, 1);
   long long per = (long long) p.rows * p.cols;
+  unsigned long long* notFinite; CK(cudaGetSymbolAddress(reinterpret_cast<void**>(&notFinite), firstNotFinite));
   for (int first = 0; first < p.count; first += kWeightsPerLaunch) {
     int n = std::min(p.count - first, kWeightsPerLaunch);
     Sources s{};
     for (int j = 0; j < n; j++) s.pointers[j] = p.source + (first + j) * per;
     grid.z = n;
-    fuseProduct<K, P, L><<<grid, P::kThreads>>>(L == UpLayout::kByRank ? p.upByRank : p.up, p.down, s, reinterpret_cast<typename K::T*>(out), p.rows, p.cols, p.rank, first);
+    fuseProduct<K, P, L><<<grid, P::kThreads>>>(L == UpLayout::kByRank ? p.upByRank : p.up, p.down, s, reinterpret_cast<typename K::T*>(out), p.rows, p.cols, p.rank, first, notFinite);
   }
   CK(cudaGetLastError());
 }

@@ -11,6 +11,12 @@
 // this file has no libtorch headers and works on libtorch's default stream, the legacy one, so
 // that it is ordered with DJL's operations on either side.
 //
+// queueTerms, the path of a fuse from its adapters' stored factors, does not wait for the device:
+// a batch's copy, kernels and writes into the weights are queued, the host goes on to the next
+// batch, and each batch's first non-finite value lands in a flag of its own that the host reads
+// once, at the end. The writes into the weights are a kernel that reads those flags, so a batch
+// with a non-finite value, and every batch after it, leaves its weights as they were.
+//
 // Built by gpu/build-kernels.sh with nvcc, loaded when -Dloramerge.cuda.kernels names the file.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -65,12 +71,14 @@ struct Sources {
   const void* pointers[kWeightsPerLaunch];
 };
 
+// The first non-finite value of a synchronous batch (fuseRound, fuseProduct), which the class
+// lock on the Java side keeps to one batch at a time; a queued batch has its own flag.
 __device__ unsigned long long firstNotFinite;
 
 // Grid: y = the weight within the launch, x strides over its elements.
 template <typename K>
 __global__ void fuseRound(const double* __restrict__ product, Sources sources, typename K::T* __restrict__ out,
-                          long long perWeight, long long firstWeight) {
+                          long long perWeight, long long firstWeight, unsigned long long* notFinite) {
   using T = typename K::T;
   const long long base = (firstWeight + blockIdx.y) * perWeight;
   const T* source = static_cast<const T*>(sources.pointers[blockIdx.y]);
@@ -79,7 +87,7 @@ __global__ void fuseRound(const double* __restrict__ product, Sources sources, t
     T rounded = K::narrow(product[base + k] + K::widen(source[k]));
     out[base + k] = rounded;
     if (!K::finite(rounded)) {
-      atomicMin(&firstNotFinite, static_cast<unsigned long long>(base + k));
+      atomicMin(notFinite, static_cast<unsigned long long>(base + k));
     }
   }
 }
@@ -135,7 +143,7 @@ enum class UpLayout { kByRow, kByRank };
 template <typename K, typename P, UpLayout L>
 __global__ void __launch_bounds__(P::kThreads) fuseProduct(
     const double* __restrict__ up, const double* __restrict__ down, Sources sources, typename K::T* __restrict__ out,
-    int rows, int cols, int rank, int firstWeight) {
+    int rows, int cols, int rank, int firstWeight, unsigned long long* notFinite) {
   using T = typename K::T;
   __shared__ __align__(16) double upTile[P::KC][P::kRows];
   __shared__ __align__(16) double downTile[P::KC][P::kColumns];
@@ -242,7 +250,7 @@ __global__ void __launch_bounds__(P::kThreads) fuseProduct(
     const T rounded = K::narrow(__dadd_rn(K::widen(prior[i][j]), update));
     out[weight * perWeight + index] = rounded;
     if (!K::finite(rounded)) {
-      atomicMin(&firstNotFinite, static_cast<unsigned long long>(weight * perWeight + index));
+      atomicMin(notFinite, static_cast<unsigned long long>(weight * perWeight + index));
     }
   });
 }
@@ -291,6 +299,44 @@ __global__ void placeTerm(const void* __restrict__ up, int upType, const void* _
   }
 }
 
+// Flags of a queued fuse, one array in device memory: flags[0] is the first batch found with a
+// value that is not finite, flags[1 + b] batch b's first such flat index; ULLONG_MAX is none.
+// Weights of a launch to write, as Sources are weights to read.
+struct Targets {
+  void* pointers[kWeightsPerLaunch];
+};
+
+// Grid: y = the weight within the launch, x strides over its bytes. Copies weight j's rounded
+// values (bytesPerWeight each, one weight after the other from `from`) into it, unless batch
+// `batch` or an earlier one had a value that is not finite: then the weights stay as they were,
+// and the batch is recorded as failed for the batches after it.
+__global__ void scatterIfFinite(const char* __restrict__ from, Targets weights, long long bytesPerWeight, int firstWeight,
+                                unsigned long long* flags, int batch) {
+  if (flags[1 + batch] != ULLONG_MAX) {
+    if (blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0) {
+      atomicMin(&flags[0], static_cast<unsigned long long>(batch));
+    }
+    return;
+  }
+  if (flags[0] != ULLONG_MAX) {
+    return;
+  }
+  const char* values = from + (firstWeight + static_cast<long long>(blockIdx.y)) * bytesPerWeight;
+  char* weight = static_cast<char*>(weights.pointers[blockIdx.y]);
+  const long long stride = static_cast<long long>(gridDim.x) * blockDim.x;
+  const long long first = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x;
+  if ((reinterpret_cast<uintptr_t>(values) | reinterpret_cast<uintptr_t>(weight) | bytesPerWeight) % sizeof(int4) == 0) {
+    const long long chunks = bytesPerWeight / static_cast<long long>(sizeof(int4));
+    for (long long k = first; k < chunks; k += stride) {
+      reinterpret_cast<int4*>(weight)[k] = reinterpret_cast<const int4*>(values)[k];
+    }
+  } else {
+    for (long long k = first; k < bytesPerWeight; k += stride) {
+      weight[k] = values[k];
+    }
+  }
+}
+
 bool failed(JNIEnv* env, cudaError_t status, const char* what) {
   if (status == cudaSuccess) {
     return false;
@@ -308,7 +354,8 @@ void* address(JNIEnv* env, jobjectArray buffers, jsize index) {
 }
 
 template <typename K>
-bool launch(JNIEnv* env, const double* product, jobjectArray sources, void* out, long long perWeight, jsize weights) {
+bool launch(JNIEnv* env, const double* product, jobjectArray sources, void* out, long long perWeight, jsize weights,
+            unsigned long long* notFinite) {
   constexpr int kThreads = 256;
   long long blocks = (perWeight + kThreads - 1) / kThreads;
   unsigned int gridX = static_cast<unsigned int>(blocks < 2048 ? blocks : 2048);
@@ -319,7 +366,7 @@ bool launch(JNIEnv* env, const double* product, jobjectArray sources, void* out,
       chunk.pointers[j] = address(env, sources, first + j);
     }
     fuseRound<K><<<dim3(gridX, count), kThreads, 0, cudaStreamLegacy>>>(
-        product, chunk, static_cast<typename K::T*>(out), perWeight, first);
+        product, chunk, static_cast<typename K::T*>(out), perWeight, first, notFinite);
     if (failed(env, cudaGetLastError(), "loramerge fuseRound launch")) {
       return false;
     }
@@ -329,7 +376,7 @@ bool launch(JNIEnv* env, const double* product, jobjectArray sources, void* out,
 
 template <typename K, UpLayout L, typename P = ProductTiling>
 bool launchProduct(JNIEnv* env, const double* up, const double* down, jobjectArray sources, void* out, int rows, int cols,
-                   int rank, jsize weights) {
+                   int rank, jsize weights, unsigned long long* notFinite) {
   dim3 grid((cols + P::kColumns - 1) / P::kColumns, (rows + P::kRows - 1) / P::kRows, 1);
   for (jsize first = 0; first < weights; first += kWeightsPerLaunch) {
     jsize count = weights - first < kWeightsPerLaunch ? weights - first : kWeightsPerLaunch;
@@ -339,7 +386,7 @@ bool launchProduct(JNIEnv* env, const double* up, const double* down, jobjectArr
     }
     grid.z = count;
     fuseProduct<K, P, L><<<grid, P::kThreads, 0, cudaStreamLegacy>>>(up, down, chunk, static_cast<typename K::T*>(out), rows,
-                                                                   cols, rank, first);
+                                                                   cols, rank, first, notFinite);
     if (failed(env, cudaGetLastError(), "loramerge fuseProduct launch")) {
       return false;
     }
@@ -347,15 +394,21 @@ bool launchProduct(JNIEnv* env, const double* up, const double* down, jobjectArr
   return true;
 }
 
-// Clears the not-finite flag before a batch's launches (after libtorch's queued work is done, so
-// that the kernels read what it wrote), and reads it after them: -1 when every value was finite.
-bool beginBatch(JNIEnv* env, jint device, const char* what) {
+// Clears the not-finite flag before a synchronous batch's launches (after libtorch's queued work
+// is done, so that the kernels read what it wrote) and gives its address; endBatch reads it after
+// them: -1 when every value was finite.
+unsigned long long* beginBatch(JNIEnv* env, jint device, const char* what) {
   if (failed(env, cudaSetDevice(device), what) || failed(env, cudaDeviceSynchronize(), what)) {
-    return false;
+    return nullptr;
   }
   unsigned long long none = ULLONG_MAX;
-  return !failed(env, cudaMemcpyToSymbolAsync(firstNotFinite, &none, sizeof none, 0, cudaMemcpyHostToDevice, cudaStreamLegacy),
-                 what);
+  void* flag = nullptr;
+  if (failed(env, cudaMemcpyToSymbolAsync(firstNotFinite, &none, sizeof none, 0, cudaMemcpyHostToDevice, cudaStreamLegacy),
+             what) ||
+      failed(env, cudaGetSymbolAddress(&flag, firstNotFinite), what)) {
+    return nullptr;
+  }
+  return static_cast<unsigned long long*>(flag);
 }
 
 jlong endBatch(JNIEnv* env, const char* what) {
@@ -368,6 +421,27 @@ jlong endBatch(JNIEnv* env, const char* what) {
   return first == ULLONG_MAX ? -1 : static_cast<jlong>(first);
 }
 
+// Queues scatterIfFinite of the `count` weights of a batch, 256 weights a launch.
+bool queueScatter(JNIEnv* env, const char* from, jobjectArray weights, long long bytesPerWeight, unsigned long long* flags,
+                  jint batch) {
+  jsize count = env->GetArrayLength(weights);
+  constexpr int kThreads = 256;
+  long long blocks = (bytesPerWeight / static_cast<long long>(sizeof(int4)) + kThreads - 1) / kThreads;
+  unsigned int gridX = static_cast<unsigned int>(blocks < 1 ? 1 : blocks < 1024 ? blocks : 1024);
+  for (jsize first = 0; first < count; first += kWeightsPerLaunch) {
+    jsize launched = count - first < kWeightsPerLaunch ? count - first : kWeightsPerLaunch;
+    Targets chunk{};
+    for (jsize j = 0; j < launched; j++) {
+      chunk.pointers[j] = address(env, weights, first + j);
+    }
+    scatterIfFinite<<<dim3(gridX, launched), kThreads, 0, cudaStreamLegacy>>>(from, chunk, bytesPerWeight, first, flags, batch);
+    if (failed(env, cudaGetLastError(), "loramerge scatterIfFinite launch")) {
+      return false;
+    }
+  }
+  return true;
+}
+
 }  // namespace
 
 extern "C" {
@@ -378,7 +452,8 @@ extern "C" {
 JNIEXPORT jlong JNICALL Java_dev_loramerge_internal_fuse_CudaKernels_fuseProduct(
     JNIEnv* env, jclass, jint device, jobject up, jobject down, jobjectArray sources, jobject out, jint dtype, jint rows,
     jint cols, jint rank) {
-  if (!beginBatch(env, device, "loramerge fuseProduct")) {
+  unsigned long long* flag = beginBatch(env, device, "loramerge fuseProduct");
+  if (flag == nullptr) {
     return 0;
   }
   const auto* ups = static_cast<const double*>(env->GetDirectBufferAddress(up));
@@ -387,8 +462,8 @@ JNIEXPORT jlong JNICALL Java_dev_loramerge_internal_fuse_CudaKernels_fuseProduct
   jsize weights = env->GetArrayLength(sources);
   bool launched = false;
   switch (dtype) {
-    case 2: launched = launchProduct<F16, UpLayout::kByRow>(env, ups, downs, sources, rounded, rows, cols, rank, weights); break;
-    case 3: launched = launchProduct<BF16, UpLayout::kByRow>(env, ups, downs, sources, rounded, rows, cols, rank, weights); break;
+    case 2: launched = launchProduct<F16, UpLayout::kByRow>(env, ups, downs, sources, rounded, rows, cols, rank, weights, flag); break;
+    case 3: launched = launchProduct<BF16, UpLayout::kByRow>(env, ups, downs, sources, rounded, rows, cols, rank, weights, flag); break;
     default:
       env->ThrowNew(env->FindClass("java/lang/IllegalArgumentException"), "loramerge fuseProduct: dtype code not fp16 or bf16");
       return 0;
@@ -396,27 +471,30 @@ JNIEXPORT jlong JNICALL Java_dev_loramerge_internal_fuse_CudaKernels_fuseProduct
   return launched ? endBatch(env, "loramerge fuseProduct") : 0;
 }
 
-// fuseProduct from a batch's stored factors: `bytes` of host memory `host` (pinned where the
-// caller could pin it) copied to device memory `staging`, laid out as DeviceFusion.gatherTerms
-// lays them out (per term t: the jobs' float64 coefficients at starts[3t], their ups at
-// starts[3t+1], their downs at starts[3t+2]), each term placed into the float64 factors `up`
-// (count×rank×rows, by rank) and `down` (count×rank×cols) by placeTerm, then fuseProduct as above, all on
-// the legacy stream with one wait at the end. Returns what fuseProduct returns.
-JNIEXPORT jlong JNICALL Java_dev_loramerge_internal_fuse_CudaKernels_fuseTerms(
-    JNIEnv* env, jclass, jint device, jobject host, jlong bytes, jobject staging, jlongArray starts, jintArray ranks,
-    jintArray upTypes, jintArray downTypes, jdouble factor, jobject up, jobject down, jobjectArray sources, jobject out,
-    jint dtype, jint rows, jint cols) {
+// A batch of fp16 (dtype 2) or bf16 (3) weights fused from its stored factors, queued on the
+// legacy stream without waiting: `bytes` of host memory `host` (pinned where the caller could pin
+// it) copied to device memory `staging`, then event `copied` recorded (the host memory may be
+// rewritten once it has passed); the factors laid out as DeviceFusion.gatherTerms lays them out
+// (per term t: the jobs' float64 coefficients at starts[3t], their ups at starts[3t+1], their
+// downs at starts[3t+2]), each term placed into the float64 factors `up` (count×rank×rows, by
+// rank) and `down` (count×rank×cols) by placeTerm; fuseProduct into `out` with the first
+// non-finite index in flags[1 + batch]; scatterIfFinite from `out` into the weights. Every array
+// is libtorch's, freed by its caching allocator in the stream's order, so the Java side may close
+// them as soon as this returns.
+JNIEXPORT void JNICALL Java_dev_loramerge_internal_fuse_CudaKernels_queueTerms(
+    JNIEnv* env, jclass, jint device, jobject host, jlong bytes, jlong copied, jobject staging, jlongArray starts,
+    jintArray ranks, jintArray upTypes, jintArray downTypes, jdouble factor, jobject up, jobject down, jobjectArray sources,
+    jobject out, jobjectArray weights, jint dtype, jint rows, jint cols, jobject flags, jint batch) {
   if (dtype != 2 && dtype != 3) {
-    env->ThrowNew(env->FindClass("java/lang/IllegalArgumentException"), "loramerge fuseTerms: dtype code not fp16 or bf16");
-    return 0;
-  }
-  if (!beginBatch(env, device, "loramerge fuseTerms")) {
-    return 0;
+    env->ThrowNew(env->FindClass("java/lang/IllegalArgumentException"), "loramerge queueTerms: dtype code not fp16 or bf16");
+    return;
   }
   auto* stage = static_cast<char*>(env->GetDirectBufferAddress(staging));
-  if (failed(env, cudaMemcpyAsync(stage, env->GetDirectBufferAddress(host), bytes, cudaMemcpyHostToDevice, cudaStreamLegacy),
-             "loramerge fuseTerms copy")) {
-    return 0;
+  if (failed(env, cudaSetDevice(device), "loramerge queueTerms device") ||
+      failed(env, cudaMemcpyAsync(stage, env->GetDirectBufferAddress(host), bytes, cudaMemcpyHostToDevice, cudaStreamLegacy),
+             "loramerge queueTerms copy") ||
+      failed(env, cudaEventRecord(reinterpret_cast<cudaEvent_t>(copied), cudaStreamLegacy), "loramerge queueTerms event")) {
+    return;
   }
   jsize terms = env->GetArrayLength(ranks);
   jlong* at = env->GetLongArrayElements(starts, nullptr);
@@ -444,12 +522,16 @@ JNIEXPORT jlong JNICALL Java_dev_loramerge_internal_fuse_CudaKernels_fuseTerms(
   env->ReleaseIntArrayElements(upTypes, upType, JNI_ABORT);
   env->ReleaseIntArrayElements(downTypes, downType, JNI_ABORT);
   if (!placed) {
-    return 0;
+    return;
   }
+  auto* flag = static_cast<unsigned long long*>(env->GetDirectBufferAddress(flags));
   void* rounded = env->GetDirectBufferAddress(out);
-  bool launched = dtype == 2 ? launchProduct<F16, UpLayout::kByRank>(env, ups, downs, sources, rounded, rows, cols, total, count)
-                             : launchProduct<BF16, UpLayout::kByRank>(env, ups, downs, sources, rounded, rows, cols, total, count);
-  return launched ? endBatch(env, "loramerge fuseTerms") : 0;
+  bool launched =
+      dtype == 2 ? launchProduct<F16, UpLayout::kByRank>(env, ups, downs, sources, rounded, rows, cols, total, count, flag + 1 + batch)
+                 : launchProduct<BF16, UpLayout::kByRank>(env, ups, downs, sources, rounded, rows, cols, total, count, flag + 1 + batch);
+  if (launched) {
+    queueScatter(env, static_cast<const char*>(rounded), weights, static_cast<long long>(rows) * cols * 2, flag, batch);
+  }
 }
 
 // out[j][k] = round(product[j][k] + sources[j][k]) for the weights j of a batch; returns -1 when
@@ -459,7 +541,8 @@ JNIEXPORT jlong JNICALL Java_dev_loramerge_internal_fuse_CudaKernels_fuseRound(
     JNIEnv* env, jclass, jint device, jobject product, jobjectArray sources, jobject out, jint dtype, jlong perWeight) {
   // libtorch's work on its stream (the product, the sources' copies) is done before the kernel
   // reads it, whichever stream libtorch was told to use.
-  if (!beginBatch(env, device, "loramerge fuseRound")) {
+  unsigned long long* flag = beginBatch(env, device, "loramerge fuseRound");
+  if (flag == nullptr) {
     return 0;
   }
   const auto* products = static_cast<const double*>(env->GetDirectBufferAddress(product));
@@ -467,10 +550,10 @@ JNIEXPORT jlong JNICALL Java_dev_loramerge_internal_fuse_CudaKernels_fuseRound(
   jsize weights = env->GetArrayLength(sources);
   bool launched = false;
   switch (dtype) {
-    case 0: launched = launch<F64>(env, products, sources, rounded, perWeight, weights); break;
-    case 1: launched = launch<F32>(env, products, sources, rounded, perWeight, weights); break;
-    case 2: launched = launch<F16>(env, products, sources, rounded, perWeight, weights); break;
-    case 3: launched = launch<BF16>(env, products, sources, rounded, perWeight, weights); break;
+    case 0: launched = launch<F64>(env, products, sources, rounded, perWeight, weights, flag); break;
+    case 1: launched = launch<F32>(env, products, sources, rounded, perWeight, weights, flag); break;
+    case 2: launched = launch<F16>(env, products, sources, rounded, perWeight, weights, flag); break;
+    case 3: launched = launch<BF16>(env, products, sources, rounded, perWeight, weights, flag); break;
     default:
       env->ThrowNew(env->FindClass("java/lang/IllegalArgumentException"), "loramerge fuseRound: unknown dtype code");
       return 0;
@@ -502,6 +585,26 @@ JNIEXPORT void JNICALL Java_dev_loramerge_internal_fuse_CudaKernels_synchronize(
   if (!failed(env, cudaSetDevice(device), "loramerge synchronize device")) {
     failed(env, cudaStreamSynchronize(cudaStreamLegacy), "loramerge synchronize");
   }
+}
+
+// A CUDA event on GPU `device`, for queueTerms to record when it has copied a host buffer;
+// 0 (with an exception pending) where CUDA refuses.
+JNIEXPORT jlong JNICALL Java_dev_loramerge_internal_fuse_CudaKernels_newEvent(JNIEnv* env, jclass, jint device) {
+  cudaEvent_t event = nullptr;
+  if (failed(env, cudaSetDevice(device), "loramerge newEvent device") ||
+      failed(env, cudaEventCreateWithFlags(&event, cudaEventDisableTiming), "loramerge newEvent")) {
+    return 0;
+  }
+  return reinterpret_cast<jlong>(event);
+}
+
+// Waits until the device has passed the event's last record (at once where it was never recorded).
+JNIEXPORT void JNICALL Java_dev_loramerge_internal_fuse_CudaKernels_synchronizeEvent(JNIEnv* env, jclass, jlong event) {
+  failed(env, cudaEventSynchronize(reinterpret_cast<cudaEvent_t>(event)), "loramerge synchronizeEvent");
+}
+
+JNIEXPORT void JNICALL Java_dev_loramerge_internal_fuse_CudaKernels_destroyEvent(JNIEnv* env, jclass, jlong event) {
+  failed(env, cudaEventDestroy(reinterpret_cast<cudaEvent_t>(event)), "loramerge destroyEvent");
 }
 
 // Pins (page-locks) a direct buffer's host memory, so that copies from it to a GPU run at the

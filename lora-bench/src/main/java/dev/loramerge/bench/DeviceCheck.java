@@ -9,6 +9,7 @@ import ai.djl.ndarray.types.Shape;
 import dev.loramerge.Component;
 import dev.loramerge.DType;
 import dev.loramerge.LoraAdapter;
+import dev.loramerge.LoraMergeException;
 import dev.loramerge.LoraModule;
 import dev.loramerge.ModuleKey;
 import dev.loramerge.TensorData;
@@ -40,6 +41,11 @@ import java.util.function.Function;
  * factors, and a block of one row or column among them. Two fuses of different adapters are
  * stacked, then undone in the order they were made in reverse, and every weight must be back to
  * its original bytes on both devices.
+ *
+ * <p>fp16 and bf16 also get an {@code overflow} row: a fuse whose update leaves the weights' range
+ * in two modules must fail on the device with the CPU's message, for the same module, and leave
+ * every weight as it was (on a GPU with the kernels, the failing batch is found by the device
+ * after later batches were queued).
  *
  * <p>fp16 and bf16 also get rows whose float64 sums land on a rounding tie in the host's order of
  * additions and off it in others (the {@code summation order} rows): on a GPU they are compared
@@ -114,6 +120,12 @@ final class DeviceCheck {
       Map<String, Object> row = compare(device, List.of(order), 1.0, host -> zeroWeights(host, order, type));
       record(type.name() + " summation order", row, rows, failures);
     }
+    for (DType type : List.of(DType.F16, DType.BF16)) {
+      if (type == DType.BF16 && !bf16.supported()) {
+        continue;
+      }
+      record(type.name() + " overflow", overflow(device, type, seed), rows, failures);
+    }
     report.put("results", rows);
     report.put("failures", failures);
     if (json != null) {
@@ -132,7 +144,8 @@ final class DeviceCheck {
     row.putAll(counts);
     rows.add(row);
     System.out.println(row);
-    if (!row.get("differing_elements").equals(0L) || !row.get("not_restored_weights").equals(0L)) {
+    if (!row.get("differing_elements").equals(0L) || !row.get("not_restored_weights").equals(0L)
+        || Boolean.FALSE.equals(row.get("same_failure"))) {
       failures.add(String.format(Locale.ROOT, "%s: %s", name, row));
     }
   }
@@ -241,6 +254,98 @@ final class DeviceCheck {
       row.put("not_restored_weights", notRestored);
       return row;
     }
+  }
+
+  /**
+   * A fuse that must fail: five modules of three shapes (three batches on the device), the third
+   * and fourth with an update beyond {@code type}'s range at one element. On both devices the fuse
+   * must throw the same message, for the third module (the first failing one in the host's order
+   * and in the first failing batch), and leave every weight as it was.
+   */
+  private static Map<String, Object> overflow(Device device, DType type, long seed) throws IOException {
+    LoraAdapter adapter = overflowAdapter(type);
+    try (NDManager host = NDManager.newBaseManager(Device.cpu());
+        NDManager onDevice = NDManager.newBaseManager(device)) {
+      Map<String, NDArray> cpu = gaussianWeights(host, adapter, type, seed);
+      Map<String, NDArray> originals = new LinkedHashMap<>();
+      Map<String, NDArray> weights = new LinkedHashMap<>();
+      cpu.forEach(
+          (name, array) -> {
+            originals.put(name, Devices.copyTo(array, host));
+            weights.put(name, Devices.copyTo(array, onDevice));
+          });
+      String onCpu = failure(LoraFuser.of(LoraMerger.builder().add(adapter, 1.0).device(Device.cpu()).build()), WeightTarget.of(cpu));
+      String there = failure(LoraFuser.of(LoraMerger.builder().add(adapter, 1.0).device(device).build()), WeightTarget.of(weights));
+      long differing = 0;
+      long notRestored = 0;
+      long elements = 0;
+      for (Map.Entry<String, NDArray> weight : weights.entrySet()) {
+        NDArray original = originals.get(weight.getKey());
+        long changed = Devices.differingElements(weight.getValue(), original) + Devices.differingElements(cpu.get(weight.getKey()), original);
+        elements += 2 * original.size();
+        differing += changed;
+        notRestored += changed == 0 ? 0 : 1;
+      }
+      Map<String, Object> row = new LinkedHashMap<>();
+      row.put("weights", weights.size());
+      row.put("conv_weights", 0L);
+      row.put("elements_compared", elements);
+      row.put("differing_elements", differing);
+      row.put("differing_weights", notRestored);
+      row.put("not_restored_weights", notRestored);
+      row.put("cpu_failure", onCpu);
+      row.put("device_failure", there);
+      row.put("same_failure", onCpu.equals(there) && onCpu.contains("check.m2"));
+      return row;
+    }
+  }
+
+  /** The message of the failure of {@code fuser}'s fuse into {@code target}, or "none" where it did not fail. */
+  private static String failure(LoraFuser fuser, WeightTarget target) throws IOException {
+    try {
+      fuser.fuseInto(target);
+      return "none";
+    } catch (LoraMergeException e) {
+      return e.getMessage();
+    }
+  }
+
+  /**
+   * The modules of {@link #overflow}: {@code check.m0} to {@code check.m4} of shapes A, B, B, C, A,
+   * rank 2, float32 factors of a few hundredths, and in {@code m2} and {@code m3} one element whose
+   * update is 10⁶ (fp16) or 10⁴⁰ (bf16), beyond the largest finite value.
+   */
+  private static LoraAdapter overflowAdapter(DType type) {
+    long[][] shapes = {{48, 40}, {24, 72}, {24, 72}, {56, 32}, {48, 40}};
+    double big = type == DType.F16 ? 1e3 : 1e20;
+    int rank = 2;
+    LoraAdapter.Builder adapter = LoraAdapter.builder().name("overflow");
+    SplittableRandom random = new SplittableRandom(Randoms.streamSeed(shapes.length, type.name(), 0, "overflow"));
+    for (int i = 0; i < shapes.length; i++) {
+      long out = shapes[i][0];
+      long in = shapes[i][1];
+      double[] up = new double[Math.toIntExact(out * rank)];
+      double[] down = new double[Math.toIntExact(rank * in)];
+      for (int k = 0; k < up.length; k++) {
+        up[k] = 0.05 * Randoms.standardNormal(random);
+      }
+      for (int k = 0; k < down.length; k++) {
+        down[k] = 0.05 * Randoms.standardNormal(random);
+      }
+      if (i == 2 || i == 3) {
+        // Element (5, 3): up's row 5 and down's column 3 meet at rank 0 only.
+        up[5 * rank] = big;
+        up[5 * rank + 1] = 0;
+        down[3] = big;
+        down[(int) in + 3] = 0;
+      }
+      adapter.add(LoraModule.of(
+          ModuleKey.of(Component.UNET, "check.m" + i),
+          TensorData.ofDoubles(down, DType.F32, rank, in),
+          TensorData.ofDoubles(up, DType.F32, out, rank),
+          rank));
+    }
+    return adapter.build();
   }
 
   /**

@@ -31,15 +31,21 @@ class DeviceCheckTest {
     assertThat(status).as("%s", report).isZero();
     List<String> types = (Boolean) bf16.get("supported") ? List.of("F32", "F16", "BF16") : List.of("F32", "F16");
     List<String> orderRows = types.stream().filter(type -> !type.equals("F32")).map(type -> type + " summation order").toList();
+    List<String> overflowRows = types.stream().filter(type -> !type.equals("F32")).map(type -> type + " overflow").toList();
     assertThat(results).extracting(row -> row.get("dtype"))
         .as("bf16 compared exactly when the JNI library holds it: %s", bf16)
-        .isEqualTo(Stream.concat(types.stream(), orderRows.stream()).toList());
+        .isEqualTo(Stream.of(types, orderRows, overflowRows).flatMap(List::stream).toList());
     for (Map<String, Object> row : results) {
       boolean order = orderRows.contains(row.get("dtype"));
+      boolean overflow = overflowRows.contains(row.get("dtype"));
       assertThat(List.of("weights", "conv_weights", "differing_elements", "not_restored_weights"))
           .extracting(key -> ((Number) row.get(key)).longValue())
           .as("%s", row)
-          .containsExactly(order ? 1L : 6L, order ? 0L : 2L, 0L, 0L);
+          .containsExactly(order ? 1L : overflow ? 5L : 6L, order || overflow ? 0L : 2L, 0L, 0L);
+      if (overflow) {
+        assertThat((String) row.get("device_failure")).as("%s", row).contains("check.m2").isEqualTo(row.get("cpu_failure"));
+        assertThat(row.get("same_failure")).as("%s", row).isEqualTo(true);
+      }
     }
     assertThat((String) bf16.get("message")).isNotEmpty();
   }

@@ -158,34 +158,41 @@ final class CudaKernels {
   }
 
   /**
-   * {@link #fuseProduct} from a batch's factors as its adapters store them: the {@code bytes} at
-   * the start of {@code host}, laid out as {@code DeviceFusion} gathers them (per term {@code t}:
-   * the jobs' float64 coefficients at {@code starts[3t]}, their ups at {@code starts[3t+1]}, their
-   * downs at {@code starts[3t+2]}), are copied to the device and formed into the float64 factors
-   * there by a kernel, with the roundings libtorch's operations make, in one call with one wait:
-   * libtorch's path takes three synchronous copies and a handful of operations per term. The
-   * float64 up is laid out by rank there (count×rank×rows), so that the product reads it as it
-   * reads the down, without transposing stores into shared memory. Returns
-   * false with every weight unchanged where {@link #fuseProduct} would.
+   * Queues {@link #fuseProduct} of a batch from its factors as its adapters store them, on the
+   * device's stream, and returns without waiting for it: the {@code bytes} at the start of {@code
+   * host}, laid out as {@code DeviceFusion} gathers them (per term {@code t}: the jobs' float64
+   * coefficients at {@code starts[3t]}, their ups at {@code starts[3t+1]}, their downs at {@code
+   * starts[3t+2]}), are copied to the device, after which event {@code copied} is recorded (the
+   * host memory may be rewritten once it has passed); a kernel forms them into the float64 factors
+   * there, with the roundings libtorch's operations make; the product kernel rounds the sums, and a
+   * last kernel writes them into the weights unless this batch or an earlier one of the same
+   * {@code flags} had a value that is not finite. {@code flags} is a device array of {@code long}s,
+   * all -1 at first: element 0 becomes the first batch that failed, element {@code 1 + batch} this
+   * batch's first flat index that is not finite. The float64 up is laid out by rank there
+   * (count×rank×rows), so that the product reads it as it reads the down. The arrays made here
+   * belong to {@code scratch}, which may be closed as soon as this returns: libtorch frees device
+   * memory in the stream's order. Returns false, queueing nothing, where {@link #fuseProduct}
+   * would return false before computing.
    *
    * @param ranks each term's rank, alike for every job
    * @param upTypes each term's up dtype, alike for every job
    * @param downTypes each term's down dtype, alike for every job
    */
-  static boolean fuseTerms(
-      NDManager scratch, ByteBuffer host, long[] starts, int[] ranks, DType[] upTypes, DType[] downTypes, double factor,
-      long rows, long cols, List<NDArray> sources, List<NDArray> weights, DType dtype) {
+  static boolean queueTerms(
+      NDManager scratch, ByteBuffer host, long copied, long[] starts, int[] ranks, DType[] upTypes, DType[] downTypes, double factor,
+      long rows, long cols, List<NDArray> sources, List<NDArray> weights, DType dtype, NDArray flags, int batch) {
     int code = dtype == DType.F16 ? 2 : dtype == DType.BF16 ? 3 : -1;
     int[] upCodes = storedCodes(upTypes);
     int[] downCodes = storedCodes(downTypes);
     long bytes = starts[starts.length - 1];
-    if (code < 0 || upCodes == null || downCodes == null || Boolean.getBoolean(SEPARATE_PRODUCT_PROPERTY)
+    if (code < 0 || upCodes == null || downCodes == null || copied == 0 || Boolean.getBoolean(SEPARATE_PRODUCT_PROPERTY)
         || rows > Integer.MAX_VALUE || cols > Integer.MAX_VALUE || !host.isDirect() || host.capacity() < bytes) {
       return false;
     }
     Optional<ByteBuffer[]> from = DevicePointers.all(sources);
     Optional<ByteBuffer[]> into = DevicePointers.all(weights);
-    if (from.isEmpty() || into.isEmpty()) {
+    Optional<ByteBuffer> flagMemory = DevicePointers.of(flags);
+    if (from.isEmpty() || into.isEmpty() || flagMemory.isEmpty()) {
       return false;
     }
     int count = weights.size();
@@ -197,12 +204,8 @@ final class CudaKernels {
     if (staging.isEmpty() || up.isEmpty() || down.isEmpty() || out.isEmpty()) {
       return false;
     }
-    int device = weights.get(0).getDevice().getDeviceId();
-    if (fuseTerms(device, host, bytes, staging.get(), starts, ranks, upCodes, downCodes, factor, up.get(), down.get(), from.get(),
-            out.get(), code, (int) rows, (int) cols) >= 0) {
-      return false;
-    }
-    scatter(device, out.get(), into.get(), rows * cols * dtype.byteSize());
+    queueTerms(weights.get(0).getDevice().getDeviceId(), host, bytes, copied, staging.get(), starts, ranks, upCodes, downCodes, factor,
+        up.get(), down.get(), from.get(), out.get(), into.get(), code, (int) rows, (int) cols, flagMemory.get(), batch);
     return true;
   }
 
@@ -252,9 +255,37 @@ final class CudaKernels {
   private static synchronized native long fuseProduct(
       int device, ByteBuffer up, ByteBuffer down, ByteBuffer[] sources, ByteBuffer out, int dtype, int rows, int cols, int rank);
 
-  private static synchronized native long fuseTerms(
-      int device, ByteBuffer host, long bytes, ByteBuffer staging, long[] starts, int[] ranks, int[] upTypes, int[] downTypes,
-      double factor, ByteBuffer up, ByteBuffer down, ByteBuffer[] sources, ByteBuffer out, int dtype, int rows, int cols);
+  private static native void queueTerms(
+      int device, ByteBuffer host, long bytes, long copied, ByteBuffer staging, long[] starts, int[] ranks, int[] upTypes,
+      int[] downTypes, double factor, ByteBuffer up, ByteBuffer down, ByteBuffer[] sources, ByteBuffer out, ByteBuffer[] weights,
+      int dtype, int rows, int cols, ByteBuffer flags, int batch);
+
+  /**
+   * A CUDA event on {@code device}, which {@link #queueTerms} records once it has copied a host
+   * buffer, where the kernels run there; else 0. An event must be {@linkplain #freeEvent freed}.
+   */
+  static long newEvent(Device device) {
+    return available(device) ? newEvent(device.getDeviceId()) : 0;
+  }
+
+  private static native long newEvent(int device);
+
+  /** Waits until the device has passed the last record of {@code event}; at once for 0 or an event never recorded. */
+  static void awaitEvent(long event) {
+    if (event != 0) {
+      synchronizeEvent(event);
+    }
+  }
+
+  static void freeEvent(long event) {
+    if (event != 0) {
+      destroyEvent(event);
+    }
+  }
+
+  private static native void synchronizeEvent(long event);
+
+  private static native void destroyEvent(long event);
 
   /**
    * Waits for the copies into the weights that the kernels queued on {@code device} without

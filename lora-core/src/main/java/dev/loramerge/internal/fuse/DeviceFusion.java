@@ -16,6 +16,7 @@ import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.nio.DoubleBuffer;
 import java.util.ArrayList;
+import java.util.BitSet;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Locale;
@@ -56,20 +57,21 @@ import org.slf4j.LoggerFactory;
  * the number of calls, not the elements, sets the time of a weight at a time. The bytes do not
  * depend on the batching: every step but the product is element-wise, and the product's float64
  * sums are rounded once whatever their order, as on the host. While the device computes a batch,
- * the workers ask for the next batch's factors and gather them in host memory (two buffers, used in
- * turn), so that the host's part of a fuse is hidden behind the device's.
+ * the workers ask for the next batch's factors and gather them in host memory, so that the host's
+ * part of a fuse is hidden behind the device's.
  *
  * <p>Where the CUDA kernels are built and loaded ({@link CudaKernels}), a batch of fp16 or bf16
  * weights on a GPU is computed from its float64 factors in one kernel: the products in the host's
  * order, the sums, the rounding and the check in one pass, with no float64 product stored; a
  * batch gathered as its adapters' stored factors is copied over, formed into the float64 factors
- * and fused in one call with one wait, where libtorch's path makes three synchronous copies and a
- * handful of operations per term first. Other weights are summed, rounded and checked in one
+ * and fused by kernels queued in one call, without waiting for the device: the next batch is
+ * gathered and queued while it computes, where libtorch's path makes three synchronous copies and
+ * a handful of operations per term first. Other weights are summed, rounded and checked in one
  * kernel after libtorch's product. The bytes are the same.
  *
- * <p>Before a batch is written, every rounded value is checked to be finite; a NaN, an infinity
- * or an overflow of the narrow format is reported with the element's float64 value, and the
- * batch's weights are left as they were.
+ * <p>Before a batch is written, every rounded value is checked to be finite (by the device
+ * itself for a queued batch); a NaN, an infinity or an overflow of the narrow format is reported
+ * with the element's float64 value, and the batch's weights are left as they were.
  */
 public final class DeviceFusion {
   private static final Logger log = LoggerFactory.getLogger(DeviceFusion.class);
@@ -150,29 +152,58 @@ public final class DeviceFusion {
    */
   public static void fuseAll(List<Job> jobs, ForkJoinPool workers) {
     Phases phases = new Phases(Boolean.getBoolean(PROFILE_PROPERTY));
-    boolean stored = !Boolean.getBoolean(FLOAT64_FACTORS_PROPERTY);
     List<List<Job>> batches = batches(jobs, BATCH_ELEMENTS);
-    try (FactorBuffer first = new FactorBuffer(); FactorBuffer second = new FactorBuffer()) {
-      fuseBatches(batches, workers, new FactorBuffer[] {first, second}, stored, phases);
+    try (Run run = new Run(batches, workers, !Boolean.getBoolean(FLOAT64_FACTORS_PROPERTY), phases)) {
+      run.fuseBatches();
     }
     phases.log(jobs.size(), batches.size());
   }
 
-  /** {@link #fuseAll}'s batches fused one after the other, the next one's factors gathered meanwhile. */
-  private static void fuseBatches(List<List<Job>> batches, ForkJoinPool workers, FactorBuffer[] buffers, boolean stored, Phases phases) {
-    // The host gathers the next batch's factors while the device computes this one's; profiled,
-    // the steps run one after the other so that each one's time is its own.
-    boolean overlapped = !phases.enabled;
-    try {
-      Gathered gathered = gather(batches.get(0), workers, buffers[0], stored, phases);
+  /**
+   * One {@link #fuseAll}: its batches, the host buffers they are gathered in, and the batches
+   * queued on a device and not yet waited for, with their flags there.
+   *
+   * <p>A batch the CUDA kernels fuse from its stored factors is queued and not waited for: the
+   * host gathers and queues the next one while the device computes, and reads every batch's flag
+   * once at the end (or before a batch that another path computes and writes synchronously). A
+   * batch with a value that is not finite, and every batch queued after it, leaves its weights
+   * unchanged on the device itself; the failure is then reported as libtorch's path reports it,
+   * by computing that batch again there. The host buffers are three, used in turn: a buffer is
+   * refilled only once the device has copied what it held two batches earlier.
+   */
+  private static final class Run implements AutoCloseable {
+    private final List<List<Job>> batches;
+    private final ForkJoinPool workers;
+    private final boolean stored;
+    private final Phases phases;
+    private final FactorBuffer[] buffers = {new FactorBuffer(), new FactorBuffer(), new FactorBuffer()};
+    private final Map<Device, NDManager> flagManagers = new LinkedHashMap<>();
+    private final Map<Device, NDArray> flags = new LinkedHashMap<>();
+    private final BitSet queued = new BitSet();
+
+    Run(List<List<Job>> batches, ForkJoinPool workers, boolean stored, Phases phases) {
+      this.batches = batches;
+      this.workers = workers;
+      this.stored = stored;
+      this.phases = phases;
+    }
+
+    /** The batches fused one after the other, the next one's factors gathered meanwhile. */
+    void fuseBatches() {
+      // Profiled, the steps run one after the other so that each one's time is its own.
+      boolean overlapped = !phases.enabled;
+      Gathered gathered = settledFirst(() -> gather(0));
       for (int b = 0; b < batches.size(); b++) {
-        boolean more = b + 1 < batches.size();
-        List<Job> following = more ? batches.get(b + 1) : List.of();
-        FactorBuffer buffer = buffers[(b + 1) % 2];
-        CompletableFuture<Gathered> next =
-            more && overlapped ? CompletableFuture.supplyAsync(() -> gather(following, workers, buffer, stored, phases), workers) : null;
+        int following = b + 1;
+        boolean more = following < batches.size();
+        CompletableFuture<Gathered> next = more && overlapped ? CompletableFuture.supplyAsync(() -> gather(following), workers) : null;
+        Gathered current = gathered;
+        int index = b;
         try {
-          fuseGathered(gathered, phases);
+          settledFirst(() -> {
+            fuse(current, index, true);
+            return null;
+          });
         } finally {
           // The next batch's gathering writes into a buffer that closing unpins; its failure, if
           // any, is thrown below, after this batch's.
@@ -181,13 +212,109 @@ public final class DeviceFusion {
           }
         }
         if (more) {
-          gathered = next != null ? joined(next) : gather(following, workers, buffer, stored, phases);
+          gathered = settledFirst(() -> next != null ? joined(next) : gather(following));
         }
       }
-    } finally {
-      // The kernels leave each batch's copies into its weights queued; the next batch waits for
-      // them before it starts, and the fuse for the last batch's before it returns.
-      batches.stream().map(batch -> batch.get(0).weight().getDevice()).distinct().forEach(CudaKernels::synchronize);
+      settle();
+    }
+
+    /**
+     * {@code step}'s value; where it fails, the failure of a batch queued before it is thrown
+     * instead, if there is one, since that batch came first.
+     */
+    private <T> T settledFirst(Supplier<T> step) {
+      try {
+        return step.get();
+      } catch (RuntimeException failure) {
+        try {
+          settle();
+        } catch (RuntimeException earlier) {
+          earlier.addSuppressed(failure);
+          throw earlier;
+        }
+        throw failure;
+      }
+    }
+
+    private Gathered gather(int b) {
+      return DeviceFusion.gather(batches.get(b), workers, buffers[b % buffers.length], stored, phases);
+    }
+
+    /** The device's part of batch {@code b}: queued where the kernels take it, else computed and written after the queued ones are settled. */
+    private void fuse(Gathered gathered, int b, boolean kernelsAllowed) {
+      List<Job> batch = gathered.batch();
+      NDArray first = batch.get(0).weight();
+      Device device = first.getDevice();
+      boolean kernels = kernelsAllowed && CudaKernels.available(device);
+      try (NDManager scratch = first.getManager().newSubManager(device)) {
+        List<NDArray> weights = batch.stream().map(Job::weight).toList();
+        List<NDArray> sources = sources(batch, device, scratch);
+        phases.mark("sources", null);
+        if (kernels && gathered.terms().isPresent() && queuedFromTerms(scratch, gathered, sources, weights, flags(device, first), b)) {
+          queued.set(b);
+          phases.mark("stored factors and product kernel", first);
+          return;
+        }
+        settle();
+        fuseGathered(scratch, gathered, sources, weights, kernels, phases);
+      }
+    }
+
+    /** The not-finite flags of the batches queued on {@code device}, all -1 at first: made with the first. */
+    private NDArray flags(Device device, NDArray weight) {
+      return flags.computeIfAbsent(device, key -> {
+        NDManager manager = flagManagers.computeIfAbsent(device, d -> weight.getManager().newSubManager(d));
+        return manager.full(new Shape(1 + batches.size()), -1, DataType.INT64);
+      });
+    }
+
+    /**
+     * Waits for the queued batches and throws for the first that had a value that is not finite,
+     * as libtorch's path throws for it: naming the first such weight of the batch and the value.
+     */
+    void settle() {
+      if (queued.isEmpty()) {
+        return;
+      }
+      int failed = Integer.MAX_VALUE;
+      for (NDArray deviceFlags : flags.values()) {
+        // The copy to the host waits for everything queued before it.
+        long[] values = deviceFlags.toLongArray();
+        for (int b = queued.nextSetBit(0); b >= 0 && b < failed; b = queued.nextSetBit(b + 1)) {
+          if (values[1 + b] != -1) {
+            failed = b;
+          }
+        }
+      }
+      queued.clear();
+      if (failed != Integer.MAX_VALUE) {
+        throw reported(failed);
+      }
+    }
+
+    /** The failure of queued batch {@code b}, which left its weights unchanged, as libtorch's path reports it. */
+    private RuntimeException reported(int b) {
+      try {
+        fuse(gather(b), b, false);
+      } catch (RuntimeException failure) {
+        return failure;
+      }
+      return new IllegalStateException(
+          batches.get(b).get(0).label() + ": the CUDA kernels found a value that is not finite in this batch; libtorch's path found none");
+    }
+
+    @Override
+    public void close() {
+      try {
+        // The kernels leave a batch's copies into its weights queued, and the queued batches
+        // everything; the fuse returns once they are done.
+        batches.stream().map(batch -> batch.get(0).weight().getDevice()).distinct().forEach(CudaKernels::synchronize);
+      } finally {
+        flagManagers.values().forEach(NDManager::close);
+        for (FactorBuffer buffer : buffers) {
+          buffer.close();
+        }
+      }
     }
   }
 
@@ -278,14 +405,17 @@ public final class DeviceFusion {
 
   /**
    * The host memory the factors of a batch are gathered in before their copy to the device, one
-   * for every batch of a fuse: a fresh direct buffer per batch would be zeroed and faulted in page
-   * by page each time, and freed only by a garbage collection, which the JVM forces once direct
-   * memory runs short. The batch's arrays are closed before the next batch refills it, so it may
-   * also be the memory of an array libtorch made from it without a copy.
+   * of three that a fuse's batches use in turn: a fresh direct buffer per batch would be zeroed and
+   * faulted in page by page each time, and freed only by a garbage collection, which the JVM forces
+   * once direct memory runs short. The batch's arrays are closed before the buffer is refilled, so
+   * it may also be the memory of an array libtorch made from it without a copy. Where the kernels
+   * run, a queued copy from the buffer records {@link #copied}, and the buffer is refilled or freed
+   * only once the device has passed it.
    */
   private static final class FactorBuffer implements AutoCloseable {
     private ByteBuffer buffer = ByteBuffer.allocateDirect(0);
     private boolean pinned;
+    private long copied;
 
     /**
      * {@code bytes} of the buffer, grown first where needed; pinned where the CUDA kernels are
@@ -294,20 +424,36 @@ public final class DeviceFusion {
      */
     ByteBuffer take(long bytes, Device device) {
       checkArgument(bytes <= Integer.MAX_VALUE, "a batch of %s bytes of factors is too large for one buffer", bytes);
+      CudaKernels.awaitEvent(copied);
+      if (copied == 0) {
+        copied = CudaKernels.newEvent(device);
+      }
       if (buffer.capacity() < bytes) {
-        close();
+        unpin();
         buffer = ByteBuffer.allocateDirect((int) Math.min(Integer.MAX_VALUE, Math.max(bytes, buffer.capacity() * 3L / 2)));
         pinned = CudaKernels.pin(buffer, device);
       }
       return buffer.duplicate().clear().limit((int) bytes).slice().order(ByteOrder.nativeOrder());
     }
 
-    @Override
-    public void close() {
+    /** The event a queued copy from this buffer records, or 0 where the kernels do not run. */
+    long copied() {
+      return copied;
+    }
+
+    private void unpin() {
       if (pinned) {
         CudaKernels.unpin(buffer);
         pinned = false;
       }
+    }
+
+    @Override
+    public void close() {
+      CudaKernels.awaitEvent(copied);
+      unpin();
+      CudaKernels.freeEvent(copied);
+      copied = 0;
     }
   }
 
@@ -338,10 +484,12 @@ public final class DeviceFusion {
   /**
    * A batch's factors gathered in host memory, ready for their copy to the device: as the jobs'
    * {@code terms} where they have them alike, laid out at {@code starts}, else as float64 factors
-   * of rank {@code rank}.
+   * of rank {@code rank}; {@code copied} is the event a queued copy of {@code buffer} records (0
+   * where the kernels do not run).
    */
   private record Gathered(
-      List<Job> batch, DType dtype, long rows, long cols, Optional<List<Terms>> terms, ByteBuffer buffer, long[] starts, int rank) {}
+      List<Job> batch, DType dtype, long rows, long cols, Optional<List<Terms>> terms, ByteBuffer buffer, long copied, long[] starts,
+      int rank) {}
 
   /** The host's part of a batch: its jobs' factors asked for and copied into {@code factorBuffer}. */
   private static Gathered gather(List<Job> batch, ForkJoinPool workers, FactorBuffer factorBuffer, boolean stored, Phases phases) {
@@ -363,88 +511,85 @@ public final class DeviceFusion {
     return gatherFactors(batch, dtype, rows, cols, factors, device, workers, factorBuffer);
   }
 
-  /** The device's part of a batch: the factors copied over and the weights fused. */
-  private static void fuseGathered(Gathered gathered, Phases phases) {
+  /** The batch's sources on its weights' device: copies of those elsewhere belong to {@code scratch}. */
+  private static List<NDArray> sources(List<Job> batch, Device device, NDManager scratch) {
+    // The kernels read the sources through their addresses, whatever their shape.
+    List<NDArray> sources = new ArrayList<>(batch.size());
+    for (Job job : batch) {
+      NDArray from = job.source();
+      if (!from.getDevice().equals(device)) {
+        from = from.toDevice(device, true);
+        from.attach(scratch);
+      }
+      sources.add(from);
+    }
+    return sources;
+  }
+
+  /** A batch's factors copied to the device and its weights fused there, waiting for the device: every path but the queued one. */
+  private static void fuseGathered(
+      NDManager scratch, Gathered gathered, List<NDArray> sources, List<NDArray> weights, boolean kernels, Phases phases) {
     List<Job> batch = gathered.batch();
     NDArray first = batch.get(0).weight();
     DType dtype = gathered.dtype();
     Shape shape = first.getShape();
     long rows = gathered.rows();
     long cols = gathered.cols();
-    Device device = first.getDevice();
-    try (NDManager scratch = first.getManager().newSubManager(device)) {
-      List<NDArray> weights = batch.stream().map(Job::weight).toList();
-      boolean kernels = CudaKernels.available(device);
-      // The kernels read the sources through their addresses, whatever their shape.
-      List<NDArray> sources = new ArrayList<>(batch.size());
-      for (Job job : batch) {
-        NDArray from = job.source();
-        if (!from.getDevice().equals(device)) {
-          from = from.toDevice(device, true);
-          from.attach(scratch);
-        }
-        sources.add(from);
-      }
-      phases.mark("sources", null);
-      if (kernels && gathered.terms().isPresent() && fusedFromTerms(scratch, gathered, sources, weights)) {
-        phases.mark("stored factors and product kernel", first);
-        return;
-      }
-      NDList onDevice = gathered.terms().isPresent() ? termsOnDevice(scratch, gathered) : factorsOnDevice(scratch, gathered);
-      phases.mark("factors on the device", onDevice.get(1));
-      if (kernels && CudaKernels.fuseProduct(scratch, onDevice.get(0), onDevice.get(1), sources, weights, dtype)) {
-        phases.mark("product kernel", first);
-        return;
-      }
-      NDArray sum = onDevice.get(0).batchMatMul(onDevice.get(1));
-      phases.mark("product", sum);
-      if (kernels && CudaKernels.fuse(scratch, sum, sources, weights, dtype)) {
-        phases.mark("rounding kernel", first);
-        return;
-      }
-      NDList matrices = new NDList(batch.size());
-      for (NDArray from : sources) {
-        // A view made from the caller's array belongs to the caller's manager until attached here.
-        NDArray matrix = from.reshape(rows, cols);
-        matrix.attach(scratch);
-        matrices.add(matrix);
-      }
-      sum.addi(batch.size() == 1 ? matrices.get(0).expandDims(0) : NDArrays.stack(matrices));
-      NDArray rounded;
-      NDArray probe;
-      if (dtype == DType.F64) {
-        rounded = sum;
-        probe = sum;
-      } else if (dtype == DType.F32) {
-        rounded = sum.toType(DataType.FLOAT32, false);
-        probe = rounded;
-      } else {
-        NDArray single = sum.toType(DataType.FLOAT32, false);
-        rounded = single.toType(first.getDataType(), false);
-        // Exact: h is the narrow value nearest f, so f − h is a float32 value.
-        probe = single.sub(rounded.toType(DataType.FLOAT32, false));
-        correctTies(sum, single, rounded, probe);
-      }
-      checkFinite(batch, sum, probe, dtype);
-      phases.mark("sum, rounding and check", null);
-      for (int i = 0; i < batch.size(); i++) {
-        NDArray weight = batch.get(i).weight();
-        weight.set(new NDIndex("..."), rounded.get(i).reshape(shape));
-      }
-      phases.mark("write", first);
+    NDList onDevice = gathered.terms().isPresent() ? termsOnDevice(scratch, gathered) : factorsOnDevice(scratch, gathered);
+    phases.mark("factors on the device", onDevice.get(1));
+    if (kernels && CudaKernels.fuseProduct(scratch, onDevice.get(0), onDevice.get(1), sources, weights, dtype)) {
+      phases.mark("product kernel", first);
+      return;
     }
+    NDArray sum = onDevice.get(0).batchMatMul(onDevice.get(1));
+    phases.mark("product", sum);
+    if (kernels && CudaKernels.fuse(scratch, sum, sources, weights, dtype)) {
+      phases.mark("rounding kernel", first);
+      return;
+    }
+    NDList matrices = new NDList(batch.size());
+    for (NDArray from : sources) {
+      // A view made from the caller's array belongs to the caller's manager until attached here.
+      NDArray matrix = from.reshape(rows, cols);
+      matrix.attach(scratch);
+      matrices.add(matrix);
+    }
+    sum.addi(batch.size() == 1 ? matrices.get(0).expandDims(0) : NDArrays.stack(matrices));
+    NDArray rounded;
+    NDArray probe;
+    if (dtype == DType.F64) {
+      rounded = sum;
+      probe = sum;
+    } else if (dtype == DType.F32) {
+      rounded = sum.toType(DataType.FLOAT32, false);
+      probe = rounded;
+    } else {
+      NDArray single = sum.toType(DataType.FLOAT32, false);
+      rounded = single.toType(first.getDataType(), false);
+      // Exact: h is the narrow value nearest f, so f − h is a float32 value.
+      probe = single.sub(rounded.toType(DataType.FLOAT32, false));
+      correctTies(sum, single, rounded, probe);
+    }
+    checkFinite(batch, sum, probe, dtype);
+    phases.mark("sum, rounding and check", null);
+    for (int i = 0; i < batch.size(); i++) {
+      NDArray weight = batch.get(i).weight();
+      weight.set(new NDIndex("..."), rounded.get(i).reshape(shape));
+    }
+    phases.mark("write", first);
   }
 
-  /** {@link CudaKernels#fuseTerms} of a batch gathered as its terms; false where the kernels left it to libtorch's path. */
-  private static boolean fusedFromTerms(NDManager scratch, Gathered gathered, List<NDArray> sources, List<NDArray> weights) {
+  /** {@link CudaKernels#queueTerms} of batch {@code b}, gathered as its terms; false where the kernels leave it to another path. */
+  private static boolean queuedFromTerms(
+      NDManager scratch, Gathered gathered, List<NDArray> sources, List<NDArray> weights, NDArray flags, int b) {
     List<Term> layout = gathered.terms().orElseThrow().get(0).terms();
     int[] ranks = layout.stream().mapToInt(Term::rank).toArray();
     DType[] upTypes = layout.stream().map(term -> term.up().dtype()).toArray(DType[]::new);
     DType[] downTypes = layout.stream().map(term -> term.down().dtype()).toArray(DType[]::new);
     double factor = gathered.terms().get().get(0).factor();
-    return CudaKernels.fuseTerms(
-        scratch, gathered.buffer(), gathered.starts(), ranks, upTypes, downTypes, factor, gathered.rows(), gathered.cols(), sources, weights,
-        gathered.dtype());
+    return CudaKernels.queueTerms(
+        scratch, gathered.buffer(), gathered.copied(), gathered.starts(), ranks, upTypes, downTypes, factor, gathered.rows(), gathered.cols(),
+        sources, weights, gathered.dtype(), flags, b);
   }
 
   /**
@@ -526,7 +671,7 @@ public final class DeviceFusion {
     } else {
       onWorkers(workers, () -> IntStream.range(0, count * layout.size()).parallel().forEach(copy));
     }
-    return new Gathered(jobs, dtype, rows, cols, Optional.of(batch), buffer, starts, 0);
+    return new Gathered(jobs, dtype, rows, cols, Optional.of(batch), buffer, factorBuffer.copied(), starts, 0);
   }
 
   /**
@@ -613,7 +758,7 @@ public final class DeviceFusion {
         values.put(downAt + f.down().length, zeros, 0, (int) ((rank - r) * cols));
       }
     }));
-    return new Gathered(jobs, dtype, rows, cols, Optional.empty(), buffer, new long[0], rank);
+    return new Gathered(jobs, dtype, rows, cols, Optional.empty(), buffer, factorBuffer.copied(), new long[0], rank);
   }
 
   /** The float64 ups (b×m×r) and downs (b×r×n) of a batch on the scratch manager's device, from one copy of {@link #gatherFactors}'s buffer. */
