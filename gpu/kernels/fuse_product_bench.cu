@@ -1,7 +1,7 @@
 // fuseProduct's tilings compared: each one's bytes against a float64 reference computed here in
 // the host's order (NarrowFusion.exactUpdate) on odd shapes and ranks with cancelling values, and
 // its time on SDXL's 722 attention weights at rank 32, with its bytes against the first tiling's
-// (ProductTiling with up laid out by rank, as fuseTerms launches it). Needs only nvcc and the JNI headers:
+// (ProductTiling with up laid out by rank, as queueTerms launches it). Needs only nvcc and the JNI headers:
 //
 //   nvcc -arch=native -O3 -std=c++17 -fmad=false -Xcompiler -ffp-contract=off \
 //     -I$JAVA_HOME/include -I$JAVA_HOME/include/linux -o fuse-product-bench gpu/kernels/fuse_product_bench.cu
@@ -112,7 +112,7 @@ struct Variant { const char* name; Runner f16; Runner bf16; };
 
 #define TILED(TX, TY, TM, TN, KC) {"tiled " #TX "x" #TY " threads, " #TM "x" #TN " each, chunk " #KC, runTiled<F16, Tiling<TX, TY, TM, TN, KC>>, runTiled<BF16, Tiling<TX, TY, TM, TN, KC>>}
 static Variant variants[] = {
-  {"ProductTiling, up by rank (fuseTerms)", runTiled<F16, ProductTiling>, runTiled<BF16, ProductTiling>},
+  {"ProductTiling, up by rank (queueTerms)", runTiled<F16, ProductTiling>, runTiled<BF16, ProductTiling>},
   {"ProductTiling, up by row (fuseProduct)", runTiled<F16, ProductTiling, UpLayout::kByRow>, runTiled<BF16, ProductTiling, UpLayout::kByRow>},
   TILED(16, 8, 4, 2, 16),
   TILED(16, 8, 4, 4, 32),
