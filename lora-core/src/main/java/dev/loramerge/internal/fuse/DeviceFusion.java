@@ -83,8 +83,13 @@ public final class DeviceFusion {
    */
   static final long BATCH_ELEMENTS = Math.max(1, Long.getLong("loramerge.device.batchElements", 1L << 25));
 
-  /** Stored factors of a batch copied into host memory on the workers from this size on, else on one thread. */
-  private static final long PARALLEL_COPY_BYTES = 1L << 24;
+  /**
+   * Stored factors of a batch copied into host memory by the workers from this many bytes on,
+   * else on the gathering thread alone: from the system property {@code
+   * loramerge.device.parallelCopyBytes} (default 2²⁰). On a 16-core GPU host one thread copied
+   * SDXL's 170 MB of stored factors a fuse at about 5 GB/s, 35 ms, more than the device took.
+   */
+  static final long PARALLEL_COPY_BYTES = Math.max(0, Long.getLong("loramerge.device.parallelCopyBytes", 1L << 20));
 
   /** The system property that, set to true, logs where a device fuse's time went (waiting for the device after each step). */
   public static final String PROFILE_PROPERTY = "loramerge.device.profile";
@@ -664,8 +669,7 @@ public final class DeviceFusion {
       into.position(Math.toIntExact(starts[3 * t + 1] + i * term.up().byteSize())).put(term.up().bytes());
       into.position(Math.toIntExact(starts[3 * t + 2] + i * term.down().byteSize())).put(term.down().bytes());
     };
-    // A batch's stored factors are a few megabytes (2.3 on average for SDXL at rank 32): copied
-    // here in a fraction of a millisecond, where handing them to the workers costs their wake-ups.
+    // Handing a copy to the workers costs their wake-ups, which a small batch's copy does not repay.
     if (bytes < PARALLEL_COPY_BYTES) {
       IntStream.range(0, count * layout.size()).forEach(copy);
     } else {

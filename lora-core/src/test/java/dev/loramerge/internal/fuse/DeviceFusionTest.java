@@ -272,9 +272,22 @@ class DeviceFusionTest {
    */
   @Test
   void formsStoredFactorsOnTheDeviceAsTheHostDoes() {
+    fusesStoredFactorsAsTheHostDoes(48, 40, new int[] {3, 5});
+  }
+
+  /** The same with a batch of stored factors large enough for the workers to copy it. */
+  @Test
+  void formsLargeBatchesOfStoredFactorsAsTheHostDoes() {
+    int rows = 448;
+    int cols = 400;
+    int[] ranks = {48, 80};
+    long batchBytes = 3L * (rows + cols) * (ranks[0] * DType.F16.byteSize() + ranks[1] * DType.F32.byteSize());
+    assertThat(batchBytes).as("the first batch's stored factors").isGreaterThanOrEqualTo(DeviceFusion.PARALLEL_COPY_BYTES);
+    fusesStoredFactorsAsTheHostDoes(rows, cols, ranks);
+  }
+
+  private static void fusesStoredFactorsAsTheHostDoes(int rows, int cols, int[] twoTermRanks) {
     Random random = new Random(31);
-    int rows = 48;
-    int cols = 40;
     double factor = -0.8;
     try (NDManager manager = NDManager.newBaseManager(Device.cpu())) {
       List<DeviceFusion.Job> byTerms = new ArrayList<>();
@@ -283,7 +296,7 @@ class DeviceFusionTest {
       List<NDArray> factorWeights = new ArrayList<>();
       for (int i = 0; i < 5; i++) {
         // Job 3 has one term only: its batch is not alike and takes the float64 factors.
-        int[] ranks = i == 3 ? new int[] {3} : new int[] {3, 5};
+        int[] ranks = i == 3 ? new int[] {twoTermRanks[0]} : twoTermRanks;
         DType[] types = {DType.F16, DType.F32};
         List<DeviceFusion.Term> terms = new ArrayList<>();
         int rank = java.util.Arrays.stream(ranks).sum();
