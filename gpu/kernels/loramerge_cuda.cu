@@ -580,6 +580,27 @@ JNIEXPORT void JNICALL Java_dev_loramerge_internal_fuse_CudaKernels_scatter(
   }
 }
 
+// Copies from[j] into to[j] (device memory of GPU `device`, each buffer's capacity in bytes, the
+// same for both), on the legacy stream without waiting: a weight's original kept or restored, all
+// of a fuse's in one call where libtorch takes a call and a dispatch each.
+JNIEXPORT void JNICALL Java_dev_loramerge_internal_fuse_CudaKernels_copies(
+    JNIEnv* env, jclass, jint device, jobjectArray from, jobjectArray to) {
+  if (failed(env, cudaSetDevice(device), "loramerge copies device")) {
+    return;
+  }
+  jsize count = env->GetArrayLength(from);
+  for (jsize j = 0; j < count; j++) {
+    jobject source = env->GetObjectArrayElement(from, j);
+    jlong bytes = env->GetDirectBufferCapacity(source);
+    const void* values = env->GetDirectBufferAddress(source);
+    env->DeleteLocalRef(source);
+    if (failed(env, cudaMemcpyAsync(address(env, to, j), values, bytes, cudaMemcpyDeviceToDevice, cudaStreamLegacy),
+               "loramerge copies")) {
+      return;
+    }
+  }
+}
+
 // Waits for everything queued on GPU `device`'s legacy stream: a fuse's last scatter.
 JNIEXPORT void JNICALL Java_dev_loramerge_internal_fuse_CudaKernels_synchronize(JNIEnv* env, jclass, jint device) {
   if (!failed(env, cudaSetDevice(device), "loramerge synchronize device")) {

@@ -8,11 +8,13 @@ import ai.djl.ndarray.types.DataType;
 import com.google.common.collect.ImmutableMap;
 import dev.loramerge.LoraMergeException;
 import dev.loramerge.TensorSpec;
+import dev.loramerge.internal.fuse.DeviceCopies;
 import dev.loramerge.internal.fuse.Fusion;
 import dev.loramerge.internal.linalg.NdArrays;
 import java.nio.ByteBuffer;
 import java.util.ArrayList;
 import java.util.Arrays;
+import java.util.Collection;
 import java.util.HashMap;
 import java.util.LinkedHashMap;
 import java.util.List;
@@ -143,10 +145,17 @@ final class ArrayTarget implements WeightTarget {
         ? names.stream().filter(name -> onDevice(arrays.get(name)) && device.onDevice(weights.get(name))).toList()
         : List.of();
     if (!deviceNames.isEmpty()) {
+      List<String> duplicated = new ArrayList<>();
       for (String name : deviceNames) {
-        if (uncaptured.contains(name)) {
+        if (uncaptured.contains(name) && keepsOnDevice(arrays.get(name))) {
+          duplicated.add(name);
+        } else if (uncaptured.contains(name)) {
           capturedNow.put(name, copyOf(name, arrays.get(name)));
         }
+      }
+      List<NDArray> copies = DeviceCopies.duplicates(duplicated.stream().map(arrays::get).toList());
+      for (int i = 0; i < duplicated.size(); i++) {
+        capturedNow.put(duplicated.get(i), copies.get(i));
       }
       touched.addAll(deviceNames);
       try {
@@ -203,9 +212,7 @@ final class ArrayTarget implements WeightTarget {
   private RuntimeException undone(
       RuntimeException failure, Map<String, NDArray> capturedNow, Set<String> touched, Map<String, NDArray> reusable) {
     originals.putAll(capturedNow);
-    for (String name : touched) {
-      rebuild(name);
-    }
+    rebuildAll(touched);
     reusable.forEach((name, spare) -> {
       if (capturedNow.get(name) != spare) {
         keepAsSpare(name, spare);
@@ -218,8 +225,28 @@ final class ArrayTarget implements WeightTarget {
     if (!active.remove(update)) {
       throw new IllegalStateException("this fuse is already undone");
     }
+    rebuildAll(names);
+  }
+
+  /**
+   * {@link #rebuild} of every name; the weights on a device that no active fuse touches any more
+   * and whose originals are on the same device are restored together, by one call of copies.
+   */
+  private void rebuildAll(Collection<String> names) {
+    List<String> copiedBack = new ArrayList<>();
     for (String name : names) {
-      rebuild(name);
+      NDArray array = arrays.get(name);
+      if (onDevice(array) && originals.get(name).getDevice().equals(array.getDevice())
+          && active.stream().noneMatch(update -> update.names().contains(name))) {
+        copiedBack.add(name);
+      } else {
+        rebuild(name);
+      }
+    }
+    DeviceCopies.copy(copiedBack.stream().map(originals::get).toList(), copiedBack.stream().map(arrays::get).toList());
+    for (String name : copiedBack) {
+      // Freed in the device stream's order: after the copy just queued has read it.
+      originals.remove(name).close();
     }
   }
 
@@ -352,8 +379,7 @@ final class ArrayTarget implements WeightTarget {
   private NDArray copyOf(String name, NDArray array) {
     if (onDevice(array)) {
       // toDevice to the array's own device returns the array itself, copy or not.
-      boolean toHost = keptIn == Originals.IN_HOST_MEMORY && !array.getDevice().equals(Device.cpu());
-      return toHost ? array.toDevice(Device.cpu(), true) : array.duplicate();
+      return keepsOnDevice(array) ? array.duplicate() : array.toDevice(Device.cpu(), true);
     }
     if (!mayWriteThrough(array) || Boolean.FALSE.equals(writesThrough.get(name))) {
       return array.duplicate();
@@ -365,6 +391,11 @@ final class ArrayTarget implements WeightTarget {
     }
     NdArrays.copyInParallel(array.toByteBuffer(true), copy.toByteBuffer(true));
     return copy;
+  }
+
+  /** Whether the original of {@code array}, a weight fused on its device, is kept on that device. */
+  private boolean keepsOnDevice(NDArray array) {
+    return onDevice(array) && (keptIn != Originals.IN_HOST_MEMORY || array.getDevice().equals(Device.cpu()));
   }
 
   /** {@code spare} with {@code array}'s bytes: a spare exists only where both views write through. */

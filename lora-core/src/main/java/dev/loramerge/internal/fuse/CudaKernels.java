@@ -298,6 +298,37 @@ final class CudaKernels {
     }
   }
 
+  /**
+   * Copies every {@code from[j]} into {@code to[j]} (arrays of the same byte size, contiguous, on
+   * one GPU where the kernels run) with one call, queued on the device's stream, and returns true;
+   * or returns false, copying nothing, where the kernels do not run there or an array cannot be
+   * addressed.
+   */
+  static boolean copies(List<NDArray> from, List<NDArray> to) {
+    if (from.isEmpty()) {
+      return true;
+    }
+    Device device = from.get(0).getDevice();
+    if (!available(device) || !from.stream().allMatch(array -> array.getDevice().equals(device))
+        || !to.stream().allMatch(array -> array.getDevice().equals(device))) {
+      return false;
+    }
+    Optional<ByteBuffer[]> sources = DevicePointers.all(from);
+    Optional<ByteBuffer[]> targets = DevicePointers.all(to);
+    if (sources.isEmpty() || targets.isEmpty()) {
+      return false;
+    }
+    for (int j = 0; j < from.size(); j++) {
+      if (sources.get()[j].capacity() != targets.get()[j].capacity()) {
+        return false;
+      }
+    }
+    copies(device.getDeviceId(), sources.get(), targets.get());
+    return true;
+  }
+
+  private static native void copies(int device, ByteBuffer[] from, ByteBuffer[] to);
+
   private static synchronized native void scatter(int device, ByteBuffer from, ByteBuffer[] weights, long bytesPerWeight);
 
   private static synchronized native void synchronize(int device);
