@@ -62,9 +62,10 @@ import java.util.stream.Collectors;
  * runs on a pool of {@link Builder#threads(int)} threads of its own, shut down when it returns.
  * Each module is merged in its own NDManager, closed before the next, so memory stays at about
  * one module per worker thread; results are identical whatever the thread count. On a device
- * other than the CPU a worker merges a run of same-shape modules in one manager instead and
- * re-ranks their dense updates in one batch (see {@link #BATCH_ELEMENTS}): a GPU pays tens of
- * microseconds per libtorch call and a wait per copy back, which a batch pays once.
+ * other than the CPU, for the methods with dense updates (the {@code *_svd} types, breadcrumbs,
+ * della), a worker merges a run of same-shape modules in one manager instead and re-ranks their
+ * dense updates in one batch (see {@link #BATCH_ELEMENTS}): a GPU pays tens of microseconds per
+ * libtorch call and a wait per copy back, which a batch pays once.
  */
 public final class LoraMerger {
   /** Metadata key under which the recipe JSON is stored. */
@@ -269,8 +270,14 @@ public final class LoraMerger {
     return chunks;
   }
 
+  /**
+   * Whether workers take runs of same-shape modules: on a device other than the CPU, for methods
+   * whose updates are dense. A run of modules whose re-rank is the factored SVD (svd, and every
+   * method without re-ranking) gains nothing from sharing a batch, and a worker taking a run of 40
+   * of them while others finish leaves the threads unevenly loaded.
+   */
   private boolean batching() {
-    return batchReRanks.orElse(!Device.Type.CPU.equals(device.getDeviceType()));
+    return batchReRanks.orElse(!Device.Type.CPU.equals(device.getDeviceType()) && algorithm.requirements().fullUpdates());
   }
 
   private List<Optional<LoraModule>> mergeModules(LazyManager root, DenseBuffers buffers, List<ModuleKey> keys, DType outputType) {
@@ -341,7 +348,8 @@ public final class LoraMerger {
 
     /**
      * Whether dense updates are re-ranked in batches of same-shape modules (default: on any
-     * device but the CPU); lets tests run the device's path on the CPU.
+     * device but the CPU, for methods that read full updates); lets tests run the device's path
+     * on the CPU.
      */
     @CanIgnoreReturnValue
     Builder batchReRanks(boolean batchReRanks) {
