@@ -17,10 +17,12 @@ import java.nio.ByteOrder;
 import java.nio.DoubleBuffer;
 import java.util.ArrayList;
 import java.util.BitSet;
+import java.util.Collections;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Locale;
 import java.util.Map;
+import java.util.Objects;
 import java.util.Optional;
 import java.util.Set;
 import java.util.concurrent.Callable;
@@ -31,6 +33,7 @@ import java.util.concurrent.ForkJoinPool;
 import java.util.function.IntConsumer;
 import java.util.function.Supplier;
 import java.util.stream.IntStream;
+import java.util.stream.Stream;
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
 
@@ -91,6 +94,12 @@ public final class DeviceFusion {
    * batch from 1 MiB handed to the workers, whose wake-ups cost more than the copy.
    */
   static final long PARALLEL_COPY_BYTES = Math.max(0, Long.getLong("loramerge.device.parallelCopyBytes", 1L << 24));
+
+  /**
+   * Batches whose factors are gathered while the device computes an earlier one, each on a thread
+   * of its own: from the system property {@code loramerge.device.lookahead} (default 2).
+   */
+  private static final int LOOKAHEAD = Math.max(1, Integer.getInteger("loramerge.device.lookahead", 2));
 
   /** The system property that, set to true, logs where a device fuse's time went (waiting for the device after each step). */
   public static final String PROFILE_PROPERTY = "loramerge.device.profile";
@@ -174,15 +183,15 @@ public final class DeviceFusion {
    * once at the end (or before a batch that another path computes and writes synchronously). A
    * batch with a value that is not finite, and every batch queued after it, leaves its weights
    * unchanged on the device itself; the failure is then reported as libtorch's path reports it,
-   * by computing that batch again there. The host buffers are three, used in turn: a buffer is
-   * refilled only once the device has copied what it held two batches earlier.
+   * by computing that batch again there. The host buffers are {@link #LOOKAHEAD} + 2, used in
+   * turn: a buffer is refilled only once the device has copied what it held before.
    */
   private static final class Run implements AutoCloseable {
     private final List<List<Job>> batches;
     private final ForkJoinPool workers;
     private final boolean stored;
     private final Phases phases;
-    private final FactorBuffer[] buffers = {new FactorBuffer(), new FactorBuffer(), new FactorBuffer()};
+    private final FactorBuffer[] buffers = Stream.generate(FactorBuffer::new).limit(LOOKAHEAD + 2).toArray(FactorBuffer[]::new);
     private final Map<Device, NDManager> flagManagers = new LinkedHashMap<>();
     private final Map<Device, NDArray> flags = new LinkedHashMap<>();
     private final BitSet queued = new BitSet();
@@ -194,34 +203,39 @@ public final class DeviceFusion {
       this.phases = phases;
     }
 
-    /** The batches fused one after the other, the next one's factors gathered meanwhile. */
+    /**
+     * The batches fused one after the other, the next {@link #LOOKAHEAD} batches' factors gathered
+     * meanwhile, each on a thread of its own: a batch's stored factors are copied on one thread
+     * (handing a few megabytes to all the workers costs more in wake-ups than it saves), so two
+     * batches gathered at once keep up with a device that computes a batch in a fraction of a
+     * millisecond.
+     */
     void fuseBatches() {
       // Profiled, the steps run one after the other so that each one's time is its own.
-      boolean overlapped = !phases.enabled;
-      Gathered gathered = settledFirst(() -> gather(0));
-      for (int b = 0; b < batches.size(); b++) {
-        int following = b + 1;
-        boolean more = following < batches.size();
-        CompletableFuture<Gathered> next = more && overlapped ? CompletableFuture.supplyAsync(() -> gather(following), workers) : null;
-        Gathered current = gathered;
-        int index = b;
-        try {
+      int ahead = phases.enabled ? 0 : LOOKAHEAD;
+      List<CompletableFuture<Gathered>> gathering = new ArrayList<>(Collections.nCopies(batches.size(), null));
+      try {
+        for (int b = 0; b < batches.size(); b++) {
+          for (int k = b + 1; k <= b + ahead && k < batches.size(); k++) {
+            if (gathering.get(k) == null) {
+              int batch = k;
+              gathering.set(k, CompletableFuture.supplyAsync(() -> gather(batch), workers));
+            }
+          }
+          int index = b;
+          CompletableFuture<Gathered> started = gathering.set(b, null);
+          Gathered current = settledFirst(() -> started != null ? joined(started) : gather(index));
           settledFirst(() -> {
             fuse(current, index, true);
             return null;
           });
-        } finally {
-          // The next batch's gathering writes into a buffer that closing unpins; its failure, if
-          // any, is thrown below, after this batch's.
-          if (next != null) {
-            next.exceptionally(failure -> null).join();
-          }
         }
-        if (more) {
-          gathered = settledFirst(() -> next != null ? joined(next) : gather(following));
-        }
+        settle();
+      } finally {
+        // Gatherings still running write into buffers that closing unpins; a later batch's
+        // failure is not reported where an earlier one failed.
+        gathering.stream().filter(Objects::nonNull).forEach(started -> started.exceptionally(failure -> null).join());
       }
-      settle();
     }
 
     /**
@@ -411,7 +425,7 @@ public final class DeviceFusion {
 
   /**
    * The host memory the factors of a batch are gathered in before their copy to the device, one
-   * of three that a fuse's batches use in turn: a fresh direct buffer per batch would be zeroed and
+   * of those a fuse's batches use in turn: a fresh direct buffer per batch would be zeroed and
    * faulted in page by page each time, and freed only by a garbage collection, which the JVM forces
    * once direct memory runs short. The batch's arrays are closed before the buffer is refilled, so
    * it may also be the memory of an array libtorch made from it without a copy. Where the kernels
