@@ -97,9 +97,11 @@ public final class DeviceFusion {
 
   /**
    * Batches whose factors are gathered while the device computes an earlier one, each on a thread
-   * of its own: from the system property {@code loramerge.device.lookahead} (default 2).
+   * of its own: from the system property {@code loramerge.device.lookahead} (default 1, the one
+   * measured on a GPU; 2 gathers two batches at once, for hosts whose single-thread copy is slower
+   * than the device).
    */
-  private static final int LOOKAHEAD = Math.max(1, Integer.getInteger("loramerge.device.lookahead", 2));
+  private static final int LOOKAHEAD = Math.max(1, Integer.getInteger("loramerge.device.lookahead", 1));
 
   /** The system property that, set to true, logs where a device fuse's time went (waiting for the device after each step). */
   public static final String PROFILE_PROPERTY = "loramerge.device.profile";
@@ -206,9 +208,8 @@ public final class DeviceFusion {
     /**
      * The batches fused one after the other, the next {@link #LOOKAHEAD} batches' factors gathered
      * meanwhile, each on a thread of its own: a batch's stored factors are copied on one thread
-     * (handing a few megabytes to all the workers costs more in wake-ups than it saves), so two
-     * batches gathered at once keep up with a device that computes a batch in a fraction of a
-     * millisecond.
+     * (handing a few megabytes to all the workers costs more in wake-ups than it saves), and more
+     * than one batch gathered at once keeps up with a device faster than that copy.
      */
     void fuseBatches() {
       // Profiled, the steps run one after the other so that each one's time is its own.
