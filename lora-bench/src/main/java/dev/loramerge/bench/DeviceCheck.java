@@ -210,13 +210,8 @@ final class DeviceCheck {
     try (NDManager host = NDManager.newBaseManager(Device.cpu());
         NDManager onDevice = NDManager.newBaseManager(device)) {
       Map<String, NDArray> cpu = originalsOf.apply(host);
-      Map<String, NDArray> originals = new LinkedHashMap<>();
-      Map<String, NDArray> weights = new LinkedHashMap<>();
-      cpu.forEach(
-          (name, array) -> {
-            originals.put(name, Devices.copyTo(array, host));
-            weights.put(name, Devices.copyTo(array, onDevice));
-          });
+      Map<String, NDArray> originals = copies(cpu, host);
+      Map<String, NDArray> weights = copies(cpu, onDevice);
       WeightTarget cpuTarget = WeightTarget.of(cpu);
       WeightTarget deviceTarget = WeightTarget.of(weights);
       List<FusedLora> fuses = new ArrayList<>();
@@ -256,6 +251,13 @@ final class DeviceCheck {
     }
   }
 
+  /** A copy of each of {@code arrays} in {@code manager}, on its device. */
+  private static Map<String, NDArray> copies(Map<String, NDArray> arrays, NDManager manager) {
+    Map<String, NDArray> copies = new LinkedHashMap<>();
+    arrays.forEach((name, array) -> copies.put(name, Devices.copyTo(array, manager)));
+    return copies;
+  }
+
   /**
    * A fuse that must fail: five modules of three shapes (three batches on the device), the third
    * and fourth with an update beyond {@code type}'s range at one element. On both devices the fuse
@@ -267,13 +269,8 @@ final class DeviceCheck {
     try (NDManager host = NDManager.newBaseManager(Device.cpu());
         NDManager onDevice = NDManager.newBaseManager(device)) {
       Map<String, NDArray> cpu = gaussianWeights(host, adapter, type, seed);
-      Map<String, NDArray> originals = new LinkedHashMap<>();
-      Map<String, NDArray> weights = new LinkedHashMap<>();
-      cpu.forEach(
-          (name, array) -> {
-            originals.put(name, Devices.copyTo(array, host));
-            weights.put(name, Devices.copyTo(array, onDevice));
-          });
+      Map<String, NDArray> originals = copies(cpu, host);
+      Map<String, NDArray> weights = copies(cpu, onDevice);
       String onCpu = failure(LoraFuser.of(LoraMerger.builder().add(adapter, 1.0).device(Device.cpu()).build()), WeightTarget.of(cpu));
       String there = failure(LoraFuser.of(LoraMerger.builder().add(adapter, 1.0).device(device).build()), WeightTarget.of(weights));
       long differing = 0;
