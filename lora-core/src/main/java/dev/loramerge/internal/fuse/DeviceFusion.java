@@ -313,10 +313,14 @@ public final class DeviceFusion {
       }
     }
 
-    /** The failure of queued batch {@code b}, which left its weights unchanged, as libtorch's path reports it. */
+    /**
+     * The failure of queued batch {@code b}, which left its weights unchanged, as libtorch's path
+     * reports it. The batch is gathered again into a buffer of its own: the fuse's buffers may be
+     * in use by the batches gathered ahead.
+     */
     private RuntimeException reported(int b) {
-      try {
-        fuse(gather(b), b, false);
+      try (FactorBuffer own = new FactorBuffer()) {
+        fuse(DeviceFusion.gather(batches.get(b), workers, own, stored, phases), b, false);
       } catch (RuntimeException failure) {
         return failure;
       }
