@@ -353,6 +353,16 @@ void* address(JNIEnv* env, jobjectArray buffers, jsize index) {
   return pointer;
 }
 
+// The addresses of buffers[first, first + count), for one launch (count at most kWeightsPerLaunch).
+template <typename Pointers>
+Pointers pointersOf(JNIEnv* env, jobjectArray buffers, jsize first, jsize count) {
+  Pointers chunk{};
+  for (jsize j = 0; j < count; j++) {
+    chunk.pointers[j] = address(env, buffers, first + j);
+  }
+  return chunk;
+}
+
 template <typename K>
 bool launch(JNIEnv* env, const double* product, jobjectArray sources, void* out, long long perWeight, jsize weights,
             unsigned long long* notFinite) {
@@ -361,10 +371,7 @@ bool launch(JNIEnv* env, const double* product, jobjectArray sources, void* out,
   unsigned int gridX = static_cast<unsigned int>(blocks < 2048 ? blocks : 2048);
   for (jsize first = 0; first < weights; first += kWeightsPerLaunch) {
     jsize count = weights - first < kWeightsPerLaunch ? weights - first : kWeightsPerLaunch;
-    Sources chunk{};
-    for (jsize j = 0; j < count; j++) {
-      chunk.pointers[j] = address(env, sources, first + j);
-    }
+    Sources chunk = pointersOf<Sources>(env, sources, first, count);
     fuseRound<K><<<dim3(gridX, count), kThreads, 0, cudaStreamLegacy>>>(
         product, chunk, static_cast<typename K::T*>(out), perWeight, first, notFinite);
     if (failed(env, cudaGetLastError(), "loramerge fuseRound launch")) {
@@ -380,10 +387,7 @@ bool launchProduct(JNIEnv* env, const double* up, const double* down, jobjectArr
   dim3 grid((cols + P::kColumns - 1) / P::kColumns, (rows + P::kRows - 1) / P::kRows, 1);
   for (jsize first = 0; first < weights; first += kWeightsPerLaunch) {
     jsize count = weights - first < kWeightsPerLaunch ? weights - first : kWeightsPerLaunch;
-    Sources chunk{};
-    for (jsize j = 0; j < count; j++) {
-      chunk.pointers[j] = address(env, sources, first + j);
-    }
+    Sources chunk = pointersOf<Sources>(env, sources, first, count);
     grid.z = count;
     fuseProduct<K, P, L><<<grid, P::kThreads, 0, cudaStreamLegacy>>>(up, down, chunk, static_cast<typename K::T*>(out), rows,
                                                                    cols, rank, first, notFinite);
@@ -430,10 +434,7 @@ bool queueScatter(JNIEnv* env, const char* from, jobjectArray weights, long long
   unsigned int gridX = static_cast<unsigned int>(blocks < 1 ? 1 : blocks < 1024 ? blocks : 1024);
   for (jsize first = 0; first < count; first += kWeightsPerLaunch) {
     jsize launched = count - first < kWeightsPerLaunch ? count - first : kWeightsPerLaunch;
-    Targets chunk{};
-    for (jsize j = 0; j < launched; j++) {
-      chunk.pointers[j] = address(env, weights, first + j);
-    }
+    Targets chunk = pointersOf<Targets>(env, weights, first, launched);
     scatterIfFinite<<<dim3(gridX, launched), kThreads, 0, cudaStreamLegacy>>>(from, chunk, bytesPerWeight, first, flags, batch);
     if (failed(env, cudaGetLastError(), "loramerge scatterIfFinite launch")) {
       return false;

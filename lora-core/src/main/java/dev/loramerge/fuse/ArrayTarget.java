@@ -147,9 +147,12 @@ final class ArrayTarget implements WeightTarget {
     if (!deviceNames.isEmpty()) {
       List<String> duplicated = new ArrayList<>();
       for (String name : deviceNames) {
-        if (uncaptured.contains(name) && keepsOnDevice(arrays.get(name))) {
+        if (!uncaptured.contains(name)) {
+          continue;
+        }
+        if (keepsOnDevice(arrays.get(name))) {
           duplicated.add(name);
-        } else if (uncaptured.contains(name)) {
+        } else {
           capturedNow.put(name, copyOf(name, arrays.get(name)));
         }
       }
@@ -236,11 +239,11 @@ final class ArrayTarget implements WeightTarget {
     List<String> copiedBack = new ArrayList<>();
     for (String name : names) {
       NDArray array = arrays.get(name);
-      if (onDevice(array) && originals.get(name).getDevice().equals(array.getDevice())
-          && active.stream().noneMatch(update -> update.names().contains(name))) {
+      List<WeightUpdate> updates = activeOn(name);
+      if (updates.isEmpty() && onDevice(array) && originals.get(name).getDevice().equals(array.getDevice())) {
         copiedBack.add(name);
       } else {
-        rebuild(name);
+        rebuild(name, updates);
       }
     }
     DeviceCopies.copy(copiedBack.stream().map(originals::get).toList(), copiedBack.stream().map(arrays::get).toList());
@@ -250,20 +253,26 @@ final class ArrayTarget implements WeightTarget {
     }
   }
 
-  /**
-   * Sets {@code name} to its original with the active updates that touch it re-applied, and keeps
-   * the original as a spare once none does.
-   */
-  private void rebuild(String name) {
-    NDArray original = originals.get(name);
+  /** The active updates that touch weight {@code name}, in the order they were applied. */
+  private List<WeightUpdate> activeOn(String name) {
     List<WeightUpdate> updates = new ArrayList<>();
     for (WeightUpdate update : active) {
       if (update.names().contains(name)) {
         updates.add(update);
       }
     }
+    return updates;
+  }
+
+  /**
+   * Sets {@code name} to its original with {@code updates}, the active updates that touch it,
+   * re-applied, and keeps the original as a spare once none does. An original on the weight's own
+   * device with none to re-apply is {@link #rebuildAll}'s, copied back with the others.
+   */
+  private void rebuild(String name, List<WeightUpdate> updates) {
+    NDArray original = originals.get(name);
     if (updates.isEmpty() && onDevice(arrays.get(name))) {
-      restoreOnDevice(arrays.get(name), original);
+      uploadInto(arrays.get(name), original);
       originals.remove(name).close();
     } else if (updates.isEmpty()) {
       store(name, arrays.get(name), original.toByteBuffer(true));
@@ -435,12 +444,8 @@ final class ArrayTarget implements WeightTarget {
     return libtorchOnCpu || !array.getDevice().equals(Device.cpu());
   }
 
-  /** Copies {@code original}, on the array's device or in host memory, back into {@code array}. */
-  private static void restoreOnDevice(NDArray array, NDArray original) {
-    if (original.getDevice().equals(array.getDevice())) {
-      array.set(new NDIndex("..."), original);
-      return;
-    }
+  /** Copies {@code original}, kept in host memory, back into {@code array} on its device. */
+  private static void uploadInto(NDArray array, NDArray original) {
     try (NDManager scratch = array.getManager().newSubManager(array.getDevice())) {
       NDArray uploaded = original.toDevice(array.getDevice(), true);
       uploaded.attach(scratch);

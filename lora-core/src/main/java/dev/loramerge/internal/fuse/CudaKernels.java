@@ -288,9 +288,8 @@ final class CudaKernels {
   private static native void destroyEvent(long event);
 
   /**
-   * Waits for the copies into the weights that the kernels queued on {@code device} without
-   * waiting for them (the last batch's, the others having been waited for by the next batch);
-   * nothing where the kernels do not run there.
+   * Waits for everything the kernels queued on {@code device} without waiting for it (queued
+   * batches, copies into the weights); nothing where the kernels do not run there.
    */
   static void synchronize(Device device) {
     if (available(device)) {
