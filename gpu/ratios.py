@@ -12,6 +12,7 @@ import sys
 
 # loramerge's operation -> (PEFT's, plain torch's)
 PAIRS = {"fuse/memory": ("peft/merge_adapter", "torch/fuse_loop"),
+         "fuse/memory/factors-kept": ("peft/merge_adapter", "torch/fuse_loop"),
          "unfuse/memory": ("peft/unmerge_adapter", "torch/unfuse_loop")}
 
 
@@ -63,12 +64,14 @@ def main():
         if "sampled_modules" in peft.get(peft_name or "", {}):
             row["peft_sampled_modules"] = peft[peft_name]["sampled_modules"]
         rows.append(row)
-    swap = java.get("hotswap")
-    if swap and swap.get("cycles_done"):
+    for swap_name in ("hotswap", "hotswap/factors-kept"):
+        swap = java.get(swap_name)
+        if not swap or not swap.get("cycles_done"):
+            continue
         merge = peft.get("peft/merge_adapter", {}).get("median_s")
         unmerge = peft.get("peft/unmerge_adapter", {}).get("median_s")
         theirs = merge + unmerge if merge and unmerge else None
-        rows.append({"operation": "hotswap (per fuse+unfuse cycle)", "loramerge_s": swap["per_cycle_s"],
+        rows.append({"operation": f"{swap_name} (per fuse+unfuse cycle)", "loramerge_s": swap["per_cycle_s"],
                      "peft": "merge_adapter + unmerge_adapter", "peft_s": theirs,
                      "ratio": swap["per_cycle_s"] / theirs if theirs else None,
                      "cycles_done": swap["cycles_done"], "differing_weights": swap["differing_weights"]})

@@ -483,22 +483,34 @@ JNIEXPORT jlong JNICALL Java_dev_loramerge_internal_fuse_CudaKernels_fuseProduct
 // is libtorch's, freed by its caching allocator in the stream's order, so the Java side may close
 // them as soon as this returns.
 JNIEXPORT void JNICALL Java_dev_loramerge_internal_fuse_CudaKernels_queueTerms(
-    JNIEnv* env, jclass, jint device, jobject host, jlong bytes, jlong copied, jobject staging, jlongArray starts,
-    jintArray ranks, jintArray upTypes, jintArray downTypes, jdouble factor, jobject up, jobject down, jobjectArray sources,
-    jobject out, jobjectArray weights, jint dtype, jint rows, jint cols, jobject flags, jint batch) {
+    JNIEnv* env, jclass, jint device, jobject host, jlongArray hostOffsets, jobjectArray uploads, jlong copied,
+    jobjectArray coefficients, jobjectArray upFactors, jobjectArray downFactors, jintArray ranks, jintArray upTypes,
+    jintArray downTypes, jdouble factor, jobject up, jobject down, jobjectArray sources, jobject out, jobjectArray weights,
+    jint dtype, jint rows, jint cols, jobject flags, jint batch) {
   if (dtype != 2 && dtype != 3) {
     env->ThrowNew(env->FindClass("java/lang/IllegalArgumentException"), "loramerge queueTerms: dtype code not fp16 or bf16");
     return;
   }
-  auto* stage = static_cast<char*>(env->GetDirectBufferAddress(staging));
-  if (failed(env, cudaSetDevice(device), "loramerge queueTerms device") ||
-      failed(env, cudaMemcpyAsync(stage, env->GetDirectBufferAddress(host), bytes, cudaMemcpyHostToDevice, cudaStreamLegacy),
-             "loramerge queueTerms copy") ||
+  if (failed(env, cudaSetDevice(device), "loramerge queueTerms device")) {
+    return;
+  }
+  const char* from = static_cast<const char*>(env->GetDirectBufferAddress(host));
+  jsize copies = env->GetArrayLength(uploads);
+  jlong* offset = env->GetLongArrayElements(hostOffsets, nullptr);
+  bool copiedAll = true;
+  for (jsize i = 0; i < copies && copiedAll; i++) {
+    jobject region = env->GetObjectArrayElement(uploads, i);
+    copiedAll = !failed(env, cudaMemcpyAsync(env->GetDirectBufferAddress(region), from + offset[i], env->GetDirectBufferCapacity(region),
+                                             cudaMemcpyHostToDevice, cudaStreamLegacy),
+                        "loramerge queueTerms copy");
+    env->DeleteLocalRef(region);
+  }
+  env->ReleaseLongArrayElements(hostOffsets, offset, JNI_ABORT);
+  if (!copiedAll ||
       failed(env, cudaEventRecord(reinterpret_cast<cudaEvent_t>(copied), cudaStreamLegacy), "loramerge queueTerms event")) {
     return;
   }
   jsize terms = env->GetArrayLength(ranks);
-  jlong* at = env->GetLongArrayElements(starts, nullptr);
   jint* rank = env->GetIntArrayElements(ranks, nullptr);
   jint* upType = env->GetIntArrayElements(upTypes, nullptr);
   jint* downType = env->GetIntArrayElements(downTypes, nullptr);
@@ -510,15 +522,14 @@ JNIEXPORT void JNICALL Java_dev_loramerge_internal_fuse_CudaKernels_queueTerms(
   auto* ups = static_cast<double*>(env->GetDirectBufferAddress(up));
   auto* downs = static_cast<double*>(env->GetDirectBufferAddress(down));
   bool placed = true;
-  for (jsize t = 0, offset = 0; t < terms && placed; offset += rank[t], t++) {
+  for (jsize t = 0, at = 0; t < terms && placed; at += rank[t], t++) {
     long long values = static_cast<long long>(count) * rank[t] * (static_cast<long long>(rows) + cols);
     long long blocks = (values + 255) / 256;
     placeTerm<<<static_cast<unsigned int>(blocks < 4096 ? blocks : 4096), 256, 0, cudaStreamLegacy>>>(
-        stage + at[3 * t + 1], upType[t], stage + at[3 * t + 2], downType[t], reinterpret_cast<const double*>(stage + at[3 * t]),
-        factor, count, rows, cols, rank[t], offset, total, ups, downs);
+        address(env, upFactors, t), upType[t], address(env, downFactors, t), downType[t],
+        static_cast<const double*>(address(env, coefficients, t)), factor, count, rows, cols, rank[t], at, total, ups, downs);
     placed = !failed(env, cudaGetLastError(), "loramerge placeTerm launch");
   }
-  env->ReleaseLongArrayElements(starts, at, JNI_ABORT);
   env->ReleaseIntArrayElements(ranks, rank, JNI_ABORT);
   env->ReleaseIntArrayElements(upTypes, upType, JNI_ABORT);
   env->ReleaseIntArrayElements(downTypes, downType, JNI_ABORT);

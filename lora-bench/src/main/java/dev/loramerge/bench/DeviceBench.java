@@ -49,16 +49,22 @@ import java.util.OptionalLong;
  *       float64 product rounded by the CUDA kernel rather than the product formed in the kernel,
  *       with the CUDA kernels off, and with them off and the float64 factors copied to the device
  *       instead of the adapter's stored ones;
+ *   <li>{@code fuse/memory/factors-kept}: the same fuse into a target that keeps the adapter's
+ *       stored factors on the device ({@link WeightTarget.Builder#keepFactorsOnDevice}, kept by
+ *       its warm-up), as PEFT keeps its LoRA modules there: only the coefficients travel;
  *   <li>{@code fuse/factors}: the host's share of that fuse, every module's float64 factors
  *       computed on the common pool's threads, without the device;
- *   <li>{@code hotswap}: fuse then unfuse, {@code --cycles} times (time per cycle), then how many
- *       weights differ from their originals in any bit; {@code --hotswap-s} bounds its time, so
- *       that a slow fuse leaves time for the rest (the cycles done are reported);
+ *   <li>{@code hotswap} and {@code hotswap/factors-kept}: fuse then unfuse, {@code --cycles} times
+ *       (time per cycle), then how many weights differ from their originals in any bit, into the
+ *       plain target and into the one that keeps the factors; {@code --hotswap-s} bounds the time
+ *       of each, so that a slow fuse leaves time for the rest (the cycles done are reported);
  *   <li>{@code bytes/F32}, {@code bytes/F16}, {@code bytes/BF16}: the same fuse into weights of
  *       that type on the device and on the CPU ({@code Device.cpu()} arrays, the same seeded
  *       values), the count of elements whose bytes differ, and after both unfuses the count of
- *       weights not back to their originals; bf16 only where {@link Devices#probeBf16} finds
- *       that the JNI library can hold it;
+ *       weights not back to their originals; on the device into a target that keeps the factors,
+ *       twice: the first fuse copies them into what it keeps ({@code differing_elements}), the
+ *       second reads them from there ({@code differing_elements_factors_kept}); bf16 only where
+ *       {@link Devices#probeBf16} finds that the JNI library can hold it;
  *   <li>{@code merge/<method>}: every merge method (two adapters, weights 0.7 and 0.5, density
  *       0.5, rank 32) with the merger's device set, timed as above, and the number of modules
  *       whose factors differ in any byte from the same merge on the CPU.
@@ -73,6 +79,8 @@ final class DeviceBench {
   private static final double STYLE_WEIGHT = 0.7;
   private static final double SUBJECT_WEIGHT = 0.5;
   private static final double DENSITY = 0.5;
+  /** What a target keeps of the adapters' factors on the device: the SDXL adapter's are about 170 MB. */
+  private static final long KEPT_FACTOR_BYTES = 1L << 30;
   private static final long BASE_SEED = 7;
 
   static final String USAGE =
@@ -239,6 +247,9 @@ final class DeviceBench {
       Devices.await(last);
       memory.put("after_unfuse", memoryJson());
       report.put("device_memory_bytes", memory);
+      WeightTarget keeping = WeightTarget.builder().weights(weights).keepFactorsOnDevice(KEPT_FACTOR_BYTES).build();
+      fuser.fuseInto(keeping).unfuse();
+      double[] kept = new double[runs];
       double[] fuses = new double[runs];
       double[] unfuses = new double[runs];
       double[][] variants = new double[VARIANTS.length][runs];
@@ -254,46 +265,56 @@ final class DeviceBench {
         for (int v = 0; v < VARIANTS.length; v++) {
           variants[v][run] = variantFuse(VARIANTS[v], fuser, target, last);
         }
+        kept[run] = variantFuse(new String[] {"factors-kept"}, fuser, keeping, last);
       }
       record(timing("fuse/memory", fuses));
       record(timing("unfuse/memory", unfuses));
       for (int v = 0; v < VARIANTS.length; v++) {
         record(timing("fuse/memory/" + VARIANTS[v][0], variants[v]));
       }
+      record(timing("fuse/memory/factors-kept", kept));
       record(timing("fuse/factors", factorSeconds(style)));
-
-      int done = 0;
-      long start = System.nanoTime();
-      long stop = hotswapNanos == Long.MAX_VALUE ? deadline : Math.min(deadline, start + hotswapNanos);
-      while (done < cycles && System.nanoTime() < stop) {
-        FusedLora fused = fuser.fuseInto(target);
-        fused.unfuse();
-        Devices.await(last);
-        done++;
-      }
-      double total = seconds(start);
-      long differing = 0;
-      for (Map.Entry<String, NDArray> weight : weights.entrySet()) {
-        if (Devices.differingElements(weight.getValue(), originals.get(weight.getKey())) != 0) {
-          differing++;
-        }
-      }
-      Map<String, Object> swap = new LinkedHashMap<>();
-      swap.put("name", "hotswap");
-      swap.put("cycles", cycles);
-      swap.put("cycles_done", done);
-      swap.put("per_cycle_s", done == 0 ? 0 : total / done);
-      swap.put("total_s", total);
-      swap.put("weights", weights.size());
-      swap.put("differing_weights", differing);
-      record(swap);
-      if (done < cycles) {
-        skip("hotswap", String.format(Locale.ROOT, "time limit reached after %d of %d cycles", done, cycles));
-      }
-      if (differing != 0) {
-        errors.add(String.format(Locale.ROOT, "hotswap: %d of %d weights differ from their originals after %d cycles", differing, weights.size(), done));
-      }
+      hotswap("hotswap", fuser, target, weights, originals, last);
+      hotswap("hotswap/factors-kept", fuser, keeping, weights, originals, last);
       target.trim();
+      keeping.trim();
+    }
+  }
+
+  /** Fuse then unfuse into {@code target}, {@code cycles} times or until its time is up, then the weights compared with their originals. */
+  private void hotswap(
+      String name, LoraFuser fuser, WeightTarget target, Map<String, NDArray> weights, Map<String, NDArray> originals, NDArray last)
+      throws IOException {
+    int done = 0;
+    long start = System.nanoTime();
+    long stop = hotswapNanos == Long.MAX_VALUE ? deadline : Math.min(deadline, start + hotswapNanos);
+    while (done < cycles && System.nanoTime() < stop) {
+      FusedLora fused = fuser.fuseInto(target);
+      fused.unfuse();
+      Devices.await(last);
+      done++;
+    }
+    double total = seconds(start);
+    long differing = 0;
+    for (Map.Entry<String, NDArray> weight : weights.entrySet()) {
+      if (Devices.differingElements(weight.getValue(), originals.get(weight.getKey())) != 0) {
+        differing++;
+      }
+    }
+    Map<String, Object> swap = new LinkedHashMap<>();
+    swap.put("name", name);
+    swap.put("cycles", cycles);
+    swap.put("cycles_done", done);
+    swap.put("per_cycle_s", done == 0 ? 0 : total / done);
+    swap.put("total_s", total);
+    swap.put("weights", weights.size());
+    swap.put("differing_weights", differing);
+    record(swap);
+    if (done < cycles) {
+      skip(name, String.format(Locale.ROOT, "time limit reached after %d of %d cycles", done, cycles));
+    }
+    if (differing != 0) {
+      errors.add(String.format(Locale.ROOT, "%s: %d of %d weights differ from their originals after %d cycles", name, differing, weights.size(), done));
     }
   }
 
@@ -356,8 +377,9 @@ final class DeviceBench {
       long start = System.nanoTime();
       FusedLora cpuFuse = onCpu.fuseInto(WeightTarget.of(cpu));
       double cpuSeconds = seconds(start);
+      WeightTarget deviceTarget = WeightTarget.builder().weights(weights).keepFactorsOnDevice(KEPT_FACTOR_BYTES).build();
       start = System.nanoTime();
-      FusedLora deviceFuse = there.fuseInto(WeightTarget.of(weights));
+      FusedLora deviceFuse = there.fuseInto(deviceTarget);
       Devices.await(last);
       double deviceSeconds = seconds(start);
       long elements = 0;
@@ -370,6 +392,13 @@ final class DeviceBench {
         differingWeights += differing == 0 ? 0 : 1;
       }
       deviceFuse.unfuse();
+      deviceFuse = there.fuseInto(deviceTarget);
+      long differingKept = 0;
+      for (Map.Entry<String, NDArray> weight : weights.entrySet()) {
+        differingKept += Devices.differingElements(weight.getValue(), cpu.get(weight.getKey()));
+      }
+      deviceFuse.unfuse();
+      deviceTarget.trim();
       cpuFuse.unfuse();
       Devices.await(last);
       long notRestored = 0;
@@ -385,15 +414,17 @@ final class DeviceBench {
       row.put("elements", elements);
       row.put("differing_elements", differingElements);
       row.put("differing_weights", differingWeights);
+      row.put("differing_elements_factors_kept", differingKept);
       row.put("not_restored_weights", notRestored);
       row.put("device_fuse_s", deviceSeconds);
       row.put("cpu_fuse_s", cpuSeconds);
       record(row);
-      if (differingElements != 0 || notRestored != 0) {
+      if (differingElements != 0 || differingKept != 0 || notRestored != 0) {
         errors.add(
             String.format(
-                Locale.ROOT, "bytes/%s: %d elements in %d weights differ from the CPU's fuse; %d weights not restored",
-                type, differingElements, differingWeights, notRestored));
+                Locale.ROOT,
+                "bytes/%s: %d elements in %d weights differ from the CPU's fuse, %d with the factors kept on the device; %d weights not restored",
+                type, differingElements, differingWeights, differingKept, notRestored));
       }
     }
   }

@@ -45,7 +45,8 @@ class DeviceBenchTest {
     assertThat(status).as("%s", report).isZero();
     Map<String, Map<String, Object>> operations = operations(report);
     boolean bf16 = (Boolean) ((Map<String, Object>) report.get("bf16")).get("supported");
-    List<String> expected = new java.util.ArrayList<>(List.of("fuse/memory", "unfuse/memory", "fuse/memory/separate-product", "fuse/memory/libtorch-rounding", "fuse/memory/libtorch-float64-factors", "fuse/factors", "hotswap", "bytes/F32", "bytes/F16"));
+    List<String> expected = new java.util.ArrayList<>(List.of("fuse/memory", "unfuse/memory", "fuse/memory/separate-product", "fuse/memory/libtorch-rounding", "fuse/memory/libtorch-float64-factors",
+        "fuse/memory/factors-kept", "fuse/factors", "hotswap", "hotswap/factors-kept", "bytes/F32", "bytes/F16"));
     if (bf16) {
       expected.add("bytes/BF16");
     }
@@ -55,19 +56,22 @@ class DeviceBenchTest {
     assertThat(number(report, "modules")).isEqualTo(4);
     assertThat(report.get("device")).isEqualTo("cpu()");
 
-    Map<String, Object> swap = operations.get("hotswap");
-    assertThat(List.of("cycles", "cycles_done", "weights", "differing_weights")).extracting(key -> number(swap, key))
-        .as("%s", swap).containsExactly(3L, 3L, 4L, 0L);
+    for (String swapName : List.of("hotswap", "hotswap/factors-kept")) {
+      Map<String, Object> swap = operations.get(swapName);
+      assertThat(List.of("cycles", "cycles_done", "weights", "differing_weights")).extracting(key -> number(swap, key))
+          .as("%s", swap).containsExactly(3L, 3L, 4L, 0L);
+    }
     for (String name : expected) {
       Map<String, Object> operation = operations.get(name);
       if (name.startsWith("bytes/")) {
-        assertThat(List.of("weights", "differing_elements", "not_restored_weights")).extracting(key -> number(operation, key))
-            .as("%s", operation).containsExactly(4L, 0L, 0L);
+        assertThat(List.of("weights", "differing_elements", "differing_elements_factors_kept", "not_restored_weights"))
+            .extracting(key -> number(operation, key))
+            .as("%s", operation).containsExactly(4L, 0L, 0L, 0L);
         assertThat(number(operation, "elements")).as("the first 4 SDXL attention weights are 640x640").isEqualTo(4 * 640 * 640);
       } else if (name.startsWith("merge/")) {
         assertThat(number(operation, "differing_modules_vs_cpu")).as("%s", operation).isZero();
         assertThat(number(operation, "modules")).isEqualTo(4);
-      } else if (!name.equals("hotswap")) {
+      } else if (!name.startsWith("hotswap")) {
         assertThat(((Number) operation.get("median_s")).doubleValue()).as("%s", operation).isPositive();
       }
     }
@@ -105,8 +109,10 @@ class DeviceBenchTest {
     assertThat(status).as("%s", report).isZero();
     assertThat(number(swap, "cycles_done")).as("%s", swap).isPositive().isLessThan(100_000_000L);
     assertThat(number(swap, "differing_weights")).isZero();
-    assertThat((List<String>) report.get("skipped"))
-        .containsExactly("hotswap: time limit reached after " + number(swap, "cycles_done") + " of 100000000 cycles");
+    Map<String, Object> keptSwap = operations(report).get("hotswap/factors-kept");
+    assertThat((List<String>) report.get("skipped")).containsExactly(
+        "hotswap: time limit reached after " + number(swap, "cycles_done") + " of 100000000 cycles",
+        "hotswap/factors-kept: time limit reached after " + number(keptSwap, "cycles_done") + " of 100000000 cycles");
   }
 
   @Test

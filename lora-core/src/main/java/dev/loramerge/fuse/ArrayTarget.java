@@ -9,6 +9,7 @@ import com.google.common.collect.ImmutableMap;
 import dev.loramerge.LoraMergeException;
 import dev.loramerge.TensorSpec;
 import dev.loramerge.internal.fuse.DeviceCopies;
+import dev.loramerge.internal.fuse.FactorCache;
 import dev.loramerge.internal.fuse.Fusion;
 import dev.loramerge.internal.linalg.NdArrays;
 import java.nio.ByteBuffer;
@@ -64,6 +65,8 @@ final class ArrayTarget implements WeightTarget {
   /** Whether each weight's direct view is its own memory, once a fuse has found out. */
   private final Map<String, Boolean> writesThrough = new ConcurrentHashMap<>();
   private final Originals keptIn;
+  /** Adapters' stored factors kept on the weights' devices between fuses. */
+  private final FactorCache factors;
   /** Whether CPU arrays take the device path too, which tests use to run it without a GPU. */
   private final boolean libtorchOnCpu;
 
@@ -73,10 +76,12 @@ final class ArrayTarget implements WeightTarget {
    * @throws IllegalArgumentException naming the arrays whose element type a fuse cannot write
    *     (anything but F64, F32, F16 and BF16)
    */
-  ArrayTarget(ImmutableMap<String, NDArray> arrays, SpareCopies spares, Originals keptIn, boolean libtorchOnCpu) {
+  ArrayTarget(
+      ImmutableMap<String, NDArray> arrays, SpareCopies spares, Originals keptIn, FactorCache factors, boolean libtorchOnCpu) {
     this.arrays = arrays;
     this.spares = spares;
     this.keptIn = keptIn;
+    this.factors = factors;
     this.libtorchOnCpu = libtorchOnCpu;
     ImmutableMap.Builder<String, TensorSpec> infos = ImmutableMap.builder();
     Map<String, DataType> unfusable = new LinkedHashMap<>();
@@ -163,7 +168,7 @@ final class ArrayTarget implements WeightTarget {
       touched.addAll(deviceNames);
       try {
         ((DeviceUpdate) update).applyAllOnDevice(
-            deviceNames.stream().map(weights::get).toList(), deviceNames.stream().map(arrays::get).toList());
+            deviceNames.stream().map(weights::get).toList(), deviceNames.stream().map(arrays::get).toList(), factors);
       } catch (RuntimeException e) {
         throw undone(e, capturedNow, touched, reusable);
       }
@@ -428,6 +433,7 @@ final class ArrayTarget implements WeightTarget {
 
   @Override
   public synchronized void trim() {
+    factors.clear();
     for (NDArray array : arrays.values()) {
       NDArray spare = spares.take(array);
       if (spare != null) {
@@ -491,6 +497,7 @@ final class ArrayTarget implements WeightTarget {
   @Override
   public synchronized String toString() {
     long kept = arrays.values().stream().filter(spares::has).count();
-    return "WeightTarget{arrays=" + arrays.size() + ", fused=" + active.size() + ", spares=" + kept + "}";
+    return "WeightTarget{arrays=" + arrays.size() + ", fused=" + active.size() + ", spares=" + kept + ", factorBytesOnDevice="
+        + factors.bytes() + "}";
   }
 }

@@ -2,6 +2,7 @@ package dev.loramerge.fuse;
 
 import ai.djl.ndarray.NDArray;
 import dev.loramerge.TensorSpec;
+import dev.loramerge.internal.fuse.FactorCache;
 import java.util.List;
 
 /**
@@ -23,12 +24,13 @@ interface DeviceUpdate extends WeightUpdate {
   /**
    * {@link #applyOnDevice} for every weight in {@code specs}, each from its own current values,
    * as few libtorch calls as the update can make it: weights of one device, dtype and shape go
-   * together. When this throws, the weights are in an unspecified state (fused or not), and the
-   * caller restores them.
+   * together; factors the update stores as its adapters do are read from {@code factors} where
+   * it keeps them on the device, and kept there where it has room. When this throws, the weights
+   * are in an unspecified state (fused or not), and the caller restores them.
    *
    * @throws dev.loramerge.LoraMergeException if a result is not finite or beyond the dtype's range
    */
-  default void applyAllOnDevice(List<TensorSpec> specs, List<NDArray> weights) {
+  default void applyAllOnDevice(List<TensorSpec> specs, List<NDArray> weights, FactorCache factors) {
     for (int i = 0; i < specs.size(); i++) {
       applyOnDevice(specs.get(i), weights.get(i), weights.get(i));
     }

@@ -15,6 +15,7 @@ import dev.loramerge.arch.FusedModule;
 import dev.loramerge.internal.fuse.DenseFusion;
 import dev.loramerge.internal.fuse.FuseScratch;
 import dev.loramerge.internal.fuse.DeviceFusion;
+import dev.loramerge.internal.fuse.FactorCache;
 import dev.loramerge.internal.fuse.Fusion;
 import dev.loramerge.internal.linalg.LazyManager;
 import dev.loramerge.merge.Float64Factors;
@@ -335,7 +336,7 @@ final class MergedWeightUpdate implements DeviceUpdate {
   }
 
   @Override
-  public void applyAllOnDevice(List<TensorSpec> specs, List<NDArray> weights) {
+  public void applyAllOnDevice(List<TensorSpec> specs, List<NDArray> weights, FactorCache factorCache) {
     List<DeviceFusion.Job> jobs = new ArrayList<>(specs.size());
     for (int i = 0; i < specs.size(); i++) {
       TensorSpec spec = specs.get(i);
@@ -344,7 +345,7 @@ final class MergedWeightUpdate implements DeviceUpdate {
         return new DeviceFusion.Factors(factors.up(), factors.down(), factors.rank());
       }, () -> terms(spec), label(spec.name())));
     }
-    DeviceFusion.fuseAll(jobs, workers.isShutdown() ? ForkJoinPool.commonPool() : workers);
+    DeviceFusion.fuseAll(jobs, workers.isShutdown() ? ForkJoinPool.commonPool() : workers, factorCache);
   }
 
   /** The module's factors for weight {@code spec} as stored, where the device can form them. */

@@ -1,5 +1,6 @@
 package dev.loramerge.fuse;
 
+import static com.google.common.base.Preconditions.checkArgument;
 import static com.google.common.base.Preconditions.checkNotNull;
 import static com.google.common.base.Preconditions.checkState;
 
@@ -12,6 +13,7 @@ import com.google.common.collect.ImmutableMap;
 import com.google.errorprone.annotations.CanIgnoreReturnValue;
 import dev.loramerge.LoraMergeException;
 import dev.loramerge.TensorSpec;
+import dev.loramerge.internal.fuse.FactorCache;
 import java.io.IOException;
 import java.util.LinkedHashMap;
 import java.util.Map;
@@ -48,8 +50,9 @@ public interface WeightTarget {
    * Frees what the target keeps between fuses only to make the next one faster. An in-memory
    * target ({@link #of(Map)}) keeps, for each weight it has restored, the memory of the copy it
    * restored it from, and copies into that memory when a fuse touches the weight again; that
-   * memory, in its {@link SpareCopies}, is also freed with the weights' manager. Fuses still active keep what they need to be undone. Targets that write files keep
-   * nothing.
+   * memory, in its {@link SpareCopies}, is also freed with the weights' manager. One built with
+   * {@link Builder#keepFactorsOnDevice} keeps adapters' factors on the weights' device. Fuses
+   * still active keep what they need to be undone. Targets that write files keep nothing.
    */
   default void trim() {}
 
@@ -139,6 +142,7 @@ public interface WeightTarget {
     private ImmutableMap<String, NDArray> weights;
     private SpareCopies spares;
     private Originals originals = Originals.ON_DEVICE;
+    private long factorBytesOnDevice;
     private boolean libtorchOnCpu;
 
     private Builder() {}
@@ -164,6 +168,26 @@ public interface WeightTarget {
       return this;
     }
 
+    /**
+     * Keeps the stored factors of the adapters fused into GPU weights on the weights' device
+     * between fuses, up to {@code maxBytes} (default 0: none), so that fusing the same adapter
+     * again (its {@link dev.loramerge.LoraAdapter} instance, at any weight) copies only its
+     * coefficients to the device: what PEFT and diffusers get by keeping LoRA modules on the GPU.
+     * An adapter's factors take what its file takes (an SDXL rank-32 fp16 LoRA of the attention
+     * weights, about 170 MB). The least recently fused adapters make room for others; an adapter
+     * the garbage collector has found unreachable is dropped at the next fuse, and {@link WeightTarget#trim()}
+     * frees them all. Applies to fuses whose update is the adapters' weighted sum as stored ({@code
+     * cat}, plain LoRA modules), which are those a backend swaps per request.
+     *
+     * @throws IllegalArgumentException if {@code maxBytes} is negative
+     */
+    @CanIgnoreReturnValue
+    public Builder keepFactorsOnDevice(long maxBytes) {
+      checkArgument(maxBytes >= 0, "maxBytes is %s; expected 0 or more", maxBytes);
+      this.factorBytesOnDevice = maxBytes;
+      return this;
+    }
+
     /** Fuses CPU arrays the way GPU arrays are fused, with libtorch: the device path, testable without a GPU. */
     @CanIgnoreReturnValue
     Builder libtorchOnCpu() {
@@ -179,7 +203,8 @@ public interface WeightTarget {
      */
     public WeightTarget build() {
       checkState(weights != null, "no weights: call weights(map) first");
-      return new ArrayTarget(weights, spares != null ? spares : SpareCopies.create(), originals, libtorchOnCpu);
+      return new ArrayTarget(
+          weights, spares != null ? spares : SpareCopies.create(), originals, FactorCache.withBudget(factorBytesOnDevice), libtorchOnCpu);
     }
   }
 

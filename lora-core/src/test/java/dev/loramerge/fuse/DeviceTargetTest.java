@@ -144,6 +144,48 @@ class DeviceTargetTest {
     }
   }
 
+  /**
+   * A backend's loop with the adapters' factors kept on the device: each request's weights of the
+   * same adapters give the bytes of a target that copies the factors every time, the factors are
+   * kept once and read again (no arrays added after the first request), and trim() frees them.
+   */
+  @Test
+  void keepsFactorsOnTheDeviceAndFusesToTheSameBytes() throws IOException {
+    Map<String, TensorData> base = TinyLora.base(DType.F16, 23);
+    try (NDManager manager = NDManager.newBaseManager(Device.cpu())) {
+      Map<String, NDArray> keeping = arrays(manager, base);
+      Map<String, NDArray> copying = arrays(manager, base);
+      int before = manager.getManagedArrays().size();
+      WeightTarget kept = WeightTarget.builder().weights(keeping).keepFactorsOnDevice(1 << 20).libtorchOnCpu().build();
+      WeightTarget copied = deviceTarget(copying, Originals.ON_DEVICE);
+      double[][] requests = {{0.8, -0.4}, {1.3, 0.2}, {-0.6, 0.9}, {0.8, -0.4}};
+      int afterFirst = -1;
+      for (double[] weights : requests) {
+        LoraFuser fuser = LoraFuser.of(LoraMerger.builder().add(STYLE, weights[0]).add(SUBJECT, weights[1]).build());
+        FusedLora fromKept = fuser.fuseInto(kept);
+        FusedLora fromCopied = fuser.fuseInto(copied);
+        for (String name : base.keySet()) {
+          assertThat(bytesOf(keeping.get(name)))
+              .as("%s fused with weights %s from factors kept on the device", name, java.util.Arrays.toString(weights))
+              .isEqualTo(bytesOf(copying.get(name)));
+        }
+        fromKept.unfuse();
+        fromCopied.unfuse();
+        int alive = manager.getManagedArrays().size();
+        if (afterFirst < 0) {
+          afterFirst = alive;
+          assertThat(alive).as("arrays alive after the first request: the kept factors").isGreaterThan(before);
+        }
+        assertThat(alive).as("arrays alive after a request with the factors already kept").isEqualTo(afterFirst);
+      }
+      kept.trim();
+      assertThat(manager.getManagedArrays().size()).as("arrays alive after trim()").isEqualTo(before);
+      for (String name : base.keySet()) {
+        assertThat(bytesOf(keeping.get(name))).as("%s restored", name).isEqualTo(base.get(name).bytes());
+      }
+    }
+  }
+
   private static WeightTarget deviceTarget(Map<String, NDArray> arrays, Originals keptIn) {
     return WeightTarget.builder().weights(arrays).originals(keptIn).libtorchOnCpu().build();
   }

@@ -157,56 +157,83 @@ final class CudaKernels {
     return true;
   }
 
+  /** {@code bytes} of the memory of {@code array}, a contiguous array on a GPU, from byte {@code offset} on. */
+  record Region(NDArray array, long offset, long bytes) {}
+
   /**
    * Queues {@link #fuseProduct} of a batch from its factors as its adapters store them, on the
-   * device's stream, and returns without waiting for it: the {@code bytes} at the start of {@code
-   * host}, laid out as {@code DeviceFusion} gathers them (per term {@code t}: the jobs' float64
-   * coefficients at {@code starts[3t]}, their ups at {@code starts[3t+1]}, their downs at {@code
-   * starts[3t+2]}), are copied to the device, after which event {@code copied} is recorded (the
-   * host memory may be rewritten once it has passed); a kernel forms them into the float64 factors
-   * there, with the roundings libtorch's operations make; the product kernel rounds the sums, and a
-   * last kernel writes them into the weights unless this batch or an earlier one of the same
-   * {@code flags} had a value that is not finite. {@code flags} is a device array of {@code long}s,
-   * all -1 at first: element 0 becomes the first batch that failed, element {@code 1 + batch} this
-   * batch's first flat index that is not finite. The float64 up is laid out by rank there
-   * (count×rank×rows), so that the product reads it as it reads the down. The arrays made here
-   * belong to {@code scratch}, which may be closed as soon as this returns: libtorch frees device
-   * memory in the stream's order. Returns false, queueing nothing, where {@link #fuseProduct}
-   * would return false before computing.
+   * device's stream, and returns without waiting for it: the bytes of {@code host} at each of
+   * {@code hostOffsets} are copied into the matching region of {@code uploads}, after which event
+   * {@code copied} is recorded (the host memory may be rewritten once it has passed); a kernel per
+   * term forms the term's float64 coefficients ({@code coefficients}, one per job), ups and downs
+   * (as stored, every job's after the other's) into the float64 factors, with the roundings
+   * libtorch's operations make; the product kernel rounds the sums, and a last kernel writes them
+   * into the weights unless this batch or an earlier one of the same {@code flags} had a value that
+   * is not finite. {@code flags} is a device array of {@code long}s, all -1 at first: element 0
+   * becomes the first batch that failed, element {@code 1 + batch} this batch's first flat index
+   * that is not finite. The float64 up is laid out by rank there (count×rank×rows), so that the
+   * product reads it as it reads the down. The arrays made here belong to {@code scratch}, which
+   * may be closed as soon as this returns: libtorch frees device memory in the stream's order.
+   * Returns false, queueing nothing, where {@link #fuseProduct} would return false before
+   * computing or a region cannot be addressed.
    *
    * @param ranks each term's rank, alike for every job
    * @param upTypes each term's up dtype, alike for every job
    * @param downTypes each term's down dtype, alike for every job
    */
   static boolean queueTerms(
-      NDManager scratch, ByteBuffer host, long copied, long[] starts, int[] ranks, DType[] upTypes, DType[] downTypes, double factor,
-      long rows, long cols, List<NDArray> sources, List<NDArray> weights, DType dtype, NDArray flags, int batch) {
+      NDManager scratch, ByteBuffer host, long copied, long[] hostOffsets, List<Region> uploads, List<Region> coefficients,
+      List<Region> ups, List<Region> downs, int[] ranks, DType[] upTypes, DType[] downTypes, double factor, long rows, long cols,
+      List<NDArray> sources, List<NDArray> weights, DType dtype, NDArray flags, int batch) {
     int code = dtype == DType.F16 ? 2 : dtype == DType.BF16 ? 3 : -1;
     int[] upCodes = storedCodes(upTypes);
     int[] downCodes = storedCodes(downTypes);
-    long bytes = starts[starts.length - 1];
     if (code < 0 || upCodes == null || downCodes == null || copied == 0 || Boolean.getBoolean(SEPARATE_PRODUCT_PROPERTY)
-        || rows > Integer.MAX_VALUE || cols > Integer.MAX_VALUE || !host.isDirect() || host.capacity() < bytes) {
+        || rows > Integer.MAX_VALUE || cols > Integer.MAX_VALUE || !host.isDirect()) {
       return false;
     }
+    for (int i = 0; i < hostOffsets.length; i++) {
+      if (hostOffsets[i] < 0 || hostOffsets[i] + uploads.get(i).bytes() > host.capacity()) {
+        return false;
+      }
+    }
+    Optional<ByteBuffer[]> uploadMemory = regions(uploads);
+    Optional<ByteBuffer[]> coefficientMemory = regions(coefficients);
+    Optional<ByteBuffer[]> upMemory = regions(ups);
+    Optional<ByteBuffer[]> downMemory = regions(downs);
     Optional<ByteBuffer[]> from = DevicePointers.all(sources);
     Optional<ByteBuffer[]> into = DevicePointers.all(weights);
     Optional<ByteBuffer> flagMemory = DevicePointers.of(flags);
-    if (from.isEmpty() || into.isEmpty() || flagMemory.isEmpty()) {
+    if (uploadMemory.isEmpty() || coefficientMemory.isEmpty() || upMemory.isEmpty() || downMemory.isEmpty() || from.isEmpty()
+        || into.isEmpty() || flagMemory.isEmpty()) {
       return false;
     }
     int count = weights.size();
     int rank = Arrays.stream(ranks).sum();
-    Optional<ByteBuffer> staging = DevicePointers.of(scratch.create(new Shape(Math.max(1, bytes)), DataType.INT8));
     Optional<ByteBuffer> up = DevicePointers.of(scratch.create(new Shape(count, rank, rows), DataType.FLOAT64));
     Optional<ByteBuffer> down = DevicePointers.of(scratch.create(new Shape(count, rank, cols), DataType.FLOAT64));
     Optional<ByteBuffer> out = DevicePointers.of(scratch.create(new Shape(count, rows * cols), weights.get(0).getDataType()));
-    if (staging.isEmpty() || up.isEmpty() || down.isEmpty() || out.isEmpty()) {
+    if (up.isEmpty() || down.isEmpty() || out.isEmpty()) {
       return false;
     }
-    queueTerms(weights.get(0).getDevice().getDeviceId(), host, bytes, copied, staging.get(), starts, ranks, upCodes, downCodes, factor,
-        up.get(), down.get(), from.get(), out.get(), into.get(), code, (int) rows, (int) cols, flagMemory.get(), batch);
+    queueTerms(weights.get(0).getDevice().getDeviceId(), host, hostOffsets, uploadMemory.get(), copied, coefficientMemory.get(),
+        upMemory.get(), downMemory.get(), ranks, upCodes, downCodes, factor, up.get(), down.get(), from.get(), out.get(), into.get(), code,
+        (int) rows, (int) cols, flagMemory.get(), batch);
     return true;
+  }
+
+  /** Buffers over the memory of every region (for their addresses only), or empty where one cannot be addressed. */
+  private static Optional<ByteBuffer[]> regions(List<Region> regions) {
+    ByteBuffer[] buffers = new ByteBuffer[regions.size()];
+    for (int i = 0; i < buffers.length; i++) {
+      Region region = regions.get(i);
+      Optional<ByteBuffer> memory = DevicePointers.of(region.array());
+      if (memory.isEmpty() || region.offset() < 0 || region.offset() + region.bytes() > memory.get().capacity()) {
+        return Optional.empty();
+      }
+      buffers[i] = memory.get().slice(Math.toIntExact(region.offset()), Math.toIntExact(region.bytes()));
+    }
+    return Optional.of(buffers);
   }
 
   /** The kernels' codes of stored factors' dtypes (0 F64, 1 F32, 2 F16, 3 BF16), or null where one is another. */
@@ -256,9 +283,9 @@ final class CudaKernels {
       int device, ByteBuffer up, ByteBuffer down, ByteBuffer[] sources, ByteBuffer out, int dtype, int rows, int cols, int rank);
 
   private static native void queueTerms(
-      int device, ByteBuffer host, long bytes, long copied, ByteBuffer staging, long[] starts, int[] ranks, int[] upTypes,
-      int[] downTypes, double factor, ByteBuffer up, ByteBuffer down, ByteBuffer[] sources, ByteBuffer out, ByteBuffer[] weights,
-      int dtype, int rows, int cols, ByteBuffer flags, int batch);
+      int device, ByteBuffer host, long[] hostOffsets, ByteBuffer[] uploads, long copied, ByteBuffer[] coefficients, ByteBuffer[] ups,
+      ByteBuffer[] downs, int[] ranks, int[] upTypes, int[] downTypes, double factor, ByteBuffer up, ByteBuffer down,
+      ByteBuffer[] sources, ByteBuffer out, ByteBuffer[] weights, int dtype, int rows, int cols, ByteBuffer flags, int batch);
 
   /**
    * A CUDA event on {@code device}, which {@link #queueTerms} records once it has copied a host

@@ -168,9 +168,18 @@ public final class DeviceFusion {
    *     batch's weights are unchanged, those of earlier batches are fused, later ones untouched
    */
   public static void fuseAll(List<Job> jobs, ForkJoinPool workers) {
+    fuseAll(jobs, workers, FactorCache.none());
+  }
+
+  /**
+   * {@link #fuseAll(List, ForkJoinPool)}, reading the stored factors of batches that {@code
+   * factors} keeps on the device from there, and keeping there those of others it has room for.
+   */
+  public static void fuseAll(List<Job> jobs, ForkJoinPool workers, FactorCache factors) {
     Phases phases = new Phases(Boolean.getBoolean(PROFILE_PROPERTY));
     List<List<Job>> batches = batches(jobs, BATCH_ELEMENTS);
-    try (Run run = new Run(batches, workers, !Boolean.getBoolean(FLOAT64_FACTORS_PROPERTY), phases)) {
+    factors.startFuse();
+    try (Run run = new Run(batches, workers, !Boolean.getBoolean(FLOAT64_FACTORS_PROPERTY), factors, phases)) {
       run.fuseBatches();
     }
     phases.log(jobs.size(), batches.size());
@@ -192,16 +201,18 @@ public final class DeviceFusion {
     private final List<List<Job>> batches;
     private final ForkJoinPool workers;
     private final boolean stored;
+    private final FactorCache cache;
     private final Phases phases;
     private final FactorBuffer[] buffers = Stream.generate(FactorBuffer::new).limit(LOOKAHEAD + 2).toArray(FactorBuffer[]::new);
     private final Map<Device, NDManager> flagManagers = new LinkedHashMap<>();
     private final Map<Device, NDArray> flags = new LinkedHashMap<>();
     private final BitSet queued = new BitSet();
 
-    Run(List<List<Job>> batches, ForkJoinPool workers, boolean stored, Phases phases) {
+    Run(List<List<Job>> batches, ForkJoinPool workers, boolean stored, FactorCache cache, Phases phases) {
       this.batches = batches;
       this.workers = workers;
       this.stored = stored;
+      this.cache = cache;
       this.phases = phases;
     }
 
@@ -258,7 +269,7 @@ public final class DeviceFusion {
     }
 
     private Gathered gather(int b) {
-      return DeviceFusion.gather(batches.get(b), workers, buffers[b % buffers.length], stored, phases);
+      return DeviceFusion.gather(batches.get(b), workers, buffers[b % buffers.length], stored, cache, phases);
     }
 
     /** The device's part of batch {@code b}: queued where the kernels take it, else computed and written after the queued ones are settled. */
@@ -271,13 +282,14 @@ public final class DeviceFusion {
         List<NDArray> weights = batch.stream().map(Job::weight).toList();
         List<NDArray> sources = sources(batch, device, scratch);
         phases.mark("sources", null);
-        if (kernels && gathered.terms().isPresent() && queuedFromTerms(scratch, gathered, sources, weights, flags(device, first), b)) {
+        if (kernels && gathered.stored().isPresent()
+            && queuedFromTerms(scratch, gathered, sources, weights, flags(device, first), b, cache)) {
           queued.set(b);
           phases.mark("stored factors and product kernel", first);
           return;
         }
         settle();
-        fuseGathered(scratch, gathered, sources, weights, kernels, phases);
+        fuseGathered(scratch, gathered, sources, weights, kernels, cache, phases);
       }
     }
 
@@ -320,7 +332,7 @@ public final class DeviceFusion {
      */
     private RuntimeException reported(int b) {
       try (FactorBuffer own = new FactorBuffer()) {
-        fuse(DeviceFusion.gather(batches.get(b), workers, own, stored, phases), b, false);
+        fuse(DeviceFusion.gather(batches.get(b), workers, own, stored, cache, phases), b, false);
       } catch (RuntimeException failure) {
         return failure;
       }
@@ -508,16 +520,70 @@ public final class DeviceFusion {
 
   /**
    * A batch's factors gathered in host memory, ready for their copy to the device: as the jobs'
-   * {@code terms} where they have them alike, laid out at {@code starts}, else as float64 factors
-   * of rank {@code rank}; {@code copied} is the event a queued copy of {@code buffer} records (0
-   * where the kernels do not run).
+   * terms where they have them alike ({@code stored}), else as float64 factors of rank {@code
+   * rank}; {@code copied} is the event a queued copy of {@code buffer} records (0 where the kernels
+   * do not run).
    */
   private record Gathered(
-      List<Job> batch, DType dtype, long rows, long cols, Optional<List<Terms>> terms, ByteBuffer buffer, long copied, long[] starts,
-      int rank) {}
+      List<Job> batch, DType dtype, long rows, long cols, Optional<Stored> stored, ByteBuffer buffer, long copied, int rank) {}
+
+  /**
+   * A batch's terms as gathered: where each term's coefficients, ups and downs lie in the host
+   * buffer ({@code starts}: every term's coefficients, then each term's ups and downs), the key of
+   * its factors in the factor cache (empty where the cache keeps none), and the cache's entry for
+   * them, in which case the host buffer holds only the coefficients.
+   */
+  private record Stored(List<Terms> terms, long[] starts, Optional<FactorCache.Key> key, Optional<FactorCache.Entry> kept) {
+    List<Term> layout() {
+      return terms.get(0).terms();
+    }
+
+    double factor() {
+      return terms.get(0).factor();
+    }
+
+    long coefficientsAt(int t) {
+      return starts[t];
+    }
+
+    long upAt(int t) {
+      return starts[layout().size() + 2 * t];
+    }
+
+    long downAt(int t) {
+      return starts[layout().size() + 2 * t + 1];
+    }
+
+    long coefficientBytes() {
+      return starts[layout().size()];
+    }
+
+    long bytes() {
+      return starts[starts.length - 1];
+    }
+
+    /** The bytes of the stored factors of {@code count} jobs. */
+    long factorBytes(int count) {
+      return layout().stream().mapToLong(term -> count * (term.up().byteSize() + term.down().byteSize())).sum();
+    }
+
+    /** Term {@code t}'s ups of every job (count×rows×rank), as stored, from the host buffer. */
+    NDArray upOf(NDManager manager, ByteBuffer buffer, int t, long rows) {
+      Term term = layout().get(t);
+      return array(manager, buffer, upAt(t), terms.size() * term.up().byteSize(), new Shape(terms.size(), rows, term.rank()), term.up().dtype());
+    }
+
+    /** Term {@code t}'s downs of every job (count×rank×cols), as stored, from the host buffer. */
+    NDArray downOf(NDManager manager, ByteBuffer buffer, int t, long cols) {
+      Term term = layout().get(t);
+      return array(
+          manager, buffer, downAt(t), terms.size() * term.down().byteSize(), new Shape(terms.size(), term.rank(), cols), term.down().dtype());
+    }
+  }
 
   /** The host's part of a batch: its jobs' factors asked for and copied into {@code factorBuffer}. */
-  private static Gathered gather(List<Job> batch, ForkJoinPool workers, FactorBuffer factorBuffer, boolean stored, Phases phases) {
+  private static Gathered gather(
+      List<Job> batch, ForkJoinPool workers, FactorBuffer factorBuffer, boolean stored, FactorCache cache, Phases phases) {
     NDArray first = batch.get(0).weight();
     DType dtype = Fusion.dtypeOf(first.getDataType(), batch.get(0).label());
     Shape shape = first.getShape();
@@ -527,7 +593,7 @@ public final class DeviceFusion {
     Optional<List<Terms>> terms = stored ? alike(batch, rows, cols, device) : Optional.empty();
     if (terms.isPresent()) {
       phases.mark("terms", null);
-      Gathered gathered = gatherTerms(batch, dtype, rows, cols, terms.get(), device, workers, factorBuffer);
+      Gathered gathered = gatherTerms(batch, dtype, rows, cols, terms.get(), device, workers, factorBuffer, cache);
       phases.mark("gather", null);
       return gathered;
     }
@@ -553,14 +619,15 @@ public final class DeviceFusion {
 
   /** A batch's factors copied to the device and its weights fused there, waiting for the device: every path but the queued one. */
   private static void fuseGathered(
-      NDManager scratch, Gathered gathered, List<NDArray> sources, List<NDArray> weights, boolean kernels, Phases phases) {
+      NDManager scratch, Gathered gathered, List<NDArray> sources, List<NDArray> weights, boolean kernels, FactorCache cache,
+      Phases phases) {
     List<Job> batch = gathered.batch();
     NDArray first = batch.get(0).weight();
     DType dtype = gathered.dtype();
     Shape shape = first.getShape();
     long rows = gathered.rows();
     long cols = gathered.cols();
-    NDList onDevice = gathered.terms().isPresent() ? termsOnDevice(scratch, gathered) : factorsOnDevice(scratch, gathered);
+    NDList onDevice = gathered.stored().isPresent() ? termsOnDevice(scratch, gathered, cache) : factorsOnDevice(scratch, gathered);
     phases.mark("factors on the device", onDevice.get(1));
     if (kernels && CudaKernels.fuseProduct(scratch, onDevice.get(0), onDevice.get(1), sources, weights, dtype)) {
       phases.mark("product kernel", first);
@@ -604,17 +671,75 @@ public final class DeviceFusion {
     phases.mark("write", first);
   }
 
-  /** {@link CudaKernels#queueTerms} of batch {@code b}, gathered as its terms; false where the kernels leave it to another path. */
+  /**
+   * {@link CudaKernels#queueTerms} of batch {@code b}, gathered as its terms; false where the
+   * kernels leave it to another path. Factors the cache keeps are read where they are; factors it
+   * has room for are copied into a new entry, the others into the scratch staging with the
+   * coefficients.
+   */
   private static boolean queuedFromTerms(
-      NDManager scratch, Gathered gathered, List<NDArray> sources, List<NDArray> weights, NDArray flags, int b) {
-    List<Term> layout = gathered.terms().orElseThrow().get(0).terms();
-    int[] ranks = layout.stream().mapToInt(Term::rank).toArray();
-    DType[] upTypes = layout.stream().map(term -> term.up().dtype()).toArray(DType[]::new);
-    DType[] downTypes = layout.stream().map(term -> term.down().dtype()).toArray(DType[]::new);
-    double factor = gathered.terms().get().get(0).factor();
-    return CudaKernels.queueTerms(
-        scratch, gathered.buffer(), gathered.copied(), gathered.starts(), ranks, upTypes, downTypes, factor, gathered.rows(), gathered.cols(),
-        sources, weights, gathered.dtype(), flags, b);
+      NDManager scratch, Gathered gathered, List<NDArray> sources, List<NDArray> weights, NDArray flags, int b, FactorCache cache) {
+    Stored stored = gathered.stored().orElseThrow();
+    List<Term> layout = stored.layout();
+    int count = weights.size();
+    long rows = gathered.rows();
+    long cols = gathered.cols();
+    Optional<FactorCache.Entry> kept = stored.kept();
+    Optional<FactorCache.Entry> fresh = Optional.empty();
+    if (kept.isEmpty() && stored.key().isPresent()) {
+      fresh = cache.store(stored.key().get(), stored.factorBytes(count), weights.get(0),
+          manager -> uninitialisedFactors(manager, layout, count, rows, cols));
+      kept = fresh;
+    }
+    long staged = kept.isPresent() ? stored.coefficientBytes() : stored.bytes();
+    NDArray staging = scratch.create(new Shape(Math.max(1, staged)), DataType.INT8);
+    List<Long> hostOffsets = new ArrayList<>();
+    List<CudaKernels.Region> uploads = new ArrayList<>();
+    hostOffsets.add(0L);
+    uploads.add(new CudaKernels.Region(staging, 0, staged));
+    List<CudaKernels.Region> coefficients = new ArrayList<>();
+    List<CudaKernels.Region> ups = new ArrayList<>();
+    List<CudaKernels.Region> downs = new ArrayList<>();
+    for (int t = 0; t < layout.size(); t++) {
+      long upBytes = count * layout.get(t).up().byteSize();
+      long downBytes = count * layout.get(t).down().byteSize();
+      coefficients.add(new CudaKernels.Region(staging, stored.coefficientsAt(t), (long) count * Double.BYTES));
+      if (kept.isPresent()) {
+        ups.add(new CudaKernels.Region(kept.get().ups().get(t), 0, upBytes));
+        downs.add(new CudaKernels.Region(kept.get().downs().get(t), 0, downBytes));
+      } else {
+        ups.add(new CudaKernels.Region(staging, stored.upAt(t), upBytes));
+        downs.add(new CudaKernels.Region(staging, stored.downAt(t), downBytes));
+      }
+      if (fresh.isPresent()) {
+        hostOffsets.add(stored.upAt(t));
+        uploads.add(ups.get(t));
+        hostOffsets.add(stored.downAt(t));
+        uploads.add(downs.get(t));
+      }
+    }
+    boolean queued = CudaKernels.queueTerms(
+        scratch, gathered.buffer(), gathered.copied(), hostOffsets.stream().mapToLong(Long::longValue).toArray(), uploads,
+        coefficients, ups, downs, layout.stream().mapToInt(Term::rank).toArray(),
+        layout.stream().map(term -> term.up().dtype()).toArray(DType[]::new),
+        layout.stream().map(term -> term.down().dtype()).toArray(DType[]::new), stored.factor(), rows, cols, sources, weights,
+        gathered.dtype(), flags, b);
+    if (!queued && fresh.isPresent()) {
+      // Nothing was copied into it.
+      cache.discard(stored.key().get());
+    }
+    return queued;
+  }
+
+  /** Arrays for a batch's stored factors, per term every job's ups (count×rows×rank) and downs (count×rank×cols), not yet written. */
+  private static List<List<NDArray>> uninitialisedFactors(NDManager manager, List<Term> layout, int count, long rows, long cols) {
+    List<NDArray> ups = new ArrayList<>(layout.size());
+    List<NDArray> downs = new ArrayList<>(layout.size());
+    for (Term term : layout) {
+      ups.add(manager.create(new Shape(count, rows, term.rank()), Fusion.dataTypeOf(term.up().dtype())));
+      downs.add(manager.create(new Shape(count, term.rank(), cols), Fusion.dataTypeOf(term.down().dtype())));
+    }
+    return List.of(ups, downs);
   }
 
   /**
@@ -663,68 +788,125 @@ public final class DeviceFusion {
     return true;
   }
 
-  /** The stored factors and coefficients of a batch whose jobs have terms alike, in {@code factorBuffer}. */
+  /**
+   * The coefficients of a batch whose jobs have terms alike, in {@code factorBuffer}, and its
+   * stored factors there too unless {@code cache} keeps them on the device.
+   */
   private static Gathered gatherTerms(
-      List<Job> jobs, DType dtype, long rows, long cols, List<Terms> batch, Device device, ForkJoinPool workers, FactorBuffer factorBuffer) {
+      List<Job> jobs, DType dtype, long rows, long cols, List<Terms> batch, Device device, ForkJoinPool workers, FactorBuffer factorBuffer,
+      FactorCache cache) {
     int count = batch.size();
     double factor = batch.get(0).factor();
     checkArgument(batch.stream().allMatch(terms -> terms.factor() == factor), "the terms of a batch have different factors");
     List<Term> layout = batch.get(0).terms();
-    // Per term: the coefficients, the ups and the downs of every job, each array at a cache line.
-    long[] starts = new long[layout.size() * 3 + 1];
-    for (int t = 0; t < layout.size(); t++) {
+    int terms = layout.size();
+    // Every term's coefficients first, then per term the ups and the downs of every job, each array at a cache line.
+    long[] starts = new long[terms * 3 + 1];
+    for (int t = 0; t < terms; t++) {
+      starts[t + 1] = starts[t] + aligned((long) count * Double.BYTES);
+    }
+    for (int t = 0; t < terms; t++) {
       Term term = layout.get(t);
-      starts[3 * t + 1] = starts[3 * t] + aligned((long) count * Double.BYTES);
-      starts[3 * t + 2] = starts[3 * t + 1] + aligned(count * term.up().byteSize());
-      starts[3 * t + 3] = starts[3 * t + 2] + aligned(count * term.down().byteSize());
+      starts[terms + 2 * t + 1] = starts[terms + 2 * t] + aligned(count * term.up().byteSize());
+      starts[terms + 2 * t + 2] = starts[terms + 2 * t + 1] + aligned(count * term.down().byteSize());
     }
-    long bytes = starts[starts.length - 1];
+    Optional<FactorCache.Key> key = cache.enabled() ? Optional.of(keyOf(batch, device)) : Optional.empty();
+    Optional<FactorCache.Entry> kept = key.flatMap(cache::find);
+    Stored stored = new Stored(batch, starts, key, kept);
+    long bytes = kept.isPresent() ? stored.coefficientBytes() : stored.bytes();
     ByteBuffer buffer = factorBuffer.take(bytes, device);
-    IntConsumer copy = task -> {
-      int i = task / layout.size();
-      int t = task % layout.size();
-      Term term = batch.get(i).terms().get(t);
-      ByteBuffer into = buffer.duplicate().order(ByteOrder.LITTLE_ENDIAN);
-      into.putDouble(Math.toIntExact(starts[3 * t] + (long) i * Double.BYTES), term.coefficient());
-      into.position(Math.toIntExact(starts[3 * t + 1] + i * term.up().byteSize())).put(term.up().bytes());
-      into.position(Math.toIntExact(starts[3 * t + 2] + i * term.down().byteSize())).put(term.down().bytes());
-    };
-    // Handing a copy to the workers costs their wake-ups, which a small batch's copy does not repay.
-    if (bytes < PARALLEL_COPY_BYTES) {
-      IntStream.range(0, count * layout.size()).forEach(copy);
-    } else {
-      onWorkers(workers, () -> IntStream.range(0, count * layout.size()).parallel().forEach(copy));
+    for (int t = 0; t < terms; t++) {
+      for (int i = 0; i < count; i++) {
+        buffer.putDouble(Math.toIntExact(starts[t] + (long) i * Double.BYTES), batch.get(i).terms().get(t).coefficient());
+      }
     }
-    return new Gathered(jobs, dtype, rows, cols, Optional.of(batch), buffer, factorBuffer.copied(), starts, 0);
+    if (kept.isEmpty()) {
+      IntConsumer copy = task -> {
+        int i = task / terms;
+        int t = task % terms;
+        Term term = batch.get(i).terms().get(t);
+        ByteBuffer into = buffer.duplicate();
+        into.position(Math.toIntExact(stored.upAt(t) + i * term.up().byteSize())).put(term.up().bytes());
+        into.position(Math.toIntExact(stored.downAt(t) + i * term.down().byteSize())).put(term.down().bytes());
+      };
+      // Handing a copy to the workers costs their wake-ups, which a small batch's copy does not repay.
+      if (bytes < PARALLEL_COPY_BYTES) {
+        IntStream.range(0, count * terms).forEach(copy);
+      } else {
+        onWorkers(workers, () -> IntStream.range(0, count * terms).parallel().forEach(copy));
+      }
+    }
+    return new Gathered(jobs, dtype, rows, cols, Optional.of(stored), buffer, factorBuffer.copied(), 0);
+  }
+
+  /** The identity of a batch's stored factors on {@code device}: every job's ups and downs, term by term. */
+  private static FactorCache.Key keyOf(List<Terms> batch, Device device) {
+    List<TensorData> factors = new ArrayList<>();
+    for (Terms terms : batch) {
+      for (Term term : terms.terms()) {
+        factors.add(term.up());
+        factors.add(term.down());
+      }
+    }
+    return new FactorCache.Key(device, factors);
   }
 
   /**
    * The float64 ups (b×m×r) and downs (b×r×n) of a batch whose jobs have terms alike, on the
    * scratch manager's device, from one copy of the stored factors and the coefficients to the
-   * device: the float64 factors of {@link Terms} formed there, with the host's roundings.
+   * device (or of the coefficients alone, for factors the cache keeps there): the float64 factors
+   * of {@link Terms} formed there, with the host's roundings.
    */
-  private static NDList termsOnDevice(NDManager scratch, Gathered gathered) {
-    List<Terms> batch = gathered.terms().orElseThrow();
-    int count = batch.size();
-    double factor = batch.get(0).factor();
-    List<Term> layout = batch.get(0).terms();
-    long[] starts = gathered.starts();
+  private static NDList termsOnDevice(NDManager scratch, Gathered gathered, FactorCache cache) {
+    Stored stored = gathered.stored().orElseThrow();
+    int count = gathered.batch().size();
+    double factor = stored.factor();
+    List<Term> layout = stored.layout();
     ByteBuffer buffer = gathered.buffer();
     long rows = gathered.rows();
     long cols = gathered.cols();
+    Optional<FactorCache.Entry> kept = stored.kept().or(() -> stored.key().flatMap(key -> cache.store(
+        key, stored.factorBytes(count), gathered.batch().get(0).weight(), manager -> copiedFactors(manager, gathered))));
     NDList ups = new NDList(layout.size());
     NDList downs = new NDList(layout.size());
     for (int t = 0; t < layout.size(); t++) {
       Term term = layout.get(t);
-      NDArray coefficient = array(scratch, buffer, starts[3 * t], (long) count * Double.BYTES, new Shape(count, 1, 1), DType.F64);
-      NDArray up = array(scratch, buffer, starts[3 * t + 1], count * term.up().byteSize(), new Shape(count, rows, term.rank()), term.up().dtype());
-      NDArray down = array(
-          scratch, buffer, starts[3 * t + 2], count * term.down().byteSize(), new Shape(count, term.rank(), cols), term.down().dtype());
-      NDArray scaled = up.toType(DataType.FLOAT64, false).mul(coefficient);
+      NDArray coefficient = array(scratch, buffer, stored.coefficientsAt(t), (long) count * Double.BYTES, new Shape(count, 1, 1), DType.F64);
+      NDArray up;
+      NDArray down;
+      if (kept.isPresent()) {
+        // Copies: the result of an operation belongs to its array's manager, here the entry's.
+        up = kept.get().ups().get(t).toType(DataType.FLOAT64, true);
+        down = kept.get().downs().get(t).toType(DataType.FLOAT64, true);
+        up.attach(scratch);
+        down.attach(scratch);
+      } else {
+        up = stored.upOf(scratch, buffer, t, rows).toType(DataType.FLOAT64, false);
+        down = stored.downOf(scratch, buffer, t, cols).toType(DataType.FLOAT64, false);
+      }
+      NDArray scaled = up.mul(coefficient);
       ups.add(factor == 1 ? scaled : scaled.mul(factor));
-      downs.add(down.toType(DataType.FLOAT64, false));
+      downs.add(down);
     }
     return new NDList(ups.size() == 1 ? ups.get(0) : NDArrays.concat(ups, 2), downs.size() == 1 ? downs.get(0) : NDArrays.concat(downs, 1));
+  }
+
+  /**
+   * A batch's stored factors in arrays of {@code manager}, copied from the host buffer: an array
+   * made from a direct buffer on the CPU is that buffer's memory, which the next batch rewrites.
+   */
+  private static List<List<NDArray>> copiedFactors(NDManager manager, Gathered gathered) {
+    Stored stored = gathered.stored().orElseThrow();
+    List<NDArray> ups = new ArrayList<>();
+    List<NDArray> downs = new ArrayList<>();
+    for (int t = 0; t < stored.layout().size(); t++) {
+      try (NDArray up = stored.upOf(manager, gathered.buffer(), t, gathered.rows());
+          NDArray down = stored.downOf(manager, gathered.buffer(), t, gathered.cols())) {
+        ups.add(up.duplicate());
+        downs.add(down.duplicate());
+      }
+    }
+    return List.of(ups, downs);
   }
 
   /** {@code bytes} rounded up to a whole cache line, where each array of a batch's factors starts. */
@@ -782,7 +964,7 @@ public final class DeviceFusion {
         values.put(downAt + f.down().length, zeros, 0, (int) ((rank - r) * cols));
       }
     }));
-    return new Gathered(jobs, dtype, rows, cols, Optional.empty(), buffer, factorBuffer.copied(), new long[0], rank);
+    return new Gathered(jobs, dtype, rows, cols, Optional.empty(), buffer, factorBuffer.copied(), rank);
   }
 
   /** The float64 ups (b×m×r) and downs (b×r×n) of a batch on the scratch manager's device, from one copy of {@link #gatherFactors}'s buffer. */
