@@ -562,9 +562,9 @@ public final class DeviceFusion {
       return starts[starts.length - 1];
     }
 
-    /** The bytes of the stored factors of {@code count} jobs. */
-    long factorBytes(int count) {
-      return layout().stream().mapToLong(term -> count * (term.up().byteSize() + term.down().byteSize())).sum();
+    /** The bytes of every job's stored factors. */
+    long factorBytes() {
+      return layout().stream().mapToLong(term -> terms.size() * (term.up().byteSize() + term.down().byteSize())).sum();
     }
 
     /** Term {@code t}'s ups of every job (count×rows×rank), as stored, from the host buffer. */
@@ -687,7 +687,7 @@ public final class DeviceFusion {
     Optional<FactorCache.Entry> kept = stored.kept();
     Optional<FactorCache.Entry> fresh = Optional.empty();
     if (kept.isEmpty() && stored.key().isPresent()) {
-      fresh = cache.store(stored.key().get(), stored.factorBytes(count), weights.get(0),
+      fresh = cache.store(stored.key().get(), stored.factorBytes(), weights.get(0),
           manager -> uninitialisedFactors(manager, layout, count, rows, cols));
       kept = fresh;
     }
@@ -866,7 +866,7 @@ public final class DeviceFusion {
     long rows = gathered.rows();
     long cols = gathered.cols();
     Optional<FactorCache.Entry> kept = stored.kept().or(() -> stored.key().flatMap(key -> cache.store(
-        key, stored.factorBytes(count), gathered.batch().get(0).weight(), manager -> copiedFactors(manager, gathered))));
+        key, stored.factorBytes(), gathered.batch().get(0).weight(), manager -> copiedFactors(manager, gathered))));
     NDList ups = new NDList(layout.size());
     NDList downs = new NDList(layout.size());
     for (int t = 0; t < layout.size(); t++) {
