@@ -39,8 +39,10 @@ import java.util.function.Function;
  * --modules} seeded random modules: Linear and Conv2d (4-D weights, 1×1 and 3×3 kernels) of
  * random sizes, ranks and alphas, with fp32, fp16 (and where the JNI library holds it, bf16)
  * factors, and a block of one row or column among them. Two fuses of different adapters are
- * stacked, then undone in the order they were made in reverse, and every weight must be back to
- * its original bytes on both devices.
+ * stacked, then the same two at minus half their weight (the device's target keeps the adapters'
+ * factors there, so these read them from what the first two kept), then all are undone in the
+ * order they were made in reverse, and every weight must be back to its original bytes on both
+ * devices.
  *
  * <p>fp16 and bf16 also get an {@code overflow} row: a fuse whose update leaves the weights' range
  * in two modules must fail on the device with the CPU's message, for the same module, and leave
@@ -58,6 +60,9 @@ import java.util.function.Function;
  * Exit status 0 when every compared byte and every restored weight is equal, 1 when not.
  */
 final class DeviceCheck {
+  /** What the device's target keeps of the adapters' factors there: all of the check's. */
+  private static final long KEPT_FACTOR_BYTES = 1L << 28;
+
   static final String USAGE = "usage: bin/lora-bench check [--device gpu|cpu] [--seed S] [--modules N] [--require-bf16] [--json FILE]";
 
   private DeviceCheck() {}
@@ -201,8 +206,10 @@ final class DeviceCheck {
   }
 
   /**
-   * Fuses the adapters one after the other at {@code adapterWeight} into the weights {@code originals}
-   * makes on the host, on both devices; compares after each, undoes, compares.
+   * Fuses the adapters one after the other at {@code adapterWeight}, then again at minus half of
+   * it, into the weights {@code originals} makes on the host, on both devices; compares after
+   * each, undoes, compares. The device's target keeps the adapters' factors there, so the second
+   * round reads them from what the first kept, with other coefficients.
    */
   private static Map<String, Object> compare(
       Device device, List<LoraAdapter> adapters, double adapterWeight, Function<NDManager, Map<String, NDArray>> originalsOf)
@@ -213,26 +220,29 @@ final class DeviceCheck {
       Map<String, NDArray> originals = copies(cpu, host);
       Map<String, NDArray> weights = copies(cpu, onDevice);
       WeightTarget cpuTarget = WeightTarget.of(cpu);
-      WeightTarget deviceTarget = WeightTarget.of(weights);
+      WeightTarget deviceTarget = WeightTarget.builder().weights(weights).keepFactorsOnDevice(KEPT_FACTOR_BYTES).build();
       List<FusedLora> fuses = new ArrayList<>();
       long differingElements = 0;
       long differingWeights = 0;
       long elements = 0;
-      for (LoraAdapter adapter : adapters) {
-        LoraFuser onCpu = LoraFuser.of(LoraMerger.builder().add(adapter, adapterWeight).device(Device.cpu()).build());
-        LoraFuser there = LoraFuser.of(LoraMerger.builder().add(adapter, adapterWeight).device(device).build());
-        fuses.add(onCpu.fuseInto(cpuTarget));
-        fuses.add(there.fuseInto(deviceTarget));
-        for (Map.Entry<String, NDArray> weight : weights.entrySet()) {
-          long differing = Devices.differingElements(weight.getValue(), cpu.get(weight.getKey()));
-          elements += weight.getValue().size();
-          differingElements += differing;
-          differingWeights += differing == 0 ? 0 : 1;
+      for (double roundWeight : new double[] {adapterWeight, -0.5 * adapterWeight}) {
+        for (LoraAdapter adapter : adapters) {
+          LoraFuser onCpu = LoraFuser.of(LoraMerger.builder().add(adapter, roundWeight).device(Device.cpu()).build());
+          LoraFuser there = LoraFuser.of(LoraMerger.builder().add(adapter, roundWeight).device(device).build());
+          fuses.add(onCpu.fuseInto(cpuTarget));
+          fuses.add(there.fuseInto(deviceTarget));
+          for (Map.Entry<String, NDArray> weight : weights.entrySet()) {
+            long differing = Devices.differingElements(weight.getValue(), cpu.get(weight.getKey()));
+            elements += weight.getValue().size();
+            differingElements += differing;
+            differingWeights += differing == 0 ? 0 : 1;
+          }
         }
       }
       for (int i = fuses.size() - 1; i >= 0; i--) {
         fuses.get(i).unfuse();
       }
+      deviceTarget.trim();
       long notRestored = 0;
       for (Map.Entry<String, NDArray> weight : weights.entrySet()) {
         NDArray original = originals.get(weight.getKey());
