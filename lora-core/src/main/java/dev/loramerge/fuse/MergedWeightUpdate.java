@@ -351,7 +351,9 @@ final class MergedWeightUpdate implements DeviceUpdate {
   /** The module's factors for weight {@code spec} as stored, where the device can form them. */
   private Optional<DeviceFusion.Terms> terms(TensorSpec spec) {
     return updates.terms(modules.get(spec.name())).map(terms -> new DeviceFusion.Terms(
-        terms.stream().map(term -> new DeviceFusion.Term(term.up(), term.down(), term.rank(), term.coefficient())).toList(), factor));
+        terms.stream().map(term -> new DeviceFusion.Term(term.up(), term.down(), term.rank(), term.coefficient(), term.module()))
+            .toList(),
+        factor));
   }
 
   /** The module's factors for weight {@code spec}, the up factor times this update's factor. */

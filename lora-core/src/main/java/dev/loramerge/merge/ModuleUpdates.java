@@ -59,9 +59,11 @@ public final class ModuleUpdates {
 
   /**
    * One input's share of a plain weighted sum: its factors as stored, B (out×r) and A (r×in·k·k,
-   * a Tucker LoCon's computed from its core), and its coefficient wᵢ·sᵢ.
+   * a Tucker LoCon's computed from its core), its coefficient wᵢ·sᵢ, and the module they are
+   * the factors of (immutable: its identity stands for their values, which a Tucker LoCon's A,
+   * computed anew each time, cannot).
    */
-  public record Term(TensorData up, TensorData down, int rank, double coefficient) {}
+  public record Term(TensorData up, TensorData down, int rank, double coefficient, LoraModule module) {}
 
   /**
    * Module {@code key}'s update as the inputs store it, when {@link #factors} is their exact
@@ -82,7 +84,7 @@ public final class ModuleUpdates {
       if (!module.isPlainLora()) {
         return Optional.empty();
       }
-      terms.add(new Term(module.up(), module.down(), module.rank(), input.weight(key) * module.scale()));
+      terms.add(new Term(module.up(), module.down(), module.rank(), input.weight(key) * module.scale(), module));
       rankSum += module.rank();
     }
     Optional<Integer> explicit = merger.policy().explicitRank(present.get(0).adapter().modules().get(key).kind());

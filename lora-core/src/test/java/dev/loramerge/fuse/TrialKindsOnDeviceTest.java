@@ -95,6 +95,44 @@ class TrialKindsOnDeviceTest {
     }
   }
 
+  /**
+   * A Tucker LoCon's A is computed from its core each time it is asked for, so the factors a
+   * target keeps on the device are found by the module, not by the tensors: kept once, read by
+   * every later fuse, with the bytes of a target that copies them each time.
+   */
+  @Test
+  void keepsATuckerLoConsFactorsOnTheDeviceOnce() throws IOException {
+    Map<String, TensorData> base = TinyLora.base(DType.F16, 5);
+    LoraAdapter kinds = kinds();
+    try (NDManager manager = NDManager.newBaseManager(Device.cpu())) {
+      Map<String, NDArray> keeping = FusedLoraTest.arrays(manager, base);
+      Map<String, NDArray> copying = FusedLoraTest.arrays(manager, base);
+      int before = manager.getManagedArrays().size();
+      WeightTarget kept = WeightTarget.builder().weights(keeping).keepFactorsOnDevice(1 << 20).libtorchOnCpu().build();
+      WeightTarget copied = WeightTarget.builder().weights(copying).libtorchOnCpu().build();
+      int afterFirst = -1;
+      for (double weight : new double[] {0.8, -0.3, 1.1}) {
+        LoraFuser fuser = LoraFuser.of(LoraMerger.builder().add(kinds, weight).build());
+        FusedLora fromKept = fuser.fuseInto(kept);
+        FusedLora fromCopied = fuser.fuseInto(copied);
+        for (String name : base.keySet()) {
+          assertThat(FusedLoraTest.bytesOf(keeping.get(name)))
+              .as("%s at weight %s from factors kept on the device", name, weight)
+              .isEqualTo(FusedLoraTest.bytesOf(copying.get(name)));
+        }
+        fromKept.unfuse();
+        fromCopied.unfuse();
+        int alive = manager.getManagedArrays().size();
+        afterFirst = afterFirst < 0 ? alive : afterFirst;
+        assertThat(alive).as("arrays alive after the fuse at weight %s: the Tucker LoCon's factors kept once", weight)
+            .isEqualTo(afterFirst)
+            .isGreaterThan(before);
+      }
+      kept.trim();
+      assertThat(manager.getManagedArrays().size()).as("arrays alive after trim()").isEqualTo(before);
+    }
+  }
+
   @Test
   void aDoraModuleCannotBeSubtractedNorFusedThroughAnotherMethod() throws IOException {
     Map<String, TensorData> base = TinyLora.base(DType.F32, 4);

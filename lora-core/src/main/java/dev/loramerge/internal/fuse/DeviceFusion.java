@@ -126,8 +126,12 @@ public final class DeviceFusion {
    */
   public record Terms(List<Term> terms, double factor) {}
 
-  /** One term of {@link Terms}: {@code up} m×r and {@code down} r×n as stored (any shape of those sizes). */
-  public record Term(TensorData up, TensorData down, int rank, double coefficient) {}
+  /**
+   * One term of {@link Terms}: {@code up} m×r and {@code down} r×n as stored (any shape of those
+   * sizes), and {@code origin}, an immutable object whose identity stands for their values (the
+   * adapter's module), by which a {@link FactorCache} finds them.
+   */
+  public record Term(TensorData up, TensorData down, int rank, double coefficient, Object origin) {}
 
   /**
    * One weight to fuse: {@code weight} set to {@code source + up·down}. {@code source} has the
@@ -839,16 +843,15 @@ public final class DeviceFusion {
     return new Gathered(jobs, dtype, rows, cols, Optional.of(stored), buffer, factorBuffer.copied(), 0);
   }
 
-  /** The identity of a batch's stored factors on {@code device}: every job's ups and downs, term by term. */
+  /** The identity of a batch's stored factors on {@code device}: every job's terms' origins. */
   private static FactorCache.Key keyOf(List<Terms> batch, Device device) {
-    List<TensorData> factors = new ArrayList<>();
+    List<Object> origins = new ArrayList<>();
     for (Terms terms : batch) {
       for (Term term : terms.terms()) {
-        factors.add(term.up());
-        factors.add(term.down());
+        origins.add(term.origin());
       }
     }
-    return new FactorCache.Key(device, factors);
+    return new FactorCache.Key(device, origins);
   }
 
   /**

@@ -6,7 +6,6 @@ import ai.djl.Device;
 import ai.djl.ndarray.NDArray;
 import ai.djl.ndarray.NDManager;
 import com.google.common.collect.ImmutableList;
-import dev.loramerge.TensorData;
 import java.lang.ref.WeakReference;
 import java.util.HashMap;
 import java.util.Iterator;
@@ -23,8 +22,8 @@ import java.util.function.Function;
  * factors are kept reads them where they are; one whose factors are not copies them over once
  * and keeps them, if the budget has room.
  *
- * <p>Entries are keyed by the identity of the {@link TensorData} a batch's factors come from
- * (immutable, so the same instance always holds the same values), held weakly: an entry whose
+ * <p>Entries are keyed by the identity of the adapters' modules a batch's factors come from
+ * (immutable, so the same instance always has the same factors), held weakly: an entry whose
  * adapter is gone is freed at the next fuse. The least recently used entries make room for new
  * ones, but never entries a running fuse has looked up: its gatherers look entries up ahead of the
  * thread that queues them, and an entry they found must still be there when it is read. Device
@@ -165,20 +164,20 @@ public final class FactorCache {
   }
 
   /**
-   * The identity of a batch's stored factors on a device: the {@link TensorData} instances, every
-   * job's ups and downs in order, held weakly.
+   * The identity of a batch's stored factors on a device: the immutable objects that stand for
+   * their values (the adapters' modules), every job's terms in order, held weakly.
    */
   static final class Key {
     private final Device device;
-    private final List<WeakReference<TensorData>> factors;
+    private final List<WeakReference<Object>> factors;
     private final int hash;
 
-    Key(Device device, List<TensorData> factors) {
+    Key(Device device, List<?> origins) {
       this.device = device;
-      this.factors = factors.stream().map(WeakReference::new).toList();
+      this.factors = origins.stream().<WeakReference<Object>>map(WeakReference::new).toList();
       int h = device.hashCode();
-      for (TensorData factor : factors) {
-        h = 31 * h + System.identityHashCode(factor);
+      for (Object origin : origins) {
+        h = 31 * h + System.identityHashCode(origin);
       }
       this.hash = h;
     }
@@ -193,7 +192,7 @@ public final class FactorCache {
         return false;
       }
       for (int i = 0; i < factors.size(); i++) {
-        TensorData mine = factors.get(i).get();
+        Object mine = factors.get(i).get();
         if (mine == null || mine != other.factors.get(i).get()) {
           return false;
         }

@@ -307,7 +307,7 @@ class DeviceFusionTest {
           TensorData termUp = TensorData.ofDoubles(gaussian(random, rows * ranks[t], 0.1), types[t], rows, ranks[t]);
           TensorData termDown = TensorData.ofDoubles(gaussian(random, ranks[t] * cols, 0.1), types[t], ranks[t], cols, 1, 1);
           double coefficient = 0.7 * (t + 1) / ranks[t];
-          terms.add(new DeviceFusion.Term(termUp, termDown, ranks[t], coefficient));
+          terms.add(new DeviceFusion.Term(termUp, termDown, ranks[t], coefficient, termUp));
           double[] stored = termUp.toDoubleArray();
           for (int row = 0; row < rows; row++) {
             for (int l = 0; l < ranks[t]; l++) {
