@@ -154,6 +154,25 @@ public interface WeightTarget {
       return this;
     }
 
+    /**
+     * The parameters of {@code block} to fuse into, named as {@link Block#getParameters()} names
+     * them ({@link WeightTarget#of(Block)}); instead of {@link #weights}.
+     *
+     * @throws IllegalArgumentException if a parameter is not initialized
+     */
+    @CanIgnoreReturnValue
+    public Builder parameters(Block block) {
+      checkNotNull(block, "block");
+      Map<String, NDArray> arrays = new LinkedHashMap<>();
+      for (Pair<String, Parameter> parameter : block.getParameters()) {
+        if (!parameter.getValue().isInitialized()) {
+          throw new IllegalArgumentException("parameter '" + parameter.getKey() + "' is not initialized");
+        }
+        arrays.put(parameter.getKey(), parameter.getValue().getArray());
+      }
+      return weights(arrays);
+    }
+
     /** Where the memory of restored CPU weights' copies is kept ({@link #of(Map, SpareCopies)}); default: the target's own. */
     @CanIgnoreReturnValue
     public Builder spares(SpareCopies spares) {
@@ -216,15 +235,7 @@ public interface WeightTarget {
    * @throws IllegalArgumentException if a parameter is not initialized
    */
   static WeightTarget of(Block block) {
-    checkNotNull(block, "block");
-    Map<String, NDArray> arrays = new LinkedHashMap<>();
-    for (Pair<String, Parameter> parameter : block.getParameters()) {
-      if (!parameter.getValue().isInitialized()) {
-        throw new IllegalArgumentException("parameter '" + parameter.getKey() + "' is not initialized");
-      }
-      arrays.put(parameter.getKey(), parameter.getValue().getArray());
-    }
-    return of(arrays);
+    return builder().parameters(block).build();
   }
 
   /** The parameters of {@code model}'s block; see {@link #of(Block)}. */
