@@ -46,11 +46,6 @@ final class MaterialisedInput implements ModuleInput {
   }
 
   @Override
-  public double scale() {
-    return module.scale();
-  }
-
-  @Override
   public void readUp(int first, float[] out, int count) {
     throw noFactors();
   }

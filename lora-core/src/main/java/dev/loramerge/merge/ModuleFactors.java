@@ -51,11 +51,6 @@ final class ModuleFactors implements ModuleInput {
   }
 
   @Override
-  public double scale() {
-    return module.scale();
-  }
-
-  @Override
   public void readUp(int first, float[] out, int count) {
     module.up().readFloats(first, out, count);
   }

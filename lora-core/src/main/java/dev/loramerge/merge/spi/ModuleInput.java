@@ -29,7 +29,9 @@ public interface ModuleInput {
   double weight();
 
   /** The module's scale s. */
-  double scale();
+  default double scale() {
+    return module().scale();
+  }
 
   /** B's values {@code [first, first + count)} in float32 into {@code out[0, count)}. */
   void readUp(int first, float[] out, int count);
