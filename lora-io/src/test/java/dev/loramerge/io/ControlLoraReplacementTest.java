@@ -209,28 +209,15 @@ class ControlLoraReplacementTest {
     Random random = new Random(17);
     Map<String, TensorData> tensors = new LinkedHashMap<>();
     tensors.put(baseName(naming, "time_in.in_layer.weight", "time_text_embed.timestep_embedder.linear_1.weight"),
-        typed(TestTensors.gaussian(random, DType.F64, INNER, 256), dtype));
+        TestTensors.typed(TestTensors.gaussian(random, DType.F64, INNER, 256), dtype));
     tensors.put(baseName(naming, "time_in.in_layer.bias", "time_text_embed.timestep_embedder.linear_1.bias"),
-        typed(TestTensors.gaussian(random, DType.F64, INNER), dtype));
+        TestTensors.typed(TestTensors.gaussian(random, DType.F64, INNER), dtype));
     NORMS.forEach((bfl, diffusers) -> tensors.put(baseName(naming, bfl + ".scale", diffusers + ".weight"),
-        typed(TensorData.ofDoubles(new double[Math.toIntExact(HEAD)], DType.F64, HEAD), dtype)));
-    tensors.put(baseName(naming, "img_in.weight", "x_embedder.weight"), typed(TestTensors.gaussian(random, DType.F64, INNER, 64), dtype));
+        TestTensors.typed(TensorData.ofDoubles(new double[Math.toIntExact(HEAD)], DType.F64, HEAD), dtype)));
+    tensors.put(baseName(naming, "img_in.weight", "x_embedder.weight"), TestTensors.typed(TestTensors.gaussian(random, DType.F64, INNER, 64), dtype));
     Path base = folder.resolve("base-" + naming + "-" + dtype.safetensorsName() + ".safetensors");
     Safetensors.write(base, tensors, Map.of());
     return base;
-  }
-
-  /** {@code tensor} rounded once to {@code dtype}; float8 codes by the tests' own rounding. */
-  private static TensorData typed(TensorData tensor, DType dtype) {
-    double[] values = tensor.toDoubleArray();
-    if (dtype.byteSize() >= 2) {
-      return TensorData.ofDoubles(values, dtype, tensor.shape());
-    }
-    byte[] codes = new byte[values.length];
-    for (int i = 0; i < values.length; i++) {
-      codes[i] = (byte) AdapterKindsFuseTest.Nearest.code(values[i], dtype);
-    }
-    return TensorData.of(dtype, tensor.shape(), ByteBuffer.wrap(codes));
   }
 
   /**

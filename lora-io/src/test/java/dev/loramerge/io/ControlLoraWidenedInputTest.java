@@ -101,26 +101,13 @@ class ControlLoraWidenedInputTest {
   private Path base(String naming, DType dtype) throws IOException {
     Random random = new Random(23);
     Map<String, TensorData> tensors = new LinkedHashMap<>();
-    tensors.put(name(naming, "weight"), typed(TestTensors.gaussian(random, DType.F64, INNER, LATENT), dtype));
-    tensors.put(name(naming, "bias"), typed(TestTensors.gaussian(random, DType.F64, INNER), dtype));
+    tensors.put(name(naming, "weight"), TestTensors.typed(TestTensors.gaussian(random, DType.F64, INNER, LATENT), dtype));
+    tensors.put(name(naming, "bias"), TestTensors.typed(TestTensors.gaussian(random, DType.F64, INNER), dtype));
     tensors.put(naming.equals("diffusers") ? "proj_out.bias" : "final_layer.linear.bias",
-        typed(TestTensors.gaussian(random, DType.F64, LATENT), dtype));
+        TestTensors.typed(TestTensors.gaussian(random, DType.F64, LATENT), dtype));
     Path base = folder.resolve("base-" + naming + "-" + dtype.safetensorsName() + ".safetensors");
     Safetensors.write(base, tensors, Map.of());
     return base;
-  }
-
-  /** {@code tensor} rounded once to {@code dtype}; float8 codes by the tests' own rounding. */
-  private static TensorData typed(TensorData tensor, DType dtype) {
-    double[] values = tensor.toDoubleArray();
-    if (dtype.byteSize() >= 2) {
-      return TensorData.ofDoubles(values, dtype, tensor.shape());
-    }
-    byte[] codes = new byte[values.length];
-    for (int i = 0; i < values.length; i++) {
-      codes[i] = (byte) AdapterKindsFuseTest.Nearest.code(values[i], dtype);
-    }
-    return TensorData.of(dtype, tensor.shape(), ByteBuffer.wrap(codes));
   }
 
   private static long bits(ByteBuffer bytes, int index, DType dtype) {

@@ -2,6 +2,7 @@ package dev.loramerge.io;
 
 import dev.loramerge.DType;
 import dev.loramerge.TensorData;
+import java.nio.ByteBuffer;
 import java.util.Random;
 
 /** Seeded tensors and reference roundings the layout tests share. */
@@ -29,5 +30,18 @@ final class TestTensors {
       kept++;
     }
     return Double.longBitsToDouble(kept << dropped);
+  }
+
+  /** {@code tensor} rounded once to {@code dtype}; float8 codes by the tests' own rounding ({@link AdapterKindsFuseTest.Nearest}). */
+  static TensorData typed(TensorData tensor, DType dtype) {
+    double[] values = tensor.toDoubleArray();
+    if (dtype.byteSize() >= 2) {
+      return TensorData.ofDoubles(values, dtype, tensor.shape());
+    }
+    byte[] codes = new byte[values.length];
+    for (int i = 0; i < values.length; i++) {
+      codes[i] = (byte) AdapterKindsFuseTest.Nearest.code(values[i], dtype);
+    }
+    return TensorData.of(dtype, tensor.shape(), ByteBuffer.wrap(codes));
   }
 }
