@@ -538,6 +538,22 @@ public final class DeviceFusion {
    * them, in which case the host buffer holds only the coefficients.
    */
   private record Stored(List<Terms> terms, long[] starts, Optional<FactorCache.Key> key, Optional<FactorCache.Entry> kept) {
+    /** {@code terms} laid out in a host buffer, each array at a cache line. */
+    static Stored laidOut(List<Terms> terms, Optional<FactorCache.Key> key, Optional<FactorCache.Entry> kept) {
+      List<Term> layout = terms.get(0).terms();
+      int count = terms.size();
+      long[] starts = new long[layout.size() * 3 + 1];
+      for (int t = 0; t < layout.size(); t++) {
+        starts[t + 1] = starts[t] + aligned((long) count * Double.BYTES);
+      }
+      for (int t = 0; t < layout.size(); t++) {
+        int up = layout.size() + 2 * t;
+        starts[up + 1] = starts[up] + aligned(count * layout.get(t).up().byteSize());
+        starts[up + 2] = starts[up + 1] + aligned(count * layout.get(t).down().byteSize());
+      }
+      return new Stored(terms, starts, key, kept);
+    }
+
     List<Term> layout() {
       return terms.get(0).terms();
     }
@@ -566,22 +582,31 @@ public final class DeviceFusion {
       return starts[starts.length - 1];
     }
 
+    /** The bytes of term {@code t}'s ups of every job. */
+    long upBytes(int t) {
+      return terms.size() * layout().get(t).up().byteSize();
+    }
+
+    /** The bytes of term {@code t}'s downs of every job. */
+    long downBytes(int t) {
+      return terms.size() * layout().get(t).down().byteSize();
+    }
+
     /** The bytes of every job's stored factors. */
     long factorBytes() {
-      return layout().stream().mapToLong(term -> terms.size() * (term.up().byteSize() + term.down().byteSize())).sum();
+      return IntStream.range(0, layout().size()).mapToLong(t -> upBytes(t) + downBytes(t)).sum();
     }
 
     /** Term {@code t}'s ups of every job (count×rows×rank), as stored, from the host buffer. */
     NDArray upOf(NDManager manager, ByteBuffer buffer, int t, long rows) {
       Term term = layout().get(t);
-      return array(manager, buffer, upAt(t), terms.size() * term.up().byteSize(), new Shape(terms.size(), rows, term.rank()), term.up().dtype());
+      return array(manager, buffer, upAt(t), upBytes(t), new Shape(terms.size(), rows, term.rank()), term.up().dtype());
     }
 
     /** Term {@code t}'s downs of every job (count×rank×cols), as stored, from the host buffer. */
     NDArray downOf(NDManager manager, ByteBuffer buffer, int t, long cols) {
       Term term = layout().get(t);
-      return array(
-          manager, buffer, downAt(t), terms.size() * term.down().byteSize(), new Shape(terms.size(), term.rank(), cols), term.down().dtype());
+      return array(manager, buffer, downAt(t), downBytes(t), new Shape(terms.size(), term.rank(), cols), term.down().dtype());
     }
   }
 
@@ -705,15 +730,13 @@ public final class DeviceFusion {
     List<CudaKernels.Region> ups = new ArrayList<>();
     List<CudaKernels.Region> downs = new ArrayList<>();
     for (int t = 0; t < layout.size(); t++) {
-      long upBytes = count * layout.get(t).up().byteSize();
-      long downBytes = count * layout.get(t).down().byteSize();
       coefficients.add(new CudaKernels.Region(staging, stored.coefficientsAt(t), (long) count * Double.BYTES));
       if (kept.isPresent()) {
-        ups.add(new CudaKernels.Region(kept.get().ups().get(t), 0, upBytes));
-        downs.add(new CudaKernels.Region(kept.get().downs().get(t), 0, downBytes));
+        ups.add(new CudaKernels.Region(kept.get().ups().get(t), 0, stored.upBytes(t)));
+        downs.add(new CudaKernels.Region(kept.get().downs().get(t), 0, stored.downBytes(t)));
       } else {
-        ups.add(new CudaKernels.Region(staging, stored.upAt(t), upBytes));
-        downs.add(new CudaKernels.Region(staging, stored.downAt(t), downBytes));
+        ups.add(new CudaKernels.Region(staging, stored.upAt(t), stored.upBytes(t)));
+        downs.add(new CudaKernels.Region(staging, stored.downAt(t), stored.downBytes(t)));
       }
       if (fresh.isPresent()) {
         hostOffsets.add(stored.upAt(t));
@@ -802,26 +825,15 @@ public final class DeviceFusion {
     int count = batch.size();
     double factor = batch.get(0).factor();
     checkArgument(batch.stream().allMatch(terms -> terms.factor() == factor), "the terms of a batch have different factors");
-    List<Term> layout = batch.get(0).terms();
-    int terms = layout.size();
-    // Every term's coefficients first, then per term the ups and the downs of every job, each array at a cache line.
-    long[] starts = new long[terms * 3 + 1];
-    for (int t = 0; t < terms; t++) {
-      starts[t + 1] = starts[t] + aligned((long) count * Double.BYTES);
-    }
-    for (int t = 0; t < terms; t++) {
-      Term term = layout.get(t);
-      starts[terms + 2 * t + 1] = starts[terms + 2 * t] + aligned(count * term.up().byteSize());
-      starts[terms + 2 * t + 2] = starts[terms + 2 * t + 1] + aligned(count * term.down().byteSize());
-    }
+    int terms = batch.get(0).terms().size();
     Optional<FactorCache.Key> key = cache.enabled() ? Optional.of(keyOf(batch, device)) : Optional.empty();
     Optional<FactorCache.Entry> kept = key.flatMap(cache::find);
-    Stored stored = new Stored(batch, starts, key, kept);
+    Stored stored = Stored.laidOut(batch, key, kept);
     long bytes = kept.isPresent() ? stored.coefficientBytes() : stored.bytes();
     ByteBuffer buffer = factorBuffer.take(bytes, device);
     for (int t = 0; t < terms; t++) {
       for (int i = 0; i < count; i++) {
-        buffer.putDouble(Math.toIntExact(starts[t] + (long) i * Double.BYTES), batch.get(i).terms().get(t).coefficient());
+        buffer.putDouble(Math.toIntExact(stored.coefficientsAt(t) + (long) i * Double.BYTES), batch.get(i).terms().get(t).coefficient());
       }
     }
     if (kept.isEmpty()) {
