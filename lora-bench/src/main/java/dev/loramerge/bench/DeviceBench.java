@@ -295,12 +295,7 @@ final class DeviceBench {
       done++;
     }
     double total = seconds(start);
-    long differing = 0;
-    for (Map.Entry<String, NDArray> weight : weights.entrySet()) {
-      if (Devices.differingElements(weight.getValue(), originals.get(weight.getKey())) != 0) {
-        differing++;
-      }
-    }
+    long differing = Devices.compare(weights, originals).differingWeights();
     Map<String, Object> swap = new LinkedHashMap<>();
     swap.put("name", name);
     swap.put("cycles", cycles);
@@ -382,21 +377,10 @@ final class DeviceBench {
       FusedLora deviceFuse = there.fuseInto(deviceTarget);
       Devices.await(last);
       double deviceSeconds = seconds(start);
-      long elements = 0;
-      long differingElements = 0;
-      long differingWeights = 0;
-      for (Map.Entry<String, NDArray> weight : weights.entrySet()) {
-        long differing = Devices.differingElements(weight.getValue(), cpu.get(weight.getKey()));
-        elements += weight.getValue().size();
-        differingElements += differing;
-        differingWeights += differing == 0 ? 0 : 1;
-      }
+      Devices.Comparison copied = Devices.compare(weights, cpu);
       deviceFuse.unfuse();
       deviceFuse = there.fuseInto(deviceTarget);
-      long differingKept = 0;
-      for (Map.Entry<String, NDArray> weight : weights.entrySet()) {
-        differingKept += Devices.differingElements(weight.getValue(), cpu.get(weight.getKey()));
-      }
+      long differingKept = Devices.compare(weights, cpu).differingElements();
       deviceFuse.unfuse();
       deviceTarget.trim();
       cpuFuse.unfuse();
@@ -411,20 +395,20 @@ final class DeviceBench {
       Map<String, Object> row = new LinkedHashMap<>();
       row.put("name", "bytes/" + type);
       row.put("weights", weights.size());
-      row.put("elements", elements);
-      row.put("differing_elements", differingElements);
-      row.put("differing_weights", differingWeights);
+      row.put("elements", copied.elements());
+      row.put("differing_elements", copied.differingElements());
+      row.put("differing_weights", copied.differingWeights());
       row.put("differing_elements_factors_kept", differingKept);
       row.put("not_restored_weights", notRestored);
       row.put("device_fuse_s", deviceSeconds);
       row.put("cpu_fuse_s", cpuSeconds);
       record(row);
-      if (differingElements != 0 || differingKept != 0 || notRestored != 0) {
+      if (copied.differingElements() != 0 || differingKept != 0 || notRestored != 0) {
         errors.add(
             String.format(
                 Locale.ROOT,
                 "bytes/%s: %d elements in %d weights differ from the CPU's fuse, %d with the factors kept on the device; %d weights not restored",
-                type, differingElements, differingWeights, differingKept, notRestored));
+                type, copied.differingElements(), copied.differingWeights(), differingKept, notRestored));
       }
     }
   }

@@ -222,21 +222,14 @@ final class DeviceCheck {
       WeightTarget cpuTarget = WeightTarget.of(cpu);
       WeightTarget deviceTarget = WeightTarget.builder().weights(weights).keepFactorsOnDevice(KEPT_FACTOR_BYTES).build();
       List<FusedLora> fuses = new ArrayList<>();
-      long differingElements = 0;
-      long differingWeights = 0;
-      long elements = 0;
+      Devices.Comparison compared = Devices.Comparison.NONE;
       for (double roundWeight : new double[] {adapterWeight, -0.5 * adapterWeight}) {
         for (LoraAdapter adapter : adapters) {
           LoraFuser onCpu = LoraFuser.of(LoraMerger.builder().add(adapter, roundWeight).device(Device.cpu()).build());
           LoraFuser there = LoraFuser.of(LoraMerger.builder().add(adapter, roundWeight).device(device).build());
           fuses.add(onCpu.fuseInto(cpuTarget));
           fuses.add(there.fuseInto(deviceTarget));
-          for (Map.Entry<String, NDArray> weight : weights.entrySet()) {
-            long differing = Devices.differingElements(weight.getValue(), cpu.get(weight.getKey()));
-            elements += weight.getValue().size();
-            differingElements += differing;
-            differingWeights += differing == 0 ? 0 : 1;
-          }
+          compared = compared.plus(Devices.compare(weights, cpu));
         }
       }
       for (int i = fuses.size() - 1; i >= 0; i--) {
@@ -253,9 +246,9 @@ final class DeviceCheck {
       Map<String, Object> row = new LinkedHashMap<>();
       row.put("weights", weights.size());
       row.put("conv_weights", weights.values().stream().filter(array -> array.getShape().dimension() == 4).count());
-      row.put("elements_compared", elements);
-      row.put("differing_elements", differingElements);
-      row.put("differing_weights", differingWeights);
+      row.put("elements_compared", compared.elements());
+      row.put("differing_elements", compared.differingElements());
+      row.put("differing_weights", compared.differingWeights());
       row.put("not_restored_weights", notRestored);
       return row;
     }

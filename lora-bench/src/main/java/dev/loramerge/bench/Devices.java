@@ -120,6 +120,30 @@ final class Devices {
     return differingElements(a.toByteBuffer(), b.toByteBuffer(), a.getDataType().getNumOfBytes());
   }
 
+  /** Weights compared with others of the same names: the elements compared, and the elements and weights that differ in any byte. */
+  record Comparison(long elements, long differingElements, long differingWeights) {
+    static final Comparison NONE = new Comparison(0, 0, 0);
+
+    Comparison plus(Comparison other) {
+      return new Comparison(
+          elements + other.elements, differingElements + other.differingElements, differingWeights + other.differingWeights);
+    }
+  }
+
+  /** Every array of {@code weights} against the array of the same name in {@code others}, by {@link #differingElements}. */
+  static Comparison compare(Map<String, NDArray> weights, Map<String, NDArray> others) {
+    long elements = 0;
+    long differingElements = 0;
+    long differingWeights = 0;
+    for (Map.Entry<String, NDArray> weight : weights.entrySet()) {
+      long differing = differingElements(weight.getValue(), others.get(weight.getKey()));
+      elements += weight.getValue().size();
+      differingElements += differing;
+      differingWeights += differing == 0 ? 0 : 1;
+    }
+    return new Comparison(elements, differingElements, differingWeights);
+  }
+
   /**
    * Whether this process's JNI library can make bf16 tensors on {@code device}. DJL 0.35.1's own
    * library calls {@code std::terminate} on them, which no Java code can catch, so a child JVM on

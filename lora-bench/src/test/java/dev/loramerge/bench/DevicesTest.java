@@ -10,6 +10,7 @@ import ai.djl.ndarray.NDArray;
 import ai.djl.ndarray.NDManager;
 import ai.djl.ndarray.types.Shape;
 import java.nio.ByteBuffer;
+import java.util.Map;
 import org.junit.jupiter.api.Test;
 
 class DevicesTest {
@@ -57,6 +58,19 @@ class DevicesTest {
       assertThatThrownBy(() -> Devices.differingElements(a, b.reshape(4)))
           .isInstanceOf(IllegalArgumentException.class)
           .hasMessage("float32 (2, 2) against float32 (4)");
+    }
+  }
+
+  @Test
+  void compareCountsElementsAndWeightsThatDifferByName() {
+    try (NDManager manager = NDManager.newBaseManager(Device.cpu())) {
+      Map<String, NDArray> weights = Map.of(
+          "a", manager.create(new float[] {1, 2, 3}), "b", manager.create(new float[] {4, 5}), "c", manager.create(new float[] {6}));
+      Map<String, NDArray> others = Map.of(
+          "c", manager.create(new float[] {6}), "b", manager.create(new float[] {4, -5}), "a", manager.create(new float[] {0, 2, 0}));
+      assertThat(Devices.compare(weights, others)).isEqualTo(new Devices.Comparison(6, 3, 2));
+      assertThat(Devices.compare(weights, weights).plus(Devices.compare(weights, others)))
+          .isEqualTo(new Devices.Comparison(12, 3, 2));
     }
   }
 
