@@ -443,6 +443,328 @@ bool queueScatter(JNIEnv* env, const char* from, jobjectArray weights, long long
   return true;
 }
 
+
+// ---- Merges: the task arithmetic of a run of same-shape modules (CudaKernels.mergeTasks) ----
+//
+// Each input of each module is a slot: its update s·B·A (the host's LowRankProducts: float32
+// fused multiply-adds in increasing rank from +0, then times s), pruned and combined as
+// TaskArithmetic says, with the bits of the method's merge on the host. The magnitude cut keeps
+// what MagnitudeSelect keeps: the k-th largest magnitude is found by a radix select on the
+// magnitudes' bits (11, 10 and 10 bits, each level a histogram in shared memory), entries above it
+// are kept, and of those equal to it the first in order, up to k; NaN is never kept.
+
+// One slot, as DeviceTasks writes it (native order, 40 bytes).
+struct TaskSlot {
+  long long up;  // B's first float in the factors; A (rank×cols) follows B (rows×rank)
+  double weight;
+  unsigned long long seed;  // the random pruning's stream
+  int rank;
+  float scale;
+  int member;
+  int unused;
+};
+static_assert(sizeof(TaskSlot) == 40, "DeviceTasks writes slots of 40 bytes");
+
+// A slot's magnitude select: mode 0 cuts at `threshold` (ties kept below index tieLimit), 1 keeps
+// everything, 2 nothing, 3 cuts but has the index of tie number `remaining` still to find.
+struct SelectState {
+  long long remaining;
+  long long above;
+  unsigned long long nans;
+  long long tieLimit;
+  int prefix;
+  int mode;
+  int threshold;
+  int unused[5];
+};
+static_assert(sizeof(SelectState) == 64, "work layout");
+
+constexpr int kSelectBins = 2048;
+constexpr int kTieChunk = 4096;
+constexpr int kProductRows = 8;
+constexpr unsigned int kInfinityBits = 0x7f800000u;
+
+long long tieChunks(long long perSlot) { return (perSlot + kTieChunk - 1) / kTieChunk; }
+
+// Bytes of device work memory for `slots` slots of `perSlot` elements: states, histograms, tie
+// counts per chunk.
+long long taskWorkBytes(long long slots, long long perSlot) {
+  return slots * (static_cast<long long>(sizeof(SelectState)) + kSelectBins * 4LL + tieChunks(perSlot) * 4LL);
+}
+
+// Grid: x over columns, y over groups of kProductRows rows, z the slot. The thread's rows share
+// each value of A it loads; B's values are the same for the whole block and come from the cache.
+__global__ void lowRankProducts(const float* __restrict__ factors, const TaskSlot* __restrict__ slots, int rows, int cols,
+                                float* __restrict__ deltas) {
+  const int col = blockIdx.x * blockDim.x + threadIdx.x;
+  const int firstRow = blockIdx.y * kProductRows;
+  if (col >= cols) {
+    return;
+  }
+  const TaskSlot slot = slots[blockIdx.z];
+  const float* up = factors + slot.up;
+  const float* down = up + static_cast<long long>(rows) * slot.rank;
+  const int count = rows - firstRow < kProductRows ? rows - firstRow : kProductRows;
+  float sums[kProductRows];
+#pragma unroll
+  for (int i = 0; i < kProductRows; i++) {
+    sums[i] = 0.0f;
+  }
+  for (int k = 0; k < slot.rank; k++) {
+    const float a = __ldg(down + static_cast<long long>(k) * cols + col);
+#pragma unroll
+    for (int i = 0; i < kProductRows; i++) {
+      if (i < count) {
+        sums[i] = __fmaf_rn(__ldg(up + static_cast<long long>(firstRow + i) * slot.rank + k), a, sums[i]);
+      }
+    }
+  }
+  float* out = deltas + static_cast<long long>(blockIdx.z) * rows * cols + static_cast<long long>(firstRow) * cols + col;
+#pragma unroll
+  for (int i = 0; i < kProductRows; i++) {
+    if (i < count) {
+      out[static_cast<long long>(i) * cols] = __fmul_rn(sums[i], slot.scale);
+    }
+  }
+}
+
+__global__ void startSelect(SelectState* states, int slots, long long keep, long long perSlot) {
+  const int slot = blockIdx.x * blockDim.x + threadIdx.x;
+  if (slot < slots) {
+    SelectState state{};
+    state.remaining = keep;
+    state.tieLimit = perSlot;
+    state.mode = keep >= perSlot ? 1 : keep <= 0 ? 2 : 0;
+    states[slot] = state;
+  }
+}
+
+__device__ __forceinline__ unsigned int magnitudeBits(float value) { return __float_as_uint(value) & 0x7fffffffu; }
+
+// Level 0 counts bits 30..20 of every magnitude (and the NaNs); levels 1 and 2 count bits 19..10
+// and 9..0 of the magnitudes whose higher bits are the prefix chosen so far. Grid: x strides over
+// the slot's elements, y is the slot.
+__global__ void magnitudeHistogram(const float* __restrict__ deltas, long long perSlot, SelectState* states,
+                                   unsigned int* histograms, int level) {
+  __shared__ unsigned int bins[kSelectBins];
+  __shared__ unsigned long long nans;
+  const int slot = blockIdx.y;
+  if (states[slot].mode != 0) {
+    return;
+  }
+  for (int b = threadIdx.x; b < kSelectBins; b += blockDim.x) {
+    bins[b] = 0;
+  }
+  if (threadIdx.x == 0) {
+    nans = 0;
+  }
+  __syncthreads();
+  const unsigned int prefix = static_cast<unsigned int>(states[slot].prefix);
+  const float* values = deltas + slot * perSlot;
+  unsigned int ownNans = 0;
+  for (long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; i < perSlot;
+       i += static_cast<long long>(gridDim.x) * blockDim.x) {
+    const unsigned int magnitude = magnitudeBits(values[i]);
+    if (level == 0) {
+      atomicAdd(&bins[magnitude >> 20], 1u);
+      ownNans += magnitude > kInfinityBits;
+    } else if (level == 1 ? (magnitude >> 20) == prefix : (magnitude >> 10) == prefix) {
+      atomicAdd(&bins[(magnitude >> (level == 1 ? 10 : 0)) & 0x3ffu], 1u);
+    }
+  }
+  if (ownNans != 0) {
+    atomicAdd(&nans, static_cast<unsigned long long>(ownNans));
+  }
+  __syncthreads();
+  unsigned int* histogram = histograms + static_cast<long long>(slot) * kSelectBins;
+  for (int b = threadIdx.x; b < kSelectBins; b += blockDim.x) {
+    if (bins[b] != 0) {
+      atomicAdd(&histogram[b], bins[b]);
+    }
+  }
+  if (threadIdx.x == 0 && nans != 0) {
+    atomicAdd(&states[slot].nans, nans);
+  }
+}
+
+// One thread per slot: the bucket of the level that holds the k-th largest magnitude. After the
+// last level the threshold is known; ties at it are all kept when they fit, else tie number
+// (k − entries above it that are not NaN) is the first dropped, which findTie locates.
+__global__ void chooseBucket(SelectState* states, const unsigned int* histograms, int slots, int level) {
+  const int slot = blockIdx.x * blockDim.x + threadIdx.x;
+  if (slot >= slots || states[slot].mode != 0) {
+    return;
+  }
+  SelectState& state = states[slot];
+  const unsigned int* histogram = histograms + static_cast<long long>(slot) * kSelectBins;
+  long long remaining = state.remaining;
+  int bucket = (level == 0 ? kSelectBins : kSelectBins / 2) - 1;
+  while (histogram[bucket] < remaining) {
+    remaining -= histogram[bucket];
+    state.above += histogram[bucket];
+    bucket--;
+  }
+  state.prefix = level == 0 ? bucket : (state.prefix << 10) | bucket;
+  state.remaining = remaining;
+  if (level < 2) {
+    return;
+  }
+  const unsigned int threshold = static_cast<unsigned int>(state.prefix);
+  state.threshold = static_cast<int>(threshold);
+  if (threshold > kInfinityBits) {
+    state.mode = 2;
+    return;
+  }
+  // Every NaN lies above a threshold that is not NaN, and is not kept: its place goes to a tie.
+  const long long allowed = remaining + static_cast<long long>(state.nans);
+  if (allowed < histogram[bucket]) {
+    state.remaining = allowed;
+    state.mode = 3;
+  }
+}
+
+// Grid: x the chunk of kTieChunk elements, y the slot: each chunk's count of magnitudes equal to
+// the threshold, for slots that must drop some of them.
+__global__ void countTies(const float* __restrict__ deltas, long long perSlot, const SelectState* states,
+                          unsigned int* chunkTies, long long chunks) {
+  __shared__ unsigned int count;
+  const int slot = blockIdx.y;
+  if (states[slot].mode != 3) {
+    return;
+  }
+  if (threadIdx.x == 0) {
+    count = 0;
+  }
+  __syncthreads();
+  const unsigned int threshold = static_cast<unsigned int>(states[slot].threshold);
+  const long long start = static_cast<long long>(blockIdx.x) * kTieChunk;
+  const long long end = start + kTieChunk < perSlot ? start + kTieChunk : perSlot;
+  unsigned int own = 0;
+  for (long long i = start + threadIdx.x; i < end; i += blockDim.x) {
+    own += magnitudeBits(deltas[slot * perSlot + i]) == threshold;
+  }
+  if (own != 0) {
+    atomicAdd(&count, own);
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    chunkTies[slot * chunks + blockIdx.x] = count;
+  }
+}
+
+// One warp per slot: the index of tie number `remaining` (from 0), in order, which becomes the
+// slot's tie limit.
+__global__ void findTie(const float* __restrict__ deltas, long long perSlot, SelectState* states,
+                        const unsigned int* chunkTies, long long chunks) {
+  const int slot = blockIdx.x;
+  SelectState& state = states[slot];
+  if (state.mode != 3) {
+    return;
+  }
+  long long wanted = state.remaining;
+  long long chunk = 0;
+  while (chunkTies[slot * chunks + chunk] <= wanted) {
+    wanted -= chunkTies[slot * chunks + chunk];
+    chunk++;
+  }
+  const unsigned int threshold = static_cast<unsigned int>(state.threshold);
+  const long long end = (chunk + 1) * kTieChunk < perSlot ? (chunk + 1) * kTieChunk : perSlot;
+  for (long long base = chunk * kTieChunk; base < end; base += 32) {
+    const long long i = base + threadIdx.x;
+    const bool tie = i < end && magnitudeBits(deltas[slot * perSlot + i]) == threshold;
+    unsigned int ties = __ballot_sync(0xffffffffu, tie);
+    const int found = __popc(ties);
+    if (wanted < found) {
+      for (long long skip = 0; skip < wanted; skip++) {
+        ties &= ties - 1;
+      }
+      if (threadIdx.x == 0) {
+        state.tieLimit = base + __ffs(ties) - 1;
+        state.mode = 0;
+      }
+      return;
+    }
+    wanted -= found;
+  }
+}
+
+__device__ __forceinline__ unsigned long long splitMix(unsigned long long seed, unsigned long long n) {
+  unsigned long long z = seed + n * 0x9e3779b97f4a7c15ull;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+// Java's Math.signum(float): ±1, or the value itself for ±0 and NaN.
+__device__ __forceinline__ float signum(float x) { return x > 0.0f ? 1.0f : x < 0.0f ? -1.0f : x; }
+
+// Slot t's entry i after pruning: prune 0 none, 1 magnitude, 2 random.
+__device__ __forceinline__ float pruned(const float* deltas, long long perSlot, int t, long long i, int prune,
+                                        const SelectState* states, const TaskSlot* slots, double density,
+                                        unsigned long long randomThreshold) {
+  const float x = deltas[t * perSlot + i];
+  if (prune == 1) {
+    const SelectState& state = states[t];
+    if (state.mode != 0) {
+      return state.mode == 1 ? x : 0.0f;
+    }
+    const unsigned int magnitude = magnitudeBits(x);
+    const unsigned int threshold = static_cast<unsigned int>(state.threshold);
+    const bool kept = magnitude <= kInfinityBits && (magnitude > threshold || (magnitude == threshold && i < state.tieLimit));
+    return kept ? x : 0.0f;
+  }
+  if (prune == 2) {
+    const bool kept = (splitMix(slots[t].seed, static_cast<unsigned long long>(i) + 1) >> 11) < randomThreshold;
+    return kept ? __double2float_rn(__ddiv_rn(static_cast<double>(x), density)) : 0.0f;
+  }
+  return x;
+}
+
+// Grid: x strides over the elements, y is the module. combine 0: Σ wₜ·xₜ; 1: TIES with the sign
+// of Σ xₜ; 2: with the sign of Σ sign(xₜ). The host's additions in the host's order, in float64,
+// rounded once; no multiply-add is contracted.
+__global__ void combineTasks(const float* __restrict__ deltas, long long perSlot, const TaskSlot* __restrict__ slots,
+                             const int* __restrict__ memberFirst, const SelectState* __restrict__ states, int prune,
+                             double density, unsigned long long randomThreshold, int combine, float* __restrict__ out) {
+  const int member = blockIdx.y;
+  const int first = memberFirst[member];
+  const int last = memberFirst[member + 1];
+  float* merged = out + static_cast<long long>(member) * perSlot;
+  for (long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; i < perSlot;
+       i += static_cast<long long>(gridDim.x) * blockDim.x) {
+    if (combine == 0) {
+      double total = 0.0;
+      for (int t = first; t < last; t++) {
+        const float x = pruned(deltas, perSlot, t, i, prune, states, slots, density, randomThreshold);
+        total = __dadd_rn(total, __dmul_rn(slots[t].weight, static_cast<double>(x)));
+      }
+      merged[i] = __double2float_rn(total);
+      continue;
+    }
+    double votes = 0.0;
+    for (int t = first; t < last; t++) {
+      const float x = pruned(deltas, perSlot, t, i, prune, states, slots, density, randomThreshold);
+      votes = __dadd_rn(votes, static_cast<double>(combine == 1 ? x : signum(x)));
+    }
+    const float elected = votes >= 0.0 ? 1.0f : -1.0f;
+    double total = 0.0;
+    int agreeing = 0;
+    for (int t = first; t < last; t++) {
+      const float x = pruned(deltas, perSlot, t, i, prune, states, slots, density, randomThreshold);
+      if (signum(x) == elected) {
+        total = __dadd_rn(total, __dmul_rn(slots[t].weight, static_cast<double>(x)));
+        agreeing++;
+      }
+    }
+    merged[i] = __double2float_rn(__ddiv_rn(total, static_cast<double>(agreeing > 1 ? agreeing : 1)));
+  }
+}
+
+unsigned int stridedBlocks(long long elements, long long most) {
+  long long blocks = (elements + 255) / 256;
+  return static_cast<unsigned int>(blocks < 1 ? 1 : blocks < most ? blocks : most);
+}
+
 }  // namespace
 
 extern "C" {
@@ -662,6 +984,73 @@ JNIEXPORT jboolean JNICALL Java_dev_loramerge_internal_fuse_CudaKernels_unpinned
     return JNI_FALSE;
   }
   return JNI_TRUE;
+}
+
+// Bytes of device work memory mergeTasks needs for `slots` slots of `perSlot` elements.
+JNIEXPORT jlong JNICALL Java_dev_loramerge_internal_fuse_CudaKernels_taskWorkBytes(JNIEnv*, jclass, jint slots, jlong perSlot) {
+  return taskWorkBytes(slots, perSlot);
+}
+
+// The merged dense updates of `members` modules of rows×cols into `out` (members×rows×cols
+// float32), queued on the legacy stream: `hostBytes` of `host` (slots, the members' first slots,
+// the factors from byte `factorsStart`, as DeviceTasks lays them out) copied to `staging`, waited
+// for (the host memory may be reused when this returns), then each slot's update into `deltas`
+// (slots×rows×cols), the magnitude select where prune is 1 (using `work`, taskWorkBytes long),
+// and the combination. prune: 0 none, 1 magnitude keeping `keep` entries, 2 random below
+// `randomThreshold` (⌈density·2⁵³⌉) dividing by density; combine: 0 sum, 1 TIES by total, 2 TIES
+// by frequency.
+JNIEXPORT void JNICALL Java_dev_loramerge_internal_fuse_CudaKernels_mergeTasks(
+    JNIEnv* env, jclass, jint device, jobject host, jlong hostBytes, jobject staging, jint slots, jint members,
+    jlong factorsStart, jint rows, jint cols, jobject deltas, jobject work, jint prune, jdouble density, jlong keep,
+    jlong randomThreshold, jint combine, jobject out) {
+  const char* what = "loramerge mergeTasks";
+  if (failed(env, cudaSetDevice(device), what)) {
+    return;
+  }
+  auto* staged = static_cast<char*>(env->GetDirectBufferAddress(staging));
+  if (failed(env, cudaMemcpyAsync(staged, env->GetDirectBufferAddress(host), hostBytes, cudaMemcpyHostToDevice, cudaStreamLegacy),
+             what) ||
+      failed(env, cudaStreamSynchronize(cudaStreamLegacy), what)) {
+    return;
+  }
+  const auto* slotTable = reinterpret_cast<const TaskSlot*>(staged);
+  const auto* memberFirst = reinterpret_cast<const int*>(staged + static_cast<long long>(slots) * sizeof(TaskSlot));
+  const auto* factors = reinterpret_cast<const float*>(staged + factorsStart);
+  auto* updates = static_cast<float*>(env->GetDirectBufferAddress(deltas));
+  auto* merged = static_cast<float*>(env->GetDirectBufferAddress(out));
+  const long long perSlot = static_cast<long long>(rows) * cols;
+  dim3 productGrid((cols + 255) / 256, (rows + kProductRows - 1) / kProductRows, slots);
+  lowRankProducts<<<productGrid, 256, 0, cudaStreamLegacy>>>(factors, slotTable, rows, cols, updates);
+  if (failed(env, cudaGetLastError(), "loramerge lowRankProducts launch")) {
+    return;
+  }
+  char* workspace = static_cast<char*>(env->GetDirectBufferAddress(work));
+  auto* states = reinterpret_cast<SelectState*>(workspace);
+  auto* histograms = reinterpret_cast<unsigned int*>(workspace + static_cast<long long>(slots) * sizeof(SelectState));
+  auto* chunkTies = histograms + static_cast<long long>(slots) * kSelectBins;
+  const long long chunks = tieChunks(perSlot);
+  if (prune == 1) {
+    const unsigned int slotBlocks = (slots + 127) / 128;
+    startSelect<<<slotBlocks, 128, 0, cudaStreamLegacy>>>(states, slots, keep, perSlot);
+    for (int level = 0; level < 3; level++) {
+      if (failed(env, cudaMemsetAsync(histograms, 0, static_cast<size_t>(slots) * kSelectBins * 4, cudaStreamLegacy), what)) {
+        return;
+      }
+      magnitudeHistogram<<<dim3(stridedBlocks(perSlot, 512), slots), 256, 0, cudaStreamLegacy>>>(updates, perSlot, states,
+                                                                                               histograms, level);
+      chooseBucket<<<slotBlocks, 128, 0, cudaStreamLegacy>>>(states, histograms, slots, level);
+    }
+    countTies<<<dim3(static_cast<unsigned int>(chunks), slots), 256, 0, cudaStreamLegacy>>>(updates, perSlot, states, chunkTies,
+                                                                                         chunks);
+    findTie<<<slots, 32, 0, cudaStreamLegacy>>>(updates, perSlot, states, chunkTies, chunks);
+    if (failed(env, cudaGetLastError(), "loramerge magnitude select launch")) {
+      return;
+    }
+  }
+  combineTasks<<<dim3(stridedBlocks(perSlot, 2048), members), 256, 0, cudaStreamLegacy>>>(
+      updates, perSlot, slotTable, memberFirst, states, prune, density, static_cast<unsigned long long>(randomThreshold), combine,
+      merged);
+  failed(env, cudaGetLastError(), "loramerge combineTasks launch");
 }
 
 }  // extern "C"

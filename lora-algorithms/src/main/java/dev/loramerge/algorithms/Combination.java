@@ -1,6 +1,7 @@
 package dev.loramerge.algorithms;
 
 import dev.loramerge.algorithms.internal.TaskTensors;
+import dev.loramerge.merge.spi.TaskArithmetic;
 
 /** How the pruned task tensors are combined into one. */
 sealed interface Combination {
@@ -10,11 +11,19 @@ sealed interface Combination {
    */
   float[] combine(float[][] tensors, double[] weights, float[] cuts);
 
+  /** This combination as {@link TaskArithmetic} names it. */
+  TaskArithmetic.Combine described();
+
   /** Σ λᵢ·Tᵢ. */
   record Sum() implements Combination {
     @Override
     public float[] combine(float[][] tensors, double[] weights, float[] cuts) {
       return TaskTensors.weightedSum(tensors, weights, cuts);
+    }
+
+    @Override
+    public TaskArithmetic.Combine described() {
+      return TaskArithmetic.Combine.SUM;
     }
   }
 
@@ -23,6 +32,11 @@ sealed interface Combination {
     @Override
     public float[] combine(float[][] tensors, double[] weights, float[] cuts) {
       return TaskTensors.electAndMerge(tensors, weights, majoritySign, cuts);
+    }
+
+    @Override
+    public TaskArithmetic.Combine described() {
+      return majoritySign == MajoritySign.TOTAL ? TaskArithmetic.Combine.TOTAL_SIGN : TaskArithmetic.Combine.FREQUENCY_SIGN;
     }
   }
 }

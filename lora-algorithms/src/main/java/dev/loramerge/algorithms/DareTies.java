@@ -6,6 +6,7 @@ import com.google.common.collect.ImmutableMap;
 import dev.loramerge.merge.MergeAlgorithm;
 import dev.loramerge.merge.spi.ModuleMerge;
 import dev.loramerge.merge.spi.ModuleUpdate;
+import dev.loramerge.merge.spi.TaskArithmetic;
 import java.util.Optional;
 
 /**
@@ -70,8 +71,20 @@ public record DareTies(double density, MajoritySign majoritySign, long seed, Spa
 
   @Override
   public ModuleUpdate merge(ModuleMerge module) {
-    return TaskVectors.merge(
-        module, name(), space, new Pruning.Random(density, seed), new Combination.ElectedSign(majoritySign));
+    return TaskVectors.merge(module, name(), space, pruning(), combination());
+  }
+
+  @Override
+  public Optional<TaskArithmetic> taskArithmetic() {
+    return TaskVectors.arithmetic(space, pruning(), combination());
+  }
+
+  private Pruning pruning() {
+    return new Pruning.Random(density, seed);
+  }
+
+  private Combination combination() {
+    return new Combination.ElectedSign(majoritySign);
   }
 
   @Override

@@ -6,6 +6,7 @@ import com.google.common.collect.ImmutableMap;
 import dev.loramerge.merge.MergeAlgorithm;
 import dev.loramerge.merge.spi.ModuleMerge;
 import dev.loramerge.merge.spi.ModuleUpdate;
+import dev.loramerge.merge.spi.TaskArithmetic;
 import java.util.Optional;
 
 /**
@@ -56,7 +57,20 @@ public record MagnitudePrune(double density, Space space) implements MergeAlgori
 
   @Override
   public ModuleUpdate merge(ModuleMerge module) {
-    return TaskVectors.merge(module, name(), space, new Pruning.Magnitude(density), new Combination.Sum());
+    return TaskVectors.merge(module, name(), space, pruning(), combination());
+  }
+
+  @Override
+  public Optional<TaskArithmetic> taskArithmetic() {
+    return TaskVectors.arithmetic(space, pruning(), combination());
+  }
+
+  private Pruning pruning() {
+    return new Pruning.Magnitude(density);
+  }
+
+  private Combination combination() {
+    return new Combination.Sum();
   }
 
   @Override

@@ -2,6 +2,8 @@ package dev.loramerge.algorithms;
 
 import dev.loramerge.algorithms.internal.TaskTensors;
 import dev.loramerge.merge.spi.ModuleMerge;
+import dev.loramerge.merge.spi.TaskArithmetic;
+import java.util.Optional;
 
 /** How each task tensor is pruned before the tensors are combined. */
 sealed interface Pruning {
@@ -14,11 +16,21 @@ sealed interface Pruning {
    */
   float prune(float[] tensor, int columns, ModuleMerge module, int adapterIndex, String stream);
 
+  /** This pruning followed by {@code combine} as {@link TaskArithmetic}, where it describes it. */
+  default Optional<TaskArithmetic> then(TaskArithmetic.Combine combine) {
+    return Optional.empty();
+  }
+
   /** Nothing pruned. */
   record None() implements Pruning {
     @Override
     public float prune(float[] tensor, int columns, ModuleMerge module, int adapterIndex, String stream) {
       return 0;
+    }
+
+    @Override
+    public Optional<TaskArithmetic> then(TaskArithmetic.Combine combine) {
+      return Optional.of(new TaskArithmetic(TaskArithmetic.Prune.NONE, 1, 0, combine));
     }
   }
 
@@ -28,6 +40,11 @@ sealed interface Pruning {
     public float prune(float[] tensor, int columns, ModuleMerge module, int adapterIndex, String stream) {
       return TaskTensors.magnitudeCut(tensor, density);
     }
+
+    @Override
+    public Optional<TaskArithmetic> then(TaskArithmetic.Combine combine) {
+      return Optional.of(new TaskArithmetic(TaskArithmetic.Prune.MAGNITUDE, density, 0, combine));
+    }
   }
 
   /** DARE: each entry kept with probability density and rescaled by 1/density. */
@@ -36,6 +53,11 @@ sealed interface Pruning {
     public float prune(float[] tensor, int columns, ModuleMerge module, int adapterIndex, String stream) {
       TaskTensors.pruneRandomly(tensor, density, module.streamSeed(seed, adapterIndex, stream));
       return 0;
+    }
+
+    @Override
+    public Optional<TaskArithmetic> then(TaskArithmetic.Combine combine) {
+      return Optional.of(new TaskArithmetic(TaskArithmetic.Prune.RANDOM, density, seed, combine));
     }
   }
 

@@ -9,9 +9,11 @@ import dev.loramerge.merge.MergeAlgorithm.Requirements;
 import dev.loramerge.merge.spi.ModuleInput;
 import dev.loramerge.merge.spi.ModuleMerge;
 import dev.loramerge.merge.spi.ModuleUpdate;
+import dev.loramerge.merge.spi.TaskArithmetic;
 import java.math.BigDecimal;
 import java.util.List;
 import java.util.Locale;
+import java.util.Optional;
 
 /**
  * The body every element-wise method shares: each adapter's task tensors pruned, then combined,
@@ -32,6 +34,14 @@ final class TaskVectors {
     return space == Space.FACTORS
         ? mergeFactors(module, name, pruning, combination)
         : mergeUpdates(module, pruning, combination);
+  }
+
+  /**
+   * The method of {@link #merge} as {@link TaskArithmetic}: on the full updates, where the pruning
+   * is one it describes.
+   */
+  static Optional<TaskArithmetic> arithmetic(Space space, Pruning pruning, Combination combination) {
+    return space == Space.UPDATES ? pruning.then(combination.described()) : Optional.empty();
   }
 
   private static ModuleUpdate mergeFactors(ModuleMerge module, String name, Pruning pruning, Combination combination) {

@@ -6,6 +6,7 @@ import com.google.common.collect.ImmutableMap;
 import dev.loramerge.merge.MergeAlgorithm;
 import dev.loramerge.merge.spi.ModuleMerge;
 import dev.loramerge.merge.spi.ModuleUpdate;
+import dev.loramerge.merge.spi.TaskArithmetic;
 import java.util.Optional;
 
 /**
@@ -64,8 +65,20 @@ public record Ties(double density, MajoritySign majoritySign, Space space) imple
 
   @Override
   public ModuleUpdate merge(ModuleMerge module) {
-    return TaskVectors.merge(
-        module, name(), space, new Pruning.Magnitude(density), new Combination.ElectedSign(majoritySign));
+    return TaskVectors.merge(module, name(), space, pruning(), combination());
+  }
+
+  @Override
+  public Optional<TaskArithmetic> taskArithmetic() {
+    return TaskVectors.arithmetic(space, pruning(), combination());
+  }
+
+  private Pruning pruning() {
+    return new Pruning.Magnitude(density);
+  }
+
+  private Combination combination() {
+    return new Combination.ElectedSign(majoritySign);
   }
 
   @Override

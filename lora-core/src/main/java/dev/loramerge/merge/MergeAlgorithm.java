@@ -3,6 +3,7 @@ package dev.loramerge.merge;
 import com.google.common.collect.ImmutableMap;
 import dev.loramerge.merge.spi.ModuleMerge;
 import dev.loramerge.merge.spi.ModuleUpdate;
+import dev.loramerge.merge.spi.TaskArithmetic;
 import java.util.Optional;
 
 /**
@@ -44,6 +45,16 @@ public interface MergeAlgorithm {
    * refuses one. Empty by default.
    */
   default Optional<MergeAlgorithm> onFullUpdates() {
+    return Optional.empty();
+  }
+
+  /**
+   * This method as {@link TaskArithmetic} on the full updates, for a method that is one: what the
+   * merger runs on a GPU for many modules at once where the merge's device is one, with the bits
+   * {@link #merge} gives. Empty by default, and for a method whose pruning or combination it does
+   * not describe: that method's {@link #merge} runs on the host everywhere.
+   */
+  default Optional<TaskArithmetic> taskArithmetic() {
     return Optional.empty();
   }
 

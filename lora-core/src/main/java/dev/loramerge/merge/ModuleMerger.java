@@ -11,6 +11,7 @@ import dev.loramerge.LoraMergeException;
 import dev.loramerge.LoraModule;
 import dev.loramerge.ModuleKey;
 import dev.loramerge.TensorData;
+import dev.loramerge.internal.fuse.TaskKernels;
 import dev.loramerge.merge.spi.ModuleInput;
 import dev.loramerge.merge.spi.ModuleUpdate;
 import dev.loramerge.merge.spi.Offer;
@@ -81,40 +82,73 @@ final class ModuleMerger {
     Map<List<Integer>, List<Integer>> batches = new LinkedHashMap<>();
     for (int i = 0; i < steps.size(); i++) {
       Step step = steps.get(i);
-      if (step.dense() != null) {
-        batches.computeIfAbsent(List.of(step.dense().rows(), step.dense().columns(), step.target()), shape -> new ArrayList<>()).add(i);
+      if (step.deferred()) {
+        batches.computeIfAbsent(List.of(step.rows(), step.columns(), step.target(), step.onDevice() != null ? 1 : 0), shape -> new ArrayList<>())
+            .add(i);
       }
     }
     List<Optional<Merged>> merged = new ArrayList<>(steps.stream().map(Step::merged).toList());
     for (Map.Entry<List<Integer>, List<Integer>> batch : batches.entrySet()) {
       int rows = batch.getKey().get(0);
-      int cols = batch.getKey().get(1);
-      List<Integer> members = batch.getValue();
-      ByteBuffer buffer = buffers.take(Math.multiplyExact(Math.multiplyExact(members.size(), rows * cols), Float.BYTES));
-      try {
-        ByteBuffer stacked = buffer.duplicate().clear().limit(members.size() * rows * cols * Float.BYTES).slice().order(ByteOrder.nativeOrder());
-        FloatBuffer floats = stacked.asFloatBuffer();
-        for (int member : members) {
-          floats.put(steps.get(member).dense().values());
-        }
-        double[][][] factors = reRank.denseBatch(manager.get(), stacked, members.size(), rows, cols, batch.getKey().get(2));
-        for (int j = 0; j < members.size(); j++) {
-          merged.set(members.get(j), Optional.of(Merged.ofDoubles(factors[j], rows)));
-        }
-      } finally {
-        buffers.give(buffer);
+      int target = batch.getKey().get(2);
+      List<Step> members = batch.getValue().stream().map(steps::get).toList();
+      double[][][] factors = reRankBatch(manager, buffers, members, rows, batch.getKey().get(1), target);
+      for (int j = 0; j < members.size(); j++) {
+        merged.set(batch.getValue().get(j), Optional.of(Merged.ofDoubles(factors[j], rows)));
       }
     }
     return merged;
   }
 
   /**
-   * A module's merge up to its re-rank: the merged update, or with {@code deferDense} a dense
-   * update that the randomized SVD re-ranks and its target rank, for {@link #mergeTogether}.
+   * The re-ranked factors of a batch of deferred steps of one shape and target: made on the device
+   * by the method's task arithmetic where the steps were deferred for that, and the kernels can
+   * address the arrays; else from the dense updates the method gives on the host.
    */
-  private record Step(Optional<Merged> merged, ModuleUpdate.Dense dense, int target) {
+  private double[][][] reRankBatch(Supplier<NDManager> manager, DenseBuffers buffers, List<Step> members, int rows, int cols, int target) {
+    if (members.get(0).onDevice() != null) {
+      try (NDManager scope = manager.get().newSubManager()) {
+        List<MergeContext> contexts = members.stream().map(Step::onDevice).toList();
+        Optional<NDArray> dense = DeviceTasks.merged(scope, buffers, algorithm.taskArithmetic().orElseThrow(), contexts, rows, cols);
+        if (dense.isPresent()) {
+          return reRank.denseBatch(dense.get(), target);
+        }
+      }
+    }
+    ByteBuffer buffer = buffers.take(Math.multiplyExact(Math.multiplyExact(members.size(), rows * cols), Float.BYTES));
+    try {
+      ByteBuffer stacked = buffer.duplicate().clear().limit(members.size() * rows * cols * Float.BYTES).slice().order(ByteOrder.nativeOrder());
+      FloatBuffer floats = stacked.asFloatBuffer();
+      for (Step member : members) {
+        floats.put(member.denseValues(algorithm));
+      }
+      return reRank.denseBatch(manager.get(), stacked, members.size(), rows, cols, target);
+    } finally {
+      buffers.give(buffer);
+    }
+  }
+
+  /**
+   * A module's merge up to its re-rank: the merged update; or, with {@code deferDense}, a dense
+   * update that the randomized SVD re-ranks, or the module's merge left for the device's task
+   * arithmetic ({@code onDevice}), with its shape and target rank, for {@link #mergeTogether}.
+   */
+  private record Step(Optional<Merged> merged, ModuleUpdate.Dense dense, MergeContext onDevice, int rows, int columns, int target) {
     static Step of(Optional<Merged> merged) {
-      return new Step(merged, null, 0);
+      return new Step(merged, null, null, 0, 0, 0);
+    }
+
+    static Step of(ModuleUpdate.Dense dense, int target) {
+      return new Step(Optional.empty(), dense, null, dense.rows(), dense.columns(), target);
+    }
+
+    boolean deferred() {
+      return dense != null || onDevice != null;
+    }
+
+    /** The dense update, merged on the host by {@code algorithm} where it was left for the device. */
+    float[] denseValues(MergeAlgorithm algorithm) {
+      return dense != null ? dense.values() : ((ModuleUpdate.Dense) algorithm.merge(onDevice)).values();
     }
   }
 
@@ -161,12 +195,19 @@ final class ModuleMerger {
     int rankSum = built.stream().mapToInt(input -> input.module().rank()).sum();
     Optional<DType> finalType =
         outputType.filter(type -> !requirements.reRanked() && (explicit.isEmpty() || rankSum <= target));
-    ModuleUpdate update = algorithm.merge(new MergeContext(key, built, manager, target, new Offer(precision, finalType)));
+    MergeContext context = new MergeContext(key, built, manager, target, new Offer(precision, finalType));
+    int rows = Math.toIntExact(first.outFeatures());
+    int columns = Math.toIntExact(TensorData.numel(first.weightShape()) / first.outFeatures());
+    if (deferDense && !materialise && precision == Precision.FLOAT32 && algorithm.taskArithmetic().isPresent()
+        && reRank.randomized(rows, columns) && TaskKernels.available(manager.get().getDevice())) {
+      return new Step(Optional.empty(), null, context, rows, columns, target);
+    }
+    ModuleUpdate update = algorithm.merge(context);
     if (update instanceof ModuleUpdate.Encoded encoded) {
       return Step.of(Optional.of(Merged.ofTensors(checkEncoded(key, encoded, finalType, rankSum))));
     }
     if (update instanceof ModuleUpdate.Dense dense && deferDense && reRank.randomized(dense.rows(), dense.columns())) {
-      return new Step(Optional.empty(), dense, target);
+      return Step.of(dense, target);
     }
     if (update instanceof ModuleUpdate.Dense dense) {
       ByteBuffer buffer = buffers.take(Math.multiplyExact(dense.values().length, Float.BYTES));

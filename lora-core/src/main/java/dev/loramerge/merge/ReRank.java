@@ -46,8 +46,16 @@ final class ReRank {
    * {@link #randomized} holds, by one batched truncation; per update {up, down} in float64.
    */
   double[][][] denseBatch(NDManager manager, ByteBuffer dense, int count, int rows, int cols, int target) {
-    double[][][] factors =
-        RandomizedSvd.truncateBatch(manager, dense, count, rows, cols, target, sigma -> policy.rank(sigma, target), sketches);
+    return clamped(
+        RandomizedSvd.truncateBatch(manager, dense, count, rows, cols, target, sigma -> policy.rank(sigma, target), sketches));
+  }
+
+  /** {@link #denseBatch} of the count×m×n float32 updates {@code dense} holds, where they are. */
+  double[][][] denseBatch(NDArray dense, int target) {
+    return clamped(RandomizedSvd.truncateBatch(dense, target, sigma -> policy.rank(sigma, target), sketches));
+  }
+
+  private double[][][] clamped(double[][][] factors) {
     for (double[][] pair : factors) {
       clamp(pair);
     }

@@ -254,6 +254,37 @@ final class CudaKernels {
   }
 
   /**
+   * Queues the merged dense updates of {@code members} modules of rows×cols into {@code out}
+   * (members×rows×cols float32 on a GPU) from {@code host}'s first {@code hostBytes}, laid out as
+   * {@link TaskKernels} says, and returns true once the host memory may be reused; false,
+   * queueing nothing, where an array cannot be addressed.
+   */
+  static boolean mergeTasks(
+      NDManager scratch, ByteBuffer host, int hostBytes, int slots, int members, int factorsStart, int rows, int cols, int prune,
+      double density, long keep, long randomThreshold, int combine, NDArray out) {
+    if (!host.isDirect() || hostBytes > host.capacity()) {
+      return false;
+    }
+    long perSlot = (long) rows * cols;
+    Optional<ByteBuffer> staging = DevicePointers.of(scratch.create(new Shape(hostBytes), DataType.INT8));
+    Optional<ByteBuffer> deltas = DevicePointers.of(scratch.create(new Shape(slots, perSlot), DataType.FLOAT32));
+    Optional<ByteBuffer> work = DevicePointers.of(scratch.create(new Shape(taskWorkBytes(slots, perSlot)), DataType.INT8));
+    Optional<ByteBuffer> merged = DevicePointers.of(out);
+    if (staging.isEmpty() || deltas.isEmpty() || work.isEmpty() || merged.isEmpty()) {
+      return false;
+    }
+    mergeTasks(out.getDevice().getDeviceId(), host, hostBytes, staging.get(), slots, members, factorsStart, rows, cols, deltas.get(),
+        work.get(), prune, density, keep, randomThreshold, combine, merged.get());
+    return true;
+  }
+
+  private static native long taskWorkBytes(int slots, long perSlot);
+
+  private static native void mergeTasks(
+      int device, ByteBuffer host, long hostBytes, ByteBuffer staging, int slots, int members, long factorsStart, int rows, int cols,
+      ByteBuffer deltas, ByteBuffer work, int prune, double density, long keep, long randomThreshold, int combine, ByteBuffer out);
+
+  /**
    * Pins {@code buffer}'s memory (page-locked, so that copies from it to a GPU run at the bus's
    * speed) where the kernels are loaded and {@code device} is a GPU; false otherwise or where
    * CUDA refuses. A pinned buffer must be {@linkplain #unpin unpinned} before it is dropped.

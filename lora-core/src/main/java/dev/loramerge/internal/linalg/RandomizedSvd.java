@@ -97,9 +97,23 @@ public final class RandomizedSvd {
   public static double[][][] truncateBatch(
       NDManager manager, ByteBuffer dense, int count, int rows, int cols, int rank, ToIntFunction<double[]> rankOf,
       Sketches sketches) {
-    int width = Math.min(rank + OVERSAMPLING, Math.min(rows, cols));
     try (NDManager scope = manager.newSubManager()) {
-      NDArray d = scope.create(dense, new Shape(count, rows, cols), DataType.FLOAT32);
+      return truncateBatch(scope.create(dense, new Shape(count, rows, cols), DataType.FLOAT32), rank, rankOf, sketches);
+    }
+  }
+
+  /**
+   * {@link #truncateBatch(NDManager, ByteBuffer, int, int, int, int, ToIntFunction, Sketches)} of
+   * the count×m×n float32 matrices {@code d} holds, where they are (made on a device).
+   */
+  public static double[][][] truncateBatch(NDArray d, int rank, ToIntFunction<double[]> rankOf, Sketches sketches) {
+    int count = Math.toIntExact(d.getShape().get(0));
+    int rows = Math.toIntExact(d.getShape().get(1));
+    int cols = Math.toIntExact(d.getShape().get(2));
+    int width = Math.min(rank + OVERSAMPLING, Math.min(rows, cols));
+    try (NDManager scope = d.getManager().newSubManager()) {
+      // Every array the products make belongs to the scope, and the updates go back to their owner.
+      d.tempAttach(scope);
       NDArray omega = scope.create(sketches.omega(cols, width), new Shape(cols, width));
       NDArray basis = orthonormalBatch(scope, d.matMul(omega), count, width);
       for (int i = 0; i < POWER_ITERATIONS; i++) {

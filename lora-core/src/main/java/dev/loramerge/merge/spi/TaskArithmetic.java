@@ -1,0 +1,58 @@
+package dev.loramerge.merge.spi;
+
+import static com.google.common.base.Preconditions.checkArgument;
+import static com.google.common.base.Preconditions.checkNotNull;
+
+/**
+ * An element-wise merge of full updates described instead of run, so that the merger can run it
+ * where the updates are made, on a GPU, for many modules at once, with the bits the method's own
+ * {@link dev.loramerge.merge.MergeAlgorithm#merge merge} gives on the host:
+ *
+ * <ol>
+ *   <li>each input's update s·B·A, entry (i, j) the float32 fused multiply-adds bᵢₖ·aₖⱼ in
+ *       increasing k from +0, then times s in float32 (what {@link ModuleInput#delta()} computes
+ *       for a LoRA);
+ *   <li>pruned: {@link Prune#MAGNITUDE} keeps the ⌊density·n⌋ entries of largest magnitude (of
+ *       equal ones, the first; NaN never), {@link Prune#RANDOM} keeps entry i where the (i+1)-th
+ *       {@code nextDouble()} of {@code module.random(seed, input, "delta")} is below density and
+ *       divides it by density in float64; a dropped entry is +0;
+ *   <li>combined with the inputs' weights in float64 and rounded once to float32: {@link
+ *       Combine#SUM} Σ wₜ·xₜ, or TIES' sign election ({@link Combine#TOTAL_SIGN}: the sign of Σ xₜ,
+ *       {@link Combine#FREQUENCY_SIGN}: of Σ sign(xₜ); zero elects +) and the mean of the weighted
+ *       entries of that sign.
+ * </ol>
+ *
+ * @param prune how each input's update is pruned
+ * @param density the fraction kept, in (0, 1]; 1 where nothing is pruned
+ * @param seed the random pruning's seed; 0 for the others
+ * @param combine how the pruned updates are combined
+ */
+public record TaskArithmetic(Prune prune, double density, long seed, Combine combine) {
+  /** How each input's update is pruned. */
+  public enum Prune {
+    /** Nothing is pruned. */
+    NONE,
+    /** The entries of largest magnitude are kept. */
+    MAGNITUDE,
+    /** Each entry is kept with probability density, and rescaled (DARE). */
+    RANDOM
+  }
+
+  /** How the pruned updates are combined. */
+  public enum Combine {
+    /** The weighted sum. */
+    SUM,
+    /** TIES, the sign elected by the sum of the entries. */
+    TOTAL_SIGN,
+    /** TIES, the sign elected by the count of the entries' signs. */
+    FREQUENCY_SIGN
+  }
+
+  /** Checks the parameters. */
+  public TaskArithmetic {
+    checkNotNull(prune, "prune");
+    checkNotNull(combine, "combine");
+    checkArgument(density > 0 && density <= 1, "density must be in (0, 1], got %s", density);
+    checkArgument(prune != Prune.NONE || density == 1, "nothing pruned keeps a density of 1, got %s", density);
+  }
+}
