@@ -562,13 +562,21 @@ __global__ void magnitudeHistogram(const float* __restrict__ deltas, long long p
   const unsigned int prefix = static_cast<unsigned int>(states[slot].prefix);
   const float* values = deltas + slot * perSlot;
   unsigned int ownNans = 0;
-  for (long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; i < perSlot;
-       i += static_cast<long long>(gridDim.x) * blockDim.x) {
-    const unsigned int magnitude = magnitudeBits(values[i]);
+  // Whole warps go round together, so that level 0 can count a warp's equal buckets with one atomic.
+  for (long long base = blockIdx.x * static_cast<long long>(blockDim.x); base < perSlot;
+       base += static_cast<long long>(gridDim.x) * blockDim.x) {
+    const long long i = base + threadIdx.x;
+    const bool valid = i < perSlot;
+    const unsigned int magnitude = valid ? magnitudeBits(values[i]) : 0;
     if (level == 0) {
-      atomicAdd(&bins[magnitude >> 20], 1u);
-      ownNans += magnitude > kInfinityBits;
-    } else if (level == 1 ? (magnitude >> 20) == prefix : (magnitude >> 10) == prefix) {
+      // Most of a delta's magnitudes fall in a few buckets: one atomic per bucket per warp.
+      const unsigned int bucket = valid ? magnitude >> 20 : 0xffffffffu;
+      const unsigned int peers = __match_any_sync(0xffffffffu, bucket);
+      if (valid && (threadIdx.x & 31) == __ffs(peers) - 1) {
+        atomicAdd(&bins[bucket], static_cast<unsigned int>(__popc(peers)));
+      }
+      ownNans += valid && magnitude > kInfinityBits;
+    } else if (valid && (level == 1 ? (magnitude >> 20) == prefix : (magnitude >> 10) == prefix)) {
       atomicAdd(&bins[(magnitude >> (level == 1 ? 10 : 0)) & 0x3ffu], 1u);
     }
   }
@@ -663,7 +671,7 @@ __global__ void findTie(const float* __restrict__ deltas, long long perSlot, Sel
   }
   long long wanted = state.remaining;
   long long chunk = 0;
-  while (chunkTies[slot * chunks + chunk] <= wanted) {
+  while (chunk < chunks - 1 && chunkTies[slot * chunks + chunk] <= wanted) {
     wanted -= chunkTies[slot * chunks + chunk];
     chunk++;
   }

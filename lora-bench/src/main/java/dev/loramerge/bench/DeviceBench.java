@@ -15,6 +15,7 @@ import dev.loramerge.algorithms.MergeMethod;
 import dev.loramerge.fuse.FusedLora;
 import dev.loramerge.fuse.LoraFuser;
 import dev.loramerge.fuse.WeightTarget;
+import dev.loramerge.internal.fuse.TaskKernels;
 import dev.loramerge.internal.json.Json;
 import dev.loramerge.merge.LoraMerger;
 import dev.loramerge.merge.MergeAlgorithm;
@@ -67,7 +68,11 @@ import java.util.OptionalLong;
  *       {@link Devices#probeBf16} finds that the JNI library can hold it;
  *   <li>{@code merge/<method>}: every merge method (two adapters, weights 0.7 and 0.5, density
  *       0.5, rank 32) with the merger's device set, timed as above, and the number of modules
- *       whose factors differ in any byte from the same merge on the CPU.
+ *       whose factors differ in any byte from the same merge on the CPU;
+ *   <li>{@code merge/<method>/tasks-on-host}: for the methods the task kernels run on the GPU, the
+ *       same merge with the method run on the host and the device re-ranking its updates (the path
+ *       without the kernels), timed, and the number of modules whose bytes differ from the
+ *       kernels' merge (which must be 0).
  * </ul>
  *
  * <p>{@code --device cpu} runs the same with CPU arrays on both sides (the report's structure,
@@ -421,26 +426,54 @@ final class DeviceBench {
       builder.rank(rank);
     }
     LoraMerger merger = builder.device(device).build();
-    LoraAdapter merged = merger.merge();
     double[] times = new double[runs];
-    for (int run = 0; run < runs; run++) {
+    LoraAdapter merged = timedMerges(merger, times);
+    LoraAdapter onCpu = merger.toBuilder().device(Device.cpu()).build().merge();
+    Map<String, Object> row = timing("merge/" + method, times);
+    row.put("modules", merged.size());
+    row.put("differing_modules_vs_cpu", differingModules(merged, onCpu));
+    record(row);
+    if (algorithm.taskArithmetic().isPresent() && TaskKernels.available(device)) {
+      double[] onHost = new double[runs];
+      System.setProperty(TaskKernels.ON_HOST_PROPERTY, "true");
+      LoraAdapter hostTasks;
+      try {
+        hostTasks = timedMerges(merger, onHost);
+      } finally {
+        System.clearProperty(TaskKernels.ON_HOST_PROPERTY);
+      }
+      Map<String, Object> hostRow = timing("merge/" + method + "/tasks-on-host", onHost);
+      hostRow.put("modules", hostTasks.size());
+      hostRow.put("differing_modules_vs_device_tasks", differingModules(hostTasks, merged));
+      record(hostRow);
+      if (!hostRow.get("differing_modules_vs_device_tasks").equals(0L)) {
+        errors.add("merge/" + method + ": the task kernels' merge differs from the host's in "
+            + hostRow.get("differing_modules_vs_device_tasks") + " modules");
+      }
+    }
+  }
+
+  /** A warm-up merge, then one per element of {@code times}, timed into it; the last result. */
+  private static LoraAdapter timedMerges(LoraMerger merger, double[] times) {
+    LoraAdapter merged = merger.merge();
+    for (int run = 0; run < times.length; run++) {
       long start = System.nanoTime();
       merged = merger.merge();
       times[run] = seconds(start);
     }
-    LoraAdapter onCpu = merger.toBuilder().device(Device.cpu()).build().merge();
+    return merged;
+  }
+
+  /** The modules that are not equal in both adapters, or are in one only. */
+  private static long differingModules(LoraAdapter merged, LoraAdapter other) {
     long differing = 0;
-    for (Map.Entry<ModuleKey, LoraModule> module : onCpu.modules().entrySet()) {
-      LoraModule other = merged.modules().get(module.getKey());
-      if (other == null || !module.getValue().equals(other)) {
+    for (Map.Entry<ModuleKey, LoraModule> module : other.modules().entrySet()) {
+      LoraModule same = merged.modules().get(module.getKey());
+      if (same == null || !module.getValue().equals(same)) {
         differing++;
       }
     }
-    differing += merged.modules().keySet().stream().filter(key -> !onCpu.modules().containsKey(key)).count();
-    Map<String, Object> row = timing("merge/" + method, times);
-    row.put("modules", merged.size());
-    row.put("differing_modules_vs_cpu", differing);
-    record(row);
+    return differing + merged.modules().keySet().stream().filter(key -> !other.modules().containsKey(key)).count();
   }
 
   /**

@@ -16,6 +16,9 @@ import dev.loramerge.TensorData;
 import dev.loramerge.fuse.FusedLora;
 import dev.loramerge.fuse.LoraFuser;
 import dev.loramerge.fuse.WeightTarget;
+import dev.loramerge.algorithms.MajoritySign;
+import dev.loramerge.algorithms.MergeMethod;
+import dev.loramerge.internal.fuse.TaskKernels;
 import dev.loramerge.internal.json.Json;
 import dev.loramerge.internal.linalg.Randoms;
 import dev.loramerge.merge.LoraMerger;
@@ -29,6 +32,7 @@ import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Locale;
 import java.util.Map;
+import java.util.OptionalDouble;
 import java.util.SplittableRandom;
 import java.util.function.Function;
 
@@ -53,6 +57,11 @@ import java.util.function.Function;
  * additions and off it in others (the {@code summation order} rows): on a GPU they are compared
  * where the CUDA kernels are loaded, which form the sums in that order; libtorch's products
  * (cuBLAS) take their own.
+ *
+ * <p>On a GPU with the CUDA kernels, the {@code merge} rows merge three adapters by each method
+ * the merger runs as task arithmetic on the device, once with the kernels and once with the
+ * method's own merge on the host before the same device SVD: every merged tensor must have the
+ * same bytes, and the kernels must have merged at least one batch.
  *
  * <p>bf16 is first tried in a JVM of its own ({@link Devices#probeBf16}): DJL 0.35.1's JNI library
  * aborts the process on a bf16 tensor. {@code --require-bf16} makes that a failure (the JNI library
@@ -131,6 +140,13 @@ final class DeviceCheck {
       }
       record(type.name() + " overflow", overflow(device, type, seed), rows, failures);
     }
+    for (String method : MERGE_METHODS) {
+      if (!device.isGpu() || System.getProperty(KERNELS_PROPERTY, "").isEmpty()) {
+        System.out.println("merges skipped: the task kernels run on a GPU where " + KERNELS_PROPERTY + " names them");
+        break;
+      }
+      recordMerge(method, mergesAlike(device, method, seed), rows, failures);
+    }
     report.put("results", rows);
     report.put("failures", failures);
     if (json != null) {
@@ -142,6 +158,9 @@ final class DeviceCheck {
 
   /** The system property that names the CUDA kernel library (see gpu/README.md). */
   private static final String KERNELS_PROPERTY = "loramerge.cuda.kernels";
+  /** The methods the merger runs as task arithmetic on a GPU, with the sign election of the TIES ones. */
+  private static final List<String> MERGE_METHODS =
+      List.of("ties_svd total", "ties_svd frequency", "magnitude_prune_svd", "dare_linear_svd", "dare_ties_svd frequency");
 
   private static void record(String name, Map<String, Object> counts, List<Map<String, Object>> rows, List<String> failures) {
     Map<String, Object> row = new LinkedHashMap<>();
@@ -153,6 +172,103 @@ final class DeviceCheck {
         || Boolean.FALSE.equals(row.get("same_failure"))) {
       failures.add(String.format(Locale.ROOT, "%s: %s", name, row));
     }
+  }
+
+  private static void recordMerge(String method, Map<String, Object> counts, List<Map<String, Object>> rows, List<String> failures) {
+    Map<String, Object> row = new LinkedHashMap<>();
+    row.put("merge", method);
+    row.putAll(counts);
+    rows.add(row);
+    System.out.println(row);
+    if (!row.get("differing_tensors").equals(0L) || row.get("device_batches").equals(0L)) {
+      failures.add(String.format(Locale.ROOT, "merge %s: %s", method, row));
+    }
+  }
+
+  /**
+   * Merges three adapters by {@code method} on the device twice, the pruned updates made by the
+   * task kernels and then by the method on the host ({@value TaskKernels#ON_HOST_PROPERTY}), one
+   * thread each:
+   * the randomized SVD after them is the same device code on the same batches, so every merged
+   * tensor must have the same bytes when the kernels give the host's updates.
+   */
+  private static Map<String, Object> mergesAlike(Device device, String method, long seed) {
+    List<LoraAdapter> adapters = new ArrayList<>();
+    for (String name : List.of("first", "second", "third")) {
+      adapters.add(mergeAdapter(name, Randoms.streamSeed(seed, name, 0, "merge check")));
+    }
+    long batchesBefore = TaskKernels.batches();
+    LoraAdapter kernels = mergeOn(device, method, adapters);
+    long batches = TaskKernels.batches() - batchesBefore;
+    LoraAdapter host;
+    System.setProperty(TaskKernels.ON_HOST_PROPERTY, "true");
+    try {
+      host = mergeOn(device, method, adapters);
+    } finally {
+      System.clearProperty(TaskKernels.ON_HOST_PROPERTY);
+    }
+    long differing = 0;
+    for (Map.Entry<ModuleKey, LoraModule> module : kernels.modules().entrySet()) {
+      LoraModule other = host.modules().get(module.getKey());
+      differing += module.getValue().up().equals(other.up()) ? 0 : 1;
+      differing += module.getValue().down().equals(other.down()) ? 0 : 1;
+    }
+    Map<String, Object> row = new LinkedHashMap<>();
+    row.put("modules", kernels.modules().size());
+    row.put("device_batches", batches);
+    row.put("differing_tensors", differing);
+    return row;
+  }
+
+  /** Merges {@code adapters} by {@code method}, a method's name and optionally its majority sign. */
+  private static LoraAdapter mergeOn(Device device, String method, List<LoraAdapter> adapters) {
+    String[] parts = method.split(" ");
+    MajoritySign sign = parts.length > 1 ? MajoritySign.fromPeftName(parts[1]).orElseThrow() : MajoritySign.TOTAL;
+    LoraMerger.Builder merger = LoraMerger.builder()
+        .algorithm(MergeMethod.parse(parts[0]).create(OptionalDouble.of(0.45), sign, 7))
+        .device(device)
+        .threads(1)
+        .rank(8);
+    double[] weights = {0.7, -0.4, 1.3};
+    for (int i = 0; i < adapters.size(); i++) {
+      merger.add(adapters.get(i), weights[i]);
+    }
+    return merger.merge();
+  }
+
+  /**
+   * Modules the device merges by the randomized SVD, in batches of one and two: factors in
+   * quarters (many updates of equal magnitude, so the magnitude cut drops some of the ties) or
+   * Gaussian, ranks 4 to 16; the third adapter lacks one module, so a batch's modules have
+   * different numbers of inputs.
+   */
+  private static LoraAdapter mergeAdapter(String name, long seed) {
+    SplittableRandom random = new SplittableRandom(seed);
+    LoraAdapter.Builder adapter = LoraAdapter.builder().name(name);
+    long[][] shapes = {{384, 512}, {512, 512}, {512, 512}, {640, 320}, {320, 64, 3, 3}};
+    for (int i = 0; i < shapes.length; i++) {
+      if (name.equals("third") && i == 2) {
+        continue;
+      }
+      long out = shapes[i][0];
+      long in = TensorData.numel(shapes[i]) / out;
+      int rank = 4 + random.nextInt(13);
+      boolean quarters = i % 2 == 0;
+      long[] downShape = shapes[i].length == 4 ? new long[] {rank, shapes[i][1], 3, 3} : new long[] {rank, in};
+      long[] upShape = shapes[i].length == 4 ? new long[] {out, rank, 1, 1} : new long[] {out, rank};
+      TensorData down = quarters ? quarters(random, downShape) : gaussian(random, 1 / Math.sqrt(in), DType.F32, downShape);
+      TensorData up = quarters ? quarters(random, upShape) : gaussian(random, 0.02, DType.F16, upShape);
+      adapter.add(LoraModule.of(ModuleKey.of(Component.UNET, "merge.m" + i), down, up, rank * 0.5));
+    }
+    return adapter.build();
+  }
+
+  private static TensorData quarters(SplittableRandom random, long[] shape) {
+    double[] values = new double[Math.toIntExact(TensorData.numel(shape))];
+    for (int i = 0; i < values.length; i++) {
+      values[i] = (random.nextInt(9) - 4) / 4.0;
+    }
+    return TensorData.ofDoubles(values, DType.F32, shape);
   }
 
   private static DataType dataType(DType type) {

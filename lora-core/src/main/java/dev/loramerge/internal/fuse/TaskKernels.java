@@ -7,6 +7,7 @@ import dev.loramerge.merge.spi.TaskArithmetic;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.util.List;
+import java.util.concurrent.atomic.AtomicLong;
 
 /**
  * A method's {@link TaskArithmetic} run on a GPU for a run of same-shape modules ({@code
@@ -19,6 +20,8 @@ import java.util.List;
 public final class TaskKernels {
   /** Bytes of a slot in the host layout, as the kernels' {@code TaskSlot} reads them. */
   private static final int SLOT_BYTES = 40;
+  /** Batches merged by the kernels in this process, for the device check to see that they ran. */
+  private static final AtomicLong BATCHES = new AtomicLong();
 
   private TaskKernels() {}
 
@@ -30,9 +33,20 @@ public final class TaskKernels {
    */
   public record Slot(int member, float[] up, float[] down, int rank, float scale, double weight, long seed) {}
 
-  /** Whether the kernels are loaded and run on {@code device}. */
+  /** How many batches the kernels have merged in this process. */
+  public static long batches() {
+    return BATCHES.get();
+  }
+
+  /**
+   * The system property that, set to true, has the methods merge on the host even where the
+   * kernels run (the device still re-ranks), read at every module: for comparisons in one process.
+   */
+  public static final String ON_HOST_PROPERTY = "loramerge.cuda.tasksOnHost";
+
+  /** Whether the kernels are loaded and run on {@code device}, and {@value #ON_HOST_PROPERTY} is not set. */
   public static boolean available(Device device) {
-    return CudaKernels.available(device);
+    return CudaKernels.available(device) && !Boolean.getBoolean(ON_HOST_PROPERTY);
   }
 
   /** The host bytes {@link #merge} copies for {@code slots} of {@code members} modules. */
@@ -90,9 +104,13 @@ public final class TaskKernels {
     // < density" as "draw >>> 11 < ⌈density·2⁵³⌉".
     long keep = (int) (arithmetic.density() * Math.toIntExact(perSlot));
     long randomThreshold = (long) Math.ceil(arithmetic.density() * 0x1p53);
-    return CudaKernels.mergeTasks(
+    boolean queued = CudaKernels.mergeTasks(
         scratch, host, layout.position(), slots.size(), members, factorsStart, rows, cols, prune, arithmetic.density(), keep,
         randomThreshold, combine, out);
+    if (queued) {
+      BATCHES.incrementAndGet();
+    }
+    return queued;
   }
 
   /** Slots, then each member's first slot and the end, then the factors from a 16-byte boundary. */
