@@ -486,10 +486,10 @@ constexpr unsigned int kInfinityBits = 0x7f800000u;
 
 long long tieChunks(long long perSlot) { return (perSlot + kTieChunk - 1) / kTieChunk; }
 
-// Bytes of device work memory for `slots` slots of `perSlot` elements: states, histograms, tie
-// counts per chunk.
+// Bytes of device work memory for `slots` slots of `perSlot` elements: two selects' states (the
+// outliers' after the kept entries'), histograms, tie counts per chunk.
 long long taskWorkBytes(long long slots, long long perSlot) {
-  return slots * (static_cast<long long>(sizeof(SelectState)) + kSelectBins * 4LL + tieChunks(perSlot) * 4LL);
+  return slots * (2 * static_cast<long long>(sizeof(SelectState)) + kSelectBins * 4LL + tieChunks(perSlot) * 4LL);
 }
 
 // Grid: x over columns, y over groups of kProductRows rows, z the slot. The thread's rows share
@@ -706,20 +706,27 @@ __device__ __forceinline__ unsigned long long splitMix(unsigned long long seed, 
 // Java's Math.signum(float): ±1, or the value itself for ±0 and NaN.
 __device__ __forceinline__ float signum(float x) { return x > 0.0f ? 1.0f : x < 0.0f ? -1.0f : x; }
 
-// Slot t's entry i after pruning: prune 0 none, 1 magnitude, 2 random.
+// Whether a select keeps entry i, of value x.
+__device__ __forceinline__ bool selected(const SelectState& state, float x, long long i) {
+  if (state.mode != 0) {
+    return state.mode == 1;
+  }
+  const unsigned int magnitude = magnitudeBits(x);
+  const unsigned int threshold = static_cast<unsigned int>(state.threshold);
+  return magnitude <= kInfinityBits && (magnitude > threshold || (magnitude == threshold && i < state.tieLimit));
+}
+
+// Slot t's entry i after pruning: prune 0 none, 1 magnitude, 2 random, 3 outliers (the kept
+// entries' select less the non-zero entries of the outliers' select, states[slots + t]).
 __device__ __forceinline__ float pruned(const float* deltas, long long perSlot, int t, long long i, int prune,
-                                        const SelectState* states, const TaskSlot* slots, double density,
-                                        unsigned long long randomThreshold) {
+                                        const SelectState* states, const SelectState* outliers, const TaskSlot* slots,
+                                        double density, unsigned long long randomThreshold) {
   const float x = deltas[t * perSlot + i];
   if (prune == 1) {
-    const SelectState& state = states[t];
-    if (state.mode != 0) {
-      return state.mode == 1 ? x : 0.0f;
-    }
-    const unsigned int magnitude = magnitudeBits(x);
-    const unsigned int threshold = static_cast<unsigned int>(state.threshold);
-    const bool kept = magnitude <= kInfinityBits && (magnitude > threshold || (magnitude == threshold && i < state.tieLimit));
-    return kept ? x : 0.0f;
+    return selected(states[t], x, i) ? x : 0.0f;
+  }
+  if (prune == 3) {
+    return selected(states[t], x, i) && !(x != 0.0f && selected(outliers[t], x, i)) ? x : 0.0f;
   }
   if (prune == 2) {
     const bool kept = (splitMix(slots[t].seed, static_cast<unsigned long long>(i) + 1) >> 11) < randomThreshold;
@@ -732,8 +739,9 @@ __device__ __forceinline__ float pruned(const float* deltas, long long perSlot, 
 // of Σ xₜ; 2: with the sign of Σ sign(xₜ). The host's additions in the host's order, in float64,
 // rounded once; no multiply-add is contracted.
 __global__ void combineTasks(const float* __restrict__ deltas, long long perSlot, const TaskSlot* __restrict__ slots,
-                             const int* __restrict__ memberFirst, const SelectState* __restrict__ states, int prune,
-                             double density, unsigned long long randomThreshold, int combine, float* __restrict__ out) {
+                             const int* __restrict__ memberFirst, const SelectState* __restrict__ states,
+                             const SelectState* __restrict__ outliers, int prune, double density,
+                             unsigned long long randomThreshold, int combine, float* __restrict__ out) {
   const int member = blockIdx.y;
   const int first = memberFirst[member];
   const int last = memberFirst[member + 1];
@@ -743,7 +751,7 @@ __global__ void combineTasks(const float* __restrict__ deltas, long long perSlot
     if (combine == 0) {
       double total = 0.0;
       for (int t = first; t < last; t++) {
-        const float x = pruned(deltas, perSlot, t, i, prune, states, slots, density, randomThreshold);
+        const float x = pruned(deltas, perSlot, t, i, prune, states, outliers, slots, density, randomThreshold);
         total = __dadd_rn(total, __dmul_rn(slots[t].weight, static_cast<double>(x)));
       }
       merged[i] = __double2float_rn(total);
@@ -751,14 +759,14 @@ __global__ void combineTasks(const float* __restrict__ deltas, long long perSlot
     }
     double votes = 0.0;
     for (int t = first; t < last; t++) {
-      const float x = pruned(deltas, perSlot, t, i, prune, states, slots, density, randomThreshold);
+      const float x = pruned(deltas, perSlot, t, i, prune, states, outliers, slots, density, randomThreshold);
       votes = __dadd_rn(votes, static_cast<double>(combine == 1 ? x : signum(x)));
     }
     const float elected = votes >= 0.0 ? 1.0f : -1.0f;
     double total = 0.0;
     int agreeing = 0;
     for (int t = first; t < last; t++) {
-      const float x = pruned(deltas, perSlot, t, i, prune, states, slots, density, randomThreshold);
+      const float x = pruned(deltas, perSlot, t, i, prune, states, outliers, slots, density, randomThreshold);
       if (signum(x) == elected) {
         total = __dadd_rn(total, __dmul_rn(slots[t].weight, static_cast<double>(x)));
         agreeing++;
@@ -771,6 +779,27 @@ __global__ void combineTasks(const float* __restrict__ deltas, long long perSlot
 unsigned int stridedBlocks(long long elements, long long most) {
   long long blocks = (elements + 255) / 256;
   return static_cast<unsigned int>(blocks < 1 ? 1 : blocks < most ? blocks : most);
+}
+
+// Queues the magnitude select keeping `keep` entries of each slot into `states`.
+bool queueSelect(JNIEnv* env, const float* updates, long long perSlot, int slots, long long keep, SelectState* states,
+                 unsigned int* histograms, unsigned int* chunkTies) {
+  const unsigned int slotBlocks = (slots + 127) / 128;
+  const long long chunks = tieChunks(perSlot);
+  startSelect<<<slotBlocks, 128, 0, cudaStreamLegacy>>>(states, slots, keep, perSlot);
+  for (int level = 0; level < 3; level++) {
+    if (failed(env, cudaMemsetAsync(histograms, 0, static_cast<size_t>(slots) * kSelectBins * 4, cudaStreamLegacy),
+               "loramerge magnitude select")) {
+      return false;
+    }
+    magnitudeHistogram<<<dim3(stridedBlocks(perSlot, 512), slots), 256, 0, cudaStreamLegacy>>>(updates, perSlot, states,
+                                                                                             histograms, level);
+    chooseBucket<<<slotBlocks, 128, 0, cudaStreamLegacy>>>(states, histograms, slots, level);
+  }
+  countTies<<<dim3(static_cast<unsigned int>(chunks), slots), 256, 0, cudaStreamLegacy>>>(updates, perSlot, states, chunkTies,
+                                                                                       chunks);
+  findTie<<<slots, 32, 0, cudaStreamLegacy>>>(updates, perSlot, states, chunkTies, chunks);
+  return !failed(env, cudaGetLastError(), "loramerge magnitude select launch");
 }
 
 }  // namespace
@@ -1003,14 +1032,15 @@ JNIEXPORT jlong JNICALL Java_dev_loramerge_internal_fuse_CudaKernels_taskWorkByt
 // float32), queued on the legacy stream: `hostBytes` of `host` (slots, the members' first slots,
 // the factors from byte `factorsStart`, as DeviceTasks lays them out) copied to `staging`, waited
 // for (the host memory may be reused when this returns), then each slot's update into `deltas`
-// (slots×rows×cols), the magnitude select where prune is 1 (using `work`, taskWorkBytes long),
-// and the combination. prune: 0 none, 1 magnitude keeping `keep` entries, 2 random below
-// `randomThreshold` (⌈density·2⁵³⌉) dividing by density; combine: 0 sum, 1 TIES by total, 2 TIES
-// by frequency.
+// (slots×rows×cols), the magnitude selects where prune is 1 or 3 (using `work`, taskWorkBytes
+// long), and the combination. prune: 0 none, 1 magnitude keeping `keep` entries, 2 random below
+// `randomThreshold` (⌈density·2⁵³⌉) dividing by density, 3 outliers: what the select of `keep`
+// keeps less the non-zero entries the select of `outlierKeep` keeps; combine: 0 sum, 1 TIES by
+// total, 2 TIES by frequency.
 JNIEXPORT void JNICALL Java_dev_loramerge_internal_fuse_CudaKernels_mergeTasks(
     JNIEnv* env, jclass, jint device, jobject host, jlong hostBytes, jobject staging, jint slots, jint members,
     jlong factorsStart, jint rows, jint cols, jobject deltas, jobject work, jint prune, jdouble density, jlong keep,
-    jlong randomThreshold, jint combine, jobject out) {
+    jlong outlierKeep, jlong randomThreshold, jint combine, jobject out) {
   const char* what = "loramerge mergeTasks";
   if (failed(env, cudaSetDevice(device), what)) {
     return;
@@ -1034,30 +1064,18 @@ JNIEXPORT void JNICALL Java_dev_loramerge_internal_fuse_CudaKernels_mergeTasks(
   }
   char* workspace = static_cast<char*>(env->GetDirectBufferAddress(work));
   auto* states = reinterpret_cast<SelectState*>(workspace);
-  auto* histograms = reinterpret_cast<unsigned int*>(workspace + static_cast<long long>(slots) * sizeof(SelectState));
+  auto* outliers = states + slots;
+  auto* histograms = reinterpret_cast<unsigned int*>(workspace + 2LL * slots * sizeof(SelectState));
   auto* chunkTies = histograms + static_cast<long long>(slots) * kSelectBins;
-  const long long chunks = tieChunks(perSlot);
-  if (prune == 1) {
-    const unsigned int slotBlocks = (slots + 127) / 128;
-    startSelect<<<slotBlocks, 128, 0, cudaStreamLegacy>>>(states, slots, keep, perSlot);
-    for (int level = 0; level < 3; level++) {
-      if (failed(env, cudaMemsetAsync(histograms, 0, static_cast<size_t>(slots) * kSelectBins * 4, cudaStreamLegacy), what)) {
-        return;
-      }
-      magnitudeHistogram<<<dim3(stridedBlocks(perSlot, 512), slots), 256, 0, cudaStreamLegacy>>>(updates, perSlot, states,
-                                                                                               histograms, level);
-      chooseBucket<<<slotBlocks, 128, 0, cudaStreamLegacy>>>(states, histograms, slots, level);
-    }
-    countTies<<<dim3(static_cast<unsigned int>(chunks), slots), 256, 0, cudaStreamLegacy>>>(updates, perSlot, states, chunkTies,
-                                                                                         chunks);
-    findTie<<<slots, 32, 0, cudaStreamLegacy>>>(updates, perSlot, states, chunkTies, chunks);
-    if (failed(env, cudaGetLastError(), "loramerge magnitude select launch")) {
-      return;
-    }
+  if ((prune == 1 || prune == 3) && !queueSelect(env, updates, perSlot, slots, keep, states, histograms, chunkTies)) {
+    return;
+  }
+  if (prune == 3 && !queueSelect(env, updates, perSlot, slots, outlierKeep, outliers, histograms, chunkTies)) {
+    return;
   }
   combineTasks<<<dim3(stridedBlocks(perSlot, 2048), members), 256, 0, cudaStreamLegacy>>>(
-      updates, perSlot, slotTable, memberFirst, states, prune, density, static_cast<unsigned long long>(randomThreshold), combine,
-      merged);
+      updates, perSlot, slotTable, memberFirst, states, outliers, prune, density, static_cast<unsigned long long>(randomThreshold),
+      combine, merged);
   failed(env, cudaGetLastError(), "loramerge combineTasks launch");
 }
 

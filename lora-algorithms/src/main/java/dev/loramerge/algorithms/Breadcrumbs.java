@@ -6,6 +6,8 @@ import com.google.common.collect.ImmutableMap;
 import dev.loramerge.merge.MergeAlgorithm;
 import dev.loramerge.merge.spi.ModuleMerge;
 import dev.loramerge.merge.spi.ModuleUpdate;
+import dev.loramerge.merge.spi.TaskArithmetic;
+import java.util.Optional;
 
 /**
  * Model Breadcrumbs (Davari and Belilovsky 2023), as mergekit applies it, on each adapter's full
@@ -52,7 +54,16 @@ public record Breadcrumbs(double density, double gamma) implements MergeAlgorith
 
   @Override
   public ModuleUpdate merge(ModuleMerge module) {
-    return TaskVectors.merge(module, name(), Space.UPDATES, new Pruning.Outliers(density, gamma), new Combination.Sum());
+    return TaskVectors.merge(module, name(), Space.UPDATES, pruning(), new Combination.Sum());
+  }
+
+  @Override
+  public Optional<TaskArithmetic> taskArithmetic() {
+    return TaskVectors.arithmetic(Space.UPDATES, pruning(), new Combination.Sum());
+  }
+
+  private Pruning pruning() {
+    return new Pruning.Outliers(density, gamma);
   }
 
   @Override

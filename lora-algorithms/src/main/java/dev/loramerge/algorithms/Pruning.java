@@ -30,7 +30,7 @@ sealed interface Pruning {
 
     @Override
     public Optional<TaskArithmetic> then(TaskArithmetic.Combine combine) {
-      return Optional.of(new TaskArithmetic(TaskArithmetic.Prune.NONE, 1, 0, combine));
+      return Optional.of(new TaskArithmetic(TaskArithmetic.Prune.NONE, 1, 0, 0, combine));
     }
   }
 
@@ -43,7 +43,7 @@ sealed interface Pruning {
 
     @Override
     public Optional<TaskArithmetic> then(TaskArithmetic.Combine combine) {
-      return Optional.of(new TaskArithmetic(TaskArithmetic.Prune.MAGNITUDE, density, 0, combine));
+      return Optional.of(new TaskArithmetic(TaskArithmetic.Prune.MAGNITUDE, density, 0, 0, combine));
     }
   }
 
@@ -57,7 +57,7 @@ sealed interface Pruning {
 
     @Override
     public Optional<TaskArithmetic> then(TaskArithmetic.Combine combine) {
-      return Optional.of(new TaskArithmetic(TaskArithmetic.Prune.RANDOM, density, seed, combine));
+      return Optional.of(new TaskArithmetic(TaskArithmetic.Prune.RANDOM, density, 0, seed, combine));
     }
   }
 
@@ -67,6 +67,11 @@ sealed interface Pruning {
     public float prune(float[] tensor, int columns, ModuleMerge module, int adapterIndex, String stream) {
       TaskTensors.pruneBreadcrumbs(tensor, density, gamma);
       return 0;
+    }
+
+    @Override
+    public Optional<TaskArithmetic> then(TaskArithmetic.Combine combine) {
+      return Optional.of(new TaskArithmetic(TaskArithmetic.Prune.OUTLIERS, density, gamma, 0, combine));
     }
   }
 

@@ -39,13 +39,15 @@ class TaskArithmeticTest {
   @Test
   void describesTheMethodsOnFullUpdatesThatItCan() {
     assertThat(Ties.of(0.4).onUpdates().taskArithmetic())
-        .contains(new TaskArithmetic(TaskArithmetic.Prune.MAGNITUDE, 0.4, 0, TaskArithmetic.Combine.TOTAL_SIGN));
+        .contains(new TaskArithmetic(TaskArithmetic.Prune.MAGNITUDE, 0.4, 0, 0, TaskArithmetic.Combine.TOTAL_SIGN));
     assertThat(DareTies.of(0.5).withSeed(9).withMajoritySign(MajoritySign.FREQUENCY).onUpdates().taskArithmetic())
-        .contains(new TaskArithmetic(TaskArithmetic.Prune.RANDOM, 0.5, 9, TaskArithmetic.Combine.FREQUENCY_SIGN));
+        .contains(new TaskArithmetic(TaskArithmetic.Prune.RANDOM, 0.5, 0, 9, TaskArithmetic.Combine.FREQUENCY_SIGN));
     assertThat(MagnitudePrune.of(0.3).onUpdates().taskArithmetic())
-        .contains(new TaskArithmetic(TaskArithmetic.Prune.MAGNITUDE, 0.3, 0, TaskArithmetic.Combine.SUM));
-    for (MergeAlgorithm method : List.of(Ties.of(0.4), DareLinear.of(0.5), MagnitudePrune.of(0.3), Linear.of(), Breadcrumbs.of(0.5),
-        Della.of(0.5), Svd.of())) {
+        .contains(new TaskArithmetic(TaskArithmetic.Prune.MAGNITUDE, 0.3, 0, 0, TaskArithmetic.Combine.SUM));
+    assertThat(Breadcrumbs.of(0.5).withGamma(0.1).taskArithmetic())
+        .contains(new TaskArithmetic(TaskArithmetic.Prune.OUTLIERS, 0.5, 0.1, 0, TaskArithmetic.Combine.SUM));
+    for (MergeAlgorithm method : List.of(Ties.of(0.4), DareLinear.of(0.5), MagnitudePrune.of(0.3), Linear.of(), Della.of(0.5),
+        Svd.of())) {
       assertThat(method.taskArithmetic()).as("%s has no description the device runs", method).isEmpty();
     }
   }
@@ -60,7 +62,10 @@ class TaskArithmeticTest {
         MagnitudePrune.of(0.999).onUpdates(),
         DareLinear.of(0.6).withSeed(3).onUpdates(),
         DareTies.of(0.5).withSeed(4).onUpdates(),
-        DareTies.of(0.7).withSeed(5).withMajoritySign(MajoritySign.FREQUENCY).onUpdates())) {
+        DareTies.of(0.7).withSeed(5).withMajoritySign(MajoritySign.FREQUENCY).onUpdates(),
+        Breadcrumbs.of(0.5).withGamma(0.1),
+        Breadcrumbs.of(0.3).withGamma(0.8),
+        Breadcrumbs.of(0.6).withGamma(0))) {
       for (int count : new int[] {2, 3}) {
         Capturing capturing = new Capturing(method);
         LoraMerger.Builder merger = LoraMerger.builder().algorithm(capturing).rank(2);
@@ -117,6 +122,7 @@ class TaskArithmeticTest {
         case NONE -> update;
         case MAGNITUDE -> byMagnitude(update, (int) (arithmetic.density() * update.length));
         case RANDOM -> randomly(update, arithmetic.density(), module.random(arithmetic.seed(), input.index(), "delta"));
+        case OUTLIERS -> withoutOutliers(update, arithmetic.density(), arithmetic.gamma());
       };
     }
     float[] merged = new float[pruned[0].length];
@@ -194,6 +200,19 @@ class TaskArithmeticTest {
       if (magnitude(update[i]) == threshold) {
         kept[i] = update[i];
         taken++;
+      }
+    }
+    return kept;
+  }
+
+  private static float[] withoutOutliers(float[] update, double density, double gamma) {
+    int keep = (int) (density * update.length);
+    int top = Math.min((int) (gamma * update.length), update.length - keep);
+    float[] kept = byMagnitude(update, top + keep);
+    float[] outliers = byMagnitude(update, top);
+    for (int i = 0; i < kept.length; i++) {
+      if (outliers[i] != 0) {
+        kept[i] = 0;
       }
     }
     return kept;

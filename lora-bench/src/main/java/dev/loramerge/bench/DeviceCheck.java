@@ -160,7 +160,7 @@ final class DeviceCheck {
   private static final String KERNELS_PROPERTY = "loramerge.cuda.kernels";
   /** The methods the merger runs as task arithmetic on a GPU, with the sign election of the TIES ones. */
   private static final List<String> MERGE_METHODS =
-      List.of("ties_svd total", "ties_svd frequency", "magnitude_prune_svd", "dare_linear_svd", "dare_ties_svd frequency");
+      List.of("ties_svd total", "ties_svd frequency", "magnitude_prune_svd", "dare_linear_svd", "dare_ties_svd frequency", "breadcrumbs");
 
   private static void record(String name, Map<String, Object> counts, List<Map<String, Object>> rows, List<String> failures) {
     Map<String, Object> row = new LinkedHashMap<>();

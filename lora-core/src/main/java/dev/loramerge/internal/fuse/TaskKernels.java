@@ -93,6 +93,7 @@ public final class TaskKernels {
       case NONE -> 0;
       case MAGNITUDE -> 1;
       case RANDOM -> 2;
+      case OUTLIERS -> 3;
     };
     int combine = switch (arithmetic.combine()) {
       case SUM -> 0;
@@ -100,13 +101,15 @@ public final class TaskKernels {
       case FREQUENCY_SIGN -> 2;
     };
     long perSlot = (long) rows * cols;
-    // As the host computes them: ⌊density·n⌋ kept by magnitude (n an int there), and "nextDouble()
-    // < density" as "draw >>> 11 < ⌈density·2⁵³⌉".
-    long keep = (int) (arithmetic.density() * Math.toIntExact(perSlot));
+    // As the host computes them: ⌊density·n⌋ kept by magnitude (n an int there), the outliers'
+    // ⌊gamma·n⌋ at most the rest, and "nextDouble() < density" as "draw >>> 11 < ⌈density·2⁵³⌉".
+    int n = Math.toIntExact(perSlot);
+    int keep = (int) (arithmetic.density() * n);
+    int outliers = Math.min((int) (arithmetic.gamma() * n), n - keep);
     long randomThreshold = (long) Math.ceil(arithmetic.density() * 0x1p53);
     boolean queued = CudaKernels.mergeTasks(
-        scratch, host, layout.position(), slots.size(), members, factorsStart, rows, cols, prune, arithmetic.density(), keep,
-        randomThreshold, combine, out);
+        scratch, host, layout.position(), slots.size(), members, factorsStart, rows, cols, prune, arithmetic.density(),
+        arithmetic.prune() == TaskArithmetic.Prune.OUTLIERS ? outliers + keep : keep, outliers, randomThreshold, combine, out);
     if (queued) {
       BATCHES.incrementAndGet();
     }

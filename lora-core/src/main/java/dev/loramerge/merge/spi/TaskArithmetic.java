@@ -15,7 +15,10 @@ import static com.google.common.base.Preconditions.checkNotNull;
  *   <li>pruned: {@link Prune#MAGNITUDE} keeps the ⌊density·n⌋ entries of largest magnitude (of
  *       equal ones, the first; NaN never), {@link Prune#RANDOM} keeps entry i where the (i+1)-th
  *       {@code nextDouble()} of {@code module.random(seed, input, "delta")} is below density and
- *       divides it by density in float64; a dropped entry is +0;
+ *       divides it by density in float64, {@link Prune#OUTLIERS} keeps what {@code MAGNITUDE}
+ *       keeps of ⌊gamma·n⌋ + ⌊density·n⌋ entries (⌊gamma·n⌋ at most n − ⌊density·n⌋), less the
+ *       entries other than zero that it keeps of ⌊gamma·n⌋ (Model Breadcrumbs); a dropped entry is
+ *       +0;
  *   <li>combined with the inputs' weights in float64 and rounded once to float32: {@link
  *       Combine#SUM} Σ wₜ·xₜ, or TIES' sign election ({@link Combine#TOTAL_SIGN}: the sign of Σ xₜ,
  *       {@link Combine#FREQUENCY_SIGN}: of Σ sign(xₜ); zero elects +) and the mean of the weighted
@@ -24,10 +27,11 @@ import static com.google.common.base.Preconditions.checkNotNull;
  *
  * @param prune how each input's update is pruned
  * @param density the fraction kept, in (0, 1]; 1 where nothing is pruned
+ * @param gamma the fraction dropped as outliers, in [0, 1); 0 for the other prunings
  * @param seed the random pruning's seed; 0 for the others
  * @param combine how the pruned updates are combined
  */
-public record TaskArithmetic(Prune prune, double density, long seed, Combine combine) {
+public record TaskArithmetic(Prune prune, double density, double gamma, long seed, Combine combine) {
   /** How each input's update is pruned. */
   public enum Prune {
     /** Nothing is pruned. */
@@ -35,7 +39,9 @@ public record TaskArithmetic(Prune prune, double density, long seed, Combine com
     /** The entries of largest magnitude are kept. */
     MAGNITUDE,
     /** Each entry is kept with probability density, and rescaled (DARE). */
-    RANDOM
+    RANDOM,
+    /** The entries of largest magnitude after the largest of all, the outliers. */
+    OUTLIERS
   }
 
   /** How the pruned updates are combined. */
@@ -54,5 +60,6 @@ public record TaskArithmetic(Prune prune, double density, long seed, Combine com
     checkNotNull(combine, "combine");
     checkArgument(density > 0 && density <= 1, "density must be in (0, 1], got %s", density);
     checkArgument(prune != Prune.NONE || density == 1, "nothing pruned keeps a density of 1, got %s", density);
+    checkArgument(gamma >= 0 && gamma < 1 && (prune == Prune.OUTLIERS || gamma == 0), "gamma %s with %s", gamma, prune);
   }
 }
