@@ -69,7 +69,9 @@ final class ModuleMerger {
   /**
    * {@link #merge} of each of {@code keys}, in order, with the dense updates that the randomized
    * SVD re-ranks truncated together, one batch per shape and target rank: on a device a batch
-   * costs the calls and waits of one module. The batches are a function of the keys alone, so
+   * costs the calls and waits of one module. Where the CUDA kernels run on the device, a method
+   * that is {@link MergeAlgorithm#taskArithmetic() task arithmetic} has the batch's updates made
+   * there from its LoRA inputs' factors ({@link DeviceTasks}), with the bits of its own merge. The batches are a function of the keys alone, so
    * the results do not depend on threads or timing.
    */
   List<Optional<Merged>> mergeTogether(
