@@ -1,4 +1,5 @@
-// The fuse's arithmetic on an NVIDIA GPU, for dev.loramerge.internal.fuse.CudaKernels. fuseProduct
+// The fuse's arithmetic on an NVIDIA GPU, and the merges' task arithmetic (mergeTasks, at the end
+// of the file), for dev.loramerge.internal.fuse.CudaKernels. fuseProduct
 // computes each element of a batch of fp16/bf16 weights from the factors in one pass: the float64
 // dot product of its row of up and its column of down, in the order the host's NarrowFusion
 // computes it, plus the weight's own value, rounded once, so that the bytes equal the host's by

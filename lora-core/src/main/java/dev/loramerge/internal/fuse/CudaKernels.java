@@ -31,7 +31,7 @@ import org.slf4j.LoggerFactory;
  * ({@link #fuse}), where libtorch's operations take about a dozen (its float64 → fp16 and bf16
  * casts round twice, through float32, and every correction is a pass of its own). Without the
  * library, or for an array it cannot address, the fuse takes libtorch's operations, with the same
- * bytes.
+ * bytes. The merges' task arithmetic runs there too ({@link TaskKernels}).
  *
  * <p>The kernel reads and writes device memory through the addresses of DJL's PyTorch arrays,
  * which DJL gives out only to its own package: this class asks for them by reflection, and runs
