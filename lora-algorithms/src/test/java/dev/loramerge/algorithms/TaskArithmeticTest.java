@@ -1,6 +1,7 @@
 package dev.loramerge.algorithms;
 
 import static org.assertj.core.api.Assertions.assertThat;
+import static org.assertj.core.api.Assertions.assertThatThrownBy;
 
 import com.google.common.collect.ImmutableMap;
 import dev.loramerge.Component;
@@ -50,6 +51,19 @@ class TaskArithmeticTest {
         Svd.of())) {
       assertThat(method.taskArithmetic()).as("%s has no description the device runs", method).isEmpty();
     }
+  }
+
+  @Test
+  void refusesParametersThatDescribeNoMethod() {
+    assertThatThrownBy(() -> new TaskArithmetic(TaskArithmetic.Prune.NONE, 0.5, 0, 0, TaskArithmetic.Combine.SUM))
+        .as("nothing pruned at a density below 1")
+        .isInstanceOf(IllegalArgumentException.class);
+    assertThatThrownBy(() -> new TaskArithmetic(TaskArithmetic.Prune.MAGNITUDE, 0.5, 0.1, 0, TaskArithmetic.Combine.SUM))
+        .as("outliers dropped by a pruning without them")
+        .isInstanceOf(IllegalArgumentException.class);
+    assertThatThrownBy(() -> new TaskArithmetic(TaskArithmetic.Prune.RANDOM, 0, 0, 1, TaskArithmetic.Combine.SUM))
+        .as("a density of 0")
+        .isInstanceOf(IllegalArgumentException.class);
   }
 
   @Test
