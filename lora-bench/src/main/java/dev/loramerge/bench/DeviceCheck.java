@@ -163,25 +163,26 @@ final class DeviceCheck {
       List.of("ties_svd total", "ties_svd frequency", "magnitude_prune_svd", "dare_linear_svd", "dare_ties_svd frequency", "breadcrumbs");
 
   private static void record(String name, Map<String, Object> counts, List<Map<String, Object>> rows, List<String> failures) {
-    Map<String, Object> row = new LinkedHashMap<>();
-    row.put("dtype", name);
-    row.putAll(counts);
-    rows.add(row);
-    System.out.println(row);
-    if (!row.get("differing_elements").equals(0L) || !row.get("not_restored_weights").equals(0L)
-        || Boolean.FALSE.equals(row.get("same_failure"))) {
-      failures.add(String.format(Locale.ROOT, "%s: %s", name, row));
-    }
+    boolean failed = !counts.get("differing_elements").equals(0L) || !counts.get("not_restored_weights").equals(0L)
+        || Boolean.FALSE.equals(counts.get("same_failure"));
+    record("dtype", name, counts, failed, rows, failures);
   }
 
   private static void recordMerge(String method, Map<String, Object> counts, List<Map<String, Object>> rows, List<String> failures) {
+    boolean failed = !counts.get("differing_tensors").equals(0L) || counts.get("device_batches").equals(0L);
+    record("merge", method, counts, failed, rows, failures);
+  }
+
+  /** Adds a row {@code label: name} and its counts to {@code rows}, printed, and to the failures where {@code failed}. */
+  private static void record(
+      String label, String name, Map<String, Object> counts, boolean failed, List<Map<String, Object>> rows, List<String> failures) {
     Map<String, Object> row = new LinkedHashMap<>();
-    row.put("merge", method);
+    row.put(label, name);
     row.putAll(counts);
     rows.add(row);
     System.out.println(row);
-    if (!row.get("differing_tensors").equals(0L) || row.get("device_batches").equals(0L)) {
-      failures.add(String.format(Locale.ROOT, "merge %s: %s", method, row));
+    if (failed) {
+      failures.add(String.format(Locale.ROOT, "%s %s: %s", label, name, row));
     }
   }
 
