@@ -32,6 +32,7 @@ import java.util.Optional;
 import java.util.Set;
 import java.util.concurrent.ForkJoinPool;
 import java.util.concurrent.ForkJoinTask;
+import java.util.concurrent.RejectedExecutionException;
 
 /**
  * A merger's update of the matched modules, times a factor, computed per weight on demand on the
@@ -281,9 +282,17 @@ final class MergedWeightUpdate implements DeviceUpdate {
     // another fuse calls after this fuse's workers are shut down, and runs it on its own thread.
     if (ForkJoinTask.getPool() == workers || workers.isShutdown()) {
       kernel.run();
-    } else {
-      workers.submit(kernel).join();
+      return;
     }
+    ForkJoinTask<?> task;
+    try {
+      task = workers.submit(kernel);
+    } catch (RejectedExecutionException e) {
+      // The fuse that owns the workers shut them down after the check above.
+      kernel.run();
+      return;
+    }
+    task.join();
   }
 
   /**
