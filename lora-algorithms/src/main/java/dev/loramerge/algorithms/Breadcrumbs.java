@@ -54,16 +54,16 @@ public record Breadcrumbs(double density, double gamma) implements MergeAlgorith
 
   @Override
   public ModuleUpdate merge(ModuleMerge module) {
-    return TaskVectors.merge(module, name(), Space.UPDATES, pruning(), new Combination.Sum());
+    return taskVectors().merge(module, name());
   }
 
   @Override
   public Optional<TaskArithmetic> taskArithmetic() {
-    return TaskVectors.arithmetic(Space.UPDATES, pruning(), new Combination.Sum());
+    return taskVectors().arithmetic();
   }
 
-  private Pruning pruning() {
-    return new Pruning.Outliers(density, gamma);
+  private TaskVectors taskVectors() {
+    return new TaskVectors(Space.UPDATES, new Pruning.Outliers(density, gamma), new Combination.Sum());
   }
 
   @Override

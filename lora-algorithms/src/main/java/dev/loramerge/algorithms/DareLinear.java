@@ -66,20 +66,16 @@ public record DareLinear(double density, long seed, Space space) implements Merg
 
   @Override
   public ModuleUpdate merge(ModuleMerge module) {
-    return TaskVectors.merge(module, name(), space, pruning(), combination());
+    return taskVectors().merge(module, name());
   }
 
   @Override
   public Optional<TaskArithmetic> taskArithmetic() {
-    return TaskVectors.arithmetic(space, pruning(), combination());
+    return taskVectors().arithmetic();
   }
 
-  private Pruning pruning() {
-    return new Pruning.Random(density, seed);
-  }
-
-  private Combination combination() {
-    return new Combination.Sum();
+  private TaskVectors taskVectors() {
+    return new TaskVectors(space, new Pruning.Random(density, seed), new Combination.Sum());
   }
 
   @Override

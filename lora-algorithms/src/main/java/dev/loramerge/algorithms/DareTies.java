@@ -71,20 +71,16 @@ public record DareTies(double density, MajoritySign majoritySign, long seed, Spa
 
   @Override
   public ModuleUpdate merge(ModuleMerge module) {
-    return TaskVectors.merge(module, name(), space, pruning(), combination());
+    return taskVectors().merge(module, name());
   }
 
   @Override
   public Optional<TaskArithmetic> taskArithmetic() {
-    return TaskVectors.arithmetic(space, pruning(), combination());
+    return taskVectors().arithmetic();
   }
 
-  private Pruning pruning() {
-    return new Pruning.Random(density, seed);
-  }
-
-  private Combination combination() {
-    return new Combination.ElectedSign(majoritySign);
+  private TaskVectors taskVectors() {
+    return new TaskVectors(space, new Pruning.Random(density, seed), new Combination.ElectedSign(majoritySign));
   }
 
   @Override

@@ -72,9 +72,8 @@ public record Della(double density, double epsilon, MajoritySign majoritySign, l
 
   @Override
   public ModuleUpdate merge(ModuleMerge module) {
-    return TaskVectors.merge(
-        module, name(), Space.UPDATES, new Pruning.RankedRandom(density, epsilon, seed),
-        new Combination.ElectedSign(majoritySign));
+    return new TaskVectors(Space.UPDATES, new Pruning.RankedRandom(density, epsilon, seed), new Combination.ElectedSign(majoritySign))
+        .merge(module, name());
   }
 
   @Override

@@ -57,20 +57,16 @@ public record MagnitudePrune(double density, Space space) implements MergeAlgori
 
   @Override
   public ModuleUpdate merge(ModuleMerge module) {
-    return TaskVectors.merge(module, name(), space, pruning(), combination());
+    return taskVectors().merge(module, name());
   }
 
   @Override
   public Optional<TaskArithmetic> taskArithmetic() {
-    return TaskVectors.arithmetic(space, pruning(), combination());
+    return taskVectors().arithmetic();
   }
 
-  private Pruning pruning() {
-    return new Pruning.Magnitude(density);
-  }
-
-  private Combination combination() {
-    return new Combination.Sum();
+  private TaskVectors taskVectors() {
+    return new TaskVectors(space, new Pruning.Magnitude(density), new Combination.Sum());
   }
 
   @Override

@@ -18,9 +18,12 @@ import java.util.Optional;
 /**
  * The body every element-wise method shares: each adapter's task tensors pruned, then combined,
  * in factor space or on the full updates (see {@link Space}).
+ *
+ * @param space where the method works
+ * @param pruning how each task tensor is pruned
+ * @param combination how the pruned tensors are combined
  */
-final class TaskVectors {
-  private TaskVectors() {}
+record TaskVectors(Space space, Pruning pruning, Combination combination) {
 
   /** What a method in {@code space} needs of the merger. */
   static Requirements requirements(Space space) {
@@ -30,21 +33,19 @@ final class TaskVectors {
   }
 
   /** The merge of {@code module} by the method called {@code name}. */
-  static ModuleUpdate merge(ModuleMerge module, String name, Space space, Pruning pruning, Combination combination) {
-    return space == Space.FACTORS
-        ? mergeFactors(module, name, pruning, combination)
-        : mergeUpdates(module, pruning, combination);
+  ModuleUpdate merge(ModuleMerge module, String name) {
+    return space == Space.FACTORS ? mergeFactors(module, name) : mergeUpdates(module);
   }
 
   /**
    * The method of {@link #merge} as {@link TaskArithmetic}: on the full updates, where the pruning
    * is one it describes.
    */
-  static Optional<TaskArithmetic> arithmetic(Space space, Pruning pruning, Combination combination) {
+  Optional<TaskArithmetic> arithmetic() {
     return space == Space.UPDATES ? pruning.then(combination.described()) : Optional.empty();
   }
 
-  private static ModuleUpdate mergeFactors(ModuleMerge module, String name, Pruning pruning, Combination combination) {
+  private ModuleUpdate mergeFactors(ModuleMerge module, String name) {
     List<ModuleInput> inputs = module.inputs();
     double[] weights = new double[inputs.size()];
     for (int i = 0; i < weights.length; i++) {
@@ -64,29 +65,27 @@ final class TaskVectors {
     }
     int rank = inputs.get(0).module().rank();
     float[][] downs = inputs.stream().map(TaskVectors::downValues).toArray(float[][]::new);
-    float[] down = combine(module, pruning, combination, downs, downs[0].length / rank, weights, "down");
+    float[] down = combine(module, downs, downs[0].length / rank, weights, "down");
     float[][] ups = inputs.stream().map(TaskVectors::upValues).toArray(float[][]::new);
-    float[] up = combine(module, pruning, combination, ups, rank, weights, "up");
+    float[] up = combine(module, ups, rank, weights, "up");
     return new ModuleUpdate.Factors(up, down, rank);
   }
 
-  private static ModuleUpdate mergeUpdates(ModuleMerge module, Pruning pruning, Combination combination) {
+  private ModuleUpdate mergeUpdates(ModuleMerge module) {
     List<ModuleInput> inputs = module.inputs();
     double[] weights = inputs.stream().mapToDouble(ModuleInput::weight).toArray();
     float[][] tensors = inputs.stream().map(ModuleInput::delta).toArray(float[][]::new);
     // From the weight's shape: a materialised input (a LoHa, a full difference) has no factors.
     LoraModule first = inputs.get(0).module();
     int columns = Math.toIntExact(TensorData.numel(first.weightShape()) / first.outFeatures());
-    return new ModuleUpdate.Dense(combine(module, pruning, combination, tensors, columns, weights, "delta"), columns);
+    return new ModuleUpdate.Dense(combine(module, tensors, columns, weights, TaskArithmetic.STREAM), columns);
   }
 
   /**
    * Prunes {@code tensors} (row-major, rows of {@code columns}; changed in place) and combines
    * them into a new array.
    */
-  private static float[] combine(
-      ModuleMerge module, Pruning pruning, Combination combination, float[][] tensors, int columns, double[] weights,
-      String stream) {
+  private float[] combine(ModuleMerge module, float[][] tensors, int columns, double[] weights, String stream) {
     float[] cuts = new float[tensors.length];
     for (int i = 0; i < tensors.length; i++) {
       cuts[i] = pruning.prune(tensors[i], columns, module, module.inputs().get(i).index(), stream);

@@ -65,20 +65,16 @@ public record Ties(double density, MajoritySign majoritySign, Space space) imple
 
   @Override
   public ModuleUpdate merge(ModuleMerge module) {
-    return TaskVectors.merge(module, name(), space, pruning(), combination());
+    return taskVectors().merge(module, name());
   }
 
   @Override
   public Optional<TaskArithmetic> taskArithmetic() {
-    return TaskVectors.arithmetic(space, pruning(), combination());
+    return taskVectors().arithmetic();
   }
 
-  private Pruning pruning() {
-    return new Pruning.Magnitude(density);
-  }
-
-  private Combination combination() {
-    return new Combination.ElectedSign(majoritySign);
+  private TaskVectors taskVectors() {
+    return new TaskVectors(space, new Pruning.Magnitude(density), new Combination.ElectedSign(majoritySign));
   }
 
   @Override

@@ -21,9 +21,6 @@ import java.util.Optional;
  * host's, with the host's bits.
  */
 final class DeviceTasks {
-  /** The stream a method on full updates draws an input's random pruning from ({@code TaskVectors}). */
-  static final String STREAM = "delta";
-
   private DeviceTasks() {}
 
   /**
@@ -43,7 +40,7 @@ final class DeviceTasks {
         input.readUp(0, up, up.length);
         input.readDown(0, down, down.length);
         long seed = arithmetic.prune() == TaskArithmetic.Prune.RANDOM
-            ? module.streamSeed(arithmetic.seed(), input.index(), STREAM)
+            ? module.streamSeed(arithmetic.seed(), input.index(), TaskArithmetic.STREAM)
             : 0;
         slots.add(new TaskKernels.Slot(member, up, down, rank, (float) input.scale(), input.weight(), seed));
       }

@@ -14,7 +14,7 @@ import static com.google.common.base.Preconditions.checkNotNull;
  *       for a LoRA);
  *   <li>pruned: {@link Prune#MAGNITUDE} keeps the ⌊density·n⌋ entries of largest magnitude (of
  *       equal ones, the first; NaN never), {@link Prune#RANDOM} keeps entry i where the (i+1)-th
- *       {@code nextDouble()} of {@code module.random(seed, input, "delta")} is below density and
+ *       {@code nextDouble()} of {@code module.random(seed, input, STREAM)} is below density and
  *       divides it by density in float64, {@link Prune#OUTLIERS} keeps what {@code MAGNITUDE}
  *       keeps of ⌊gamma·n⌋ + ⌊density·n⌋ entries (⌊gamma·n⌋ at most n − ⌊density·n⌋), less the
  *       entries other than zero that it keeps of ⌊gamma·n⌋ (Model Breadcrumbs); a dropped entry is
@@ -32,6 +32,9 @@ import static com.google.common.base.Preconditions.checkNotNull;
  * @param combine how the pruned updates are combined
  */
 public record TaskArithmetic(Prune prune, double density, double gamma, long seed, Combine combine) {
+  /** The name of the random stream an input's update is pruned with ({@link ModuleMerge#streamSeed}). */
+  public static final String STREAM = "delta";
+
   /** How each input's update is pruned. */
   public enum Prune {
     /** Nothing is pruned. */
