@@ -29,7 +29,7 @@ import org.junit.jupiter.api.Test;
  * reads the weight, and the ledger replays the fuses still active on the originals).
  */
 class AdapterKindsInMemoryTest {
-  private static final LoraAdapter STYLE = TinyLora.adapter("style", 4, 8, 1);
+  static final LoraAdapter STYLE = TinyLora.adapter("style", 4, 8, 1);
 
   private static TensorData seeded(Random random, double sd, long... shape) {
     float[] values = new float[Math.toIntExact(TensorData.numel(shape))];
@@ -40,7 +40,7 @@ class AdapterKindsInMemoryTest {
   }
 
   /** A LoHa with a PEFT DoRA magnitude, a LoKr and a Tucker LoCon on TinyLora's modules. */
-  private static LoraAdapter kinds() {
+  static LoraAdapter kinds() {
     Random random = new Random(9);
     LoraModule loha = LoraModule.ofKind(
         TinyLora.KEYS[0], AdapterKind.LOHA,

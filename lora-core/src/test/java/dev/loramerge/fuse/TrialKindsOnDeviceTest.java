@@ -6,66 +6,28 @@ import static org.assertj.core.api.Assertions.assertThatThrownBy;
 import ai.djl.Device;
 import ai.djl.ndarray.NDArray;
 import ai.djl.ndarray.NDManager;
-import dev.loramerge.AdapterKind;
 import dev.loramerge.DType;
-import dev.loramerge.DoraMagnitude;
 import dev.loramerge.LoraAdapter;
 import dev.loramerge.LoraMergeException;
-import dev.loramerge.LoraModule;
 import dev.loramerge.TensorData;
 import dev.loramerge.merge.LoraMerger;
 import dev.loramerge.testing.TinyLora;
 import java.io.IOException;
 import java.util.Map;
-import java.util.Optional;
-import java.util.Random;
 import org.junit.jupiter.api.Test;
 
 /**
- * Other adapter kinds fused into in-memory weights go through the same ledger as LoRA: unfusing
- * them, before or after a LoRA fused on top, gives back every bit, DoRA included (its update
- * reads the weight, and the ledger replays the fuses still active on the originals).
+ * {@link AdapterKindsInMemoryTest}'s kinds fused by the device path ({@code libtorchOnCpu}): the
+ * host path's bytes, every bit back after unfusing under and over a LoRA, and factors kept on the
+ * device once.
  */
 class TrialKindsOnDeviceTest {
-  private static final LoraAdapter STYLE = TinyLora.adapter("style", 4, 8, 1);
-
-  private static TensorData seeded(Random random, double sd, long... shape) {
-    float[] values = new float[Math.toIntExact(TensorData.numel(shape))];
-    for (int i = 0; i < values.length; i++) {
-      values[i] = (float) (sd * random.nextGaussian());
-    }
-    return TensorData.ofFloats(values, shape);
-  }
-
-  /** A LoHa with a PEFT DoRA magnitude, a LoKr and a Tucker LoCon on TinyLora's modules. */
-  private static LoraAdapter kinds() {
-    Random random = new Random(9);
-    LoraModule loha = LoraModule.ofKind(
-        TinyLora.KEYS[0], AdapterKind.LOHA,
-        Map.of("hada_w1_a", seeded(random, 0.3, 10, 2), "hada_w1_b", seeded(random, 0.3, 2, 12),
-            "hada_w2_a", seeded(random, 0.3, 10, 2), "hada_w2_b", seeded(random, 0.3, 2, 12)), 2, Optional.empty());
-    LoraModule lokr = LoraModule.ofKind(
-        TinyLora.KEYS[1], AdapterKind.LOKR, Map.of("lokr_w1", seeded(random, 0.3, 3, 3), "lokr_w2", seeded(random, 0.1, 4, 4)),
-        1, Optional.empty());
-    LoraModule tucker = LoraModule.ofKind(
-        TinyLora.KEYS[2], AdapterKind.LORA_TUCKER,
-        Map.of("lora_down", seeded(random, 0.3, 2, 4, 1, 1), "lora_mid", seeded(random, 0.3, 2, 2, 3, 3),
-            "lora_up", seeded(random, 0.3, 6, 2, 1, 1)), 2, Optional.empty());
-    float[] magnitude = new float[10];
-    for (int i = 0; i < magnitude.length; i++) {
-      magnitude[i] = 0.5f + random.nextFloat();
-    }
-    return LoraAdapter.builder().name("kinds")
-        .add(loha.withMagnitude(DoraMagnitude.peft(TensorData.ofFloats(magnitude, 10))))
-        .add(lokr)
-        .add(tucker)
-        .build();
-  }
+  private static final LoraAdapter STYLE = AdapterKindsInMemoryTest.STYLE;
 
   @Test
   void unfusingKindsUnderAndOverALoraRestoresEveryBit() throws IOException {
     Map<String, TensorData> base = TinyLora.base(DType.F16, 3);
-    LoraAdapter kinds = kinds();
+    LoraAdapter kinds = AdapterKindsInMemoryTest.kinds();
     try (NDManager manager = NDManager.newBaseManager(Device.cpu())) {
       Map<String, NDArray> arrays = FusedLoraTest.arrays(manager, base);
       WeightTarget target = WeightTarget.builder().weights(arrays).libtorchOnCpu().build();
@@ -103,7 +65,7 @@ class TrialKindsOnDeviceTest {
   @Test
   void keepsATuckerLoConsFactorsOnTheDeviceOnce() throws IOException {
     Map<String, TensorData> base = TinyLora.base(DType.F16, 5);
-    LoraAdapter kinds = kinds();
+    LoraAdapter kinds = AdapterKindsInMemoryTest.kinds();
     try (NDManager manager = NDManager.newBaseManager(Device.cpu())) {
       Map<String, NDArray> keeping = FusedLoraTest.arrays(manager, base);
       Map<String, NDArray> copying = FusedLoraTest.arrays(manager, base);
@@ -136,7 +98,7 @@ class TrialKindsOnDeviceTest {
   @Test
   void aDoraModuleCannotBeSubtractedNorFusedThroughAnotherMethod() throws IOException {
     Map<String, TensorData> base = TinyLora.base(DType.F32, 4);
-    LoraAdapter kinds = kinds();
+    LoraAdapter kinds = AdapterKindsInMemoryTest.kinds();
     try (NDManager manager = NDManager.newBaseManager(Device.cpu())) {
       Map<String, NDArray> arrays = FusedLoraTest.arrays(manager, base);
       WeightTarget target = WeightTarget.builder().weights(arrays).libtorchOnCpu().build();
