@@ -354,7 +354,7 @@ final class MergedWeightUpdate implements DeviceUpdate {
         return new DeviceFusion.Factors(factors.up(), factors.down(), factors.rank());
       }, () -> terms(spec), label(spec.name())));
     }
-    DeviceFusion.fuseAll(jobs, workers.isShutdown() ? ForkJoinPool.commonPool() : workers, factorCache);
+    DeviceFusion.fuseAll(jobs, workers, factorCache);
   }
 
   /** The module's factors for weight {@code spec} as stored, where the device can form them. */

@@ -30,6 +30,8 @@ import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.CompletionException;
 import java.util.concurrent.ExecutionException;
 import java.util.concurrent.ForkJoinPool;
+import java.util.concurrent.ForkJoinTask;
+import java.util.concurrent.RejectedExecutionException;
 import java.util.function.IntConsumer;
 import java.util.function.Supplier;
 import java.util.stream.IntStream;
@@ -164,8 +166,8 @@ public final class DeviceFusion {
 
   /**
    * Fuses every job, in batches of weights with the same device, dtype and shape, the factors of
-   * a batch computed on {@code workers}. Arrays made on the way belong to sub-managers of the
-   * weights' managers, closed batch by batch.
+   * a batch computed on {@code workers} (on the common pool once they are shut down). Arrays made
+   * on the way belong to sub-managers of the weights' managers, closed batch by batch.
    *
    * @throws dev.loramerge.LoraMergeException for the first weight of the first batch that has a
    *     result that is NaN, infinite or beyond the dtype's range, naming its job's label; that
@@ -235,7 +237,7 @@ public final class DeviceFusion {
           for (int k = b + 1; k <= b + ahead && k < batches.size(); k++) {
             if (gathering.get(k) == null) {
               int batch = k;
-              gathering.set(k, CompletableFuture.supplyAsync(() -> gather(batch), workers));
+              gathering.set(k, CompletableFuture.supplyAsync(() -> gather(batch), command -> submitted(workers, ForkJoinTask.adapt(command))));
             }
           }
           int index = b;
@@ -362,7 +364,7 @@ public final class DeviceFusion {
   /** {@code task}'s value, computed on {@code workers}; its failure rethrown as it was thrown, not as a copy. */
   private static <T> T onWorkers(ForkJoinPool workers, Callable<T> task) {
     try {
-      return workers.submit(task).get();
+      return submitted(workers, ForkJoinTask.adapt(task)).get();
     } catch (ExecutionException e) {
       throw rethrown(e.getCause());
     } catch (InterruptedException e) {
@@ -390,6 +392,19 @@ public final class DeviceFusion {
       throw error;
     }
     return new IllegalStateException(original);
+  }
+
+  /**
+   * {@code task} submitted to {@code workers}, or to the common pool where they are shut down: a
+   * fuse replayed to undo another (from another thread) may still be running on the workers of a
+   * fuse that ends meanwhile and shuts them down.
+   */
+  private static <T> ForkJoinTask<T> submitted(ForkJoinPool workers, ForkJoinTask<T> task) {
+    try {
+      return workers.submit(task);
+    } catch (RejectedExecutionException e) {
+      return ForkJoinPool.commonPool().submit(task);
+    }
   }
 
   private static void onWorkers(ForkJoinPool workers, Runnable task) {

@@ -147,6 +147,18 @@ class DeviceFusionTest {
    */
   @Test
   void fusesABatchLikeOneWeightAtATime() {
+    fusesLikeOneWeightAtATime(ForkJoinPool.commonPool());
+  }
+
+  /** A replay that undoes another fuse may run after the workers of the fuse it replays are shut down. */
+  @Test
+  void fusesOnTheCommonPoolWhenTheWorkersAreShutDown() {
+    ForkJoinPool workers = new ForkJoinPool(2);
+    workers.shutdown();
+    fusesLikeOneWeightAtATime(workers);
+  }
+
+  private static void fusesLikeOneWeightAtATime(ForkJoinPool workers) {
     Random random = new Random(29);
     long[][] shapes = {{64, 96}, {32, 8, 3, 3}, {64, 96}, {48, 1}, {64, 96}, {32, 8, 3, 3}};
     DType[] dtypes = {DType.F16, DType.F32, DType.F16, DType.F64, DType.F32, DType.F32};
@@ -177,7 +189,7 @@ class DeviceFusionTest {
       }
       int before = manager.getManagedArrays().size();
       int beforeElsewhere = elsewhere.getManagedArrays().size();
-      DeviceFusion.fuseAll(jobs, ForkJoinPool.commonPool());
+      DeviceFusion.fuseAll(jobs, workers);
       for (int i = 0; i < shapes.length; i++) {
         assertThat(bytes(weights.get(i))).as("weight %d, %s %s rank %d", i, dtypes[i], Arrays.toString(shapes[i]), ranks[i])
             .isEqualTo(expected.get(i));
