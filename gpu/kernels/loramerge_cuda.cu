@@ -707,6 +707,66 @@ __device__ __forceinline__ unsigned long long splitMix(unsigned long long seed, 
 // Java's Math.signum(float): ±1, or the value itself for ±0 and NaN.
 __device__ __forceinline__ float signum(float x) { return x > 0.0f ? 1.0f : x < 0.0f ? -1.0f : x; }
 
+// DELLA's keep probability of rank `rank` (0 the smallest magnitude) in a row of `cols`, as the
+// host's TaskTensors.pruneDella forms it: (density − epsilon) + (2·epsilon·rank)/(cols − 1), each
+// step rounded, clamped to [0, 1].
+__device__ __forceinline__ double rankProbability(int rank, int cols, double density, double epsilon) {
+  const double p = cols == 1 ? density
+                             : __dadd_rn(__dsub_rn(density, epsilon),
+                                         __ddiv_rn(__dmul_rn(__dmul_rn(2.0, epsilon), static_cast<double>(rank)),
+                                                   static_cast<double>(cols - 1)));
+  return fmin(1.0, fmax(0.0, p));
+}
+
+constexpr int kRankThreads = 512;
+
+// Prune 4 (DELLA's MagPrune), in place. Grid: x the row, y the slot; `width` the power of two at or
+// above cols, its keys in dynamic shared memory. The row's keys (magnitude bits above the column,
+// as the host sorts them) are bitonic-sorted; rank r's entry is kept where its probability p > 0
+// and the slot's stream's draw for it is below p, and divided by p. The host draws only where
+// p > 0, in increasing rank, row after row, and p rises with the rank, so a row makes cols − z
+// draws, z its ranks of probability 0, and rank r's is draw number row·(cols − z) + r − z + 1.
+__global__ void __launch_bounds__(kRankThreads) rankedPrune(float* __restrict__ deltas, const TaskSlot* __restrict__ slots,
+                                                            int rows, int cols, int width, double density, double epsilon) {
+  extern __shared__ unsigned long long keys[];
+  float* values = deltas + (static_cast<long long>(blockIdx.y) * rows + blockIdx.x) * cols;
+  for (int i = threadIdx.x; i < width; i += blockDim.x) {
+    keys[i] = i < cols ? static_cast<unsigned long long>(magnitudeBits(values[i])) << 32 | static_cast<unsigned int>(i) : ~0ull;
+  }
+  __syncthreads();
+  for (int size = 2; size <= width; size <<= 1) {
+    for (int stride = size >> 1; stride > 0; stride >>= 1) {
+      for (int i = threadIdx.x; i < width; i += blockDim.x) {
+        const int partner = i ^ stride;
+        if (partner > i) {
+          const unsigned long long a = keys[i];
+          const unsigned long long b = keys[partner];
+          if ((a > b) == ((i & size) == 0)) {
+            keys[i] = b;
+            keys[partner] = a;
+          }
+        }
+      }
+      __syncthreads();
+    }
+  }
+  int zero = 0;
+  while (zero < cols && rankProbability(zero, cols, density, epsilon) <= 0.0) {
+    zero++;
+  }
+  const unsigned long long seed = slots[blockIdx.y].seed;
+  const unsigned long long drawsBefore = static_cast<unsigned long long>(blockIdx.x) * (cols - zero);
+  for (int rank = threadIdx.x; rank < cols; rank += blockDim.x) {
+    const int col = static_cast<int>(keys[rank] & 0xffffffffull);
+    const double p = rankProbability(rank, cols, density, epsilon);
+    float kept = 0.0f;
+    if (p > 0.0 && static_cast<double>(splitMix(seed, drawsBefore + (rank - zero) + 1) >> 11) * 0x1p-53 < p) {
+      kept = __double2float_rn(__ddiv_rn(static_cast<double>(values[col]), p));
+    }
+    values[col] = kept;
+  }
+}
+
 // Whether a select keeps entry i, of value x.
 __device__ __forceinline__ bool selected(const SelectState& state, float x, long long i) {
   if (state.mode != 0) {
@@ -718,7 +778,8 @@ __device__ __forceinline__ bool selected(const SelectState& state, float x, long
 }
 
 // Slot t's entry i after pruning: prune 0 none, 1 magnitude, 2 random, 3 outliers (the kept
-// entries' select less the non-zero entries of the outliers' select, states[slots + t]).
+// entries' select less the non-zero entries of the outliers' select, states[slots + t]); 4,
+// rankedPrune's, is done in place before.
 __device__ __forceinline__ float pruned(const float* deltas, long long perSlot, int t, long long i, int prune,
                                         const SelectState* states, const SelectState* outliers, const TaskSlot* slots,
                                         double density, unsigned long long randomThreshold) {
@@ -1036,12 +1097,13 @@ JNIEXPORT jlong JNICALL Java_dev_loramerge_internal_fuse_CudaKernels_taskWorkByt
 // (slots×rows×cols), the magnitude selects where prune is 1 or 3 (using `work`, taskWorkBytes
 // long), and the combination. prune: 0 none, 1 magnitude keeping `keep` entries, 2 random below
 // `randomThreshold` (⌈density·2⁵³⌉) dividing by density, 3 outliers: what the select of `keep`
-// keeps less the non-zero entries the select of `outlierKeep` keeps; combine: 0 sum, 1 TIES by
-// total, 2 TIES by frequency.
+// keeps less the non-zero entries the select of `outlierKeep` keeps, 4 ranked in each row,
+// density ± epsilon (rows of at most 16384, TaskKernels.RANKED_MAX_COLUMNS); combine: 0 sum, 1
+// TIES by total, 2 TIES by frequency.
 JNIEXPORT void JNICALL Java_dev_loramerge_internal_fuse_CudaKernels_mergeTasks(
     JNIEnv* env, jclass, jint device, jobject host, jlong hostBytes, jobject staging, jint slots, jint members,
-    jlong factorsStart, jint rows, jint cols, jobject deltas, jobject work, jint prune, jdouble density, jlong keep,
-    jlong outlierKeep, jlong randomThreshold, jint combine, jobject out) {
+    jlong factorsStart, jint rows, jint cols, jobject deltas, jobject work, jint prune, jdouble density, jdouble epsilon,
+    jlong keep, jlong outlierKeep, jlong randomThreshold, jint combine, jobject out) {
   const char* what = "loramerge mergeTasks";
   if (failed(env, cudaSetDevice(device), what)) {
     return;
@@ -1073,6 +1135,23 @@ JNIEXPORT void JNICALL Java_dev_loramerge_internal_fuse_CudaKernels_mergeTasks(
   }
   if (prune == 3 && !queueSelect(env, updates, perSlot, slots, outlierKeep, outliers, histograms, chunkTies)) {
     return;
+  }
+  if (prune == 4) {
+    int width = 1;
+    while (width < cols) {
+      width <<= 1;
+    }
+    const int sharedBytes = width * static_cast<int>(sizeof(unsigned long long));
+    if (failed(env, cudaFuncSetAttribute(rankedPrune, cudaFuncAttributeMaxDynamicSharedMemorySize, sharedBytes),
+               "loramerge rankedPrune shared memory")) {
+      return;
+    }
+    const int threads = width < 2 * kRankThreads ? (width < 64 ? 32 : width / 2) : kRankThreads;
+    rankedPrune<<<dim3(rows, slots), threads, sharedBytes, cudaStreamLegacy>>>(updates, slotTable, rows, cols, width, density,
+                                                                               epsilon);
+    if (failed(env, cudaGetLastError(), "loramerge rankedPrune launch")) {
+      return;
+    }
   }
   combineTasks<<<dim3(stridedBlocks(perSlot, 2048), members), 256, 0, cudaStreamLegacy>>>(
       updates, perSlot, slotTable, memberFirst, states, outliers, prune, density, static_cast<unsigned long long>(randomThreshold),

@@ -7,6 +7,8 @@ import com.google.common.collect.ImmutableMap;
 import dev.loramerge.merge.MergeAlgorithm;
 import dev.loramerge.merge.spi.ModuleMerge;
 import dev.loramerge.merge.spi.ModuleUpdate;
+import dev.loramerge.merge.spi.TaskArithmetic;
+import java.util.Optional;
 
 /**
  * DELLA (Deep et al. 2024), as mergekit applies it, on each adapter's full update sᵢ·BᵢAᵢ: in
@@ -72,8 +74,16 @@ public record Della(double density, double epsilon, MajoritySign majoritySign, l
 
   @Override
   public ModuleUpdate merge(ModuleMerge module) {
-    return new TaskVectors(Space.UPDATES, new Pruning.RankedRandom(density, epsilon, seed), new Combination.ElectedSign(majoritySign))
-        .merge(module, name());
+    return taskVectors().merge(module, name());
+  }
+
+  @Override
+  public Optional<TaskArithmetic> taskArithmetic() {
+    return taskVectors().arithmetic();
+  }
+
+  private TaskVectors taskVectors() {
+    return new TaskVectors(Space.UPDATES, new Pruning.RankedRandom(density, epsilon, seed), new Combination.ElectedSign(majoritySign));
   }
 
   @Override

@@ -30,7 +30,7 @@ sealed interface Pruning {
 
     @Override
     public Optional<TaskArithmetic> then(TaskArithmetic.Combine combine) {
-      return Optional.of(new TaskArithmetic(TaskArithmetic.Prune.NONE, 1, 0, 0, combine));
+      return Optional.of(new TaskArithmetic(TaskArithmetic.Prune.NONE, 1, 0, 0, 0, combine));
     }
   }
 
@@ -43,7 +43,7 @@ sealed interface Pruning {
 
     @Override
     public Optional<TaskArithmetic> then(TaskArithmetic.Combine combine) {
-      return Optional.of(new TaskArithmetic(TaskArithmetic.Prune.MAGNITUDE, density, 0, 0, combine));
+      return Optional.of(new TaskArithmetic(TaskArithmetic.Prune.MAGNITUDE, density, 0, 0, 0, combine));
     }
   }
 
@@ -57,7 +57,7 @@ sealed interface Pruning {
 
     @Override
     public Optional<TaskArithmetic> then(TaskArithmetic.Combine combine) {
-      return Optional.of(new TaskArithmetic(TaskArithmetic.Prune.RANDOM, density, 0, seed, combine));
+      return Optional.of(new TaskArithmetic(TaskArithmetic.Prune.RANDOM, density, 0, 0, seed, combine));
     }
   }
 
@@ -71,7 +71,7 @@ sealed interface Pruning {
 
     @Override
     public Optional<TaskArithmetic> then(TaskArithmetic.Combine combine) {
-      return Optional.of(new TaskArithmetic(TaskArithmetic.Prune.OUTLIERS, density, gamma, 0, combine));
+      return Optional.of(new TaskArithmetic(TaskArithmetic.Prune.OUTLIERS, density, gamma, 0, 0, combine));
     }
   }
 
@@ -81,6 +81,11 @@ sealed interface Pruning {
     public float prune(float[] tensor, int columns, ModuleMerge module, int adapterIndex, String stream) {
       TaskTensors.pruneDella(tensor, columns, density, epsilon, module.random(seed, adapterIndex, stream));
       return 0;
+    }
+
+    @Override
+    public Optional<TaskArithmetic> then(TaskArithmetic.Combine combine) {
+      return Optional.of(new TaskArithmetic(TaskArithmetic.Prune.RANKED, density, 0, epsilon, seed, combine));
     }
   }
 }

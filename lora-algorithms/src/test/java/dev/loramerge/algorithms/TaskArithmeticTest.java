@@ -16,6 +16,7 @@ import dev.loramerge.merge.spi.ModuleInput;
 import dev.loramerge.merge.spi.ModuleMerge;
 import dev.loramerge.merge.spi.ModuleUpdate;
 import dev.loramerge.merge.spi.TaskArithmetic;
+import java.util.Arrays;
 import java.util.Comparator;
 import java.util.LinkedHashMap;
 import java.util.List;
@@ -40,29 +41,39 @@ class TaskArithmeticTest {
   @Test
   void describesTheMethodsOnFullUpdatesThatItCan() {
     assertThat(Ties.of(0.4).onUpdates().taskArithmetic())
-        .contains(new TaskArithmetic(TaskArithmetic.Prune.MAGNITUDE, 0.4, 0, 0, TaskArithmetic.Combine.TOTAL_SIGN));
+        .contains(new TaskArithmetic(TaskArithmetic.Prune.MAGNITUDE, 0.4, 0, 0, 0, TaskArithmetic.Combine.TOTAL_SIGN));
     assertThat(DareTies.of(0.5).withSeed(9).withMajoritySign(MajoritySign.FREQUENCY).onUpdates().taskArithmetic())
-        .contains(new TaskArithmetic(TaskArithmetic.Prune.RANDOM, 0.5, 0, 9, TaskArithmetic.Combine.FREQUENCY_SIGN));
+        .contains(new TaskArithmetic(TaskArithmetic.Prune.RANDOM, 0.5, 0, 0, 9, TaskArithmetic.Combine.FREQUENCY_SIGN));
     assertThat(MagnitudePrune.of(0.3).onUpdates().taskArithmetic())
-        .contains(new TaskArithmetic(TaskArithmetic.Prune.MAGNITUDE, 0.3, 0, 0, TaskArithmetic.Combine.SUM));
+        .contains(new TaskArithmetic(TaskArithmetic.Prune.MAGNITUDE, 0.3, 0, 0, 0, TaskArithmetic.Combine.SUM));
     assertThat(Breadcrumbs.of(0.5).withGamma(0.1).taskArithmetic())
-        .contains(new TaskArithmetic(TaskArithmetic.Prune.OUTLIERS, 0.5, 0.1, 0, TaskArithmetic.Combine.SUM));
-    for (MergeAlgorithm method : List.of(Ties.of(0.4), DareLinear.of(0.5), MagnitudePrune.of(0.3), Linear.of(), Della.of(0.5),
-        Svd.of())) {
+        .contains(new TaskArithmetic(TaskArithmetic.Prune.OUTLIERS, 0.5, 0.1, 0, 0, TaskArithmetic.Combine.SUM));
+    assertThat(Della.of(0.5).withEpsilon(0.2).withSeed(3).taskArithmetic())
+        .contains(new TaskArithmetic(TaskArithmetic.Prune.RANKED, 0.5, 0, 0.2, 3, TaskArithmetic.Combine.TOTAL_SIGN));
+    for (MergeAlgorithm method : List.of(Ties.of(0.4), DareLinear.of(0.5), MagnitudePrune.of(0.3), Linear.of(), Svd.of())) {
       assertThat(method.taskArithmetic()).as("%s has no description the device runs", method).isEmpty();
     }
   }
 
   @Test
   void refusesParametersThatDescribeNoMethod() {
-    assertThatThrownBy(() -> new TaskArithmetic(TaskArithmetic.Prune.NONE, 0.5, 0, 0, TaskArithmetic.Combine.SUM))
+    assertThatThrownBy(() -> new TaskArithmetic(TaskArithmetic.Prune.NONE, 0.5, 0, 0, 0, TaskArithmetic.Combine.SUM))
         .as("nothing pruned at a density below 1")
         .isInstanceOf(IllegalArgumentException.class);
-    assertThatThrownBy(() -> new TaskArithmetic(TaskArithmetic.Prune.MAGNITUDE, 0.5, 0.1, 0, TaskArithmetic.Combine.SUM))
+    assertThatThrownBy(() -> new TaskArithmetic(TaskArithmetic.Prune.MAGNITUDE, 0.5, 0.1, 0, 0, TaskArithmetic.Combine.SUM))
         .as("outliers dropped by a pruning without them")
         .isInstanceOf(IllegalArgumentException.class);
-    assertThatThrownBy(() -> new TaskArithmetic(TaskArithmetic.Prune.RANDOM, 0, 0, 1, TaskArithmetic.Combine.SUM))
+    assertThatThrownBy(() -> new TaskArithmetic(TaskArithmetic.Prune.RANDOM, 0, 0, 0, 1, TaskArithmetic.Combine.SUM))
         .as("a density of 0")
+        .isInstanceOf(IllegalArgumentException.class);
+    assertThatThrownBy(() -> new TaskArithmetic(TaskArithmetic.Prune.RANDOM, 0.5, 0, 0.1, 1, TaskArithmetic.Combine.SUM))
+        .as("a spread of probabilities for a pruning without ranks")
+        .isInstanceOf(IllegalArgumentException.class);
+    assertThatThrownBy(() -> new TaskArithmetic(TaskArithmetic.Prune.RANKED, 0.3, 0, 0.4, 1, TaskArithmetic.Combine.SUM))
+        .as("probabilities below 0")
+        .isInstanceOf(IllegalArgumentException.class);
+    assertThatThrownBy(() -> new TaskArithmetic(TaskArithmetic.Prune.RANKED, 0.8, 0, 0.3, 1, TaskArithmetic.Combine.SUM))
+        .as("probabilities above 1")
         .isInstanceOf(IllegalArgumentException.class);
   }
 
@@ -79,7 +90,10 @@ class TaskArithmeticTest {
         DareTies.of(0.7).withSeed(5).withMajoritySign(MajoritySign.FREQUENCY).onUpdates(),
         Breadcrumbs.of(0.5).withGamma(0.1),
         Breadcrumbs.of(0.3).withGamma(0.8),
-        Breadcrumbs.of(0.6).withGamma(0))) {
+        Breadcrumbs.of(0.6).withGamma(0),
+        Della.of(0.45).withSeed(3),
+        Della.of(0.3).withEpsilon(0.3).withMajoritySign(MajoritySign.FREQUENCY).withSeed(4),
+        Della.of(0.6).withEpsilon(0).withSeed(5))) {
       for (int count : new int[] {2, 3}) {
         Capturing capturing = new Capturing(method);
         LoraMerger.Builder merger = LoraMerger.builder().algorithm(capturing).rank(2);
@@ -137,6 +151,8 @@ class TaskArithmeticTest {
         case MAGNITUDE -> byMagnitude(update, (int) (arithmetic.density() * update.length));
         case RANDOM -> randomly(update, arithmetic.density(), module.random(arithmetic.seed(), input.index(), "delta"));
         case OUTLIERS -> withoutOutliers(update, arithmetic.density(), arithmetic.gamma());
+        case RANKED -> byRankInRow(update, Math.toIntExact(input.module().down().numel() / input.module().rank()), arithmetic,
+            module.random(arithmetic.seed(), input.index(), "delta"));
       };
     }
     float[] merged = new float[pruned[0].length];
@@ -236,6 +252,27 @@ class TaskArithmeticTest {
     float[] kept = new float[update.length];
     for (int i = 0; i < update.length; i++) {
       kept[i] = random.nextDouble() < density ? (float) (update[i] / density) : 0;
+    }
+    return kept;
+  }
+
+  /** DELLA's rows: rank r of c by magnitude (then column) kept with p = (d − ε) + 2εr/(c − 1), drawn only where p > 0. */
+  private static float[] byRankInRow(float[] update, int columns, TaskArithmetic arithmetic, SplittableRandom random) {
+    float[] kept = new float[update.length];
+    for (int start = 0; start < update.length; start += columns) {
+      int first = start;
+      Integer[] byMagnitude = IntStream.range(0, columns).boxed().toArray(Integer[]::new);
+      Arrays.sort(byMagnitude, Comparator.<Integer>comparingInt(j -> magnitude(update[first + j])).thenComparingInt(j -> j));
+      for (int rank = 0; rank < columns; rank++) {
+        double p = columns == 1
+            ? arithmetic.density()
+            : (arithmetic.density() - arithmetic.epsilon()) + (2 * arithmetic.epsilon() * rank) / (columns - 1);
+        p = Math.min(1, Math.max(0, p));
+        int index = first + byMagnitude[rank];
+        if (p > 0 && random.nextDouble() < p) {
+          kept[index] = (float) (update[index] / p);
+        }
+      }
     }
     return kept;
   }

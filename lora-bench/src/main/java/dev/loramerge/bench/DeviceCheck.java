@@ -16,12 +16,18 @@ import dev.loramerge.TensorData;
 import dev.loramerge.fuse.FusedLora;
 import dev.loramerge.fuse.LoraFuser;
 import dev.loramerge.fuse.WeightTarget;
+import dev.loramerge.algorithms.Breadcrumbs;
+import dev.loramerge.algorithms.DareLinear;
+import dev.loramerge.algorithms.DareTies;
+import dev.loramerge.algorithms.Della;
+import dev.loramerge.algorithms.MagnitudePrune;
 import dev.loramerge.algorithms.MajoritySign;
-import dev.loramerge.algorithms.MergeMethod;
+import dev.loramerge.algorithms.Ties;
 import dev.loramerge.internal.fuse.TaskKernels;
 import dev.loramerge.internal.json.Json;
 import dev.loramerge.internal.linalg.Randoms;
 import dev.loramerge.merge.LoraMerger;
+import dev.loramerge.merge.MergeAlgorithm;
 import java.io.IOException;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
@@ -32,7 +38,6 @@ import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Locale;
 import java.util.Map;
-import java.util.OptionalDouble;
 import java.util.SplittableRandom;
 import java.util.function.Function;
 
@@ -140,7 +145,7 @@ final class DeviceCheck {
       }
       record(type.name() + " overflow", overflow(device, type, seed), rows, failures);
     }
-    for (String method : MERGE_METHODS) {
+    for (MergeAlgorithm method : MERGE_METHODS) {
       if (!device.isGpu() || System.getProperty(KERNELS_PROPERTY, "").isEmpty()) {
         System.out.println("merges skipped: the task kernels run on a GPU where " + KERNELS_PROPERTY + " names them");
         break;
@@ -158,9 +163,19 @@ final class DeviceCheck {
 
   /** The system property that names the CUDA kernel library (see gpu/README.md). */
   private static final String KERNELS_PROPERTY = "loramerge.cuda.kernels";
-  /** The methods the merger runs as task arithmetic on a GPU, with the sign election of the TIES ones. */
-  private static final List<String> MERGE_METHODS =
-      List.of("ties_svd total", "ties_svd frequency", "magnitude_prune_svd", "dare_linear_svd", "dare_ties_svd frequency", "breadcrumbs");
+  /**
+   * The methods the merger runs as task arithmetic on a GPU, with both sign elections, and DELLA
+   * also with no draw for the smallest entry of a row (epsilon = density).
+   */
+  private static final List<MergeAlgorithm> MERGE_METHODS = List.of(
+      Ties.of(0.45).onUpdates(),
+      Ties.of(0.45).withMajoritySign(MajoritySign.FREQUENCY).onUpdates(),
+      MagnitudePrune.of(0.45).onUpdates(),
+      DareLinear.of(0.45).withSeed(7).onUpdates(),
+      DareTies.of(0.45).withSeed(7).withMajoritySign(MajoritySign.FREQUENCY).onUpdates(),
+      Breadcrumbs.of(0.45),
+      Della.of(0.45).withSeed(7),
+      Della.of(0.3).withEpsilon(0.3).withMajoritySign(MajoritySign.FREQUENCY).withSeed(7));
 
   private static void record(String name, Map<String, Object> counts, List<Map<String, Object>> rows, List<String> failures) {
     boolean failed = !counts.get("differing_elements").equals(0L) || !counts.get("not_restored_weights").equals(0L)
@@ -168,9 +183,10 @@ final class DeviceCheck {
     record("dtype", name, counts, failed, rows, failures);
   }
 
-  private static void recordMerge(String method, Map<String, Object> counts, List<Map<String, Object>> rows, List<String> failures) {
+  private static void recordMerge(
+      MergeAlgorithm method, Map<String, Object> counts, List<Map<String, Object>> rows, List<String> failures) {
     boolean failed = !counts.get("differing_tensors").equals(0L) || counts.get("device_batches").equals(0L);
-    record("merge", method, counts, failed, rows, failures);
+    record("merge", method.toString(), counts, failed, rows, failures);
   }
 
   /** Adds a row {@code label: name} and its counts to {@code rows}, printed, and to the failures where {@code failed}. */
@@ -193,7 +209,7 @@ final class DeviceCheck {
    * the randomized SVD after them is the same device code on the same batches, so every merged
    * tensor must have the same bytes when the kernels give the host's updates.
    */
-  private static Map<String, Object> mergesAlike(Device device, String method, long seed) {
+  private static Map<String, Object> mergesAlike(Device device, MergeAlgorithm method, long seed) {
     List<LoraAdapter> adapters = new ArrayList<>();
     for (String name : List.of("first", "second", "third")) {
       adapters.add(mergeAdapter(name, Randoms.streamSeed(seed, name, 0, "merge check")));
@@ -221,12 +237,9 @@ final class DeviceCheck {
     return row;
   }
 
-  /** Merges {@code adapters} by {@code method}, a method's name and optionally its majority sign. */
-  private static LoraAdapter mergeOn(Device device, String method, List<LoraAdapter> adapters) {
-    String[] parts = method.split(" ");
-    MajoritySign sign = parts.length > 1 ? MajoritySign.fromPeftName(parts[1]).orElseThrow() : MajoritySign.TOTAL;
+  private static LoraAdapter mergeOn(Device device, MergeAlgorithm method, List<LoraAdapter> adapters) {
     LoraMerger.Builder merger = LoraMerger.builder()
-        .algorithm(MergeMethod.parse(parts[0]).create(OptionalDouble.of(0.45), sign, 7))
+        .algorithm(method)
         .device(device)
         .threads(1)
         .rank(8);

@@ -39,9 +39,8 @@ final class DeviceTasks {
         float[] down = new float[Math.multiplyExact(rank, cols)];
         input.readUp(0, up, up.length);
         input.readDown(0, down, down.length);
-        long seed = arithmetic.prune() == TaskArithmetic.Prune.RANDOM
-            ? module.streamSeed(arithmetic.seed(), input.index(), TaskArithmetic.STREAM)
-            : 0;
+        boolean random = arithmetic.prune() == TaskArithmetic.Prune.RANDOM || arithmetic.prune() == TaskArithmetic.Prune.RANKED;
+        long seed = random ? module.streamSeed(arithmetic.seed(), input.index(), TaskArithmetic.STREAM) : 0;
         slots.add(new TaskKernels.Slot(member, up, down, rank, (float) input.scale(), input.weight(), seed));
       }
     }

@@ -201,7 +201,7 @@ final class ModuleMerger {
     int rows = Math.toIntExact(first.outFeatures());
     int columns = Math.toIntExact(TensorData.numel(first.weightShape()) / first.outFeatures());
     if (deferDense && !materialise && precision == Precision.FLOAT32 && algorithm.taskArithmetic().isPresent()
-        && reRank.randomized(rows, columns) && TaskKernels.available(manager.get().getDevice())) {
+        && reRank.randomized(rows, columns) && TaskKernels.available(manager.get().getDevice(), algorithm.taskArithmetic().get(), columns)) {
       return new Step(Optional.empty(), null, context, rows, columns, target);
     }
     ModuleUpdate update = algorithm.merge(context);

@@ -261,7 +261,7 @@ final class CudaKernels {
    */
   static boolean mergeTasks(
       NDManager scratch, ByteBuffer host, int hostBytes, int slots, int members, int factorsStart, int rows, int cols, int prune,
-      double density, long keep, long outlierKeep, long randomThreshold, int combine, NDArray out) {
+      double density, double epsilon, long keep, long outlierKeep, long randomThreshold, int combine, NDArray out) {
     if (!host.isDirect() || hostBytes > host.capacity()) {
       return false;
     }
@@ -274,7 +274,7 @@ final class CudaKernels {
       return false;
     }
     mergeTasks(out.getDevice().getDeviceId(), host, hostBytes, staging.get(), slots, members, factorsStart, rows, cols, deltas.get(),
-        work.get(), prune, density, keep, outlierKeep, randomThreshold, combine, merged.get());
+        work.get(), prune, density, epsilon, keep, outlierKeep, randomThreshold, combine, merged.get());
     return true;
   }
 
@@ -282,8 +282,8 @@ final class CudaKernels {
 
   private static native void mergeTasks(
       int device, ByteBuffer host, long hostBytes, ByteBuffer staging, int slots, int members, long factorsStart, int rows, int cols,
-      ByteBuffer deltas, ByteBuffer work, int prune, double density, long keep, long outlierKeep, long randomThreshold, int combine,
-      ByteBuffer out);
+      ByteBuffer deltas, ByteBuffer work, int prune, double density, double epsilon, long keep, long outlierKeep, long randomThreshold,
+      int combine, ByteBuffer out);
 
   /**
    * Pins {@code buffer}'s memory (page-locked, so that copies from it to a GPU run at the bus's

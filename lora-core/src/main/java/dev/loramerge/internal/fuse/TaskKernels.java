@@ -44,9 +44,20 @@ public final class TaskKernels {
    */
   public static final String ON_HOST_PROPERTY = "loramerge.cuda.tasksOnHost";
 
+  /**
+   * The longest rows {@link TaskArithmetic.Prune#RANKED} prunes on the device: a block sorts a
+   * row's magnitudes in shared memory, 8 bytes per entry rounded up to a power of two.
+   */
+  public static final int RANKED_MAX_COLUMNS = 16384;
+
   /** Whether the kernels are loaded and run on {@code device}, and {@value #ON_HOST_PROPERTY} is not set. */
   public static boolean available(Device device) {
     return CudaKernels.available(device) && !Boolean.getBoolean(ON_HOST_PROPERTY);
+  }
+
+  /** Whether the kernels are {@link #available(Device)} and run {@code arithmetic} on rows of {@code columns}. */
+  public static boolean available(Device device, TaskArithmetic arithmetic, int columns) {
+    return available(device) && (arithmetic.prune() != TaskArithmetic.Prune.RANKED || columns <= RANKED_MAX_COLUMNS);
   }
 
   /** The host bytes {@link #merge} copies for {@code slots} of {@code members} modules. */
@@ -94,6 +105,7 @@ public final class TaskKernels {
       case MAGNITUDE -> 1;
       case RANDOM -> 2;
       case OUTLIERS -> 3;
+      case RANKED -> 4;
     };
     int combine = switch (arithmetic.combine()) {
       case SUM -> 0;
@@ -109,7 +121,8 @@ public final class TaskKernels {
     long randomThreshold = (long) Math.ceil(arithmetic.density() * 0x1p53);
     boolean queued = CudaKernels.mergeTasks(
         scratch, host, layout.position(), slots.size(), members, factorsStart, rows, cols, prune, arithmetic.density(),
-        arithmetic.prune() == TaskArithmetic.Prune.OUTLIERS ? outliers + keep : keep, outliers, randomThreshold, combine, out);
+        arithmetic.epsilon(), arithmetic.prune() == TaskArithmetic.Prune.OUTLIERS ? outliers + keep : keep, outliers,
+        randomThreshold, combine, out);
     if (queued) {
       BATCHES.incrementAndGet();
     }
