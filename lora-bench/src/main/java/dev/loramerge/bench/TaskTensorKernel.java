@@ -23,7 +23,8 @@ import org.openjdk.jmh.annotations.State;
  *       magnitude_based_pruning}, the first step of TIES and {@code magnitude_prune});
  *   <li>{@code tiesElectAndMerge}: TIES' sign election and disjoint mean of two task tensors
  *       already pruned to the density (weights 0.7 and 0.5, majority sign total);
- *   <li>{@code dareMask}: DARE's random drop and rescale of one task tensor from a fixed seed.
+ *   <li>{@code dareMask}: DARE's random drop and rescale of one task tensor from a fixed seed;
+ *   <li>{@code dellaMask}: DELLA's drop and rescale by magnitude rank in each row (epsilon 0.15).
  * </ul>
  *
  * <p>No device parameter: these loops run on the Java heap whatever the merge's device, after the
@@ -36,17 +37,20 @@ public class TaskTensorKernel extends Kernel {
   private static final double DENSITY = 0.5;
   private static final double[] WEIGHTS = {0.7, 0.5};
   private static final long DARE_SEED = 7;
+  private static final double DELLA_EPSILON = 0.15;
 
   @Param({"640x640", "1280x1280", "640x2048", "1280x10240", "5120x1280"})
   String shape;
 
   private float[] tensor;
+  private int columns;
   private float[][] pruned;
 
   @Setup(Level.Trial)
   public void setUp() {
     long[] dims = KernelParams.shape(shape);
     int size = Math.toIntExact(dims[0] * dims[1]);
+    columns = Math.toIntExact(dims[1]);
     SplittableRandom random = new SplittableRandom(1);
     tensor = gaussian(random, size);
     pruned = new float[][] {tensor.clone(), gaussian(random, size)};
@@ -98,6 +102,12 @@ public class TaskTensorKernel extends Kernel {
   @Benchmark
   public float[] dareMask(Scratch scratch) {
     TaskTensors.pruneRandomly(scratch.values, DENSITY, DARE_SEED);
+    return scratch.values;
+  }
+
+  @Benchmark
+  public float[] dellaMask(Scratch scratch) {
+    TaskTensors.pruneDella(scratch.values, columns, DENSITY, DELLA_EPSILON, new SplittableRandom(DARE_SEED));
     return scratch.values;
   }
 }

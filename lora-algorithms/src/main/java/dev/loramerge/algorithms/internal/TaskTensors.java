@@ -267,22 +267,97 @@ public final class TaskTensors {
    * density + ε (largest), and kept entries are divided by their probability. In place.
    */
   public static void pruneDella(float[] tensor, int rowLength, double density, double epsilon, SplittableRandom random) {
-    long[] byMagnitude = new long[rowLength];
+    int[] byMagnitude = new int[rowLength];
+    int[] scratch = new int[rowLength];
+    int[] magnitudes = new int[rowLength];
+    int[] counts = new int[RADIX];
+    RankProbabilities rows = new RankProbabilities(rowLength, density, epsilon);
     for (int start = 0; start < tensor.length; start += rowLength) {
       int length = Math.min(rowLength, tensor.length - start);
-      // Magnitude bits above the column: sorting the longs orders the row by magnitude, equal
-      // magnitudes by position, without boxing an index per entry.
+      RankProbabilities byRank = length == rowLength ? rows : new RankProbabilities(length, density, epsilon);
       for (int i = 0; i < length; i++) {
-        byMagnitude[i] = (long) (Float.floatToRawIntBits(tensor[start + i]) & 0x7FFFFFFF) << 32 | i;
+        magnitudes[i] = Float.floatToRawIntBits(tensor[start + i]) & 0x7FFFFFFF;
       }
-      Arrays.sort(byMagnitude, 0, length);
-      for (int rank = 0; rank < length; rank++) {
-        double probability =
-            length == 1 ? density : density - epsilon + 2 * epsilon * rank / (double) (length - 1);
-        probability = Math.min(1, Math.max(0, probability));
-        int index = start + (int) byMagnitude[rank];
-        tensor[index] = probability > 0 && random.nextDouble() < probability ? (float) (tensor[index] / probability) : 0f;
+      sortByMagnitude(magnitudes, length, byMagnitude, scratch, counts);
+      for (int rank = 0; rank < byRank.firstDrawn; rank++) {
+        tensor[start + byMagnitude[rank]] = 0f;
+      }
+      // As in pruneRandomly, "nextDouble() < p" is "nextLong() >>> 11 < ⌈p·2⁵³⌉", kept without a
+      // branch that the draws would mispredict.
+      for (int rank = byRank.firstDrawn; rank < length; rank++) {
+        int index = start + byMagnitude[rank];
+        int keep = (int) (((random.nextLong() >>> 11) - byRank.thresholds[rank]) >> 63);
+        tensor[index] = Float.intBitsToFloat(Float.floatToRawIntBits((float) (tensor[index] / byRank.probabilities[rank])) & keep);
       }
     }
   }
+
+  /**
+   * DELLA's keep probability of each rank in a row of {@code length}, smallest magnitude first,
+   * as ⌈p·2⁵³⌉ too, and the first rank whose probability is above 0: ranks below it are dropped
+   * without a draw. The probability rises with the rank, so those are the only ones at 0.
+   */
+  private static final class RankProbabilities {
+    final double[] probabilities;
+    final long[] thresholds;
+    final int firstDrawn;
+
+    RankProbabilities(int length, double density, double epsilon) {
+      probabilities = new double[length];
+      thresholds = new long[length];
+      int zero = 0;
+      for (int rank = 0; rank < length; rank++) {
+        double probability = length == 1 ? density : density - epsilon + 2 * epsilon * rank / (double) (length - 1);
+        probabilities[rank] = Math.min(1, Math.max(0, probability));
+        thresholds[rank] = (long) Math.ceil(probabilities[rank] * 0x1p53);
+        zero += probabilities[rank] > 0 ? 0 : 1;
+      }
+      firstDrawn = zero;
+    }
+  }
+
+  /** Bits per pass of the row sort, and buckets per pass. */
+  private static final int RADIX_BITS = 8;
+  private static final int RADIX = 1 << RADIX_BITS;
+
+  /**
+   * Fills {@code order[0, length)} with the positions 0 … length − 1 by increasing magnitude,
+   * equal magnitudes in increasing position: a stable least-significant-digit radix sort of the
+   * 31 magnitude bits, 8 at a time, a pass skipped where every entry has the same digit: linear
+   * in the row, where sorting (magnitude, position) longs compares and mispredicts its way
+   * through log₂ n levels.
+   */
+  private static void sortByMagnitude(int[] magnitudes, int length, int[] order, int[] scratch, int[] counts) {
+    for (int i = 0; i < length; i++) {
+      order[i] = i;
+    }
+    int[] from = order;
+    int[] to = scratch;
+    for (int shift = 0; shift < Integer.SIZE - 1; shift += RADIX_BITS) {
+      Arrays.fill(counts, 0);
+      for (int i = 0; i < length; i++) {
+        counts[(magnitudes[i] >>> shift) & (RADIX - 1)]++;
+      }
+      if (counts[(magnitudes[0] >>> shift) & (RADIX - 1)] == length) {
+        continue;
+      }
+      int total = 0;
+      for (int digit = 0; digit < RADIX; digit++) {
+        int count = counts[digit];
+        counts[digit] = total;
+        total += count;
+      }
+      for (int i = 0; i < length; i++) {
+        int position = from[i];
+        to[counts[(magnitudes[position] >>> shift) & (RADIX - 1)]++] = position;
+      }
+      int[] swap = from;
+      from = to;
+      to = swap;
+    }
+    if (from != order) {
+      System.arraycopy(from, 0, order, 0, length);
+    }
+  }
+
 }
