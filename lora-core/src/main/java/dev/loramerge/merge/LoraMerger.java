@@ -107,7 +107,7 @@ public final class LoraMerger {
     this.recipeExtras = ImmutableMap.copyOf(builder.recipeExtras);
     this.baseWeights = builder.baseWeights;
     this.batchReRanks = builder.batchReRanks;
-    this.modules = new ModuleMerger(inputs, algorithm, rankPolicy, baseWeights);
+    this.modules = new ModuleMerger(inputs, algorithm, rankPolicy, baseWeights, device);
     this.encoding = new Encoding(prune);
   }
 

@@ -1,5 +1,6 @@
 package dev.loramerge.merge;
 
+import ai.djl.Device;
 import ai.djl.ndarray.NDArray;
 import ai.djl.ndarray.NDManager;
 import ai.djl.ndarray.types.DataType;
@@ -43,9 +44,12 @@ final class ModuleMerger {
   private final RankPolicy policy;
   private final ReRank reRank;
   private final BaseWeights baseWeights;
+  /** Where the merge runs: on the CPU, dense updates are re-ranked on the host, without libtorch. */
+  private final Device device;
 
-  ModuleMerger(ImmutableList<MergeInput> inputs, MergeAlgorithm algorithm, RankPolicy policy, BaseWeights baseWeights) {
+  ModuleMerger(ImmutableList<MergeInput> inputs, MergeAlgorithm algorithm, RankPolicy policy, BaseWeights baseWeights, Device device) {
     this.baseWeights = baseWeights;
+    this.device = device;
     this.inputs = inputs;
     this.algorithm = algorithm;
     this.policy = policy;
@@ -210,6 +214,9 @@ final class ModuleMerger {
     }
     if (update instanceof ModuleUpdate.Dense dense && deferDense && reRank.randomized(dense.rows(), dense.columns())) {
       return Step.of(dense, target);
+    }
+    if (update instanceof ModuleUpdate.Dense dense && Device.Type.CPU.equals(device.getDeviceType())) {
+      return Step.of(Optional.of(Merged.ofDoubles(reRank.dense(dense.values(), dense.rows(), dense.columns(), target), dense.rows())));
     }
     if (update instanceof ModuleUpdate.Dense dense) {
       ByteBuffer buffer = buffers.take(Math.multiplyExact(dense.values().length, Float.BYTES));

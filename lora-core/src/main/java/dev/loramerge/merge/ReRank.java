@@ -34,6 +34,19 @@ final class ReRank {
   }
 
   /**
+   * {@link #dense(NDManager, NDArray, int)} of {@code dense} (m×n float32, row-major) on the host,
+   * without libtorch: the randomized SVD's products by {@link
+   * dev.loramerge.internal.linalg.OrderedProducts}; {up, down} in float64.
+   */
+  double[][] dense(float[] dense, int rows, int cols, int target) {
+    ToIntFunction<double[]> rankOf = sigma -> policy.rank(sigma, target);
+    return clamp(
+        randomized(rows, cols)
+            ? RandomizedSvd.truncate(dense, rows, cols, target, rankOf, sketches)
+            : RandomizedSvd.exact(dense, rows, cols, rankOf));
+  }
+
+  /**
    * Whether {@link #dense} truncates an m×n update by the randomized SVD, which {@link
    * #denseBatch} can do for several at once.
    */

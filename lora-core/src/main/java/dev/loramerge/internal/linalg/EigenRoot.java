@@ -7,11 +7,11 @@ import org.ejml.interfaces.decomposition.EigenDecomposition_F64;
 
 /** R = Λ^½ Vᵀ of G = V Λ Vᵀ, with Λ^-½ (zero where Λ is). */
 final class EigenRoot implements GramRoot {
-  /** V; {@link FactoredSvd#whitening} reads it with {@link #inverseSqrt}. */
-  final DMatrixRMaj vectors;
+  /** V. */
+  private final DMatrixRMaj vectors;
   private final DMatrixRMaj root;
   /** Λ^-½ on the diagonal, zero for the dropped directions. */
-  final double[] inverseSqrt;
+  private final double[] inverseSqrt;
 
   private EigenRoot(DMatrixRMaj vectors, DMatrixRMaj root, double[] inverseSqrt) {
     this.vectors = vectors;

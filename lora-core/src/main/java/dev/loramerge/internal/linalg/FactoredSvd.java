@@ -195,31 +195,6 @@ public final class FactoredSvd {
     }
   }
 
-  /**
-   * W = V Λ^-½ over the kept eigenvalues of {@code gram} = YᵀY (n×n'), so that Y·W has
-   * orthonormal columns spanning Y's.
-   */
-  public static DMatrixRMaj whitening(DMatrixRMaj gram) {
-    EigenRoot root = EigenRoot.of(gram);
-    int kept = 0;
-    for (double value : root.inverseSqrt) {
-      if (value > 0) {
-        kept++;
-      }
-    }
-    DMatrixRMaj result = new DMatrixRMaj(gram.numRows, Math.max(kept, 1));
-    int column = 0;
-    for (int i = 0; i < root.inverseSqrt.length && column < kept; i++) {
-      if (root.inverseSqrt[i] > 0) {
-        for (int row = 0; row < gram.numRows; row++) {
-          result.set(row, column, root.vectors.get(row, i) * root.inverseSqrt[i]);
-        }
-        column++;
-      }
-    }
-    return result;
-  }
-
   /** The kept rank k. */
   public int rank() {
     return left.numCols;

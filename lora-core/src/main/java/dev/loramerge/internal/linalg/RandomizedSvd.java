@@ -1,5 +1,6 @@
 package dev.loramerge.internal.linalg;
 
+import ai.djl.Device;
 import ai.djl.ndarray.NDArray;
 import ai.djl.ndarray.NDArrays;
 import ai.djl.ndarray.NDList;
@@ -23,11 +24,13 @@ import org.ejml.interfaces.decomposition.SingularValueDecomposition_F64;
  * Tropp 2011, algorithms 4.4 and 5.1) or, when asked, by an exact dense SVD.
  *
  * <p>Randomized: Y = D·Ω with a Gaussian Ω of k + {@link #OVERSAMPLING} columns, {@link
- * #POWER_ITERATIONS} power iterations (Y re-orthonormalized each time), Q = orth(Y), then the exact
- * truncation of Q·(QᵀD) by {@link FactoredSvd}. The result's error ‖D − B'A'‖ exceeds the
- * optimal ‖D − D_k‖ by a factor that shrinks with the spectrum's decay; with these settings it
- * is within 1 % on the merged LoRA deltas the tests measure. The matrix products run in DJL
- * (float32 for D, float64 for the thin factors); the small decompositions in EJML.
+ * #POWER_ITERATIONS} power iterations (Y re-orthonormalized each time, by Cholesky-QR), Q =
+ * orth(Y), then the exact truncation of Q·(QᵀD) by {@link FactoredSvd}. The result's error
+ * ‖D − B'A'‖ exceeds the optimal ‖D − D_k‖ by a factor that shrinks with the spectrum's decay;
+ * with these settings it is within 1 % on the merged LoRA deltas the tests measure. On the host
+ * every product is an {@link OrderedProducts} one (each entry's bits defined by its inputs); on a
+ * device they are DJL's, batched over a run of same-shape matrices; the small decompositions are
+ * EJML's on the host either way.
  */
 public final class RandomizedSvd {
   /** Extra sketch columns beyond the target rank. */
@@ -46,7 +49,10 @@ public final class RandomizedSvd {
   }
 
   /**
-   * Returns {B' (m×k), A' (k×n)} in float64, owned by {@code manager}, with B'·A' ≈ D.
+   * Returns {B' (m×k), A' (k×n)} in float64, owned by {@code manager}, with B'·A' ≈ D: on the
+   * host by {@link #truncate(float[], int, int, int, ToIntFunction, Sketches)} where D is on the
+   * CPU, by {@link #truncateBatch(NDArray, int, ToIntFunction, Sketches)} of one matrix on its
+   * device otherwise.
    *
    * @param rank the rank the sketch is sized for
    * @param rankOf the kept rank k from the sketch's singular values (at most {@code rank})
@@ -54,30 +60,81 @@ public final class RandomizedSvd {
    */
   public static NDArray[] truncate(
       NDManager manager, NDArray dense, int rank, ToIntFunction<double[]> rankOf, Sketches sketches) {
-    long rows = dense.getShape().get(0);
-    long cols = dense.getShape().get(1);
-    int width = (int) Math.min(rank + OVERSAMPLING, Math.min(rows, cols));
-    NDArray d32 = dense.getDataType() == DataType.FLOAT32 ? dense : dense.toType(DataType.FLOAT32, false);
-    NDArray sketch = d32.matMul(manager.create(sketches.omega(cols, width), new Shape(cols, width)));
-    NDArray basis = orthonormal(manager, sketch);
-    for (int i = 0; i < POWER_ITERATIONS; i++) {
-      // Dᵀ·Q is not re-orthonormalized: Q is, so its condition is at most σ₁/σ_w of D, and the
-      // next product's is its square, which float32 and the float64 orthonormalization after it
-      // carry (on the merged SDXL deltas the truncation error moved by under 1e-10 of itself).
-      // That saves two of the five orthonormalizations, about a tenth of a 1280×1280 module.
-      NDArray back = d32.transpose().matMul(basis.toType(DataType.FLOAT32, false));
-      basis = orthonormal(manager, d32.matMul(back));
+    int rows = Math.toIntExact(dense.getShape().get(0));
+    int cols = Math.toIntExact(dense.getShape().get(1));
+    double[][] factors;
+    if (dense.getDevice().getDeviceType().equals(Device.Type.CPU)) {
+      try (NDArray d32 = dense.toType(DataType.FLOAT32, true)) {
+        factors = truncate(d32.toFloatArray(), rows, cols, rank, rankOf, sketches);
+      }
+    } else {
+      try (NDManager scope = manager.newSubManager()) {
+        NDArray stacked = dense.toType(DataType.FLOAT32, true).reshape(1, rows, cols);
+        stacked.attach(scope);
+        factors = truncateBatch(stacked, rank, rankOf, sketches)[0];
+      }
     }
-    NDArray projected = basis.transpose().toType(DataType.FLOAT32, false).matMul(d32).toType(DataType.FLOAT64, false);
+    int k = factors[0].length / rows;
+    return new NDArray[] {manager.create(factors[0], new Shape(rows, k)), manager.create(factors[1], new Shape(k, cols))};
+  }
+
+  /**
+   * The algorithm of {@link #truncateBatch(NDArray, int, ToIntFunction, Sketches)} for one m×n
+   * float32 matrix on the host (row-major {@code dense}), every product by {@link
+   * OrderedProducts}, so that each of its entries is defined bit for bit.
+   *
+   * @return {B' (m×k), A' (k×n)} in float64, row-major
+   */
+  public static double[][] truncate(
+      float[] dense, int rows, int cols, int rank, ToIntFunction<double[]> rankOf, Sketches sketches) {
+    int width = Math.min(rank + OVERSAMPLING, Math.min(rows, cols));
+    double[] basis = orthonormal(OrderedProducts.times(dense, rows, cols, sketches.omega(cols, width), width), rows, width);
+    for (int i = 0; i < POWER_ITERATIONS; i++) {
+      float[] back = OrderedProducts.transposeTimes(dense, rows, cols, narrowed(basis), width);
+      basis = orthonormal(OrderedProducts.times(dense, rows, cols, back, width), rows, width);
+    }
+    // Qᵀ·D, made as its transpose Dᵀ·Q (the same chains: a fused multiply-add's factors commute).
+    double[] projectedByColumns = widened(OrderedProducts.transposeTimes(dense, rows, cols, narrowed(basis), width));
     FactoredSvd svd =
         FactoredSvd.of(
-            NdArrays.toMatrix(basis.transpose().matMul(basis)),
-            NdArrays.toMatrix(projected.matMul(projected.transpose())),
+            DMatrixRMaj.wrap(width, width, OrderedProducts.transposeTimes(basis, rows, width, basis, width)),
+            DMatrixRMaj.wrap(width, width, OrderedProducts.transposeTimes(projectedByColumns, cols, width, projectedByColumns, width)),
             rankOf);
-    return new NDArray[] {
-      basis.matMul(NdArrays.fromMatrix(manager, svd.left())),
-      NdArrays.fromMatrix(manager, svd.right()).matMul(projected)
+    int k = svd.rank();
+    double[] projected = new double[width * cols];
+    for (int col = 0; col < cols; col++) {
+      for (int c = 0; c < width; c++) {
+        projected[c * cols + col] = projectedByColumns[col * width + c];
+      }
+    }
+    return new double[][] {
+      OrderedProducts.times(basis, rows, width, svd.left().data, k),
+      OrderedProducts.times(svd.right().data, k, width, projected, cols)
     };
+  }
+
+  /** Q = Y·R⁻¹ from YᵀY = RᵀR, as {@link #orthonormalBatch} forms it, for one m×w float32 Y. */
+  private static double[] orthonormal(float[] y, int rows, int width) {
+    double[] wide = widened(y);
+    double[] gram = OrderedProducts.transposeTimes(wide, rows, width, wide, width);
+    double[] inverse = GramRoot.of(DMatrixRMaj.wrap(width, width, gram)).solve(CommonOps_DDRM.identity(width)).data;
+    return OrderedProducts.times(wide, rows, width, inverse, width);
+  }
+
+  private static float[] narrowed(double[] values) {
+    float[] narrow = new float[values.length];
+    for (int i = 0; i < values.length; i++) {
+      narrow[i] = (float) values[i];
+    }
+    return narrow;
+  }
+
+  private static double[] widened(float[] values) {
+    double[] wide = new double[values.length];
+    for (int i = 0; i < values.length; i++) {
+      wide[i] = values[i];
+    }
+    return wide;
   }
 
   /**
@@ -169,7 +226,17 @@ public final class RandomizedSvd {
    * and small modules).
    */
   public static NDArray[] exact(NDManager manager, NDArray dense, ToIntFunction<double[]> rankOf) {
-    DMatrixRMaj matrix = NdArrays.toMatrix(dense);
+    DMatrixRMaj[] factors = exact(NdArrays.toMatrix(dense), rankOf);
+    return new NDArray[] {NdArrays.fromMatrix(manager, factors[0]), NdArrays.fromMatrix(manager, factors[1])};
+  }
+
+  /** {@link #exact(NDManager, NDArray, ToIntFunction)} of the m×n float32 {@code dense} on the host, row-major in float64. */
+  public static double[][] exact(float[] dense, int rows, int cols, ToIntFunction<double[]> rankOf) {
+    DMatrixRMaj[] factors = exact(DMatrixRMaj.wrap(rows, cols, widened(dense)), rankOf);
+    return new double[][] {factors[0].data, factors[1].data};
+  }
+
+  private static DMatrixRMaj[] exact(DMatrixRMaj matrix, ToIntFunction<double[]> rankOf) {
     SingularValueDecomposition_F64<DMatrixRMaj> svd =
         DecompositionFactory_DDRM.svd(matrix.numRows, matrix.numCols, true, true, true);
     if (!svd.decompose(matrix)) {
@@ -192,7 +259,7 @@ public final class RandomizedSvd {
       }
     }
     DMatrixRMaj down = CommonOps_DDRM.extract(v, 0, k, 0, v.numCols);
-    return new NDArray[] {NdArrays.fromMatrix(manager, up), NdArrays.fromMatrix(manager, down)};
+    return new DMatrixRMaj[] {up, down};
   }
 
   /**
@@ -240,12 +307,5 @@ public final class RandomizedSvd {
       System.arraycopy(GramRoot.of(gram).solve(identity).data, 0, inverses, b * square, square);
     }
     return y64.matMul(manager.create(inverses, new Shape(count, width, width)));
-  }
-
-  /** Q with orthonormal columns spanning Y's (float64), by Y·V·Λ^-½ from YᵀY = VΛVᵀ. */
-  private static NDArray orthonormal(NDManager manager, NDArray y) {
-    NDArray y64 = y.toType(DataType.FLOAT64, false);
-    DMatrixRMaj gram = NdArrays.toMatrix(y64.transpose().matMul(y64));
-    return y64.matMul(NdArrays.fromMatrix(manager, FactoredSvd.whitening(gram)));
   }
 }
