@@ -864,6 +864,111 @@ bool queueSelect(JNIEnv* env, const float* updates, long long perSlot, int slots
   return !failed(env, cudaGetLastError(), "loramerge magnitude select launch");
 }
 
+// ---- The randomized SVD's products in the host's order (CudaKernels.orderedProduct) ----
+//
+// C = A·B, or Aᵀ·B where A is stored inner×rows, for each matrix of a batch: every entry the fused
+// multiply-adds of its inner products in increasing inner index from +0, as OrderedProducts
+// computes it on the host, so that the bytes are the host's. A block computes kOrderedRows rows
+// by kOrderedCols columns, each thread 4 rows by 3 adjacent columns, the inner dimension taken
+// kOrderedInner at a time through shared memory; the chain never runs past `inner` (a padded 0·0
+// would turn a −0 sum into +0).
+constexpr int kOrderedRows = 64;
+constexpr int kOrderedCols = 48;
+constexpr int kOrderedInner = 16;
+constexpr int kOrderedThreads = 256;
+
+__device__ __forceinline__ float orderedFma(float a, float b, float c) { return __fmaf_rn(a, b, c); }
+__device__ __forceinline__ double orderedFma(double a, double b, double c) { return __fma_rn(a, b, c); }
+
+// Grid: x column tiles, y row tiles, z the batch; matrix z of A, B and C starts z times its stride
+// (0: one matrix for the whole batch).
+template <typename T, bool kTransposeA>
+__global__ void __launch_bounds__(kOrderedThreads) orderedProduct(const T* __restrict__ a, const T* __restrict__ b, T* __restrict__ c,
+                                                                  int rows, int inner, int cols, long long aStride, long long bStride,
+                                                                  long long cStride) {
+  __shared__ T aTile[kOrderedInner][kOrderedRows];
+  __shared__ T bTile[kOrderedInner][kOrderedCols];
+  const int tx = threadIdx.x % 16;
+  const int ty = threadIdx.x / 16;
+  const int firstRow = blockIdx.y * kOrderedRows;
+  const int firstCol = blockIdx.x * kOrderedCols;
+  const T* as = a + blockIdx.z * aStride;
+  const T* bs = b + blockIdx.z * bStride;
+  T sums[4][3];
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+#pragma unroll
+    for (int j = 0; j < 3; j++) {
+      sums[i][j] = T(0);
+    }
+  }
+  for (int start = 0; start < inner; start += kOrderedInner) {
+    const int length = inner - start < kOrderedInner ? inner - start : kOrderedInner;
+    for (int e = threadIdx.x; e < kOrderedInner * kOrderedRows; e += kOrderedThreads) {
+      // Reads run along memory: along the rows of a transposed A, along the inner index otherwise.
+      const int l = kTransposeA ? e / kOrderedRows : e % kOrderedInner;
+      const int r = kTransposeA ? e % kOrderedRows : e / kOrderedInner;
+      const int row = firstRow + r;
+      T value = T(0);
+      if (l < length && row < rows) {
+        value = kTransposeA ? as[static_cast<long long>(start + l) * rows + row] : as[static_cast<long long>(row) * inner + start + l];
+      }
+      aTile[l][r] = value;
+    }
+    for (int e = threadIdx.x; e < kOrderedInner * kOrderedCols; e += kOrderedThreads) {
+      const int l = e / kOrderedCols;
+      const int col = firstCol + e % kOrderedCols;
+      bTile[l][e % kOrderedCols] = l < length && col < cols ? bs[static_cast<long long>(start + l) * cols + col] : T(0);
+    }
+    __syncthreads();
+    for (int l = 0; l < length; l++) {
+      T x[4];
+      T y[3];
+#pragma unroll
+      for (int i = 0; i < 4; i++) {
+        x[i] = aTile[l][ty * 4 + i];
+      }
+#pragma unroll
+      for (int j = 0; j < 3; j++) {
+        y[j] = bTile[l][tx * 3 + j];
+      }
+#pragma unroll
+      for (int i = 0; i < 4; i++) {
+#pragma unroll
+        for (int j = 0; j < 3; j++) {
+          sums[i][j] = orderedFma(x[i], y[j], sums[i][j]);
+        }
+      }
+    }
+    __syncthreads();
+  }
+  T* cs = c + blockIdx.z * cStride;
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    const int row = firstRow + ty * 4 + i;
+#pragma unroll
+    for (int j = 0; j < 3; j++) {
+      const int col = firstCol + tx * 3 + j;
+      if (row < rows && col < cols) {
+        cs[static_cast<long long>(row) * cols + col] = sums[i][j];
+      }
+    }
+  }
+}
+
+template <typename T>
+void launchOrdered(bool transposeA, const void* a, const void* b, void* c, int count, int rows, int inner, int cols, long long aStride,
+                   long long bStride, long long cStride) {
+  dim3 grid((cols + kOrderedCols - 1) / kOrderedCols, (rows + kOrderedRows - 1) / kOrderedRows, count);
+  if (transposeA) {
+    orderedProduct<T, true><<<grid, kOrderedThreads, 0, cudaStreamLegacy>>>(
+        static_cast<const T*>(a), static_cast<const T*>(b), static_cast<T*>(c), rows, inner, cols, aStride, bStride, cStride);
+  } else {
+    orderedProduct<T, false><<<grid, kOrderedThreads, 0, cudaStreamLegacy>>>(
+        static_cast<const T*>(a), static_cast<const T*>(b), static_cast<T*>(c), rows, inner, cols, aStride, bStride, cStride);
+  }
+}
+
 }  // namespace
 
 extern "C" {
@@ -1157,6 +1262,25 @@ JNIEXPORT void JNICALL Java_dev_loramerge_internal_fuse_CudaKernels_mergeTasks(
       updates, perSlot, slotTable, memberFirst, states, outliers, prune, density, static_cast<unsigned long long>(randomThreshold),
       combine, merged);
   failed(env, cudaGetLastError(), "loramerge combineTasks launch");
+}
+
+// Queues C = A·B (A rows×inner) or Aᵀ·B (A inner×rows, transposeA) for `count` matrices on the
+// legacy stream, in float64 where `doubles`, else float32; see orderedProduct.
+JNIEXPORT void JNICALL Java_dev_loramerge_internal_fuse_CudaKernels_orderedProduct(
+    JNIEnv* env, jclass, jint device, jboolean doubles, jboolean transposeA, jobject a, jobject b, jobject c, jint count, jint rows,
+    jint inner, jint cols, jlong aStride, jlong bStride, jlong cStride) {
+  if (failed(env, cudaSetDevice(device), "loramerge orderedProduct")) {
+    return;
+  }
+  const void* aMemory = env->GetDirectBufferAddress(a);
+  const void* bMemory = env->GetDirectBufferAddress(b);
+  void* cMemory = env->GetDirectBufferAddress(c);
+  if (doubles) {
+    launchOrdered<double>(transposeA, aMemory, bMemory, cMemory, count, rows, inner, cols, aStride, bStride, cStride);
+  } else {
+    launchOrdered<float>(transposeA, aMemory, bMemory, cMemory, count, rows, inner, cols, aStride, bStride, cStride);
+  }
+  failed(env, cudaGetLastError(), "loramerge orderedProduct launch");
 }
 
 }  // extern "C"

@@ -15,6 +15,7 @@ import dev.loramerge.algorithms.MergeMethod;
 import dev.loramerge.fuse.FusedLora;
 import dev.loramerge.fuse.LoraFuser;
 import dev.loramerge.fuse.WeightTarget;
+import dev.loramerge.internal.fuse.OrderedKernels;
 import dev.loramerge.internal.fuse.TaskKernels;
 import dev.loramerge.internal.json.Json;
 import dev.loramerge.merge.LoraMerger;
@@ -433,6 +434,9 @@ final class DeviceBench {
     row.put("modules", merged.size());
     row.put("differing_modules_vs_cpu", differingModules(merged, onCpu));
     record(row);
+    if (OrderedKernels.available(device) && !row.get("differing_modules_vs_cpu").equals(0L)) {
+      errors.add("merge/" + method + ": " + row.get("differing_modules_vs_cpu") + " modules differ from the CPU's merge");
+    }
     if (algorithm.taskArithmetic().isPresent() && TaskKernels.available(device)) {
       double[] onHost = new double[runs];
       System.setProperty(TaskKernels.ON_HOST_PROPERTY, "true");

@@ -185,7 +185,8 @@ final class DeviceCheck {
 
   private static void recordMerge(
       MergeAlgorithm method, Map<String, Object> counts, List<Map<String, Object>> rows, List<String> failures) {
-    boolean failed = !counts.get("differing_tensors").equals(0L) || counts.get("device_batches").equals(0L);
+    boolean failed = !counts.get("differing_tensors").equals(0L) || !counts.get("differing_tensors_vs_cpu").equals(0L)
+        || counts.get("device_batches").equals(0L);
     record("merge", method.toString(), counts, failed, rows, failures);
   }
 
@@ -205,9 +206,9 @@ final class DeviceCheck {
   /**
    * Merges three adapters by {@code method} on the device twice, the pruned updates made by the
    * task kernels and then by the method on the host ({@value TaskKernels#ON_HOST_PROPERTY}), one
-   * thread each:
-   * the randomized SVD after them is the same device code on the same batches, so every merged
-   * tensor must have the same bytes when the kernels give the host's updates.
+   * thread each, and once on the CPU: the randomized SVD after them is the same device code on the
+   * same batches, so every merged tensor must have the same bytes when the kernels give the host's
+   * updates, and the CPU's bytes when the ordered product kernels give the host's products.
    */
   private static Map<String, Object> mergesAlike(Device device, MergeAlgorithm method, long seed) {
     List<LoraAdapter> adapters = new ArrayList<>();
@@ -224,17 +225,22 @@ final class DeviceCheck {
     } finally {
       System.clearProperty(TaskKernels.ON_HOST_PROPERTY);
     }
-    long differing = 0;
-    for (Map.Entry<ModuleKey, LoraModule> module : kernels.modules().entrySet()) {
-      LoraModule other = host.modules().get(module.getKey());
-      differing += module.getValue().up().equals(other.up()) ? 0 : 1;
-      differing += module.getValue().down().equals(other.down()) ? 0 : 1;
-    }
     Map<String, Object> row = new LinkedHashMap<>();
     row.put("modules", kernels.modules().size());
     row.put("device_batches", batches);
-    row.put("differing_tensors", differing);
+    row.put("differing_tensors", differingTensors(kernels, host));
+    row.put("differing_tensors_vs_cpu", differingTensors(kernels, mergeOn(Device.cpu(), method, adapters)));
     return row;
+  }
+
+  private static long differingTensors(LoraAdapter merged, LoraAdapter other) {
+    long differing = 0;
+    for (Map.Entry<ModuleKey, LoraModule> module : merged.modules().entrySet()) {
+      LoraModule same = other.modules().get(module.getKey());
+      differing += module.getValue().up().equals(same.up()) ? 0 : 1;
+      differing += module.getValue().down().equals(same.down()) ? 0 : 1;
+    }
+    return differing;
   }
 
   private static LoraAdapter mergeOn(Device device, MergeAlgorithm method, List<LoraAdapter> adapters) {

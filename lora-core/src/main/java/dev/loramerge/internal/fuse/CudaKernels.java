@@ -278,6 +278,31 @@ final class CudaKernels {
     return true;
   }
 
+  /**
+   * Queues {@code out} = A·B, or Aᵀ·B where {@code transposeA} (A then stored inner×rows), for
+   * each of {@code count} matrices, in float64 where the arrays are, else float32: every entry the
+   * chain of fused multiply-adds of {@code OrderedProducts} on the host. An operand of two
+   * dimensions is shared by the whole batch. False, queueing nothing, where an array cannot be
+   * addressed.
+   */
+  static boolean orderedProduct(NDArray a, NDArray b, NDArray out, boolean transposeA, int count, int rows, int inner, int cols) {
+    Optional<ByteBuffer> aMemory = DevicePointers.of(a);
+    Optional<ByteBuffer> bMemory = DevicePointers.of(b);
+    Optional<ByteBuffer> outMemory = DevicePointers.of(out);
+    if (aMemory.isEmpty() || bMemory.isEmpty() || outMemory.isEmpty()) {
+      return false;
+    }
+    long aStride = a.getShape().dimension() == 2 ? 0 : (long) rows * inner;
+    long bStride = b.getShape().dimension() == 2 ? 0 : (long) inner * cols;
+    orderedProduct(out.getDevice().getDeviceId(), out.getDataType() == DataType.FLOAT64, transposeA, aMemory.get(), bMemory.get(),
+        outMemory.get(), count, rows, inner, cols, aStride, bStride, (long) rows * cols);
+    return true;
+  }
+
+  private static native void orderedProduct(
+      int device, boolean doubles, boolean transposeA, ByteBuffer a, ByteBuffer b, ByteBuffer out, int count, int rows, int inner,
+      int cols, long aStride, long bStride, long outStride);
+
   private static native long taskWorkBytes(int slots, long perSlot);
 
   private static native void mergeTasks(

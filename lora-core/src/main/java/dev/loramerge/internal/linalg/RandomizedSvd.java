@@ -7,11 +7,13 @@ import ai.djl.ndarray.NDList;
 import ai.djl.ndarray.NDManager;
 import ai.djl.ndarray.types.DataType;
 import ai.djl.ndarray.types.Shape;
+import dev.loramerge.internal.fuse.OrderedKernels;
 import java.nio.ByteBuffer;
 import java.util.Arrays;
 import java.util.List;
 import java.util.SplittableRandom;
 import java.util.concurrent.ConcurrentHashMap;
+import java.util.function.BiFunction;
 import java.util.function.ToIntFunction;
 import org.ejml.data.DMatrixRMaj;
 import org.ejml.dense.row.CommonOps_DDRM;
@@ -164,6 +166,12 @@ public final class RandomizedSvd {
    * the count×m×n float32 matrices {@code d} holds, where they are (made on a device).
    */
   public static double[][][] truncateBatch(NDArray d, int rank, ToIntFunction<double[]> rankOf, Sketches sketches) {
+    return truncateBatch(d, rank, rankOf, sketches, BatchProducts::on);
+  }
+
+  /** {@link #truncateBatch(NDArray, int, ToIntFunction, Sketches)} with the products {@code productsOn} gives for its scope and count. */
+  static double[][][] truncateBatch(
+      NDArray d, int rank, ToIntFunction<double[]> rankOf, Sketches sketches, BiFunction<NDManager, Integer, BatchProducts> productsOn) {
     int count = Math.toIntExact(d.getShape().get(0));
     int rows = Math.toIntExact(d.getShape().get(1));
     int cols = Math.toIntExact(d.getShape().get(2));
@@ -171,15 +179,17 @@ public final class RandomizedSvd {
     try (NDManager scope = d.getManager().newSubManager()) {
       // Every array the products make belongs to the scope, and the updates go back to their owner.
       d.tempAttach(scope);
+      BatchProducts products = productsOn.apply(scope, count);
       NDArray omega = scope.create(sketches.omega(cols, width), new Shape(cols, width));
-      NDArray basis = orthonormalBatch(scope, d.matMul(omega), count, width);
+      NDArray basis = orthonormalBatch(scope, products, products.times(d, omega), count, width);
       for (int i = 0; i < POWER_ITERATIONS; i++) {
-        NDArray back = d.transpose(0, 2, 1).matMul(basis.toType(DataType.FLOAT32, false));
-        basis = orthonormalBatch(scope, d.matMul(back), count, width);
+        NDArray back = products.transposeTimes(d, basis.toType(DataType.FLOAT32, false));
+        basis = orthonormalBatch(scope, products, products.times(d, back), count, width);
       }
-      NDArray projected = basis.toType(DataType.FLOAT32, false).transpose(0, 2, 1).matMul(d).toType(DataType.FLOAT64, false);
+      // As on the host: Qᵀ·D made as its transpose Dᵀ·Q (count×n×w), whose Gram is the core's.
+      NDArray projectedByColumns = products.transposeTimes(d, basis.toType(DataType.FLOAT32, false)).toType(DataType.FLOAT64, false);
       double[] grams =
-          NDArrays.stack(new NDList(basis.transpose(0, 2, 1).matMul(basis), projected.matMul(projected.transpose(0, 2, 1))))
+          NDArrays.stack(new NDList(products.transposeTimes(basis, basis), products.transposeTimes(projectedByColumns, projectedByColumns)))
               .toDoubleArray();
       int square = width * width;
       FactoredSvd[] svds = new FactoredSvd[count];
@@ -192,20 +202,23 @@ public final class RandomizedSvd {
                 rankOf);
         most = Math.max(most, svds[b].rank());
       }
-      // L and P of every matrix, zero-padded to the batch's largest kept rank.
+      // L (w×k) and Pᵀ (w×k) of every matrix, zero-padded to the batch's largest kept rank: the
+      // down factor P·(Qᵀ·D) is made as its transpose (Dᵀ·Q)·Pᵀ, the same chains over w.
       double[] lefts = new double[count * width * most];
-      double[] rights = new double[count * most * width];
+      double[] rightsByColumns = new double[count * width * most];
       for (int b = 0; b < count; b++) {
         DMatrixRMaj left = svds[b].left();
         DMatrixRMaj right = svds[b].right();
         for (int row = 0; row < width; row++) {
           System.arraycopy(left.data, row * left.numCols, lefts, (b * width + row) * most, left.numCols);
+          for (int k = 0; k < right.numRows; k++) {
+            rightsByColumns[(b * width + row) * most + k] = right.get(k, row);
+          }
         }
-        System.arraycopy(right.data, 0, rights, b * most * width, right.data.length);
       }
-      NDArray ups = basis.matMul(scope.create(lefts, new Shape(count, width, most)));
-      NDArray downs = scope.create(rights, new Shape(count, most, width)).matMul(projected);
-      double[] values = NDArrays.concat(new NDList(ups.flatten(), downs.flatten())).toDoubleArray();
+      NDArray ups = products.times(basis, scope.create(lefts, new Shape(count, width, most)));
+      NDArray downsByColumns = products.times(projectedByColumns, scope.create(rightsByColumns, new Shape(count, width, most)));
+      double[] values = NDArrays.concat(new NDList(ups.flatten(), downsByColumns.flatten())).toDoubleArray();
       double[][][] factors = new double[count][][];
       long upsSize = (long) count * rows * most;
       for (int b = 0; b < count; b++) {
@@ -214,10 +227,56 @@ public final class RandomizedSvd {
         for (int row = 0; row < rows; row++) {
           System.arraycopy(values, (b * rows + row) * most, up, row * k, k);
         }
-        int downStart = Math.toIntExact(upsSize + (long) b * most * cols);
-        factors[b] = new double[][] {up, Arrays.copyOfRange(values, downStart, downStart + k * cols)};
+        double[] down = new double[k * cols];
+        for (int col = 0; col < cols; col++) {
+          int from = Math.toIntExact(upsSize + ((long) b * cols + col) * most);
+          for (int r = 0; r < k; r++) {
+            down[r * cols + col] = values[from + r];
+          }
+        }
+        factors[b] = new double[][] {up, down};
       }
       return factors;
+    }
+  }
+
+  /**
+   * The batched products of {@link #truncateBatch}: by the CUDA kernels with {@link
+   * OrderedProducts}' bits where they run on the device, by libtorch's {@code matMul} otherwise.
+   * A two-dimensional operand is shared by the batch.
+   */
+  interface BatchProducts {
+    /** A·B per matrix. */
+    NDArray times(NDArray a, NDArray b);
+
+    /** Aᵀ·B per matrix. */
+    NDArray transposeTimes(NDArray a, NDArray b);
+
+    static BatchProducts on(NDManager scope, int count) {
+      if (OrderedKernels.available(scope.getDevice())) {
+        return new BatchProducts() {
+          @Override
+          public NDArray times(NDArray a, NDArray b) {
+            return OrderedKernels.times(scope, a, b, count);
+          }
+
+          @Override
+          public NDArray transposeTimes(NDArray a, NDArray b) {
+            return OrderedKernels.transposeTimes(scope, a, b, count);
+          }
+        };
+      }
+      return new BatchProducts() {
+        @Override
+        public NDArray times(NDArray a, NDArray b) {
+          return a.matMul(b);
+        }
+
+        @Override
+        public NDArray transposeTimes(NDArray a, NDArray b) {
+          return a.transpose(0, 2, 1).matMul(b);
+        }
+      };
     }
   }
 
@@ -296,9 +355,9 @@ public final class RandomizedSvd {
    * Q = Y·R⁻¹ for each of a batch's Y (count×m×w), R from YᵀY = RᵀR on the host: orthonormal
    * columns spanning Y's, a zero column for each direction the eigen root drops.
    */
-  private static NDArray orthonormalBatch(NDManager manager, NDArray y, int count, int width) {
+  private static NDArray orthonormalBatch(NDManager manager, BatchProducts products, NDArray y, int count, int width) {
     NDArray y64 = y.toType(DataType.FLOAT64, false);
-    double[] grams = y64.transpose(0, 2, 1).matMul(y64).toDoubleArray();
+    double[] grams = products.transposeTimes(y64, y64).toDoubleArray();
     int square = width * width;
     double[] inverses = new double[grams.length];
     DMatrixRMaj identity = CommonOps_DDRM.identity(width);
@@ -306,6 +365,7 @@ public final class RandomizedSvd {
       DMatrixRMaj gram = DMatrixRMaj.wrap(width, width, Arrays.copyOfRange(grams, b * square, (b + 1) * square));
       System.arraycopy(GramRoot.of(gram).solve(identity).data, 0, inverses, b * square, square);
     }
-    return y64.matMul(manager.create(inverses, new Shape(count, width, width)));
+    return products.times(y64, manager.create(inverses, new Shape(count, width, width)));
   }
+
 }

@@ -64,6 +64,30 @@ class RandomizedSvdTest {
   }
 
   /** {@code matrices} stacked in a native-order direct buffer, as a device merge hands them over. */
+  /** A product of Gaussian factors of rank {@code rank}, with no tail. */
+  private static float[] lowRank(int rows, int cols, int rank, long seed) {
+    Random random = new Random(seed);
+    double[] left = new double[rows * rank];
+    double[] right = new double[rank * cols];
+    for (int i = 0; i < left.length; i++) {
+      left[i] = random.nextGaussian();
+    }
+    for (int i = 0; i < right.length; i++) {
+      right[i] = random.nextGaussian();
+    }
+    float[] values = new float[rows * cols];
+    for (int i = 0; i < rows; i++) {
+      for (int j = 0; j < cols; j++) {
+        double sum = 0;
+        for (int k = 0; k < rank; k++) {
+          sum += left[i * rank + k] * right[k * cols + j];
+        }
+        values[i * cols + j] = (float) sum;
+      }
+    }
+    return values;
+  }
+
   private static ByteBuffer stacked(float[]... matrices) {
     ByteBuffer buffer = ByteBuffer.allocateDirect(matrices.length * matrices[0].length * Float.BYTES).order(ByteOrder.nativeOrder());
     for (float[] matrix : matrices) {
@@ -131,6 +155,79 @@ class RandomizedSvdTest {
         assertThat(second[b][0]).as("up of matrix %d", b).containsExactly(first[b][0]);
         assertThat(second[b][1]).as("down of matrix %d", b).containsExactly(first[b][1]);
       }
+    }
+  }
+
+  /**
+   * The batch's algorithm is the host's, step for step: with products whose entries are chained as
+   * {@link OrderedProducts} chains them (what the CUDA kernels do on a GPU), a batch gives every
+   * matrix the bytes {@link RandomizedSvd#truncate(float[], int, int, int, java.util.function.ToIntFunction,
+   * RandomizedSvd.Sketches)} gives it alone, kept ranks differing within the batch included.
+   */
+  @Test
+  void aBatchWithOrderedProductsGivesTheHostsBytes() {
+    float[][] matrices = {matrix(120, 90, 2), matrix(120, 90, 3), lowRank(120, 90, 3, 4)};
+    java.util.function.ToIntFunction<double[]> rankOf = sigma -> {
+      int kept = 0;
+      while (kept < sigma.length && sigma[kept] > 1e-3 * sigma[0]) {
+        kept++;
+      }
+      return Math.min(kept, 6);
+    };
+    try (NDManager manager = NDManager.newBaseManager()) {
+      NDArray stacked = manager.create(stacked(matrices), new Shape(3, 120, 90), DataType.FLOAT32);
+      double[][][] batch = RandomizedSvd.truncateBatch(stacked, 6, rankOf, new RandomizedSvd.Sketches(3), OrderedOnHost::new);
+      for (int b = 0; b < matrices.length; b++) {
+        double[][] alone = RandomizedSvd.truncate(matrices[b], 120, 90, 6, rankOf, new RandomizedSvd.Sketches(3));
+        assertThat(batch[b][0]).as("up of matrix %d (rank %d)", b, alone[0].length / 120).containsExactly(alone[0]);
+        assertThat(batch[b][1]).as("down of matrix %d", b).containsExactly(alone[1]);
+      }
+      assertThat(batch[2][0].length / 120).as("the low-rank matrix's kept rank").isLessThan(batch[0][0].length / 120);
+    }
+  }
+
+  /** {@link RandomizedSvd.BatchProducts} by {@link OrderedProducts}, matrix by matrix, on the host. */
+  private record OrderedOnHost(NDManager scope, int count) implements RandomizedSvd.BatchProducts {
+    @Override
+    public NDArray times(NDArray a, NDArray b) {
+      return apply(a, b, false);
+    }
+
+    @Override
+    public NDArray transposeTimes(NDArray a, NDArray b) {
+      return apply(a, b, true);
+    }
+
+    private NDArray apply(NDArray a, NDArray b, boolean transposeA) {
+      long[] as = a.getShape().getShape();
+      long[] bs = b.getShape().getShape();
+      int aRows = (int) as[as.length - 2];
+      int aCols = (int) as[as.length - 1];
+      int bCols = (int) bs[bs.length - 1];
+      int outRows = transposeA ? aCols : aRows;
+      boolean doubles = a.getDataType() == DataType.FLOAT64;
+      double[] out = new double[count * outRows * bCols];
+      for (int m = 0; m < count; m++) {
+        NDArray am = as.length == 2 ? a : a.get(m);
+        NDArray bm = bs.length == 2 ? b : b.get(m);
+        double[] product;
+        if (doubles) {
+          product = transposeA
+              ? OrderedProducts.transposeTimes(am.toDoubleArray(), aRows, aCols, bm.toDoubleArray(), bCols)
+              : OrderedProducts.times(am.toDoubleArray(), aRows, aCols, bm.toDoubleArray(), bCols);
+        } else {
+          float[] floats = transposeA
+              ? OrderedProducts.transposeTimes(am.toFloatArray(), aRows, aCols, bm.toFloatArray(), bCols)
+              : OrderedProducts.times(am.toFloatArray(), aRows, aCols, bm.toFloatArray(), bCols);
+          product = new double[floats.length];
+          for (int i = 0; i < floats.length; i++) {
+            product[i] = floats[i];
+          }
+        }
+        System.arraycopy(product, 0, out, m * outRows * bCols, product.length);
+      }
+      NDArray result = scope.create(out, new Shape(count, outRows, bCols));
+      return doubles ? result : result.toType(DataType.FLOAT32, false);
     }
   }
 
