@@ -9,6 +9,7 @@ import dev.loramerge.ModuleKey;
 import dev.loramerge.TensorData;
 import dev.loramerge.internal.fuse.Fusion;
 import dev.loramerge.internal.linalg.NdArrays;
+import dev.loramerge.internal.numeric.FloatFormats;
 import dev.loramerge.merge.spi.Offer.Precision;
 import java.util.Arrays;
 import java.util.Locale;
@@ -71,13 +72,13 @@ final class Encoding {
     if (merged.upDoubles() != null && precision == Precision.FLOAT64 && prune.isEmpty()) {
       return new Float64Factors(merged.upDoubles(), merged.downDoubles(), merged.rank());
     }
-    float[] up = merged.upDoubles() != null ? rounded(merged.upDoubles()) : merged.upValues();
-    float[] down = merged.upDoubles() != null ? rounded(merged.downDoubles()) : merged.downValues();
+    float[] up = merged.upDoubles() != null ? FloatFormats.rounded(merged.upDoubles()) : merged.upValues();
+    float[] down = merged.upDoubles() != null ? FloatFormats.rounded(merged.downDoubles()) : merged.downValues();
     prune.ifPresent(rule -> {
       rule.apply(up);
       rule.apply(down);
     });
-    return new Float64Factors(widened(up), widened(down), merged.rank());
+    return new Float64Factors(FloatFormats.widened(up), FloatFormats.widened(down), merged.rank());
   }
 
   /** A merged factor array in {@code computeType}, pruned there, as float64 values for a fuse. */
@@ -89,22 +90,6 @@ final class Encoding {
       typed = typed.getManager().create(values, typed.getShape());
     }
     return typed.toType(DataType.FLOAT64, false).toDoubleArray();
-  }
-
-  private static float[] rounded(double[] values) {
-    float[] rounded = new float[values.length];
-    for (int i = 0; i < values.length; i++) {
-      rounded[i] = (float) values[i];
-    }
-    return rounded;
-  }
-
-  private static double[] widened(float[] values) {
-    double[] widened = new double[values.length];
-    for (int i = 0; i < values.length; i++) {
-      widened[i] = values[i];
-    }
-    return widened;
   }
 
   private TensorData pruned(TensorData factor) {

@@ -8,6 +8,7 @@ import ai.djl.ndarray.NDManager;
 import ai.djl.ndarray.types.DataType;
 import ai.djl.ndarray.types.Shape;
 import dev.loramerge.internal.fuse.OrderedKernels;
+import dev.loramerge.internal.numeric.FloatFormats;
 import java.nio.ByteBuffer;
 import java.util.Arrays;
 import java.util.List;
@@ -92,11 +93,11 @@ public final class RandomizedSvd {
     int width = Math.min(rank + OVERSAMPLING, Math.min(rows, cols));
     double[] basis = orthonormal(OrderedProducts.times(dense, rows, cols, sketches.omega(cols, width), width), rows, width);
     for (int i = 0; i < POWER_ITERATIONS; i++) {
-      float[] back = OrderedProducts.transposeTimes(dense, rows, cols, narrowed(basis), width);
+      float[] back = OrderedProducts.transposeTimes(dense, rows, cols, FloatFormats.rounded(basis), width);
       basis = orthonormal(OrderedProducts.times(dense, rows, cols, back, width), rows, width);
     }
     // Qᵀ·D, made as its transpose Dᵀ·Q (the same chains: a fused multiply-add's factors commute).
-    double[] projectedByColumns = widened(OrderedProducts.transposeTimes(dense, rows, cols, narrowed(basis), width));
+    double[] projectedByColumns = FloatFormats.widened(OrderedProducts.transposeTimes(dense, rows, cols, FloatFormats.rounded(basis), width));
     FactoredSvd svd =
         FactoredSvd.of(
             DMatrixRMaj.wrap(width, width, OrderedProducts.transposeTimes(basis, rows, width, basis, width)),
@@ -117,26 +118,10 @@ public final class RandomizedSvd {
 
   /** Q = Y·R⁻¹ from YᵀY = RᵀR, as {@link #orthonormalBatch} forms it, for one m×w float32 Y. */
   private static double[] orthonormal(float[] y, int rows, int width) {
-    double[] wide = widened(y);
+    double[] wide = FloatFormats.widened(y);
     double[] gram = OrderedProducts.transposeTimes(wide, rows, width, wide, width);
     double[] inverse = GramRoot.of(DMatrixRMaj.wrap(width, width, gram)).solve(CommonOps_DDRM.identity(width)).data;
     return OrderedProducts.times(wide, rows, width, inverse, width);
-  }
-
-  private static float[] narrowed(double[] values) {
-    float[] narrow = new float[values.length];
-    for (int i = 0; i < values.length; i++) {
-      narrow[i] = (float) values[i];
-    }
-    return narrow;
-  }
-
-  private static double[] widened(float[] values) {
-    double[] wide = new double[values.length];
-    for (int i = 0; i < values.length; i++) {
-      wide[i] = values[i];
-    }
-    return wide;
   }
 
   /**
@@ -291,7 +276,7 @@ public final class RandomizedSvd {
 
   /** {@link #exact(NDManager, NDArray, ToIntFunction)} of the m×n float32 {@code dense} on the host, row-major in float64. */
   public static double[][] exact(float[] dense, int rows, int cols, ToIntFunction<double[]> rankOf) {
-    DMatrixRMaj[] factors = exact(DMatrixRMaj.wrap(rows, cols, widened(dense)), rankOf);
+    DMatrixRMaj[] factors = exact(DMatrixRMaj.wrap(rows, cols, FloatFormats.widened(dense)), rankOf);
     return new double[][] {factors[0].data, factors[1].data};
   }
 

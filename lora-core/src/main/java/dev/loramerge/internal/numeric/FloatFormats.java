@@ -144,6 +144,24 @@ public final class FloatFormats {
     return (short) ((bits + 0x7fff + ((bits >>> 16) & 1)) >>> 16);
   }
 
+  /** {@code values} rounded to float32, each to nearest (ties to even). */
+  public static float[] rounded(double[] values) {
+    float[] rounded = new float[values.length];
+    for (int i = 0; i < values.length; i++) {
+      rounded[i] = (float) values[i];
+    }
+    return rounded;
+  }
+
+  /** {@code values} in float64, exactly. */
+  public static double[] widened(float[] values) {
+    double[] widened = new double[values.length];
+    for (int i = 0; i < values.length; i++) {
+      widened[i] = values[i];
+    }
+    return widened;
+  }
+
   /**
    * Widens the {@code count} fp16 values (bf16 when not {@code float16}) of {@code in} from
    * element {@code first} into {@code out[0, count)}, exactly.
