@@ -13,6 +13,7 @@ import dev.loramerge.LoraModule;
 import dev.loramerge.ModuleKey;
 import dev.loramerge.TensorData;
 import dev.loramerge.internal.fuse.TaskKernels;
+import dev.loramerge.internal.linalg.OrderedProducts;
 import dev.loramerge.merge.spi.ModuleInput;
 import dev.loramerge.merge.spi.ModuleUpdate;
 import dev.loramerge.merge.spi.Offer;
@@ -44,7 +45,10 @@ final class ModuleMerger {
   private final RankPolicy policy;
   private final ReRank reRank;
   private final BaseWeights baseWeights;
-  /** Where the merge runs: on the CPU, dense updates are re-ranked on the host, without libtorch. */
+  /**
+   * Where the merge runs: on the CPU with the Vector API, dense updates are re-ranked on the host
+   * with {@link OrderedProducts}, without libtorch.
+   */
   private final Device device;
 
   ModuleMerger(ImmutableList<MergeInput> inputs, MergeAlgorithm algorithm, RankPolicy policy, BaseWeights baseWeights, Device device) {
@@ -215,7 +219,7 @@ final class ModuleMerger {
     if (update instanceof ModuleUpdate.Dense dense && deferDense && reRank.randomized(dense.rows(), dense.columns())) {
       return Step.of(dense, target);
     }
-    if (update instanceof ModuleUpdate.Dense dense && Device.Type.CPU.equals(device.getDeviceType())) {
+    if (update instanceof ModuleUpdate.Dense dense && Device.Type.CPU.equals(device.getDeviceType()) && OrderedProducts.vectorized()) {
       return Step.of(Optional.of(Merged.ofDoubles(reRank.dense(dense.values(), dense.rows(), dense.columns(), target), dense.rows())));
     }
     if (update instanceof ModuleUpdate.Dense dense) {

@@ -36,7 +36,8 @@ final class ReRank {
   /**
    * {@link #dense(NDManager, NDArray, int)} of {@code dense} (m×n float32, row-major) on the host,
    * without libtorch: the randomized SVD's products by {@link
-   * dev.loramerge.internal.linalg.OrderedProducts}; {up, down} in float64.
+   * dev.loramerge.internal.linalg.OrderedProducts}, for callers where they are {@linkplain
+   * dev.loramerge.internal.linalg.OrderedProducts#vectorized fast}; {up, down} in float64.
    */
   double[][] dense(float[] dense, int rows, int cols, int target) {
     ToIntFunction<double[]> rankOf = sigma -> policy.rank(sigma, target);

@@ -54,8 +54,8 @@ public final class RandomizedSvd {
   /**
    * Returns {B' (m×k), A' (k×n)} in float64, owned by {@code manager}, with B'·A' ≈ D: on the
    * host by {@link #truncate(float[], int, int, int, ToIntFunction, Sketches)} where D is on the
-   * CPU, by {@link #truncateBatch(NDArray, int, ToIntFunction, Sketches)} of one matrix on its
-   * device otherwise.
+   * CPU and the {@linkplain OrderedProducts#vectorized ordered products are fast}, by {@link
+   * #truncateBatch(NDArray, int, ToIntFunction, Sketches)} of one matrix on its device otherwise.
    *
    * @param rank the rank the sketch is sized for
    * @param rankOf the kept rank k from the sketch's singular values (at most {@code rank})
@@ -66,7 +66,7 @@ public final class RandomizedSvd {
     int rows = Math.toIntExact(dense.getShape().get(0));
     int cols = Math.toIntExact(dense.getShape().get(1));
     double[][] factors;
-    if (dense.getDevice().getDeviceType().equals(Device.Type.CPU)) {
+    if (dense.getDevice().getDeviceType().equals(Device.Type.CPU) && OrderedProducts.vectorized()) {
       try (NDArray d32 = dense.toType(DataType.FLOAT32, true)) {
         factors = truncate(d32.toFloatArray(), rows, cols, rank, rankOf, sketches);
       }
