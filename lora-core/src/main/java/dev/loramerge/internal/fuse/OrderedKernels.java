@@ -14,11 +14,18 @@ import ai.djl.ndarray.types.Shape;
  * <p>Public only for {@code dev.loramerge.internal.linalg}; not an API.
  */
 public final class OrderedKernels {
+  /**
+   * The system property that, set to true, has the products on a GPU be libtorch's (cuBLAS) even
+   * where these kernels are loaded: faster, but the factors then differ from the CPU's in the last
+   * bits. Read at every batch.
+   */
+  public static final String LIBTORCH_PROPERTY = "loramerge.cuda.libtorchProducts";
+
   private OrderedKernels() {}
 
-  /** Whether the kernels are loaded and run on {@code device}. */
+  /** Whether the kernels are loaded and run on {@code device}, and {@value #LIBTORCH_PROPERTY} is not set. */
   public static boolean available(Device device) {
-    return CudaKernels.available(device);
+    return CudaKernels.available(device) && !Boolean.getBoolean(LIBTORCH_PROPERTY);
   }
 
   /**
