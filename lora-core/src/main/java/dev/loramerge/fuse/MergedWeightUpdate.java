@@ -32,7 +32,6 @@ import java.util.Optional;
 import java.util.Set;
 import java.util.concurrent.ForkJoinPool;
 import java.util.concurrent.ForkJoinTask;
-import java.util.concurrent.RejectedExecutionException;
 
 /**
  * A merger's update of the matched modules, times a factor, computed per weight on demand on the
@@ -279,20 +278,12 @@ final class MergedWeightUpdate implements DeviceUpdate {
   private void run(Runnable kernel) {
     // Targets may call from threads of their own (a file target's reader); the kernel's parallel
     // blocks run on the workers either way. An in-memory target replaying this update to undo
-    // another fuse calls after this fuse's workers are shut down, and runs it on its own thread.
-    if (ForkJoinTask.getPool() == workers || workers.isShutdown()) {
+    // another fuse may call once this fuse's workers are shut down: then the common pool runs it.
+    if (ForkJoinTask.getPool() == workers) {
       kernel.run();
       return;
     }
-    ForkJoinTask<?> task;
-    try {
-      task = workers.submit(kernel);
-    } catch (RejectedExecutionException e) {
-      // The fuse that owns the workers shut them down after the check above.
-      kernel.run();
-      return;
-    }
-    task.join();
+    DeviceFusion.submitted(workers, ForkJoinTask.adapt(kernel)).join();
   }
 
   /**

@@ -18,6 +18,7 @@ import dev.loramerge.merge.spi.ModuleInput;
 import dev.loramerge.merge.spi.ModuleUpdate;
 import dev.loramerge.merge.spi.Offer;
 import dev.loramerge.merge.spi.Offer.Precision;
+import dev.loramerge.merge.spi.TaskArithmetic;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.nio.FloatBuffer;
@@ -46,8 +47,9 @@ final class ModuleMerger {
   private final ReRank reRank;
   private final BaseWeights baseWeights;
   /**
-   * Where the merge runs: on the CPU with the Vector API, dense updates are re-ranked on the host
-   * with {@link OrderedProducts}, without libtorch.
+   * Where the merge runs (its managers' device, known without starting the engine): on the CPU
+   * with the Vector API, dense updates are re-ranked on the host with {@link OrderedProducts},
+   * without libtorch; on a GPU with the kernels, task arithmetic runs there.
    */
   private final Device device;
 
@@ -208,8 +210,9 @@ final class ModuleMerger {
     MergeContext context = new MergeContext(key, built, manager, target, new Offer(precision, finalType));
     int rows = Math.toIntExact(first.outFeatures());
     int columns = Math.toIntExact(TensorData.numel(first.weightShape()) / first.outFeatures());
-    if (deferDense && !materialise && precision == Precision.FLOAT32 && algorithm.taskArithmetic().isPresent()
-        && reRank.randomized(rows, columns) && TaskKernels.available(manager.get().getDevice(), algorithm.taskArithmetic().get(), columns)) {
+    Optional<TaskArithmetic> arithmetic = algorithm.taskArithmetic();
+    if (deferDense && !materialise && precision == Precision.FLOAT32 && arithmetic.isPresent()
+        && reRank.randomized(rows, columns) && TaskKernels.available(device, arithmetic.get(), columns)) {
       return new Step(Optional.empty(), null, context, rows, columns, target);
     }
     ModuleUpdate update = algorithm.merge(context);

@@ -359,5 +359,4 @@ public final class TaskTensors {
       System.arraycopy(from, 0, order, 0, length);
     }
   }
-
 }

@@ -399,7 +399,7 @@ public final class DeviceFusion {
    * fuse replayed to undo another (from another thread) may still be running on the workers of a
    * fuse that ends meanwhile and shuts them down.
    */
-  private static <T> ForkJoinTask<T> submitted(ForkJoinPool workers, ForkJoinTask<T> task) {
+  public static <T> ForkJoinTask<T> submitted(ForkJoinPool workers, ForkJoinTask<T> task) {
     try {
       return workers.submit(task);
     } catch (RejectedExecutionException e) {

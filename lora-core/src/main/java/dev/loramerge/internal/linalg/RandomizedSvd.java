@@ -67,14 +67,13 @@ public final class RandomizedSvd {
     int cols = Math.toIntExact(dense.getShape().get(1));
     double[][] factors;
     if (dense.getDevice().getDeviceType().equals(Device.Type.CPU) && OrderedProducts.vectorized()) {
-      try (NDArray d32 = dense.toType(DataType.FLOAT32, true)) {
-        factors = truncate(d32.toFloatArray(), rows, cols, rank, rankOf, sketches);
-      }
+      factors = truncate(NdArrays.floatValues(dense), rows, cols, rank, rankOf, sketches);
     } else {
       try (NDManager scope = manager.newSubManager()) {
-        NDArray stacked = dense.toType(DataType.FLOAT32, true).reshape(1, rows, cols);
-        stacked.attach(scope);
-        factors = truncateBatch(stacked, rank, rankOf, sketches)[0];
+        // A copy in the scope, so that neither it nor its reshaped view outlives the call.
+        NDArray d32 = dense.toType(DataType.FLOAT32, true);
+        d32.attach(scope);
+        factors = truncateBatch(d32.reshape(1, rows, cols), rank, rankOf, sketches)[0];
       }
     }
     int k = factors[0].length / rows;
