@@ -10,6 +10,10 @@
 #           the same sources and patches for the same torch is kept (target/gpu-jni; REBUILD=1 forces);
 #           and libloramerge_cuda.so from kernels/ (build-kernels.sh), which the Java stages load
 #           unless KERNELS=0 (then the fuse takes libtorch's operations only)
+#   kbench  the kernels' own benches, built with nvcc: kernels/ordered_product_bench.cu (the
+#           randomized SVD's ordered products per tiling, bytes against the host's chains, times
+#           on the SDXL ties_svd shapes beside cuBLAS's where its headers are found) and
+#           kernels/fuse_product_bench.cu (the fp16/bf16 fuse product's tilings)
 #   check   bin/lora-bench check --device gpu --require-bf16: fused bytes on the GPU == on the CPU
 #           for F32/F16/BF16 on random Linear and Conv2d shapes, and bf16 tensors not aborting
 #   e2e     bin/lora-bench device --device gpu --skip-merge: fuse/unfuse/memory, the hot-swap
@@ -84,6 +88,9 @@ KSTAMP="$( (cd "$G" && sha256sum kernels/* build-kernels.sh) | sha256sum | cut -
 KSO="$JNI_CACHE/kernels-$KSTAMP/libloramerge_cuda.so"
 if has build && { [ ! -f "$KSO" ] || [ "${REBUILD:-0}" = 1 ]; } && [ "$DEVICE" = gpu ]; then
   stage kernels 120 20 bash "$G/build-kernels.sh" "$(dirname "$KSO")"
+fi
+if has kbench && [ "$DEVICE" = gpu ]; then
+  stage kbench "${KBENCH_S:-240}" 30 bash "$G/kernel-bench.sh" "$JNI_CACHE/kbench-$KSTAMP" "${KBENCH_RUNS:-5}"
 fi
 JAVA_STAGES=(check e2e merge jmh)
 needs_java=0; for s in "${JAVA_STAGES[@]}"; do has "$s" && needs_java=1; done

@@ -11,7 +11,7 @@
 #                         JNI library, built for libtorch 2.7.1): build-djl-jni.sh makes the JNI
 #                         library there, and DJL loads the machine's libtorch (PYTORCH_LIBRARY_PATH)
 #   jdk-include/          this JDK's include/ (jni.h): the GPU machine has no JDK
-#   djl-native/ patches/ kernels/ build-djl-jni.sh build-kernels.sh device-run.sh ratios.py NOTICE   from gpu/
+#   djl-native/ patches/ kernels/ build-djl-jni.sh build-kernels.sh kernel-bench.sh device-run.sh ratios.py NOTICE   from gpu/
 #   peft_gpu.py           from lora-bench/src/main/python
 #   sdxl_attention_shapes.txt   `bin/lora-bench shapes`: what peft_gpu.py builds
 # Then carry OUTPUT_DIR to the GPU machine and run `bash OUTPUT_DIR/device-run.sh STAGES` there
@@ -35,7 +35,7 @@ find "$ROOT/lora-bench/target/lib" -name '*.jar' ! -name 'pytorch-native-cpu-*' 
 
 echo "2. scripts, DJL's JNI sources and patches, JNI headers from $JAVA_HOME"
 cp -r "$GPU/djl-native" "$GPU/patches" "$GPU/kernels" "$OUT/"
-cp "$GPU/build-djl-jni.sh" "$GPU/build-kernels.sh" "$GPU/device-run.sh" "$GPU/ratios.py" "$GPU/NOTICE" "$ROOT/lora-bench/src/main/python/peft_gpu.py" "$OUT/"
+cp "$GPU/build-djl-jni.sh" "$GPU/build-kernels.sh" "$GPU/kernel-bench.sh" "$GPU/device-run.sh" "$GPU/ratios.py" "$GPU/NOTICE" "$ROOT/lora-bench/src/main/python/peft_gpu.py" "$OUT/"
 cp -r "$JAVA_HOME/include" "$OUT/jdk-include"
 
 echo "3. a Java runtime (jlink), xz-compressed"

@@ -57,6 +57,8 @@ struct F16 {
   static __device__ __forceinline__ double widen(T v) { return __half2float(v); }
   static __device__ __forceinline__ T narrow(double x) { return __float2half_rn(roundToOdd(x)); }
   static __device__ __forceinline__ bool finite(T v) { return isfinite(__half2float(v)); }
+  static __device__ __forceinline__ unsigned short bits(T v) { return __half_as_ushort(v); }
+  static __device__ __forceinline__ bool isZero(T v) { return (bits(v) & 0x7FFF) == 0; }
 };
 
 struct BF16 {
@@ -64,6 +66,8 @@ struct BF16 {
   static __device__ __forceinline__ double widen(T v) { return __bfloat162float(v); }
   static __device__ __forceinline__ T narrow(double x) { return __float2bfloat16_rn(roundToOdd(x)); }
   static __device__ __forceinline__ bool finite(T v) { return isfinite(__bfloat162float(v)); }
+  static __device__ __forceinline__ unsigned short bits(T v) { return __bfloat16_as_ushort(v); }
+  static __device__ __forceinline__ bool isZero(T v) { return (bits(v) & 0x7FFF) == 0; }
 };
 
 // Weights of a launch, passed by value: no device allocation, no copy before the launch.
@@ -133,21 +137,57 @@ __device__ __forceinline__ void forEachOwnElement(int firstRow, int firstCol, in
 // in one bank (a warp's 32 values of a row are 32 rows of the tile apart).
 enum class UpLayout { kByRow, kByRank };
 
+// The host's update of one element, NarrowFusion.exactUpdate's order: four partial sums, product l
+// going to sum l mod 4 for l below the rank rounded down to a multiple of 4 and to sum 0 after
+// that, each product and each addition rounded (no fused multiply-add, which the host does not do),
+// then (s0 + s1) + (s2 + s3). Read from global memory: fuseProduct needs it only for the elements
+// its float32 estimate leaves undecided.
+template <UpLayout L>
+__device__ double exactUpdate(const double* __restrict__ ups, const double* __restrict__ downs, int rows, int cols, int rank, int row,
+                              int col) {
+  auto term = [&](int l) {
+    const double u = L == UpLayout::kByRank ? ups[static_cast<long long>(l) * rows + row] : ups[static_cast<long long>(row) * rank + l];
+    return __dmul_rn(u, downs[static_cast<long long>(l) * cols + col]);
+  };
+  double sums[4] = {0.0, 0.0, 0.0, 0.0};
+  const int whole = rank & ~3;
+  int l = 0;
+  for (; l < whole; l += 4) {
+#pragma unroll
+    for (int lane = 0; lane < 4; lane++) {
+      sums[lane] = __dadd_rn(sums[lane], term(l + lane));
+    }
+  }
+  for (; l < rank; l++) {
+    sums[0] = __dadd_rn(sums[0], term(l));
+  }
+  return __dadd_rn(__dadd_rn(sums[0], sums[1]), __dadd_rn(sums[2], sums[3]));
+}
+
 // Grid: x = column tiles, y = row tiles, z = the weight within the launch. up is laid out as L says
-// and down is b×rank×cols, float64, row-major. The dot product is NarrowFusion.exactUpdate's: four partial
-// sums, product l going to sum l mod 4 for l below the rank rounded down to a multiple of 4 and to
-// sum 0 after that, each product and each addition rounded (no fused multiply-add, which the host
-// does not do), then (s0 + s1) + (s2 + s3), then the weight added. Ranks are taken four at a time
-// without a test while all four are below that multiple of 4, the usual case; only the tail is
-// tested product by product. Tiles are not padded into the sums: a padded 0·x would turn a -0 sum
-// into +0, and 0·inf into NaN.
+// and down is b×rank×cols, float64, row-major. Each element is the weight plus exactUpdate, rounded
+// once, as on the host; but the float64 sum in the host's order is formed only where it matters.
+// The kernel first forms the dot product in float32 from the factors rounded to float32, with fused
+// multiply-adds in any order, and bounds its distance from the host's float64 sum:
+//   |estimate − exact| ≤ γ·‖u‖₂·‖d‖₂ + rank·2⁻¹⁴⁷·(1 + ‖u‖₂ + ‖d‖₂),  γ = (rank + 4)·2⁻²⁴ / (1 − (rank + 4)·2⁻²⁴)
+// (the float32 chain's and conversions' relative errors, at most rank + 2 roundings of 2⁻²⁴ each,
+// and the host's float64 ones, far smaller, over Σ|u·d| ≤ ‖u‖₂‖d‖₂ (Cauchy–Schwarz); the second
+// term the absolute error of float32's subnormals). The host's result, the weight plus its float64
+// sum rounded to nearest then narrowed, is a non-decreasing function of that sum, so where the
+// weight plus either end of the interval narrows to the same finite nonzero value, that value is
+// the host's, bit for bit. Elsewhere (a sum within the bound of a rounding boundary, about one
+// element in a few hundred for fp16's 11 bits, far fewer for bf16; zeros; values that are not
+// finite) the element is computed by exactUpdate. The row and column norms are each computed once
+// per block, in float64 rounded upwards.
 template <typename K, typename P, UpLayout L>
 __global__ void __launch_bounds__(P::kThreads) fuseProduct(
     const double* __restrict__ up, const double* __restrict__ down, Sources sources, typename K::T* __restrict__ out,
     int rows, int cols, int rank, int firstWeight, unsigned long long* notFinite) {
   using T = typename K::T;
-  __shared__ __align__(16) double upTile[P::KC][P::kRows];
-  __shared__ __align__(16) double downTile[P::KC][P::kColumns];
+  __shared__ __align__(16) float upTile[P::KC][P::kRows];
+  __shared__ __align__(16) float downTile[P::KC][P::kColumns];
+  __shared__ double upNorms[P::kRows];
+  __shared__ double downNorms[P::kColumns];
   const int tx = threadIdx.x % P::TX;
   const int ty = threadIdx.x / P::TX;
   const int weight = firstWeight + blockIdx.z;
@@ -155,23 +195,40 @@ __global__ void __launch_bounds__(P::kThreads) fuseProduct(
   const int firstCol = blockIdx.x * P::kColumns;
   const double* ups = up + static_cast<long long>(weight) * rows * rank;
   const double* downs = down + static_cast<long long>(weight) * rank * cols;
-  const int whole = rank & ~3;
   const long long perWeight = static_cast<long long>(rows) * cols;
   const T* source = static_cast<const T*>(sources.pointers[blockIdx.z]);
+  auto upAt = [&](int row, int l) {
+    return L == UpLayout::kByRank ? ups[static_cast<long long>(l) * rows + row] : ups[static_cast<long long>(row) * rank + l];
+  };
   // The weight's values are asked for before the products, so that their latency is hidden by
   // the arithmetic rather than waited for after it.
   T prior[P::TM][P::TN]{};
   forEachOwnElement<P>(firstRow + ty * P::TM, firstCol + tx * P::TN, rows, cols,
                        [&](int i, int j, long long index) { prior[i][j] = source[index]; });
-  double sums[P::TM][P::TN][4];
+  for (int e = threadIdx.x; e < P::kRows + P::kColumns; e += P::kThreads) {
+    const bool isRow = e < P::kRows;
+    const int index = isRow ? firstRow + e : firstCol + e - P::kRows;
+    double squares = 0.0;
+    if (index < (isRow ? rows : cols)) {
+      for (int l = 0; l < rank; l++) {
+        const double value = isRow ? upAt(index, l) : downs[static_cast<long long>(l) * cols + index];
+        squares = __fma_rn(value, value, squares);
+      }
+    }
+    // At most rank roundings of 2⁻⁵³ of a growing positive sum: 2⁻³⁰ covers any rank below 2²³.
+    const double norm = __dsqrt_ru(__dmul_ru(squares, 1.0 + 0x1p-30));
+    if (isRow) {
+      upNorms[e] = norm;
+    } else {
+      downNorms[e - P::kRows] = norm;
+    }
+  }
+  float sums[P::TM][P::TN];
 #pragma unroll
   for (int i = 0; i < P::TM; i++) {
 #pragma unroll
     for (int j = 0; j < P::TN; j++) {
-#pragma unroll
-      for (int lane = 0; lane < 4; lane++) {
-        sums[i][j][lane] = 0.0;
-      }
+      sums[i][j] = 0.0f;
     }
   }
   for (int chunk = 0; chunk < rank; chunk += P::KC) {
@@ -180,75 +237,64 @@ __global__ void __launch_bounds__(P::kThreads) fuseProduct(
       for (int e = threadIdx.x; e < P::KC * P::kRows; e += P::kThreads) {
         const int l = e / P::kRows;
         const int r = e % P::kRows;
-        upTile[l][r] = firstRow + r < rows && l < length ? ups[static_cast<long long>(chunk + l) * rows + firstRow + r] : 0.0;
+        upTile[l][r] = firstRow + r < rows && l < length ? __double2float_rn(ups[static_cast<long long>(chunk + l) * rows + firstRow + r]) : 0.0f;
       }
     } else {
       for (int e = threadIdx.x; e < P::KC * P::kRows; e += P::kThreads) {
         const int r = e / P::KC;
         const int l = e % P::KC;
-        upTile[l][r] = firstRow + r < rows && l < length ? ups[static_cast<long long>(firstRow + r) * rank + chunk + l] : 0.0;
+        upTile[l][r] = firstRow + r < rows && l < length ? __double2float_rn(ups[static_cast<long long>(firstRow + r) * rank + chunk + l]) : 0.0f;
       }
     }
     for (int e = threadIdx.x; e < P::KC * P::kColumns; e += P::kThreads) {
       const int l = e / P::kColumns;
       const int c = e % P::kColumns;
-      downTile[l][c] = firstCol + c < cols && l < length ? downs[static_cast<long long>(chunk + l) * cols + firstCol + c] : 0.0;
+      downTile[l][c] = firstCol + c < cols && l < length ? __double2float_rn(downs[static_cast<long long>(chunk + l) * cols + firstCol + c]) : 0.0f;
     }
     __syncthreads();
+    // Padded ranks add 0·0: the estimate's order and signed zeros do not matter.
 #pragma unroll
-    for (int group = 0; group < P::KC; group += 4) {
-      if (chunk + group + 4 <= whole) {
+    for (int l = 0; l < P::KC; l++) {
+      float a[P::TM];
+      float b[P::TN];
 #pragma unroll
-        for (int lane = 0; lane < 4; lane++) {
-          double a[P::TM];
-          double b[P::TN];
+      for (int i = 0; i < P::TM; i += 2) {
+        const float2 pair = *reinterpret_cast<const float2*>(&upTile[l][ty * P::TM + i]);
+        a[i] = pair.x;
+        a[i + 1] = pair.y;
+      }
 #pragma unroll
-          for (int i = 0; i < P::TM; i += 2) {
-            const double2 pair = *reinterpret_cast<const double2*>(&upTile[group + lane][ty * P::TM + i]);
-            a[i] = pair.x;
-            a[i + 1] = pair.y;
-          }
+      for (int j = 0; j < P::TN; j += 2) {
+        const float2 pair = *reinterpret_cast<const float2*>(&downTile[l][tx * P::TN + j]);
+        b[j] = pair.x;
+        b[j + 1] = pair.y;
+      }
 #pragma unroll
-          for (int j = 0; j < P::TN; j += 2) {
-            const double2 pair = *reinterpret_cast<const double2*>(&downTile[group + lane][tx * P::TN + j]);
-            b[j] = pair.x;
-            b[j + 1] = pair.y;
-          }
+      for (int i = 0; i < P::TM; i++) {
 #pragma unroll
-          for (int i = 0; i < P::TM; i++) {
-#pragma unroll
-            for (int j = 0; j < P::TN; j++) {
-              sums[i][j][lane] = __dadd_rn(sums[i][j][lane], __dmul_rn(a[i], b[j]));
-            }
-          }
-        }
-      } else {
-#pragma unroll
-        for (int lane = 0; lane < 4; lane++) {
-          const int l = group + lane;
-          if (l < length) {
-            const bool inWhole = chunk + l < whole;
-#pragma unroll
-            for (int i = 0; i < P::TM; i++) {
-#pragma unroll
-              for (int j = 0; j < P::TN; j++) {
-                const double product = __dmul_rn(upTile[l][ty * P::TM + i], downTile[l][tx * P::TN + j]);
-                if (inWhole) {
-                  sums[i][j][lane] = __dadd_rn(sums[i][j][lane], product);
-                } else {
-                  sums[i][j][0] = __dadd_rn(sums[i][j][0], product);
-                }
-              }
-            }
-          }
+        for (int j = 0; j < P::TN; j++) {
+          sums[i][j] = __fmaf_rn(a[i], b[j], sums[i][j]);
         }
       }
     }
     __syncthreads();
   }
+  const double terms = rank + 4.0;
+  const double gamma = __ddiv_ru(terms * 0x1p-24, 1.0 - terms * 0x1p-24);
+  const double subnormals = rank * 0x1p-147;
   forEachOwnElement<P>(firstRow + ty * P::TM, firstCol + tx * P::TN, rows, cols, [&](int i, int j, long long index) {
-    const double update = __dadd_rn(__dadd_rn(sums[i][j][0], sums[i][j][1]), __dadd_rn(sums[i][j][2], sums[i][j][3]));
-    const T rounded = K::narrow(__dadd_rn(K::widen(prior[i][j]), update));
+    const double upNorm = upNorms[ty * P::TM + i];
+    const double downNorm = downNorms[tx * P::TN + j];
+    const double bound = __dadd_ru(__dmul_ru(gamma, __dmul_ru(upNorm, downNorm)), __dmul_ru(subnormals, __dadd_ru(1.0, __dadd_ru(upNorm, downNorm))));
+    const double estimate = sums[i][j];
+    const double prior64 = K::widen(prior[i][j]);
+    const T below = K::narrow(__dadd_rn(prior64, __dsub_rd(estimate, bound)));
+    const T above = K::narrow(__dadd_rn(prior64, __dadd_ru(estimate, bound)));
+    T rounded = below;
+    if (K::bits(below) != K::bits(above) || !K::finite(below) || K::isZero(below)) {
+      const double update = exactUpdate<L>(ups, downs, rows, cols, rank, firstRow + ty * P::TM + i, firstCol + tx * P::TN + j);
+      rounded = K::narrow(__dadd_rn(prior64, update));
+    }
     out[weight * perWeight + index] = rounded;
     if (!K::finite(rounded)) {
       atomicMin(notFinite, static_cast<unsigned long long>(weight * perWeight + index));
@@ -868,87 +914,151 @@ bool queueSelect(JNIEnv* env, const float* updates, long long perSlot, int slots
 //
 // C = A·B, or Aᵀ·B where A is stored inner×rows, for each matrix of a batch: every entry the fused
 // multiply-adds of its inner products in increasing inner index from +0, as OrderedProducts
-// computes it on the host, so that the bytes are the host's. A block computes kOrderedRows rows
-// by kOrderedCols columns, each thread 4 rows by 3 adjacent columns, the inner dimension taken
-// kOrderedInner at a time through shared memory; the chain never runs past `inner` (a padded 0·0
-// would turn a −0 sum into +0).
-constexpr int kOrderedRows = 64;
-constexpr int kOrderedCols = 48;
-constexpr int kOrderedInner = 16;
-constexpr int kOrderedThreads = 256;
+// computes it on the host, so that the bytes are the host's. Each entry's chain stays whole in one
+// thread (splitting the inner dimension would reorder the sums), so the speed comes from the
+// tiling: a block computes kRows×kCols entries, each thread kRowsEach×kColsEach of them from
+// registers, the inner dimension kInner at a time through two shared-memory buffers (the next
+// tile is read from global memory while the current one is multiplied: one barrier per tile).
+// The chain never runs past `inner` (a padded 0·0 would turn a −0 sum into +0).
+// kernels/ordered_product_bench.cu chose the tilings; OrderedTilings picks one per shape.
+template <int kRows_, int kCols_, int kRowsEach_, int kColsEach_, int kInner_>
+struct OrderedTiling {
+  static constexpr int kRows = kRows_;
+  static constexpr int kCols = kCols_;
+  static constexpr int kRowsEach = kRowsEach_;
+  static constexpr int kColsEach = kColsEach_;
+  static constexpr int kInner = kInner_;
+  static constexpr int kThreads = (kRows / kRowsEach) * (kCols / kColsEach);
+  // Rows of A's tile padded so that a non-transposed A's stores (a column of the tile per warp)
+  // fall in different banks.
+  static constexpr int kPaddedRows = kRows + 4;
+  static constexpr int kAEach = kRows * kInner / kThreads;
+  static constexpr int kBEach = (kCols * kInner + kThreads - 1) / kThreads;
+  static_assert(kRows % kRowsEach == 0 && kCols % kColsEach == 0 && kRows * kInner % kThreads == 0, "tiling");
+};
 
 __device__ __forceinline__ float orderedFma(float a, float b, float c) { return __fmaf_rn(a, b, c); }
 __device__ __forceinline__ double orderedFma(double a, double b, double c) { return __fma_rn(a, b, c); }
 
 // Grid: x column tiles, y row tiles, z the batch; matrix z of A, B and C starts z times its stride
 // (0: one matrix for the whole batch).
-template <typename T, bool kTransposeA>
-__global__ void __launch_bounds__(kOrderedThreads) orderedProduct(const T* __restrict__ a, const T* __restrict__ b, T* __restrict__ c,
-                                                                  int rows, int inner, int cols, long long aStride, long long bStride,
-                                                                  long long cStride) {
-  __shared__ T aTile[kOrderedInner][kOrderedRows];
-  __shared__ T bTile[kOrderedInner][kOrderedCols];
-  const int tx = threadIdx.x % 16;
-  const int ty = threadIdx.x / 16;
-  const int firstRow = blockIdx.y * kOrderedRows;
-  const int firstCol = blockIdx.x * kOrderedCols;
+template <typename T, bool kTransposeA, typename P>
+__global__ void __launch_bounds__(P::kThreads) orderedProduct(const T* __restrict__ a, const T* __restrict__ b, T* __restrict__ c,
+                                                              int rows, int inner, int cols, long long aStride, long long bStride,
+                                                              long long cStride) {
+  __shared__ T aTile[2][P::kInner][P::kPaddedRows];
+  __shared__ T bTile[2][P::kInner][P::kCols];
+  const int tx = threadIdx.x % (P::kCols / P::kColsEach);
+  const int ty = threadIdx.x / (P::kCols / P::kColsEach);
+  const int firstRow = blockIdx.y * P::kRows;
+  const int firstCol = blockIdx.x * P::kCols;
   const T* as = a + blockIdx.z * aStride;
   const T* bs = b + blockIdx.z * bStride;
-  T sums[4][3];
+  T aNext[P::kAEach];
+  T bNext[P::kBEach];
+  // Element e of a tile: reads run along memory (along the rows of a transposed A, along the
+  // inner index otherwise; along B's rows).
+  auto aPlace = [](int e, int& l, int& r) {
+    l = kTransposeA ? e / P::kRows : e % P::kInner;
+    r = kTransposeA ? e % P::kRows : e / P::kInner;
+  };
+  auto fetch = [&](int start) {
+    const int length = min(inner - start, P::kInner);
 #pragma unroll
-  for (int i = 0; i < 4; i++) {
+    for (int p = 0; p < P::kAEach; p++) {
+      int l;
+      int r;
+      aPlace(threadIdx.x + p * P::kThreads, l, r);
+      const int row = firstRow + r;
+      aNext[p] = l < length && row < rows
+                     ? (kTransposeA ? as[static_cast<long long>(start + l) * rows + row] : as[static_cast<long long>(row) * inner + start + l])
+                     : T(0);
+    }
 #pragma unroll
-    for (int j = 0; j < 3; j++) {
+    for (int p = 0; p < P::kBEach; p++) {
+      const int e = threadIdx.x + p * P::kThreads;
+      const int l = e / P::kCols;
+      const int col = firstCol + e % P::kCols;
+      bNext[p] = l < length && col < cols ? bs[static_cast<long long>(start + l) * cols + col] : T(0);
+    }
+  };
+  auto put = [&](int buffer) {
+#pragma unroll
+    for (int p = 0; p < P::kAEach; p++) {
+      int l;
+      int r;
+      aPlace(threadIdx.x + p * P::kThreads, l, r);
+      aTile[buffer][l][r] = aNext[p];
+    }
+#pragma unroll
+    for (int p = 0; p < P::kBEach; p++) {
+      const int e = threadIdx.x + p * P::kThreads;
+      if (e < P::kInner * P::kCols) {
+        bTile[buffer][e / P::kCols][e % P::kCols] = bNext[p];
+      }
+    }
+  };
+  T sums[P::kRowsEach][P::kColsEach];
+#pragma unroll
+  for (int i = 0; i < P::kRowsEach; i++) {
+#pragma unroll
+    for (int j = 0; j < P::kColsEach; j++) {
       sums[i][j] = T(0);
     }
   }
-  for (int start = 0; start < inner; start += kOrderedInner) {
-    const int length = inner - start < kOrderedInner ? inner - start : kOrderedInner;
-    for (int e = threadIdx.x; e < kOrderedInner * kOrderedRows; e += kOrderedThreads) {
-      // Reads run along memory: along the rows of a transposed A, along the inner index otherwise.
-      const int l = kTransposeA ? e / kOrderedRows : e % kOrderedInner;
-      const int r = kTransposeA ? e % kOrderedRows : e / kOrderedInner;
-      const int row = firstRow + r;
-      T value = T(0);
-      if (l < length && row < rows) {
-        value = kTransposeA ? as[static_cast<long long>(start + l) * rows + row] : as[static_cast<long long>(row) * inner + start + l];
-      }
-      aTile[l][r] = value;
+  auto step = [&](int buffer, int l) {
+    T x[P::kRowsEach];
+    T y[P::kColsEach];
+#pragma unroll
+    for (int i = 0; i < P::kRowsEach; i++) {
+      x[i] = aTile[buffer][l][ty * P::kRowsEach + i];
     }
-    for (int e = threadIdx.x; e < kOrderedInner * kOrderedCols; e += kOrderedThreads) {
-      const int l = e / kOrderedCols;
-      const int col = firstCol + e % kOrderedCols;
-      bTile[l][e % kOrderedCols] = l < length && col < cols ? bs[static_cast<long long>(start + l) * cols + col] : T(0);
+#pragma unroll
+    for (int j = 0; j < P::kColsEach; j++) {
+      y[j] = bTile[buffer][l][tx * P::kColsEach + j];
     }
-    __syncthreads();
-    for (int l = 0; l < length; l++) {
-      T x[4];
-      T y[3];
 #pragma unroll
-      for (int i = 0; i < 4; i++) {
-        x[i] = aTile[l][ty * 4 + i];
+    for (int i = 0; i < P::kRowsEach; i++) {
+#pragma unroll
+      for (int j = 0; j < P::kColsEach; j++) {
+        sums[i][j] = orderedFma(x[i], y[j], sums[i][j]);
       }
+    }
+  };
+  const int tiles = (inner + P::kInner - 1) / P::kInner;
+  if (tiles > 0) {
+    fetch(0);
+    put(0);
+  }
+  __syncthreads();
+  for (int t = 0; t < tiles; t++) {
+    const int buffer = t & 1;
+    if (t + 1 < tiles) {
+      fetch((t + 1) * P::kInner);
+    }
+    const int length = min(inner - t * P::kInner, P::kInner);
+    if (length == P::kInner) {
 #pragma unroll
-      for (int j = 0; j < 3; j++) {
-        y[j] = bTile[l][tx * 3 + j];
+      for (int l = 0; l < P::kInner; l++) {
+        step(buffer, l);
       }
-#pragma unroll
-      for (int i = 0; i < 4; i++) {
-#pragma unroll
-        for (int j = 0; j < 3; j++) {
-          sums[i][j] = orderedFma(x[i], y[j], sums[i][j]);
-        }
+    } else {
+      for (int l = 0; l < length; l++) {
+        step(buffer, l);
       }
+    }
+    if (t + 1 < tiles) {
+      put(buffer ^ 1);
     }
     __syncthreads();
   }
   T* cs = c + blockIdx.z * cStride;
 #pragma unroll
-  for (int i = 0; i < 4; i++) {
-    const int row = firstRow + ty * 4 + i;
+  for (int i = 0; i < P::kRowsEach; i++) {
+    const int row = firstRow + ty * P::kRowsEach + i;
 #pragma unroll
-    for (int j = 0; j < 3; j++) {
-      const int col = firstCol + tx * 3 + j;
+    for (int j = 0; j < P::kColsEach; j++) {
+      const int col = firstCol + tx * P::kColsEach + j;
       if (row < rows && col < cols) {
         cs[static_cast<long long>(row) * cols + col] = sums[i][j];
       }
@@ -956,16 +1066,37 @@ __global__ void __launch_bounds__(kOrderedThreads) orderedProduct(const T* __res
   }
 }
 
+template <typename T, typename P>
+void launchOrderedTiling(bool transposeA, const void* a, const void* b, void* c, int count, int rows, int inner, int cols,
+                         long long aStride, long long bStride, long long cStride) {
+  dim3 grid((cols + P::kCols - 1) / P::kCols, (rows + P::kRows - 1) / P::kRows, count);
+  if (transposeA) {
+    orderedProduct<T, true, P><<<grid, P::kThreads, 0, cudaStreamLegacy>>>(
+        static_cast<const T*>(a), static_cast<const T*>(b), static_cast<T*>(c), rows, inner, cols, aStride, bStride, cStride);
+  } else {
+    orderedProduct<T, false, P><<<grid, P::kThreads, 0, cudaStreamLegacy>>>(
+        static_cast<const T*>(a), static_cast<const T*>(b), static_cast<T*>(c), rows, inner, cols, aStride, bStride, cStride);
+  }
+}
+
+// The tilings by shape: a small square output (a Gram of the sketch, over a long inner dimension)
+// gets one tile per matrix with many threads; a tall one (the update times the sketch) wide tiles
+// with many entries per thread.
+struct OrderedTilings {
+  using Small = OrderedTiling<48, 48, 3, 3, 16>;
+  using TallFloat = OrderedTiling<128, 48, 8, 6, 16>;
+  using TallDouble = OrderedTiling<64, 48, 4, 6, 16>;
+};
+
 template <typename T>
 void launchOrdered(bool transposeA, const void* a, const void* b, void* c, int count, int rows, int inner, int cols, long long aStride,
                    long long bStride, long long cStride) {
-  dim3 grid((cols + kOrderedCols - 1) / kOrderedCols, (rows + kOrderedRows - 1) / kOrderedRows, count);
-  if (transposeA) {
-    orderedProduct<T, true><<<grid, kOrderedThreads, 0, cudaStreamLegacy>>>(
-        static_cast<const T*>(a), static_cast<const T*>(b), static_cast<T*>(c), rows, inner, cols, aStride, bStride, cStride);
+  if (rows <= OrderedTilings::Small::kRows && cols <= OrderedTilings::Small::kCols) {
+    launchOrderedTiling<T, OrderedTilings::Small>(transposeA, a, b, c, count, rows, inner, cols, aStride, bStride, cStride);
+  } else if (sizeof(T) == 4) {
+    launchOrderedTiling<T, OrderedTilings::TallFloat>(transposeA, a, b, c, count, rows, inner, cols, aStride, bStride, cStride);
   } else {
-    orderedProduct<T, false><<<grid, kOrderedThreads, 0, cudaStreamLegacy>>>(
-        static_cast<const T*>(a), static_cast<const T*>(b), static_cast<T*>(c), rows, inner, cols, aStride, bStride, cStride);
+    launchOrderedTiling<T, OrderedTilings::TallDouble>(transposeA, a, b, c, count, rows, inner, cols, aStride, bStride, cStride);
   }
 }
 
