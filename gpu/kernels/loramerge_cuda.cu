@@ -210,6 +210,8 @@ __global__ void __launch_bounds__(P::kThreads) fuseProduct(
     const int index = isRow ? firstRow + e : firstCol + e - P::kRows;
     double squares = 0.0;
     if (index < (isRow ? rows : cols)) {
+      // Unrolled so that several loads are in flight before the chain waits for them.
+#pragma unroll 8
       for (int l = 0; l < rank; l++) {
         const double value = isRow ? upAt(index, l) : downs[static_cast<long long>(l) * cols + index];
         squares = __fma_rn(value, value, squares);
@@ -223,6 +225,8 @@ __global__ void __launch_bounds__(P::kThreads) fuseProduct(
       downNorms[e - P::kRows] = norm;
     }
   }
+  // The norms are read after the products' loop, which has no barrier when the rank is 0.
+  __syncthreads();
   float sums[P::TM][P::TN];
 #pragma unroll
   for (int i = 0; i < P::TM; i++) {
