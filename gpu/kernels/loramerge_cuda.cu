@@ -143,12 +143,14 @@ enum class UpLayout { kByRow, kByRank };
 // then (s0 + s1) + (s2 + s3). Read from global memory: fuseProduct needs it only for the elements
 // its float32 estimate leaves undecided.
 template <UpLayout L>
+__device__ __forceinline__ double upAt(const double* __restrict__ ups, int rows, int rank, int row, int l) {
+  return L == UpLayout::kByRank ? ups[static_cast<long long>(l) * rows + row] : ups[static_cast<long long>(row) * rank + l];
+}
+
+template <UpLayout L>
 __device__ double exactUpdate(const double* __restrict__ ups, const double* __restrict__ downs, int rows, int cols, int rank, int row,
                               int col) {
-  auto term = [&](int l) {
-    const double u = L == UpLayout::kByRank ? ups[static_cast<long long>(l) * rows + row] : ups[static_cast<long long>(row) * rank + l];
-    return __dmul_rn(u, downs[static_cast<long long>(l) * cols + col]);
-  };
+  auto term = [&](int l) { return __dmul_rn(upAt<L>(ups, rows, rank, row, l), downs[static_cast<long long>(l) * cols + col]); };
   double sums[4] = {0.0, 0.0, 0.0, 0.0};
   const int whole = rank & ~3;
   int l = 0;
@@ -175,9 +177,9 @@ __device__ double exactUpdate(const double* __restrict__ ups, const double* __re
 // term the absolute error of float32's subnormals). The host's result, the weight plus its float64
 // sum rounded to nearest then narrowed, is a non-decreasing function of that sum, so where the
 // weight plus either end of the interval narrows to the same finite nonzero value, that value is
-// the host's, bit for bit. Elsewhere (a sum within the bound of a rounding boundary, about one
-// element in a few hundred for fp16's 11 bits, far fewer for bf16; zeros; values that are not
-// finite) the element is computed by exactUpdate. The row and column norms are each computed once
+// the host's, bit for bit. Elsewhere (a sum within the bound of a rounding boundary: a few percent
+// of fp16 weights below 2⁻⁸ with rank-32 updates, far fewer for larger weights and for bf16; zeros;
+// values that are not finite) the element is computed by exactUpdate. The row and column norms are each computed once
 // per block, in float64 rounded upwards.
 template <typename K, typename P, UpLayout L>
 __global__ void __launch_bounds__(P::kThreads) fuseProduct(
@@ -197,9 +199,6 @@ __global__ void __launch_bounds__(P::kThreads) fuseProduct(
   const double* downs = down + static_cast<long long>(weight) * rank * cols;
   const long long perWeight = static_cast<long long>(rows) * cols;
   const T* source = static_cast<const T*>(sources.pointers[blockIdx.z]);
-  auto upAt = [&](int row, int l) {
-    return L == UpLayout::kByRank ? ups[static_cast<long long>(l) * rows + row] : ups[static_cast<long long>(row) * rank + l];
-  };
   // The weight's values are asked for before the products, so that their latency is hidden by
   // the arithmetic rather than waited for after it.
   T prior[P::TM][P::TN]{};
@@ -213,7 +212,7 @@ __global__ void __launch_bounds__(P::kThreads) fuseProduct(
       // Unrolled so that several loads are in flight before the chain waits for them.
 #pragma unroll 8
       for (int l = 0; l < rank; l++) {
-        const double value = isRow ? upAt(index, l) : downs[static_cast<long long>(l) * cols + index];
+        const double value = isRow ? upAt<L>(ups, rows, rank, index, l) : downs[static_cast<long long>(l) * cols + index];
         squares = __fma_rn(value, value, squares);
       }
     }
