@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds and runs the kernels' own benches on a GPU machine (device-run.sh's kbench stage):
-# kernels/ordered_product_bench.cu, with cuBLAS beside it where its headers and library are found
-# (the CUDA toolkit's, else the torch wheel's nvidia packages), then kernels/fuse_product_bench.cu.
+# kernels/fuse_product_bench.cu, then kernels/ordered_product_bench.cu, with cuBLAS beside it where
+# its headers and library are found (the CUDA toolkit's, else the torch wheel's nvidia packages).
 # Each exits 1 when a tiling's bytes differ from the host's.
 #
 # Usage: gpu/kernel-bench.sh BUILD_DIR [RUNS]
@@ -21,12 +21,16 @@ HEADER="$(ls /usr/local/cuda/include/cublas_v2.h "$WHEELS"/*/include/cublas_v2.h
 LIBRARY="$(ls /usr/local/cuda/lib64/libcublas.so "$WHEELS"/*/lib/libcublas.so.* "$WHEELS"/*/*/lib/libcublas.so.* 2>/dev/null | head -1 || true)"
 CUBLAS=()
 if [ -n "$HEADER" ] && [ -n "$LIBRARY" ]; then
-  CUBLAS=(-DWITH_CUBLAS -I"$(dirname "$HEADER")" "$LIBRARY" -Xlinker -rpath -Xlinker "$(dirname "$LIBRARY")")
+  # nvcc takes no versioned library (the wheel has only libcublas.so.13) as an input file: it is
+  # linked by name from a folder of its own, after the objects (-l), as the host linker needs.
+  mkdir -p "$BUILD/cublas" && ln -sf "$LIBRARY" "$BUILD/cublas/libcublas.so"
+  CUBLAS=(-DWITH_CUBLAS -I"$(dirname "$HEADER")" -L"$BUILD/cublas" -lcublas -Xlinker -rpath -Xlinker "$(dirname "$LIBRARY")")
 fi
 echo "cuBLAS: ${LIBRARY:-not found}"
-"${NV[@]}" -o "$BUILD/ordered-product-bench" "$HERE/kernels/ordered_product_bench.cu" "${CUBLAS[@]}"
-"${NV[@]}" -o "$BUILD/fuse-product-bench" "$HERE/kernels/fuse_product_bench.cu"
+# Each bench is built and run whatever became of the other.
 status=0
-"$BUILD/ordered-product-bench" "$RUNS" || status=1
-"$BUILD/fuse-product-bench" "$RUNS" || status=1
+"${NV[@]}" -o "$BUILD/fuse-product-bench" "$HERE/kernels/fuse_product_bench.cu" &&
+  "$BUILD/fuse-product-bench" "$RUNS" || status=1
+"${NV[@]}" -o "$BUILD/ordered-product-bench" "$HERE/kernels/ordered_product_bench.cu" "${CUBLAS[@]}" &&
+  "$BUILD/ordered-product-bench" "$RUNS" || status=1
 exit $status
