@@ -124,12 +124,12 @@ static Variant variants[] = {
   TILED(16, 16, 2, 2, 32),
   TILED(8, 8, 4, 4, 32),
   TILED(16, 4, 4, 4, 32),
-  TILED(16, 8, 8, 4, 32),
-  TILED(16, 16, 4, 4, 32),
-  TILED(32, 8, 4, 4, 32),
-  TILED(32, 4, 4, 4, 32),
-  TILED(16, 8, 8, 8, 32),
-  TILED(32, 8, 2, 4, 32),
+  TILED(16, 8, 8, 4, 16),
+  TILED(16, 16, 4, 4, 16),
+  TILED(32, 8, 4, 4, 16),
+  TILED(32, 4, 4, 4, 16),
+  TILED(16, 8, 8, 4, 8),
+  TILED(32, 8, 2, 4, 16),
   };
 constexpr int kVariants = sizeof variants / sizeof variants[0];
 

@@ -59,6 +59,8 @@ struct F16 {
   static __device__ __forceinline__ bool finite(T v) { return isfinite(__half2float(v)); }
   static __device__ __forceinline__ unsigned short bits(T v) { return __half_as_ushort(v); }
   static __device__ __forceinline__ bool isZero(T v) { return (bits(v) & 0x7FFF) == 0; }
+  static __device__ __forceinline__ float widenFloat(T v) { return __half2float(v); }
+  static __device__ __forceinline__ T narrowFloat(float x) { return __float2half_rn(x); }
 };
 
 struct BF16 {
@@ -68,6 +70,8 @@ struct BF16 {
   static __device__ __forceinline__ bool finite(T v) { return isfinite(__bfloat162float(v)); }
   static __device__ __forceinline__ unsigned short bits(T v) { return __bfloat16_as_ushort(v); }
   static __device__ __forceinline__ bool isZero(T v) { return (bits(v) & 0x7FFF) == 0; }
+  static __device__ __forceinline__ float widenFloat(T v) { return __bfloat162float(v); }
+  static __device__ __forceinline__ T narrowFloat(float x) { return __float2bfloat16_rn(x); }
 };
 
 // Weights of a launch, passed by value: no device allocation, no copy before the launch.
@@ -140,17 +144,10 @@ enum class UpLayout { kByRow, kByRank };
 // The host's update of one element, NarrowFusion.exactUpdate's order: four partial sums, product l
 // going to sum l mod 4 for l below the rank rounded down to a multiple of 4 and to sum 0 after
 // that, each product and each addition rounded (no fused multiply-add, which the host does not do),
-// then (s0 + s1) + (s2 + s3). Read from global memory: fuseProduct needs it only for the elements
-// its float32 estimate leaves undecided.
-template <UpLayout L>
-__device__ __forceinline__ double upAt(const double* __restrict__ ups, int rows, int rank, int row, int l) {
-  return L == UpLayout::kByRank ? ups[static_cast<long long>(l) * rows + row] : ups[static_cast<long long>(row) * rank + l];
-}
-
-template <UpLayout L>
-__device__ double exactUpdate(const double* __restrict__ ups, const double* __restrict__ downs, int rows, int cols, int rank, int row,
-                              int col) {
-  auto term = [&](int l) { return __dmul_rn(upAt<L>(ups, rows, rank, row, l), downs[static_cast<long long>(l) * cols + col]); };
+// then (s0 + s1) + (s2 + s3). `term(l)` gives product l's two factors' values; fuseProduct needs it
+// only for the elements its float32 estimate leaves undecided.
+template <typename Term>
+__device__ __forceinline__ double exactUpdate(int rank, Term term) {
   double sums[4] = {0.0, 0.0, 0.0, 0.0};
   const int whole = rank & ~3;
   int l = 0;
@@ -166,6 +163,11 @@ __device__ double exactUpdate(const double* __restrict__ ups, const double* __re
   return __dadd_rn(__dadd_rn(sums[0], sums[1]), __dadd_rn(sums[2], sums[3]));
 }
 
+template <UpLayout L>
+__device__ __forceinline__ double upAt(const double* __restrict__ ups, int rows, int rank, int row, int l) {
+  return L == UpLayout::kByRank ? ups[static_cast<long long>(l) * rows + row] : ups[static_cast<long long>(row) * rank + l];
+}
+
 // Grid: x = column tiles, y = row tiles, z = the weight within the launch. up is laid out as L says
 // and down is b×rank×cols, float64, row-major. Each element is the weight plus exactUpdate, rounded
 // once, as on the host; but the float64 sum in the host's order is formed only where it matters.
@@ -175,21 +177,30 @@ __device__ double exactUpdate(const double* __restrict__ ups, const double* __re
 // (the float32 chain's and conversions' relative errors, at most rank + 2 roundings of 2⁻²⁴ each,
 // and the host's float64 ones, far smaller, over Σ|u·d| ≤ ‖u‖₂‖d‖₂ (Cauchy–Schwarz); the second
 // term the absolute error of float32's subnormals). The host's result, the weight plus its float64
-// sum rounded to nearest then narrowed, is a non-decreasing function of that sum, so where the
-// weight plus either end of the interval narrows to the same finite nonzero value, that value is
-// the host's, bit for bit. Elsewhere (a sum within the bound of a rounding boundary: a few percent
-// of fp16 weights below 2⁻⁸ with rank-32 updates, far fewer for larger weights and for bf16; zeros;
-// values that are not finite) the element is computed by exactUpdate. The row and column norms are each computed once
-// per block, in float64 rounded upwards.
+// sum rounded to nearest then narrowed, is a non-decreasing function of that sum. The kernel takes
+// the float32 values lo ≤ w + estimate − bound and hi ≥ w + estimate + bound (rounded downwards and
+// upwards): the host's float64 value lies in [lo, hi], so where lo and hi narrow to the same finite
+// nonzero value, that value is the host's, bit for bit, found with float32 arithmetic and two
+// conversions. Elsewhere (a sum within the bound of a rounding boundary: about one fp16 element in
+// a hundred with rank-32 updates, mostly small weights, fewer for bf16; zeros; values that are not
+// finite) the element is computed by exactUpdate, from the tile's float64 factors in shared memory
+// where the rank fits one chunk, else from global memory. A warp takes its undecided elements
+// together, each thread its next one, so that it runs exactUpdate as often as its busiest thread
+// needs it rather than once for each of a thread's elements that any thread needs. The row and
+// column norms are summed from the float64 tiles, each once per block, rounded upwards.
 template <typename K, typename P, UpLayout L>
 __global__ void __launch_bounds__(P::kThreads) fuseProduct(
     const double* __restrict__ up, const double* __restrict__ down, Sources sources, typename K::T* __restrict__ out,
     int rows, int cols, int rank, int firstWeight, unsigned long long* notFinite) {
   using T = typename K::T;
+  static_assert(P::TM * P::TN <= 32, "a thread's undecided elements are bits of a word");
+  static_assert(P::kThreads % 32 == 0, "every warp is whole for __any_sync");
   __shared__ __align__(16) float upTile[P::KC][P::kRows];
   __shared__ __align__(16) float downTile[P::KC][P::kColumns];
-  __shared__ double upNorms[P::kRows];
-  __shared__ double downNorms[P::kColumns];
+  __shared__ __align__(16) double upExact[P::KC][P::kRows];
+  __shared__ __align__(16) double downExact[P::KC][P::kColumns];
+  __shared__ double squares[P::kRows + P::kColumns];
+  __shared__ float norms[P::kRows + P::kColumns];
   const int tx = threadIdx.x % P::TX;
   const int ty = threadIdx.x / P::TX;
   const int weight = firstWeight + blockIdx.z;
@@ -204,28 +215,10 @@ __global__ void __launch_bounds__(P::kThreads) fuseProduct(
   T prior[P::TM][P::TN]{};
   forEachOwnElement<P>(firstRow + ty * P::TM, firstCol + tx * P::TN, rows, cols,
                        [&](int i, int j, long long index) { prior[i][j] = source[index]; });
+  // Each row's and column's sum of squares is only ever touched by the thread that owns it.
   for (int e = threadIdx.x; e < P::kRows + P::kColumns; e += P::kThreads) {
-    const bool isRow = e < P::kRows;
-    const int index = isRow ? firstRow + e : firstCol + e - P::kRows;
-    double squares = 0.0;
-    if (index < (isRow ? rows : cols)) {
-      // Unrolled so that several loads are in flight before the chain waits for them.
-#pragma unroll 8
-      for (int l = 0; l < rank; l++) {
-        const double value = isRow ? upAt<L>(ups, rows, rank, index, l) : downs[static_cast<long long>(l) * cols + index];
-        squares = __fma_rn(value, value, squares);
-      }
-    }
-    // At most rank roundings of 2⁻⁵³ of a growing positive sum: 2⁻³⁰ covers any rank below 2²³.
-    const double norm = __dsqrt_ru(__dmul_ru(squares, 1.0 + 0x1p-30));
-    if (isRow) {
-      upNorms[e] = norm;
-    } else {
-      downNorms[e - P::kRows] = norm;
-    }
+    squares[e] = 0.0;
   }
-  // The norms are read after the products' loop, which has no barrier when the rank is 0.
-  __syncthreads();
   float sums[P::TM][P::TN];
 #pragma unroll
   for (int i = 0; i < P::TM; i++) {
@@ -240,21 +233,38 @@ __global__ void __launch_bounds__(P::kThreads) fuseProduct(
       for (int e = threadIdx.x; e < P::KC * P::kRows; e += P::kThreads) {
         const int l = e / P::kRows;
         const int r = e % P::kRows;
-        upTile[l][r] = firstRow + r < rows && l < length ? __double2float_rn(ups[static_cast<long long>(chunk + l) * rows + firstRow + r]) : 0.0f;
+        const double value = firstRow + r < rows && l < length ? ups[static_cast<long long>(chunk + l) * rows + firstRow + r] : 0.0;
+        upExact[l][r] = value;
+        upTile[l][r] = __double2float_rn(value);
       }
     } else {
       for (int e = threadIdx.x; e < P::KC * P::kRows; e += P::kThreads) {
         const int r = e / P::KC;
         const int l = e % P::KC;
-        upTile[l][r] = firstRow + r < rows && l < length ? __double2float_rn(ups[static_cast<long long>(firstRow + r) * rank + chunk + l]) : 0.0f;
+        const double value = firstRow + r < rows && l < length ? ups[static_cast<long long>(firstRow + r) * rank + chunk + l] : 0.0;
+        upExact[l][r] = value;
+        upTile[l][r] = __double2float_rn(value);
       }
     }
     for (int e = threadIdx.x; e < P::KC * P::kColumns; e += P::kThreads) {
       const int l = e / P::kColumns;
       const int c = e % P::kColumns;
-      downTile[l][c] = firstCol + c < cols && l < length ? __double2float_rn(downs[static_cast<long long>(chunk + l) * cols + firstCol + c]) : 0.0f;
+      const double value = firstCol + c < cols && l < length ? downs[static_cast<long long>(chunk + l) * cols + firstCol + c] : 0.0;
+      downExact[l][c] = value;
+      downTile[l][c] = __double2float_rn(value);
     }
     __syncthreads();
+    // Four chains, so that the loads overlap; padded ranks add 0.
+    for (int e = threadIdx.x; e < P::kRows + P::kColumns; e += P::kThreads) {
+      const bool isRow = e < P::kRows;
+      double partial[4] = {0.0, 0.0, 0.0, 0.0};
+#pragma unroll
+      for (int l = 0; l < P::KC; l++) {
+        const double value = isRow ? upExact[l][e] : downExact[l][e - P::kRows];
+        partial[l % 4] = __fma_rn(value, value, partial[l % 4]);
+      }
+      squares[e] = __dadd_rn(squares[e], __dadd_rn(__dadd_rn(partial[0], partial[1]), __dadd_rn(partial[2], partial[3])));
+    }
     // Padded ranks add 0·0: the estimate's order and signed zeros do not matter.
 #pragma unroll
     for (int l = 0; l < P::KC; l++) {
@@ -282,27 +292,50 @@ __global__ void __launch_bounds__(P::kThreads) fuseProduct(
     }
     __syncthreads();
   }
-  const double terms = rank + 4.0;
-  const double gamma = __ddiv_ru(terms * 0x1p-24, 1.0 - terms * 0x1p-24);
-  const double subnormals = rank * 0x1p-147;
+  for (int e = threadIdx.x; e < P::kRows + P::kColumns; e += P::kThreads) {
+    // At most rank + 4·(chunks) roundings of 2⁻⁵³ of growing positive sums: 2⁻³⁰ covers any rank
+    // below 2²².
+    norms[e] = __double2float_ru(__dsqrt_ru(__dmul_ru(squares[e], 1.0 + 0x1p-30)));
+  }
+  __syncthreads();
+  const float terms = static_cast<float>(rank + 4);
+  const float relative = __fmul_ru(terms, 0x1p-24f);
+  const float gamma = __fdiv_ru(relative, __fsub_rd(1.0f, relative));
+  const float subnormals = __fmul_ru(static_cast<float>(rank), 0x1p-147f);
+  unsigned int undecided = 0;
   forEachOwnElement<P>(firstRow + ty * P::TM, firstCol + tx * P::TN, rows, cols, [&](int i, int j, long long index) {
-    const double upNorm = upNorms[ty * P::TM + i];
-    const double downNorm = downNorms[tx * P::TN + j];
-    const double bound = __dadd_ru(__dmul_ru(gamma, __dmul_ru(upNorm, downNorm)), __dmul_ru(subnormals, __dadd_ru(1.0, __dadd_ru(upNorm, downNorm))));
-    const double estimate = sums[i][j];
-    const double prior64 = K::widen(prior[i][j]);
-    const T below = K::narrow(__dadd_rn(prior64, __dsub_rd(estimate, bound)));
-    const T above = K::narrow(__dadd_rn(prior64, __dadd_ru(estimate, bound)));
-    T rounded = below;
+    const float upNorm = norms[ty * P::TM + i];
+    const float downNorm = norms[P::kRows + tx * P::TN + j];
+    const float bound = __fadd_ru(__fmul_ru(gamma, __fmul_ru(upNorm, downNorm)), __fmul_ru(subnormals, __fadd_ru(1.0f, __fadd_ru(upNorm, downNorm))));
+    const float w = K::widenFloat(prior[i][j]);
+    const T below = K::narrowFloat(__fadd_rd(w, __fsub_rd(sums[i][j], bound)));
+    const T above = K::narrowFloat(__fadd_ru(w, __fadd_ru(sums[i][j], bound)));
     if (K::bits(below) != K::bits(above) || !K::finite(below) || K::isZero(below)) {
-      const double update = exactUpdate<L>(ups, downs, rows, cols, rank, firstRow + ty * P::TM + i, firstCol + tx * P::TN + j);
-      rounded = K::narrow(__dadd_rn(prior64, update));
-    }
-    out[weight * perWeight + index] = rounded;
-    if (!K::finite(rounded)) {
-      atomicMin(notFinite, static_cast<unsigned long long>(weight * perWeight + index));
+      undecided |= 1u << (i * P::TN + j);
+    } else {
+      out[weight * perWeight + index] = below;
     }
   });
+  const bool fromTiles = rank <= P::KC;
+  while (__any_sync(0xFFFFFFFFu, undecided != 0)) {
+    if (undecided != 0) {
+      const int element = __ffs(undecided) - 1;
+      undecided &= undecided - 1;
+      const int r = ty * P::TM + element / P::TN;
+      const int c = tx * P::TN + element % P::TN;
+      const long long index = static_cast<long long>(firstRow + r) * cols + firstCol + c;
+      const double update =
+          fromTiles ? exactUpdate(rank, [&](int l) { return __dmul_rn(upExact[l][r], downExact[l][c]); })
+                    : exactUpdate(rank, [&](int l) {
+                        return __dmul_rn(upAt<L>(ups, rows, rank, firstRow + r, l), downs[static_cast<long long>(l) * cols + firstCol + c]);
+                      });
+      const T rounded = K::narrow(__dadd_rn(K::widen(source[index]), update));
+      out[weight * perWeight + index] = rounded;
+      if (!K::finite(rounded)) {
+        atomicMin(notFinite, static_cast<unsigned long long>(weight * perWeight + index));
+      }
+    }
+  }
 }
 
 // A stored factor's value widened to float64 (exact): dtype 0 F64, 1 F32, 2 F16, 3 BF16.
