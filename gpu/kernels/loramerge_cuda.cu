@@ -144,7 +144,7 @@ enum class UpLayout { kByRow, kByRank };
 // The host's update of one element, NarrowFusion.exactUpdate's order: four partial sums, product l
 // going to sum l mod 4 for l below the rank rounded down to a multiple of 4 and to sum 0 after
 // that, each product and each addition rounded (no fused multiply-add, which the host does not do),
-// then (s0 + s1) + (s2 + s3). `term(l)` gives product l's two factors' values; fuseProduct needs it
+// then (s0 + s1) + (s2 + s3). `term(l)` gives product l, rounded once; fuseProduct needs it
 // only for the elements its float32 estimate leaves undecided.
 template <typename Term>
 __device__ __forceinline__ double exactUpdate(int rank, Term term) {
