@@ -18,6 +18,10 @@
 #           for F32/F16/BF16 on random Linear and Conv2d shapes, and bf16 tensors not aborting
 #   e2e     bin/lora-bench device --device gpu --skip-merge: fuse/unfuse/memory, the hot-swap
 #           cycles, CPU-vs-GPU bytes of the SDXL attention workload
+#   tilings for each of TILINGS (e.g. "16,8,8,4,16 16,8,4,4,32": fuseProduct's threads across and
+#           down, rows and columns each, rank chunk; see Tiling in kernels/loramerge_cuda.cu) the
+#           kernels built with it, then check and e2e run with them (check-<tiling>, e2e-<tiling>:
+#           logs and JSON, the tiling's commas written as x)
 #   merge   bin/lora-bench device --device gpu --skip-fuse --skip-bytes: every merge method
 #   peft    peft_gpu.py: PEFT 0.21 merge_adapter/unmerge_adapter, a plain torch loop and
 #           add_weighted_adapter on the same shapes, on the same GPU
@@ -92,7 +96,7 @@ fi
 if has kbench && [ "$DEVICE" = gpu ]; then
   stage kbench "${KBENCH_S:-240}" 30 bash "$G/kernel-bench.sh" "$JNI_CACHE/kbench-$KSTAMP" "${KBENCH_RUNS:-5}"
 fi
-JAVA_STAGES=(check e2e merge jmh)
+JAVA_STAGES=(check e2e tilings merge jmh)
 needs_java=0; for s in "${JAVA_STAGES[@]}"; do has "$s" && needs_java=1; done
 if [ "$needs_java" = 1 ] && [ ! -f "$SO" ]; then
   say "no libdjl_torch.so (run the build stage): the Java stages are skipped"; FAILED+=("java:no-jni"); needs_java=0
@@ -112,25 +116,48 @@ if [ "$needs_java" = 1 ]; then
   mkdir -p /tmp/cudart && ln -sf "$CUDART" /tmp/cudart/libcudart.so
   KERNEL_OPT=()
   [ "${KERNELS:-1}" = 1 ] && [ -f "$KSO" ] && KERNEL_OPT=("-Dloramerge.cuda.kernels=$KSO")
-  JAVA=(/tmp/loramerge-jre/jre/bin/java -Djna.library.path=/tmp/cudart -Dai.djl.offline=true --add-modules jdk.incubator.vector "${KERNEL_OPT[@]}" ${JAVA_OPTS:-})
+  RUNTIME=(/tmp/loramerge-jre/jre/bin/java -Djna.library.path=/tmp/cudart -Dai.djl.offline=true --add-modules jdk.incubator.vector)
+  JAVA=("${RUNTIME[@]}" "${KERNEL_OPT[@]}" ${JAVA_OPTS:-})
   # The heap committed and touched at start, and kept (as bin/lora-bench does): a heap that grows
   # during a timed run pays the kernel's first-touch page faults there, which 16 merge threads
   # allocating gigabytes (the svd methods' float64 scratch) contend on. PRETOUCH=0 leaves it growing.
   HEAP=("-Xmx${JAVA_HEAP:-48g}")
   [ "${PRETOUCH:-1}" = 1 ] && HEAP+=("-Xms${JAVA_HEAP:-48g}" -XX:+AlwaysPreTouch -XX:MaxHeapFreeRatio=100)
-  BENCH=("${JAVA[@]}" "${HEAP[@]}" -XX:MaxDirectMemorySize=96g -cp "$G/lib/*" dev.loramerge.bench.BenchCommand)
+  BENCH_MAIN=("${HEAP[@]}" -XX:MaxDirectMemorySize=96g -cp "$G/lib/*" dev.loramerge.bench.BenchCommand)
+  BENCH=("${JAVA[@]}" "${BENCH_MAIN[@]}")
   echo "java $(/tmp/loramerge-jre/jre/bin/java -version 2>&1 | head -1); JNI $SO; cudart $CUDART; kernels ${KERNEL_OPT[*]:-off}"
 fi
 
+# check and e2e with the bench command in the arguments; $1 names the logs and JSON.
+check_with() {
+  local name="$1"; shift
+  stage "$name" 120 30 "$@" check --device "$DEVICE" --require-bf16 --modules 24 --json "$OUT/$name.json"
+  keep "$name.json"
+}
+e2e_with() {
+  local name="$1"; shift
+  # The program stops starting work 20 s before the stage's limit, and writes its JSON as it goes.
+  stage "$name" "${E2E_S:-560}" 60 bash -c '"$@" --deadline-s $((STAGE_LIMIT > 40 ? STAGE_LIMIT - 20 : 20))' _ \
+    "$@" device --device "$DEVICE" --skip-merge --runs "${RUNS:-3}" --cycles "${CYCLES:-1000}" --hotswap-s "${HOTSWAP_S:-200}" --json "$OUT/$name.json" ${BENCH_ARGS:-}
+  keep "$name.json"
+}
 if has check && [ "$needs_java" = 1 ]; then
-  stage check 120 30 "${BENCH[@]}" check --device "$DEVICE" --require-bf16 --modules 24 --json "$OUT/check.json"
-  keep check.json
+  check_with check "${BENCH[@]}"
 fi
 if has e2e && [ "$needs_java" = 1 ]; then
-  # The program stops starting work 20 s before the stage's limit, and writes its JSON as it goes.
-  stage e2e "${E2E_S:-560}" 60 bash -c '"$@" --deadline-s $((STAGE_LIMIT > 40 ? STAGE_LIMIT - 20 : 20))' _ \
-    "${BENCH[@]}" device --device "$DEVICE" --skip-merge --runs "${RUNS:-3}" --cycles "${CYCLES:-1000}" --hotswap-s "${HOTSWAP_S:-200}" --json "$OUT/e2e.json" ${BENCH_ARGS:-}
-  keep e2e.json
+  e2e_with e2e "${BENCH[@]}"
+fi
+if has tilings && [ "$needs_java" = 1 ]; then
+  [ -n "${TILINGS:-}" ] || { say "tilings: TILINGS names none"; FAILED+=("tilings:none"); }
+  for tiling in ${TILINGS:-}; do
+    tag="${tiling//,/x}"
+    built="$JNI_CACHE/kernels-$KSTAMP-$tag"
+    mkdir -p "$built" && echo "#define LORAMERGE_PRODUCT_TILING $tiling" > "$built/tiling.h"
+    NVCC_FLAGS="--pre-include $built/tiling.h" stage "kernels-$tag" 120 20 bash "$G/build-kernels.sh" "$built" || continue
+    with=("${RUNTIME[@]}" "-Dloramerge.cuda.kernels=$built/libloramerge_cuda.so" ${JAVA_OPTS:-} "${BENCH_MAIN[@]}")
+    check_with "check-$tag" "${with[@]}"
+    e2e_with "e2e-$tag" "${with[@]}"
+  done
 fi
 if has merge && [ "$needs_java" = 1 ]; then
   stage merge "${MERGE_S:-560}" 60 bash -c '"$@" --deadline-s $((STAGE_LIMIT > 40 ? STAGE_LIMIT - 20 : 20))' _ \

@@ -115,7 +115,13 @@ struct Tiling {
   static_assert(KC % 4 == 0, "a chunk keeps the partial sums' lanes where the host has them");
   static_assert(TM % 2 == 0 && TN % 2 == 0, "values are read from shared memory in pairs");
 };
-using ProductTiling = Tiling<16, 8, 4, 2, 32>;
+// Another is compiled in where a header pre-included by NVCC_FLAGS defines it (nvcc splits a -D
+// value at its commas), as device-run.sh's `tilings` stage does to compare tilings in the Java
+// stages: #define LORAMERGE_PRODUCT_TILING 16, 8, 8, 4, 16
+#ifndef LORAMERGE_PRODUCT_TILING
+#define LORAMERGE_PRODUCT_TILING 16, 8, 4, 2, 32
+#endif
+using ProductTiling = Tiling<LORAMERGE_PRODUCT_TILING>;
 
 // Calls visit(i, j, index) for each of a thread's TM×TN elements that lies inside the rows×cols
 // weight: element (i, j) of the thread's block, which starts at (firstRow, firstCol), at flat
