@@ -57,7 +57,8 @@ stage() {
   local limit; limit=$(budget "$most")
   if [ "$limit" -lt "$least" ]; then say "$name skipped: ${limit}s left, needs $least"; FAILED+=("$name:skipped"); return 1; fi
   say "$name (limit ${limit}s)"
-  STAGE_LIMIT=$limit timeout -k 10 "$limit" "$@" > "$OUT/$name.log" 2>&1
+  # The programs stop starting work 20 s before the stage's limit (--deadline-s @DEADLINE_S@).
+  timeout -k 10 "$limit" "${@//@DEADLINE_S@/$((limit > 40 ? limit - 20 : 20))}" > "$OUT/$name.log" 2>&1
   local rc=$?
   grep -v -e '^\s*at ' -e ' INFO ' -e 'incubator modules' "$OUT/$name.log" | tail -60
   echo "$name exit $rc$([ $rc = 124 ] && echo ' (timed out)')"
@@ -136,9 +137,9 @@ check_with() {
 }
 e2e_with() {
   local name="$1"; shift
-  # The program stops starting work 20 s before the stage's limit, and writes its JSON as it goes.
-  stage "$name" "${E2E_S:-560}" 60 bash -c '"$@" --deadline-s $((STAGE_LIMIT > 40 ? STAGE_LIMIT - 20 : 20))' _ \
-    "$@" device --device "$DEVICE" --skip-merge --runs "${RUNS:-3}" --cycles "${CYCLES:-1000}" --hotswap-s "${HOTSWAP_S:-200}" --json "$OUT/$name.json" ${BENCH_ARGS:-}
+  # The program writes its JSON as it goes.
+  stage "$name" "${E2E_S:-560}" 60 "$@" device --device "$DEVICE" --skip-merge --runs "${RUNS:-3}" --cycles "${CYCLES:-1000}" \
+    --hotswap-s "${HOTSWAP_S:-200}" --json "$OUT/$name.json" ${BENCH_ARGS:-} --deadline-s @DEADLINE_S@
   keep "$name.json"
 }
 if has check && [ "$needs_java" = 1 ]; then
@@ -160,13 +161,13 @@ if has tilings && [ "$needs_java" = 1 ]; then
   done
 fi
 if has merge && [ "$needs_java" = 1 ]; then
-  stage merge "${MERGE_S:-560}" 60 bash -c '"$@" --deadline-s $((STAGE_LIMIT > 40 ? STAGE_LIMIT - 20 : 20))' _ \
-    "${BENCH[@]}" device --device "$DEVICE" --skip-fuse --skip-bytes --runs "${MERGE_RUNS:-2}" --json "$OUT/merge.json" ${BENCH_ARGS:-}
+  stage merge "${MERGE_S:-560}" 60 "${BENCH[@]}" device --device "$DEVICE" --skip-fuse --skip-bytes --runs "${MERGE_RUNS:-2}" \
+    --json "$OUT/merge.json" ${BENCH_ARGS:-} --deadline-s @DEADLINE_S@
   keep merge.json
 fi
 if has peft; then
-  stage peft 400 60 bash -c 'python3 "$0" --shapes "$1" --json "$2" --deadline-s $((STAGE_LIMIT > 40 ? STAGE_LIMIT - 20 : 20)) $3' \
-    "$G/peft_gpu.py" "$G/sdxl_attention_shapes.txt" "$OUT/peft.json" "${PEFT_ARGS:-}"
+  stage peft 400 60 python3 "$G/peft_gpu.py" --shapes "$G/sdxl_attention_shapes.txt" --json "$OUT/peft.json" \
+    ${PEFT_ARGS:-} --deadline-s @DEADLINE_S@
   keep peft.json
 fi
 if has jmh && [ "$needs_java" = 1 ]; then
