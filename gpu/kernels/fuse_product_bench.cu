@@ -124,7 +124,7 @@ static Variant variants[] = {
   TILED(16, 16, 2, 2, 32),
   TILED(8, 8, 4, 4, 32),
   TILED(16, 4, 4, 4, 32),
-  TILED(16, 8, 8, 4, 16),
+  TILED(16, 8, 4, 2, 32),
   TILED(16, 16, 4, 4, 16),
   TILED(32, 8, 4, 4, 16),
   TILED(32, 4, 4, 4, 16),
