@@ -18,7 +18,7 @@
 #           for F32/F16/BF16 on random Linear and Conv2d shapes, and bf16 tensors not aborting
 #   e2e     bin/lora-bench device --device gpu --skip-merge: fuse/unfuse/memory, the hot-swap
 #           cycles, CPU-vs-GPU bytes of the SDXL attention workload
-#   tilings for each of TILINGS (e.g. "16,8,8,4,16 16,8,4,4,32": fuseProduct's threads across and
+#   tilings for each of TILINGS (e.g. "16,8,4,4,32 32,8,4,4,16": fuseProduct's threads across and
 #           down, rows and columns each, rank chunk; see Tiling in kernels/loramerge_cuda.cu) the
 #           kernels built with it, then check and e2e run with them (check-<tiling>, e2e-<tiling>:
 #           logs and JSON, the tiling's commas written as x)
