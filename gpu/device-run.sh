@@ -26,8 +26,8 @@
 #   peft    peft_gpu.py: PEFT 0.21 merge_adapter/unmerge_adapter, a plain torch loop and
 #           add_weighted_adapter on the same shapes, on the same GPU
 #   jmh     FuseKernel, SvdKernel.randomized and MergeKernel.merge with -p device=gpu (short runs)
-#   ratios  ratios.py over the JSON of e2e, merge and peft (this call's or an earlier call's on
-#           the same machine)
+#   ratios  ratios.py over the JSON of e2e, the tilings' e2e, merge and peft (this call's or an
+#           earlier call's on the same machine)
 #
 # Every stage writes a log and JSON to $OUT (what comes back) and to target/gpu-results (kept on a
 # warm machine between calls). A stage gets at most what is left of DEADLINE seconds (570: one

@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """Puts the GPU run's results side by side: the Java bench's e2e.json and merge.json (`bin/lora-bench
-device --device gpu`) against peft.json (peft_gpu.py), all from one folder (device-run.sh's
+device --device gpu`), and each e2e-TILING.json of device-run.sh's tilings stage (rows marked
+[TILING]), against peft.json (peft_gpu.py), all from one folder (device-run.sh's
 target/gpu-results, or the files fetched back from it). Prints a markdown table and writes the
 rows as JSON (--json). A ratio is loramerge's median over PEFT's: below 1, loramerge is faster.
 Operations one side lacks show without a ratio; missing files are named, not fatal.
 """
 import argparse
+import glob
 import json
 import os
 import sys
@@ -41,17 +43,8 @@ def seconds(value):
     return "" if value is None else f"{value:.4g}"
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--results", required=True, help="the folder of e2e.json, merge.json, peft.json")
-    parser.add_argument("--json", help="write the rows here")
-    args = parser.parse_args()
-    notes = []
-    java_reports = [load(args.results, name, notes) for name in ("e2e.json", "merge.json")]
-    peft_report = load(args.results, "peft.json", notes)
-    java = by_name(*java_reports)
-    peft = by_name(peft_report)
-
+def rows_of(java, peft, mark):
+    """The rows of one Java report's operations against PEFT's, their names followed by mark."""
     rows = []
     for name, operation in java.items():
         if "median_s" not in operation:
@@ -59,7 +52,7 @@ def main():
         peft_name, torch_name = PAIRS.get(name, ("peft/" + name if name.startswith("merge/") else None, None))
         theirs = peft.get(peft_name, {}).get("median_s") if peft_name else None
         loop = peft.get(torch_name, {}).get("median_s") if torch_name else None
-        row = {"operation": name, "loramerge_s": operation["median_s"], "peft": peft_name, "peft_s": theirs,
+        row = {"operation": name + mark, "loramerge_s": operation["median_s"], "peft": peft_name, "peft_s": theirs,
                "ratio": operation["median_s"] / theirs if theirs else None, "torch_loop_s": loop}
         if "sampled_modules" in peft.get(peft_name or "", {}):
             row["peft_sampled_modules"] = peft[peft_name]["sampled_modules"]
@@ -71,11 +64,28 @@ def main():
         merge = peft.get("peft/merge_adapter", {}).get("median_s")
         unmerge = peft.get("peft/unmerge_adapter", {}).get("median_s")
         theirs = merge + unmerge if merge and unmerge else None
-        rows.append({"operation": f"{swap_name} (per fuse+unfuse cycle)", "loramerge_s": swap["per_cycle_s"],
+        rows.append({"operation": f"{swap_name}{mark} (per fuse+unfuse cycle)", "loramerge_s": swap["per_cycle_s"],
                      "peft": "merge_adapter + unmerge_adapter", "peft_s": theirs,
                      "ratio": swap["per_cycle_s"] / theirs if theirs else None,
                      "cycles_done": swap["cycles_done"], "differing_weights": swap["differing_weights"]})
+    return rows
 
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", required=True, help="the folder of e2e.json, merge.json, peft.json")
+    parser.add_argument("--json", help="write the rows here")
+    args = parser.parse_args()
+    notes = []
+    java_reports = [load(args.results, name, notes) for name in ("e2e.json", "merge.json")]
+    peft_report = load(args.results, "peft.json", notes)
+    java = by_name(*java_reports)
+    peft = by_name(peft_report)
+
+    rows = rows_of(java, peft, "")
+    for path in sorted(glob.glob(os.path.join(args.results, "e2e-*.json"))):
+        tiling = os.path.basename(path)[len("e2e-"):-len(".json")]
+        rows += rows_of(by_name(load(args.results, os.path.basename(path), notes)), peft, f" [{tiling}]")
     device = next((r.get("device") for r in java_reports if r.get("device")), "?")
     print(f"loramerge on {device} ({next((r.get('engine') for r in java_reports if r.get('engine')), '?')}), "
           f"PEFT {peft_report.get('peft', '?')} / torch {peft_report.get('torch', '?')} on {peft_report.get('gpu', '?')}")
@@ -87,9 +97,10 @@ def main():
         ratio = "" if row["ratio"] is None else f"{row['ratio']:.3g}"
         print(f"| {row['operation']} | {seconds(row['loramerge_s'])} | {seconds(row['peft_s'])}{sampled} | {ratio} "
               f"| {seconds(row.get('torch_loop_s'))} |")
-    if swap:
-        print(f"\nhot-swap: {swap.get('cycles_done')} of {swap.get('cycles')} cycles, "
-              f"{swap.get('differing_weights')} of {swap.get('weights')} weights differ from the originals")
+    print()
+    for row in rows:
+        if "cycles_done" in row:
+            print(f"{row['operation']}: {row['cycles_done']} cycles, {row['differing_weights']} weights differ from the originals")
     for name, operation in java.items():
         if name.startswith("bytes/"):
             print(f"{name}: {operation['differing_elements']} of {operation['elements']} elements differ from the CPU's "
