@@ -67,13 +67,14 @@ def rows_of(java, peft, mark):
         rows.append({"operation": f"{swap_name}{mark} (per fuse+unfuse cycle)", "loramerge_s": swap["per_cycle_s"],
                      "peft": "merge_adapter + unmerge_adapter", "peft_s": theirs,
                      "ratio": swap["per_cycle_s"] / theirs if theirs else None,
-                     "cycles_done": swap["cycles_done"], "differing_weights": swap["differing_weights"]})
+                     "loop": swap_name + mark, "cycles": swap.get("cycles"), "cycles_done": swap["cycles_done"],
+                     "weights": swap.get("weights"), "differing_weights": swap["differing_weights"]})
     return rows
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--results", required=True, help="the folder of e2e.json, merge.json, peft.json")
+    parser.add_argument("--results", required=True, help="the folder of e2e.json, e2e-TILING.json, merge.json, peft.json")
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args()
     notes = []
@@ -100,7 +101,8 @@ def main():
     print()
     for row in rows:
         if "cycles_done" in row:
-            print(f"{row['operation']}: {row['cycles_done']} cycles, {row['differing_weights']} weights differ from the originals")
+            print(f"{row['loop']}: {row['cycles_done']} of {row['cycles']} cycles, "
+                  f"{row['differing_weights']} of {row['weights']} weights differ from the originals")
     for name, operation in java.items():
         if name.startswith("bytes/"):
             print(f"{name}: {operation['differing_elements']} of {operation['elements']} elements differ from the CPU's "

@@ -117,10 +117,11 @@ struct Tiling {
 };
 // 64×64 tiles read 8 bytes of float64 factors per element where 32×32 ones read 16, and the time
 // goes to those reads more than to the arithmetic: on an H100 the SDXL fuse took 14.1 ms in the
-// kernel bench against 19.1 for 16, 8, 4, 2, 32 (127 registers, no spills), and the Java fuse 0.049
-// s against 0.062. Another is compiled in where a header pre-included by NVCC_FLAGS defines it (nvcc
-// splits a -D value at its commas), as device-run.sh's `tilings` stage does to compare tilings in
-// the Java stages: #define LORAMERGE_PRODUCT_TILING 16, 8, 4, 2, 32
+// kernel bench against 19.1 for 16, 8, 4, 2, 32 (127 registers with up by rank, 167 by row, no
+// spills), and the Java fuse 0.049 s against 0.062. Another is compiled in where a header
+// pre-included by NVCC_FLAGS defines it (nvcc splits a -D value at its commas), as device-run.sh's
+// `tilings` stage does to compare tilings in the Java stages:
+// #define LORAMERGE_PRODUCT_TILING 16, 8, 4, 2, 32
 #ifndef LORAMERGE_PRODUCT_TILING
 #define LORAMERGE_PRODUCT_TILING 16, 8, 8, 4, 16
 #endif
