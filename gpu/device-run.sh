@@ -88,7 +88,8 @@ if has build && { [ ! -f "$SO" ] || [ "${REBUILD:-0}" = 1 ]; } && [ -z "${DJL_JN
   stage build 300 60 bash "$G/build-djl-jni.sh" "$JNI_CACHE/$STAMP"
   grep -E 'error|FAILED|applying|built |NEEDED|RUNPATH' "$OUT/build.log" | head -30
 fi
-[ -f "$SO" ] && xz -9 -T0 -c "$SO" > "$OUT/libdjl_torch.so.xz"
+# What was built comes back, for DJL_JNI_SO in later calls (a library given there is not sent back).
+[ -f "$SO" ] && [ -z "${DJL_JNI_SO:-}" ] && xz -9 -T0 -c "$SO" > "$OUT/libdjl_torch.so.xz"
 KSTAMP="$( (cd "$G" && sha256sum kernels/* build-kernels.sh) | sha256sum | cut -c1-16)"
 KSO="$JNI_CACHE/kernels-$KSTAMP/libloramerge_cuda.so"
 if has build && { [ ! -f "$KSO" ] || [ "${REBUILD:-0}" = 1 ]; } && [ "$DEVICE" = gpu ]; then
