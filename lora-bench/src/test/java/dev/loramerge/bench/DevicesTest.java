@@ -8,6 +8,7 @@ import ai.djl.Device;
 import ai.djl.engine.Engine;
 import ai.djl.ndarray.NDArray;
 import ai.djl.ndarray.NDManager;
+import ai.djl.ndarray.index.NDIndex;
 import ai.djl.ndarray.types.Shape;
 import java.nio.ByteBuffer;
 import java.util.Map;
@@ -58,6 +59,33 @@ class DevicesTest {
       assertThatThrownBy(() -> Devices.differingElements(a, b.reshape(4)))
           .isInstanceOf(IllegalArgumentException.class)
           .hasMessage("float32 (2, 2) against float32 (4)");
+    }
+  }
+
+  @Test
+  void arraysCompareInTheirLogicalOrderWhateverTheirLayout() {
+    try (NDManager manager = NDManager.newBaseManager(Device.cpu())) {
+      NDArray rows = manager.create(new float[] {1, 2, 3, 4, 5, 6}, new Shape(2, 3));
+      NDArray transposed = rows.transpose();
+      NDArray laidOut = manager.create(new float[] {1, 4, 2, 5, 3, 6}, new Shape(3, 2));
+      assertThat(Devices.differingElements(transposed, laidOut)).as("a transposed view against its values row by row").isZero();
+      laidOut.set(new NDIndex("2, 0"), 7f);
+      assertThat(Devices.differingElements(transposed, laidOut)).as("element (2, 0) changed").isEqualTo(1);
+    }
+  }
+
+  @Test
+  void comparingLeavesNoArraysBehind() {
+    try (NDManager manager = NDManager.newBaseManager(Device.cpu())) {
+      NDArray a = manager.create(new float[] {1, 2, 3});
+      NDArray b = manager.create(new float[] {1, 2, 4});
+      NDArray transposed = manager.create(new float[] {1, 2, 3, 4}, new Shape(2, 2)).transpose();
+      NDManager system = manager.getParentManager();
+      int before = system.getManagedArrays().size();
+      assertThat(Devices.differingElements(a, b)).isEqualTo(1);
+      assertThat(Devices.differingElements(transposed, transposed)).isZero();
+      // The system manager counts its children's arrays too.
+      assertThat(system.getManagedArrays()).as("arrays alive after the comparisons, the host copies' closed").hasSize(before);
     }
   }
 
