@@ -18,11 +18,12 @@ import org.ejml.interfaces.decomposition.SingularValueDecomposition_F64;
  * <p>Any R_b, R_a with R_bᵀR_b = B̂ᵀB̂ and R_aᵀR_a = ÂÂᵀ give B̂ = Q_b R_b and Âᵀ = Q_a R_a
  * with Q orthonormal. The SVD of the R×R core R_b R_aᵀ = U Σ Wᵀ then gives B̂Â = (Q_b U) Σ (Q_a
  * W)ᵀ, so the best rank-k factors are B' = B̂·L and A' = P·Â with L = R_b⁻¹ U_k Σ_k (R×k) and
- * P = W_kᵀ R_a⁻ᵀ (k×R). R is the Gram's pivoted Cholesky factor where the Gram is well
- * conditioned, and otherwise Λ^½ Vᵀ from its eigen-decomposition V Λ Vᵀ with eigenvalues below
- * {@link #RELATIVE_EIGENVALUE_FLOOR} of the largest treated as zero (the pseudo-inverse), which
- * handles rank-deficient stacks; the directions dropped carry less than 1e-6 of the largest
- * singular value. Everything here runs in float64 on R×R matrices: O(R³).
+ * P = W_kᵀ R_a⁻ᵀ (k×R); U_k Σ_k is R_b R_aᵀ W_k, so U is never formed. R is the Gram's
+ * pivoted Cholesky factor where the Gram is well conditioned, and otherwise Λ^½ Vᵀ from its
+ * eigen-decomposition V Λ Vᵀ with eigenvalues below {@link #RELATIVE_EIGENVALUE_FLOOR} of the
+ * largest treated as zero (the pseudo-inverse), which handles rank-deficient stacks; the
+ * directions dropped carry less than 1e-6 of the largest singular value. Everything here runs in
+ * float64 on R×R matrices: O(R³).
  *
  * <p>Instances are immutable results.
  */
@@ -59,14 +60,15 @@ public final class FactoredSvd {
 
     DMatrixRMaj core = new DMatrixRMaj(inner, inner);
     CommonOps_DDRM.multTransB(up.root(), down.root(), core);
-    SingularValueDecomposition_F64<DMatrixRMaj> svd = DecompositionFactory_DDRM.svd(inner, inner, true, true, false);
-    if (!svd.decompose(core)) {
+    // Without U: L needs only U_k Σ_k, which is core·W_k, and accumulating U's rotations took
+    // about a third of the decomposition.
+    SingularValueDecomposition_F64<DMatrixRMaj> svd = DecompositionFactory_DDRM.svd(inner, inner, false, true, false);
+    if (!svd.decompose(svd.inputModified() ? core.copy() : core)) {
       throw new ArithmeticException("SVD of the " + inner + "x" + inner + " core did not converge");
     }
-    DMatrixRMaj u = svd.getU(null, false);
     DMatrixRMaj w = svd.getW(null);
     DMatrixRMaj v = svd.getV(null, false);
-    SingularOps_DDRM.descendingOrder(u, false, w, v, false);
+    SingularOps_DDRM.descendingOrder(null, false, w, v, false);
     double[] sigma = new double[inner];
     int nonZero = 0;
     for (int i = 0; i < inner; i++) {
@@ -76,18 +78,13 @@ public final class FactoredSvd {
       }
     }
     int rank = Math.max(1, Math.min(Math.max(nonZero, 1), rankOf.applyAsInt(sigma.clone())));
+    DMatrixRMaj wk = CommonOps_DDRM.extract(v, 0, inner, 0, rank);
 
-    // L = R_b⁻¹ U_k Σ_k
-    DMatrixRMaj uk = CommonOps_DDRM.extract(u, 0, inner, 0, rank);
-    for (int col = 0; col < rank; col++) {
-      for (int row = 0; row < inner; row++) {
-        uk.set(row, col, uk.get(row, col) * sigma[col]);
-      }
-    }
-    DMatrixRMaj left = up.solve(uk);
+    // L = R_b⁻¹ U_k Σ_k = R_b⁻¹ core W_k
+    DMatrixRMaj left = up.solve(CommonOps_DDRM.mult(core, wk, null));
 
     // P = W_kᵀ R_a⁻ᵀ = (R_a⁻¹ W_k)ᵀ
-    DMatrixRMaj right = CommonOps_DDRM.transpose(down.solve(CommonOps_DDRM.extract(v, 0, inner, 0, rank)), null);
+    DMatrixRMaj right = CommonOps_DDRM.transpose(down.solve(wk), null);
     return new FactoredSvd(left, right, sigma);
   }
 
