@@ -61,7 +61,7 @@ public final class FactoredSvd {
     DMatrixRMaj core = new DMatrixRMaj(inner, inner);
     CommonOps_DDRM.multTransB(up.root(), down.root(), core);
     // Without U: L needs only U_k Σ_k, which is core·W_k, and accumulating U's rotations took
-    // about a third of the decomposition.
+    // about a fifth of the decomposition.
     SingularValueDecomposition_F64<DMatrixRMaj> svd = DecompositionFactory_DDRM.svd(inner, inner, false, true, false);
     if (!svd.decompose(svd.inputModified() ? core.copy() : core)) {
       throw new ArithmeticException("SVD of the " + inner + "x" + inner + " core did not converge");
