@@ -33,6 +33,7 @@ import java.util.List;
 import java.util.Locale;
 import java.util.Map;
 import java.util.OptionalDouble;
+import java.util.OptionalInt;
 import java.util.OptionalLong;
 
 /**
@@ -69,7 +70,9 @@ import java.util.OptionalLong;
  *       {@link Devices#probeBf16} finds that the JNI library can hold it;
  *   <li>{@code merge/<method>}: every merge method (two adapters, weights 0.7 and 0.5, density
  *       0.5, rank 32) with the merger's device set, timed as above, and the number of modules
- *       whose factors differ in any byte from the same merge on the CPU;
+ *       whose factors differ in any byte from the same merge on the CPU; on {@code --threads}
+ *       threads where given (the merger's default, one per processor, otherwise), to see how a
+ *       method that is bound by the host scales there;
  *   <li>{@code merge/<method>/tasks-on-host}: for the methods the task kernels run on the GPU, the
  *       same merge with the method run on the host and the device re-ranking its updates (the path
  *       without the kernels), timed, and the number of modules whose bytes differ from the
@@ -91,13 +94,14 @@ final class DeviceBench {
 
   static final String USAGE =
       "usage: bin/lora-bench device [--device gpu|cpu] [--runs N] [--cycles N] [--rank R] [--modules N] [--methods a,b]"
-          + " [--skip-fuse] [--skip-merge] [--skip-bytes] [--hotswap-s S] [--deadline-s S] [--json FILE]";
+          + " [--threads N] [--skip-fuse] [--skip-merge] [--skip-bytes] [--hotswap-s S] [--deadline-s S] [--json FILE]";
 
   private final Device device;
   private final int runs;
   private final int cycles;
   private final long hotswapNanos;
   private final int rank;
+  private final OptionalInt threads;
   private final long deadline;
   private final Path json;
   private final Map<String, Object> report = new LinkedHashMap<>();
@@ -105,12 +109,14 @@ final class DeviceBench {
   private final List<String> skipped = new ArrayList<>();
   private final List<String> errors = new ArrayList<>();
 
-  private DeviceBench(Device device, int runs, int cycles, long hotswapSeconds, int rank, long deadlineSeconds, Path json) {
+  private DeviceBench(
+      Device device, int runs, int cycles, long hotswapSeconds, int rank, OptionalInt threads, long deadlineSeconds, Path json) {
     this.device = device;
     this.runs = runs;
     this.cycles = cycles;
     this.hotswapNanos = hotswapSeconds > 0 ? hotswapSeconds * 1_000_000_000L : Long.MAX_VALUE;
     this.rank = rank;
+    this.threads = threads;
     this.deadline = deadlineSeconds > 0 ? System.nanoTime() + deadlineSeconds * 1_000_000_000L : Long.MAX_VALUE;
     this.json = json;
   }
@@ -122,6 +128,7 @@ final class DeviceBench {
     int cycles = 1000;
     int rank = 32;
     int modules = Integer.MAX_VALUE;
+    OptionalInt threads = OptionalInt.empty();
     long deadlineSeconds = 0;
     long hotswapSeconds = 0;
     List<String> methods = MergeMethod.names();
@@ -137,6 +144,7 @@ final class DeviceBench {
         case "--cycles" -> cycles = positive(option, value(args, ++i, option));
         case "--rank" -> rank = positive(option, value(args, ++i, option));
         case "--modules" -> modules = positive(option, value(args, ++i, option));
+        case "--threads" -> threads = OptionalInt.of(positive(option, value(args, ++i, option)));
         case "--deadline-s" -> deadlineSeconds = positive(option, value(args, ++i, option));
         case "--hotswap-s" -> hotswapSeconds = positive(option, value(args, ++i, option));
         case "--methods" -> methods = Arrays.asList(value(args, ++i, option).split(","));
@@ -151,7 +159,7 @@ final class DeviceBench {
       MergeMethod.parse(method);
     }
     Device device = Devices.parse(deviceName, "run with --device cpu for the same report on the CPU");
-    DeviceBench bench = new DeviceBench(device, runs, cycles, hotswapSeconds, rank, deadlineSeconds, json);
+    DeviceBench bench = new DeviceBench(device, runs, cycles, hotswapSeconds, rank, threads, deadlineSeconds, json);
     return bench.run(modules, fuse, bytes, merge ? methods : List.of());
   }
 
@@ -168,6 +176,7 @@ final class DeviceBench {
     report.put("parameters", parameters);
     report.put("rank", rank);
     report.put("runs", runs);
+    report.put("merge_threads", threads.isPresent() ? threads.getAsInt() : Runtime.getRuntime().availableProcessors());
     report.put("operations", operations);
     report.put("skipped", skipped);
     report.put("errors", errors);
@@ -426,6 +435,7 @@ final class DeviceBench {
     if (algorithm.requirements().reRanked()) {
       builder.rank(rank);
     }
+    threads.ifPresent(builder::threads);
     LoraMerger merger = builder.device(device).build();
     double[] times = new double[runs];
     LoraAdapter merged = timedMerges(merger, times);

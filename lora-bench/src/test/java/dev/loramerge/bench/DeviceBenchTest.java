@@ -55,6 +55,7 @@ class DeviceBenchTest {
     assertThat(report.get("skipped").toString()).isEqualTo(bf16 ? "[]" : "[bytes/BF16: " + ((Map<String, Object>) report.get("bf16")).get("message") + "]");
     assertThat(number(report, "modules")).isEqualTo(4);
     assertThat(report.get("device")).isEqualTo("cpu()");
+    assertThat(number(report, "merge_threads")).as("one per processor by default").isEqualTo(Runtime.getRuntime().availableProcessors());
 
     for (String swapName : List.of("hotswap", "hotswap/factors-kept")) {
       Map<String, Object> swap = operations.get(swapName);
@@ -113,6 +114,23 @@ class DeviceBenchTest {
     assertThat((List<String>) report.get("skipped")).containsExactly(
         "hotswap: time limit reached after " + number(swap, "cycles_done") + " of 100000000 cycles",
         "hotswap/factors-kept: time limit reached after " + number(keptSwap, "cycles_done") + " of 100000000 cycles");
+  }
+
+  @Test
+  void mergesRunOnTheThreadsAskedForAndTheReportSaysHowMany() throws IOException {
+    Path json = folder.resolve("threads.json");
+    int status =
+        DeviceBench.run(
+            List.of("--device", "cpu", "--modules", "2", "--rank", "2", "--runs", "1", "--threads", "1", "--skip-fuse",
+                "--skip-bytes", "--methods", "svd", "--json", json.toString()));
+
+    Map<String, Object> report = Json.parseObject(Files.readString(json));
+    assertThat(status).as("%s", report).isZero();
+    assertThat(number(report, "merge_threads")).isEqualTo(1);
+    assertThat(number(operations(report).get("merge/svd"), "differing_modules_vs_cpu")).isZero();
+    assertThatThrownBy(() -> DeviceBench.run(List.of("--threads", "0")))
+        .isInstanceOf(IllegalArgumentException.class)
+        .hasMessageStartingWith("--threads takes a positive integer, got '0'");
   }
 
   @Test
