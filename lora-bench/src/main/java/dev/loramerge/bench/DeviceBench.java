@@ -33,7 +33,6 @@ import java.util.List;
 import java.util.Locale;
 import java.util.Map;
 import java.util.OptionalDouble;
-import java.util.OptionalInt;
 import java.util.OptionalLong;
 
 /**
@@ -101,7 +100,7 @@ final class DeviceBench {
   private final int cycles;
   private final long hotswapNanos;
   private final int rank;
-  private final OptionalInt threads;
+  private final int threads;
   private final long deadline;
   private final Path json;
   private final Map<String, Object> report = new LinkedHashMap<>();
@@ -110,7 +109,7 @@ final class DeviceBench {
   private final List<String> errors = new ArrayList<>();
 
   private DeviceBench(
-      Device device, int runs, int cycles, long hotswapSeconds, int rank, OptionalInt threads, long deadlineSeconds, Path json) {
+      Device device, int runs, int cycles, long hotswapSeconds, int rank, int threads, long deadlineSeconds, Path json) {
     this.device = device;
     this.runs = runs;
     this.cycles = cycles;
@@ -128,7 +127,8 @@ final class DeviceBench {
     int cycles = 1000;
     int rank = 32;
     int modules = Integer.MAX_VALUE;
-    OptionalInt threads = OptionalInt.empty();
+    // The merger's own default, passed on so that the report says what the merges ran on.
+    int threads = Runtime.getRuntime().availableProcessors();
     long deadlineSeconds = 0;
     long hotswapSeconds = 0;
     List<String> methods = MergeMethod.names();
@@ -144,7 +144,7 @@ final class DeviceBench {
         case "--cycles" -> cycles = positive(option, value(args, ++i, option));
         case "--rank" -> rank = positive(option, value(args, ++i, option));
         case "--modules" -> modules = positive(option, value(args, ++i, option));
-        case "--threads" -> threads = OptionalInt.of(positive(option, value(args, ++i, option)));
+        case "--threads" -> threads = positive(option, value(args, ++i, option));
         case "--deadline-s" -> deadlineSeconds = positive(option, value(args, ++i, option));
         case "--hotswap-s" -> hotswapSeconds = positive(option, value(args, ++i, option));
         case "--methods" -> methods = Arrays.asList(value(args, ++i, option).split(","));
@@ -176,7 +176,7 @@ final class DeviceBench {
     report.put("parameters", parameters);
     report.put("rank", rank);
     report.put("runs", runs);
-    report.put("merge_threads", threads.isPresent() ? threads.getAsInt() : Runtime.getRuntime().availableProcessors());
+    report.put("merge_threads", threads);
     report.put("operations", operations);
     report.put("skipped", skipped);
     report.put("errors", errors);
@@ -435,8 +435,7 @@ final class DeviceBench {
     if (algorithm.requirements().reRanked()) {
       builder.rank(rank);
     }
-    threads.ifPresent(builder::threads);
-    LoraMerger merger = builder.device(device).build();
+    LoraMerger merger = builder.device(device).threads(threads).build();
     double[] times = new double[runs];
     LoraAdapter merged = timedMerges(merger, times);
     LoraAdapter onCpu = merger.toBuilder().device(Device.cpu()).build().merge();
