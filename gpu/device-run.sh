@@ -118,8 +118,10 @@ if [ "$needs_java" = 1 ]; then
   mkdir -p /tmp/cudart && ln -sf "$CUDART" /tmp/cudart/libcudart.so
   KERNEL_OPT=()
   [ "${KERNELS:-1}" = 1 ] && [ -f "$KSO" ] && KERNEL_OPT=("-Dloramerge.cuda.kernels=$KSO")
-  RUNTIME=(/tmp/loramerge-jre/jre/bin/java -Djna.library.path=/tmp/cudart -Dai.djl.offline=true --add-modules jdk.incubator.vector)
-  JAVA=("${RUNTIME[@]}" "${KERNEL_OPT[@]}" ${JAVA_OPTS:-})
+  # The java command with the kernel options given ($@, none for libtorch's path), into JAVA_WITH.
+  java_with() { JAVA_WITH=(/tmp/loramerge-jre/jre/bin/java -Djna.library.path=/tmp/cudart -Dai.djl.offline=true --add-modules jdk.incubator.vector "$@" ${JAVA_OPTS:-}); }
+  java_with "${KERNEL_OPT[@]}"
+  JAVA=("${JAVA_WITH[@]}")
   # The heap committed and touched at start, and kept (as bin/lora-bench does): a heap that grows
   # during a timed run pays the kernel's first-touch page faults there, which 16 merge threads
   # allocating gigabytes (the svd methods' float64 scratch) contend on. PRETOUCH=0 leaves it growing.
@@ -156,9 +158,9 @@ if has tilings && [ "$needs_java" = 1 ]; then
     built="$JNI_CACHE/kernels-$KSTAMP-$tag"
     mkdir -p "$built" && echo "#define LORAMERGE_PRODUCT_TILING $tiling" > "$built/tiling.h"
     NVCC_FLAGS="--pre-include $built/tiling.h" stage "kernels-$tag" 120 20 bash "$G/build-kernels.sh" "$built" || continue
-    with=("${RUNTIME[@]}" "-Dloramerge.cuda.kernels=$built/libloramerge_cuda.so" ${JAVA_OPTS:-} "${BENCH_MAIN[@]}")
-    check_with "check-$tag" "${with[@]}"
-    e2e_with "e2e-$tag" "${with[@]}"
+    java_with "-Dloramerge.cuda.kernels=$built/libloramerge_cuda.so"
+    check_with "check-$tag" "${JAVA_WITH[@]}" "${BENCH_MAIN[@]}"
+    e2e_with "e2e-$tag" "${JAVA_WITH[@]}" "${BENCH_MAIN[@]}"
   done
 fi
 if has merge && [ "$needs_java" = 1 ]; then
